@@ -1,0 +1,70 @@
+# strand — build, test, demo, bench. `make test` is what CI runs (via .ci/run).
+LUA        ?= lua5.4
+PKG_LUA    ?= lua5.4
+LUA_INCDIR ?= $(shell pkg-config --variable=includedir $(PKG_LUA) 2>/dev/null || echo /usr/include)/lua5.4
+SSH2_CFLAGS ?= $(shell pkg-config --cflags libssh2 2>/dev/null)
+SSH2_LIBS  ?= $(shell pkg-config --libs libssh2 2>/dev/null || echo -lssh2)
+CC         ?= cc
+OPT        ?= -O2 -g
+CFLAGS     ?= $(OPT)
+WARN       := -Wall -Wextra -Werror -Wno-unused-parameter
+LIBFLAG    ?= -shared
+LIBDIR     ?= $(PREFIX)/lib/lua/5.4
+LUADIR     ?= $(PREFIX)/share/lua/5.4
+BUILD      ?= build
+SAN        ?=
+
+SRC  := $(sort $(wildcard csrc/*.c))
+OBJ  := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(SRC))
+SO   := $(BUILD)/strand/core.so
+ALL_CFLAGS = $(CFLAGS) $(WARN) $(SAN) -std=gnu11 -fPIC -fvisibility=hidden -D_GNU_SOURCE \
+             -I$(LUA_INCDIR) $(SSH2_CFLAGS)
+
+.PHONY: all deps test test-asan test-valgrind demo bench fuzz soak install clean
+
+all: $(SO)
+
+$(BUILD)/obj/%.o: csrc/%.c csrc/strand.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(SO): $(OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(SAN) -o $@ $(OBJ) $(SSH2_LIBS) -lpthread
+	@mkdir -p $(BUILD)/lua && rm -f $(BUILD)/lua/strand && ln -s ../../lua/strand $(BUILD)/lua/strand
+
+# Debian packages the build and the specs need (installed when missing and run as root).
+DEPS := lua5.4 liblua5.4-dev libssh2-1-dev lua-busted openssh-server pkg-config gcc make \
+        lua-socket python3
+deps:
+	@sh tools/deps.sh $(DEPS)
+
+# Every spec under Lua 5.4; the last line is "N passed, N failed".
+test: deps all
+	@sh tools/runspecs.sh $(BUILD)
+
+ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
+UBSAN_LIB = $(shell $(CC) -print-file-name=libubsan.so)
+test-asan: deps
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1 \
+	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	 STRAND_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" sh tools/runspecs.sh build-asan
+
+test-valgrind: deps all
+	@STRAND_VALGRIND=1 sh tools/runspecs.sh $(BUILD) $(VALGRIND_SPECS)
+
+demo: deps all
+	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) examples/demo.lua
+
+bench: deps all
+	@sh bench/run.sh $(BUILD)
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/strand $(DESTDIR)$(LUADIR)/strand
+	install -m 755 $(SO) $(DESTDIR)$(LIBDIR)/strand/core.so
+	install -m 644 lua/strand/*.lua $(DESTDIR)$(LUADIR)/strand/
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,591 @@
+/* loop.c — the event loop of one Lua state: ready queue, timer heap, fd readiness, waits,
+ * resuming tasks, and driving the loop from outside a task. */
+#include "strand.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char LOOP_KEY = 'L';   /* registry[&LOOP_KEY] = loop box (address is the key) */
+
+#define LOOP_META "strand.loop"
+
+/* {==== time */
+
+double strand_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double strand_opt_deadline_def(lua_State *L, int arg, double def_timeout) {
+  if (lua_isnoneornil(L, arg))
+    return def_timeout == STRAND_FOREVER ? STRAND_FOREVER : strand_now() + def_timeout;
+  int isnum;
+  lua_Number t = lua_tonumberx(L, arg, &isnum);
+  if (!isnum) luaL_typeerror(L, arg, "number (seconds) or nil");
+  if (t < 0 || t != t) luaL_argerror(L, arg, "timeout must be >= 0");
+  if (t == HUGE_VAL) return STRAND_FOREVER;
+  return strand_now() + t;
+}
+
+double strand_opt_deadline(lua_State *L, int arg) {
+  return strand_opt_deadline_def(L, arg, STRAND_FOREVER);
+}
+
+/* }==== */
+
+/* {==== timer heap (binary min-heap, 1-based indices stored in the timers) */
+
+static void heap_set(strand_loop *loop, size_t i, strand_timer *tm) {
+  loop->heap[i - 1] = tm;
+  tm->index = i;
+}
+
+static void heap_up(strand_loop *loop, size_t i) {
+  strand_timer *tm = loop->heap[i - 1];
+  while (i > 1) {
+    strand_timer *p = loop->heap[i / 2 - 1];
+    if (p->when <= tm->when) break;
+    heap_set(loop, i, p);
+    i /= 2;
+  }
+  heap_set(loop, i, tm);
+}
+
+static void heap_down(strand_loop *loop, size_t i) {
+  strand_timer *tm = loop->heap[i - 1];
+  size_t n = loop->nheap;
+  for (;;) {
+    size_t c = 2 * i;
+    if (c > n) break;
+    if (c < n && loop->heap[c]->when < loop->heap[c - 1]->when) c++;
+    if (loop->heap[c - 1]->when >= tm->when) break;
+    heap_set(loop, i, loop->heap[c - 1]);
+    i = c;
+  }
+  heap_set(loop, i, tm);
+}
+
+void strand_timer_stop(strand_loop *loop, strand_timer *tm) {
+  size_t i = tm->index;
+  if (i == 0) return;
+  tm->index = 0;
+  strand_timer *last = loop->heap[--loop->nheap];
+  if (i - 1 == loop->nheap) return;
+  heap_set(loop, i, last);
+  heap_up(loop, i);
+  heap_down(loop, last->index);
+}
+
+/* Arming can fail only on memory; the heap grows before anything changes. */
+void strand_timer_start(strand_loop *loop, strand_timer *tm, double when) {
+  strand_timer_stop(loop, tm);
+  if (loop->nheap == loop->capheap) {
+    size_t cap = loop->capheap ? loop->capheap * 2 : 64;
+    strand_timer **h = (strand_timer **)realloc(loop->heap, cap * sizeof *h);
+    if (h == NULL) { perror("strand: timer heap"); abort(); }
+    loop->heap = h;
+    loop->capheap = cap;
+  }
+  tm->when = when;
+  loop->nheap++;
+  heap_set(loop, loop->nheap, tm);
+  heap_up(loop, loop->nheap);
+}
+
+static void fire_timers(strand_loop *loop) {
+  if (loop->nheap == 0) return;
+  double now = strand_now();
+  while (loop->nheap > 0 && loop->heap[0]->when <= now) {
+    strand_timer *tm = loop->heap[0];
+    strand_timer_stop(loop, tm);
+    tm->fire(tm);
+  }
+}
+
+/* }==== */
+
+/* {==== ready queue and wakes */
+
+static void ready_push(strand_loop *loop, strand_task *t) {
+  if (t->inready) return;
+  t->inready = 1;
+  t->next = NULL;
+  t->prev = loop->ready_tail;
+  if (loop->ready_tail) loop->ready_tail->next = t; else loop->ready_head = t;
+  loop->ready_tail = t;
+  loop->nready++;
+}
+
+static void ready_remove(strand_loop *loop, strand_task *t) {
+  if (!t->inready) return;
+  t->inready = 0;
+  if (t->prev) t->prev->next = t->next; else loop->ready_head = t->next;
+  if (t->next) t->next->prev = t->prev; else loop->ready_tail = t->prev;
+  t->next = t->prev = NULL;
+  loop->nready--;
+}
+
+static void waitq_unlink(strand_task *t) {
+  strand_waitq *q = t->wait_q;
+  if (q == NULL) return;
+  if (t->qprev) t->qprev->qnext = t->qnext; else q->head = t->qnext;
+  if (t->qnext) t->qnext->qprev = t->qprev; else q->tail = t->qprev;
+  t->qnext = t->qprev = NULL;
+  t->wait_q = NULL;
+}
+
+/* Disarm whatever t waits on and make it runnable (or end the main pseudo-task's wait). */
+void strand_wake(strand_task *t, int outcome) {
+  strand_loop *loop = t->loop;
+  if (!t->waiting) return;
+  t->waiting = 0;
+  t->outcome = (unsigned char)outcome;
+  strand_timer_stop(loop, &t->timer);
+  strand_io *io = t->wait_io;
+  if (io) {
+    t->wait_io = NULL;
+    if (io->reader == t) io->reader = NULL;
+    if (io->writer == t) io->writer = NULL;
+    loop->nio_waits--;
+    if (io->registered && loop->poller->interest) loop->poller->interest(loop->pstate, io);
+  }
+  waitq_unlink(t);
+  if (t->co) {
+    t->status = STRAND_T_READY;
+    ready_push(loop, t);
+  }
+}
+
+static void timer_fired(strand_timer *tm) {
+  strand_task *t = (strand_task *)((char *)tm - offsetof(strand_task, timer));
+  strand_wake(t, STRAND_TIMEOUT);
+}
+
+int strand_waitq_wake_one(strand_waitq *q, int outcome) {
+  if (q->head == NULL) return 0;
+  strand_wake(q->head, outcome);
+  return 1;
+}
+
+int strand_waitq_wake_all(strand_waitq *q, int outcome) {
+  int n = 0;
+  while (q->head) { strand_wake(q->head, outcome); n++; }
+  return n;
+}
+
+/* }==== */
+
+/* {==== fd readiness */
+
+void strand_io_init(strand_io *io, int fd) {
+  memset(io, 0, sizeof *io);
+  io->fd = fd;
+  io->ready = STRAND_READ | STRAND_WRITE;
+  io->pollidx = -1;
+}
+
+void strand_io_event(strand_io *io, unsigned ev) {
+  io->ready |= ev;
+  if ((ev & STRAND_READ) && io->reader) strand_wake(io->reader, STRAND_READY);
+  if ((ev & STRAND_WRITE) && io->writer) strand_wake(io->writer, STRAND_READY);
+}
+
+static void loop_unref(strand_loop *loop);
+
+void strand_io_close(strand_io *io) {
+  strand_loop *loop = io->loop;
+  if (io->reader) strand_wake(io->reader, STRAND_CLOSED);
+  if (io->writer) strand_wake(io->writer, STRAND_CLOSED);
+  if (loop && io->registered) {
+    io->registered = 0;
+    if (!loop->closed) loop->poller->del(loop->pstate, io);
+    io->loop = NULL;
+    loop_unref(loop);
+  }
+  io->ready = 0;
+}
+
+/* }==== */
+
+/* {==== the loop object */
+
+static void loop_unref(strand_loop *loop) {
+  if (--loop->refs > 0) return;
+  free(loop->heap);
+  free(loop->scratch);
+  free(loop);
+}
+
+static int loop_gc(lua_State *L) {
+  strand_loop **box = (strand_loop **)lua_touserdata(L, 1);
+  strand_loop *loop = *box;
+  if (loop == NULL) return 0;
+  *box = NULL;
+  loop->closed = 1;
+  if (loop->pstate) loop->poller->free(loop->pstate);
+  loop->pstate = NULL;
+  loop_unref(loop);
+  return 0;
+}
+
+static const strand_poller *choose_poller(void) {
+  const char *name = getenv("STRAND_POLLER");
+  if (name && strcmp(name, "poll") == 0) return &strand_poller_poll;
+  return &strand_poller_epoll;
+}
+
+strand_loop *strand_loop_get(lua_State *L) {
+  strand_task *t = strand_task_of(L);
+  if (t) return t->loop;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY) == LUA_TUSERDATA) {
+    strand_loop *loop = *(strand_loop **)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (loop == NULL) luaL_error(L, "strand: the event loop is closed");
+    return loop;
+  }
+  lua_pop(L, 1);
+  strand_loop **box = (strand_loop **)lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  if (luaL_newmetatable(L, LOOP_META)) {
+    lua_pushcfunction(L, loop_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  strand_loop *loop = (strand_loop *)calloc(1, sizeof *loop);
+  if (loop == NULL) luaL_error(L, "strand: out of memory creating the loop");
+  *box = loop;                                  /* from now on __gc frees it */
+  loop->refs = 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  loop->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  loop->main.loop = loop;
+  loop->main.status = STRAND_T_RUNNING;
+  loop->next_id = 1;
+  loop->poller = choose_poller();
+  loop->pstate = loop->poller->init(loop);
+  if (loop->pstate == NULL) {
+    int e = errno;
+    luaL_error(L, "strand: cannot create the %s poller: %s", loop->poller->name, strerror(e));
+  }
+  lua_newtable(L);
+  loop->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &LOOP_KEY);  /* pops the box */
+  return loop;
+}
+
+char *strand_loop_scratch(strand_loop *loop) {
+  if (loop->scratch == NULL) {
+    loop->scratch = (char *)malloc(STRAND_SCRATCH);
+    if (loop->scratch == NULL) { perror("strand: scratch buffer"); abort(); }
+  }
+  return loop->scratch;
+}
+
+/* }==== */
+
+/* {==== waits */
+
+strand_task *strand_task_of(lua_State *L) {
+  strand_task *t = *(strand_task **)lua_getextraspace(L);
+  return (t && t->co == L) ? t : NULL;
+}
+
+/* Who is waiting: the running task, or the main pseudo-task when L may drive the loop.
+ * Raises when neither is possible. Delivers a pending cancellation. */
+static strand_task *wait_begin(lua_State *L, strand_loop *loop) {
+  strand_task *t = strand_task_of(L);
+  if (t) {
+    if (!lua_isyieldable(L))
+      luaL_error(L, "strand: cannot block here: the task is inside a C call or metamethod "
+                    "that cannot yield");
+    if (t->cancel_pending) strand_resumed(L, LUA_YIELD);  /* raises */
+    return t;
+  }
+  if (loop->driver)
+    luaL_error(L, "strand: blocking call in a coroutine that strand does not own while the "
+                  "loop runs (use strand.spawn instead of coroutine.create/wrap)");
+  return &loop->main;
+}
+
+static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *));
+static int main_done(strand_loop *loop) { return !loop->main.waiting; }
+
+/* Arm the deadline, then either yield (task) or drive the loop (main). */
+static int wait_finish(lua_State *L, strand_task *t, double deadline,
+                       lua_KContext ctx, lua_KFunction k) {
+  strand_loop *loop = t->loop;
+  t->waiting = 1;
+  t->outcome = STRAND_READY;
+  if (deadline != STRAND_FOREVER) {
+    t->timer.fire = timer_fired;
+    strand_timer_start(loop, &t->timer, deadline);
+  }
+  if (t->co) {
+    t->status = STRAND_T_WAITING;
+    return lua_yieldk(L, 0, ctx, k);
+  }
+  loop->driver = L;
+  while (t->waiting) {
+    if (loop_step(L, loop, main_done) != 0) {
+      loop->driver = NULL;
+      lua_error(L);                             /* the deadlock message */
+    }
+  }
+  loop->driver = NULL;
+  return t->outcome;
+}
+
+int strand_wait_io(lua_State *L, strand_io *io, int ev, double deadline,
+                   lua_KContext ctx, lua_KFunction k) {
+  strand_loop *loop = strand_loop_get(L);
+  strand_task *t = wait_begin(L, loop);
+  if (io->loop != NULL && io->loop != loop)
+    luaL_error(L, "strand: this object belongs to another thread's loop");
+  strand_task **slot = (ev == STRAND_READ) ? &io->reader : &io->writer;
+  if (*slot && *slot != t)
+    luaL_error(L, "strand: another task is already %s this object",
+               ev == STRAND_READ ? "reading from" : "writing to");
+  if (io->fd < 0) return STRAND_CLOSED;
+  if (!io->registered) {
+    int err = loop->poller->add(loop->pstate, io);
+    if (err) {
+      errno = err;
+      luaL_error(L, "strand: cannot watch fd %d: %s", io->fd, strerror(err));
+    }
+    io->registered = 1;
+    io->loop = loop;
+    loop->refs++;
+  }
+  strand_io_clear(io, ev);                      /* the caller just saw EAGAIN */
+  *slot = t;
+  t->wait_io = io;
+  loop->nio_waits++;
+  if (loop->poller->interest) loop->poller->interest(loop->pstate, io);
+  return wait_finish(L, t, deadline, ctx, k);
+}
+
+int strand_wait_timer(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k) {
+  strand_loop *loop = strand_loop_get(L);
+  strand_task *t = wait_begin(L, loop);
+  if (deadline <= strand_now()) {
+    /* sleep(0): go to the back of the ready queue; from main, run one round */
+    if (t->co) {
+      t->waiting = 1;
+      t->outcome = STRAND_READY;
+      t->status = STRAND_T_WAITING;
+      strand_wake(t, STRAND_READY);
+      return lua_yieldk(L, 0, ctx, k);
+    }
+    loop->driver = L;
+    loop_step(L, loop, main_done);
+    loop->driver = NULL;
+    return STRAND_READY;
+  }
+  return wait_finish(L, t, deadline, ctx, k);
+}
+
+int strand_wait_queue(lua_State *L, strand_waitq *q, double deadline,
+                      lua_KContext ctx, lua_KFunction k) {
+  strand_loop *loop = strand_loop_get(L);
+  strand_task *t = wait_begin(L, loop);
+  t->wait_q = q;
+  t->qnext = NULL;
+  t->qprev = q->tail;
+  if (q->tail) q->tail->qnext = t; else q->head = t;
+  q->tail = t;
+  return wait_finish(L, t, deadline, ctx, k);
+}
+
+int strand_resumed(lua_State *L, int status) {
+  if (status == LUA_OK) return STRAND_READY;
+  strand_task *t = strand_task_of(L);
+  if (t == NULL) return STRAND_READY;
+  if (t->waiting) luaL_error(L, "strand: a task was resumed by something other than its loop");
+  if (t->cancel_pending) {
+    t->cancel_pending = 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor);
+    lua_rawgetp(L, -1, t);                          /* the task userdata */
+    lua_getiuservalue(L, -1, 3);                    /* the pending cancellation error */
+    lua_pushnil(L);
+    lua_setiuservalue(L, -3, 3);
+    lua_error(L);
+  }
+  return t->outcome;
+}
+
+/* }==== */
+
+/* {==== running tasks */
+
+int strand_push_task(lua_State *L, strand_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor);
+  lua_rawgetp(L, -1, t);
+  lua_remove(L, -2);
+  return 1;
+}
+
+/* The task is over: keep its error (uservalue 2), wake joiners, drop the anchor. */
+static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int status) {
+  lua_State *co = t->co;
+  *(strand_task **)lua_getextraspace(co) = NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor);
+  lua_rawgetp(L, -1, t);                         /* anchor, task */
+  if (status == LUA_OK) {
+    t->status = STRAND_T_DONE;
+  } else {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);                         /* anchor, task, raw */
+    if (lua_type(L, -1) == LUA_TSTRING)
+      luaL_traceback(L, co, lua_tostring(L, -1), 0);
+    else
+      lua_pushvalue(L, -1);                      /* anchor, task, raw, err */
+    /* run pending <close> variables; an error raised there replaces the task's error */
+    int rs = lua_resetthread(co);
+    if (rs != LUA_OK && lua_gettop(co) > 0) {
+      lua_xmove(co, L, 1);                       /* anchor, task, raw, err, closeerr */
+      if (lua_rawequal(L, -1, -3)) lua_pop(L, 1);
+      else lua_replace(L, -2);
+    }
+    lua_remove(L, -2);                           /* anchor, task, err */
+    int isc = strand_is_cancelled(L, -1);
+    lua_settop(co, 0);
+    lua_setiuservalue(L, -2, 2);                 /* anchor, task */
+    t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
+    t->nres = 0;
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_rawsetp(L, -2, t);                         /* unanchor */
+  lua_pop(L, 1);
+  loop->ntasks--;
+  strand_waitq_wake_all(&t->joiners, STRAND_READY);
+}
+
+static void task_resume(lua_State *L, strand_loop *loop, strand_task *t) {
+  lua_State *co = t->co;
+  int nres = 0;
+  t->status = STRAND_T_RUNNING;
+  loop->current = t;
+  int nargs = t->nargs;
+  t->nargs = 0;
+  int st = lua_resume(co, L, nargs, &nres);
+  loop->current = NULL;
+  if (st == LUA_YIELD) {
+    lua_pop(co, nres);
+    if (!t->waiting) {                           /* a bare coroutine.yield(): run again later */
+      t->status = STRAND_T_READY;
+      ready_push(loop, t);
+    }
+    return;
+  }
+  if (st == LUA_OK) t->nres = nres;
+  task_finish(L, loop, t, st);
+}
+
+/* One round: run every task that was ready, poll (without blocking if something is ready or
+ * `done` already holds), fire timers. Returns nonzero with a message pushed on deadlock. */
+static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)) {
+  size_t n = loop->nready;
+  while (n-- > 0 && loop->ready_head) {
+    strand_task *t = loop->ready_head;
+    ready_remove(loop, t);
+    task_resume(L, loop, t);
+  }
+  double timeout = -1;
+  if (loop->ready_head || done(loop)) timeout = 0;
+  else if (loop->nheap > 0) {
+    timeout = loop->heap[0]->when - strand_now();
+    if (timeout < 0) timeout = 0;
+  } else if (loop->nio_waits == 0) {
+    lua_pushfstring(L, "strand: deadlock: nothing can wake the %s (%d task(s) wait forever)",
+                    loop->main.waiting ? "main program's wait" : "waiting tasks",
+                    (int)loop->ntasks);
+    return 1;
+  }
+  int err = loop->poller->wait(loop->pstate, timeout);
+  if (err && err != EINTR) {
+    lua_pushfstring(L, "strand: %s wait failed: %s", loop->poller->name, strerror(err));
+    return 1;
+  }
+  fire_timers(loop);
+  return 0;
+}
+
+static int no_tasks(strand_loop *loop) { return loop->ntasks == 0; }
+
+/* strand.run()'s driver: until every task has finished (or the deadline passes). */
+int strand_drain(lua_State *L, double deadline) {
+  strand_loop *loop = strand_loop_get(L);
+  wait_begin(L, loop);                           /* raises unless we may drive */
+  if (strand_task_of(L)) luaL_error(L, "strand.run: already inside a task");
+  loop->driver = L;
+  while (loop->ntasks > 0) {
+    if (deadline != STRAND_FOREVER && strand_now() >= deadline) break;
+    if (loop_step(L, loop, no_tasks) != 0) {
+      loop->driver = NULL;
+      lua_error(L);
+    }
+  }
+  loop->driver = NULL;
+  return loop->ntasks == 0;
+}
+
+/* fn and nargs arguments on top of L's stack -> the new task's userdata replaces them. */
+strand_task *strand_task_spawn(lua_State *L, int nargs) {
+  strand_loop *loop = strand_loop_get(L);
+  int base = lua_gettop(L) - nargs;              /* index of fn */
+  strand_task *t = (strand_task *)lua_newuserdatauv(L, sizeof *t, 3);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, STRAND_TASK_META);
+  lua_State *co = lua_newthread(L);              /* fn args.. task co */
+  lua_setiuservalue(L, -2, 1);                   /* fn args.. task */
+  lua_insert(L, base);                           /* task fn args.. */
+  lua_xmove(L, co, nargs + 1);                   /* task */
+  t->loop = loop;
+  t->co = co;
+  t->id = loop->next_id++;
+  t->status = STRAND_T_NEW;
+  t->nargs = nargs;
+  *(strand_task **)lua_getextraspace(co) = t;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor);
+  lua_pushvalue(L, -2);
+  lua_rawsetp(L, -2, t);
+  lua_pop(L, 1);
+  loop->ntasks++;
+  ready_push(loop, t);
+  return t;
+}
+
+/* Cancel t with the reason at reason_idx (or none). */
+void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
+  strand_loop *loop = t->loop;
+  if (t->status >= STRAND_T_DONE) return;
+  reason_idx = lua_absindex(L, reason_idx);
+  strand_push_task(L, t);                        /* task */
+  strand_push_cancelled(L, reason_idx);          /* task err */
+  if (t->status == STRAND_T_NEW) {               /* never ran: finish it right here */
+    ready_remove(loop, t);
+    lua_setiuservalue(L, -2, 2);
+    lua_pop(L, 1);
+    t->status = STRAND_T_CANCELLED;
+    *(strand_task **)lua_getextraspace(t->co) = NULL;
+    lua_settop(t->co, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor);
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, t);
+    lua_pop(L, 1);
+    loop->ntasks--;
+    strand_waitq_wake_all(&t->joiners, STRAND_READY);
+    return;
+  }
+  lua_setiuservalue(L, -2, 3);
+  lua_pop(L, 1);
+  t->cancel_pending = 1;
+  if (t->waiting) strand_wake(t, STRAND_READY);
+}
+
+/* }==== */

@@ -1,0 +1,294 @@
+/* strand.h — the internal API every C file of strand/core.so shares:
+ * the loop, tasks, waits, fd readiness, timers, shareable objects, serial and errors. */
+#ifndef STRAND_H
+#define STRAND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdatomic.h>
+#include <math.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+#if LUA_VERSION_NUM != 504
+#error "strand needs Lua 5.4"
+#endif
+
+#if defined(__GNUC__)
+#define STRAND_API __attribute__((visibility("hidden")))
+#else
+#define STRAND_API
+#endif
+
+typedef struct strand_loop strand_loop;
+typedef struct strand_task strand_task;
+
+/* {==== time */
+
+#define STRAND_FOREVER HUGE_VAL     /* "no deadline" */
+
+STRAND_API double strand_now(void);  /* CLOCK_MONOTONIC, seconds */
+/* Optional timeout argument at index arg: nil/none -> STRAND_FOREVER, a number t >= 0
+ * -> absolute deadline now+t; anything else raises an argument error naming arg. */
+STRAND_API double strand_opt_deadline(lua_State *L, int arg);
+/* Same, but with a default timeout (seconds, or STRAND_FOREVER) used for nil. */
+STRAND_API double strand_opt_deadline_def(lua_State *L, int arg, double def_timeout);
+
+/* A timer in the loop's min-heap. `fire` runs on the loop's thread when `when` passes. */
+typedef struct strand_timer {
+  double when;
+  size_t index;                     /* 1-based heap slot, 0 = not armed */
+  void (*fire)(struct strand_timer *tm);
+} strand_timer;
+
+STRAND_API void strand_timer_start(strand_loop *loop, strand_timer *tm, double when);
+STRAND_API void strand_timer_stop(strand_loop *loop, strand_timer *tm);
+
+/* }==== */
+
+/* {==== waits
+ *
+ * Every blocking operation follows one pattern (see docs/internals.md):
+ *
+ *   static int op_k(lua_State *L, int status, lua_KContext ctx) {
+ *     int outcome = strand_resumed(L, status);   // raises if the task was cancelled
+ *     for (;;) {
+ *       if (outcome == STRAND_TIMEOUT) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
+ *       if (outcome == STRAND_CLOSED)  return strand_fail_msg(L, "closed", "ECLOSED");
+ *       ...try the non-blocking syscall; EINTR -> retry; success -> push results, return...
+ *       strand_io_clear(&s->io, STRAND_READ);              // on EAGAIN
+ *       outcome = strand_wait_io(L, &s->io, STRAND_READ, deadline, ctx, op_k);
+ *     }
+ *   }
+ *   static int op(lua_State *L) { ...check args...; return op_k(L, LUA_OK, 0); }
+ *
+ * Inside a task strand_wait_* never return: they yield (lua_yieldk) and the loop later
+ * calls op_k with status LUA_YIELD. Outside a task (main chunk, a thread's top level) they
+ * drive the loop until the wait is over and return the outcome. From a coroutine strand does
+ * not own while the loop is being driven, or across a C boundary that cannot yield, they raise.
+ * Anything the continuation needs must be on the Lua stack (it is kept across the yield) or in
+ * ctx; the deadline is usually stored as a number on the stack.
+ */
+
+#define STRAND_READ   1
+#define STRAND_WRITE  2
+
+#define STRAND_READY   0   /* the awaited event happened (or: retry the operation) */
+#define STRAND_TIMEOUT 1   /* the deadline passed */
+#define STRAND_CLOSED  2   /* the object waited on was closed meanwhile */
+
+/* An fd watched by the loop, embedded in the object that owns the fd. Registration with the
+ * poller is lazy (first wait) and persistent; readiness is remembered (edge-triggered). */
+typedef struct strand_io {
+  int fd;
+  unsigned ready;          /* STRAND_READ|STRAND_WRITE believed ready (cleared on EAGAIN) */
+  unsigned registered;     /* internal */
+  int pollidx;             /* internal (poll backend) */
+  strand_loop *loop;       /* set on registration */
+  strand_task *reader;     /* who waits to read, at most one */
+  strand_task *writer;     /* who waits to write, at most one */
+} strand_io;
+
+/* No syscall; readiness starts "unknown = try it". */
+STRAND_API void strand_io_init(strand_io *io, int fd);
+/* Wake any waiter with STRAND_CLOSED and drop the registration. Call BEFORE close(fd).
+ * Does not close the fd. Idempotent. */
+STRAND_API void strand_io_close(strand_io *io);
+/* After EAGAIN: the direction is not ready until the poller says so again. */
+#define strand_io_clear(io, ev) ((io)->ready &= ~(unsigned)(ev))
+#define strand_io_maybe(io, ev) (((io)->ready & (unsigned)(ev)) != 0)
+
+/* Wait for readiness of io in direction ev (STRAND_READ or STRAND_WRITE), until deadline.
+ * Raises "socket is already being read by another task" style errors if another task waits
+ * on the same direction. See the pattern above. */
+STRAND_API int strand_wait_io(lua_State *L, strand_io *io, int ev, double deadline,
+                              lua_KContext ctx, lua_KFunction k);
+
+/* Wait only for the deadline (sleep). strand_wait_timer(L, now, ...) lets every other
+ * ready task run once, then resumes. */
+STRAND_API int strand_wait_timer(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k);
+
+/* A FIFO of waiting tasks owned by one loop (one OS thread): for joins, locks between tasks,
+ * anything woken from the same thread. Zero-initialise. */
+typedef struct strand_waitq { strand_task *head, *tail; } strand_waitq;
+STRAND_API int strand_wait_queue(lua_State *L, strand_waitq *q, double deadline,
+                                 lua_KContext ctx, lua_KFunction k);
+/* Wake the first / every waiter of q with an outcome. Returns how many were woken. */
+STRAND_API int strand_waitq_wake_one(strand_waitq *q, int outcome);
+STRAND_API int strand_waitq_wake_all(strand_waitq *q, int outcome);
+
+/* First statement of every continuation: LUA_OK (first call) -> STRAND_READY; LUA_YIELD ->
+ * the outcome of the wait. If the task was cancelled meanwhile this raises the cancellation
+ * error instead (so <close> variables and pcall handlers of the task run). */
+STRAND_API int strand_resumed(lua_State *L, int status);
+
+/* The task L runs in, or NULL (main chunk, foreign coroutine). */
+STRAND_API strand_task *strand_task_of(lua_State *L);
+/* The loop of this Lua state (created on first use). */
+STRAND_API strand_loop *strand_loop_get(lua_State *L);
+/* A per-loop scratch buffer of STRAND_SCRATCH bytes for reads (valid until the next yield). */
+#define STRAND_SCRATCH 65536
+STRAND_API char *strand_loop_scratch(strand_loop *loop);
+
+/* }==== */
+
+/* {==== errors: "nil, message, CODE" for runtime failures */
+
+/* Pushes nil, short lowercase message for err, errno name ("ECONNREFUSED"); returns 3. */
+STRAND_API int strand_fail(lua_State *L, int err);
+/* Pushes nil, msg and (if code != NULL) code; returns 2 or 3. */
+STRAND_API int strand_fail_msg(lua_State *L, const char *msg, const char *code);
+STRAND_API const char *strand_errmsg(int err);   /* "connection refused", "timeout", ... */
+STRAND_API const char *strand_errname(int err);  /* "ECONNREFUSED" */
+
+/* }==== */
+
+/* {==== shareable objects: C objects used by reference from several Lua states
+ * (threads) and, when their memory is MAP_SHARED, by processes forked after creation.
+ *
+ * The Lua side holds a "box" userdata whose only field is the strand_object pointer. The
+ * struct itself is process-local heap memory (so a fork duplicates the refcount naturally),
+ * and may point at MAP_SHARED memory for state that processes share. */
+
+typedef struct strand_object strand_object;
+typedef struct strand_objtype {
+  const char *name;                        /* metatable name, e.g. "strand.queue" */
+  void (*destroy)(strand_object *o);       /* the last reference went away */
+} strand_objtype;
+
+struct strand_object {
+  atomic_long refs;
+  const strand_objtype *type;
+};
+
+STRAND_API void strand_object_init(strand_object *o, const strand_objtype *t);  /* refs = 1 */
+STRAND_API void strand_object_retain(strand_object *o);
+STRAND_API void strand_object_release(strand_object *o);
+/* Push a new box for o (takes ownership of one reference the caller holds). The metatable
+ * o->type->name must have been created with strand_object_newmeta in this state; if it was not,
+ * the area's opener is called through package.loaded["strand.core"]. */
+STRAND_API void strand_object_push(lua_State *L, strand_object *o);
+/* The object in the box at idx if it is of type t (raises a type error naming the argument
+ * otherwise). */
+STRAND_API strand_object *strand_object_check(lua_State *L, int idx, const strand_objtype *t);
+/* Any strand object at idx, or NULL. */
+STRAND_API strand_object *strand_object_test(lua_State *L, int idx);
+/* Create the metatable for t: __index = methods, __gc/__close release the box, __name = t->name,
+ * __strand_object = true, plus any metamethods given. Leaves it on the stack. */
+STRAND_API void strand_object_newmeta(lua_State *L, const strand_objtype *t,
+                                      const luaL_Reg *methods, const luaL_Reg *metamethods);
+/* Register t so that serial can find it by name when decoding in another state. */
+STRAND_API void strand_objtype_register(const strand_objtype *t);
+STRAND_API const strand_objtype *strand_objtype_find(const char *name);
+
+/* }==== */
+
+/* {==== serial (serial.c): Lua values <-> flat byte strings, for threads and processes */
+
+#define STRAND_SERIAL_FUNCTIONS 1   /* encode/decode Lua functions (bytecode) */
+
+/* Encode the n values at stack indices first..first+n-1 into one string pushed on the stack.
+ * Raises "<path>: cannot copy a C function" and the like. strand objects are encoded by
+ * reference and the string holds one reference to each (adopted by decode, or dropped by
+ * strand_serial_release). */
+STRAND_API void strand_serial_encode(lua_State *L, int first, int n, int flags);
+/* Decode p[0..len) and push the values; returns how many. On malformed input pushes nothing
+ * but an error message and returns -1. Never raises on bad input (memory errors aside). */
+STRAND_API int strand_serial_decode(lua_State *L, const char *p, size_t len, int flags);
+/* Drop the object references held by an encoded string that will never be decoded. */
+STRAND_API void strand_serial_release(const char *p, size_t len);
+
+/* }==== */
+
+/* {==== loop internals: shared by loop.c, task.c and the pollers only */
+
+struct strand_task {
+  strand_loop *loop;
+  lua_State *co;                  /* NULL for the loop's main pseudo-task */
+  lua_Integer id;
+  unsigned char status;           /* STRAND_T_* */
+  unsigned char waiting;          /* a wait is armed */
+  unsigned char outcome;          /* outcome of the last wait */
+  unsigned char cancel_pending;   /* deliver the cancel object at the next resume/wait */
+  unsigned char observed;         /* joined or result() taken: no unjoined-error report */
+  unsigned char inready;          /* linked in the ready queue */
+  int nargs;                      /* arguments for the first resume */
+  int nres;                       /* results left on co's stack when done */
+  strand_task *next, *prev;       /* ready queue */
+  strand_timer timer;             /* the wait's deadline */
+  strand_io *wait_io;             /* io waited on, if any */
+  strand_waitq *wait_q;           /* queue waited in, if any */
+  strand_task *qnext, *qprev;     /* links in wait_q */
+  strand_waitq joiners;           /* tasks joining this one */
+};
+
+enum { STRAND_T_NEW, STRAND_T_READY, STRAND_T_RUNNING, STRAND_T_WAITING,
+       STRAND_T_DONE, STRAND_T_FAILED, STRAND_T_CANCELLED };
+
+/* A readiness backend (ae-style vtable). */
+typedef struct strand_poller {
+  const char *name;
+  void *(*init)(strand_loop *loop);                 /* NULL + errno on failure */
+  int (*add)(void *p, strand_io *io);               /* start watching io->fd: 0 or errno */
+  void (*interest)(void *p, strand_io *io);         /* io->reader/writer changed */
+  void (*del)(void *p, strand_io *io);
+  int (*wait)(void *p, double timeout);             /* timeout < 0: forever; calls strand_io_event */
+  void (*free)(void *p);
+} strand_poller;
+
+STRAND_API extern const strand_poller strand_poller_epoll;
+STRAND_API extern const strand_poller strand_poller_poll;
+
+/* From a poller: io became ready for ev (STRAND_READ|STRAND_WRITE). */
+STRAND_API void strand_io_event(strand_io *io, unsigned ev);
+
+struct strand_loop {
+  long refs;                      /* the Lua box + every registered io */
+  int closed;                     /* the Lua state is closing */
+  lua_State *L;                   /* main thread of the owning state */
+  lua_State *driver;              /* who drives the loop right now (NULL: nobody) */
+  const strand_poller *poller;
+  void *pstate;
+  strand_task main;               /* pseudo-task: waits made outside any task */
+  strand_task *current;           /* task being resumed */
+  strand_task *ready_head, *ready_tail;
+  size_t nready;
+  strand_timer **heap;
+  size_t nheap, capheap;
+  size_t ntasks;                  /* tasks not finished */
+  size_t nio_waits;               /* armed io waits */
+  lua_Integer next_id;
+  int anchor;                     /* registry ref: lightuserdata(task) -> task userdata */
+  char *scratch;
+};
+
+/* loop.c, used by task.c */
+STRAND_API strand_task *strand_task_spawn(lua_State *L, int nargs);  /* fn + nargs on stack -> task pushed */
+STRAND_API void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx);
+STRAND_API int strand_push_task(lua_State *L, strand_task *t);    /* userdata of a live task, or nil */
+STRAND_API void strand_wake(strand_task *t, int outcome);
+STRAND_API int strand_drain(lua_State *L, double deadline);       /* drive until no task is left */
+STRAND_API void strand_push_cancelled(lua_State *L, int reason_idx);  /* a new cancellation error */
+STRAND_API int strand_is_cancelled(lua_State *L, int idx);
+#define STRAND_TASK_META "strand.task"
+#define STRAND_CANCELLED_META "strand.cancelled"
+
+/* }==== */
+
+/* {==== area openers: each pushes its table; module.c puts it at core[name].
+ * Weak so that the tree links while an area is being written. */
+
+#define STRAND_AREAS(X) \
+  X(socket) X(selector) X(serial) X(thread) X(sync) X(queue) X(shared) \
+  X(process) X(ssh)
+
+#define STRAND_DECLARE_OPENER(name) \
+  STRAND_API int strand_open_##name(lua_State *L) __attribute__((weak));
+STRAND_AREAS(STRAND_DECLARE_OPENER)
+#undef STRAND_DECLARE_OPENER
+
+/* }==== */
+
+#endif
