@@ -35,7 +35,7 @@ $(SO): $(OBJ)
 
 # Debian packages the build and the specs need (installed when missing and run as root).
 DEPS := lua5.4 liblua5.4-dev libssh2-1-dev lua-busted openssh-server pkg-config gcc make \
-        lua-socket python3
+        lua-socket python3 luarocks
 deps:
 	@sh tools/deps.sh $(DEPS)
 
@@ -67,4 +67,4 @@ install: all
 	install -m 644 lua/strand/*.lua $(DESTDIR)$(LUADIR)/strand/
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-rock

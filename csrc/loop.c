@@ -9,6 +9,7 @@
 #include <time.h>
 
 static const char LOOP_KEY = 'L';   /* registry[&LOOP_KEY] = loop box (address is the key) */
+static const char ANCHOR_KEY = 'A'; /* registry[&ANCHOR_KEY] = { [coroutine] = task userdata } */
 
 #define LOOP_META "strand.loop"
 
@@ -239,8 +240,6 @@ static const strand_poller *choose_poller(void) {
 }
 
 strand_loop *strand_loop_get(lua_State *L) {
-  strand_task *t = strand_task_of(L);
-  if (t) return t->loop;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY) == LUA_TUSERDATA) {
     strand_loop *loop = *(strand_loop **)lua_touserdata(L, -1);
     lua_pop(L, 1);
@@ -272,7 +271,7 @@ strand_loop *strand_loop_get(lua_State *L) {
     luaL_error(L, "strand: cannot create the %s poller: %s", loop->poller->name, strerror(e));
   }
   lua_newtable(L);
-  loop->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LOOP_KEY);  /* pops the box */
   return loop;
 }
@@ -289,9 +288,21 @@ char *strand_loop_scratch(strand_loop *loop) {
 
 /* {==== waits */
 
+/* Tasks are found by their coroutine in the anchor table: nothing is read from memory that
+ * strand did not write (foreign coroutines and the main thread simply are not there). */
 strand_task *strand_task_of(lua_State *L) {
-  strand_task *t = *(strand_task **)lua_getextraspace(L);
-  return (t && t->co == L) ? t : NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (lua_pushthread(L)) {                      /* the main thread is never a task */
+    lua_pop(L, 2);
+    return NULL;
+  }
+  lua_rawget(L, -2);
+  strand_task *t = (strand_task *)lua_touserdata(L, -1);
+  lua_pop(L, 2);
+  return t;
 }
 
 /* Who is waiting: the running task, or the main pseudo-task when L may drive the loop.
@@ -407,8 +418,7 @@ int strand_resumed(lua_State *L, int status) {
   if (t->waiting) luaL_error(L, "strand: a task was resumed by something other than its loop");
   if (t->cancel_pending) {
     t->cancel_pending = 0;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor);
-    lua_rawgetp(L, -1, t);                          /* the task userdata */
+    strand_push_task(L, t);                         /* the task userdata */
     lua_getiuservalue(L, -1, 3);                    /* the pending cancellation error */
     lua_pushnil(L);
     lua_setiuservalue(L, -3, 3);
@@ -422,45 +432,61 @@ int strand_resumed(lua_State *L, int status) {
 /* {==== running tasks */
 
 int strand_push_task(lua_State *L, strand_task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor);
-  lua_rawgetp(L, -1, t);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
+  if (L == t->co) {
+    lua_pushthread(L);
+  } else {
+    if (!lua_checkstack(t->co, 1)) luaL_error(L, "strand: task stack overflow");
+    lua_pushthread(t->co);
+    lua_xmove(t->co, L, 1);
+  }
+  lua_rawget(L, -2);
   lua_remove(L, -2);
   return 1;
+}
+
+/* anchor[t->co] = value on top (popped) */
+static void set_anchor(lua_State *L, strand_task *t) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
+  lua_insert(L, -2);                             /* anchor value */
+  if (!lua_checkstack(t->co, 1)) luaL_error(L, "strand: task stack overflow");
+  lua_pushthread(t->co);
+  lua_xmove(t->co, L, 1);                        /* anchor value co */
+  lua_insert(L, -2);                             /* anchor co value */
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
 }
 
 /* The task is over: keep its error (uservalue 2), wake joiners, drop the anchor. */
 static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int status) {
   lua_State *co = t->co;
-  *(strand_task **)lua_getextraspace(co) = NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor);
-  lua_rawgetp(L, -1, t);                         /* anchor, task */
+  strand_push_task(L, t);                        /* task */
   if (status == LUA_OK) {
     t->status = STRAND_T_DONE;
   } else {
     lua_pushvalue(co, -1);
-    lua_xmove(co, L, 1);                         /* anchor, task, raw */
+    lua_xmove(co, L, 1);                         /* task, raw */
     if (lua_type(L, -1) == LUA_TSTRING)
       luaL_traceback(L, co, lua_tostring(L, -1), 0);
     else
-      lua_pushvalue(L, -1);                      /* anchor, task, raw, err */
+      lua_pushvalue(L, -1);                      /* task, raw, err */
     /* run pending <close> variables; an error raised there replaces the task's error */
     int rs = lua_resetthread(co);
     if (rs != LUA_OK && lua_gettop(co) > 0) {
-      lua_xmove(co, L, 1);                       /* anchor, task, raw, err, closeerr */
+      lua_xmove(co, L, 1);                       /* task, raw, err, closeerr */
       if (lua_rawequal(L, -1, -3)) lua_pop(L, 1);
       else lua_replace(L, -2);
     }
-    lua_remove(L, -2);                           /* anchor, task, err */
+    lua_remove(L, -2);                           /* task, err */
     int isc = strand_is_cancelled(L, -1);
     lua_settop(co, 0);
-    lua_setiuservalue(L, -2, 2);                 /* anchor, task */
+    lua_setiuservalue(L, -2, 2);                 /* task */
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
     t->nres = 0;
   }
   lua_pop(L, 1);
   lua_pushnil(L);
-  lua_rawsetp(L, -2, t);                         /* unanchor */
-  lua_pop(L, 1);
+  set_anchor(L, t);                              /* unanchor */
   loop->ntasks--;
   strand_waitq_wake_all(&t->joiners, STRAND_READY);
 }
@@ -550,11 +576,8 @@ strand_task *strand_task_spawn(lua_State *L, int nargs) {
   t->id = loop->next_id++;
   t->status = STRAND_T_NEW;
   t->nargs = nargs;
-  *(strand_task **)lua_getextraspace(co) = t;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor);
-  lua_pushvalue(L, -2);
-  lua_rawsetp(L, -2, t);
-  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  set_anchor(L, t);
   loop->ntasks++;
   ready_push(loop, t);
   return t;
@@ -572,12 +595,9 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
     lua_setiuservalue(L, -2, 2);
     lua_pop(L, 1);
     t->status = STRAND_T_CANCELLED;
-    *(strand_task **)lua_getextraspace(t->co) = NULL;
     lua_settop(t->co, 0);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor);
     lua_pushnil(L);
-    lua_rawsetp(L, -2, t);
-    lua_pop(L, 1);
+    set_anchor(L, t);
     loop->ntasks--;
     strand_waitq_wake_all(&t->joiners, STRAND_READY);
     return;

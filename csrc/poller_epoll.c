@@ -41,7 +41,7 @@ static void ep_del(void *pv, strand_io *io) {
 
 static int ep_wait(void *pv, double timeout) {
   ep *p = (ep *)pv;
-  int n;
+  int n = 0;
   if (!p->no_pwait2) {
     struct timespec ts, *tsp = NULL;
     if (timeout >= 0) {

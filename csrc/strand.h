@@ -260,7 +260,6 @@ struct strand_loop {
   size_t ntasks;                  /* tasks not finished */
   size_t nio_waits;               /* armed io waits */
   lua_Integer next_id;
-  int anchor;                     /* registry ref: lightuserdata(task) -> task userdata */
   char *scratch;
 };
 

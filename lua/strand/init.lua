@@ -136,10 +136,11 @@ function M.as_completed(list, timeout)
   check_list(list, "as_completed")
   check_timeout(timeout, 2, "as_completed")
   local deadline = timeout and now() + timeout
-  local ready, head, total, given = {}, 1, #list, 0
+  local ready, head, tail, total, given = {}, 1, 0, #list, 0
   local n = core.notifier()
   local watchers = watch(list, function(x)
-    ready[#ready + 1] = x
+    tail = tail + 1
+    ready[tail] = x
     n:notify()
   end)
   local closer = setmetatable({}, { __close = function() stop(watchers) end })

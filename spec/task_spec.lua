@@ -1,0 +1,442 @@
+-- Tasks: spawn, sleep, join, result, cancel, timeout, groups, joinall/wait/as_completed.
+local strand = require "strand"
+local H = require "support.helper"
+
+describe("tasks", function()
+  it("sleeps finish in deadline order, concurrently", function()
+    local order = {}
+    local t0 = strand.now()
+    for _, d in ipairs { 0.2, 0.1, 0 } do
+      strand.spawn(function() strand.sleep(d); order[#order + 1] = d end)
+    end
+    strand.run()
+    local took = strand.now() - t0
+    assert.same({ 0, 0.1, 0.2 }, order)
+    assert.is_true(took >= 0.2 and took < 0.4, "took " .. took)
+  end)
+
+  it("10 tasks sleeping 0.1 s take about 0.1 s, not 1 s", function()
+    local t0 = strand.now()
+    local ts = {}
+    for i = 1, 10 do ts[i] = strand.spawn(strand.sleep, 0.1) end
+    strand.joinall(ts)
+    assert.is_true(strand.now() - t0 < 0.3)
+  end)
+
+  it("passes arguments and returns results through join and result", function()
+    local t = strand.spawn(function(a, b) strand.sleep(0); return a + b, "x", nil end, 2, 3)
+    local ok, s, x = t:join()
+    assert.is_true(ok); assert.equal(5, s); assert.equal("x", x)
+    assert.equal(5, (t:result()))
+    assert.equal(3, select("#", t:result()))
+    assert.equal("done", t:status())
+    assert.is_true(t:done())
+    assert.is_number(t.id)
+    assert.matches("strand.task %d+", tostring(t))
+  end)
+
+  it("join with timeout returns nil, timeout and the task keeps running", function()
+    local t = strand.spawn(strand.sleep, 0.2)
+    local r, err = t:join(0.01)
+    assert.is_nil(r); assert.equal("timeout", err)
+    assert.equal("waiting", t:status())
+    assert.is_true((t:join(2)))
+  end)
+
+  it("result re-raises the task's error with a traceback", function()
+    local t = strand.spawn(function() error("boom") end)
+    local ok, err = pcall(t.result, t)
+    assert.is_false(ok)
+    assert.matches("boom", err)
+    assert.matches("stack traceback", err)
+    local ok2, err2 = t:join()
+    assert.is_false(ok2); assert.matches("boom", err2)
+    assert.equal("failed", t:status())
+  end)
+
+  it("non-string errors are kept as they are", function()
+    local e = { code = 7 }
+    local t = strand.spawn(function() error(e) end)
+    local ok, err = t:join()
+    assert.is_false(ok); assert.equal(e, err)
+  end)
+
+  it("status reflects the life of a task", function()
+    local t = strand.spawn(function() strand.sleep(0.05) end)
+    assert.equal("ready", t:status())
+    strand.sleep(0.01)
+    assert.equal("waiting", t:status())
+    local seen
+    local u = strand.spawn(function() seen = strand.current():status() end)
+    u:join()
+    assert.equal("running", seen)
+    t:join()
+  end)
+
+  it("current is nil outside tasks and the task inside", function()
+    assert.is_nil(strand.current())
+    local inner
+    local t = strand.spawn(function() inner = strand.current() end)
+    t:join()
+    assert.equal(t, inner)
+  end)
+
+  it("sleep(0) lets every other ready task run once (round robin)", function()
+    local log = {}
+    local function worker(name)
+      for i = 1, 3 do log[#log + 1] = name .. i; strand.sleep(0) end
+    end
+    strand.spawn(worker, "a"); strand.spawn(worker, "b")
+    strand.run()
+    assert.same({ "a1", "b1", "a2", "b2", "a3", "b3" }, log)
+  end)
+
+  it("a bare coroutine.yield inside a task just lets others run", function()
+    local log = {}
+    strand.spawn(function() log[#log + 1] = 1; coroutine.yield(); log[#log + 1] = 3 end)
+    strand.spawn(function() log[#log + 1] = 2 end)
+    strand.run()
+    assert.same({ 1, 2, 3 }, log)
+  end)
+
+  it("plain coroutines still work inside tasks", function()
+    local r = H.run(function()
+      local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
+      return gen() + gen() + gen()
+    end)
+    assert.equal(6, r)
+  end)
+
+  it("run returns the function's results and waits for every task", function()
+    local late = false
+    local a, b = strand.run(function()
+      strand.spawn(function() strand.sleep(0.05); late = true end)
+      return 1, 2
+    end)
+    assert.equal(1, a); assert.equal(2, b)
+    assert.is_true(late)
+  end)
+
+  it("driving the loop from the main chunk runs other tasks", function()
+    local ticks = 0
+    local t = strand.spawn(function() for _ = 1, 5 do strand.sleep(0.01); ticks = ticks + 1 end end)
+    strand.sleep(0.1)
+    assert.equal(5, ticks)
+    assert.equal("done", t:status())
+  end)
+
+  it("timers fire with sub-millisecond scheduling delay", function()
+    local late = 0
+    for _ = 1, 50 do
+      local a = strand.now()
+      strand.sleep(0.002)
+      late = late + (strand.now() - a - 0.002)
+    end
+    -- a generous bound that still fails for millisecond-granularity timers
+    assert.is_true(late / 50 < 0.001, "mean lateness " .. (late / 50))
+  end)
+end)
+
+describe("cancellation", function()
+  it("cancels a sleeping task at its wait point", function()
+    local t = strand.spawn(strand.sleep, 10)
+    strand.sleep(0)
+    assert.is_true(t:cancel("stop"))
+    local ok, err = t:join(1)
+    assert.is_false(ok)
+    assert.is_true(strand.is_cancelled(err))
+    assert.equal("stop", err.reason)
+    assert.equal("cancelled: stop", tostring(err))
+    assert.equal("cancelled", t:status())
+    assert.is_false(t:cancel())
+  end)
+
+  it("a task cancelled before it ran never runs", function()
+    local ran = false
+    local t = strand.spawn(function() ran = true end)
+    t:cancel()
+    strand.run()
+    assert.is_false(ran)
+    assert.equal("cancelled", t:status())
+  end)
+
+  it("runs <close> variables and pcall handlers of the cancelled task", function()
+    local closed, caught = false, nil
+    local t = strand.spawn(function()
+      local guard <close> = setmetatable({}, { __close = function() closed = true end })
+      local ok, err = pcall(function() strand.sleep(10) end)
+      caught = err
+      if not ok then error(err, 0) end
+    end)
+    strand.sleep(0.01)
+    t:cancel()
+    local ok, err = t:join(1)
+    assert.is_false(ok)
+    assert.is_true(strand.is_cancelled(err))
+    assert.is_true(strand.is_cancelled(caught))
+    assert.is_true(closed)
+  end)
+
+  it("cancels a task blocked in a nested pcall", function()
+    local depth
+    local t = strand.spawn(function()
+      pcall(function()
+        pcall(function() depth = 2; strand.sleep(10) end)
+        depth = 1
+        strand.sleep(10)
+      end)
+      depth = 0
+    end)
+    strand.sleep(0.01)
+    t:cancel()   -- caught by the inner pcall: the task goes on to its next wait
+    strand.sleep(0.01)
+    assert.equal(1, depth)
+    t:cancel()
+    strand.sleep(0.01)
+    assert.equal(0, depth)
+    assert.is_true((t:join(1)))
+  end)
+
+  it("a task can cancel itself: delivered at its next wait", function()
+    local t = strand.spawn(function()
+      strand.current():cancel("me")
+      strand.sleep(0)
+      return "not reached"
+    end)
+    local ok, err = t:join(1)
+    assert.is_false(ok); assert.equal("me", err.reason)
+  end)
+
+  it("an error in a <close> handler during cancellation replaces the error", function()
+    local t = strand.spawn(function()
+      local g <close> = setmetatable({}, { __close = function() error("close failed") end })
+      strand.sleep(10)
+    end)
+    strand.sleep(0.01)
+    t:cancel()
+    local ok, err = t:join(1)
+    assert.is_false(ok)
+    assert.matches("close failed", tostring(err))
+  end)
+end)
+
+describe("timeout", function()
+  it("returns true and the results when fn finishes in time", function()
+    assert.same({ true, 1, 2 }, { H.run(function()
+      return strand.timeout(1, function() strand.sleep(0.01); return 1, 2 end)
+    end) })
+    assert.same({ true, 3 }, { strand.timeout(1, function() return 3 end) })
+  end)
+
+  it("cancels fn and returns nil, timeout (inside and outside tasks)", function()
+    local cleaned = false
+    local r, e = H.run(function()
+      return strand.timeout(0.02, function()
+        local g <close> = setmetatable({}, { __close = function() cleaned = true end })
+        strand.sleep(5)
+      end)
+    end)
+    assert.is_nil(r); assert.equal("timeout", e); assert.is_true(cleaned)
+    local t0 = strand.now()
+    r, e = strand.timeout(0.02, strand.sleep, 5)
+    assert.is_nil(r); assert.equal("timeout", e)
+    assert.is_true(strand.now() - t0 < 1)
+  end)
+
+  it("nested timeouts: the inner one fires first", function()
+    local r = H.run(function()
+      local ok, inner = strand.timeout(1, function()
+        return strand.timeout(0.01, strand.sleep, 5)
+      end)
+      return ok, inner
+    end)
+    assert.is_true(r)
+  end)
+
+  it("a timeout that fires after fn finished does not leak into later waits", function()
+    H.run(function()
+      assert.is_true((strand.timeout(0.01, function()
+        local t0 = strand.now()
+        while strand.now() - t0 < 0.03 do end   -- busy: the timer fires meanwhile
+      end) ~= nil))
+      strand.sleep(0.01)   -- must not raise
+    end)
+  end)
+
+  it("errors of fn propagate", function()
+    local ok, err = pcall(strand.timeout, 1, function() error("bad", 0) end)
+    assert.is_false(ok); assert.matches("^bad", err)
+    ok, err = H.run(function() return pcall(strand.timeout, 1, function() error("bad2", 0) end) end)
+    assert.is_false(ok); assert.equal("bad2", err)
+  end)
+end)
+
+describe("groups and waiting for many", function()
+  it("closing a group cancels what still runs and waits for it", function()
+    local cleaned = 0
+    H.run(function()
+      do
+        local g <close> = strand.group()
+        for _ = 1, 3 do
+          g:spawn(function()
+            local c <close> = setmetatable({}, { __close = function() cleaned = cleaned + 1 end })
+            strand.sleep(10)
+          end)
+        end
+        strand.sleep(0.01)
+      end
+    end)
+    assert.equal(3, cleaned)
+  end)
+
+  it("group wait returns true when every child is done and raises a child's failure", function()
+    H.run(function()
+      local g <close> = strand.group()
+      g:spawn(strand.sleep, 0.01)
+      assert.is_true(g:wait(1))
+      g:spawn(function() error("child failed", 0) end)
+      local ok, err = pcall(g.wait, g, 1)
+      assert.is_false(ok); assert.matches("child failed", err)
+      g:spawn(strand.sleep, 5)
+      local r, e = g:wait(0.01)
+      assert.is_nil(r); assert.equal("timeout", e)
+    end)
+  end)
+
+  it("joinall, wait any/all and as_completed", function()
+    H.run(function()
+      local ts = {}
+      for i, d in ipairs { 0.06, 0.02, 0.04 } do ts[i] = strand.spawn(function() strand.sleep(d); return i end) end
+      local done, pending = strand.wait(ts, { mode = "any" })
+      assert.equal(1, #done); assert.equal(2, #pending); assert.equal(ts[2], done[1])
+      local order = {}
+      for t in strand.as_completed(ts) do order[#order + 1] = t:result() end
+      assert.same({ 2, 3, 1 }, order)
+      done, pending = strand.joinall(ts)
+      assert.equal(3, #done); assert.equal(0, #pending)
+      local slow = strand.spawn(strand.sleep, 5)
+      done, pending = strand.wait({ slow }, { timeout = 0.01 })
+      assert.equal(0, #done); assert.equal(1, #pending)
+      assert.has_error(function() for _ in strand.as_completed({ slow }, 0.01) do end end)
+      slow:cancel()
+    end)
+  end)
+
+  it("as_completed can stop early", function()
+    H.run(function()
+      local ts = {}
+      for i = 1, 5 do ts[i] = strand.spawn(strand.sleep, i * 0.01) end
+      local n = 0
+      for _ in strand.as_completed(ts) do n = n + 1; if n == 2 then break end end
+      assert.equal(2, n)
+    end)
+  end)
+end)
+
+describe("tasks: failure conditions", function()
+  it("bad arguments raise naming the argument", function()
+    assert.has_error(function() strand.spawn(42) end)
+    assert.has_error(function() strand.sleep(-1) end)
+    assert.has_error(function() strand.sleep("x") end)
+    local t = strand.spawn(function() end)
+    assert.has_error(function() t:join(-1) end)
+    assert.has_error(function() t:join("soon") end)
+    assert.has_error(function() strand.timeout(-1, print) end)
+    assert.has_error(function() strand.timeout(1, 42) end)
+    assert.has_error(function() strand.joinall(42) end)
+    assert.has_error(function() strand.joinall({ 42 }) end)
+    assert.has_error(function() strand.wait({}, { mode = "some" }) end)
+    t:join()
+  end)
+
+  it("a task cannot join itself", function()
+    local t = strand.spawn(function() return strand.current():join() end)
+    local ok, err = t:join(1)
+    assert.is_false(ok); assert.matches("cannot join itself", err)
+  end)
+
+  it("blocking in a foreign coroutine while the loop runs raises a clear error", function()
+    local ok, err = H.run(function()
+      return pcall(coroutine.wrap(function() strand.sleep(0.01) end))
+    end)
+    assert.is_false(ok)
+    assert.matches("coroutine that strand does not own", err)
+  end)
+
+  it("a foreign coroutine may block when nobody drives the loop", function()
+    local co = coroutine.wrap(function() strand.sleep(0.01); return "slept" end)
+    assert.equal("slept", co())
+  end)
+
+  it("blocking across a non-yieldable C call raises instead of hanging", function()
+    local ok, err = H.run(function()
+      return pcall(table.sort, { 3, 2, 1 }, function(a, b) strand.sleep(0); return a < b end)
+    end)
+    assert.is_false(ok)
+    assert.matches("cannot block here", err)
+  end)
+
+  it("a deadlock raises instead of hanging", function()
+    local ok, err = pcall(function()
+      local me
+      local t = strand.spawn(function() strand.current():join() end)
+      me = t
+      strand.spawn(function() me:join() end)
+      strand.run()
+    end)
+    -- the first task fails (join itself); the second joins it: no deadlock there
+    assert.is_true(ok, err)
+    local a, b
+    ok, err = pcall(strand.run, function()
+      a = strand.spawn(function() strand.sleep(0); b:join() end)
+      b = strand.spawn(function() strand.sleep(0); a:join() end)
+      a:join()
+    end)
+    assert.is_false(ok)
+    assert.matches("deadlock", err)
+    a:cancel(); b:cancel()
+    strand.run()
+    assert.equal("cancelled", a:status())
+  end)
+
+  it("an error in a task nobody joins is reported once on stderr, not fatal", function()
+    local out, ok = H.lua([[
+      local strand = require "strand"
+      strand.spawn(function() error("lost in space") end)
+      strand.run()
+      collectgarbage(); collectgarbage()
+      print("still alive")
+    ]])
+    assert.truthy(ok)
+    assert.matches("still alive", out)
+    local _, n = out:gsub("lost in space", "")
+    assert.equal(1, n)
+  end)
+
+  it("a joined failure is not reported", function()
+    local out = H.lua([[
+      local strand = require "strand"
+      local t = strand.spawn(function() error("seen") end)
+      t:join()
+      t = nil
+      collectgarbage(); collectgarbage()
+      print("end")
+    ]])
+    assert.not_matches("seen", out)
+  end)
+
+  it("a task resumed from outside strand raises instead of corrupting the loop", function()
+    H.run(function()
+      local victim_co
+      local victim = strand.spawn(function() victim_co = coroutine.running(); strand.sleep(10) end)
+      strand.sleep(0.01)
+      local ok, err = coroutine.resume(victim_co)
+      assert.is_false(ok)
+      assert.matches("resumed by something other than its loop", err)
+      victim:cancel()
+      local jok = victim:join(1)
+      assert.is_false(jok)
+      strand.sleep(0.01)   -- the loop still works
+    end)
+  end)
+end)
