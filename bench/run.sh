@@ -1,0 +1,15 @@
+#!/bin/sh
+# `make bench`: every benchmark in bench/, each printing its own numbers and its ratios to the
+# peers it measures in the same run. $1 = build dir.
+build=${1:-build}
+export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
+export LUA_CPATH="$build/?.so;;"
+for b in bench/*_bench.lua; do
+  echo "### $b"
+  lua5.4 "$b" || echo "($b failed)"
+done
+for b in bench/*.sh; do
+  [ "$b" = bench/run.sh ] && continue
+  echo "### $b"
+  sh "$b" "$build" || echo "($b failed)"
+done
