@@ -235,8 +235,9 @@ static int loop_gc(lua_State *L) {
 
 static const strand_poller *choose_poller(void) {
   const char *name = getenv("STRAND_POLLER");
-  if (name && strcmp(name, "poll") == 0) return &strand_poller_poll;
-  return &strand_poller_epoll;
+  if (name == NULL || *name == 0 || strcmp(name, "epoll") == 0) return &strand_poller_epoll;
+  if (strcmp(name, "poll") == 0) return &strand_poller_poll;
+  return NULL;
 }
 
 strand_loop *strand_loop_get(lua_State *L) {
@@ -265,6 +266,8 @@ strand_loop *strand_loop_get(lua_State *L) {
   loop->main.status = STRAND_T_RUNNING;
   loop->next_id = 1;
   loop->poller = choose_poller();
+  if (loop->poller == NULL)
+    luaL_error(L, "strand: unknown STRAND_POLLER '%s' (use epoll or poll)", getenv("STRAND_POLLER"));
   loop->pstate = loop->poller->init(loop);
   if (loop->pstate == NULL) {
     int e = errno;

@@ -337,7 +337,13 @@ static int nt_wait(lua_State *L) {
 
 /* }==== */
 
+static int l_backend(lua_State *L) {
+  lua_pushstring(L, strand_loop_get(L)->poller->name);
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
+  {"backend", l_backend},
   {"spawn", l_spawn}, {"sleep", l_sleep}, {"now", l_now}, {"current", l_current},
   {"run", l_run}, {"is_cancelled", l_is_cancelled}, {"cancel_after", l_cancel_after},
   {"notifier", l_notifier}, {NULL, NULL}

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs each busted spec in its own Lua 5.4 process against the build in $1 (a crash in one spec
 # file is counted as a failure, never hides the others). Optional further args: spec files.
+# STRAND_POLLERS="epoll poll" runs the whole list once per loop poller.
 # Prints "N passed, N failed" last; exits non-zero on any failure.
 build=${1:-build}; shift
 specs="$*"
@@ -10,6 +11,8 @@ export LUA_CPATH="$build/?.so;;"
 export STRAND_TEST_BUILD="$build"
 passed=0; failed=0; errors=0
 out=$(mktemp); trap 'rm -f "$out"' EXIT
+for poller in ${STRAND_POLLERS:-epoll}; do
+export STRAND_POLLER=$poller
 for f in $specs; do
   if [ -n "$STRAND_VALGRIND" ]; then
     set -- valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 \
@@ -32,10 +35,11 @@ for f in $specs; do
   fi
   passed=$((passed + s)); failed=$((failed + fl + er))
   if [ "$fl" != 0 ] || [ "$er" != 0 ]; then
-    echo "---- $f"; cat "$out"
+    echo "---- $f [$poller]"; cat "$out"
   else
-    echo "ok   $f ($s)"
+    echo "ok   $f [$poller] ($s)"
   fi
+done
 done
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -53,11 +53,12 @@ function H.no_leaks(fn)
   end
 end
 
---- Run a Lua snippet in a fresh lua5.4 process; returns stdout+stderr, exit ok.
-function H.lua(code)
+--- Run a Lua snippet in a fresh lua5.4 process (env: optional "VAR=value ..." prefix);
+--- returns stdout+stderr, exit ok.
+function H.lua(code, env)
   local f = os.tmpname()
   local h = io.open(f, "w"); h:write(code); h:close()
-  local p = io.popen("lua5.4 " .. f .. " 2>&1")
+  local p = io.popen((env and env .. " " or "") .. "lua5.4 " .. f .. " 2>&1")
   local out = p:read("a")
   local ok = p:close()
   os.remove(f)
