@@ -126,14 +126,16 @@ describe("tasks", function()
   end)
 
   it("timers fire with sub-millisecond scheduling delay", function()
-    local late = 0
-    for _ = 1, 50 do
+    local late = {}
+    for i = 1, 51 do
       local a = strand.now()
       strand.sleep(0.002)
-      late = late + (strand.now() - a - 0.002)
+      late[i] = strand.now() - a - 0.002
     end
-    -- a generous bound that still fails for millisecond-granularity timers
-    assert.is_true(late / 50 < 0.001, "mean lateness " .. (late / 50))
+    table.sort(late)
+    assert.is_true(late[1] >= 0, "a timer fired early")
+    -- the median: robust to a preempted sample, still fails for millisecond-granularity timers
+    assert.is_true(late[26] < 0.001, "median lateness " .. late[26])
   end)
 end)
 
