@@ -1,0 +1,947 @@
+/* serial.c — copying Lua values between states and processes: encode values into one flat
+ * byte string (version byte + type tags), decode it in another state; strand.serial. */
+#include "strand.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+
+/* {==== format
+ *
+ *   string  = VERSION hdrflags varint(count) value*count       (nothing may follow)
+ *   value   = NIL | FALSE | TRUE | SMALLINT+v (v < 64) | INT zigzag-varint | FLOAT 8 bytes LE
+ *           | SHORTSTR+len bytes (len < 64) | STR varint(len) bytes
+ *           | TABLE u32(narr) u32(nrec) value*narr (key value)*nrec
+ *           | REF varint(i)                             (i-th table/function/object met so far)
+ *           | FUNC u32(len) bytecode byte(nups) upvalue*nups
+ *           | GLOBALS | MODULE str(name) | MODFIELD str(name "\0" key)
+ *           | OBJECT str(typename) u64(pointer) u64(mac)
+ *   upvalue = value | UPJOIN varint(i) byte(n)         (shares upvalue n of function REF i)
+ *   str     = varint(len) bytes      (integers little-endian; u32/u64 fixed width)
+ * Tables, functions and objects are numbered in the order they start (preorder), so a value
+ * can refer back to any container that encloses it (cycles) or came before it (sharing).
+ * OBJECT carries a keyed hash of pointer and type, so bytes that this process (or a fork of
+ * it) did not produce are never taken for an object. */
+
+#define SER_VERSION   0x01
+#define HDR_OBJECTS   0x01   /* holds OBJECT: references to retain/release */
+#define HDR_REFS      0x02   /* holds REF/UPJOIN: the decoder keeps a table of containers */
+
+enum { T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_REF, T_FUNC, T_GLOBALS,
+       T_MODULE, T_MODFIELD, T_OBJECT, T_UPJOIN };
+#define T_SHORTSTR 0x80      /* 0x80..0xbf: string of length tag-0x80 */
+#define T_SMALLINT 0xc0      /* 0xc0..0xff: integer tag-0xc0 */
+
+#define MAXDEPTH   200       /* nested tables/functions */
+#define MAXNAME    255       /* type names in OBJECT */
+#define SERIAL_NOADOPT 0x100 /* private: decode retains objects instead of adopting the refs */
+
+_Static_assert(sizeof(lua_Number) == 8, "strand.serial expects a double lua_Number");
+
+/* }==== */
+
+/* {==== object reference authentication: SipHash-2-4 with a per-process random key.
+ * The key is written once (pthread_once) and inherited by forked children. */
+
+static pthread_once_t mac_once = PTHREAD_ONCE_INIT;
+static uint64_t mac_key[2];
+
+static void mac_init(void) {
+  unsigned char k[16];
+  ssize_t got = getrandom(k, sizeof k, 0);
+  if (got != (ssize_t)sizeof k) {            /* no getrandom: weaker, but still unguessable
+                                                by a peer that cannot see this process */
+    uint64_t t = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&got;
+    for (int i = 0; i < 16; i++) { t = t * 6364136223846793005ULL + 1442695040888963407ULL;
+                                    k[i] = (unsigned char)(t >> 56); }
+  }
+  memcpy(mac_key, k, sizeof k);
+}
+
+#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND do { \
+    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
+    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2; \
+    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0; \
+    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); } while (0)
+
+static uint64_t get64(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+  return v;
+}
+
+static void put64(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) { p[i] = (unsigned char)v; v >>= 8; }
+}
+
+static uint64_t siphash(const unsigned char *m, size_t len) {
+  pthread_once(&mac_once, mac_init);
+  uint64_t v0 = mac_key[0] ^ 0x736f6d6570736575ULL, v1 = mac_key[1] ^ 0x646f72616e646f6dULL;
+  uint64_t v2 = mac_key[0] ^ 0x6c7967656e657261ULL, v3 = mac_key[1] ^ 0x7465646279746573ULL;
+  size_t i;
+  for (i = 0; i + 8 <= len; i += 8) {
+    uint64_t w = get64(m + i);
+    v3 ^= w; SIPROUND; SIPROUND; v0 ^= w;
+  }
+  uint64_t b = (uint64_t)len << 56;
+  for (size_t j = 0; i + j < len; j++) b |= (uint64_t)m[i + j] << (8 * j);
+  v3 ^= b; SIPROUND; SIPROUND; v0 ^= b;
+  v2 ^= 0xff; SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* mac of (pointer, type name): name has namelen <= MAXNAME bytes */
+static uint64_t object_mac(uint64_t ptr, const char *name, size_t namelen) {
+  unsigned char m[8 + MAXNAME];
+  put64(m, ptr);
+  memcpy(m + 8, name, namelen);
+  return siphash(m, 8 + namelen);
+}
+
+/* }==== */
+
+/* {==== walking an encoding without Lua: object references (retain/release/validate) */
+
+typedef struct cursor { const unsigned char *p, *end; } cursor;
+
+static int rd_varint(cursor *c, uint64_t *v) {
+  uint64_t r = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (c->p >= c->end) return 0;
+    unsigned b = *c->p++;
+    if (shift == 63 && b > 1) return 0;        /* more than 64 bits */
+    r |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) { *v = r; return 1; }
+  }
+  return 0;
+}
+
+static int rd_u32(cursor *c, uint32_t *v) {
+  if (c->end - c->p < 4) return 0;
+  *v = (uint32_t)c->p[0] | (uint32_t)c->p[1] << 8 | (uint32_t)c->p[2] << 16
+     | (uint32_t)c->p[3] << 24;
+  c->p += 4;
+  return 1;
+}
+
+static int skip(cursor *c, uint64_t n) {
+  if ((uint64_t)(c->end - c->p) < n) return 0;
+  c->p += n;
+  return 1;
+}
+
+/* str = varint(len) bytes: sets *s and *len without copying */
+static int rd_str(cursor *c, const char **s, size_t *len) {
+  uint64_t n;
+  if (!rd_varint(c, &n) || (uint64_t)(c->end - c->p) < n) return 0;
+  *s = (const char *)c->p; *len = (size_t)n;
+  c->p += n;
+  return 1;
+}
+
+/* OBJECT body after the tag: checks the mac; *o is the object (only then valid to use) */
+static int rd_object(cursor *c, strand_object **o, const char **name, size_t *namelen) {
+  if (!rd_str(c, name, namelen) || *namelen > MAXNAME || c->end - c->p < 16) return 0;
+  uint64_t ptr = get64(c->p), mac = get64(c->p + 8);
+  c->p += 16;
+  if (object_mac(ptr, *name, *namelen) != mac) return 0;
+  *o = (strand_object *)(uintptr_t)ptr;
+  return 1;
+}
+
+/* Walk a whole encoding iteratively (no recursion, so garbage cannot overflow the C stack);
+ * calls act on each object when act != NULL. Returns 1 when the structure is well formed. */
+static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
+  cursor c = { (const unsigned char *)s, (const unsigned char *)s + len };
+  uint64_t pending;
+  if (len < 2 || c.p[0] != SER_VERSION) return 0;
+  c.p += 2;
+  if (!rd_varint(&c, &pending)) return 0;
+  while (pending > 0) {
+    if (c.p >= c.end || pending > (uint64_t)(c.end - c.p)) return 0;  /* >= 1 byte per value */
+    pending--;
+    unsigned tag = *c.p++;
+    uint64_t n; uint32_t n32; const char *name; size_t nl; strand_object *o;
+    if (tag >= T_SMALLINT) continue;
+    if (tag >= T_SHORTSTR) { if (!skip(&c, tag - T_SHORTSTR)) return 0; continue; }
+    switch (tag) {
+      case T_NIL: case T_FALSE: case T_TRUE: case T_GLOBALS: break;
+      case T_INT: case T_REF: if (!rd_varint(&c, &n)) return 0; break;
+      case T_FLOAT: if (!skip(&c, 8)) return 0; break;
+      case T_STR: case T_MODULE: case T_MODFIELD: if (!rd_str(&c, &name, &nl)) return 0; break;
+      case T_TABLE:
+        if (!rd_u32(&c, &n32)) return 0;
+        pending += n32;
+        if (!rd_u32(&c, &n32)) return 0;
+        pending += 2 * (uint64_t)n32;
+        break;
+      case T_FUNC:
+        if (!rd_u32(&c, &n32) || !skip(&c, n32) || !skip(&c, 1)) return 0;
+        pending += c.p[-1];
+        break;
+      case T_UPJOIN: if (!rd_varint(&c, &n) || !skip(&c, 1)) return 0; break;
+      case T_OBJECT:
+        if (!rd_object(&c, &o, &name, &nl)) return 0;
+        if (act) act(o);
+        break;
+      default: return 0;
+    }
+  }
+  return c.p == c.end;
+}
+
+void strand_serial_release(const char *p, size_t len) {
+  if (len >= 2 && (p[1] & HDR_OBJECTS) && walk(p, len, NULL))
+    walk(p, len, strand_object_release);
+}
+
+/* }==== */
+
+/* {==== encoding */
+
+enum { P_TOP, P_INDEX, P_KEY, P_KEYOF, P_UPVAL };
+typedef struct pathel {
+  int kind;
+  int idx;                  /* P_KEY/P_KEYOF: stack index of the key */
+  lua_Integer i;            /* P_TOP: argument number (0: "value"); P_INDEX: array index */
+  const char *name;         /* P_UPVAL */
+} pathel;
+
+typedef struct encoder {
+  lua_State *L;
+  unsigned char *b;         /* output: init, then the userdata at slot buf */
+  size_t n, cap;
+  int flags;
+  /* stack slots: the buffer userdata; the first container; the identity cache; module table
+   * -> name; function -> "module\0key" (all but the first lazy, nil until needed) */
+  int buf, first, cache, mods, funcs;
+  lua_Integer nrefs;        /* tables/functions/objects numbered so far */
+  int scans;                /* tables checked against package.loaded by a plain scan */
+  unsigned char hdr;
+  int plen;
+  pathel path[MAXDEPTH + 2];
+  unsigned char init[512];
+} encoder;
+
+static void enc_value(encoder *e, int idx);
+
+/* Render the path of the value being encoded (at most ~12 elements) and raise with msg. */
+static void enc_error(encoder *e, const char *msg) {
+  lua_State *L = e->L;
+  luaL_Buffer b;
+  char tmp[64];
+  luaL_buffinit(L, &b);
+  for (int k = 0; k < e->plen; k++) {
+    const pathel *pe = &e->path[k];
+    if (e->plen > 12 && k == 6) { luaL_addstring(&b, "..."); k = e->plen - 6; continue; }
+    if (pe->kind == P_TOP) {
+      if (pe->i == 0) luaL_addstring(&b, "value");
+      else { snprintf(tmp, sizeof tmp, "args[%lld]", (long long)pe->i); luaL_addstring(&b, tmp); }
+    } else if (pe->kind == P_INDEX) {
+      snprintf(tmp, sizeof tmp, "[%lld]", (long long)pe->i); luaL_addstring(&b, tmp);
+    } else if (pe->kind == P_UPVAL) {
+      luaL_addstring(&b, ".<upvalue "); luaL_addstring(&b, pe->name); luaL_addchar(&b, '>');
+    } else if (pe->kind == P_KEYOF) {
+      luaL_addstring(&b, "[<key>]");
+    } else switch (lua_type(L, pe->idx)) {
+      case LUA_TSTRING: {
+        size_t l; const char *s = lua_tolstring(L, pe->idx, &l);
+        int ident = l > 0 && l <= 40 && !(s[0] >= '0' && s[0] <= '9');
+        for (size_t j = 0; ident && j < l; j++)
+          ident = (s[j] == '_' || (s[j] >= 'a' && s[j] <= 'z') || (s[j] >= 'A' && s[j] <= 'Z')
+                   || (s[j] >= '0' && s[j] <= '9'));
+        if (ident) { luaL_addchar(&b, '.'); luaL_addlstring(&b, s, l); break; }
+        luaL_addstring(&b, "[\"");
+        for (size_t j = 0; j < l && j < 40; j++)
+          luaL_addchar(&b, (s[j] >= 32 && s[j] < 127 && s[j] != '"') ? s[j] : '?');
+        luaL_addstring(&b, l > 40 ? "...\"]" : "\"]");
+        break;
+      }
+      case LUA_TNUMBER:
+        if (lua_isinteger(L, pe->idx))
+          snprintf(tmp, sizeof tmp, "[%lld]", (long long)lua_tointeger(L, pe->idx));
+        else snprintf(tmp, sizeof tmp, "[%.14g]", (double)lua_tonumber(L, pe->idx));
+        luaL_addstring(&b, tmp);
+        break;
+      case LUA_TBOOLEAN:
+        luaL_addstring(&b, lua_toboolean(L, pe->idx) ? "[true]" : "[false]");
+        break;
+      default:
+        snprintf(tmp, sizeof tmp, "[<%s>]", luaL_typename(L, pe->idx)); luaL_addstring(&b, tmp);
+    }
+  }
+  luaL_addstring(&b, ": ");
+  luaL_addstring(&b, msg);
+  luaL_pushresult(&b);
+  lua_error(L);
+}
+
+static void grow(encoder *e, size_t need) {
+  size_t cap = e->cap;
+  while (cap - e->n < need) {
+    if (cap > ((size_t)-1) / 2) luaL_error(e->L, "strand.serial: encoding too large");
+    cap *= 2;
+  }
+  unsigned char *nb = (unsigned char *)lua_newuserdatauv(e->L, cap, 0);
+  memcpy(nb, e->b, e->n);
+  lua_replace(e->L, e->buf);              /* the old userdata (if any) becomes garbage */
+  e->b = nb; e->cap = cap;
+}
+
+#define ROOM(e, k) do { if ((e)->cap - (e)->n < (size_t)(k)) grow((e), (k)); } while (0)
+
+static void put_byte(encoder *e, unsigned c) { ROOM(e, 1); e->b[e->n++] = (unsigned char)c; }
+
+static void put_bytes(encoder *e, const void *s, size_t l) {
+  ROOM(e, l); memcpy(e->b + e->n, s, l); e->n += l;
+}
+
+static void put_varint(encoder *e, uint64_t v) {
+  ROOM(e, 10);
+  while (v >= 0x80) { e->b[e->n++] = (unsigned char)(v | 0x80); v >>= 7; }
+  e->b[e->n++] = (unsigned char)v;
+}
+
+static size_t put_hole(encoder *e, size_t k) { ROOM(e, k); e->n += k; return e->n - k; }
+
+static void patch_u32(encoder *e, size_t at, uint64_t v) {
+  if (v > 0xffffffffu) luaL_error(e->L, "strand.serial: value too large to encode");
+  for (int i = 0; i < 4; i++) e->b[at + i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_str(encoder *e, const char *s, size_t l) { put_varint(e, l); put_bytes(e, s, l); }
+
+static int lazy_table(encoder *e, int slot) {
+  if (lua_isnil(e->L, slot)) { lua_newtable(e->L); lua_replace(e->L, slot); }
+  return slot;
+}
+
+/* Better name for the same module or function: shorter, then smaller (deterministic). */
+static int better(lua_State *L, int cand, int cur) {
+  size_t lc, lu;
+  const char *c = lua_tolstring(L, cand, &lc), *u = lua_tolstring(L, cur, &lu);
+  return lc < lu || (lc == lu && memcmp(c, u, lc) < 0);
+}
+
+/* map[key at -2] = name at -1 unless map already has a better name; pops both */
+static void map_offer(lua_State *L, int map) {
+  lua_pushvalue(L, -2);
+  if (lua_rawget(L, map) != LUA_TNIL && !better(L, -2, -1)) { lua_pop(L, 3); return; }
+  lua_pop(L, 1);
+  lua_rawset(L, map);
+}
+
+/* Reverse lookups of package.loaded, built once per encode on first need:
+ * mods: module table -> name; funcs: function -> "name\0key" (module[key], one level deep;
+ * Lua functions found only in the globals table are copied, not named). */
+static void build_maps(encoder *e, int funcs) {
+  lua_State *L = e->L;
+  int map = lazy_table(e, funcs ? e->funcs : e->mods);
+  luaL_checkstack(L, 8, NULL);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  int loaded = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int globals = loaded + 1;
+  if (lua_istable(L, loaded)) {
+    lua_pushnil(L);
+    while (lua_next(L, loaded)) {
+      size_t nl;
+      if (lua_type(L, -2) != LUA_TSTRING || !lua_istable(L, -1)
+          || strlen(lua_tolstring(L, -2, &nl)) != nl) { lua_pop(L, 1); continue; }
+      if (!funcs) { lua_pushvalue(L, -2); map_offer(L, map); continue; }
+      int mod = lua_gettop(L), isglobals = lua_rawequal(L, mod, globals);
+      lua_pushnil(L);
+      while (lua_next(L, mod)) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_isfunction(L, -1)
+            && !(isglobals && !lua_iscfunction(L, -1))) {
+          lua_pushvalue(L, mod - 1); lua_pushlstring(L, "", 1); lua_pushvalue(L, -4);
+          lua_concat(L, 3);                      /* key value "name\0key" */
+          map_offer(L, map);
+        } else lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 2);
+}
+
+/* Pushes the by-name entry for the value at idx (or nil); builds the map on first use. */
+static int by_name(encoder *e, int idx, int funcs) {
+  int *slot = funcs ? &e->funcs : &e->mods;
+  if (lua_isnil(e->L, *slot)) build_maps(e, funcs);
+  lua_pushvalue(e->L, idx);
+  return lua_rawget(e->L, *slot) != LUA_TNIL;
+}
+
+/* Pushes the name of the loaded module that is the table at idx (or nil). The first tables
+ * are looked up by scanning package.loaded: most values hold few tables, and building the
+ * reverse map costs several scans. */
+static int module_name(encoder *e, int idx) {
+  lua_State *L = e->L;
+  if (e->scans >= 4) return by_name(e, idx, 0);
+  e->scans++;
+  lua_pushnil(L);                                    /* best name so far */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+    int best = lua_gettop(L) - 1;
+    lua_pushnil(L);
+    while (lua_next(L, best + 1)) {
+      size_t nl;
+      if (lua_rawequal(L, -1, idx) && lua_type(L, -2) == LUA_TSTRING
+          && strlen(lua_tolstring(L, -2, &nl)) == nl && (lua_isnil(L, best) || better(L, -2, best))) {
+        lua_pushvalue(L, -2);
+        lua_replace(L, best);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return !lua_isnil(L, -1);
+}
+
+/* The identity cache: value -> number (and upvalue id -> link). Until a second container
+ * comes, the first one waits in slot first and no table is made (most values have one). */
+static int cache_table(encoder *e) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->cache)) {
+    lua_createtable(L, 0, 4);
+    if (e->nrefs == 1) { lua_pushvalue(L, e->first); lua_pushinteger(L, 1); lua_rawset(L, -3); }
+    lua_replace(L, e->cache);
+  }
+  return e->cache;
+}
+
+/* Emits a back-reference if the value at idx was numbered before; returns 1 if it did. */
+static int enc_ref(encoder *e, int idx) {
+  lua_State *L = e->L;
+  lua_Integer i;
+  if (e->nrefs == 0) return 0;
+  if (lua_isnil(L, e->cache)) {
+    if (!lua_rawequal(L, idx, e->first)) return 0;
+    i = 1;
+  } else {
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, e->cache) != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
+    i = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  put_byte(e, T_REF); put_varint(e, (uint64_t)i);
+  e->hdr |= HDR_REFS;
+  return 1;
+}
+
+/* Numbers the table/function/object at idx (the decoder numbers it at the same point). */
+static void enc_number(encoder *e, int idx) {
+  lua_State *L = e->L;
+  if (e->nrefs == 0) { e->nrefs = 1; lua_pushvalue(L, idx); lua_replace(L, e->first); return; }
+  int cache = cache_table(e);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, ++e->nrefs);
+  lua_rawset(L, cache);
+}
+
+static void enter(encoder *e) {
+  if (e->plen > MAXDEPTH) {
+    e->plen = 1;
+    enc_error(e, "nesting deeper than 200 levels");
+  }
+  luaL_checkstack(e->L, 8, "strand.serial: nesting too deep");
+}
+
+/* the globals table, modules and functions need {functions=true} */
+static void need_functions(encoder *e, const char *what) {
+  if (!(e->flags & STRAND_SERIAL_FUNCTIONS))
+    enc_error(e, lua_pushfstring(e->L, "cannot copy %s (only with {functions=true})", what));
+}
+
+static void enc_table(encoder *e, int idx) {
+  lua_State *L = e->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int isglobals = lua_rawequal(L, idx, -1);
+  lua_pop(L, 1);
+  if (isglobals) { need_functions(e, "the globals table"); put_byte(e, T_GLOBALS); return; }
+  if (enc_ref(e, idx)) return;
+  if (module_name(e, idx)) {                       /* a loaded module: by name */
+    size_t l; const char *s = lua_tolstring(L, -1, &l);
+    if (!(e->flags & STRAND_SERIAL_FUNCTIONS))
+      enc_error(e, lua_pushfstring(L, "cannot copy module '%s' (only with {functions=true})", s));
+    put_byte(e, T_MODULE); put_str(e, s, l);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  if (lua_getmetatable(L, idx)) enc_error(e, "cannot copy a table with a metatable");
+  enc_number(e, idx);
+  enter(e);
+  put_byte(e, T_TABLE);
+  size_t hole = put_hole(e, 8);      /* narr, nrec: known once the table is walked */
+  pathel *pe = &e->path[e->plen++];
+  uint64_t narr = 0, nrec = 0;
+  int inarray = 1;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {         /* one pass: 1, 2, ... first (array values), then pairs */
+    int k = lua_gettop(L) - 1;
+    if (inarray && lua_isinteger(L, k) && (uint64_t)lua_tointeger(L, k) == narr + 1) {
+      pe->kind = P_INDEX; pe->i = (lua_Integer)++narr;
+      enc_value(e, k + 1);
+    } else {
+      inarray = 0;
+      pe->kind = P_KEYOF; pe->idx = k;
+      enc_value(e, k);
+      pe->kind = P_KEY;
+      enc_value(e, k + 1);
+      nrec++;
+    }
+    lua_pop(L, 1);
+  }
+  patch_u32(e, hole, narr);
+  patch_u32(e, hole + 4, nrec);
+  e->plen--;
+}
+
+/* lua_dump writer: append to the output */
+static int enc_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+  put_bytes((encoder *)ud, p, sz);
+  return 0;
+}
+
+static void enc_function(encoder *e, int idx) {
+  lua_State *L = e->L;
+  need_functions(e, "a function");
+  if (enc_ref(e, idx)) return;
+  if (by_name(e, idx, 1)) {
+    size_t l; const char *s = lua_tolstring(L, -1, &l);
+    put_byte(e, T_MODFIELD); put_str(e, s, l);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  if (lua_iscfunction(L, idx)) enc_error(e, "cannot copy a C function");
+  enc_number(e, idx);
+  lua_Integer self = e->nrefs;       /* numbered before its upvalues: recursion, cycles */
+  enter(e);
+  put_byte(e, T_FUNC);
+  size_t hole = put_hole(e, 4), start = e->n;
+  lua_pushvalue(L, idx);
+  lua_dump(L, enc_writer, e, 0);
+  lua_pop(L, 1);
+  patch_u32(e, hole, e->n - start);
+  size_t nupsat = e->n;
+  put_byte(e, 0);
+  pathel *pe = &e->path[e->plen++];
+  pe->kind = P_UPVAL;
+  int cache = cache_table(e), i;
+  for (i = 1; (pe->name = lua_getupvalue(L, idx, i)) != NULL; i++) {
+    /* an upvalue shared with a function met before is joined, not copied */
+    lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
+    if (lua_rawget(L, cache) == LUA_TNUMBER) {
+      lua_Integer link = lua_tointeger(L, -1);
+      put_byte(e, T_UPJOIN); put_varint(e, (uint64_t)(link >> 8)); put_byte(e, link & 0xff);
+      e->hdr |= HDR_REFS;
+      lua_pop(L, 2);
+      continue;
+    }
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
+    lua_pushinteger(L, self << 8 | i);
+    lua_rawset(L, cache);
+    enc_value(e, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  e->b[nupsat] = (unsigned char)(i - 1);
+  e->plen--;
+}
+
+static void enc_userdata(encoder *e, int idx) {
+  lua_State *L = e->L;
+  strand_object *o = strand_object_test(L, idx);
+  if (o != NULL) {
+    if (enc_ref(e, idx)) return;
+    enc_number(e, idx);
+    const char *name = o->type->name;
+    size_t nl = strlen(name);
+    if (nl > MAXNAME) enc_error(e, "strand object type name too long");
+    uint64_t ptr = (uint64_t)(uintptr_t)o;
+    unsigned char tail[16];
+    put64(tail, ptr); put64(tail + 8, object_mac(ptr, name, nl));
+    put_byte(e, T_OBJECT); put_str(e, name, nl); put_bytes(e, tail, 16);
+    e->hdr |= HDR_OBJECTS;
+    return;
+  }
+  const char *tname = NULL;
+  if (lua_getmetatable(L, idx)) {
+    if (lua_getfield(L, -1, "__strand_object") == LUA_TBOOLEAN)
+      enc_error(e, "cannot copy a closed strand object");
+    if (lua_getfield(L, -2, "__name") == LUA_TSTRING) tname = lua_tostring(L, -1);
+  }
+  if (tname == NULL) enc_error(e, "cannot copy a userdata");
+  enc_error(e, lua_pushfstring(L, "cannot copy a userdata (%s)", tname));
+}
+
+static void enc_value(encoder *e, int idx) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: put_byte(e, T_NIL); break;
+    case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE); break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        lua_Integer v = lua_tointeger(L, idx);
+        if (v >= 0 && v < 64) put_byte(e, T_SMALLINT + (unsigned)v);
+        else {
+          uint64_t u = (uint64_t)v;
+          put_byte(e, T_INT); put_varint(e, (u << 1) ^ (0 - (u >> 63)));
+        }
+      } else {
+        lua_Number d = lua_tonumber(L, idx);
+        uint64_t bits; unsigned char b8[8];
+        memcpy(&bits, &d, 8); put64(b8, bits);
+        put_byte(e, T_FLOAT); put_bytes(e, b8, 8);
+      }
+      break;
+    case LUA_TSTRING: {
+      size_t l; const char *s = lua_tolstring(L, idx, &l);
+      if (l < 64) { put_byte(e, T_SHORTSTR + (unsigned)l); put_bytes(e, s, l); }
+      else { put_byte(e, T_STR); put_str(e, s, l); }
+      break;
+    }
+    case LUA_TTABLE: enc_table(e, idx); break;
+    case LUA_TFUNCTION: enc_function(e, idx); break;
+    case LUA_TUSERDATA: enc_userdata(e, idx); break;
+    case LUA_TLIGHTUSERDATA: enc_error(e, "cannot copy a light userdata"); break;
+    case LUA_TTHREAD: enc_error(e, "cannot copy a coroutine"); break;
+    default: enc_error(e, "cannot copy this value"); break;
+  }
+}
+
+static void retain_one(strand_object *o) { strand_object_retain(o); }
+
+void strand_serial_encode(lua_State *L, int first, int n, int flags) {
+  encoder e;
+  first = lua_absindex(L, first);
+  luaL_checkstack(L, 16, NULL);
+  int base = lua_gettop(L);
+  for (int k = 0; k < 5; k++) lua_pushnil(L);
+  e.L = L; e.b = e.init; e.n = 0; e.cap = sizeof e.init; e.flags = flags;
+  e.buf = base + 1; e.first = base + 2; e.cache = base + 3; e.mods = base + 4;
+  e.funcs = base + 5;
+  e.nrefs = 0; e.scans = 0; e.hdr = 0; e.plen = 0;
+  put_byte(&e, SER_VERSION); put_byte(&e, 0); put_varint(&e, (uint64_t)(n > 0 ? n : 0));
+  for (int i = 0; i < n; i++) {
+    e.path[0].kind = P_TOP; e.path[0].i = n == 1 ? 0 : i + 1;
+    e.plen = 1;
+    enc_value(&e, first + i);
+  }
+  e.b[1] = e.hdr;
+  lua_pushlstring(L, (const char *)e.b, e.n);
+  lua_replace(L, base + 1);
+  lua_settop(L, base + 1);
+  if (e.hdr & HDR_OBJECTS) {          /* the string owns one reference per OBJECT */
+    size_t len; const char *s = lua_tolstring(L, -1, &len);
+    walk(s, len, retain_one);
+  }
+}
+
+/* }==== */
+
+/* {==== decoding: runs inside lua_pcall so that bad input becomes a message, never a raise */
+
+typedef struct decoder {
+  cursor c;
+  int flags;
+  int depth;
+  int refs;                 /* stack slot of the table of numbered values (nil: HDR_REFS unset) */
+  lua_Integer nrefs;
+} decoder;
+
+static void dec_value(lua_State *L, decoder *d);
+
+static void __attribute__((noreturn)) dec_fail(lua_State *L, const char *why) {
+  lua_pushfstring(L, "malformed serial data: %s", why);
+  lua_error(L);
+  __builtin_unreachable();
+}
+
+#define TRUSTED_ONLY " (decode with {functions=true} only from a trusted source)"
+
+static void dec_trusted(lua_State *L, decoder *d, const char *what) {
+  if (!(d->flags & STRAND_SERIAL_FUNCTIONS))
+    luaL_error(L, "%s are not allowed" TRUSTED_ONLY, what);
+}
+
+static uint64_t dec_varint(lua_State *L, decoder *d) {
+  uint64_t v;
+  if (!rd_varint(&d->c, &v)) dec_fail(L, "truncated or bad varint");
+  return v;
+}
+
+static size_t dec_count(lua_State *L, decoder *d, uint64_t n, uint64_t per) {
+  if (n > (uint64_t)(d->c.end - d->c.p) / per || n > INT_MAX)
+    dec_fail(L, "count larger than the data");
+  return (size_t)n;
+}
+
+static void dec_number(lua_State *L, decoder *d) {    /* the value at the top */
+  d->nrefs++;
+  if (!lua_isnil(L, d->refs)) { lua_pushvalue(L, -1); lua_rawseti(L, d->refs, d->nrefs); }
+}
+
+static void dec_enter(lua_State *L, decoder *d) {
+  if (++d->depth > MAXDEPTH) dec_fail(L, "nesting deeper than 200 levels");
+  luaL_checkstack(L, 8, "strand.serial: nesting too deep");
+}
+
+static void dec_table(lua_State *L, decoder *d) {
+  uint32_t narr, nrec;
+  if (!rd_u32(&d->c, &narr) || !rd_u32(&d->c, &nrec)) dec_fail(L, "truncated");
+  dec_count(L, d, narr, 1);
+  dec_count(L, d, nrec, 2);
+  dec_enter(L, d);
+  lua_createtable(L, (int)narr, (int)nrec);
+  dec_number(L, d);
+  int t = lua_gettop(L);
+  for (uint32_t i = 1; i <= narr; i++) {
+    dec_value(L, d);
+    lua_rawseti(L, t, (lua_Integer)i);
+  }
+  for (uint32_t i = 0; i < nrec; i++) {
+    dec_value(L, d);
+    if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
+      dec_fail(L, "nil or NaN table key");
+    dec_value(L, d);
+    lua_rawset(L, t);
+  }
+  d->depth--;
+}
+
+typedef struct chunk { const char *p; size_t n; } chunk;
+
+static const char *dec_reader(lua_State *L, void *ud, size_t *size) {
+  chunk *ck = (chunk *)ud;
+  *size = ck->n;
+  ck->n = 0;
+  return *size ? ck->p : NULL;
+}
+
+/* the i-th numbered value, pushed */
+static void dec_getref(lua_State *L, decoder *d, uint64_t i) {
+  if (lua_isnil(L, d->refs) || i < 1 || i > (uint64_t)d->nrefs) dec_fail(L, "bad back-reference");
+  lua_rawgeti(L, d->refs, (lua_Integer)i);
+}
+
+static void dec_function(lua_State *L, decoder *d) {
+  dec_trusted(L, d, "functions");
+  uint32_t len;
+  if (!rd_u32(&d->c, &len) || (uint64_t)(d->c.end - d->c.p) < (uint64_t)len + 1)
+    dec_fail(L, "truncated function");
+  chunk ck = { (const char *)d->c.p, len };
+  d->c.p += len;
+  dec_enter(L, d);
+  if (lua_load(L, dec_reader, &ck, "=(strand.serial)", "b") != LUA_OK)
+    dec_fail(L, lua_tostring(L, -1));
+  int f = lua_gettop(L);
+  dec_number(L, d);
+  unsigned nups = *d->c.p++;
+  lua_Debug ar;
+  lua_pushvalue(L, f);
+  lua_getinfo(L, ">u", &ar);
+  if (ar.nups != nups) dec_fail(L, "upvalue count does not match the function");
+  for (unsigned i = 1; i <= nups; i++) {
+    if (d->c.p < d->c.end && *d->c.p == T_UPJOIN) {   /* share another function's upvalue */
+      d->c.p++;
+      uint64_t j = dec_varint(L, d);
+      if (d->c.p >= d->c.end) dec_fail(L, "truncated");
+      int n = *d->c.p++;
+      dec_getref(L, d, j);
+      if (lua_type(L, -1) != LUA_TFUNCTION || lua_iscfunction(L, -1) || n < 1
+          || lua_getupvalue(L, -1, n) == NULL) dec_fail(L, "bad upvalue link");
+      lua_pop(L, 1);
+      lua_upvaluejoin(L, f, (int)i, -1, n);
+      lua_pop(L, 1);
+      continue;
+    }
+    dec_value(L, d);
+    lua_setupvalue(L, f, (int)i);
+  }
+  d->depth--;
+}
+
+/* package.loaded[name], else require(name) (only reached with {functions=true}) */
+static void dec_module(lua_State *L, const char *name) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, name) != LUA_TNIL) { lua_remove(L, -2); return; }
+  lua_pop(L, 2);
+  if (lua_getglobal(L, "require") != LUA_TFUNCTION)
+    luaL_error(L, "cannot load module '%s': no require", name);
+  lua_pushstring(L, name);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+    luaL_error(L, "cannot load module '%s': %s", name, lua_tostring(L, -1));
+}
+
+static void dec_byname(lua_State *L, decoder *d, int field) {
+  const char *s; size_t l;
+  dec_trusted(L, d, field ? "functions" : "modules");
+  if (!rd_str(&d->c, &s, &l)) dec_fail(L, "truncated");
+  lua_pushlstring(L, s, l);            /* NUL-terminated copy: "name" or "name\0key" */
+  const char *name = lua_tostring(L, -1);
+  size_t nl = strlen(name);
+  if (nl == 0 || (field && nl == l) || (!field && nl != l)) dec_fail(L, "bad module name");
+  dec_module(L, name);
+  if (field) {
+    lua_pushlstring(L, name + nl + 1, l - nl - 1);
+    if (lua_type(L, -2) != LUA_TTABLE || lua_gettable(L, -2) != LUA_TFUNCTION)
+      luaL_error(L, "module field %s.%s is not a function here", name, name + nl + 1);
+    lua_remove(L, -2);
+  }
+  lua_remove(L, -2);
+}
+
+static void dec_object(lua_State *L, decoder *d) {
+  strand_object *o; const char *s; size_t l;
+  char name[MAXNAME + 1];
+  if (!rd_object(&d->c, &o, &s, &l)) dec_fail(L, "bad object reference");
+  memcpy(name, s, l); name[l] = '\0';
+  const strand_objtype *t = strand_objtype_find(name);
+  if (t == NULL || o->type != t) dec_fail(L, "bad object reference");
+  strand_object_retain(o);             /* the string's own reference is dropped at the end */
+  strand_object_push(L, o);
+  dec_number(L, d);
+}
+
+static void dec_value(lua_State *L, decoder *d) {
+  cursor *c = &d->c;
+  if (c->p >= c->end) dec_fail(L, "truncated");
+  unsigned tag = *c->p++;
+  if (tag >= T_SMALLINT) { lua_pushinteger(L, (lua_Integer)(tag - T_SMALLINT)); return; }
+  if (tag >= T_SHORTSTR) {
+    size_t l = tag - T_SHORTSTR;
+    if ((size_t)(c->end - c->p) < l) dec_fail(L, "truncated string");
+    lua_pushlstring(L, (const char *)c->p, l);
+    c->p += l;
+    return;
+  }
+  switch (tag) {
+    case T_NIL: lua_pushnil(L); break;
+    case T_FALSE: lua_pushboolean(L, 0); break;
+    case T_TRUE: lua_pushboolean(L, 1); break;
+    case T_INT: {
+      uint64_t z = dec_varint(L, d);
+      lua_pushinteger(L, (lua_Integer)((z >> 1) ^ (0 - (z & 1))));
+      break;
+    }
+    case T_FLOAT: {
+      if (c->end - c->p < 8) dec_fail(L, "truncated number");
+      uint64_t bits = get64(c->p); lua_Number v;
+      memcpy(&v, &bits, 8);
+      c->p += 8;
+      lua_pushnumber(L, v);
+      break;
+    }
+    case T_STR: {
+      const char *s; size_t l;
+      if (!rd_str(c, &s, &l)) dec_fail(L, "truncated string");
+      lua_pushlstring(L, s, l);
+      break;
+    }
+    case T_TABLE: dec_table(L, d); break;
+    case T_REF: dec_getref(L, d, dec_varint(L, d)); break;
+    case T_FUNC: dec_function(L, d); break;
+    case T_GLOBALS:
+      dec_trusted(L, d, "modules");
+      lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+      break;
+    case T_MODULE: dec_byname(L, d, 0); break;
+    case T_MODFIELD: dec_byname(L, d, 1); break;
+    case T_OBJECT: dec_object(L, d); break;
+    default: dec_fail(L, "bad type tag");
+  }
+}
+
+typedef struct decjob { const char *p; size_t len; int flags; } decjob;
+
+/* lua_pcall'ed: (job) -> the decoded values */
+static int dec_run(lua_State *L) {
+  const decjob *job = (const decjob *)lua_touserdata(L, 1);
+  decoder d;
+  d.c.p = (const unsigned char *)job->p; d.c.end = d.c.p + job->len;
+  d.flags = job->flags; d.depth = 0; d.nrefs = 0;
+  lua_settop(L, 0);
+  if (job->len < 2) dec_fail(L, "truncated");
+  if (d.c.p[0] != SER_VERSION) dec_fail(L, "unknown version");
+  unsigned hdr = d.c.p[1];
+  if (hdr & ~(unsigned)(HDR_OBJECTS | HDR_REFS)) dec_fail(L, "bad header");
+  d.c.p += 2;
+  if (hdr & HDR_REFS) lua_newtable(L); else lua_pushnil(L);
+  d.refs = 1;
+  size_t n = dec_count(L, &d, dec_varint(L, &d), 1);
+  if (n > 1000000) dec_fail(L, "too many values");
+  luaL_checkstack(L, (int)n + 8, "strand.serial: too many values");
+  for (size_t i = 0; i < n; i++) dec_value(L, &d);
+  if (d.c.p != d.c.end) dec_fail(L, "trailing bytes");
+  return (int)n;
+}
+
+int strand_serial_decode(lua_State *L, const char *p, size_t len, int flags) {
+  decjob job = { p, len, flags };
+  int top = lua_gettop(L);
+  luaL_checkstack(L, 4, NULL);
+  lua_pushcfunction(L, dec_run);
+  lua_pushlightuserdata(L, &job);
+  int st = lua_pcall(L, 1, LUA_MULTRET, 0);
+  if (st == LUA_ERRMEM) lua_error(L);
+  if (st != LUA_OK) {
+    if (!lua_isstring(L, -1)) { lua_pop(L, 1); lua_pushliteral(L, "malformed serial data"); }
+    return -1;
+  }
+  /* the values hold their own references now: drop the ones the string held */
+  if (!(flags & SERIAL_NOADOPT) && (p[1] & HDR_OBJECTS)) walk(p, len, strand_object_release);
+  return lua_gettop(L) - top;
+}
+
+/* }==== */
+
+/* {==== strand.serial */
+
+static int opt_functions(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) return 0;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_getfield(L, arg, "functions");
+  int on = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return on ? STRAND_SERIAL_FUNCTIONS : 0;
+}
+
+/* encode(value [, {functions=true}]) -> string. The string holds a reference to every strand
+ * object in value for as long as the process lives (it can be decoded any number of times). */
+static int s_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  int flags = opt_functions(L, 2);
+  strand_serial_encode(L, 1, 1, flags);
+  return 1;
+}
+
+/* decode(str [, {functions=false}]) -> value | nil, message */
+static int s_decode(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  int flags = opt_functions(L, 2) | SERIAL_NOADOPT;
+  lua_settop(L, 2);
+  int n = strand_serial_decode(L, p, len, flags);
+  if (n >= 0) return n;
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  return 2;
+}
+
+int strand_open_serial(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    { "encode", s_encode }, { "decode", s_decode }, { NULL, NULL }
+  };
+  luaL_newlib(L, funcs);
+  return 1;
+}
+
+/* }==== */

@@ -1,0 +1,315 @@
+-- spec/serial_spec.lua — strand.serial: copying values as flat byte strings.
+local serial = require "strand.serial"
+
+local FN = { functions = true }
+
+local function copy(v) return assert(serial.decode(serial.encode(v))) end
+local function fcopy(v) return assert(serial.decode(serial.encode(v, FN), FN)) end
+local function bits(x) return string.pack("<d", x) end
+
+-- busted runs specs in an environment of its own: compile code that must see the real globals
+local G = debug.getregistry()[2]
+local function compile(src) return assert(load(src, "=compiled", "t", G))() end
+
+-- a C function no loaded module exposes
+local function lonely_cfunction() return string.gmatch("", "") end
+
+describe("strand.serial", function()
+  describe("scalars", function()
+    it("round-trips nil and booleans", function()
+      assert.is_nil(serial.decode(serial.encode(nil)))
+      assert.equal(1, select("#", serial.decode(serial.encode(nil))))
+      assert.is_true(copy(true))
+      assert.is_false((serial.decode(serial.encode(false))))
+    end)
+
+    it("round-trips integers exactly, keeping the subtype", function()
+      for _, v in ipairs { 0, 1, 63, 64, 127, 128, -1, -64, 300, 1 << 40, -(1 << 40),
+                           math.maxinteger, math.mininteger, math.mininteger + 1 } do
+        local r = copy(v)
+        assert.equal(v, r)
+        assert.equal("integer", math.type(r))
+      end
+    end)
+
+    it("round-trips floats bit-exactly", function()
+      for _, v in ipairs { 0.0, 1.0, -2.5, 1e300, 5e-324, math.pi, 2^63, math.huge, -math.huge } do
+        local r = copy(v)
+        assert.equal("float", math.type(r))
+        assert.equal(bits(v), bits(r))
+      end
+      assert.equal(-math.huge, 1 / copy(-0.0))
+      assert.equal(math.huge, 1 / copy(0.0))
+      local nan = copy(0 / 0)
+      assert.is_true(nan ~= nan)
+      local payload = string.unpack("<d", string.pack("<i8", 0x7ff0000000012345))
+      assert.equal(bits(payload), bits(copy(payload)))
+      local negnan = string.unpack("<d", string.pack("<i8", -0x0008000000000001))
+      assert.equal(bits(negnan), bits(copy(negnan)))
+    end)
+
+    it("round-trips binary strings", function()
+      local all = {}
+      for i = 0, 255 do all[#all + 1] = string.char(i) end
+      all = table.concat(all)
+      for _, s in ipairs { "", "a", "\0", "a\0b\0", all, ("x"):rep(63), ("y"):rep(64),
+                           ("\0\255"):rep(50000) } do
+        assert.equal(s, copy(s))
+      end
+    end)
+  end)
+
+  describe("tables", function()
+    it("round-trips empty, nested and mixed tables", function()
+      assert.same({}, copy({}))
+      local t = { 1, "two", 3.5, { a = { b = { c = "deep" } } }, [10] = "ten", [-1] = "neg",
+                  [1.5] = "float key", [true] = "bool key", x = false, ["with space"] = 1 }
+      assert.same(t, copy(t))
+    end)
+
+    it("round-trips large array and hash parts", function()
+      local t = {}
+      for i = 1, 5000 do t[i] = i % 7 == 0 and ("s" .. i) or i * 1.5 end
+      for i = 1, 5000 do t["k" .. i] = { i } end
+      local r = copy(t)
+      assert.same(t, r)
+    end)
+
+    it("keeps shared references shared", function()
+      local shared = { "shared" }
+      local r = copy { a = shared, b = shared, list = { shared, shared }, [shared] = shared }
+      assert.equal(r.a, r.b)
+      assert.equal(r.a, r.list[1])
+      assert.equal(r.a, r.list[2])
+      assert.equal(r.a, r[r.a])
+      assert.same({ "shared" }, r.a)
+    end)
+
+    it("keeps cycles", function()
+      local t = { name = "t" }
+      t.self = t
+      local a, b = { name = "a" }, { name = "b" }
+      a.b, b.a = b, a
+      t.pair = a
+      local r = copy(t)
+      assert.equal(r, r.self)
+      assert.equal(r.pair, r.pair.b.a)
+      assert.equal("b", r.pair.b.name)
+    end)
+
+    it("copies rather than sharing with the sender", function()
+      local t = { 1 }
+      local r = copy(t)
+      assert.are_not.equal(t, r)
+      r[1] = 2
+      assert.equal(1, t[1])
+    end)
+
+    it("accepts nesting up to 200 levels", function()
+      local t = {}
+      local cur = t
+      for _ = 1, 199 do cur.next = {}; cur = cur.next end
+      local r = copy(t)
+      local depth = 0
+      while r do depth = depth + 1; r = r.next end
+      assert.equal(200, depth)
+    end)
+  end)
+
+  describe("functions", function()
+    it("copies a closure with its upvalues", function()
+      local function counter()
+        local n = 0
+        return function() n = n + 1; return n end
+      end
+      local c = counter()
+      c()
+      local r = fcopy(c)
+      assert.equal(2, r())
+      assert.equal(3, r())
+      assert.equal(2, c())        -- the copy is independent
+    end)
+
+    it("copies recursive functions and functions in tables", function()
+      local function fact(n) return n <= 1 and 1 or n * fact(n - 1) end
+      local t = fcopy { f = fact, g = function(x) return x * 2 end }
+      assert.equal(120, t.f(5))
+      assert.equal(8, t.g(4))
+    end)
+
+    it("copies a recursive function given alone and keeps one function used twice", function()
+      local function fib(n) return n < 2 and n or fib(n - 1) + fib(n - 2) end
+      local r = fcopy(fib)
+      assert.equal(55, r(10))
+      assert.equal(r, select(2, debug.getupvalue(r, 1)))
+      local t = fcopy { fib, fib, { fib } }
+      assert.equal(t[1], t[2])
+      assert.equal(t[1], t[3][1])
+    end)
+
+    it("keeps upvalues shared between closures copied together", function()
+      local n = 0
+      local function inc() n = n + 1 end
+      local function get() return n end
+      local r = fcopy { inc = inc, get = get }
+      r.inc(); r.inc()
+      assert.equal(2, r.get())
+      assert.equal(0, n)
+    end)
+
+    it("rebinds _ENV to the receiver's globals", function()
+      local f = compile [[return function(x) return string.format("%05d", x), type(print) end]]
+      local r = fcopy(f)
+      assert.same({ "00042", "function" }, { r(42) })
+      local name, env = debug.getupvalue(r, 1)
+      assert.equal("_ENV", name)
+      assert.equal(G, env)
+      -- an environment that is not the globals table is copied like any table
+      local sandbox = { x = 7 }
+      local h = load("return x", "=sandboxed", "t", sandbox)
+      assert.equal(7, fcopy(h)())
+      local _, env2 = debug.getupvalue(fcopy(h), 1)
+      assert.are_not.equal(sandbox, env2)
+    end)
+
+    it("sends loaded modules and their functions by name", function()
+      local s = require "strand.serial"
+      local f = function(v) return s.decode(s.encode(v)) end
+      local r = fcopy(f)
+      assert.same({ 1, 2 }, r({ 1, 2 }))
+      assert.equal(s, select(2, debug.getupvalue(r, 1)))
+      local t = fcopy { string = string, fmt = string.format, p = print, g = _G, enc = s.encode }
+      assert.equal(string, t.string)
+      assert.equal(string.format, t.fmt)
+      assert.equal(print, t.p)
+      assert.equal(_G, t.g)
+      assert.equal(s.encode, t.enc)
+    end)
+
+    it("names Lua functions of modules, copies Lua functions of _G", function()
+      package.loaded["serial_spec_mod"] = { f = function() return "module f" end }
+      local mf = package.loaded["serial_spec_mod"].f
+      assert.equal(mf, fcopy(mf))
+      rawset(_G, "serial_spec_global", function() return "global" end)
+      local r = fcopy(serial_spec_global)
+      assert.are_not.equal(serial_spec_global, r)
+      assert.equal("global", r())
+      rawset(_G, "serial_spec_global", nil)
+      package.loaded["serial_spec_mod"] = nil
+    end)
+  end)
+
+  describe("failure conditions", function()
+    local function refuses(v, msg, opts)
+      local ok, err = pcall(serial.encode, v, opts or FN)
+      assert.is_false(ok)
+      assert.equal(msg, err)
+    end
+
+    it("refuses what cannot be copied, naming where it was found", function()
+      refuses({ a = { b = { lonely_cfunction() } } }, "value.a.b[1]: cannot copy a C function")
+      refuses({ cb = lonely_cfunction() }, "value.cb: cannot copy a C function")
+      refuses({ x = { co = coroutine.create(print) } }, "value.x.co: cannot copy a coroutine")
+      refuses({ out = io.stdout }, "value.out: cannot copy a userdata (FILE*)")
+      refuses({ ["a key"] = { setmetatable({}, {}) } },
+              "value[\"a key\"][1]: cannot copy a table with a metatable")
+      refuses({ [coroutine.create(print)] = 1 }, "value[<key>]: cannot copy a coroutine")
+      refuses(lonely_cfunction(), "value: cannot copy a C function")
+      local cf = lonely_cfunction()
+      refuses(function() return cf end, "value.<upvalue cf>: cannot copy a C function")
+    end)
+
+    it("refuses functions and modules without {functions=true}", function()
+      refuses({ f = function() end }, "value.f: cannot copy a function (only with {functions=true})", {})
+      refuses({ m = string }, "value.m: cannot copy module 'string' (only with {functions=true})", {})
+      refuses({ print }, "value[1]: cannot copy a function (only with {functions=true})", {})
+      local s = serial.encode(function() end, FN)
+      local v, err = serial.decode(s)
+      assert.is_nil(v)
+      assert.equal("functions are not allowed (decode with {functions=true} only from a trusted source)", err)
+      v, err = serial.decode(serial.encode({ string }, FN), { functions = false })
+      assert.is_nil(v)
+      assert.matches("^modules are not allowed", err)
+    end)
+
+    it("refuses nesting deeper than 200 levels", function()
+      local t = {}
+      local cur = t
+      for _ = 1, 300 do cur.next = {}; cur = cur.next end
+      refuses(t, "value: nesting deeper than 200 levels")
+      local c = {}; c[1] = c        -- a cycle is not deep
+      local r = copy(c)
+      assert.equal(r, r[1])
+    end)
+
+    it("raises on misuse", function()
+      assert.has_error(function() serial.encode() end)
+      assert.has_error(function() serial.encode(1, "functions") end)
+      assert.has_error(function() serial.decode() end)
+      assert.has_error(function() serial.decode({}) end)
+    end)
+
+    it("returns nil, message for every truncation of a valid encoding", function()
+      local shared = { "s" }
+      local n = 0
+      local value = { 1, -7, 2.5, 0 / 0, "str", ("long"):rep(30), shared, shared, true, false,
+                      nested = { deep = { deeper = {} } }, fn = function() n = n + 1; return n end,
+                      mod = string, fmt = string.format }
+      value.self = value
+      local s = serial.encode(value, FN)
+      assert.is_table(serial.decode(s, FN))
+      for len = 0, #s - 1 do
+        local v, err = serial.decode(s:sub(1, len), FN)
+        assert.is_nil(v)
+        assert.is_string(err)
+      end
+      local v, err = serial.decode(s .. "\0", FN)
+      assert.is_nil(v)
+      assert.equal("malformed serial data: trailing bytes", err)
+    end)
+
+    it("rejects bad versions, tags, references and lengths", function()
+      local function bad(s, pattern)
+        local v, err = serial.decode(s)
+        assert.is_nil(v)
+        assert.matches(pattern, err)
+      end
+      bad("", "^malformed serial data")
+      bad("\2\0\1\0", "unknown version")
+      bad("\1\128\1\0", "bad header")
+      bad("\1\0\1\14", "bad type tag")
+      bad("\1\0\1\255\0\0", "trailing bytes")
+      bad("\1\0\1\7\1", "bad back%-reference")
+      bad("\1\2\1\7\1", "bad back%-reference")
+      bad("\1\2\1\6\1\0\0\0\0\0\0\0\7\5", "bad back%-reference")
+      bad("\1\0\1\5\255\255\255\255\255\255\255\255\255\1", "truncated string")
+      bad("\1\0\1\6\255\255\255\255\0\0\0\0", "count larger than the data")
+      bad("\1\0\1\6\0\0\0\0\255\255\255\255", "count larger than the data")
+      bad("\1\0\255\255\255\255\15", "count larger than the data")
+      bad("\1\0\1\6\0\0\0\0\1\0\0\0\0\1", "nil or NaN table key")
+      bad("\1\0\1\6\0\0\0\0\1\0\0\0\4\0\0\0\0\0\0\248\127\1", "nil or NaN table key")
+      bad("\1\1\1\12\4abcd" .. ("\0"):rep(16), "bad object reference")
+      bad("\1\0\1\3\255\255\255\255\255\255\255\255\255\255\1", "bad varint")
+    end)
+
+    it("never crashes on random or corrupted input", function()
+      math.randomseed(20240611)
+      local valid = serial.encode({ 1, 2.5, "x", { a = { b = "c" } }, t = { 1, 2, 3 }, s = ("z"):rep(70) })
+      local decode, char, random = serial.decode, string.char, math.random
+      for _ = 1, 3000 do
+        local len = random(0, 48)
+        local b = { "\1", char(random(0, 3)) }
+        for i = 3, len do b[i] = char(random(0, 255)) end
+        local ok, v, err = pcall(decode, table.concat(b))
+        assert.is_true(ok)
+        assert.is_true(v ~= nil or type(err) == "string" or err == nil)
+      end
+      for _ = 1, 3000 do
+        local pos = random(1, #valid)
+        local s = valid:sub(1, pos - 1) .. char(random(0, 255)) .. valid:sub(pos + 1)
+        local ok = pcall(decode, s)
+        assert.is_true(ok)
+      end
+    end)
+  end)
+end)
