@@ -63,6 +63,7 @@ static int ep_wait(void *pv, double timeout) {
     unsigned ev = 0;
     if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) ev |= STRAND_READ;
     if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) ev |= STRAND_WRITE;
+    if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ev |= STRAND_HUP;
     strand_io_event((strand_io *)p->events[i].data.ptr, ev);
   }
   return 0;

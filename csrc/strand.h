@@ -74,6 +74,8 @@ STRAND_API void strand_timer_stop(strand_loop *loop, strand_timer *tm);
 
 #define STRAND_READ   1
 #define STRAND_WRITE  2
+#define STRAND_HUP    4   /* in io->ready, set by edge-triggered pollers: the peer hung up or an
+                               * error is pending, so a short read does not mean "drained" */
 
 #define STRAND_READY   0   /* the awaited event happened (or: retry the operation) */
 #define STRAND_TIMEOUT 1   /* the deadline passed */

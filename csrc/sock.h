@@ -1,0 +1,82 @@
+/* sock.h — private to the socket area (socket.c, sockio.c, sockopt.c, buffer.c, resolve.c):
+ * the socket object, the byte buffer and the resolver pool. Other areas use only strand.h. */
+#ifndef STRAND_SOCK_H
+#define STRAND_SOCK_H
+
+#include "strand.h"
+
+#include <netdb.h>
+#include <sys/socket.h>
+
+/* {==== byte buffer (buffer.c): a Lua-free growable FIFO; holds no memory while empty */
+
+typedef struct strand_buf {
+  char *data;
+  size_t head, len, cap;    /* bytes live at data[head .. head+len) */
+} strand_buf;
+
+STRAND_API void strand_buf_init(strand_buf *b);
+STRAND_API void strand_buf_free(strand_buf *b);
+/* Append n bytes; 0 or ENOMEM (the buffer is unchanged then). */
+STRAND_API int strand_buf_append(strand_buf *b, const char *p, size_t n);
+/* Drop the first n bytes (n <= len); the memory goes back when the buffer empties. */
+STRAND_API void strand_buf_consume(strand_buf *b, size_t n);
+/* Index of the first byte c at or after `from`, or -1. */
+STRAND_API ptrdiff_t strand_buf_find(const strand_buf *b, char c, size_t from);
+#define strand_buf_peek(b) ((b)->data + (b)->head)
+
+/* }==== */
+
+/* {==== resolver (resolve.c): getaddrinfo on a small per-process thread pool.
+ * A request is shared by its waiter and a worker; whoever lets go last frees it. */
+
+typedef struct strand_resolve strand_resolve;
+
+/* Queue a lookup (host may be NULL). NULL + errno on failure. */
+STRAND_API strand_resolve *strand_resolve_start(const char *host, const char *serv,
+                                                const struct addrinfo *hints);
+/* Readable (eventfd) once the lookup is done. */
+STRAND_API int strand_resolve_fd(const strand_resolve *r);
+/* 0 while running; else 1 with *gai getaddrinfo's result code, *res handed over to the caller
+ * (freeaddrinfo) and *err the errno for EAI_SYSTEM. */
+STRAND_API int strand_resolve_take(strand_resolve *r, int *gai, struct addrinfo **res, int *err);
+/* The waiter is gone (done or not): the request is freed now or by its worker. */
+STRAND_API void strand_resolve_release(strand_resolve *r);
+
+/* }==== */
+
+/* {==== the socket object (userdata "strand.socket") */
+
+#define SOCK_META "strand.socket"
+
+typedef struct sock {
+  strand_io io;             /* io.fd is the socket; -1 once closed (or not yet opened) */
+  strand_buf rbuf;          /* bytes received but not read yet */
+  double timeout;           /* default timeout of blocking calls (seconds); < 0: none */
+  size_t skip;              /* bytes of an oversize frame still to discard */
+  size_t scanned;           /* leading bytes of rbuf known to hold no '\n' */
+  int family;               /* AF_INET, AF_INET6, AF_UNIX */
+  int type;                 /* SOCK_STREAM, SOCK_DGRAM */
+  unsigned char nonblocking;  /* setblocking(false): never wait */
+  unsigned char eof;        /* stream: the peer finished sending */
+} sock;
+
+/* socket.c */
+STRAND_API sock *sock_check(lua_State *L, int idx);        /* open socket or raise */
+STRAND_API double sock_deadline(const sock *s);           /* from the default timeout */
+STRAND_API sock *sock_new(lua_State *L, int family, int type);  /* closed-state userdata pushed */
+STRAND_API int sock_push_addr(lua_State *L, const struct sockaddr *sa, socklen_t len);
+/* Resolve host (at hi) and port (hi+1) into slot ai (sockaddr bytes as a string). The slot must
+ * be the top of the stack at the first call; a resolver may be pushed above it. Returns 0 once
+ * the slot holds an address; else pushes nil, msg, code and returns 3. May yield (ctx, k). */
+STRAND_API int sock_addr(lua_State *L, sock *s, int hi, int ai, double deadline, int outcome,
+                         int passive, lua_KContext ctx, lua_KFunction k);
+
+/* sockio.c, sockopt.c: methods registered by socket.c */
+STRAND_API extern const luaL_Reg strand_sockio_methods[];
+STRAND_API extern const luaL_Reg strand_sockopt_methods[];
+STRAND_API void strand_sockio_init(lua_State *L);        /* metatables sockio.c needs */
+
+/* }==== */
+
+#endif
