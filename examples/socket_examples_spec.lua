@@ -1,0 +1,58 @@
+-- examples/socket_examples_spec.lua — runs the socket scenarios (S1, S2, S3, C4) as separate
+-- programs with a time bound and checks what they printed.
+local function run(script, args)
+  local cmd = ("timeout -k 2 60 lua5.4 examples/%s %s 2>&1; echo \"exit:$?\""):format(script, args or "")
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function check(out, patterns)
+  assert.matches("exit:0\n$", out)
+  for _, pat in ipairs(patterns) do
+    assert(out:find(pat), ("missing %q in output:\n%s"):format(pat, out))
+  end
+end
+
+describe("socket examples", function()
+  it("S1: echo over TCP, UDP, UNIX stream and datagram", function()
+    check(run("s1_echo.lua"), {
+      'tcp: client sent "hello", got back "hello"',
+      'tcp: client sent "bye", got back "bye"',
+      'udp: client sent "hello udp", got back "HELLO UDP"',
+      'unix stream: client got back "over a unix socket"',
+      'unix dgram: client got back "DATAGRAM"',
+      "s1: done",
+    })
+  end)
+
+  it("S2: a large file with an ack exchange, then frames", function()
+    check(run("s2_bigfile.lua", "2"), {
+      "checksums match: true",
+      "frame reply: #1 first messag %(13 bytes%)",
+      "frame reply: #2 second %(6 bytes%)",
+      "frame reply: #3 third, large %(65000 bytes%)",
+      "frame reply: #4 fourth %(6 bytes%)",
+      "s2: done",
+    })
+  end)
+
+  it("S3: resumes an interrupted upload with seek + sendfile", function()
+    local out = run("s3_resume.lua", "1")
+    check(out, {
+      "server had 0 bytes, sent 419430 more",
+      "server had 419430 bytes, sent 629146 more %(file position now 1048576%)",
+      "identical: true",
+    })
+  end)
+
+  it("C4: one task per connection, 50 messages per client", function()
+    check(run("c4_task_server.lua", "4"), {
+      "client 1: 50/50 replies correct",
+      "client 4: 50/50 replies correct",
+      "connection %d closed after 50 messages",
+      "all correct: true",
+    })
+  end)
+end)
