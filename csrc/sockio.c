@@ -165,7 +165,8 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   for (;;) {
     if (outcome == STRAND_CLOSED || s->io.fd < 0) return rfail(L, ctx, "closed", "ECLOSED");
     if (outcome == STRAND_TIMEOUT) return rfail(L, ctx, "timeout", "ETIMEDOUT");
-    if (scratch == NULL) scratch = strand_loop_scratch(strand_loop_get(L));
+    if (scratch == NULL)           /* the loop the fd is registered with, or this state's */
+      scratch = strand_loop_scratch(s->io.loop ? s->io.loop : strand_loop_get(L));
     int err = skip_pending(s, scratch);
     if (err == 0) {
       size_t off, take, drop;

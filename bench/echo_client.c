@@ -1,0 +1,124 @@
+/* echo_client.c — the load generator of bench/echo.sh: N connections to 127.0.0.1:PORT, each
+ * sending a message and waiting for its full echo before the next; prints round trips/s.
+ * With -i it only opens N connections and holds them idle for SECONDS (memory measurements).
+ * usage: echo_client [-i] PORT NCONN SECONDS [MSGSIZE] */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct conn { int fd; size_t got; } conn;
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what) {
+  perror(what);
+  exit(1);
+}
+
+static int dial(int port) {
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((unsigned short)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket");
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) die("connect");
+  int one = 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) die("setsockopt");
+  return fd;
+}
+
+static void send_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      die("write");
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+int main(int argc, char **argv) {
+  int idle = 0;
+  if (argc > 1 && strcmp(argv[1], "-i") == 0) { idle = 1; argv++; argc--; }
+  if (argc < 4) {
+    fprintf(stderr, "usage: echo_client [-i] PORT NCONN SECONDS [MSGSIZE]\n");
+    return 2;
+  }
+  int port = atoi(argv[1]), n = atoi(argv[2]);
+  double secs = atof(argv[3]);
+  size_t msgsize = argc > 4 ? (size_t)atoi(argv[4]) : 64;
+  if (n < 1 || msgsize < 1 || msgsize > 65536) return 2;
+
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  conn *c = (conn *)calloc((size_t)n, sizeof *c);
+  char *msg = (char *)malloc(msgsize);
+  char buf[65536];
+  if (c == NULL || msg == NULL) die("malloc");
+  memset(msg, 'e', msgsize);
+  for (int i = 0; i < n; i++) c[i].fd = dial(port);
+  if (idle) {
+    printf("holding %d connections\n", n);
+    fflush(stdout);
+    usleep((useconds_t)(secs * 1e6));
+    return 0;
+  }
+
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) die("epoll_create1");
+  for (int i = 0; i < n; i++) {
+    struct epoll_event ev;
+    ev.events = EPOLLIN;
+    ev.data.u32 = (uint32_t)i;
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev) != 0) die("epoll_ctl");
+  }
+  long long trips = 0;
+  double t0 = now(), end = t0 + secs;
+  for (int i = 0; i < n; i++) send_all(c[i].fd, msg, msgsize);
+  struct epoll_event evs[256];
+  while (now() < end) {
+    int k = epoll_wait(ep, evs, 256, 100);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      die("epoll_wait");
+    }
+    for (int e = 0; e < k; e++) {
+      conn *x = &c[evs[e].data.u32];
+      ssize_t r = read(x->fd, buf, sizeof buf);
+      if (r == 0) { fprintf(stderr, "server closed a connection\n"); return 1; }
+      if (r < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        die("read");
+      }
+      x->got += (size_t)r;
+      while (x->got >= msgsize) {
+        x->got -= msgsize;
+        trips++;
+        if (x->got == 0) send_all(x->fd, msg, msgsize);
+      }
+    }
+  }
+  double dt = now() - t0;
+  printf("%.0f\n", (double)trips / dt);
+  return 0;
+}
