@@ -536,6 +536,16 @@ static void enc_function(encoder *e, int idx) {
   pe->kind = P_UPVAL;
   int cache = cache_table(e), i;
   for (i = 1; (pe->name = lua_getupvalue(L, idx, i)) != NULL; i++) {
+    /* an environment that is a table with a metatable (busted's sandbox, a strict-mode
+     * _ENV...) cannot be copied: the function gets the receiver's globals instead. A plain
+     * table environment is copied like any value; the globals table is sent as GLOBALS. */
+    if (strcmp(pe->name, "_ENV") == 0 && lua_type(L, -1) == LUA_TTABLE &&
+        lua_getmetatable(L, -1)) {
+      lua_pop(L, 1);
+      put_byte(e, T_GLOBALS);
+      lua_pop(L, 1);
+      continue;
+    }
     /* an upvalue shared with a function met before is joined, not copied */
     lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
     if (lua_rawget(L, cache) == LUA_TNUMBER) {

@@ -18,7 +18,7 @@ end
 
 --- Open file descriptors of this process.
 function H.fd_count()
-  local p = io.popen("ls /proc/" .. H.pid() .. "/fd | wc -l")
+  local p = io.popen("LD_PRELOAD= ls /proc/" .. H.pid() .. "/fd | wc -l")
   local n = tonumber(p:read("a"))
   p:close()
   return n - 1   -- the pipe popen itself opened is counted once in the listing
@@ -33,7 +33,7 @@ end
 
 --- Children of this process that are zombies.
 function H.zombies()
-  local p = io.popen("ps -o stat= --ppid " .. H.pid() .. " 2>/dev/null")
+  local p = io.popen("LD_PRELOAD= ps -o stat= --ppid " .. H.pid() .. " 2>/dev/null")
   local n = 0
   for line in p:lines() do if line:match("^Z") then n = n + 1 end end
   p:close()

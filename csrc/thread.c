@@ -1,0 +1,541 @@
+/* thread.c — OS threads, each running its own Lua state and loop: start, join/result (a
+ * cooperative wait on an eventfd), daemon semantics at exit, ids, names and active_count. */
+#include "strand.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define THREAD_META "strand.thread"
+#define WAITER_META "strand.thread.waiter"
+#define GUARD_META  "strand.thread.guard"
+static const char SELF_KEY = 'S';     /* registry[&SELF_KEY] = { id=, name= } in thread states */
+static const char GUARD_KEY = 'G';    /* registry[&GUARD_KEY] = guard (non-daemon children) */
+
+/* Process-wide, shared by every thread by nature: ids and the live count. */
+static atomic_long next_id = 2;       /* the main thread is 1 */
+static atomic_int active = 0;         /* strand threads running now (the main one not counted) */
+
+enum { TS_NEW, TS_RUNNING, TS_DONE, TS_FAILED };
+
+/* The control block, shared by the handle (creator's state) and the running thread. */
+typedef struct thr_ctl {
+  atomic_int refs;
+  atomic_int state;             /* TS_*: DONE/FAILED are published after result is written */
+  int daemon;
+  lua_Integer id;
+  char name[64];
+  char *payload; size_t plen;   /* encoded fn + args; the thread frees it after decoding */
+  char *path, *cpath;           /* the creator's package.path / cpath */
+  char *result; size_t rlen;    /* encoded results (DONE) or error (FAILED) */
+  int efd;                      /* eventfd, readable once the thread has finished */
+} thr_ctl;
+
+typedef struct thr_handle {
+  thr_ctl *c;
+  int started;
+} thr_handle;
+
+static void ctl_release(thr_ctl *c) {
+  if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+  if (c->result && atomic_load(&c->state) == TS_DONE) strand_serial_release(c->result, c->rlen);
+  free(c->result);
+  free(c->payload);
+  free(c->path);
+  free(c->cpath);
+  if (c->efd >= 0) close(c->efd);
+  free(c);
+}
+
+static char *dupbytes(const char *s, size_t n) {
+  char *p = (char *)malloc(n + 1);
+  if (p) { memcpy(p, s, n); p[n] = 0; }
+  return p;
+}
+
+/* {==== the thread's side */
+
+/* Runs inside the new state, protected: decode, run, encode the results. */
+static int thr_boot(lua_State *L) {
+  thr_ctl *c = (thr_ctl *)lua_touserdata(L, 1);
+  lua_getglobal(L, "package");
+  if (c->path) { lua_pushstring(L, c->path); lua_setfield(L, -2, "path"); }
+  if (c->cpath) { lua_pushstring(L, c->cpath); lua_setfield(L, -2, "cpath"); }
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, c->id); lua_setfield(L, -2, "id");
+  lua_pushstring(L, c->name); lua_setfield(L, -2, "name");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SELF_KEY);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "strand.core");
+  lua_call(L, 1, 1);                                   /* core */
+  lua_getfield(L, -1, "run");                          /* core run */
+  int base = lua_gettop(L);
+  int n = strand_serial_decode(L, c->payload, c->plen, STRAND_SERIAL_FUNCTIONS);
+  if (n < 0) strand_serial_release(c->payload, c->plen);   /* refs were not taken over */
+  free(c->payload);
+  c->payload = NULL;
+  if (n < 0) return luaL_error(L, "thread arguments: %s", lua_tostring(L, -1));
+  (void)base;
+  lua_call(L, n, LUA_MULTRET);                          /* core.run(fn, args...) */
+  int nres = lua_gettop(L) - base + 1;
+  strand_serial_encode(L, base, nres, STRAND_SERIAL_FUNCTIONS);
+  return 1;
+}
+
+static int encode_error(lua_State *L) {
+  strand_serial_encode(L, 1, 1, STRAND_SERIAL_FUNCTIONS);
+  return 1;
+}
+
+static void *thr_main(void *arg) {
+  thr_ctl *c = (thr_ctl *)arg;
+  lua_State *L = luaL_newstate();
+  char *res = NULL; size_t rlen = 0; int state = TS_FAILED;
+  if (L != NULL) {
+    luaL_openlibs(L);
+    lua_pushcfunction(L, thr_boot);
+    lua_pushlightuserdata(L, c);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+      state = TS_DONE;
+    } else {
+      lua_pushcfunction(L, encode_error);
+      lua_insert(L, -2);
+      if (lua_pcall(L, 1, 1, 0) != LUA_OK) {          /* not copyable: send its text */
+        const char *m = lua_tostring(L, -1);
+        lua_pushstring(L, m ? m : "thread failed");
+        lua_pushcfunction(L, encode_error);
+        lua_insert(L, -2);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK) lua_settop(L, 0);
+      }
+    }
+    const char *p = lua_gettop(L) > 0 ? lua_tolstring(L, -1, &rlen) : NULL;
+    if (p) res = dupbytes(p, rlen);
+    if (res == NULL) state = TS_FAILED;
+    lua_close(L);                                       /* waits for its own non-daemon threads */
+  }
+  c->result = res;                                      /* NULL: "no result could be copied" */
+  c->rlen = res ? rlen : 0;
+  atomic_store(&c->state, state);
+  atomic_fetch_sub(&active, 1);
+  uint64_t one = 1;
+  while (write(c->efd, &one, sizeof one) < 0 && errno == EINTR) {}
+  ctl_release(c);
+  return NULL;
+}
+
+/* }==== */
+
+/* {==== exit guard: a state waits for its non-daemon threads when it closes */
+
+typedef struct guard { thr_ctl **v; size_t n, cap; } guard;
+
+static void wait_finished(thr_ctl *c) {
+  struct pollfd p = { c->efd, POLLIN, 0 };
+  while (atomic_load(&c->state) < TS_DONE) {
+    if (poll(&p, 1, -1) < 0 && errno != EINTR) break;
+  }
+}
+
+static int guard_gc(lua_State *L) {
+  guard *g = (guard *)lua_touserdata(L, 1);
+  for (size_t i = 0; i < g->n; i++) {
+    wait_finished(g->v[i]);
+    ctl_release(g->v[i]);
+  }
+  free(g->v);
+  g->v = NULL; g->n = g->cap = 0;
+  return 0;
+}
+
+static void guard_add(lua_State *L, thr_ctl *c) {
+  guard *g;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &GUARD_KEY) == LUA_TUSERDATA) {
+    g = (guard *)lua_touserdata(L, -1);
+  } else {
+    lua_pop(L, 1);
+    g = (guard *)lua_newuserdatauv(L, sizeof *g, 0);
+    memset(g, 0, sizeof *g);
+    if (luaL_newmetatable(L, GUARD_META)) {
+      lua_pushcfunction(L, guard_gc);
+      lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &GUARD_KEY);
+  }
+  lua_pop(L, 1);
+  size_t j = 0;                                  /* drop the finished ones */
+  for (size_t i = 0; i < g->n; i++) {
+    if (atomic_load(&g->v[i]->state) >= TS_DONE) ctl_release(g->v[i]);
+    else g->v[j++] = g->v[i];
+  }
+  g->n = j;
+  if (g->n == g->cap) {
+    size_t cap = g->cap ? g->cap * 2 : 8;
+    thr_ctl **v = (thr_ctl **)realloc(g->v, cap * sizeof *v);
+    if (v == NULL) luaL_error(L, "out of memory");
+    g->v = v; g->cap = cap;
+  }
+  atomic_fetch_add(&c->refs, 1);
+  g->v[g->n++] = c;
+}
+
+/* A joined thread needs no waiting at exit: drop the guard's reference (and so its fd). */
+static void guard_remove(lua_State *L, thr_ctl *c) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &GUARD_KEY) != LUA_TUSERDATA) { lua_pop(L, 1); return; }
+  guard *g = (guard *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  for (size_t i = 0; i < g->n; i++) {
+    if (g->v[i] == c) {
+      g->v[i] = g->v[--g->n];
+      ctl_release(c);
+      return;
+    }
+  }
+}
+
+/* }==== */
+
+/* {==== starting */
+
+/* Keep this shared object mapped while any thread may run its code, even after the main
+ * state closed and dlclose()d it (daemon threads at exit). */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)&thr_main, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+}
+
+static thr_handle *check_handle(lua_State *L, int idx) {
+  return (thr_handle *)luaL_checkudata(L, idx, THREAD_META);
+}
+
+static thr_handle *new_handle(lua_State *L) {
+  thr_handle *h = (thr_handle *)lua_newuserdatauv(L, sizeof *h, 2);
+  h->c = NULL;
+  h->started = 0;
+  luaL_setmetatable(L, THREAD_META);
+  thr_ctl *c = (thr_ctl *)calloc(1, sizeof *c);
+  if (c == NULL) luaL_error(L, "out of memory");
+  c->efd = -1;
+  atomic_init(&c->refs, 1);
+  atomic_init(&c->state, TS_NEW);
+  c->id = atomic_fetch_add(&next_id, 1);
+  snprintf(c->name, sizeof c->name, "Thread-%lld", (long long)c->id);
+  h->c = c;
+  return h;
+}
+
+static char *package_string(lua_State *L, const char *field) {
+  char *r = NULL;
+  if (lua_getglobal(L, "package") == LUA_TTABLE && lua_getfield(L, -1, field) == LUA_TSTRING) {
+    size_t n; const char *s = lua_tolstring(L, -1, &n);
+    r = dupbytes(s, n);
+  }
+  lua_settop(L, lua_gettop(L) - (lua_istable(L, -1) ? 1 : 2));
+  return r;
+}
+
+/* Encodes fn + args (at first..first+n-1) — raising in the caller for uncopyable values —
+ * then starts the OS thread. */
+static void start_thread(lua_State *L, thr_handle *h, int first, int n) {
+  thr_ctl *c = h->c;
+  if (h->started) luaL_error(L, "threads can only be started once");
+  strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
+  size_t len; const char *p = lua_tolstring(L, -1, &len);
+  c->payload = dupbytes(p, len);
+  c->plen = len;
+  lua_pop(L, 1);
+  int top = lua_gettop(L);
+  c->path = package_string(L, "path");
+  c->cpath = package_string(L, "cpath");
+  lua_settop(L, top);
+  c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (c->payload == NULL || c->efd < 0) {
+    int e = errno;
+    luaL_error(L, "cannot start thread: %s", c->payload ? strerror(e) : "out of memory");
+  }
+  pin_module();
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  atomic_fetch_add(&c->refs, 1);                   /* the thread's reference */
+  atomic_store(&c->state, TS_RUNNING);
+  atomic_fetch_add(&active, 1);
+  pthread_t tid;
+  int err = pthread_create(&tid, &attr, thr_main, c);
+  pthread_attr_destroy(&attr);
+  if (err) {
+    atomic_fetch_sub(&active, 1);
+    atomic_store(&c->state, TS_NEW);
+    atomic_fetch_sub(&c->refs, 1);
+    free(c->payload);
+    c->payload = NULL;
+    luaL_error(L, "cannot start thread: %s", strerror(err));
+  }
+  h->started = 1;
+  if (!c->daemon) guard_add(L, c);
+}
+
+static int l_start(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  int n = lua_gettop(L);
+  thr_handle *h = new_handle(L);
+  int hidx = lua_gettop(L);
+  start_thread(L, h, 1, n);
+  lua_pushvalue(L, hidx);
+  return 1;
+}
+
+/* thread.new{fn=, args={...}, name=, daemon=} */
+static int l_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_getfield(L, 1, "fn") != LUA_TFUNCTION)
+    luaL_argerror(L, 1, "field 'fn' must be a function");
+  int targs = lua_getfield(L, 1, "args");
+  if (targs != LUA_TNIL && targs != LUA_TTABLE) luaL_argerror(L, 1, "field 'args' must be a table");
+  int tname = lua_getfield(L, 1, "name");
+  if (tname != LUA_TNIL && tname != LUA_TSTRING) luaL_argerror(L, 1, "field 'name' must be a string");
+  lua_getfield(L, 1, "daemon");                        /* fn args name daemon */
+  thr_handle *h = new_handle(L);
+  if (tname == LUA_TSTRING) {
+    const char *s = lua_tostring(L, -3);
+    snprintf(h->c->name, sizeof h->c->name, "%s", s);
+  }
+  h->c->daemon = lua_toboolean(L, -2);
+  lua_createtable(L, 2, 0);                            /* the call to make at start() */
+  lua_pushvalue(L, 2); lua_rawseti(L, -2, 1);
+  if (targs == LUA_TTABLE) { lua_pushvalue(L, 3); lua_rawseti(L, -2, 2); }
+  lua_setiuservalue(L, -2, 1);
+  return 1;
+}
+
+static int tm_start(lua_State *L) {
+  thr_handle *h = check_handle(L, 1);
+  if (h->started) return luaL_error(L, "threads can only be started once");
+  if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE) return luaL_error(L, "thread has nothing to run");
+  int call = lua_gettop(L);
+  int base = lua_gettop(L) + 1;
+  lua_rawgeti(L, call, 1);                             /* fn */
+  int n = 1;
+  if (lua_rawgeti(L, call, 2) == LUA_TTABLE) {
+    int args = lua_gettop(L);
+    lua_getfield(L, args, "n");
+    lua_Integer na = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, args);
+    lua_pop(L, 1);
+    luaL_checkstack(L, (int)na + 2, "too many thread arguments");
+    for (lua_Integer i = 1; i <= na; i++) lua_rawgeti(L, args, i);
+    lua_remove(L, args);
+    n += (int)na;
+  } else {
+    lua_pop(L, 1);
+  }
+  start_thread(L, h, base, n);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* }==== */
+
+/* {==== joining */
+
+typedef struct waiter { strand_io io; } waiter;
+
+static int waiter_close(lua_State *L) {
+  waiter *w = (waiter *)luaL_checkudata(L, 1, WAITER_META);
+  if (w->io.fd >= 0) {
+    strand_io_close(&w->io);
+    close(w->io.fd);
+    w->io.fd = -1;
+  }
+  return 0;
+}
+
+/* The results, decoded once into uservalue 2 = { ok, n, ... } */
+static void load_results(lua_State *L, thr_handle *h) {
+  if (lua_getiuservalue(L, 1, 2) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  thr_ctl *c = h->c;
+  int state = atomic_load(&c->state);
+  int top = lua_gettop(L);
+  lua_newtable(L);
+  int t = lua_gettop(L);
+  int n = c->result ? strand_serial_decode(L, c->result, c->rlen, STRAND_SERIAL_FUNCTIONS) : -1;
+  if (n < 0) {
+    if (c->result) lua_pushfstring(L, "thread results could not be copied: %s", lua_tostring(L, -1));
+    else lua_pushliteral(L, "thread failed (no result could be copied)");
+    lua_rawseti(L, t, 1);
+    lua_settop(L, t);
+    n = 1;
+    state = TS_FAILED;
+  } else {
+    for (int i = n; i >= 1; i--) lua_rawseti(L, t, i);
+  }
+  if (c->result) {
+    free(c->result);                                   /* decode adopted its object refs */
+    c->result = NULL;
+  }
+  guard_remove(L, c);
+  lua_pushboolean(L, state == TS_DONE); lua_setfield(L, t, "ok");
+  lua_pushinteger(L, n); lua_setfield(L, t, "n");
+  lua_pushvalue(L, t);
+  lua_setiuservalue(L, 1, 2);
+  lua_settop(L, top);
+  lua_getiuservalue(L, 1, 2);
+}
+
+static int push_results(lua_State *L, thr_handle *h, int raise) {
+  load_results(L, h);
+  int t = lua_gettop(L);
+  lua_getfield(L, t, "ok");
+  int ok = lua_toboolean(L, -1);
+  lua_getfield(L, t, "n");
+  int n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 2);
+  if (!ok) {
+    lua_rawgeti(L, t, 1);
+    if (raise) return lua_error(L);
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  luaL_checkstack(L, n + 1, "too many results");
+  if (!raise) lua_pushboolean(L, 1);
+  for (int i = 1; i <= n; i++) lua_rawgeti(L, t, i);
+  return n + (raise ? 0 : 1);
+}
+
+static int join_k(lua_State *L, int status, lua_KContext raise) {
+  int outcome = strand_resumed(L, status);
+  thr_handle *h = check_handle(L, 1);
+  double deadline = lua_tonumber(L, 2);
+  for (;;) {
+    if (atomic_load(&h->c->state) >= TS_DONE) {
+      if (lua_type(L, 3) == LUA_TUSERDATA) {
+        lua_pushcfunction(L, waiter_close); lua_pushvalue(L, 3); lua_call(L, 1, 0);
+      }
+      lua_settop(L, 1);
+      return push_results(L, h, (int)raise);
+    }
+    if (outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+      if (raise) return luaL_error(L, "timeout");
+      return strand_fail_msg(L, "timeout", NULL);
+    }
+    if (outcome == STRAND_CLOSED) return luaL_error(L, "thread join interrupted");
+    if (lua_type(L, 3) != LUA_TUSERDATA) {         /* our own dup of the eventfd to wait on */
+      lua_settop(L, 2);
+      waiter *w = (waiter *)lua_newuserdatauv(L, sizeof *w, 0);
+      strand_io_init(&w->io, -1);
+      luaL_setmetatable(L, WAITER_META);
+      int fd = fcntl(h->c->efd, F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) return strand_fail(L, errno);
+      strand_io_init(&w->io, fd);
+    }
+    waiter *w = (waiter *)lua_touserdata(L, 3);
+    outcome = strand_wait_io(L, &w->io, STRAND_READ, deadline, raise, join_k);
+  }
+}
+
+static int join_start(lua_State *L, int raise) {
+  thr_handle *h = check_handle(L, 1);
+  if (!h->started) return luaL_error(L, "cannot join a thread before it is started");
+  double deadline = strand_opt_deadline(L, 2);
+  lua_settop(L, 1);
+  lua_pushnumber(L, deadline);
+  lua_pushnil(L);
+  return join_k(L, LUA_OK, raise);
+}
+
+static int tm_join(lua_State *L) { return join_start(L, 0); }
+static int tm_result(lua_State *L) { return join_start(L, 1); }
+
+static int tm_is_alive(lua_State *L) {
+  thr_handle *h = check_handle(L, 1);
+  lua_pushboolean(L, atomic_load(&h->c->state) == TS_RUNNING);
+  return 1;
+}
+
+static int tm_index(lua_State *L) {
+  thr_handle *h = check_handle(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "id") == 0) { lua_pushinteger(L, h->c->id); return 1; }
+  if (k && strcmp(k, "name") == 0) { lua_pushstring(L, h->c->name); return 1; }
+  if (k && strcmp(k, "daemon") == 0) { lua_pushboolean(L, h->c->daemon); return 1; }
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int tm_tostring(lua_State *L) {
+  thr_handle *h = check_handle(L, 1);
+  static const char *const names[] = { "new", "running", "done", "failed" };
+  lua_pushfstring(L, "strand.thread %s (%s)", h->c->name, names[atomic_load(&h->c->state)]);
+  return 1;
+}
+
+static int tm_gc(lua_State *L) {
+  thr_handle *h = (thr_handle *)lua_touserdata(L, 1);
+  if (h->c) { ctl_release(h->c); h->c = NULL; }
+  return 0;
+}
+
+/* }==== */
+
+/* {==== module functions */
+
+static int self_field(lua_State *L, const char *k) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SELF_KEY) == LUA_TTABLE) {
+    lua_getfield(L, -1, k);
+    return 1;
+  }
+  if (k[0] == 'i') lua_pushinteger(L, 1);
+  else lua_pushliteral(L, "MainThread");
+  return 1;
+}
+
+static int l_id(lua_State *L) { return self_field(L, "id"); }
+static int l_name(lua_State *L) { return self_field(L, "name"); }
+
+static int l_active_count(lua_State *L) {
+  lua_pushinteger(L, atomic_load(&active) + 1);
+  return 1;
+}
+
+static const luaL_Reg methods[] = {
+  {"start", tm_start}, {"join", tm_join}, {"result", tm_result}, {"is_alive", tm_is_alive},
+  {NULL, NULL}
+};
+
+static const luaL_Reg funcs[] = {
+  {"start", l_start}, {"new", l_new}, {"id", l_id}, {"name", l_name},
+  {"active_count", l_active_count}, {NULL, NULL}
+};
+
+int strand_open_thread(lua_State *L) {
+  luaL_newmetatable(L, THREAD_META);
+  lua_pushcfunction(L, tm_index); lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, tm_gc); lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, tm_tostring); lua_setfield(L, -2, "__tostring");
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "methods");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, WAITER_META);
+  lua_pushcfunction(L, waiter_close); lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  return 1;
+}
+
+/* }==== */

@@ -1,0 +1,165 @@
+-- OS threads: each runs its own Lua state and loop; values are copied in and out.
+local strand = require "strand"
+local thread = require "strand.thread"
+local H = require "support.helper"
+
+describe("threads", function()
+  it("start with arguments and join with the results", function()
+    local t = thread.start(function(a, b) return a + b, { a, b } end, 2, 3)
+    local ok, sum, pair = t:join(H.TIMEOUT)
+    assert.is_true(ok)
+    assert.equal(5, sum)
+    assert.same({ 2, 3 }, pair)
+    assert.equal(5, (t:result()))
+    assert.is_false(t:is_alive())
+  end)
+
+  it("10 threads sleeping 0.2 s finish in about 0.2 s", function()
+    local t0 = strand.now()
+    local ts = {}
+    for i = 1, 10 do
+      ts[i] = thread.start(function(n) require("strand").sleep(0.2); return n end, i)
+    end
+    for i = 1, 10 do assert.equal(i, ts[i]:result(H.TIMEOUT)) end
+    assert.is_true(strand.now() - t0 < 1.5)
+  end)
+
+  it("captures upvalues by copy and rebinds globals", function()
+    local base, fmt = 40, string.format
+    local t = thread.start(function(x) return fmt("%d", base + x), type(print) end, 2)
+    local _, s, tp = t:join(H.TIMEOUT)
+    assert.equal("42", s); assert.equal("function", tp)
+    base = 0
+  end)
+
+  it("a closure over require'd strand works inside the thread (tasks, sleep)", function()
+    local t = thread.start(function()
+      local order = {}
+      for _, d in ipairs { 0.03, 0.01, 0.02 } do
+        strand.spawn(function() strand.sleep(d); order[#order + 1] = d end)
+      end
+      strand.sleep(0.05)
+      return table.concat(order, ",")
+    end)
+    assert.equal("0.01,0.02,0.03", t:result(H.TIMEOUT))
+  end)
+
+  it("joining a thread does not block the other tasks of the loop", function()
+    local ticks = 0
+    H.run(function()
+      local ticker = strand.spawn(function() for _ = 1, 10 do strand.sleep(0.01); ticks = ticks + 1 end end)
+      local t = thread.start(function() require("strand").sleep(0.2) end)
+      t:join(H.TIMEOUT)
+      ticker:join()
+    end)
+    assert.equal(10, ticks)
+  end)
+
+  it("several tasks can join the same thread", function()
+    local t = thread.start(function() require("strand").sleep(0.05); return "x" end)
+    local got = {}
+    H.run(function()
+      local js = {}
+      for i = 1, 3 do js[i] = strand.spawn(function() got[i] = t:result(H.TIMEOUT) end) end
+      strand.joinall(js)
+    end)
+    assert.same({ "x", "x", "x" }, got)
+  end)
+
+  it("join with a timeout returns nil, timeout while it still runs", function()
+    local t = thread.start(function() require("strand").sleep(0.3) end)
+    local r, e = t:join(0.01)
+    assert.is_nil(r); assert.equal("timeout", e)
+    assert.is_true(t:is_alive())
+    assert.is_true((t:join(H.TIMEOUT)))
+  end)
+
+  it("thread.new with name, args, daemon; id, name, active_count", function()
+    local t = thread.new { fn = function(a, b)
+      local th = require "strand.thread"
+      return a .. b, th.name(), th.id()
+    end, args = { "x", "y" }, name = "worker" }
+    assert.equal("worker", t.name)
+    assert.is_number(t.id)
+    assert.is_false(t.daemon)
+    t:start()
+    local _, s, name, id = t:join(H.TIMEOUT)
+    assert.equal("xy", s); assert.equal("worker", name); assert.equal(t.id, id)
+    assert.equal("MainThread", thread.name())
+    assert.equal(1, thread.id())
+    assert.equal(1, thread.active_count())
+    local s1 = thread.start(function() require("strand").sleep(0.2) end)
+    assert.equal(2, thread.active_count())
+    s1:join(H.TIMEOUT)
+  end)
+
+  it("plain tables are copied: the thread changes its own copy", function()
+    local t = { n = 1 }
+    local th = thread.start(function(tab) tab.n = 99; return tab.n end, t)
+    assert.equal(99, th:result(H.TIMEOUT))
+    assert.equal(1, t.n)
+  end)
+end)
+
+describe("threads: failure conditions", function()
+  it("an error in a thread comes back to join with its traceback", function()
+    local t = thread.start(function() error("in thread") end)
+    local ok, err = t:join(H.TIMEOUT)
+    assert.is_false(ok)
+    assert.matches("in thread", err)
+    assert.matches("stack traceback", err)
+    local rok, rerr = pcall(t.result, t)
+    assert.is_false(rok); assert.matches("in thread", rerr)
+  end)
+
+  it("refuses uncopyable arguments in the caller before the thread starts", function()
+    local before = thread.active_count()
+    assert.has_error(function() thread.start(print, io.stdout) end, "args[2]: cannot copy a userdata (FILE*)")
+    assert.has_error(function() thread.start(function() end, coroutine.create(print)) end)
+    local cfn = string.gmatch("a", "a")   -- a C closure that belongs to no module
+    assert.has_error(function() thread.start(function() return cfn end) end)
+    assert.equal(before, thread.active_count())
+  end)
+
+  it("results that cannot be copied fail the join with a clear message", function()
+    local t = thread.start(function() return io.stdout end)
+    local ok, err = t:join(H.TIMEOUT)
+    assert.is_false(ok)
+    assert.matches("cannot copy", err)
+  end)
+
+  it("misuse raises naming the problem", function()
+    assert.has_error(function() thread.start(42) end)
+    assert.has_error(function() thread.new(42) end)
+    assert.has_error(function() thread.new {} end)
+    assert.has_error(function() thread.new { fn = print, args = 3 } end)
+    local t = thread.new { fn = function() end }
+    assert.has_error(function() t:join() end, "cannot join a thread before it is started")
+    t:start()
+    assert.has_error(function() t:start() end, "threads can only be started once")
+    assert.has_error(function() t:join(-1) end)
+    t:join(H.TIMEOUT)
+  end)
+
+  it("non-daemon threads are waited for at exit; daemon threads are abandoned", function()
+    local out, ok = H.lua([[
+      local thread = require "strand.thread"
+      thread.new{ fn = function() require("strand").sleep(0.2); print("non-daemon finished") end }:start()
+      thread.new{ fn = function() require("strand").sleep(30); print("daemon finished") end, daemon = true }:start()
+      print("main done")
+    ]])
+    assert.truthy(ok)
+    assert.matches("main done", out)
+    assert.matches("non%-daemon finished", out)
+    assert.not_matches("daemon finished\n.*daemon finished", out)
+    assert.not_matches("^daemon finished", out)
+  end)
+
+  it("1000 threads started and joined leave no fds behind", H.no_leaks(function()
+    for _ = 1, 20 do
+      local ts = {}
+      for i = 1, 50 do ts[i] = thread.start(function(x) return x end, i) end
+      for i = 1, 50 do assert.equal(i, ts[i]:result(H.TIMEOUT)) end
+    end
+  end))
+end)
