@@ -73,6 +73,14 @@ static int l_sleep(lua_State *L) {
   return 0;
 }
 
+/* strand.sleep_until(t): sleep until strand.now() >= t (drift-free periodic work). */
+static int l_sleep_until(lua_State *L) {
+  lua_Number t = luaL_checknumber(L, 1);
+  luaL_argcheck(L, t == t, 1, "time must be a number");
+  strand_wait_timer(L, t, 0, sleep_k);
+  return 0;
+}
+
 static int l_now(lua_State *L) {
   lua_pushnumber(L, strand_now());
   return 1;
@@ -344,7 +352,7 @@ static int l_backend(lua_State *L) {
 
 static const luaL_Reg funcs[] = {
   {"backend", l_backend},
-  {"spawn", l_spawn}, {"sleep", l_sleep}, {"now", l_now}, {"current", l_current},
+  {"spawn", l_spawn}, {"sleep", l_sleep}, {"sleep_until", l_sleep_until}, {"now", l_now}, {"current", l_current},
   {"run", l_run}, {"is_cancelled", l_is_cancelled}, {"cancel_after", l_cancel_after},
   {"notifier", l_notifier}, {NULL, NULL}
 };

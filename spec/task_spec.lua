@@ -15,6 +15,14 @@ describe("tasks", function()
     assert.is_true(took >= 0.2 and took < 0.4, "took " .. took)
   end)
 
+  it("sleep_until wakes at an absolute monotonic time", function()
+    local target = strand.now() + 0.02
+    strand.sleep_until(target)
+    assert.is_true(strand.now() >= target)
+    strand.sleep_until(strand.now() - 1)   -- in the past: just lets others run
+    assert.has_error(function() strand.sleep_until("soon") end)
+  end)
+
   it("10 tasks sleeping 0.1 s take about 0.1 s, not 1 s", function()
     local t0 = strand.now()
     local ts = {}

@@ -8,6 +8,7 @@ local pack, unpack = table.pack, table.unpack
 
 M.spawn = core.spawn
 M.sleep = core.sleep
+M.sleep_until = core.sleep_until
 M.now = core.now
 M.current = core.current
 M.run = core.run
