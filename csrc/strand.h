@@ -187,9 +187,72 @@ STRAND_API const strand_objtype *strand_objtype_find(const char *name);
 
 /* }==== */
 
+/* {==== process-shared objects (shm.c): the base of locks, queues, shared dicts...
+ *
+ * State lives in MAP_SHARED memory (so processes forked after creation share it) under a
+ * robust process-shared mutex. Waiting goes through each state's loop: every wait channel of
+ * an object is an eventfd created with it (inherited by forks). The protocol, in shm.c's
+ * header comment: under the mutex a waiter checks its condition and, if it must wait, counts
+ * itself in sleepers[ch]; whoever changes the state calls strand_shm_signal, which keeps the
+ * eventfd readable exactly while a sleeper can proceed. Nothing is written when nobody sleeps,
+ * so the uncontended path makes no syscall. Never call anything that can raise while locked. */
+
+#define STRAND_SHM_MAXCHAN 3
+typedef struct strand_shm_head strand_shm_head;    /* opaque: mutex, wake flags, arena */
+
+typedef struct strand_shm {
+  strand_object obj;              /* first: a strand_shm is a strand_object */
+  strand_shm_head *head;          /* the shared region */
+  void *state;                    /* the object's own shared state, inside the region */
+  uint32_t *sleepers;             /* shared: tasks asleep on each channel (locked) */
+  size_t maplen;                  /* bytes mapped here */
+  int memfd;                      /* backing of a growable region, or -1 */
+  int nchan;
+  int efd[STRAND_SHM_MAXCHAN];    /* one eventfd per wait channel */
+} strand_shm;
+
+/* A new object of objsize bytes (>= sizeof(strand_shm), zeroed) with statesize bytes of zeroed
+ * shared state and nchan wait channels; reserve > 0 makes the region a growable arena of at most
+ * reserve bytes. refs = 1; the caller fills its state, then strand_object_push. Raises. */
+STRAND_API strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t,
+                                      size_t statesize, int nchan, size_t reserve);
+STRAND_API void strand_shm_free(strand_shm *s);   /* this process's mapping, fds and struct */
+STRAND_API int strand_shm_lock(strand_shm *s);    /* 0 or an errno; a dead owner is recovered */
+STRAND_API void strand_shm_lockL(lua_State *L, strand_shm *s);   /* raises instead */
+STRAND_API void strand_shm_unlock(strand_shm *s);
+/* Locked, after a change: should = a sleeper of ch can proceed now; kick = the change may have
+ * made it so (writes again: an edge for edge-triggered pollers). */
+STRAND_API void strand_shm_signal(strand_shm *s, int ch, int should, int kick);
+/* Unlocked, before counting yourself: push this state's waiter for (s, ch). Raises what the wait
+ * would refuse (cannot yield here, foreign coroutine, pending cancellation). */
+STRAND_API void strand_shm_prepare(lua_State *L, strand_shm *s, int ch);
+/* Unlocked, counted in sleepers[ch], waiter on top: wait (yields in a task). */
+STRAND_API int strand_shm_wait(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k);
+/* After the wait (and after uncounting), waiter on top: pass the polling on in this state;
+ * broadcast: the channel's sleepers wait for different things, all of them must look. */
+STRAND_API void strand_shm_leave(lua_State *L, int broadcast);
+/* Arena of a growable object (locked): offsets from the head, 0 = none (errno set). */
+STRAND_API uint64_t strand_shm_alloc(strand_shm *s, size_t n);
+STRAND_API void strand_shm_release(strand_shm *s, uint64_t off);
+#define strand_shm_at(s, off) ((void *)((char *)(s)->head + (off)))
+/* getpid() and the kernel thread id, without a syscall after the first call (forked children
+ * start over): who put an item, who owns an rlock. */
+STRAND_API int strand_shm_pid(void);
+STRAND_API int strand_shm_tid(void);
+/* Methods as closures over their metatable (upvalue 1): strand_shm_newmeta makes the metatable
+ * of t (strand_object_newmeta) with __index = methods and __close = close (if given), leaving
+ * the metatable and the method table on the stack; strand_shm_self checks index 1 in them. */
+STRAND_API void strand_shm_newmeta(lua_State *L, const strand_objtype *t, const luaL_Reg *methods,
+                                   lua_CFunction close);
+STRAND_API strand_shm *strand_shm_self(lua_State *L);
+
+/* }==== */
+
 /* {==== serial (serial.c): Lua values <-> flat byte strings, for threads and processes */
 
 #define STRAND_SERIAL_FUNCTIONS 1   /* encode/decode Lua functions (bytecode) */
+#define STRAND_SERIAL_NOADOPT 0x100 /* decode: the string keeps its object references (the
+                                       values retain their own), e.g. read without taking */
 
 /* Encode the n values at stack indices first..first+n-1 into one string pushed on the stack.
  * Raises "<path>: cannot copy a C function" and the like. strand objects are encoded by
