@@ -1,0 +1,2 @@
+-- strand.queue — see csrc/queue.c (the C core) and docs; this module returns it.
+return require("strand.core").queue
