@@ -157,9 +157,15 @@ static int m_dirty(lua_State *L) {
   return 1;
 }
 
+/* s:pending() -> bytes buffered by read() and not consumed yet (selectors count them as ready) */
+static int m_pending(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)sock_check(L, 1)->rbuf.len);
+  return 1;
+}
+
 const luaL_Reg strand_sockopt_methods[] = {
   {"setoption", m_setoption}, {"getoption", m_getoption}, {"settimeout", m_settimeout},
   {"gettimeout", m_gettimeout}, {"setblocking", m_setblocking}, {"shutdown", m_shutdown},
   {"getsockname", m_getsockname}, {"getpeername", m_getpeername}, {"fileno", m_fileno},
-  {"dirty", m_dirty}, {NULL, NULL}
+  {"dirty", m_dirty}, {"pending", m_pending}, {NULL, NULL}
 };
