@@ -42,6 +42,12 @@ local _, port = srv:getsockname()
 local server = strand.spawn(function()
   local conn = assert(srv:accept())
   conn:settimeout(10)
+  -- 0. The problem: two sends, read a moment later, come out of one recv glued together.
+  strand.sleep(0.05)
+  local glued = conn:recv(1024)
+  print(("s2: without framing, two sends (%q and %q) arrived as one recv: %q"):format(
+    "hello", "world", glued))
+  conn:write("next\n")
   local size = tonumber(conn:read("l"):match("^SIZE (%d+)$"))
   conn:write("ready\n")                    -- the ack: the header can't run into the data
   local body = assert(conn:read(size))
@@ -60,6 +66,9 @@ end)
 
 local c = assert(socket.connect("127.0.0.1", port, { timeout = 5 }))
 c:settimeout(10)
+c:sendall("hello")
+c:sendall("world")
+assert(c:read("l") == "next")
 local t0 = strand.now()
 c:write("SIZE ", #data, "\n")
 assert(c:read("l") == "ready")

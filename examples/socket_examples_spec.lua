@@ -29,6 +29,7 @@ describe("socket examples", function()
 
   it("S2: a large file with an ack exchange, then frames", function()
     check(run("s2_bigfile.lua", "2"), {
+      'two sends %("hello" and "world"%) arrived as one recv: "helloworld"',
       "checksums match: true",
       "frame reply: #1 first messag %(13 bytes%)",
       "frame reply: #2 second %(6 bytes%)",
