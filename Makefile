@@ -20,7 +20,7 @@ SO   := $(BUILD)/strand/core.so
 ALL_CFLAGS = $(CFLAGS) $(WARN) $(SAN) -std=gnu11 -fPIC -fvisibility=hidden -D_GNU_SOURCE \
              -I$(LUA_INCDIR) $(SSH2_CFLAGS)
 
-.PHONY: all deps test test-asan test-valgrind demo bench fuzz soak install clean
+.PHONY: all deps test test-asan test-valgrind demo bench fuzz fuzz-smoke soak install clean
 
 all: $(SO)
 
@@ -35,12 +35,14 @@ $(SO): $(OBJ)
 
 # Debian packages the build and the specs need (installed when missing and run as root).
 DEPS := lua5.4 liblua5.4-dev libssh2-1-dev lua-busted openssh-server pkg-config gcc make \
-        lua-socket python3 luarocks
+        lua-socket python3 luarocks \
+        clang libclang-rt-14-dev valgrind
 deps:
 	@sh tools/deps.sh $(DEPS)
 
 # Every spec under Lua 5.4; the last line is "N passed, N failed".
 test: deps all
+	@$(MAKE) --no-print-directory fuzz-smoke
 	@STRAND_POLLERS="epoll poll" sh tools/runspecs.sh $(BUILD)
 
 ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
@@ -52,8 +54,26 @@ test-asan: deps
 	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	 STRAND_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" sh tools/runspecs.sh build-asan
 
+# memcheck over the core, socket, thread, serial and queue specs (those that exist); definite
+# leaks and memory errors fail. VALGRIND_SPECS="spec/x_spec.lua ..." picks others.
+VALGRIND_SPECS ?= $(wildcard spec/core_spec.lua spec/task_spec.lua spec/faults_spec.lua \
+                   spec/socket_spec.lua spec/thread_spec.lua spec/serial_spec.lua spec/queue_spec.lua)
 test-valgrind: deps all
-	@STRAND_VALGRIND=1 sh tools/runspecs.sh $(BUILD) $(VALGRIND_SPECS)
+	@STRAND_VALGRIND=1 STRAND_TEST_TIMEOUT=60 STRAND_SPEC_TIMEOUT=1800 \
+	 sh tools/runspecs.sh $(BUILD) $(VALGRIND_SPECS)
+
+# libFuzzer targets in fuzz/ (clang, ASan+UBSan): `make fuzz SECONDS=600` runs each for SECONDS,
+# one at a time; `make fuzz-smoke` (part of `make test`) replays the seeds and fuzzes each briefly.
+SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 4
+fuzz: deps
+	@sh tools/fuzz.sh run $(SECONDS) $(FUZZ_TARGETS)
+fuzz-smoke: deps
+	@sh tools/fuzz.sh smoke $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
+
+# Load and soak tests (bounded in time): soak/run.sh prints the figures.
+soak: deps all
+	@sh soak/run.sh $(BUILD)
 
 demo: deps all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) examples/demo.lua

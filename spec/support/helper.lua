@@ -1,8 +1,11 @@
 -- spec/support/helper.lua — shared by every spec: bounded waits, running code as a task with
--- errors rethrown with their traceback, fd-leak and zombie checks.
+-- errors rethrown with their traceback, fd-leak, thread-leak and zombie checks (H.guard).
 local H = {}
 
 H.TIMEOUT = tonumber(os.getenv("STRAND_TEST_TIMEOUT")) or 10
+-- How long a leak check waits for fds, threads and children to go away by themselves (a thread
+-- that was joined may still be finishing its exit; a child may still be being reaped).
+H.SETTLE = tonumber(os.getenv("STRAND_TEST_SETTLE")) or 2
 
 --- Run fn as a task with a bound on the whole run; rethrows the task's error (with traceback).
 function H.run(fn, ...)
@@ -16,6 +19,59 @@ function H.run(fn, ...)
   return table.unpack(r, 1, r.n)
 end
 
+function H.pid()
+  local f = io.open("/proc/self/stat")
+  local pid = f:read("n")
+  f:close()
+  return pid
+end
+
+-- Lines of a shell command's output.
+local function lines_of(cmd)
+  -- without the sanitizer runtime `make test-asan` preloads: ps hangs under it
+  local p = io.popen("LD_PRELOAD= " .. cmd)
+  local out = {}
+  for line in p:lines() do out[#out + 1] = line end
+  p:close()
+  return out
+end
+
+-- One shell probe lists fds (with targets), OS threads (with names) and the state of every
+-- child. The pipe io.popen opens for the probe itself is recognised (the shell reports what its
+-- stdout is) and left out.
+local function probe()
+  local pid = H.pid()
+  local cmd = ("exec 2>/dev/null; echo \"pipe $(readlink /proc/$$/fd/1)\"; "
+    .. "ls -l /proc/%d/fd | sed -n 's/.* \\([0-9][0-9]*\\) -> \\(.*\\)$/fd \\1 \\2/p'; "
+    .. "cd /proc/%d/task && for t in *; do read c < $t/comm; echo \"task $t $c\"; done; "
+    .. "ps -o pid=,stat= --ppid %d | sed 's/^ */child /'"):format(pid, pid, pid)
+  local r = { fds = {}, nfds = 0, threads = {}, nthreads = 0, children = {}, zombies = 0 }
+  local mypipe
+  local lines = lines_of("sh -c '" .. cmd:gsub("'", "'\\''") .. "'")
+  for _, line in ipairs(lines) do
+    local kind, rest = line:match("^(%a+) (.*)$")
+    if kind == "pipe" then mypipe = rest end
+  end
+  for _, line in ipairs(lines) do
+    local kind, a, b = line:match("^(%a+) (%S+) ?(.*)$")
+    if kind == "fd" and b ~= mypipe then
+      r.fds[tonumber(a)] = b; r.nfds = r.nfds + 1
+    elseif kind == "task" then
+      r.threads[tonumber(a)] = b; r.nthreads = r.nthreads + 1
+    elseif kind == "child" then
+      r.children[tonumber(a)] = b
+      if b:match("^Z") then r.zombies = r.zombies + 1 end
+    end
+  end
+  return r
+end
+
+--- Open file descriptors of this process: { [fd] = "target" } and their count.
+function H.fds()
+  local r = probe()
+  return r.fds, r.nfds
+end
+
 --- Open file descriptors of this process.
 function H.fd_count()
   local p = io.popen("LD_PRELOAD= ls /proc/" .. H.pid() .. "/fd | wc -l")
@@ -24,20 +80,101 @@ function H.fd_count()
   return n - 1   -- the pipe popen itself opened is counted once in the listing
 end
 
-function H.pid()
-  local f = io.open("/proc/self/stat")
-  local pid = f:read("n")
-  f:close()
-  return pid
+--- OS threads of this process: { [tid] = "name" } and their count.
+function H.threads()
+  local r = probe()
+  return r.threads, r.nthreads
+end
+
+--- Threads that a library keeps on purpose for the life of the process (matched against the
+--- thread's name, /proc/self/task/*/comm): they never count as leaked. Areas add patterns here.
+H.persistent_threads = { "^strand%-resolv", "^strand%-pool" }
+
+local function persistent(comm)
+  for _, pat in ipairs(H.persistent_threads) do
+    if comm:match(pat) then return true end
+  end
+  return false
 end
 
 --- Children of this process that are zombies.
 function H.zombies()
-  local p = io.popen("LD_PRELOAD= ps -o stat= --ppid " .. H.pid() .. " 2>/dev/null")
   local n = 0
-  for line in p:lines() do if line:match("^Z") then n = n + 1 end end
-  p:close()
+  for _, line in ipairs(lines_of("ps -o stat= --ppid " .. H.pid() .. " 2>/dev/null")) do
+    if line:match("^Z") then n = n + 1 end
+  end
   return n
+end
+
+-- Sleep without touching strand's loop (a leak check must not run leftover tasks).
+local function pause(s)
+  os.execute(("LD_PRELOAD= sleep %.3f"):format(s))
+end
+
+-- Poll check() until it returns nil (settled) or H.SETTLE seconds pass; returns its last message.
+local function settle(check)
+  local now = require("strand.core").now
+  local deadline = now() + H.SETTLE
+  local msg = check()
+  while msg and now() < deadline do
+    pause(0.05)
+    collectgarbage(); collectgarbage()
+    msg = check()
+  end
+  return msg
+end
+
+local function strand_thread_count()
+  local th = package.loaded["strand.thread"]
+  if type(th) == "table" and type(th.active_count) == "function" then
+    local ok, n = pcall(th.active_count)
+    if ok then return n end
+  end
+  return nil
+end
+
+--- A snapshot of what a spec must give back: fds, OS threads, strand threads.
+function H.snapshot()
+  -- the loop (epoll fd) is created on first use and lives as long as the Lua state: create it now
+  -- so that a spec that happens to be the first user is not blamed for it
+  pcall(function() require("strand.core").backend() end)
+  collectgarbage(); collectgarbage()
+  local r = probe()
+  return { fds = r.fds, threads = r.threads, strand_threads = strand_thread_count() }
+end
+
+--- Compare the process with a snapshot: nil when nothing leaked, else a message listing every
+--- leaked fd (number and target), thread (tid and name) and zombie. Waits up to H.SETTLE s.
+function H.leaks(before)
+  return settle(function()
+    local problems = {}
+    local now = probe()
+    local fds = now.fds
+    local leaked = {}
+    for fd, target in pairs(fds) do
+      if before.fds[fd] ~= target then leaked[#leaked + 1] = ("%d -> %s"):format(fd, target) end
+    end
+    table.sort(leaked)
+    if #leaked > 0 then
+      problems[#problems + 1] = ("leaked %d file descriptor(s): %s"):format(#leaked, table.concat(leaked, ", "))
+    end
+    local extra = {}
+    for tid, comm in pairs(before.threads and now.threads or {}) do
+      if not before.threads[tid] and not persistent(comm) then extra[#extra + 1] = ("%d (%s)"):format(tid, comm) end
+    end
+    table.sort(extra)
+    if #extra > 0 then
+      problems[#problems + 1] = ("left %d thread(s) running: %s"):format(#extra, table.concat(extra, ", "))
+    end
+    local st = strand_thread_count()
+    if st and before.strand_threads and st > before.strand_threads then
+      problems[#problems + 1] = ("left %d strand thread(s) alive"):format(st - before.strand_threads)
+    end
+    local z = now.zombies
+    if z > 0 then problems[#problems + 1] = ("left %d zombie child(ren)"):format(z) end
+    if #problems == 0 then return nil end
+    return table.concat(problems, "; ")
+  end)
 end
 
 --- Wrap a spec body: fails if it leaks an fd or leaves a zombie.
@@ -53,6 +190,36 @@ function H.no_leaks(fn)
   end
 end
 
+--- Wrap a spec body with the full check of H.guard (fds by number, threads, zombies).
+function H.checked(fn)
+  return function(...)
+    local before = H.snapshot()
+    fn(...)
+    local msg = H.leaks(before)
+    if msg then error(msg, 0) end
+  end
+end
+
+--- Call inside a describe block: every test of the block (and of nested blocks) fails when it
+--- leaks a file descriptor, leaves an OS thread or a strand thread running, or leaves a zombie
+--- child. The message names each fd (with its target), thread and zombie.
+--- H.guard{threads = false} skips the thread check (for blocks that resolve host names: the
+--- resolver's idle threads linger ten seconds and cannot be told apart from leaked ones yet).
+function H.guard(opts)
+  local busted = require "busted"
+  local before
+  busted.before_each(function()
+    before = H.snapshot()
+    if opts and opts.threads == false then before.threads = nil end
+  end)
+  busted.after_each(function()
+    if before == nil then return end
+    local msg = H.leaks(before)
+    before = nil
+    if msg then error(msg, 0) end
+  end)
+end
+
 --- Run a Lua snippet in a fresh lua5.4 process (env: optional "VAR=value ..." prefix);
 --- returns stdout+stderr, exit ok.
 function H.lua(code, env)
@@ -63,6 +230,38 @@ function H.lua(code, env)
   local ok = p:close()
   os.remove(f)
   return out, ok
+end
+
+--- Run a busted spec given as source in a fresh process; returns its output and exit ok.
+function H.busted(code, env)
+  local f = os.tmpname() .. "_spec.lua"
+  local h = io.open(f, "w"); h:write(code); h:close()
+  local p = io.popen((env and env .. " " or "") .. "lua5.4 /usr/bin/busted -o utfTerminal --no-auto-insulate " .. f .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  os.remove(f)
+  return out, ok
+end
+
+--- Resident set size of this process (or of pid) in KiB.
+function H.rss_kib(pid)
+  local f = io.open("/proc/" .. (pid or "self") .. "/status")
+  if not f then return nil end
+  local s = f:read("a"); f:close()
+  return tonumber(s:match("VmRSS:%s*(%d+)"))
+end
+
+--- Poll pred() every `step` seconds (driving strand's loop) until it is true or timeout passes;
+--- returns the last value of pred(). Every wait in a spec is bounded.
+function H.wait_until(pred, timeout, step)
+  local strand = require "strand"
+  local deadline = strand.now() + (timeout or H.TIMEOUT)
+  local v = pred()
+  while not v and strand.now() < deadline do
+    strand.sleep(step or 0.005)
+    v = pred()
+  end
+  return v
 end
 
 return H
