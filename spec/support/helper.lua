@@ -37,30 +37,36 @@ local function lines_of(cmd)
 end
 
 -- One shell probe lists fds (with targets), OS threads (with names) and the state of every
--- child. The pipe io.popen opens for the probe itself is recognised (the shell reports what its
--- stdout is) and left out.
+-- child, with three short programs (ls, cat, sed; shell loops read byte by byte). The pipe io.popen
+-- opens for the probe itself is recognised (the shell lists what its own stdout is) and left out.
 local function probe()
   local pid = H.pid()
-  local cmd = ("exec 2>/dev/null; echo \"pipe $(readlink /proc/$$/fd/1)\"; "
-    .. "ls -l /proc/%d/fd | sed -n 's/.* \\([0-9][0-9]*\\) -> \\(.*\\)$/fd \\1 \\2/p'; "
+  local cmd = ("exec 2>/dev/null; ls -l /proc/$$/fd/1 /proc/%d/fd; "
     .. "cd /proc/%d/task && for t in *; do read c < $t/comm; echo \"task $t $c\"; done; "
-    .. "ps -o pid=,stat= --ppid %d | sed 's/^ */child /'"):format(pid, pid, pid)
+    .. "cat /proc/[0-9]*/stat | sed 's/^/stat /'"):format(pid, pid)
   local r = { fds = {}, nfds = 0, threads = {}, nthreads = 0, children = {}, zombies = 0 }
   local mypipe
   local lines = lines_of("sh -c '" .. cmd:gsub("'", "'\\''") .. "'")
   for _, line in ipairs(lines) do
-    local kind, rest = line:match("^(%a+) (.*)$")
-    if kind == "pipe" then mypipe = rest end
+    local target = line:match("/proc/%d+/fd/1 %-> (.*)$")
+    if target then mypipe = target; break end
   end
   for _, line in ipairs(lines) do
     local kind, a, b = line:match("^(%a+) (%S+) ?(.*)$")
-    if kind == "fd" and b ~= mypipe then
-      r.fds[tonumber(a)] = b; r.nfds = r.nfds + 1
-    elseif kind == "task" then
+    if kind == "task" then
       r.threads[tonumber(a)] = b; r.nthreads = r.nthreads + 1
-    elseif kind == "child" then
-      r.children[tonumber(a)] = b
-      if b:match("^Z") then r.zombies = r.zombies + 1 end
+    elseif kind == "stat" then
+      -- "pid (comm) S ppid ...": comm may hold spaces and parentheses, the last ')' ends it
+      local state, ppid = b:match("^.*%) (%S) (%d+)")
+      if tonumber(ppid) == pid then
+        r.children[tonumber(a)] = state
+        if state == "Z" then r.zombies = r.zombies + 1 end
+      end
+    else
+      local fd, target = line:match(" (%d+) %-> (.*)$")
+      if fd and not line:match("/proc/%d+/fd/1 %->") and target ~= mypipe then
+        r.fds[tonumber(fd)] = target; r.nfds = r.nfds + 1
+      end
     end
   end
   return r
@@ -99,11 +105,7 @@ end
 
 --- Children of this process that are zombies.
 function H.zombies()
-  local n = 0
-  for _, line in ipairs(lines_of("ps -o stat= --ppid " .. H.pid() .. " 2>/dev/null")) do
-    if line:match("^Z") then n = n + 1 end
-  end
-  return n
+  return probe().zombies
 end
 
 -- Sleep without touching strand's loop (a leak check must not run leftover tasks).
