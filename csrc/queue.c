@@ -169,6 +169,7 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
   const char *p = lua_tolstring(L, 2, &len);
   double deadline = lua_tonumber(L, 3);
   q_item it = { lua_tonumber(L, 4), 0, 0, len, strand_shm_pid() };
+  int spun = 0;
   for (;;) {
     strand_shm_lockL(L, s);
     if (st->closed) {
@@ -216,10 +217,18 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_prepare(L, s, CH_PUT);
       continue;
     }
+    if (!spun) {                                /* first, a few microseconds of watching */
+      uint32_t seen = strand_shm_changes(s);
+      strand_shm_unlock(s);
+      spun = 1;
+      strand_shm_spin(L, s, seen);
+      continue;
+    }
     s->sleepers[CH_PUT]++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, nowait, q_put_k);
     q_leave(L, s, CH_PUT);
+    spun = 0;
   }
 }
 
@@ -263,6 +272,7 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
   }
   double deadline = lua_tonumber(L, 2);
   char *scratch = strand_loop_scratch(strand_loop_get(L));
+  int spun = 0;
   for (;;) {
     strand_shm_lockL(L, s);
     if (st->n > 0) {
@@ -303,10 +313,18 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_prepare(L, s, CH_GET);
       continue;
     }
+    if (!spun) {                                /* first, a few microseconds of watching */
+      uint32_t seen = strand_shm_changes(s);
+      strand_shm_unlock(s);
+      spun = 1;
+      strand_shm_spin(L, s, seen);
+      continue;
+    }
     s->sleepers[CH_GET]++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, nowait, q_get_k);
     q_leave(L, s, CH_GET);
+    spun = 0;
   }
 }
 

@@ -1,5 +1,5 @@
 /* shared.c — Manager-style shared dict and list for threads and forked processes: entries live
- * in the object's shared arena (shm.c); numbers natively, other values serialized; strand.shared. */
+ * in the object's shared arena (shm.c): numbers as such, other values serialized; strand.shared. */
 #include "strand.h"
 
 #include <errno.h>
@@ -101,8 +101,15 @@ static void val_get(lua_State *L, int idx, val *v) {
   if (t == LUA_TNIL || t == LUA_TNONE) {
     v->tag = V_NIL; v->p = v->num; v->len = 0;
   } else if (t == LUA_TNUMBER) {
-    if (lua_isinteger(L, idx)) { lua_Integer i = lua_tointeger(L, idx); v->tag = V_INT; memcpy(v->num, &i, 8); }
-    else { lua_Number d = lua_tonumber(L, idx); v->tag = V_FLT; memcpy(v->num, &d, 8); }
+    if (lua_isinteger(L, idx)) {
+      lua_Integer i = lua_tointeger(L, idx);
+      v->tag = V_INT;
+      memcpy(v->num, &i, 8);
+    } else {
+      lua_Number d = lua_tonumber(L, idx);
+      v->tag = V_FLT;
+      memcpy(v->num, &d, 8);
+    }
     v->p = v->num; v->len = 8;
   } else {
     strand_serial_encode(L, idx, 1, STRAND_SERIAL_FUNCTIONS);
@@ -116,8 +123,8 @@ static void val_drop(const val *v) {
   if (v->tag == V_SER) strand_serial_release(v->p, v->len);
 }
 
-/* Push a value copied out of the arena; mine: the encoding is this process's (decoding never
- * takes references from the stored copy: it stays). Returns 0, or -1 with a message pushed. */
+/* Push a value copied out of the arena. The stored copy stays, with its object references: the
+ * decoded values retain their own (NOADOPT). Returns 0, or -1 with a message pushed. */
 static int val_push(lua_State *L, uint32_t tag, const char *p, size_t len) {
   lua_Integer i;
   lua_Number d;
@@ -208,7 +215,8 @@ static int d_grow(strand_shm *s, int isdict) {
 
 static void storage_error(lua_State *L, strand_shm *s, int err) {
   if (err == ENOSPC) luaL_error(L, "%s storage full", s->obj.type->name);
-  luaL_error(L, "%s: %s", s->obj.type->name, strerror(err));
+  const char *msg = strand_errmsg(err);
+  luaL_error(L, "%s: %s", s->obj.type->name, msg ? msg : strerror(err));
 }
 
 /* Copy an entry's value out (locked): small ones into buf (8+ bytes), others malloc'd. */
@@ -325,7 +333,7 @@ static int d_get_impl(lua_State *L, int stamped) {
     err = value_copy(s, e, &c, scratch);
   }
   strand_shm_unlock(s);
-  if (err) return luaL_error(L, "strand.dict: %s", strerror(err));
+  if (err) return luaL_error(L, "strand.dict: out of memory");
   copied_push(L, &c);
   if (!stamped) return 1;
   lua_pushinteger(L, (lua_Integer)stamp);
@@ -418,8 +426,10 @@ static int d_incr(lua_State *L) {
     } else if (e->vtag == V_INT || e->vtag == V_FLT) {
       lua_Integer i;
       lua_Number a, b;
-      if (e->vtag == V_INT) { memcpy(&i, vbytes(e), 8); a = (lua_Number)i; } else memcpy(&a, vbytes(e), 8);
-      if (v.tag == V_INT) { memcpy(&i, v.num, 8); b = (lua_Number)i; } else memcpy(&b, v.num, 8);
+      if (e->vtag == V_INT) { memcpy(&i, vbytes(e), 8); a = (lua_Number)i; }
+      else memcpy(&a, vbytes(e), 8);
+      if (v.tag == V_INT) { memcpy(&i, v.num, 8); b = (lua_Number)i; }
+      else memcpy(&b, v.num, 8);
       rf = a + b;
       isint = 0;
       e->vtag = V_FLT;
@@ -485,7 +495,7 @@ static int l_get(lua_State *L) {
   strand_shm_lockL(L, s);
   if (i >= 1 && i <= st_of(s)->n) err = value_copy(s, entry_at(s, slots_of(s)[i - 1]), &c, scratch);
   strand_shm_unlock(s);
-  if (err) return luaL_error(L, "strand.list: %s", strerror(err));
+  if (err) return luaL_error(L, "strand.list: out of memory");
   copied_push(L, &c);
   return 1;
 }

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -55,6 +56,9 @@ struct strand_shm_head {
   pthread_mutex_t mu;
   uint32_t sleepers[STRAND_SHM_MAXCHAN];
   uint32_t signalled[STRAND_SHM_MAXCHAN];
+  uint32_t changes;                   /* bumped by every kick: what spinning waiters watch */
+  int32_t last_tid;                   /* the thread that locked last (any process) */
+  int32_t shared;                     /* more than one thread has used it: worth spinning */
   uint64_t size;                      /* arena: bytes the memfd holds now */
   uint64_t top;                       /* arena: first byte never handed out */
   uint64_t freelist[NCLASS];          /* arena: free blocks per size class */
@@ -151,7 +155,8 @@ strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t
       continue;
     }
     free(s);
-    luaL_error(L, "strand: cannot create a %s: %s", t->name, strerror(err));
+    luaL_error(L, "strand: cannot create a %s: %s", t->name,
+               strand_errmsg(err) ? strand_errmsg(err) : strerror(err));
   }
   strand_object_init(&s->obj, t);
   return s;
@@ -205,8 +210,21 @@ void strand_shm_newmeta(lua_State *L, const strand_objtype *t, const luaL_Reg *m
 
 /* {==== the mutex */
 
+/* Critical sections are a few hundred instructions: spin on trylock (no syscall) for about as
+ * long before sleeping in the kernel, as an adaptive mutex would (robust ones cannot be). */
+#define SPIN_TRIES 100
+
 int strand_shm_lock(strand_shm *s) {
-  int err = pthread_mutex_lock(&s->head->mu);
+  int err = EBUSY;
+  for (int i = 0; i < SPIN_TRIES && err == EBUSY; i++) {
+    err = pthread_mutex_trylock(&s->head->mu);
+    if (err == EBUSY) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+  }
+  if (err == EBUSY) err = pthread_mutex_lock(&s->head->mu);
   if (err == EOWNERDEAD) {
     /* A process died holding it. Its change may be half done; we carry on with what is there
      * and mark every channel signalled, so that the next strand_shm_signal re-syncs the
@@ -215,12 +233,20 @@ int strand_shm_lock(strand_shm *s) {
     if (err) { pthread_mutex_unlock(&s->head->mu); return err; }
     for (int ch = 0; ch < STRAND_SHM_MAXCHAN; ch++) s->head->signalled[ch] = 1;
   }
+  if (err == 0) {
+    int32_t tid = strand_shm_tid();
+    if (s->head->last_tid != tid) {
+      if (s->head->last_tid) s->head->shared = 1;
+      s->head->last_tid = tid;
+    }
+  }
   return err;
 }
 
 void strand_shm_lockL(lua_State *L, strand_shm *s) {
   int err = strand_shm_lock(s);
-  if (err) luaL_error(L, "strand: %s is unusable: %s", s->obj.type->name, strerror(err));
+  if (err) luaL_error(L, "strand: %s is unusable: %s", s->obj.type->name,
+                      strand_errmsg(err) ? strand_errmsg(err) : strerror(err));
 }
 
 void strand_shm_unlock(strand_shm *s) {
@@ -234,7 +260,8 @@ void strand_shm_unlock(strand_shm *s) {
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static int fork_hook;                   /* written once: the atfork handler is in place */
 static atomic_int cached_pid;           /* the process's, shared by its threads */
-static __thread int cached_tid;         /* each thread's own */
+/* each thread's own; initial-exec: a plain load, this one int fits the static TLS reserve */
+static __thread int cached_tid __attribute__((tls_model("initial-exec")));
 
 static void after_fork(void) {
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
@@ -266,6 +293,7 @@ int strand_shm_tid(void) {
 
 void strand_shm_signal(strand_shm *s, int ch, int should, int kick) {
   uint32_t *sig = &s->head->signalled[ch];
+  if (kick) __atomic_store_n(&s->head->changes, s->head->changes + 1, __ATOMIC_RELEASE);
   if (should) {
     if (kick || !*sig) {
       uint64_t one = 1;
@@ -281,6 +309,41 @@ void strand_shm_signal(strand_shm *s, int ch, int should, int kick) {
   }
 }
 
+/* {==== spinning before sleeping
+ *
+ * Between threads on different cores the state a waiter needs usually comes within
+ * microseconds, while sleeping and being woken costs an eventfd write, a poll and a read. So a
+ * waiter with nothing else to run first watches the object's change counter for a little
+ * while (no lock; a sched_yield now and then), as adaptive mutexes do. Not on one CPU, and not
+ * when other tasks of this loop are ready: they run instead. */
+
+#define SPIN_SECONDS 30e-6
+
+static long ncpu;                       /* written once (same value by any thread) */
+
+uint32_t strand_shm_changes(strand_shm *s) {
+  return __atomic_load_n(&s->head->changes, __ATOMIC_ACQUIRE);
+}
+
+int strand_shm_spin(lua_State *L, strand_shm *s, uint32_t seen) {
+  if (__atomic_load_n(&ncpu, __ATOMIC_RELAXED) == 0)
+    __atomic_store_n(&ncpu, sysconf(_SC_NPROCESSORS_ONLN), __ATOMIC_RELAXED);
+  /* only one thread ever used it: whoever changes it runs in this loop, not meanwhile */
+  if (!__atomic_load_n(&s->head->shared, __ATOMIC_RELAXED)) return 0;
+  if (__atomic_load_n(&ncpu, __ATOMIC_RELAXED) < 2 || strand_loop_get(L)->nready > 0) return 0;
+  double until = strand_now() + SPIN_SECONDS;
+  for (;;) {
+    for (int i = 0; i < 64; i++) {
+      if (strand_shm_changes(s) != seen) return 1;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (strand_now() >= until) return 1;
+    sched_yield();                      /* an overloaded machine may need this CPU for it */
+  }
+}
+
 /* }==== */
 
 /* {==== waiting through the loop */
@@ -293,6 +356,7 @@ typedef struct shm_waiter {
   strand_waitq q;               /* tasks of this state waiting while another one polls */
   strand_task *poller;          /* who polls io now, or NULL */
   strand_shm *obj;              /* a reference: keeps the fd open while io may be registered */
+  int pid;                      /* the process whose loop io is registered with */
 } shm_waiter;
 
 static int waiter_gc(lua_State *L) {
@@ -335,6 +399,15 @@ void strand_shm_prepare(lua_State *L, strand_shm *s, int ch) {
   }                                                    /* waiters */
   if (lua_rawgetp(L, -1, &s->efd[ch]) == LUA_TUSERDATA) {
     lua_remove(L, -2);
+    shm_waiter *w = (shm_waiter *)lua_touserdata(L, -1);
+    if (w->pid != strand_shm_pid()) {
+      /* This state was forked: the registration (and any waiting task) is the parent's.
+       * Start afresh without touching the poller, which may be the parent's too. */
+      strand_io_init(&w->io, s->efd[ch]);
+      w->q.head = w->q.tail = NULL;
+      w->poller = NULL;
+      w->pid = strand_shm_pid();
+    }
     return;
   }
   lua_pop(L, 1);
@@ -348,6 +421,7 @@ void strand_shm_prepare(lua_State *L, strand_shm *s, int ch) {
   strand_io_init(&w->io, s->efd[ch]);
   strand_object_retain(&s->obj);
   w->obj = s;
+  w->pid = strand_shm_pid();
   lua_pushvalue(L, -1);
   lua_rawsetp(L, -3, &s->efd[ch]);
   lua_remove(L, -2);                                   /* w */

@@ -226,6 +226,11 @@ STRAND_API void strand_shm_signal(strand_shm *s, int ch, int should, int kick);
 /* Unlocked, before counting yourself: push this state's waiter for (s, ch). Raises what the wait
  * would refuse (cannot yield here, foreign coroutine, pending cancellation). */
 STRAND_API void strand_shm_prepare(lua_State *L, strand_shm *s, int ch);
+/* Spin before sleeping: read strand_shm_changes locked, unlock, then strand_shm_spin watches it
+ * for a few microseconds (when another CPU may change it and nothing else is ready here).
+ * Returns 1 if it spun (re-check, then sleep), 0 if it did not. */
+STRAND_API uint32_t strand_shm_changes(strand_shm *s);
+STRAND_API int strand_shm_spin(lua_State *L, strand_shm *s, uint32_t seen);
 /* Unlocked, counted in sleepers[ch], waiter on top: wait (yields in a task). */
 STRAND_API int strand_shm_wait(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k);
 /* After the wait (and after uncounting), waiter on top: pass the polling on in this state;

@@ -140,6 +140,7 @@ static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
     outcome = strand_resumed(L, status);
   }
   if (kind == K_RLOCK) me = who(L);
+  int spun = 0;
   for (;;) {
     strand_shm_lockL(L, s);
     if (lk_take(st, kind, me, ctx)) {
@@ -157,16 +158,36 @@ static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_prepare(L, s, 0);
       continue;
     }
+    if (!spun) {                                /* first, a few microseconds of watching */
+      uint32_t seen = strand_shm_changes(s);
+      strand_shm_unlock(s);
+      spun = 1;
+      strand_shm_spin(L, s, seen);
+      continue;
+    }
     s->sleepers[0]++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, ctx, lk_acquire_k);
     lk_leave(L, s);
+    spun = 0;
   }
 }
 
 static int lk_acquire(lua_State *L) {
-  strand_shm_self(L);
+  strand_shm *s = lock_of(strand_shm_self(L));
   double deadline = strand_opt_deadline(L, 2);
+  int kind = lk_kind(s);
+  if (kind != K_RLOCK) {                        /* the uncontended case, straight away */
+    owner none = { 0, 0 };
+    strand_shm_lockL(L, s);
+    int took = lk_take((lk_state *)s->state, kind, none, 0);
+    if (took) lk_settle(s, 0);
+    strand_shm_unlock(s);
+    if (took) {
+      lua_settop(L, 1);
+      return 1;
+    }
+  }
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
   return lk_acquire_k(L, LUA_OK, 0);
