@@ -27,6 +27,9 @@
  * the drain always wakes the wait, one that arrived before it is seen by the check.
  * strand.select builds the same kind of mirror for one call, only if it has to wait.
  *
+ * With selector.EDGE in the events (epoll backend only) a registration is edge-triggered, as
+ * select.epoll with EPOLLET: reported once per change, so the caller reads until "wouldblock".
+ *
  * Buffered data counts as ready for reading: a Lua file with unread bytes in its stdio
  * buffer (glibc), or an object whose :pending() returns > 0 (strand sockets) or whose
  * :dirty() returns true (LuaSocket). */
@@ -44,6 +47,9 @@
 #define SEL_BUFFERED (SEL_STDIO | SEL_PENDING | SEL_DIRTY)
 #define SEL_HIT      32     /* scratch mark during one check: buffered data seen */
 #define SEL_EXCEPT   64     /* strand.select's xlist: priority data (EPOLLPRI) */
+#define SEL_EDGE     128    /* epoll backend: edge-triggered registration (EPOLLET) */
+
+#define EVENT_EDGE   4      /* selector.EDGE in the events argument */
 
 /* uservalues of a selector */
 #define UV_BYFD  1          /* fd -> key table */
@@ -167,7 +173,7 @@ static int obj_buffered(lua_State *L, int idx, unsigned flags) {
 
 /* Only EPOLLIN/EPOLLOUT (as Python): the kernel then reports nothing else but ERR and HUP. */
 static uint32_t epoll_mask(unsigned flags) {
-  uint32_t e = 0;
+  uint32_t e = (flags & SEL_EDGE) ? EPOLLET : 0;
   if (flags & SEL_READ) e |= EPOLLIN;
   if (flags & SEL_WRITE) e |= EPOLLOUT;
   if (flags & SEL_EXCEPT) e |= EPOLLPRI;
@@ -259,7 +265,7 @@ static void sel_add(selector *s, int fd, unsigned flags) {
 }
 
 static void sel_set_events(selector *s, int fd, unsigned events) {
-  unsigned flags = (s->flags[fd] & ~(unsigned)SEL_EVENTS) | events;
+  unsigned flags = (s->flags[fd] & ~(unsigned)(SEL_EVENTS | SEL_EDGE)) | events;
   s->flags[fd] = (unsigned char)flags;
   if (s->backend == B_POLL) {
     s->pfds[s->slot[fd] - 1].events = poll_mask(flags);
@@ -499,12 +505,21 @@ static int selm_select(lua_State *L) {
   return sel_select_k(L, LUA_OK, 0);
 }
 
-static unsigned check_events(lua_State *L, int arg) {
+/* The events argument -> SEL_READ|SEL_WRITE (+ SEL_EDGE). */
+static unsigned check_events(lua_State *L, int arg, const selector *s) {
   lua_Integer ev = luaL_checkinteger(L, arg);
-  if (ev < 1 || ev > SEL_EVENTS)
+  lua_Integer dir = ev & ~(lua_Integer)EVENT_EDGE;
+  if (dir < 1 || dir > SEL_EVENTS)
     luaL_argerror(L, arg, lua_pushfstring(L, "invalid events: %I (use READ, WRITE or both)",
                                           (LUAI_UACINT)ev));
-  return (unsigned)ev;
+  if ((ev & EVENT_EDGE) && s->backend != B_EPOLL)
+    luaL_argerror(L, arg, lua_pushfstring(L, "EDGE (edge-triggered) needs the epoll backend, "
+                                          "not %s", backend_names[s->backend]));
+  return (unsigned)dir | ((ev & EVENT_EDGE) ? SEL_EDGE : 0);
+}
+
+static lua_Integer public_events(unsigned flags) {
+  return (flags & SEL_EVENTS) | ((flags & SEL_EDGE) ? EVENT_EDGE : 0);
 }
 
 /* The registration of the object at idx: pushes its key (or nil) and returns its fd (or -1).
@@ -546,7 +561,7 @@ static int selm_register(lua_State *L) {
   selector *s = sel_check(L, 1);
   unsigned buffered;
   int fd = obj_fd(L, 2, 2, 0, &buffered);
-  unsigned events = check_events(L, 3);
+  unsigned events = check_events(L, 3, s);
   lua_settop(L, 4);
   if (fd < s->fdcap && s->slot[fd])
     return luaL_error(L, "%s (fd %d) is already registered", luaL_tolstring(L, 2, NULL), fd);
@@ -559,7 +574,7 @@ static int selm_register(lua_State *L) {
   lua_createtable(L, 0, 4);                                /* the key */
   lua_pushvalue(L, 2); lua_setfield(L, -2, "fileobj");
   lua_pushinteger(L, fd); lua_setfield(L, -2, "fd");
-  lua_pushinteger(L, events); lua_setfield(L, -2, "events");
+  lua_pushinteger(L, public_events(events)); lua_setfield(L, -2, "events");
   lua_pushvalue(L, 4); lua_setfield(L, -2, "data");
   lua_getiuservalue(L, 1, UV_BYFD);
   lua_pushvalue(L, -2);
@@ -599,11 +614,11 @@ static int selm_register(lua_State *L) {
 /* sel:modify(obj, events [, data]) -> key (the same table, updated) */
 static int selm_modify(lua_State *L) {
   selector *s = sel_check(L, 1);
-  unsigned events = check_events(L, 3);
+  unsigned events = check_events(L, 3, s);
   lua_settop(L, 4);
   int fd = sel_lookup(L, s, 2);                            /* key */
   if (fd < 0) return not_registered(L, 2);
-  if ((s->flags[fd] & SEL_EVENTS) != events) {
+  if ((s->flags[fd] & (SEL_EVENTS | SEL_EDGE)) != events) {
     int err = 0;
     if (s->backend == B_EPOLL) err = ep_ctl(s->epfd, EPOLL_CTL_MOD, fd, events, 0);
     else if (s->epfd >= 0) {
@@ -613,7 +628,7 @@ static int selm_modify(lua_State *L) {
     if (err) return luaL_error(L, "cannot modify fd %d: %s", fd, strerror(err));
     sel_set_events(s, fd, events);
   }
-  lua_pushinteger(L, events); lua_setfield(L, -2, "events");
+  lua_pushinteger(L, public_events(events)); lua_setfield(L, -2, "events");
   lua_pushvalue(L, 4); lua_setfield(L, -2, "data");
   return 1;
 }
@@ -932,5 +947,6 @@ int strand_open_selector(lua_State *L) {
   lua_pushinteger(L, SEL_WRITE); lua_setfield(L, -2, "WRITE");
   lua_pushinteger(L, SEL_READ);  lua_setfield(L, -2, "EVENT_READ");
   lua_pushinteger(L, SEL_WRITE); lua_setfield(L, -2, "EVENT_WRITE");
+  lua_pushinteger(L, EVENT_EDGE); lua_setfield(L, -2, "EDGE");
   return 1;
 }
