@@ -226,12 +226,16 @@ int strand_shm_lock(strand_shm *s) {
   }
   if (err == EBUSY) err = pthread_mutex_lock(&s->head->mu);
   if (err == EOWNERDEAD) {
-    /* A process died holding it. Its change may be half done; we carry on with what is there
-     * and mark every channel signalled, so that the next strand_shm_signal re-syncs the
-     * eventfd with the state (drains it or writes it). */
+    /* A process died holding it. Its change may be half done; we carry on with what is there.
+     * Whether each eventfd is readable is unknown now: make them all readable (every sleeper
+     * looks once more) and signalled, and the next strand_shm_signal drains what is not due. */
     err = pthread_mutex_consistent(&s->head->mu);
     if (err) { pthread_mutex_unlock(&s->head->mu); return err; }
-    for (int ch = 0; ch < STRAND_SHM_MAXCHAN; ch++) s->head->signalled[ch] = 1;
+    for (int ch = 0; ch < s->nchan; ch++) {
+      uint64_t one = 1;
+      while (write(s->efd[ch], &one, sizeof one) < 0 && errno == EINTR) {}
+      s->head->signalled[ch] = 1;
+    }
   }
   if (err == 0) {
     int32_t tid = strand_shm_tid();
