@@ -133,7 +133,7 @@ describe("bad input", function()
             local args = {}
             args[pos] = w[2]
             n = n + 1
-            local r = table.pack(pcall(strand.timeout, 0.01, f[2], table.unpack(args, 1, f[3])))
+            local r = table.pack(pcall(strand.timeout, 0.003, f[2], table.unpack(args, 1, f[3])))
             if not r[1] and not clear(r[2]) then
               bad[#bad + 1] = ("%s(arg %d = %s): %s"):format(f[1], pos, w[1], tostring(r[2]))
             end
@@ -262,7 +262,7 @@ describe("bad input: sockets", function()
             local args = {}
             args[pos] = w[2]
             n = n + 1
-            local r = table.pack(pcall(strand.timeout, 0.01, f[2], table.unpack(args, 1, f[3])))
+            local r = table.pack(pcall(strand.timeout, 0.003, f[2], table.unpack(args, 1, f[3])))
             if not r[1] and not clear(r[2]) then
               bad[#bad + 1] = ("%s(arg %d = %s): %s"):format(f[1], pos, w[1], tostring(r[2]))
             end
@@ -276,6 +276,154 @@ describe("bad input: sockets", function()
     for _, s in ipairs(made) do s:close() end
     a:close(); b:close(); srv:close()
     assert.is_true(n > 1000)
+    assert.same({}, bad)
+  end)
+end)
+
+-- {==== threads, sync, queues, shared state, selectors
+local areas = {}
+for _, name in ipairs { "thread", "sync", "queue", "shared", "selector" } do
+  local ok, m = pcall(require, "strand." .. name)
+  if ok then areas[name] = m end
+end
+
+describe("bad input: threads, sync, queues, shared state, selectors", function()
+  H.guard()
+
+  local targeted = {}
+  local function row(label, fn, pattern) targeted[#targeted + 1] = { label, fn, pattern } end
+  local th, sync, queue, shared, selector = areas.thread, areas.sync, areas.queue, areas.shared, areas.selector
+  if th then
+    row("thread.start(42)", function() th.start(42) end, "bad argument #1 to 'start'")
+    row("thread.new(42)", function() th.new(42) end, "bad argument #1")
+    row("thread.new{fn=42}", function() th.new { fn = 42 } end, "fn")
+    row("thread.new{fn=f, args=5}", function() th.new { fn = noop, args = 5 } end, "args")
+  end
+  if sync then
+    row("sync.semaphore(-1)", function() sync.semaphore(-1) end, "bad argument #1 to 'semaphore'")
+    row("sync.semaphore('x')", function() sync.semaphore("x") end, "bad argument #1 to 'semaphore'")
+    row("sync.bounded_semaphore(-5)", function() sync.bounded_semaphore(-5) end, "bad argument #1 to 'bounded_semaphore'")
+    row("sync.barrier(0)", function() sync.barrier(0) end, "bad argument #1 to 'barrier'")
+    row("sync.barrier(NaN)", function() sync.barrier(NaN) end, "bad argument #1 to 'barrier'")
+    row("sync.condition(42)", function() sync.condition(42) end, "bad argument #1 to 'condition'")
+    row("lock:acquire(-1)", function() sync.lock():acquire(-1) end, "bad argument #1 to 'acquire'")
+    row("lock:acquire(NaN)", function() sync.lock():acquire(NaN) end, "bad argument #1 to 'acquire'")
+    row("lock:release() unheld", function() sync.lock():release() end, "release")
+    row("event:wait('x')", function() sync.event():wait("x") end, "bad argument #1 to 'wait'")
+    row("lock.acquire(42)", function() sync.lock().acquire(42) end, "bad argument #1 to 'acquire'")
+  end
+  if queue then
+    row("queue.new(-1)", function() queue.new(-1) end, "bad argument #1 to 'new'")
+    row("queue.new('x')", function() queue.new("x") end, "bad argument #1 to 'new'")
+    row("queue.new(1.5)", function() queue.new(1.5) end, "bad argument #1 to 'new'")
+    row("q:put(nil)", function() queue.new():put(nil) end, "bad argument #1 to 'put'")
+    row("q:put_nowait(nil)", function() queue.new():put_nowait(nil) end, "bad argument #1 to 'put_nowait'")
+    row("q:get(-1)", function() queue.new():get(-1) end, "bad argument #1 to 'get'")
+    row("q:put(1, -1)", function() queue.new():put(1, -1) end, "bad argument #2 to 'put'")
+    row("q:put(coroutine)", function() queue.new():put(coroutine.create(noop)) end, "cannot copy a coroutine")
+    row("q.get(42)", function() queue.new().get(42) end, "bad argument #1 to 'get'")
+    row("q:task_done() too often", function() queue.new():task_done() end, "task_done")
+  end
+  if shared then
+    row("shared.list(42)", function() shared.list(42) end, "bad argument #1 to 'list'")
+    row("d[nil] = 1", function() local d = shared.dict(); d[nil] = 1 end, "bad argument")
+    row("d.k = coroutine", function() local d = shared.dict(); d.k = coroutine.create(noop) end, "cannot copy a coroutine")
+    row("d:incr('k', 'x')", function() local d = shared.dict(); d:incr("k", "x") end, "bad argument #2 to 'incr'")
+    row("l[0] = 1", function() local l = shared.list(); l[0] = 1 end, "index 0 out of range")
+  end
+  if selector then
+    row("selector.new('kqueue')", function() selector.new("kqueue") end, "bad argument #1 to 'new'")
+    row("sel:register(nil)", function() local s <close> = selector.new(); s:register(nil, 1) end, "bad argument #1 to 'register'")
+    row("sel:register(-1)", function() local s <close> = selector.new(); s:register(-1, 1) end, "bad argument #1 to 'register'")
+    row("sel:register(0, 0)", function() local s <close> = selector.new(); s:register(0, 0) end, "bad argument #2 to 'register'")
+    row("sel:register(0, 99)", function() local s <close> = selector.new(); s:register(0, 99) end, "bad argument #2 to 'register'")
+    row("sel:select('x')", function() local s <close> = selector.new(); for _ in s:select("x") do end end, "bad argument #1 to 'select'")
+    row("sel:modify(unregistered)", function() local s <close> = selector.new(); s:modify(0, 1) end, "not registered")
+    row("sel:unregister(unregistered)", function() local s <close> = selector.new(); s:unregister(0) end, "not registered")
+    row("strand.select(42)", function() strand.select(42) end, "bad argument #1 to 'select'")
+    row("strand.select({}, {}, {}, -1)", function() strand.select({}, {}, {}, -1) end, "bad argument #4 to 'select'")
+    row("closed sel:register", function() local s = selector.new(); s:close(); s:register(0, 1) end, "closed")
+  end
+
+  for _, c in ipairs(targeted) do
+    it(c[1] .. " raises naming the argument", function()
+      local ok, err = pcall(c[2])
+      assert.is_false(ok, c[1] .. " did not raise")
+      assert.is_string(err)
+      assert.is_truthy(err:find(c[3], 1, true), ("%s: %q does not contain %q"):format(c[1], err, c[3]))
+    end)
+  end
+
+  it("every function and method survives every weird value in every argument position", function()
+    local fns = {}
+    local objs = {}
+    local function add(label, fn, n) fns[#fns + 1] = { label, fn, n } end
+    local function methods(label, obj, names, n)
+      objs[#objs + 1] = obj
+      for _, m in ipairs(names) do add(label .. ":" .. m, function(...) return obj[m](obj, ...) end, n) end
+    end
+    if th then
+      add("thread.new", th.new, 1)
+      add("thread.id", th.id, 1); add("thread.name", th.name, 1); add("thread.active_count", th.active_count, 1)
+      local t = th.start(function() return 1 end); t:join(10)
+      methods("thread", t, { "join", "result", "is_alive" }, 1)
+    end
+    if sync then
+      for _, f in ipairs { "lock", "rlock", "semaphore", "bounded_semaphore", "event", "condition", "barrier" } do
+        add("sync." .. f, sync[f], 1)
+      end
+      methods("lock", sync.lock(), { "acquire", "release", "locked" }, 1)
+      methods("rlock", sync.rlock(), { "acquire", "release", "locked" }, 1)
+      methods("semaphore", sync.semaphore(0), { "acquire", "release" }, 1)
+      methods("event", sync.event(), { "wait", "is_set" }, 1)
+      methods("condition", sync.condition(), { "acquire", "wait", "notify", "notify_all", "release" }, 1)
+      methods("barrier", sync.barrier(3), { "wait", "parties", "n_waiting", "broken" }, 1)
+    end
+    if queue then
+      for _, f in ipairs { "new", "lifo", "priority" } do add("queue." .. f, queue[f], 1) end
+      methods("queue", queue.new(2), { "put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full", "join" }, 2)
+      methods("priority", queue.priority(2), { "put", "get", "put_nowait" }, 2)
+    end
+    if shared then
+      add("shared.dict", shared.dict, 1); add("shared.list", shared.list, 1)
+      local d = shared.dict()
+      methods("dict", d, { "get", "set", "keys", "items", "len", "incr" }, 2)
+      methods("list", shared.list(), { "get", "set", "append", "items", "len" }, 2)
+    end
+    if selector then
+      add("selector.new", selector.new, 1)
+      add("strand.select", strand.select, 4)
+      local a, b = require("strand.socket").pair()
+      objs[#objs + 1] = a; objs[#objs + 1] = b
+      local sel = selector.new()
+      sel:register(a, selector.READ, "a")
+      methods("selector", sel, { "register", "modify", "unregister", "get_key" }, 3)
+      add("selector:select", function(...) for _ in sel:select(...) do end end, 1)
+    end
+    local bad, n = {}, 0
+    H.run(function()
+      for _, f in ipairs(fns) do
+        for pos = 1, f[3] do
+          for _, w in ipairs(weird) do
+            local args = {}
+            args[pos] = w[2]
+            n = n + 1
+            local r = table.pack(pcall(strand.timeout, 0.003, f[2], table.unpack(args, 1, f[3])))
+            if not r[1] and not clear(r[2]) then
+              bad[#bad + 1] = ("%s(arg %d = %s): %s"):format(f[1], pos, w[1], tostring(r[2]))
+            end
+          end
+        end
+      end
+    end)
+    for _, o in ipairs(objs) do
+      if type(o) == "userdata" and tostring(o):match("^strand%.socket") then o:close() end
+    end
+    if th then
+      local deadline = strand.now() + 10
+      while th.active_count() > 1 and strand.now() < deadline do strand.sleep(0.01) end
+    end
+    assert.is_true(n > 500)
     assert.same({}, bad)
   end)
 end)

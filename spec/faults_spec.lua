@@ -97,6 +97,7 @@ describe("faults: cancellation at every kind of wait point", function()
   local function cancel_at(w)
     local env = { n = core.notifier(), forever = core.notifier() }
     env.other = strand.spawn(function() env.forever:wait() end)
+    if w.setup then w.setup(env) end
     local log = {}
     local victim = strand.spawn(function()
       local c <close> = closer(log, "victim")
@@ -119,6 +120,14 @@ describe("faults: cancellation at every kind of wait point", function()
     assert.is_nil(log.returned)
     assert.same({ true, "unaffected" }, { bystander:join(5) })
     if w.after then w.after(env) end
+    if w.io then
+      -- an fd-backed wait: the loop's deadlock report cannot count what is left, the `after`
+      -- check above shows the object still works and the cancelled waiter took nothing
+      env.other:cancel()
+      assert.is_false((env.other:join(1)))
+      if w.teardown then w.teardown(env) end
+      return
+    end
     -- nothing of the victim's wait is left in the loop: only `other` still waits
     local rok, rerr = pcall(strand.run)
     env.other:cancel()
@@ -126,6 +135,119 @@ describe("faults: cancellation at every kind of wait point", function()
     assert.is_true(pcall(strand.run))
     assert.is_false(rok)
     assert.matches("%(1 task%(s%) wait forever%)", rerr)
+  end
+
+  -- Waits of the areas, when they are built: each `after` shows the cancelled waiter took
+  -- nothing (no lock, permit, item or byte) and the object still works.
+  local ok_sync, sync = pcall(require, "strand.sync")
+  local ok_queue, queue = pcall(require, "strand.queue")
+  local ok_thread, thread = pcall(require, "strand.thread")
+  local ok_sock, socket = pcall(require, "strand.socket")
+  local ok_sel, selector = pcall(require, "strand.selector")
+  if ok_sync then
+    local holder = function(obj)
+      return function(env)
+        env.obj = obj()
+        env.holder = strand.spawn(function() local h <close> = env.obj:acquire(); env.forever2 = core.notifier(); env.forever2:wait() end)
+        strand.sleep(0)
+      end
+    end
+    local release_then_acquire = function(env)
+      env.holder:cancel(); env.holder:join(1)          -- its <close> releases the lock
+      local h = env.obj:acquire(1)
+      assert.equal(env.obj, h)
+      env.obj:release()
+    end
+    for _, kind in ipairs { "lock", "rlock" } do
+      waits[#waits + 1] = { kind .. " acquire", function(env) env.obj:acquire() end, io = true,
+        setup = holder(sync[kind]), after = release_then_acquire }
+    end
+    waits[#waits + 1] = { "semaphore acquire", function(env) env.obj:acquire() end, io = true,
+      setup = function(env) env.obj = sync.semaphore(0) end,
+      after = function(env)
+        env.obj:release()                               -- one permit: the cancelled waiter took none
+        assert.equal(env.obj, env.obj:acquire(1))
+        assert.is_nil(env.obj:acquire(0))
+      end }
+    waits[#waits + 1] = { "event wait", function(env) env.obj:wait() end, io = true,
+      setup = function(env) env.obj = sync.event() end,
+      after = function(env) env.obj:set(); assert.is_true(env.obj:wait(1)) end }
+    waits[#waits + 1] = { "condition wait", function(env)
+        local h <close> = env.obj:acquire()
+        env.obj:wait()
+      end, io = true,
+      setup = function(env) env.obj = sync.condition() end,
+      after = function(env)
+        local h = env.obj:acquire(1)                    -- the cancelled waiter does not hold it
+        assert.equal(env.obj, h)
+        env.obj:notify()
+        env.obj:release()
+      end }
+    waits[#waits + 1] = { "barrier wait", function(env) env.obj:wait() end, io = true,
+      setup = function(env) env.obj = sync.barrier(2) end }
+  end
+  if ok_queue then
+    waits[#waits + 1] = { "queue get (empty)", function(env) env.q:get() end, io = true,
+      setup = function(env) env.q = queue.new() end,
+      after = function(env)
+        env.q:put("item")                              -- not swallowed by the cancelled getter
+        assert.equal("item", env.q:get(1))
+      end }
+    waits[#waits + 1] = { "queue put (full)", function(env) env.q:put("second") end, io = true,
+      setup = function(env) env.q = queue.new(1); env.q:put("first") end,
+      after = function(env)
+        assert.equal("first", env.q:get(1))
+        assert.equal(0, env.q:qsize())                 -- the cancelled put did not insert
+      end }
+    waits[#waits + 1] = { "queue join", function(env) env.q:join() end, io = true,
+      setup = function(env) env.q = queue.new(); env.q:put(1); env.q:get() end,
+      after = function(env) env.q:task_done(); assert.is_true(env.q:join(1)) end }
+  end
+  if ok_thread and ok_sync then
+    waits[#waits + 1] = { "join of an OS thread", function(env) env.th:join() end, io = true,
+      setup = function(env)
+        env.ev = sync.event()
+        env.th = thread.start(function(ev) ev:wait(30); return "thread done" end, env.ev)
+      end,
+      after = function(env)
+        env.ev:set()
+        assert.same({ true, "thread done" }, { env.th:join(10) })
+      end }
+  end
+  if ok_sock then
+    waits[#waits + 1] = { "socket recv", function(env) env.a:recv(10) end, io = true,
+      setup = function(env) env.a, env.b = socket.pair() end,
+      after = function(env)
+        env.b:send("x")                                -- the byte is still there for the next reader
+        env.a:settimeout(1)
+        assert.equal("x", env.a:recv(10))
+      end,
+      teardown = function(env) env.a:close(); env.b:close() end }
+    waits[#waits + 1] = { "socket accept", function(env) env.srv:accept() end, io = true,
+      setup = function(env) env.srv = assert(socket.listen("127.0.0.1", 0)) end,
+      after = function(env)
+        local _, port = env.srv:getsockname()
+        local c = assert(socket.connect("127.0.0.1", port, { timeout = 1 }))
+        env.srv:settimeout(1)
+        local s = assert(env.srv:accept())
+        s:close(); c:close()
+      end,
+      teardown = function(env) env.srv:close() end }
+  end
+  if ok_sock and ok_sel then
+    waits[#waits + 1] = { "selector select", function(env) for _ in env.sel:select() do end end, io = true,
+      setup = function(env)
+        env.a, env.b = socket.pair()
+        env.sel = selector.new()
+        env.sel:register(env.a, selector.READ, "a")
+      end,
+      after = function(env)
+        env.b:send("x")
+        local got
+        for key in env.sel:select(1) do got = key.data end
+        assert.equal("a", got)
+      end,
+      teardown = function(env) env.sel:close(); env.a:close(); env.b:close() end }
   end
 
   for _, w in ipairs(waits) do
@@ -956,5 +1078,119 @@ describe("faults: sockets", function()
       assert.is_true((acceptor:join(5)))
       strand.joinall(handlers, 5)
     end)
+  end)
+end)
+
+-- {==== threads
+
+local has_thread, thread = pcall(require, "strand.thread")
+if not has_thread then return end
+local sync = require "strand.sync"
+
+describe("faults: threads", function()
+  H.guard()
+
+  it("a thread that raises: join gives false and the error with its traceback, result raises", function()
+    local t = thread.start(function() error("thread boom") end)
+    local ok, err = t:join(10)
+    assert.is_false(ok)
+    assert.matches("thread boom", err)
+    assert.matches("traceback", err)
+    local rok, rerr = pcall(t.result, t, 10)
+    assert.is_false(rok); assert.matches("thread boom", rerr)
+    assert.is_false(t:is_alive())
+  end)
+
+  it("a thread that raises a non-string error and one that overflows its stack", function()
+    local t = thread.start(function() error({ code = 42 }) end)
+    local ok, err = t:join(10)
+    assert.is_false(ok)
+    assert.equal(42, type(err) == "table" and err.code or err)
+    t = thread.start(function() local function f() return 1 + f() end return f() end)
+    ok, err = t:join(10)
+    assert.is_false(ok); assert.matches("stack overflow", err)
+  end)
+
+  it("copying refused values raises in the caller, naming where, and starts no thread", function()
+    local before = thread.active_count()
+    local ran = sync.event()
+    -- args[1] is the function, args[2] the event: the refused value is args[3]
+    local cases = {
+      { { coroutine.create(print) }, "args%[3%]: cannot copy a coroutine" },
+      { { io.stdout }, "args%[3%]: cannot copy a userdata" },
+      { { string.gmatch("a", "a") }, "args%[3%]: cannot copy a C function" },
+      { { { 1, { 2, { co = coroutine.create(print) } } } }, "args%[3%]%[2%]%[2%]%.co: cannot copy a coroutine" },
+      { { setmetatable({}, {}) }, "args%[3%]: cannot copy a table with a metatable" },
+    }
+    for _, c in ipairs(cases) do
+      local ok, err = pcall(thread.start, function(ev) ev:set() end, ran, table.unpack(c[1]))
+      assert.is_false(ok)
+      assert.matches(c[2], err)
+      assert.equal(before, thread.active_count())
+    end
+    local co = coroutine.create(print)
+    local ok, err = pcall(thread.start, function() return co end)
+    assert.is_false(ok); assert.matches("<upvalue co>: cannot copy a coroutine", err)
+    assert.equal(before, thread.active_count())
+    assert.is_false(ran:is_set())
+  end)
+
+  it("an rlock released from another thread or task raises, and stays held", function()
+    local r = sync.rlock()
+    r:acquire()
+    local t = thread.start(function(l) return pcall(l.release, l) end, r)
+    local ok, rok, rerr = t:join(10)
+    assert.is_true(ok); assert.is_false(rok); assert.matches("un%-acquired", rerr)
+    assert.is_true(r:locked())
+    local task = strand.spawn(function() return pcall(r.release, r) end)
+    ok, rok, rerr = task:join(5)
+    assert.is_true(ok); assert.is_false(rok); assert.matches("un%-acquired", rerr)
+    assert.is_true(r:locked())
+    r:release()
+    assert.is_false(r:locked())
+  end)
+
+  it("a plain lock may be released by another thread (Python's threading.Lock)", function()
+    local l = sync.lock()
+    l:acquire()
+    local t = thread.start(function(lk) lk:release(); return "released" end, l)
+    assert.same({ true, "released" }, { t:join(10) })
+    assert.is_false(l:locked())
+    assert.has_error(function() l:release() end)      -- releasing it again is a clear error
+  end)
+
+  it("the program waits for its non-daemon threads and abandons daemon ones at exit", function()
+    local out, ok = H.lua([[
+      local thread = require "strand.thread"
+      thread.start(function() require("strand").sleep(0.2); io.stdout:write("worker finished\n") end)
+      thread.new{ fn = function() require("strand").sleep(60) end, daemon = true }:start()
+      thread.new{ fn = function() while true do end end, daemon = true }:start()
+      thread.new{ fn = function()
+        local q = require("strand.queue").new(); q:get()
+      end, daemon = true }:start()
+      io.stdout:write("main done\n")
+    ]], "timeout -k 1 20")
+    assert.truthy(ok, out)
+    assert.matches("main done\nworker finished\n", out)
+  end)
+
+  it("1000 threads started and joined: no growth in fds or resident memory", function()
+    local function batch(n)
+      local ts = {}
+      for i = 1, n do ts[i] = thread.start(function(x) return x * 2 end, i) end
+      for i = 1, n do assert.same({ true, i * 2 }, { ts[i]:join(30) }) end
+    end
+    for _ = 1, 4 do batch(50) end               -- warm-up: allocator arenas, caches
+    collectgarbage(); collectgarbage()
+    local rss0 = H.rss_kib()
+    local _, fds0 = H.fds()
+    for _ = 1, 20 do batch(50) end
+    collectgarbage(); collectgarbage()
+    local rss1 = H.rss_kib()
+    local _, fds1 = H.fds()
+    assert.equal(fds0, fds1)
+    -- 1000 leaked Lua states would be > 100 MiB; 8 MiB is noise from the allocator
+    assert.is_true(rss1 - rss0 < 8 * 1024, ("RSS grew %d KiB over 1000 threads"):format(rss1 - rss0))
+    assert.equal(1, thread.active_count())
   end)
 end)

@@ -39,11 +39,13 @@ end
 -- One shell probe lists fds (with targets), OS threads (with names) and the state of every
 -- child, with three short programs (ls, cat, sed; shell loops read byte by byte). The pipe io.popen
 -- opens for the probe itself is recognised (the shell lists what its own stdout is) and left out.
-local function probe()
+local function probe(children)
   local pid = H.pid()
   local cmd = ("exec 2>/dev/null; ls -l /proc/$$/fd/1 /proc/%d/fd; "
-    .. "cd /proc/%d/task && for t in *; do read c < $t/comm; echo \"task $t $c\"; done; "
-    .. "cat /proc/[0-9]*/stat | sed 's/^/stat /'"):format(pid, pid)
+    .. "cd /proc/%d/task && for t in *; do read c < $t/comm; echo \"task $t $c\"; done"):format(pid, pid)
+  -- every process's stat is read to find the children (no /proc/<pid>/task/*/children here):
+  -- the slow part, skipped when only fds and threads are wanted
+  if children then cmd = cmd .. "; cat /proc/[0-9]*/stat | sed 's/^/stat /'" end
   local r = { fds = {}, nfds = 0, threads = {}, nthreads = 0, children = {}, zombies = 0 }
   local mypipe
   local lines = lines_of("sh -c '" .. cmd:gsub("'", "'\\''") .. "'")
@@ -105,7 +107,7 @@ end
 
 --- Children of this process that are zombies.
 function H.zombies()
-  return probe().zombies
+  return probe(true).zombies
 end
 
 -- Sleep without touching strand's loop (a leak check must not run leftover tasks).
@@ -150,7 +152,7 @@ end
 function H.leaks(before)
   return settle(function()
     local problems = {}
-    local now = probe()
+    local now = probe(true)
     local fds = now.fds
     local leaked = {}
     for fd, target in pairs(fds) do
