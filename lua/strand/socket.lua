@@ -45,6 +45,13 @@ local function check_opts(opts, fname)
   return opts
 end
 
+local function check_family(opts, fname)
+  local f = opts.family
+  if f ~= nil and f ~= "inet" and f ~= "inet6" then
+    error(("bad argument #3 to '%s' (family must be \"inet\" or \"inet6\")"):format(fname), 3)
+  end
+end
+
 local function remaining(deadline)
   if deadline == nil then return nil end
   local r = deadline - now()
@@ -72,6 +79,7 @@ function M.connect(host, port, opts)
     error(("bad argument #2 to 'connect' (port expected, got %s)"):format(type(port)), 2)
   end
   opts = check_opts(opts, "connect")
+  check_family(opts, "connect")
   local timeout = opts.timeout
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     error("bad argument #3 to 'connect' (timeout must be a number >= 0)", 2)
@@ -109,6 +117,7 @@ end
 --- family ("inet" unless family="inet6"); port 0 picks a free port (see getsockname).
 function M.listen(host, port, opts)
   opts = check_opts(opts, "listen")
+  check_family(opts, "listen")
   if host ~= nil and type(host) ~= "string" then
     error(("bad argument #1 to 'listen' (string or nil expected, got %s)"):format(type(host)), 2)
   end
