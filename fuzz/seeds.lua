@@ -43,4 +43,38 @@ if ok then
 end
 -- }====
 
+-- {==== reader: flags, k, k (kind, parameter) pairs, segment sizes, 0, payload
+-- kinds: 0 recv(p+1), 1 read(p), 2 read("l"), 3 read("L"), 4 read("a"), 5 recv_frame(p),
+-- 6 recv_frame(), 7 sleep(0); flags bit 0: the payload is length-byte-prefixed chunks sent as frames
+local function reader(name, flags, ops, segs, payload)
+  write("reader", name, string.char(flags, #ops // 2) .. string.char(table.unpack(ops))
+    .. string.char(table.unpack(segs)) .. "\0" .. payload)
+end
+reader("lines", 0, { 2, 0, 3, 0, 2, 0, 2, 0, 1, 5, 0, 3, 4, 0, 2, 0 }, { 1, 2, 3, 7 },
+  "first line\nsecond\r\nthird\r\n\r\nno newline at the end")
+reader("frames", 1, { 5, 10, 5, 10, 5, 10, 5, 10, 6, 0, 2, 0 }, { 1, 1, 4, 9 },
+  "\5hello\0\20" .. ("x"):rep(20) .. "\3abc")
+do
+  local bytes = {}
+  for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+  reader("counts", 0, { 0, 0, 0, 9, 1, 0, 1, 17, 7, 0, 4, 0, 0, 5 }, { 13 }, table.concat(bytes))
+end
+-- }====
+
+-- {==== buffer: (op, arg) pairs: 0 append arg, 1 append 16*arg+1, 2 consume 8*arg, 3 find arg
+write("buffer", "mixed", string.char(0, 200, 1, 50, 3, 10, 2, 30, 0, 5, 3, 0, 2, 255, 1, 255, 2, 100, 3, 7))
+-- }====
+
+-- {==== selector: backend byte, then (op, arg) pairs; arg = object | events << 3 | data << 5
+-- ops: 0 register, 1 modify, 2 unregister, 3 get_key, 4/5 the peer sends, 6 read all,
+-- 7 select(0), 8 sizes
+do
+  local function arg(obj, ev, data) return obj | ev << 3 | (data or 0) << 5 end
+  local ops = { 0, arg(0, 1), 0, arg(1, 2), 0, arg(4, 3, 1), 7, 0, 4, arg(0, 0), 7, 0, 1, arg(0, 3, 2),
+    7, 0, 6, arg(0, 0), 7, 0, 3, arg(1, 0), 8, 0, 2, arg(1, 0), 8, 0, 7, 0, 0, arg(1, 1), 4, arg(1, 0),
+    4, arg(5, 0), 0, arg(5, 1), 7, 0, 2, arg(5, 0), 0, arg(0, 1) }
+  for b = 0, 2 do write("selector", "b" .. b, string.char(b, table.unpack(ops))) end
+end
+-- }====
+
 print("seeds written")
