@@ -55,6 +55,7 @@ typedef struct sock {
   double timeout;           /* default timeout of blocking calls (seconds); < 0: none */
   size_t skip;              /* bytes of an oversize frame still to discard */
   size_t scanned;           /* leading bytes of rbuf known to hold no '\n' */
+  double pause;             /* listener out of fds: no accept before this time (0: none) */
   int family;               /* AF_INET, AF_INET6, AF_UNIX */
   int type;                 /* SOCK_STREAM, SOCK_DGRAM */
   unsigned char nonblocking;  /* setblocking(false): never wait */

@@ -474,6 +474,13 @@ static int m_connect(lua_State *L) {
   return connect_k(L, LUA_OK, CONNECT_START);
 }
 
+/* After accept() failed for lack of fds or memory, the next accept() on that socket first
+ * sleeps this long: a plain `while true do srv:accept() end` loop then yields to the tasks that
+ * may free fds instead of spinning (the pending connection stays queued meanwhile). */
+#define ACCEPT_PAUSE 0.05
+
+enum { ACCEPT_TRY, ACCEPT_PAUSING };
+
 /* Stack: s, deadline, the new socket (closed until accept4 succeeds) */
 static int accept_k(lua_State *L, int status, lua_KContext ctx) {
   int outcome = strand_resumed(L, status);
@@ -481,7 +488,20 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
   double deadline = lua_tonumber(L, 2);
   for (;;) {
     if (outcome == STRAND_CLOSED || s->io.fd < 0) return strand_fail_msg(L, "closed", "ECLOSED");
-    if (outcome == STRAND_TIMEOUT) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
+    if (ctx == ACCEPT_PAUSING) {          /* the pause's own timer says TIMEOUT: go on */
+      ctx = ACCEPT_TRY;
+      if (strand_now() >= deadline) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
+    } else if (outcome == STRAND_TIMEOUT) {
+      return strand_fail_msg(L, "timeout", "ETIMEDOUT");
+    }
+    if (s->pause > 0 && !s->nonblocking) {
+      if (strand_now() < s->pause) {
+        ctx = ACCEPT_PAUSING;
+        outcome = strand_wait_timer(L, s->pause < deadline ? s->pause : deadline, ctx, accept_k);
+        continue;
+      }
+      s->pause = 0;
+    }
     if (strand_io_maybe(&s->io, STRAND_READ) || s->nonblocking) {
       struct sockaddr_storage ss;
       socklen_t len = sizeof ss;
@@ -502,7 +522,12 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
         case EINTR: case ECONNABORTED: case EPROTO: case ENETDOWN: case ENOPROTOOPT:
         case EHOSTDOWN: case ENONET: case EHOSTUNREACH: case EOPNOTSUPP: case ENETUNREACH:
           continue;
-        default:          /* EMFILE, ENFILE, ENOBUFS...: report, don't spin; ready stays set */
+        case EMFILE: case ENFILE: case ENOBUFS: case ENOMEM: {
+          int err = errno;                  /* out of resources: report now, pause next time */
+          s->pause = strand_now() + ACCEPT_PAUSE;
+          return strand_fail(L, err);
+        }
+        default:
           return strand_fail(L, errno);
       }
     }
@@ -510,7 +535,7 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
       strand_io_clear(&s->io, STRAND_READ);
       return strand_fail_msg(L, "wouldblock", "EAGAIN");
     }
-    outcome = strand_wait_io(L, &s->io, STRAND_READ, deadline, 0, accept_k);
+    outcome = strand_wait_io(L, &s->io, STRAND_READ, deadline, ctx, accept_k);
   }
 }
 
@@ -519,7 +544,7 @@ static int m_accept(lua_State *L) {
   lua_settop(L, 1);
   lua_pushnumber(L, sock_deadline(s));
   sock_new(L, s->family, s->type);
-  return accept_k(L, LUA_OK, 0);
+  return accept_k(L, LUA_OK, ACCEPT_TRY);
 }
 
 /* }==== */

@@ -27,7 +27,8 @@
 --    "ignore" for the process if it still had the default disposition (a program's own handler
 --    is kept). Writing to a closed peer returns nil, "closed", "EPIPE" (or "connection reset").
 --  * accept() failing with EMFILE/ENFILE returns nil, "too many open files", "EMFILE" at once;
---    the pending connection stays queued and a later accept() takes it.
+--    the pending connection stays queued and a later accept() takes it. That next accept()
+--    first sleeps 50 ms (within its timeout), so a plain accept loop yields instead of spinning.
 --  * Names are resolved on a small pool of threads, never on the loop; numeric addresses skip it.
 --  * getoption("rcvbuf"/"sndbuf") reports what Linux uses (twice the value set).
 local core = require "strand.core"
