@@ -256,6 +256,34 @@ describe("selector", function()
         close_pipes({ p })
       end))
 
+      it("a registration or modify made while a task waits wakes it", H.no_leaks(function()
+        local ps = pipes(2)
+        local sel <close> = selector.new(backend)
+        local k1 = sel:register(ps[1].r, READ)
+        H.run(function()
+          ps[2].w:write("ready already")
+          local waiter = strand.spawn(function() return ready(sel, 5) end)
+          strand.sleep(0.02)                              -- the waiter has built its mirror
+          assert.equal("waiting", waiter:status())
+          local k2 = sel:register(ps[2].r, READ)          -- readable from the start
+          local got = waiter:result()
+          assert.same({ [k2.fd] = READ }, got)
+          sel:unregister(ps[2].r)
+          waiter = strand.spawn(function() return ready(sel, 5) end)
+          strand.sleep(0.02)
+          assert.equal("waiting", waiter:status())
+          sel:modify(ps[1].r, READ | WRITE)               -- still nothing for a read end...
+          sel:unregister(ps[1].r)
+          local k3 = sel:register(ps[1].w, READ)
+          strand.sleep(0.02)
+          assert.equal("waiting", waiter:status())
+          sel:modify(ps[1].w, WRITE)                      -- ...but a write end is writable
+          assert.same({ [k3.fd] = WRITE }, waiter:result())
+          assert.is_truthy(k1)
+        end)
+        close_pipes(ps)
+      end))
+
       it("many waits in a row: no lost wake-ups", function()
         local p = pipes(1)[1]
         local sel <close> = selector.new(backend)

@@ -1,4 +1,32 @@
 -- strand.selector — Python's selectors and select.select for strand: selector.new([backend])
 -- with the "epoll", "poll" and "select" backends, and selector.select(r, w, x [, timeout]).
--- Everything lives in csrc/selector.c; this module only names it.
+-- Everything lives in csrc/selector.c; this module only names it. The contract in short:
+--
+--   local sel <close> = selector.new([backend])  -- "epoll" (default), "poll", "select"
+--   sel:register(obj, events [, data]) -> key     -- events: READ, WRITE, READ|WRITE
+--   sel:modify(obj, events [, data]) -> key       -- the same key table, updated (data omitted: nil)
+--   sel:unregister(obj) -> key ; sel:get_key(obj) -> key | nil ; sel:get_map() -> {fileobj = key}
+--   for key, mask in sel:select([timeout]) do ... end  -- key.fileobj, key.fd, key.events, key.data
+--   #sel (registrations) ; sel:backend() ; sel:fileno() (epoll only) ; sel:close()
+--   selector.select(rlist, wlist, xlist [, timeout]) -> r, w, x   (also strand.select)
+--
+-- * obj: an integer fd, a Lua file, or anything with :fileno() (strand sockets), :pollfd()
+--   (cqueues) or :getfd() (LuaSocket). A registered object is found again by identity, so it
+--   can be unregistered after it was closed. Like Python, unregister before closing: epoll
+--   forgets a closed fd silently, poll reports it ready, select raises "bad file descriptor".
+-- * Buffered data counts as readable: bytes in a Lua file's stdio buffer, obj:pending() > 0
+--   (strand sockets) or obj:dirty() (LuaSocket).
+-- * Timeouts (sel:select): nil waits forever, <= 0 only polls (as Python's selectors).
+--   selector.select refuses a negative timeout (as select.select); nil lists count as empty;
+--   three empty lists just sleep. Both are cooperative: inside a task only that task waits,
+--   from the main chunk the loop runs meanwhile.
+-- * The second value of sel:select is the results table: `local it, res = sel:select(0)`,
+--   res.n is how many keys are ready.
+-- * selector.EDGE (epoll backend only): READ|EDGE or WRITE|EDGE registers edge-triggered
+--   (EPOLLET), as select.epoll: each change is reported once, so read until "wouldblock".
+-- * The select backend refuses fds >= FD_SETSIZE (1024) at register; selector.select itself is
+--   built on poll() and has no such limit. select(2) does not report a hang-up as writable,
+--   epoll and poll do (the same difference as between Python's selector classes).
+-- * Only one task at a time may wait in a given selector's select; closing the selector
+--   wakes it with an error.
 return require("strand.core").selector
