@@ -601,6 +601,22 @@ describe("selector with strand sockets", function()
     a:close(); b:close()
   end))
 
+  it("strand.select's xlist reports TCP urgent data (sent by a python3 child)", H.no_leaks(function()
+    if not os.execute("command -v python3 >/dev/null 2>&1") then pending("python3 is not installed") return end
+    local srv = assert(socket.listen("127.0.0.1", 0))
+    local _, port = srv:getsockname()
+    H.run(function()
+      assert(os.execute(("python3 -c \"import socket, time; s = socket.create_connection(('127.0.0.1', %d)); "
+        .. "s.send(b'!', socket.MSG_OOB); time.sleep(2)\" >/dev/null 2>&1 &"):format(port)))
+      local conn = assert(srv:accept())
+      local r, w, x = strand.select({}, {}, { conn }, 5)
+      assert.same({}, r); assert.same({}, w)
+      assert.equal(conn, x[1])
+      conn:close()
+    end)
+    srv:close()
+  end))
+
   it("EDGE: an epoll registration reports each change once", H.no_leaks(function()
     local a, b = socket.pair()
     local sel <close> = selector.new("epoll")
