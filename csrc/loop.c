@@ -460,11 +460,59 @@ static void set_anchor(lua_State *L, strand_task *t) {
   lua_pop(L, 1);
 }
 
-/* The task is over: keep its error (uservalue 2), wake joiners, drop the anchor. */
+/* {==== the body of every task
+ *
+ * fn(...) runs under a yieldable lua_pcallk, so the unwinding after an error or a cancellation
+ * closes <close> variables inside the task, where they may still block (a group closing waits
+ * for its children). A failure comes back to the loop as the two results (FAILED_KEY, err). */
+
+static const char FAILED_KEY = 'F';
+
+static int task_msgh(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TSTRING) luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  return 1;
+}
+
+static int task_main_k(lua_State *L, int status, lua_KContext ctx) {
+  if (status == LUA_OK || status == LUA_YIELD) return lua_gettop(L) - 1;
+  strand_task *t = strand_task_of(L);
+  if (t == NULL || t->loop->current != t) return lua_error(L);   /* a foreign resume: its error */
+  lua_pushlightuserdata(L, (void *)&FAILED_KEY);
+  lua_insert(L, -2);
+  return 2;
+}
+
+static int task_main(lua_State *L) {
+  int n = lua_gettop(L) - 1;                     /* fn args... */
+  lua_pushcfunction(L, task_msgh);
+  lua_insert(L, 1);                              /* msgh fn args... */
+  return task_main_k(L, lua_pcallk(L, n, LUA_MULTRET, 1, 0, task_main_k), 0);
+}
+
+/* A task that only yields with coroutine.yield still gets its cancellation: a one-shot count
+ * hook raises it at the next instruction. */
+static void cancel_hook(lua_State *L, lua_Debug *ar) {
+  lua_sethook(L, NULL, 0, 0);
+  strand_task *t = strand_task_of(L);
+  if (t && t->cancel_pending) strand_resumed(L, LUA_YIELD);    /* raises */
+}
+
+/* }==== */
+
+/* The task is over: keep its error (uservalue 2), wake joiners, drop the anchor. `status` is
+ * the resume status; LUA_OK with (FAILED_KEY, err) results is a failure the body caught. */
 static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int status) {
   lua_State *co = t->co;
   strand_push_task(L, t);                        /* task */
-  if (status == LUA_OK) {
+  if (status == LUA_OK && t->nres == 2 && lua_touserdata(co, -2) == (void *)&FAILED_KEY) {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);                         /* task, err (traceback already added) */
+    int isc = strand_is_cancelled(L, -1);
+    lua_settop(co, 0);
+    lua_setiuservalue(L, -2, 2);
+    t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
+    t->nres = 0;
+  } else if (status == LUA_OK) {
     t->status = STRAND_T_DONE;
   } else {
     lua_pushvalue(co, -1);
@@ -501,11 +549,15 @@ static void task_resume(lua_State *L, strand_loop *loop, strand_task *t) {
   loop->current = t;
   int nargs = t->nargs;
   t->nargs = 0;
+  if (t->bare && t->cancel_pending && lua_gethook(co) == NULL)
+    lua_sethook(co, cancel_hook, LUA_MASKCOUNT, 1);
+  t->bare = 0;
   int st = lua_resume(co, L, nargs, &nres);
   loop->current = NULL;
   if (st == LUA_YIELD) {
     lua_pop(co, nres);
     if (!t->waiting) {                           /* a bare coroutine.yield(): run again later */
+      t->bare = 1;
       t->status = STRAND_T_READY;
       ready_push(loop, t);
     }
@@ -573,12 +625,13 @@ strand_task *strand_task_spawn(lua_State *L, int nargs) {
   lua_State *co = lua_newthread(L);              /* fn args.. task co */
   lua_setiuservalue(L, -2, 1);                   /* fn args.. task */
   lua_insert(L, base);                           /* task fn args.. */
+  lua_pushcfunction(co, task_main);
   lua_xmove(L, co, nargs + 1);                   /* task */
   t->loop = loop;
   t->co = co;
   t->id = loop->next_id++;
   t->status = STRAND_T_NEW;
-  t->nargs = nargs;
+  t->nargs = nargs + 1;
   lua_pushvalue(L, -1);
   set_anchor(L, t);
   loop->ntasks++;

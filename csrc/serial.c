@@ -710,7 +710,9 @@ static void dec_table(lua_State *L, decoder *d) {
   dec_count(L, d, narr, 1);
   dec_count(L, d, nrec, 2);
   dec_enter(L, d);
-  lua_createtable(L, (int)narr, (int)nrec);
+  /* the counts are only promises until the values arrive: pre-size modestly, so a hostile
+   * header claiming huge tables at every level cannot make decode allocate without bound */
+  lua_createtable(L, (int)(narr < 1024 ? narr : 1024), (int)(nrec < 1024 ? nrec : 1024));
   dec_number(L, d);
   int t = lua_gettop(L);
   for (uint32_t i = 1; i <= narr; i++) {

@@ -284,6 +284,7 @@ struct strand_task {
   unsigned char cancel_pending;   /* deliver the cancel object at the next resume/wait */
   unsigned char observed;         /* joined or result() taken: no unjoined-error report */
   unsigned char inready;          /* linked in the ready queue */
+  unsigned char bare;             /* last yielded with a bare coroutine.yield */
   int nargs;                      /* arguments for the first resume */
   int nres;                       /* results left on co's stack when done */
   strand_task *next, *prev;       /* ready queue */

@@ -127,8 +127,10 @@ function M.wait(list, opts)
   if #done > 0 or #pending == 0 then return done, pending end
   local n = core.notifier()
   local watchers = watch(pending, function() n:notify() end)
-  n:wait(opts.timeout)
-  stop(watchers)
+  do
+    local _ <close> = setmetatable({}, { __close = function() stop(watchers) end })
+    n:wait(opts.timeout)         -- a cancellation here still stops the watchers
+  end
   return split()
 end
 
@@ -167,7 +169,14 @@ end
 local Group = {}
 Group.__index = Group
 
+local function check_group(self, fname)
+  if getmetatable(self) ~= Group then
+    error(("bad argument #1 to '%s' (strand.group expected, got %s)"):format(fname, type(self)), 3)
+  end
+end
+
 function Group:spawn(fn, ...)
+  check_group(self, "spawn")
   if self.closed then error("group is closed", 2) end
   local t = spawn(fn, ...)
   self.tasks[#self.tasks + 1] = t
@@ -176,6 +185,7 @@ end
 
 --- g:wait([timeout]) -> true | nil, "timeout"; raises the first child failure (not cancellations)
 function Group:wait(timeout)
+  check_group(self, "wait")
   check_timeout(timeout, 1, "wait")
   local done, pending = M.joinall(self.tasks, timeout)
   if #pending > 0 then return nil, "timeout" end
@@ -187,10 +197,12 @@ function Group:wait(timeout)
 end
 
 function Group:cancel(reason)
+  check_group(self, "cancel")
   for _, t in ipairs(self.tasks) do t:cancel(reason) end
 end
 
 function Group:close()
+  check_group(self, "close")
   if self.closed then return end
   self.closed = true
   self:cancel("group closed")
