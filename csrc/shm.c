@@ -297,7 +297,7 @@ int strand_shm_tid(void) {
 
 void strand_shm_signal(strand_shm *s, int ch, int should, int kick) {
   uint32_t *sig = &s->head->signalled[ch];
-  if (kick) __atomic_store_n(&s->head->changes, s->head->changes + 1, __ATOMIC_RELEASE);
+  if (kick) __atomic_add_fetch(&s->head->changes, 1, __ATOMIC_RELEASE);
   if (should) {
     if (kick || !*sig) {
       uint64_t one = 1;
@@ -327,6 +327,10 @@ static long ncpu;                       /* written once (same value by any threa
 
 uint32_t strand_shm_changes(strand_shm *s) {
   return __atomic_load_n(&s->head->changes, __ATOMIC_ACQUIRE);
+}
+
+void strand_shm_changed(strand_shm *s) {
+  __atomic_add_fetch(&s->head->changes, 1, __ATOMIC_RELEASE);
 }
 
 int strand_shm_spin(lua_State *L, strand_shm *s, uint32_t seen) {

@@ -231,6 +231,8 @@ STRAND_API void strand_shm_prepare(lua_State *L, strand_shm *s, int ch);
  * Returns 1 if it spun (re-check, then sleep), 0 if it did not. */
 STRAND_API uint32_t strand_shm_changes(strand_shm *s);
 STRAND_API int strand_shm_spin(lua_State *L, strand_shm *s, uint32_t seen);
+/* A change made with atomics instead of under the mutex: tell spinning waiters. */
+STRAND_API void strand_shm_changed(strand_shm *s);
 /* Unlocked, counted in sleepers[ch], waiter on top: wait (yields in a task). */
 STRAND_API int strand_shm_wait(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k);
 /* After the wait (and after uncounting), waiter on top: pass the polling on in this state;

@@ -82,46 +82,55 @@ static int lk_kind(strand_shm *s) {
 
 /* }==== */
 
-/* {==== locks, rlocks, semaphores (channel 0: acquirers, all alike) */
+/* {==== locks, rlocks, semaphores (channel 0: acquirers, all alike)
+ *
+ * A lock's or semaphore's count changes by atomic compare-and-swap, so the uncontended acquire
+ * and release never take the mutex. Sleepers are still counted under it, and both sides use
+ * sequentially consistent operations: a waiter counts itself, then tries the count once more; a
+ * releaser raises the count, then looks at the sleepers. One of the two always sees the other,
+ * so a release never misses a waiter that is about to sleep. An rlock's owner and depth change
+ * under the mutex. */
+
+#define A_LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 
 static int lk_free(lk_state *st, int kind) {
-  return kind == K_RLOCK ? st->depth == 0 : st->value > 0;
+  return kind == K_RLOCK ? st->depth == 0 : A_LOAD(&st->value) > 0;
 }
 
 static void lk_settle(strand_shm *s, int kick) {
   lk_state *st = (lk_state *)s->state;
-  strand_shm_signal(s, 0, s->sleepers[0] > 0 && lk_free(st, lk_kind(s)), kick);
+  strand_shm_signal(s, 0, A_LOAD(&s->sleepers[0]) > 0 && lk_free(st, lk_kind(s)), kick);
+}
+
+static int lk_trytake(lk_state *st) {
+  int64_t v = A_LOAD(&st->value);
+  while (v > 0)
+    if (__atomic_compare_exchange_n(&st->value, &v, v - 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+      return 1;
+  return 0;
 }
 
 /* restore > 0: an rlock taken back by a condition wait gets that depth */
 static int lk_take(lk_state *st, int kind, owner me, lua_KContext restore) {
-  switch (kind) {
-    case K_RLOCK:
-      if (st->depth == 0) {
-        st->owner_tid = me.tid;
-        st->owner_task = me.task;
-        st->depth = restore > 0 ? (int64_t)restore : 1;
-        return 1;
-      }
-      if (st->owner_tid == me.tid && st->owner_task == me.task) { st->depth++; return 1; }
-      return 0;
-    case K_SEM:
-      if (st->value > 0) { st->value--; return 1; }
-      return 0;
-    default:
-      if (st->value) { st->value = 0; return 1; }
-      return 0;
+  if (kind != K_RLOCK) return lk_trytake(st);
+  if (st->depth == 0) {
+    st->owner_tid = me.tid;
+    st->owner_task = me.task;
+    st->depth = restore > 0 ? (int64_t)restore : 1;
+    return 1;
   }
+  if (st->owner_tid == me.tid && st->owner_task == me.task) { st->depth++; return 1; }
+  return 0;
 }
 
 static int lk_owned(lk_state *st, int kind, owner me) {
   if (kind == K_RLOCK) return st->depth > 0 && st->owner_tid == me.tid && st->owner_task == me.task;
-  return st->value == 0;                        /* a plain lock has no owner: held is enough */
+  return A_LOAD(&st->value) == 0;               /* a plain lock has no owner: held is enough */
 }
 
 static void lk_leave(lua_State *L, strand_shm *s) {
   strand_shm_lockL(L, s);
-  s->sleepers[0]--;
+  __atomic_sub_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
   lk_settle(s, 0);
   strand_shm_unlock(s);
   strand_shm_leave(L, 0);
@@ -165,7 +174,14 @@ static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_spin(L, s, seen);
       continue;
     }
-    s->sleepers[0]++;
+    __atomic_add_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
+    if (kind != K_RLOCK && lk_trytake(st)) {    /* released meanwhile, without the mutex */
+      __atomic_sub_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
+      lk_settle(s, 0);
+      strand_shm_unlock(s);
+      lua_pushvalue(L, 1);
+      return 1;
+    }
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, ctx, lk_acquire_k);
     lk_leave(L, s);
@@ -177,50 +193,64 @@ static int lk_acquire(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
   double deadline = strand_opt_deadline(L, 2);
   int kind = lk_kind(s);
-  if (kind != K_RLOCK) {                        /* the uncontended case, straight away */
-    owner none = { 0, 0 };
-    strand_shm_lockL(L, s);
-    int took = lk_take((lk_state *)s->state, kind, none, 0);
-    if (took) lk_settle(s, 0);
-    strand_shm_unlock(s);
-    if (took) {
-      lua_settop(L, 1);
-      return 1;
+  if (kind != K_RLOCK && lk_trytake((lk_state *)s->state)) {   /* uncontended: no mutex */
+    if (A_LOAD(&s->sleepers[0]) > 0) {          /* took what a sleeper was signalled for */
+      strand_shm_lockL(L, s);
+      lk_settle(s, 0);
+      strand_shm_unlock(s);
     }
+    lua_settop(L, 1);
+    return 1;
   }
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
   return lk_acquire_k(L, LUA_OK, 0);
 }
 
+/* A lock or semaphore was given back without the mutex: wake a sleeper if there is one. */
+static void lk_released(lua_State *L, strand_shm *s) {
+  strand_shm_changed(s);
+  if (A_LOAD(&s->sleepers[0]) > 0) {
+    strand_shm_lockL(L, s);
+    lk_settle(s, 1);
+    strand_shm_unlock(s);
+  }
+}
+
 static int lk_release(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
   lk_state *st = (lk_state *)s->state;
   int kind = lk_kind(s);
-  lua_Integer n = 1;
-  owner me = { 0, 0 };
+  if (kind == K_LOCK) {
+    int64_t held = 0;
+    if (!__atomic_compare_exchange_n(&st->value, &held, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+      return luaL_error(L, "cannot release un-acquired lock");
+    lk_released(L, s);
+    return 0;
+  }
   if (kind == K_SEM) {
-    n = luaL_optinteger(L, 2, 1);
+    lua_Integer n = luaL_optinteger(L, 2, 1);
     luaL_argcheck(L, n >= 1, 2, "count must be >= 1");
-  } else if (kind == K_RLOCK) {
-    me = who(L);
+    int64_t v = A_LOAD(&st->value);
+    do {
+      if (n > INT64_MAX - v) return luaL_error(L, "semaphore value overflow");
+      if (st->limit >= 0 && v + n > st->limit)
+        return luaL_error(L, "semaphore released too many times");
+    } while (!__atomic_compare_exchange_n(&st->value, &v, v + n, 0, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
+    lk_released(L, s);
+    return 0;
   }
-  const char *err = NULL;
+  owner me = who(L);
   strand_shm_lockL(L, s);
-  if (kind == K_SEM) {
-    if (n > INT64_MAX - st->value) err = "semaphore value overflow";
-    else if (st->limit >= 0 && st->value + n > st->limit) err = "semaphore released too many times";
-    else st->value += n;
-  } else if (!lk_owned(st, kind, me)) {
-    err = "cannot release un-acquired lock";
-  } else if (kind == K_RLOCK) {
-    if (--st->depth == 0) st->owner_tid = 0, st->owner_task = 0;
-  } else {
-    st->value = 1;
+  int ok = lk_owned(st, kind, me);
+  if (ok && --st->depth == 0) {
+    st->owner_tid = 0;
+    st->owner_task = 0;
+    lk_settle(s, 1);
   }
-  if (err == NULL) lk_settle(s, 1);
   strand_shm_unlock(s);
-  if (err) return luaL_error(L, "%s", err);
+  if (!ok) return luaL_error(L, "cannot release un-acquired lock");
   return 0;
 }
 
@@ -405,7 +435,7 @@ static int cv_begin(lua_State *L) {
     lst->owner_tid = 0;
     lst->owner_task = 0;
   } else {
-    lst->value = 1;
+    __atomic_store_n(&lst->value, 1, __ATOMIC_SEQ_CST);
   }
   lk_settle(lock, 1);
   strand_shm_unlock(lock);
