@@ -28,7 +28,10 @@
  *   exact and the eventfd is readable exactly while should holds: no lost wake-up (the waiter
  *   counted itself before unlocking, the next change writes), no busy loop for a level-
  *   triggered poller (nothing stays readable that nobody can use), and with nobody asleep
- *   nothing is written: the uncontended path is a mutex round trip, no syscall.
+ *   nothing is written: the uncontended path is a mutex round trip, no syscall (locks and
+ *   semaphores even skip the mutex: see sync.c). Every state polling the eventfd wakes on a
+ *   write, so a release wakes one task per waiting thread or process, not one in all: a
+ *   bounded herd, which spinning before sleeping (below) mostly avoids.
  * - A woken waiter uncounts itself, re-checks and goes back to sleep if somebody else was
  *   faster. Conditions of one channel are homogeneous where possible (anyone may take a free
  *   lock); where sleepers wait for different things (an event's generations, a condition's
