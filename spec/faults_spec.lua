@@ -38,6 +38,24 @@ describe("faults: the harness itself", function()
     assert.matches("left 1 zombie child", out)
   end)
 
+  it("H.guard fails a test that leaves a thread running, naming it", function()
+    if not pcall(require, "strand.thread") then pending("strand.thread is not built") return end
+    local out, ok = H.busted([[
+      local H = require "support.helper"
+      local thread = require "strand.thread"
+      H.SETTLE = 0.2
+      describe("guarded", function()
+        H.guard()
+        it("thread", function()
+          thread.new { fn = function() require("strand").sleep(30) end, daemon = true }:start()
+        end)
+      end)
+    ]])
+    assert.is_falsy(ok)
+    assert.matches("left 1 thread%(s%) running: %d+ %(", out)
+    assert.matches("left 1 strand thread%(s%) alive", out)
+  end)
+
   it("H.guard accepts a test that cleans up after itself", function()
     local out, ok = H.busted([[
       local H = require "support.helper"
