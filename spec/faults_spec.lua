@@ -1209,8 +1209,11 @@ describe("faults: threads", function()
     local rss1 = H.rss_kib()
     local _, fds1 = H.fds()
     assert.equal(fds0, fds1)
-    -- 1000 leaked Lua states would be > 100 MiB; 8 MiB is noise from the allocator
-    assert.is_true(rss1 - rss0 < 8 * 1024, ("RSS grew %d KiB over 1000 threads"):format(rss1 - rss0))
+    -- 1000 leaked Lua states would be > 100 MiB; 8 MiB is noise from the allocator. Under a
+    -- sanitizer (its quarantine holds freed memory on purpose) the bound is looser but still
+    -- far below what leaked states would cost; leaks there are LeakSanitizer's/valgrind's job.
+    local bound = (os.getenv("STRAND_PRELOAD") or "") ~= "" and 64 * 1024 or 8 * 1024
+    assert.is_true(rss1 - rss0 < bound, ("RSS grew %d KiB over 1000 threads"):format(rss1 - rss0))
     assert.equal(1, thread.active_count())
   end)
 end)
