@@ -23,7 +23,7 @@ STRAND_API int strand_buf_append(strand_buf *b, const char *p, size_t n);
 STRAND_API void strand_buf_consume(strand_buf *b, size_t n);
 /* Index of the first byte c at or after `from`, or -1. */
 STRAND_API ptrdiff_t strand_buf_find(const strand_buf *b, char c, size_t from);
-#define strand_buf_peek(b) ((b)->data + (b)->head)
+#define strand_buf_peek(b) ((b)->data ? (b)->data + (b)->head : (b)->data)   /* no NULL + 0 */
 
 /* }==== */
 

@@ -451,7 +451,6 @@ describe("strand.socket", function()
           end)
         end
       end)
-      local t0 = strand.now()
       local g <close> = strand.group()
       local ok = 0
       for i = 1, N do
@@ -467,10 +466,9 @@ describe("strand.socket", function()
           ok = ok + 1
         end)
       end
-      assert(g:wait(8))
-      assert(acceptor:join(2))
+      assert(g:wait(H.TIMEOUT * 3))   -- a bound against hangs, not a speed goal (bench/ has those)
+      assert(acceptor:join(H.TIMEOUT))
       assert.equal(N, ok)
-      assert.is_true(strand.now() - t0 < 5, "took " .. (strand.now() - t0) .. " s")
       srv:close()
     end)
   end))
