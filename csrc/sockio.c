@@ -174,7 +174,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
       int m = rq_match(kind, n, p, s->rbuf.len, s->eof, s->scanned, &off, &take, &drop);
       switch (m) {
         case M_OK:
-          lua_pushlstring(L, p + off, take);
+          lua_pushlstring(L, take ? p + off : "", take);
           strand_buf_consume(&s->rbuf, drop);
           s->scanned = 0;
           return 1;
