@@ -1,19 +1,8 @@
 -- examples/selector_examples_spec.lua — runs the event-loop scenarios (E1-E4) as separate
 -- programs with a time bound and checks what they printed.
-local function run(script, args)
-  local cmd = ("timeout -k 2 120 lua5.4 examples/%s %s 2>&1; echo \"exit:$?\""):format(script, args or "")
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
-end
-
-local function check(out, patterns)
-  assert(out:find("exit:0\n$"), "the example failed:\n" .. out)
-  for _, pat in ipairs(patterns) do
-    assert(out:find(pat), ("missing %q in output:\n%s"):format(pat, out))
-  end
-end
+local H = require "support.helper"
+local function run(script, args) return H.example(script, args, 120) end
+local check = H.check_output
 
 describe("selector examples", function()
   it("E1: select() server with per-connection queues, 500 clients at once", function()

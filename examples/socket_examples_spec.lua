@@ -1,19 +1,8 @@
 -- examples/socket_examples_spec.lua — runs the socket scenarios (S1, S2, S3, C4) as separate
 -- programs with a time bound and checks what they printed.
-local function run(script, args)
-  local cmd = ("timeout -k 2 60 lua5.4 examples/%s %s 2>&1; echo \"exit:$?\""):format(script, args or "")
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
-end
-
-local function check(out, patterns)
-  assert.matches("exit:0\n$", out)
-  for _, pat in ipairs(patterns) do
-    assert(out:find(pat), ("missing %q in output:\n%s"):format(pat, out))
-  end
-end
+local H = require "support.helper"
+local function run(script, args) return H.example(script, args) end
+local check = H.check_output
 
 describe("socket examples", function()
   it("S1: echo over TCP, UDP, UNIX stream and datagram", function()

@@ -1,18 +1,8 @@
 -- examples/sync_examples_spec.lua — runs the lock, semaphore, event and queue scenarios
 -- (T3-T6) as separate programs with a time bound and checks what they printed.
-local function run(script)
-  local p = io.popen(("timeout -k 2 60 lua5.4 examples/%s 2>&1; echo \"exit:$?\""):format(script))
-  local out = p:read("a")
-  p:close()
-  return out
-end
-
-local function check(out, patterns)
-  assert.matches("exit:0\n$", out)
-  for _, pat in ipairs(patterns) do
-    assert(out:find(pat), ("missing %q in output:\n%s"):format(pat, out))
-  end
-end
+local H = require "support.helper"
+local function run(script, args) return H.example(script, args) end
+local check = H.check_output
 
 describe("sync examples", function()
   it("T3: lock, rlock, deadlock shown and fixed", function()

@@ -1,12 +1,7 @@
 -- examples/thread_examples_spec.lua — runs the thread scenarios (T1, T2, T7) as separate
 -- programs with a time bound and checks what they printed.
-local function run(script, args)
-  local cmd = ("timeout -k 2 60 lua5.4 examples/%s %s 2>&1; echo \"exit:$?\""):format(script, args or "")
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local H = require "support.helper"
+local function run(script, args) return H.example(script, args) end
 
 describe("thread examples", function()
   it("T1: threads with arguments; 10 sleepers overlap", function()

@@ -268,4 +268,22 @@ function H.wait_until(pred, timeout, step)
   return v
 end
 
+--- Run examples/<script> with args as its own lua5.4 process, bounded by `limit` seconds (60);
+--- returns everything it printed followed by "exit:<status>".
+function H.example(script, args, limit)
+  local p = io.popen(("timeout -k 2 %d lua5.4 examples/%s %s 2>&1; echo \"exit:$?\"")
+    :format(limit or 60, script, args or ""))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+--- Assert an example exited 0 and printed every pattern (Lua patterns) somewhere.
+function H.check_output(out, patterns)
+  assert(out:find("exit:0\n$"), "the example failed:\n" .. out)
+  for _, pat in ipairs(patterns) do
+    assert(out:find(pat), ("missing %q in output:\n%s"):format(pat, out))
+  end
+end
+
 return H
