@@ -10,6 +10,7 @@
 
 static const char LOOP_KEY = 'L';   /* registry[&LOOP_KEY] = loop box (address is the key) */
 static const char ANCHOR_KEY = 'A'; /* registry[&ANCHOR_KEY] = { [coroutine] = task userdata } */
+static const char CANCEL_KEY = 'C'; /* registry[&CANCEL_KEY] = { [coroutine] = pending cancel } */
 
 #define LOOP_META "strand.loop"
 
@@ -275,6 +276,8 @@ strand_loop *strand_loop_get(lua_State *L) {
   }
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LOOP_KEY);  /* pops the box */
   return loop;
 }
@@ -421,10 +424,9 @@ int strand_resumed(lua_State *L, int status) {
   if (t->waiting) luaL_error(L, "strand: a task was resumed by something other than its loop");
   if (t->cancel_pending) {
     t->cancel_pending = 0;
-    strand_push_task(L, t);                         /* the task userdata */
-    lua_getiuservalue(L, -1, 3);                    /* the pending cancellation error */
+    strand_task_push_pending(L, t);                 /* the pending cancellation error */
     lua_pushnil(L);
-    lua_setiuservalue(L, -3, 3);
+    strand_task_set_pending(L, t);
     lua_error(L);
   }
   return t->outcome;
@@ -448,9 +450,9 @@ int strand_push_task(lua_State *L, strand_task *t) {
   return 1;
 }
 
-/* anchor[t->co] = value on top (popped) */
-static void set_anchor(lua_State *L, strand_task *t) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
+/* registry[key][t->co] = value on top (popped) */
+static void co_table_set(lua_State *L, const char *key, strand_task *t) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
   lua_insert(L, -2);                             /* anchor value */
   if (!lua_checkstack(t->co, 1)) luaL_error(L, "strand: task stack overflow");
   lua_pushthread(t->co);
@@ -458,6 +460,24 @@ static void set_anchor(lua_State *L, strand_task *t) {
   lua_insert(L, -2);                             /* anchor co value */
   lua_rawset(L, -3);
   lua_pop(L, 1);
+}
+
+static void set_anchor(lua_State *L, strand_task *t) { co_table_set(L, &ANCHOR_KEY, t); }
+
+/* The pending cancellation of a task lives beside it, not in it (most tasks never get one). */
+void strand_task_set_pending(lua_State *L, strand_task *t) { co_table_set(L, &CANCEL_KEY, t); }
+
+void strand_task_push_pending(lua_State *L, strand_task *t) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
+  if (L == t->co) {
+    lua_pushthread(L);
+  } else {
+    if (!lua_checkstack(t->co, 1)) luaL_error(L, "strand: task stack overflow");
+    lua_pushthread(t->co);
+    lua_xmove(t->co, L, 1);
+  }
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
 }
 
 /* {==== the body of every task
@@ -499,43 +519,46 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
 
 /* }==== */
 
-/* The task is over: keep its error (uservalue 2), wake joiners, drop the anchor. `status` is
- * the resume status; LUA_OK with (FAILED_KEY, err) results is a failure the body caught. */
+/* The task is over: keep its error (the only value left on its dead coroutine's stack), drop
+ * any pending cancellation, wake joiners, drop the anchor. `status` is the resume status;
+ * LUA_OK with (FAILED_KEY, err) results is a failure the body caught. */
 static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int status) {
   lua_State *co = t->co;
-  strand_push_task(L, t);                        /* task */
+  if (t->cancel_pending) {                       /* a cancellation that came too late */
+    t->cancel_pending = 0;
+    lua_pushnil(L);
+    strand_task_set_pending(L, t);
+  }
   if (status == LUA_OK && t->nres == 2 && lua_touserdata(co, -2) == (void *)&FAILED_KEY) {
-    lua_pushvalue(co, -1);
-    lua_xmove(co, L, 1);                         /* task, err (traceback already added) */
+    lua_xmove(co, L, 1);                         /* err (the traceback is already added) */
     int isc = strand_is_cancelled(L, -1);
     lua_settop(co, 0);
-    lua_setiuservalue(L, -2, 2);
+    lua_xmove(L, co, 1);                         /* co: err */
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
-    t->nres = 0;
+    t->nres = 1;
   } else if (status == LUA_OK) {
     t->status = STRAND_T_DONE;
   } else {
     lua_pushvalue(co, -1);
-    lua_xmove(co, L, 1);                         /* task, raw */
+    lua_xmove(co, L, 1);                         /* raw */
     if (lua_type(L, -1) == LUA_TSTRING)
       luaL_traceback(L, co, lua_tostring(L, -1), 0);
     else
-      lua_pushvalue(L, -1);                      /* task, raw, err */
+      lua_pushvalue(L, -1);                      /* raw, err */
     /* run pending <close> variables; an error raised there replaces the task's error */
     int rs = lua_resetthread(co);
     if (rs != LUA_OK && lua_gettop(co) > 0) {
-      lua_xmove(co, L, 1);                       /* task, raw, err, closeerr */
+      lua_xmove(co, L, 1);                       /* raw, err, closeerr */
       if (lua_rawequal(L, -1, -3)) lua_pop(L, 1);
       else lua_replace(L, -2);
     }
-    lua_remove(L, -2);                           /* task, err */
+    lua_remove(L, -2);                           /* err */
     int isc = strand_is_cancelled(L, -1);
     lua_settop(co, 0);
-    lua_setiuservalue(L, -2, 2);                 /* task */
+    lua_xmove(L, co, 1);                         /* co: err */
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
-    t->nres = 0;
+    t->nres = 1;
   }
-  lua_pop(L, 1);
   lua_pushnil(L);
   set_anchor(L, t);                              /* unanchor */
   loop->ntasks--;
@@ -619,7 +642,7 @@ int strand_drain(lua_State *L, double deadline) {
 strand_task *strand_task_spawn(lua_State *L, int nargs) {
   strand_loop *loop = strand_loop_get(L);
   int base = lua_gettop(L) - nargs;              /* index of fn */
-  strand_task *t = (strand_task *)lua_newuserdatauv(L, sizeof *t, 3);
+  strand_task *t = (strand_task *)lua_newuserdatauv(L, sizeof *t, 1);   /* 1: the coroutine */
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, STRAND_TASK_META);
   lua_State *co = lua_newthread(L);              /* fn args.. task co */
@@ -644,22 +667,20 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
   strand_loop *loop = t->loop;
   if (t->status >= STRAND_T_DONE) return;
   reason_idx = lua_absindex(L, reason_idx);
-  strand_push_task(L, t);                        /* task */
-  strand_push_cancelled(L, reason_idx);          /* task err */
+  strand_push_cancelled(L, reason_idx);          /* err */
   if (t->status == STRAND_T_NEW) {               /* never ran: finish it right here */
     ready_remove(loop, t);
-    lua_setiuservalue(L, -2, 2);
-    lua_pop(L, 1);
     t->status = STRAND_T_CANCELLED;
     lua_settop(t->co, 0);
+    lua_xmove(L, t->co, 1);                      /* co: err */
+    t->nres = 1;
     lua_pushnil(L);
     set_anchor(L, t);
     loop->ntasks--;
     strand_waitq_wake_all(&t->joiners, STRAND_READY);
     return;
   }
-  lua_setiuservalue(L, -2, 3);
-  lua_pop(L, 1);
+  strand_task_set_pending(L, t);
   t->cancel_pending = 1;
   if (t->waiting) strand_wake(t, STRAND_READY);
 }

@@ -10,10 +10,15 @@
 
 /* {==== byte buffer (buffer.c): a Lua-free growable FIFO; holds no memory while empty */
 
-typedef struct strand_buf {
-  char *data;
+/* One block holds the bookkeeping and the bytes, so an idle socket's buffer is one NULL pointer
+ * (an idle connection holds no read memory at all) and a busy one is one allocation. */
+typedef struct strand_bufblk {
   size_t head, len, cap;    /* bytes live at data[head .. head+len) */
-} strand_buf;
+  size_t scanned;           /* leading bytes known to hold no '\n' (reset by every consume) */
+  char data[];
+} strand_bufblk;
+
+typedef struct strand_buf { strand_bufblk *blk; } strand_buf;   /* NULL while empty */
 
 STRAND_API void strand_buf_init(strand_buf *b);
 STRAND_API void strand_buf_free(strand_buf *b);
@@ -23,7 +28,10 @@ STRAND_API int strand_buf_append(strand_buf *b, const char *p, size_t n);
 STRAND_API void strand_buf_consume(strand_buf *b, size_t n);
 /* Index of the first byte c at or after `from`, or -1. */
 STRAND_API ptrdiff_t strand_buf_find(const strand_buf *b, char c, size_t from);
-#define strand_buf_peek(b) ((b)->data ? (b)->data + (b)->head : (b)->data)   /* no NULL + 0 */
+#define strand_buf_len(b) ((b)->blk ? (b)->blk->len : (size_t)0)
+#define strand_buf_scanned(b) ((b)->blk ? (b)->blk->scanned : (size_t)0)
+#define strand_buf_set_scanned(b, n) do { if ((b)->blk) (b)->blk->scanned = (n); } while (0)
+#define strand_buf_peek(b) ((b)->blk ? (b)->blk->data + (b)->blk->head : (const char *)NULL)
 
 /* }==== */
 
@@ -51,16 +59,18 @@ STRAND_API void strand_resolve_release(strand_resolve *r);
 
 typedef struct sock {
   strand_io io;             /* io.fd is the socket; -1 once closed (or not yet opened) */
-  strand_buf rbuf;          /* bytes received but not read yet */
+  strand_buf rbuf;          /* bytes received but not read yet (NULL while none) */
   double timeout;           /* default timeout of blocking calls (seconds); < 0: none */
-  size_t skip;              /* bytes of an oversize frame still to discard */
-  size_t scanned;           /* leading bytes of rbuf known to hold no '\n' */
-  double pause;             /* listener out of fds: no accept before this time (0: none) */
-  int family;               /* AF_INET, AF_INET6, AF_UNIX */
-  int type;                 /* SOCK_STREAM, SOCK_DGRAM */
+  union {                   /* a stream skips, a listener pauses; never both (`listening`) */
+    size_t skip;            /* stream: bytes of an oversize frame still to discard */
+    double pause;           /* listener out of fds: no accept before this time (0: none) */
+  } u;
+  unsigned char family;     /* AF_INET, AF_INET6, AF_UNIX */
+  unsigned char type;       /* SOCK_STREAM, SOCK_DGRAM */
   unsigned char nonblocking;  /* setblocking(false): never wait */
   unsigned char eof;        /* stream: the peer finished sending */
-} sock;
+  unsigned char listening;  /* listen() succeeded: u.pause is in use */
+} sock;   /* kept small: an idle connection is this, its task and nothing else */
 
 /* socket.c */
 STRAND_API sock *sock_check(lua_State *L, int idx);        /* open socket or raise */

@@ -64,7 +64,8 @@ static void sock_close(sock *s) {
   s->io.fd = -1;
   close(fd);                         /* Linux: the fd is gone even on EINTR; never retry */
   strand_buf_free(&s->rbuf);
-  s->skip = s->scanned = 0;
+  s->u.skip = 0;
+  s->listening = 0;
 }
 
 /* close, __close and __gc: idempotent */
@@ -406,6 +407,8 @@ static int m_listen(lua_State *L) {
   lua_Integer backlog = luaL_optinteger(L, 2, SOMAXCONN);
   luaL_argcheck(L, backlog >= 0 && backlog <= 65535, 2, "backlog must be 0..65535");
   if (listen(s->io.fd, (int)backlog) != 0) return strand_fail(L, errno);
+  if (!s->listening) s->u.pause = 0;         /* a stream's skip state ends here */
+  s->listening = 1;
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -494,13 +497,13 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
     } else if (outcome == STRAND_TIMEOUT) {
       return strand_fail_msg(L, "timeout", "ETIMEDOUT");
     }
-    if (s->pause > 0 && !s->nonblocking) {
-      if (strand_now() < s->pause) {
+    if (s->listening && s->u.pause > 0 && !s->nonblocking) {
+      if (strand_now() < s->u.pause) {
         ctx = ACCEPT_PAUSING;
-        outcome = strand_wait_timer(L, s->pause < deadline ? s->pause : deadline, ctx, accept_k);
+        outcome = strand_wait_timer(L, s->u.pause < deadline ? s->u.pause : deadline, ctx, accept_k);
         continue;
       }
-      s->pause = 0;
+      s->u.pause = 0;
     }
     if (strand_io_maybe(&s->io, STRAND_READ) || s->nonblocking) {
       struct sockaddr_storage ss;
@@ -524,7 +527,7 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
           continue;
         case EMFILE: case ENFILE: case ENOBUFS: case ENOMEM: {
           int err = errno;                  /* out of resources: report now, pause next time */
-          s->pause = strand_now() + ACCEPT_PAUSE;
+          if (s->listening) s->u.pause = strand_now() + ACCEPT_PAUSE;
           return strand_fail(L, err);
         }
         default:

@@ -121,19 +121,18 @@ static int can_read(const sock *s) {
 
 /* Discard what is left of an oversize frame: 0 when done, EAGAIN, or an errno. */
 static int skip_pending(sock *s, char *scratch) {
-  while (s->skip) {
-    if (s->rbuf.len) {
-      size_t d = s->skip < s->rbuf.len ? s->skip : s->rbuf.len;
+  while (s->u.skip) {
+    if (strand_buf_len(&s->rbuf)) {
+      size_t d = s->u.skip < strand_buf_len(&s->rbuf) ? s->u.skip : strand_buf_len(&s->rbuf);
       strand_buf_consume(&s->rbuf, d);
-      s->scanned = 0;
-      s->skip -= d;
+      s->u.skip -= d;
       continue;
     }
-    if (s->eof) { s->skip = 0; break; }
+    if (s->eof) { s->u.skip = 0; break; }
     if (!can_read(s)) return EAGAIN;
-    ssize_t r = sock_recv1(s, scratch, s->skip < STRAND_SCRATCH ? s->skip : STRAND_SCRATCH);
-    if (r > 0) s->skip -= (size_t)r;
-    else if (r == 0) s->skip = 0;
+    ssize_t r = sock_recv1(s, scratch, s->u.skip < STRAND_SCRATCH ? s->u.skip : STRAND_SCRATCH);
+    if (r > 0) s->u.skip -= (size_t)r;
+    else if (r == 0) s->u.skip = 0;
     else return errno;
   }
   return 0;
@@ -144,10 +143,9 @@ static int skip_pending(sock *s, char *scratch) {
 static int frame_too_large(lua_State *L, lua_KContext ctx, sock *s, const char *p, size_t len,
                            size_t fl, int buffered) {
   size_t here = len - 4 < fl ? len - 4 : fl;
-  s->skip = fl - here;
+  s->u.skip = fl - here;
   if (buffered) {
     strand_buf_consume(&s->rbuf, 4 + here);
-    s->scanned = 0;
   } else if (strand_buf_append(&s->rbuf, p + 4 + here, len - 4 - here) != 0) {
     return rfail_errno(L, ctx, ENOMEM);
   }
@@ -171,24 +169,23 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     if (err == 0) {
       size_t off, take, drop;
       const char *p = strand_buf_peek(&s->rbuf);
-      int m = rq_match(kind, n, p, s->rbuf.len, s->eof, s->scanned, &off, &take, &drop);
+      int m = rq_match(kind, n, p, strand_buf_len(&s->rbuf), s->eof, strand_buf_scanned(&s->rbuf), &off, &take, &drop);
       switch (m) {
         case M_OK:
           lua_pushlstring(L, take ? p + off : "", take);
           strand_buf_consume(&s->rbuf, drop);
-          s->scanned = 0;
           return 1;
         case M_EOF: return rfail(L, ctx, "closed", "EOF");
         case M_TRUNC: return rfail(L, ctx, "truncated frame", "EPROTO");
-        case M_BIG: return frame_too_large(L, ctx, s, p, s->rbuf.len, take, 1);
+        case M_BIG: return frame_too_large(L, ctx, s, p, strand_buf_len(&s->rbuf), take, 1);
         default: break;
       }
-      if (kind == RQ_LINE || kind == RQ_LINEKEEP) s->scanned = s->rbuf.len;
+      if (kind == RQ_LINE || kind == RQ_LINEKEEP) strand_buf_set_scanned(&s->rbuf, strand_buf_len(&s->rbuf));
       if (can_read(s)) {
         size_t want = STRAND_SCRATCH;
         if (kind == RQ_SOME && n < want) want = n;
         ssize_t r = sock_recv1(s, scratch, want);
-        if (r > 0 && s->rbuf.len == 0) {
+        if (r > 0 && strand_buf_len(&s->rbuf) == 0) {
           /* match in the scratch buffer: the socket keeps only what is left over */
           m = rq_match(kind, n, scratch, (size_t)r, 0, 0, &off, &take, &drop);
           if (m == M_BIG) return frame_too_large(L, ctx, s, scratch, (size_t)r, take, 0);

@@ -153,13 +153,13 @@ static int m_fileno(lua_State *L) {
 
 /* s:dirty() -> true when read() has buffered bytes (ready without any new data; LuaSocket's name) */
 static int m_dirty(lua_State *L) {
-  lua_pushboolean(L, sock_check(L, 1)->rbuf.len > 0);
+  lua_pushboolean(L, strand_buf_len(&sock_check(L, 1)->rbuf) > 0);
   return 1;
 }
 
 /* s:pending() -> bytes buffered by read() and not consumed yet (selectors count them as ready) */
 static int m_pending(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)sock_check(L, 1)->rbuf.len);
+  lua_pushinteger(L, (lua_Integer)strand_buf_len(&sock_check(L, 1)->rbuf));
   return 1;
 }
 

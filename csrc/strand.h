@@ -289,13 +289,15 @@ struct strand_task {
   unsigned char bare;             /* last yielded with a bare coroutine.yield */
   int nargs;                      /* arguments for the first resume */
   int nres;                       /* results left on co's stack when done */
-  strand_task *next, *prev;       /* ready queue */
+  union {                         /* a task is in the ready queue or in a wait_q, never both */
+    struct { strand_task *next, *prev; };     /* ready queue (inready) */
+    struct { strand_task *qnext, *qprev; };   /* links in wait_q */
+  };
   strand_timer timer;             /* the wait's deadline */
   strand_io *wait_io;             /* io waited on, if any */
   strand_waitq *wait_q;           /* queue waited in, if any */
-  strand_task *qnext, *qprev;     /* links in wait_q */
   strand_waitq joiners;           /* tasks joining this one */
-};
+};   /* kept small: every idle connection has one */
 
 enum { STRAND_T_NEW, STRAND_T_READY, STRAND_T_RUNNING, STRAND_T_WAITING,
        STRAND_T_DONE, STRAND_T_FAILED, STRAND_T_CANCELLED };
@@ -340,6 +342,9 @@ struct strand_loop {
 STRAND_API strand_task *strand_task_spawn(lua_State *L, int nargs);  /* fn + nargs on stack -> task pushed */
 STRAND_API void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx);
 STRAND_API int strand_push_task(lua_State *L, strand_task *t);    /* userdata of a live task, or nil */
+/* The pending cancellation of t: push it (nil if none) / set it from the top (popped). */
+STRAND_API void strand_task_push_pending(lua_State *L, strand_task *t);
+STRAND_API void strand_task_set_pending(lua_State *L, strand_task *t);
 STRAND_API void strand_wake(strand_task *t, int outcome);
 STRAND_API int strand_drain(lua_State *L, double deadline);       /* drive until no task is left */
 STRAND_API void strand_push_cancelled(lua_State *L, int reason_idx);  /* a new cancellation error */

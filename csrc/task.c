@@ -105,12 +105,10 @@ static int push_finished(lua_State *L, strand_task *t, int raise) {
     lua_xmove(t->co, L, n);
     return n + (raise ? 0 : 1);
   }
-  if (raise) {
-    lua_getiuservalue(L, 1, 2);
-    return lua_error(L);
-  }
-  lua_pushboolean(L, 0);
-  lua_getiuservalue(L, 1, 2);
+  if (!raise) lua_pushboolean(L, 0);
+  lua_pushvalue(t->co, 1);                       /* the error: alone on the dead stack */
+  lua_xmove(t->co, L, 1);
+  if (raise) return lua_error(L);
   return 2;
 }
 
@@ -205,7 +203,8 @@ static int tm_gc(lua_State *L) {
   strand_task *t = (strand_task *)lua_touserdata(L, 1);
   if (t->status == STRAND_T_FAILED && !t->observed) {
     t->observed = 1;
-    lua_getiuservalue(L, 1, 2);
+    lua_pushvalue(t->co, 1);
+    lua_xmove(t->co, L, 1);
     const char *msg = luaL_tolstring(L, -1, NULL);
     fprintf(stderr, "strand: task %d failed and nobody joined it:\n%s\n", (int)t->id, msg);
     fflush(stderr);
@@ -277,15 +276,14 @@ static int l_cancel_after(lua_State *L) {
 static int ctimer_stop(lua_State *L) {
   cancel_timer *c = (cancel_timer *)luaL_checkudata(L, 1, CTIMER_META);
   if (c->loop && c->fired && c->task->cancel_pending) {
-    strand_push_task(L, c->task);
-    lua_getiuservalue(L, -1, 3);
+    strand_task_push_pending(L, c->task);
     if (lua_istable(L, -1)) {
       lua_getfield(L, -1, "reason");
       lua_rawgeti(L, LUA_REGISTRYINDEX, c->reason_ref);
       if (lua_rawequal(L, -1, -2)) {
         c->task->cancel_pending = 0;
         lua_pushnil(L);
-        lua_setiuservalue(L, -5, 3);
+        strand_task_set_pending(L, c->task);
       }
     }
   }

@@ -41,10 +41,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       if (got != want) abort();
     }
-    if (b.len != mlen) abort();
+    if (strand_buf_len(&b) != mlen) abort();
     if (mlen && memcmp(strand_buf_peek(&b), model, mlen) != 0) abort();
-    if (mlen == 0 && b.data != NULL) abort();          /* empty: no memory held */
-    if (b.head + b.len > b.cap && b.data) abort();
+    if (mlen == 0 && b.blk != NULL) abort();           /* empty: no memory held */
+    if (b.blk && b.blk->head + b.blk->len > b.blk->cap) abort();
   }
   strand_buf_free(&b);
   return 0;
