@@ -314,7 +314,8 @@ strand_task *strand_task_of(lua_State *L) {
 /* Who is waiting: the running task, or the main pseudo-task when L may drive the loop.
  * Raises when neither is possible. Delivers a pending cancellation. */
 static strand_task *wait_begin(lua_State *L, strand_loop *loop) {
-  strand_task *t = strand_task_of(L);
+  /* the running task is anchored, so this is what the anchor lookup would say */
+  strand_task *t = (loop->current && loop->current->co == L) ? loop->current : strand_task_of(L);
   if (t) {
     if (!lua_isyieldable(L))
       luaL_error(L, "strand: cannot block here: the task is inside a C call or metamethod "
