@@ -40,6 +40,9 @@ DEPS := lua5.4 liblua5.4-dev libssh2-1-dev lua-busted openssh-server pkg-config 
 deps:
 	@sh tools/deps.sh $(DEPS)
 
+# The peers `make bench` measures strand against (installed when missing and run as root).
+BENCH_DEPS := lua-luv lua-cqueues python3-gevent strace
+
 # Every spec under Lua 5.4; the last line is "N passed, N failed".
 test: deps all
 	@$(MAKE) --no-print-directory fuzz-smoke
@@ -79,6 +82,7 @@ demo: deps all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) examples/demo.lua
 
 bench: deps all
+	@sh tools/deps.sh $(BENCH_DEPS) || echo "strand: some peers are missing; their columns say n/a"
 	@sh bench/run.sh $(BUILD)
 
 install: all

@@ -1,7 +1,8 @@
 #!/bin/sh
 # bench/echo.sh — echo round trips per second at 1, 100 and 1000 connections: a strand server
-# (one task per connection) against a plain C epoll server (the floor) and luv (libuv), with the
-# load generator (bench/echo_client.c) in a separate process. DURATION seconds per run (5).
+# (one task per connection) against a plain C epoll server (the floor) and the peers that are
+# installed — luv (libuv), cqueues, Python's selectors loop and gevent — with the load generator
+# (bench/echo_client.c) in a separate process. DURATION seconds per run (5).
 # usage: sh bench/echo.sh [BUILD_DIR]   (env: DURATION=5, CONNS="1 100 1000", MSGSIZE=64, ROUNDS=1)
 set -eu
 cd "$(dirname "$0")/.."
@@ -41,15 +42,25 @@ start() {
 
 # All servers run at once (idle while not measured); runs alternate between them, so load
 # from elsewhere on the machine hits them alike. Each cell keeps the best of ROUNDS runs.
+PY=python3
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3      # Debian's, where python3-gevent lives
 start c "$bin/echo_c_epoll"
 start strand lua5.4 bench/echo_server_strand.lua
-if lua5.4 -e 'require "luv"' 2>/dev/null; then start luv lua5.4 bench/echo_luv.lua; fi
+names="c strand"
+if lua5.4 -e 'require "luv"' 2>/dev/null; then start luv lua5.4 bench/echo_luv.lua; names="$names luv"; fi
+if lua5.4 -e 'require "cqueues"' 2>/dev/null; then
+  start cqueues lua5.4 bench/echo_cqueues.lua; names="$names cqueues"
+fi
+if "$PY" -c 'import selectors' 2>/dev/null; then
+  start selectors "$PY" bench/echo_selectors.py; names="$names selectors"
+fi
+if "$PY" -c 'import gevent' 2>/dev/null; then start gevent "$PY" bench/echo_gevent.py; names="$names gevent"; fi
 ROUNDS=${ROUNDS:-1}
 r=0
 while [ $r -lt "$ROUNDS" ]; do
   r=$((r + 1))
   for n in $CONNS; do
-    for name in c strand luv; do
+    for name in $names; do
       v="n/a"
       if [ -f "$tmp/$name.port" ]; then
         v=$("$bin/echo_client" "$(cat "$tmp/$name.port")" "$n" "$DURATION" "$MSGSIZE" 2>>"$tmp/$name.cerr") || v="n/a"
@@ -62,8 +73,21 @@ done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else printf "n/a" }'; }
 echo "echo round trips/s, ${MSGSIZE}-byte messages, ${DURATION} s per run, best of ${ROUNDS} (client: bench/echo_client.c)"
-printf "%-6s %12s %12s %12s %10s %10s\n" conns "C epoll" strand luv strand/C strand/luv
+printf "%-6s" conns
+for name in $names; do printf " %10s" "$name"; done
+echo
 for n in $CONNS; do
-  c=$(cat "$tmp/c.$n"); s=$(cat "$tmp/strand.$n"); l=$(cat "$tmp/luv.$n")
-  printf "%-6s %12s %12s %12s %10s %10s\n" "$n" "$c" "$s" "$l" "$(ratio "$s" "$c")" "$(ratio "$s" "$l")"
+  printf "%-6s" "$n"
+  for name in $names; do printf " %10s" "$(cat "$tmp/$name.$n")"; done
+  echo
+done
+echo "ratios: strand / peer (above 1: strand is faster)"
+printf "%-6s" conns
+for name in $names; do [ "$name" = strand ] || printf " %10s" "/$name"; done
+echo
+for n in $CONNS; do
+  printf "%-6s" "$n"
+  s=$(cat "$tmp/strand.$n")
+  for name in $names; do [ "$name" = strand ] || printf " %10s" "$(ratio "$s" "$(cat "$tmp/$name.$n")")"; done
+  echo
 done

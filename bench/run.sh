@@ -13,3 +13,5 @@ for b in bench/*.sh; do
   echo "### $b"
   sh "$b" "$build" || echo "($b failed)"
 done
+echo "### bench/socket_idle_memory.lua"
+lua5.4 bench/socket_idle_memory.lua 10000 "$build" || echo "(bench/socket_idle_memory.lua failed)"
