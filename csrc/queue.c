@@ -3,8 +3,10 @@
 #include "strand.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define Q_RESERVE ((size_t)1 << 29)   /* storage one queue may use by default: 512 MiB */
 #define Q_MIN_STORAGE ((lua_Integer)1 << 18)
@@ -28,8 +30,15 @@ typedef struct q_state {
   uint64_t seq;
   uint64_t items;         /* arena offset of the item array: a ring (FIFO), a stack (LIFO) or a
                              binary heap (priority) */
-  uint64_t cap, first;    /* slots; FIFO: the oldest slot */
-} q_state;
+  uint64_t cap, first;    /* slots; FIFO: the oldest slot. Ring: its capacity (maxsize) */
+  int32_t ring;           /* a bounded FIFO: items in the lock-free ring below, not in items */
+  /* the ring (see "the ring" below); each hot word on its own cache line */
+  _Alignas(64) uint64_t tail;     /* next position to fill, | RING_CLOSED once closed */
+  int32_t put_tid;                /* the thread that put last: is spinning worth it? */
+  _Alignas(64) uint64_t head;     /* next position to take */
+  int32_t get_tid;                /* the thread that took last */
+  _Alignas(64) uint64_t done;     /* task_done calls so far: unfinished = tail - done */
+} q_state;                        /* sizeof is a multiple of 64: the ring's slots follow */
 
 static void q_destroy(strand_object *o);
 static const strand_objtype queue_type = { "strand.queue", q_destroy };
@@ -107,19 +116,243 @@ static void q_pop(strand_shm *s, q_state *st) {
   }
 }
 
-/* Locked, after any change; kick: bit 1 << channel for the channels it may have woken. */
+/* }==== */
+
+/* {==== the ring: a bounded FIFO without the mutex
+ *
+ * A FIFO with 0 < maxsize <= RING_MAXCAP keeps its items in a ring of maxsize fixed slots
+ * (Vyukov's bounded multi-producer multi-consumer queue): a put claims the position `tail` by
+ * compare-and-swap, fills the slot and publishes it through the slot's sequence number; a get
+ * claims `head` the same way and hands the slot back by advancing its sequence by the capacity.
+ * Producers and consumers touch different cache lines, and none of them takes the mutex. Small
+ * values (numbers, booleans, strings up to RING_INLINE bytes, small serialized values) live in
+ * the slot itself; bigger ones in the arena (allocated under the mutex).
+ *
+ * close() sets RING_CLOSED in `tail`, so a put's compare-and-swap fails once the queue is closed:
+ * no item enters after close. unfinished = tail - done, so a put writes nothing more.
+ *
+ * Waits keep shm.c's protocol, with the handshake sync.c's locks use: a waiter counts itself in
+ * sleepers[ch] (sequentially consistent, under the mutex) and then looks at the ring once more;
+ * a put or get changes the ring, then (after a sequentially consistent fence) looks at the
+ * sleepers of the other side and only if there are any takes the mutex to signal. One of the two
+ * always sees the other: no lost wake-up, and no syscall nor mutex while nobody sleeps. Because
+ * gets and puts do not settle the eventfds, one may stay readable for a moment after its
+ * condition went away: a woken waiter that finds nothing settles (drains it) and sleeps again.
+ *
+ * Before sleeping, a waiter whose peer is another thread watches the ring for a few
+ * microseconds (only with more than one CPU online and nothing else ready in its loop).
+ *
+ * A process killed between claiming a slot and publishing it (a few instructions) would stall
+ * the ring at that slot; a mutex-based queue has the same window for its half-done change. */
+
+#define RING_INLINE 112
+#define RING_MAXCAP 16384
+#define RING_CLOSED ((uint64_t)1 << 63)
+#define RING_SPIN_SECONDS 30e-6
+
+enum { F_INT = 1, F_FLT, F_FALSE, F_TRUE, F_STR, F_SER, F_ARENA };
+
+typedef struct r_item {
+  uint32_t meta;          /* format << 24 | inline length */
+  int32_t pid;            /* F_SER, F_ARENA: the process that encoded it */
+  union {
+    lua_Integer i;
+    double d;
+    struct { uint64_t off, len; } a;
+    char b[RING_INLINE];
+  } u;
+} r_item;
+
+typedef struct r_slot {
+  uint64_t seq;           /* 2 pos: free for the put at pos; 2 pos + 1: holds the item put at
+                             pos (doubled so that a ring of one slot is not ambiguous) */
+  r_item it;
+} r_slot;
+
+_Static_assert(sizeof(r_slot) == 128, "ring slots are two cache lines");
+_Static_assert(sizeof(q_state) % 64 == 0, "ring slots start on a cache line");
+
+#define r_slots(st) ((r_slot *)((char *)(st) + sizeof(q_state)))
+#define A_RLX(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define A_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define F_OF(it) ((int)((it)->meta >> 24))
+#define LEN_OF(it) ((size_t)((it)->meta & 0xffffffu))
+
+static size_t r_item_size(const r_item *it) {
+  switch (F_OF(it)) {
+    case F_STR: case F_SER: return offsetof(r_item, u) + LEN_OF(it);
+    case F_ARENA: return offsetof(r_item, u) + sizeof it->u.a;
+    case F_INT: case F_FLT: return offsetof(r_item, u) + 8;
+    default: return offsetof(r_item, u);
+  }
+}
+
+static uint64_t r_tail(q_state *st) { return A_ACQ(&st->tail) & ~RING_CLOSED; }
+static int r_closed(q_state *st) { return (A_ACQ(&st->tail) & RING_CLOSED) != 0; }
+
+/* The slot at head is published: a get would find an item (unless another is faster). */
+static int r_can_get(q_state *st) {
+  uint64_t pos = A_RLX(&st->head);
+  return A_ACQ(&r_slots(st)[pos % st->cap].seq) == 2 * pos + 1;
+}
+
+/* Closed and nothing left nor on its way. */
+static int r_drained(q_state *st) {
+  uint64_t t = A_ACQ(&st->tail);
+  return (t & RING_CLOSED) && (t & ~RING_CLOSED) == A_ACQ(&st->head);
+}
+
+/* The slot at tail is free (or the queue is closed: a put would return at once). */
+static int r_can_put(q_state *st) {
+  uint64_t pos = A_ACQ(&st->tail);
+  if (pos & RING_CLOSED) return 1;
+  return A_ACQ(&r_slots(st)[pos % st->cap].seq) == 2 * pos;
+}
+
+static int64_t r_size(q_state *st) {
+  uint64_t h = A_ACQ(&st->head), t = r_tail(st);
+  int64_t n = t > h ? (int64_t)(t - h) : 0;
+  return n > st->maxsize ? st->maxsize : n;
+}
+
+static int64_t r_unfinished(q_state *st) {
+  return (int64_t)(r_tail(st) - A_ACQ(&st->done));
+}
+
+/* Claim, fill and publish a slot: 1 done, 0 full, -1 closed. Never blocks. */
+static int r_push(q_state *st, const r_item *it) {
+  r_slot *slots = r_slots(st);
+  uint64_t cap = st->cap;
+  uint64_t pos = A_RLX(&st->tail);
+  for (;;) {
+    if (pos & RING_CLOSED) return -1;
+    r_slot *x = &slots[pos % cap];
+    int64_t dif = (int64_t)(A_ACQ(&x->seq) - 2 * pos);
+    if (dif == 0) {
+      if (__atomic_compare_exchange_n(&st->tail, &pos, pos + 1, 1, __ATOMIC_RELAXED,
+                                      __ATOMIC_RELAXED)) {
+        memcpy(&x->it, it, r_item_size(it));
+        __atomic_store_n(&x->seq, 2 * pos + 1, __ATOMIC_RELEASE);
+        return 1;
+      }
+    } else if (dif < 0) {                     /* the slot still holds an item: full */
+      uint64_t now = A_RLX(&st->tail);
+      if (now == pos) return 0;
+      pos = now;
+    } else {
+      pos = A_RLX(&st->tail);
+    }
+  }
+}
+
+/* Claim the oldest published item, copy it out and free its slot: 1 done, 0 none. */
+static int r_pop(q_state *st, r_item *out) {
+  r_slot *slots = r_slots(st);
+  uint64_t cap = st->cap;
+  uint64_t pos = A_RLX(&st->head);
+  for (;;) {
+    r_slot *x = &slots[pos % cap];
+    int64_t dif = (int64_t)(A_ACQ(&x->seq) - (2 * pos + 1));
+    if (dif == 0) {
+      if (__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 1, __ATOMIC_RELAXED,
+                                      __ATOMIC_RELAXED)) {
+        memcpy(out, &x->it, offsetof(r_item, u));
+        memcpy(&out->u, &x->it.u, r_item_size(out) - offsetof(r_item, u));
+        __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
+        return 1;
+      }
+    } else if (dif < 0) {                     /* empty (or the put there is not published yet) */
+      uint64_t now = A_RLX(&st->head);
+      if (now == pos) return 0;
+      pos = now;
+    } else {
+      pos = A_RLX(&st->head);
+    }
+  }
+}
+
+static void r_note_tid(int32_t *where) {
+  int32_t me = strand_shm_tid();
+  if (A_RLX(where) != me) __atomic_store_n(where, me, __ATOMIC_RELAXED);
+}
+
+static long online_cpus;                /* written once (the same value by any thread) */
+
+/* Watch the ring for up to RING_SPIN_SECONDS until a waiter of ch could proceed: only when the
+ * other side was last used by another thread (which may act meanwhile), with more than one CPU
+ * and nothing else ready in this loop. Bounded; sched_yield now and then for an overloaded
+ * machine. */
+static void r_spin(lua_State *L, q_state *st, int ch) {
+  int32_t other = A_RLX(ch == CH_GET ? &st->put_tid : &st->get_tid);
+  if (other == 0 || other == strand_shm_tid()) return;
+  long ncpu = __atomic_load_n(&online_cpus, __ATOMIC_RELAXED);
+  if (ncpu == 0) {
+    ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ncpu < 1) ncpu = 1;
+    __atomic_store_n(&online_cpus, ncpu, __ATOMIC_RELAXED);
+  }
+  if (ncpu < 2 || strand_loop_get(L)->nready > 0) return;
+  double until = strand_now() + RING_SPIN_SECONDS;
+  for (;;) {
+    for (int i = 0; i < 64; i++) {
+      if (ch == CH_GET ? (r_can_get(st) || r_closed(st)) : r_can_put(st)) return;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      __asm__ __volatile__("yield");
+#endif
+    }
+    if (strand_now() >= until) return;
+    sched_yield();
+  }
+}
+
+/* }==== */
+
+/* {==== waking (locked) */
+
+/* After any change; kick: bit 1 << channel for the channels it may have woken. */
 static void q_settle(strand_shm *s, int kick) {
   q_state *st = q_state_of(s);
   uint32_t *sl = s->sleepers;
-  strand_shm_signal(s, CH_GET, sl[CH_GET] > 0 && (st->n > 0 || st->closed), kick & 1);
-  strand_shm_signal(s, CH_PUT, sl[CH_PUT] > 0 &&
-                    (st->maxsize == 0 || st->n < st->maxsize || st->closed), kick & 2);
-  strand_shm_signal(s, CH_JOIN, sl[CH_JOIN] > 0 && (st->unfinished == 0 || st->closed), kick & 4);
+  int get, put, join;
+  if (st->ring) {
+    get = r_can_get(st) || r_closed(st);
+    put = r_can_put(st);
+    join = r_unfinished(st) == 0 || r_closed(st);
+  } else {
+    get = st->n > 0 || st->closed;
+    put = st->maxsize == 0 || st->n < st->maxsize || st->closed;
+    join = st->unfinished == 0 || st->closed;
+  }
+  strand_shm_signal(s, CH_GET, A_RLX(&sl[CH_GET]) > 0 && get, kick & 1);
+  strand_shm_signal(s, CH_PUT, A_RLX(&sl[CH_PUT]) > 0 && put, kick & 2);
+  strand_shm_signal(s, CH_JOIN, A_RLX(&sl[CH_JOIN]) > 0 && join, kick & 4);
+}
+
+/* A ring changed without the mutex: if anybody sleeps on ch, settle (and kick) it. */
+static void r_wake(lua_State *L, strand_shm *s, int ch) {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  if (A_RLX(&s->sleepers[ch]) == 0) return;
+  strand_shm_lockL(L, s);
+  q_settle(s, 1 << ch);
+  strand_shm_unlock(s);
+}
+
+/* Locked: count a sleeper of ch, then look once more (the other half of r_wake's handshake).
+ * Returns 1 if it may sleep (counted), 0 if it should retry (not counted). */
+static int q_sleep_on(strand_shm *s, int ch, int (*ready)(q_state *)) {
+  __atomic_add_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
+  if (ready && ready(q_state_of(s))) {
+    __atomic_sub_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
+    return 0;
+  }
+  return 1;
 }
 
 static void q_leave(lua_State *L, strand_shm *s, int ch) {
   strand_shm_lockL(L, s);
-  s->sleepers[ch]--;
+  __atomic_sub_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
   q_settle(s, 0);
   strand_shm_unlock(s);
   strand_shm_leave(L, 0);
@@ -153,6 +386,21 @@ static void payload_drop(lua_State *L, int release) {
     const char *p = lua_tolstring(L, 2, &len);
     strand_serial_release(p, len);
   }
+}
+
+/* The encoded value at 2 is owned by a new guard at 5 until it is put or dropped. */
+static void guard_payload(lua_State *L) {
+  int *armed = (int *)lua_newuserdatauv(L, sizeof(int), 1);
+  *armed = 0;
+  if (luaL_newmetatable(L, GUARD_META)) {
+    lua_pushcfunction(L, guard_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 1);
+  *armed = 1;
+  lua_replace(L, 5);
 }
 
 /* put: stack 1 self, 2 encoded value, 3 deadline, 4 priority, 5 guard|nil, [6 waiter];
@@ -203,17 +451,7 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
     }
     if (lua_gettop(L) < 6) {                    /* first wait: guard the value, get a waiter */
       strand_shm_unlock(s);
-      int *armed = (int *)lua_newuserdatauv(L, sizeof(int), 1);
-      *armed = 0;
-      if (luaL_newmetatable(L, GUARD_META)) {
-        lua_pushcfunction(L, guard_gc);
-        lua_setfield(L, -2, "__gc");
-      }
-      lua_setmetatable(L, -2);
-      lua_pushvalue(L, 2);
-      lua_setiuservalue(L, -2, 1);
-      *armed = 1;
-      lua_replace(L, 5);
+      guard_payload(L);
       strand_shm_prepare(L, s, CH_PUT);
       continue;
     }
@@ -224,7 +462,7 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_spin(L, s, seen);
       continue;
     }
-    s->sleepers[CH_PUT]++;
+    q_sleep_on(s, CH_PUT, NULL);
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, nowait, q_put_k);
     q_leave(L, s, CH_PUT);
@@ -232,11 +470,160 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
   }
 }
 
+/* {==== put into a ring */
+
+/* Numbers, booleans and short strings go into a slot as they are: 1; anything else: 0. */
+static int r_encode_plain(lua_State *L, int idx, r_item *it) {
+  size_t len;
+  const char *p;
+  switch (lua_type(L, idx)) {
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) { it->meta = (uint32_t)F_INT << 24; it->u.i = lua_tointeger(L, idx); }
+      else { it->meta = (uint32_t)F_FLT << 24; it->u.d = lua_tonumber(L, idx); }
+      return 1;
+    case LUA_TBOOLEAN:
+      it->meta = (uint32_t)(lua_toboolean(L, idx) ? F_TRUE : F_FALSE) << 24;
+      return 1;
+    case LUA_TSTRING:
+      p = lua_tolstring(L, idx, &len);
+      if (len > RING_INLINE) return 0;
+      it->meta = (uint32_t)F_STR << 24 | (uint32_t)len;
+      memcpy(it->u.b, p, len);
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* Put serialized bytes: 1 done, 0 full, -1 closed, -2 no storage (*err). */
+static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *p, size_t len,
+                          int *err) {
+  r_item it;
+  it.pid = strand_shm_pid();
+  if (len <= RING_INLINE) {
+    it.meta = (uint32_t)F_SER << 24 | (uint32_t)len;
+    memcpy(it.u.b, p, len);
+    return r_push(st, &it);
+  }
+  if (!r_can_put(st)) return 0;                 /* no arena round trip for a full ring */
+  strand_shm_lockL(L, s);
+  uint64_t off = strand_shm_alloc(s, len);
+  *err = errno;
+  strand_shm_unlock(s);
+  if (off == 0) return -2;
+  memcpy(strand_shm_at(s, off), p, len);        /* the block is ours until it is put */
+  it.meta = (uint32_t)F_ARENA << 24;
+  it.u.a.off = off;
+  it.u.a.len = len;
+  int r = r_push(st, &it);
+  if (r <= 0) {
+    strand_shm_lockL(L, s);
+    strand_shm_release(s, off);
+    strand_shm_unlock(s);
+  }
+  return r;
+}
+
+/* stack 1 self, 2 payload (the r_item's bytes if plain, else the serialized value), 3 deadline,
+ * 4 plain, 5 guard|nil, [6 waiter]; ctx: 1 for put_nowait */
+static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
+  strand_shm *s = box_obj(L);
+  q_state *st = q_state_of(s);
+  int outcome = STRAND_READY;
+  if (status == LUA_YIELD) {
+    q_leave(L, s, CH_PUT);
+    outcome = strand_resumed(L, status);
+  }
+  size_t len;
+  const char *p = lua_tolstring(L, 2, &len);
+  double deadline = lua_tonumber(L, 3);
+  int plain = lua_toboolean(L, 4);
+  int spun = 0;
+  for (;;) {
+    int err = 0, r;
+    if (plain) {
+      r_item it;
+      memcpy(&it, p, len);
+      r = r_push(st, &it);
+    } else {
+      r = r_push_encoded(L, s, st, p, len, &err);
+    }
+    if (r > 0) {
+      r_note_tid(&st->put_tid);
+      r_wake(L, s, CH_GET);
+      payload_drop(L, 0);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    if (r == -2) {
+      payload_drop(L, 1);
+      if (err == ENOSPC) return strand_fail_msg(L, "queue storage full", "ENOSPC");
+      return strand_fail(L, err);
+    }
+    if (r < 0) {
+      payload_drop(L, !plain);
+      return strand_fail_msg(L, "closed", NULL);
+    }
+    if (nowait || outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+      payload_drop(L, !plain);
+      return strand_fail_msg(L, nowait ? "full" : "timeout", NULL);
+    }
+    if (lua_gettop(L) < 6) {                    /* first wait: guard the value, get a waiter */
+      if (!plain) guard_payload(L);
+      strand_shm_prepare(L, s, CH_PUT);
+      continue;
+    }
+    if (!spun) {                                /* first, a few microseconds of watching */
+      spun = 1;
+      r_spin(L, st, CH_PUT);
+      continue;
+    }
+    strand_shm_lockL(L, s);
+    int sleep = q_sleep_on(s, CH_PUT, r_can_put);
+    strand_shm_unlock(s);
+    if (!sleep) continue;
+    outcome = strand_shm_wait(L, deadline, nowait, r_put_k);
+    q_leave(L, s, CH_PUT);
+    spun = 0;
+  }
+}
+
+static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait) {
+  double deadline = nowait ? 0 : strand_opt_deadline(L, 3);
+  r_item it;
+  if (r_encode_plain(L, 2, &it)) {
+    int r = r_push(st, &it);                    /* the fast path: no Lua value is made */
+    if (r > 0) {
+      r_note_tid(&st->put_tid);
+      r_wake(L, s, CH_GET);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    if (r < 0) return strand_fail_msg(L, "closed", NULL);
+    if (nowait) return strand_fail_msg(L, "full", NULL);
+    lua_settop(L, 1);
+    lua_pushlstring(L, (const char *)&it, r_item_size(&it));
+    lua_pushnumber(L, deadline);
+    lua_pushboolean(L, 1);
+  } else {
+    lua_settop(L, 2);
+    strand_serial_encode(L, 2, 1, STRAND_SERIAL_FUNCTIONS);   /* raises on what cannot cross */
+    lua_replace(L, 2);
+    lua_pushnumber(L, deadline);
+    lua_pushboolean(L, 0);
+  }
+  lua_pushnil(L);
+  return r_put_k(L, LUA_OK, nowait);
+}
+
+/* }==== */
+
 static int q_put_start(lua_State *L, int nowait) {
   strand_shm *s = strand_shm_self(L);
   q_state *st = q_state_of(s);
   luaL_checkany(L, 2);
   if (lua_isnil(L, 2)) luaL_argerror(L, 2, "cannot put nil into a queue");
+  if (st->ring) return r_put_start(L, s, st, nowait);
   double prio = 0, deadline;
   int targ = 3;
   if (st->kind == Q_PRIO) {
@@ -260,6 +647,88 @@ static int q_put_nowait(lua_State *L) { return q_put_start(L, 1); }
 /* }==== */
 
 /* {==== get and join */
+
+/* Push the value serialized in p[0..len) by process pid: its count, or nil, message. */
+static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
+  /* our own encoding: the value takes its references over; another process's: the
+   * references it holds are that process's, ours are taken afresh */
+  int mine = pid == strand_shm_pid();
+  int n = strand_serial_decode(L, p, len,
+                               STRAND_SERIAL_FUNCTIONS | (mine ? 0 : STRAND_SERIAL_NOADOPT));
+  if (n < 0 && mine) strand_serial_release(p, len);
+  if (n < 0) {
+    lua_pushfstring(L, "bad queue item: %s", lua_tostring(L, -1));
+    return strand_fail_msg(L, lua_tostring(L, -1), "EINVAL");
+  }
+  return n;
+}
+
+/* Take an item from a ring and push it: its count (or nil, message); -1 if there was none. */
+static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
+  r_item it;
+  if (!r_pop(st, &it)) return -1;
+  r_note_tid(&st->get_tid);
+  r_wake(L, s, CH_PUT);
+  switch (F_OF(&it)) {
+    case F_INT: lua_pushinteger(L, it.u.i); return 1;
+    case F_FLT: lua_pushnumber(L, it.u.d); return 1;
+    case F_FALSE: lua_pushboolean(L, 0); return 1;
+    case F_TRUE: lua_pushboolean(L, 1); return 1;
+    case F_STR: lua_pushlstring(L, it.u.b, LEN_OF(&it)); return 1;
+    case F_SER: return q_decode(L, it.u.b, LEN_OF(&it), (int)it.pid);
+    default: break;
+  }
+  /* F_ARENA: copy it out, give the block back, then decode (which may raise) */
+  size_t len = (size_t)it.u.a.len;
+  char *scratch = strand_loop_scratch(strand_loop_get(L));
+  char *buf = len <= STRAND_SCRATCH ? scratch : (char *)malloc(len);
+  const char *from = (const char *)strand_shm_at(s, it.u.a.off);
+  if (buf) memcpy(buf, from, len);
+  else if (it.pid == strand_shm_pid()) strand_serial_release(from, len);
+  strand_shm_lockL(L, s);
+  strand_shm_release(s, it.u.a.off);
+  strand_shm_unlock(s);
+  if (buf == NULL) return strand_fail(L, ENOMEM);
+  int n = q_decode(L, buf, len, (int)it.pid);
+  if (buf != scratch) free(buf);
+  return n;
+}
+
+/* get from a ring: stack 1 self, 2 deadline, [3 waiter]; ctx: 1 for get_nowait */
+static int r_get_k(lua_State *L, int status, lua_KContext nowait) {
+  strand_shm *s = box_obj(L);
+  q_state *st = q_state_of(s);
+  int outcome = STRAND_READY;
+  if (status == LUA_YIELD) {
+    q_leave(L, s, CH_GET);
+    outcome = strand_resumed(L, status);
+  }
+  double deadline = lua_tonumber(L, 2);
+  int spun = 0;
+  for (;;) {
+    int n = r_get_once(L, s, st);
+    if (n >= 0) return n;
+    if (r_drained(st)) return strand_fail_msg(L, "closed", NULL);
+    if (nowait || outcome == STRAND_TIMEOUT || deadline <= strand_now())
+      return strand_fail_msg(L, nowait ? "empty" : "timeout", NULL);
+    if (lua_gettop(L) < 3) {
+      strand_shm_prepare(L, s, CH_GET);
+      continue;
+    }
+    if (!spun) {                                /* first, a few microseconds of watching */
+      spun = 1;
+      r_spin(L, st, CH_GET);
+      continue;
+    }
+    strand_shm_lockL(L, s);
+    int sleep = q_sleep_on(s, CH_GET, r_can_get);
+    strand_shm_unlock(s);
+    if (!sleep) continue;
+    outcome = strand_shm_wait(L, deadline, nowait, r_get_k);
+    q_leave(L, s, CH_GET);
+    spun = 0;
+  }
+}
 
 /* get: stack 1 self, 2 deadline, [3 waiter]; ctx: 1 for get_nowait */
 static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
@@ -287,17 +756,8 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_release(s, it.off);
       q_settle(s, 2);
       strand_shm_unlock(s);
-      /* our own encoding: the value takes its references over; another process's: the
-       * references it holds are that process's, ours are taken afresh */
-      int mine = it.pid == strand_shm_pid();
-      int n = strand_serial_decode(L, buf, it.len,
-                                   STRAND_SERIAL_FUNCTIONS | (mine ? 0 : STRAND_SERIAL_NOADOPT));
-      if (n < 0 && mine) strand_serial_release(buf, it.len);
+      int n = q_decode(L, buf, it.len, (int)it.pid);
       if (buf != scratch) free(buf);
-      if (n < 0) {
-        lua_pushfstring(L, "bad queue item: %s", lua_tostring(L, -1));
-        return strand_fail_msg(L, lua_tostring(L, -1), "EINVAL");
-      }
       return n;
     }
     if (st->closed) {
@@ -320,7 +780,7 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_spin(L, s, seen);
       continue;
     }
-    s->sleepers[CH_GET]++;
+    q_sleep_on(s, CH_GET, NULL);
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, nowait, q_get_k);
     q_leave(L, s, CH_GET);
@@ -329,15 +789,30 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
 }
 
 static int q_get_start(lua_State *L, int nowait) {
-  strand_shm_self(L);
+  strand_shm *s = strand_shm_self(L);
+  q_state *st = q_state_of(s);
   double deadline = nowait ? 0 : strand_opt_deadline(L, 2);
   lua_settop(L, 1);
+  if (st->ring) {
+    int n = r_get_once(L, s, st);               /* the fast path: an item is there */
+    if (n >= 0) return n;
+    lua_pushnumber(L, deadline);
+    return r_get_k(L, LUA_OK, nowait);
+  }
   lua_pushnumber(L, deadline);
   return q_get_k(L, LUA_OK, nowait);
 }
 
 static int q_get(lua_State *L) { return q_get_start(L, 0); }
 static int q_get_nowait(lua_State *L) { return q_get_start(L, 1); }
+
+static int q_unfinished(q_state *st) {
+  return (st->ring ? r_unfinished(st) : st->unfinished) == 0;
+}
+
+static int q_is_closed(q_state *st) { return st->ring ? r_closed(st) : st->closed; }
+
+static int q_joinable(q_state *st) { return q_unfinished(st) || q_is_closed(st); }
 
 /* join([timeout]): stack 1 self, 2 deadline, [3 waiter] */
 static int q_join_k(lua_State *L, int status, lua_KContext ctx) {
@@ -351,13 +826,13 @@ static int q_join_k(lua_State *L, int status, lua_KContext ctx) {
   double deadline = lua_tonumber(L, 2);
   for (;;) {
     strand_shm_lockL(L, s);
-    if (st->unfinished == 0) {
+    if (q_unfinished(st)) {
       strand_shm_unlock(s);
       lua_pushboolean(L, 1);
       return 1;
     }
-    if (st->closed || outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
-      int closed = st->closed;
+    if (q_is_closed(st) || outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+      int closed = q_is_closed(st);
       strand_shm_unlock(s);
       return strand_fail_msg(L, closed ? "closed" : "timeout", NULL);
     }
@@ -366,8 +841,9 @@ static int q_join_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_prepare(L, s, CH_JOIN);
       continue;
     }
-    s->sleepers[CH_JOIN]++;
+    int sleep = q_sleep_on(s, CH_JOIN, q_joinable);
     strand_shm_unlock(s);
+    if (!sleep) continue;
     outcome = strand_shm_wait(L, deadline, ctx, q_join_k);
     q_leave(L, s, CH_JOIN);
   }
@@ -384,6 +860,15 @@ static int q_join(lua_State *L) {
 static int q_task_done(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   q_state *st = q_state_of(s);
+  if (st->ring) {
+    uint64_t d = A_ACQ(&st->done);
+    do {
+      if (d >= r_tail(st)) return luaL_error(L, "task_done() called too many times");
+    } while (!__atomic_compare_exchange_n(&st->done, &d, d + 1, 1, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_ACQUIRE));
+    r_wake(L, s, CH_JOIN);
+    return 0;
+  }
   strand_shm_lockL(L, s);
   int ok = st->unfinished > 0;
   if (ok && --st->unfinished == 0) q_settle(s, 4);
@@ -403,6 +888,7 @@ static int q_close(lua_State *L) {
   strand_shm_lockL(L, s);
   if (!st->closed) {
     st->closed = 1;
+    if (st->ring) __atomic_fetch_or(&st->tail, RING_CLOSED, __ATOMIC_SEQ_CST);
     q_settle(s, 7);
   }
   strand_shm_unlock(s);
@@ -412,10 +898,17 @@ static int q_close(lua_State *L) {
 static int q_field(lua_State *L, int which) {
   strand_shm *s = strand_shm_self(L);
   q_state *st = q_state_of(s);
-  strand_shm_lockL(L, s);
-  int64_t n = st->n, max = st->maxsize;
-  int closed = st->closed;
-  strand_shm_unlock(s);
+  int64_t n, max = st->maxsize;
+  int closed;
+  if (st->ring) {
+    n = r_size(st);
+    closed = r_closed(st);
+  } else {
+    strand_shm_lockL(L, s);
+    n = st->n;
+    closed = st->closed;
+    strand_shm_unlock(s);
+  }
   switch (which) {
     case 0: lua_pushinteger(L, (lua_Integer)n); break;
     case 1: lua_pushboolean(L, n == 0); break;
@@ -441,7 +934,18 @@ static void q_destroy(strand_object *o) {
   strand_shm *s = (strand_shm *)o;
   q_state *st = q_state_of(s);
   int pid = strand_shm_pid();
-  if (strand_shm_lock(s) == 0) {
+  if (st->ring) {
+    /* nobody else uses it here any more; other processes may, but only this process's
+     * references are released (they are this process's to drop) */
+    uint64_t t = r_tail(st);
+    for (uint64_t pos = A_ACQ(&st->head); pos < t; pos++) {
+      r_slot *x = &r_slots(st)[pos % st->cap];
+      if (A_ACQ(&x->seq) != 2 * pos + 1 || x->it.pid != pid) continue;
+      if (F_OF(&x->it) == F_SER) strand_serial_release(x->it.u.b, LEN_OF(&x->it));
+      else if (F_OF(&x->it) == F_ARENA)
+        strand_serial_release((const char *)strand_shm_at(s, x->it.u.a.off), x->it.u.a.len);
+    }
+  } else if (strand_shm_lock(s) == 0) {
     q_item *a = st->cap ? q_items(s, st) : NULL;
     for (int64_t i = 0; i < st->n; i++) {
       q_item *it = &a[st->kind == Q_FIFO ? (st->first + (uint64_t)i) % st->cap : (uint64_t)i];
@@ -467,11 +971,19 @@ static int q_new(lua_State *L, int kind) {
     }
     lua_pop(L, 1);
   }
-  strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &queue_type, sizeof(q_state), 3,
-                                 reserve);
+  /* a bounded FIFO gets the ring when its slots fit well within the storage */
+  size_t ringsize = (size_t)max * sizeof(r_slot);
+  int ring = kind == Q_FIFO && max > 0 && max <= RING_MAXCAP && ringsize <= reserve / 4;
+  strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &queue_type,
+                                 sizeof(q_state) + (ring ? ringsize : 0), 3, reserve);
   q_state *st = q_state_of(s);
   st->kind = kind;
   st->maxsize = max;
+  if (ring) {
+    st->ring = 1;
+    st->cap = (uint64_t)max;
+    for (uint64_t i = 0; i < st->cap; i++) r_slots(st)[i].seq = 2 * i;
+  }
   strand_object_push(L, &s->obj);
   return 1;
 }
