@@ -267,6 +267,210 @@ describe("strand.queue", function()
     end)
   end)
 
+  -- A FIFO with 0 < maxsize <= 16384 keeps its items in a lock-free ring (queue.c): the same
+  -- contract, checked again on that path.
+  describe("bounded FIFO (the ring)", function()
+    it("keeps its order across many wraps, with every kind of value", function()
+      local q = queue.new(3)
+      local values = { 1, -0.5, true, false, "", ("z"):rep(112), ("y"):rep(113), "a\0b",
+        math.mininteger, math.maxinteger, 1 / 0, { 1, { 2 } }, ("w"):rep(5000) }
+      for round = 1, 5 do
+        for _, v in ipairs(values) do
+          assert.is_true(q:put(v, 0))
+          local got = q:get(0)
+          assert.same(v, got)
+          assert.equal(math.type(v), math.type(got))
+        end
+        for i = 1, 3 do q:put(i + round) end
+        assert.is_true(q:full()); assert.equal(3, q:qsize())
+        assert.same({ 1 + round, 2 + round, 3 + round }, drain(q))
+      end
+      assert.equal(3, q:maxsize())
+    end)
+
+    it("maxsize 1: full, 'full', 'timeout', then room again", function()
+      local q = queue.new(1)
+      assert.is_true(q:put("a"))
+      assert.is_true(q:full())
+      assert.same({ nil, "full" }, { q:put_nowait("b") })
+      local t0 = strand.now()
+      assert.same({ nil, "timeout" }, { q:put({ "b" }, 0.05) })
+      assert.is_true(strand.now() - t0 >= 0.04)
+      assert.equal("a", q:get_nowait())
+      assert.same({ nil, "empty" }, { q:get_nowait() })
+      t0 = strand.now()
+      assert.same({ nil, "timeout" }, { q:get(0.05) })
+      assert.is_true(strand.now() - t0 >= 0.04)
+      assert.is_true(q:put_nowait("c"))
+      assert.equal("c", q:get())
+    end)
+
+    it("close wakes getters, putters and joiners; refuses puts; hands out what it holds", function()
+      local q = queue.new(2)
+      local full = queue.new(2)
+      full:put(1); full:put({ 2 })
+      local joinable = queue.new(2)
+      joinable:put(1)
+      H.run(function()
+        local getters, putters = {}, {}
+        for i = 1, 3 do getters[i] = strand.spawn(function() return q:get() end) end
+        for i = 1, 2 do putters[i] = strand.spawn(function() return full:put(i) end) end
+        local joiner = strand.spawn(function() return joinable:join() end)
+        strand.sleep(0.01)
+        q:close(); full:close(); joinable:close()
+        for i = 1, 3 do assert.same({ true, nil, "closed" }, { getters[i]:join() }) end
+        for i = 1, 2 do assert.same({ true, nil, "closed" }, { putters[i]:join() }) end
+        assert.same({ true, nil, "closed" }, { joiner:join() })
+      end)
+      assert.is_true(full:closed())
+      assert.same({ nil, "closed" }, { full:put(3) })
+      assert.same({ nil, "closed" }, { full:put_nowait({ 3 }) })
+      assert.equal(1, full:get()); assert.same({ 2 }, full:get_nowait())
+      assert.same({ nil, "closed" }, { full:get() })
+      assert.same({ nil, "closed" }, { full:get_nowait() })
+    end)
+
+    it("task_done/join", function()
+      local q = queue.new(4)
+      H.run(function()
+        for i = 1, 3 do q:put(i) end
+        local joined = false
+        local j = strand.spawn(function() assert.is_true(q:join()); joined = true end)
+        for _ = 1, 3 do q:get(); strand.sleep(0.001); assert.is_false(joined); q:task_done() end
+        j:join()
+        assert.is_true(joined)
+      end)
+      assert.has_error(function() q:task_done() end, "task_done() called too many times")
+      assert.is_true(q:join(0))
+    end)
+
+    it("objects cross by reference; a dropped queue and a cancelled put release them", function()
+      local before = H.snapshot()
+      do
+        local q = queue.new(8)
+        local lock = sync.lock()
+        q:put({ lock = lock })
+        assert.is_true(q:get().lock == lock)
+        q:put({ sync.lock(), ("x"):rep(300) })        -- in the arena
+        q:put({ sync.event() })                      -- in the slot
+        local full = queue.new(1)
+        full:put(0)
+        H.run(function()
+          local t = strand.spawn(function() full:put({ sync.lock() }) end)
+          strand.sleep(0.01)
+          t:cancel()
+          assert.is_false((t:join()))
+        end)
+        assert.equal(0, full:get())
+      end
+      assert.is_nil(H.leaks(before))
+    end)
+
+    it("big items use the storage, whose limit is a runtime failure", function()
+      local q = queue.new(100, { storage = 4 * 1024 * 1024 })
+      local chunk = ("x"):rep(600 * 1024)
+      local ok, err
+      for _ = 1, 20 do
+        ok, err = q:put(chunk)
+        if not ok then break end
+      end
+      assert.is_nil(ok)
+      assert.equal("queue storage full", err)
+      assert.is_true(q:qsize() >= 3)
+      assert.equal(#chunk, #q:get())
+      assert.is_true(q:put(chunk))
+      assert.is_true(q:put("small"))
+    end)
+
+    it("a task waiting in get lets the other tasks of its thread run", function()
+      local q = queue.new(4)
+      H.run(function()
+        local turns = 0
+        local busy = strand.spawn(function()
+          for _ = 1, 200 do turns = turns + 1; strand.sleep(0) end
+        end)
+        local getter = strand.spawn(function() return q:get() end)
+        busy:join()
+        assert.equal(200, turns)
+        q:put("late")
+        assert.same({ true, "late" }, { getter:join() })
+      end)
+    end)
+
+    pending_without_threads("a task waiting on another thread's queue does not keep its thread's tasks waiting", function()
+      -- the producer is another thread, so a waiter with nothing else to do may spin first;
+      -- with other ready tasks it must not
+      local q = queue.new(4)
+      local t = thread.start(function(qq)
+        local s = require "strand"
+        qq:put(0)                                  -- the ring now knows a putter thread
+        s.sleep(0.2)
+        qq:put("late")
+      end, q)
+      assert.equal(0, q:get(H.TIMEOUT))
+      H.run(function()
+        local turns = 0
+        local getter = strand.spawn(function() return q:get(H.TIMEOUT) end)
+        local busy = strand.spawn(function()
+          local t0 = strand.now()
+          while strand.now() - t0 < 0.1 do turns = turns + 1; strand.sleep(0) end
+        end)
+        busy:join()
+        assert.is_true(turns > 100, "only " .. turns .. " turns in 0.1 s")
+        assert.same({ true, "late" }, { getter:join() })
+      end)
+      assert.is_true((t:join(H.TIMEOUT)))
+    end)
+
+    pending_without_threads("timeouts hold between threads (spinning never outlasts them)", function()
+      local q = queue.new(1)
+      local t = thread.start(function(qq) qq:put(1); qq:put(2); return qq:put(3, 0.05) end, q)
+      assert.equal(1, q:get(H.TIMEOUT))
+      assert.is_true(H.wait_until(function() return q:full() end, H.TIMEOUT))
+      local ok, res, err = t:join(H.TIMEOUT)
+      assert.same({ true, nil, "timeout" }, { ok, res, err })
+      assert.equal(2, q:get(0))
+      local t0 = strand.now()
+      assert.same({ nil, "timeout" }, { q:get(0.05) })
+      local dt = strand.now() - t0
+      assert.is_true(dt >= 0.04 and dt < 2, "waited " .. dt)
+    end)
+
+    pending_without_threads("no lost wake-ups: many small puts and gets between threads", function()
+      for _, maxsize in ipairs { 1, 2, 7 } do
+        local q = queue.new(maxsize)
+        local N = 20000
+        local producers, consumers = {}, {}
+        for c = 1, 2 do
+          consumers[c] = thread.start(function(qq)
+            local sum, n = 0, 0
+            while true do
+              local v, err = qq:get(5)
+              assert(v ~= nil or err == "closed", err)   -- "timeout": a lost wake-up
+              if v == nil then return sum, n end
+              sum = sum + v; n = n + 1
+            end
+          end, q)
+        end
+        for p = 1, 2 do
+          producers[p] = thread.start(function(qq, first, n)
+            for v = first, first + n - 1 do assert(qq:put(v, 5)) end
+          end, q, (p - 1) * N + 1, N)
+        end
+        for p = 1, 2 do assert.same({ true }, { producers[p]:join(H.TIMEOUT * 3) }) end
+        q:close()
+        local sum, n = 0, 0
+        for c = 1, 2 do
+          local ok, s, k = consumers[c]:join(H.TIMEOUT * 3)
+          assert.is_true(ok, s)
+          sum = sum + s; n = n + k
+        end
+        assert.equal(2 * N, n)
+        assert.equal((2 * N) * (2 * N + 1) // 2, sum)
+      end
+    end)
+  end)
+
   describe("failure conditions", function()
     it("putting nil raises, naming the argument", function()
       local q = queue.new()
