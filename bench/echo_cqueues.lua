@@ -13,11 +13,13 @@ cq:wrap(function()
   for conn in srv:clients() do
     cq:wrap(function()
       conn:setmode("b", "bn")
-      while true do
-        local data = conn:read(-65536)
-        if not data then break end
-        conn:write(data)
-      end
+      pcall(function()                  -- a client that goes away resets: cqueues raises then
+        while true do
+          local data = conn:read(-65536)
+          if not data then break end
+          conn:write(data)
+        end
+      end)
       conn:close()
     end)
   end
