@@ -196,6 +196,9 @@ static int r_can_get(q_state *st) {
   return A_ACQ(&r_slots(st)[pos % st->cap].seq) == 2 * pos + 1;
 }
 
+/* A getter need not sleep: an item is there or the queue is closed. */
+static int r_gettable(q_state *st) { return r_can_get(st) || r_closed(st); }
+
 /* Closed and nothing left nor on its way. */
 static int r_drained(q_state *st) {
   uint64_t t = A_ACQ(&st->tail);
@@ -281,28 +284,28 @@ static long online_cpus;                /* written once (the same value by any t
 /* Watch the ring for up to RING_SPIN_SECONDS until a waiter of ch could proceed: only when the
  * other side was last used by another thread (which may act meanwhile), with more than one CPU
  * and nothing else ready in this loop. Bounded; sched_yield now and then for an overloaded
- * machine. */
-static void r_spin(lua_State *L, q_state *st, int ch) {
+ * machine. Returns 1 if it watched (try again), 0 if it did not. */
+static int r_spin(lua_State *L, q_state *st, int ch) {
   int32_t other = A_RLX(ch == CH_GET ? &st->put_tid : &st->get_tid);
-  if (other == 0 || other == strand_shm_tid()) return;
+  if (other == 0 || other == strand_shm_tid()) return 0;
   long ncpu = __atomic_load_n(&online_cpus, __ATOMIC_RELAXED);
   if (ncpu == 0) {
     ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     if (ncpu < 1) ncpu = 1;
     __atomic_store_n(&online_cpus, ncpu, __ATOMIC_RELAXED);
   }
-  if (ncpu < 2 || strand_loop_get(L)->nready > 0) return;
+  if (ncpu < 2 || strand_loop_get(L)->nready > 0) return 0;
   double until = strand_now() + RING_SPIN_SECONDS;
   for (;;) {
     for (int i = 0; i < 64; i++) {
-      if (ch == CH_GET ? (r_can_get(st) || r_closed(st)) : r_can_put(st)) return;
+      if (ch == CH_GET ? r_gettable(st) : r_can_put(st)) return 1;
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #elif defined(__aarch64__)
       __asm__ __volatile__("yield");
 #endif
     }
-    if (strand_now() >= until) return;
+    if (strand_now() >= until) return 1;
     sched_yield();
   }
 }
@@ -317,7 +320,7 @@ static void q_settle(strand_shm *s, int kick) {
   uint32_t *sl = s->sleepers;
   int get, put, join;
   if (st->ring) {
-    get = r_can_get(st) || r_closed(st);
+    get = r_gettable(st);
     put = r_can_put(st);
     join = r_unfinished(st) == 0 || r_closed(st);
   } else {
@@ -568,15 +571,13 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
       payload_drop(L, !plain);
       return strand_fail_msg(L, nowait ? "full" : "timeout", NULL);
     }
+    if (!spun) {                                /* first, a few microseconds of watching */
+      spun = 1;
+      if (r_spin(L, st, CH_PUT)) continue;
+    }
     if (lua_gettop(L) < 6) {                    /* first wait: guard the value, get a waiter */
       if (!plain) guard_payload(L);
       strand_shm_prepare(L, s, CH_PUT);
-      continue;
-    }
-    if (!spun) {                                /* first, a few microseconds of watching */
-      spun = 1;
-      r_spin(L, st, CH_PUT);
-      continue;
     }
     strand_shm_lockL(L, s);
     int sleep = q_sleep_on(s, CH_PUT, r_can_put);
@@ -711,17 +712,13 @@ static int r_get_k(lua_State *L, int status, lua_KContext nowait) {
     if (r_drained(st)) return strand_fail_msg(L, "closed", NULL);
     if (nowait || outcome == STRAND_TIMEOUT || deadline <= strand_now())
       return strand_fail_msg(L, nowait ? "empty" : "timeout", NULL);
-    if (lua_gettop(L) < 3) {
-      strand_shm_prepare(L, s, CH_GET);
-      continue;
-    }
     if (!spun) {                                /* first, a few microseconds of watching */
       spun = 1;
-      r_spin(L, st, CH_GET);
-      continue;
+      if (r_spin(L, st, CH_GET)) continue;
     }
+    if (lua_gettop(L) < 3) strand_shm_prepare(L, s, CH_GET);
     strand_shm_lockL(L, s);
-    int sleep = q_sleep_on(s, CH_GET, r_can_get);
+    int sleep = q_sleep_on(s, CH_GET, r_gettable);
     strand_shm_unlock(s);
     if (!sleep) continue;
     outcome = strand_shm_wait(L, deadline, nowait, r_get_k);

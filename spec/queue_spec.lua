@@ -436,6 +436,42 @@ describe("strand.queue", function()
       assert.is_true(dt >= 0.04 and dt < 2, "waited " .. dt)
     end)
 
+    pending_without_threads("no lost wake-ups: close racing with getters going to sleep", function()
+      local queues = queue.new(4)
+      local consumers = {}
+      for c = 1, 2 do
+        consumers[c] = thread.start(function(qs)
+          local got = 0
+          while true do
+            local q = qs:get(5)
+            if q == nil then return got end
+            while true do
+              local v, err = q:get(5)
+              assert(v ~= nil or err == "closed", err)   -- "timeout": close did not wake it
+              if v == nil then break end
+              got = got + 1
+            end
+          end
+        end, queues)
+      end
+      local put = 0
+      for round = 1, 1000 do
+        local q = queue.new(2)
+        queues:put(q); queues:put(q)
+        for i = 1, round % 3 do q:put(i); put = put + 1 end
+        if round % 2 == 0 then strand.sleep(0) end
+        q:close()
+      end
+      queues:close()
+      local got = 0
+      for c = 1, 2 do
+        local ok, n = consumers[c]:join(H.TIMEOUT * 3)
+        assert.is_true(ok, n)
+        got = got + n
+      end
+      assert.equal(put, got)
+    end)
+
     pending_without_threads("no lost wake-ups: many small puts and gets between threads", function()
       for _, maxsize in ipairs { 1, 2, 7 } do
         local q = queue.new(maxsize)
