@@ -1,5 +1,5 @@
-/* queue.c — FIFO, LIFO and priority queues for tasks, threads and forked processes: values are
- * serialized into the queue's shared arena (shm.c), waits go through the loop; strand.queue. */
+/* queue.c — FIFO, LIFO and priority queues for tasks, threads and forked processes: bounded FIFOs
+ * in a lock-free ring, the others in the shared arena (shm.c); waits go through the loop. */
 #include "strand.h"
 
 #include <errno.h>
