@@ -10,7 +10,7 @@ local light = thread.start(function()
   for cycle = 1, 3 do
     green:clear(); log:put("light: red")
     strand.sleep(0.05)
-    green:set(); log:put("light: green")
+    log:put("light: green"); green:set()   -- logged first: a woken car may log at once
     strand.sleep(0.05)
   end
 end)
