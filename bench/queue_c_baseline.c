@@ -90,6 +90,7 @@ int main(int argc, char **argv) {
   int np = atoi(argv[2]), nc = atoi(argv[3]);
   long items = atol(argv[4]);
   q.cap = (size_t)atol(argv[5]);
+  if (q.cap == 0) q.cap = (size_t)(items > 0 ? items : 1);   /* 0: unbounded, as in Python */
   const char *hex = argv[6];
   plen = strlen(hex) / 2;
   char *p = malloc(plen + 1);
