@@ -1,5 +1,6 @@
-/* queue.c — FIFO, LIFO and priority queues for tasks, threads and forked processes: bounded FIFOs
- * in a lock-free ring, the others in the shared arena (shm.c); waits go through the loop. */
+/* queue.c — FIFO, LIFO and priority queues for tasks, threads and forked processes: FIFOs in a
+ * lock-free ring (unbounded ones with an ordered overflow), LIFO and priority queues in the
+ * shared arena (shm.c) under its mutex; waits go through the loop. */
 #include "strand.h"
 
 #include <errno.h>
@@ -37,7 +38,12 @@ typedef struct q_state {
   int32_t put_tid;                /* the thread that put last: is spinning worth it? */
   _Alignas(64) uint64_t head;     /* next position to take */
   int32_t get_tid;                /* the thread that took last */
-  _Alignas(64) uint64_t done;     /* task_done calls so far: unfinished = tail - done */
+  _Alignas(64) uint64_t done;     /* task_done calls so far: unfinished = puts - done */
+  /* an unbounded ring's overflow (see "the overflow" below): ovf_n is read without the mutex,
+   * everything is written under it */
+  _Alignas(64) uint64_t ovf_n;    /* items in the overflow */
+  uint64_t ovf_extra;             /* items put into the overflow and not moved to the ring */
+  uint64_t ovf_items, ovf_cap, ovf_first;   /* arena offset of its r_item array (a ring) */
 } q_state;                        /* sizeof is a multiple of 64: the ring's slots follow */
 
 static void q_destroy(strand_object *o);
@@ -118,7 +124,7 @@ static void q_pop(strand_shm *s, q_state *st) {
 
 /* }==== */
 
-/* {==== the ring: a bounded FIFO without the mutex
+/* {==== the ring: a FIFO without the mutex
  *
  * A FIFO with 0 < maxsize <= RING_MAXCAP keeps its items in a ring of maxsize fixed slots
  * (Vyukov's bounded multi-producer multi-consumer queue): a put claims the position `tail` by
@@ -130,6 +136,32 @@ static void q_pop(strand_shm *s, q_state *st) {
  *
  * close() sets RING_CLOSED in `tail`, so a put's compare-and-swap fails once the queue is closed:
  * no item enters after close. unfinished = tail - done, so a put writes nothing more.
+ *
+ * An unbounded FIFO (maxsize 0) has a ring of RING_UNBOUNDED slots and, for when it is full,
+ * an ordered overflow: a growable array of the same items in the arena, under the mutex, whose
+ * length ovf_n anybody may read. The rules:
+ *  - a put goes to the ring only while ovf_n == 0; if the ring is full, or ovf_n > 0, it locks,
+ *    first moves up to OVF_BATCH of the oldest overflow items to the ring's tail (as far as
+ *    there is room), then puts its item into the ring if the overflow is now empty, else appends
+ *    it to the overflow. (A producer that read ovf_n == 0 just before the overflow began may
+ *    still put into the ring afterwards: its own earlier items are all taken or in the ring.)
+ *  - a get takes from the ring; if the ring has nothing and ovf_n > 0 it locks, moves a batch the
+ *    same way and takes from the ring. Only if nothing could move (the queue is closed: the
+ *    ring refuses puts) does it take the overflow's oldest item directly, and only once every
+ *    ring position claimed so far has been taken (head >= tail, tail read first).
+ * Why each producer's order holds, and no item is lost or taken twice: an item x of producer P
+ * enters the overflow only after P's earlier items, which are either older in the overflow or
+ * in the ring at positions below tail, which the lock orders before x's append. Moves go in
+ * overflow order to the ring's tail, so x lands after all of them; a direct take of x waits for
+ * head >= tail, so after them too. P puts into the ring again only after it read ovf_n == 0,
+ * which (release/acquire, the move pushing before it uncounts) means x already left the
+ * overflow, to a ring position below the one P gets, or taken. An item is in exactly one place:
+ * a move pushes (the ring copies it) and then drops it from the overflow under the same lock,
+ * and only lock holders read or change the overflow. close() is under the mutex too, so after
+ * it nothing is appended nor moved, and a getter that sees the closed bit sees every append
+ * (the drained check reads tail, head, then ovf_n). unfinished = tail + ovf_extra - done, where
+ * ovf_extra counts appended items not moved (a move pushes, then uncounts: read without the
+ * mutex, the sum may be too big for a moment, never too small; under it, exact).
  *
  * Waits keep shm.c's protocol, with the handshake sync.c's locks use: a waiter counts itself in
  * sleepers[ch] (sequentially consistent, under the mutex) and then looks at the ring once more;
@@ -143,10 +175,16 @@ static void q_pop(strand_shm *s, q_state *st) {
  * microseconds (only with more than one CPU online and nothing else ready in its loop).
  *
  * A process killed between claiming a slot and publishing it (a few instructions) would stall
- * the ring at that slot; a mutex-based queue has the same window for its half-done change. */
+ * the ring at that slot (and an unbounded queue's overflow behind it): getters wait, then time
+ * out; puts go on until the ring (bounded) or the storage (unbounded) is full. A mutex-based
+ * queue has the same window for its half-done change. */
 
 #define RING_INLINE 112
 #define RING_MAXCAP 16384
+#define OVF_BATCH 64          /* overflow items moved to the ring under one lock */
+#ifndef RING_UNBOUNDED
+#define RING_UNBOUNDED 1024   /* the ring of an unbounded FIFO */
+#endif
 #define RING_CLOSED ((uint64_t)1 << 63)
 #define RING_SPIN_SECONDS 30e-6
 
@@ -196,30 +234,54 @@ static int r_can_get(q_state *st) {
   return A_ACQ(&r_slots(st)[pos % st->cap].seq) == 2 * pos + 1;
 }
 
-/* A getter need not sleep: an item is there or the queue is closed. */
-static int r_gettable(q_state *st) { return r_can_get(st) || r_closed(st); }
-
-/* Closed and nothing left nor on its way. */
-static int r_drained(q_state *st) {
-  uint64_t t = A_ACQ(&st->tail);
-  return (t & RING_CLOSED) && (t & ~RING_CLOSED) == A_ACQ(&st->head);
+/* The overflow's oldest item may be taken: it is not empty and every position of the ring
+ * claimed so far has been taken (read tail first: head never passes it). */
+static int o_ready(q_state *st) {
+  uint64_t t = r_tail(st);
+  return A_ACQ(&st->ovf_n) > 0 && A_ACQ(&st->head) >= t;
 }
 
-/* The slot at tail is free (or the queue is closed: a put would return at once). */
+/* A getter need not sleep: an item is there or the queue is closed. */
+static int r_gettable(q_state *st) {
+  return r_can_get(st) || r_closed(st) || (st->maxsize == 0 && o_ready(st));
+}
+
+/* Closed and nothing left nor on its way (after close nothing enters the overflow, and
+ * whatever did is seen once the closed bit is). */
+static int r_drained(q_state *st) {
+  uint64_t t = A_ACQ(&st->tail);
+  return (t & RING_CLOSED) && (t & ~RING_CLOSED) == A_ACQ(&st->head) &&
+         A_ACQ(&st->ovf_n) == 0;
+}
+
+/* The slot at tail is free (or the queue is closed: a put would return at once). An unbounded
+ * ring always takes a put (into the overflow when full). */
 static int r_can_put(q_state *st) {
   uint64_t pos = A_ACQ(&st->tail);
-  if (pos & RING_CLOSED) return 1;
+  if ((pos & RING_CLOSED) || st->maxsize == 0) return 1;
   return A_ACQ(&r_slots(st)[pos % st->cap].seq) == 2 * pos;
 }
 
 static int64_t r_size(q_state *st) {
+  int64_t o = (int64_t)A_ACQ(&st->ovf_n);       /* first: a move fills the ring, then uncounts */
   uint64_t h = A_ACQ(&st->head), t = r_tail(st);
   int64_t n = t > h ? (int64_t)(t - h) : 0;
-  return n > st->maxsize ? st->maxsize : n;
+  if (n > (int64_t)st->cap) n = (int64_t)st->cap;
+  return n + o;
 }
 
+/* Items put so far: into the ring, and into the overflow (not moved). Exact under the mutex;
+ * without it, never too few (the overflow is read first: a move pushes, then uncounts). */
+static uint64_t r_puts(q_state *st) {
+  uint64_t extra = A_ACQ(&st->ovf_extra);
+  return r_tail(st) + extra;
+}
+
+/* done is read first: never negative, and too big only while a put and its task_done race
+ * (whose wake-up follows) */
 static int64_t r_unfinished(q_state *st) {
-  return (int64_t)(r_tail(st) - A_ACQ(&st->done));
+  uint64_t d = A_ACQ(&st->done);
+  return (int64_t)(r_puts(st) - d);
 }
 
 /* Claim, fill and publish a slot: 1 done, 0 full, -1 closed. Never blocks. */
@@ -273,6 +335,72 @@ static int r_pop(q_state *st, r_item *out) {
     }
   }
 }
+
+/* {==== the overflow of an unbounded ring (locked) */
+
+/* Append: 0 or an errno. */
+static int o_push(strand_shm *s, q_state *st, const r_item *it) {
+  uint64_t n = st->ovf_n;
+  if (n == st->ovf_cap) {
+    uint64_t cap = st->ovf_cap ? st->ovf_cap * 2 : 64;
+    uint64_t off = strand_shm_alloc(s, cap * sizeof(r_item));
+    if (off == 0) return errno;
+    r_item *to = (r_item *)strand_shm_at(s, off);
+    if (st->ovf_cap) {
+      r_item *from = (r_item *)strand_shm_at(s, st->ovf_items);
+      for (uint64_t i = 0; i < n; i++) {      /* unwrap: first becomes 0 */
+        r_item *x = &from[(st->ovf_first + i) % st->ovf_cap];
+        memcpy(&to[i], x, r_item_size(x));
+      }
+      strand_shm_release(s, st->ovf_items);
+    }
+    st->ovf_items = off;
+    st->ovf_cap = cap;
+    st->ovf_first = 0;
+  }
+  r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
+  memcpy(&a[(st->ovf_first + n) % st->ovf_cap], it, r_item_size(it));
+  __atomic_store_n(&st->ovf_extra, st->ovf_extra + 1, __ATOMIC_RELEASE);
+  __atomic_store_n(&st->ovf_n, n + 1, __ATOMIC_RELEASE);
+  return 0;
+}
+
+/* The oldest k items left (moved to the ring or taken). */
+static void o_drop(strand_shm *s, q_state *st, uint64_t k) {
+  uint64_t n = st->ovf_n - k;
+  st->ovf_first = n ? (st->ovf_first + k) % st->ovf_cap : 0;
+  if (n == 0 && st->ovf_cap > 1024) {         /* a big burst is over: give its storage back */
+    strand_shm_release(s, st->ovf_items);
+    st->ovf_items = st->ovf_cap = 0;
+  }
+  __atomic_store_n(&st->ovf_n, n, __ATOMIC_RELEASE);
+}
+
+/* Move up to OVF_BATCH of the oldest items to the ring's tail (as far as it has room): how
+ * many. Valid at any time: whatever the ring holds was put before them, or by a producer that
+ * had none of its items in the overflow. */
+static int o_move(strand_shm *s, q_state *st) {
+  uint64_t k = 0, n = st->ovf_n;
+  r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
+  while (k < n && k < OVF_BATCH && r_push(st, &a[(st->ovf_first + k) % st->ovf_cap]) > 0) k++;
+  if (k == 0) return 0;
+  o_drop(s, st, k);
+  /* counted in tail now: after the pushes, so that r_puts never counts too few */
+  __atomic_store_n(&st->ovf_extra, st->ovf_extra - k, __ATOMIC_RELEASE);
+  return (int)k;
+}
+
+/* Take the oldest item, if every ring item put before it is taken (o_ready): 1, else 0. For
+ * when it cannot move (a closed ring takes no put). */
+static int o_pop(strand_shm *s, q_state *st, r_item *out) {
+  if (!o_ready(st)) return 0;
+  r_item *x = &((r_item *)strand_shm_at(s, st->ovf_items))[st->ovf_first];
+  memcpy(out, x, r_item_size(x));
+  o_drop(s, st, 1);
+  return 1;
+}
+
+/* }==== */
 
 static void r_note_tid(int32_t *where) {
   int32_t me = strand_shm_tid();
@@ -498,7 +626,27 @@ static int r_encode_plain(lua_State *L, int idx, r_item *it) {
   }
 }
 
-/* Put serialized bytes: 1 done, 0 full, -1 closed, -2 no storage (*err). */
+/* Put into a ring: 1 done (wake the getters), 2 done into the overflow (woken), 0 full,
+ * -1 closed, -2 no storage (*err). */
+static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it, int *err) {
+  if (st->maxsize) return r_push(st, it);
+  if (A_ACQ(&st->ovf_n) == 0) {
+    int r = r_push(st, it);
+    if (r != 0) return r;
+  }
+  strand_shm_lockL(L, s);                       /* full, or the overflow is in use */
+  if (st->closed) {
+    strand_shm_unlock(s);
+    return -1;
+  }
+  if (st->ovf_n) o_move(s, st);                 /* help it drain */
+  *err = st->ovf_n == 0 && r_push(st, it) > 0 ? 0 : o_push(s, st, it);
+  if (*err == 0) q_settle(s, 1);
+  strand_shm_unlock(s);
+  return *err ? -2 : 2;
+}
+
+/* Put serialized bytes: as r_put_item. */
 static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *p, size_t len,
                           int *err) {
   r_item it;
@@ -506,7 +654,7 @@ static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *
   if (len <= RING_INLINE) {
     it.meta = (uint32_t)F_SER << 24 | (uint32_t)len;
     memcpy(it.u.b, p, len);
-    return r_push(st, &it);
+    return r_put_item(L, s, st, &it, err);
   }
   if (!r_can_put(st)) return 0;                 /* no arena round trip for a full ring */
   strand_shm_lockL(L, s);
@@ -518,7 +666,7 @@ static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *
   it.meta = (uint32_t)F_ARENA << 24;
   it.u.a.off = off;
   it.u.a.len = len;
-  int r = r_push(st, &it);
+  int r = r_put_item(L, s, st, &it, err);
   if (r <= 0) {
     strand_shm_lockL(L, s);
     strand_shm_release(s, off);
@@ -547,13 +695,13 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
     if (plain) {
       r_item it;
       memcpy(&it, p, len);
-      r = r_push(st, &it);
+      r = r_put_item(L, s, st, &it, &err);
     } else {
       r = r_push_encoded(L, s, st, p, len, &err);
     }
     if (r > 0) {
       r_note_tid(&st->put_tid);
-      r_wake(L, s, CH_GET);
+      if (r == 1) r_wake(L, s, CH_GET);
       payload_drop(L, 0);
       lua_pushboolean(L, 1);
       return 1;
@@ -593,12 +741,17 @@ static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait) {
   double deadline = nowait ? 0 : strand_opt_deadline(L, 3);
   r_item it;
   if (r_encode_plain(L, 2, &it)) {
-    int r = r_push(st, &it);                    /* the fast path: no Lua value is made */
+    int err = 0;
+    int r = r_put_item(L, s, st, &it, &err);    /* the fast path: no Lua value is made */
     if (r > 0) {
       r_note_tid(&st->put_tid);
-      r_wake(L, s, CH_GET);
+      if (r == 1) r_wake(L, s, CH_GET);
       lua_pushboolean(L, 1);
       return 1;
+    }
+    if (r == -2) {
+      if (err == ENOSPC) return strand_fail_msg(L, "queue storage full", "ENOSPC");
+      return strand_fail(L, err);
     }
     if (r < 0) return strand_fail_msg(L, "closed", NULL);
     if (nowait) return strand_fail_msg(L, "full", NULL);
@@ -667,9 +820,18 @@ static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
 /* Take an item from a ring and push it: its count (or nil, message); -1 if there was none. */
 static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   r_item it;
-  if (!r_pop(st, &it)) return -1;
+  if (r_pop(st, &it)) {
+    if (st->maxsize) r_wake(L, s, CH_PUT);      /* an unbounded ring has no waiting putters */
+  } else {
+    if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
+    strand_shm_lockL(L, s);
+    int moved = o_move(s, st);
+    int got = r_pop(st, &it) || o_pop(s, st, &it);
+    if (got || moved) q_settle(s, moved > 1);   /* more moved: other getters may go on */
+    strand_shm_unlock(s);
+    if (!got) return -1;
+  }
   r_note_tid(&st->get_tid);
-  r_wake(L, s, CH_PUT);
   switch (F_OF(&it)) {
     case F_INT: lua_pushinteger(L, it.u.i); return 1;
     case F_FLT: lua_pushnumber(L, it.u.d); return 1;
@@ -860,7 +1022,7 @@ static int q_task_done(lua_State *L) {
   if (st->ring) {
     uint64_t d = A_ACQ(&st->done);
     do {
-      if (d >= r_tail(st)) return luaL_error(L, "task_done() called too many times");
+      if (d >= r_puts(st)) return luaL_error(L, "task_done() called too many times");
     } while (!__atomic_compare_exchange_n(&st->done, &d, d + 1, 1, __ATOMIC_SEQ_CST,
                                           __ATOMIC_ACQUIRE));
     r_wake(L, s, CH_JOIN);
@@ -927,6 +1089,13 @@ static int q_len(lua_State *L) { return q_field(L, 0); }
 /* The last reference in this process: items this process put and nobody took hold references
  * to its strand objects; drop them (other processes keep theirs, and the region). Locking here
  * is safe: the mutex is never held while Lua runs, so no collection happens under it. */
+static void r_item_release(strand_shm *s, const r_item *it, int pid) {
+  if (it->pid != pid) return;
+  if (F_OF(it) == F_SER) strand_serial_release(it->u.b, LEN_OF(it));
+  else if (F_OF(it) == F_ARENA)
+    strand_serial_release((const char *)strand_shm_at(s, it->u.a.off), it->u.a.len);
+}
+
 static void q_destroy(strand_object *o) {
   strand_shm *s = (strand_shm *)o;
   q_state *st = q_state_of(s);
@@ -937,10 +1106,13 @@ static void q_destroy(strand_object *o) {
     uint64_t t = r_tail(st);
     for (uint64_t pos = A_ACQ(&st->head); pos < t; pos++) {
       r_slot *x = &r_slots(st)[pos % st->cap];
-      if (A_ACQ(&x->seq) != 2 * pos + 1 || x->it.pid != pid) continue;
-      if (F_OF(&x->it) == F_SER) strand_serial_release(x->it.u.b, LEN_OF(&x->it));
-      else if (F_OF(&x->it) == F_ARENA)
-        strand_serial_release((const char *)strand_shm_at(s, x->it.u.a.off), x->it.u.a.len);
+      if (A_ACQ(&x->seq) == 2 * pos + 1) r_item_release(s, &x->it, pid);
+    }
+    if (st->maxsize == 0 && strand_shm_lock(s) == 0) {
+      r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
+      for (uint64_t i = 0; i < st->ovf_n; i++)
+        r_item_release(s, &a[(st->ovf_first + i) % st->ovf_cap], pid);
+      strand_shm_unlock(s);
     }
   } else if (strand_shm_lock(s) == 0) {
     q_item *a = st->cap ? q_items(s, st) : NULL;
@@ -968,9 +1140,15 @@ static int q_new(lua_State *L, int kind) {
     }
     lua_pop(L, 1);
   }
-  /* a bounded FIFO gets the ring when its slots fit well within the storage */
-  size_t ringsize = (size_t)max * sizeof(r_slot);
-  int ring = kind == Q_FIFO && max > 0 && max <= RING_MAXCAP && ringsize <= reserve / 4;
+  /* a bounded FIFO gets the ring when its slots fit well within the storage; an unbounded one
+   * a ring of RING_UNBOUNDED slots (fewer with a small storage) and the overflow */
+  size_t slots = (size_t)max;
+  if (max == 0) {
+    slots = reserve / 4 / sizeof(r_slot);
+    if (slots > RING_UNBOUNDED) slots = RING_UNBOUNDED;
+  }
+  size_t ringsize = slots * sizeof(r_slot);
+  int ring = kind == Q_FIFO && slots > 0 && slots <= RING_MAXCAP && ringsize <= reserve / 4;
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &queue_type,
                                  sizeof(q_state) + (ring ? ringsize : 0), 3, reserve);
   q_state *st = q_state_of(s);
@@ -978,7 +1156,7 @@ static int q_new(lua_State *L, int kind) {
   st->maxsize = max;
   if (ring) {
     st->ring = 1;
-    st->cap = (uint64_t)max;
+    st->cap = (uint64_t)slots;
     for (uint64_t i = 0; i < st->cap; i++) r_slots(st)[i].seq = 2 * i;
   }
   strand_object_push(L, &s->obj);
