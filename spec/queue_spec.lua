@@ -507,6 +507,191 @@ describe("strand.queue", function()
     end)
   end)
 
+  -- An unbounded FIFO keeps its items in a ring of 1024 slots (fewer with a small storage)
+  -- and, once that is full, in an ordered overflow under the mutex (queue.c): every put goes to
+  -- the overflow until it is empty again, and batches of it move to the ring as room appears.
+  describe("unbounded FIFO (ring and overflow)", function()
+    local RING = 1024
+
+    it("keeps its order through overflow transitions, with every kind of value", function()
+      local q = queue.new()
+      local values = { 1, -0.5, true, false, "", ("z"):rep(112), ("y"):rep(113), "a\0b",
+        math.mininteger, math.maxinteger, 1 / 0, { 1, { 2 } }, ("w"):rep(5000) }
+      local want, got = 0, 0
+      local function value(i) return i % 7 == 0 and values[i % #values + 1] or i end
+      local function check(v)
+        got = got + 1
+        local w = value(got)
+        assert.same(w, v)
+        assert.equal(math.type(w), math.type(v))
+      end
+      for _, burst in ipairs { RING - 1, RING + 1, 3 * RING, 50, 2 * RING + 7 } do
+        for _ = 1, burst do want = want + 1; assert.is_true(q:put(value(want), 0)) end
+        assert.equal(want - got, q:qsize())
+        assert.is_false(q:full()); assert.equal(0, q:maxsize())
+        for _ = 1, (want - got) * 2 // 3 do check(q:get(0)) end
+      end
+      for _ = 1, 10 do want = want + 1; assert.is_true(q:put_nowait(value(want))) end
+      while got < want do check(q:get_nowait()) end
+      assert.is_true(q:empty())
+      assert.same({ nil, "empty" }, { q:get_nowait() })
+    end)
+
+    it("a small storage gives a smaller ring; the overflow's limit is a runtime failure", function()
+      local q = queue.new(0, { storage = 262144 })
+      local n, ok, err = 0, nil, nil
+      repeat
+        ok, err = q:put(n + 1)
+        if ok then n = n + 1 end
+      until not ok or n > 100000
+      assert.same({ nil, "queue storage full" }, { ok, err })
+      assert.is_true(n > RING // 2, "only " .. n .. " items")
+      assert.equal(n, q:qsize())
+      for i = 1, n do assert.equal(i, q:get_nowait()) end
+      assert.is_true(q:put("again"))
+      assert.equal("again", q:get())
+    end)
+
+    it("close refuses puts, hands out the ring then the overflow in order, then 'closed'", function()
+      local q = queue.new()
+      local N = 3 * RING
+      for i = 1, N do q:put(i) end
+      q:close()
+      assert.is_true(q:closed())
+      assert.same({ nil, "closed" }, { q:put(0) })
+      assert.same({ nil, "closed" }, { q:put_nowait({ 0 }) })
+      assert.equal(N, q:qsize())
+      for i = 1, N do assert.equal(i, q:get(0)) end
+      assert.same({ nil, "closed" }, { q:get() })
+      assert.same({ nil, "closed" }, { q:get_nowait() })
+    end)
+
+    it("close wakes waiting getters and joiners; timeouts hold", function()
+      local q = queue.new()
+      local t0 = strand.now()
+      assert.same({ nil, "timeout" }, { q:get(0.05) })
+      assert.is_true(strand.now() - t0 >= 0.04)
+      for i = 1, 2 * RING do q:put(i) end
+      assert.same({ nil, "timeout" }, { q:join(0.02) })
+      for i = 1, 2 * RING do assert.equal(i, q:get()) end
+      H.run(function()
+        local getters = {}
+        for i = 1, 3 do getters[i] = strand.spawn(function() return q:get() end) end
+        local joiner = strand.spawn(function() return q:join() end)
+        strand.sleep(0.01)
+        q:close()
+        for i = 1, 3 do assert.same({ true, nil, "closed" }, { getters[i]:join() }) end
+        assert.same({ true, nil, "closed" }, { joiner:join() })
+      end)
+    end)
+
+    it("task_done/join count items in the ring and in the overflow", function()
+      local q = queue.new()
+      local N = 2 * RING + 10
+      H.run(function()
+        for i = 1, N do q:put(i) end
+        local joined = false
+        local j = strand.spawn(function() assert.is_true(q:join()); joined = true end)
+        for i = 1, N do
+          assert.equal(i, q:get())
+          if i % 500 == 0 then strand.sleep(0); assert.is_false(joined) end
+          q:task_done()
+        end
+        j:join()
+        assert.is_true(joined)
+      end)
+      assert.has_error(function() q:task_done() end, "task_done() called too many times")
+      assert.is_true(q:join(0))
+    end)
+
+    it("objects cross by reference through the overflow; a dropped queue releases them", function()
+      local before = H.snapshot()
+      do
+        local lock = sync.lock()
+        local q = queue.new()
+        for i = 1, RING + 100 do q:put({ lock = lock, i = i }) end
+        q:put({ sync.lock(), ("x"):rep(300) })       -- in the arena, from the overflow
+        for i = 1, RING + 100 do
+          local v = q:get()
+          assert.equal(i, v.i)
+          assert.is_true(v.lock == lock)
+        end
+        local dropped = queue.new()
+        for _ = 1, RING + 5 do dropped:put({ sync.event() }) end
+        dropped:put({ sync.lock(), ("y"):rep(300) })
+      end
+      collectgarbage(); collectgarbage()
+      assert.is_nil(H.leaks(before))
+    end)
+
+    pending_without_threads("several producers: each one's order holds, no item lost or doubled", function()
+      local q = queue.new()
+      local P, N = 3, 20000
+      local consumers, producers = {}, {}
+      for c = 1, 2 do
+        consumers[c] = thread.start(function(qq, nprod)
+          local s = require "strand"
+          local last, seen, n = {}, {}, 0
+          for p = 1, nprod do last[p] = 0 end
+          while true do
+            local v, err = qq:get(5)
+            assert(v ~= nil or err == "closed", err)   -- "timeout": a lost wake-up
+            if v == nil then return seen end
+            local p, i = v // 1000000, v % 1000000
+            assert(i > last[p], "producer " .. p .. ": " .. i .. " after " .. last[p])
+            last[p] = i
+            seen[#seen + 1] = v
+            n = n + 1
+            if n % 4000 == 0 then s.sleep(0.005) end   -- fall behind: the overflow fills
+          end
+        end, q, P)
+      end
+      for p = 1, P do
+        producers[p] = thread.start(function(qq, base, n)
+          local s = require "strand"
+          for i = 1, n do
+            assert(qq:put(base + i, 5))
+            if i % 5000 == 0 then s.sleep(0.002) end    -- and drains
+          end
+        end, q, p * 1000000, N)
+      end
+      for p = 1, P do assert.same({ true }, { producers[p]:join(H.TIMEOUT * 3) }) end
+      q:close()
+      local count = {}
+      local total = 0
+      for c = 1, 2 do
+        local ok, seen = consumers[c]:join(H.TIMEOUT * 3)
+        assert.is_true(ok, seen)
+        for _, v in ipairs(seen) do
+          assert.is_nil(count[v], "twice: " .. v)
+          count[v] = true
+          total = total + 1
+        end
+      end
+      assert.equal(P * N, total)
+    end)
+
+    pending_without_threads("one consumer sees the producers' items in each one's order, across threads", function()
+      local q = queue.new()
+      local P, N = 2, 3 * RING
+      local producers = {}
+      for p = 1, P do
+        producers[p] = thread.start(function(qq, base, n)
+          for i = 1, n do assert(qq:put({ base + i })) end   -- serialized values
+        end, q, p * 1000000, N)
+      end
+      local last = { 0, 0 }
+      for _ = 1, P * N do
+        local v = q:get(H.TIMEOUT)[1]
+        local p, i = v // 1000000, v % 1000000
+        assert.equal(last[p] + 1, i)
+        last[p] = i
+      end
+      for p = 1, P do assert.same({ true }, { producers[p]:join(H.TIMEOUT) }) end
+      assert.same({ nil, "empty" }, { q:get_nowait() })
+    end)
+  end)
+
   describe("failure conditions", function()
     it("putting nil raises, naming the argument", function()
       local q = queue.new()
