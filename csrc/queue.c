@@ -39,7 +39,7 @@ typedef struct q_state {
   _Alignas(64) uint64_t head;     /* next position to take */
   int32_t get_tid;                /* the thread that took last */
   _Alignas(64) uint64_t done;     /* task_done calls so far: unfinished = puts - done */
-  /* an unbounded ring's overflow (see "the overflow" below): ovf_n is read without the mutex,
+  /* an unbounded ring's overflow (see "the ring" below): ovf_n is read without the mutex,
    * everything is written under it */
   _Alignas(64) uint64_t ovf_n;    /* items in the overflow */
   uint64_t ovf_extra;             /* items put into the overflow and not moved to the ring */
@@ -241,17 +241,19 @@ static int o_ready(q_state *st) {
   return A_ACQ(&st->ovf_n) > 0 && A_ACQ(&st->head) >= t;
 }
 
-/* A getter need not sleep: an item is there or the queue is closed. */
-static int r_gettable(q_state *st) {
-  return r_can_get(st) || r_closed(st) || (st->maxsize == 0 && o_ready(st));
-}
-
 /* Closed and nothing left nor on its way (after close nothing enters the overflow, and
  * whatever did is seen once the closed bit is). */
 static int r_drained(q_state *st) {
   uint64_t t = A_ACQ(&st->tail);
   return (t & RING_CLOSED) && (t & ~RING_CLOSED) == A_ACQ(&st->head) &&
          A_ACQ(&st->ovf_n) == 0;
+}
+
+/* A getter need not sleep: an item is there, or the queue is closed and drained. (Closed with
+ * a put still publishing: that put wakes it. So a slot that is never published, its putter
+ * killed, makes getters wait for their timeout, asleep.) */
+static int r_gettable(q_state *st) {
+  return r_can_get(st) || r_drained(st) || (st->maxsize == 0 && o_ready(st));
 }
 
 /* The slot at tail is free (or the queue is closed: a put would return at once). An unbounded
