@@ -428,13 +428,15 @@ static int r_spin(lua_State *L, q_state *st, int ch) {
   double until = strand_now() + RING_SPIN_SECONDS;
   for (;;) {
     for (int i = 0; i < 64; i++) {
-      if (ch == CH_GET ? r_gettable(st) : r_can_put(st)) return 1;
+      /* a getter watches only the slot at head: not tail, the line every put writes */
+      if (ch == CH_GET ? r_can_get(st) : r_can_put(st)) return 1;
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #elif defined(__aarch64__)
       __asm__ __volatile__("yield");
 #endif
     }
+    if (ch == CH_GET && r_gettable(st)) return 1;   /* drained, or the overflow's turn */
     if (strand_now() >= until) return 1;
     sched_yield();
   }
