@@ -611,6 +611,8 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
 static int r_encode_plain(lua_State *L, int idx, r_item *it) {
   size_t len;
   const char *p;
+  it->pid = 0;                       /* every byte r_item_size counts is defined (copied as a
+                                        Lua string when a put has to wait) */
   switch (lua_type(L, idx)) {
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) { it->meta = (uint32_t)F_INT << 24; it->u.i = lua_tointeger(L, idx); }
