@@ -3,7 +3,9 @@
 # (one task per connection) against a plain C epoll server (the floor) and the peers that are
 # installed — luv (libuv), cqueues, Python's selectors loop and gevent — with the load generator
 # (bench/echo_client.c) in a separate process. DURATION seconds per run (5).
-# usage: sh bench/echo.sh [BUILD_DIR]   (env: DURATION=5, CONNS="1 100 1000", MSGSIZE=64, ROUNDS=1)
+# usage: sh bench/echo.sh [BUILD_DIR]
+#   env: DURATION=5, CONNS="1 100 1000", MSGSIZE=64, ROUNDS=1,
+#        SERVERS="c strand luv cqueues selectors gevent" (those installed are run)
 set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -42,19 +44,21 @@ start() {
 
 # All servers run at once (idle while not measured); runs alternate between them, so load
 # from elsewhere on the machine hits them alike. Each cell keeps the best of ROUNDS runs.
+SERVERS=${SERVERS:-"c strand luv cqueues selectors gevent"}
+want() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
 PY=python3
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3      # Debian's, where python3-gevent lives
 start c "$bin/echo_c_epoll"
 start strand lua5.4 bench/echo_server_strand.lua
 names="c strand"
-if lua5.4 -e 'require "luv"' 2>/dev/null; then start luv lua5.4 bench/echo_luv.lua; names="$names luv"; fi
-if lua5.4 -e 'require "cqueues"' 2>/dev/null; then
+if want luv && lua5.4 -e 'require "luv"' 2>/dev/null; then start luv lua5.4 bench/echo_luv.lua; names="$names luv"; fi
+if want cqueues && lua5.4 -e 'require "cqueues"' 2>/dev/null; then
   start cqueues lua5.4 bench/echo_cqueues.lua; names="$names cqueues"
 fi
-if "$PY" -c 'import selectors' 2>/dev/null; then
+if want selectors && "$PY" -c 'import selectors' 2>/dev/null; then
   start selectors "$PY" bench/echo_selectors.py; names="$names selectors"
 fi
-if "$PY" -c 'import gevent' 2>/dev/null; then start gevent "$PY" bench/echo_gevent.py; names="$names gevent"; fi
+if want gevent && "$PY" -c 'import gevent' 2>/dev/null; then start gevent "$PY" bench/echo_gevent.py; names="$names gevent"; fi
 ROUNDS=${ROUNDS:-1}
 r=0
 while [ $r -lt "$ROUNDS" ]; do
