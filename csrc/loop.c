@@ -437,8 +437,8 @@ int strand_resumed(lua_State *L, int status) {
 
 /* {==== running tasks */
 
-int strand_push_task(lua_State *L, strand_task *t) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
+/* Push t's coroutine onto L's stack. */
+static void push_co(lua_State *L, strand_task *t) {
   if (L == t->co) {
     lua_pushthread(L);
   } else {
@@ -446,40 +446,36 @@ int strand_push_task(lua_State *L, strand_task *t) {
     lua_pushthread(t->co);
     lua_xmove(t->co, L, 1);
   }
+}
+
+/* Push registry[key][t->co]. */
+static void co_table_get(lua_State *L, const char *key, strand_task *t) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  push_co(L, t);
   lua_rawget(L, -2);
   lua_remove(L, -2);
-  return 1;
 }
 
 /* registry[key][t->co] = value on top (popped) */
 static void co_table_set(lua_State *L, const char *key, strand_task *t) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, key);
-  lua_insert(L, -2);                             /* anchor value */
-  if (!lua_checkstack(t->co, 1)) luaL_error(L, "strand: task stack overflow");
-  lua_pushthread(t->co);
-  lua_xmove(t->co, L, 1);                        /* anchor value co */
-  lua_insert(L, -2);                             /* anchor co value */
+  lua_insert(L, -2);                             /* tbl value */
+  push_co(L, t);
+  lua_insert(L, -2);                             /* tbl co value */
   lua_rawset(L, -3);
   lua_pop(L, 1);
+}
+
+int strand_push_task(lua_State *L, strand_task *t) {
+  co_table_get(L, &ANCHOR_KEY, t);
+  return 1;
 }
 
 static void set_anchor(lua_State *L, strand_task *t) { co_table_set(L, &ANCHOR_KEY, t); }
 
 /* The pending cancellation of a task lives beside it, not in it (most tasks never get one). */
 void strand_task_set_pending(lua_State *L, strand_task *t) { co_table_set(L, &CANCEL_KEY, t); }
-
-void strand_task_push_pending(lua_State *L, strand_task *t) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
-  if (L == t->co) {
-    lua_pushthread(L);
-  } else {
-    if (!lua_checkstack(t->co, 1)) luaL_error(L, "strand: task stack overflow");
-    lua_pushthread(t->co);
-    lua_xmove(t->co, L, 1);
-  }
-  lua_rawget(L, -2);
-  lua_remove(L, -2);
-}
+void strand_task_push_pending(lua_State *L, strand_task *t) { co_table_get(L, &CANCEL_KEY, t); }
 
 /* {==== the body of every task
  *
