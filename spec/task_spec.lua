@@ -217,6 +217,23 @@ describe("cancellation", function()
     assert.is_false(ok); assert.equal("me", err.reason)
   end)
 
+  it("a cancellation still pending when the body returns is dropped: the task is done", function()
+    local seen = setmetatable({}, { __mode = "k" })
+    local t = strand.spawn(function()
+      local reason = {}
+      seen[reason] = true
+      strand.current():cancel(reason)
+      return "finished", 2
+    end)
+    assert.same({ true, "finished", 2 }, { t:join(1) })
+    collectgarbage(); collectgarbage()
+    assert.is_nil(next(seen), "the dropped cancellation is still held")
+    assert.equal("done", t:status())
+    assert.same({ "finished", 2 }, { t:result() })
+    t:cancel("after the end")                      -- a finished task ignores it
+    assert.equal("done", t:status())
+  end)
+
   it("an error in a <close> handler during cancellation replaces the error", function()
     local t = strand.spawn(function()
       local g <close> = setmetatable({}, { __close = function() error("close failed") end })
