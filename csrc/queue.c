@@ -493,6 +493,26 @@ static void q_leave(lua_State *L, strand_shm *s, int ch) {
   strand_shm_leave(L, 0);
 }
 
+/* The start of every wait continuation: back from a sleep on ch, stop counting as a sleeper. */
+static int q_resumed(lua_State *L, strand_shm *s, int ch, int status) {
+  if (status != LUA_YIELD) return STRAND_READY;
+  q_leave(L, s, ch);
+  return strand_resumed(L, status);
+}
+
+/* Called with the lock held (released here): count as a sleeper on ch and wait, unless `ready`
+ * already holds. Returns the wait's outcome, or -1 for "no need: try again now". In a task the
+ * wait yields and k resumes (q_resumed leaves); from the main chunk it returns here. */
+static int q_sleep(lua_State *L, strand_shm *s, int ch, int (*ready)(q_state *), double deadline,
+                   lua_KContext ctx, lua_KFunction k) {
+  int sleep = q_sleep_on(s, ch, ready);
+  strand_shm_unlock(s);
+  if (!sleep) return -1;
+  int outcome = strand_shm_wait(L, deadline, ctx, k);
+  q_leave(L, s, ch);
+  return outcome;
+}
+
 /* }==== */
 
 /* {==== put */
@@ -543,11 +563,7 @@ static void guard_payload(lua_State *L) {
 static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
   strand_shm *s = box_obj(L);
   q_state *st = q_state_of(s);
-  int outcome = STRAND_READY;
-  if (status == LUA_YIELD) {
-    q_leave(L, s, CH_PUT);
-    outcome = strand_resumed(L, status);
-  }
+  int outcome = q_resumed(L, s, CH_PUT, status);
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
   double deadline = lua_tonumber(L, 3);
@@ -597,10 +613,7 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_spin(L, s, seen);
       continue;
     }
-    q_sleep_on(s, CH_PUT, NULL);
-    strand_shm_unlock(s);
-    outcome = strand_shm_wait(L, deadline, nowait, q_put_k);
-    q_leave(L, s, CH_PUT);
+    outcome = q_sleep(L, s, CH_PUT, NULL, deadline, nowait, q_put_k);
     spun = 0;
   }
 }
@@ -686,11 +699,7 @@ static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *
 static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
   strand_shm *s = box_obj(L);
   q_state *st = q_state_of(s);
-  int outcome = STRAND_READY;
-  if (status == LUA_YIELD) {
-    q_leave(L, s, CH_PUT);
-    outcome = strand_resumed(L, status);
-  }
+  int outcome = q_resumed(L, s, CH_PUT, status);
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
   double deadline = lua_tonumber(L, 3);
@@ -734,11 +743,9 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_prepare(L, s, CH_PUT);
     }
     strand_shm_lockL(L, s);
-    int sleep = q_sleep_on(s, CH_PUT, r_can_put);
-    strand_shm_unlock(s);
-    if (!sleep) continue;
-    outcome = strand_shm_wait(L, deadline, nowait, r_put_k);
-    q_leave(L, s, CH_PUT);
+    int o = q_sleep(L, s, CH_PUT, r_can_put, deadline, nowait, r_put_k);
+    if (o < 0) continue;
+    outcome = o;
     spun = 0;
   }
 }
@@ -867,11 +874,7 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
 static int r_get_k(lua_State *L, int status, lua_KContext nowait) {
   strand_shm *s = box_obj(L);
   q_state *st = q_state_of(s);
-  int outcome = STRAND_READY;
-  if (status == LUA_YIELD) {
-    q_leave(L, s, CH_GET);
-    outcome = strand_resumed(L, status);
-  }
+  int outcome = q_resumed(L, s, CH_GET, status);
   double deadline = lua_tonumber(L, 2);
   int spun = 0;
   for (;;) {
@@ -886,11 +889,9 @@ static int r_get_k(lua_State *L, int status, lua_KContext nowait) {
     }
     if (lua_gettop(L) < 3) strand_shm_prepare(L, s, CH_GET);
     strand_shm_lockL(L, s);
-    int sleep = q_sleep_on(s, CH_GET, r_gettable);
-    strand_shm_unlock(s);
-    if (!sleep) continue;
-    outcome = strand_shm_wait(L, deadline, nowait, r_get_k);
-    q_leave(L, s, CH_GET);
+    int o = q_sleep(L, s, CH_GET, r_gettable, deadline, nowait, r_get_k);
+    if (o < 0) continue;
+    outcome = o;
     spun = 0;
   }
 }
@@ -899,11 +900,7 @@ static int r_get_k(lua_State *L, int status, lua_KContext nowait) {
 static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
   strand_shm *s = box_obj(L);
   q_state *st = q_state_of(s);
-  int outcome = STRAND_READY;
-  if (status == LUA_YIELD) {
-    q_leave(L, s, CH_GET);
-    outcome = strand_resumed(L, status);
-  }
+  int outcome = q_resumed(L, s, CH_GET, status);
   double deadline = lua_tonumber(L, 2);
   char *scratch = strand_loop_scratch(strand_loop_get(L));
   int spun = 0;
@@ -945,10 +942,7 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_spin(L, s, seen);
       continue;
     }
-    q_sleep_on(s, CH_GET, NULL);
-    strand_shm_unlock(s);
-    outcome = strand_shm_wait(L, deadline, nowait, q_get_k);
-    q_leave(L, s, CH_GET);
+    outcome = q_sleep(L, s, CH_GET, NULL, deadline, nowait, q_get_k);
     spun = 0;
   }
 }
@@ -983,11 +977,7 @@ static int q_joinable(q_state *st) { return q_unfinished(st) || q_is_closed(st);
 static int q_join_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
   q_state *st = q_state_of(s);
-  int outcome = STRAND_READY;
-  if (status == LUA_YIELD) {
-    q_leave(L, s, CH_JOIN);
-    outcome = strand_resumed(L, status);
-  }
+  int outcome = q_resumed(L, s, CH_JOIN, status);
   double deadline = lua_tonumber(L, 2);
   for (;;) {
     strand_shm_lockL(L, s);
@@ -1006,11 +996,8 @@ static int q_join_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_prepare(L, s, CH_JOIN);
       continue;
     }
-    int sleep = q_sleep_on(s, CH_JOIN, q_joinable);
-    strand_shm_unlock(s);
-    if (!sleep) continue;
-    outcome = strand_shm_wait(L, deadline, ctx, q_join_k);
-    q_leave(L, s, CH_JOIN);
+    int o = q_sleep(L, s, CH_JOIN, q_joinable, deadline, ctx, q_join_k);
+    if (o >= 0) outcome = o;
   }
 }
 
