@@ -18,6 +18,24 @@ local function drain(q)
   end
 end
 
+-- A queue of maxsize with 4 MiB of storage fills with 600 KiB items: the put that does not fit
+-- fails with "queue storage full", and after one get there is room again.
+local function storage_fills(maxsize)
+  local q = queue.new(maxsize, { storage = 4 * 1024 * 1024 })
+  local chunk = ("x"):rep(600 * 1024)
+  local ok, err
+  for _ = 1, 20 do
+    ok, err = q:put(chunk)
+    if not ok then break end
+  end
+  assert.is_nil(ok)
+  assert.equal("queue storage full", err)
+  assert.is_true(q:qsize() >= 3)
+  assert.equal(#chunk, #q:get())
+  assert.is_true(q:put(chunk))
+  assert.is_true(q:put("small"))
+end
+
 describe("strand.queue", function()
   H.guard()
 
@@ -367,19 +385,7 @@ describe("strand.queue", function()
     end)
 
     it("big items use the storage, whose limit is a runtime failure", function()
-      local q = queue.new(100, { storage = 4 * 1024 * 1024 })
-      local chunk = ("x"):rep(600 * 1024)
-      local ok, err
-      for _ = 1, 20 do
-        ok, err = q:put(chunk)
-        if not ok then break end
-      end
-      assert.is_nil(ok)
-      assert.equal("queue storage full", err)
-      assert.is_true(q:qsize() >= 3)
-      assert.equal(#chunk, #q:get())
-      assert.is_true(q:put(chunk))
-      assert.is_true(q:put("small"))
+      storage_fills(100)
     end)
 
     it("a task waiting in get lets the other tasks of its thread run", function()
@@ -756,18 +762,7 @@ describe("strand.queue", function()
     end)
 
     it("storage has a limit, reported as a runtime failure", function()
-      local q = queue.new(0, { storage = 4 * 1024 * 1024 })
-      local chunk = ("x"):rep(600 * 1024)
-      local ok, err
-      for _ = 1, 20 do
-        ok, err = q:put(chunk)
-        if not ok then break end
-      end
-      assert.is_nil(ok)
-      assert.equal("queue storage full", err)
-      assert.is_true(q:qsize() >= 3)
-      assert.equal(#chunk, #q:get())
-      assert.is_true(q:put("small"))
+      storage_fills(0)
     end)
   end)
 end)
