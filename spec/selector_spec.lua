@@ -803,3 +803,25 @@ describe("selector failure conditions", function()
     close_pipes({ p })
   end))
 end)
+
+describe("the specs' fd check (H.no_leaks, H.fds)", function()
+  it("counts in-process: never a transient fd of its own, exactly one leaked fd", function()
+    for _ = 1, 200 do
+      assert(pcall(H.no_leaks(function() end)))
+    end
+    local kept
+    local ok, err = pcall(H.no_leaks(function() kept = assert(io.open("/dev/null")) end))
+    assert.is_false(ok)
+    assert.matches("^leaked 1 file descriptor%(s%): %d+ %-> /dev/null$", err)
+    kept:close()
+    local fds, n = H.fds()
+    local m = 0
+    for fd, target in pairs(fds) do
+      m = m + 1
+      assert.is_string(target)
+      assert.is_true(fd >= 0)
+    end
+    assert.equal(n, m)
+    assert.equal(n, H.fd_count())
+  end)
+end)

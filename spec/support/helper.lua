@@ -26,51 +26,15 @@ function H.pid()
   return pid
 end
 
--- Lines of a shell command's output.
-local function lines_of(cmd)
-  -- without the sanitizer runtime `make test-asan` preloads: ps hangs under it
-  local p = io.popen("LD_PRELOAD= " .. cmd)
-  local out = {}
-  for line in p:lines() do out[#out + 1] = line end
-  p:close()
-  return out
-end
-
--- One shell probe lists fds (with targets), OS threads (with names) and the state of every
--- child, with three short programs (ls, cat, sed; shell loops read byte by byte). The pipe io.popen
--- opens for the probe itself is recognised (the shell lists what its own stdout is) and left out.
+-- One probe lists fds (with targets), OS threads (with names) and the state of every child.
+-- It reads /proc from inside the process (strand.core's _proc, C): no child and no pipe of its
+-- own, so nothing transient is ever counted and the listing is exact even under load.
 local function probe(children)
-  local pid = H.pid()
-  local cmd = ("exec 2>/dev/null; ls -l /proc/$$/fd/1 /proc/%d/fd; "
-    .. "cd /proc/%d/task && for t in *; do read c < $t/comm; echo \"task $t $c\"; done"):format(pid, pid)
-  -- every process's stat is read to find the children (no /proc/<pid>/task/*/children here):
-  -- the slow part, skipped when only fds and threads are wanted
-  if children then cmd = cmd .. "; cat /proc/[0-9]*/stat | sed 's/^/stat /'" end
+  local proc = require("strand.core")._proc
   local r = { fds = {}, nfds = 0, threads = {}, nthreads = 0, children = {}, zombies = 0 }
-  local mypipe
-  local lines = lines_of("sh -c '" .. cmd:gsub("'", "'\\''") .. "'")
-  for _, line in ipairs(lines) do
-    local target = line:match("/proc/%d+/fd/1 %-> (.*)$")
-    if target then mypipe = target; break end
-  end
-  for _, line in ipairs(lines) do
-    local kind, a, b = line:match("^(%a+) (%S+) ?(.*)$")
-    if kind == "task" then
-      r.threads[tonumber(a)] = b; r.nthreads = r.nthreads + 1
-    elseif kind == "stat" then
-      -- "pid (comm) S ppid ...": comm may hold spaces and parentheses, the last ')' ends it
-      local state, ppid = b:match("^.*%) (%S) (%d+)")
-      if tonumber(ppid) == pid then
-        r.children[tonumber(a)] = state
-        if state == "Z" then r.zombies = r.zombies + 1 end
-      end
-    else
-      local fd, target = line:match(" (%d+) %-> (.*)$")
-      if fd and not line:match("/proc/%d+/fd/1 %->") and target ~= mypipe then
-        r.fds[tonumber(fd)] = target; r.nfds = r.nfds + 1
-      end
-    end
-  end
+  r.fds, r.nfds = assert(proc.fds())
+  r.threads, r.nthreads = assert(proc.threads())
+  if children then r.children, r.zombies = assert(proc.children()) end
   return r
 end
 
@@ -80,12 +44,10 @@ function H.fds()
   return r.fds, r.nfds
 end
 
---- Open file descriptors of this process.
+--- Open file descriptors of this process (counted in-process: see probe).
 function H.fd_count()
-  local p = io.popen("LD_PRELOAD= ls /proc/" .. H.pid() .. "/fd | wc -l")
-  local n = tonumber(p:read("a"))
-  p:close()
-  return n - 1   -- the pipe popen itself opened is counted once in the listing
+  local _, n = assert(require("strand.core")._proc.fds())
+  return n
 end
 
 --- OS threads of this process: { [tid] = "name" } and their count.
@@ -181,16 +143,25 @@ function H.leaks(before)
   end)
 end
 
---- Wrap a spec body: fails if it leaks an fd or leaves a zombie.
+--- Wrap a spec body: fails if it leaks an fd (named with its target) or leaves a zombie.
+--- Waits up to H.SETTLE s for an fd another thread is still closing.
 function H.no_leaks(fn)
   return function(...)
-    collectgarbage()
-    local before = H.fd_count()
-    fn(...)
     collectgarbage(); collectgarbage()
-    local after = H.fd_count()
-    assert(after <= before, ("leaked %d file descriptor(s)"):format(after - before))
-    assert(H.zombies() == 0, "left a zombie child")
+    local before = H.fds()
+    fn(...)
+    local msg = settle(function()
+      local now, leaked = H.fds(), {}
+      for fd, target in pairs(now) do
+        if before[fd] ~= target then leaked[#leaked + 1] = ("%d -> %s"):format(fd, target) end
+      end
+      table.sort(leaked)
+      if #leaked > 0 then
+        return ("leaked %d file descriptor(s): %s"):format(#leaked, table.concat(leaked, ", "))
+      end
+      if H.zombies() > 0 then return "left a zombie child" end
+    end)
+    if msg then error(msg, 0) end
   end
 end
 

@@ -1,0 +1,123 @@
+/* procinfo.c — core._proc: what this process holds, read from /proc inside the process (no
+ * child, no pipe): open fds with their targets, OS threads with their names, children's states. */
+#include "strand.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Read at most cap-1 bytes of a small /proc file into buf (NUL-terminated); -1 on failure. */
+static ssize_t read_small(const char *path, char *buf, size_t cap) {
+  int fd;
+  do fd = open(path, O_RDONLY | O_CLOEXEC); while (fd < 0 && errno == EINTR);
+  if (fd < 0) return -1;
+  size_t got = 0;
+  while (got < cap - 1) {
+    ssize_t n = read(fd, buf + got, cap - 1 - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  close(fd);
+  buf[got] = 0;
+  return (ssize_t)got;
+}
+
+static int numeric(const char *s) {
+  if (*s == 0) return 0;
+  for (; *s; s++) if (!isdigit((unsigned char)*s)) return 0;
+  return 1;
+}
+
+/* _proc.fds() -> { [fd] = "target" }, count. The directory's own fd is left out, so the
+ * listing is exactly what the process held when it was read. nil, message on failure. */
+static int l_fds(lua_State *L) {
+  DIR *d = opendir("/proc/self/fd");
+  if (d == NULL) return strand_fail(L, errno);
+  int self = dirfd(d);
+  lua_newtable(L);
+  lua_Integer n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (!numeric(e->d_name)) continue;
+    int fd = atoi(e->d_name);
+    if (fd == self) continue;
+    char path[64], target[PATH_MAX];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t len = readlink(path, target, sizeof target - 1);
+    if (len < 0) continue;                 /* closed meanwhile by another thread */
+    target[len] = 0;
+    lua_pushstring(L, target);
+    lua_rawseti(L, -2, fd);
+    n++;
+  }
+  closedir(d);
+  lua_pushinteger(L, n);
+  return 2;
+}
+
+/* _proc.threads() -> { [tid] = "name" }, count. */
+static int l_threads(lua_State *L) {
+  DIR *d = opendir("/proc/self/task");
+  if (d == NULL) return strand_fail(L, errno);
+  lua_newtable(L);
+  lua_Integer n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (!numeric(e->d_name)) continue;
+    char path[300], comm[64];
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    ssize_t len = read_small(path, comm, sizeof comm);
+    if (len < 0) continue;                 /* exited meanwhile */
+    if (len > 0 && comm[len - 1] == '\n') comm[len - 1] = 0;
+    lua_pushstring(L, comm);
+    lua_rawseti(L, -2, atoi(e->d_name));
+    n++;
+  }
+  closedir(d);
+  lua_pushinteger(L, n);
+  return 2;
+}
+
+/* _proc.children() -> { [pid] = "state letter" }, zombies: every process whose parent is this one. */
+static int l_children(lua_State *L) {
+  DIR *d = opendir("/proc");
+  if (d == NULL) return strand_fail(L, errno);
+  pid_t me = getpid();
+  lua_newtable(L);
+  lua_Integer zombies = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (!numeric(e->d_name)) continue;
+    char path[300], stat[512];
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    if (read_small(path, stat, sizeof stat) < 0) continue;
+    /* "pid (comm) S ppid ...": comm may hold spaces and parentheses, the last ')' ends it */
+    char *rp = strrchr(stat, ')');
+    char state;
+    long ppid;
+    if (rp == NULL || sscanf(rp + 1, " %c %ld", &state, &ppid) != 2) continue;
+    if ((pid_t)ppid != me) continue;
+    char s[2] = { state, 0 };
+    lua_pushstring(L, s);
+    lua_rawseti(L, -2, atoi(e->d_name));
+    if (state == 'Z') zombies++;
+  }
+  closedir(d);
+  lua_pushinteger(L, zombies);
+  return 2;
+}
+
+int strand_open__proc(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"fds", l_fds}, {"threads", l_threads}, {"children", l_children}, {NULL, NULL}
+  };
+  luaL_newlib(L, funcs);
+  return 1;
+}
