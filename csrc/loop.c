@@ -330,6 +330,7 @@ static strand_task *wait_begin(lua_State *L, strand_loop *loop) {
 }
 
 static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *));
+#define STEP_INTERRUPTED 2
 static int main_done(strand_loop *loop) { return !loop->main.waiting; }
 
 /* Arm the deadline, then either yield (task) or drive the loop (main). */
@@ -348,7 +349,9 @@ static int wait_finish(lua_State *L, strand_task *t, double deadline,
   }
   loop->driver = L;
   while (t->waiting) {
-    if (loop_step(L, loop, main_done) != 0) {
+    int r = loop_step(L, loop, main_done);
+    if (r == STEP_INTERRUPTED) strand_wake(t, STRAND_TIMEOUT);   /* see interrupt_pending */
+    else if (r != 0) {
       loop->driver = NULL;
       lua_error(L);                             /* the deadlock message */
     }
@@ -587,8 +590,41 @@ static void task_resume(lua_State *L, strand_loop *loop, strand_task *t) {
   task_finish(L, loop, t, st);
 }
 
+/* {==== Ctrl-C
+ *
+ * lua.c's SIGINT handler only installs a hook on the main thread (lstop: call, return, line
+ * and count events, count 1) that raises "interrupted!" at the main thread's next event; it
+ * cannot fire while the main thread blocks here. So when the main thread itself drives the loop
+ * and such a hook is present, the loop stops waiting (before polling, and when the poll returns
+ * EINTR): the main program's wait ends as a timeout, the blocking call cleans up and returns
+ * normally, and the hook raises "interrupted!" at that return, through the normal error path.
+ * Other states (threads) never see the hook: their loops go on. */
+
+static int interrupt_pending(lua_State *L, strand_loop *loop) {
+  if (L != loop->L || lua_gethook(L) == NULL) return 0;
+  return lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT)
+         && lua_gethookcount(L) == 1;
+}
+
+int strand_interrupted(lua_State *L) {
+  lua_State *M;
+  if (lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD) != LUA_TTHREAD) { lua_pop(L, 1); return 0; }
+  M = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (L != M || lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY) != LUA_TUSERDATA) {
+    if (L == M) lua_pop(L, 1);
+    return 0;
+  }
+  strand_loop *loop = *(strand_loop **)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return loop != NULL && interrupt_pending(L, loop);
+}
+
+/* }==== */
+
 /* One round: run every task that was ready, poll (without blocking if something is ready or
- * `done` already holds), fire timers. Returns nonzero with a message pushed on deadlock. */
+ * `done` already holds), fire timers. Returns nonzero with a message pushed on deadlock,
+ * STEP_INTERRUPTED (nothing pushed) when Ctrl-C is pending. */
 static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)) {
   size_t n = loop->nready;
   while (n-- > 0 && loop->ready_head) {
@@ -607,7 +643,9 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
                     (int)loop->ntasks);
     return 1;
   }
+  if (interrupt_pending(L, loop)) return STEP_INTERRUPTED;
   int err = loop->poller->wait(loop->pstate, timeout);
+  if (err == EINTR && interrupt_pending(L, loop)) return STEP_INTERRUPTED;
   if (err && err != EINTR) {
     lua_pushfstring(L, "strand: %s wait failed: %s", loop->poller->name, strerror(err));
     return 1;
@@ -626,7 +664,9 @@ int strand_drain(lua_State *L, double deadline) {
   loop->driver = L;
   while (loop->ntasks > 0) {
     if (deadline != STRAND_FOREVER && strand_now() >= deadline) break;
-    if (loop_step(L, loop, no_tasks) != 0) {
+    int r = loop_step(L, loop, no_tasks);
+    if (r == STEP_INTERRUPTED) break;           /* see interrupt_pending: the caller returns */
+    if (r != 0) {
       loop->driver = NULL;
       lua_error(L);
     }

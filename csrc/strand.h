@@ -126,6 +126,11 @@ STRAND_API int strand_waitq_wake_all(strand_waitq *q, int outcome);
  * error instead (so <close> variables and pcall handlers of the task run). */
 STRAND_API int strand_resumed(lua_State *L, int status);
 
+/* Ctrl-C: a main-program wait ended early (as STRAND_TIMEOUT) because lua.c's SIGINT hook is
+ * pending; it raises "interrupted!" when the blocking call returns. A call that would raise
+ * on that timeout ("timeout" from result()) returns instead when this is true. */
+STRAND_API int strand_interrupted(lua_State *L);
+
 /* The task L runs in, or NULL (main chunk, foreign coroutine). */
 STRAND_API strand_task *strand_task_of(lua_State *L);
 /* The loop of this Lua state (created on first use). */

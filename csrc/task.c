@@ -122,6 +122,7 @@ static int l_run(lua_State *L) {
   lua_insert(L, 1);
   lua_settop(L, 1);
   strand_drain(L, STRAND_FOREVER);
+  if (t->status < STRAND_T_DONE) return 0;     /* interrupted (Ctrl-C): the hook raises at return */
   return push_finished(L, t, 1);
 }
 
@@ -136,7 +137,8 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
   for (;;) {
     if (t->status >= STRAND_T_DONE) return push_finished(L, t, (int)raise);
     if (outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
-      if (raise) return luaL_error(L, "timeout");
+      if (raise && strand_interrupted(L)) return 0;  /* the Ctrl-C hook raises at return */
+      if (raise) { lua_pushliteral(L, "timeout"); return lua_error(L); }   /* exactly, no position */
       return strand_fail_msg(L, "timeout", NULL);
     }
     if (strand_task_of(L) == t) return luaL_error(L, "a task cannot join itself");

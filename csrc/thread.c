@@ -428,7 +428,8 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
       return push_results(L, h, (int)raise);
     }
     if (outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
-      if (raise) return luaL_error(L, "timeout");
+      if (raise && strand_interrupted(L)) return 0;  /* the Ctrl-C hook raises at return */
+      if (raise) { lua_pushliteral(L, "timeout"); return lua_error(L); }   /* exactly, no position */
       return strand_fail_msg(L, "timeout", NULL);
     }
     if (outcome == STRAND_CLOSED) return luaL_error(L, "thread join interrupted");
