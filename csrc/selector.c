@@ -150,7 +150,9 @@ static int stdio_pending(FILE *f) {
 #endif
 }
 
-/* Does the object at idx hold buffered unread data? (May call its pending()/dirty().) */
+/* Does the object at idx hold buffered unread data? (May call its pending()/dirty().) An
+ * object closed while registered raises there ("attempt to use a closed socket"): it counts
+ * as holding nothing, and the kernel's view of its fd decides (see sel_check_kernel). */
 static int obj_buffered(lua_State *L, int idx, unsigned flags) {
   idx = lua_absindex(L, idx);
   if (flags & SEL_STDIO) {
@@ -159,7 +161,10 @@ static int obj_buffered(lua_State *L, int idx, unsigned flags) {
   }
   if (!get_method(L, idx, (flags & SEL_PENDING) ? "pending" : "dirty")) return 0;
   lua_pushvalue(L, idx);
-  lua_call(L, 1, 1);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return 0;
+  }
   int ready;
   if (lua_type(L, -1) == LUA_TNUMBER) ready = lua_tonumber(L, -1) > 0;
   else ready = lua_toboolean(L, -1);
@@ -318,6 +323,8 @@ static unsigned ready_mask(unsigned flags, int in, int out, int other) {
   return m & flags & SEL_EVENTS;
 }
 
+static void key_field(lua_State *L, int idx, const char *name);
+
 /* Mark (SEL_HIT) the READ registrations whose objects hold buffered data; returns how many.
  * Runs before the kernel check because it may call Lua. The selector is at index 1. */
 static int sel_scan_buffered(lua_State *L, selector *s) {
@@ -330,8 +337,7 @@ static int sel_scan_buffered(lua_State *L, selector *s) {
     s->flags[fd] = (unsigned char)(f & ~(unsigned)SEL_HIT);    /* left over by an error */
     if (!(f & SEL_READ)) continue;
     lua_rawgeti(L, -1, fd);                                /* byfd key */
-    lua_pushliteral(L, "fileobj");
-    lua_rawget(L, -2);                                     /* byfd key obj */
+    key_field(L, -1, "fileobj");                           /* byfd key obj */
     int ready = obj_buffered(L, -1, f);
     lua_pop(L, 2);
     if (s->closed) luaL_error(L, "selector closed during select");
@@ -391,9 +397,36 @@ static int sel_check_kernel(lua_State *L, selector *s) {
         tv.tv_sec = 0; tv.tv_usec = 0;
         n = select(s->maxfd + 1, &r, &w, NULL, &tv);
       } while (n < 0 && errno == EINTR);
-      if (n < 0 && errno == EBADF)
-        return luaL_error(L, "select: bad file descriptor (an object was closed before "
-                             "being unregistered)");
+      if (n < 0 && errno == EBADF) {
+        /* An object was closed before being unregistered: report its fd as ready for what
+         * it was registered for (as poll's POLLNVAL does), check the others without it. */
+        fd_set bad;
+        FD_ZERO(&bad);
+        int nbad = 0;
+        for (int i = 0; i < s->n; i++)
+          if (fcntl(s->fds[i], F_GETFD) < 0 && errno == EBADF) { FD_SET(s->fds[i], &bad); nbad++; }
+        if (nbad == 0) return luaL_error(L, "select: select failed: %s", strerror(EBADF));
+        int maxfd = -1;
+        do {
+          FD_ZERO(&r); FD_ZERO(&w);
+          for (int i = 0; i < s->n; i++) {
+            int fd = s->fds[i];
+            if (FD_ISSET(fd, &bad)) continue;
+            if (FD_ISSET(fd, &s->rset)) FD_SET(fd, &r);
+            if (FD_ISSET(fd, &s->wset)) FD_SET(fd, &w);
+            if (fd > maxfd) maxfd = fd;
+          }
+          tv.tv_sec = 0; tv.tv_usec = 0;
+          n = maxfd < 0 ? 0 : select(maxfd + 1, &r, &w, NULL, &tv);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) return luaL_error(L, "select: select failed: %s", strerror(errno));
+        for (int i = 0; i < s->n; i++)
+          if (FD_ISSET(s->fds[i], &bad)) {
+            FD_SET(s->fds[i], &r);
+            FD_SET(s->fds[i], &w);
+            n += 2;
+          }
+      }
       if (n < 0) return luaL_error(L, "select: select failed: %s", strerror(errno));
       for (int i = 0; i < s->n && n > 0; i++) {
         int fd = s->fds[i];
@@ -552,6 +585,53 @@ static int sel_lookup(lua_State *L, selector *s, int idx) {
   return -1;
 }
 
+/* {==== keys: read-only values, as Python's SelectorKey (a namedtuple)
+ * A key is a userdata whose one uservalue holds its fields; modify() makes a new key. */
+
+#define KEY_META "strand.selector_key"
+
+/* Push a new key for fileobj (index obj), fd, events and data (index data). */
+static void key_new(lua_State *L, int obj, int fd, unsigned events, int data) {
+  obj = lua_absindex(L, obj);
+  data = lua_absindex(L, data);
+  lua_newuserdatauv(L, 0, 1);
+  luaL_setmetatable(L, KEY_META);
+  lua_createtable(L, 0, 4);
+  lua_pushvalue(L, obj); lua_setfield(L, -2, "fileobj");
+  lua_pushinteger(L, fd); lua_setfield(L, -2, "fd");
+  lua_pushinteger(L, public_events(events)); lua_setfield(L, -2, "events");
+  lua_pushvalue(L, data); lua_setfield(L, -2, "data");
+  lua_setiuservalue(L, -2, 1);
+}
+
+/* Push field name of the key at idx (whatever the user did). */
+static void key_field(lua_State *L, int idx, const char *name) {
+  lua_getiuservalue(L, idx, 1);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+}
+
+static int key_index(lua_State *L) {
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int key_newindex(lua_State *L) {
+  return luaL_error(L, "selector keys are read-only (sel:modify(obj, events, data) makes a new one)");
+}
+
+static int key_tostring(lua_State *L) {
+  key_field(L, 1, "fd");
+  key_field(L, 1, "events");
+  lua_pushfstring(L, "strand.selector_key (fd %I, events %I)",
+                  (LUAI_UACINT)lua_tointeger(L, -2), (LUAI_UACINT)lua_tointeger(L, -1));
+  return 1;
+}
+
+/* }==== */
+
 static int not_registered(lua_State *L, int idx) {
   return luaL_error(L, "%s is not registered", luaL_tolstring(L, idx, NULL));
 }
@@ -571,11 +651,7 @@ static int selm_register(lua_State *L) {
   if (s->backend != B_EPOLL && fcntl(fd, F_GETFD) < 0)
     return luaL_error(L, "cannot register fd %d: %s", fd, strerror(errno));
   sel_reserve(L, s, fd);
-  lua_createtable(L, 0, 4);                                /* the key */
-  lua_pushvalue(L, 2); lua_setfield(L, -2, "fileobj");
-  lua_pushinteger(L, fd); lua_setfield(L, -2, "fd");
-  lua_pushinteger(L, public_events(events)); lua_setfield(L, -2, "events");
-  lua_pushvalue(L, 4); lua_setfield(L, -2, "data");
+  key_new(L, 2, fd, events, 4);                            /* the key */
   lua_getiuservalue(L, 1, UV_BYFD);
   lua_pushvalue(L, -2);
   lua_rawseti(L, -2, fd);                                  /* key byfd */
@@ -611,7 +687,7 @@ static int selm_register(lua_State *L) {
   return 1;                                                /* key */
 }
 
-/* sel:modify(obj, events [, data]) -> key (the same table, updated) */
+/* sel:modify(obj, events [, data]) -> a new key (the old one keeps its values) */
 static int selm_modify(lua_State *L) {
   selector *s = sel_check(L, 1);
   unsigned events = check_events(L, 3, s);
@@ -628,8 +704,12 @@ static int selm_modify(lua_State *L) {
     if (err) return luaL_error(L, "cannot modify fd %d: %s", fd, strerror(err));
     sel_set_events(s, fd, events);
   }
-  lua_pushinteger(L, public_events(events)); lua_setfield(L, -2, "events");
-  lua_pushvalue(L, 4); lua_setfield(L, -2, "data");
+  key_field(L, -1, "fileobj");                             /* old obj */
+  key_new(L, -1, fd, events, 4);                           /* old obj key */
+  lua_getiuservalue(L, 1, UV_BYFD);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, fd);
+  lua_pop(L, 1);
   return 1;
 }
 
@@ -649,7 +729,7 @@ static int selm_unregister(lua_State *L) {
   lua_pushnil(L);
   lua_rawseti(L, -2, fd);
   lua_getiuservalue(L, 1, UV_BYOBJ);
-  lua_getfield(L, -3, "fileobj");
+  key_field(L, -3, "fileobj");
   lua_pushnil(L);
   lua_rawset(L, -3);                                       /* key byfd byobj */
   lua_pop(L, 2);
@@ -671,7 +751,7 @@ static int selm_get_map(lua_State *L) {
   lua_getiuservalue(L, 1, UV_BYFD);
   for (int i = 0; i < s->n; i++) {
     lua_rawgeti(L, -1, s->fds[i]);                         /* map byfd key */
-    lua_getfield(L, -1, "fileobj");
+    key_field(L, -1, "fileobj");
     lua_insert(L, -2);
     lua_rawset(L, -4);
   }
@@ -931,6 +1011,16 @@ static void createmeta(lua_State *L) {
   luaL_setfuncs(L, sel_metamethods, 0);
   luaL_newlib(L, sel_methods);
   lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, KEY_META);
+  lua_pushcfunction(L, key_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, key_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, key_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
   luaL_newmetatable(L, SCALL_META);
   lua_pushcfunction(L, scall_close);

@@ -4,7 +4,7 @@
 --
 --   local sel <close> = selector.new([backend])  -- "epoll" (default), "poll", "select"
 --   sel:register(obj, events [, data]) -> key     -- events: READ, WRITE, READ|WRITE
---   sel:modify(obj, events [, data]) -> key       -- the same key table, updated (data omitted: nil)
+--   sel:modify(obj, events [, data]) -> key       -- a new key (data omitted: nil); the old one is unchanged
 --   sel:unregister(obj) -> key ; sel:get_key(obj) -> key | nil ; sel:get_map() -> {fileobj = key}
 --   for key, mask in sel:select([timeout]) do ... end  -- key.fileobj, key.fd, key.events, key.data
 --   #sel (registrations) ; sel:backend() ; sel:fileno() (epoll only) ; sel:close()
@@ -12,8 +12,13 @@
 --
 -- * obj: an integer fd, a Lua file, or anything with :fileno() (strand sockets), :pollfd()
 --   (cqueues) or :getfd() (LuaSocket). A registered object is found again by identity, so it
---   can be unregistered after it was closed. Like Python, unregister before closing: epoll
---   forgets a closed fd silently, poll reports it ready, select raises "bad file descriptor".
+--   can be unregistered after it was closed. Unregister before closing: a socket closed while
+--   registered never makes select() raise, but the backends differ as in Python: epoll forgets
+--   it silently, poll and select report it ready for its registered events (select(2) itself
+--   fails with EBADF: the closed fds are found and reported, the others checked without them).
+--   The fd number may be reused by a new fd meanwhile, so unregister closed objects promptly.
+-- * Keys are read-only values (Python's SelectorKey is a namedtuple): writing a field raises;
+--   modify() returns a new key and get_key() the current one.
 -- * Buffered data counts as readable: bytes in a Lua file's stdio buffer, obj:pending() > 0
 --   (strand sockets) or obj:dirty() (LuaSocket).
 -- * Timeouts (sel:select): nil waits forever, <= 0 only polls (as Python's selectors).
