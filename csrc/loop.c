@@ -282,6 +282,13 @@ strand_loop *strand_loop_get(lua_State *L) {
   return loop;
 }
 
+int strand_loop_alive(lua_State *L) {
+  int alive = lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY) == LUA_TUSERDATA
+              && *(strand_loop **)lua_touserdata(L, -1) != NULL;
+  lua_pop(L, 1);
+  return alive;
+}
+
 char *strand_loop_scratch(strand_loop *loop) {
   if (loop->scratch == NULL) {
     loop->scratch = (char *)malloc(STRAND_SCRATCH);
@@ -704,6 +711,7 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
   strand_loop *loop = t->loop;
   if (t->status >= STRAND_T_DONE) return;
   reason_idx = lua_absindex(L, reason_idx);
+  if (lua_isnone(L, reason_idx)) { lua_pushnil(L); reason_idx = lua_gettop(L); }
   strand_push_cancelled(L, reason_idx);          /* err */
   if (t->status == STRAND_T_NEW) {               /* never ran: finish it right here */
     ready_remove(loop, t);

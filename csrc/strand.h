@@ -135,6 +135,9 @@ STRAND_API int strand_interrupted(lua_State *L);
 STRAND_API strand_task *strand_task_of(lua_State *L);
 /* The loop of this Lua state (created on first use). */
 STRAND_API strand_loop *strand_loop_get(lua_State *L);
+/* Whether this state's loop exists and is not closed (finalizers at lua_close may run after
+ * the loop's own: tasks must not touch it then). */
+STRAND_API int strand_loop_alive(lua_State *L);
 /* A per-loop scratch buffer of STRAND_SCRATCH bytes for reads (valid until the next yield). */
 #define STRAND_SCRATCH 65536
 STRAND_API char *strand_loop_scratch(strand_loop *loop);

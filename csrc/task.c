@@ -20,8 +20,9 @@ static int cancelled_tostring(lua_State *L) {
 
 void strand_push_cancelled(lua_State *L, int reason_idx) {
   reason_idx = lua_absindex(L, reason_idx);
+  int has_reason = !lua_isnoneornil(L, reason_idx);   /* before pushing: "none" may become it */
   lua_createtable(L, 0, 1);
-  if (!lua_isnoneornil(L, reason_idx)) {
+  if (has_reason) {
     lua_pushvalue(L, reason_idx);
     lua_setfield(L, -2, "reason");
   }
@@ -105,6 +106,10 @@ static int push_finished(lua_State *L, strand_task *t, int raise) {
     lua_xmove(t->co, L, n);
     return n + (raise ? 0 : 1);
   }
+  if (raise && t->status == STRAND_T_CANCELLED) {
+    lua_pushliteral(L, "cancelled");             /* exactly, so that err == "cancelled" works */
+    return lua_error(L);
+  }
   if (!raise) lua_pushboolean(L, 0);
   lua_pushvalue(t->co, 1);                       /* the error: alone on the dead stack */
   lua_xmove(t->co, L, 1);
@@ -160,6 +165,10 @@ static int tm_result(lua_State *L) { return join_start(L, 1); }
 static int tm_cancel(lua_State *L) {
   strand_task *t = check_task(L, 1);
   int alive = t->status < STRAND_T_DONE;
+  if (!strand_loop_alive(L)) {                   /* the program is ending (a finalizer) */
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   strand_task_cancel(L, t, 2);
   lua_pushboolean(L, alive);
   return 1;

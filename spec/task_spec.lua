@@ -467,3 +467,93 @@ describe("tasks: failure conditions", function()
     end)
   end)
 end)
+
+describe("exact errors (issue 10)", function()
+  it("result() raises exactly 'timeout' and 'cancelled', as a method and under pcall", function()
+    local slow = strand.spawn(strand.sleep, 5)
+    local function as_method() return slow:result(0.01) end
+    local ok, err = pcall(as_method)
+    assert.is_false(ok); assert.equal("timeout", err)
+    ok, err = pcall(slow.result, slow, 0.01)
+    assert.is_false(ok); assert.equal("timeout", err)
+    slow:cancel()
+    ok, err = pcall(function() return slow:result(1) end)
+    assert.is_false(ok); assert.equal("cancelled", err)
+    ok, err = H.run(function()
+      local slow2 = strand.spawn(strand.sleep, 5)
+      local r = { pcall(function() return slow2:result(0.01) end) }
+      slow2:cancel()
+      return table.unpack(r)
+    end)
+    assert.is_false(ok); assert.equal("timeout", err)
+    -- inside a task, a cancelled child's result is the string: the caller is not cancelled
+    assert.equal("cancelled", H.run(function()
+      local t = strand.spawn(strand.sleep, 5)
+      strand.sleep(0); t:cancel("why")
+      local ok2, e = pcall(function() return t:result() end)
+      assert.is_false(ok2)
+      return e
+    end))
+  end)
+
+  it("thread result() raises exactly 'timeout'", function()
+    local thread = require "strand.thread"
+    local q = require("strand.queue").new()
+    local th = thread.start(function(q) return q:get() end, q)
+    local ok, err = pcall(function() return th:result(0.01) end)
+    assert.is_false(ok); assert.equal("timeout", err)
+    q:put("go")
+    assert.equal("go", th:result(H.TIMEOUT))
+  end)
+
+  it("as_completed raises exactly 'timeout'", function()
+    local slow = strand.spawn(strand.sleep, 5)
+    local ok, err = pcall(function() for _ in strand.as_completed({ slow }, 0.01) do end end)
+    assert.is_false(ok); assert.equal("timeout", err)
+    ok, err = H.run(function()
+      return pcall(function() for _ in strand.as_completed({ slow }, 0.01) do end end)
+    end)
+    assert.is_false(ok); assert.equal("timeout", err)
+    slow:cancel(); slow:join()
+  end)
+
+  it("timeout(0, fn) behaves the same in the main program and in a task: fn runs until its first wait", function()
+    local function probe()
+      local log = {}
+      local r1 = { strand.timeout(0, function() log[#log + 1] = "ran"; return 1 end) }
+      local r2 = { strand.timeout(0, function()
+        log[#log + 1] = "before wait"
+        strand.sleep(1)
+        log[#log + 1] = "after wait"
+      end) }
+      local r3 = { strand.timeout(0, function() log[#log + 1] = "sleep0"; strand.sleep(0); log[#log + 1] = "no" end) }
+      return { r1, r2, r3, log }
+    end
+    local want = { { true, 1 }, { nil, "timeout" }, { nil, "timeout" }, { "ran", "before wait", "sleep0" } }
+    assert.same(want, probe())
+    assert.same(want, H.run(probe))
+  end)
+
+  it("cancel() without a reason: the error prints as 'cancelled' (it once held itself as reason)", function()
+    local t = strand.spawn(strand.sleep, 5)
+    strand.sleep(0)
+    t:cancel()
+    local ok, err = t:join(H.TIMEOUT)
+    assert.is_false(ok)
+    assert.is_nil(rawget(err, "reason"))
+    assert.equal("cancelled", tostring(err))
+  end)
+
+  it("a group dropped without closing cancels its children when collected", function()
+    local t
+    do
+      local g = strand.group()
+      t = g:spawn(strand.sleep, 10)
+      strand.sleep(0)
+    end
+    collectgarbage(); collectgarbage()
+    local ok, err = t:join(H.TIMEOUT)
+    assert.is_false(ok); assert.is_true(strand.is_cancelled(err))
+    assert.equal("cancelled", t:status())
+  end)
+end)

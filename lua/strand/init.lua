@@ -37,15 +37,11 @@ function M.timeout(seconds, fn, ...)
     error("bad argument #2 to 'timeout' (function expected, got " .. type(fn) .. ")", 2)
   end
   if current() == nil then
-    local t = spawn(fn, ...)
-    local r = pack(t:join(seconds))
-    if r[1] == nil then
-      t:cancel("timeout")
-      t:join()
-      return nil, "timeout"
-    end
+    -- from the main program: the same thing inside a task, so that both behave alike (fn runs
+    -- until its first wait even with seconds = 0, as Python's wait_for)
+    local r = pack(spawn(M.timeout, seconds, fn, ...):join())
     if r[1] == false then error(r[2], 0) end
-    return true, unpack(r, 2, r.n)
+    return unpack(r, 2, r.n)
   end
   local token = setmetatable({}, { __tostring = function() return "timeout" end })
   local timer = core.cancel_after(seconds, token)
@@ -153,7 +149,7 @@ function M.as_completed(list, timeout)
       local ok = n:wait(remaining(deadline))
       if not ok and ready[head] == nil then
         stop(watchers)
-        error("timeout", 2)
+        error("timeout", 0)          -- exactly, as result(): err == "timeout" works
       end
     end
     local x = ready[head]
@@ -209,6 +205,13 @@ function Group:close()
   for _, t in ipairs(self.tasks) do t:join() end
 end
 Group.__close = Group.close
+
+-- A group dropped without closing: its children are cancelled (a finalizer cannot wait for them).
+function Group:__gc()
+  if self.closed then return end
+  self.closed = true
+  for _, t in ipairs(self.tasks) do t:cancel("group closed") end
+end
 
 function M.group()
   return setmetatable({ tasks = {} }, Group)
