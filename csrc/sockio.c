@@ -226,11 +226,17 @@ static int start_read(lua_State *L, sock *s, lua_Integer n, lua_KContext ctx) {
   return read_k(L, LUA_OK, ctx);
 }
 
+/* An argument error of method `name` counted as in s:name(...) (self not counted). Lua names a
+ * method only when it sees the call (not under pcall(s.recv, s, 0): "bad argument #2 to '?'"). */
+static int method_argerror(lua_State *L, int arg, const char *name, const char *msg) {
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg - 1, name, msg);
+}
+
 /* s:recv([max]) -> 1..max bytes | nil, "closed" at the end of the stream */
 static int m_recv(lua_State *L) {
   sock *s = sock_check(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, STRAND_SCRATCH);
-  luaL_argcheck(L, max > 0, 2, "max must be > 0");
+  if (max <= 0) return method_argerror(L, 2, "recv", "max must be > 0");
   return start_read(L, s, max, RQ_SOME);
 }
 
@@ -285,7 +291,7 @@ static int m_lines(lua_State *L) {
 static int m_recv_frame(lua_State *L) {
   sock *s = sock_check(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, FRAME_MAX_DEFAULT);
-  luaL_argcheck(L, max >= 0 && max <= 0xffffffffLL, 2, "max must be 0..4294967295");
+  if (max < 0 || max > 0xffffffffLL) return method_argerror(L, 2, "recv_frame", "max must be 0..4294967295");
   return start_read(L, s, max, RQ_FRAME);
 }
 
@@ -678,7 +684,7 @@ static int recvfrom_k(lua_State *L, int status, lua_KContext ctx) {
 static int m_recvfrom(lua_State *L) {
   sock *s = sock_check(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, STRAND_SCRATCH);
-  luaL_argcheck(L, max > 0, 2, "max must be > 0");
+  if (max <= 0) return method_argerror(L, 2, "recvfrom", "max must be > 0");
   lua_settop(L, 1);
   lua_pushinteger(L, max);
   lua_pushnumber(L, sock_deadline(s));

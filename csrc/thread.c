@@ -144,10 +144,28 @@ static void wait_finished(thr_ctl *c) {
   }
 }
 
+/* A thread that failed and whose results nobody loaded (join/result): its error goes to
+ * stderr, as an unjoined task's does, instead of being lost at exit. */
+static void report_unjoined(lua_State *L, thr_ctl *c) {
+  if (atomic_load(&c->state) != TS_FAILED) return;
+  const char *msg = "(its error could not be copied)";
+  int top = lua_gettop(L);
+  if (c->result && lua_checkstack(L, 4)) {
+    int n = strand_serial_decode(L, c->result, c->rlen, STRAND_SERIAL_FUNCTIONS);
+    free(c->result);                                   /* decode adopted its object refs */
+    c->result = NULL;
+    if (n >= 1) msg = luaL_tolstring(L, top + 1, NULL);
+  }
+  fprintf(stderr, "strand: thread %s failed and nobody joined it:\n%s\n", c->name, msg);
+  fflush(stderr);
+  lua_settop(L, top);
+}
+
 static int guard_gc(lua_State *L) {
   guard *g = (guard *)lua_touserdata(L, 1);
   for (size_t i = 0; i < g->n; i++) {
     wait_finished(g->v[i]);
+    report_unjoined(L, g->v[i]);
     ctl_release(g->v[i]);
   }
   free(g->v);

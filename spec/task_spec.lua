@@ -544,6 +544,21 @@ describe("exact errors (issue 10)", function()
     assert.equal("cancelled", tostring(err))
   end)
 
+  it("a non-daemon thread that fails unjoined reports its error on stderr at exit", function()
+    local out, ok = H.lua([[
+local thread = require "strand.thread"
+thread.start(function() require("strand").sleep(0.05); error("thread boom") end)
+local t2 = thread.start(function() error("joined boom") end)
+assert(t2:join() == false)
+thread.new{fn = function() error("never started") end}
+print("main done")
+]])
+    assert.is_true(ok)
+    assert.matches("^main done\nstrand: thread Thread%-%d+ failed and nobody joined it:\n[^\n]*: thread boom\nstack traceback:", out)
+    assert.is_nil(out:find("joined boom", 1, true))
+    assert.is_nil(out:find("never started", 1, true))
+  end)
+
   it("a group dropped without closing cancels its children when collected", function()
     local t
     do

@@ -53,6 +53,13 @@ local function check_family(opts, fname)
   end
 end
 
+-- A port argument: a number must be an integer 0..65535 (a string is a service name).
+local function check_port(port, arg, fname)
+  if type(port) == "number" and (math.type(port) ~= "integer" or port < 0 or port > 65535) then
+    error(("bad argument #%d to '%s' (port must be an integer 0..65535)"):format(arg, fname), 3)
+  end
+end
+
 local function remaining(deadline)
   if deadline == nil then return nil end
   local r = deadline - now()
@@ -79,6 +86,7 @@ function M.connect(host, port, opts)
   if type(port) ~= "number" and type(port) ~= "string" then
     error(("bad argument #2 to 'connect' (port expected, got %s)"):format(type(port)), 2)
   end
+  check_port(port, 2, "connect")
   opts = check_opts(opts, "connect")
   check_family(opts, "connect")
   local timeout = opts.timeout
@@ -121,6 +129,19 @@ function M.listen(host, port, opts)
   check_family(opts, "listen")
   if host ~= nil and type(host) ~= "string" then
     error(("bad argument #1 to 'listen' (string or nil expected, got %s)"):format(type(host)), 2)
+  end
+  if port ~= nil and type(port) ~= "number" and type(port) ~= "string" then
+    error(("bad argument #2 to 'listen' (port expected, got %s)"):format(type(port)), 2)
+  end
+  check_port(port, 2, "listen")
+  local backlog = opts.backlog
+  if backlog ~= nil and (math.type(backlog) ~= "integer" or backlog < 0 or backlog > 65535) then
+    error("bad argument #3 to 'listen' (option backlog must be an integer 0..65535)", 2)
+  end
+  for _, name in ipairs { "reuseaddr", "reuseport" } do
+    if opts[name] ~= nil and type(opts[name]) ~= "boolean" then
+      error(("bad argument #3 to 'listen' (option %s must be a boolean)"):format(name), 2)
+    end
   end
   if host == nil or host == "" or host == "*" then
     host = opts.family == "inet6" and "::" or "0.0.0.0"
