@@ -65,12 +65,15 @@ typedef struct sock {
     size_t skip;            /* stream: bytes of an oversize frame still to discard */
     double pause;           /* listener out of fds: no accept before this time (0: none) */
   } u;
+  uint32_t maxline;         /* read("l"/"L"), lines(): the longest line accepted (0: no limit) */
   unsigned char family;     /* AF_INET, AF_INET6, AF_UNIX */
   unsigned char type;       /* SOCK_STREAM, SOCK_DGRAM */
   unsigned char nonblocking;  /* setblocking(false): never wait */
   unsigned char eof;        /* stream: the peer finished sending */
   unsigned char listening;  /* listen() succeeded: u.pause is in use */
 } sock;   /* kept small: an idle connection is this, its task and nothing else */
+
+#define SOCK_MAXLINE_DEFAULT 65536   /* as asyncio's stream limit */
 
 /* socket.c */
 STRAND_API sock *sock_check(lua_State *L, int idx);        /* open socket or raise */

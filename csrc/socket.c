@@ -27,6 +27,7 @@ sock *sock_new(lua_State *L, int family, int type) {
   strand_io_init(&s->io, -1);
   strand_buf_init(&s->rbuf);
   s->timeout = -1;
+  s->maxline = SOCK_MAXLINE_DEFAULT;
   s->family = family;
   s->type = type;
   luaL_setmetatable(L, SOCK_META);
@@ -546,7 +547,7 @@ static int m_accept(lua_State *L) {
   sock *s = sock_check(L, 1);
   lua_settop(L, 1);
   lua_pushnumber(L, sock_deadline(s));
-  sock_new(L, s->family, s->type);
+  sock_new(L, s->family, s->type)->maxline = s->maxline;   /* accepted sockets inherit it */
   return accept_k(L, LUA_OK, ACCEPT_TRY);
 }
 

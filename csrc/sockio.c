@@ -29,11 +29,12 @@ enum { RQ_SOME, RQ_LINE, RQ_LINEKEEP, RQ_ALL, RQ_COUNT, RQ_FRAME };
 #define RQ_KIND(ctx) ((int)((ctx) & 0xff))
 #define RQ_ITER 0x100
 
-enum { M_MORE, M_OK, M_EOF, M_BIG, M_TRUNC };
+enum { M_MORE, M_OK, M_EOF, M_BIG, M_TRUNC, M_LONG };
 
-/* Match a request of `kind` (n: count or max) against p[0..len). M_OK sets the result
- * p[off..off+take) and the bytes consumed, drop. M_BIG (frame over max) sets take = frame length.
- * `from` is where to resume looking for '\n'. */
+/* Match a request of `kind` (n: count, max, or for lines the socket's maxline, 0 = none) against
+ * p[0..len). M_OK sets the result p[off..off+take) and the bytes consumed, drop. M_BIG (frame over
+ * max) sets take = frame length. M_LONG: the line (before its '\n') is longer than n bytes; the
+ * bytes stay where they are. `from` is where to resume looking for '\n'. */
 static int rq_match(int kind, size_t n, const char *p, size_t len, int eof, size_t from,
                     size_t *off, size_t *take, size_t *drop) {
   *off = 0;
@@ -46,11 +47,13 @@ static int rq_match(int kind, size_t n, const char *p, size_t len, int eof, size
       const char *q = from < len ? (const char *)memchr(p + from, '\n', len - from) : NULL;
       if (q) {
         size_t i = (size_t)(q - p);
+        if (n && i > n) return M_LONG;
         *drop = i + 1;
         if (kind == RQ_LINEKEEP) *take = i + 1;
         else *take = (i > 0 && p[i - 1] == '\r') ? i - 1 : i;
         return M_OK;
       }
+      if (n && len > n) return M_LONG;  /* no '\n' in more than n bytes */
       if (!eof) return M_MORE;
       if (len == 0) return M_EOF;
       *take = *drop = len;             /* the last line, without a newline */
@@ -178,6 +181,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
         case M_EOF: return rfail(L, ctx, "closed", "EOF");
         case M_TRUNC: return rfail(L, ctx, "truncated frame", "EPROTO");
         case M_BIG: return frame_too_large(L, ctx, s, p, strand_buf_len(&s->rbuf), take, 1);
+        case M_LONG: return rfail(L, ctx, "line too long", "EMSGSIZE");   /* bytes stay buffered */
         default: break;
       }
       if (kind == RQ_LINE || kind == RQ_LINEKEEP) strand_buf_set_scanned(&s->rbuf, strand_buf_len(&s->rbuf));
@@ -189,6 +193,11 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
           /* match in the scratch buffer: the socket keeps only what is left over */
           m = rq_match(kind, n, scratch, (size_t)r, 0, 0, &off, &take, &drop);
           if (m == M_BIG) return frame_too_large(L, ctx, s, scratch, (size_t)r, take, 0);
+          if (m == M_LONG) {                     /* keep the bytes: the caller decides */
+            if (strand_buf_append(&s->rbuf, scratch, (size_t)r) != 0)
+              return rfail_errno(L, ctx, ENOMEM);
+            return rfail(L, ctx, "line too long", "EMSGSIZE");
+          }
           if (m == M_OK) {
             lua_pushlstring(L, scratch + off, take);
             if (strand_buf_append(&s->rbuf, scratch + drop, (size_t)r - drop) != 0)
@@ -264,15 +273,18 @@ static int m_read(lua_State *L) {
   sock *s = sock_check(L, 1);
   lua_Integer n;
   int kind = check_format(L, 2, &n);
+  if (kind == RQ_LINE || kind == RQ_LINEKEEP) n = s->maxline;
   return start_read(L, s, n, kind);
 }
 
 static int lines_iter(lua_State *L) {
   sock *s = sock_check(L, lua_upvalueindex(1));
+  int kind = (int)lua_tointeger(L, lua_upvalueindex(2));
+  lua_Integer n = lua_tointeger(L, lua_upvalueindex(3));
+  if (kind == RQ_LINE || kind == RQ_LINEKEEP) n = s->maxline;   /* as set now */
   lua_settop(L, 0);
   lua_pushvalue(L, lua_upvalueindex(1));
-  return start_read(L, s, lua_tointeger(L, lua_upvalueindex(3)),
-                    (lua_KContext)lua_tointeger(L, lua_upvalueindex(2)) | RQ_ITER);
+  return start_read(L, s, n, (lua_KContext)kind | RQ_ITER);
 }
 
 /* s:lines([fmt]) -> iterator over s:read(fmt); ends at the end of the stream, raises on errors */

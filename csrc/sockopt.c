@@ -32,10 +32,27 @@ static const sockopt *check_option(lua_State *L, int arg) {
   return NULL;
 }
 
+/* "maxline" is strand's own: the longest line read("l"/"L") and lines() accept (bytes before
+ * the '\n'; default 64 KiB; 0 or false: no limit). Longer: nil, "line too long", bytes kept. */
+static int is_maxline(lua_State *L, int arg) {
+  const char *name = lua_tostring(L, arg);
+  return name != NULL && strcmp(name, "maxline") == 0;
+}
+
 /* s:setoption(name, value) -> true | nil, msg, code. Booleans for flags, integers for the
- * buffer sizes, seconds or false for linger. */
+ * buffer sizes, seconds or false for linger, bytes (or false) for maxline. */
 static int m_setoption(lua_State *L) {
   sock *s = sock_check(L, 1);
+  if (is_maxline(L, 2)) {
+    lua_Integer n = 0;
+    if (!(lua_type(L, 3) == LUA_TBOOLEAN && !lua_toboolean(L, 3))) {
+      n = luaL_checkinteger(L, 3);
+      luaL_argcheck(L, n >= 0 && n <= 0xffffffffLL, 3, "maxline must be 0..4294967295 (0: no limit)");
+    }
+    s->maxline = (uint32_t)n;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   const sockopt *o = check_option(L, 2);
   int v = 0;
   struct linger lg;
@@ -74,6 +91,10 @@ static int m_setoption(lua_State *L) {
 /* s:getoption(name) -> value | nil, msg, code */
 static int m_getoption(lua_State *L) {
   sock *s = sock_check(L, 1);
+  if (is_maxline(L, 2)) {
+    lua_pushinteger(L, (lua_Integer)s->maxline);
+    return 1;
+  }
   const sockopt *o = check_option(L, 2);
   if (o->kind == OPT_LINGER) {
     struct linger lg;

@@ -870,3 +870,71 @@ describe("strand.socket messages name the real function (issue 10)", function()
     local s <close> = assert(socket.listen("127.0.0.1", 0, { backlog = 16, reuseaddr = true }))
   end)
 end)
+
+describe("line limit of buffered reads (issue 10)", function()
+  H.guard()
+  it("defaults to 64 KiB, is per socket, and accepted sockets inherit the listener's", H.checked(function()
+    local a, b = socket.pair()
+    assert.equal(65536, a:getoption("maxline"))
+    assert.is_true(a:setoption("maxline", 10))
+    assert.equal(10, a:getoption("maxline"))
+    assert.equal(65536, b:getoption("maxline"))
+    assert.is_true(a:setoption("maxline", false)); assert.equal(0, a:getoption("maxline"))
+    assert.has_error(function() a:setoption("maxline", -1) end)
+    assert.has_error(function() a:setoption("maxline", "x") end)
+    a:close(); b:close()
+    local srv <close> = assert(socket.listen("127.0.0.1", 0))
+    srv:setoption("maxline", 123)
+    local _, port = srv:getsockname()
+    H.run(function()
+      local c <close> = assert(socket.connect("127.0.0.1", port))
+      local conn <close> = assert(srv:accept())
+      assert.equal(123, conn:getoption("maxline"))
+      assert.equal(65536, c:getoption("maxline"))
+    end)
+  end))
+
+  it("a longer line gives nil, 'line too long' and leaves its bytes buffered: the connection stays usable", H.checked(function()
+    H.run(function()
+      local a, b = socket.pair()
+      b:setoption("maxline", 10)
+      a:write("0123456789\n", "012345678\r\n", "0123456789a\nnext\n")
+      assert.equal("0123456789", b:read("l"))                   -- exactly the limit
+      assert.equal("012345678\r\n", b:read("L"))                -- the '\r' counts, not the '\n'
+      assert.same({ nil, "line too long", "EMSGSIZE" }, { b:read("l") })
+      assert.same({ nil, "line too long", "EMSGSIZE" }, { b:read("L") })   -- nothing was consumed
+      assert.equal(17, b:pending())                         -- "0123456789a\nnext\n"
+      assert.equal("0123456789a\n", b:read(12))                 -- the caller skips it...
+      assert.equal("next", b:read("l"))                         -- ...and goes on
+      a:write("abcdefghijklmnop")                               -- no newline at all
+      assert.same({ nil, "line too long", "EMSGSIZE" }, { b:read("l") })
+      local ok, err = pcall(function() for _ in b:lines() do end end)
+      assert.is_false(ok); assert.matches("line too long$", err)
+      b:setoption("maxline", 0)                                  -- no limit: the line completes
+      a:write("q\n")
+      assert.equal("abcdefghijklmnopq", b:read("l"))
+      a:write("last line, no newline")
+      a:close()
+      b:setoption("maxline", 21)
+      assert.equal("last line, no newline", b:read("l"))        -- at the end: still within
+      b:close()
+    end)
+  end))
+
+  it("a peer sending megabytes without a newline costs at most the limit plus one read", H.checked(function()
+    H.run(function()
+      local a, b = socket.pair()
+      local chunk = ("x"):rep(65536)
+      local sender = strand.spawn(function()
+        for _ = 1, 64 do if not a:sendall(chunk) then return end end   -- 4 MiB
+      end)
+      assert.same({ nil, "line too long", "EMSGSIZE" }, { b:read("l") })
+      assert.is_true(b:pending() > 65536 and b:pending() <= 2 * 65536)
+      assert.same({ nil, "line too long", "EMSGSIZE" }, { b:read("l") })
+      assert.is_true(b:pending() <= 2 * 65536)                  -- no growth on a retry
+      b:close()
+      sender:join(H.TIMEOUT)
+      a:close()
+    end)
+  end))
+end)

@@ -15,6 +15,14 @@
 --    fewer only at the end). A timed-out read keeps what arrived in the socket's buffer: the next
 --    read sees it. recv/recv_frame/lines share that buffer. lines(fmt) ends at the end of the
 --    stream and raises on other errors.
+--  * Lines are bounded (memory per connection stays bounded): a line whose bytes before the
+--    "\n" are more than the socket's maxline (default 64 KiB, as asyncio's limit) makes
+--    read("l"/"L") return nil, "line too long", "EMSGSIZE" (lines() raises it) as soon as that
+--    many bytes arrived without a "\n". Nothing is consumed: the bytes stay in the buffer (at
+--    most maxline plus one 64 KiB read) and the connection stays usable, so the caller chooses:
+--    skip them with read(n)/recv, raise the limit, or close. s:setoption("maxline", n) sets it
+--    per socket (0 or false: no limit; getoption("maxline") reads it); accepted sockets
+--    inherit their listener's.
 --  * send_frame(data) writes a 4-byte big-endian length then data; recv_frame([max]) returns one
 --    payload (max defaults to 64 MiB). A frame longer than max returns nil, "frame too large",
 --    "EMSGSIZE": its header is consumed and its payload is discarded (now, as far as it has
