@@ -45,6 +45,7 @@ BENCH_DEPS := lua-luv lua-cqueues python3-gevent strace
 
 # Every spec under Lua 5.4; the last line is "N passed, N failed".
 test: deps all
+	@n=$$(ls fuzz/*.c 2>/dev/null | wc -l); echo "strand: make test fuzzes first: $$n libFuzzer targets for $(FUZZ_SMOKE_SECONDS) s each (about $$((n * $(FUZZ_SMOKE_SECONDS))) s, plus their build), then runs every spec under epoll and poll"
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@STRAND_POLLERS="epoll poll" sh tools/runspecs.sh $(BUILD)
 

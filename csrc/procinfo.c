@@ -1,5 +1,6 @@
 /* procinfo.c — core._proc: what this process holds, read from /proc inside the process (no
- * child, no pipe): open fds with their targets, OS threads with their names, children's states. */
+ * child, no pipe): open fds with their targets, OS threads with their names, children's states;
+ * and the working directory (specs that must create files only in a temporary directory). */
 #include "strand.h"
 
 #include <ctype.h>
@@ -114,9 +115,25 @@ static int l_children(lua_State *L) {
   return 2;
 }
 
+/* _proc.getcwd() -> path; _proc.chdir(path) -> true (nil, message on failure): for specs that
+ * must run code creating files by relative names inside a temporary directory. */
+static int l_getcwd(lua_State *L) {
+  char buf[PATH_MAX];
+  if (getcwd(buf, sizeof buf) == NULL) return strand_fail(L, errno);
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+static int l_chdir(lua_State *L) {
+  if (chdir(luaL_checkstring(L, 1)) != 0) return strand_fail(L, errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 int strand_open__proc(lua_State *L) {
   static const luaL_Reg funcs[] = {
-    {"fds", l_fds}, {"threads", l_threads}, {"children", l_children}, {NULL, NULL}
+    {"fds", l_fds}, {"threads", l_threads}, {"children", l_children},
+    {"getcwd", l_getcwd}, {"chdir", l_chdir}, {NULL, NULL}
   };
   luaL_newlib(L, funcs);
   return 1;

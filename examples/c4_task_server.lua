@@ -1,6 +1,6 @@
 -- examples/c4_task_server.lua — scenario C4 (gevent's socket server): one task per connection;
 -- clients each send 50 messages and read every reply. Several clients run at once.
--- Run: lua5.4 examples/c4_task_server.lua [clients]
+-- Run: ./strand-run examples/c4_task_server.lua [clients]
 local strand = require "strand"
 local socket = require "strand.socket"
 

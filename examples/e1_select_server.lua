@@ -4,7 +4,7 @@
 -- 500 clients connected at the same time (strand tasks in this program, each with its own
 -- socket, sending three messages and checking every reply). Unlike select(2), strand.select
 -- has no FD_SETSIZE limit, and while it waits the client tasks run.
--- Run: lua5.4 examples/e1_select_server.lua [clients=500]
+-- Run: ./strand-run examples/e1_select_server.lua [clients=500]
 local strand = require "strand"
 local socket = require "strand.socket"
 local sync = require "strand.sync"

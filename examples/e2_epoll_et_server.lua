@@ -4,7 +4,7 @@
 -- WRITE, writes everything back — a small send buffer makes sends partial, the rest goes out
 -- at the next WRITE edge — and switches back to READ. Each client sends a large message
 -- from one task while another task of the same client reads the echo, and checks it.
--- Run: lua5.4 examples/e2_epoll_et_server.lua [clients=20] [bytes per client=262144]
+-- Run: ./strand-run examples/e2_epoll_et_server.lua [clients=20] [bytes per client=262144]
 local strand = require "strand"
 local socket = require "strand.socket"
 local selector = require "strand.selector"

@@ -2,7 +2,7 @@
 -- whose accept and read callbacks are registered as the keys' `data`, on non-blocking strand
 -- sockets. The clients are strand tasks in the same program: the server loop's sel:select()
 -- drives the event loop while it waits, so they run meanwhile.
--- Run: lua5.4 examples/e3_selectors_server.lua [clients=100] [backend=epoll|poll|select]
+-- Run: ./strand-run examples/e3_selectors_server.lua [clients=100] [backend=epoll|poll|select]
 local strand = require "strand"
 local socket = require "strand.socket"
 local selector = require "strand.selector"

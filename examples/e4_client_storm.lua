@@ -3,8 +3,8 @@
 -- selector echo server. Up to 4000 clients the server runs in this program (its selector loop
 -- drives the event loop while the clients wait); beyond that, or with --split, it runs as a
 -- second process, because both ends of 10000 connections need 20000 fds, the per-process limit.
--- Run: lua5.4 examples/e4_client_storm.lua [clients=1000] [--split] [--backend=epoll|poll]
---      lua5.4 examples/e4_client_storm.lua --server N [backend]     (the server process alone)
+-- Run: ./strand-run examples/e4_client_storm.lua [clients=1000] [--split] [--backend=epoll|poll]
+--      ./strand-run examples/e4_client_storm.lua --server N [backend]     (the server process alone)
 local strand = require "strand"
 local socket = require "strand.socket"
 local selector = require "strand.selector"

@@ -1,6 +1,6 @@
 -- examples/s1_echo.lua — scenario S1: echo servers and clients over TCP, UDP (uppercase reply),
 -- UNIX stream and UNIX datagram sockets, each server a task, each client in the main program.
--- Run: lua5.4 examples/s1_echo.lua   (loopback only; prints what it did)
+-- Run: ./strand-run examples/s1_echo.lua   (loopback only; prints what it did)
 local strand = require "strand"
 local socket = require "strand.socket"
 

@@ -1,6 +1,6 @@
 -- examples/s2_bigfile.lua — scenario S2: sending a large file, and the "sticky packet" problem
 -- (TCP keeps no message boundaries) solved twice: by an ack exchange, and by length-prefixed
--- frames (send_frame/recv_frame). Run: lua5.4 examples/s2_bigfile.lua [MiB]
+-- frames (send_frame/recv_frame). Run: ./strand-run examples/s2_bigfile.lua [MiB]
 local strand = require "strand"
 local socket = require "strand.socket"
 

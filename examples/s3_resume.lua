@@ -1,7 +1,7 @@
 -- examples/s3_resume.lua — scenario S3: a resumable upload. The first transfer is cut off part
 -- way; the client reconnects, asks the server how much it already has, seeks there and sends
 -- the rest with sendfile. The server's copy ends byte-identical (checksums compared).
--- Run: lua5.4 examples/s3_resume.lua [MiB]
+-- Run: ./strand-run examples/s3_resume.lua [MiB]
 local strand = require "strand"
 local socket = require "strand.socket"
 

@@ -1,5 +1,5 @@
 -- T1: threads with arguments, start and join; 10 threads sleeping N seconds finish in about N
--- seconds, not 10*N. Usage: lua5.4 examples/t1_threads.lua [seconds]
+-- seconds, not 10*N. Usage: ./strand-run examples/t1_threads.lua [seconds]
 local strand = require "strand"
 local thread = require "strand.thread"
 local secs = tonumber(arg[1]) or 3

@@ -1,5 +1,5 @@
 -- T2: daemon threads are abandoned at exit, non-daemon threads are waited for; active_count,
--- id and name. Usage: lua5.4 examples/t2_daemon.lua
+-- id and name. Usage: ./strand-run examples/t2_daemon.lua
 local thread = require "strand.thread"
 
 print(("main thread: id %d, name %s"):format(thread.id(), thread.name()))

@@ -1,6 +1,6 @@
 -- T3: a lock makes 5000 increments from 20 threads come out exactly 5000; an rlock can be taken
 -- again by its owner; two locks taken in opposite orders deadlock (shown with timeouts), and one
--- rlock taken by both paths fixes it. Usage: lua5.4 examples/t3_locks.lua
+-- rlock taken by both paths fixes it. Usage: ./strand-run examples/t3_locks.lua
 local thread = require "strand.thread"
 local sync = require "strand.sync"
 local shared = require "strand.shared"

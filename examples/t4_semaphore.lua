@@ -1,5 +1,5 @@
 -- T4: bounded_semaphore(3): of 20 threads, at most 3 are ever inside at once (measured with a
--- shared counter), and releasing more than acquired raises. Usage: lua5.4 examples/t4_semaphore.lua
+-- shared counter), and releasing more than acquired raises. Usage: ./strand-run examples/t4_semaphore.lua
 local thread = require "strand.thread"
 local sync = require "strand.sync"
 local shared = require "strand.shared"

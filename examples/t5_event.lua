@@ -1,5 +1,5 @@
 -- T5: an event as a traffic light: the light thread sets (green) and clears (red) it; the car
--- threads wait for green. Usage: lua5.4 examples/t5_event.lua
+-- threads wait for green. Usage: ./strand-run examples/t5_event.lua
 local thread = require "strand.thread"
 local sync = require "strand.sync"
 local queue = require "strand.queue"

@@ -1,6 +1,6 @@
 -- T6: queues: a full queue(5) refuses a put after its timeout; get_nowait on an empty queue says
 -- so; LIFO; priority (ties keep insertion order); qsize; producer/consumer threads with
--- task_done/join. Usage: lua5.4 examples/t6_queue.lua
+-- task_done/join. Usage: ./strand-run examples/t6_queue.lua
 local thread = require "strand.thread"
 local queue = require "strand.queue"
 

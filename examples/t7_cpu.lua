@@ -1,5 +1,5 @@
 -- T7: CPU-bound Lua in 2 threads runs in parallel (each thread has its own Lua state: there is
--- no global lock). Prints both timings and the speed-up. Usage: lua5.4 examples/t7_cpu.lua [n]
+-- no global lock). Prints both timings and the speed-up. Usage: ./strand-run examples/t7_cpu.lua [n]
 local strand = require "strand"
 local thread = require "strand.thread"
 local n = tonumber(arg[1]) or 2e7

@@ -2,7 +2,7 @@ rockspec_format = "3.0"
 package = "strand"
 version = "scm-1"
 source = {
-  url = "git+file:///work/main",
+  url = "git+https://github.com/strand-lua/strand.git",
 }
 description = {
   summary = "Coroutine concurrency and networking for Lua 5.4: tasks, sockets, selectors, threads, queues, processes, SSH",

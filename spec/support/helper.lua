@@ -218,6 +218,22 @@ function H.busted(code, env)
   return out, ok
 end
 
+--- Run fn(...) with a new temporary directory as the working directory (code that creates
+--- files by relative names leaves them there), then go back and remove it; rethrows fn's error.
+function H.in_tmpdir(fn, ...)
+  local proc = require("strand.core")._proc
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir " .. dir))
+  local old = assert(proc.getcwd())
+  assert(proc.chdir(dir))
+  local r = table.pack(pcall(fn, ...))
+  assert(proc.chdir(old))
+  os.execute("rm -rf " .. dir)
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
+end
+
 --- Resident set size of this process (or of pid) in KiB.
 function H.rss_kib(pid)
   local f = io.open("/proc/" .. (pid or "self") .. "/status")
