@@ -608,7 +608,7 @@ static void task_resume(lua_State *L, strand_loop *loop, strand_task *t) {
  * Other states (threads) never see the hook: their loops go on. */
 
 static int interrupt_pending(lua_State *L, strand_loop *loop) {
-  if (L != loop->L || lua_gethook(L) == NULL) return 0;
+  if (L != loop->L || loop->no_interrupt || lua_gethook(L) == NULL) return 0;
   return lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT)
          && lua_gethookcount(L) == 1;
 }
@@ -680,6 +680,50 @@ int strand_drain(lua_State *L, double deadline) {
   }
   loop->driver = NULL;
   return loop->ntasks == 0;
+}
+
+static int task_id_cmp(const void *a, const void *b) {
+  lua_Integer x = (*(strand_task *const *)a)->id, y = (*(strand_task *const *)b)->id;
+  return (x > y) - (x < y);
+}
+
+void strand_cancel_all(lua_State *L, int reason_idx) {
+  strand_loop *loop = strand_loop_get(L);
+  reason_idx = lua_absindex(L, reason_idx);
+  luaL_checkstack(L, 4, NULL);
+  lua_newtable(L);                               /* the tasks first: cancelling unanchors some */
+  int list = lua_gettop(L), n = 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) lua_rawseti(L, list, ++n);
+  lua_pop(L, 1);
+  /* in the order they were spawned (the list keeps them alive meanwhile) */
+  strand_task **v = (strand_task **)lua_newuserdatauv(L, (size_t)n * sizeof *v + 1, 0);
+  int m = 0;
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, list, i);
+    strand_task *t = (strand_task *)lua_touserdata(L, -1);
+    if (t && t->loop == loop) v[m++] = t;
+    lua_pop(L, 1);
+  }
+  qsort(v, (size_t)m, sizeof *v, task_id_cmp);
+  for (int i = 0; i < m; i++) strand_task_cancel(L, v[i], reason_idx);
+  lua_pop(L, 2);
+}
+
+void strand_drain_uninterrupted(lua_State *L) {
+  strand_loop *loop = strand_loop_get(L);
+  lua_State *driver = loop->driver;
+  loop->driver = L;
+  loop->no_interrupt = 1;
+  while (loop->ntasks > 0) {
+    if (loop_step(L, loop, no_tasks) != 0) {    /* a deadlock: nothing more can finish */
+      lua_pop(L, 1);
+      break;
+    }
+  }
+  loop->no_interrupt = 0;
+  loop->driver = driver;
 }
 
 /* fn and nargs arguments on top of L's stack -> the new task's userdata replaces them. */

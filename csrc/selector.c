@@ -152,7 +152,8 @@ static int stdio_pending(FILE *f) {
 
 /* Does the object at idx hold buffered unread data? (May call its pending()/dirty().) An
  * object closed while registered raises there ("attempt to use a closed socket"): it counts
- * as holding nothing, and the kernel's view of its fd decides (see sel_check_kernel). */
+ * as holding nothing, and the kernel's view of its fd decides (see sel_check_kernel). Any other
+ * error goes on (Ctrl-C's "interrupted!" is raised by a call hook right there). */
 static int obj_buffered(lua_State *L, int idx, unsigned flags) {
   idx = lua_absindex(L, idx);
   if (flags & SEL_STDIO) {
@@ -162,6 +163,8 @@ static int obj_buffered(lua_State *L, int idx, unsigned flags) {
   if (!get_method(L, idx, (flags & SEL_PENDING) ? "pending" : "dirty")) return 0;
   lua_pushvalue(L, idx);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    if (msg == NULL || strstr(msg, "attempt to use a closed") == NULL) lua_error(L);
     lua_pop(L, 1);
     return 0;
   }

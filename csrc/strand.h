@@ -344,6 +344,7 @@ struct strand_loop {
   size_t nio_waits;               /* armed io waits */
   lua_Integer next_id;
   char *scratch;
+  int no_interrupt;               /* strand.run cleaning up after Ctrl-C: drive on regardless */
 };
 
 /* loop.c, used by task.c */
@@ -355,6 +356,11 @@ STRAND_API void strand_task_push_pending(lua_State *L, strand_task *t);
 STRAND_API void strand_task_set_pending(lua_State *L, strand_task *t);
 STRAND_API void strand_wake(strand_task *t, int outcome);
 STRAND_API int strand_drain(lua_State *L, double deadline);       /* drive until no task is left */
+/* Cancel every task of this state's loop with the reason at reason_idx (strand.run after Ctrl-C). */
+STRAND_API void strand_cancel_all(lua_State *L, int reason_idx);
+/* strand_drain without a deadline that a pending Ctrl-C does not stop, and that stops quietly
+ * at a deadlock (for the cleanup after Ctrl-C). */
+STRAND_API void strand_drain_uninterrupted(lua_State *L);
 STRAND_API void strand_push_cancelled(lua_State *L, int reason_idx);  /* a new cancellation error */
 STRAND_API int strand_is_cancelled(lua_State *L, int idx);
 #define STRAND_TASK_META "strand.task"

@@ -117,17 +117,29 @@ static int push_finished(lua_State *L, strand_task *t, int raise) {
   return 2;
 }
 
+/* Drive until no task is left. Ctrl-C (see loop.c): as asyncio.run, cancel every task with the
+ * reason "interrupted" and let them finish (their <close> variables and handlers run; a second
+ * Ctrl-C kills the process as usual), then return 0: the caller returns, and lua.c's pending
+ * hook raises "interrupted!" at that return. No Lua code may run on this thread meanwhile. */
+static int run_drain(lua_State *L) {
+  if (strand_drain(L, STRAND_FOREVER)) return 1;
+  lua_pushliteral(L, "interrupted");
+  strand_cancel_all(L, -1);
+  lua_pop(L, 1);
+  strand_drain_uninterrupted(L);
+  return 0;
+}
+
 static int l_run(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
-    strand_drain(L, STRAND_FOREVER);
+    run_drain(L);
     return 0;
   }
   luaL_checktype(L, 1, LUA_TFUNCTION);
   strand_task *t = strand_task_spawn(L, lua_gettop(L) - 1);
   lua_insert(L, 1);
   lua_settop(L, 1);
-  strand_drain(L, STRAND_FOREVER);
-  if (t->status < STRAND_T_DONE) return 0;     /* interrupted (Ctrl-C): the hook raises at return */
+  if (!run_drain(L)) return 0;
   return push_finished(L, t, 1);
 }
 

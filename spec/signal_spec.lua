@@ -131,6 +131,27 @@ end))
       (out:gsub("false\t[^\n]-interrupted!", "false\tinterrupted!")))
   end)
 
+  it("strand.run cancels every task and lets them clean up before it raises (as asyncio.run)", function()
+    local out = interrupt(PRELUDE .. [[
+print(pcall(strand.run, function()
+  strand.spawn(function() local _ <close> = closer("task close"); strand.sleep(60) end)
+  strand.spawn(function()
+    local ok, e = pcall(strand.sleep, 60)
+    print("task pcall", ok, tostring(e))
+    strand.sleep(0.05)                          -- its cleanup may still wait
+    print("task cleanup done")
+  end)
+  local _ <close> = closer("main task close")
+  print("READY1"); io.stdout:flush()
+  strand.sleep(60)
+end))
+print("after")
+]])
+    -- cancelled in the order they were spawned: run's own task first
+    assert.equal("READY1\nmain task close\tcancelled: interrupted\ntask close\tcancelled: interrupted\n"
+      .. "task pcall\tfalse\tcancelled: interrupted\ntask cleanup done\nfalse\tinterrupted!\nafter\nexit:0\n", out)
+  end)
+
   it("a second Ctrl-C kills the process as in plain lua5.4", function()
     local out = interrupt(PRELUDE .. [[
 print("READY1"); io.stdout:flush()
