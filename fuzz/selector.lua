@@ -25,7 +25,8 @@ return function(input)
 
   local function check_key(i, key, what)
     local m = model[i]
-    assert(type(key) == "table", what .. ": no key")
+    assert(type(key) == "userdata" and tostring(key):match("^strand%.selector_key"), what .. ": no key")
+    assert(not pcall(function() key.data = "changed" end), what .. ": a key could be written")
     assert(rawequal(key.fileobj, objs[i]), what .. ": wrong fileobj")
     assert(key.fd == ends[i]:fileno(), what .. ": wrong fd")
     assert(key.events == m.events, ("%s: events %s, model %s"):format(what, tostring(key.events), m.events))

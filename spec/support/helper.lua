@@ -147,6 +147,7 @@ end
 --- Waits up to H.SETTLE s for an fd another thread is still closing.
 function H.no_leaks(fn)
   return function(...)
+    pcall(function() require("strand.core").backend() end)   -- the loop's own fd, as H.snapshot
     collectgarbage(); collectgarbage()
     local before = H.fds()
     fn(...)
