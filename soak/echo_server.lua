@@ -11,10 +11,9 @@ local function rss_kib()
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
-local function fd_count()
-  local p = io.popen("ls /proc/" .. (io.open("/proc/self/stat"):read("n")) .. "/fd | wc -l")
-  local n = tonumber(p:read("a")); p:close()
-  return n - 1
+local function fd_count()     -- read in-process: a popen'd `ls | wc` sometimes counts its own pipe
+  local _, n = assert(require("strand.core")._proc.fds())
+  return n
 end
 
 strand.run(function()
