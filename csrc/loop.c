@@ -614,17 +614,11 @@ static int interrupt_pending(lua_State *L, strand_loop *loop) {
 }
 
 int strand_interrupted(lua_State *L) {
-  lua_State *M;
-  if (lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD) != LUA_TTHREAD) { lua_pop(L, 1); return 0; }
-  M = lua_tothread(L, -1);
+  strand_loop *loop = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY) == LUA_TUSERDATA)
+    loop = *(strand_loop **)lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (L != M || lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY) != LUA_TUSERDATA) {
-    if (L == M) lua_pop(L, 1);
-    return 0;
-  }
-  strand_loop *loop = *(strand_loop **)lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return loop != NULL && interrupt_pending(L, loop);
+  return loop != NULL && interrupt_pending(L, loop);     /* checks that L is the main thread */
 }
 
 /* }==== */
