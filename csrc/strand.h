@@ -366,6 +366,10 @@ STRAND_API int strand_is_cancelled(lua_State *L, int idx);
 STRAND_AREAS(STRAND_DECLARE_OPENER)
 #undef STRAND_DECLARE_OPENER
 
+/* module.c: areas open in a state on first use of core[name]; this opens all of them now
+ * (an object copied into a state whose area is not open yet needs its metatable). */
+STRAND_API void strand_core_open_areas(lua_State *L);
+
 /* }==== */
 
 #endif

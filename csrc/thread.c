@@ -62,6 +62,8 @@ static char *dupbytes(const char *s, size_t n) {
 
 /* {==== the thread's side */
 
+int luaopen_strand_core(lua_State *L);                /* module.c */
+
 /* Runs inside the new state, protected: decode, run, encode the results. */
 static int thr_boot(lua_State *L) {
   thr_ctl *c = (thr_ctl *)lua_touserdata(L, 1);
@@ -73,9 +75,8 @@ static int thr_boot(lua_State *L) {
   lua_pushinteger(L, c->id); lua_setfield(L, -2, "id");
   lua_pushstring(L, c->name); lua_setfield(L, -2, "name");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SELF_KEY);
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "strand.core");
-  lua_call(L, 1, 1);                                   /* core */
+  luaL_requiref(L, "strand.core", luaopen_strand_core, 0);   /* core: this very module, opened
+                                                       without searching package.path/cpath */
   lua_getfield(L, -1, "run");                          /* core run */
   int base = lua_gettop(L);
   int n = strand_serial_decode(L, c->payload, c->plen, STRAND_SERIAL_FUNCTIONS);

@@ -99,6 +99,51 @@ describe("threads", function()
     assert.equal(99, th:result(H.TIMEOUT))
     assert.equal(1, t.n)
   end)
+
+  it("objects reach a thread that never loaded their module (areas open on first use)", function()
+    local shared, queue, sync = require "strand.shared", require "strand.queue", require "strand.sync"
+    local d, q, lk = shared.dict(), queue.new(), sync.lock()
+    d.x = 1
+    local th = thread.start(function(dd, qq, l)   -- no upvalues: nothing but the objects is copied
+      l:acquire(); dd.x = dd.x + 41; l:release()
+      qq:put("from the thread")
+      return dd.x, getmetatable(l) ~= nil
+    end, d, q, lk)
+    local _, x, hasmeta = th:join(H.TIMEOUT)
+    assert.equal(42, x)
+    assert.is_true(hasmeta)
+    assert.equal("from the thread", q:get(H.TIMEOUT))
+    assert.is_false(lk:locked())
+  end)
+
+  it("a thread opens strand.core without searching package.path and cpath", function()
+    local path, cpath = package.path, package.cpath
+    package.path, package.cpath = "/nonexistent/?.lua", "/nonexistent/?.so"
+    local ok, th = pcall(thread.start, function(x)
+      return x * 2, package.path, type(package.loaded["strand.core"])
+    end, 21)
+    package.path, package.cpath = path, cpath
+    assert.is_true(ok, th)
+    local jok, v, p, core = th:join(H.TIMEOUT)
+    assert.is_true(jok, v)
+    assert.equal(42, v)
+    assert.equal("/nonexistent/?.lua", p)      -- the creator's path is still what it sees
+    assert.equal("table", core)
+  end)
+
+  it("every area of strand.core is there on first use, once per state", function()
+    local th = thread.start(function()
+      local core = require "strand.core"
+      local names = { "socket", "selector", "serial", "thread", "sync", "queue", "shared" }
+      local first = {}
+      for i, n in ipairs(names) do first[i] = type(core[n]) == "table" and core[n] == core[n] end
+      return table.concat(names, ","), first, rawequal(core.sync, require("strand.sync"))
+    end)
+    local ok, names, first, same = th:join(H.TIMEOUT)
+    assert.is_true(ok, names)
+    for i = 1, 7 do assert.is_true(first[i], names) end
+    assert.is_true(same)
+  end)
 end)
 
 describe("threads: failure conditions", function()
