@@ -370,6 +370,10 @@ STRAND_AREAS(STRAND_DECLARE_OPENER)
  * (an object copied into a state whose area is not open yet needs its metatable). */
 STRAND_API void strand_core_open_areas(lua_State *L);
 
+/* chunk.c: luaL_loadbuffer for the Lua source embedded in C (src must be a static array): the
+ * first load in the process compiles it, later ones (other threads' states) load its bytecode. */
+STRAND_API int strand_load_chunk(lua_State *L, const char *src, size_t len, const char *name);
+
 /* }==== */
 
 #endif
