@@ -9,7 +9,8 @@
 # usage: sh bench/echo.sh [BUILD_DIR]
 #   env: DURATION=5 (s per run), CONNS="1000 10000", MSGSIZE=64, REPS=5,
 #        SERVERS="c strand selectors luv cqueues luasocket gevent" (those installed are run),
-#        RESULTS=file (lines for bench/report.lua), IDLE_* (bench/lib.sh)
+#        GATE=run|rep (wait for idle before every run / every rep), RESULTS=file (lines for
+#        bench/report.lua), IDLE_* (bench/lib.sh)
 set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -19,6 +20,7 @@ CONNS=${CONNS:-"1000 10000"}
 MSGSIZE=${MSGSIZE:-64}
 REPS=${REPS:-5}
 SERVERS=${SERVERS:-"c strand selectors luv cqueues luasocket gevent"}
+GATE=${GATE:-run}          # wait for an idle machine before each server's run, or each rep's
 bin=$build/bench
 mkdir -p "$bin"
 cc -O2 -o "$bin/echo_client" bench/echo_client.c
@@ -86,9 +88,10 @@ for n in $CONNS; do
   while [ $r -lt "$REPS" ]; do
     r=$((r + 1))
     cval=""
+    [ "$GATE" = rep ] && flag=$(wait_idle)
     for name in $names; do
       fits "$name" "$n" || continue
-      flag=$(wait_idle)
+      [ "$GATE" = rep ] || flag=$(wait_idle)
       start "$name"
       [ -n "$port" ] || continue
       base=$(rss_kib "$spid")
