@@ -131,6 +131,32 @@ describe("threads", function()
     assert.equal("table", core)
   end)
 
+  it("the Lua parts embedded in C work the same in threads (loaded there as bytecode)", function()
+    local shared = require "strand.shared"
+    local d = shared.dict()
+    d.n = 0
+    assert.equal(1, d:update("n", function(v) return v + 1 end))   -- compiled here, kept
+    local ts = {}
+    for i = 1, 3 do
+      ts[i] = thread.start(function(dd)
+        local v = dd:update("n", function(x) return x + 1 end)
+        local ok, err = pcall(dd.update, dd, "n", 42)
+        local keys = {}
+        for k in pairs(dd) do keys[#keys + 1] = k end
+        return type(v), ok, err, table.concat(keys, ",")
+      end, d)
+    end
+    for i = 1, 3 do
+      local ok, tv, pok, err, keys = ts[i]:join(H.TIMEOUT)
+      assert.is_true(ok, tv)
+      assert.equal("number", tv)
+      assert.is_false(pok)
+      assert.matches("bad argument #2 to 'update' %(function expected, got number%)", err)
+      assert.equal("n", keys)
+    end
+    assert.equal(4, d.n)
+  end)
+
   it("every area of strand.core is there on first use, once per state", function()
     local th = thread.start(function()
       local core = require "strand.core"
