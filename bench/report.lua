@@ -110,6 +110,8 @@ for _, n in ipairs(ns) do
     if pm and sm then
       pl[#pl + 1] = ("%s %sx"):format(peer, f2(sm / pm))
       if sm < pm then ahead = false end
+    elseif peer == "luasocket" and n > 1000 and echo[1000] and echo[1000].luasocket then
+      pl[#pl + 1] = "luasocket n/a (select(2) stops at 1024 fds)"
     end
   end
   p(("| echo 64 B, %d conns (round trips/s) | %sx C (%s–%s per rep; %s/s) | 1.00 (%s/s) | %s | ≥ 1.0x C, ahead of every peer | %s |")
