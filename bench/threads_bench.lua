@@ -1,6 +1,6 @@
 -- bench/threads_bench.lua — OS threads: the cost of starting + joining one (strand against C
 -- pthreads, Python's threading and luv's threads, each in its own process) and CPU-bound Lua in
--- 1 vs 2 threads (no global lock; strand and luv). Medians of REPS, each rep after waiting for
+-- 1 vs 2 threads (no global lock; strand and luv; Python with a Pool of 2 processes). Medians of REPS, each rep after waiting for
 -- an idle machine. Run: make bench, or LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;"
 -- LUA_CPATH="build/?.so;;" lua5.4 bench/threads_bench.lua [BUILD_DIR]   (env REPS, QUICK=1)
 local mode = arg[1]
@@ -88,8 +88,14 @@ if med.strand then
 end
 
 print(("CPU-bound Lua, 2 x %g iterations: one thread after the other / two at once"):format(CPU))
-for _, impl in ipairs { "strand", has_luv and "luv" or nil } do
-  local vals, loaded = B.reps(("%s run cpu %s %d"):format(self, impl, CPU), "speedup ([%d.]+)")
+local cpu_cmds = {
+  strand = ("%s run cpu strand %d"):format(self, CPU),
+  luv = has_luv and ("%s run cpu luv %d"):format(self, CPU),
+  python = ("%s bench/threads_py.py cpu %d"):format(B.PY, CPU // 4),   -- Pool of 2 processes
+}
+for _, impl in ipairs { "strand", "luv", "python" } do
+  local vals, loaded
+  if cpu_cmds[impl] then vals, loaded = B.reps(cpu_cmds[impl], "speedup ([%d.]+)") end
   if vals then
     local lo, hi = B.range(vals)
     print(("  %-7s speed-up %.2f (%.2f-%.2f)%s"):format(impl, B.median(vals), lo, hi, loaded and "  loaded" or ""))
