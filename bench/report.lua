@@ -44,8 +44,6 @@ for line in io.lines(path) do
   end
 end
 
-provisional = nloaded > 0
-
 local function median(t)
   local s = {}
   for _, v in pairs(t) do if v then s[#s + 1] = v end end
@@ -63,7 +61,7 @@ local function range(t)
 end
 local function f2(x) return x and ("%.2f"):format(x) or "n/a" end
 local function f0(x) return x and ("%.0f"):format(x) or "n/a" end
-local provisional = false   -- set once the results are read: some figure was measured loaded
+local provisional = nloaded > 0   -- some figure was measured on a loaded machine
 local function met(ok)
   if ok == nil then return "n/a" end
   return (ok and "**met**" or "not met") .. (provisional and " (provisional)" or "")
