@@ -106,9 +106,47 @@ for n in $CONNS; do
       vs=$(awk -v a="$rate" -v b="$cval" 'BEGIN { if (b + 0 > 0) printf "%.3f", a / b; else print "n/a" }')
       printf "%-6s %-4s %-10s %10s %12s %14s %7s %s\n" "$n" "$r" "$name" "$rate" "$cpu_us" "$rss_b" "$vs" "$flag"
       record "echo $n $name $r $rate $cpu_us $rss_b $flag"
+      echo "$n $name $r $rate $cpu_us $rss_b" >>"$tmp/rows"
     done
   done
 done
+
+# Summary: per connection count and server, the median (min-max) over reps of round trips/s and
+# of the per-rep ratios to C (the same rep's C run), and the median CPU per round trip.
+[ -f "$tmp/rows" ] && lua5.4 - "$tmp/rows" <<'LUA'
+local rows, order = {}, {}
+for line in io.lines(arg[1]) do
+  local n, name, rep, rate, cpu = line:match("^(%d+) (%S+) (%d+) (%S+) (%S+)")
+  n, rep = tonumber(n), tonumber(rep)
+  local key = n .. " " .. name
+  if not rows[key] then rows[key] = { n = n, name = name, reps = {} }; order[#order + 1] = key end
+  rows[key].reps[rep] = { rate = tonumber(rate), cpu = tonumber(cpu) }
+end
+local function med(t)
+  table.sort(t)
+  if #t == 0 then return nil end
+  return #t % 2 == 1 and t[(#t + 1) // 2] or (t[#t // 2] + t[#t // 2 + 1]) / 2
+end
+print("summary: median (min-max) over reps; ratios to C taken per rep")
+print(("%-6s %-10s %22s %22s %12s"):format("conns", "server", "trips/s", "vs C", "cpu/trip us"))
+for _, key in ipairs(order) do
+  local r, c = rows[key], rows[rows[key].n .. " c"]
+  local rates, ratios, cpus = {}, {}, {}
+  for rep, x in pairs(r.reps) do
+    rates[#rates + 1] = x.rate
+    if x.cpu then cpus[#cpus + 1] = x.cpu end
+    local y = c and c.reps[rep]
+    if y and y.rate > 0 then ratios[#ratios + 1] = x.rate / y.rate end
+  end
+  local function mm(t, f)
+    if #t == 0 then return "n/a" end
+    local lo, hi = math.min(table.unpack(t)), math.max(table.unpack(t))
+    return (f .. " (" .. f .. "-" .. f .. ")"):format(med(t), lo, hi)
+  end
+  print(("%-6d %-10s %22s %22s %12s"):format(r.n, r.name, mm(rates, "%.0f"), mm(ratios, "%.2f"),
+    #cpus > 0 and ("%.2f"):format(med(cpus)) or "n/a"))
+end
+LUA
 
 # Idle connections: RSS per connection once they are all accepted and quiet (one run each).
 n=$(for c in $CONNS; do echo "$c"; done | sort -n | tail -1)

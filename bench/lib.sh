@@ -21,14 +21,16 @@ IDLE_WAIT=${IDLE_WAIT:-30}
 cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6; exit }' /proc/stat; }
 wait_idle() {
   [ -r /proc/stat ] || { echo idle; return; }
-  start=$(date +%s)
+  start=$(date +%s.%N)
   while :; do
     set -- $(cpu_ticks); t0=$1; i0=$2
     sleep "$IDLE_PROBE"
     set -- $(cpu_ticks); t1=$1; i1=$2
     busy=$(awk -v t="$((t1 - t0))" -v i="$((i1 - i0))" 'BEGIN { print (t > 0 ? int(100 * (t - i) / t) : 0) }')
     if [ "$busy" -lt "$IDLE_BUSY" ]; then echo idle; return; fi
-    if [ $(( $(date +%s) - start )) -ge "$IDLE_WAIT" ]; then echo loaded; return; fi
+    if awk -v a="$start" -v b="$(date +%s.%N)" -v w="$IDLE_WAIT" 'BEGIN { exit !(b - a >= w) }'; then
+      echo loaded; return
+    fi
   done
 }
 
