@@ -106,7 +106,11 @@ static int thr_boot(lua_State *L) {
   lua_getglobal(L, "package");
   if (c->path) { lua_pushstring(L, c->path); lua_setfield(L, -2, "path"); }
   if (c->cpath) { lua_pushstring(L, c->cpath); lua_setfield(L, -2, "cpath"); }
-  lua_pop(L, 1);
+  if (lua_getfield(L, -1, "searchers") == LUA_TTABLE) {    /* the Lua files' searcher */
+    lua_pushcfunction(L, strand_chunk_searcher);
+    lua_rawseti(L, -2, 2);
+  }
+  lua_pop(L, 2);
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, c->id); lua_setfield(L, -2, "id");
   lua_pushstring(L, c->name); lua_setfield(L, -2, "name");

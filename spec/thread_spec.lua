@@ -157,6 +157,49 @@ describe("threads", function()
     assert.equal(4, d.n)
   end)
 
+  it("strand's Lua modules load in threads from kept bytecode, reloaded when the file changes", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir .. "/strand"))
+    local file = dir .. "/strand/probe_mod.lua"
+    local function write(text) local f = assert(io.open(file, "w")); f:write(text); f:close() end
+    local path = package.path
+    package.path = dir .. "/?.lua;" .. path
+    local function run()
+      local th = thread.start(function()
+        local ok, v = pcall(require, "strand.probe_mod")
+        local info = ok and debug.getinfo(v.f, "S").source
+        return ok, ok and v.n or v, #package.searchers, info
+      end)
+      return select(2, th:join(H.TIMEOUT))
+    end
+    local ok, results = pcall(function()
+      local r = {}
+      write("return { n = 1, f = function() end }\n")
+      r[1] = { run() }
+      r[2] = { run() }                                   -- from the kept bytecode
+      write("return { n = 22, f = function() end } -- changed\n")
+      r[3] = { run() }
+      write("return {{ syntax error\n")
+      r[4] = { run() }
+      os.remove(file)
+      r[5] = { run() }
+      return r
+    end)
+    package.path = path
+    os.remove(file); os.remove(dir .. "/strand"); os.remove(dir)
+    assert.is_true(ok, results)
+    assert.same({ true, 1, 4, "@" .. file }, results[1])
+    assert.same({ true, 1, 4, "@" .. file }, results[2])
+    assert.same({ true, 22, 4, "@" .. file }, results[3])
+    assert.is_false(results[4][1])
+    assert.matches("error loading module 'strand.probe_mod' from file '" .. file:gsub("%p", "%%%0") .. "'",
+      results[4][2])
+    assert.is_false(results[5][1])
+    assert.matches("module 'strand.probe_mod' not found", results[5][2])
+    assert.matches("no file '" .. file:gsub("%p", "%%%0") .. "'", results[5][2])
+  end)
+
   it("every area of strand.core is there on first use, once per state", function()
     local th = thread.start(function()
       local core = require "strand.core"
