@@ -6,7 +6,7 @@
 -- threading.Lock and a pthread mutex, with the syscalls counted by strace when it is installed
 -- (the fast path makes none). Each rep waits for an idle machine and runs strand, C and Python
 -- side by side; medians (min-max) of REPS and the per-rep ratios to C.
--- env: STRAND_BENCH_ITEMS (500000; 200000 QUICK), STRAND_BENCH_MAXSIZE (1000), STRAND_BENCH_LOCKOPS (2000000),
+-- env: STRAND_BENCH_ITEMS (500000; 100000 QUICK), STRAND_BENCH_MAXSIZE (1000), STRAND_BENCH_LOCKOPS (2000000),
 --      REPS (5), QUICK=1 (fewer items, 1P/1C only, no lock figures)
 local strand = require "strand"
 local thread = require "strand.thread"
@@ -15,7 +15,7 @@ local sync = require "strand.sync"
 local serial = require "strand.serial"
 local B = require "benchlib"
 
-local ITEMS = tonumber(os.getenv("STRAND_BENCH_ITEMS")) or (B.QUICK and 200000 or 500000)
+local ITEMS = tonumber(os.getenv("STRAND_BENCH_ITEMS")) or (B.QUICK and 100000 or 500000)
 local MAXSIZE = tonumber(os.getenv("STRAND_BENCH_MAXSIZE")) or 1000
 local LOCKOPS = tonumber(os.getenv("STRAND_BENCH_LOCKOPS")) or 2000000
 local TEXT = ("x"):rep(100)
