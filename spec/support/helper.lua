@@ -82,10 +82,13 @@ end
 
 --- Open file descriptors of this process.
 function H.fd_count()
-  local p = io.popen("LD_PRELOAD= ls /proc/" .. H.pid() .. "/fd | wc -l")
+  -- Not counted: both ends of the pipe popen makes for this listing (its write end shows here
+  -- for as long as popen has not closed it in this process yet). "total" is the first line.
+  local p = io.popen("LD_PRELOAD= sh -c 'me=$(readlink /proc/$$/fd/1); ls -l /proc/"
+    .. H.pid() .. "/fd | grep -cvF -- \"$me\"'")
   local n = tonumber(p:read("a"))
   p:close()
-  return n - 1   -- the pipe popen itself opened is counted once in the listing
+  return n - 1
 end
 
 --- OS threads of this process: { [tid] = "name" } and their count.
