@@ -1,17 +1,26 @@
 #!/bin/sh
-# bench/echo.sh — echo round trips per second at 1, 100 and 1000 connections: a strand server
-# (one task per connection) against a plain C epoll server (the floor) and the peers that are
-# installed — luv (libuv), cqueues, Python's selectors loop and gevent — with the load generator
-# (bench/echo_client.c) in a separate process. DURATION seconds per run (5).
+# bench/echo.sh — echo round trips per second at 1000 and 10000 connections: a strand server (one
+# task per connection) against a plain C epoll server (the floor) and the peers installed (Python
+# selectors, luv, cqueues, LuaSocket's select loop, gevent), with the load generator
+# (bench/echo_client.c) in its own process. One server at a time, pinned to CPU 0, the load on
+# CPU 1; each rep waits for an idle machine (bench/lib.sh) and runs every server once, so a
+# rep's ratios to C are taken side by side. Also the server's CPU per round trip, its RSS per
+# connection while echoing, and (once per server) per idle connection at the largest count.
 # usage: sh bench/echo.sh [BUILD_DIR]
-#   env: DURATION=5, CONNS="1 100 1000", MSGSIZE=64, ROUNDS=1,
-#        SERVERS="c strand luv cqueues selectors gevent" (those installed are run)
+#   env: DURATION=5 (s per run), CONNS="1000 10000", MSGSIZE=64, REPS=5,
+#        SERVERS="c strand selectors luv cqueues luasocket gevent" (those installed are run),
+#        GATE=run|rep (wait for idle before every run / every rep), RESULTS=file (lines for
+#        bench/report.lua), IDLE_* (bench/lib.sh)
 set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build}
+. bench/lib.sh
 DURATION=${DURATION:-5}
-CONNS=${CONNS:-"1 100 1000"}
+CONNS=${CONNS:-"1000 10000"}
 MSGSIZE=${MSGSIZE:-64}
+REPS=${REPS:-5}
+SERVERS=${SERVERS:-"c strand selectors luv cqueues luasocket gevent"}
+GATE=${GATE:-run}          # wait for an idle machine before each server's run, or each rep's
 bin=$build/bench
 mkdir -p "$bin"
 cc -O2 -o "$bin/echo_client" bench/echo_client.c
@@ -21,77 +30,144 @@ export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
 export LUA_CPATH="$build/?.so;;"
 
 tmp=$(mktemp -d)
-pids=""
-cleanup() { for p in $pids; do kill "$p" 2>/dev/null; done; rm -rf "$tmp"; }
-trap cleanup EXIT INT TERM
+spid=""; cpid=""; starts=0
+cleanup() {
+  [ -n "$cpid" ] && kill "$cpid" 2>/dev/null
+  [ -n "$spid" ] && kill "$spid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-# start NAME CMD...: starts a server and waits for its "PORT n" line (saved in $tmp/NAME.port)
+# The command of server NAME, or nothing when it is not installed.
+server_cmd() {
+  case $1 in
+    c) echo "$bin/echo_c_epoll" ;;
+    strand) echo "lua5.4 bench/echo_server_strand.lua" ;;
+    selectors) "$PY" -c 'import selectors' 2>/dev/null && echo "$PY bench/echo_selectors.py" ;;
+    luv) lua5.4 -e 'require "luv"' 2>/dev/null && echo "lua5.4 bench/echo_luv.lua" ;;
+    cqueues) lua5.4 -e 'require "cqueues"' 2>/dev/null && echo "lua5.4 bench/echo_cqueues.lua" ;;
+    luasocket) lua5.4 -e 'require "socket"' 2>/dev/null && echo "lua5.4 bench/echo_luasocket.lua" ;;
+    gevent) "$PY" -c 'import gevent' 2>/dev/null && echo "$PY bench/echo_gevent.py" ;;
+  esac
+  return 0
+}
+
+# Whether server NAME can hold N connections (LuaSocket's select(2) stops at FD_SETSIZE).
+fits() { [ "$1" != luasocket ] || [ "$2" -le 1000 ]; }
+
+# start NAME: starts it pinned; sets spid and port (empty port: it did not start).
 start() {
-  name=$1; shift
-  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  p=$!
-  pids="$pids $p"
+  port=""
+  starts=$((starts + 1)); out="$tmp/out.$starts"   # a fresh file: no stale PORT line
+  # shellcheck disable=SC2086
+  $PIN_SERVER $(server_cmd "$1") >"$out" 2>"$tmp/err" &
+  spid=$!
   i=0
-  while ! grep -q '^PORT ' "$tmp/$name.out" 2>/dev/null; do
+  while ! grep -q '^PORT ' "$out" 2>/dev/null; do
     i=$((i + 1))
-    if [ $i -gt 100 ] || ! kill -0 "$p" 2>/dev/null; then
-      echo "$name did not start:" >&2; cat "$tmp/$name.err" >&2; return 0
+    if [ $i -gt 200 ] || ! kill -0 "$spid" 2>/dev/null; then
+      echo "$1 did not start:" >&2; cat "$tmp/err" >&2; stop; return 0
     fi
     sleep 0.05
   done
-  sed -n 's/^PORT //p' "$tmp/$name.out" >"$tmp/$name.port"
+  port=$(sed -n 's/^PORT //p' "$out")
 }
+stop() { if [ -n "$spid" ]; then kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true; fi; spid=""; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+nfds() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
 
-# All servers run at once (idle while not measured); runs alternate between them, so load
-# from elsewhere on the machine hits them alike. Each cell keeps the best of ROUNDS runs.
-SERVERS=${SERVERS:-"c strand luv cqueues selectors gevent"}
-want() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
-PY=python3
-[ -x /usr/bin/python3 ] && PY=/usr/bin/python3      # Debian's, where python3-gevent lives
-start c "$bin/echo_c_epoll"
-start strand lua5.4 bench/echo_server_strand.lua
-names="c strand"
-if want luv && lua5.4 -e 'require "luv"' 2>/dev/null; then start luv lua5.4 bench/echo_luv.lua; names="$names luv"; fi
-if want cqueues && lua5.4 -e 'require "cqueues"' 2>/dev/null; then
-  start cqueues lua5.4 bench/echo_cqueues.lua; names="$names cqueues"
-fi
-if want selectors && "$PY" -c 'import selectors' 2>/dev/null; then
-  start selectors "$PY" bench/echo_selectors.py; names="$names selectors"
-fi
-if want gevent && "$PY" -c 'import gevent' 2>/dev/null; then start gevent "$PY" bench/echo_gevent.py; names="$names gevent"; fi
-ROUNDS=${ROUNDS:-1}
-r=0
-while [ $r -lt "$ROUNDS" ]; do
-  r=$((r + 1))
-  for n in $CONNS; do
+names=""
+for s in $SERVERS; do [ -n "$(server_cmd "$s")" ] && names="$names $s"; done
+echo "echo: ${MSGSIZE}-byte messages, ${DURATION} s per run, $REPS reps; servers:$names"
+echo "pinning: server '${PIN_SERVER:-none}', load '${PIN_LOAD:-none}'"
+printf "%-6s %-4s %-10s %10s %12s %14s %7s %s\n" conns rep server "trips/s" "cpu/trip us" "rss/conn B" "vs C" machine
+
+for n in $CONNS; do
+  r=0
+  while [ $r -lt "$REPS" ]; do
+    r=$((r + 1))
+    cval=""
+    [ "$GATE" = rep ] && flag=$(wait_idle)
     for name in $names; do
-      v="n/a"
-      if [ -f "$tmp/$name.port" ]; then
-        v=$("$bin/echo_client" "$(cat "$tmp/$name.port")" "$n" "$DURATION" "$MSGSIZE" 2>>"$tmp/$name.cerr") || v="n/a"
-      fi
-      old=$(cat "$tmp/$name.$n" 2>/dev/null || echo "n/a")
-      awk -v a="$v" -v b="$old" 'BEGIN { if (b == "n/a" || (a != "n/a" && a + 0 > b + 0)) print a; else print b }' >"$tmp/$name.$n"
+      fits "$name" "$n" || continue
+      [ "$GATE" = rep ] || flag=$(wait_idle)
+      start "$name"
+      [ -n "$port" ] || continue
+      base=$(rss_kib "$spid")
+      # shellcheck disable=SC2086
+      res=$($PIN_LOAD "$bin/echo_client" -p "$spid" "$port" "$n" "$DURATION" "$MSGSIZE" 2>"$tmp/cerr") || res=""
+      stop
+      if [ -z "$res" ]; then echo "$name: client failed: $(head -c 300 "$tmp/cerr")" >&2; continue; fi
+      set -- $res        # trips/s trips seconds cpu rss
+      rate=$1; cpu_us=$(awk -v c="$4" -v t="$2" 'BEGIN { if (c >= 0 && t > 0) printf "%.3f", c / t * 1e6; else print "n/a" }')
+      rss_b=$(awk -v a="$5" -v b="$base" -v n="$n" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
+      [ "$name" = c ] && cval=$rate
+      vs=$(awk -v a="$rate" -v b="$cval" 'BEGIN { if (b + 0 > 0) printf "%.3f", a / b; else print "n/a" }')
+      printf "%-6s %-4s %-10s %10s %12s %14s %7s %s\n" "$n" "$r" "$name" "$rate" "$cpu_us" "$rss_b" "$vs" "$flag"
+      record "echo $n $name $r $rate $cpu_us $rss_b $flag"
+      echo "$n $name $r $rate $cpu_us $rss_b" >>"$tmp/rows"
     done
   done
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else printf "n/a" }'; }
-echo "echo round trips/s, ${MSGSIZE}-byte messages, ${DURATION} s per run, best of ${ROUNDS} (client: bench/echo_client.c)"
-printf "%-6s" conns
-for name in $names; do printf " %10s" "$name"; done
-echo
-for n in $CONNS; do
-  printf "%-6s" "$n"
-  for name in $names; do printf " %10s" "$(cat "$tmp/$name.$n")"; done
-  echo
-done
-echo "ratios: strand / peer (above 1: strand is faster)"
-printf "%-6s" conns
-for name in $names; do [ "$name" = strand ] || printf " %10s" "/$name"; done
-echo
-for n in $CONNS; do
-  printf "%-6s" "$n"
-  s=$(cat "$tmp/strand.$n")
-  for name in $names; do [ "$name" = strand ] || printf " %10s" "$(ratio "$s" "$(cat "$tmp/$name.$n")")"; done
-  echo
+# Summary: per connection count and server, the median (min-max) over reps of round trips/s and
+# of the per-rep ratios to C (the same rep's C run), and the median CPU per round trip.
+[ -f "$tmp/rows" ] && lua5.4 - "$tmp/rows" <<'LUA'
+local rows, order = {}, {}
+for line in io.lines(arg[1]) do
+  local n, name, rep, rate, cpu = line:match("^(%d+) (%S+) (%d+) (%S+) (%S+)")
+  n, rep = tonumber(n), tonumber(rep)
+  local key = n .. " " .. name
+  if not rows[key] then rows[key] = { n = n, name = name, reps = {} }; order[#order + 1] = key end
+  rows[key].reps[rep] = { rate = tonumber(rate), cpu = tonumber(cpu) }
+end
+local function med(t)
+  table.sort(t)
+  if #t == 0 then return nil end
+  return #t % 2 == 1 and t[(#t + 1) // 2] or (t[#t // 2] + t[#t // 2 + 1]) / 2
+end
+print("summary: median (min-max) over reps; ratios to C taken per rep")
+print(("%-6s %-10s %22s %22s %12s"):format("conns", "server", "trips/s", "vs C", "cpu/trip us"))
+for _, key in ipairs(order) do
+  local r, c = rows[key], rows[rows[key].n .. " c"]
+  local rates, ratios, cpus = {}, {}, {}
+  for rep, x in pairs(r.reps) do
+    rates[#rates + 1] = x.rate
+    if x.cpu then cpus[#cpus + 1] = x.cpu end
+    local y = c and c.reps[rep]
+    if y and y.rate > 0 then ratios[#ratios + 1] = x.rate / y.rate end
+  end
+  local function mm(t, f)
+    if #t == 0 then return "n/a" end
+    local lo, hi = math.min(table.unpack(t)), math.max(table.unpack(t))
+    return (f .. " (" .. f .. "-" .. f .. ")"):format(med(t), lo, hi)
+  end
+  print(("%-6d %-10s %22s %22s %12s"):format(r.n, r.name, mm(rates, "%.0f"), mm(ratios, "%.2f"),
+    #cpus > 0 and ("%.2f"):format(med(cpus)) or "n/a"))
+end
+LUA
+
+# Idle connections: RSS per connection once they are all accepted and quiet (one run each).
+n=$(for c in $CONNS; do echo "$c"; done | sort -n | tail -1)
+echo "idle connections: $n, RSS per connection (one run per server)"
+for name in $names; do
+  fits "$name" "$n" || continue
+  flag=$(wait_idle)
+  start "$name"
+  [ -n "$port" ] || continue
+  base=$(rss_kib "$spid"); fd0=$(nfds "$spid")
+  # shellcheck disable=SC2086
+  $PIN_LOAD "$bin/echo_client" -i "$port" "$n" 60 >/dev/null 2>&1 &
+  cpid=$!
+  i=0
+  while [ "$(nfds "$spid")" -lt $((fd0 + n)) ] && [ $i -lt 400 ]; do i=$((i + 1)); sleep 0.05; done
+  sleep 0.5
+  rss=$(rss_kib "$spid"); got=$(( $(nfds "$spid") - fd0 ))
+  kill "$cpid" 2>/dev/null || true; wait "$cpid" 2>/dev/null || true; cpid=""
+  stop
+  if [ "$got" -lt "$n" ]; then echo "$name: only $got of $n connections accepted" >&2; continue; fi
+  rss_b=$(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
+  printf "%-10s %8s B per idle connection %s\n" "$name" "$rss_b" "$flag"
+  record "echo_idle $n $name 1 $rss_b $flag"
 done

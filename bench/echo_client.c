@@ -1,7 +1,10 @@
 /* echo_client.c — the load generator of bench/echo.sh: N connections to 127.0.0.1:PORT, each
  * sending a message and waiting for its full echo before the next; prints round trips/s.
  * With -i it only opens N connections and holds them idle for SECONDS (memory measurements).
- * usage: echo_client [-i] PORT NCONN SECONDS [MSGSIZE] */
+ * With -p PID (the server's) it also prints, over the measured window only (connections made),
+ * the server's CPU seconds (utime+stime) and its VmRSS in KiB at the end:
+ *   "TRIPS_PER_S TRIPS SECONDS SERVER_CPU_S SERVER_RSS_KIB"
+ * usage: echo_client [-i] [-p PID] PORT NCONN SECONDS [MSGSIZE] */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -42,6 +45,34 @@ static int dial(int port) {
   return fd;
 }
 
+/* utime+stime of process pid in seconds (all its threads), or -1. */
+static double proc_cpu(int pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return -1;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *p = strrchr(buf, ')');              /* comm may hold spaces: fields follow the last ')' */
+  unsigned long ut, st;
+  if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+    return -1;
+  return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static long proc_rss_kib(int pid) {
+  char path[64], line[256];
+  long v = -1;
+  snprintf(path, sizeof path, "/proc/%d/status", pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmRSS: %ld", &v) == 1) break;
+  fclose(f);
+  return v;
+}
+
 static void send_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
@@ -55,10 +86,14 @@ static void send_all(int fd, const char *p, size_t n) {
 }
 
 int main(int argc, char **argv) {
-  int idle = 0;
-  if (argc > 1 && strcmp(argv[1], "-i") == 0) { idle = 1; argv++; argc--; }
+  int idle = 0, spid = 0;
+  for (;;) {
+    if (argc > 1 && strcmp(argv[1], "-i") == 0) { idle = 1; argv++; argc--; }
+    else if (argc > 2 && strcmp(argv[1], "-p") == 0) { spid = atoi(argv[2]); argv += 2; argc -= 2; }
+    else break;
+  }
   if (argc < 4) {
-    fprintf(stderr, "usage: echo_client [-i] PORT NCONN SECONDS [MSGSIZE]\n");
+    fprintf(stderr, "usage: echo_client [-i] [-p PID] PORT NCONN SECONDS [MSGSIZE]\n");
     return 2;
   }
   int port = atoi(argv[1]), n = atoi(argv[2]);
@@ -93,6 +128,7 @@ int main(int argc, char **argv) {
     if (epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev) != 0) die("epoll_ctl");
   }
   long long trips = 0;
+  double cpu0 = spid ? proc_cpu(spid) : 0;
   double t0 = now(), end = t0 + secs;
   for (int i = 0; i < n; i++) send_all(c[i].fd, msg, msgsize);
   struct epoll_event evs[256];
@@ -119,6 +155,13 @@ int main(int argc, char **argv) {
     }
   }
   double dt = now() - t0;
-  printf("%.0f\n", (double)trips / dt);
+  if (spid) {
+    double cpu1 = proc_cpu(spid);
+    long rss = proc_rss_kib(spid);
+    printf("%.0f %lld %.6f %.4f %ld\n", (double)trips / dt, trips, dt,
+           cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1.0, rss);
+  } else {
+    printf("%.0f\n", (double)trips / dt);
+  }
   return 0;
 }

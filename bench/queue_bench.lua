@@ -1,28 +1,26 @@
 -- bench/queue_bench.lua — strand.queue throughput between OS threads (1 producer/1 consumer and
--- 2/2; integers and 100-byte strings) against Python's queue.Queue with threads and a plain C
--- mutex+condvar queue moving the same serialized payloads, bounded (maxsize) then unbounded
--- (maxsize 0, Python's default: producers never wait); then uncontended lock
--- acquire/release against threading.Lock and a pthread mutex, with the syscalls counted by
--- strace when it is installed (the fast path makes none).
--- env: STRAND_BENCH_ITEMS (200000), STRAND_BENCH_MAXSIZE (1000), STRAND_BENCH_LOCKOPS (2000000)
+-- 2/2; integers and 100-byte strings) against the C floor (bench/queue_c_baseline.c: a
+-- preallocated mutex+condvar ring with the items inline) moving the same serialized payloads and
+-- Python's queue.Queue with threads, bounded (maxsize) then unbounded (maxsize 0, Python's
+-- default: producers never wait); then uncontended lock acquire/release against
+-- threading.Lock and a pthread mutex, with the syscalls counted by strace when it is installed
+-- (the fast path makes none). Each rep waits for an idle machine and runs strand, C and Python
+-- side by side; medians (min-max) of REPS and the per-rep ratios to C.
+-- env: STRAND_BENCH_ITEMS (500000; 100000 QUICK), STRAND_BENCH_MAXSIZE (1000), STRAND_BENCH_LOCKOPS (2000000),
+--      REPS (5), QUICK=1 (fewer items, 1P/1C only, no lock figures)
 local strand = require "strand"
 local thread = require "strand.thread"
 local queue = require "strand.queue"
 local sync = require "strand.sync"
 local serial = require "strand.serial"
+local B = require "benchlib"
 
-local ITEMS = tonumber(os.getenv("STRAND_BENCH_ITEMS")) or 200000
+local ITEMS = tonumber(os.getenv("STRAND_BENCH_ITEMS")) or (B.QUICK and 100000 or 500000)
 local MAXSIZE = tonumber(os.getenv("STRAND_BENCH_MAXSIZE")) or 1000
 local LOCKOPS = tonumber(os.getenv("STRAND_BENCH_LOCKOPS")) or 2000000
 local TEXT = ("x"):rep(100)
-local PEER_SECONDS = 2
-
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok = p:close()
-  return out, ok
-end
+local PY = B.PY
+local sh = B.sh
 
 local function number_in(out, label)
   return tonumber(out:match(label .. " (%d+)"))
@@ -30,7 +28,7 @@ end
 
 local cbin = os.tmpname()
 local _, cc_ok = sh("cc -O2 -pthread -o " .. cbin .. " bench/queue_c_baseline.c")
-local _, py_ok = sh("python3 -c 'import queue, threading'")
+local _, py_ok = sh(PY .. " -c 'import queue, threading'")
 
 local function strand_queue(np, nc, kind, maxsize)
   local q = queue.new(maxsize)
@@ -76,7 +74,7 @@ end
 
 local function py_queue(np, nc, kind, maxsize)
   if not py_ok then return nil end
-  local out = sh(("python3 bench/queue_py.py queue %d %d %d %d %s"):format(np, nc, ITEMS, maxsize, kind))
+  local out = sh((PY .. " bench/queue_py.py queue %d %d %d %d %s"):format(np, nc, ITEMS, maxsize, kind))
   return number_in(out, "items/s")
 end
 
@@ -84,36 +82,45 @@ local function fmt(x) return x and ("%10.0f"):format(x) or "       n/a" end
 local function ratio(a, b) return (a and b) and ("%6.2fx"):format(a / b) or "   n/a" end
 
 local function queue_table(maxsize)
-  print(("queue throughput, items/s (%d items, maxsize %d); ratios = strand / peer"):format(ITEMS, maxsize))
-  print("scenario              strand    python     C floor  vs python  vs C")
-  for _, sc in ipairs { { 1, 1, "int" }, { 1, 1, "str" }, { 2, 2, "int" }, { 2, 2, "str" } } do
+  print(("queue throughput, items/s (%d items, maxsize %d), median of %d; ratios = strand / peer")
+    :format(ITEMS, maxsize, B.REPS))
+  print("scenario              strand    python     C floor  vs python  vs C (min-max per rep)")
+  local cases = { { 1, 1, "int" }, { 1, 1, "str" }, { 2, 2, "int" }, { 2, 2, "str" } }
+  if B.QUICK then cases = { { 1, 1, "int" }, { 1, 1, "str" } } end
+  for _, sc in ipairs(cases) do
     local np, nc, kind = sc[1], sc[2], sc[3]
-    local best = 0
-    for _ = 1, 3 do best = math.max(best, strand_queue(np, nc, kind, maxsize)) end
-    -- peers: best of 3 too, but a slow one (Python's threads, unbounded, can be 100x slower)
-    -- stops repeating after PEER_SECONDS
-    local function peer(run)
-      local best, t0 = 0, strand.now()
-      for _ = 1, 3 do
-        best = math.max(best, run(np, nc, kind, maxsize) or 0)
-        if strand.now() - t0 > PEER_SECONDS then break end
+    local ss, cs, ps, rs, loaded = {}, {}, {}, {}, false
+    local py_time = 0
+    for r = 1, B.REPS do
+      if B.wait_idle() == "loaded" then loaded = true end
+      ss[r] = strand_queue(np, nc, kind, maxsize)
+      cs[r] = c_queue(np, nc, kind, maxsize)
+      -- Python's threads (unbounded above all) can be 100x slower: after 2 s, no more reps
+      if py_time < 2 then
+        local t0 = strand.now()
+        ps[#ps + 1] = py_queue(np, nc, kind, maxsize)
+        py_time = py_time + strand.now() - t0
       end
-      return best > 0 and best or nil
+      if cs[r] then rs[r] = ss[r] / cs[r] end
     end
-    local py, c = peer(py_queue), peer(c_queue)
-    print(("%dP/%dC %-4s %s %s %s   %s  %s"):format(np, nc, kind == "int" and "int" or "100B",
-      fmt(best), fmt(py), fmt(c), ratio(best, py), ratio(best, c)))
+    local s, c, p = B.median(ss), B.median(cs), B.median(ps)
+    local lo, hi = B.range(rs)
+    print(("%dP/%dC %-4s %s %s %s   %s  %s (%.2f-%.2f)%s"):format(np, nc, kind == "int" and "int" or "100B",
+      fmt(s), fmt(p), fmt(c), ratio(s, p), ratio(s, c), lo, hi, loaded and "  loaded" or ""))
+    B.record("queue", maxsize, np .. "P" .. nc .. "C", kind, table.concat(ss, ","),
+      table.concat(cs, ","), table.concat(ps, ","), loaded and "loaded" or "idle")
   end
 end
 
 queue_table(MAXSIZE)
 if MAXSIZE ~= 0 then queue_table(0) end   -- unbounded (the C floor's and Python's too)
+if B.QUICK then os.remove(cbin); os.exit(0) end
 
 local lock = sync.lock()
 local t0 = strand.now()
 for _ = 1, LOCKOPS do lock:acquire(); lock:release() end
 local strand_ops = LOCKOPS / (strand.now() - t0)
-local py_ops = py_ok and number_in(sh("python3 bench/queue_py.py lock " .. LOCKOPS), "ops/s")
+local py_ops = py_ok and number_in(sh(PY .. " bench/queue_py.py lock " .. LOCKOPS), "ops/s")
 local c_ops = cc_ok and number_in(sh(cbin .. " lock " .. LOCKOPS * 10), "ops/s")
 print(("uncontended lock acquire+release: strand %.0f ops/s, python %s ops/s (%s), pthread %s ops/s (%s)")
   :format(strand_ops, py_ops and ("%.0f"):format(py_ops) or "n/a", ratio(strand_ops, py_ops),

@@ -1,26 +1,31 @@
-/* queue_c_baseline.c — the floor for bench/queue_bench.lua: a plain C bounded queue (one mutex,
- * two condition variables) moving heap copies of the same serialized payloads between threads.
+/* queue_c_baseline.c — the floor for bench/queue_bench.lua: the strongest simple C queue, a ring
+ * preallocated once (one mutex, two condition variables) whose slots hold the items inline
+ * (the same serialized payloads strand.queue moves, up to SLOT bytes): a put copies the item into
+ * its slot, a get copies it out; no malloc per item.
  *
  *   queue_c_baseline queue PRODUCERS CONSUMERS ITEMS MAXSIZE HEXPAYLOAD  -> "items/s N"
  *   queue_c_baseline lock OPS                                           -> "ops/s N"
- */
+ * MAXSIZE 0 = unbounded, as in Python: the ring then holds every item (producers never wait). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-typedef struct item { char *p; size_t len; } item;
+#define SLOT 128                       /* inline bytes per item (100-byte strings + header fit) */
+typedef struct item { unsigned len; char data[SLOT]; } item;
 
 static struct {
   pthread_mutex_t mu;
   pthread_cond_t not_empty, not_full;
   item *ring;
   size_t cap, first, n;
-} q = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0 };
+  unsigned nput_waiting, nget_waiting;
+} q = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+        NULL, 0, 0, 0, 0, 0 };
 
 static const char *payload;
-static size_t plen;
+static unsigned plen;
 static long per_producer;
 static volatile long sink;
 
@@ -30,45 +35,51 @@ static double now(void) {
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void put(item it) {
+/* len == 0: the end marker. Signals only when someone waits (as a tuned queue would). */
+static void put(const char *p, unsigned len) {
   pthread_mutex_lock(&q.mu);
-  while (q.n == q.cap) pthread_cond_wait(&q.not_full, &q.mu);
-  q.ring[(q.first + q.n++) % q.cap] = it;
-  pthread_cond_signal(&q.not_empty);
+  while (q.n == q.cap) {
+    q.nput_waiting++;
+    pthread_cond_wait(&q.not_full, &q.mu);
+    q.nput_waiting--;
+  }
+  item *it = &q.ring[(q.first + q.n++) % q.cap];
+  it->len = len;
+  memcpy(it->data, p, len);
+  if (q.nget_waiting) pthread_cond_signal(&q.not_empty);
   pthread_mutex_unlock(&q.mu);
 }
 
-static item get(void) {
+static unsigned get(char *out) {
   pthread_mutex_lock(&q.mu);
-  while (q.n == 0) pthread_cond_wait(&q.not_empty, &q.mu);
-  item it = q.ring[q.first];
+  while (q.n == 0) {
+    q.nget_waiting++;
+    pthread_cond_wait(&q.not_empty, &q.mu);
+    q.nget_waiting--;
+  }
+  item *it = &q.ring[q.first];
+  unsigned len = it->len;
+  memcpy(out, it->data, len);
   q.first = (q.first + 1) % q.cap;
   q.n--;
-  pthread_cond_signal(&q.not_full);
+  if (q.nput_waiting) pthread_cond_signal(&q.not_full);
   pthread_mutex_unlock(&q.mu);
-  return it;
+  return len;
 }
 
 static void *producer(void *arg) {
   (void)arg;
-  for (long i = 0; i < per_producer; i++) {
-    item it = { malloc(plen), plen };          /* the copy a put makes */
-    if (it.p == NULL) abort();
-    memcpy(it.p, payload, plen);
-    put(it);
-  }
+  for (long i = 0; i < per_producer; i++) put(payload, plen);
   return NULL;
 }
 
 static void *consumer(void *arg) {
   (void)arg;
-  char buf[4096];
+  char buf[SLOT];
   for (;;) {
-    item it = get();
-    if (it.p == NULL) return NULL;             /* end marker */
-    memcpy(buf, it.p, it.len < sizeof buf ? it.len : sizeof buf);   /* the copy a get makes */
+    unsigned len = get(buf);
+    if (len == 0) return NULL;                 /* end marker */
     sink += buf[0];
-    free(it.p);
   }
 }
 
@@ -89,23 +100,31 @@ int main(int argc, char **argv) {
   }
   int np = atoi(argv[2]), nc = atoi(argv[3]);
   long items = atol(argv[4]);
-  q.cap = (size_t)atol(argv[5]);
-  if (q.cap == 0) q.cap = (size_t)(items > 0 ? items : 1);   /* 0: unbounded, as in Python */
   const char *hex = argv[6];
-  plen = strlen(hex) / 2;
-  char *p = malloc(plen + 1);
-  q.ring = calloc(q.cap, sizeof(item));
-  if (p == NULL || q.ring == NULL || np < 1 || nc < 1) return 2;
-  for (size_t i = 0; i < plen; i++) p[i] = (char)(hexval(hex[2 * i]) * 16 + hexval(hex[2 * i + 1]));
-  payload = p;
+  size_t hl = strlen(hex) / 2;
+  if (np < 1 || nc < 1 || np + nc > 64 || items < 1 || hl < 1 || hl > SLOT) return 2;
+  plen = (unsigned)hl;
   per_producer = items / np;
+  q.cap = (size_t)atol(argv[5]);
+  if (q.cap == 0) q.cap = (size_t)(per_producer * np + nc);   /* unbounded: room for all */
+  char *p = malloc(plen);
+  q.ring = calloc(q.cap, sizeof(item));
+  if (p == NULL || q.ring == NULL) return 2;
+  for (unsigned i = 0; i < plen; i++) p[i] = (char)(hexval(hex[2 * i]) * 16 + hexval(hex[2 * i + 1]));
+  payload = p;
+  /* touch the ring once, so neither side pays its first page faults in the timed part */
+  memset(q.ring, 0, q.cap * sizeof(item));
   pthread_t th[64];
   double t0 = now();
-  for (int i = 0; i < nc; i++) pthread_create(&th[i], NULL, consumer, NULL);
-  for (int i = 0; i < np; i++) pthread_create(&th[nc + i], NULL, producer, NULL);
+  for (int i = 0; i < nc; i++)
+    if (pthread_create(&th[i], NULL, consumer, NULL) != 0) return 1;
+  for (int i = 0; i < np; i++)
+    if (pthread_create(&th[nc + i], NULL, producer, NULL) != 0) return 1;
   for (int i = 0; i < np; i++) pthread_join(th[nc + i], NULL);
-  for (int i = 0; i < nc; i++) put((item){ NULL, 0 });
+  for (int i = 0; i < nc; i++) put("", 0);
   for (int i = 0; i < nc; i++) pthread_join(th[i], NULL);
   printf("items/s %.0f\n", (double)(per_producer * np) / (now() - t0));
+  free(q.ring);
+  free(p);
   return 0;
 }

@@ -1,8 +1,9 @@
--- bench/threads_bench.lua — T7: CPU-bound Lua in 1 vs 2 threads (no global lock), and the cost
--- of starting + joining a thread. Reports ratios measured in this run.
-local strand = require "strand"
-local thread = require "strand.thread"
-local n = tonumber(os.getenv("STRAND_BENCH_CPU")) or 3e7
+-- bench/threads_bench.lua — OS threads: the cost of starting + joining one (strand against C
+-- pthreads, Python's threading and luv's threads, each in its own process) and CPU-bound Lua in
+-- 1 vs 2 threads (no global lock; strand and luv; Python with a Pool of 2 processes). Medians of REPS, each rep after waiting for
+-- an idle machine. Run: make bench, or LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;"
+-- LUA_CPATH="build/?.so;;" lua5.4 bench/threads_bench.lua [BUILD_DIR]   (env REPS, QUICK=1)
+local mode = arg[1]
 
 local function work(count)
   local x = 0
@@ -10,21 +11,94 @@ local function work(count)
   return x
 end
 
-local best1, best2 = math.huge, math.huge
-for _ = 1, 3 do
-  local t0 = strand.now()
-  thread.start(work, n):result(); thread.start(work, n):result()
-  best1 = math.min(best1, strand.now() - t0)
-  t0 = strand.now()
-  local a, b = thread.start(work, n), thread.start(work, n)
-  a:result(); b:result()
-  best2 = math.min(best2, strand.now() - t0)
+local function clock()
+  local ok, strand = pcall(require, "strand")
+  if ok then return strand.now end
+  local uv = require "luv"
+  return function() return uv.hrtime() * 1e-9 end
 end
-print(("cpu work x2: one after the other %.3f s, two threads at once %.3f s: speed-up %.2fx")
-  :format(best1, best2, best1 / best2))
 
-local N = 300
-local t0 = strand.now()
-for _ = 1, N do thread.start(function() return 1 end):result() end
-local dt = strand.now() - t0
-print(("thread start+join: %.0f us each (%d threads)"):format(dt / N * 1e6, N))
+-- {==== the measured processes: `threads_bench.lua run start|cpu strand|luv N`
+
+if mode == "run" then
+  local what, impl, n = arg[2], arg[3], tonumber(arg[4])
+  local now = clock()
+  local start, wait
+  if impl == "strand" then
+    local thread = require "strand.thread"
+    start = function(fn, ...) return thread.start(fn, ...) end
+    wait = function(t) assert(t:result()) end
+  else
+    local uv = require "luv"
+    start = function(fn, ...) return uv.new_thread(fn, ...) end
+    wait = function(t) t:join() end
+  end
+  if what == "start" then
+    for _ = 1, 10 do wait(start(function() return 1 end)) end   -- warm-up, as every peer does
+    local t0 = now()
+    for _ = 1, n do wait(start(function() return 1 end)) end
+    print(("us %.2f"):format((now() - t0) / n * 1e6))
+  else
+    local t0 = now()
+    wait(start(work, n)); wait(start(work, n))
+    local seq = now() - t0
+    t0 = now()
+    local a, b = start(work, n), start(work, n)
+    wait(a); wait(b)
+    print(("speedup %.4f"):format(seq / (now() - t0)))
+  end
+  os.exit(0)
+end
+
+-- }====
+
+local B = require "benchlib"
+local build = mode or "build"
+local STARTS = B.QUICK and 100 or 300
+local CPU = B.QUICK and 1e7 or 3e7
+local self = "lua5.4 " .. arg[0]
+local has_luv = select(2, B.sh("lua5.4 -e 'require \"luv\"'"))
+local cbin = build .. "/bench/thread_start_c"
+local _, cc_ok = B.sh(("mkdir -p %s/bench && cc -O2 -pthread -o %s bench/thread_start_c.c"):format(build, cbin))
+
+local peers = {
+  { "strand", ("%s run start strand %d"):format(self, STARTS) },
+  { "C", cc_ok and ("%s %d"):format(cbin, STARTS * 10) },
+  { "python", ("%s bench/threads_py.py start %d"):format(B.PY, STARTS) },
+  { "luv", has_luv and ("%s run start luv %d"):format(self, STARTS) },
+}
+print(("thread start + join, us each (%d per process), median (min-max) of %d"):format(STARTS, B.REPS))
+local med = {}
+for _, p in ipairs(peers) do
+  local name, cmd = p[1], p[2]
+  if cmd then
+    local vals, loaded = B.reps(cmd, "us ([%d.]+)")
+    if vals then
+      local lo, hi = B.range(vals)
+      med[name] = B.median(vals)
+      print(("  %-7s %8.1f  (%.1f-%.1f)%s"):format(name, med[name], lo, hi, loaded and "  loaded" or ""))
+      B.record("threadstart", name, table.concat(vals, ","), loaded and "loaded" or "idle")
+    end
+  end
+end
+if med.strand then
+  for _, p in ipairs { "C", "python", "luv" } do
+    if med[p] then print(("  strand / %s: %.2fx the time"):format(p, med.strand / med[p])) end
+  end
+end
+
+print(("CPU-bound Lua, 2 x %g iterations: one thread after the other / two at once"):format(CPU))
+local cpu_cmds = {
+  strand = ("%s run cpu strand %d"):format(self, CPU),
+  luv = has_luv and ("%s run cpu luv %d"):format(self, CPU),
+  python = ("%s bench/threads_py.py cpu %d"):format(B.PY, CPU // 4),   -- Pool of 2 processes
+}
+for _, impl in ipairs { "strand", "luv", "python" } do
+  local vals, loaded
+  if cpu_cmds[impl] then vals, loaded = B.reps(cpu_cmds[impl], "speedup ([%d.]+)") end
+  if vals then
+    local lo, hi = B.range(vals)
+    print(("  %-7s speed-up %.2f (%.2f-%.2f)%s"):format(impl, B.median(vals), lo, hi, loaded and "  loaded" or ""))
+    B.record("cpu2", impl, table.concat(vals, ","), loaded and "loaded" or "idle")
+  end
+end

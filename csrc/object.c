@@ -24,7 +24,12 @@ void strand_object_release(strand_object *o) {
 void strand_object_push(lua_State *L, strand_object *o) {
   box *b = (box *)lua_newuserdatauv(L, sizeof(box), 0);
   b->obj = NULL;
-  if (luaL_getmetatable(L, o->type->name) != LUA_TTABLE) {
+  if (luaL_getmetatable(L, o->type->name) != LUA_TTABLE) {   /* its area is not open here yet */
+    lua_pop(L, 1);
+    strand_core_open_areas(L);
+    luaL_getmetatable(L, o->type->name);
+  }
+  if (!lua_istable(L, -1)) {
     lua_pop(L, 2);
     strand_object_release(o);
     luaL_error(L, "strand: type %s is not loaded in this state", o->type->name);

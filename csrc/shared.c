@@ -614,7 +614,7 @@ int strand_open_shared(lua_State *L) {
   };
   static const luaL_Reg funcs[] = { {"dict", l_dict}, {"list", l_list}, {NULL, NULL} };
   int top = lua_gettop(L);
-  if (luaL_loadbuffer(L, shared_lua, sizeof shared_lua - 1, "=strand.shared") != LUA_OK)
+  if (strand_load_chunk(L, shared_lua, sizeof shared_lua - 1, "=strand.shared") != LUA_OK)
     lua_error(L);                                       /* chunk */
   strand_shm_newmeta(L, &dict_type, dict_methods, NULL);   /* chunk mt methods */
   static const struct { const char *name; lua_CFunction f; int up2; } dmeta[] = {

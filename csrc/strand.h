@@ -381,6 +381,17 @@ STRAND_API int strand_is_cancelled(lua_State *L, int idx);
 STRAND_AREAS(STRAND_DECLARE_OPENER)
 #undef STRAND_DECLARE_OPENER
 
+/* module.c: areas open in a state on first use of core[name]; this opens all of them now
+ * (an object copied into a state whose area is not open yet needs its metatable). */
+STRAND_API void strand_core_open_areas(lua_State *L);
+
+/* chunk.c: luaL_loadbuffer for the Lua source embedded in C (src must be a static array): the
+ * first load in the process compiles it, later ones (other threads' states) load its bytecode. */
+STRAND_API int strand_load_chunk(lua_State *L, const char *src, size_t len, const char *name);
+/* chunk.c: the standard Lua searcher, except that "strand" and "strand.*" files are compiled
+ * once per process (bytecode kept while the file is unchanged). Threads' states use it. */
+STRAND_API int strand_chunk_searcher(lua_State *L);
+
 /* }==== */
 
 #endif

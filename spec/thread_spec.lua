@@ -99,6 +99,120 @@ describe("threads", function()
     assert.equal(99, th:result(H.TIMEOUT))
     assert.equal(1, t.n)
   end)
+
+  it("objects reach a thread that never loaded their module (areas open on first use)", function()
+    local shared, queue, sync = require "strand.shared", require "strand.queue", require "strand.sync"
+    local d, q, lk = shared.dict(), queue.new(), sync.lock()
+    d.x = 1
+    local th = thread.start(function(dd, qq, l)   -- no upvalues: nothing but the objects is copied
+      l:acquire(); dd.x = dd.x + 41; l:release()
+      qq:put("from the thread")
+      return dd.x, getmetatable(l) ~= nil
+    end, d, q, lk)
+    local _, x, hasmeta = th:join(H.TIMEOUT)
+    assert.equal(42, x)
+    assert.is_true(hasmeta)
+    assert.equal("from the thread", q:get(H.TIMEOUT))
+    assert.is_false(lk:locked())
+  end)
+
+  it("a thread opens strand.core without searching package.path and cpath", function()
+    local path, cpath = package.path, package.cpath
+    package.path, package.cpath = "/nonexistent/?.lua", "/nonexistent/?.so"
+    local ok, th = pcall(thread.start, function(x)
+      return x * 2, package.path, type(package.loaded["strand.core"])
+    end, 21)
+    package.path, package.cpath = path, cpath
+    assert.is_true(ok, th)
+    local jok, v, p, core = th:join(H.TIMEOUT)
+    assert.is_true(jok, v)
+    assert.equal(42, v)
+    assert.equal("/nonexistent/?.lua", p)      -- the creator's path is still what it sees
+    assert.equal("table", core)
+  end)
+
+  it("the Lua parts embedded in C work the same in threads (loaded there as bytecode)", function()
+    local shared = require "strand.shared"
+    local d = shared.dict()
+    d.n = 0
+    assert.equal(1, d:update("n", function(v) return v + 1 end))   -- compiled here, kept
+    local ts = {}
+    for i = 1, 3 do
+      ts[i] = thread.start(function(dd)
+        local v = dd:update("n", function(x) return x + 1 end)
+        local ok, err = pcall(dd.update, dd, "n", 42)
+        local keys = {}
+        for k in pairs(dd) do keys[#keys + 1] = k end
+        return type(v), ok, err, table.concat(keys, ",")
+      end, d)
+    end
+    for i = 1, 3 do
+      local ok, tv, pok, err, keys = ts[i]:join(H.TIMEOUT)
+      assert.is_true(ok, tv)
+      assert.equal("number", tv)
+      assert.is_false(pok)
+      assert.matches("bad argument #2 to 'update' %(function expected, got number%)", err)
+      assert.equal("n", keys)
+    end
+    assert.equal(4, d.n)
+  end)
+
+  it("strand's Lua modules load in threads from kept bytecode, reloaded when the file changes", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir .. "/strand"))
+    local file = dir .. "/strand/probe_mod.lua"
+    local function write(text) local f = assert(io.open(file, "w")); f:write(text); f:close() end
+    local path = package.path
+    package.path = dir .. "/?.lua;" .. path
+    local function run()
+      local th = thread.start(function()
+        local ok, v = pcall(require, "strand.probe_mod")
+        local info = ok and debug.getinfo(v.f, "S").source
+        return ok, ok and v.n or v, #package.searchers, info
+      end)
+      return select(2, th:join(H.TIMEOUT))
+    end
+    local ok, results = pcall(function()
+      local r = {}
+      write("return { n = 1, f = function() end }\n")
+      r[1] = { run() }
+      r[2] = { run() }                                   -- from the kept bytecode
+      write("return { n = 22, f = function() end } -- changed\n")
+      r[3] = { run() }
+      write("return {{ syntax error\n")
+      r[4] = { run() }
+      os.remove(file)
+      r[5] = { run() }
+      return r
+    end)
+    package.path = path
+    os.remove(file); os.remove(dir .. "/strand"); os.remove(dir)
+    assert.is_true(ok, results)
+    assert.same({ true, 1, 4, "@" .. file }, results[1])
+    assert.same({ true, 1, 4, "@" .. file }, results[2])
+    assert.same({ true, 22, 4, "@" .. file }, results[3])
+    assert.is_false(results[4][1])
+    assert.matches("error loading module 'strand.probe_mod' from file '" .. file:gsub("%p", "%%%0") .. "'",
+      results[4][2])
+    assert.is_false(results[5][1])
+    assert.matches("module 'strand.probe_mod' not found", results[5][2])
+    assert.matches("no file '" .. file:gsub("%p", "%%%0") .. "'", results[5][2])
+  end)
+
+  it("every area of strand.core is there on first use, once per state", function()
+    local th = thread.start(function()
+      local core = require "strand.core"
+      local names = { "socket", "selector", "serial", "thread", "sync", "queue", "shared" }
+      local first = {}
+      for i, n in ipairs(names) do first[i] = type(core[n]) == "table" and core[n] == core[n] end
+      return table.concat(names, ","), first, rawequal(core.sync, require("strand.sync"))
+    end)
+    local ok, names, first, same = th:join(H.TIMEOUT)
+    assert.is_true(ok, names)
+    for i = 1, 7 do assert.is_true(first[i], names) end
+    assert.is_true(same)
+  end)
 end)
 
 describe("threads: failure conditions", function()
