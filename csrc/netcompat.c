@@ -1,8 +1,10 @@
-/* netcompat.c — the few C helpers the LuaSocket bridge and the servers need on top of strand
- * sockets: adopting a duplicated fd, wall-clock time, gethostname, hostent and getnameinfo. */
+/* netcompat.c — C helpers of the LuaSocket bridge and the servers: fromfd (adopt a duplicate),
+ * wall-clock time, gethostname, hostent, getnameinfo, SIGINT/SIGTERM as bytes on a socket. */
 #include "sock.h"
 
 #include <arpa/inet.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -149,7 +151,66 @@ static int l_hoststrerror(lua_State *L) {
   return 1;
 }
 
+/* {==== signals as readable bytes (servers stop gracefully on SIGINT/SIGTERM) */
+
+/* The write end of the watcher's socketpair: process-wide because signal dispositions are. */
+static atomic_int sig_wfd = -1;
+static const int watched[] = {SIGINT, SIGTERM};
+static struct sigaction saved[2];
+
+static void on_signal(int sig) {
+  int e = errno;
+  int fd = atomic_load(&sig_wfd);
+  unsigned char b = (unsigned char)sig;
+  if (fd >= 0) { ssize_t r = write(fd, &b, 1); (void)r; }   /* full buffer: a byte is enough */
+  errno = e;
+}
+
+/* compat.signal_watch() -> socket | nil, msg, code. SIGINT and SIGTERM each write their number
+ * as one byte to the socket returned (read it with recv). One watcher at a time: a second call
+ * while one is active returns nil, "busy", "EBUSY". */
+static int l_signal_watch(lua_State *L) {
+  if (atomic_load(&sig_wfd) >= 0) return strand_fail_msg(L, "busy", "EBUSY");
+  sock *s = sock_new(L, AF_UNIX, SOCK_STREAM);
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+    return strand_fail(L, errno);
+  strand_io_init(&s->io, fds[0]);
+  atomic_store(&sig_wfd, fds[1]);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  for (int i = 0; i < 2; i++) {
+    if (sigaction(watched[i], &sa, &saved[i]) != 0) {
+      int e = errno;
+      for (int j = 0; j < i; j++) sigaction(watched[j], &saved[j], NULL);
+      atomic_store(&sig_wfd, -1);
+      close(fds[1]);
+      return strand_fail(L, e);
+    }
+  }
+  return 1;
+}
+
+/* compat.signal_unwatch() -> true. The dispositions from before signal_watch come back; the
+ * watcher's socket stays the caller's to close. */
+static int l_signal_unwatch(lua_State *L) {
+  int fd = atomic_load(&sig_wfd);
+  if (fd >= 0) {
+    for (int i = 0; i < 2; i++) sigaction(watched[i], &saved[i], NULL);
+    atomic_store(&sig_wfd, -1);
+    close(fd);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* }==== */
+
 static const luaL_Reg funcs[] = {
+  {"signal_watch", l_signal_watch}, {"signal_unwatch", l_signal_unwatch},
   {"fromfd", l_fromfd}, {"realtime", l_realtime}, {"gethostname", l_gethostname},
   {"hostent", l_hostent}, {"nameinfo", l_nameinfo}, {"hoststrerror", l_hoststrerror},
   {NULL, NULL}
