@@ -336,7 +336,11 @@ struct strand_loop {
   size_t nio_waits;               /* armed io waits */
   lua_Integer next_id;
   char *scratch;
+  int forked;                     /* abandoned by a forked child (strand_loop_forked) */
 };
+
+/* loop.c, for process.c: in a forked child, abandon the parent's loop and make a fresh one. */
+STRAND_API void strand_loop_forked(lua_State *L);
 
 /* loop.c, used by task.c */
 STRAND_API strand_task *strand_task_spawn(lua_State *L, int nargs);  /* fn + nargs on stack -> task pushed */
