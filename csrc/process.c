@@ -267,6 +267,21 @@ static int l_exit(lua_State *L) {
   return 0;
 }
 
+/* process._encode(v) -> string | nil when v holds a strand object (its references are dropped):
+ * values for another process of ours, functions included (the channel is strand's own). */
+static int l_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  strand_serial_encode(L, 1, 1, STRAND_SERIAL_FUNCTIONS);
+  size_t len;
+  const char *p = lua_tolstring(L, -1, &len);
+  if (len > 1 && (p[1] & 0x01)) {             /* HDR_OBJECTS: see serial.c's format */
+    strand_serial_release(p, len);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
 static int l_pid(lua_State *L) {
   lua_pushinteger(L, getpid());
   return 1;
@@ -289,6 +304,7 @@ STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_spawn", strand_spawn_exec},
+  {"_encode", l_encode},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

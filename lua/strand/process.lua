@@ -57,9 +57,8 @@ end
 
 -- Encode values for another process of ours: functions allowed, strand objects refused.
 local function encode_for_process(v, what)
-  local data = serial.encode(v, { functions = true })
-  if data:byte(2) & 1 ~= 0 then
-    serial.decode(data, { functions = true })      -- takes back the references the string held
+  local data = C._encode(v)
+  if data == nil then
     error(what .. ": a strand object cannot be copied to another process (objects made before "
       .. "the fork are already there: pass them to process.start)", 3)
   end
