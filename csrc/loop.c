@@ -609,6 +609,7 @@ static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int sta
   lua_pushnil(L);
   set_anchor(L, t);                              /* unanchor */
   loop->ntasks--;
+  if (t->background) { t->background = 0; loop->nbackground--; }
   strand_waitq_wake_all(&t->joiners, STRAND_READY);
 }
 
@@ -666,7 +667,7 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
   return 0;
 }
 
-static int no_tasks(strand_loop *loop) { return loop->ntasks == 0; }
+static int no_tasks(strand_loop *loop) { return loop->ntasks <= loop->nbackground; }
 
 /* strand.run()'s driver: until every task has finished (or the deadline passes). */
 int strand_drain(lua_State *L, double deadline) {
@@ -674,7 +675,7 @@ int strand_drain(lua_State *L, double deadline) {
   wait_begin(L, loop);                           /* raises unless we may drive */
   if (strand_task_of(L)) luaL_error(L, "strand.run: already inside a task");
   loop->driver = L;
-  while (loop->ntasks > 0) {
+  while (loop->ntasks > loop->nbackground) {
     if (deadline != STRAND_FOREVER && strand_now() >= deadline) break;
     if (loop_step(L, loop, no_tasks) != 0) {
       loop->driver = NULL;
@@ -682,7 +683,14 @@ int strand_drain(lua_State *L, double deadline) {
     }
   }
   loop->driver = NULL;
-  return loop->ntasks == 0;
+  return loop->ntasks <= loop->nbackground;
+}
+
+/* A task that does not keep strand.run going (it is cancelled or left waiting when the rest end). */
+void strand_task_background(strand_task *t) {
+  if (t->background || t->status >= STRAND_T_DONE) return;
+  t->background = 1;
+  t->loop->nbackground++;
 }
 
 /* fn and nargs arguments on top of L's stack -> the new task's userdata replaces them. */
@@ -724,6 +732,7 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
     lua_pushnil(L);
     set_anchor(L, t);
     loop->ntasks--;
+    if (t->background) { t->background = 0; loop->nbackground--; }
     strand_waitq_wake_all(&t->joiners, STRAND_READY);
     return;
   }

@@ -282,6 +282,13 @@ static int l_encode(lua_State *L) {
   return 1;
 }
 
+/* process._background(task): the task (a pool's reader) does not keep strand.run going */
+static int l_background(lua_State *L) {
+  strand_task *t = (strand_task *)luaL_checkudata(L, 1, STRAND_TASK_META);
+  strand_task_background(t);
+  return 0;
+}
+
 static int l_pid(lua_State *L) {
   lua_pushinteger(L, getpid());
   return 1;
@@ -304,7 +311,7 @@ STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_spawn", strand_spawn_exec},
-  {"_encode", l_encode},
+  {"_encode", l_encode}, {"_background", l_background},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 
