@@ -172,7 +172,7 @@ local function worker_main(sock, initializer, initargs, maxtasks)
     local job = serial.decode(data, { functions = true })
     if job == "stop" then return 0 end
     local id, fid, fdata, args, chunk = job[1], job[2], job[3], job[4], job[5]
-    local fn = fid and fns[fid]
+    local fn = fid and fns[fid] or nil
     if fn == nil then
       fn = serial.decode(fdata, { functions = true })
       if fid then fns[fid] = fn end
