@@ -199,40 +199,12 @@ static int push_handle(lua_State *L, pid_t pid, int daemon) {
 
 /* {==== fork */
 
-/* OS threads of this process (from /proc/self/stat), or -1. */
-static int thread_count(void) {
-  int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  char buf[1024];
-  ssize_t n;
-  do n = read(fd, buf, sizeof buf - 1); while (n < 0 && errno == EINTR);
-  close(fd);
-  if (n <= 0) return -1;
-  buf[n] = 0;
-  char *p = strrchr(buf, ')');                 /* comm may hold spaces and parentheses */
-  if (p == NULL) return -1;
-  /* after ") ": state(3) ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
-   * utime stime cutime cstime priority nice num_threads(20) */
-  int field = 2;
-  for (p++; *p && field < 20; p++)
-    if (*p == ' ') field++;
-  return field == 20 ? atoi(p) : -1;
-}
-
-/* process._fork(child_main, daemon, allow_threads) -> handle | nil, msg, code
+/* process._fork(child_main, daemon) -> handle | nil, msg, code (process.lua checks threads first)
  * In the child: the parent's loop is abandoned for a fresh one, child_main() runs (protected)
  * and its integer result is the exit status (1 if it raised); the child never returns here. */
 static int l_fork(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int daemon = lua_toboolean(L, 2);
-  if (!lua_toboolean(L, 3)) {
-    int n = thread_count();
-    if (n > 1)
-      return luaL_error(L, "process.start: %d other thread(s) run in this process; a forked child "
-                        "would hold only this one, with their locks (malloc, stdio, a strand "
-                        "thread's Lua state) frozen as they were (pass allow_threads=true to "
-                        "fork anyway)", n - 1);
-  }
   luaL_checkstack(L, 8, NULL);
   fflush(NULL);                                /* unwritten stdio output is not written twice */
   pid_t parent = getpid();

@@ -304,7 +304,7 @@ describe("processes", function()
     local t = thread.start(function() ev:wait(10) end)
     local ok, err = pcall(process.start, function() end)
     assert.is_false(ok)
-    assert.matches("other thread%(s%) run in this process", err)
+    assert.matches("1 strand thread%(s%) run in this process", err)
     local p = process.new{ fn = function() return "forked" end, allow_threads = true }
     p:start()
     assert.equal("forked", p:result(H.TIMEOUT))

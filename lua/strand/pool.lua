@@ -206,8 +206,10 @@ local start_worker
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
   if self._kind ~= "process" then return end
+  -- first one job to every idle worker, then a second one ahead to each busy one
+  for depth = 1, INFLIGHT do
   for _, w in ipairs(self._workers) do
-    while #self._jobs > 0 and w.alive and #w.inflight < INFLIGHT
+    while #self._jobs > 0 and w.alive and #w.inflight < depth
           and not (self._max and w.sent >= self._max) do
       local job = table.remove(self._jobs, 1)
       if job.fut == nil or job.fut._state == "pending" then
@@ -233,6 +235,7 @@ local function dispatch(self)
         end
       end
     end
+  end
   end
 end
 

@@ -12,9 +12,10 @@
 --  * A strand object (queue, lock, ...) cannot come back as a result or go through a pipe: its
 --    reference is only meaningful for objects made before the fork, which the child already has.
 --    Pass them to start (arguments or upvalues) instead.
---  * Forking while other OS threads run raises unless allow_threads=true: the child would hold
---    only the calling thread, and whatever lock another thread held at that moment (the malloc
---    arena, stdio, a strand thread's Lua state) would stay held forever in the child.
+--  * Forking while other strand threads run raises unless allow_threads=true: the child would
+--    hold only the calling thread, and whatever lock another thread held at that moment (a strand
+--    thread's Lua state, stdio, a library's own) would stay held forever in the child. (glibc's
+--    malloc survives fork; strand's resolver threads wait idle between lookups and are not counted.)
 --  * A child is reaped by join, by exitcode/is_alive once it has ended, and by the next start.
 --    At exit (the Lua state closing) daemon children are killed and others waited for; daemon
 --    children also die with the parent when it is killed (PR_SET_PDEATHSIG; note Linux ties it
@@ -76,11 +77,18 @@ M._child_setup = child_setup
 
 --- Fork with child_main() run in the child (returns its exit status). -> handle | nil, msg, code
 function M._fork(child_main, daemon, allow_threads, parent_end)
+  local th = package.loaded["strand.thread"]
+  if not allow_threads and type(th) == "table" and th.active_count() > 1 then
+    error(("process.start: %d strand thread(s) run in this process; a forked child would hold only "
+      .. "this one, with whatever lock another thread held at that moment (a strand thread's Lua "
+      .. "state, stdio, a library's own) frozen for good (pass allow_threads=true to fork anyway)")
+      :format(th.active_count() - 1), 3)
+  end
   sweep()
   local h, err, code = C._fork(function()
     child_setup(parent_end)
     return child_main()
-  end, daemon, allow_threads)
+  end, daemon)
   if not h then return nil, err, code end
   live[h] = true
   return h
