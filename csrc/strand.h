@@ -287,6 +287,7 @@ struct strand_task {
   unsigned char observed;         /* joined or result() taken: no unjoined-error report */
   unsigned char inready;          /* linked in the ready queue */
   unsigned char bare;             /* last yielded with a bare coroutine.yield */
+  unsigned char background;       /* does not keep strand.run going (a pool's reader) */
   int nargs;                      /* arguments for the first resume */
   int nres;                       /* results left on co's stack when done */
   union {                         /* a task is in the ready queue or in a wait_q, never both */
@@ -336,7 +337,14 @@ struct strand_loop {
   size_t nio_waits;               /* armed io waits */
   lua_Integer next_id;
   char *scratch;
+  int forked;                     /* abandoned by a forked child (strand_loop_forked) */
+  size_t nbackground;             /* unfinished tasks marked background */
 };
+
+/* loop.c, for process.c: in a forked child, abandon the parent's loop and make a fresh one. */
+STRAND_API void strand_loop_forked(lua_State *L);
+/* loop.c: t no longer keeps strand.run (strand_drain) going. */
+STRAND_API void strand_task_background(strand_task *t);
 
 /* loop.c, used by task.c */
 STRAND_API strand_task *strand_task_spawn(lua_State *L, int nargs);  /* fn + nargs on stack -> task pushed */

@@ -109,4 +109,27 @@ add("locks and queues across threads: 20 threads x 250 increments, a producer/co
   print(("  consumer got 1..100 through a bounded queue(5): sum %d (expected 5050)"):format(sum))
 end)
 
+add("processes and pools: forked children, a pipe, a process pool surviving a kill -9", "strand.process", function(strand)
+  local process = require "strand.process"
+  local pool = require "strand.pool"
+  local ps = {}
+  for i = 1, 3 do ps[i] = process.start(function(n) return n * n, process.pid() end, i) end
+  for i = 1, 3 do
+    local sq, pid = ps[i]:result(10)
+    print(("  child %d (pid %d) returned %d"):format(i, pid, sq))
+  end
+  local a, b = process.pipe()
+  local echo = process.start(function() b:send(b:recv(10):upper()) end)
+  a:send("through a pipe")
+  print("  pipe round trip: " .. a:recv(10))
+  echo:join(10); a:close(); b:close()
+  local p <close> = pool.new{ size = 2 }
+  print("  pool.map: " .. table.concat(p:map(function(x) return x * 10 end, { 1, 2, 3, 4 }), " "))
+  local victim = p:submit(function() require("strand").sleep(30) end)
+  while victim:status() ~= "running" do strand.sleep(0.005) end
+  process.run({ "kill", "-9", tostring(p:pids()[1]) })
+  print(("  worker killed: %s; next apply: %s"):format(select(2, victim:join(10)),
+    p:apply(function() return "still serving" end)))
+end)
+
 return areas
