@@ -1,5 +1,5 @@
--- strand.server — socketserver for strand: TCP, UDP and UNIX servers whose handler runs in a task
--- per connection ("task"), or in N threads each with its own loop on the shared socket ("thread").
+-- strand.server — socketserver for strand: TCP, UDP and UNIX servers whose handler runs in a task per
+-- connection ("task"), in N threads or N forked processes on the shared socket, or a process each.
 --
 -- Behaviour worth knowing (the contract is API.md "strand.server"):
 --  * server.tcp{...} / unix{...} listen at once (port 0 picks a free port: srv.port) and return the
@@ -19,7 +19,12 @@
 --    duplicate of the listening socket and run a task per connection; the handler is copied into
 --    each thread (API.md's copy rule: upvalues are copied, loaded modules go by name), so
 --    handlers cannot share plain Lua tables across threads (use strand.shared / queues).
---  * "fork" and "prefork" need strand.process; without it server.tcp raises.
+--  * "prefork": workers= processes forked at serve_forever, each serving a task per connection on
+--    the inherited listening socket (the kernel hands each connection to one of them). "fork": the
+--    server accepts and forks a child per connection (per datagram for udp) that runs the handler
+--    and exits; children are reaped by the server. max_connections holds across processes (a
+--    strand semaphore); shutdown's grace ends with SIGTERM for children still running. Both
+--    need strand.process; without it server.tcp raises.
 local strand = require "strand"
 local core = require "strand.core"
 local ssock = require "strand.socket"
@@ -48,8 +53,8 @@ end
 
 -- {==== serving loops (run in the server's own thread, or inside each worker thread)
 
-local function new_state(handler, opts, sem)
-  return { handler = handler, idle_timeout = opts.idle_timeout, log = opts.log or default_log,
+local function new_state(handler, opts, sem, kind, mode)
+  return { handler = handler, kind = kind, fork = mode == "fork", idle_timeout = opts.idle_timeout, log = opts.log or default_log,
            sem = sem, tasks = {}, active = 0, served = 0, stopping = false,
            grace = DEFAULT_GRACE }
 end
@@ -82,6 +87,8 @@ local function track(st, t)
   if s ~= "done" and s ~= "failed" and s ~= "cancelled" then st.tasks[t] = true end
 end
 
+local run_datagram
+
 local function run_stream(st, conn, host, port)
   st.active = st.active + 1
   if st.idle_timeout then conn:settimeout(st.idle_timeout) end
@@ -101,6 +108,39 @@ local function call_open(sock, method, ...)
   error(r[2], 0)
 end
 
+--- Body of a forked child (fork mode): one connection (or datagram), then the child exits.
+function M._fork_child(st, lsock, ...)
+  core.netcompat.signal_unwatch()          -- the parent's watcher: SIGINT/SIGTERM act as usual here
+  st.tasks, st.sem, st.fork = {}, nil, false
+  if st.kind == "stream" then
+    lsock:close()                          -- the child serves only the connection it was given
+    run_stream(st, ...)
+  else
+    run_datagram(st, ...)                  -- replies go out through the shared datagram socket
+  end
+end
+
+-- Run the handler in a forked child and wait for it; a shutdown past its grace terminates it.
+local function run_forked(st, lsock, conn, ...)
+  local process = require "strand.process"
+  local p = process.new { fn = M._fork_child, args = table.pack(st, lsock, conn, ...), daemon = true,
+                          allow_threads = true }
+  local ok, err = p:start()
+  if conn and conn.close then conn:close() end  -- the child has its own copy
+  if not ok then
+    st.log("strand.server: fork failed: " .. tostring(err))
+  else
+    local jok, jerr = pcall(p.join, p)
+    if not jok then                                -- cancelled by shutdown: the child goes too
+      p:terminate()
+      p:join(5)
+      if not strand.is_cancelled(jerr) then error(jerr, 0) end
+    end
+  end
+  st.tasks[strand.current()] = nil
+  give_slot(st)
+end
+
 local function accept_loop(st, lsock)
   while take_slot(st) do
     local conn, host, port = call_open(lsock, "accept")
@@ -110,12 +150,13 @@ local function accept_loop(st, lsock)
       st.log("strand.server: accept failed: " .. tostring(host))   -- EMFILE: accept pauses itself
     else
       st.served = st.served + 1
-      track(st, strand.spawn(run_stream, st, conn, host, port))
+      if st.fork then track(st, strand.spawn(run_forked, st, lsock, conn, host, port))
+      else track(st, strand.spawn(run_stream, st, conn, host, port)) end
     end
   end
 end
 
-local function run_datagram(st, data, host, port, sock)
+function run_datagram(st, data, host, port, sock)
   st.active = st.active + 1
   local ok, err = xpcall(st.handler, debug.traceback, data, host, port, sock)
   if not ok then report(st, err, host, port) end
@@ -133,7 +174,8 @@ local function datagram_loop(st, sock)
       st.log("strand.server: recvfrom failed: " .. tostring(host))
     else
       st.served = st.served + 1
-      track(st, strand.spawn(run_datagram, st, data, host, port, sock))
+      if st.fork then track(st, strand.spawn(run_forked, st, sock, data, host, port, sock))
+      else track(st, strand.spawn(run_datagram, st, data, host, port, sock)) end
     end
   end
 end
@@ -161,10 +203,17 @@ local function serve_loop(st, sock, kind)
   return st.served
 end
 
---- Body of each worker thread (thread mode): crosses into the thread by name.
+--- Body of each worker thread (thread mode; fd is a number) or process (prefork mode; fd is the
+--- inherited listening socket): crosses into threads by name.
 function M._thread_main(fd, kind, handler, opts, stopq, sem)
-  local lsock = assert(core.netcompat.fromfd(fd))
-  local st = new_state(handler, opts, sem)
+  local lsock
+  if type(fd) == "number" then
+    lsock = assert(core.netcompat.fromfd(fd))
+  else
+    core.netcompat.signal_unwatch()         -- a prefork child: the parent's watcher is not ours
+    lsock = fd
+  end
+  local st = new_state(handler, opts, sem, kind, "task")
   local watcher = strand.spawn(function()
     local grace = stopq:get()
     st.stopping = true
@@ -188,11 +237,8 @@ local function check_opts(opts, fname, need)
   if type(opts.handler) ~= "function" then bad("handler must be a function") end
   local mode = opts.mode or "task"
   if not MODES[mode] then bad(("unknown mode '%s'"):format(tostring(mode))) end
-  if mode == "fork" or mode == "prefork" then
-    if not pcall(require, "strand.process") then
-      bad(("mode '%s' needs strand.process, which this build does not have"):format(mode))
-    end
-    bad(("mode '%s' is not implemented yet"):format(mode))
+  if (mode == "fork" or mode == "prefork") and not pcall(require, "strand.process") then
+    bad(("mode '%s' needs strand.process, which this build does not have"):format(mode))
   end
   for _, k in ipairs { "max_connections", "workers" } do
     local v = opts[k]
@@ -213,9 +259,9 @@ local function new_server(sock, kind, opts, mode, extra)
   local srv = setmetatable(extra or {}, Server)
   srv.sock, srv.kind, srv.mode, srv.opts = sock, kind, mode, opts
   srv.handler = opts.handler
-  srv.workers = opts.workers or (mode == "thread" and cpu_count() or 1)
+  srv.workers = opts.workers or ((mode == "thread" or mode == "prefork") and cpu_count() or 1)
   local sem = opts.max_connections and sync.semaphore(opts.max_connections) or nil
-  srv.st = new_state(opts.handler, opts, sem)
+  srv.st = new_state(opts.handler, opts, sem, kind, mode)
   srv.sem = sem
   srv.stopped = sync.event()
   local h, p = sock:getsockname()
@@ -291,7 +337,7 @@ function Server:serve_forever()
   self.serving = true
   local unwatch = in_main_program() and watch_signals(self) or nil
   local ok, err = pcall(function()
-    if self.mode == "task" then
+    if self.mode == "task" or self.mode == "fork" then
       self.loop_task = strand.spawn(function()
         self.st.grace = self.grace or DEFAULT_GRACE
         return serve_loop(self.st, self.sock, self.kind)
@@ -318,9 +364,23 @@ function Server:_serve_threads()
   self.stop_ev = self.stop_ev or sync.event()
   local opts = { idle_timeout = self.opts.idle_timeout, log = self.opts.log }
   local threads = {}
-  local fd = self.sock:fileno()
-  for i = 1, self.workers do
-    threads[i] = thread.start(M._thread_main, fd, self.kind, self.handler, opts, stopq, self.sem)
+  if self.mode == "prefork" then
+    local process = require "strand.process"
+    for i = 1, self.workers do
+      local p = process.new { fn = M._thread_main, daemon = true, allow_threads = true,
+        args = table.pack(self.sock, self.kind, self.handler, opts, stopq, self.sem) }
+      local ok, err = p:start()
+      if not ok then
+        self.st.log("strand.server: fork failed: " .. tostring(err))
+      else
+        threads[#threads + 1] = p
+      end
+    end
+  else
+    local fd = self.sock:fileno()
+    for i = 1, self.workers do
+      threads[i] = thread.start(M._thread_main, fd, self.kind, self.handler, opts, stopq, self.sem)
+    end
   end
   if not self.st.stopping then self.stop_ev:wait() end
   local grace = self.grace or DEFAULT_GRACE
@@ -353,7 +413,7 @@ function Server:shutdown(grace)
   if not st.stopping then
     st.stopping = true
     st.grace = self.grace or DEFAULT_GRACE
-    if self.mode == "task" then
+    if self.mode == "task" or self.mode == "fork" then
       self.sock:close()                  -- wakes the accept loop with nil, "closed"
     else
       self.stop_ev = self.stop_ev or sync.event()
