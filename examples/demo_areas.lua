@@ -132,4 +132,25 @@ add("processes and pools: forked children, a pipe, a process pool surviving a ki
     p:apply(function() return "still serving" end)))
 end)
 
+add("server + LuaSocket bridge: a thread-mode server, socket.http GETs in tasks", "strand.server", function(strand)
+  local server = require "strand.server"
+  require("strand.luasocket").install()
+  local http = require "socket.http"
+  local srv = assert(server.tcp { mode = "thread", workers = 2, handler = function(conn)
+    local path = conn:read("l"):match("^GET (%S+)")
+    repeat local h = conn:read("l") until h == nil or h == ""
+    require("strand").sleep(0.2)
+    conn:write("HTTP/1.1 200 OK\r\nContent-Length: ", #path, "\r\nConnection: close\r\n\r\n", path)
+  end })
+  local runner = strand.spawn(function() srv:serve_forever() end)
+  local t0, ts, ok = strand.now(), {}, 0
+  for i = 1, 10 do
+    ts[i] = strand.spawn(function() return http.request(("http://127.0.0.1:%d/%d"):format(srv.port, i)) end)
+  end
+  for i = 1, 10 do if select(2, ts[i]:join(10)) == "/" .. i then ok = ok + 1 end end
+  print(("  10 socket.http GETs (each answered after 0.2 s by a 2-thread server): %d ok in %.2f s"):format(ok, strand.now() - t0))
+  srv:shutdown(1)
+  runner:join(5)
+end)
+
 return areas
