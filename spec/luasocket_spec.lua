@@ -10,6 +10,7 @@ local socket = bridge.install()
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local smtp = require "socket.smtp"
+local ftp = require "socket.ftp"
 
 -- A tiny HTTP/1.1 server on strand sockets: on_request(method, path, headers, body) -> body.
 local function http_server(on_request)
@@ -79,6 +80,42 @@ local function smtp_server()
     c:close()
   end)
   return port, mails, function() srv:close(); t:join(2) end
+end
+
+-- An FTP stub (one session, passive mode): RETR serves files[name], STOR stores into files.
+local function ftp_server(files)
+  local srv = assert(ssock.listen("127.0.0.1", 0))
+  local _, port = srv:getsockname()
+  local log = {}
+  local t = strand.spawn(function()
+    local c = srv:accept()
+    if not c then return end
+    local data_listener
+    c:write("220 stub ftp\r\n")
+    for line in c:lines() do
+      local cmd, arg = line:match("^(%a+)%s*(.*)$")
+      cmd = cmd:upper()
+      log[#log + 1] = cmd
+      if cmd == "USER" then c:write("331 password?\r\n")
+      elseif cmd == "PASS" then c:write("230 in\r\n")
+      elseif cmd == "TYPE" then c:write("200 ok\r\n")
+      elseif cmd == "EPSV" then
+        data_listener = assert(ssock.listen("127.0.0.1", 0))
+        local _, dport = data_listener:getsockname()
+        c:write(("229 Entering Extended Passive Mode (|||%d|)\r\n"):format(dport))
+      elseif cmd == "RETR" or cmd == "STOR" then
+        c:write("150 here it comes\r\n")
+        local d = data_listener:accept()
+        data_listener:close()
+        if cmd == "RETR" then d:write(files[arg] or "") else files[arg] = d:read("a") end
+        d:close()
+        c:write("226 done\r\n")
+      elseif cmd == "QUIT" then c:write("221 bye\r\n"); break
+      else c:write("502 no\r\n") end
+    end
+    c:close()
+  end)
+  return port, log, function() srv:close(); t:join(2) end
 end
 
 -- tcp{client} pair over loopback through the bridge: client, accepted.
@@ -190,6 +227,26 @@ describe("strand.luasocket with the real socket.http, ltn12 and socket.smtp", fu
     assert.same({ "bob@example.test" }, mails[1].rcpt)
     assert.truthy(mails[1].data:find("Subject: hi", 1, true), mails[1].data)
     assert.truthy(mails[1].data:find("line one\nline two", 1, true))
+  end)
+end)
+
+describe("strand.luasocket with the real socket.ftp", function()
+  H.guard { threads = false }
+
+  it("ftp.get and ftp.put in passive mode against a local stub", function()
+    local files = { ["hello.txt"] = ("hello ftp\n"):rep(500) }
+    H.run(function()
+      local port, log, stop = ftp_server(files)
+      local body, err = ftp.get(("ftp://u:p@127.0.0.1:%d/hello.txt;type=i"):format(port))
+      assert.equal(files["hello.txt"], body, err)
+      stop()
+      assert.same({ "USER", "PASS", "TYPE", "EPSV", "RETR", "QUIT" }, log)
+      port, log, stop = ftp_server(files)
+      local r, perr = ftp.put(("ftp://u:p@127.0.0.1:%d/up.txt"):format(port), "uploaded bytes")
+      assert.equal(#"uploaded bytes", r, perr)     -- ftp.put returns the bytes sent
+      stop()
+      assert.equal("uploaded bytes", files["up.txt"])
+    end)
   end)
 end)
 

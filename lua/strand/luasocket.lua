@@ -257,7 +257,7 @@ local tcp_set = { keepalive = {"keepalive", BOOL}, reuseaddr = {"reuseaddr", BOO
 local tcp_get = { keepalive = tcp_set.keepalive, reuseaddr = tcp_set.reuseaddr,
   reuseport = tcp_set.reuseport, ["tcp-nodelay"] = tcp_set["tcp-nodelay"],
   linger = tcp_set.linger, ["recv-buffer-size"] = tcp_set["recv-buffer-size"],
-  ["send-buffer-size"] = tcp_set["send-buffer-size"], error = false,
+  ["send-buffer-size"] = tcp_set["send-buffer-size"], error = "error",
   ["tcp-keepidle"] = false, ["tcp-keepcnt"] = false, ["tcp-keepintvl"] = false }
 local udp_set = { broadcast = {"broadcast", BOOL}, reuseaddr = {"reuseaddr", BOOL},
   reuseport = {"reuseport", BOOL}, ["ipv6-v6only"] = {"ipv6only", BOOL},
@@ -307,6 +307,7 @@ end
 local function getoption(o, tab, name, fname)
   local opt = findopt(tab, name, fname)
   if o.s == nil then return nil, "getsockopt failed" end
+  if opt == "error" then return nil end   -- SO_ERROR: strand reports errors where they happen
   if not opt then return nil, "not supported" end
   local v = o.s:getoption(opt[1])
   if v == nil then return nil, "getsockopt failed" end
