@@ -11,6 +11,9 @@ local srv = assert(server.tcp { port = 0, mode = mode, workers = workers, backlo
       if not data or not conn:sendall(data) then break end
     end
   end })
-print("PORT " .. srv.port)
-io.stdout:flush()
+require("strand").spawn(function()     -- PORT once every worker listens (SO_REUSEPORT sockets)
+  srv:wait_ready(30)
+  print("PORT " .. srv.port)
+  io.stdout:flush()
+end)
 srv:serve_forever()

@@ -76,6 +76,7 @@ for _, mode in ipairs(modes) do
     end
     local replies
     strand.spawn(function()
+      srv:wait_ready(10)                     -- every worker listening
       local ok, out = pcall(function() return select(2, run_clients(srv.port, args.clients, proto == "udp"):join(30)) end)
       if not ok then print("s4: clients failed: " .. tostring(out)) end
       replies = ok and out or {}

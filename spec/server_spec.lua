@@ -20,6 +20,7 @@ end
 local function serving(srv, body)
   H.run(function()
     local s = strand.spawn(function() return srv:serve_forever() end)
+    assert.is_true(srv:wait_ready(H.TIMEOUT))
     local ok, err = pcall(body, srv)
     srv:shutdown(1)
     assert.same({ true, true }, { s:join(H.TIMEOUT) })
@@ -112,6 +113,24 @@ describe("strand.server", function()
         local id = tonumber(reply:match("^thread (%d+)$"))
         assert.is_true(id ~= nil and id ~= 1, reply)
       end
+    end)
+  end)
+
+  it("thread mode spreads connections over the workers (SO_REUSEPORT sockets by default)", function()
+    local srv = assert(server.tcp { mode = "thread", workers = 2, handler = function(conn)
+      conn:read("l")
+      conn:write(require("strand.thread").id(), "\n")
+    end })
+    serving(srv, function()
+      local ts, seen, n = {}, {}, 0
+      for i = 1, 24 do ts[i] = strand.spawn(ask, srv.port, "x") end
+      for i = 1, 24 do
+        local ok, id = ts[i]:join(H.TIMEOUT)
+        assert.is_true(ok, id)
+        if not seen[id] then seen[id] = true; n = n + 1 end
+      end
+      -- the kernel hashes each connection to a socket: all 24 on one worker has odds 2^-23
+      assert.equal(2, n)
     end)
   end)
 
@@ -308,6 +327,8 @@ describe("strand.server failure conditions", function()
                      "bad argument #1 to 'tcp' (unknown mode 'x')")
     assert.has_error(function() server.tcp { handler = print, max_connections = 0 } end,
                      "bad argument #1 to 'tcp' (max_connections must be an integer >= 1)")
+    assert.has_error(function() server.tcp { handler = print, mode = "thread", reuseport = true,
+                                             max_connections = 2 } end)
     assert.has_error(function() server.unix { handler = print } end,
                      "bad argument #1 to 'unix' (path must be a string)")
   end)

@@ -20,7 +20,12 @@
 --    each thread (API.md's copy rule: upvalues are copied, loaded modules go by name), so
 --    handlers cannot share plain Lua tables across threads (use strand.shared / queues).
 --  * "prefork": workers= processes forked at serve_forever, each serving a task per connection on
---    the inherited listening socket (the kernel hands each connection to one of them). "fork": the
+--    the inherited listening socket (the kernel hands each connection to one of them).
+--  * thread/prefork TCP servers without max_connections default to reuseport=true: each worker
+--    listens on its own SO_REUSEPORT socket on the port, so the kernel spreads the connections
+--    evenly (on one shared socket the worker that wakes first takes nearly all). With
+--    max_connections they share one socket (the backlog guarantee needs one queue) and a worker
+--    with more connections than another waits up to 20 ms before accepting. "fork": the
 --    server accepts and forks a child per connection (per datagram for udp) that runs the handler
 --    and exits; children are reaped by the server. max_connections holds across processes (a
 --    strand semaphore); shutdown's grace ends with SIGTERM for children still running. Both
@@ -91,13 +96,34 @@ local run_datagram
 
 local function run_stream(st, conn, host, port)
   st.active = st.active + 1
+  if st.loads then st.loads:incr(st.index, 1) end
   if st.idle_timeout then conn:settimeout(st.idle_timeout) end
   local ok, err = xpcall(st.handler, debug.traceback, conn, host, port)
   conn:close()
   if not ok then report(st, err, host, port) end
   st.active = st.active - 1
+  if st.loads then st.loads:incr(st.index, -1) end
   st.tasks[strand.current()] = nil
   give_slot(st)
+end
+
+-- Workers share one listening socket and all wake when a client arrives; the one that accepts
+-- keeps accepting while the backlog lasts, so one worker could take nearly every connection.
+-- A worker with more connections than another lets it go first (up to 20 ms), then accepts anyway.
+local function less_loaded_elsewhere(st)
+  local loads = st.loads
+  for i = 1, st.nworkers do
+    if i ~= st.index and (loads[i] or 0) < st.active then return true end
+  end
+  return false
+end
+
+local function let_others_accept(st)
+  if not st.loads then return end
+  for _ = 1, 10 do
+    if st.stopping or not less_loaded_elsewhere(st) then return end
+    strand.sleep(0.002)
+  end
 end
 
 -- sock:method(...), or nil, "closed" when another task of this thread closed sock meanwhile.
@@ -143,6 +169,7 @@ end
 
 local function accept_loop(st, lsock)
   while take_slot(st) do
+    let_others_accept(st)
     local conn, host, port = call_open(lsock, "accept")
     if not conn then
       give_slot(st)
@@ -205,15 +232,25 @@ end
 
 --- Body of each worker thread (thread mode; fd is a number) or process (prefork mode; fd is the
 --- inherited listening socket): crosses into threads by name.
-function M._thread_main(fd, kind, handler, opts, stopq, sem)
+function M._thread_main(fd, kind, handler, opts, stopq, sem, loads, index, readyq)
   local lsock
-  if type(fd) == "number" then
+  if type(fd) ~= "number" then
+    core.netcompat.signal_unwatch()         -- a prefork child: the parent's watcher is not ours
+  end
+  if opts.own_socket and index > 1 then
+    -- SO_REUSEPORT: a listening socket of its own on the same port; the kernel spreads the
+    -- connections over the workers' sockets (the first worker uses the server's own socket)
+    if type(fd) ~= "number" then fd:close() end
+    local o = opts.own_socket
+    lsock = assert(ssock.listen(o.host, o.port, { reuseport = true, backlog = o.backlog, family = o.family }))
+  elseif type(fd) == "number" then
     lsock = assert(core.netcompat.fromfd(fd))
   else
-    core.netcompat.signal_unwatch()         -- a prefork child: the parent's watcher is not ours
     lsock = fd
   end
   local st = new_state(handler, opts, sem, kind, "task")
+  st.loads, st.index, st.nworkers = loads, index, opts.nworkers
+  readyq:put(index)
   local watcher = strand.spawn(function()
     local grace = stopq:get()
     st.stopping = true
@@ -264,6 +301,7 @@ local function new_server(sock, kind, opts, mode, extra)
   srv.st = new_state(opts.handler, opts, sem, kind, mode)
   srv.sem = sem
   srv.stopped = sync.event()
+  srv.ready = sync.event()
   local h, p = sock:getsockname()
   if srv.path == nil then srv.host, srv.port = h, p end
   return srv
@@ -273,10 +311,25 @@ end
 ---            idle_timeout=, reuseport=, backlog=, log=} -> server | nil, err, code
 function M.tcp(opts)
   local mode = check_opts(opts, "tcp", "port")
+  -- thread/prefork without max_connections: every worker gets its own SO_REUSEPORT socket (the
+  -- kernel balances them; one shared socket lets one worker take nearly every connection)
+  local reuseport = opts.reuseport
+  if reuseport == nil then
+    reuseport = (mode == "thread" or mode == "prefork") and opts.max_connections == nil
+  end
+  if reuseport and opts.max_connections then
+    error("bad argument #1 to 'tcp' (reuseport cannot be combined with max_connections: a worker "
+      .. "holding a slot would wait on its own backlog while clients wait in another's)", 2)
+  end
   local sock, err, code = ssock.listen(opts.host or "127.0.0.1", opts.port or 0,
-    { backlog = opts.backlog or 1024, reuseport = opts.reuseport, family = opts.family })
+    { backlog = opts.backlog or 1024, reuseport = reuseport, family = opts.family })
   if not sock then return nil, err, code end
-  return new_server(sock, "stream", opts, mode)
+  local srv = new_server(sock, "stream", opts, mode)
+  if reuseport and (mode == "thread" or mode == "prefork") then
+    srv.own_socket = { host = srv.host, port = srv.port, backlog = opts.backlog or 1024,
+                       family = opts.family }
+  end
+  return srv
 end
 
 --- server.udp{host=, port=, handler=fn(data, host, port, sock), mode=, workers=, ...}
@@ -338,6 +391,7 @@ function Server:serve_forever()
   local unwatch = in_main_program() and watch_signals(self) or nil
   local ok, err = pcall(function()
     if self.mode == "task" or self.mode == "fork" then
+      self.ready:set()
       self.loop_task = strand.spawn(function()
         self.st.grace = self.grace or DEFAULT_GRACE
         return serve_loop(self.st, self.sock, self.kind)
@@ -364,11 +418,20 @@ function Server:_serve_threads()
   self.stop_ev = self.stop_ev or sync.event()
   local opts = { idle_timeout = self.opts.idle_timeout, log = self.opts.log }
   local threads = {}
+  local readyq = queue.new()
+  local loads = nil
+  if self.kind == "stream" and self.workers > 1 then
+    loads = require("strand.shared").dict()
+    for i = 1, self.workers do loads[i] = 0 end
+  end
+  opts.nworkers = self.workers
+  opts.own_socket = self.own_socket
   if self.mode == "prefork" then
     local process = require "strand.process"
     for i = 1, self.workers do
       local p = process.new { fn = M._thread_main, daemon = true, allow_threads = true,
-        args = table.pack(self.sock, self.kind, self.handler, opts, stopq, self.sem) }
+        args = table.pack(self.sock, self.kind, self.handler, opts, stopq, self.sem, loads, i,
+                          readyq) }
       local ok, err = p:start()
       if not ok then
         self.st.log("strand.server: fork failed: " .. tostring(err))
@@ -379,9 +442,14 @@ function Server:_serve_threads()
   else
     local fd = self.sock:fileno()
     for i = 1, self.workers do
-      threads[i] = thread.start(M._thread_main, fd, self.kind, self.handler, opts, stopq, self.sem)
+      threads[i] = thread.start(M._thread_main, fd, self.kind, self.handler, opts, stopq, self.sem,
+                                loads, i, readyq)
     end
   end
+  for _ = 1, #threads do                      -- every worker is listening: serving
+    if not readyq:get(30) then break end
+  end
+  self.ready:set()
   if not self.st.stopping then self.stop_ev:wait() end
   local grace = self.grace or DEFAULT_GRACE
   for _ = 1, #threads do stopq:put(grace) end
@@ -440,6 +508,11 @@ function Server:close()
 end
 Server.__close = Server.close
 Server.__gc = function(self) if self.sock then self.sock:close() end end
+
+--- srv:wait_ready([timeout]) -> true once serve_forever serves (every worker listening) | false
+function Server:wait_ready(timeout)
+  return self.ready:wait(timeout)
+end
 
 --- srv:active() -> handlers running now (task mode; 0 in other modes' parent)
 function Server:active() return self.st.active end
