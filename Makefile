@@ -35,7 +35,7 @@ $(SO): $(OBJ)
 
 # Debian packages the build and the specs need (installed when missing and run as root).
 DEPS := lua5.4 liblua5.4-dev libssh2-1-dev lua-busted openssh-server pkg-config gcc make \
-        lua-socket python3 luarocks \
+        lua-socket lua-argparse python3 luarocks \
         clang libclang-rt-14-dev valgrind
 deps:
 	@sh tools/deps.sh $(DEPS)

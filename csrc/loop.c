@@ -11,6 +11,8 @@
 static const char LOOP_KEY = 'L';   /* registry[&LOOP_KEY] = loop box (address is the key) */
 static const char ANCHOR_KEY = 'A'; /* registry[&ANCHOR_KEY] = { [coroutine] = task userdata } */
 static const char CANCEL_KEY = 'C'; /* registry[&CANCEL_KEY] = { [coroutine] = pending cancel } */
+static const char FORKED_KEY = 'K'; /* registry[&FORKED_KEY] = { old loop box, anchors, cancels }
+                                       in a forked child: the parent's tasks stay allocated */
 
 #define LOOP_META "strand.loop"
 
@@ -153,7 +155,8 @@ void strand_wake(strand_task *t, int outcome) {
     if (io->reader == t) io->reader = NULL;
     if (io->writer == t) io->writer = NULL;
     loop->nio_waits--;
-    if (io->registered && loop->poller->interest) loop->poller->interest(loop->pstate, io);
+    if (io->registered && loop->poller->interest && loop->pstate)
+      loop->poller->interest(loop->pstate, io);
   }
   waitq_unlink(t);
   if (t->co) {
@@ -200,6 +203,7 @@ static void loop_unref(strand_loop *loop);
 
 void strand_io_close(strand_io *io) {
   strand_loop *loop = io->loop;
+  if (loop && loop->forked) io->reader = io->writer = NULL;   /* the parent's waiters, not ours */
   if (io->reader) strand_wake(io->reader, STRAND_CLOSED);
   if (io->writer) strand_wake(io->writer, STRAND_CLOSED);
   if (loop && io->registered) {
@@ -289,6 +293,42 @@ int strand_loop_alive(lua_State *L) {
   return alive;
 }
 
+/* In a child just forked from a task or the main program: the loop, its tasks and its poller are
+ * the parent's (an epoll instance is shared across fork: one epoll_ctl here would change the
+ * parent's registrations). Abandon them without touching the poller (its fd is closed: that
+ * only drops this process's reference) and start a fresh loop, anchor and cancellation tables.
+ * The old struct is kept (never freed): stale tasks, timers and ios of the parent may still
+ * point at it; an io inherited and waited on here registers afresh (strand_wait_io). */
+void strand_loop_forked(lua_State *L) {
+  lua_createtable(L, 3, 0);                      /* keep the parent's loop box and tasks */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
+  lua_rawseti(L, -2, 2);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
+  lua_rawseti(L, -2, 3);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &FORKED_KEY);  /* an older generation (forked twice) */
+  lua_rawseti(L, -2, 4);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, -3, 1);
+  if (lua_type(L, -1) == LUA_TUSERDATA) {
+    strand_loop **box = (strand_loop **)lua_touserdata(L, -1);
+    strand_loop *old = *box;
+    if (old) {
+      old->forked = 1;
+      old->closed = 1;                            /* no poller->del from now on */
+      if (old->pstate) old->poller->free(old->pstate);
+      old->pstate = NULL;
+      old->refs++;                                /* kept for good: see above */
+      *box = NULL;
+    }
+  }
+  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &FORKED_KEY);
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &LOOP_KEY);
+  strand_loop_get(L);
+}
+
 char *strand_loop_scratch(strand_loop *loop) {
   if (loop->scratch == NULL) {
     loop->scratch = (char *)malloc(STRAND_SCRATCH);
@@ -371,6 +411,16 @@ int strand_wait_io(lua_State *L, strand_io *io, int ev, double deadline,
                    lua_KContext ctx, lua_KFunction k) {
   strand_loop *loop = strand_loop_get(L);
   strand_task *t = wait_begin(L, loop);
+  if (io->loop != NULL && io->loop != loop && io->loop->forked) {
+    /* inherited across a fork: the registration is the parent's loop's; start afresh here */
+    strand_loop *old = io->loop;
+    io->registered = 0;
+    io->loop = NULL;
+    io->reader = io->writer = NULL;
+    io->pollidx = -1;
+    io->ready = STRAND_READ | STRAND_WRITE;
+    loop_unref(old);
+  }
   if (io->loop != NULL && io->loop != loop)
     luaL_error(L, "strand: this object belongs to another thread's loop");
   strand_task **slot = (ev == STRAND_READ) ? &io->reader : &io->writer;
@@ -569,6 +619,7 @@ static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int sta
   lua_pushnil(L);
   set_anchor(L, t);                              /* unanchor */
   loop->ntasks--;
+  if (t->background) { t->background = 0; loop->nbackground--; }
   strand_waitq_wake_all(&t->joiners, STRAND_READY);
 }
 
@@ -655,7 +706,7 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
   return 0;
 }
 
-static int no_tasks(strand_loop *loop) { return loop->ntasks == 0; }
+static int no_tasks(strand_loop *loop) { return loop->ntasks <= loop->nbackground; }
 
 /* strand.run()'s driver: until every task has finished (or the deadline passes). */
 int strand_drain(lua_State *L, double deadline) {
@@ -663,7 +714,7 @@ int strand_drain(lua_State *L, double deadline) {
   wait_begin(L, loop);                           /* raises unless we may drive */
   if (strand_task_of(L)) luaL_error(L, "strand.run: already inside a task");
   loop->driver = L;
-  while (loop->ntasks > 0) {
+  while (loop->ntasks > loop->nbackground) {
     if (deadline != STRAND_FOREVER && strand_now() >= deadline) break;
     int r = loop_step(L, loop, no_tasks);
     if (r == STEP_INTERRUPTED) break;           /* see interrupt_pending: the caller returns */
@@ -673,7 +724,14 @@ int strand_drain(lua_State *L, double deadline) {
     }
   }
   loop->driver = NULL;
-  return loop->ntasks == 0;
+  return loop->ntasks <= loop->nbackground;
+}
+
+/* A task that does not keep strand.run going (it is cancelled or left waiting when the rest end). */
+void strand_task_background(strand_task *t) {
+  if (t->background || t->status >= STRAND_T_DONE) return;
+  t->background = 1;
+  t->loop->nbackground++;
 }
 
 static int task_id_cmp(const void *a, const void *b) {
@@ -710,7 +768,7 @@ void strand_drain_uninterrupted(lua_State *L) {
   lua_State *driver = loop->driver;
   loop->driver = L;
   loop->no_interrupt = 1;
-  while (loop->ntasks > 0) {
+  while (loop->ntasks > loop->nbackground) {
     if (loop_step(L, loop, no_tasks) != 0) {    /* a deadlock: nothing more can finish */
       lua_pop(L, 1);
       break;
@@ -760,6 +818,7 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
     lua_pushnil(L);
     set_anchor(L, t);
     loop->ntasks--;
+    if (t->background) { t->background = 0; loop->nbackground--; }
     strand_waitq_wake_all(&t->joiners, STRAND_READY);
     return;
   }

@@ -295,6 +295,7 @@ struct strand_task {
   unsigned char observed;         /* joined or result() taken: no unjoined-error report */
   unsigned char inready;          /* linked in the ready queue */
   unsigned char bare;             /* last yielded with a bare coroutine.yield */
+  unsigned char background;       /* does not keep strand.run going (a pool's reader) */
   int nargs;                      /* arguments for the first resume */
   int nres;                       /* results left on co's stack when done */
   union {                         /* a task is in the ready queue or in a wait_q, never both */
@@ -345,7 +346,14 @@ struct strand_loop {
   lua_Integer next_id;
   char *scratch;
   int no_interrupt;               /* strand.run cleaning up after Ctrl-C: drive on regardless */
+  int forked;                     /* abandoned by a forked child (strand_loop_forked) */
+  size_t nbackground;             /* unfinished tasks marked background */
 };
+
+/* loop.c, for process.c: in a forked child, abandon the parent's loop and make a fresh one. */
+STRAND_API void strand_loop_forked(lua_State *L);
+/* loop.c: t no longer keeps strand.run (strand_drain) going. */
+STRAND_API void strand_task_background(strand_task *t);
 
 /* loop.c, used by task.c */
 STRAND_API strand_task *strand_task_spawn(lua_State *L, int nargs);  /* fn + nargs on stack -> task pushed */
@@ -375,6 +383,7 @@ STRAND_API int strand_is_cancelled(lua_State *L, int idx);
   X(socket) X(selector) X(serial) X(thread) X(sync) X(queue) X(shared) \
   X(process) X(ssh) \
   X(_proc)   /* procinfo.c: what the process holds, for the specs' leak checks */
+  X(process) X(ssh) X(netcompat)
 
 #define STRAND_DECLARE_OPENER(name) \
   STRAND_API int strand_open_##name(lua_State *L) __attribute__((weak));

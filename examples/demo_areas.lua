@@ -109,4 +109,48 @@ add("locks and queues across threads: 20 threads x 250 increments, a producer/co
   print(("  consumer got 1..100 through a bounded queue(5): sum %d (expected 5050)"):format(sum))
 end)
 
+add("processes and pools: forked children, a pipe, a process pool surviving a kill -9", "strand.process", function(strand)
+  local process = require "strand.process"
+  local pool = require "strand.pool"
+  local ps = {}
+  for i = 1, 3 do ps[i] = process.start(function(n) return n * n, process.pid() end, i) end
+  for i = 1, 3 do
+    local sq, pid = ps[i]:result(10)
+    print(("  child %d (pid %d) returned %d"):format(i, pid, sq))
+  end
+  local a, b = process.pipe()
+  local echo = process.start(function() b:send(b:recv(10):upper()) end)
+  a:send("through a pipe")
+  print("  pipe round trip: " .. a:recv(10))
+  echo:join(10); a:close(); b:close()
+  local p <close> = pool.new{ size = 2 }
+  print("  pool.map: " .. table.concat(p:map(function(x) return x * 10 end, { 1, 2, 3, 4 }), " "))
+  local victim = p:submit(function() require("strand").sleep(30) end)
+  while victim:status() ~= "running" do strand.sleep(0.005) end
+  process.run({ "kill", "-9", tostring(p:pids()[1]) })
+  print(("  worker killed: %s; next apply: %s"):format(select(2, victim:join(10)),
+    p:apply(function() return "still serving" end)))
+end)
+
+add("server + LuaSocket bridge: a thread-mode server, socket.http GETs in tasks", "strand.server", function(strand)
+  local server = require "strand.server"
+  require("strand.luasocket").install()
+  local http = require "socket.http"
+  local srv = assert(server.tcp { mode = "thread", workers = 2, handler = function(conn)
+    local path = conn:read("l"):match("^GET (%S+)")
+    repeat local h = conn:read("l") until h == nil or h == ""
+    require("strand").sleep(0.2)
+    conn:write("HTTP/1.1 200 OK\r\nContent-Length: ", #path, "\r\nConnection: close\r\n\r\n", path)
+  end })
+  local runner = strand.spawn(function() srv:serve_forever() end)
+  local t0, ts, ok = strand.now(), {}, 0
+  for i = 1, 10 do
+    ts[i] = strand.spawn(function() return http.request(("http://127.0.0.1:%d/%d"):format(srv.port, i)) end)
+  end
+  for i = 1, 10 do if select(2, ts[i]:join(10)) == "/" .. i then ok = ok + 1 end end
+  print(("  10 socket.http GETs (each answered after 0.2 s by a 2-thread server): %d ok in %.2f s"):format(ok, strand.now() - t0))
+  srv:shutdown(1)
+  runner:join(5)
+end)
+
 return areas

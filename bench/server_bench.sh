@@ -1,0 +1,64 @@
+#!/bin/sh
+# bench/server_bench.sh — multi-core servers: echo round trips/s of strand.server in "thread" and
+# "prefork" modes (WORKERS loops) against the single-loop "task" mode, same load generator
+# (bench/echo_client.c), one server at a time, REPS runs each interleaved, medians reported.
+# usage: sh bench/server_bench.sh [BUILD_DIR]
+#   env: DURATION=3, CONNS=100, MSGSIZE=64, REPS=3, WORKERS=2, MODES="task thread prefork",
+#        SERVER_CPUS=0-1 (taskset for the servers), CLIENT_CPUS= (taskset for the client; empty:
+#        anywhere). On a 2-core machine the client shares the cores: the ratio is a lower bound.
+set -eu
+cd "$(dirname "$0")/.."
+build=${1:-build}
+DURATION=${DURATION:-3}
+CONNS=${CONNS:-100}
+MSGSIZE=${MSGSIZE:-64}
+REPS=${REPS:-3}
+WORKERS=${WORKERS:-2}
+MODES=${MODES:-"task thread prefork"}
+SERVER_CPUS=${SERVER_CPUS:-0-1}
+CLIENT_CPUS=${CLIENT_CPUS:-}
+bin=$build/bench
+mkdir -p "$bin"
+cc -O2 -o "$bin/echo_client" bench/echo_client.c
+[ -f "$build/strand/core.so" ] || make -s BUILD="$build"
+export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
+export LUA_CPATH="$build/?.so;;"
+
+tmp=$(mktemp -d)
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT INT TERM
+
+pin() { if [ -n "$1" ] && command -v taskset >/dev/null; then echo "taskset -c $1"; fi; }
+
+# run MODE: starts the server, one client run, stops the server; prints round trips/s
+run() {
+  rm -f "$tmp/out"
+  $(pin "$SERVER_CPUS") lua5.4 bench/server_echo.lua "$1" "$WORKERS" >"$tmp/out" 2>"$tmp/err" &
+  pid=$!
+  i=0
+  while ! grep -q '^PORT ' "$tmp/out" 2>/dev/null; do
+    i=$((i + 1))
+    if [ $i -gt 200 ] || ! kill -0 "$pid" 2>/dev/null; then echo "n/a"; cat "$tmp/err" >&2; return 0; fi
+    sleep 0.05
+  done
+  port=$(sed -n 's/^PORT //p' "$tmp/out")
+  v=$($(pin "$CLIENT_CPUS") "$bin/echo_client" "$port" "$CONNS" "$DURATION" "$MSGSIZE" 2>>"$tmp/cerr") || { v="n/a"; cat "$tmp/cerr" >&2; }
+  kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  pid=""
+  echo "$v"
+}
+
+r=0
+while [ $r -lt "$REPS" ]; do
+  r=$((r + 1))
+  for m in $MODES; do run "$m" >>"$tmp/$m"; done
+done
+
+median() { sort -g "$1" | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+base=$(median "$tmp/task")
+echo "strand.server echo, $CONNS connections, ${MSGSIZE}-byte messages, ${DURATION} s per run, median of $REPS (servers on CPUs $SERVER_CPUS, $WORKERS workers)"
+for m in $MODES; do
+  v=$(median "$tmp/$m")
+  awk -v m="$m" -v v="$v" -v b="$base" 'BEGIN { r = (v + 0 > 0 && b + 0 > 0) ? sprintf("%.2fx", v / b) : "n/a"; printf "%-8s %12s round trips/s  %s of task mode\n", m, v, r }'
+done

@@ -1,0 +1,304 @@
+/* process.c — forking strand processes (the child runs a Lua function on a fresh loop and
+ * _exits), process handles (pidfd waited on through the loop, signals, reaping), pid/ppid/cpu. */
+#include "strand.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+/* {==== process handles: a child's pid and its pidfd (readable once the child has exited) */
+
+#define PHANDLE_META "strand.process.handle"
+
+typedef struct phandle {
+  strand_io io;           /* io.fd is the pidfd; -1 once reaped and closed */
+  pid_t pid;
+  int status;             /* raw wait status, valid once reaped */
+  unsigned char reaped;
+  unsigned char daemon;   /* when collected unreaped: 0 wait for it, 1 kill it, 2 leave it */
+} phandle;
+
+static phandle *ph_check(lua_State *L) {
+  return (phandle *)luaL_checkudata(L, 1, PHANDLE_META);
+}
+
+/* Python's exitcode: the exit status, or -N for a death by signal N. */
+static int exitcode_of(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return 1;
+}
+
+static void ph_closefd(phandle *h) {
+  if (h->io.fd < 0) return;
+  int fd = h->io.fd;
+  strand_io_close(&h->io);
+  h->io.fd = -1;
+  close(fd);
+}
+
+/* Reap without blocking (block = 0) or blocking: 1 if reaped (now or before), 0 if running,
+ * -1 with errno on failure. */
+static int ph_reap(phandle *h, int block) {
+  if (h->reaped) return 1;
+  for (;;) {
+    int st = 0;
+    pid_t r = waitpid(h->pid, &st, block ? 0 : WNOHANG);
+    if (r == h->pid) {
+      h->status = st;
+      h->reaped = 1;
+      ph_closefd(h);
+      return 1;
+    }
+    if (r == 0) return 0;
+    if (errno == EINTR) continue;
+    if (errno == ECHILD) {             /* reaped by someone else (a SIGCHLD handler): unknown */
+      h->status = 255 << 8;
+      h->reaped = 1;
+      ph_closefd(h);
+      return 1;
+    }
+    return -1;
+  }
+}
+
+/* h:wait([timeout]) -> exitcode | nil, "timeout" */
+static int ph_wait_k(lua_State *L, int status, lua_KContext ctx) {
+  int outcome = strand_resumed(L, status);
+  phandle *h = ph_check(L);
+  double deadline = lua_tonumber(L, 2);
+  for (;;) {
+    int r = ph_reap(h, 0);
+    if (r < 0) return strand_fail(L, errno);
+    if (r == 1) {
+      lua_pushinteger(L, exitcode_of(h->status));
+      return 1;
+    }
+    if (outcome == STRAND_TIMEOUT) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
+    if (h->io.fd < 0) return strand_fail_msg(L, "closed", "ECLOSED");
+    outcome = strand_wait_io(L, &h->io, STRAND_READ, deadline, 0, ph_wait_k);
+  }
+}
+
+static int ph_wait(lua_State *L) {
+  ph_check(L);
+  double deadline = strand_opt_deadline(L, 2);
+  lua_settop(L, 1);
+  lua_pushnumber(L, deadline);
+  return ph_wait_k(L, LUA_OK, 0);
+}
+
+/* h:poll() -> exitcode | nil (still running) */
+static int ph_poll(lua_State *L) {
+  phandle *h = ph_check(L);
+  int r = ph_reap(h, 0);
+  if (r < 0) return strand_fail(L, errno);
+  if (r == 0) return 0;
+  lua_pushinteger(L, exitcode_of(h->status));
+  return 1;
+}
+
+/* h:signal(n) -> true | nil, msg, code. After the child was reaped: nil, "process has exited".
+ * Through the pidfd, so a recycled pid is never hit. */
+static int ph_signal(lua_State *L) {
+  phandle *h = ph_check(L);
+  lua_Integer sig = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, sig >= 0 && sig < 65, 2, "not a signal number");
+  if (h->reaped || h->io.fd < 0) return strand_fail_msg(L, "process has exited", "ESRCH");
+  if (syscall(SYS_pidfd_send_signal, h->io.fd, (int)sig, NULL, 0) != 0) {
+    if (errno != ENOSYS) return strand_fail(L, errno);
+    if (kill(h->pid, (int)sig) != 0) return strand_fail(L, errno);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int ph_pid(lua_State *L) {
+  lua_pushinteger(L, ph_check(L)->pid);
+  return 1;
+}
+
+/* h:status() -> exitcode, exited normally (bool), code or signal — once reaped; else nil */
+static int ph_status(lua_State *L) {
+  phandle *h = ph_check(L);
+  if (!h->reaped) return 0;
+  lua_pushinteger(L, exitcode_of(h->status));
+  if (WIFSIGNALED(h->status)) {
+    lua_pushboolean(L, 0);
+    lua_pushinteger(L, WTERMSIG(h->status));
+  } else {
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, WIFEXITED(h->status) ? WEXITSTATUS(h->status) : 1);
+  }
+  return 3;
+}
+
+/* Collected (at the latest when the Lua state closes): never leave a zombie. A daemon child is
+ * killed first; any other child is waited for (Python joins non-daemon children at exit). */
+static int ph_gc(lua_State *L) {
+  phandle *h = (phandle *)luaL_checkudata(L, 1, PHANDLE_META);
+  if (!h->reaped && h->pid > 0 && h->daemon == 2) {
+    (void)ph_reap(h, 0);               /* an external program: left running, as subprocess does */
+  } else if (!h->reaped && h->pid > 0) {
+    if (h->daemon) {
+      if (h->io.fd < 0 || syscall(SYS_pidfd_send_signal, h->io.fd, SIGKILL, NULL, 0) != 0)
+        kill(h->pid, SIGKILL);
+    }
+    if (ph_reap(h, 1) < 0) h->reaped = 1;
+  }
+  ph_closefd(h);
+  return 0;
+}
+
+static int ph_setdaemon(lua_State *L) {
+  ph_check(L)->daemon = (unsigned char)luaL_checkinteger(L, 2);
+  return 0;
+}
+
+static const luaL_Reg ph_methods[] = {
+  {"wait", ph_wait}, {"poll", ph_poll}, {"signal", ph_signal}, {"pid", ph_pid},
+  {"status", ph_status}, {"set_daemon", ph_setdaemon}, {NULL, NULL}
+};
+
+/* A handle for pid pushed (the pidfd opened); on failure the child is killed and reaped and
+ * nil, msg, code pushed. Returns 1 or 3. */
+static int push_handle(lua_State *L, pid_t pid, int daemon) {
+  phandle *h = (phandle *)lua_newuserdatauv(L, sizeof *h, 0);
+  memset(h, 0, sizeof *h);
+  strand_io_init(&h->io, -1);
+  h->pid = pid;
+  h->daemon = (unsigned char)daemon;
+  luaL_setmetatable(L, PHANDLE_META);
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0);     /* O_CLOEXEC by definition */
+  if (fd < 0) {
+    int e = errno;
+    kill(pid, SIGKILL);
+    ph_reap(h, 1);
+    lua_pop(L, 1);
+    return strand_fail(L, e);
+  }
+  strand_io_init(&h->io, fd);
+  return 1;
+}
+
+/* }==== */
+
+/* {==== fork */
+
+/* process._fork(child_main, daemon) -> handle | nil, msg, code (process.lua checks threads first)
+ * In the child: the parent's loop is abandoned for a fresh one, child_main() runs (protected)
+ * and its integer result is the exit status (1 if it raised); the child never returns here. */
+static int l_fork(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  int daemon = lua_toboolean(L, 2);
+  luaL_checkstack(L, 8, NULL);
+  fflush(NULL);                                /* unwritten stdio output is not written twice */
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) return strand_fail(L, errno);
+  if (pid == 0) {
+    if (daemon) {
+      /* ends with the parent, also when the parent is SIGKILLed; the parent may already be gone */
+      if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
+    }
+    strand_loop_forked(L);
+    lua_pushvalue(L, 1);
+    int code = 1;
+    if (lua_pcall(L, 0, 1, 0) == LUA_OK) {
+      if (lua_isinteger(L, -1)) code = (int)lua_tointeger(L, -1);
+      else code = lua_toboolean(L, -1) || lua_isnil(L, -1) ? 0 : 1;
+    } else {
+      const char *msg = lua_tostring(L, -1);
+      fprintf(stderr, "strand: process %d: %s\n", (int)getpid(), msg ? msg : "(error object)");
+    }
+    fflush(NULL);
+    _exit(code & 0xff);
+  }
+  return push_handle(L, pid, daemon);
+}
+
+/* process._exit(code): end this process now (no atexit handlers, no Lua state close) */
+static int l_exit(lua_State *L) {
+  int code = (int)luaL_optinteger(L, 1, 0);
+  fflush(NULL);
+  _exit(code & 0xff);
+  return 0;
+}
+
+/* process._encode(v) -> string | nil when v holds a strand object (its references are dropped):
+ * values for another process of ours, functions included (the channel is strand's own). */
+static int l_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  strand_serial_encode(L, 1, 1, STRAND_SERIAL_FUNCTIONS);
+  size_t len;
+  const char *p = lua_tolstring(L, -1, &len);
+  if (len > 1 && (p[1] & 0x01)) {             /* HDR_OBJECTS: see serial.c's format */
+    strand_serial_release(p, len);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+/* process._background(task): the task (a pool's reader) does not keep strand.run going */
+static int l_background(lua_State *L) {
+  strand_task *t = (strand_task *)luaL_checkudata(L, 1, STRAND_TASK_META);
+  strand_task_background(t);
+  return 0;
+}
+
+static int l_pid(lua_State *L) {
+  lua_pushinteger(L, getpid());
+  return 1;
+}
+
+static int l_ppid(lua_State *L) {
+  lua_pushinteger(L, getppid());
+  return 1;
+}
+
+static int l_cpu_count(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+/* }==== */
+
+STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
+
+static const luaL_Reg funcs[] = {
+  {"_fork", l_fork}, {"_exit", l_exit}, {"_spawn", strand_spawn_exec},
+  {"_encode", l_encode}, {"_background", l_background},
+  {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
+};
+
+STRAND_API int strand_process_push_handle(lua_State *L, pid_t pid, int daemon);
+int strand_process_push_handle(lua_State *L, pid_t pid, int daemon) {
+  return push_handle(L, pid, daemon);
+}
+
+int strand_open_process(lua_State *L) {
+  luaL_newmetatable(L, PHANDLE_META);
+  lua_pushcfunction(L, ph_gc);
+  lua_setfield(L, -2, "__gc");
+  luaL_newlib(L, ph_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  return 1;
+}

@@ -1,0 +1,647 @@
+-- strand.pool — worker pools (processes or threads) and futures.
+-- Process workers are forked children, each with a socket pair carrying framed, serialized
+-- (fn, args) one way and results back (functions as bytecode: the channel is strand's own);
+-- the parent reads every worker's results with one task per worker, in its loop. Thread workers
+-- take jobs from a strand queue. Contract: API.md "strand.pool and futures".
+--
+-- Behaviour worth knowing:
+--  * Up to two jobs are in flight per process worker (the next one is already in its socket when
+--    it finishes one). A worker that dies (kill -9, a crash, os.exit) fails only the job it was
+--    running, with "worker exited: signal 9" (or "worker exited: code N"); the jobs queued behind
+--    it go to the others and a new worker replaces it.
+--  * A job's error comes back with the worker's traceback. Submitting to a closed pool raises.
+--  * The pool's reader tasks live in the loop that created the pool: close it (or use <close>)
+--    before a strand.run that created it can end.
+--  * map(fn, list, chunksize): chunks of chunksize items go to a worker as one job (default: the
+--    list split in about 4 chunks per worker, as Python's Pool.map); results come in order.
+local core = require "strand.core"
+local process = require "strand.process"
+local socket = require "strand.socket"
+
+local spawn_task, now = core.spawn, core.now
+local serial = core.serial
+local pack, unpack = table.pack, table.unpack
+
+local M = {}
+
+local function remaining(deadline)
+  if deadline == nil then return nil end
+  local r = deadline - now()
+  return r > 0 and r or 0
+end
+
+local function check_timeout(t, arg, fname)
+  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
+    error(("bad argument #%d to '%s' (timeout must be a number >= 0 or nil)"):format(arg, fname), 3)
+  end
+end
+
+-- {==== futures
+
+local Future = {}
+Future.__index = Future
+Future.__name = "strand.future"
+
+local function new_future()
+  return setmetatable({ _state = "pending", _waiters = {}, _callbacks = {} }, Future)
+end
+M._new_future = new_future
+
+local function check_future(self, fname)
+  if getmetatable(self) ~= Future then
+    error(("bad argument #1 to '%s' (strand.future expected, got %s)"):format(fname, type(self)), 3)
+  end
+end
+
+-- Settle the future with r = pack(true, ...) | pack(false, err); wake joiners; run callbacks.
+local function settle(f, r, state)
+  if f._r then return end
+  f._r = r
+  f._state = state or (r[1] and "done" or "failed")
+  local w = f._waiters
+  f._waiters = {}
+  for i = 1, #w do w[i]:notify() end
+  local cbs = f._callbacks
+  f._callbacks = {}
+  for i = 1, #cbs do
+    local ok, err = pcall(cbs[i], f)
+    if not ok then
+      io.stderr:write("strand: a future's on_done callback failed: ", tostring(err), "\n")
+    end
+  end
+end
+M._settle = settle
+
+--- f:join([timeout]) -> true, ... | false, err | nil, "timeout"
+function Future:join(timeout)
+  check_future(self, "join")
+  check_timeout(timeout, 2, "join")
+  local deadline = timeout and now() + timeout
+  while self._r == nil do
+    local n = core.notifier()
+    local w = self._waiters
+    w[#w + 1] = n
+    local ok = n:wait(remaining(deadline))
+    if not ok and self._r == nil then
+      for i = #w, 1, -1 do if w[i] == n then table.remove(w, i) end end
+      return nil, "timeout"
+    end
+  end
+  local r = self._r
+  return unpack(r, 1, r.n)
+end
+
+--- f:result([timeout]) -> ... | raises the error, "timeout" or "cancelled"
+function Future:result(timeout)
+  check_future(self, "result")
+  check_timeout(timeout, 2, "result")
+  local r = pack(self:join(timeout))
+  if r[1] == nil then error("timeout", 0) end
+  if r[1] == false then error(r[2], 0) end
+  return unpack(r, 2, r.n)
+end
+
+function Future:done()
+  check_future(self, "done")
+  return self._r ~= nil
+end
+
+--- f:cancel() -> true if it had not started (it will never run), else false
+function Future:cancel()
+  check_future(self, "cancel")
+  if self._state ~= "pending" then return self._state == "cancelled" end
+  settle(self, pack(false, "cancelled"), "cancelled")
+  return true
+end
+
+function Future:cancelled()
+  check_future(self, "cancelled")
+  return self._state == "cancelled"
+end
+
+function Future:status()
+  check_future(self, "status")
+  return self._state
+end
+
+--- f:on_done(cb): cb(f) runs in the submitter's loop when f settles (now if it already has)
+function Future:on_done(cb)
+  check_future(self, "on_done")
+  if type(cb) ~= "function" then
+    error("bad argument #1 to 'on_done' (function expected, got " .. type(cb) .. ")", 2)
+  end
+  if self._r then cb(self) else self._callbacks[#self._callbacks + 1] = cb end
+  return self
+end
+
+-- }==== futures
+
+-- {==== the pool
+
+local Pool = {}
+Pool.__index = Pool
+Pool.__name = "strand.pool"
+
+local function check_pool(self, fname)
+  if getmetatable(self) ~= Pool then
+    error(("bad argument #1 to '%s' (strand.pool expected, got %s)"):format(fname, type(self)), 3)
+  end
+end
+
+local INFLIGHT = 2          -- jobs sent ahead to one process worker
+local function_code
+
+-- A job's traceback, without the worker's own frames below the job.
+local function job_traceback(e)
+  local tb = debug.traceback(e, 2)
+  if type(tb) ~= "string" then return tb end
+  local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
+  return cut and tb:sub(1, cut - 1) or tb
+end
+
+-- What a process worker runs: jobs from its socket, results back, until told to stop.
+local function worker_main(sock, initializer, initargs, maxtasks)
+  local traceback = job_traceback
+  if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
+  local C = core.process
+  local done, fns = 0, {}
+  sock:settimeout(nil)
+  while true do
+    local data = sock:recv_frame()
+    if data == nil then return 0 end
+    local job = serial.decode(data, { functions = true })
+    if job == "stop" then return 0 end
+    local id, fid, fdata, args, chunk = job[1], job[2], job[3], job[4], job[5]
+    local fn = fid and fns[fid] or nil
+    if fn == nil then
+      fn = serial.decode(fdata, { functions = true })
+      if fid then fns[fid] = fn end
+    end
+    local r
+    if chunk then
+      local out = {}
+      r = pack(xpcall(function()
+        for i = 1, args.n do out[i] = (fn(args[i])) end
+        return out
+      end, traceback))
+    else
+      r = pack(xpcall(fn, traceback, unpack(args, 1, args.n)))
+    end
+    local enc = C._encode({ id, r })
+    if enc == nil then
+      enc = C._encode({ id, pack(false, "the job's results cannot be copied (a strand object)") })
+    end
+    sock:send_frame(enc)
+    done = done + 1
+    if maxtasks and done >= maxtasks then return 0 end
+  end
+end
+
+local function fail_job(job, msg)
+  if job.fut then settle(job.fut, pack(false, msg)) else job.fail(msg) end
+end
+
+local start_worker
+
+-- Send queued jobs to process workers with room.
+local function dispatch(self)
+  if self._kind ~= "process" then return end
+  -- first one job to every idle worker, then a second one ahead to each busy one
+  for depth = 1, INFLIGHT do
+  for _, w in ipairs(self._workers) do
+    while #self._jobs > 0 and w.alive and #w.inflight < depth
+          and not (self._max and w.sent >= self._max) do
+      local job = table.remove(self._jobs, 1)
+      if job.fut == nil or job.fut._state == "pending" then
+        if job.fut then job.fut._state = "running" end
+        w.inflight[#w.inflight + 1] = job
+        w.sent = w.sent + 1
+        local data
+        if job.fid and w.known[job.fid] then
+          data = core.process._encode({ job.id, job.fid, false, job.args, job.chunk })
+        else
+          if job.fid then w.known[job.fid] = true end
+          data = core.process._encode({ job.id, job.fid or false, job.fdata, job.args, job.chunk })
+        end
+        w.out[#w.out + 1] = data
+        if not w.sending then
+          w.sending = true
+          while #w.out > 0 do
+            local data = table.remove(w.out, 1)
+            local ok = w.sock:send_frame(data)
+            if not ok then break end          -- the worker died: its reader handles it
+          end
+          w.sending = false
+        end
+      end
+    end
+  end
+  end
+end
+
+-- A process worker ended (EOF on its socket): fail its current job, requeue the others, replace.
+local function worker_gone(self, w)
+  w.alive = false
+  local code = w.proc_h:wait()
+  process._reaped(w.proc_h)
+  local inflight = w.inflight
+  w.inflight = {}
+  if self._terminated then
+    for _, job in ipairs(inflight) do fail_job(job, "pool terminated") end
+  elseif #inflight > 0 then
+    local msg = code < 0 and ("worker exited: signal " .. -code) or ("worker exited: code " .. code)
+    fail_job(inflight[1], msg)
+    for i = #inflight, 2, -1 do
+      local job = inflight[i]
+      if job.fut then job.fut._state = "pending" end
+      table.insert(self._jobs, 1, job)
+    end
+  end
+  w.sock:close()
+  process._parent_ends[w.sock] = nil
+  for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
+  if not self._terminated and (not self._closed or #self._jobs > 0) then
+    start_worker(self)
+  end
+  dispatch(self)
+  if #self._workers == 0 then
+    for _, n in ipairs(self._idle) do n:notify() end
+    self._idle = {}
+  end
+end
+
+local function reader(self, w)
+  local sock = w.sock
+  while true do
+    sock:settimeout(nil)
+    local data = sock:recv_frame()
+    if data == nil then break end
+    local msg = serial.decode(data, { functions = true })
+    local job = table.remove(w.inflight, 1)
+    if job and job[1] ~= msg[1] then          -- never expected: ids stay in order per worker
+      error("strand.pool: result for job " .. tostring(msg[1]) .. " while " .. tostring(job.id) .. " was expected")
+    end
+    if job then
+      if job.fut then settle(job.fut, msg[2]) else job.done(msg[2]) end
+    end
+    dispatch(self)
+  end
+  worker_gone(self, w)
+end
+
+start_worker = function(self)
+  local a, b = socket.pair()
+  if not a then error("strand.pool: cannot create a worker channel: " .. tostring(b)) end
+  local init, initargs, max = self._init, self._initargs, self._max
+  local h, err = process._fork(function()
+    return worker_main(b, init, initargs, max)
+  end, true, self._allow_threads, a)
+  b:close()
+  if not h then a:close(); error("strand.pool: cannot start a worker: " .. tostring(err)) end
+  process._parent_ends[a] = true
+  local w = { sock = a, proc_h = h, pid = h:pid(), inflight = {}, out = {}, sent = 0, alive = true,
+              known = {} }
+  self._workers[#self._workers + 1] = w
+  w.task = spawn_task(reader, self, w)
+  core.process._background(w.task)
+  return w
+end
+
+-- Thread workers: jobs from a shared queue, results to a shared queue.
+local function thread_worker(jobs, results, initializer, initargs)
+  local traceback = debug.traceback
+  if initializer then initializer(table.unpack(initargs, 1, initargs.n or #initargs)) end
+  while true do
+    local job = jobs:get()
+    if job == nil or job == "stop" then return end
+    local id, fn, args, chunk = job[1], job[2], job[3], job[4]
+    if type(fn) == "string" then fn = require("strand.core").serial.decode(fn, { functions = true }) end
+    local r
+    if chunk then
+      local out = {}
+      r = table.pack(xpcall(function()
+        for i = 1, args.n do out[i] = (fn(args[i])) end
+        return out
+      end, traceback))
+    else
+      r = table.pack(xpcall(fn, traceback, table.unpack(args, 1, args.n)))
+    end
+    local ok = pcall(results.put, results, { id, r })
+    if not ok then results:put({ id, table.pack(false, "the job's results cannot be copied") }) end
+  end
+end
+
+local function thread_reader(self)
+  while true do
+    local msg = self._results:get()
+    if msg == nil then return end
+    local job = self._pending[msg[1]]
+    self._pending[msg[1]] = nil
+    if job then
+      if job.fut then settle(job.fut, msg[2]) else job.done(msg[2]) end
+    end
+  end
+end
+
+--- pool.new{size=, kind="process"|"thread", initializer=, initargs=, maxtasksperchild=}
+function M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2) end
+  local size = opts.size or process.cpu_count()
+  if math.type(size) ~= "integer" or size < 1 then
+    error("bad argument #1 to 'new' (size must be an integer >= 1)", 2)
+  end
+  local kind = opts.kind or "process"
+  if kind ~= "process" and kind ~= "thread" then
+    error("bad argument #1 to 'new' (kind must be \"process\" or \"thread\")", 2)
+  end
+  if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
+    error("bad argument #1 to 'new' (initializer must be a function)", 2)
+  end
+  if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
+    error("bad argument #1 to 'new' (initargs must be a table)", 2)
+  end
+  local max = opts.maxtasksperchild
+  if max ~= nil and (math.type(max) ~= "integer" or max < 1) then
+    error("bad argument #1 to 'new' (maxtasksperchild must be an integer >= 1)", 2)
+  end
+  local self = setmetatable({
+    _kind = kind, _size = size, _init = opts.initializer, _initargs = opts.initargs or {},
+    _max = max, _allow_threads = opts.allow_threads, _workers = {}, _jobs = {}, _idle = {},
+    _next = 0, _pending = {},
+  }, Pool)
+  if kind == "process" then
+    for _ = 1, size do start_worker(self) end
+  else
+    local thread = require "strand.thread"
+    local queue = require "strand.queue"
+    self._jobq, self._results = queue.new(), queue.new()
+    for i = 1, size do
+      self._workers[i] = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs)
+    end
+    self._reader = spawn_task(thread_reader, self)
+    core.process._background(self._reader)
+  end
+  return self
+end
+
+local function check_fn(fn, fname)
+  if type(fn) ~= "function" then
+    error(("bad argument #1 to '%s' (function expected, got %s)"):format(fname, type(fn)), 3)
+  end
+end
+
+-- Functions with no upvalue but _ENV are encoded once (encoding a function looks for it among
+-- the loaded modules' functions, which costs tens of microseconds): id and bytes, cached.
+local fcache = setmetatable({}, { __mode = "k" })
+local next_fid = 0
+function_code = function(fn)
+  local c = fcache[fn]
+  if c then return c[1], c[2] end
+  local i = 1
+  while true do
+    local name = debug.getupvalue(fn, i)
+    if name == nil then break end
+    if name ~= "_ENV" then return nil, nil end
+    i = i + 1
+  end
+  local data = core.process._encode(fn)
+  if data == nil then return nil, nil end
+  next_fid = next_fid + 1
+  fcache[fn] = { next_fid, data }
+  return next_fid, data
+end
+
+-- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome.
+local function enqueue(self, fname, fn, args, chunk, job)
+  if self._closed then error(fname .. ": the pool is closed", 3) end
+  self._next = self._next + 1
+  local id = self._next
+  job.id = id
+  job[1] = id
+  local fid, fdata = function_code(fn)
+  if self._kind == "process" then
+    local objmsg = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
+      .. "make it before the pool and reach it from the initializer)"
+    if fdata == nil then fdata = core.process._encode(fn) end
+    if fdata == nil or core.process._encode(args) == nil then error(objmsg:format(fname), 3) end
+    job.fid, job.fdata, job.args, job.chunk = fid, fdata, args, chunk or false
+    self._jobs[#self._jobs + 1] = job
+    dispatch(self)
+  else
+    self._pending[id] = job
+    local ok, err = pcall(self._jobq.put, self._jobq, { id, fdata or fn, args, chunk })
+    if not ok then self._pending[id] = nil; error(err, 3) end
+  end
+end
+
+--- p:submit(fn, ...) -> future
+function Pool:submit(fn, ...)
+  check_pool(self, "submit")
+  check_fn(fn, "submit")
+  local f = new_future()
+  enqueue(self, "submit", fn, pack(...), nil, { fut = f })
+  return f
+end
+Pool.apply_async = Pool.submit
+
+--- p:apply(fn, ...) -> ... (raises the job's error)
+function Pool:apply(fn, ...)
+  check_pool(self, "apply")
+  check_fn(fn, "apply")
+  local f = new_future()
+  enqueue(self, "apply", fn, pack(...), nil, { fut = f })
+  return f:result()
+end
+
+local function check_list(list, chunksize, fname)
+  if type(list) ~= "table" then
+    error(("bad argument #2 to '%s' (table expected, got %s)"):format(fname, type(list)), 3)
+  end
+  if chunksize ~= nil and (math.type(chunksize) ~= "integer" or chunksize < 1) then
+    error(("bad argument #3 to '%s' (chunksize must be an integer >= 1)"):format(fname), 3)
+  end
+end
+
+-- Chunk futures for list: one future per chunk, each settling with the chunk's results table.
+local function submit_chunks(self, fname, fn, list, chunksize)
+  local n = #list
+  if chunksize == nil then
+    chunksize = n // (self._size * 4)
+    if n % (self._size * 4) ~= 0 then chunksize = chunksize + 1 end
+    if chunksize < 1 then chunksize = 1 end
+  end
+  local chunks = {}
+  for first = 1, n, chunksize do
+    local last = math.min(first + chunksize - 1, n)
+    local args = { n = last - first + 1 }
+    for i = first, last do args[i - first + 1] = list[i] end
+    local f = new_future()
+    f._first, f._count = first, args.n
+    enqueue(self, fname, fn, args, true, { fut = f })
+    chunks[#chunks + 1] = f
+  end
+  return chunks
+end
+
+--- p:map(fn, list [, chunksize]) -> results in order (raises the first failure)
+function Pool:map(fn, list, chunksize)
+  check_pool(self, "map")
+  check_fn(fn, "map")
+  check_list(list, chunksize, "map")
+  local out = {}
+  for _, f in ipairs(submit_chunks(self, "map", fn, list, chunksize)) do
+    local res = f:result()
+    for i = 1, f._count do out[f._first + i - 1] = res[i] end
+  end
+  return out
+end
+
+--- for i, v in p:imap(fn, list [, chunksize]) -> results in order (index, value)
+function Pool:imap(fn, list, chunksize)
+  check_pool(self, "imap")
+  check_fn(fn, "imap")
+  check_list(list, chunksize or 1, "imap")
+  local chunks = submit_chunks(self, "imap", fn, list, chunksize or 1)
+  local ci, k, res = 0, 0, nil
+  return function()
+    while res == nil or k >= chunks[ci]._count do
+      ci = ci + 1
+      if ci > #chunks then return nil end
+      res = chunks[ci]:result()
+      k = 0
+    end
+    k = k + 1
+    local f = chunks[ci]
+    return f._first + k - 1, res[k]
+  end
+end
+
+--- for i, v in p:imap_unordered(fn, list [, chunksize]) -> (index, value) as they complete
+function Pool:imap_unordered(fn, list, chunksize)
+  check_pool(self, "imap_unordered")
+  check_fn(fn, "imap_unordered")
+  check_list(list, chunksize or 1, "imap_unordered")
+  local chunks = submit_chunks(self, "imap_unordered", fn, list, chunksize or 1)
+  local ready, head, tail = {}, 1, 0
+  local n = core.notifier()
+  for _, f in ipairs(chunks) do
+    f:on_done(function(x) tail = tail + 1; ready[tail] = x; n:notify() end)
+  end
+  local given, cur, k = 0, nil, 0
+  return function()
+    while cur == nil or k >= cur._count do
+      if given == #chunks then return nil end
+      while ready[head] == nil do n:wait() end
+      cur = ready[head]; ready[head] = nil; head = head + 1
+      given = given + 1
+      k = 0
+      cur._res = cur:result()
+    end
+    k = k + 1
+    return cur._first + k - 1, cur._res[k]
+  end
+end
+
+--- p:close(): no more submissions; the workers end once the queued jobs are done
+function Pool:close()
+  check_pool(self, "close")
+  if self._closed then return end
+  self._closed = true
+  if self._kind == "thread" then
+    for _ = 1, #self._workers do self._jobq:put("stop") end
+  end
+end
+
+--- p:join(): wait for the workers to end (after close or terminate)
+function Pool:join()
+  check_pool(self, "join")
+  if not self._closed then error("join: close or terminate the pool first", 2) end
+  if self._joined then return true end
+  if self._kind == "thread" then
+    for _, t in ipairs(self._workers) do t:join() end
+    self._results:close()
+    self._reader:join()
+    for id, job in pairs(self._pending) do
+      self._pending[id] = nil
+      fail_job(job, "pool terminated")
+    end
+  else
+    -- wait until every queued job has been sent and answered, then stop the workers
+    while true do
+      local busy = #self._jobs > 0
+      for _, w in ipairs(self._workers) do if #w.inflight > 0 then busy = true end end
+      if not busy then break end
+      local n = core.notifier()
+      local waiting = {}
+      for _, w in ipairs(self._workers) do
+        for _, job in ipairs(w.inflight) do waiting[#waiting + 1] = job.fut end
+      end
+      for _, job in ipairs(self._jobs) do waiting[#waiting + 1] = job.fut end
+      local f = waiting[#waiting]
+      if f then f:join() else core.sleep(0.001) end
+    end
+    for _, w in ipairs(self._workers) do
+      if w.alive then w.sock:send_frame(serial.encode("stop")) end
+    end
+    while #self._workers > 0 do
+      local w = self._workers[1]
+      w.task:join()
+    end
+  end
+  self._joined = true
+  return true
+end
+
+--- p:terminate(): stop now; jobs not finished fail with "pool terminated"
+function Pool:terminate()
+  check_pool(self, "terminate")
+  if self._terminated then return end
+  self._closed = true
+  self._terminated = true
+  if self._kind == "thread" then
+    local drained = self._jobq
+    while drained:get_nowait() do end
+    for _ = 1, #self._workers do drained:put("stop") end
+    for id, job in pairs(self._pending) do
+      self._pending[id] = nil
+      fail_job(job, "pool terminated")
+    end
+    return self:join()
+  end
+  local jobs = self._jobs
+  self._jobs = {}
+  for _, job in ipairs(jobs) do fail_job(job, "pool terminated") end
+  for _, w in ipairs(self._workers) do
+    w.proc_h:signal(9)
+  end
+  while #self._workers > 0 do
+    self._workers[1].task:join()
+  end
+  self._joined = true
+  return true
+end
+
+function Pool:__close()
+  if self._terminated or self._joined then return end
+  self:close()
+  self:join()
+end
+
+Pool.__gc = function(self)
+  if not self._joined and self._kind == "process" then
+    for _, w in ipairs(self._workers) do pcall(w.proc_h.signal, w.proc_h, 9) end
+  end
+end
+
+function Pool:pids()
+  local out = {}
+  if self._kind == "process" then
+    for i, w in ipairs(self._workers) do out[i] = w.pid end
+  end
+  return out
+end
+
+-- }==== the pool
+
+return M

@@ -1,0 +1,581 @@
+-- strand.process — processes (fork: the child runs a function on a fresh loop), pipes between
+-- processes and external programs; the C core is csrc/process.c (fork, pidfd handles) and
+-- csrc/spawn.c (posix_spawn).
+--
+-- Behaviour worth knowing (the contract is API.md "strand.process"):
+--  * process.start(fn, ...) forks. The child abandons the parent's loop (its tasks never run in
+--    the child, its poller is never touched) and runs fn(...) as the only task of a fresh loop;
+--    when fn returns (tasks it spawned and left running are abandoned) its results are copied
+--    back (the copy rule, functions included) through a socket pair and the child _exits: 0, or
+--    1 if fn raised. join/result follow the finishing protocol; exitcode is Python's (0, 1, -N
+--    for a death by signal N). join waits through the loop (pidfd), so other tasks run meanwhile.
+--  * A strand object (queue, lock, ...) cannot come back as a result or go through a pipe: its
+--    reference is only meaningful for objects made before the fork, which the child already has.
+--    Pass them to start (arguments or upvalues) instead.
+--  * Forking while other strand threads run raises unless allow_threads=true: the child would
+--    hold only the calling thread, and whatever lock another thread held at that moment (a strand
+--    thread's Lua state, stdio, a library's own) would stay held forever in the child. (glibc's
+--    malloc survives fork; strand's resolver threads wait idle between lookups and are not counted.)
+--  * A child is reaped by join, by exitcode/is_alive once it has ended, and by the next start.
+--    At exit (the Lua state closing) daemon children are killed and others waited for; daemon
+--    children also die with the parent when it is killed (PR_SET_PDEATHSIG; note Linux ties it
+--    to the thread that forked: a daemon started from a strand thread dies when that thread ends).
+--  * spawn connects the child's stdin/stdout/stderr to socket pairs (so they are ordinary strand
+--    streams: read, lines, write, close); the child sees blocking sockets, which programs read and
+--    write like pipes. "inherit" (default) and "null" are the other choices.
+local core = require "strand.core"
+local socket = require "strand.socket"
+
+local C = core.process
+if C == nil then error("strand.process: the C module was built without processes", 2) end
+local serial = core.serial
+local spawn_task, now = core.spawn, core.now
+local pack, unpack = table.pack, table.unpack
+
+local M = { pid = C.pid, ppid = C.ppid, cpu_count = C.cpu_count }
+
+local live = {}                                    -- handle -> true: children not reaped yet
+local parent_ends = setmetatable({}, { __mode = "k" })   -- sockets a forked child closes
+M._parent_ends = parent_ends
+
+local function remaining(deadline)
+  if deadline == nil then return nil end
+  local r = deadline - now()
+  return r > 0 and r or 0
+end
+
+local function check_timeout(t, arg, fname)
+  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
+    error(("bad argument #%d to '%s' (timeout must be a number >= 0 or nil)"):format(arg, fname), 3)
+  end
+end
+
+local function sweep()
+  for h in pairs(live) do
+    if h:poll() ~= nil then live[h] = nil end
+  end
+end
+
+-- Encode values for another process of ours: functions allowed, strand objects refused.
+local function encode_for_process(v, what)
+  local data = C._encode(v)
+  if data == nil then
+    error(what .. ": a strand object cannot be copied to another process (objects made before "
+      .. "the fork are already there: pass them to process.start)", 3)
+  end
+  return data
+end
+M._encode = encode_for_process
+
+-- The first thing a forked child does: close what belongs to the parent.
+local function child_setup(own_parent_end)
+  if own_parent_end then own_parent_end:close() end
+  for s in pairs(parent_ends) do s:close() end
+  for h in pairs(live) do h:set_daemon(2); live[h] = nil end   -- the parent's children
+end
+M._child_setup = child_setup
+
+--- Fork with child_main() run in the child (returns its exit status). -> handle | nil, msg, code
+function M._fork(child_main, daemon, allow_threads, parent_end)
+  local th = package.loaded["strand.thread"]
+  if not allow_threads and type(th) == "table" and th.active_count() > 1 then
+    error(("process.start: %d strand thread(s) run in this process; a forked child would hold only "
+      .. "this one, with whatever lock another thread held at that moment (a strand thread's Lua "
+      .. "state, stdio, a library's own) frozen for good (pass allow_threads=true to fork anyway)")
+      :format(th.active_count() - 1), 3)
+  end
+  sweep()
+  local h, err, code = C._fork(function()
+    child_setup(parent_end)
+    return child_main()
+  end, daemon)
+  if not h then return nil, err, code end
+  live[h] = true
+  return h
+end
+
+--- Reap h if it has ended; forget it then.
+function M._reaped(h)
+  live[h] = nil
+end
+
+-- {==== Process objects
+
+local Process = {}
+local methods = {}
+local counter = 0
+
+Process.__index = function(self, k)
+  if k == "exitcode" then
+    local h = rawget(self, "_h")
+    if h == nil then return nil end
+    local code = h:poll()
+    if code ~= nil then live[h] = nil end
+    return code
+  end
+  return methods[k]
+end
+Process.__name = "strand.process"
+Process.__tostring = function(self)
+  return ("strand.process %s (pid %s)"):format(self.name, tostring(rawget(self, "pid")))
+end
+
+local function check_self(self, fname)
+  if getmetatable(self) ~= Process then
+    error(("bad argument #1 to '%s' (strand.process expected, got %s)"):format(fname, type(self)), 3)
+  end
+end
+
+--- process.new{fn=, args=, name=, daemon=, allow_threads=}
+function M.new(opts)
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  if type(opts.fn) ~= "function" then
+    error("bad argument #1 to 'new' (fn must be a function)", 2)
+  end
+  if opts.args ~= nil and type(opts.args) ~= "table" then
+    error("bad argument #1 to 'new' (args must be a table)", 2)
+  end
+  if opts.name ~= nil and type(opts.name) ~= "string" then
+    error("bad argument #1 to 'new' (name must be a string)", 2)
+  end
+  counter = counter + 1
+  local args = opts.args or {}
+  return setmetatable({
+    fn = opts.fn, args = args, nargs = args.n or #args,
+    name = opts.name or ("Process-" .. counter),
+    daemon = opts.daemon and true or false,
+    allow_threads = opts.allow_threads and true or false,
+    _waiters = {},
+  }, Process)
+end
+
+-- The child's side: run fn as a task of the fresh loop, send the outcome, exit.
+local function run_child(self, child_end)
+  M._current_name = self.name
+  local t = spawn_task(self.fn, unpack(self.args, 1, self.nargs))
+  local r = pack(t:join())
+  local ok, data = pcall(encode_for_process, r, "result")
+  if not ok then
+    r = pack(false, "process " .. self.name .. ": cannot copy its results back: " .. tostring(data))
+    data = serial.encode(r)
+  end
+  child_end:settimeout(nil)
+  child_end:send_frame(data)
+  child_end:close()
+  return r[1] and 0 or 1
+end
+
+function methods:start()
+  check_self(self, "start")
+  if rawget(self, "_h") ~= nil then error("process " .. self.name .. " already started", 2) end
+  local a, b = socket.pair()
+  if not a then return nil, b end
+  local h, err, code = M._fork(function() return run_child(self, b) end,
+    self.daemon, self.allow_threads, a)
+  b:close()
+  if not h then a:close(); return nil, err, code end
+  parent_ends[a] = true
+  self._h, self._sock = h, a
+  self.pid = h:pid()
+  return self
+end
+
+local function failure_message(code)
+  if code < 0 then return "process killed by signal " .. -code end
+  return "process exited with code " .. code
+end
+
+-- One joiner does the reading; the others wait for its notification.
+local function finish(self, deadline)
+  local sock = self._sock
+  if sock and not self._msg_done then
+    sock:settimeout(remaining(deadline))
+    local data, err = sock:recv_frame()
+    if data then
+      self._msg = data
+    elseif err == "timeout" then
+      return nil, "timeout"
+    end
+    self._msg_done = true
+    sock:close()
+    parent_ends[sock] = nil
+    self._sock = nil
+  end
+  local code, err = self._h:wait(remaining(deadline))
+  if code == nil then return nil, err end
+  live[self._h] = nil
+  local r
+  if self._msg then
+    r = pack(pcall(serial.decode, self._msg, { functions = true }))
+    if r[1] then r = r[2] else r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(r[2])) end
+  elseif code == 0 then
+    r = pack(true)
+  else
+    r = pack(false, failure_message(code))
+  end
+  self._msg = nil
+  self._final = r
+  return true
+end
+
+--- p:join([timeout]) -> true, ...results | false, err | nil, "timeout"
+function methods:join(timeout)
+  check_self(self, "join")
+  check_timeout(timeout, 2, "join")
+  if rawget(self, "_h") == nil then error("process " .. self.name .. " was not started", 2) end
+  local deadline = timeout and now() + timeout
+  while self._final == nil do
+    if self._joining then
+      local n = core.notifier()
+      local w = self._waiters
+      w[#w + 1] = n
+      local ok = n:wait(remaining(deadline))
+      if not ok and self._final == nil then return nil, "timeout" end
+    else
+      self._joining = true
+      local ok, done, err = pcall(finish, self, deadline)
+      self._joining = false
+      local w = self._waiters
+      self._waiters = {}
+      for i = 1, #w do w[i]:notify() end
+      if not ok then error(done, 0) end
+      if not done then return nil, err end
+    end
+  end
+  local r = self._final
+  return unpack(r, 1, r.n)
+end
+
+--- p:result([timeout]) -> ...results, or raises the error ("timeout" exactly on timeout)
+function methods:result(timeout)
+  check_self(self, "result")
+  check_timeout(timeout, 2, "result")
+  local r = pack(self:join(timeout))
+  if r[1] == nil then error("timeout", 0) end
+  if r[1] == false then error(r[2], 0) end
+  return unpack(r, 2, r.n)
+end
+
+function methods:is_alive()
+  check_self(self, "is_alive")
+  local h = rawget(self, "_h")
+  if h == nil then return false end
+  local code = h:poll()
+  if code ~= nil then live[h] = nil end
+  return code == nil
+end
+
+local function send_signal(self, sig, fname)
+  check_self(self, fname)
+  local h = rawget(self, "_h")
+  if h == nil then error("process " .. self.name .. " was not started", 3) end
+  if h:poll() ~= nil then return true end           -- already ended: nothing to do (Python)
+  local ok, err, code = h:signal(sig)
+  if not ok and code == "ESRCH" then return true end
+  return ok, err, code
+end
+
+function methods:terminate() return send_signal(self, 15, "terminate") end
+function methods:kill() return send_signal(self, 9, "kill") end
+function methods:signal(n)
+  if math.type(n) ~= "integer" then
+    error("bad argument #1 to 'signal' (integer expected, got " .. type(n) .. ")", 2)
+  end
+  return send_signal(self, n, "signal")
+end
+
+--- process.start(fn, ...) -> a started process (raises if fork fails)
+function M.start(fn, ...)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'start' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  local p = M.new{ fn = fn, args = pack(...) }
+  local ok, err = p:start()
+  if not ok then error("process.start: cannot fork: " .. tostring(err), 2) end
+  return p
+end
+
+--- The name of this process ("MainProcess" unless started by strand.process).
+function M.name() return M._current_name or "MainProcess" end
+
+--- Every started child not reaped yet (also reaps those that have ended).
+function M.active_children()
+  sweep()
+  local n = 0
+  for _ in pairs(live) do n = n + 1 end
+  return n
+end
+
+-- }==== Process objects
+
+-- {==== pipes: framed, copied values over a socket pair
+
+local Conn = {}
+Conn.__index = Conn
+Conn.__name = "strand.pipe"
+
+local function check_conn(self, fname)
+  if getmetatable(self) ~= Conn then
+    error(("bad argument #1 to '%s' (strand.pipe expected, got %s)"):format(fname, type(self)), 3)
+  end
+  if self.closed then error("attempt to use a closed pipe", 3) end
+end
+
+--- process.pipe([duplex=true]) -> a, b   (not duplex: a only receives, b only sends)
+function M.pipe(duplex)
+  if duplex == nil then duplex = true end
+  local s1, s2 = socket.pair()
+  if not s1 then return nil, s2 end
+  if not duplex then
+    s1:shutdown("w")
+    s2:shutdown("r")
+  end
+  return setmetatable({ s = s1, can_send = duplex, can_recv = true }, Conn),
+         setmetatable({ s = s2, can_send = true, can_recv = duplex }, Conn)
+end
+
+--- a:send(v) -> true | nil, msg (the peer is gone: "closed")
+function Conn:send(v)
+  check_conn(self, "send")
+  if not self.can_send then error("send: this end of the pipe only receives", 2) end
+  if v == nil then error("bad argument #1 to 'send' (cannot send nil)", 2) end
+  local data = encode_for_process(v, "send")
+  self.s:settimeout(nil)
+  local ok, err, _, code = self.s:send_frame(data)
+  if not ok then
+    if code == "EPIPE" or code == "ECONNRESET" then return nil, "closed", code end
+    return nil, err, code
+  end
+  return true
+end
+
+local function take(self, timeout)
+  if self.pending then return true end
+  self.s:settimeout(timeout)
+  local data, err, code = self.s:recv_frame()
+  if data then self.pending = data; return true end
+  if code == "ECONNRESET" then return nil, "closed", code end
+  return nil, err, code
+end
+
+--- b:recv([timeout]) -> v | nil, "closed" | nil, "timeout"
+function Conn:recv(timeout)
+  check_conn(self, "recv")
+  check_timeout(timeout, 1, "recv")
+  if not self.can_recv then error("recv: this end of the pipe only sends", 2) end
+  local ok, err, code = take(self, timeout)
+  if not ok then return nil, err, code end
+  local data = self.pending
+  self.pending = nil
+  return serial.decode(data, { functions = true })
+end
+
+--- a:poll([timeout]) -> true (a value is there, or the peer closed: recv will say) | false
+function Conn:poll(timeout)
+  check_conn(self, "poll")
+  check_timeout(timeout, 1, "poll")
+  if not self.can_recv then error("poll: this end of the pipe only sends", 2) end
+  local ok, err = take(self, timeout or 0)
+  if ok then return true end
+  if err == "timeout" then return false end
+  return true
+end
+
+function Conn:close()
+  if getmetatable(self) ~= Conn then error("bad argument #1 to 'close' (strand.pipe expected)", 2) end
+  if self.closed then return true end
+  self.closed = true
+  self.pending = nil
+  self.s:close()
+  return true
+end
+Conn.__close = Conn.close
+Conn.__gc = Conn.close
+
+-- }==== pipes
+
+-- {==== external programs
+
+local Child = {}
+Child.__index = Child
+Child.__name = "strand.child"
+
+local stdio_names = { "stdin", "stdout", "stderr" }
+
+local function check_opts(opts, fname)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(("bad argument #2 to '%s' (table expected, got %s)"):format(fname, type(opts)), 3)
+  end
+  for _, name in ipairs(stdio_names) do
+    local v = opts[name]
+    if v ~= nil and v ~= "pipe" and v ~= "inherit" and v ~= "null" then
+      error(("bad argument #2 to '%s' (%s must be \"pipe\", \"inherit\" or \"null\")"):format(fname, name), 3)
+    end
+  end
+  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then
+    error(("bad argument #2 to '%s' (cwd must be a string)"):format(fname), 3)
+  end
+  if opts.env ~= nil and type(opts.env) ~= "table" then
+    error(("bad argument #2 to '%s' (env must be a table)"):format(fname), 3)
+  end
+  return opts
+end
+
+local function check_argv(argv, fname)
+  if type(argv) ~= "table" then
+    error(("bad argument #1 to '%s' (table expected, got %s)"):format(fname, type(argv)), 3)
+  end
+  if #argv == 0 then error(("bad argument #1 to '%s' (argv is empty)"):format(fname), 3) end
+  for i = 1, #argv do
+    if type(argv[i]) ~= "string" then
+      error(("bad argument #1 to '%s' (argv[%d] must be a string)"):format(fname, i), 3)
+    end
+  end
+end
+
+local function env_array(env)
+  local out = {}
+  for k, v in pairs(env) do
+    if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
+      error("bad argument #2 to 'spawn' (env must map strings to strings)", 4)
+    end
+    out[#out + 1] = k .. "=" .. v
+  end
+  table.sort(out)
+  return out
+end
+
+--- process.spawn(argv, {stdin=, stdout=, stderr=, env=, cwd=}) -> child | nil, msg, code
+function M.spawn(argv, opts)
+  check_argv(argv, "spawn")
+  opts = check_opts(opts, "spawn")
+  local env = opts.env and env_array(opts.env)
+  local fds, mine, theirs = { -1, -1, -1 }, {}, {}
+  local function cleanup()
+    for _, s in pairs(mine) do s:close() end
+    for _, s in pairs(theirs) do s:close() end
+  end
+  for i, name in ipairs(stdio_names) do
+    local mode = opts[name] or "inherit"
+    if mode == "pipe" then
+      local a, b, code = socket.pair()
+      if not a then cleanup(); return nil, b, code end
+      mine[name], theirs[name] = a, b
+      fds[i] = b:fileno()
+    elseif mode == "null" then
+      fds[i] = -2
+    end
+  end
+  local h, err, code = C._spawn(argv, env, opts.cwd, fds[1], fds[2], fds[3])
+  for _, s in pairs(theirs) do s:close() end
+  if not h then
+    for _, s in pairs(mine) do s:close() end
+    return nil, err, code
+  end
+  live[h] = true
+  if mine.stdin then mine.stdin:shutdown("r") end
+  if mine.stdout then mine.stdout:shutdown("w") end
+  if mine.stderr then mine.stderr:shutdown("w") end
+  for _, s in pairs(mine) do parent_ends[s] = true end
+  return setmetatable({ _h = h, pid = h:pid(), argv = argv,
+    stdin = mine.stdin, stdout = mine.stdout, stderr = mine.stderr }, Child)
+end
+
+--- child:wait([timeout]) -> code, signal (code = -signal when killed) | nil, "timeout"
+function Child:wait(timeout)
+  check_timeout(timeout, 1, "wait")
+  local code, err, ecode = self._h:wait(timeout)
+  if code == nil then return nil, err, ecode end
+  live[self._h] = nil
+  self.code = code
+  if code < 0 then return code, -code end
+  return code, nil
+end
+
+function Child:poll()
+  local code = self._h:poll()
+  if code ~= nil then live[self._h] = nil; self.code = code end
+  return code
+end
+
+--- child:kill([sig=9]) -> true | nil, msg
+function Child:kill(sig)
+  sig = sig or 9
+  if math.type(sig) ~= "integer" then
+    error("bad argument #1 to 'kill' (integer expected, got " .. type(sig) .. ")", 2)
+  end
+  local ok, err, code = self._h:signal(sig)
+  if not ok and code == "ESRCH" then return true end
+  return ok, err, code
+end
+
+--- Close the pipes this side holds (the program sees end of input / a closed output).
+function Child:close()
+  for _, name in ipairs(stdio_names) do
+    local s = self[name]
+    if s then s:close(); parent_ends[s] = nil end
+  end
+end
+Child.__close = Child.close
+
+--- process.run(argv, {input=, stdin=, env=, cwd=, timeout=}) -> {code=, signal=, stdout=, stderr=}
+--- | nil, msg. stdout and stderr are read at once (no deadlock whatever their sizes); input (a
+--- string) is written to stdin meanwhile. On timeout the program is killed: nil, "timeout".
+function M.run(argv, opts)
+  check_argv(argv, "run")
+  opts = check_opts(opts, "run")
+  if opts.input ~= nil and type(opts.input) ~= "string" then
+    error("bad argument #2 to 'run' (input must be a string)", 2)
+  end
+  check_timeout(opts.timeout, 2, "run")
+  local sopts = { env = opts.env, cwd = opts.cwd, stdout = "pipe", stderr = "pipe",
+                  stdin = opts.input and "pipe" or (opts.stdin or "inherit") }
+  local child, err, code = M.spawn(argv, sopts)
+  if not child then return nil, err, code end
+  local deadline = opts.timeout and now() + opts.timeout
+  local out, errout = {}, {}
+  local function reader(s, into)
+    return function()
+      s:settimeout(nil)
+      into[1] = s:read("a")
+    end
+  end
+  local tasks = { spawn_task(reader(child.stdout, out)), spawn_task(reader(child.stderr, errout)) }
+  if opts.input then
+    tasks[3] = spawn_task(function()
+      child.stdin:settimeout(nil)
+      child.stdin:sendall(opts.input)
+      child.stdin:close()
+    end)
+  end
+  local timed_out = false
+  for _, t in ipairs(tasks) do
+    if t:join(remaining(deadline)) == nil then timed_out = true; break end
+  end
+  local rc, sig
+  if not timed_out then
+    rc, sig = child:wait(remaining(deadline))
+    if rc == nil then timed_out = true end
+  end
+  if timed_out then
+    for _, t in ipairs(tasks) do t:cancel() end
+    child:kill(9)
+    child:wait()
+    child:close()
+    for _, t in ipairs(tasks) do t:join() end
+    return nil, "timeout", "ETIMEDOUT"
+  end
+  child:close()
+  for _, t in ipairs(tasks) do
+    local ok, e = t:join()
+    if ok == false then error(e, 0) end
+  end
+  return { code = rc, signal = sig, stdout = out[1] or "", stderr = errout[1] or "" }
+end
+
+-- }==== external programs
+
+return M

@@ -1,0 +1,171 @@
+-- Pools of processes and threads, futures, the finishing protocol on futures, dead workers.
+local strand = require "strand"
+local pool = require "strand.pool"
+local H = require "support.helper"
+
+for _, kind in ipairs { "process", "thread" } do
+  describe(kind .. " pool", function()
+    H.guard()
+
+    it("apply, submit -> future, join/result/done", function()
+      local p <close> = pool.new{ size = 2, kind = kind }
+      assert.equal(5, p:apply(function(a, b) return a + b end, 2, 3))
+      local f = p:submit(function(x) return x * 2, "two" end, 21)
+      local ok, v, s = f:join(H.TIMEOUT)
+      assert.is_true(ok); assert.equal(42, v); assert.equal("two", s)
+      assert.is_true(f:done())
+      assert.equal(42, (f:result()))
+      local k = 10
+      assert.equal(15, p:apply(function(x) return x + k end, 5))    -- closure copied
+    end)
+
+    it("a job's error comes back with the worker's traceback; apply raises it", function()
+      local p <close> = pool.new{ size = 1, kind = kind }
+      local f = p:submit(function() local t; return t.x end)
+      local ok, err = f:join(H.TIMEOUT)
+      assert.is_false(ok)
+      assert.matches("attempt to index", err)
+      assert.matches("stack traceback", err)
+      local ok2, err2 = pcall(p.apply, p, function() error("boom") end)
+      assert.is_false(ok2); assert.matches("boom", err2)
+      assert.equal(1, p:apply(function() return 1 end))   -- the worker goes on
+    end)
+
+    it("map keeps order (with and without chunksize); imap and imap_unordered", function()
+      local p <close> = pool.new{ size = 2, kind = kind }
+      local list = {}
+      for i = 1, 50 do list[i] = i end
+      local sq = function(x) return x * x end
+      local r = p:map(sq, list)
+      for i = 1, 50 do assert.equal(i * i, r[i]) end
+      local r2 = p:map(sq, list, 7)
+      for i = 1, 50 do assert.equal(i * i, r2[i]) end
+      assert.same({}, p:map(sq, {}))
+      local seq = {}
+      for i, v in p:imap(sq, { 1, 2, 3, 4 }) do seq[#seq + 1] = { i, v } end
+      assert.same({ { 1, 1 }, { 2, 4 }, { 3, 9 }, { 4, 16 } }, seq)
+      local seen = {}
+      for i, v in p:imap_unordered(sq, { 1, 2, 3, 4, 5 }, 2) do seen[i] = v end
+      assert.same({ 1, 4, 9, 16, 25 }, seen)
+    end)
+
+    it("futures with strand.wait, as_completed and joinall, mixed with tasks", function()
+      local p <close> = pool.new{ size = 2, kind = kind }
+      H.run(function()
+        local fs = {}
+        for i = 1, 6 do fs[i] = p:submit(function(n) require("strand").sleep(0.01 * n); return n end, i) end
+        local t = strand.spawn(function() return "task" end)
+        local list = { t }
+        for i = 1, 6 do list[#list + 1] = fs[i] end
+        local n = 0
+        for x in strand.as_completed(list, H.TIMEOUT) do n = n + 1; assert.is_true(x:join(0)) end
+        assert.equal(7, n)
+        local done, pending = strand.wait(list, { timeout = H.TIMEOUT })
+        assert.equal(7, #done); assert.equal(0, #pending)
+        local d2 = strand.joinall(fs, H.TIMEOUT)
+        assert.equal(6, #d2)
+      end)
+    end)
+
+    it("on_done runs in the submitter's loop; cancel before start; timeout", function()
+      local p <close> = pool.new{ size = 1, kind = kind }
+      local got = {}
+      local blocker = p:submit(function() require("strand").sleep(0.3); return "b" end)
+      local f = p:submit(function() return 1 end)
+      local g = p:submit(function() return 2 end)
+      local h = p:submit(function() return 3 end)
+      f:on_done(function(x) got[#got + 1] = x:result() end)
+      assert.same({ nil, "timeout" }, { blocker:join(0.01) })
+      local ok, err = pcall(blocker.result, blocker, 0)
+      assert.is_false(ok); assert.equal("timeout", err)
+      assert.is_true(h:cancel())
+      assert.is_true(h:cancelled())
+      local ok2, err2 = pcall(h.result, h)
+      assert.is_false(ok2); assert.equal("cancelled", err2)
+      assert.equal("b", blocker:result(H.TIMEOUT))
+      assert.equal(2, g:result(H.TIMEOUT))
+      assert.same({ 1 }, got)
+      assert.is_false(f:cancel())
+      local later = {}
+      f:on_done(function() later[1] = true end)
+      assert.is_true(later[1])
+    end)
+
+    it("initializer with initargs runs in each worker; maxtasksperchild replaces workers", function()
+      local p <close> = pool.new{ size = 2, kind = kind,
+        initializer = function(tag) package.loaded.pool_spec_tag = tag end, initargs = { "init-ok" } }
+      assert.equal("init-ok", p:apply(function() return package.loaded.pool_spec_tag end))
+      if kind == "process" then
+        local q <close> = pool.new{ size = 1, kind = kind, maxtasksperchild = 2 }
+        local pids = {}
+        for i = 1, 6 do pids[q:apply(function() return require("strand.process").pid() end)] = true end
+        local n = 0
+        for _ in pairs(pids) do n = n + 1 end
+        assert.equal(3, n)
+      end
+    end)
+
+    it("submit to a closed pool raises; close + join finishes the queued jobs; misuse raises", function()
+      local p = pool.new{ size = 2, kind = kind }
+      local fs = {}
+      for i = 1, 10 do fs[i] = p:submit(function(x) return x end, i) end
+      p:close()
+      assert.has_error(function() p:submit(function() end) end, "submit: the pool is closed")
+      assert.has_error(function() p:apply(function() end) end, "apply: the pool is closed")
+      assert.is_true(p:join())
+      for i = 1, 10 do assert.equal(i, fs[i]:result(0)) end
+      assert.has_error(function() pool.new{ size = 0 } end,
+        "bad argument #1 to 'new' (size must be an integer >= 1)")
+      assert.has_error(function() pool.new{ kind = "fiber" } end,
+        "bad argument #1 to 'new' (kind must be \"process\" or \"thread\")")
+      local q <close> = pool.new{ size = 1, kind = kind }
+      assert.has_error(function() q:submit(5) end, "bad argument #1 to 'submit' (function expected, got number)")
+      assert.has_error(function() q:map(print, 5) end, "bad argument #2 to 'map' (table expected, got number)")
+      assert.has_error(function() q:join() end, "join: close or terminate the pool first")
+    end)
+
+    it("terminate fails what is not finished", function()
+      local p = pool.new{ size = 1, kind = kind }
+      local slow = p:submit(function() require("strand").sleep(kind == "process" and 30 or 0.2) end)
+      local queued = p:submit(function() return 1 end)
+      if kind == "process" then
+        assert.is_true(H.wait_until(function() return slow:status() == "running" end))
+      end
+      p:terminate()
+      assert.same({ false, "pool terminated" }, { queued:join(H.TIMEOUT) })
+      if kind == "process" then assert.same({ false, "pool terminated" }, { slow:join(H.TIMEOUT) }) end
+    end)
+  end)
+end
+
+describe("process pool workers dying", function()
+  H.guard()
+
+  it("a worker killed with SIGKILL fails only its job and is replaced", function()
+    local p <close> = pool.new{ size = 2 }
+    local victim = p:submit(function() require("strand").sleep(30) end)
+    local others = {}
+    for i = 1, 8 do others[i] = p:submit(function(x) return x end, i) end
+    assert.is_true(H.wait_until(function() return victim:status() == "running" end))
+    -- the worker running the victim is the first one (jobs go out in order)
+    local pid = p:pids()[1]
+    os.execute("kill -9 " .. pid)
+    assert.same({ false, "worker exited: signal 9" }, { victim:join(H.TIMEOUT) })
+    for i = 1, 8 do assert.equal(i, others[i]:result(H.TIMEOUT)) end
+    assert.equal("still serving", p:apply(function() return "still serving" end))
+    assert.equal(2, #p:pids())
+    assert.is_nil(require("strand.process")._none)
+  end)
+
+  it("a job that exits its worker fails with the exit code", function()
+    local p <close> = pool.new{ size = 1 }
+    assert.same({ false, "worker exited: code 3" }, { p:submit(function() os.exit(3) end):join(H.TIMEOUT) })
+    assert.equal(7, p:apply(function() return 7 end))
+  end)
+
+  it("a strand object cannot be sent to a process worker", function()
+    local p <close> = pool.new{ size = 1 }
+    local q = require("strand.queue").new()
+    assert.has_error(function() p:submit(function() return q end) end)
+  end)
+end)

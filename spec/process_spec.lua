@@ -1,0 +1,352 @@
+-- Processes: fork, results and errors back through join/result, exitcodes, signals, reaping,
+-- daemons, the parent's loop left alone in the child, shared objects across processes.
+local strand = require "strand"
+local process = require "strand.process"
+local socket = require "strand.socket"
+local sync = require "strand.sync"
+local queue = require "strand.queue"
+local shared = require "strand.shared"
+local H = require "support.helper"
+
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local s = f:read("a"); f:close()
+  return not s:match("^%d+ %b() [ZX]")
+end
+
+describe("processes", function()
+  H.guard()
+
+  it("start with arguments; join returns the results; pid and ppid", function()
+    local p = process.start(function(a, b) return a + b, { a, b }, process.pid(), process.ppid() end, 2, 3)
+    assert.is_number(p.pid)
+    local ok, sum, pair, pid, ppid = p:join(H.TIMEOUT)
+    assert.is_true(ok)
+    assert.equal(5, sum)
+    assert.same({ 2, 3 }, pair)
+    assert.equal(p.pid, pid)
+    assert.equal(process.pid(), ppid)
+    assert.equal(0, p.exitcode)
+    assert.equal(5, (p:result()))
+    assert.is_false(p:is_alive())
+    assert.is_true(process.cpu_count() >= 1)
+  end)
+
+  it("an error comes back with the child's traceback; exitcode 1", function()
+    local p = process.start(function() local t = nil; return t.field end)
+    local ok, err = p:join(H.TIMEOUT)
+    assert.is_false(ok)
+    assert.matches("attempt to index", err)
+    assert.matches("stack traceback", err)
+    assert.equal(1, p.exitcode)
+    local ok2, err2 = pcall(p.result, p)
+    assert.is_false(ok2)
+    assert.matches("attempt to index", err2)
+  end)
+
+  it("exitcode: os.exit(n) gives n, a kill gives -9, terminate -15", function()
+    local p = process.start(function() os.exit(7) end)
+    local ok, err = p:join(H.TIMEOUT)
+    assert.is_false(ok)
+    assert.equal("process exited with code 7", err)
+    assert.equal(7, p.exitcode)
+
+    local k = process.start(function() strand.sleep(30) end)
+    assert.is_true(k:is_alive())
+    assert.is_nil(k.exitcode)
+    assert.is_true(k:kill())
+    local ok2, err2 = k:join(H.TIMEOUT)
+    assert.is_false(ok2)
+    assert.equal("process killed by signal 9", err2)
+    assert.equal(-9, k.exitcode)
+    assert.is_true(k:kill())          -- already gone: nothing to do, no error
+
+    local t = process.start(function() strand.sleep(30) end)
+    t:terminate()
+    t:join(H.TIMEOUT)
+    assert.equal(-15, t.exitcode)
+
+    local s = process.start(function() strand.sleep(30) end)
+    s:signal(10)                       -- SIGUSR1: default action terminates
+    s:join(H.TIMEOUT)
+    assert.equal(-10, s.exitcode)
+  end)
+
+  it("join with a timeout: nil, 'timeout'; result raises exactly 'timeout'", function()
+    local p = process.start(function() strand.sleep(30) end)
+    assert.same({ nil, "timeout" }, { p:join(0.05) })
+    local ok, err = pcall(p.result, p, 0)
+    assert.is_false(ok)
+    assert.equal("timeout", err)
+    p:kill()
+    p:join(H.TIMEOUT)
+  end)
+
+  it("join waits through the loop: other tasks run meanwhile", function()
+    H.run(function()
+      local ticks = 0
+      local ticker = strand.spawn(function()
+        for _ = 1, 1000 do strand.sleep(0.005); ticks = ticks + 1 end
+      end)
+      local a, b = process.pipe()
+      local p = process.start(function() return b:recv(H.TIMEOUT) end)
+      assert.is_true(H.wait_until(function() return ticks >= 3 end))
+      a:send("go")
+      assert.equal("go", p:result(H.TIMEOUT))
+      assert.is_true(ticks >= 3)
+      ticker:cancel()
+      a:close(); b:close()
+    end)
+  end)
+
+  it("two tasks joining one process both get the results", function()
+    H.run(function()
+      local p = process.start(function() strand.sleep(0.05); return "x" end)
+      local t1 = strand.spawn(function() return p:result(H.TIMEOUT) end)
+      local t2 = strand.spawn(function() return p:result(H.TIMEOUT) end)
+      assert.equal("x", t1:result())
+      assert.equal("x", t2:result())
+    end)
+  end)
+
+  it("memory is isolated: a child changing a global does not change the parent's", function()
+    counter_global = 1
+    local p = process.start(function() counter_global = 99; return counter_global end)
+    assert.equal(99, p:result(H.TIMEOUT))
+    assert.equal(1, counter_global)
+    counter_global = nil
+  end)
+
+  it("the parent's tasks do not run in the child; the parent's loop keeps its registrations", function()
+    H.run(function()
+      local a, b = socket.pair()
+      local marker = os.tmpname()
+      local got
+      -- this task waits on a socket in the parent: the child must neither run it nor
+      -- deregister the socket from the (shared) epoll instance
+      local reader = strand.spawn(function()
+        got = a:recv(100)
+        local f = io.open(marker, "a"); f:write("reader ran in ", process.pid(), "\n"); f:close()
+      end)
+      strand.sleep(0)
+      local me = process.pid()
+      local p = process.start(function()
+        strand.sleep(0.02)
+        a:close()                       -- closes the child's copy only
+        return "child done"
+      end)
+      assert.equal("child done", p:result(H.TIMEOUT))
+      b:send("hello")
+      reader:join(H.TIMEOUT)
+      assert.equal("hello", got)
+      local f = io.open(marker); local s = f:read("a"); f:close()
+      os.remove(marker)
+      assert.equal("reader ran in " .. me .. "\n", s)
+      a:close(); b:close()
+    end)
+  end)
+
+  it("a socket made before the fork works in the child through the child's loop", function()
+    local a, b = socket.pair()
+    local p = process.start(function()
+      local line = b:read("l")
+      b:write(line:upper(), "\n")
+      return true
+    end)
+    a:write("ping\n")
+    assert.equal("PING", a:read("l"))
+    assert.is_true(p:result(H.TIMEOUT))
+    a:close(); b:close()
+  end)
+
+  it("process.new: name, args, daemon; start twice raises; join before start raises", function()
+    local p = process.new{ fn = function(x) return x * 2, process.name() end, args = { 21 }, name = "worker-a" }
+    assert.equal("worker-a", p.name)
+    assert.has_error(function() p:join() end, "process worker-a was not started")
+    assert.equal(p, p:start())
+    assert.has_error(function() p:start() end, "process worker-a already started")
+    local ok, v, name = p:join(H.TIMEOUT)
+    assert.is_true(ok); assert.equal(42, v); assert.equal("worker-a", name)
+    assert.is_false(process.new{ fn = function() end }.daemon)
+  end)
+
+  it("misuse raises with the function and argument", function()
+    assert.has_error(function() process.start(42) end,
+      "bad argument #1 to 'start' (function expected, got number)")
+    assert.has_error(function() process.new(1) end, "bad argument #1 to 'new' (table expected, got number)")
+    assert.has_error(function() process.new{ fn = 1 } end, "bad argument #1 to 'new' (fn must be a function)")
+    local p = process.start(function() end)
+    assert.has_error(function() p:join(-1) end,
+      "bad argument #2 to 'join' (timeout must be a number >= 0 or nil)")
+    assert.has_error(function() p:signal("x") end, "bad argument #1 to 'signal' (integer expected, got string)")
+    assert.is_true(p:join(H.TIMEOUT))
+  end)
+
+  it("results that cannot be copied fail the join with a message", function()
+    local p = process.start(function() return io.stdout end)
+    local ok, err = p:join(H.TIMEOUT)
+    assert.is_false(ok)
+    assert.matches("cannot copy its results back", err)
+    local q = queue.new()
+    local p2 = process.start(function() return q end)
+    local ok2, err2 = p2:join(H.TIMEOUT)
+    assert.is_false(ok2)
+    assert.matches("strand object cannot be copied", err2)
+  end)
+
+  it("functions come back as results (copied)", function()
+    local p = process.start(function() local k = 5; return function(x) return x + k end end)
+    local f = p:result(H.TIMEOUT)
+    assert.equal(7, f(2))
+  end)
+
+  it("start-all-then-join is parallel", function()
+    local t0 = strand.now()
+    local ps = {}
+    for i = 1, 4 do ps[i] = process.start(function(n) strand.sleep(0.3); return n end, i) end
+    for i = 1, 4 do assert.equal(i, ps[i]:result(H.TIMEOUT)) end
+    assert.is_true(strand.now() - t0 < 1.15, "four 0.3 s sleepers took " .. strand.now() - t0)
+  end)
+
+  it("joinall, wait any and as_completed accept processes mixed with tasks", function()
+    H.run(function()
+      local slow = process.start(function() strand.sleep(30) end)
+      local fast = process.start(function() return 1 end)
+      local t = strand.spawn(function() strand.sleep(0.01); return 2 end)
+      local done, pending = strand.wait({ slow, fast, t }, { mode = "any", timeout = H.TIMEOUT })
+      assert.is_true(#done >= 1 and #pending >= 1)
+      local seen = {}
+      for x in strand.as_completed({ fast, t }, H.TIMEOUT) do seen[#seen + 1] = x end
+      assert.equal(2, #seen)
+      local d2, p2 = strand.joinall({ fast, t, slow }, 0.05)
+      assert.equal(2, #d2); assert.equal(1, #p2); assert.equal(slow, p2[1])
+      slow:kill()
+      assert.is_false((slow:join(H.TIMEOUT)))
+    end)
+  end)
+
+  it("a lock, an event and a queue made before start work across processes", function()
+    local lock, ev, q = sync.lock(), sync.event(), queue.new(4)
+    local ps = {}
+    for i = 1, 3 do
+      ps[i] = process.start(function()
+        ev:wait(H.TIMEOUT)
+        for j = 1, 20 do
+          local held <close> = lock:acquire()
+          q:put(i * 100 + j)
+        end
+        return true
+      end)
+    end
+    ev:set()
+    local got = {}
+    for _ = 1, 60 do got[#got + 1] = q:get(H.TIMEOUT) end
+    for i = 1, 3 do assert.is_true(ps[i]:result(H.TIMEOUT)) end
+    table.sort(got)
+    assert.equal(60, #got)
+    assert.equal(101, got[1]); assert.equal(320, got[60])
+  end)
+
+  it("a child SIGKILLed while holding a lock: the others' bounded acquires return, never hang", function()
+    local lock, ready = sync.lock(), sync.event()
+    local p = process.start(function()
+      lock:acquire()
+      ready:set()
+      strand.sleep(30)
+    end)
+    assert.is_true(ready:wait(H.TIMEOUT))
+    assert.same({ nil, "timeout" }, { lock:acquire(0.01) })
+    p:kill()
+    p:join(H.TIMEOUT)
+    assert.same({ nil, "timeout" }, { lock:acquire(0.05) })
+  end)
+
+  -- sync.c's plain lock is a word without an owner (as Python's Lock), so a holder's death is not
+  -- seen; recovering it needs an owner pid in sync.c (the shm arena's helper owns that file)
+  pending("a lock held by a SIGKILLed child is recovered by the others")
+
+  it("a child SIGKILLed inside shared-dict updates leaves the dict usable", function()
+    local d = shared.dict()
+    d.n = 0
+    local p = process.start(function()
+      while true do d:incr("n") end
+    end)
+    assert.is_true(H.wait_until(function() return (d.n or 0) > 100 end))
+    p:kill()
+    p:join(H.TIMEOUT)
+    local before = d.n
+    d:incr("n")
+    assert.equal(before + 1, d.n)
+    d:update("n", function(v) return v + 10 end)
+    assert.equal(before + 11, d.n)
+  end)
+
+  it("a child SIGKILLed while putting into a queue leaves it usable by the others", function()
+    local q = queue.new(8)
+    local p = process.start(function()
+      local i = 0
+      while true do i = i + 1; q:put(i) end
+    end)
+    assert.is_true(H.wait_until(function() return q:qsize() >= 8 end))
+    p:kill()
+    p:join(H.TIMEOUT)
+    local n = 0
+    while q:get_nowait() do n = n + 1 end
+    assert.is_true(n >= 1)
+    assert.is_true(q:put(1, H.TIMEOUT))
+    assert.equal(1, q:get(H.TIMEOUT))
+  end)
+
+  it("forking while other threads run raises unless allow_threads is given", function()
+    local thread = require "strand.thread"
+    local ev = sync.event()
+    local t = thread.start(function() ev:wait(10) end)
+    local ok, err = pcall(process.start, function() end)
+    assert.is_false(ok)
+    assert.matches("1 strand thread%(s%) run in this process", err)
+    local p = process.new{ fn = function() return "forked" end, allow_threads = true }
+    p:start()
+    assert.equal("forked", p:result(H.TIMEOUT))
+    ev:set()
+    t:join(H.TIMEOUT)
+  end)
+
+  it("an unjoined child is reaped by the next start and by active_children", function()
+    local p = process.start(function() end)
+    local pid = p.pid
+    assert.is_true(H.wait_until(function() return not alive(pid) end))
+    assert.equal(0, process.active_children())
+    assert.equal(0, p.exitcode)
+  end)
+
+  it("daemon children are killed when the parent is SIGKILLed; others at exit are waited for", function()
+    local f = os.tmpname()
+    local out = H.lua(([[
+      package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+      package.cpath = "%s/?.so;" .. package.cpath
+      local process = require "strand.process"
+      local strand = require "strand"
+      local d = process.new{ fn = function() strand.sleep(60) end, daemon = true }
+      d:start()
+      local h = io.open(%q, "w"); h:write(d.pid); h:close()
+      os.execute("kill -9 " .. process.pid())
+    ]]):format(os.getenv("STRAND_TEST_BUILD") or "build", f))
+    local h = io.open(f); local pid = tonumber(h:read("a")); h:close()
+    os.remove(f)
+    assert.is_number(pid, out)
+    assert.is_true(H.wait_until(function() return not alive(pid) end), "daemon " .. pid .. " survived")
+
+    local out2 = H.lua(([[
+      package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+      package.cpath = "%s/?.so;" .. package.cpath
+      local process = require "strand.process"
+      local strand = require "strand"
+      process.start(function() strand.sleep(0.2); io.write("child finished\n") end)
+      local d = process.new{ fn = function() strand.sleep(60) end, daemon = true }
+      d:start()
+      io.write("parent done\n"); io.stdout:flush()
+    ]]):format(os.getenv("STRAND_TEST_BUILD") or "build"))
+    assert.matches("parent done\n.*child finished\n", out2)
+  end)
+end)
