@@ -381,9 +381,8 @@ STRAND_API int strand_is_cancelled(lua_State *L, int idx);
 
 #define STRAND_AREAS(X) \
   X(socket) X(selector) X(serial) X(thread) X(sync) X(queue) X(shared) \
-  X(process) X(ssh) \
+  X(process) X(ssh) X(netcompat) \
   X(_proc)   /* procinfo.c: what the process holds, for the specs' leak checks */
-  X(process) X(ssh) X(netcompat)
 
 #define STRAND_DECLARE_OPENER(name) \
   STRAND_API int strand_open_##name(lua_State *L) __attribute__((weak));
