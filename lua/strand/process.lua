@@ -163,8 +163,8 @@ local function run_child(self, child_end)
   end
   child_end:settimeout(nil)
   child_end:send_frame(data)
-  child_end:close()
-  return r[1] and 0 or 1
+  return r[1] and 0 or 1             -- child_end closes with the process: the parent sees the
+                                     -- frame and the end of the stream in one wake-up
 end
 
 function methods:start()
@@ -203,7 +203,8 @@ local function finish(self, deadline)
     parent_ends[sock] = nil
     self._sock = nil
   end
-  local code, err = self._h:wait(remaining(deadline))
+  local code, err = self._h:poll()
+  if code == nil then code, err = self._h:wait(remaining(deadline)) end
   if code == nil then return nil, err end
   live[self._h] = nil
   local r
