@@ -197,7 +197,7 @@ print(("\n4. CPU-bound: %d tasks of %d loops on 2 workers (speed-up over one aft
 local cpu_reps = math.min(REPS, 3)
 local s_cpu = measure(strand_cmd .. "cpu " .. N.cpu .. " " .. CPU_LOOPS .. " process", "speedup", cpu_reps); show("strand process pool", s_cpu, "x")
 local s_cput = measure(strand_cmd .. "cpu " .. N.cpu .. " " .. CPU_LOOPS .. " thread", "speedup", cpu_reps); show("strand thread pool", s_cput, "x")
-local py_cpu = py_ok and measure(py .. "cpu " .. N.cpu .. " " .. math.floor(CPU_LOOPS / 8), "speedup", cpu_reps); show("Python Pool(2) (loops/8: same time per task)", py_cpu, "x")
+local py_cpu = py_ok and measure(py .. "cpu " .. N.cpu .. " " .. math.floor(CPU_LOOPS / 8), "speedup", cpu_reps); show("Python Pool(2) (tasks of loops/8)", py_cpu, "x")
 
 print(("\n5. cross-process queue, %d small items producer -> consumer (items/s, higher is better)"):format(N.queue))
 local s_q = measure(strand_cmd .. "queue " .. N.queue, "items/s"); show("strand.queue(1000) between two processes", s_q, "items/s")

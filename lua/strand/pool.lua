@@ -43,7 +43,7 @@ Future.__index = Future
 Future.__name = "strand.future"
 
 local function new_future()
-  return setmetatable({ _state = "pending", _waiters = {}, _callbacks = {} }, Future)
+  return setmetatable({ _state = "pending" }, Future)      -- waiters/callbacks made on demand
 end
 M._new_future = new_future
 
@@ -59,10 +59,12 @@ local function settle(f, r, state)
   f._r = r
   f._state = state or (r[1] and "done" or "failed")
   local w = f._waiters
-  f._waiters = {}
-  for i = 1, #w do w[i]:notify() end
-  local cbs = f._callbacks
-  f._callbacks = {}
+  if w then
+    f._waiters = nil
+    for i = 1, #w do w[i]:notify() end
+  end
+  local cbs = f._callbacks or {}
+  f._callbacks = nil
   for i = 1, #cbs do
     local ok, err = pcall(cbs[i], f)
     if not ok then
@@ -80,6 +82,7 @@ function Future:join(timeout)
   while self._r == nil do
     local n = core.notifier()
     local w = self._waiters
+    if w == nil then w = {}; self._waiters = w end
     w[#w + 1] = n
     local ok = n:wait(remaining(deadline))
     if not ok and self._r == nil then
@@ -130,7 +133,12 @@ function Future:on_done(cb)
   if type(cb) ~= "function" then
     error("bad argument #1 to 'on_done' (function expected, got " .. type(cb) .. ")", 2)
   end
-  if self._r then cb(self) else self._callbacks[#self._callbacks + 1] = cb end
+  if self._r then cb(self)
+  else
+    local cbs = self._callbacks
+    if cbs == nil then cbs = {}; self._callbacks = cbs end
+    cbs[#cbs + 1] = cb
+  end
   return self
 end
 
