@@ -323,7 +323,7 @@ local function reader(self, w)
     if job then
       if job.fut then settle(job.fut, r) else job.done(r) end
     end
-    dispatch(self)
+    if #w.inflight <= CHUNK_INFLIGHT // 2 then dispatch(self) end   -- this worker has room
   end
   worker_gone(self, w)
 end
@@ -468,7 +468,7 @@ local function enqueue(self, fname, fn, args, chunk, job)
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
     self._jobs[self._jt] = job
-    dispatch(self)
+    if not job.later then dispatch(self) end
   else
     self._pending[id] = job
     local ok, err = pcall(self._jobq.put, self._jobq, { id, fdata or fn, args, chunk })
@@ -519,9 +519,10 @@ local function submit_chunks(self, fname, fn, list, chunksize)
     for i = first, last do args[i - first + 1] = list[i] end
     local f = new_future()
     f._first, f._count = first, args.n
-    enqueue(self, fname, fn, args, true, { fut = f })
+    enqueue(self, fname, fn, args, true, { fut = f, later = true })
     chunks[#chunks + 1] = f
   end
+  dispatch(self)                                 -- once for all the chunks
   return chunks
 end
 
@@ -532,8 +533,11 @@ function Pool:map(fn, list, chunksize)
   check_list(list, chunksize, "map")
   local out = {}
   for _, f in ipairs(submit_chunks(self, "map", fn, list, chunksize)) do
-    local res = f:result()
-    for i = 1, f._count do out[f._first + i - 1] = res[i] end
+    local r = f._r
+    if r == nil then f:join(); r = f._r end
+    if not r[1] then error(r[2], 0) end
+    local res, first = r[2], f._first - 1
+    for i = 1, f._count do out[first + i] = res[i] end
   end
   return out
 end
