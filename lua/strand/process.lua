@@ -343,7 +343,7 @@ function Conn:send(v)
   if not self.can_send then error("send: this end of the pipe only receives", 2) end
   if v == nil then error("bad argument #1 to 'send' (cannot send nil)", 2) end
   local data = encode_for_process(v, "send")
-  self.s:settimeout(nil)
+  if self.t ~= nil then self.s:settimeout(nil); self.t = nil end
   local ok, err, _, code = self.s:send_frame(data)
   if not ok then
     if code == "EPIPE" or code == "ECONNRESET" then return nil, "closed", code end
@@ -354,7 +354,7 @@ end
 
 local function take(self, timeout)
   if self.pending then return true end
-  self.s:settimeout(timeout)
+  if self.t ~= timeout then self.s:settimeout(timeout); self.t = timeout end   -- nil: none
   local data, err, code = self.s:recv_frame()
   if data then self.pending = data; return true end
   if code == "ECONNRESET" then return nil, "closed", code end
