@@ -20,6 +20,8 @@
 --    At exit (the Lua state closing) daemon children are killed and others waited for; daemon
 --    children also die with the parent when it is killed (PR_SET_PDEATHSIG; note Linux ties it
 --    to the thread that forked: a daemon started from a strand thread dies when that thread ends).
+--  * A child whose results exceed the socket buffer (a few hundred KiB) waits until the parent
+--    reads them: join it (a plain child is waited for at exit, as Python joins its children).
 --  * spawn connects the child's stdin/stdout/stderr to socket pairs (so they are ordinary strand
 --    streams: read, lines, write, close); the child sees blocking sockets, which programs read and
 --    write like pipes. "inherit" (default) and "null" are the other choices.
