@@ -163,6 +163,49 @@ describe("process pool workers dying", function()
     assert.equal(7, p:apply(function() return 7 end))
   end)
 
+  it("many tasks submitting at once with big arguments: every result right", function()
+    local p <close> = pool.new{ size = 2 }
+    H.run(function()
+      local blob = string.rep("y", 300000)        -- larger than a socket buffer: sends wait
+      local ts = {}
+      for t = 1, 6 do
+        ts[t] = strand.spawn(function()
+          local fs = {}
+          for i = 1, 10 do fs[i] = p:submit(function(s, k) return #s + k end, blob, t * 100 + i) end
+          for i = 1, 10 do assert(fs[i]:result() == #blob + t * 100 + i) end
+          return true
+        end)
+      end
+      for t = 1, 6 do assert.is_true(ts[t]:result()) end
+    end)
+  end)
+
+  it("workers die with the program that made the pool, even when it is SIGKILLed", function()
+    local f = os.tmpname()
+    local out = H.lua(([[
+      package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+      package.cpath = "%s/?.so;" .. package.cpath
+      local pool = require "strand.pool"
+      local p = pool.new{ size = 2 }
+      p:apply(function() end)
+      local h = io.open(%q, "w"); h:write(table.concat(p:pids(), " ")); h:close()
+      os.execute("kill -9 " .. require("strand.process").pid())
+    ]]):format(os.getenv("STRAND_TEST_BUILD") or "build", f))
+    local h = io.open(f); local s = h:read("a"); h:close()
+    os.remove(f)
+    local pids = {}
+    for pid in s:gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+    assert.equal(2, #pids, out)
+    for _, pid in ipairs(pids) do
+      assert.is_true(H.wait_until(function()
+        local st = io.open("/proc/" .. pid .. "/stat")
+        if not st then return true end
+        local line = st:read("a"); st:close()
+        return line:match("^%d+ %b() [ZX]") ~= nil
+      end), "worker " .. pid .. " survived")
+    end
+  end)
+
   it("a strand object cannot be sent to a process worker", function()
     local p <close> = pool.new{ size = 1 }
     local q = require("strand.queue").new()

@@ -6,7 +6,7 @@
 --
 -- Behaviour worth knowing:
 --  * Up to two jobs are in flight per process worker (the next one is already in its socket when
---    it finishes one). A worker that dies (kill -9, a crash, os.exit) fails only the job it was
+--    it finishes one), up to 16 map chunks; a worker answers a run of buffered chunks in one write. A worker that dies (kill -9, a crash, os.exit) fails only the job it was
 --    running, with "worker exited: signal 9" (or "worker exited: code N"); the jobs queued behind
 --    it go to the others and a new worker replaces it.
 --  * A job's error comes back with the worker's traceback. Submitting to a closed pool raises.
@@ -43,7 +43,7 @@ Future.__index = Future
 Future.__name = "strand.future"
 
 local function new_future()
-  return setmetatable({ _state = "pending", _waiters = {}, _callbacks = {} }, Future)
+  return setmetatable({ _state = "pending" }, Future)      -- waiters/callbacks made on demand
 end
 M._new_future = new_future
 
@@ -59,10 +59,12 @@ local function settle(f, r, state)
   f._r = r
   f._state = state or (r[1] and "done" or "failed")
   local w = f._waiters
-  f._waiters = {}
-  for i = 1, #w do w[i]:notify() end
-  local cbs = f._callbacks
-  f._callbacks = {}
+  if w then
+    f._waiters = nil
+    for i = 1, #w do w[i]:notify() end
+  end
+  local cbs = f._callbacks or {}
+  f._callbacks = nil
   for i = 1, #cbs do
     local ok, err = pcall(cbs[i], f)
     if not ok then
@@ -80,6 +82,7 @@ function Future:join(timeout)
   while self._r == nil do
     local n = core.notifier()
     local w = self._waiters
+    if w == nil then w = {}; self._waiters = w end
     w[#w + 1] = n
     local ok = n:wait(remaining(deadline))
     if not ok and self._r == nil then
@@ -130,7 +133,12 @@ function Future:on_done(cb)
   if type(cb) ~= "function" then
     error("bad argument #1 to 'on_done' (function expected, got " .. type(cb) .. ")", 2)
   end
-  if self._r then cb(self) else self._callbacks[#self._callbacks + 1] = cb end
+  if self._r then cb(self)
+  else
+    local cbs = self._callbacks
+    if cbs == nil then cbs = {}; self._callbacks = cbs end
+    cbs[#cbs + 1] = cb
+  end
   return self
 end
 
@@ -149,6 +157,10 @@ local function check_pool(self, fname)
 end
 
 local INFLIGHT = 2          -- jobs sent ahead to one process worker
+local CHUNK_INFLIGHT = 16   -- map chunks sent ahead to one process worker (refilled by halves)
+-- a job on the wire: id, function id (0: none), function bytes ("" when the worker has them),
+-- the encoded arguments, 1 for a map chunk; a result: id (8 bytes) then the encoded outcome
+local JOB_FORMAT = ">I8I8s4s4B"
 local function_code
 
 -- A job's traceback, without the worker's own frames below the job.
@@ -165,18 +177,27 @@ local function worker_main(sock, initializer, initargs, maxtasks)
   if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
   local C = core.process
   local done, fns = 0, {}
+  local outbox, spack, sunpack = {}, string.pack, string.unpack
+  local function flush()
+    if #outbox == 0 then return end
+    sock:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
+    outbox = {}
+  end
   sock:settimeout(nil)
   while true do
+    if sock:pending() < 4 then flush() end       -- nothing more buffered: answer before waiting
     local data = sock:recv_frame()
-    if data == nil then return 0 end
-    local job = serial.decode(data, { functions = true })
-    if job == "stop" then return 0 end
-    local id, fid, fdata, args, chunk = job[1], job[2], job[3], job[4], job[5]
-    local fn = fid and fns[fid] or nil
+    if data == nil then flush(); return 0 end
+    if data == "stop" then flush(); return 0 end
+    local id, fid, fdata, argsdata, chunk = sunpack(JOB_FORMAT, data)
+    chunk = chunk == 1
+    if not chunk then flush() end                -- a submitted job may be long: answer the rest first
+    local fn = fid ~= 0 and fns[fid] or nil
     if fn == nil then
       fn = serial.decode(fdata, { functions = true })
-      if fid then fns[fid] = fn end
+      if fid ~= 0 then fns[fid] = fn end
     end
+    local args = serial.decode(argsdata, { functions = true })
     local r
     if chunk then
       local out = {}
@@ -187,13 +208,15 @@ local function worker_main(sock, initializer, initargs, maxtasks)
     else
       r = pack(xpcall(fn, traceback, unpack(args, 1, args.n)))
     end
-    local enc = C._encode({ id, r })
+    local enc = C._encode(r)
     if enc == nil then
-      enc = C._encode({ id, pack(false, "the job's results cannot be copied (a strand object)") })
+      enc = C._encode(pack(false, "the job's results cannot be copied (a strand object)"))
     end
-    sock:send_frame(enc)
+    outbox[#outbox + 1] = spack(">s4", spack(">I8", id) .. enc)   -- send_frame's format
+    -- map chunks answer in batches while more chunks are buffered; anything else at once
+    if not chunk or sock:pending() < 4 then flush() end
     done = done + 1
-    if maxtasks and done >= maxtasks then return 0 end
+    if maxtasks and done >= maxtasks then flush(); return 0 end
   end
 end
 
@@ -206,36 +229,50 @@ local start_worker
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
   if self._kind ~= "process" then return end
-  -- first one job to every idle worker, then a second one ahead to each busy one
-  for depth = 1, INFLIGHT do
-  for _, w in ipairs(self._workers) do
-    while #self._jobs > 0 and w.alive and #w.inflight < depth
-          and not (self._max and w.sent >= self._max) do
-      local job = table.remove(self._jobs, 1)
-      if job.fut == nil or job.fut._state == "pending" then
-        if job.fut then job.fut._state = "running" end
-        w.inflight[#w.inflight + 1] = job
-        w.sent = w.sent + 1
-        local data
-        if job.fid and w.known[job.fid] then
-          data = core.process._encode({ job.id, job.fid, false, job.args, job.chunk })
-        else
-          if job.fid then w.known[job.fid] = true end
-          data = core.process._encode({ job.id, job.fid or false, job.fdata, job.args, job.chunk })
-        end
-        w.out[#w.out + 1] = data
-        if not w.sending then
-          w.sending = true
-          while #w.out > 0 do
-            local data = table.remove(w.out, 1)
-            local ok = w.sock:send_frame(data)
-            if not ok then break end          -- the worker died: its reader handles it
+  -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
+  -- refilled by halves so that a worker gets them in batches)
+  local jobs, workers = self._jobs, self._workers
+  for pass = 1, 2 do
+    for _, w in ipairs(workers) do
+      if self._jt < self._jh then break end
+      local n = #w.inflight
+      local cap
+      if pass == 1 then cap = n == 0 and 1 or 0
+      elseif jobs[self._jh].chunk then cap = n <= CHUNK_INFLIGHT // 2 and CHUNK_INFLIGHT - n or 0
+      else cap = INFLIGHT - n end
+      if self._max and cap > self._max - w.sent then cap = self._max - w.sent end
+      while cap > 0 and self._jt >= self._jh and w.alive do
+        local job = jobs[self._jh]
+        if not job.chunk and #w.inflight >= INFLIGHT then break end   -- a plain job after chunks
+        jobs[self._jh] = nil
+        self._jh = self._jh + 1
+        if job.fut == nil or job.fut._state == "pending" then
+          if job.fut then job.fut._state = "running" end
+          w.inflight[#w.inflight + 1] = job
+          w.sent = w.sent + 1
+          cap = cap - 1
+          local fdata = job.fdata
+          if job.fid then
+            if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
           end
-          w.sending = false
+          w.out[#w.out + 1] = string.pack(">s4", string.pack(JOB_FORMAT, job.id, job.fid or 0, fdata,
+            job.argsdata, job.chunk and 1 or 0))
         end
       end
     end
   end
+  for _, w in ipairs(self._workers) do
+    if #w.out > 0 and not w.sending then
+      -- one write for everything queued to this worker (another task may add while it waits)
+      w.sending = true
+      while #w.out > 0 do
+        local out = w.out
+        w.out = {}
+        local ok = w.sock:sendall(#out == 1 and out[1] or table.concat(out))
+        if not ok then w.out = {}; break end   -- the worker died: its reader handles it
+      end
+      w.sending = false
+    end
   end
 end
 
@@ -254,13 +291,14 @@ local function worker_gone(self, w)
     for i = #inflight, 2, -1 do
       local job = inflight[i]
       if job.fut then job.fut._state = "pending" end
-      table.insert(self._jobs, 1, job)
+      self._jh = self._jh - 1
+      self._jobs[self._jh] = job
     end
   end
   w.sock:close()
   process._parent_ends[w.sock] = nil
   for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
-  if not self._terminated and (not self._closed or #self._jobs > 0) then
+  if not self._terminated and (not self._closed or self._jt >= self._jh) then
     start_worker(self)
   end
   dispatch(self)
@@ -276,15 +314,16 @@ local function reader(self, w)
     sock:settimeout(nil)
     local data = sock:recv_frame()
     if data == nil then break end
-    local msg = serial.decode(data, { functions = true })
+    local id = string.unpack(">I8", data)
+    local r = serial.decode(data:sub(9), { functions = true })
     local job = table.remove(w.inflight, 1)
-    if job and job[1] ~= msg[1] then          -- never expected: ids stay in order per worker
-      error("strand.pool: result for job " .. tostring(msg[1]) .. " while " .. tostring(job.id) .. " was expected")
+    if job and job.id ~= id then          -- never expected: ids stay in order per worker
+      error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
     end
     if job then
-      if job.fut then settle(job.fut, msg[2]) else job.done(msg[2]) end
+      if job.fut then settle(job.fut, r) else job.done(r) end
     end
-    dispatch(self)
+    if #w.inflight <= CHUNK_INFLIGHT // 2 then dispatch(self) end   -- this worker has room
   end
   worker_gone(self, w)
 end
@@ -367,7 +406,7 @@ function M.new(opts)
   end
   local self = setmetatable({
     _kind = kind, _size = size, _init = opts.initializer, _initargs = opts.initargs or {},
-    _max = max, _allow_threads = opts.allow_threads, _workers = {}, _jobs = {}, _idle = {},
+    _max = max, _allow_threads = opts.allow_threads, _workers = {}, _jobs = {}, _jh = 1, _jt = 0, _idle = {},
     _next = 0, _pending = {},
   }, Pool)
   if kind == "process" then
@@ -424,10 +463,12 @@ local function enqueue(self, fname, fn, args, chunk, job)
     local objmsg = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
       .. "make it before the pool and reach it from the initializer)"
     if fdata == nil then fdata = core.process._encode(fn) end
-    if fdata == nil or core.process._encode(args) == nil then error(objmsg:format(fname), 3) end
-    job.fid, job.fdata, job.args, job.chunk = fid, fdata, args, chunk or false
-    self._jobs[#self._jobs + 1] = job
-    dispatch(self)
+    local argsdata = core.process._encode(args)
+    if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
+    job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
+    self._jt = self._jt + 1
+    self._jobs[self._jt] = job
+    if not job.later then dispatch(self) end
   else
     self._pending[id] = job
     local ok, err = pcall(self._jobq.put, self._jobq, { id, fdata or fn, args, chunk })
@@ -478,9 +519,10 @@ local function submit_chunks(self, fname, fn, list, chunksize)
     for i = first, last do args[i - first + 1] = list[i] end
     local f = new_future()
     f._first, f._count = first, args.n
-    enqueue(self, fname, fn, args, true, { fut = f })
+    enqueue(self, fname, fn, args, true, { fut = f, later = true })
     chunks[#chunks + 1] = f
   end
+  dispatch(self)                                 -- once for all the chunks
   return chunks
 end
 
@@ -491,8 +533,11 @@ function Pool:map(fn, list, chunksize)
   check_list(list, chunksize, "map")
   local out = {}
   for _, f in ipairs(submit_chunks(self, "map", fn, list, chunksize)) do
-    local res = f:result()
-    for i = 1, f._count do out[f._first + i - 1] = res[i] end
+    local r = f._r
+    if r == nil then f:join(); r = f._r end
+    if not r[1] then error(r[2], 0) end
+    local res, first = r[2], f._first - 1
+    for i = 1, f._count do out[first + i] = res[i] end
   end
   return out
 end
@@ -569,7 +614,7 @@ function Pool:join()
   else
     -- wait until every queued job has been sent and answered, then stop the workers
     while true do
-      local busy = #self._jobs > 0
+      local busy = self._jt >= self._jh
       for _, w in ipairs(self._workers) do if #w.inflight > 0 then busy = true end end
       if not busy then break end
       local n = core.notifier()
@@ -577,12 +622,12 @@ function Pool:join()
       for _, w in ipairs(self._workers) do
         for _, job in ipairs(w.inflight) do waiting[#waiting + 1] = job.fut end
       end
-      for _, job in ipairs(self._jobs) do waiting[#waiting + 1] = job.fut end
+      for i = self._jh, self._jt do waiting[#waiting + 1] = self._jobs[i].fut end
       local f = waiting[#waiting]
       if f then f:join() else core.sleep(0.001) end
     end
     for _, w in ipairs(self._workers) do
-      if w.alive then w.sock:send_frame(serial.encode("stop")) end
+      if w.alive then w.sock:send_frame("stop") end
     end
     while #self._workers > 0 do
       local w = self._workers[1]
@@ -609,9 +654,9 @@ function Pool:terminate()
     end
     return self:join()
   end
-  local jobs = self._jobs
-  self._jobs = {}
-  for _, job in ipairs(jobs) do fail_job(job, "pool terminated") end
+  local jobs, jh, jt = self._jobs, self._jh, self._jt
+  self._jobs, self._jh, self._jt = {}, 1, 0
+  for i = jh, jt do fail_job(jobs[i], "pool terminated") end
   for _, w in ipairs(self._workers) do
     w.proc_h:signal(9)
   end

@@ -20,6 +20,8 @@
 --    At exit (the Lua state closing) daemon children are killed and others waited for; daemon
 --    children also die with the parent when it is killed (PR_SET_PDEATHSIG; note Linux ties it
 --    to the thread that forked: a daemon started from a strand thread dies when that thread ends).
+--  * A child whose results exceed the socket buffer (a few hundred KiB) waits until the parent
+--    reads them: join it (a plain child is waited for at exit, as Python joins its children).
 --  * spawn connects the child's stdin/stdout/stderr to socket pairs (so they are ordinary strand
 --    streams: read, lines, write, close); the child sees blocking sockets, which programs read and
 --    write like pipes. "inherit" (default) and "null" are the other choices.
@@ -163,8 +165,8 @@ local function run_child(self, child_end)
   end
   child_end:settimeout(nil)
   child_end:send_frame(data)
-  child_end:close()
-  return r[1] and 0 or 1
+  return r[1] and 0 or 1             -- child_end closes with the process: the parent sees the
+                                     -- frame and the end of the stream in one wake-up
 end
 
 function methods:start()
@@ -203,7 +205,8 @@ local function finish(self, deadline)
     parent_ends[sock] = nil
     self._sock = nil
   end
-  local code, err = self._h:wait(remaining(deadline))
+  local code, err = self._h:poll()
+  if code == nil then code, err = self._h:wait(remaining(deadline)) end
   if code == nil then return nil, err end
   live[self._h] = nil
   local r
@@ -342,7 +345,7 @@ function Conn:send(v)
   if not self.can_send then error("send: this end of the pipe only receives", 2) end
   if v == nil then error("bad argument #1 to 'send' (cannot send nil)", 2) end
   local data = encode_for_process(v, "send")
-  self.s:settimeout(nil)
+  if self.t ~= nil then self.s:settimeout(nil); self.t = nil end
   local ok, err, _, code = self.s:send_frame(data)
   if not ok then
     if code == "EPIPE" or code == "ECONNRESET" then return nil, "closed", code end
@@ -353,7 +356,7 @@ end
 
 local function take(self, timeout)
   if self.pending then return true end
-  self.s:settimeout(timeout)
+  if self.t ~= timeout then self.s:settimeout(timeout); self.t = timeout end   -- nil: none
   local data, err, code = self.s:recv_frame()
   if data then self.pending = data; return true end
   if code == "ECONNRESET" then return nil, "closed", code end
