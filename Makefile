@@ -92,3 +92,6 @@ install: all
 
 clean:
 	rm -rf build build-asan build-rock
+
+# the SSH area's private header
+$(BUILD)/obj/ssh.o $(BUILD)/obj/sshchan.o $(BUILD)/obj/sftp.o: csrc/ssh.h
