@@ -66,7 +66,7 @@ void ssh_child_unlink(ssh_child *c) {
 }
 
 void *ssh_child_new(lua_State *L, size_t sz, int sidx, int kind, const char *meta) {
-  ssh_sess *S = lua_touserdata(L, sidx);
+  ssh_sess *S = ((ssh_child *)lua_touserdata(L, sidx))->S;   /* a session or another child */
   sidx = lua_absindex(L, sidx);
   ssh_child *c = lua_newuserdatauv(L, sz, 1);
   memset(c, 0, sz);

@@ -562,6 +562,159 @@ end
 
 -- }====
 
+-- {==== SFTP methods written in Lua (the copy loops are in C: sftp.c)
+
+local Sftp = debug.getregistry()["strand.ssh.sftp"].methods
+local File = debug.getregistry()["strand.ssh.sftpfile"].methods
+local COPY_STEP = 8 * 1024 * 1024     -- bytes between progress callbacks
+
+--- sftp:list(dir) -> {{name=, size=, mode=, mtime=, type=}, ...} (sorted by name, no . and ..)
+function Sftp:list(dir)
+  if type(dir) ~= "string" then error("bad argument #1 to 'list' (string expected, got " .. type(dir) .. ")", 2) end
+  local d, err, code = self:_opendir(dir)
+  if not d then return nil, err, code end
+  local out = {}
+  while true do
+    local name, attrs, c = d:_readdir()
+    if name == nil then
+      if attrs ~= nil then d:close(); return nil, attrs, c end
+      break
+    end
+    if name ~= "." and name ~= ".." then
+      attrs.name = name
+      out[#out + 1] = attrs
+    end
+  end
+  d:close()
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+local function check_transfer(fname, a, b, opts)
+  if type(a) ~= "string" then error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(a)), 3) end
+  if type(b) ~= "string" then error(("bad argument #2 to '%s' (string expected, got %s)"):format(fname, type(b)), 3) end
+  opts = check_opts(opts, 3, fname)
+  if opts.progress ~= nil and type(opts.progress) ~= "function" then
+    error(("bad argument #3 to '%s' (progress must be a function)"):format(fname), 3)
+  end
+  return opts
+end
+
+--- sftp:get(remote, localpath [, {resume=, progress=fn(done, total)}]) -> bytes now in the local
+--- file (resume: continues after what the local file already holds)
+function Sftp:get(remote, localpath, opts)
+  opts = check_transfer("get", remote, localpath, opts)
+  local f, err, code = self:open(remote, "r")
+  if not f then return nil, err, code end
+  local st, e2, c2 = f:stat()
+  if not st then f:close(); return nil, e2, c2 end
+  local total, offset = st.size, 0
+  if opts.resume then
+    local lf = io.open(localpath, "rb")
+    if lf then offset = lf:seek("end"); lf:close() end
+    if total and offset > total then
+      f:close()
+      return nil, "local file is larger than the remote one", "ERANGE"
+    end
+  end
+  local lf, lerr = io.open(localpath, offset > 0 and "ab" or "wb")
+  if not lf then f:close(); return nil, lerr, "EIO" end
+  f:_seekto(offset)
+  local done = offset
+  if opts.progress then opts.progress(done, total) end
+  while true do
+    local n, e, c = f:_pull(lf, COPY_STEP)
+    if not n then lf:close(); f:close(); return nil, e, c end
+    if n == 0 then break end
+    done = done + n
+    if opts.progress then opts.progress(done, total) end
+  end
+  lf:close()
+  f:close()
+  return done
+end
+
+--- sftp:put(localpath, remote [, {resume=, progress=fn(done, total), mode=}]) -> bytes now in the
+--- remote file (resume: continues after what the remote file already holds)
+function Sftp:put(localpath, remote, opts)
+  opts = check_transfer("put", localpath, remote, opts)
+  local lf, lerr = io.open(localpath, "rb")
+  if not lf then return nil, lerr, "ENOENT" end
+  local total = lf:seek("end")
+  local offset = 0
+  if opts.resume then
+    local st = self:stat(remote)
+    if st and st.size then offset = st.size end
+    if offset > total then lf:close(); return nil, "remote file is larger than the local one", "ERANGE" end
+  end
+  local f, err, code = self:open(remote, offset > 0 and "r+" or "w", opts.mode or 420)
+  if not f then lf:close(); return nil, err, code end
+  lf:seek("set", offset)
+  f:_seekto(offset)
+  local done = offset
+  if opts.progress then opts.progress(done, total) end
+  while true do
+    local n, e, c = f:_push(lf, COPY_STEP)
+    if not n then lf:close(); f:close(); return nil, e, c end
+    if n == 0 then break end
+    done = done + n
+    if opts.progress then opts.progress(done, total) end
+  end
+  lf:close()
+  local ok, e, c = f:close()
+  if not ok then return nil, e, c end
+  return done
+end
+
+--- sftp:symlink(target, linkpath) -> true. libssh2 1.10 reports a failure (SFTP status 5) for a
+--- SYMLINK that OpenSSH's server did carry out: the link is checked before reporting an error.
+function Sftp:symlink(target, linkpath)
+  if type(target) ~= "string" then error("bad argument #1 to 'symlink' (string expected)", 2) end
+  if type(linkpath) ~= "string" then error("bad argument #2 to 'symlink' (string expected)", 2) end
+  local ok, err, code = self:_symlink(target, linkpath)
+  if ok then return ok end
+  if code == "ECLOSED" or code == "ETIMEDOUT" or code == "ECONNRESET" then return nil, err, code end
+  if self:readlink(linkpath) == target then return true end
+  return nil, err, code
+end
+
+--- f:read(n) -> n bytes (fewer only at the end) | nil at the end
+function File:read(n)
+  if math.type(n) ~= "integer" or n < 0 then error("bad argument #1 to 'read' (count expected)", 2) end
+  if n == 0 then return "" end
+  local parts, got = {}, 0
+  while got < n do
+    local data, err, code = self:_read(n - got)
+    if data == nil then
+      if err ~= nil then return nil, err, code end
+      break
+    end
+    parts[#parts + 1] = data
+    got = got + #data
+  end
+  if got == 0 then return nil end
+  return table.concat(parts)
+end
+
+--- f:seek([whence [, offset]]) -> position (as Lua files: "set", "cur", "end")
+function File:seek(whence, offset)
+  whence = whence or "cur"
+  offset = offset or 0
+  if math.type(offset) ~= "integer" then error("bad argument #2 to 'seek' (integer expected)", 2) end
+  local base
+  if whence == "set" then base = 0
+  elseif whence == "cur" then base = self:_tell()
+  elseif whence == "end" then
+    local st, err, code = self:stat()
+    if not st then return nil, err, code end
+    base = st.size
+  else error("bad argument #1 to 'seek' (invalid option '" .. tostring(whence) .. "')", 2) end
+  if base + offset < 0 then return nil, "invalid argument", "EINVAL" end
+  return self:_seekto(base + offset)
+end
+
+-- }====
+
 M.libssh2_version = C.libssh2_version
 
 return M
