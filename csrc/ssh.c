@@ -59,10 +59,17 @@ static ssize_t cb_recv(libssh2_socket_t fd, void *buf, size_t len, int flags, vo
 
 void ssh_child_unlink(ssh_child *c) {
   ssh_sess *S = c->S;
+  if (S->s) ssh_kick(S);
   if (c->prev) c->prev->next = c->next;
   else if (S->children == c) S->children = c->next;
   if (c->next) c->next->prev = c->prev;
   c->next = c->prev = NULL;
+}
+
+void ssh_kick(ssh_sess *S) {
+  if (S->io.reader) strand_wake(S->io.reader, STRAND_READY);
+  if (S->io.writer) strand_wake(S->io.writer, STRAND_READY);
+  if (S->waiters.head) strand_waitq_wake_all(&S->waiters, STRAND_READY);
 }
 
 void *ssh_child_new(lua_State *L, size_t sz, int sidx, int kind, const char *meta) {
@@ -85,7 +92,8 @@ void *ssh_child_new(lua_State *L, size_t sz, int sidx, int kind, const char *met
 void *ssh_check(lua_State *L, int idx, const char *meta) {
   ssh_child *c = luaL_checkudata(L, idx, meta);
   if (c->dead || c->S->s == NULL)
-    luaL_error(L, "attempt to use a closed %s", meta + sizeof "strand.ssh." - 1);
+    luaL_error(L, "attempt to use a closed %s", strcmp(meta, SSH_FILE_META) == 0 ? "sftp file"
+               : meta + sizeof "strand.ssh." - 1);
   return c;
 }
 

@@ -60,6 +60,9 @@ STRAND_API int ssh_fail(lua_State *L, ssh_sess *S, int rc);
 /* New child userdata of size sz (zeroed, header linked into S, uservalue = session at sidx). */
 STRAND_API void *ssh_child_new(lua_State *L, size_t sz, int sidx, int kind, const char *meta);
 STRAND_API void ssh_child_unlink(ssh_child *c);
+/* A child went away: every task waiting on S retries (the one waiting for that child then sees
+ * it closed instead of waiting for data that will never come). */
+STRAND_API void ssh_kick(ssh_sess *S);
 
 /* sshchan.c and sftp.c: metatables and methods registered by ssh.c's opener */
 STRAND_API void ssh_open_channels(lua_State *L);   /* leaves nothing on the stack */

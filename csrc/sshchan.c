@@ -219,10 +219,9 @@ static int read_step(lua_State *L, ssh_sess *S) {
   ssize_t r = libssh2_channel_read_ex(c->ch, stream, buf, n);
   if (r > 0) { lua_pushlstring(L, buf, (size_t)r); return 1; }
   if (r == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
-  if (r == 0) {
-    if (libssh2_channel_eof(c->ch)) return strand_fail_msg(L, "closed", "EOF");
-    return SSH_AGAIN;
-  }
+  /* 0: the remote end sent EOF (or closed) and this stream holds nothing more; the other
+   * stream may still hold data, so libssh2_channel_eof() would still say no */
+  if (r == 0) return strand_fail_msg(L, "closed", "EOF");
   return ssh_fail(L, S, (int)r);
 }
 
@@ -260,7 +259,7 @@ static int pump_step(lua_State *L, ssh_sess *S) {
     if (r2 > 0) lua_pushlstring(L, buf, (size_t)r2); else lua_pushliteral(L, "");
     return 2;
   }
-  if (r1 == 0 && r2 == 0 && libssh2_channel_eof(c->ch)) return strand_fail_msg(L, "closed", "EOF");
+  if (r1 == 0 && r2 == 0) return strand_fail_msg(L, "closed", "EOF");
   return SSH_AGAIN;
 }
 
@@ -354,7 +353,7 @@ static int wait_step(lua_State *L, ssh_sess *S) {
         if (r1 > 0 || r2 > 0) continue;
         if (r1 < 0 && r1 != LIBSSH2_ERROR_EAGAIN) return ssh_fail(L, S, (int)r1);
         if (r2 < 0 && r2 != LIBSSH2_ERROR_EAGAIN) return ssh_fail(L, S, (int)r2);
-        if (!libssh2_channel_eof(c->ch)) return SSH_AGAIN;
+        if (r1 != 0 || r2 != 0) return SSH_AGAIN;   /* both 0: EOF and nothing left */
         c->wstage = 1;
         continue;
       }

@@ -126,19 +126,20 @@ end
 -- between its far end and the stream (e.g. a channel of another session: ProxyJump).
 local function relay(stream)
   local a, b = socket.pair()
+  -- the stream may be closed under us (its session closed): that ends the relay like an EOF
+  local function sread() local ok, d = pcall(stream.read, stream, 65536); return ok and d or nil end
+  local function swrite(d) local ok, r = pcall(stream.write, stream, d); return ok and r end
   local function pump_in()
     while true do
-      local data = stream:read(65536)
-      if not data then break end
-      if not b:sendall(data) then break end
+      local data = sread()
+      if not data or not b:sendall(data) then break end
     end
     b:shutdown("w")
   end
   local function pump_out()
     while true do
       local data = b:recv(65536)
-      if not data then break end
-      if not stream:write(data) then break end
+      if not data or not swrite(data) then break end
     end
     pcall(stream.close, stream)
     b:close()
@@ -590,6 +591,17 @@ function Sftp:list(dir)
   return out
 end
 
+-- Call the progress callback; if it raises, close both files first, then raise its error.
+local function report(opts, done, total, f, lf)
+  if not opts.progress then return end
+  local ok, err = pcall(opts.progress, done, total)
+  if not ok then
+    if lf then lf:close() end
+    f:close()
+    error(err, 0)
+  end
+end
+
 local function check_transfer(fname, a, b, opts)
   if type(a) ~= "string" then error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(a)), 3) end
   if type(b) ~= "string" then error(("bad argument #2 to '%s' (string expected, got %s)"):format(fname, type(b)), 3) end
@@ -621,13 +633,14 @@ function Sftp:get(remote, localpath, opts)
   if not lf then f:close(); return nil, lerr, "EIO" end
   f:_seekto(offset)
   local done = offset
-  if opts.progress then opts.progress(done, total) end
+  report(opts, done, total, f, lf)
   while true do
     local n, e, c = f:_pull(lf, COPY_STEP)
     if not n then lf:close(); f:close(); return nil, e, c end
     if n == 0 then break end
     done = done + n
-    if opts.progress then opts.progress(done, total) end
+    lf:flush()
+    report(opts, done, total, f, lf)
   end
   lf:close()
   f:close()
@@ -652,13 +665,13 @@ function Sftp:put(localpath, remote, opts)
   lf:seek("set", offset)
   f:_seekto(offset)
   local done = offset
-  if opts.progress then opts.progress(done, total) end
+  report(opts, done, total, f, lf)
   while true do
     local n, e, c = f:_push(lf, COPY_STEP)
     if not n then lf:close(); f:close(); return nil, e, c end
     if n == 0 then break end
     done = done + n
-    if opts.progress then opts.progress(done, total) end
+    report(opts, done, total, f, lf)
   end
   lf:close()
   local ok, e, c = f:close()

@@ -177,12 +177,41 @@ function M.start(opts)
   return self
 end
 
+-- sshd and every process below it (per-connection monitors, their unprivileged children and the
+-- commands they run), by pid from /proc
+local function tree(pid)
+  local kids = {}
+  local out = read_cmd("cat /proc/[0-9]*/stat 2>/dev/null")
+  for line in out:gmatch("[^\n]+") do
+    local p, pp = line:match("^(%d+) .*%) %S (%d+)")
+    if p then
+      pp = tonumber(pp)
+      kids[pp] = kids[pp] or {}
+      table.insert(kids[pp], tonumber(p))
+    end
+  end
+  local all, queue = {}, { pid }
+  while #queue > 0 do
+    local p = table.remove(queue)
+    all[#all + 1] = p
+    for _, k in ipairs(kids[p] or {}) do queue[#queue + 1] = k end
+  end
+  return all
+end
+
+local function kill_tree(pid)
+  local pids = tree(pid)
+  local list = {}
+  for _, p in ipairs(pids) do list[#list + 1] = tostring(p) end
+  sh("kill -KILL " .. table.concat(list, " ") .. " 2>/dev/null")
+end
+
 --- Kill sshd (and every session process it forked) and wait until it is gone; remove the files.
 function Server:stop()
   if self.pid then
     -- sshd's session children are in its process group? no: kill the listener; sessions end
     -- when their connections close. Also kill children to be thorough.
-    sh(("pkill -KILL -P %d 2>/dev/null; kill -KILL %d 2>/dev/null"):format(self.pid, self.pid))
+    kill_tree(self.pid)
     for _ = 1, 200 do
       if not sh(("kill -0 %d 2>/dev/null"):format(self.pid)) then break end
       sh("sleep 0.02")
@@ -194,9 +223,7 @@ end
 
 --- Kill sshd now (a server dying mid-session), keeping the files.
 function Server:kill()
-  if self.pid then
-    sh(("pkill -KILL -P %d 2>/dev/null; kill -KILL %d 2>/dev/null"):format(self.pid, self.pid))
-  end
+  if self.pid then kill_tree(self.pid) end
 end
 
 --- Options for ssh.connect to this server; extra fields override.
