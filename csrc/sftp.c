@@ -514,7 +514,8 @@ static int pull_step(lua_State *L, ssh_sess *S) {
   for (;;) {
     ssize_t n = libssh2_sftp_read(r->hd, r->buf, r->cap);
     if (n == LIBSSH2_ERROR_EAGAIN) {
-      if (done > 0) break;     /* report progress instead of waiting */
+      lua_pushinteger(L, done);
+      lua_replace(L, 4);
       return SSH_AGAIN;
     }
     if (n < 0) return sftp_fail(L, S, r->sftp, (int)n);

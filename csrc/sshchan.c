@@ -219,9 +219,13 @@ static int read_step(lua_State *L, ssh_sess *S) {
   ssize_t r = libssh2_channel_read_ex(c->ch, stream, buf, n);
   if (r > 0) { lua_pushlstring(L, buf, (size_t)r); return 1; }
   if (r == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
-  /* 0: the remote end sent EOF (or closed) and this stream holds nothing more; the other
-   * stream may still hold data, so libssh2_channel_eof() would still say no */
-  if (r == 0) return strand_fail_msg(L, "closed", "EOF");
+  /* 0: the remote end sent EOF (or closed) and this stream holds nothing more. The other stream
+   * may still hold data, and then libssh2_channel_eof() says no; a 0 with neither is spurious. */
+  if (r == 0) {
+    if (libssh2_channel_eof(c->ch) || libssh2_poll_channel_read(c->ch, stream == 0))
+      return strand_fail_msg(L, "closed", "EOF");
+    return SSH_AGAIN;
+  }
   return ssh_fail(L, S, (int)r);
 }
 

@@ -98,6 +98,33 @@ describe("strand.ssh", function()
       end
     end)
 
+    it("through an ssh-agent holding the key (and says when there is no agent)", function()
+      local sock = tmpname()
+      local p = io.popen("LD_PRELOAD= ssh-agent -s -a " .. sock)
+      local out = p:read("a")
+      p:close()
+      local pid = assert(tonumber(out:match("SSH_AGENT_PID=(%d+)")), out)
+      local ok, err = pcall(function()
+        assert(os.execute(("LD_PRELOAD= SSH_AUTH_SOCK=%s ssh-add -q %s 2>/dev/null"):format(sock, srv.keys.ecdsa)))
+        local code = ([[
+          local ssh = require "strand.ssh"
+          local o = %s
+          local s, err = ssh.connect(o)
+          if not s then print("failed: " .. err) return end
+          print("agent: " .. s:run("echo via agent").stdout)
+          s:close()
+        ]]):format(("{ host = %q, port = %d, user = %q, known_hosts = %q, agent = true, timeout = 10 }")
+          :format("127.0.0.1", srv.port, srv.user, srv.known_hosts))
+        local got = H.lua(code, "SSH_AUTH_SOCK=" .. sock)
+        assert.matches("agent: via agent", got)
+        local none = H.lua(code, "SSH_AUTH_SOCK=" .. sock .. ".missing")
+        assert.matches("failed: no ssh agent", none)
+      end)
+      os.execute("kill " .. pid)
+      os.remove(sock)
+      assert(ok, err)
+    end)
+
     it("refuses a key the server does not know", function()
       local s, err, code = ssh.connect(srv:opts { key = srv.keys.other })
       assert.is_nil(s)
