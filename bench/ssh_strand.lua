@@ -14,6 +14,8 @@ local function cpu()
   return (tonumber(fields[12]) + tonumber(fields[13])) / 100
 end
 
+assert(ssh.init())   -- as the C program, libssh2_init before the clock starts
+
 if mode == "connect" then
   local t0 = strand.now()
   local s = assert(ssh.connect(opts))

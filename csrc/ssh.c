@@ -235,6 +235,15 @@ static int sess_gc(lua_State *L) {
   return 0;
 }
 
+/* core.ssh.init() -> true | nil, err: initialise libssh2 (and its crypto) now rather than on the
+ * first connect; once per process, thread-safe */
+static int l_init(lua_State *L) {
+  pthread_once(&init_once, init_libssh2);
+  if (init_rc != 0) return strand_fail_msg(L, "libssh2 initialisation failed", "ESSH");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* core.ssh.session(fd, timeout, is_tcp) -> session: a new session over a dup of fd (the caller
  * closes its own socket). The handshake is s:_handshake(). */
 static int l_session(lua_State *L) {
@@ -662,6 +671,8 @@ int strand_open_ssh(lua_State *L) {
   lua_newtable(L);
   lua_pushcfunction(L, l_session);
   lua_setfield(L, -2, "session");
+  lua_pushcfunction(L, l_init);
+  lua_setfield(L, -2, "init");
   lua_pushinteger(L, LIBSSH2_VERSION_NUM);
   lua_setfield(L, -2, "libssh2_version_num");
   lua_pushstring(L, libssh2_version(0));

@@ -729,5 +729,8 @@ end
 -- }====
 
 M.libssh2_version = C.libssh2_version
+M.libssh2_version_num = C.libssh2_version_num
+--- ssh.init() -> true: initialise libssh2 and its crypto now (else the first connect does it)
+M.init = C.init
 
 return M
