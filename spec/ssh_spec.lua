@@ -68,6 +68,18 @@ describe("strand.ssh", function()
       end)
     end)
 
+    it("with a password answered through keyboard-interactive (a PAM server without \"password\")", function()
+      if not srv.password then pending("no test account password: " .. tostring(srv.password_why)); return end
+      local pam = sshd.start { config = { "UsePAM yes", "KbdInteractiveAuthentication yes", "PasswordAuthentication no" } }
+      local ok, err = pcall(function()
+        local s = assert(ssh.connect(pam:opts { key = false, password = pam.password }))
+        assert.equal("kbd\n", s:run("echo kbd").stdout)
+        s:close()
+      end)
+      pam:stop()
+      assert(ok, err)
+    end)
+
     it("refuses a wrong password without echoing it", function()
       if not srv.password then pending("no test account password: " .. tostring(srv.password_why)); return end
       local s, err, code = ssh.connect(srv:opts { key = false, password = "Wrong-Secret-42" })

@@ -92,7 +92,7 @@ end
 local Server = {}
 Server.__index = Server
 
---- Start a server. opts.config: extra sshd_config lines; opts.strict_rsa: refuse "ssh-rsa"
+--- Start a server. opts.config: sshd_config lines taking precedence; opts.strict_rsa: refuse "ssh-rsa"
 --- (OpenSSH's default) instead of accepting it for libssh2 1.10's RSA signatures.
 function M.start(opts)
   opts = opts or {}
@@ -131,7 +131,10 @@ function M.start(opts)
   self.host_pub = hostpub
   self.known_hosts = dir .. "/known_hosts"
   write_file(self.known_hosts, ("[127.0.0.1]:%d %s\n"):format(self.port, hostpub), "600")
-  local cfg = {
+  -- sshd takes the first value of a keyword: the caller's lines come first to override ours
+  local cfg = {}
+  for _, line in ipairs(opts.config or {}) do cfg[#cfg + 1] = line end
+  local defaults = {
     "Port " .. self.port, "ListenAddress 127.0.0.1",
     "HostKey " .. dir .. "/host_ed25519", "HostKey " .. dir .. "/host_rsa",
     "PidFile none", "UsePAM no", "AuthorizedKeysFile " .. dir .. "/authorized_keys",
@@ -143,8 +146,8 @@ function M.start(opts)
     "Subsystem sftp internal-sftp", "AcceptEnv STRAND_*", "PrintMotd no",
     "ClientAliveInterval 0",
   }
+  for _, line in ipairs(defaults) do cfg[#cfg + 1] = line end
   if not opts.strict_rsa then cfg[#cfg + 1] = "PubkeyAcceptedAlgorithms +ssh-rsa" end
-  for _, line in ipairs(opts.config or {}) do cfg[#cfg + 1] = line end
   write_file(dir .. "/sshd_config", table.concat(cfg, "\n") .. "\n", "600")
   self.log = dir .. "/sshd.log"
   -- sshd in the foreground of a watchdog shell: when this Lua process goes away, sshd is killed
