@@ -132,9 +132,11 @@ local function relay(stream)
   local function pump_in()
     while true do
       local data = sread()
-      if not data or not b:sendall(data) then break end
+      if not data then break end
+      local ok, sent = pcall(b.sendall, b, data)   -- b may be closed by pump_out meanwhile
+      if not ok or not sent then break end
     end
-    b:shutdown("w")
+    pcall(b.shutdown, b, "w")
   end
   local function pump_out()
     while true do
