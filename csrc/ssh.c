@@ -206,7 +206,11 @@ static ssh_sess *check_sess(lua_State *L) { return ssh_check(L, 1, SSH_SESSION_M
 /* Free every libssh2 handle now, without waiting (the socket is shut down first, so nothing
  * libssh2 tries to send on the way can block or linger). Idempotent. */
 static void sess_free(ssh_sess *S) {
-  if (S->s == NULL) return;
+  if (S->s == NULL) {   /* never got a libssh2 session (or already freed): only the fd */
+    strand_io_close(&S->io);
+    if (S->io.fd >= 0) { close(S->io.fd); S->io.fd = -1; }
+    return;
+  }
   if (S->io.fd >= 0) (void)shutdown(S->io.fd, SHUT_RDWR);
   for (ssh_child *c = S->children; c; c = c->next) {
     if (c->kind == SSH_K_SFTP) {

@@ -227,45 +227,55 @@ local function check_host_key(s, o, host, port)
   return nil, ("unknown host key %s (%s) for %s"):format(fp, ktype, host), "EHOSTKEY"
 end
 
+-- Keys and the agent are tried without first asking which methods the server allows: asking is a
+-- failed "none" attempt, which OpenSSH delays (~5 ms, it hides timing). The list is fetched only
+-- to choose between password and keyboard-interactive, or to explain a failure.
 local function authenticate(s, o, user, keys, deadline)
-  local list, err, code = s:_authlist(user, remaining(deadline))
-  if not list then return nil, err, code end
-  if list == true then return true end
-  local methods = {}
-  for m in list:gmatch("[^,]+") do methods[m] = true end
+  local list
+  local function methods()
+    if list == nil then
+      local l, err, code = s:_authlist(user, remaining(deadline))
+      if not l then return nil, err, code end
+      list = l
+    end
+    local m = {}
+    if list ~= true then for x in list:gmatch("[^,]+") do m[x] = true end end
+    return m
+  end
   local last_err, last_code = "authentication failed", "EAUTH"
   local rsa_refused = false
-  if methods.publickey then
-    for _, key in ipairs(keys) do
-      local pub = read_file(key .. ".pub") and key .. ".pub" or nil
-      local ok, e, c = s:_auth_key(user, key, pub, o.passphrase, remaining(deadline))
-      if ok then return true end
-      if c ~= "EAUTH" and c ~= "EKEYFILE" then return nil, e, c end
-      last_err, last_code = e, c
-      if o.passphrase == nil and is_encrypted_key(key) then
-        last_err, last_code = "cannot read key file " .. key .. " (it needs a passphrase)", "EKEYFILE"
-      elseif c == "EKEYFILE" then
-        last_err = "cannot read key file " .. key .. (o.passphrase and " (wrong passphrase or unsupported format)" or "")
-      end
-      if c == "EAUTH" and C.libssh2_version_num < 0x010b00 and is_rsa_key(key) then rsa_refused = true end
+  for _, key in ipairs(keys) do
+    local pub = read_file(key .. ".pub") and key .. ".pub" or nil
+    local ok, e, c = s:_auth_key(user, key, pub, o.passphrase, remaining(deadline))
+    if ok then return true end
+    if c ~= "EAUTH" and c ~= "EKEYFILE" then return nil, e, c end
+    last_err, last_code = e, c
+    if o.passphrase == nil and is_encrypted_key(key) then
+      last_err, last_code = "cannot read key file " .. key .. " (it needs a passphrase)", "EKEYFILE"
+    elseif c == "EKEYFILE" then
+      last_err = "cannot read key file " .. key .. (o.passphrase and " (wrong passphrase or unsupported format)" or "")
     end
-    if o.agent then
-      local ok, e, c = s:_auth_agent(user)
-      if ok then return true end
-      if c ~= "EAUTH" and c ~= "ENOAGENT" then return nil, e, c end
-      last_err, last_code = e, c
-    end
+    if c == "EAUTH" and C.libssh2_version_num < 0x010b00 and is_rsa_key(key) then rsa_refused = true end
   end
-  if o.password ~= nil then
-    if methods.password then
-      local ok, e, c = s:_auth_password(user, o.password, remaining(deadline))
+  if o.agent then
+    local ok, e, c = s:_auth_agent(user)
+    if ok then return true end
+    if c ~= "EAUTH" and c ~= "ENOAGENT" then return nil, e, c end
+    last_err, last_code = e, c
+  end
+  if o.password ~= nil or (#keys == 0 and not o.agent) then
+    local m, e, c = methods()
+    if not m then return nil, e, c end
+    if list == true then return true end      -- the server let us in with "none"
+    if o.password ~= nil then
+      local ok
+      if m.password then
+        ok, e, c = s:_auth_password(user, o.password, remaining(deadline))
+      elseif m["keyboard-interactive"] then
+        ok, e, c = s:_auth_kbdint(user, o.password, remaining(deadline))
+      end
       if ok then return true end
-      if c ~= "EAUTH" then return nil, e, c end
-      last_err, last_code = "authentication failed", "EAUTH"
-    elseif methods["keyboard-interactive"] then
-      local ok, e, c = s:_auth_kbdint(user, o.password, remaining(deadline))
-      if ok then return true end
-      if c ~= "EAUTH" then return nil, e, c end
+      if c and c ~= "EAUTH" then return nil, e, c end
       last_err, last_code = "authentication failed", "EAUTH"
     end
   end
@@ -273,8 +283,10 @@ local function authenticate(s, o, user, keys, deadline)
     return nil, "authentication failed: libssh2 " .. C.libssh2_version .. " signs RSA keys only with "
       .. "SHA-1 (\"ssh-rsa\"), which this server refuses; use an ed25519 key", "EAUTH"
   end
-  if last_err == "authentication failed" and list then
-    last_err = "authentication failed (server allows: " .. list .. ")"
+  if last_err == "authentication failed" or last_err:match("^authentication failed:") then
+    if methods() and type(list) == "string" then
+      last_err = "authentication failed (server allows: " .. list .. ")"
+    end
   end
   return nil, last_err, last_code
 end
