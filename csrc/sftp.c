@@ -105,6 +105,27 @@ static void push_attrs(lua_State *L, const LIBSSH2_SFTP_ATTRIBUTES *a) {
   }
 }
 
+static int sftp_closer(ssh_child *h) {
+  sftp *f = (sftp *)h;
+  if (f->sftp == NULL) return 0;
+  int rc = libssh2_sftp_shutdown(f->sftp);
+  if (rc == LIBSSH2_ERROR_EAGAIN) return rc;
+  f->sftp = NULL;
+  return 0;
+}
+
+static int file_closer(ssh_child *h) {
+  rfile *r = (rfile *)h;
+  if (r->hd) {
+    int rc = libssh2_sftp_close_handle(r->hd);
+    if (rc == LIBSSH2_ERROR_EAGAIN) return rc;
+    r->hd = NULL;
+  }
+  free(r->buf);
+  r->buf = NULL;
+  return 0;
+}
+
 /* {==== session:sftp() */
 
 static int init_step(lua_State *L, ssh_sess *S) {
@@ -117,6 +138,7 @@ static int init_step(lua_State *L, ssh_sess *S) {
   sftp *f = lua_touserdata(L, -2);
   f->sftp = sp;
   f->h.dead = 0;
+  f->h.closer = sftp_closer;
   lua_pushvalue(L, -2);
   return 1;
 }
@@ -289,6 +311,7 @@ static int open_step(lua_State *L, ssh_sess *S) {
   r->hd = hd;
   r->sftp = f->sftp;
   r->h.dead = 0;
+  r->h.closer = file_closer;
   lua_pushvalue(L, -2);
   return 1;
 }
@@ -603,16 +626,24 @@ static int sftp_gc(lua_State *L) {
 
 static int shutdown_step(lua_State *L, ssh_sess *S) {
   sftp *f = lua_touserdata(L, 1);
-  int rc = libssh2_sftp_shutdown(f->sftp);
-  if (rc == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
-  f->sftp = NULL;
+  /* its files first (their handles belong to it), each closed cooperatively */
+  for (ssh_child *c = S->children; c; ) {
+    ssh_child *next = c->next;
+    if (c->kind == SSH_K_FILE && !c->dead && ((rfile *)c)->sftp == f->sftp) {
+      if (file_closer(c) == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
+      c->dead = 1;
+      ssh_child_unlink(c);
+    }
+    c = next;
+  }
+  if (sftp_closer(&f->h) == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
   ssh_child_unlink(&f->h);
   f->h.dead = 1;
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* sftp:close() -> true (idempotent; files still open are closed with it) */
+/* sftp:close() -> true (idempotent; files still open are closed with it; bounded: 2 s) */
 static int f_close(lua_State *L) {
   sftp *f = luaL_checkudata(L, 1, SSH_SFTP_META);
   if (f->sftp == NULL || f->h.dead || f->h.S->s == NULL) {
@@ -620,13 +651,6 @@ static int f_close(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  /* files of this sftp: their handles go with it */
-  for (ssh_child *c = f->h.S->children; c; c = c->next)
-    if (c->kind == SSH_K_FILE && ((rfile *)c)->sftp == f->sftp) {
-      rfile *r = (rfile *)c;
-      if (r->hd) (void)libssh2_sftp_close_handle(r->hd);
-      r->hd = NULL;
-    }
   lua_settop(L, 1);
   lua_pushnumber(L, strand_now() + 2.0);
   return ssh_call(L, shutdown_step);

@@ -606,6 +606,28 @@ static int m_bye(lua_State *L) {
   return ssh_call(L, disconnect_step);
 }
 
+/* Close every channel, listener, SFTP file and SFTP session of S, newest first (files before
+ * their sftp), each cooperatively; what is left when the deadline passes is freed by sess_free. */
+static int close_children_step(lua_State *L, ssh_sess *S) {
+  while (S->children) {
+    ssh_child *c = S->children;
+    if (c->closer && c->closer(c) == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
+    c->dead = 1;
+    ssh_child_unlink(c);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* s:_close_children() -> true (bounded: 1 s) */
+static int m_close_children(lua_State *L) {
+  ssh_sess *S = luaL_checkudata(L, 1, SSH_SESSION_META);
+  if (S->s == NULL) { lua_pushboolean(L, 1); return 1; }
+  lua_settop(L, 1);
+  lua_pushnumber(L, strand_now() + 1.0);
+  return ssh_call(L, close_children_step);
+}
+
 static int m_free(lua_State *L) {
   ssh_sess *S = luaL_checkudata(L, 1, SSH_SESSION_META);
   sess_free(S);
@@ -647,7 +669,7 @@ static const luaL_Reg sess_methods[] = {
   { "_authlist", m_authlist }, { "_auth_password", m_auth_password }, { "_auth_key", m_auth_key },
   { "_auth_kbdint", m_auth_kbdint }, { "_auth_agent", m_auth_agent },
   { "_keepalive", m_keepalive }, { "_keepalive_send", m_keepalive_send },
-  { "_bye", m_bye }, { "_free", m_free }, { "closed", m_closed },
+  { "_bye", m_bye }, { "_free", m_free }, { "_close_children", m_close_children }, { "closed", m_closed },
   { "authenticated", m_authenticated }, { "settimeout", m_settimeout }, { "fileno", m_fileno },
   { NULL, NULL }
 };

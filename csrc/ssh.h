@@ -25,6 +25,8 @@ typedef struct ssh_child {
   struct ssh_child *next, *prev;
   int dead;                       /* the session is gone: the handle was freed with it */
   int kind;                       /* SSH_K_* */
+  /* one non-blocking attempt to close the handle: LIBSSH2_ERROR_EAGAIN, or done (0 / error) */
+  int (*closer)(struct ssh_child *c);
 } ssh_child;
 
 enum { SSH_K_CHANNEL, SSH_K_LISTENER, SSH_K_SFTP, SSH_K_FILE };

@@ -24,6 +24,24 @@ static chan *check_chan(lua_State *L) {
   return c;
 }
 
+static int chan_closer(ssh_child *h) {
+  chan *c = (chan *)h;
+  if (c->ch == NULL) return 0;
+  int rc = libssh2_channel_free(c->ch);
+  if (rc == LIBSSH2_ERROR_EAGAIN) return rc;
+  c->ch = NULL;
+  return 0;
+}
+
+static int listener_closer(ssh_child *h) {
+  listener *x = (listener *)h;
+  if (x->l == NULL) return 0;
+  int rc = libssh2_channel_forward_cancel(x->l);
+  if (rc == LIBSSH2_ERROR_EAGAIN) return rc;
+  x->l = NULL;
+  return 0;
+}
+
 /* {==== opening: the new channel userdata sits just under the deadline (index -2) */
 
 static int opened(lua_State *L, ssh_sess *S, LIBSSH2_CHANNEL *ch) {
@@ -35,6 +53,7 @@ static int opened(lua_State *L, ssh_sess *S, LIBSSH2_CHANNEL *ch) {
   chan *c = lua_touserdata(L, -2);
   c->ch = ch;
   c->h.dead = 0;
+  c->h.closer = chan_closer;
   lua_pushvalue(L, -2);
   return 1;
 }
@@ -121,6 +140,7 @@ static int listen_step(lua_State *L, ssh_sess *S) {
   x->l = l;
   x->port = bound ? bound : (int)lua_tointeger(L, 3);
   x->h.dead = 0;
+  x->h.closer = listener_closer;
   lua_pushvalue(L, -2);
   lua_pushinteger(L, x->port);
   return 2;

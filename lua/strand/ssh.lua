@@ -404,6 +404,7 @@ function Session:close()
   local ex = extra[self]
   if ex and ex.keepalive then ex.keepalive:cancel(); ex.keepalive = nil end
   if not self:closed() then
+    self:_close_children()   -- channels, listeners, sftp files and sessions: cooperatively
     self:_bye()
     self:_free()
   end
