@@ -10,6 +10,7 @@
 typedef struct sftp {
   ssh_child h;
   LIBSSH2_SFTP *sftp;          /* right after the header: ssh.c's sess_free shuts it down */
+  ssh_lock lock;               /* every request of this SFTP session and of its files */
 } sftp;
 
 typedef struct rfile {
@@ -139,6 +140,7 @@ static int init_step(lua_State *L, ssh_sess *S) {
   f->sftp = sp;
   f->h.dead = 0;
   f->h.closer = sftp_closer;
+  f->h.lock = &f->lock;
   lua_pushvalue(L, -2);
   return 1;
 }
@@ -312,6 +314,7 @@ static int open_step(lua_State *L, ssh_sess *S) {
   r->sftp = f->sftp;
   r->h.dead = 0;
   r->h.closer = file_closer;
+  r->h.lock = &f->lock;        /* f outlives r: it is r's uservalue */
   lua_pushvalue(L, -2);
   return 1;
 }
@@ -617,6 +620,7 @@ static int r_tostring(lua_State *L) {
 
 static int sftp_gc(lua_State *L) {
   sftp *f = luaL_checkudata(L, 1, SSH_SFTP_META);
+  ssh_lock_close(&f->lock);
   if (f->sftp && !f->h.dead) (void)libssh2_sftp_shutdown(f->sftp);
   f->sftp = NULL;
   if (!f->h.dead) ssh_child_unlink(&f->h);
@@ -674,6 +678,7 @@ static void newmeta(lua_State *L, const char *name, const luaL_Reg *methods, lua
   luaL_newmetatable(L, name);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
+  luaL_setfuncs(L, ssh_lock_methods, 0);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "methods");
   lua_setfield(L, -2, "__index");

@@ -199,6 +199,54 @@ int ssh_call(lua_State *L, ssh_step step) {
 
 /* }==== */
 
+/* {==== locks (see ssh.h): cooperative, between the tasks of one thread */
+
+static int lock_k(lua_State *L, int status, lua_KContext ctx) {
+  ssh_lock *k = (ssh_lock *)ctx;
+  int outcome = strand_resumed(L, status);
+  for (;;) {
+    if (outcome == STRAND_TIMEOUT) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
+    if (outcome == STRAND_CLOSED) return strand_fail_msg(L, "closed", "ECLOSED");
+    if (!k->busy) {
+      k->busy = 1;
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    outcome = strand_wait_queue(L, &k->q, lua_tonumber(L, 2), ctx, lock_k);
+  }
+}
+
+/* x:_lock([timeout]) -> true | nil, "timeout" */
+static int m_lock(lua_State *L) {
+  ssh_child *c = lua_touserdata(L, 1);
+  luaL_argcheck(L, c != NULL, 1, "ssh object expected");
+  if (c->lock == NULL) { lua_pushboolean(L, 1); return 1; }
+  double deadline = strand_opt_deadline(L, 2);
+  lua_settop(L, 1);
+  lua_pushnumber(L, deadline);
+  return lock_k(L, LUA_OK, (lua_KContext)(intptr_t)c->lock);
+}
+
+/* x:_unlock(): every waiter looks again (one woken and then cancelled must not strand the rest) */
+static int m_unlock(lua_State *L) {
+  ssh_child *c = lua_touserdata(L, 1);
+  luaL_argcheck(L, c != NULL, 1, "ssh object expected");
+  if (c->lock) {
+    c->lock->busy = 0;
+    if (c->lock->q.head) strand_waitq_wake_all(&c->lock->q, STRAND_READY);
+  }
+  return 0;
+}
+
+void ssh_lock_close(ssh_lock *k) {
+  k->busy = 0;
+  if (k->q.head) strand_waitq_wake_all(&k->q, STRAND_CLOSED);
+}
+
+const luaL_Reg ssh_lock_methods[] = { { "_lock", m_lock }, { "_unlock", m_unlock }, { NULL, NULL } };
+
+/* }==== */
+
 /* {==== the session object */
 
 static ssh_sess *check_sess(lua_State *L) { return ssh_check(L, 1, SSH_SESSION_META); }
@@ -230,6 +278,7 @@ static void sess_free(ssh_sess *S) {
   S->s = NULL;
   strand_io_close(&S->io);
   strand_waitq_wake_all(&S->waiters, STRAND_CLOSED);
+  ssh_lock_close(&S->lock);
   if (S->io.fd >= 0) { close(S->io.fd); S->io.fd = -1; }
 }
 
@@ -260,6 +309,7 @@ static int l_session(lua_State *L) {
   memset(S, 0, sizeof *S);
   S->self.S = S;
   S->self.kind = -1;
+  S->self.lock = &S->lock;
   strand_io_init(&S->io, -1);
   S->timeout = timeout;
   luaL_setmetatable(L, SSH_SESSION_META);
@@ -682,6 +732,7 @@ int strand_open_ssh(lua_State *L) {
   luaL_setfuncs(L, sess_methods, 0);
   luaL_setfuncs(L, ssh_session_chan_methods, 0);
   luaL_setfuncs(L, ssh_session_sftp_methods, 0);
+  luaL_setfuncs(L, ssh_lock_methods, 0);
   lua_setfield(L, -2, "methods");
   lua_pushcfunction(L, sess_gc);
   lua_setfield(L, -2, "__gc");

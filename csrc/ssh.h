@@ -16,6 +16,11 @@
 
 typedef struct ssh_sess ssh_sess;
 
+/* libssh2 keeps the state of some non-blocking operations per session (opening channels, SFTP
+ * init, remote forwards) or per SFTP session (every SFTP request), not per call: two tasks must
+ * not interleave those. The Lua layer takes this lock around each such call (s:_lock()). */
+typedef struct ssh_lock { int busy; strand_waitq q; } ssh_lock;
+
 /* Every object of the area (channel, listener, sftp, sftp file) starts with this header: the
  * session it lives in and its place in the session's list of children. When the session closes
  * it frees every libssh2 handle and sets each child's `dead`. The child's userdata keeps the
@@ -27,6 +32,7 @@ typedef struct ssh_child {
   int kind;                       /* SSH_K_* */
   /* one non-blocking attempt to close the handle: LIBSSH2_ERROR_EAGAIN, or done (0 / error) */
   int (*closer)(struct ssh_child *c);
+  ssh_lock *lock;                 /* the lock its calls take (session's, sftp's), or NULL */
 } ssh_child;
 
 enum { SSH_K_CHANNEL, SSH_K_LISTENER, SSH_K_SFTP, SSH_K_FILE };
@@ -41,6 +47,7 @@ struct ssh_sess {
   int tcp;                        /* the socket is TCP: re-arm TCP_QUICKACK after reads */
   int error;                      /* last transport errno seen by the callbacks */
   ssh_child *children;            /* open channels, listeners, sftp sessions and files */
+  ssh_lock lock;                  /* session-level libssh2 state machines */
 };
 
 /* A step makes one attempt at a libssh2 operation. It returns the number of results it pushed
@@ -65,6 +72,11 @@ STRAND_API void ssh_child_unlink(ssh_child *c);
 /* A child went away: every task waiting on S retries (the one waiting for that child then sees
  * it closed instead of waiting for data that will never come). */
 STRAND_API void ssh_kick(ssh_sess *S);
+
+/* Methods _lock([timeout]) -> token | nil, "timeout" and _unlock() for every object type. */
+STRAND_API extern const luaL_Reg ssh_lock_methods[];
+/* Wake everybody waiting for a lock with STRAND_CLOSED (its object is going away). */
+STRAND_API void ssh_lock_close(ssh_lock *k);
 
 /* sshchan.c and sftp.c: metatables and methods registered by ssh.c's opener */
 STRAND_API void ssh_open_channels(lua_State *L);   /* leaves nothing on the stack */

@@ -173,6 +173,33 @@ describe("strand.ssh sftp", function()
     os.remove(src)
   end)
 
+  it("tasks sharing one sftp object: transfers, files and path operations interleave safely", function()
+    local src = tmpname()
+    write_file(src, data:sub(1, 700000))
+    H.run(function()
+      local ts = {}
+      for i = 1, 4 do
+        ts[i] = strand.spawn(function()
+          local p = srv.data .. "/shared" .. i
+          assert(sftp:put(src, p))
+          assert.equal(700000, sftp:stat(p).size)
+          local f = assert(sftp:open(p))
+          f:seek("set", 1000 * i)
+          local chunk = f:read(5000)
+          f:close()
+          local back = tmpname()
+          assert(sftp:get(p, back))
+          local ok = read_file(back) == data:sub(1, 700000) and chunk == data:sub(1000 * i + 1, 1000 * i + 5000)
+          os.remove(back)
+          assert(sftp:remove(p))
+          return ok
+        end)
+      end
+      for i = 1, 4 do assert.is_true(ts[i]:result()) end
+    end)
+    os.remove(src)
+  end)
+
   describe("failure conditions", function()
     it("missing files and directories: nil, message, code", function()
       local back = tmpname()

@@ -327,6 +327,34 @@ describe("strand.ssh", function()
       end)
     end)
 
+    it("tasks opening different kinds of channels on one session at once get the right ones", function()
+      H.run(function()
+        local lsn = assert(socket.listen("127.0.0.1", 0))
+        local _, port = lsn:getsockname()
+        local server = strand.spawn(function()
+          for _ = 1, 4 do
+            local c = lsn:accept()
+            strand.spawn(function() c:write("tcp\n"); c:close() end)
+          end
+        end)
+        local ts = {}
+        for i = 1, 8 do
+          ts[i] = strand.spawn(function()
+            if i % 2 == 0 then
+              local st = assert(s:forward("127.0.0.1", port))
+              local got = st:read()
+              st:close()
+              return got
+            end
+            return s:run("echo exec").stdout
+          end)
+        end
+        for i = 1, 8 do assert.equal(i % 2 == 0 and "tcp\n" or "exec\n", ts[i]:result()) end
+        server:join(5)
+        lsn:close()
+      end)
+    end)
+
     it("scp_put and scp_get copy a file byte for byte", function()
       local src, back = tmpname(), tmpname()
       local data = {}

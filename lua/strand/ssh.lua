@@ -743,6 +743,39 @@ end
 
 -- }====
 
+-- {==== serialising libssh2's shared state machines (ssh.h: ssh_lock)
+-- libssh2 keeps the state of a non-blocking channel open, SFTP init or remote forward in the
+-- session, and of every SFTP request in the SFTP session: two tasks interleaving them get each
+-- other's results. Each such C method runs under its object's lock (the session's, or the SFTP
+-- session's for the SFTP session and its files), released by <close> also on error/cancellation.
+
+local TOKEN = { __close = function(t) t.o:_unlock() end }
+local tokens = setmetatable({}, { __mode = "k" })
+
+local function locked(fn)
+  return function(self, ...)
+    local ok, err, code = self:_lock()
+    if not ok then return nil, err, code end
+    local t = tokens[self]
+    if t == nil then t = setmetatable({ o = self }, TOKEN); tokens[self] = t end
+    local held <close> = t
+    return fn(self, ...)
+  end
+end
+
+for _, name in ipairs { "_channel", "forward", "_scp_recv", "_scp_send", "_listen", "sftp" } do
+  Session[name] = locked(Session[name])
+end
+for _, name in ipairs { "open", "_opendir", "stat", "lstat", "chmod", "mkdir", "rmdir", "remove",
+                        "rename", "_symlink", "readlink", "realpath", "close" } do
+  Sftp[name] = locked(Sftp[name])
+end
+for _, name in ipairs { "_read", "write", "stat", "_seekto", "_tell", "_readdir", "_pull", "_push", "close" } do
+  File[name] = locked(File[name])
+end
+
+-- }====
+
 M.libssh2_version = C.libssh2_version
 M.libssh2_version_num = C.libssh2_version_num
 --- ssh.init() -> true: initialise libssh2 and its crypto now (else the first connect does it)
