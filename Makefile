@@ -41,7 +41,7 @@ deps:
 	@sh tools/deps.sh $(DEPS)
 
 # The peers `make bench` measures strand against (installed when missing and run as root).
-BENCH_DEPS := lua-luv lua-cqueues python3-gevent strace
+BENCH_DEPS := lua-luv lua-cqueues python3-gevent strace python3-paramiko
 
 # Every spec under Lua 5.4; the last line is "N passed, N failed".
 test: deps all
@@ -93,3 +93,6 @@ install: all
 
 clean:
 	rm -rf build build-asan build-rock
+
+# the SSH area's private header
+$(BUILD)/obj/ssh.o $(BUILD)/obj/sshchan.o $(BUILD)/obj/sftp.o: csrc/ssh.h

@@ -151,6 +151,40 @@ add("server + LuaSocket bridge: a thread-mode server, socket.http GETs in tasks"
   print(("  10 socket.http GETs (each answered after 0.2 s by a 2-thread server): %d ok in %.2f s"):format(ok, strand.now() - t0))
   srv:shutdown(1)
   runner:join(5)
+add("ssh: a private sshd, 10 sessions running a command at once, an sftp round trip", "strand.ssh", function(strand)
+  local ssh = require "strand.ssh"
+  if not package.path:find("spec/?.lua", 1, true) then package.path = "spec/?.lua;" .. package.path end
+  local ok, sshd = pcall(require, "support.sshd")
+  if not ok then print("  (spec/support/sshd.lua not found: skipped)"); return end
+  local srv = sshd.start()
+  local done, err = pcall(function()
+    local t0 = strand.now()
+    local ts = {}
+    for i = 1, 10 do
+      ts[i] = strand.spawn(function()
+        local s = assert(ssh.connect(srv:opts()))
+        local out = s:run("echo session " .. i .. " on $(hostname)").stdout
+        s:close()
+        return out
+      end)
+    end
+    local okn = 0
+    for i = 1, 10 do if ts[i]:result(30):match("^session " .. i) then okn = okn + 1 end end
+    print(("  10 sessions (connect, key auth, host key checked, run, close) from one thread: %d ok in %.2f s"):format(okn, strand.now() - t0))
+    local s = assert(ssh.connect(srv:opts()))
+    print("  host key " .. s:fingerprint())
+    local sftp = assert(s:sftp())
+    local src = os.tmpname()
+    local f = io.open(src, "wb"); f:write(("strand"):rep(1e6)); f:close()
+    assert(sftp:put(src, srv.data .. "/demo.bin"))
+    assert(sftp:get(srv.data .. "/demo.bin", src .. ".back"))
+    local g = io.open(src .. ".back", "rb"); local same = g:read("a") == ("strand"):rep(1e6); g:close()
+    print(("  sftp put + get of 6 MB: identical=%s"):format(tostring(same)))
+    os.remove(src); os.remove(src .. ".back")
+    s:close()
+  end)
+  srv:stop()
+  if not done then error(err, 0) end
 end)
 
 return areas

@@ -1,0 +1,123 @@
+-- bench/ssh_bench.lua — strand.ssh against its peers on one private loopback sshd (same host key,
+-- ciphers negotiated as each client prefers): a C libssh2 program (NODELAY + QUICKACK, 1 MiB SFTP
+-- buffers), OpenSSH's ssh/sftp, paramiko. Each client runs pinned to one CPU (taskset), one peer
+-- at a time; the figure is the median of REPS runs. Prints each figure and strand's ratio.
+--   lua5.4 bench/ssh_bench.lua [REPS] [MiB] [N_SESSIONS]
+package.path = "spec/?.lua;" .. package.path
+local sshd = require "support.sshd"
+
+local REPS = tonumber(arg[1]) or 5
+local MIB = tonumber(arg[2]) or 256
+local NSESS = tonumber(arg[3]) or 50
+local CMDS = 200
+local CPU = os.getenv("BENCH_CPU") or "1"
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>/dev/null")
+  local out = p:read("a")
+  local ok = p:close()
+  return ok and out or nil
+end
+
+local function median(t)
+  table.sort(t)
+  local n = #t
+  if n == 0 then return nil end
+  if n % 2 == 1 then return t[(n + 1) // 2] end
+  return (t[n // 2] + t[n // 2 + 1]) / 2
+end
+
+-- run cmd REPS times; the first number it prints (or, with time=true, its wall time) each time
+local function measure(cmd, field, reps)
+  local xs = {}
+  for _ = 1, reps or REPS do
+    local out = sh("taskset -c " .. CPU .. " " .. cmd)
+    local t = {}
+    for x in (out or ""):gmatch("%S+") do t[#t + 1] = x end
+    local v = tonumber(t[field or 1])
+    if v then xs[#xs + 1] = v end
+  end
+  return median(xs)
+end
+
+local now = require("strand.core").now
+
+-- wall time of a whole command (processes included: what using OpenSSH costs)
+local function timed(cmd, reps)
+  local xs = {}
+  for _ = 1, reps or REPS do
+    local t0 = now()
+    local ok = os.execute(("taskset -c %s sh -c '%s' >/dev/null 2>&1"):format(CPU, cmd:gsub("'", "'\\''")))
+    if ok then xs[#xs + 1] = now() - t0 end
+  end
+  return median(xs)
+end
+
+local srv = sshd.start()
+local ok, err = pcall(function()
+  local bin = os.tmpname()
+  assert(os.execute(("cc -O2 -o %s bench/ssh_c_baseline.c $(pkg-config --libs libssh2)"):format(bin)))
+  local common = ("127.0.0.1 %d %s %s"):format(srv.port, srv.user, srv.keys.ed25519)
+  local lua = ("lua5.4 bench/ssh_strand.lua %%s %s %s"):format(common, srv.known_hosts)
+  -- Debian's python3 (python3-paramiko), not whatever python3 comes first in PATH
+  local PY = os.getenv("BENCH_PYTHON") or "/usr/bin/python3"
+  local py = sh(PY .. " -c 'import paramiko' && echo yes") == "yes\n"
+    and (PY .. " bench/ssh_paramiko.py %%s %s %s"):format(common, srv.known_hosts) or nil
+  local cbin = bin .. " %s " .. common
+  local sshcmd = ("ssh -o BatchMode=yes -o UserKnownHostsFile=%s -i %s -p %d %s@127.0.0.1")
+    :format(srv.known_hosts, srv.keys.ed25519, srv.port, srv.user)
+  local rows = {}
+  local function row(what, strand, peers, lower_better)
+    rows[#rows + 1] = { what, strand, peers, lower_better }
+    local parts = {}
+    for _, p in ipairs(peers) do
+      local ratio = (p[2] and strand) and (lower_better and p[2] / strand or strand / p[2]) or nil
+      parts[#parts + 1] = ("%s %s%s"):format(p[1], p[2] and ("%.4g"):format(p[2]) or "n/a",
+        ratio and (" (strand %.2fx)"):format(ratio) or "")
+    end
+    print(("%-44s strand %s | %s"):format(what, strand and ("%.4g"):format(strand) or "n/a", table.concat(parts, " | ")))
+  end
+  print(("ssh bench: %d reps (median), client pinned to CPU %s, sshd on 127.0.0.1:%d, libssh2 %s")
+    :format(REPS, CPU, srv.port, require("strand.ssh").libssh2_version))
+  print("ratios: >1 means strand is better (faster / less time)")
+  row("connect+auth+exec true+close (s)", measure(lua:format("connect")), {
+    { "C libssh2", measure(cbin:format("connect")) },
+    { "OpenSSH ssh", timed(sshcmd .. " true") },
+    { "paramiko", py and measure(py:format("connect")) },
+  }, true)
+  row(("%d sequential commands, one session (s/cmd)"):format(CMDS), measure(lua:format("cmds") .. " " .. CMDS, 1, 3), {
+    { "C libssh2", measure(cbin:format("cmds") .. " " .. CMDS, 1, 3) },
+    { "paramiko", py and measure(py:format("cmds") .. " " .. CMDS, 1, 3) },
+  }, true)
+  row(("%d sessions at once, one thread (wall s)"):format(NSESS), measure(lua:format("many") .. " " .. NSESS, 1, 3), {
+    { "C libssh2 non-blocking", measure(cbin:format("many") .. " " .. NSESS, 1, 3) },
+    { "paramiko threads", py and measure(py:format("many") .. " " .. NSESS, 1, 3) },
+    { "ssh processes", timed(("for i in $(seq %d); do %s true & done; wait"):format(NSESS, sshcmd), 3) },
+  }, true)
+  print(("  client CPU for %d sessions: strand %.3f s, C %.3f s"):format(NSESS,
+    measure(lua:format("many") .. " " .. NSESS, 2, 3) or -1, measure(cbin:format("many") .. " " .. NSESS, 2, 3) or -1))
+  local src, dst = os.tmpname(), os.tmpname()
+  assert(os.execute(("head -c %d /dev/urandom > %s"):format(MIB * 1048576, src)))
+  local remote = srv.data .. "/bench.bin"
+  local function tr(runner, m)
+    if not runner then return nil end
+    if m == "get" then return measure(runner:format("get") .. " " .. remote .. " " .. dst, 1, 3) end
+    return measure(runner:format("put") .. " " .. remote .. " " .. src, 1, 3)
+  end
+  local sftpcmd = ("sftp -q -o BatchMode=yes -o UserKnownHostsFile=%s -i %s -P %d -b - %s@127.0.0.1")
+    :format(srv.known_hosts, srv.keys.ed25519, srv.port, srv.user)
+  local function openssh(m)
+    local t = timed(("echo '%s' | %s"):format(m == "get" and ("get " .. remote .. " " .. dst) or ("put " .. src .. " " .. remote), sftpcmd), 3)
+    return t and MIB / t
+  end
+  -- put first so the remote file exists for get
+  row(("SFTP put %d MiB (MiB/s)"):format(MIB), tr(lua, "put"), {
+    { "C libssh2 1MiB", tr(cbin, "put") }, { "OpenSSH sftp", openssh("put") }, { "paramiko", tr(py, "put") },
+  }, false)
+  row(("SFTP get %d MiB (MiB/s)"):format(MIB), tr(lua, "get"), {
+    { "C libssh2 1MiB", tr(cbin, "get") }, { "OpenSSH sftp", openssh("get") }, { "paramiko", tr(py, "get") },
+  }, false)
+  os.remove(src); os.remove(dst); os.remove(bin)
+end)
+srv:stop()
+if not ok then error(err, 0) end

@@ -1,0 +1,784 @@
+-- strand.ssh — SSH sessions, channels and SFTP over libssh2, cooperative (csrc/ssh.c, sshchan.c,
+-- sftp.c). This file owns connect (transport, host key policy, authentication, ~/.ssh/config,
+-- ProxyJump), run, exec, shell/expect, scp and the Lua halves of the SFTP methods.
+--
+-- Behaviour worth knowing (the contract is API.md "strand.ssh"):
+--  * Every call is cooperative: libssh2 runs non-blocking on the session's socket; when it says
+--    EAGAIN the task waits for exactly the direction libssh2_session_block_directions names.
+--    Many sessions and channels run at once in one thread; tasks may share a session.
+--  * TCP_NODELAY is set on the socket and TCP_QUICKACK re-armed after every read (libssh2's recv
+--    callback): without them each round trip can stall on delayed ACKs (~40 ms).
+--  * Host keys: host_key="strict" (default) needs the key in known_hosts (default
+--    ~/.ssh/known_hosts); "accept-new" adds an unknown key (the file is created 0600) and still
+--    refuses a changed one; "ignore" checks nothing; a function(host, "SHA256:...", keytype) decides.
+--    A refused key ends the connection before any credential is sent: nil, "host key mismatch"
+--    (changed key) or nil, "unknown host key" (not in the file).
+--  * Authentication, in this order: key files (key=, or IdentityFile from the config), the agent
+--    (agent=true), then password (password auth, or keyboard-interactive answering every prompt
+--    with it). Key types with libssh2 1.10: ed25519 and ecdsa (OpenSSH and PEM formats,
+--    passphrases), rsa only where the server accepts SHA-1 "ssh-rsa" signatures (OpenSSH 8.8+
+--    refuses them by default: the error says so); rsa-sha2 needs libssh2 >= 1.11.
+--  * Failures are nil, message, CODE; messages never contain passwords or passphrases.
+--  * ch:wait() discards output not read yet (a full window could otherwise stall the remote
+--    process); run() collects stdout and stderr itself.
+--  * Compression is off. keepalive=seconds starts a task sending keepalives until s:close().
+local core = require "strand.core"
+local socket = require "strand.socket"
+
+local C = core.ssh
+if C == nil then error("strand.ssh: the C module was built without libssh2", 2) end
+
+local M = {}
+local now, spawn = core.now, core.spawn
+
+local Session = C.session_meta.methods
+local Channel = debug.getregistry()["strand.ssh.channel"].methods
+local extra = setmetatable({}, { __mode = "k" })   -- session -> Lua-side state
+
+local function remaining(deadline)
+  if deadline == nil then return nil end
+  local r = deadline - now()
+  return r > 0 and r or 0
+end
+
+local function check_opts(opts, arg, fname)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(("bad argument #%d to '%s' (table expected, got %s)"):format(arg, fname, type(opts)), 3)
+  end
+  return opts
+end
+
+local function home() return os.getenv("HOME") or "/" end
+
+local function expand_path(p, ctx)
+  p = p:gsub("^~", home())
+  if ctx then
+    p = p:gsub("%%(.)", function(c)
+      if c == "h" then return ctx.host elseif c == "p" then return tostring(ctx.port)
+      elseif c == "r" then return ctx.user elseif c == "u" then return os.getenv("USER") or ""
+      elseif c == "d" then return home() elseif c == "%" then return "%" end
+    end)
+  end
+  return p
+end
+
+-- {==== ~/.ssh/config (the subset paramiko's SSHConfig and OpenSSH agree on)
+
+local function glob_match(pat, s)
+  local lp = "^" .. pat:gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0"):gsub("%*", ".*"):gsub("%?", ".") .. "$"
+  return s:match(lp) ~= nil
+end
+
+local function host_matches(patterns, host)
+  local matched = false
+  for _, pat in ipairs(patterns) do
+    local neg = pat:sub(1, 1) == "!"
+    if neg then
+      if glob_match(pat:sub(2), host) then return false end
+    elseif glob_match(pat, host) then
+      matched = true
+    end
+  end
+  return matched
+end
+
+--- ssh.read_config(path, host) -> {hostname=, port=, user=, identityfile={...}, proxyjump=}
+--- (first value wins, as in OpenSSH; identityfile accumulates). A missing file gives {}.
+function M.read_config(path, host)
+  local f = io.open(path)
+  local r = { identityfile = {} }
+  if not f then return r end
+  local active = true
+  for line in f:lines() do
+    line = line:gsub("^%s+", ""):gsub("%s+$", "")
+    if line ~= "" and line:sub(1, 1) ~= "#" then
+      local key, value = line:match("^(%S+)%s*=%s*(.-)$")
+      if not key then key, value = line:match("^(%S+)%s+(.-)$") end
+      if key then
+        key = key:lower()
+        value = value:gsub('^"(.*)"$', "%1")
+        if key == "host" then
+          local pats = {}
+          for p in value:gmatch("%S+") do pats[#pats + 1] = p end
+          active = host_matches(pats, host)
+        elseif key == "match" then
+          active = value:lower():match("^all") ~= nil
+        elseif active then
+          if key == "identityfile" then
+            r.identityfile[#r.identityfile + 1] = value
+          elseif r[key] == nil then
+            r[key] = value
+          end
+        end
+      end
+    end
+  end
+  f:close()
+  return r
+end
+
+-- }====
+
+-- {==== transport
+
+-- A session over any strand stream that is not a socket: a socketpair, with two tasks copying
+-- between its far end and the stream (e.g. a channel of another session: ProxyJump).
+local function relay(stream)
+  local a, b = socket.pair()
+  -- the stream may be closed under us (its session closed): that ends the relay like an EOF
+  local function sread() local ok, d = pcall(stream.read, stream, 65536); return ok and d or nil end
+  local function swrite(d) local ok, r = pcall(stream.write, stream, d); return ok and r end
+  local function pump_in()
+    while true do
+      local data = sread()
+      if not data then break end
+      local ok, sent = pcall(b.sendall, b, data)   -- b may be closed by pump_out meanwhile
+      if not ok or not sent then break end
+    end
+    pcall(b.shutdown, b, "w")
+  end
+  local function pump_out()
+    while true do
+      local data = b:recv(65536)
+      if not data or not swrite(data) then break end
+    end
+    pcall(stream.close, stream)
+    b:close()
+  end
+  local t1, t2 = spawn(pump_in), spawn(pump_out)
+  return a, { t1, t2 }
+end
+
+local function is_socket(x)
+  local mt = getmetatable(x)
+  return type(mt) == "table" and mt.__name == "strand.socket"
+end
+
+-- }====
+
+local function read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+local function b64decode(s)
+  s = s:gsub("[^%w%+/]", "")
+  local out, bits, nbits = {}, 0, 0
+  for i = 1, #s do
+    bits = (bits << 6) | (B64:find(s:sub(i, i), 1, true) - 1)
+    nbits = nbits + 6
+    if nbits >= 8 then
+      nbits = nbits - 8
+      out[#out + 1] = string.char((bits >> nbits) & 255)
+    end
+  end
+  return table.concat(out)
+end
+
+local function is_rsa_key(path)
+  local pub = read_file(path .. ".pub")
+  if pub then return pub:match("^ssh%-rsa ") ~= nil end
+  local priv = read_file(path)
+  if not priv then return false end
+  if priv:find("BEGIN RSA PRIVATE KEY", 1, true) then return true end
+  local body = priv:match("BEGIN OPENSSH PRIVATE KEY%-%-%-%-%-(.-)%-%-%-%-%-END")
+  if body then return b64decode(body):sub(1, 200):find("ssh-rsa", 1, true) ~= nil end
+  return false
+end
+
+local function is_encrypted_key(path)
+  local priv = read_file(path)
+  if not priv then return false end
+  if priv:find("ENCRYPTED", 1, true) then return true end
+  local body = priv:match("BEGIN OPENSSH PRIVATE KEY%-%-%-%-%-(.-)%-%-%-%-%-END")
+  return body ~= nil and b64decode(body):sub(1, 64):find("bcrypt", 1, true) ~= nil
+end
+
+local function fail(s, msg, code)
+  s:_free()
+  return nil, msg, code
+end
+
+local function check_host_key(s, o, host, port)
+  local _, ktype, fp = s:hostkey()
+  if not ktype then return nil, "no host key", "ESSH" end
+  local policy = o.host_key or "strict"
+  if type(policy) == "function" then
+    if policy(host, fp, ktype) then return true end
+    return nil, "host key rejected", "EHOSTKEY"
+  end
+  if policy == "ignore" then return true end
+  local path = o.known_hosts or (home() .. "/.ssh/known_hosts")
+  local r, err, code = s:_knownhost(path, host, port)
+  if not r then return nil, err, code end
+  if r == "match" then return true end
+  if r == "mismatch" then return nil, "host key mismatch", "EHOSTKEY" end
+  if policy == "accept-new" then
+    local ok, e2, c2 = s:_knownhost(path, host, port, true)
+    if not ok then return nil, e2, c2 end
+    return true
+  end
+  return nil, ("unknown host key %s (%s) for %s"):format(fp, ktype, host), "EHOSTKEY"
+end
+
+-- Keys and the agent are tried without first asking which methods the server allows: asking is a
+-- failed "none" attempt, which OpenSSH delays (~5 ms, it hides timing). The list is fetched only
+-- to choose between password and keyboard-interactive, or to explain a failure.
+local function authenticate(s, o, user, keys, deadline)
+  local list
+  local function methods()
+    if list == nil then
+      local l, err, code = s:_authlist(user, remaining(deadline))
+      if not l then return nil, err, code end
+      list = l
+    end
+    local m = {}
+    if list ~= true then for x in list:gmatch("[^,]+") do m[x] = true end end
+    return m
+  end
+  local last_err, last_code = "authentication failed", "EAUTH"
+  local rsa_refused = false
+  for _, key in ipairs(keys) do
+    local pub = read_file(key .. ".pub") and key .. ".pub" or nil
+    local ok, e, c = s:_auth_key(user, key, pub, o.passphrase, remaining(deadline))
+    if ok then return true end
+    if c ~= "EAUTH" and c ~= "EKEYFILE" then return nil, e, c end
+    last_err, last_code = e, c
+    if o.passphrase == nil and is_encrypted_key(key) then
+      last_err, last_code = "cannot read key file " .. key .. " (it needs a passphrase)", "EKEYFILE"
+    elseif c == "EKEYFILE" then
+      last_err = "cannot read key file " .. key .. (o.passphrase and " (wrong passphrase or unsupported format)" or "")
+    end
+    if c == "EAUTH" and C.libssh2_version_num < 0x010b00 and is_rsa_key(key) then rsa_refused = true end
+  end
+  if o.agent then
+    local ok, e, c = s:_auth_agent(user)
+    if ok then return true end
+    if c ~= "EAUTH" and c ~= "ENOAGENT" then return nil, e, c end
+    last_err, last_code = e, c
+  end
+  if o.password ~= nil or (#keys == 0 and not o.agent) then
+    local m, e, c = methods()
+    if not m then return nil, e, c end
+    if list == true then return true end      -- the server let us in with "none"
+    if o.password ~= nil then
+      local ok
+      if m.password then
+        ok, e, c = s:_auth_password(user, o.password, remaining(deadline))
+      elseif m["keyboard-interactive"] then
+        ok, e, c = s:_auth_kbdint(user, o.password, remaining(deadline))
+      end
+      if ok then return true end
+      if c and c ~= "EAUTH" then return nil, e, c end
+      last_err, last_code = "authentication failed", "EAUTH"
+    end
+  end
+  if rsa_refused then
+    return nil, "authentication failed: libssh2 " .. C.libssh2_version .. " signs RSA keys only with "
+      .. "SHA-1 (\"ssh-rsa\"), which this server refuses; use an ed25519 key", "EAUTH"
+  end
+  if last_err == "authentication failed" or last_err:match("^authentication failed:") then
+    if methods() and type(list) == "string" then
+      last_err = "authentication failed (server allows: " .. list .. ")"
+    end
+  end
+  return nil, last_err, last_code
+end
+
+local function start_keepalive(s, interval)
+  s:_keepalive(interval)
+  local ref = setmetatable({ s = s }, { __mode = "v" })
+  return spawn(function()
+    while true do
+      core.sleep(interval)
+      local sess = ref.s
+      if sess == nil or sess:closed() then return end
+      local ok = sess:_keepalive_send(interval)
+      sess = nil
+      if not ok then return end
+    end
+  end)
+end
+
+--- ssh.connect{host=, port=22, user=, password=, key=, passphrase=, agent=, known_hosts=,
+---   host_key=, timeout=, keepalive=, sock=, config=} -> session | nil, err, code
+function M.connect(opts)
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to 'connect' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  if o.host == nil and o.sock == nil then error("bad argument #1 to 'connect' (host expected)", 2) end
+  if o.host ~= nil and type(o.host) ~= "string" then error("bad argument #1 to 'connect' (host must be a string)", 2) end
+  local hk = o.host_key
+  if hk ~= nil and type(hk) ~= "function" and hk ~= "strict" and hk ~= "accept-new" and hk ~= "ignore" then
+    error("bad argument #1 to 'connect' (host_key must be \"strict\", \"accept-new\", \"ignore\" or a function)", 2)
+  end
+  if o.timeout ~= nil and (type(o.timeout) ~= "number" or o.timeout < 0) then
+    error("bad argument #1 to 'connect' (timeout must be a number >= 0)", 2)
+  end
+  local alias = o.host or "stream"
+  local cfg = {}
+  if o.config ~= false and o.host then
+    cfg = M.read_config(o.config or (home() .. "/.ssh/config"), alias)
+  end
+  local host = (cfg.hostname and expand_path(cfg.hostname, { host = alias })) or alias
+  local port = tonumber(o.port or cfg.port) or 22
+  local user = o.user or cfg.user or os.getenv("USER") or "root"
+  local keys = {}
+  if type(o.key) == "string" then keys[1] = expand_path(o.key)
+  elseif type(o.key) == "table" then for _, k in ipairs(o.key) do keys[#keys + 1] = expand_path(k) end
+  else
+    for _, k in ipairs(cfg.identityfile) do
+      keys[#keys + 1] = expand_path(k, { host = host, port = port, user = user })
+    end
+    if #keys == 0 and o.password == nil and not o.agent then
+      for _, n in ipairs { "id_ed25519", "id_ecdsa", "id_rsa" } do
+        local p = home() .. "/.ssh/" .. n
+        if read_file(p) then keys[#keys + 1] = p end
+      end
+    end
+  end
+  local deadline = o.timeout and now() + o.timeout
+  local sock, relays, jump = o.sock, nil, nil
+  if sock == nil and cfg.proxyjump and cfg.proxyjump:lower() ~= "none" and o.proxyjump ~= false then
+    -- ProxyJump [user@]host[:port]: a session to the jump host, then a channel through it
+    local ju, jh, jp = cfg.proxyjump:match("^([^@,]+)@([^:,]+):?(%d*)")
+    if not jh then jh, jp = cfg.proxyjump:match("^([^:,]+):?(%d*)") end
+    local jo = { host = jh, port = tonumber(jp), user = ju, config = o.config, known_hosts = o.known_hosts,
+                 host_key = o.host_key, timeout = remaining(deadline), agent = o.agent }
+    local err, code
+    jump, err, code = M.connect(jo)
+    if not jump then return nil, "proxy jump: " .. err, code end
+    sock, err, code = jump:forward(host, port, remaining(deadline))
+    if not sock then jump:close(); return nil, "proxy jump: " .. err, code end
+  end
+  local fd_sock
+  if sock == nil then
+    local err, code
+    fd_sock, err, code = socket.connect(host, port, { timeout = remaining(deadline) })
+    if not fd_sock then return nil, err, code end
+  elseif is_socket(sock) then
+    fd_sock = sock
+  else
+    if type(sock) ~= "userdata" and type(sock) ~= "table" then
+      error("bad argument #1 to 'connect' (sock must be a strand stream)", 2)
+    end
+    fd_sock, relays = relay(sock)
+  end
+  local s, err, code = C.session(fd_sock:fileno(), o.timeout, sock == nil)
+  fd_sock:close()
+  if not s then return nil, err, code end
+  local ex = { jump = jump, relays = relays, host = host, port = port }
+  extra[s] = ex
+  local ok
+  ok, err, code = s:_handshake(remaining(deadline))
+  if not ok then
+    if code == "ETIMEDOUT" then err = "timeout" end
+    if jump then jump:close() end
+    return fail(s, err, code)
+  end
+  ok, err, code = check_host_key(s, o, o.host_key_alias or host, port)
+  if not ok then if jump then jump:close() end return fail(s, err, code) end
+  ok, err, code = authenticate(s, o, user, keys, deadline)
+  if not ok then if jump then jump:close() end return fail(s, err, code) end
+  if o.keepalive then ex.keepalive = start_keepalive(s, math.max(1, math.floor(o.keepalive))) end
+  s:settimeout(nil)
+  return s
+end
+
+-- {==== session methods written in Lua
+
+function Session:fingerprint()
+  local _, ktype, fp = self:hostkey()
+  return fp, ktype
+end
+
+function Session:close()
+  local ex = extra[self]
+  if ex and ex.keepalive then ex.keepalive:cancel(); ex.keepalive = nil end
+  if not self:closed() then
+    self:_close_children()   -- channels, listeners, sftp files and sessions: cooperatively
+    self:_bye()
+    self:_free()
+  end
+  if ex and ex.jump then ex.jump:close(); ex.jump = nil end
+  return true
+end
+
+local function open_channel(s, opts, deadline)
+  local ch, err, code = s:_channel(remaining(deadline))
+  if not ch then return nil, err, code end
+  if opts.env then
+    for k, v in pairs(opts.env) do
+      local ok, e, c = ch:_setenv(tostring(k), tostring(v), remaining(deadline))
+      if not ok then
+        ch:close()
+        if c == "ECHANNEL" then e = "the server refused environment variable " .. tostring(k) end
+        return nil, e, c
+      end
+    end
+  end
+  if opts.pty then
+    local p = type(opts.pty) == "table" and opts.pty or {}
+    local ok, e, c = ch:_pty(p.term or opts.term or "xterm", p.cols or opts.cols or 80,
+      p.rows or opts.rows or 24, remaining(deadline))
+    if not ok then ch:close(); return nil, e, c end
+  end
+  return ch
+end
+
+--- s:exec(cmd [, {env=, pty=, timeout=}]) -> channel
+function Session:exec(cmd, opts)
+  if type(cmd) ~= "string" then error("bad argument #1 to 'exec' (string expected, got " .. type(cmd) .. ")", 2) end
+  opts = check_opts(opts, 2, "exec")
+  local deadline = opts.timeout and now() + opts.timeout
+  local ch, err, code = open_channel(self, opts, deadline)
+  if not ch then return nil, err, code end
+  local ok, e, c = ch:_process("exec", cmd, remaining(deadline))
+  if not ok then ch:close(); return nil, e, c end
+  return ch
+end
+
+--- s:run(cmd [, {stdin=, timeout=, pty=, env=}]) -> {stdout=, stderr=, code=, signal=}
+function Session:run(cmd, opts)
+  if type(cmd) ~= "string" then error("bad argument #1 to 'run' (string expected, got " .. type(cmd) .. ")", 2) end
+  opts = check_opts(opts, 2, "run")
+  if opts.stdin ~= nil and type(opts.stdin) ~= "string" then
+    error("bad argument #2 to 'run' (stdin must be a string)", 2)
+  end
+  local deadline = opts.timeout and now() + opts.timeout
+  local ch, err, code = self:exec(cmd, { env = opts.env, pty = opts.pty, timeout = opts.timeout })
+  if not ch then return nil, err, code end
+  local writer
+  if opts.stdin then
+    writer = spawn(function()
+      local ok, e = ch:write(opts.stdin, remaining(deadline))
+      if ok then ok, e = ch:send_eof(remaining(deadline)) end
+      return ok, e
+    end)
+  end
+  local out, errs = {}, {}
+  while true do
+    local o, e, c = ch:_pump(remaining(deadline))
+    if not o then
+      if c ~= "EOF" then
+        if writer then writer:cancel(); writer:join() end
+        ch:close()
+        return nil, e, c
+      end
+      break
+    end
+    if o ~= "" then out[#out + 1] = o end
+    if e ~= "" then errs[#errs + 1] = e end
+  end
+  if writer then writer:join() end
+  local status, sig, wcode = ch:wait(remaining(deadline))
+  ch:close()
+  if status == nil then return nil, sig, wcode end
+  return { stdout = table.concat(out), stderr = table.concat(errs), code = status or nil, signal = sig }
+end
+
+--- s:shell{term=, cols=, rows=} -> channel with a pty running the login shell
+function Session:shell(opts)
+  opts = check_opts(opts, 1, "shell")
+  local deadline = opts.timeout and now() + opts.timeout
+  local ch, err, code = open_channel(self, { pty = true, term = opts.term, cols = opts.cols,
+    rows = opts.rows, env = opts.env }, deadline)
+  if not ch then return nil, err, code end
+  local ok, e, c = ch:_process("shell", nil, remaining(deadline))
+  if not ok then ch:close(); return nil, e, c end
+  return ch
+end
+
+--- s:listen(port [, host]) -> listener (l:accept() -> channel, l:port(), l:close())
+function Session:listen(port, host)
+  if math.type(port) ~= "integer" then error("bad argument #1 to 'listen' (integer expected)", 2) end
+  return self:_listen(host or "127.0.0.1", port)
+end
+
+--- s:scp_get(remote, localpath) -> bytes
+function Session:scp_get(remote, localpath)
+  if type(remote) ~= "string" then error("bad argument #1 to 'scp_get' (string expected)", 2) end
+  if type(localpath) ~= "string" then error("bad argument #2 to 'scp_get' (string expected)", 2) end
+  local ch, size_or_err, code = self:_scp_recv(remote)
+  if not ch then return nil, size_or_err, code end
+  local size = size_or_err
+  local f, ferr = io.open(localpath, "wb")
+  if not f then ch:close(); return nil, ferr end
+  local got = 0
+  while got < size do
+    local data, e, c = ch:read(math.min(65536, size - got))
+    if not data then f:close(); ch:close(); return nil, e, c end
+    f:write(data)
+    got = got + #data
+  end
+  f:close()
+  ch:close()
+  return got
+end
+
+--- s:scp_put(localpath, remote [, mode]) -> bytes
+function Session:scp_put(localpath, remote, mode)
+  if type(localpath) ~= "string" then error("bad argument #1 to 'scp_put' (string expected)", 2) end
+  if type(remote) ~= "string" then error("bad argument #2 to 'scp_put' (string expected)", 2) end
+  local f, ferr = io.open(localpath, "rb")
+  if not f then return nil, ferr end
+  local size = f:seek("end")
+  f:seek("set", 0)
+  local ch, err, code = self:_scp_send(remote, mode or 420, size)
+  if not ch then f:close(); return nil, err, code end
+  while true do
+    local data = f:read(65536)
+    if not data then break end
+    local ok, e, c = ch:write(data)
+    if not ok then f:close(); ch:close(); return nil, e, c end
+  end
+  f:close()
+  local ok, e, c = ch:send_eof()
+  if ok then ok, e, c = ch:wait() end
+  ch:close()
+  if ok == nil then return nil, e, c end
+  return size
+end
+
+-- }====
+
+-- {==== channel methods written in Lua
+
+Channel.recv = Channel.read
+Channel.send = Channel.write
+Channel.sendall = Channel.write
+
+local pending = setmetatable({}, { __mode = "k" })   -- channel -> bytes read but not expected yet
+
+--- ch:expect(pattern [, timeout]) -> text up to and including the first match, captures...
+--- | nil, "timeout" (what arrived stays buffered) | nil, "closed"
+function Channel:expect(pattern, timeout)
+  if type(pattern) ~= "string" then error("bad argument #1 to 'expect' (string expected)", 2) end
+  local deadline = timeout and now() + timeout
+  local buf = pending[self] or ""
+  while true do
+    local r = table.pack(buf:find(pattern))
+    if r[1] then
+      pending[self] = buf:sub(r[2] + 1)
+      return buf:sub(1, r[2]), table.unpack(r, 3, r.n)
+    end
+    local o, e, c = self:_pump(remaining(deadline))
+    if not o then pending[self] = buf; return nil, e, c end
+    buf = buf .. o .. e
+  end
+end
+
+-- }====
+
+-- {==== SFTP methods written in Lua (the copy loops are in C: sftp.c)
+
+local Sftp = debug.getregistry()["strand.ssh.sftp"].methods
+local File = debug.getregistry()["strand.ssh.sftpfile"].methods
+local COPY_STEP = 8 * 1024 * 1024     -- bytes between progress callbacks
+
+--- sftp:list(dir) -> {{name=, size=, mode=, mtime=, type=}, ...} (sorted by name, no . and ..)
+function Sftp:list(dir)
+  if type(dir) ~= "string" then error("bad argument #1 to 'list' (string expected, got " .. type(dir) .. ")", 2) end
+  local d, err, code = self:_opendir(dir)
+  if not d then return nil, err, code end
+  local out = {}
+  while true do
+    local name, attrs, c = d:_readdir()
+    if name == nil then
+      if attrs ~= nil then d:close(); return nil, attrs, c end
+      break
+    end
+    if name ~= "." and name ~= ".." then
+      attrs.name = name
+      out[#out + 1] = attrs
+    end
+  end
+  d:close()
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+-- Call the progress callback; if it raises, close both files first, then raise its error.
+local function report(opts, done, total, f, lf)
+  if not opts.progress then return end
+  local ok, err = pcall(opts.progress, done, total)
+  if not ok then
+    if lf then lf:close() end
+    f:close()
+    error(err, 0)
+  end
+end
+
+local function check_transfer(fname, a, b, opts)
+  if type(a) ~= "string" then error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(a)), 3) end
+  if type(b) ~= "string" then error(("bad argument #2 to '%s' (string expected, got %s)"):format(fname, type(b)), 3) end
+  opts = check_opts(opts, 3, fname)
+  if opts.progress ~= nil and type(opts.progress) ~= "function" then
+    error(("bad argument #3 to '%s' (progress must be a function)"):format(fname), 3)
+  end
+  return opts
+end
+
+--- sftp:get(remote, localpath [, {resume=, progress=fn(done, total)}]) -> bytes now in the local
+--- file (resume: continues after what the local file already holds)
+function Sftp:get(remote, localpath, opts)
+  opts = check_transfer("get", remote, localpath, opts)
+  local f, err, code = self:open(remote, "r")
+  if not f then return nil, err, code end
+  local st, e2, c2 = f:stat()
+  if not st then f:close(); return nil, e2, c2 end
+  local total, offset = st.size, 0
+  if opts.resume then
+    local lf = io.open(localpath, "rb")
+    if lf then offset = lf:seek("end"); lf:close() end
+    if total and offset > total then
+      f:close()
+      return nil, "local file is larger than the remote one", "ERANGE"
+    end
+  end
+  local lf, lerr = io.open(localpath, offset > 0 and "ab" or "wb")
+  if not lf then f:close(); return nil, lerr, "EIO" end
+  f:_seekto(offset)
+  local done = offset
+  report(opts, done, total, f, lf)
+  while true do
+    local n, e, c = f:_pull(lf, COPY_STEP)
+    if not n then lf:close(); f:close(); return nil, e, c end
+    if n == 0 then break end
+    done = done + n
+    lf:flush()
+    report(opts, done, total, f, lf)
+  end
+  lf:close()
+  f:close()
+  return done
+end
+
+--- sftp:put(localpath, remote [, {resume=, progress=fn(done, total), mode=}]) -> bytes now in the
+--- remote file (resume: continues after what the remote file already holds)
+function Sftp:put(localpath, remote, opts)
+  opts = check_transfer("put", localpath, remote, opts)
+  local lf, lerr = io.open(localpath, "rb")
+  if not lf then return nil, lerr, "ENOENT" end
+  local total = lf:seek("end")
+  local offset = 0
+  if opts.resume then
+    local st = self:stat(remote)
+    if st and st.size then offset = st.size end
+    if offset > total then lf:close(); return nil, "remote file is larger than the local one", "ERANGE" end
+  end
+  local f, err, code = self:open(remote, offset > 0 and "r+" or "w", opts.mode or 420)
+  if not f then lf:close(); return nil, err, code end
+  lf:seek("set", offset)
+  f:_seekto(offset)
+  local done = offset
+  report(opts, done, total, f, lf)
+  while true do
+    local n, e, c = f:_push(lf, COPY_STEP)
+    if not n then lf:close(); f:close(); return nil, e, c end
+    if n == 0 then break end
+    done = done + n
+    report(opts, done, total, f, lf)
+  end
+  lf:close()
+  local ok, e, c = f:close()
+  if not ok then return nil, e, c end
+  return done
+end
+
+--- sftp:symlink(target, linkpath) -> true. libssh2 1.10 reports a failure (SFTP status 5) for a
+--- SYMLINK that OpenSSH's server did carry out: the link is checked before reporting an error.
+function Sftp:symlink(target, linkpath)
+  if type(target) ~= "string" then error("bad argument #1 to 'symlink' (string expected)", 2) end
+  if type(linkpath) ~= "string" then error("bad argument #2 to 'symlink' (string expected)", 2) end
+  local ok, err, code = self:_symlink(target, linkpath)
+  if ok then return ok end
+  if code == "ECLOSED" or code == "ETIMEDOUT" or code == "ECONNRESET" then return nil, err, code end
+  if self:readlink(linkpath) == target then return true end
+  return nil, err, code
+end
+
+--- f:read(n) -> n bytes (fewer only at the end) | nil at the end
+function File:read(n)
+  if math.type(n) ~= "integer" or n < 0 then error("bad argument #1 to 'read' (count expected)", 2) end
+  if n == 0 then return "" end
+  local parts, got = {}, 0
+  while got < n do
+    local data, err, code = self:_read(n - got)
+    if data == nil then
+      if err ~= nil then return nil, err, code end
+      break
+    end
+    parts[#parts + 1] = data
+    got = got + #data
+  end
+  if got == 0 then return nil end
+  return table.concat(parts)
+end
+
+--- f:seek([whence [, offset]]) -> position (as Lua files: "set", "cur", "end")
+function File:seek(whence, offset)
+  whence = whence or "cur"
+  offset = offset or 0
+  if math.type(offset) ~= "integer" then error("bad argument #2 to 'seek' (integer expected)", 2) end
+  local base
+  if whence == "set" then base = 0
+  elseif whence == "cur" then base = self:_tell()
+  elseif whence == "end" then
+    local st, err, code = self:stat()
+    if not st then return nil, err, code end
+    base = st.size
+  else error("bad argument #1 to 'seek' (invalid option '" .. tostring(whence) .. "')", 2) end
+  if base + offset < 0 then return nil, "invalid argument", "EINVAL" end
+  return self:_seekto(base + offset)
+end
+
+-- }====
+
+-- {==== serialising libssh2's shared state machines (ssh.h: ssh_lock)
+-- libssh2 keeps the state of a non-blocking channel open, SFTP init or remote forward in the
+-- session, and of every SFTP request in the SFTP session: two tasks interleaving them get each
+-- other's results. Each such C method runs under its object's lock (the session's, or the SFTP
+-- session's for the SFTP session and its files), released by <close> also on error/cancellation.
+
+local TOKEN = { __close = function(t) t.o:_unlock() end }
+local tokens = setmetatable({}, { __mode = "k" })
+
+local function locked(fn)
+  return function(self, ...)
+    local ok, err, code = self:_lock()
+    if not ok then return nil, err, code end
+    local t = tokens[self]
+    if t == nil then t = setmetatable({ o = self }, TOKEN); tokens[self] = t end
+    local held <close> = t
+    return fn(self, ...)
+  end
+end
+
+for _, name in ipairs { "_channel", "forward", "_scp_recv", "_scp_send", "_listen", "sftp" } do
+  Session[name] = locked(Session[name])
+end
+for _, name in ipairs { "open", "_opendir", "stat", "lstat", "chmod", "mkdir", "rmdir", "remove",
+                        "rename", "_symlink", "readlink", "realpath", "close" } do
+  Sftp[name] = locked(Sftp[name])
+end
+for _, name in ipairs { "_read", "write", "stat", "_seekto", "_tell", "_readdir", "_pull", "_push", "close" } do
+  File[name] = locked(File[name])
+end
+
+-- }====
+
+M.libssh2_version = C.libssh2_version
+M.libssh2_version_num = C.libssh2_version_num
+--- ssh.init() -> true: initialise libssh2 and its crypto now (else the first connect does it)
+M.init = C.init
+
+return M
