@@ -449,7 +449,7 @@ static int r_spin(lua_State *L, q_state *st, int ch) {
 /* After any change; kick: bit 1 << channel for the channels it may have woken. */
 static void q_settle(strand_shm *s, int kick) {
   q_state *st = q_state_of(s);
-  uint32_t *sl = s->sleepers;
+  strand_shm_chan *c = s->chan;
   int get, put, join;
   if (st->ring) {
     get = r_gettable(st);
@@ -460,15 +460,15 @@ static void q_settle(strand_shm *s, int kick) {
     put = st->maxsize == 0 || st->n < st->maxsize || st->closed;
     join = st->unfinished == 0 || st->closed;
   }
-  strand_shm_signal(s, CH_GET, A_RLX(&sl[CH_GET]) > 0 && get, kick & 1);
-  strand_shm_signal(s, CH_PUT, A_RLX(&sl[CH_PUT]) > 0 && put, kick & 2);
-  strand_shm_signal(s, CH_JOIN, A_RLX(&sl[CH_JOIN]) > 0 && join, kick & 4);
+  strand_shm_signal(s, CH_GET, A_RLX(&c[CH_GET].sleepers) > 0 && get, kick & 1);
+  strand_shm_signal(s, CH_PUT, A_RLX(&c[CH_PUT].sleepers) > 0 && put, kick & 2);
+  strand_shm_signal(s, CH_JOIN, A_RLX(&c[CH_JOIN].sleepers) > 0 && join, kick & 4);
 }
 
 /* A ring changed without the mutex: if anybody sleeps on ch, settle (and kick) it. */
 static void r_wake(lua_State *L, strand_shm *s, int ch) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  if (A_RLX(&s->sleepers[ch]) == 0) return;
+  if (A_RLX(&strand_shm_sleepers(s, ch)) == 0) return;
   strand_shm_lockL(L, s);
   q_settle(s, 1 << ch);
   strand_shm_unlock(s);
@@ -477,9 +477,9 @@ static void r_wake(lua_State *L, strand_shm *s, int ch) {
 /* Locked: count a sleeper of ch, then look once more (the other half of r_wake's handshake).
  * Returns 1 if it may sleep (counted), 0 if it should retry (not counted). */
 static int q_sleep_on(strand_shm *s, int ch, int (*ready)(q_state *)) {
-  __atomic_add_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
+  __atomic_add_fetch(&strand_shm_sleepers(s, ch), 1, __ATOMIC_SEQ_CST);
   if (ready && ready(q_state_of(s))) {
-    __atomic_sub_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
+    __atomic_sub_fetch(&strand_shm_sleepers(s, ch), 1, __ATOMIC_SEQ_CST);
     return 0;
   }
   return 1;
@@ -487,7 +487,7 @@ static int q_sleep_on(strand_shm *s, int ch, int (*ready)(q_state *)) {
 
 static void q_leave(lua_State *L, strand_shm *s, int ch) {
   strand_shm_lockL(L, s);
-  __atomic_sub_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
+  __atomic_sub_fetch(&strand_shm_sleepers(s, ch), 1, __ATOMIC_SEQ_CST);
   q_settle(s, 0);
   strand_shm_unlock(s);
   strand_shm_leave(L, 0);
@@ -1144,6 +1144,7 @@ static int q_new(lua_State *L, int kind) {
   int ring = kind == Q_FIFO && slots > 0 && slots <= RING_MAXCAP && ringsize <= reserve / 4;
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &queue_type,
                                  sizeof(q_state) + (ring ? ringsize : 0), 3, reserve);
+  if (s == NULL) return strand_shm_fail(L, &queue_type, errno);
   q_state *st = q_state_of(s);
   st->kind = kind;
   st->maxsize = max;

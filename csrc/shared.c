@@ -471,6 +471,7 @@ static int d_newindex(lua_State *L) {
 
 static int l_dict(lua_State *L) {
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &dict_type, sizeof(d_state), 0, D_RESERVE);
+  if (s == NULL) return strand_shm_fail(L, &dict_type, errno);
   strand_object_push(L, &s->obj);
   return 1;
 }
@@ -552,6 +553,7 @@ static int l_newindex(lua_State *L) { return l_set(L); }
 static int l_list(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &list_type, sizeof(d_state), 0, D_RESERVE);
+  if (s == NULL) return strand_shm_fail(L, &list_type, errno);
   strand_object_push(L, &s->obj);                       /* [initial] list */
   if (!lua_isnoneornil(L, 1)) {
     lua_Integer n = luaL_len(L, 1);

@@ -189,39 +189,53 @@ STRAND_API const strand_objtype *strand_objtype_find(const char *name);
 
 /* {==== process-shared objects (shm.c): the base of locks, queues, shared dicts...
  *
- * State lives in MAP_SHARED memory (so processes forked after creation share it) under a
- * robust process-shared mutex. Waiting goes through each state's loop: every wait channel of
- * an object is an eventfd created with it (inherited by forks). The protocol, in shm.c's
- * header comment: under the mutex a waiter checks its condition and, if it must wait, counts
- * itself in sleepers[ch]; whoever changes the state calls strand_shm_signal, which keeps the
- * eventfd readable exactly while a sleeper can proceed. Nothing is written when nobody sleeps,
- * so the uncontended path makes no syscall. Never call anything that can raise while locked. */
+ * State lives in one family-wide shared arena (MAP_SHARED, reserved once when the module is
+ * opened, inherited by every forked process: one descriptor, one mapping) under a robust
+ * process-shared mutex per object. Waiting goes through each state's loop: one eventfd per Lua
+ * state (its "home"), and per (state, object, channel) a waiter record in the arena linked into
+ * the channel's list. The protocol, in shm.c's header comment: under the mutex a waiter checks
+ * its condition and, if it must wait, counts itself in the channel's sleepers; whoever changes
+ * the state calls strand_shm_signal, which fires the records of the channel while a sleeper can
+ * proceed (a write to the home's eventfd, or through the home process's relay thread). Nothing
+ * is written when nobody sleeps, so the uncontended path makes no syscall. Never call anything
+ * that can raise while locked. */
 
 #define STRAND_SHM_MAXCHAN 3
-typedef struct strand_shm_head strand_shm_head;    /* opaque: mutex, wake flags, arena */
+typedef struct strand_shm_head strand_shm_head;    /* opaque: mutex, channels, accounting */
+typedef struct strand_shm_chan {
+  uint32_t sleepers;              /* tasks asleep on the channel, anywhere (see above) */
+  uint32_t signalled;             /* internal: its sleepers may proceed */
+  uint64_t list;                  /* internal: its waiter records */
+} strand_shm_chan;
 
 typedef struct strand_shm {
   strand_object obj;              /* first: a strand_shm is a strand_object */
-  strand_shm_head *head;          /* the shared region */
-  void *state;                    /* the object's own shared state, inside the region */
-  uint32_t *sleepers;             /* shared: tasks asleep on each channel (locked) */
-  size_t maplen;                  /* bytes mapped here */
-  int memfd;                      /* backing of a growable region, or -1 */
-  int nchan;
-  int efd[STRAND_SHM_MAXCHAN];    /* one eventfd per wait channel */
+  strand_shm_head *head;          /* the object's block in the arena */
+  void *state;                    /* the object's own shared state, inside the block */
+  strand_shm_chan *chan;          /* its wait channels, inside the block */
+  struct strand_shm *lnext, *lprev;   /* internal: this process's objects (fork accounting) */
 } strand_shm;
+#define strand_shm_sleepers(s, ch) ((s)->chan[ch].sleepers)
+
+/* Make the family's arena now (the module's openers do; a forking area must have it before the
+ * fork so that the family shares one). 0 or an errno. */
+STRAND_API int strand_arena_init(void);
+STRAND_API extern char *strand_arena_base;
 
 /* A new object of objsize bytes (>= sizeof(strand_shm), zeroed) with statesize bytes of zeroed
- * shared state and nchan wait channels; reserve > 0 makes the region a growable arena of at most
- * reserve bytes. refs = 1; the caller fills its state, then strand_object_push. Raises. */
+ * shared state and nchan wait channels; reserve > 0: it may allocate storage (strand_shm_alloc)
+ * up to reserve bytes, and its state is 64-byte aligned. refs = 1; the caller fills its state,
+ * then strand_object_push. Returns NULL with errno (ENOMEM...) when out of memory: the
+ * constructor then returns strand_shm_fail(L, t, errno) (nil, "cannot create a ...", CODE). */
 STRAND_API strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t,
                                       size_t statesize, int nchan, size_t reserve);
-STRAND_API void strand_shm_free(strand_shm *s);   /* this process's mapping, fds and struct */
+STRAND_API int strand_shm_fail(lua_State *L, const strand_objtype *t, int err);
+STRAND_API void strand_shm_free(strand_shm *s);   /* this process's reference and struct */
 STRAND_API int strand_shm_lock(strand_shm *s);    /* 0 or an errno; a dead owner is recovered */
 STRAND_API void strand_shm_lockL(lua_State *L, strand_shm *s);   /* raises instead */
 STRAND_API void strand_shm_unlock(strand_shm *s);
 /* Locked, after a change: should = a sleeper of ch can proceed now; kick = the change may have
- * made it so (writes again: an edge for edge-triggered pollers). */
+ * made it so (spinning waiters look again). */
 STRAND_API void strand_shm_signal(strand_shm *s, int ch, int should, int kick);
 /* Unlocked, before counting yourself: push this state's waiter for (s, ch). Raises what the wait
  * would refuse (cannot yield here, foreign coroutine, pending cancellation). */
@@ -233,15 +247,17 @@ STRAND_API uint32_t strand_shm_changes(strand_shm *s);
 STRAND_API int strand_shm_spin(lua_State *L, strand_shm *s, uint32_t seen);
 /* A change made with atomics instead of under the mutex: tell spinning waiters. */
 STRAND_API void strand_shm_changed(strand_shm *s);
-/* Unlocked, counted in sleepers[ch], waiter on top: wait (yields in a task). */
+/* Unlocked, counted in the channel's sleepers, waiter on top: wait (yields in a task; may also
+ * return STRAND_READY at once, in a task too, when the channel fired meanwhile). */
 STRAND_API int strand_shm_wait(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k);
 /* After the wait (and after uncounting), waiter on top: pass the polling on in this state;
  * broadcast: the channel's sleepers wait for different things, all of them must look. */
 STRAND_API void strand_shm_leave(lua_State *L, int broadcast);
-/* Arena of a growable object (locked): offsets from the head, 0 = none (errno set). */
+/* Storage of an object made with reserve > 0 (locked): arena offsets, 0 = none (errno ENOSPC
+ * past the reserve, ENOMEM); freed with the object at the latest. */
 STRAND_API uint64_t strand_shm_alloc(strand_shm *s, size_t n);
 STRAND_API void strand_shm_release(strand_shm *s, uint64_t off);
-#define strand_shm_at(s, off) ((void *)((char *)(s)->head + (off)))
+#define strand_shm_at(s, off) ((void)(s), (void *)(strand_arena_base + (off)))
 /* getpid() and the kernel thread id, without a syscall after the first call (forked children
  * start over): who put an item, who owns an rlock. */
 STRAND_API int strand_shm_pid(void);

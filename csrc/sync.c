@@ -2,6 +2,7 @@
  * threads and forked processes that hold them (state and waits in shm.c); strand.sync. */
 #include "strand.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <string.h>
 
@@ -99,7 +100,7 @@ static int lk_free(lk_state *st, int kind) {
 
 static void lk_settle(strand_shm *s, int kick) {
   lk_state *st = (lk_state *)s->state;
-  strand_shm_signal(s, 0, A_LOAD(&s->sleepers[0]) > 0 && lk_free(st, lk_kind(s)), kick);
+  strand_shm_signal(s, 0, A_LOAD(&strand_shm_sleepers(s, 0)) > 0 && lk_free(st, lk_kind(s)), kick);
 }
 
 static int lk_trytake(lk_state *st) {
@@ -130,7 +131,7 @@ static int lk_owned(lk_state *st, int kind, owner me) {
 
 static void lk_leave(lua_State *L, strand_shm *s) {
   strand_shm_lockL(L, s);
-  __atomic_sub_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
+  __atomic_sub_fetch(&strand_shm_sleepers(s, 0), 1, __ATOMIC_SEQ_CST);
   lk_settle(s, 0);
   strand_shm_unlock(s);
   strand_shm_leave(L, 0);
@@ -174,9 +175,9 @@ static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_spin(L, s, seen);
       continue;
     }
-    __atomic_add_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&strand_shm_sleepers(s, 0), 1, __ATOMIC_SEQ_CST);
     if (kind != K_RLOCK && lk_trytake(st)) {    /* released meanwhile, without the mutex */
-      __atomic_sub_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
+      __atomic_sub_fetch(&strand_shm_sleepers(s, 0), 1, __ATOMIC_SEQ_CST);
       lk_settle(s, 0);
       strand_shm_unlock(s);
       lua_pushvalue(L, 1);
@@ -194,7 +195,7 @@ static int lk_acquire(lua_State *L) {
   double deadline = strand_opt_deadline(L, 2);
   int kind = lk_kind(s);
   if (kind != K_RLOCK && lk_trytake((lk_state *)s->state)) {   /* uncontended: no mutex */
-    if (A_LOAD(&s->sleepers[0]) > 0) {          /* took what a sleeper was signalled for */
+    if (A_LOAD(&strand_shm_sleepers(s, 0)) > 0) {          /* took what a sleeper was signalled for */
       strand_shm_lockL(L, s);
       lk_settle(s, 0);
       strand_shm_unlock(s);
@@ -210,7 +211,7 @@ static int lk_acquire(lua_State *L) {
 /* A lock or semaphore was given back without the mutex: wake a sleeper if there is one. */
 static void lk_released(lua_State *L, strand_shm *s) {
   strand_shm_changed(s);
-  if (A_LOAD(&s->sleepers[0]) > 0) {
+  if (A_LOAD(&strand_shm_sleepers(s, 0)) > 0) {
     strand_shm_lockL(L, s);
     lk_settle(s, 1);
     strand_shm_unlock(s);
@@ -270,29 +271,29 @@ static int lk_locked(lua_State *L) {
   return 1;
 }
 
+/* NULL with errno when out of memory */
 static strand_shm *lk_new(lua_State *L, const strand_objtype *t, int64_t value, int64_t limit) {
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), t, sizeof(lk_state), 1, 0);
+  if (s == NULL) return NULL;
   lk_state *st = (lk_state *)s->state;
   st->value = value;
   st->limit = limit;
   return s;
 }
 
-static int l_lock(lua_State *L) {
-  strand_object_push(L, &lk_new(L, &lock_type, 1, -1)->obj);
+static int push_new(lua_State *L, strand_shm *s, const strand_objtype *t) {
+  if (s == NULL) return strand_shm_fail(L, t, errno);
+  strand_object_push(L, &s->obj);
   return 1;
 }
 
-static int l_rlock(lua_State *L) {
-  strand_object_push(L, &lk_new(L, &rlock_type, 0, -1)->obj);
-  return 1;
-}
+static int l_lock(lua_State *L) { return push_new(L, lk_new(L, &lock_type, 1, -1), &lock_type); }
+static int l_rlock(lua_State *L) { return push_new(L, lk_new(L, &rlock_type, 0, -1), &rlock_type); }
 
 static int sem_new(lua_State *L, int bounded) {
   lua_Integer n = luaL_optinteger(L, 1, 1);
   luaL_argcheck(L, n >= 0, 1, "initial value must be >= 0");
-  strand_object_push(L, &lk_new(L, &sem_type, n, bounded ? n : -1)->obj);
-  return 1;
+  return push_new(L, lk_new(L, &sem_type, n, bounded ? n : -1), &sem_type);
 }
 
 static int l_semaphore(lua_State *L) { return sem_new(L, 0); }
@@ -306,7 +307,7 @@ static int l_bounded_semaphore(lua_State *L) { return sem_new(L, 1); }
 static void ev_leave(lua_State *L, strand_shm *s, uint64_t mygen) {
   ev_state *st = (ev_state *)s->state;
   strand_shm_lockL(L, s);
-  s->sleepers[0]--;
+  strand_shm_sleepers(s, 0)--;
   if (st->gen != mygen && st->old > 0) st->old--;
   strand_shm_signal(s, 0, st->old > 0, 0);
   strand_shm_unlock(s);
@@ -337,7 +338,7 @@ static int ev_wait_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_prepare(L, s, 0);
       continue;
     }
-    s->sleepers[0]++;
+    strand_shm_sleepers(s, 0)++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, ctx, ev_wait_k);
     ev_leave(L, s, mygen);
@@ -368,7 +369,7 @@ static int ev_set(lua_State *L) {
   strand_shm_lockL(L, s);
   st->flag = 1;
   st->gen++;
-  st->old = s->sleepers[0];                     /* every sleeper now is entitled */
+  st->old = strand_shm_sleepers(s, 0);                     /* every sleeper now is entitled */
   strand_shm_signal(s, 0, st->old > 0, 1);
   strand_shm_unlock(s);
   return 0;
@@ -392,9 +393,8 @@ static int ev_is_set(lua_State *L) {
 }
 
 static int l_event(lua_State *L) {
-  strand_object_push(L, &strand_shm_new(L, sizeof(strand_shm), &event_type,
-                                        sizeof(ev_state), 1, 0)->obj);
-  return 1;
+  return push_new(L, strand_shm_new(L, sizeof(strand_shm), &event_type, sizeof(ev_state), 1, 0),
+                  &event_type);
 }
 
 /* }==== */
@@ -405,7 +405,7 @@ static int l_event(lua_State *L) {
 
 static void cv_settle(strand_shm *s, int kick) {
   cv_state *st = (cv_state *)s->state;
-  strand_shm_signal(s, 0, s->sleepers[0] > 0 && st->permits > 0, kick);
+  strand_shm_signal(s, 0, strand_shm_sleepers(s, 0) > 0 && st->permits > 0, kick);
 }
 
 static void cv_check_owned(lua_State *L, strand_shm *lock, const char *what) {
@@ -446,7 +446,7 @@ static int cv_begin(lua_State *L) {
 
 static void cv_leave(lua_State *L, strand_shm *s) {
   strand_shm_lockL(L, s);
-  s->sleepers[0]--;
+  strand_shm_sleepers(s, 0)--;
   cv_settle(s, 0);
   strand_shm_unlock(s);
   strand_shm_leave(L, 1);
@@ -480,7 +480,7 @@ static int cv_grant_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_prepare(L, s, 0);
       continue;
     }
-    s->sleepers[0]++;
+    strand_shm_sleepers(s, 0)++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, ctx, cv_grant_k);
     cv_leave(L, s);
@@ -543,6 +543,7 @@ static int l_condition(lua_State *L) {
   strand_shm *lock;
   if (lua_isnoneornil(L, 1)) {
     lock = lk_new(L, &rlock_type, 0, -1);
+    if (lock == NULL) return strand_shm_fail(L, &cond_type, errno);
   } else {
     strand_object *o = strand_object_test(L, 1);
     if (o == NULL || (o->type != &lock_type && o->type != &rlock_type))
@@ -551,7 +552,12 @@ static int l_condition(lua_State *L) {
     strand_object_retain(o);
   }
   cv_obj *c = (cv_obj *)strand_shm_new(L, sizeof(cv_obj), &cond_type, sizeof(cv_state), 1, 0);
-  c->lock = lock;                /* (if creating c raised, the lock's reference leaked once) */
+  if (c == NULL) {
+    int err = errno;
+    strand_object_release(&lock->obj);
+    return strand_shm_fail(L, &cond_type, err);
+  }
+  c->lock = lock;
   strand_object_push(L, &c->shm.obj);
   return 1;
 }
@@ -565,14 +571,14 @@ static int l_condition(lua_State *L) {
 static void br_break(strand_shm *s) {
   br_state *st = (br_state *)s->state;
   st->broken = 1;
-  st->old = s->sleepers[0];
+  st->old = strand_shm_sleepers(s, 0);
   strand_shm_signal(s, 0, st->old > 0, 1);
 }
 
 static void br_leave(lua_State *L, strand_shm *s, uint64_t mygen, int cancel) {
   br_state *st = (br_state *)s->state;
   strand_shm_lockL(L, s);
-  s->sleepers[0]--;
+  strand_shm_sleepers(s, 0)--;
   int entitled = st->gen != mygen || st->broken;
   if (entitled && st->old > 0) st->old--;
   if (cancel && !entitled) br_break(s);         /* like an exception in Python's wait */
@@ -610,7 +616,7 @@ static int br_wait_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_unlock(s);
       return strand_fail_msg(L, "timeout", NULL);
     }
-    s->sleepers[0]++;
+    strand_shm_sleepers(s, 0)++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, ctx, br_wait_k);
     br_leave(L, s, mygen, 0);
@@ -638,7 +644,7 @@ static int br_wait(lua_State *L) {
     st->reset[(gen % BR_RING) / 8] &= (uint8_t)~(1u << (gen % 8));
     st->count = 0;
     st->gen++;
-    st->old = s->sleepers[0];
+    st->old = strand_shm_sleepers(s, 0);
     strand_shm_signal(s, 0, st->old > 0, 1);
     strand_shm_unlock(s);
     lua_pushinteger(L, (lua_Integer)idx + 1);
@@ -670,7 +676,7 @@ static int br_reset(lua_State *L) {
     st->gen++;
     st->count = 0;
     st->broken = 0;
-    st->old = s->sleepers[0];
+    st->old = strand_shm_sleepers(s, 0);
     strand_shm_signal(s, 0, st->old > 0, 1);
   }
   strand_shm_unlock(s);
@@ -696,6 +702,7 @@ static int l_barrier(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1, 1, "parties must be >= 1");
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &barrier_type, sizeof(br_state), 1, 0);
+  if (s == NULL) return strand_shm_fail(L, &barrier_type, errno);
   ((br_state *)s->state)->parties = n;
   strand_object_push(L, &s->obj);
   return 1;
