@@ -24,7 +24,8 @@ typedef struct q_item {
 } q_item;
 
 typedef struct q_state {
-  int32_t kind, closed;
+  int16_t kind, ring;     /* ring: a FIFO whose items are in the lock-free ring below */
+  int32_t closed;
   int64_t maxsize;        /* 0: unbounded (up to the storage) */
   int64_t n;              /* items held */
   int64_t unfinished;     /* put and not yet task_done */
@@ -32,7 +33,6 @@ typedef struct q_state {
   uint64_t items;         /* arena offset of the item array: a ring (FIFO), a stack (LIFO) or a
                              binary heap (priority) */
   uint64_t cap, first;    /* slots; FIFO: the oldest slot. Ring: its capacity (maxsize) */
-  int32_t ring;           /* a bounded FIFO: items in the lock-free ring below, not in items */
   /* the ring (see "the ring" below); each hot word on its own cache line */
   _Alignas(64) uint64_t tail;     /* next position to fill, | RING_CLOSED once closed */
   int32_t put_tid;                /* the thread that put last: is spinning worth it? */
@@ -44,12 +44,13 @@ typedef struct q_state {
   _Alignas(64) uint64_t ovf_n;    /* items in the overflow */
   uint64_t ovf_extra;             /* items put into the overflow and not moved to the ring */
   uint64_t ovf_items, ovf_cap, ovf_first;   /* arena offset of its r_item array (a ring) */
-} q_state;                        /* sizeof is a multiple of 64: the ring's slots follow */
+} q_state;                        /* 320 bytes, a multiple of 64: the ring's slots follow */
+_Static_assert(sizeof(q_state) == 320, "q_state: five cache lines");
 
 static void q_destroy(strand_object *o);
 static const strand_objtype queue_type = { "strand.queue", q_destroy };
 
-#define q_state_of(s) ((q_state *)(s)->state)
+#define q_state_of(s) ((q_state *)strand_shm_state(s))
 #define q_items(s, st) ((q_item *)strand_shm_at(s, (st)->items))
 #define box_obj(L) (*(strand_shm **)lua_touserdata(L, 1))
 
@@ -183,7 +184,7 @@ static void q_pop(strand_shm *s, q_state *st) {
 #define RING_MAXCAP 16384
 #define OVF_BATCH 64          /* overflow items moved to the ring under one lock */
 #ifndef RING_UNBOUNDED
-#define RING_UNBOUNDED 1024   /* the ring of an unbounded FIFO */
+#define RING_UNBOUNDED 16     /* the ring of an unbounded FIFO: 2 KiB, so an empty one is small */
 #endif
 #define RING_CLOSED ((uint64_t)1 << 63)
 #define RING_SPIN_SECONDS 30e-6
@@ -449,7 +450,7 @@ static int r_spin(lua_State *L, q_state *st, int ch) {
 /* After any change; kick: bit 1 << channel for the channels it may have woken. */
 static void q_settle(strand_shm *s, int kick) {
   q_state *st = q_state_of(s);
-  strand_shm_chan *c = s->chan;
+  strand_shm_chan *c = strand_shm_chans(s);
   int get, put, join;
   if (st->ring) {
     get = r_gettable(st);

@@ -31,7 +31,7 @@ static void d_destroy(strand_object *o);
 static const strand_objtype dict_type = { "strand.dict", d_destroy };
 static const strand_objtype list_type = { "strand.list", d_destroy };
 
-#define st_of(s) ((d_state *)(s)->state)
+#define st_of(s) ((d_state *)strand_shm_state(s))
 #define slots_of(s) ((uint64_t *)strand_shm_at(s, st_of(s)->slots))
 #define entry_at(s, off) ((d_entry *)strand_shm_at(s, off))
 #define kbytes(e) ((char *)(e) + sizeof(d_entry))

@@ -56,22 +56,10 @@
 /* }==== */
 
 #define ARENA_RESERVE ((uint64_t)1 << 36)   /* 64 GiB of address space, NORESERVE */
-#define ARENA_STEP    ((uint64_t)1 << 20)   /* fallocate at least this much at a time */
+#define ARENA_STEP    ((uint64_t)1 << 18)   /* fallocate this much at a time */
 #define PUNCH_MIN     ((uint64_t)1 << 18)   /* freed blocks from here on give their pages back */
 #define NCLS          160
 #define ARENA_MAGIC   0x73747261726e6131ull
-
-/* fixed part of a head; the channels follow, then the storage accounting (growable objects) */
-struct strand_shm_head {
-  pthread_mutex_t mu;
-  uint32_t changes;                   /* bumped by every kick: what spinning waiters watch */
-  int32_t last_tid;                   /* the thread that locked last (any process) */
-  uint32_t arefs;                     /* processes holding it */
-  uint8_t shared;                     /* more than one thread has used it: worth spinning */
-  uint8_t nchan, growable, pad;
-  uint32_t blksize;                   /* bytes asked for the block (its class) */
-  uint64_t blocks;                    /* chain of the blocks it allocated (offsets), 0 = none */
-};
 
 typedef struct arena_hdr {
   uint64_t magic;
@@ -186,15 +174,10 @@ static uint64_t arena_alloc(uint64_t n, int align64, uint64_t *bsize) {
     off = round_up(AH->top, size > 512 ? 64 : 16);
     if (off + size > ARENA_RESERVE) { arena_unlock(); errno = ENOMEM; return 0; }
     if (off + size > AH->size) {
+      /* small steps: committed pages count (and may be mapped whole) even before use */
       uint64_t want = round_up(off + size, ARENA_STEP);
-      uint64_t step = AH->size / 8;
-      if (want < AH->size + step) want = round_up(AH->size + step, ARENA_STEP);
       if (want > ARENA_RESERVE) want = ARENA_RESERVE;
       int err = commit(AH->size, want);
-      if (err && want > round_up(off + size, ARENA_STEP)) {   /* a smaller step may fit */
-        want = round_up(off + size, ARENA_STEP);
-        err = commit(AH->size, want);
-      }
       if (err) { arena_unlock(); errno = err; return 0; }
       AH->size = want;
     }
@@ -283,7 +266,7 @@ typedef struct store_acct { uint64_t used, budget; } store_acct;
 typedef struct blk_hdr { uint64_t next, prev, n; } blk_hdr;
 #define BLK_HDR sizeof(blk_hdr)
 
-#define CHANS(s) ((s)->chan)
+#define CHANS(s) strand_shm_chans(s)
 #define ACCT(s) ((store_acct *)(CHANS(s) + (s)->head->nchan))
 
 static size_t head_size(int nchan, int growable) {
@@ -326,10 +309,9 @@ strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t
     if (off == 0) { err = errno; free(s); errno = err; return NULL; }
   }
   s->head = (strand_shm_head *)AT(off);
-  s->chan = (strand_shm_chan *)((char *)s->head + sizeof(struct strand_shm_head));
   memset(s->head, 0, hs + statesize);
   if ((err = mutex_setup(&s->head->mu)) != 0) {
-    arena_free(off, hs + statesize);
+    arena_free(off, bsize);
     free(s);
     errno = err;
     return NULL;
@@ -337,9 +319,9 @@ strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t
   s->head->arefs = 1;
   s->head->nchan = (uint8_t)nchan;
   s->head->growable = (uint8_t)big;
-  s->head->blksize = (uint32_t)(hs + statesize);
+  s->head->blksize = (uint32_t)bsize;   /* the class size: frees into the right list */
   if (big) ACCT(s)->budget = reserve;
-  s->state = (char *)s->head + hs;
+  s->head->stateoff16 = (uint8_t)(hs / 16);
   strand_object_init(&s->obj, t);
   objs_link(s);
   return s;
@@ -408,7 +390,7 @@ void strand_shm_release(strand_shm *s, uint64_t off) {
 
 /* }==== */
 
-static struct shm_home *home_get(lua_State *L);
+static struct shm_home *home_make(lua_State *L, int *errp);
 
 /* {==== boxes and metatables */
 
@@ -435,7 +417,8 @@ void strand_shm_newmeta(lua_State *L, const strand_objtype *t, const luaL_Reg *m
   static const luaL_Reg metamethods[] = { {"__eq", box_eq}, {NULL, NULL} };
   pthread_once(&hooks_once, hooks_make);
   strand_arena_init();                 /* now, before any fork: the family shares it */
-  home_get(L);                         /* this state's wake-up eventfd lives as long as it */
+  int err;                             /* this state's wake-up eventfd lives as long as it */
+  home_make(L, &err);                  /* (if it cannot be made now, the first wait says why) */
   strand_object_newmeta(L, t, NULL, metamethods);       /* mt */
   lua_newtable(L);
   lua_pushvalue(L, -2);
@@ -724,10 +707,10 @@ static int home_gc(lua_State *L) {
   return 0;
 }
 
-/* This state's home (made on first use, and again in a forked child). Raises on failure. */
-static shm_home *home_get(lua_State *L) {
-  if (strand_arena_base == NULL) luaL_error(L, "strand: cannot wait: %s", strerror(arena_err));
+/* This state's home (made on first use, and again in a forked child): NULL and an errno. */
+static shm_home *home_make(lua_State *L, int *errp) {
   int pid = strand_shm_pid();
+  if (strand_arena_base == NULL) { *errp = arena_err ? arena_err : ENOMEM; return NULL; }
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &HOME_KEY) == LUA_TUSERDATA) {
     shm_home *h = *(shm_home **)lua_touserdata(L, -1);
     lua_pop(L, 1);
@@ -736,12 +719,12 @@ static shm_home *home_get(lua_State *L) {
     lua_pop(L, 1);
   }
   shm_home *h = (shm_home *)calloc(1, sizeof *h);
-  if (h == NULL) luaL_error(L, "strand: cannot wait: out of memory");
+  if (h == NULL) { *errp = ENOMEM; return NULL; }
   h->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (h->fd < 0) {
-    int err = errno;
+    *errp = errno;
     free(h);
-    luaL_error(L, "strand: cannot wait: %s", strerror(err));
+    return NULL;
   }
   pthread_mutex_lock(&homes_mu);
   int err = proc_word_make();
@@ -761,7 +744,8 @@ static shm_home *home_get(lua_State *L) {
   if (err) {
     close(h->fd);
     free(h);
-    luaL_error(L, "strand: cannot wait: %s", strerror(err));
+    *errp = err;
+    return NULL;
   }
   h->pid = pid;
   h->refs = 1;
@@ -774,6 +758,13 @@ static shm_home *home_get(lua_State *L) {
   }
   lua_setmetatable(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &HOME_KEY);   /* an inherited one is collected: its copy */
+  return h;
+}
+
+static shm_home *home_get(lua_State *L) {
+  int err = 0;
+  shm_home *h = home_make(L, &err);
+  if (h == NULL) luaL_error(L, "strand: cannot wait: %s", strerror(err));
   return h;
 }
 

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdatomic.h>
 #include <math.h>
+#include <pthread.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -201,21 +202,33 @@ STRAND_API const strand_objtype *strand_objtype_find(const char *name);
  * that can raise while locked. */
 
 #define STRAND_SHM_MAXCHAN 3
-typedef struct strand_shm_head strand_shm_head;    /* opaque: mutex, channels, accounting */
 typedef struct strand_shm_chan {
   uint32_t sleepers;              /* tasks asleep on the channel, anywhere (see above) */
   uint32_t signalled;             /* internal: its sleepers may proceed */
   uint64_t list;                  /* internal: its waiter records */
 } strand_shm_chan;
 
+/* An object's block in the arena starts with this head; its channels follow, then (objects
+ * made with a reserve) the storage accounting, then its state at stateoff16 * 16. */
+typedef struct strand_shm_head {
+  pthread_mutex_t mu;
+  uint32_t changes;               /* bumped by every kick: what spinning waiters watch */
+  int32_t last_tid;               /* the thread that locked last (any process) */
+  uint32_t arefs;                 /* processes holding it */
+  uint8_t shared;                 /* more than one thread has used it: worth spinning */
+  uint8_t nchan, growable, stateoff16;
+  uint32_t blksize;               /* bytes asked for the block */
+  uint64_t blocks;                /* chain of the blocks it allocated (offsets), 0 = none */
+} strand_shm_head;
+
 typedef struct strand_shm {
   strand_object obj;              /* first: a strand_shm is a strand_object */
   strand_shm_head *head;          /* the object's block in the arena */
-  void *state;                    /* the object's own shared state, inside the block */
-  strand_shm_chan *chan;          /* its wait channels, inside the block */
   struct strand_shm *lnext, *lprev;   /* internal: this process's objects (fork accounting) */
-} strand_shm;
-#define strand_shm_sleepers(s, ch) ((s)->chan[ch].sleepers)
+} strand_shm;                     /* 40 bytes: a process's own view of the object */
+#define strand_shm_chans(s) ((strand_shm_chan *)((s)->head + 1))
+#define strand_shm_sleepers(s, ch) (strand_shm_chans(s)[ch].sleepers)
+#define strand_shm_state(s) ((void *)((char *)(s)->head + (s)->head->stateoff16 * 16u))
 
 /* Make the family's arena now (the module's openers do; a forking area must have it before the
  * fork so that the family shares one). 0 or an errno. */

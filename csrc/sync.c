@@ -99,7 +99,7 @@ static int lk_free(lk_state *st, int kind) {
 }
 
 static void lk_settle(strand_shm *s, int kick) {
-  lk_state *st = (lk_state *)s->state;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   strand_shm_signal(s, 0, A_LOAD(&strand_shm_sleepers(s, 0)) > 0 && lk_free(st, lk_kind(s)), kick);
 }
 
@@ -140,7 +140,7 @@ static void lk_leave(lua_State *L, strand_shm *s) {
 /* acquire([timeout]) -> self | nil, "timeout". Stack: 1 self, 2 deadline, [3 waiter]. */
 static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = lock_of(box_obj(L));
-  lk_state *st = (lk_state *)s->state;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   int kind = lk_kind(s);
   double deadline = lua_tonumber(L, 2);
   int outcome = STRAND_READY;
@@ -194,7 +194,7 @@ static int lk_acquire(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
   double deadline = strand_opt_deadline(L, 2);
   int kind = lk_kind(s);
-  if (kind != K_RLOCK && lk_trytake((lk_state *)s->state)) {   /* uncontended: no mutex */
+  if (kind != K_RLOCK && lk_trytake((lk_state *)strand_shm_state(s))) {   /* uncontended: no mutex */
     if (A_LOAD(&strand_shm_sleepers(s, 0)) > 0) {          /* took what a sleeper was signalled for */
       strand_shm_lockL(L, s);
       lk_settle(s, 0);
@@ -220,7 +220,7 @@ static void lk_released(lua_State *L, strand_shm *s) {
 
 static int lk_release(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
-  lk_state *st = (lk_state *)s->state;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   int kind = lk_kind(s);
   if (kind == K_LOCK) {
     int64_t held = 0;
@@ -263,7 +263,7 @@ static int lk_close(lua_State *L) {
 
 static int lk_locked(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
-  lk_state *st = (lk_state *)s->state;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   int r = !lk_free(st, lk_kind(s));
   strand_shm_unlock(s);
@@ -275,7 +275,7 @@ static int lk_locked(lua_State *L) {
 static strand_shm *lk_new(lua_State *L, const strand_objtype *t, int64_t value, int64_t limit) {
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), t, sizeof(lk_state), 1, 0);
   if (s == NULL) return NULL;
-  lk_state *st = (lk_state *)s->state;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   st->value = value;
   st->limit = limit;
   return s;
@@ -305,7 +305,7 @@ static int l_bounded_semaphore(lua_State *L) { return sem_new(L, 1); }
  * cleared before they run: they compare generations) */
 
 static void ev_leave(lua_State *L, strand_shm *s, uint64_t mygen) {
-  ev_state *st = (ev_state *)s->state;
+  ev_state *st = (ev_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   strand_shm_sleepers(s, 0)--;
   if (st->gen != mygen && st->old > 0) st->old--;
@@ -317,7 +317,7 @@ static void ev_leave(lua_State *L, strand_shm *s, uint64_t mygen) {
 /* wait([timeout]) -> true | false. Stack: 1 self, 2 deadline, 3 generation, [4 waiter]. */
 static int ev_wait_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
-  ev_state *st = (ev_state *)s->state;
+  ev_state *st = (ev_state *)strand_shm_state(s);
   double deadline = lua_tonumber(L, 2);
   uint64_t mygen = (uint64_t)lua_tointeger(L, 3);
   int outcome = STRAND_READY;
@@ -347,7 +347,7 @@ static int ev_wait_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int ev_wait(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  ev_state *st = (ev_state *)s->state;
+  ev_state *st = (ev_state *)strand_shm_state(s);
   double deadline = strand_opt_deadline(L, 2);
   strand_shm_lockL(L, s);
   int flag = (int)st->flag;
@@ -365,7 +365,7 @@ static int ev_wait(lua_State *L) {
 
 static int ev_set(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  ev_state *st = (ev_state *)s->state;
+  ev_state *st = (ev_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   st->flag = 1;
   st->gen++;
@@ -378,7 +378,7 @@ static int ev_set(lua_State *L) {
 static int ev_clear(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   strand_shm_lockL(L, s);
-  ((ev_state *)s->state)->flag = 0;
+  ((ev_state *)strand_shm_state(s))->flag = 0;
   strand_shm_unlock(s);
   return 0;
 }
@@ -386,7 +386,7 @@ static int ev_clear(lua_State *L) {
 static int ev_is_set(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   strand_shm_lockL(L, s);
-  int r = (int)((ev_state *)s->state)->flag;
+  int r = (int)((ev_state *)strand_shm_state(s))->flag;
   strand_shm_unlock(s);
   lua_pushboolean(L, r);
   return 1;
@@ -404,25 +404,34 @@ static int l_event(lua_State *L) {
  * waiters if grant did not complete, take the lock back). */
 
 static void cv_settle(strand_shm *s, int kick) {
-  cv_state *st = (cv_state *)s->state;
+  cv_state *st = (cv_state *)strand_shm_state(s);
   strand_shm_signal(s, 0, strand_shm_sleepers(s, 0) > 0 && st->permits > 0, kick);
 }
 
 static void cv_check_owned(lua_State *L, strand_shm *lock, const char *what) {
   owner me = who(L);
   strand_shm_lockL(L, lock);
-  int ok = lk_owned((lk_state *)lock->state, lk_kind(lock), me);
+  int ok = lk_owned((lk_state *)strand_shm_state(lock), lk_kind(lock), me);
   strand_shm_unlock(lock);
   if (!ok) luaL_error(L, "cannot %s un-acquired lock", what);
 }
 
-/* _wait_begin(cond) -> epoch, saved depth */
+/* _wait_begin(cond) -> epoch, saved depth | nil, message (not held: the Lua layer raises it
+ * at the caller's line) */
 static int cv_begin(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   strand_shm *lock = ((cv_obj *)s)->lock;
-  cv_state *st = (cv_state *)s->state;
-  lk_state *lst = (lk_state *)lock->state;
-  cv_check_owned(L, lock, "wait on");
+  cv_state *st = (cv_state *)strand_shm_state(s);
+  lk_state *lst = (lk_state *)strand_shm_state(lock);
+  owner me = who(L);
+  strand_shm_lockL(L, lock);
+  int held = lk_owned(lst, lk_kind(lock), me);
+  strand_shm_unlock(lock);
+  if (!held) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot wait on un-acquired lock");
+    return 2;
+  }
   strand_shm_lockL(L, s);
   st->waiting++;
   uint64_t epoch = st->epoch;
@@ -456,7 +465,7 @@ static void cv_leave(lua_State *L, strand_shm *s) {
  * still counted among the waiters. Stack: 1 self, 2 epoch, 3 deadline, [4 waiter]. */
 static int cv_grant_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
-  cv_state *st = (cv_state *)s->state;
+  cv_state *st = (cv_state *)strand_shm_state(s);
   uint64_t e0 = (uint64_t)lua_tointeger(L, 2);
   double deadline = lua_tonumber(L, 3);
   int outcome = STRAND_READY;
@@ -500,7 +509,7 @@ static int cv_grant(lua_State *L) {
  * back (an rlock at its saved depth) */
 static int cv_end(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  cv_state *st = (cv_state *)s->state;
+  cv_state *st = (cv_state *)strand_shm_state(s);
   lua_Integer saved = luaL_checkinteger(L, 2);
   uint64_t e0 = (uint64_t)luaL_checkinteger(L, 3);
   if (lua_toboolean(L, 4)) {
@@ -517,7 +526,7 @@ static int cv_end(lua_State *L) {
 
 static int cv_notify_n(lua_State *L, lua_Integer n) {
   strand_shm *s = strand_shm_self(L);
-  cv_state *st = (cv_state *)s->state;
+  cv_state *st = (cv_state *)strand_shm_state(s);
   cv_check_owned(L, ((cv_obj *)s)->lock, "notify on");
   strand_shm_lockL(L, s);
   int64_t g = n < st->waiting ? (int64_t)n : st->waiting;
@@ -569,14 +578,14 @@ static int l_condition(lua_State *L) {
 #define RESET_BIT(st, g) ((st)->reset[((g) % BR_RING) / 8] & (1u << ((g) % 8)))
 
 static void br_break(strand_shm *s) {
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   st->broken = 1;
   st->old = strand_shm_sleepers(s, 0);
   strand_shm_signal(s, 0, st->old > 0, 1);
 }
 
 static void br_leave(lua_State *L, strand_shm *s, uint64_t mygen, int cancel) {
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   strand_shm_sleepers(s, 0)--;
   int entitled = st->gen != mygen || st->broken;
@@ -590,7 +599,7 @@ static void br_leave(lua_State *L, strand_shm *s, uint64_t mygen, int cancel) {
 /* Stack: 1 self, 2 deadline, 3 generation, 4 arrival index, 5 waiter. */
 static int br_wait_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   double deadline = lua_tonumber(L, 2);
   uint64_t mygen = (uint64_t)lua_tointeger(L, 3);
   int outcome = STRAND_READY;
@@ -626,7 +635,7 @@ static int br_wait_k(lua_State *L, int status, lua_KContext ctx) {
 /* wait([timeout]) -> index (1..parties, in order of arrival) | nil, "broken" | nil, "timeout" */
 static int br_wait(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   double deadline = strand_opt_deadline(L, 2);
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
@@ -669,7 +678,7 @@ static int br_abort(lua_State *L) {
 /* reset(): parties waiting now get nil, "broken"; the barrier is whole and empty again */
 static int br_reset(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   if (st->count > 0 || st->broken) {
     st->reset[(st->gen % BR_RING) / 8] |= (uint8_t)(1u << (st->gen % 8));
@@ -685,7 +694,7 @@ static int br_reset(lua_State *L) {
 
 static int br_field(lua_State *L, int which) {
   strand_shm *s = strand_shm_self(L);
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   int64_t v = which == 0 ? st->parties : which == 1 ? st->count : st->broken;
   strand_shm_unlock(s);
@@ -703,7 +712,7 @@ static int l_barrier(lua_State *L) {
   luaL_argcheck(L, n >= 1, 1, "parties must be >= 1");
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &barrier_type, sizeof(br_state), 1, 0);
   if (s == NULL) return strand_shm_fail(L, &barrier_type, errno);
-  ((br_state *)s->state)->parties = n;
+  ((br_state *)strand_shm_state(s))->parties = n;
   strand_object_push(L, &s->obj);
   return 1;
 }
@@ -740,12 +749,17 @@ static const char sync_lua[] =
   "          .. '(timeout must be a number >= 0 or nil)', 3)\n"
   "  end\n"
   "end\n"
-  "function condm.wait(self, timeout)\n"
-  "  check_timeout(timeout, 'wait')\n"
+  "local function cwait(self, timeout, level)\n"
   "  local epoch, saved = begin(self)\n"
+  "  if not epoch then error(saved, level) end\n"
   "  local ok, r = pcall(grant, self, epoch, timeout)\n"
   "  finish(self, saved, epoch, not ok)\n"
   "  if not ok then error(r, 0) end\n"
+  "  return r\n"
+  "end\n"
+  "function condm.wait(self, timeout)\n"
+  "  check_timeout(timeout, 'wait')\n"
+  "  local r = cwait(self, timeout, 3)\n"
   "  return r\n"
   "end\n"
   "function condm.wait_for(self, pred, timeout)\n"
@@ -761,7 +775,7 @@ static const char sync_lua[] =
   "      left = deadline - now()\n"
   "      if left <= 0 then break end\n"
   "    end\n"
-  "    self:wait(left)\n"
+  "    cwait(self, left, 3)\n"
   "    r = pred()\n"
   "  end\n"
   "  return r\n"
