@@ -571,6 +571,8 @@ static void enc_userdata(encoder *e, int idx) {
   strand_object *o = strand_object_test(L, idx);
   if (o != NULL) {
     if (enc_ref(e, idx)) return;
+    const char *why = strand_object_crossing(o);
+    if (why) enc_error(e, why);
     enc_number(e, idx);
     const char *name = o->type->name;
     size_t nl = strlen(name);

@@ -174,8 +174,10 @@ static uint64_t arena_alloc(uint64_t n, int align64, uint64_t *bsize) {
     off = round_up(AH->top, size > 512 ? 64 : 16);
     if (off + size > ARENA_RESERVE) { arena_unlock(); errno = ENOMEM; return 0; }
     if (off + size > AH->size) {
-      /* small steps: committed pages count (and may be mapped whole) even before use */
+      /* small steps (committed pages count, and may be mapped whole, before use): 256 KiB or
+       * 1/32 of what there is, so a big arena grows in few calls and overshoots by 3% */
       uint64_t want = round_up(off + size, ARENA_STEP);
+      if (want < AH->size + AH->size / 32) want = round_up(AH->size + AH->size / 32, ARENA_STEP);
       if (want > ARENA_RESERVE) want = ARENA_RESERVE;
       int err = commit(AH->size, want);
       if (err) { arena_unlock(); errno = err; return 0; }
@@ -243,8 +245,10 @@ static void fork_parent(void) {
 static void fork_child(void) {
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
   cached_tid = 0;
-  for (strand_shm *s = objs; s; s = s->lnext)
+  for (strand_shm *s = objs; s; s = s->lnext) {
     __atomic_add_fetch(&s->head->arefs, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELAXED);   /* two processes hold it */
+  }
   pthread_mutex_init(&objs_mu, NULL);
   family = 1;
   homes_after_fork();
@@ -391,6 +395,36 @@ void strand_shm_release(strand_shm *s, uint64_t off) {
 /* }==== */
 
 static struct shm_home *home_make(lua_State *L, int *errp);
+
+/* {==== crossing hooks: written at module open (the same values by every state) */
+
+#define NHOOKS 16
+static struct { const strand_objtype *t; const char *(*cross)(strand_object *o); } hooks[NHOOKS];
+static pthread_mutex_t hooks_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void strand_objtype_on_cross(const strand_objtype *t, const char *(*cross)(strand_object *o)) {
+  pthread_mutex_lock(&hooks_mu);
+  for (int i = 0; i < NHOOKS; i++) {
+    if (__atomic_load_n(&hooks[i].t, __ATOMIC_ACQUIRE) == t) break;
+    if (hooks[i].t == NULL) {
+      hooks[i].cross = cross;
+      __atomic_store_n(&hooks[i].t, t, __ATOMIC_RELEASE);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&hooks_mu);
+}
+
+const char *strand_object_crossing(strand_object *o) {
+  for (int i = 0; i < NHOOKS; i++) {
+    const strand_objtype *t = __atomic_load_n(&hooks[i].t, __ATOMIC_ACQUIRE);
+    if (t == NULL) return NULL;
+    if (t == o->type) return hooks[i].cross(o);
+  }
+  return NULL;
+}
+
+/* }==== */
 
 /* {==== boxes and metatables */
 

@@ -160,6 +160,12 @@ typedef struct strand_objtype {
   const char *name;                        /* metatable name, e.g. "strand.queue" */
   void (*destroy)(strand_object *o);       /* the last reference went away */
 } strand_objtype;
+/* Optional hook of a type (shm.c): serial is encoding a reference to o (another state may see
+ * it): NULL lets it cross, a message refuses (the encode raises it). strand_object_crossing
+ * runs the hook of o's type, if any. */
+STRAND_API void strand_objtype_on_cross(const strand_objtype *t,
+                                        const char *(*cross)(strand_object *o));
+STRAND_API const char *strand_object_crossing(strand_object *o);
 
 struct strand_object {
   atomic_long refs;
@@ -218,6 +224,7 @@ typedef struct strand_shm_head {
   uint8_t shared;                 /* more than one thread has used it: worth spinning */
   uint8_t nchan, growable, stateoff16;
   uint32_t blksize;               /* bytes asked for the block */
+  uint32_t crossed;               /* seen by another state or process (serial, fork) */
   uint64_t blocks;                /* chain of the blocks it allocated (offsets), 0 = none */
 } strand_shm_head;
 
