@@ -16,6 +16,7 @@
  *   value   = NIL | FALSE | TRUE | SMALLINT+v (v < 64) | INT zigzag-varint | FLOAT 8 bytes LE
  *           | SHORTSTR+len bytes (len < 64) | STR varint(len) bytes
  *           | TABLE u32(narr) u32(nrec) value*narr (key value)*nrec
+ *           | TABLEMT u32(narr) u32(nrec) value*narr (key value)*nrec value(metatable)
  *           | REF varint(i)                             (i-th table/function/object met so far)
  *           | FUNC u32(len) bytecode byte(nups) upvalue*nups
  *           | GLOBALS | MODULE str(name) | MODFIELD str(name "\0" key)
@@ -32,7 +33,7 @@
 #define HDR_REFS      0x02   /* holds REF/UPJOIN: the decoder keeps a table of containers */
 
 enum { T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_REF, T_FUNC, T_GLOBALS,
-       T_MODULE, T_MODFIELD, T_OBJECT, T_UPJOIN };
+       T_MODULE, T_MODFIELD, T_OBJECT, T_UPJOIN, T_TABLEMT };
 #define T_SHORTSTR 0x80      /* 0x80..0xbf: string of length tag-0x80 */
 #define T_SMALLINT 0xc0      /* 0xc0..0xff: integer tag-0xc0 */
 
@@ -174,7 +175,8 @@ static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
       case T_INT: case T_REF: if (!rd_varint(&c, &n)) return 0; break;
       case T_FLOAT: if (!skip(&c, 8)) return 0; break;
       case T_STR: case T_MODULE: case T_MODFIELD: if (!rd_str(&c, &name, &nl)) return 0; break;
-      case T_TABLE:
+      case T_TABLE: case T_TABLEMT:
+        if (tag == T_TABLEMT) pending++;
         if (!rd_u32(&c, &n32)) return 0;
         pending += n32;
         if (!rd_u32(&c, &n32)) return 0;
@@ -204,7 +206,7 @@ void strand_serial_release(const char *p, size_t len) {
 
 /* {==== encoding */
 
-enum { P_TOP, P_INDEX, P_KEY, P_KEYOF, P_UPVAL };
+enum { P_TOP, P_INDEX, P_KEY, P_KEYOF, P_UPVAL, P_META };
 typedef struct pathel {
   int kind;
   int idx;                  /* P_KEY/P_KEYOF: stack index of the key */
@@ -248,6 +250,8 @@ static void enc_error(encoder *e, const char *msg) {
       luaL_addstring(&b, ".<upvalue "); luaL_addstring(&b, pe->name); luaL_addchar(&b, '>');
     } else if (pe->kind == P_KEYOF) {
       luaL_addstring(&b, "[<key>]");
+    } else if (pe->kind == P_META) {
+      luaL_addstring(&b, ".<metatable>");
     } else switch (lua_type(L, pe->idx)) {
       case LUA_TSTRING: {
         size_t l; const char *s = lua_tolstring(L, pe->idx, &l);
@@ -458,6 +462,55 @@ static void need_functions(encoder *e, const char *what) {
     enc_error(e, lua_pushfstring(e->L, "cannot copy %s (only with {functions=true})", what));
 }
 
+static void enc_value(encoder *e, int idx);
+
+/* A metatable: the module table itself or a table field of a loaded module (module[key], one
+ * level deep) crosses by name, like module functions; any other is copied by the copy rule. */
+static void enc_metatable(encoder *e, int idx) {
+  lua_State *L = e->L;
+  if (enc_ref(e, idx)) return;
+  int ismod = module_name(e, idx);
+  lua_pop(L, 1);
+  if (ismod) { enc_value(e, idx); return; }          /* the module itself: by name */
+  luaL_checkstack(L, 10, NULL);
+  lua_pushnil(L);                                    /* best "name\0key" so far */
+  int best = lua_gettop(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+    int loaded = best + 1;
+    lua_pushnil(L);
+    while (lua_next(L, loaded)) {
+      size_t nl;
+      if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)
+          && strlen(lua_tolstring(L, -2, &nl)) == nl) {
+        int mod = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, mod)) {
+          if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, idx)) {
+            lua_pushvalue(L, mod - 1); lua_pushlstring(L, "", 1); lua_pushvalue(L, -4);
+            lua_concat(L, 3);
+            if (lua_isnil(L, best) || better(L, -1, best)) lua_replace(L, best);
+            else lua_pop(L, 1);
+          }
+          lua_pop(L, 1);
+        }
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, best);
+  if (lua_isnil(L, best)) {                          /* not a class of a module: a copy */
+    lua_pop(L, 1);
+    enc_value(e, idx);
+    return;
+  }
+  size_t l; const char *s = lua_tolstring(L, best, &l);
+  if (!(e->flags & STRAND_SERIAL_FUNCTIONS))
+    enc_error(e, lua_pushfstring(L, "cannot copy class '%s.%s' (only with {functions=true})",
+                                 s, s + strlen(s) + 1));
+  put_byte(e, T_MODFIELD); put_str(e, s, l);
+  lua_pop(L, 1);
+}
+
 static void enc_table(encoder *e, int idx) {
   lua_State *L = e->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
@@ -474,10 +527,10 @@ static void enc_table(encoder *e, int idx) {
     return;
   }
   lua_pop(L, 1);
-  if (lua_getmetatable(L, idx)) enc_error(e, "cannot copy a table with a metatable");
+  int mt = lua_getmetatable(L, idx) ? lua_gettop(L) : 0;
   enc_number(e, idx);
   enter(e);
-  put_byte(e, T_TABLE);
+  put_byte(e, mt ? T_TABLEMT : T_TABLE);
   size_t hole = put_hole(e, 8);      /* narr, nrec: known once the table is walked */
   pathel *pe = &e->path[e->plen++];
   uint64_t narr = 0, nrec = 0;
@@ -500,6 +553,11 @@ static void enc_table(encoder *e, int idx) {
   }
   patch_u32(e, hole, narr);
   patch_u32(e, hole + 4, nrec);
+  if (mt) {                          /* a class of a loaded module: by name; else a copy */
+    pe->kind = P_META;
+    enc_metatable(e, mt);
+    lua_remove(L, mt);
+  }
   e->plen--;
 }
 
@@ -706,7 +764,7 @@ static void dec_enter(lua_State *L, decoder *d) {
   luaL_checkstack(L, 8, "strand.serial: nesting too deep");
 }
 
-static void dec_table(lua_State *L, decoder *d) {
+static void dec_table(lua_State *L, decoder *d, int hasmt) {
   uint32_t narr, nrec;
   if (!rd_u32(&d->c, &narr) || !rd_u32(&d->c, &nrec)) dec_fail(L, "truncated");
   dec_count(L, d, narr, 1);
@@ -727,6 +785,11 @@ static void dec_table(lua_State *L, decoder *d) {
       dec_fail(L, "nil or NaN table key");
     dec_value(L, d);
     lua_rawset(L, t);
+  }
+  if (hasmt) {
+    dec_value(L, d);
+    if (!lua_istable(L, -1)) dec_fail(L, "metatable is not a table");
+    lua_setmetatable(L, t);
   }
   d->depth--;
 }
@@ -806,7 +869,8 @@ static void dec_byname(lua_State *L, decoder *d, int field) {
   dec_module(L, name);
   if (field) {
     lua_pushlstring(L, name + nl + 1, l - nl - 1);
-    if (lua_type(L, -2) != LUA_TTABLE || lua_gettable(L, -2) != LUA_TFUNCTION)
+    int ft = lua_type(L, -2) == LUA_TTABLE ? lua_gettable(L, -2) : LUA_TNONE;
+    if (ft != LUA_TFUNCTION && ft != LUA_TTABLE)   /* a function, or a class (metatable) */
       luaL_error(L, "module field %s.%s is not a function here", name, name + nl + 1);
     lua_remove(L, -2);
   }
@@ -860,7 +924,8 @@ static void dec_value(lua_State *L, decoder *d) {
       lua_pushlstring(L, s, l);
       break;
     }
-    case T_TABLE: dec_table(L, d); break;
+    case T_TABLE: dec_table(L, d, 0); break;
+    case T_TABLEMT: dec_table(L, d, 1); break;
     case T_REF: dec_getref(L, d, dec_varint(L, d)); break;
     case T_FUNC: dec_function(L, d); break;
     case T_GLOBALS:
