@@ -150,6 +150,47 @@ describe("shared objects at scale", function()
     assert.is_true(maxgrowth <= 3, ("the thread held %d descriptors"):format(maxgrowth))
   end)
 
+  it("across fork: events, a queue, a lock and a dict wake and serve both processes (relay threads)", function()
+    -- spec/support/forkrun.c forks; the child runs in a fresh Lua state (a fresh loop)
+    local bin = os.tmpname()
+    local cc = io.popen("cc -O1 -I/usr/include/lua5.4 -o " .. bin .. " spec/support/forkrun.c -llua5.4 2>&1")
+    local ccout = cc:read("a")
+    assert.is_true(cc:close(), ccout)
+    local script = os.tmpname()
+    local h = io.open(script, "w")
+    h:write([==[
+      local strand, sync = require "strand", require "strand.sync"
+      local queue, shared, serial = require "strand.queue", require "strand.shared", require "strand.serial"
+      local go, back, lock, q, d = sync.event(), sync.event(), sync.lock(), queue.new(1), shared.dict()
+      d.n = 0
+      local pid = forkrun([[
+        local go, back, lock, q, d = table.unpack((...))
+        if not go:wait(10) then return false end      -- asleep in the child, woken by the parent
+        back:set()
+        for i = 1, 1000 do assert(q:get(10) == i) end
+        for _ = 1, 2000 do lock:acquire(); d.n = d.n + 1; lock:release() end
+        return true
+      ]], serial.encode({ go, back, lock, q, d }))
+      strand.sleep(0.05)
+      go:set()
+      assert(back:wait(10), "the parent was not woken by the child")
+      for i = 1, 1000 do assert(q:put(i, 10)) end        -- maxsize 1: every put waits for the child
+      for _ = 1, 2000 do lock:acquire(); d.n = d.n + 1; lock:release() end
+      assert(waitpid(pid) == 0, "the child failed")
+      assert(d.n == 4000, "counter " .. tostring(d.n))
+      print("fork ok")
+    ]==])
+    h:close()
+    local build = os.getenv("STRAND_TEST_BUILD") or "build"
+    local p = io.popen(("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' timeout 60 %s %s 2>&1")
+      :format(build, bin, script))
+    local out = p:read("a")
+    local ok = p:close()
+    os.remove(bin); os.remove(script)
+    assert.is_true(ok, out)
+    assert.equal("fork ok\n", out)
+  end)
+
   it("running out of memory: constructors return nil, message, ENOMEM (arena cannot grow)", function()
     -- the arena grows with fallocate; a file size limit makes that fail (SIGXFSZ ignored)
     local out, ok = lua_child([[
