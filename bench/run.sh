@@ -15,3 +15,5 @@ for b in bench/*.sh; do
 done
 echo "### bench/socket_idle_memory.lua"
 lua5.4 bench/socket_idle_memory.lua 10000 "$build" || echo "(bench/socket_idle_memory.lua failed)"
+echo "### bench/object_memory.lua"
+STRAND_BUILD="$build" lua5.4 bench/object_memory.lua || echo "(bench/object_memory.lua failed)"

@@ -219,7 +219,10 @@ describe("shared objects at scale", function()
     assert.truthy(out:match("ran out after %d+"), out)
   end)
 
-  it("no arena at all (address space limited): nil, message from every constructor, no raise", function()
+  -- (the sanitizers' shadow memory cannot live under an address-space limit)
+  local under_asan = (os.getenv("STRAND_PRELOAD") or ""):find("asan") ~= nil
+  local it_no_asan = under_asan and pending or it
+  it_no_asan("no arena at all (address space limited): nil, message from every constructor, no raise", function()
     local out, ok = lua_child([[
       local sync, queue, shared = require "strand.sync", require "strand.queue", require "strand.shared"
       for _, f in ipairs{ sync.lock, sync.rlock, sync.event, sync.semaphore, sync.bounded_semaphore,
