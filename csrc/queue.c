@@ -1010,6 +1010,7 @@ static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
   int n = strand_serial_decode(L, p, len,
                                STRAND_SERIAL_FUNCTIONS | (mine ? 0 : STRAND_SERIAL_NOADOPT));
   if (n < 0 && mine) strand_serial_release(p, len);
+  if (!mine) strand_serial_release_shared(p, len);   /* family references: ours to drop */
   if (n < 0) {
     lua_pushfstring(L, "bad queue item: %s", lua_tostring(L, -1));
     return strand_fail_msg(L, lua_tostring(L, -1), "EINVAL");
@@ -1270,10 +1271,10 @@ static int q_len(lua_State *L) { return q_field(L, 0); }
  * to its strand objects; drop them (other processes keep theirs, and the region). Locking here
  * is safe: the mutex is never held while Lua runs, so no collection happens under it. */
 static void r_item_release(strand_shm *s, const r_item *it, int pid) {
-  if (it->pid != pid) return;
-  if (F_OF(it) == F_SER) strand_serial_release(it->u.b, LEN_OF(it));
-  else if (F_OF(it) == F_ARENA)
-    strand_serial_release((const char *)strand_shm_at(s, it->u.a.off), it->u.a.len);
+  void (*rel)(const char *, size_t) =
+    it->pid == pid ? strand_serial_release : strand_serial_release_shared;
+  if (F_OF(it) == F_SER) rel(it->u.b, LEN_OF(it));
+  else if (F_OF(it) == F_ARENA) rel((const char *)strand_shm_at(s, it->u.a.off), it->u.a.len);
 }
 
 static void q_destroy(strand_object *o) {
@@ -1299,7 +1300,8 @@ static void q_destroy(strand_object *o) {
     q_item *a = st->cap ? q_items(s, st) : NULL;
     for (int64_t i = 0; i < st->n; i++) {
       q_item *it = &a[st->kind == Q_FIFO ? (st->first + (uint64_t)i) % st->cap : (uint64_t)i];
-      if (it->pid == pid) strand_serial_release((const char *)strand_shm_at(s, it->off), it->len);
+      (it->pid == pid ? strand_serial_release : strand_serial_release_shared)(
+        (const char *)strand_shm_at(s, it->off), it->len);
     }
     strand_shm_unlock(s);
   }
@@ -1361,6 +1363,7 @@ int strand_open_queue(lua_State *L) {
     {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);
+  strand_shm_type(&queue_type, sizeof(strand_shm), NULL);
   strand_shm_newmeta(L, &queue_type, methods, NULL);   /* mt methods */
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, q_len, 1);

@@ -20,7 +20,7 @@
  *           | REF varint(i)                             (i-th table/function/object met so far)
  *           | FUNC u32(len) bytecode byte(nups) upvalue*nups
  *           | GLOBALS | MODULE str(name) | MODFIELD str(name "\0" key)
- *           | OBJECT str(typename) u64(pointer) u64(mac)
+ *           | OBJECT str(typename) u64(pointer | 2^63 + arena offset) u64(mac)
  *   upvalue = value | UPJOIN varint(i) byte(n)         (shares upvalue n of function REF i)
  *   str     = varint(len) bytes      (integers little-endian; u32/u64 fixed width)
  * Tables, functions and objects are numbered in the order they start (preorder), so a value
@@ -146,18 +146,34 @@ static int rd_str(cursor *c, const char **s, size_t *len) {
 }
 
 /* OBJECT body after the tag: checks the mac; *o is the object (only then valid to use) */
-static int rd_object(cursor *c, strand_object **o, const char **name, size_t *namelen) {
+static int rd_object(cursor *c, uint64_t *ref, const char **name, size_t *namelen) {
   if (!rd_str(c, name, namelen) || *namelen > MAXNAME || c->end - c->p < 16) return 0;
   uint64_t ptr = get64(c->p), mac = get64(c->p + 8);
   c->p += 16;
   if (object_mac(ptr, *name, *namelen) != mac) return 0;
-  *o = (strand_object *)(uintptr_t)ptr;
+  *ref = ptr;
   return 1;
 }
 
 /* Walk a whole encoding iteratively (no recursion, so garbage cannot overflow the C stack);
  * calls act on each object when act != NULL. Returns 1 when the structure is well formed. */
-static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
+/* An OBJECT's u64: a process-local pointer, or (bit 63) the arena offset of a shared object's
+ * head, valid in the whole family: the string then holds a family reference (aref). */
+#define REF_SHARED ((uint64_t)1 << 63)
+
+static void ref_release(uint64_t ref) {
+  if (ref & REF_SHARED) strand_shm_aref(ref & ~REF_SHARED, -1);
+  else strand_object_release((strand_object *)(uintptr_t)ref);
+}
+static void ref_release_shared(uint64_t ref) {
+  if (ref & REF_SHARED) strand_shm_aref(ref & ~REF_SHARED, -1);
+}
+static void ref_retain(uint64_t ref) {
+  if (ref & REF_SHARED) strand_shm_aref(ref & ~REF_SHARED, 1);
+  else strand_object_retain((strand_object *)(uintptr_t)ref);
+}
+
+static int walk(const char *s, size_t len, void (*act)(uint64_t ref)) {
   cursor c = { (const unsigned char *)s, (const unsigned char *)s + len };
   uint64_t pending;
   if (len < 2 || c.p[0] != SER_VERSION) return 0;
@@ -167,7 +183,7 @@ static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
     if (c.p >= c.end || pending > (uint64_t)(c.end - c.p)) return 0;  /* >= 1 byte per value */
     pending--;
     unsigned tag = *c.p++;
-    uint64_t n; uint32_t n32; const char *name; size_t nl; strand_object *o;
+    uint64_t n; uint32_t n32; const char *name; size_t nl; uint64_t o;
     if (tag >= T_SMALLINT) continue;
     if (tag >= T_SHORTSTR) { if (!skip(&c, tag - T_SHORTSTR)) return 0; continue; }
     switch (tag) {
@@ -199,7 +215,12 @@ static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
 
 void strand_serial_release(const char *p, size_t len) {
   if (len >= 2 && (p[1] & HDR_OBJECTS) && walk(p, len, NULL))
-    walk(p, len, strand_object_release);
+    walk(p, len, ref_release);
+}
+
+void strand_serial_release_shared(const char *p, size_t len) {
+  if (len >= 2 && (p[1] & HDR_OBJECTS) && walk(p, len, NULL))
+    walk(p, len, ref_release_shared);
 }
 
 /* }==== */
@@ -635,7 +656,8 @@ static void enc_userdata(encoder *e, int idx) {
     const char *name = o->type->name;
     size_t nl = strlen(name);
     if (nl > MAXNAME) enc_error(e, "strand object type name too long");
-    uint64_t ptr = (uint64_t)(uintptr_t)o;
+    uint64_t off = strand_shm_offset(o);
+    uint64_t ptr = off ? (off | REF_SHARED) : (uint64_t)(uintptr_t)o;
     unsigned char tail[16];
     put64(tail, ptr); put64(tail + 8, object_mac(ptr, name, nl));
     put_byte(e, T_OBJECT); put_str(e, name, nl); put_bytes(e, tail, 16);
@@ -687,7 +709,7 @@ static void enc_value(encoder *e, int idx) {
   }
 }
 
-static void retain_one(strand_object *o) { strand_object_retain(o); }
+static void retain_one(uint64_t ref) { ref_retain(ref); }
 
 void strand_serial_encode(lua_State *L, int first, int n, int flags) {
   encoder e;
@@ -878,13 +900,20 @@ static void dec_byname(lua_State *L, decoder *d, int field) {
 }
 
 static void dec_object(lua_State *L, decoder *d) {
-  strand_object *o; const char *s; size_t l;
+  uint64_t ref; const char *s; size_t l; strand_object *o;
   char name[MAXNAME + 1];
-  if (!rd_object(&d->c, &o, &s, &l)) dec_fail(L, "bad object reference");
+  if (!rd_object(&d->c, &ref, &s, &l)) dec_fail(L, "bad object reference");
   memcpy(name, s, l); name[l] = '\0';
   const strand_objtype *t = strand_objtype_find(name);
-  if (t == NULL || o->type != t) dec_fail(L, "bad object reference");
-  strand_object_retain(o);             /* the string's own reference is dropped at the end */
+  if (t == NULL) dec_fail(L, "bad object reference");
+  if (ref & REF_SHARED) {              /* this process's object for it, found or made */
+    o = strand_shm_view(ref & ~REF_SHARED, t);
+    if (o == NULL) dec_fail(L, "cannot use a shared object here (out of memory?)");
+  } else {
+    o = (strand_object *)(uintptr_t)ref;
+    if (o->type != t) dec_fail(L, "bad object reference");
+    strand_object_retain(o);           /* the string's own reference is dropped at the end */
+  }
   strand_object_push(L, o);
   dec_number(L, d);
 }
@@ -976,7 +1005,7 @@ int strand_serial_decode(lua_State *L, const char *p, size_t len, int flags) {
     return -1;
   }
   /* the values hold their own references now: drop the ones the string held */
-  if (!(flags & SERIAL_NOADOPT) && (p[1] & HDR_OBJECTS)) walk(p, len, strand_object_release);
+  if (!(flags & SERIAL_NOADOPT) && (p[1] & HDR_OBJECTS)) walk(p, len, ref_release);
   return lua_gettop(L) - top;
 }
 

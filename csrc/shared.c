@@ -162,7 +162,9 @@ static uint64_t entry_new(strand_shm *s, const key *k, const val *v) {
 
 static void entry_free(strand_shm *s, uint64_t off) {
   d_entry *e = entry_at(s, off);
-  if (e->vtag == V_SER && e->pid == strand_shm_pid()) strand_serial_release(vbytes(e), e->vlen);
+  if (e->vtag == V_SER)
+    (e->pid == strand_shm_pid() ? strand_serial_release : strand_serial_release_shared)(
+      vbytes(e), e->vlen);
   strand_shm_release(s, off);
 }
 
@@ -579,7 +581,8 @@ static void d_destroy(strand_object *o) {
     for (uint64_t i = 0; i < (isdict ? st->cap : (uint64_t)st->n); i++) {
       for (uint64_t off = slots_of(s)[i]; off; off = isdict ? entry_at(s, off)->next : 0) {
         d_entry *e = entry_at(s, off);
-        if (e->vtag == V_SER && e->pid == pid) strand_serial_release(vbytes(e), e->vlen);
+        if (e->vtag == V_SER)
+          (e->pid == pid ? strand_serial_release : strand_serial_release_shared)(vbytes(e), e->vlen);
       }
     }
     strand_shm_unlock(s);
@@ -618,6 +621,8 @@ int strand_open_shared(lua_State *L) {
   int top = lua_gettop(L);
   if (luaL_loadbuffer(L, shared_lua, sizeof shared_lua - 1, "=strand.shared") != LUA_OK)
     lua_error(L);                                       /* chunk */
+  strand_shm_type(&dict_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&list_type, sizeof(strand_shm), NULL);
   strand_shm_newmeta(L, &dict_type, dict_methods, NULL);   /* chunk mt methods */
   static const struct { const char *name; lua_CFunction f; int up2; } dmeta[] = {
     {"__index", d_index, 1}, {"__newindex", d_newindex, 0}, {"__len", d_len, 0}

@@ -229,6 +229,7 @@ int strand_shm_tid(void) {
 
 /* Every strand_shm of this process, for the fork hook (it counts them in the child). */
 static pthread_mutex_t objs_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t hooks_mu = PTHREAD_MUTEX_INITIALIZER;   /* the type tables below */
 static strand_shm *objs;
 static int family;                      /* this process forked or was forked: wakes may cross */
 static void relay_start(void);
@@ -278,17 +279,78 @@ static size_t head_size(int nchan, int growable) {
          (growable ? sizeof(store_acct) : 0);
 }
 
-static void objs_link(strand_shm *s) {
+/* This process's view of each object by head offset (objs_mu): a decoded reference finds the
+ * one strand_shm of its object here, or makes it. Linear probing, backward-shift deletion. */
+static strand_shm **views;
+static size_t nviews, capviews;
+
+static size_t view_slot(uint64_t off) { return (size_t)((off >> 4) * 0x9E3779B97F4A7C15ull); }
+#define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
+
+static strand_shm *views_find(uint64_t off) {
+  if (capviews == 0) return NULL;
+  for (size_t i = view_slot(off) & (capviews - 1);; i = (i + 1) & (capviews - 1)) {
+    if (views[i] == NULL) return NULL;
+    if (HEAD_OFF(views[i]) == off) return views[i];
+  }
+}
+
+static int views_put(strand_shm *s) {
+  if (2 * (nviews + 1) > capviews) {
+    size_t ncap = capviews ? capviews * 2 : 1024;
+    strand_shm **nv = (strand_shm **)calloc(ncap, sizeof *nv);
+    if (nv == NULL) return ENOMEM;
+    for (size_t j = 0; j < capviews; j++) {
+      if (views[j] == NULL) continue;
+      size_t i = view_slot(HEAD_OFF(views[j])) & (ncap - 1);
+      while (nv[i]) i = (i + 1) & (ncap - 1);
+      nv[i] = views[j];
+    }
+    free(views);
+    views = nv;
+    capviews = ncap;
+  }
+  size_t i = view_slot(HEAD_OFF(s)) & (capviews - 1);
+  while (views[i]) i = (i + 1) & (capviews - 1);
+  views[i] = s;
+  nviews++;
+  return 0;
+}
+
+static void views_del(strand_shm *s) {
+  if (capviews == 0) return;
+  size_t i = view_slot(HEAD_OFF(s)) & (capviews - 1);
+  while (views[i] && views[i] != s) i = (i + 1) & (capviews - 1);
+  if (views[i] == NULL) return;
+  views[i] = NULL;
+  nviews--;
+  for (size_t j = (i + 1) & (capviews - 1); views[j]; j = (j + 1) & (capviews - 1)) {
+    size_t home = view_slot(HEAD_OFF(views[j])) & (capviews - 1);
+    /* move j back to i if its home is not in (i, j] (cyclically) */
+    if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+      views[i] = views[j];
+      views[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+static int objs_link(strand_shm *s) {
   pthread_mutex_lock(&objs_mu);
-  s->lprev = NULL;
-  s->lnext = objs;
-  if (objs) objs->lprev = s;
-  objs = s;
+  int err = views_put(s);
+  if (err == 0) {
+    s->lprev = NULL;
+    s->lnext = objs;
+    if (objs) objs->lprev = s;
+    objs = s;
+  }
   pthread_mutex_unlock(&objs_mu);
+  return err;
 }
 
 static void objs_unlink(strand_shm *s) {
   pthread_mutex_lock(&objs_mu);
+  views_del(s);
   if (s->lprev) s->lprev->lnext = s->lnext; else objs = s->lnext;
   if (s->lnext) s->lnext->lprev = s->lprev;
   pthread_mutex_unlock(&objs_mu);
@@ -327,7 +389,12 @@ strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t
   if (big) ACCT(s)->budget = reserve;
   s->head->stateoff16 = (uint8_t)(hs / 16);
   strand_object_init(&s->obj, t);
-  objs_link(s);
+  if ((err = objs_link(s)) != 0) {
+    arena_free(off, bsize);
+    free(s);
+    errno = err;
+    return NULL;
+  }
   return s;
 }
 
@@ -339,22 +406,87 @@ int strand_shm_fail(lua_State *L, const strand_objtype *t, int err) {
   return 3;
 }
 
+/* One family reference more or less (delta -1: the last frees the object's blocks). */
+void strand_shm_aref(uint64_t off, int delta) {
+  strand_shm_head *h = (strand_shm_head *)AT(off);
+  if (delta > 0) { __atomic_add_fetch(&h->arefs, 1, __ATOMIC_ACQ_REL); return; }
+  if (__atomic_sub_fetch(&h->arefs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  uint64_t b = h->blocks;
+  while (b) {
+    blk_hdr *x = (blk_hdr *)AT(b);
+    uint64_t next = x->next;
+    arena_free(b, x->n);
+    b = next;
+  }
+  arena_free(off, h->blksize);
+}
+
 /* This process's view goes; the family's last reference frees the blocks. */
 void strand_shm_free(strand_shm *s) {
   objs_unlink(s);
-  strand_shm_head *h = s->head;
-  if (__atomic_sub_fetch(&h->arefs, 1, __ATOMIC_ACQ_REL) == 0) {
-    uint64_t b = h->blocks;
-    while (b) {
-      blk_hdr *x = (blk_hdr *)AT(b);
-      uint64_t next = x->next;
-      arena_free(b, x->n);
-      b = next;
-    }
-    arena_free((uint64_t)((char *)h - strand_arena_base), h->blksize);
-  }
+  strand_shm_aref(HEAD_OFF(s), -1);
   free(s);
 }
+
+/* {==== references by offset: the same object in every process of the family */
+
+#define NTYPES 16
+static struct { const strand_objtype *t; size_t objsize; int (*view)(strand_shm *s); } types[NTYPES];
+
+void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand_shm *s)) {
+  pthread_mutex_lock(&hooks_mu);
+  for (int i = 0; i < NTYPES; i++) {
+    if (__atomic_load_n(&types[i].t, __ATOMIC_ACQUIRE) == t) break;
+    if (types[i].t == NULL) {
+      types[i].objsize = objsize;
+      types[i].view = view;
+      __atomic_store_n(&types[i].t, t, __ATOMIC_RELEASE);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&hooks_mu);
+}
+
+static int type_index(const strand_objtype *t) {
+  for (int i = 0; i < NTYPES; i++) {
+    const strand_objtype *x = __atomic_load_n(&types[i].t, __ATOMIC_ACQUIRE);
+    if (x == NULL) return -1;
+    if (x == t) return i;
+  }
+  return -1;
+}
+
+uint64_t strand_shm_offset(strand_object *o) {
+  if (strand_arena_base == NULL || type_index(o->type) < 0) return 0;
+  return HEAD_OFF((strand_shm *)o);
+}
+
+strand_object *strand_shm_view(uint64_t off, const strand_objtype *t) {
+  int ti = type_index(t);
+  if (ti < 0 || strand_arena_base == NULL || off == 0 || off >= ARENA_RESERVE) return NULL;
+  pthread_mutex_lock(&objs_mu);
+  strand_shm *s = views_find(off);
+  if (s && s->obj.type == t) {
+    strand_object_retain(&s->obj);
+    pthread_mutex_unlock(&objs_mu);
+    return &s->obj;
+  }
+  pthread_mutex_unlock(&objs_mu);
+  if (s) return NULL;                   /* another type at that offset: not ours to take */
+  s = (strand_shm *)calloc(1, types[ti].objsize);
+  if (s == NULL) return NULL;
+  s->head = (strand_shm_head *)AT(off);
+  strand_object_init(&s->obj, t);
+  strand_shm_aref(off, 1);
+  if ((types[ti].view && types[ti].view(s) != 0) || objs_link(s) != 0) {
+    strand_shm_aref(off, -1);
+    free(s);
+    return NULL;
+  }
+  return &s->obj;
+}
+
+/* }==== */
 
 /* }==== */
 
@@ -400,7 +532,6 @@ static struct shm_home *home_make(lua_State *L, int *errp);
 
 #define NHOOKS 16
 static struct { const strand_objtype *t; const char *(*cross)(strand_object *o); } hooks[NHOOKS];
-static pthread_mutex_t hooks_mu = PTHREAD_MUTEX_INITIALIZER;
 
 void strand_objtype_on_cross(const strand_objtype *t, const char *(*cross)(strand_object *o)) {
   pthread_mutex_lock(&hooks_mu);

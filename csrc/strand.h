@@ -237,6 +237,18 @@ typedef struct strand_shm {
 #define strand_shm_sleepers(s, ch) (strand_shm_chans(s)[ch].sleepers)
 #define strand_shm_state(s) ((void *)((char *)(s)->head + (s)->head->stateoff16 * 16u))
 
+/* References by arena offset, valid in every process of the family (serial uses them, so an
+ * object made after a fork still crosses between the processes): the areas register each type
+ * with the size of its process-local struct and an optional view hook (fills the struct's own
+ * fields for an existing object: 0 or an errno). strand_shm_offset: the object's head offset,
+ * 0 if o is not such an object. strand_shm_view: this process's object for the head at off (a
+ * new reference; made if this process had none), NULL if it cannot be made. strand_shm_aref:
+ * one family reference more (+1) or less (-1; the last frees the object). */
+STRAND_API void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand_shm *s));
+STRAND_API uint64_t strand_shm_offset(strand_object *o);
+STRAND_API strand_object *strand_shm_view(uint64_t off, const strand_objtype *t);
+STRAND_API void strand_shm_aref(uint64_t off, int delta);
+
 /* Make the family's arena now (the module's openers do; a forking area must have it before the
  * fork so that the family shares one). 0 or an errno. */
 STRAND_API int strand_arena_init(void);
@@ -307,6 +319,9 @@ STRAND_API void strand_serial_encode(lua_State *L, int first, int n, int flags);
 STRAND_API int strand_serial_decode(lua_State *L, const char *p, size_t len, int flags);
 /* Drop the object references held by an encoded string that will never be decoded. */
 STRAND_API void strand_serial_release(const char *p, size_t len);
+/* Drop only its family-wide references (shared objects by arena offset): for a string another
+ * process encoded (its process-local references are that process's). */
+STRAND_API void strand_serial_release_shared(const char *p, size_t len);
 
 /* }==== */
 

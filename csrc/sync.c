@@ -40,7 +40,12 @@ typedef struct lk_state {
 typedef struct ev_state { int64_t flag, old; uint64_t gen; } ev_state;
 /* old: sleepers entitled to wake (they slept through a set) */
 
-typedef struct cv_state { int64_t waiting, permits; uint64_t epoch; } cv_state;
+typedef struct cv_state {
+  int64_t waiting, permits;
+  uint64_t epoch;
+  uint64_t lock_off;      /* its lock's head (arena offset): another process's view finds it */
+  int32_t lock_rlock;     /* the lock is an rlock */
+} cv_state;
 /* waiting: waiters not granted yet; permits: granted, not yet claimed; a waiter may claim only
  * after a notify that came after it started (epoch changed), so a newcomer never takes the
  * place of a waiter that was notified */
@@ -567,6 +572,9 @@ static int l_condition(lua_State *L) {
     return strand_shm_fail(L, &cond_type, err);
   }
   c->lock = lock;
+  cv_state *cst = (cv_state *)strand_shm_state(&c->shm);
+  cst->lock_off = strand_shm_offset(&lock->obj);
+  cst->lock_rlock = lock->obj.type == &rlock_type;
   strand_object_push(L, &c->shm.obj);
   return 1;
 }
@@ -801,6 +809,15 @@ static const luaL_Reg barrier_methods[] = {
   {"n_waiting", br_n_waiting}, {"broken", br_broken}, {NULL, NULL}
 };
 
+/* a condition found by offset in another process: its lock, too */
+static int cv_view(strand_shm *s) {
+  cv_state *st = (cv_state *)strand_shm_state(s);
+  strand_object *lock = strand_shm_view(st->lock_off, st->lock_rlock ? &rlock_type : &lock_type);
+  if (lock == NULL) return ENOMEM;
+  ((cv_obj *)s)->lock = (strand_shm *)lock;
+  return 0;
+}
+
 int strand_open_sync(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"lock", l_lock}, {"rlock", l_rlock}, {"semaphore", l_semaphore},
@@ -808,6 +825,12 @@ int strand_open_sync(lua_State *L) {
     {"condition", l_condition}, {"barrier", l_barrier}, {NULL, NULL}
   };
   int top = lua_gettop(L);
+  strand_shm_type(&lock_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&rlock_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&sem_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&event_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&barrier_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&cond_type, sizeof(cv_obj), cv_view);
   if (luaL_loadbuffer(L, sync_lua, sizeof sync_lua - 1, "=strand.sync") != LUA_OK)
     lua_error(L);                                       /* chunk */
   strand_shm_newmeta(L, &lock_type, lock_methods, lk_close);       /* chunk mt idx */

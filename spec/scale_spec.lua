@@ -150,7 +150,7 @@ describe("shared objects at scale", function()
     assert.is_true(maxgrowth <= 3, ("the thread held %d descriptors"):format(maxgrowth))
   end)
 
-  it("across fork: events, a queue, a lock and a dict wake and serve both processes (relay threads)", function()
+  it("across fork: events, a queue, a lock and a dict wake and serve both processes (relay threads); objects made after the fork cross too", function()
     -- spec/support/forkrun.c forks; the child runs in a fresh Lua state (a fresh loop)
     local bin = os.tmpname()
     local cc = io.popen("cc -O1 -I/usr/include/lua5.4 -o " .. bin .. " spec/support/forkrun.c -llua5.4 2>&1")
@@ -169,6 +169,12 @@ describe("shared objects at scale", function()
         back:set()
         for i = 1, 1000 do assert(q:get(10) == i) end
         for _ = 1, 2000 do lock:acquire(); d.n = d.n + 1; lock:release() end
+        -- objects the parent made after the fork, passed through the queue made before it
+        local late = q:get(10)
+        assert(late, "nothing came")
+        late.q:put("from the child")
+        late.cond:acquire(); late.ready.v = true; late.cond:notify(); late.cond:release()
+        late.ev:set()
         return true
       ]], serial.encode({ go, back, lock, q, d }))
       strand.sleep(0.05)
@@ -176,6 +182,13 @@ describe("shared objects at scale", function()
       assert(back:wait(10), "the parent was not woken by the child")
       for i = 1, 1000 do assert(q:put(i, 10)) end        -- maxsize 1: every put waits for the child
       for _ = 1, 2000 do lock:acquire(); d.n = d.n + 1; lock:release() end
+      local late = { q = queue.new(), ev = sync.event(), cond = sync.condition(), ready = shared.dict() }
+      assert(q:put(late, 10))
+      assert(late.ev:wait(10), "the late event was not set by the child")
+      assert(late.q:get(10) == "from the child")
+      late.cond:acquire()
+      assert(late.cond:wait_for(function() return late.ready.v end, 10))
+      late.cond:release()
       assert(waitpid(pid) == 0, "the child failed")
       assert(d.n == 4000, "counter " .. tostring(d.n))
       print("fork ok")
