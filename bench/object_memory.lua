@@ -34,8 +34,10 @@ local function count(path, pat)
   local c = 0
   if pat then
     for _ in io.lines(path) do c = c + 1 end
-  else                                         -- this process's fds (not the shell's)
-    local p = io.popen("ls /proc/" .. pid .. "/fd | wc -l"); c = tonumber(p:read("a")); p:close()
+  else                                         -- this process's fds (not the shell's), but
+    collectgarbage()                           -- not the pipes popen makes to look at them
+    local p = io.popen("ls -l /proc/" .. pid .. "/fd | grep -v -c 'pipe:'")
+    c = tonumber(p:read("a")); p:close()
   end
   return c
 end

@@ -29,9 +29,15 @@ typedef struct q_state {
   int64_t maxsize;        /* 0: unbounded (up to the storage) */
   int64_t n;              /* items held */
   int64_t unfinished;     /* put and not yet task_done */
-  uint64_t seq;
-  uint64_t items;         /* arena offset of the item array: a ring (FIFO), a stack (LIFO) or a
-                             binary heap (priority) */
+  union {                 /* read-mostly, on this line: */
+    uint64_t seq;         /* locked path: the insertion counter (ties of equal priorities) */
+    uint64_t rdesc;       /* ring: the ring now, arena offset of its slots << 20 | capacity */
+  };
+  union {
+    uint64_t items;       /* locked path: arena offset of the item array: a ring (FIFO), a
+                             stack (LIFO) or a binary heap (priority) */
+    uint64_t ring_b;      /* unbounded ring: its big ring, once made (see r_grow) */
+  };
   uint64_t cap, first;    /* slots; FIFO: the oldest slot. Ring: its capacity (maxsize) */
   /* the ring (see "the ring" below); each hot word on its own cache line */
   _Alignas(64) uint64_t tail;     /* next position to fill, | RING_CLOSED once closed */
@@ -45,8 +51,6 @@ typedef struct q_state {
   uint64_t ovf_extra;             /* items put into the overflow and not moved to the ring */
   uint64_t ovf_items, ovf_cap, ovf_first;   /* arena offset of its r_item array (a ring) */
   int64_t nlocal;                 /* values held by reference (the queue has not crossed) */
-  uint64_t rdesc;                 /* the ring now: arena offset of its slots << 20 | capacity */
-  uint64_t ring_b;                /* an unbounded FIFO's big ring, once made (see r_grow) */
 } q_state;                        /* 320 bytes, a multiple of 64: the ring's slots follow */
 _Static_assert(sizeof(q_state) == 320, "q_state: five cache lines");
 

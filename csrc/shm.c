@@ -56,8 +56,8 @@
 /* }==== */
 
 #define ARENA_RESERVE ((uint64_t)1 << 36)   /* 64 GiB of address space, NORESERVE */
-#define ARENA_STEP    ((uint64_t)1 << 18)   /* fallocate this much at a time */
-#define PUNCH_MIN     ((uint64_t)1 << 18)   /* freed blocks from here on give their pages back */
+#define ARENA_STEP    ((uint64_t)1 << 18)   /* fallocate at least this much at a time */
+#define PUNCH_MIN     ((uint64_t)1 << 24)   /* freed blocks from here on give their pages back */
 #define NCLS          160
 #define ARENA_MAGIC   0x73747261726e6131ull
 
@@ -243,12 +243,17 @@ static void fork_parent(void) {
   relay_start();
 }
 
+static strand_shm *views_find(uint64_t off);
+static int views_put(strand_shm *s);
+#define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
+
 static void fork_child(void) {
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
   cached_tid = 0;
   for (strand_shm *s = objs; s; s = s->lnext) {
     __atomic_add_fetch(&s->head->arefs, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELAXED);   /* two processes hold it */
+    if (!views_find(HEAD_OFF(s))) views_put(s);   /* a reference the parent sends finds it */
   }
   pthread_mutex_init(&objs_mu, NULL);
   family = 1;
@@ -285,7 +290,6 @@ static strand_shm **views;
 static size_t nviews, capviews;
 
 static size_t view_slot(uint64_t off) { return (size_t)((off >> 4) * 0x9E3779B97F4A7C15ull); }
-#define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
 
 static strand_shm *views_find(uint64_t off) {
   if (capviews == 0) return NULL;
@@ -335,9 +339,11 @@ static void views_del(strand_shm *s) {
   }
 }
 
-static int objs_link(strand_shm *s) {
+/* map: also findable by offset now (a view made by decode); others are added when serial
+ * first encodes them by offset, and all of them in a forked child */
+static int objs_link(strand_shm *s, int map) {
   pthread_mutex_lock(&objs_mu);
-  int err = views_put(s);
+  int err = map ? views_put(s) : 0;
   if (err == 0) {
     s->lprev = NULL;
     s->lnext = objs;
@@ -389,7 +395,7 @@ strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t
   if (big) ACCT(s)->budget = reserve;
   s->head->stateoff16 = (uint8_t)(hs / 16);
   strand_object_init(&s->obj, t);
-  if ((err = objs_link(s)) != 0) {
+  if ((err = objs_link(s, 0)) != 0) {
     arena_free(off, bsize);
     free(s);
     errno = err;
@@ -458,7 +464,11 @@ static int type_index(const strand_objtype *t) {
 
 uint64_t strand_shm_offset(strand_object *o) {
   if (strand_arena_base == NULL || type_index(o->type) < 0) return 0;
-  return HEAD_OFF((strand_shm *)o);
+  strand_shm *s = (strand_shm *)o;
+  pthread_mutex_lock(&objs_mu);
+  int err = views_find(HEAD_OFF(s)) ? 0 : views_put(s);   /* a decode here must find it */
+  pthread_mutex_unlock(&objs_mu);
+  return err ? 0 : HEAD_OFF(s);         /* 0: encoded by pointer (this process only) */
 }
 
 strand_object *strand_shm_view(uint64_t off, const strand_objtype *t) {
@@ -478,7 +488,7 @@ strand_object *strand_shm_view(uint64_t off, const strand_objtype *t) {
   s->head = (strand_shm_head *)AT(off);
   strand_object_init(&s->obj, t);
   strand_shm_aref(off, 1);
-  if ((types[ti].view && types[ti].view(s) != 0) || objs_link(s) != 0) {
+  if ((types[ti].view && types[ti].view(s) != 0) || objs_link(s, 1) != 0) {
     strand_shm_aref(off, -1);
     free(s);
     return NULL;
