@@ -42,6 +42,21 @@ if [ "${QUICK:-}" != 1 ]; then
   echo "### bench/serial_bench.lua"
   lua5.4 bench/serial_bench.lua || echo "(bench/serial_bench.lua failed)"
 fi
+# the other areas' benches (each prints its own ratios; the report above covers issue 14's rows)
+if [ "${QUICK:-}" != 1 ]; then
+for b in bench/server_bench.sh; do
+  echo "### $b"
+  sh "$b" "$build" || echo "($b failed)"
+done
+for b in bench/process_bench.lua bench/ssh_bench.lua; do
+  echo "### $b"
+  lua5.4 "$b" "$build" || echo "($b failed)"
+done
+echo "### bench/socket_idle_memory.lua"
+lua5.4 bench/socket_idle_memory.lua 10000 "$build" || echo "(bench/socket_idle_memory.lua failed)"
+echo "### bench/object_memory.lua"
+STRAND_BUILD="$build" lua5.4 bench/object_memory.lua || echo "(bench/object_memory.lua failed)"
+fi
 echo "meta notes Run time: $(( $(date +%s) - t0 )) s." >>"$RESULTS"
 lua5.4 bench/report.lua "$RESULTS" >bench/results/latest.md
 cp "$RESULTS" bench/results/latest.raw

@@ -24,15 +24,21 @@ typedef struct q_item {
 } q_item;
 
 typedef struct q_state {
-  int32_t kind, closed;
+  int16_t kind, ring;     /* ring: a FIFO whose items are in the lock-free ring below */
+  int32_t closed;
   int64_t maxsize;        /* 0: unbounded (up to the storage) */
   int64_t n;              /* items held */
   int64_t unfinished;     /* put and not yet task_done */
-  uint64_t seq;
-  uint64_t items;         /* arena offset of the item array: a ring (FIFO), a stack (LIFO) or a
-                             binary heap (priority) */
+  union {                 /* read-mostly, on this line: */
+    uint64_t seq;         /* locked path: the insertion counter (ties of equal priorities) */
+    uint64_t rdesc;       /* ring: the ring now, arena offset of its slots << 20 | capacity */
+  };
+  union {
+    uint64_t items;       /* locked path: arena offset of the item array: a ring (FIFO), a
+                             stack (LIFO) or a binary heap (priority) */
+    uint64_t ring_b;      /* unbounded ring: its big ring, once made (see r_grow) */
+  };
   uint64_t cap, first;    /* slots; FIFO: the oldest slot. Ring: its capacity (maxsize) */
-  int32_t ring;           /* a bounded FIFO: items in the lock-free ring below, not in items */
   /* the ring (see "the ring" below); each hot word on its own cache line */
   _Alignas(64) uint64_t tail;     /* next position to fill, | RING_CLOSED once closed */
   int32_t put_tid;                /* the thread that put last: is spinning worth it? */
@@ -44,12 +50,15 @@ typedef struct q_state {
   _Alignas(64) uint64_t ovf_n;    /* items in the overflow */
   uint64_t ovf_extra;             /* items put into the overflow and not moved to the ring */
   uint64_t ovf_items, ovf_cap, ovf_first;   /* arena offset of its r_item array (a ring) */
-} q_state;                        /* sizeof is a multiple of 64: the ring's slots follow */
+  int64_t nlocal;                 /* values held by reference (the queue has not crossed) */
+} q_state;                        /* 320 bytes, a multiple of 64: the ring's slots follow */
+_Static_assert(sizeof(q_state) == 320, "q_state: five cache lines");
 
 static void q_destroy(strand_object *o);
+static const char *q_cross(strand_object *o);
 static const strand_objtype queue_type = { "strand.queue", q_destroy };
 
-#define q_state_of(s) ((q_state *)(s)->state)
+#define q_state_of(s) ((q_state *)strand_shm_state(s))
 #define q_items(s, st) ((q_item *)strand_shm_at(s, (st)->items))
 #define box_obj(L) (*(strand_shm **)lua_touserdata(L, 1))
 
@@ -183,9 +192,14 @@ static void q_pop(strand_shm *s, q_state *st) {
 #define RING_MAXCAP 16384
 #define OVF_BATCH 64          /* overflow items moved to the ring under one lock */
 #ifndef RING_UNBOUNDED
-#define RING_UNBOUNDED 1024   /* the ring of an unbounded FIFO */
+#define RING_UNBOUNDED 16     /* the ring of an unbounded FIFO: 2 KiB, so an empty one is small */
 #endif
 #define RING_CLOSED ((uint64_t)1 << 63)
+#define RING_RETIRED ((uint64_t)1 << 62)      /* the small ring takes no more puts: r_grow */
+#define RING_FLAGS (RING_CLOSED | RING_RETIRED)
+#define RD_CAPBITS 20
+#define RING_BIG 1024                         /* the ring an unbounded FIFO grows to */
+#define RING_JUMP ((uint64_t)1 << 32)         /* positions skipped when it does */
 #define RING_SPIN_SECONDS 30e-6
 
 enum { F_INT = 1, F_FLT, F_FALSE, F_TRUE, F_STR, F_SER, F_ARENA };
@@ -210,7 +224,16 @@ typedef struct r_slot {
 _Static_assert(sizeof(r_slot) == 128, "ring slots are two cache lines");
 _Static_assert(sizeof(q_state) % 64 == 0, "ring slots start on a cache line");
 
-#define r_slots(st) ((r_slot *)((char *)(st) + sizeof(q_state)))
+#define r_slots(st) ((r_slot *)((char *)(st) + sizeof(q_state)))   /* the first ring */
+/* The ring in use and its capacity (one atomic word, so the two always match). */
+static inline r_slot *r_ring(q_state *st, uint64_t *cap) {
+  uint64_t d = __atomic_load_n(&st->rdesc, __ATOMIC_ACQUIRE);
+  *cap = d & (((uint64_t)1 << RD_CAPBITS) - 1);
+  return (r_slot *)(strand_arena_base + (d >> RD_CAPBITS));
+}
+static uint64_t r_desc(const void *slots, uint64_t cap) {
+  return (uint64_t)((const char *)slots - strand_arena_base) << RD_CAPBITS | cap;
+}
 #define A_RLX(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define A_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define F_OF(it) ((int)((it)->meta >> 24))
@@ -225,13 +248,15 @@ static size_t r_item_size(const r_item *it) {
   }
 }
 
-static uint64_t r_tail(q_state *st) { return A_ACQ(&st->tail) & ~RING_CLOSED; }
+static uint64_t r_tail(q_state *st) { return A_ACQ(&st->tail) & ~RING_FLAGS; }
 static int r_closed(q_state *st) { return (A_ACQ(&st->tail) & RING_CLOSED) != 0; }
 
 /* The slot at head is published: a get would find an item (unless another is faster). */
 static int r_can_get(q_state *st) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->head);
-  return A_ACQ(&r_slots(st)[pos % st->cap].seq) == 2 * pos + 1;
+  return A_ACQ(&slots[pos % cap].seq) == 2 * pos + 1;
 }
 
 /* The overflow's oldest item may be taken: it is not empty and every position of the ring
@@ -245,7 +270,7 @@ static int o_ready(q_state *st) {
  * whatever did is seen once the closed bit is). */
 static int r_drained(q_state *st) {
   uint64_t t = A_ACQ(&st->tail);
-  return (t & RING_CLOSED) && (t & ~RING_CLOSED) == A_ACQ(&st->head) &&
+  return (t & RING_CLOSED) && (t & ~RING_FLAGS) == A_ACQ(&st->head) &&
          A_ACQ(&st->ovf_n) == 0;
 }
 
@@ -259,16 +284,20 @@ static int r_gettable(q_state *st) {
 /* The slot at tail is free (or the queue is closed: a put would return at once). An unbounded
  * ring always takes a put (into the overflow when full). */
 static int r_can_put(q_state *st) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->tail);
   if ((pos & RING_CLOSED) || st->maxsize == 0) return 1;
-  return A_ACQ(&r_slots(st)[pos % st->cap].seq) == 2 * pos;
+  return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
 }
 
 static int64_t r_size(q_state *st) {
   int64_t o = (int64_t)A_ACQ(&st->ovf_n);       /* first: a move fills the ring, then uncounts */
   uint64_t h = A_ACQ(&st->head), t = r_tail(st);
+  uint64_t cap;
+  r_ring(st, &cap);
   int64_t n = t > h ? (int64_t)(t - h) : 0;
-  if (n > (int64_t)st->cap) n = (int64_t)st->cap;
+  if (n > (int64_t)cap) n = (int64_t)cap;
   return n + o;
 }
 
@@ -288,11 +317,12 @@ static int64_t r_unfinished(q_state *st) {
 
 /* Claim, fill and publish a slot: 1 done, 0 full, -1 closed. Never blocks. */
 static int r_push(q_state *st, const r_item *it) {
-  r_slot *slots = r_slots(st);
-  uint64_t cap = st->cap;
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->tail);
   for (;;) {
     if (pos & RING_CLOSED) return -1;
+    if (pos & RING_RETIRED) return 0;         /* growing: the overflow takes it (locked) */
     r_slot *x = &slots[pos % cap];
     int64_t dif = (int64_t)(A_ACQ(&x->seq) - 2 * pos);
     if (dif == 0) {
@@ -314,8 +344,8 @@ static int r_push(q_state *st, const r_item *it) {
 
 /* Claim the oldest published item, copy it out and free its slot: 1 done, 0 none. */
 static int r_pop(q_state *st, r_item *out) {
-  r_slot *slots = r_slots(st);
-  uint64_t cap = st->cap;
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->head);
   for (;;) {
     r_slot *x = &slots[pos % cap];
@@ -378,10 +408,55 @@ static void o_drop(strand_shm *s, q_state *st, uint64_t k) {
   __atomic_store_n(&st->ovf_n, n, __ATOMIC_RELEASE);
 }
 
+/* {==== growing an unbounded ring (locked)
+ *
+ * An unbounded FIFO starts with a small ring (RING_UNBOUNDED slots, inline: an empty queue
+ * stays small) and grows once to RING_BIG slots when producers get ahead, i.e. when a put
+ * first has to use the overflow. Retire: allocate the big ring, then set RING_RETIRED in tail,
+ * so no put claims a small-ring position any more (a compare-and-swap in flight fails on the
+ * changed word, then sees the bit: a retired ring is "full", the put goes to the overflow).
+ * Install, once every small-ring position is taken (head == tail): the big ring's positions
+ * start RING_JUMP later (Q = P + 2^32; its slots are initialised for Q..), head = Q, then the
+ * descriptor (release), then tail = Q without the bit, then done += RING_JUMP (after tail:
+ * unfinished may read too big for a moment, never too small). A put or get still holding the
+ * small ring's descriptor compares sequence numbers below 2(P+RING_UNBOUNDED) with positions
+ * >= Q: "full" / "empty", never a claim; the small ring stays in the state, so a late reader
+ * of it reads valid memory. Closing stops it (nothing to install into). */
+
+static void r_grow(strand_shm *s, q_state *st) {
+  if (st->maxsize != 0 || st->ring_b || (A_ACQ(&st->tail) & RING_FLAGS)) return;
+  uint64_t cap;
+  r_ring(st, &cap);
+  if (cap >= RING_BIG) return;
+  uint64_t off = strand_shm_alloc(s, RING_BIG * sizeof(r_slot) + 64);
+  if (off == 0) return;                       /* no room: the small ring and the overflow */
+  void *b = (void *)(((uintptr_t)strand_shm_at(s, off) + 63) & ~(uintptr_t)63);
+  st->ring_b = r_desc(b, RING_BIG);
+  __atomic_fetch_or(&st->tail, RING_RETIRED, __ATOMIC_SEQ_CST);
+}
+
+static void r_install(q_state *st) {
+  uint64_t t = A_ACQ(&st->tail);
+  if (!(t & RING_RETIRED) || (t & RING_CLOSED)) return;
+  uint64_t p = t & ~RING_FLAGS;
+  if (A_ACQ(&st->head) != p) return;          /* the small ring still holds items */
+  uint64_t big = st->ring_b & (((uint64_t)1 << RD_CAPBITS) - 1);
+  r_slot *b = (r_slot *)(strand_arena_base + (st->ring_b >> RD_CAPBITS));
+  uint64_t q = p + RING_JUMP;
+  for (uint64_t i = 0; i < big; i++) b[(q + i) % big].seq = 2 * (q + i);
+  __atomic_store_n(&st->head, q, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&st->rdesc, st->ring_b, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&st->tail, q, __ATOMIC_SEQ_CST);
+  __atomic_fetch_add(&st->done, RING_JUMP, __ATOMIC_SEQ_CST);
+}
+
+/* }==== */
+
 /* Move up to OVF_BATCH of the oldest items to the ring's tail (as far as it has room): how
  * many. Valid at any time: whatever the ring holds was put before them, or by a producer that
  * had none of its items in the overflow. */
 static int o_move(strand_shm *s, q_state *st) {
+  r_install(st);
   uint64_t k = 0, n = st->ovf_n;
   r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
   while (k < n && k < OVF_BATCH && r_push(st, &a[(st->ovf_first + k) % st->ovf_cap]) > 0) k++;
@@ -449,7 +524,7 @@ static int r_spin(lua_State *L, q_state *st, int ch) {
 /* After any change; kick: bit 1 << channel for the channels it may have woken. */
 static void q_settle(strand_shm *s, int kick) {
   q_state *st = q_state_of(s);
-  uint32_t *sl = s->sleepers;
+  strand_shm_chan *c = strand_shm_chans(s);
   int get, put, join;
   if (st->ring) {
     get = r_gettable(st);
@@ -460,15 +535,15 @@ static void q_settle(strand_shm *s, int kick) {
     put = st->maxsize == 0 || st->n < st->maxsize || st->closed;
     join = st->unfinished == 0 || st->closed;
   }
-  strand_shm_signal(s, CH_GET, A_RLX(&sl[CH_GET]) > 0 && get, kick & 1);
-  strand_shm_signal(s, CH_PUT, A_RLX(&sl[CH_PUT]) > 0 && put, kick & 2);
-  strand_shm_signal(s, CH_JOIN, A_RLX(&sl[CH_JOIN]) > 0 && join, kick & 4);
+  strand_shm_signal(s, CH_GET, A_RLX(&c[CH_GET].sleepers) > 0 && get, kick & 1);
+  strand_shm_signal(s, CH_PUT, A_RLX(&c[CH_PUT].sleepers) > 0 && put, kick & 2);
+  strand_shm_signal(s, CH_JOIN, A_RLX(&c[CH_JOIN].sleepers) > 0 && join, kick & 4);
 }
 
 /* A ring changed without the mutex: if anybody sleeps on ch, settle (and kick) it. */
 static void r_wake(lua_State *L, strand_shm *s, int ch) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  if (A_RLX(&s->sleepers[ch]) == 0) return;
+  if (A_RLX(&strand_shm_sleepers(s, ch)) == 0) return;
   strand_shm_lockL(L, s);
   q_settle(s, 1 << ch);
   strand_shm_unlock(s);
@@ -477,9 +552,9 @@ static void r_wake(lua_State *L, strand_shm *s, int ch) {
 /* Locked: count a sleeper of ch, then look once more (the other half of r_wake's handshake).
  * Returns 1 if it may sleep (counted), 0 if it should retry (not counted). */
 static int q_sleep_on(strand_shm *s, int ch, int (*ready)(q_state *)) {
-  __atomic_add_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
+  __atomic_add_fetch(&strand_shm_sleepers(s, ch), 1, __ATOMIC_SEQ_CST);
   if (ready && ready(q_state_of(s))) {
-    __atomic_sub_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
+    __atomic_sub_fetch(&strand_shm_sleepers(s, ch), 1, __ATOMIC_SEQ_CST);
     return 0;
   }
   return 1;
@@ -487,7 +562,7 @@ static int q_sleep_on(strand_shm *s, int ch, int (*ready)(q_state *)) {
 
 static void q_leave(lua_State *L, strand_shm *s, int ch) {
   strand_shm_lockL(L, s);
-  __atomic_sub_fetch(&s->sleepers[ch], 1, __ATOMIC_SEQ_CST);
+  __atomic_sub_fetch(&strand_shm_sleepers(s, ch), 1, __ATOMIC_SEQ_CST);
   q_settle(s, 0);
   strand_shm_unlock(s);
   strand_shm_leave(L, 0);
@@ -517,6 +592,104 @@ static int q_sleep(lua_State *L, strand_shm *s, int ch, int (*ready)(q_state *),
 
 /* {==== put */
 
+/* {==== values by reference, while the queue has not crossed
+ *
+ * A queue that no other state has seen (it was never encoded by serial: passed to a thread,
+ * put into a shared queue or dict, sent to a process; and no fork happened since it was made)
+ * has exactly one box, in the state that made it, and only that state's tasks use it. Then a
+ * value that is not a number, boolean or short string is not copied: it is kept in a table of
+ * this state (weakly keyed by the box: registry[&LOCAL_KEY][box][ref] = value) and the queue
+ * holds a 6-byte payload LOCAL_MAGIC 0 ref; a get gives the very value back. Crossing with such
+ * values inside is refused by q_cross (the point where they would have to be copied). */
+
+#define LOCAL_MAGIC 0xFE               /* never a serial version byte */
+#define LOCAL_LEN 6
+static const char LOCAL_KEY = 'L';
+
+static int is_local(const char *p, size_t len) {
+  return len == LOCAL_LEN && (unsigned char)p[0] == LOCAL_MAGIC;
+}
+
+/* Push registry[&LOCAL_KEY][box at 1] (create = make it if missing); returns its type. */
+static int local_refs(lua_State *L, int create) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LOCAL_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    if (!create) { lua_pushnil(L); return LUA_TNIL; }
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &LOCAL_KEY);
+  }
+  lua_pushvalue(L, 1);
+  int t = lua_rawget(L, -2);
+  if (t != LUA_TTABLE && create) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+    t = LUA_TTABLE;
+  }
+  lua_remove(L, -2);
+  return t;
+}
+
+/* Replace the value at idx by a local payload. */
+static void local_put(lua_State *L, strand_shm *s, int idx) {
+  local_refs(L, 1);
+  lua_pushvalue(L, idx);
+  int ref = luaL_ref(L, -2);
+  lua_pop(L, 1);
+  char b[LOCAL_LEN] = { (char)LOCAL_MAGIC, 0 };
+  memcpy(b + 2, &ref, 4);
+  lua_pushlstring(L, b, LOCAL_LEN);
+  lua_replace(L, idx);
+  q_state_of(s)->nlocal++;
+}
+
+/* Take the value of a local payload: push it (1), or nil, message (2) in a state that does not
+ * hold it (a forked process whose parent put it). The box is at 1. */
+static int local_take(lua_State *L, strand_shm *s, const char *p, int push) {
+  int ref;
+  memcpy(&ref, p + 2, 4);
+  if (local_refs(L, 0) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    if (!push) return 0;
+    return strand_fail_msg(L, "cannot get a value put by reference in another process", NULL);
+  }
+  if (push) lua_rawgeti(L, -1, ref);
+  luaL_unref(L, push ? -2 : -1, ref);
+  lua_remove(L, push ? -2 : -1);
+  q_state_of(s)->nlocal--;
+  return 1;
+}
+
+static const char *q_cross(strand_object *o) {
+  strand_shm *s = (strand_shm *)o;
+  if (__atomic_load_n(&s->head->crossed, __ATOMIC_ACQUIRE)) return NULL;
+  if (q_state_of(s)->nlocal > 0)
+    return "cannot pass a strand.queue holding values put by reference to another thread or "
+           "process (get them first)";
+  __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+/* The value at idx, to put: by reference while the queue has not crossed, else copied by the
+ * copy rule (raises on what cannot be copied: the put is where the value must cross). */
+static void q_payload(lua_State *L, strand_shm *s, int idx) {
+  if (!__atomic_load_n(&s->head->crossed, __ATOMIC_ACQUIRE)) {
+    local_put(L, s, idx);
+    return;
+  }
+  strand_serial_encode(L, idx, 1, STRAND_SERIAL_FUNCTIONS);
+  lua_replace(L, idx);
+}
+
+/* }==== */
+
 /* While a put waits, its encoded value (which holds references to the strand objects in it)
  * is owned by a guard: if the task is cancelled or dropped, collecting the guard releases them. */
 #define GUARD_META "strand.queue.guard"
@@ -526,9 +699,20 @@ static int guard_gc(lua_State *L) {
   if (*armed) {
     *armed = 0;
     size_t len;
+    lua_settop(L, 1);
+    lua_getiuservalue(L, 1, 2);                 /* the queue's box */
     lua_getiuservalue(L, 1, 1);
     const char *p = lua_tolstring(L, -1, &len);
-    if (p) strand_serial_release(p, len);
+    strand_object *o = strand_object_test(L, 2);
+    if (p && is_local(p, len)) {
+      if (o) {
+        lua_pushvalue(L, 2);
+        lua_replace(L, 1);                      /* local_take wants the box at 1 */
+        local_take(L, (strand_shm *)o, p, 0);
+      }
+    } else if (p) {
+      strand_serial_release(p, len);
+    }
   }
   return 0;
 }
@@ -539,13 +723,14 @@ static void payload_drop(lua_State *L, int release) {
   if (release) {
     size_t len;
     const char *p = lua_tolstring(L, 2, &len);
-    strand_serial_release(p, len);
+    if (is_local(p, len)) local_take(L, box_obj(L), p, 0);
+    else strand_serial_release(p, len);
   }
 }
 
 /* The encoded value at 2 is owned by a new guard at 5 until it is put or dropped. */
 static void guard_payload(lua_State *L) {
-  int *armed = (int *)lua_newuserdatauv(L, sizeof(int), 1);
+  int *armed = (int *)lua_newuserdatauv(L, sizeof(int), 2);
   *armed = 0;
   if (luaL_newmetatable(L, GUARD_META)) {
     lua_pushcfunction(L, guard_gc);
@@ -554,6 +739,8 @@ static void guard_payload(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 2);
   *armed = 1;
   lua_replace(L, 5);
 }
@@ -659,7 +846,12 @@ static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it
     return -1;
   }
   if (st->ovf_n) o_move(s, st);                 /* help it drain */
-  *err = st->ovf_n == 0 && r_push(st, it) > 0 ? 0 : o_push(s, st, it);
+  if (st->ovf_n == 0 && r_push(st, it) > 0) {
+    *err = 0;
+  } else {
+    r_grow(s, st);                              /* producers got ahead: a bigger ring */
+    *err = o_push(s, st, it);
+  }
   if (*err == 0) q_settle(s, 1);
   strand_shm_unlock(s);
   return *err ? -2 : 2;
@@ -774,8 +966,7 @@ static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait) {
     lua_pushboolean(L, 1);
   } else {
     lua_settop(L, 2);
-    strand_serial_encode(L, 2, 1, STRAND_SERIAL_FUNCTIONS);   /* raises on what cannot cross */
-    lua_replace(L, 2);
+    q_payload(L, s, 2);                         /* raises on what cannot cross */
     lua_pushnumber(L, deadline);
     lua_pushboolean(L, 0);
   }
@@ -800,8 +991,7 @@ static int q_put_start(lua_State *L, int nowait) {
   }
   deadline = nowait ? 0 : strand_opt_deadline(L, targ);
   lua_settop(L, 2);
-  strand_serial_encode(L, 2, 1, STRAND_SERIAL_FUNCTIONS);   /* raises on what cannot cross */
-  lua_replace(L, 2);
+  q_payload(L, s, 2);                           /* raises on what cannot cross */
   lua_pushnumber(L, deadline);
   lua_pushnumber(L, prio);
   lua_pushnil(L);
@@ -817,12 +1007,14 @@ static int q_put_nowait(lua_State *L) { return q_put_start(L, 1); }
 
 /* Push the value serialized in p[0..len) by process pid: its count, or nil, message. */
 static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
+  if (is_local(p, len)) return local_take(L, box_obj(L), p, 1);
   /* our own encoding: the value takes its references over; another process's: the
    * references it holds are that process's, ours are taken afresh */
   int mine = pid == strand_shm_pid();
   int n = strand_serial_decode(L, p, len,
                                STRAND_SERIAL_FUNCTIONS | (mine ? 0 : STRAND_SERIAL_NOADOPT));
   if (n < 0 && mine) strand_serial_release(p, len);
+  if (!mine) strand_serial_release_shared(p, len);   /* family references: ours to drop */
   if (n < 0) {
     lua_pushfstring(L, "bad queue item: %s", lua_tostring(L, -1));
     return strand_fail_msg(L, lua_tostring(L, -1), "EINVAL");
@@ -1083,10 +1275,10 @@ static int q_len(lua_State *L) { return q_field(L, 0); }
  * to its strand objects; drop them (other processes keep theirs, and the region). Locking here
  * is safe: the mutex is never held while Lua runs, so no collection happens under it. */
 static void r_item_release(strand_shm *s, const r_item *it, int pid) {
-  if (it->pid != pid) return;
-  if (F_OF(it) == F_SER) strand_serial_release(it->u.b, LEN_OF(it));
-  else if (F_OF(it) == F_ARENA)
-    strand_serial_release((const char *)strand_shm_at(s, it->u.a.off), it->u.a.len);
+  void (*rel)(const char *, size_t) =
+    it->pid == pid ? strand_serial_release : strand_serial_release_shared;
+  if (F_OF(it) == F_SER) rel(it->u.b, LEN_OF(it));
+  else if (F_OF(it) == F_ARENA) rel((const char *)strand_shm_at(s, it->u.a.off), it->u.a.len);
 }
 
 static void q_destroy(strand_object *o) {
@@ -1096,9 +1288,10 @@ static void q_destroy(strand_object *o) {
   if (st->ring) {
     /* nobody else uses it here any more; other processes may, but only this process's
      * references are released (they are this process's to drop) */
-    uint64_t t = r_tail(st);
+    uint64_t t = r_tail(st), rcap;
+    r_slot *rs = r_ring(st, &rcap);
     for (uint64_t pos = A_ACQ(&st->head); pos < t; pos++) {
-      r_slot *x = &r_slots(st)[pos % st->cap];
+      r_slot *x = &rs[pos % rcap];
       if (A_ACQ(&x->seq) == 2 * pos + 1) r_item_release(s, &x->it, pid);
     }
     if (st->maxsize == 0 && strand_shm_lock(s) == 0) {
@@ -1111,7 +1304,8 @@ static void q_destroy(strand_object *o) {
     q_item *a = st->cap ? q_items(s, st) : NULL;
     for (int64_t i = 0; i < st->n; i++) {
       q_item *it = &a[st->kind == Q_FIFO ? (st->first + (uint64_t)i) % st->cap : (uint64_t)i];
-      if (it->pid == pid) strand_serial_release((const char *)strand_shm_at(s, it->off), it->len);
+      (it->pid == pid ? strand_serial_release : strand_serial_release_shared)(
+        (const char *)strand_shm_at(s, it->off), it->len);
     }
     strand_shm_unlock(s);
   }
@@ -1144,6 +1338,7 @@ static int q_new(lua_State *L, int kind) {
   int ring = kind == Q_FIFO && slots > 0 && slots <= RING_MAXCAP && ringsize <= reserve / 4;
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &queue_type,
                                  sizeof(q_state) + (ring ? ringsize : 0), 3, reserve);
+  if (s == NULL) return strand_shm_fail(L, &queue_type, errno);
   q_state *st = q_state_of(s);
   st->kind = kind;
   st->maxsize = max;
@@ -1151,6 +1346,7 @@ static int q_new(lua_State *L, int kind) {
     st->ring = 1;
     st->cap = (uint64_t)slots;
     for (uint64_t i = 0; i < st->cap; i++) r_slots(st)[i].seq = 2 * i;
+    st->rdesc = r_desc(r_slots(st), st->cap);
   }
   strand_object_push(L, &s->obj);
   return 1;
@@ -1170,6 +1366,8 @@ int strand_open_queue(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {NULL, NULL}
   };
+  strand_objtype_on_cross(&queue_type, q_cross);
+  strand_shm_type(&queue_type, sizeof(strand_shm), NULL);
   strand_shm_newmeta(L, &queue_type, methods, NULL);   /* mt methods */
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, q_len, 1);

@@ -16,10 +16,11 @@
  *   value   = NIL | FALSE | TRUE | SMALLINT+v (v < 64) | INT zigzag-varint | FLOAT 8 bytes LE
  *           | SHORTSTR+len bytes (len < 64) | STR varint(len) bytes
  *           | TABLE u32(narr) u32(nrec) value*narr (key value)*nrec
+ *           | TABLEMT u32(narr) u32(nrec) value*narr (key value)*nrec value(metatable)
  *           | REF varint(i)                             (i-th table/function/object met so far)
  *           | FUNC u32(len) bytecode byte(nups) upvalue*nups
  *           | GLOBALS | MODULE str(name) | MODFIELD str(name "\0" key)
- *           | OBJECT str(typename) u64(pointer) u64(mac)
+ *           | OBJECT str(typename) u64(pointer | 2^63 + arena offset) u64(mac)
  *   upvalue = value | UPJOIN varint(i) byte(n)         (shares upvalue n of function REF i)
  *   str     = varint(len) bytes      (integers little-endian; u32/u64 fixed width)
  * Tables, functions and objects are numbered in the order they start (preorder), so a value
@@ -32,7 +33,7 @@
 #define HDR_REFS      0x02   /* holds REF/UPJOIN: the decoder keeps a table of containers */
 
 enum { T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_REF, T_FUNC, T_GLOBALS,
-       T_MODULE, T_MODFIELD, T_OBJECT, T_UPJOIN };
+       T_MODULE, T_MODFIELD, T_OBJECT, T_UPJOIN, T_TABLEMT };
 #define T_SHORTSTR 0x80      /* 0x80..0xbf: string of length tag-0x80 */
 #define T_SMALLINT 0xc0      /* 0xc0..0xff: integer tag-0xc0 */
 
@@ -145,18 +146,34 @@ static int rd_str(cursor *c, const char **s, size_t *len) {
 }
 
 /* OBJECT body after the tag: checks the mac; *o is the object (only then valid to use) */
-static int rd_object(cursor *c, strand_object **o, const char **name, size_t *namelen) {
+static int rd_object(cursor *c, uint64_t *ref, const char **name, size_t *namelen) {
   if (!rd_str(c, name, namelen) || *namelen > MAXNAME || c->end - c->p < 16) return 0;
   uint64_t ptr = get64(c->p), mac = get64(c->p + 8);
   c->p += 16;
   if (object_mac(ptr, *name, *namelen) != mac) return 0;
-  *o = (strand_object *)(uintptr_t)ptr;
+  *ref = ptr;
   return 1;
 }
 
 /* Walk a whole encoding iteratively (no recursion, so garbage cannot overflow the C stack);
  * calls act on each object when act != NULL. Returns 1 when the structure is well formed. */
-static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
+/* An OBJECT's u64: a process-local pointer, or (bit 63) the arena offset of a shared object's
+ * head, valid in the whole family: the string then holds a family reference (aref). */
+#define REF_SHARED ((uint64_t)1 << 63)
+
+static void ref_release(uint64_t ref) {
+  if (ref & REF_SHARED) strand_shm_aref(ref & ~REF_SHARED, -1);
+  else strand_object_release((strand_object *)(uintptr_t)ref);
+}
+static void ref_release_shared(uint64_t ref) {
+  if (ref & REF_SHARED) strand_shm_aref(ref & ~REF_SHARED, -1);
+}
+static void ref_retain(uint64_t ref) {
+  if (ref & REF_SHARED) strand_shm_aref(ref & ~REF_SHARED, 1);
+  else strand_object_retain((strand_object *)(uintptr_t)ref);
+}
+
+static int walk(const char *s, size_t len, void (*act)(uint64_t ref)) {
   cursor c = { (const unsigned char *)s, (const unsigned char *)s + len };
   uint64_t pending;
   if (len < 2 || c.p[0] != SER_VERSION) return 0;
@@ -166,7 +183,7 @@ static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
     if (c.p >= c.end || pending > (uint64_t)(c.end - c.p)) return 0;  /* >= 1 byte per value */
     pending--;
     unsigned tag = *c.p++;
-    uint64_t n; uint32_t n32; const char *name; size_t nl; strand_object *o;
+    uint64_t n; uint32_t n32; const char *name; size_t nl; uint64_t o;
     if (tag >= T_SMALLINT) continue;
     if (tag >= T_SHORTSTR) { if (!skip(&c, tag - T_SHORTSTR)) return 0; continue; }
     switch (tag) {
@@ -174,7 +191,8 @@ static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
       case T_INT: case T_REF: if (!rd_varint(&c, &n)) return 0; break;
       case T_FLOAT: if (!skip(&c, 8)) return 0; break;
       case T_STR: case T_MODULE: case T_MODFIELD: if (!rd_str(&c, &name, &nl)) return 0; break;
-      case T_TABLE:
+      case T_TABLE: case T_TABLEMT:
+        if (tag == T_TABLEMT) pending++;
         if (!rd_u32(&c, &n32)) return 0;
         pending += n32;
         if (!rd_u32(&c, &n32)) return 0;
@@ -197,14 +215,19 @@ static int walk(const char *s, size_t len, void (*act)(strand_object *o)) {
 
 void strand_serial_release(const char *p, size_t len) {
   if (len >= 2 && (p[1] & HDR_OBJECTS) && walk(p, len, NULL))
-    walk(p, len, strand_object_release);
+    walk(p, len, ref_release);
+}
+
+void strand_serial_release_shared(const char *p, size_t len) {
+  if (len >= 2 && (p[1] & HDR_OBJECTS) && walk(p, len, NULL))
+    walk(p, len, ref_release_shared);
 }
 
 /* }==== */
 
 /* {==== encoding */
 
-enum { P_TOP, P_INDEX, P_KEY, P_KEYOF, P_UPVAL };
+enum { P_TOP, P_INDEX, P_KEY, P_KEYOF, P_UPVAL, P_META };
 typedef struct pathel {
   int kind;
   int idx;                  /* P_KEY/P_KEYOF: stack index of the key */
@@ -248,6 +271,8 @@ static void enc_error(encoder *e, const char *msg) {
       luaL_addstring(&b, ".<upvalue "); luaL_addstring(&b, pe->name); luaL_addchar(&b, '>');
     } else if (pe->kind == P_KEYOF) {
       luaL_addstring(&b, "[<key>]");
+    } else if (pe->kind == P_META) {
+      luaL_addstring(&b, ".<metatable>");
     } else switch (lua_type(L, pe->idx)) {
       case LUA_TSTRING: {
         size_t l; const char *s = lua_tolstring(L, pe->idx, &l);
@@ -458,6 +483,55 @@ static void need_functions(encoder *e, const char *what) {
     enc_error(e, lua_pushfstring(e->L, "cannot copy %s (only with {functions=true})", what));
 }
 
+static void enc_value(encoder *e, int idx);
+
+/* A metatable: the module table itself or a table field of a loaded module (module[key], one
+ * level deep) crosses by name, like module functions; any other is copied by the copy rule. */
+static void enc_metatable(encoder *e, int idx) {
+  lua_State *L = e->L;
+  if (enc_ref(e, idx)) return;
+  int ismod = module_name(e, idx);
+  lua_pop(L, 1);
+  if (ismod) { enc_value(e, idx); return; }          /* the module itself: by name */
+  luaL_checkstack(L, 10, NULL);
+  lua_pushnil(L);                                    /* best "name\0key" so far */
+  int best = lua_gettop(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+    int loaded = best + 1;
+    lua_pushnil(L);
+    while (lua_next(L, loaded)) {
+      size_t nl;
+      if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)
+          && strlen(lua_tolstring(L, -2, &nl)) == nl) {
+        int mod = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, mod)) {
+          if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, idx)) {
+            lua_pushvalue(L, mod - 1); lua_pushlstring(L, "", 1); lua_pushvalue(L, -4);
+            lua_concat(L, 3);
+            if (lua_isnil(L, best) || better(L, -1, best)) lua_replace(L, best);
+            else lua_pop(L, 1);
+          }
+          lua_pop(L, 1);
+        }
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, best);
+  if (lua_isnil(L, best)) {                          /* not a class of a module: a copy */
+    lua_pop(L, 1);
+    enc_value(e, idx);
+    return;
+  }
+  size_t l; const char *s = lua_tolstring(L, best, &l);
+  if (!(e->flags & STRAND_SERIAL_FUNCTIONS))
+    enc_error(e, lua_pushfstring(L, "cannot copy class '%s.%s' (only with {functions=true})",
+                                 s, s + strlen(s) + 1));
+  put_byte(e, T_MODFIELD); put_str(e, s, l);
+  lua_pop(L, 1);
+}
+
 static void enc_table(encoder *e, int idx) {
   lua_State *L = e->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
@@ -474,10 +548,10 @@ static void enc_table(encoder *e, int idx) {
     return;
   }
   lua_pop(L, 1);
-  if (lua_getmetatable(L, idx)) enc_error(e, "cannot copy a table with a metatable");
+  int mt = lua_getmetatable(L, idx) ? lua_gettop(L) : 0;
   enc_number(e, idx);
   enter(e);
-  put_byte(e, T_TABLE);
+  put_byte(e, mt ? T_TABLEMT : T_TABLE);
   size_t hole = put_hole(e, 8);      /* narr, nrec: known once the table is walked */
   pathel *pe = &e->path[e->plen++];
   uint64_t narr = 0, nrec = 0;
@@ -500,6 +574,11 @@ static void enc_table(encoder *e, int idx) {
   }
   patch_u32(e, hole, narr);
   patch_u32(e, hole + 4, nrec);
+  if (mt) {                          /* a class of a loaded module: by name; else a copy */
+    pe->kind = P_META;
+    enc_metatable(e, mt);
+    lua_remove(L, mt);
+  }
   e->plen--;
 }
 
@@ -571,11 +650,14 @@ static void enc_userdata(encoder *e, int idx) {
   strand_object *o = strand_object_test(L, idx);
   if (o != NULL) {
     if (enc_ref(e, idx)) return;
+    const char *why = strand_object_crossing(o);
+    if (why) enc_error(e, why);
     enc_number(e, idx);
     const char *name = o->type->name;
     size_t nl = strlen(name);
     if (nl > MAXNAME) enc_error(e, "strand object type name too long");
-    uint64_t ptr = (uint64_t)(uintptr_t)o;
+    uint64_t off = strand_shm_offset(o);
+    uint64_t ptr = off ? (off | REF_SHARED) : (uint64_t)(uintptr_t)o;
     unsigned char tail[16];
     put64(tail, ptr); put64(tail + 8, object_mac(ptr, name, nl));
     put_byte(e, T_OBJECT); put_str(e, name, nl); put_bytes(e, tail, 16);
@@ -627,7 +709,7 @@ static void enc_value(encoder *e, int idx) {
   }
 }
 
-static void retain_one(strand_object *o) { strand_object_retain(o); }
+static void retain_one(uint64_t ref) { ref_retain(ref); }
 
 void strand_serial_encode(lua_State *L, int first, int n, int flags) {
   encoder e;
@@ -704,7 +786,7 @@ static void dec_enter(lua_State *L, decoder *d) {
   luaL_checkstack(L, 8, "strand.serial: nesting too deep");
 }
 
-static void dec_table(lua_State *L, decoder *d) {
+static void dec_table(lua_State *L, decoder *d, int hasmt) {
   uint32_t narr, nrec;
   if (!rd_u32(&d->c, &narr) || !rd_u32(&d->c, &nrec)) dec_fail(L, "truncated");
   dec_count(L, d, narr, 1);
@@ -725,6 +807,11 @@ static void dec_table(lua_State *L, decoder *d) {
       dec_fail(L, "nil or NaN table key");
     dec_value(L, d);
     lua_rawset(L, t);
+  }
+  if (hasmt) {
+    dec_value(L, d);
+    if (!lua_istable(L, -1)) dec_fail(L, "metatable is not a table");
+    lua_setmetatable(L, t);
   }
   d->depth--;
 }
@@ -804,7 +891,8 @@ static void dec_byname(lua_State *L, decoder *d, int field) {
   dec_module(L, name);
   if (field) {
     lua_pushlstring(L, name + nl + 1, l - nl - 1);
-    if (lua_type(L, -2) != LUA_TTABLE || lua_gettable(L, -2) != LUA_TFUNCTION)
+    int ft = lua_type(L, -2) == LUA_TTABLE ? lua_gettable(L, -2) : LUA_TNONE;
+    if (ft != LUA_TFUNCTION && ft != LUA_TTABLE)   /* a function, or a class (metatable) */
       luaL_error(L, "module field %s.%s is not a function here", name, name + nl + 1);
     lua_remove(L, -2);
   }
@@ -812,13 +900,20 @@ static void dec_byname(lua_State *L, decoder *d, int field) {
 }
 
 static void dec_object(lua_State *L, decoder *d) {
-  strand_object *o; const char *s; size_t l;
+  uint64_t ref; const char *s; size_t l; strand_object *o;
   char name[MAXNAME + 1];
-  if (!rd_object(&d->c, &o, &s, &l)) dec_fail(L, "bad object reference");
+  if (!rd_object(&d->c, &ref, &s, &l)) dec_fail(L, "bad object reference");
   memcpy(name, s, l); name[l] = '\0';
   const strand_objtype *t = strand_objtype_find(name);
-  if (t == NULL || o->type != t) dec_fail(L, "bad object reference");
-  strand_object_retain(o);             /* the string's own reference is dropped at the end */
+  if (t == NULL) dec_fail(L, "bad object reference");
+  if (ref & REF_SHARED) {              /* this process's object for it, found or made */
+    o = strand_shm_view(ref & ~REF_SHARED, t);
+    if (o == NULL) dec_fail(L, "cannot use a shared object here (out of memory?)");
+  } else {
+    o = (strand_object *)(uintptr_t)ref;
+    if (o->type != t) dec_fail(L, "bad object reference");
+    strand_object_retain(o);           /* the string's own reference is dropped at the end */
+  }
   strand_object_push(L, o);
   dec_number(L, d);
 }
@@ -858,7 +953,8 @@ static void dec_value(lua_State *L, decoder *d) {
       lua_pushlstring(L, s, l);
       break;
     }
-    case T_TABLE: dec_table(L, d); break;
+    case T_TABLE: dec_table(L, d, 0); break;
+    case T_TABLEMT: dec_table(L, d, 1); break;
     case T_REF: dec_getref(L, d, dec_varint(L, d)); break;
     case T_FUNC: dec_function(L, d); break;
     case T_GLOBALS:
@@ -909,7 +1005,7 @@ int strand_serial_decode(lua_State *L, const char *p, size_t len, int flags) {
     return -1;
   }
   /* the values hold their own references now: drop the ones the string held */
-  if (!(flags & SERIAL_NOADOPT) && (p[1] & HDR_OBJECTS)) walk(p, len, strand_object_release);
+  if (!(flags & SERIAL_NOADOPT) && (p[1] & HDR_OBJECTS)) walk(p, len, ref_release);
   return lua_gettop(L) - top;
 }
 

@@ -31,7 +31,7 @@ static void d_destroy(strand_object *o);
 static const strand_objtype dict_type = { "strand.dict", d_destroy };
 static const strand_objtype list_type = { "strand.list", d_destroy };
 
-#define st_of(s) ((d_state *)(s)->state)
+#define st_of(s) ((d_state *)strand_shm_state(s))
 #define slots_of(s) ((uint64_t *)strand_shm_at(s, st_of(s)->slots))
 #define entry_at(s, off) ((d_entry *)strand_shm_at(s, off))
 #define kbytes(e) ((char *)(e) + sizeof(d_entry))
@@ -162,7 +162,9 @@ static uint64_t entry_new(strand_shm *s, const key *k, const val *v) {
 
 static void entry_free(strand_shm *s, uint64_t off) {
   d_entry *e = entry_at(s, off);
-  if (e->vtag == V_SER && e->pid == strand_shm_pid()) strand_serial_release(vbytes(e), e->vlen);
+  if (e->vtag == V_SER)
+    (e->pid == strand_shm_pid() ? strand_serial_release : strand_serial_release_shared)(
+      vbytes(e), e->vlen);
   strand_shm_release(s, off);
 }
 
@@ -471,6 +473,7 @@ static int d_newindex(lua_State *L) {
 
 static int l_dict(lua_State *L) {
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &dict_type, sizeof(d_state), 0, D_RESERVE);
+  if (s == NULL) return strand_shm_fail(L, &dict_type, errno);
   strand_object_push(L, &s->obj);
   return 1;
 }
@@ -552,6 +555,7 @@ static int l_newindex(lua_State *L) { return l_set(L); }
 static int l_list(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &list_type, sizeof(d_state), 0, D_RESERVE);
+  if (s == NULL) return strand_shm_fail(L, &list_type, errno);
   strand_object_push(L, &s->obj);                       /* [initial] list */
   if (!lua_isnoneornil(L, 1)) {
     lua_Integer n = luaL_len(L, 1);
@@ -577,7 +581,8 @@ static void d_destroy(strand_object *o) {
     for (uint64_t i = 0; i < (isdict ? st->cap : (uint64_t)st->n); i++) {
       for (uint64_t off = slots_of(s)[i]; off; off = isdict ? entry_at(s, off)->next : 0) {
         d_entry *e = entry_at(s, off);
-        if (e->vtag == V_SER && e->pid == pid) strand_serial_release(vbytes(e), e->vlen);
+        if (e->vtag == V_SER)
+          (e->pid == pid ? strand_serial_release : strand_serial_release_shared)(vbytes(e), e->vlen);
       }
     }
     strand_shm_unlock(s);
@@ -616,6 +621,8 @@ int strand_open_shared(lua_State *L) {
   int top = lua_gettop(L);
   if (strand_load_chunk(L, shared_lua, sizeof shared_lua - 1, "=strand.shared") != LUA_OK)
     lua_error(L);                                       /* chunk */
+  strand_shm_type(&dict_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&list_type, sizeof(strand_shm), NULL);
   strand_shm_newmeta(L, &dict_type, dict_methods, NULL);   /* chunk mt methods */
   static const struct { const char *name; lua_CFunction f; int up2; } dmeta[] = {
     {"__index", d_index, 1}, {"__newindex", d_newindex, 0}, {"__len", d_len, 0}

@@ -1,77 +1,83 @@
-/* shm.c — process-shared objects: state in MAP_SHARED memory under a robust process-shared
- * mutex, eventfd wake channels waited on through each state's loop, and a growable arena. */
+/* shm.c — process-shared objects: state in one family-wide shared arena (a process-shared
+ * allocator under a robust mutex), robust per-object mutexes, and wake-ups through one eventfd
+ * per Lua state (per loop), relayed across processes by a futex word and a thread. */
 #include "strand.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
-#include <fcntl.h>
 
-/* {==== the wait protocol
+/* {==== the design (docs/internals.md "## Shared objects: the arena")
  *
- * An object's waits are split into channels (a lock has one; a queue has getters, putters and
- * joiners). Each channel has an eventfd (counter mode, non-blocking), created with the object so
- * that threads and forked children all hold it, and two words in shared memory:
- * sleepers[ch] (tasks asleep on it, anywhere) and signalled[ch] (the eventfd counter is > 0).
+ * The arena. One memfd mapped once, MAP_SHARED|MAP_NORESERVE, ARENA_RESERVE bytes of address
+ * space, when the module is first opened. Every process forked afterwards inherits the mapping
+ * at the same address, so an offset (and even a pointer) into it means the same bytes in the
+ * whole family, including for objects made after the fork. The memfd is given real pages with
+ * fallocate as the arena grows (running out of memory is ENOMEM from a constructor, never a
+ * SIGBUS), big freed blocks are punched out again. One descriptor and one mapping in all.
  *
- * - A waiter locks, checks its condition and, when it must wait, counts itself in sleepers[ch]
- *   in the same critical section, unlocks and waits for the eventfd to become readable.
- * - Whoever changes the state, still locked, calls strand_shm_signal(should, kick): `should`
- *   is "some sleeper of this channel can proceed now". If so the eventfd is written (again on
- *   every such change, so that edge-triggered pollers see a new edge); if not and it was
- *   signalled, it is drained. All eventfd I/O happens under the mutex, so signalled[ch] is
- *   exact and the eventfd is readable exactly while should holds: no lost wake-up (the waiter
- *   counted itself before unlocking, the next change writes), no busy loop for a level-
- *   triggered poller (nothing stays readable that nobody can use), and with nobody asleep
- *   nothing is written: the uncontended path is a mutex round trip, no syscall (locks and
- *   semaphores even skip the mutex: see sync.c). Every state polling the eventfd wakes on a
- *   write, so a release wakes one task per waiting thread or process, not one in all: a
- *   bounded herd, which spinning before sleeping (below) mostly avoids.
- * - A woken waiter uncounts itself, re-checks and goes back to sleep if somebody else was
- *   faster. Conditions of one channel are homogeneous where possible (anyone may take a free
- *   lock); where sleepers wait for different things (an event's generations, a condition's
- *   notifications) the object tracks how many sleepers are entitled, and `should` is that.
+ * The allocator: size classes (16-byte steps to 512, then four per power of two), a free list
+ * per class, carving from the top; under one robust process-shared mutex. An object is one
+ * block: its head (robust mutex, per-channel wait words, storage accounting) then its state.
+ * Blocks an object allocates later (queue items, dict entries) carry a 16-byte header that
+ * chains them to the object, so the object's last reference frees everything it owns.
  *
- * Inside one Lua state many tasks may wait on one channel, but a strand_io has one reader.
- * So each state keeps one waiter record per (object, channel) in a weak registry table: the
- * first task polls the eventfd through the record's strand_io, the others wait in the record's
- * strand_waitq. When the polling task leaves (woken, timed out, cancelled) it hands polling to
- * the next queued task; on a broadcast channel a wake-up makes every queued task of the state
- * look (they may be entitled while the poller is not). Every waiting task keeps the record on
- * its stack, so it lives while used; the record holds a reference to the object, so the fd it
- * watches stays open until the record is collected (which deregisters it first).
+ * Lifetime: each process holds its own strand_shm (so the process-local reference count is
+ * duplicated by fork); the head counts processes (arefs). The atfork child handler adds one
+ * for every object the child inherits (a process-local list); a process's last release
+ * subtracts one and the family's last frees the blocks. A process that dies without
+ * releasing (SIGKILL, _exit) leaves its count: those blocks stay until the family ends.
  *
- * A task that never comes back (its Lua state closed while it waited, its process killed)
- * stays counted: wakers then write for nobody, which costs a syscall, never a wrong answer. */
+ * Waking. Each Lua state that ever waits has a home: an eventfd registered in its loop, and a
+ * home record in the arena (pid, fd, pending). For each (object, channel) it waits on, it has
+ * a waiter record in the arena, linked into the channel's list under the object's mutex:
+ * { fired, armed, home }. A changer calls strand_shm_signal under the mutex: when a sleeper
+ * may proceed it sets `fired` on every record of the channel, and for a record that is armed
+ * (a task of that state is asleep on it) and was not fired yet, wakes its home: a write to the
+ * eventfd in the same process, else `pending` + a futex word of the home's process, where a
+ * relay thread (started by the first fork) writes the eventfd. Armed/fired are a Dekker pair:
+ * a sleeper arms, then takes `fired`; a waker sets `fired`, then reads `armed`; one of them
+ * sees the other. In a state, one waiting task polls the home eventfd; when it fires it reads
+ * it, takes `fired` from every armed record and wakes one task of each (the rest follow as in
+ * the old per-object scheme: a leaving task wakes the next, all of them on broadcast channels).
+ * A record joining a channel that is signalled now starts fired, so "signalled" keeps meaning
+ * "the channel's sleepers can proceed", and nothing is written while nobody sleeps: the
+ * uncontended path makes no syscall. */
 
 /* }==== */
 
-#define NCLASS        40              /* arena blocks of 2^MINCLASS .. 2^(NCLASS-1) bytes */
-#define MINCLASS      5
-#define ARENA_INITIAL (64 * 1024)
+#define ARENA_RESERVE ((uint64_t)1 << 36)   /* 64 GiB of address space, NORESERVE */
+#define ARENA_STEP    ((uint64_t)1 << 18)   /* fallocate at least this much at a time */
+#define PUNCH_MIN     ((uint64_t)1 << 24)   /* freed blocks from here on give their pages back */
+#define NCLS          160
+#define ARENA_MAGIC   0x73747261726e6131ull
 
-struct strand_shm_head {
+typedef struct arena_hdr {
+  uint64_t magic;
   pthread_mutex_t mu;
-  uint32_t sleepers[STRAND_SHM_MAXCHAN];
-  uint32_t signalled[STRAND_SHM_MAXCHAN];
-  uint32_t changes;                   /* bumped by every kick: what spinning waiters watch */
-  int32_t last_tid;                   /* the thread that locked last (any process) */
-  int32_t shared;                     /* more than one thread has used it: worth spinning */
-  uint64_t size;                      /* arena: bytes the memfd holds now */
-  uint64_t top;                       /* arena: first byte never handed out */
-  uint64_t freelist[NCLASS];          /* arena: free blocks per size class */
-};
+  uint64_t top;                 /* first byte never handed out */
+  uint64_t size;                /* bytes the memfd holds (fallocated) */
+  uint64_t freelist[NCLS];
+} arena_hdr;
 
-static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+char *strand_arena_base;        /* the same in every process of the family */
+static int arena_fd = -1;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+static int arena_err;           /* why the arena could not be made (0: it is there) */
 
-static size_t state_offset(void) { return round_up(sizeof(strand_shm_head), 64); }
+#define AH ((arena_hdr *)strand_arena_base)
+#define AT(off) ((void *)(strand_arena_base + (off)))
 
-/* {==== creation */
+static uint64_t round_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 static int mutex_setup(pthread_mutex_t *mu) {
   pthread_mutexattr_t a;
@@ -84,91 +90,479 @@ static int mutex_setup(pthread_mutex_t *mu) {
   return err;
 }
 
-/* Give the memfd bytes [from, to): real pages now, so that running out of memory is an error
- * here rather than a SIGBUS when the page is first touched. */
-static int extend(int fd, uint64_t from, uint64_t to) {
+/* Give the memfd real pages for [from, to): an error here rather than a SIGBUS later. */
+static int commit(uint64_t from, uint64_t to) {
   for (;;) {
-    if (fallocate(fd, 0, (off_t)from, (off_t)(to - from)) == 0) return 0;
+    if (fallocate(arena_fd, 0, (off_t)from, (off_t)(to - from)) == 0) return 0;
     if (errno == EINTR) continue;
+    if (errno == EFBIG || errno == ENOSPC) return ENOMEM;
     if (errno != EOPNOTSUPP && errno != ENOSYS) return errno;
-    if (ftruncate(fd, (off_t)to) == 0) return 0;   /* no fallocate: sparse, still correct */
+    if (ftruncate(arena_fd, (off_t)to) == 0) return 0;   /* no fallocate: sparse, still correct */
     if (errno != EINTR) return errno;
   }
 }
 
-static void teardown(strand_shm *s) {
-  for (int ch = 0; ch < STRAND_SHM_MAXCHAN; ch++)
-    if (s->efd[ch] >= 0) { close(s->efd[ch]); s->efd[ch] = -1; }
-  if (s->head) { munmap(s->head, s->maplen); s->head = NULL; }
-  if (s->memfd >= 0) { close(s->memfd); s->memfd = -1; }
+static void arena_make(void) {
+  int fd = memfd_create("strand-arena", MFD_CLOEXEC);
+  if (fd < 0) { arena_err = errno; return; }
+  void *p = mmap(NULL, ARENA_RESERVE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (p == MAP_FAILED) { arena_err = errno; close(fd); return; }
+  arena_fd = fd;
+  strand_arena_base = (char *)p;
+  int err = commit(0, ARENA_STEP);
+  if (err == 0) err = mutex_setup(&AH->mu);
+  if (err) {
+    munmap(p, ARENA_RESERVE);
+    close(fd);
+    arena_fd = -1;
+    strand_arena_base = NULL;
+    arena_err = err;
+    return;
+  }
+  AH->magic = ARENA_MAGIC;
+  AH->size = ARENA_STEP;
+  AH->top = round_up(sizeof(arena_hdr), 64);
 }
 
-static int setup(strand_shm *s, const char *name, size_t statesize, int nchan, size_t reserve) {
-  size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  size_t base = state_offset() + statesize;
-  void *p;
-  if (reserve > 0) {
-    /* The whole reserve is mapped once, so the region grows with fallocate alone and every
-     * process (forks share the mapping and the memfd) sees the new size at once: nobody ever
-     * remaps. Only pages below head->size are touched. */
-    s->memfd = memfd_create(name, MFD_CLOEXEC);
-    if (s->memfd < 0) return errno;
-    s->maplen = round_up(reserve, page);
-    p = mmap(NULL, s->maplen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, s->memfd, 0);
-    if (p == MAP_FAILED) return errno;
-    s->head = (strand_shm_head *)p;
-    uint64_t init = round_up(base + ARENA_INITIAL, page);
-    if (init > s->maplen) return EINVAL;
-    int err = extend(s->memfd, 0, init);
-    if (err) return err;
-    s->head->size = init;
-    s->head->top = round_up(base, 64);
+int strand_arena_init(void) {
+  pthread_once(&arena_once, arena_make);
+  return arena_err;
+}
+
+static void arena_lock(void) {
+  int err = pthread_mutex_lock(&AH->mu);
+  if (err == EOWNERDEAD) pthread_mutex_consistent(&AH->mu);   /* carry on with what is there */
+}
+
+static void arena_unlock(void) { pthread_mutex_unlock(&AH->mu); }
+
+/* class of n bytes and its block size */
+static int size_class(uint64_t n, uint64_t *size) {
+  if (n <= 512) {
+    uint64_t c = n ? (n + 15) / 16 : 1;
+    *size = c * 16;
+    return (int)c;
+  }
+  int p = 63 - __builtin_clzll(n - 1);          /* >= 9 */
+  uint64_t sub = ((n - 1) >> (p - 2)) & 3;
+  *size = (4 + sub + 1) << (p - 2);
+  return 32 + (p - 9) * 4 + (int)sub + 1;
+}
+
+/* A block of at least n bytes (align64: 64-byte aligned): its offset, or 0 and errno. */
+static uint64_t arena_alloc(uint64_t n, int align64, uint64_t *bsize) {
+  if (strand_arena_base == NULL) { errno = arena_err ? arena_err : ENOMEM; return 0; }
+  if (align64 && n < 513) n = 513;              /* classes from 640 up are carved 64-aligned */
+  if (n > ARENA_RESERVE / 4) { errno = ENOMEM; return 0; }
+  uint64_t size;
+  int c = size_class(n, &size);
+  arena_lock();
+  uint64_t off = AH->freelist[c];
+  if (off) {
+    AH->freelist[c] = *(uint64_t *)AT(off);
+    if (size >= PUNCH_MIN) {                    /* its pages were given back: take them again */
+      int err = commit(off, off + size);
+      if (err) {
+        *(uint64_t *)AT(off) = AH->freelist[c];
+        AH->freelist[c] = off;
+        arena_unlock();
+        errno = err;
+        return 0;
+      }
+    }
   } else {
-    s->maplen = round_up(base, page);
-    p = mmap(NULL, s->maplen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return errno;
-    s->head = (strand_shm_head *)p;
+    off = round_up(AH->top, size > 512 ? 64 : 16);
+    if (off + size > ARENA_RESERVE) { arena_unlock(); errno = ENOMEM; return 0; }
+    if (off + size > AH->size) {
+      /* small steps (committed pages count, and may be mapped whole, before use): 256 KiB or
+       * 1/32 of what there is, so a big arena grows in few calls and overshoots by 3% */
+      uint64_t want = round_up(off + size, ARENA_STEP);
+      if (want < AH->size + AH->size / 32) want = round_up(AH->size + AH->size / 32, ARENA_STEP);
+      if (want > ARENA_RESERVE) want = ARENA_RESERVE;
+      int err = commit(AH->size, want);
+      if (err) { arena_unlock(); errno = err; return 0; }
+      AH->size = want;
+    }
+    AH->top = off + size;
   }
-  int err = mutex_setup(&s->head->mu);
-  if (err) return err;
-  for (int ch = 0; ch < nchan; ch++) {
-    s->efd[ch] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (s->efd[ch] < 0) return errno;
+  arena_unlock();
+  if (bsize) *bsize = size;
+  return off;
+}
+
+static void arena_free(uint64_t off, uint64_t n) {
+  if (off == 0) return;
+  uint64_t size;
+  int c = size_class(n, &size);
+  if (size >= PUNCH_MIN) {                       /* keep the first page: it holds the link */
+    uint64_t page = 4096, from = round_up(off + 8, page), to = (off + size) / page * page;
+    if (to > from)
+      while (fallocate(arena_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from,
+                       (off_t)(to - from)) < 0 && errno == EINTR) {}
   }
-  s->nchan = nchan;
-  s->state = (char *)s->head + state_offset();
-  s->sleepers = s->head->sleepers;
+  arena_lock();
+  *(uint64_t *)AT(off) = AH->freelist[c];
+  AH->freelist[c] = off;
+  arena_unlock();
+}
+
+/* }==== */
+
+/* {==== who we are: cached ids, forgotten in a forked child; the fork hooks */
+
+static atomic_int cached_pid;           /* the process's, shared by its threads */
+/* each thread's own; initial-exec: a plain load, this one int fits the static TLS reserve */
+static __thread int cached_tid __attribute__((tls_model("initial-exec")));
+
+int strand_shm_pid(void) {
+  int pid = atomic_load_explicit(&cached_pid, memory_order_relaxed);
+  if (pid) return pid;
+  pid = (int)getpid();
+  atomic_store_explicit(&cached_pid, pid, memory_order_relaxed);
+  return pid;
+}
+
+int strand_shm_tid(void) {
+  if (cached_tid) return cached_tid;
+  return cached_tid = (int)gettid();
+}
+
+/* Every strand_shm of this process, for the fork hook (it counts them in the child). */
+static pthread_mutex_t objs_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t hooks_mu = PTHREAD_MUTEX_INITIALIZER;   /* the type tables below */
+static strand_shm *objs;
+static int family;                      /* this process forked or was forked: wakes may cross */
+static void relay_start(void);
+static void homes_after_fork(void);
+
+static void fork_prepare(void) { pthread_mutex_lock(&objs_mu); }
+
+static void fork_parent(void) {
+  pthread_mutex_unlock(&objs_mu);
+  __atomic_store_n(&family, 1, __ATOMIC_RELEASE);
+  relay_start();
+}
+
+static strand_shm *views_find(uint64_t off);
+static int views_put(strand_shm *s);
+#define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
+
+static void fork_child(void) {
+  atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
+  cached_tid = 0;
+  for (strand_shm *s = objs; s; s = s->lnext) {
+    __atomic_add_fetch(&s->head->arefs, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELAXED);   /* two processes hold it */
+    if (!views_find(HEAD_OFF(s))) views_put(s);   /* a reference the parent sends finds it */
+  }
+  pthread_mutex_init(&objs_mu, NULL);
+  family = 1;
+  homes_after_fork();
+}
+
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+static void hooks_make(void) {
+  if (pthread_atfork(fork_prepare, fork_parent, fork_child) != 0) arena_err = ENOMEM;
+}
+
+/* }==== */
+
+/* {==== objects: one arena block each */
+
+typedef struct store_acct { uint64_t used, budget; } store_acct;
+
+/* a block allocated by an object: chained to it (so that its last reference frees it), then
+ * the bytes asked for (header included), then the data */
+typedef struct blk_hdr { uint64_t next, prev, n; } blk_hdr;
+#define BLK_HDR sizeof(blk_hdr)
+
+#define CHANS(s) strand_shm_chans(s)
+#define ACCT(s) ((store_acct *)(CHANS(s) + (s)->head->nchan))
+
+static size_t head_size(int nchan, int growable) {
+  return sizeof(struct strand_shm_head) + (size_t)nchan * sizeof(strand_shm_chan) +
+         (growable ? sizeof(store_acct) : 0);
+}
+
+/* This process's view of each object by head offset (objs_mu): a decoded reference finds the
+ * one strand_shm of its object here, or makes it. Linear probing, backward-shift deletion. */
+static strand_shm **views;
+static size_t nviews, capviews;
+
+static size_t view_slot(uint64_t off) { return (size_t)((off >> 4) * 0x9E3779B97F4A7C15ull); }
+
+static strand_shm *views_find(uint64_t off) {
+  if (capviews == 0) return NULL;
+  for (size_t i = view_slot(off) & (capviews - 1);; i = (i + 1) & (capviews - 1)) {
+    if (views[i] == NULL) return NULL;
+    if (HEAD_OFF(views[i]) == off) return views[i];
+  }
+}
+
+static int views_put(strand_shm *s) {
+  if (2 * (nviews + 1) > capviews) {
+    size_t ncap = capviews ? capviews * 2 : 1024;
+    strand_shm **nv = (strand_shm **)calloc(ncap, sizeof *nv);
+    if (nv == NULL) return ENOMEM;
+    for (size_t j = 0; j < capviews; j++) {
+      if (views[j] == NULL) continue;
+      size_t i = view_slot(HEAD_OFF(views[j])) & (ncap - 1);
+      while (nv[i]) i = (i + 1) & (ncap - 1);
+      nv[i] = views[j];
+    }
+    free(views);
+    views = nv;
+    capviews = ncap;
+  }
+  size_t i = view_slot(HEAD_OFF(s)) & (capviews - 1);
+  while (views[i]) i = (i + 1) & (capviews - 1);
+  views[i] = s;
+  nviews++;
   return 0;
+}
+
+static void views_del(strand_shm *s) {
+  if (capviews == 0) return;
+  size_t i = view_slot(HEAD_OFF(s)) & (capviews - 1);
+  while (views[i] && views[i] != s) i = (i + 1) & (capviews - 1);
+  if (views[i] == NULL) return;
+  views[i] = NULL;
+  nviews--;
+  for (size_t j = (i + 1) & (capviews - 1); views[j]; j = (j + 1) & (capviews - 1)) {
+    size_t home = view_slot(HEAD_OFF(views[j])) & (capviews - 1);
+    /* move j back to i if its home is not in (i, j] (cyclically) */
+    if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+      views[i] = views[j];
+      views[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+/* map: also findable by offset now (a view made by decode); others are added when serial
+ * first encodes them by offset, and all of them in a forked child */
+static int objs_link(strand_shm *s, int map) {
+  pthread_mutex_lock(&objs_mu);
+  int err = map ? views_put(s) : 0;
+  if (err == 0) {
+    s->lprev = NULL;
+    s->lnext = objs;
+    if (objs) objs->lprev = s;
+    objs = s;
+  }
+  pthread_mutex_unlock(&objs_mu);
+  return err;
+}
+
+static void objs_unlink(strand_shm *s) {
+  pthread_mutex_lock(&objs_mu);
+  views_del(s);
+  if (s->lprev) s->lprev->lnext = s->lnext; else objs = s->lnext;
+  if (s->lnext) s->lnext->lprev = s->lprev;
+  pthread_mutex_unlock(&objs_mu);
 }
 
 strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t,
                            size_t statesize, int nchan, size_t reserve) {
   if (nchan > STRAND_SHM_MAXCHAN) luaL_error(L, "strand: %s: too many wait channels", t->name);
+  pthread_once(&hooks_once, hooks_make);
+  int err = strand_arena_init();
+  if (err) { errno = err; return NULL; }
+  int big = reserve > 0;                        /* queues, dicts: 64-aligned state, accounting */
+  size_t hs = round_up(head_size(nchan, big), big ? 64 : 16);
+  uint64_t bsize = 0;
   strand_shm *s = (strand_shm *)calloc(1, objsize);
-  if (s == NULL) luaL_error(L, "strand: cannot create a %s: out of memory", t->name);
-  for (int attempt = 0;; attempt++) {
-    s->memfd = -1;
-    for (int ch = 0; ch < STRAND_SHM_MAXCHAN; ch++) s->efd[ch] = -1;
-    int err = setup(s, t->name, statesize, nchan, reserve);
-    if (err == 0) break;
-    teardown(s);
-    /* Unreachable objects still hold fds and mappings until collected: collect, then retry. */
-    if (attempt == 0 && (err == EMFILE || err == ENFILE || err == ENOMEM)) {
-      lua_gc(L, LUA_GCCOLLECT);
-      continue;
-    }
-    free(s);
-    luaL_error(L, "strand: cannot create a %s: %s", t->name,
-               strand_errmsg(err) ? strand_errmsg(err) : strerror(err));
+  if (s == NULL) { errno = ENOMEM; return NULL; }
+  uint64_t off = arena_alloc(hs + statesize, big, &bsize);
+  if (off == 0) {
+    /* unreachable objects still hold blocks until collected: collect, then retry once */
+    lua_gc(L, LUA_GCCOLLECT);
+    off = arena_alloc(hs + statesize, big, &bsize);
+    if (off == 0) { err = errno; free(s); errno = err; return NULL; }
   }
+  s->head = (strand_shm_head *)AT(off);
+  memset(s->head, 0, hs + statesize);
+  if ((err = mutex_setup(&s->head->mu)) != 0) {
+    arena_free(off, bsize);
+    free(s);
+    errno = err;
+    return NULL;
+  }
+  s->head->arefs = 1;
+  s->head->nchan = (uint8_t)nchan;
+  s->head->growable = (uint8_t)big;
+  s->head->blksize = (uint32_t)bsize;   /* the class size: frees into the right list */
+  if (big) ACCT(s)->budget = reserve;
+  s->head->stateoff16 = (uint8_t)(hs / 16);
   strand_object_init(&s->obj, t);
+  if ((err = objs_link(s, 0)) != 0) {
+    arena_free(off, bsize);
+    free(s);
+    errno = err;
+    return NULL;
+  }
   return s;
 }
 
-/* Only this process's view goes: the region and the fds live on in the other processes. */
+int strand_shm_fail(lua_State *L, const strand_objtype *t, int err) {
+  lua_pushnil(L);
+  lua_pushfstring(L, "cannot create a %s: %s", t->name,
+                  strand_errmsg(err) ? strand_errmsg(err) : strerror(err));
+  lua_pushstring(L, strand_errname(err) ? strand_errname(err) : "ENOMEM");
+  return 3;
+}
+
+/* One family reference more or less (delta -1: the last frees the object's blocks). */
+void strand_shm_aref(uint64_t off, int delta) {
+  strand_shm_head *h = (strand_shm_head *)AT(off);
+  if (delta > 0) { __atomic_add_fetch(&h->arefs, 1, __ATOMIC_ACQ_REL); return; }
+  if (__atomic_sub_fetch(&h->arefs, 1, __ATOMIC_ACQ_REL) != 0) return;
+  uint64_t b = h->blocks;
+  while (b) {
+    blk_hdr *x = (blk_hdr *)AT(b);
+    uint64_t next = x->next;
+    arena_free(b, x->n);
+    b = next;
+  }
+  arena_free(off, h->blksize);
+}
+
+/* This process's view goes; the family's last reference frees the blocks. */
 void strand_shm_free(strand_shm *s) {
-  teardown(s);
+  objs_unlink(s);
+  strand_shm_aref(HEAD_OFF(s), -1);
   free(s);
+}
+
+/* {==== references by offset: the same object in every process of the family */
+
+#define NTYPES 16
+static struct { const strand_objtype *t; size_t objsize; int (*view)(strand_shm *s); } types[NTYPES];
+
+void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand_shm *s)) {
+  pthread_mutex_lock(&hooks_mu);
+  for (int i = 0; i < NTYPES; i++) {
+    if (__atomic_load_n(&types[i].t, __ATOMIC_ACQUIRE) == t) break;
+    if (types[i].t == NULL) {
+      types[i].objsize = objsize;
+      types[i].view = view;
+      __atomic_store_n(&types[i].t, t, __ATOMIC_RELEASE);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&hooks_mu);
+}
+
+static int type_index(const strand_objtype *t) {
+  for (int i = 0; i < NTYPES; i++) {
+    const strand_objtype *x = __atomic_load_n(&types[i].t, __ATOMIC_ACQUIRE);
+    if (x == NULL) return -1;
+    if (x == t) return i;
+  }
+  return -1;
+}
+
+uint64_t strand_shm_offset(strand_object *o) {
+  if (strand_arena_base == NULL || type_index(o->type) < 0) return 0;
+  strand_shm *s = (strand_shm *)o;
+  pthread_mutex_lock(&objs_mu);
+  int err = views_find(HEAD_OFF(s)) ? 0 : views_put(s);   /* a decode here must find it */
+  pthread_mutex_unlock(&objs_mu);
+  return err ? 0 : HEAD_OFF(s);         /* 0: encoded by pointer (this process only) */
+}
+
+strand_object *strand_shm_view(uint64_t off, const strand_objtype *t) {
+  int ti = type_index(t);
+  if (ti < 0 || strand_arena_base == NULL || off == 0 || off >= ARENA_RESERVE) return NULL;
+  pthread_mutex_lock(&objs_mu);
+  strand_shm *s = views_find(off);
+  if (s && s->obj.type == t) {
+    strand_object_retain(&s->obj);
+    pthread_mutex_unlock(&objs_mu);
+    return &s->obj;
+  }
+  pthread_mutex_unlock(&objs_mu);
+  if (s) return NULL;                   /* another type at that offset: not ours to take */
+  s = (strand_shm *)calloc(1, types[ti].objsize);
+  if (s == NULL) return NULL;
+  s->head = (strand_shm_head *)AT(off);
+  strand_object_init(&s->obj, t);
+  strand_shm_aref(off, 1);
+  if ((types[ti].view && types[ti].view(s) != 0) || objs_link(s, 1) != 0) {
+    strand_shm_aref(off, -1);
+    free(s);
+    return NULL;
+  }
+  return &s->obj;
+}
+
+/* }==== */
+
+/* }==== */
+
+/* {==== the storage of growable objects (locked): offsets in the arena, 0 = none (errno) */
+
+uint64_t strand_shm_alloc(strand_shm *s, size_t n) {
+  strand_shm_head *h = s->head;
+  if (!h->growable) { errno = ENOSPC; return 0; }
+  store_acct *a = ACCT(s);
+  uint64_t size;
+  size_class(n + BLK_HDR, &size);
+  if (a->used + size > a->budget) { errno = ENOSPC; return 0; }
+  uint64_t b = arena_alloc(n + BLK_HDR, 0, NULL);
+  if (b == 0) return 0;
+  blk_hdr *x = (blk_hdr *)AT(b);
+  x->prev = 0;
+  x->next = h->blocks;
+  if (h->blocks) ((blk_hdr *)AT(h->blocks))->prev = b;
+  h->blocks = b;
+  x->n = n + BLK_HDR;
+  a->used += size;
+  return b + BLK_HDR;
+}
+
+void strand_shm_release(strand_shm *s, uint64_t off) {
+  if (off == 0) return;
+  strand_shm_head *h = s->head;
+  uint64_t b = off - BLK_HDR;
+  blk_hdr *x = (blk_hdr *)AT(b);
+  if (x->prev) ((blk_hdr *)AT(x->prev))->next = x->next; else h->blocks = x->next;
+  if (x->next) ((blk_hdr *)AT(x->next))->prev = x->prev;
+  uint64_t n = x->n, size;
+  size_class(n, &size);
+  ACCT(s)->used -= size;
+  arena_free(b, n);
+}
+
+/* }==== */
+
+static struct shm_home *home_make(lua_State *L, int *errp);
+
+/* {==== crossing hooks: written at module open (the same values by every state) */
+
+#define NHOOKS 16
+static struct { const strand_objtype *t; const char *(*cross)(strand_object *o); } hooks[NHOOKS];
+
+void strand_objtype_on_cross(const strand_objtype *t, const char *(*cross)(strand_object *o)) {
+  pthread_mutex_lock(&hooks_mu);
+  for (int i = 0; i < NHOOKS; i++) {
+    if (__atomic_load_n(&hooks[i].t, __ATOMIC_ACQUIRE) == t) break;
+    if (hooks[i].t == NULL) {
+      hooks[i].cross = cross;
+      __atomic_store_n(&hooks[i].t, t, __ATOMIC_RELEASE);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&hooks_mu);
+}
+
+const char *strand_object_crossing(strand_object *o) {
+  for (int i = 0; i < NHOOKS; i++) {
+    const strand_objtype *t = __atomic_load_n(&hooks[i].t, __ATOMIC_ACQUIRE);
+    if (t == NULL) return NULL;
+    if (t == o->type) return hooks[i].cross(o);
+  }
+  return NULL;
 }
 
 /* }==== */
@@ -196,6 +590,10 @@ static int box_eq(lua_State *L) {
 void strand_shm_newmeta(lua_State *L, const strand_objtype *t, const luaL_Reg *methods,
                         lua_CFunction close) {
   static const luaL_Reg metamethods[] = { {"__eq", box_eq}, {NULL, NULL} };
+  pthread_once(&hooks_once, hooks_make);
+  strand_arena_init();                 /* now, before any fork: the family shares it */
+  int err;                             /* this state's wake-up eventfd lives as long as it */
+  home_make(L, &err);                  /* (if it cannot be made now, the first wait says why) */
   strand_object_newmeta(L, t, NULL, metamethods);       /* mt */
   lua_newtable(L);
   lua_pushvalue(L, -2);
@@ -206,6 +604,51 @@ void strand_shm_newmeta(lua_State *L, const strand_objtype *t, const luaL_Reg *m
     lua_pushvalue(L, -2);
     lua_pushcclosure(L, close, 1);
     lua_setfield(L, -3, "__close");
+  }
+}
+
+/* }==== */
+
+/* {==== wake records in the arena */
+
+typedef struct home_rec {
+  int32_t pid;                  /* the process whose loop polls fd */
+  int32_t fd;                   /* its eventfd (a number in that process) */
+  uint32_t pending;             /* a wake relayed through the process's futex */
+  uint32_t pad;
+  uint64_t proc;                /* offset of that process's futex word */
+} home_rec;
+
+typedef struct wait_rec {
+  uint64_t next, prev;          /* in the channel's list (object's mutex) */
+  uint64_t home;                /* offset of the home_rec */
+  uint32_t fired;               /* a sleeper of this state may proceed */
+  uint32_t armed;               /* a task of this state sleeps on it */
+} wait_rec;
+
+static uint64_t proc_word_off;          /* this process's futex word (0: not made yet) */
+static int proc_word_pid;
+
+static void home_wake(home_rec *hr) {
+  if (hr->pid == strand_shm_pid()) {
+    uint64_t one = 1;
+    /* EAGAIN would mean the counter is near 2^64: readable anyway, which is all we want */
+    while (write(hr->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+    return;
+  }
+  if (__atomic_exchange_n(&hr->pending, 1, __ATOMIC_SEQ_CST)) return;
+  uint32_t *word = (uint32_t *)AT(hr->proc);
+  __atomic_store_n(word, 1, __ATOMIC_SEQ_CST);
+  syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+static void fire_list(uint64_t r) {
+  while (r) {
+    wait_rec *w = (wait_rec *)AT(r);
+    if (__atomic_exchange_n(&w->fired, 1, __ATOMIC_SEQ_CST) == 0 &&
+        __atomic_load_n(&w->armed, __ATOMIC_SEQ_CST))
+      home_wake((home_rec *)AT(w->home));
+    r = w->next;
   }
 }
 
@@ -230,14 +673,12 @@ int strand_shm_lock(strand_shm *s) {
   if (err == EBUSY) err = pthread_mutex_lock(&s->head->mu);
   if (err == EOWNERDEAD) {
     /* A process died holding it. Its change may be half done; we carry on with what is there.
-     * Whether each eventfd is readable is unknown now: make them all readable (every sleeper
-     * looks once more) and signalled, and the next strand_shm_signal drains what is not due. */
+     * Whoever sleeps looks once more: every channel is signalled and fired. */
     err = pthread_mutex_consistent(&s->head->mu);
     if (err) { pthread_mutex_unlock(&s->head->mu); return err; }
-    for (int ch = 0; ch < s->nchan; ch++) {
-      uint64_t one = 1;
-      while (write(s->efd[ch], &one, sizeof one) < 0 && errno == EINTR) {}
-      s->head->signalled[ch] = 1;
+    for (int ch = 0; ch < s->head->nchan; ch++) {
+      CHANS(s)[ch].signalled = 1;
+      fire_list(CHANS(s)[ch].list);
     }
   }
   if (err == 0) {
@@ -262,57 +703,21 @@ void strand_shm_unlock(strand_shm *s) {
 
 /* }==== */
 
-/* {==== who we are: cached ids, forgotten in a forked child */
-
-static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
-static int fork_hook;                   /* written once: the atfork handler is in place */
-static atomic_int cached_pid;           /* the process's, shared by its threads */
-/* each thread's own; initial-exec: a plain load, this one int fits the static TLS reserve */
-static __thread int cached_tid __attribute__((tls_model("initial-exec")));
-
-static void after_fork(void) {
-  atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
-  cached_tid = 0;
-}
-
-static void fork_init(void) { fork_hook = pthread_atfork(NULL, NULL, after_fork) == 0; }
-
-int strand_shm_pid(void) {
-  int pid = atomic_load_explicit(&cached_pid, memory_order_relaxed);
-  if (pid) return pid;
-  pthread_once(&fork_once, fork_init);
-  pid = (int)getpid();
-  if (fork_hook) atomic_store_explicit(&cached_pid, pid, memory_order_relaxed);
-  return pid;
-}
-
-int strand_shm_tid(void) {
-  if (cached_tid) return cached_tid;
-  pthread_once(&fork_once, fork_init);
-  int tid = (int)gettid();
-  if (fork_hook) cached_tid = tid;
-  return tid;
-}
-
-/* }==== */
-
 /* {==== wake signals (locked) */
 
 void strand_shm_signal(strand_shm *s, int ch, int should, int kick) {
-  uint32_t *sig = &s->head->signalled[ch];
+  strand_shm_chan *c = &CHANS(s)[ch];
   if (kick) __atomic_add_fetch(&s->head->changes, 1, __ATOMIC_RELEASE);
   if (should) {
-    if (kick || !*sig) {
-      uint64_t one = 1;
-      /* EAGAIN would mean the counter is near 2^64: readable anyway, which is all we want */
-      while (write(s->efd[ch], &one, sizeof one) < 0 && errno == EINTR) {}
-      *sig = 1;
+    /* on a change that may have let sleepers in, and when the channel becomes signalled: an
+     * edge, as the eventfd of each object used to give to edge-triggered pollers. Within a
+     * state the woken tasks pass it on (strand_shm_leave). */
+    if (kick || !c->signalled) {
+      c->signalled = 1;
+      fire_list(c->list);
     }
-  } else if (*sig) {
-    uint64_t v;
-    /* counter mode: one read empties it; EAGAIN: already empty (after a recovery) */
-    while (read(s->efd[ch], &v, sizeof v) < 0 && errno == EINTR) {}
-    *sig = 0;
+  } else {
+    c->signalled = 0;
   }
 }
 
@@ -357,25 +762,211 @@ int strand_shm_spin(lua_State *L, strand_shm *s, uint32_t seen) {
 
 /* }==== */
 
+/* {==== homes: one eventfd per Lua state, and the relay of each process */
+
+typedef struct shm_waiter shm_waiter;
+
+typedef struct shm_home {
+  int refs;                     /* the registry box + every waiter of this state */
+  int pid;                      /* the process it was made in */
+  int fd;
+  uint64_t rec;                 /* its home_rec in the arena */
+  strand_io io;                 /* fd as seen by this state's loop */
+  strand_task *poller;          /* the task polling io, or NULL */
+  shm_waiter *armed;            /* waiters with a task asleep, in this state */
+  struct shm_home *pnext, *pprev;   /* this process's homes (for the relay) */
+} shm_home;
+
+struct shm_waiter {
+  strand_shm *obj;              /* a reference: keeps the record's object alive */
+  shm_home *home;               /* a reference */
+  uint64_t rec;                 /* its wait_rec in the arena, linked into the channel's list */
+  int ch, pid, nwait;           /* nwait: tasks of this state asleep on it */
+  strand_waitq q;               /* those of them that do not poll */
+  shm_waiter *anext, *aprev;    /* in home->armed while nwait > 0 */
+};
+
+static pthread_mutex_t homes_mu = PTHREAD_MUTEX_INITIALIZER;
+static shm_home *homes;                 /* this process's */
+static int relay_pid;                   /* the process whose relay runs (0: none) */
+
+static uint32_t *proc_word(void) { return (uint32_t *)AT(proc_word_off); }
+
+static void *relay_main(void *arg) {
+  (void)arg;
+  uint32_t *word = proc_word();
+  for (;;) {
+    if (__atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) == 0) {
+      syscall(SYS_futex, word, FUTEX_WAIT, 0, NULL, NULL, 0);
+      continue;
+    }
+    pthread_mutex_lock(&homes_mu);
+    for (shm_home *h = homes; h; h = h->pnext) {
+      home_rec *hr = (home_rec *)AT(h->rec);
+      if (__atomic_exchange_n(&hr->pending, 0, __ATOMIC_SEQ_CST)) {
+        uint64_t one = 1;
+        while (write(h->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+      }
+    }
+    pthread_mutex_unlock(&homes_mu);
+  }
+  return NULL;
+}
+
+/* This process's futex word (homes_mu held). 0 or an errno. */
+static int proc_word_make(void) {
+  int pid = strand_shm_pid();
+  if (proc_word_off && proc_word_pid == pid) return 0;
+  uint64_t off = arena_alloc(16, 0, NULL);
+  if (off == 0) return errno;
+  memset(AT(off), 0, 16);
+  proc_word_off = off;
+  proc_word_pid = pid;
+  return 0;
+}
+
+/* Start this process's relay once it may be woken from another one (homes_mu not held). */
+static void relay_start(void) {
+  if (!__atomic_load_n(&family, __ATOMIC_ACQUIRE) || strand_arena_base == NULL) return;
+  int pid = strand_shm_pid();
+  pthread_mutex_lock(&homes_mu);
+  if (relay_pid != pid && proc_word_make() == 0) {
+    pthread_attr_t a;
+    pthread_t th;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);   /* signals stay with the program's threads */
+    if (pthread_attr_init(&a) == 0) {
+      pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+      pthread_attr_setstacksize(&a, 64 * 1024);
+      if (pthread_create(&th, &a, relay_main, NULL) == 0) {
+        relay_pid = pid;
+        pthread_setname_np(th, "strand-relay");
+        /* wakes that came before the relay was there */
+        __atomic_store_n(proc_word(), 1, __ATOMIC_SEQ_CST);
+        syscall(SYS_futex, proc_word(), FUTEX_WAKE, 1, NULL, NULL, 0);
+      }
+      pthread_attr_destroy(&a);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+  }
+  pthread_mutex_unlock(&homes_mu);
+}
+
+static void homes_after_fork(void) {
+  homes = NULL;                          /* the parent's; the child's states make new ones */
+  pthread_mutex_init(&homes_mu, NULL);
+  relay_pid = 0;
+}
+
+static void home_unref(shm_home *h) {
+  if (--h->refs > 0) return;
+  if (h->pid == strand_shm_pid()) {
+    pthread_mutex_lock(&homes_mu);
+    if (h->pprev) h->pprev->pnext = h->pnext; else homes = h->pnext;
+    if (h->pnext) h->pnext->pprev = h->pprev;
+    pthread_mutex_unlock(&homes_mu);
+    strand_io_close(&h->io);            /* leaves the poller before the fd closes */
+    arena_free(h->rec, sizeof(home_rec));
+  }
+  close(h->fd);                         /* a forked child closes only its copy */
+  free(h);
+}
+
+#define HOME_META "strand.shm.home"
+static const char HOME_KEY = 'H';      /* registry[&HOME_KEY] = home box */
+
+static int home_gc(lua_State *L) {
+  shm_home **b = (shm_home **)lua_touserdata(L, 1);
+  if (*b) { shm_home *h = *b; *b = NULL; home_unref(h); }
+  return 0;
+}
+
+/* This state's home (made on first use, and again in a forked child): NULL and an errno. */
+static shm_home *home_make(lua_State *L, int *errp) {
+  int pid = strand_shm_pid();
+  if (strand_arena_base == NULL) { *errp = arena_err ? arena_err : ENOMEM; return NULL; }
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &HOME_KEY) == LUA_TUSERDATA) {
+    shm_home *h = *(shm_home **)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (h && h->pid == pid) return h;
+  } else {
+    lua_pop(L, 1);
+  }
+  shm_home *h = (shm_home *)calloc(1, sizeof *h);
+  if (h == NULL) { *errp = ENOMEM; return NULL; }
+  h->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (h->fd < 0) {
+    *errp = errno;
+    free(h);
+    return NULL;
+  }
+  pthread_mutex_lock(&homes_mu);
+  int err = proc_word_make();
+  h->rec = err ? 0 : arena_alloc(sizeof(home_rec), 0, NULL);
+  if (!err && h->rec == 0) err = errno;
+  if (!err) {
+    home_rec *hr = (home_rec *)AT(h->rec);
+    hr->pid = pid;
+    hr->fd = h->fd;
+    hr->pending = 0;
+    hr->proc = proc_word_off;
+    h->pnext = homes;
+    if (homes) homes->pprev = h;
+    homes = h;
+  }
+  pthread_mutex_unlock(&homes_mu);
+  if (err) {
+    close(h->fd);
+    free(h);
+    *errp = err;
+    return NULL;
+  }
+  h->pid = pid;
+  h->refs = 1;
+  strand_io_init(&h->io, h->fd);
+  shm_home **b = (shm_home **)lua_newuserdatauv(L, sizeof *b, 0);
+  *b = h;
+  if (luaL_newmetatable(L, HOME_META)) {
+    lua_pushcfunction(L, home_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &HOME_KEY);   /* an inherited one is collected: its copy */
+  return h;
+}
+
+static shm_home *home_get(lua_State *L) {
+  int err = 0;
+  shm_home *h = home_make(L, &err);
+  if (h == NULL) luaL_error(L, "strand: cannot wait: %s", strerror(err));
+  return h;
+}
+
+/* }==== */
+
 /* {==== waiting through the loop */
 
 #define WAITER_META "strand.shm.waiter"
-static const char WAITERS_KEY = 'W';   /* registry[&WAITERS_KEY] = { [&efd[ch]] = waiter } (weak) */
-
-typedef struct shm_waiter {
-  strand_io io;                 /* the channel's eventfd as seen by this state's loop */
-  strand_waitq q;               /* tasks of this state waiting while another one polls */
-  strand_task *poller;          /* who polls io now, or NULL */
-  strand_shm *obj;              /* a reference: keeps the fd open while io may be registered */
-  int pid;                      /* the process whose loop io is registered with */
-} shm_waiter;
+static const char WAITERS_KEY = 'W';   /* registry[&WAITERS_KEY] = { [chan] = waiter } (weak) */
 
 static int waiter_gc(lua_State *L) {
   shm_waiter *w = (shm_waiter *)lua_touserdata(L, 1);
   if (w->obj) {
     strand_shm *s = w->obj;
     w->obj = NULL;
-    strand_io_close(&w->io);                 /* leaves the poller before the fd can close */
+    if (w->pid == strand_shm_pid() && w->rec) {
+      /* out of the channel's list before the home (and its fd) can go */
+      int err = strand_shm_lock(s);
+      wait_rec *r = (wait_rec *)AT(w->rec);
+      strand_shm_chan *c = &CHANS(s)[w->ch];
+      if (r->prev) ((wait_rec *)AT(r->prev))->next = r->next; else c->list = r->next;
+      if (r->next) ((wait_rec *)AT(r->next))->prev = r->prev;
+      if (err == 0) strand_shm_unlock(s);
+      arena_free(w->rec, sizeof(wait_rec));
+    }
+    if (w->home) home_unref(w->home);
+    w->home = NULL;
     strand_object_release(&s->obj);
   }
   return 0;
@@ -397,7 +988,7 @@ void strand_shm_prepare(lua_State *L, strand_shm *s, int ch) {
     luaL_error(L, "strand: blocking call in a coroutine that strand does not own while the "
                   "loop runs (use strand.spawn instead of coroutine.create/wrap)");
   }
-  luaL_checkstack(L, 4, NULL);
+  luaL_checkstack(L, 6, NULL);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &WAITERS_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);
@@ -408,20 +999,18 @@ void strand_shm_prepare(lua_State *L, strand_shm *s, int ch) {
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &WAITERS_KEY);
   }                                                    /* waiters */
-  if (lua_rawgetp(L, -1, &s->efd[ch]) == LUA_TUSERDATA) {
-    lua_remove(L, -2);
+  void *key = &CHANS(s)[ch];
+  if (lua_rawgetp(L, -1, key) == LUA_TUSERDATA) {
     shm_waiter *w = (shm_waiter *)lua_touserdata(L, -1);
-    if (w->pid != strand_shm_pid()) {
-      /* This state was forked: the registration (and any waiting task) is the parent's.
-       * Start afresh without touching the poller, which may be the parent's too. */
-      strand_io_init(&w->io, s->efd[ch]);
-      w->q.head = w->q.tail = NULL;
-      w->poller = NULL;
-      w->pid = strand_shm_pid();
+    if (w->pid == strand_shm_pid() && w->obj == s) {
+      lua_remove(L, -2);
+      return;
     }
-    return;
+    /* This state was forked (the record is the parent's), or the key's object is gone and
+     * its memory reused: a new waiter replaces it */
   }
   lua_pop(L, 1);
+  shm_home *h = home_get(L);
   shm_waiter *w = (shm_waiter *)lua_newuserdatauv(L, sizeof *w, 0);
   memset(w, 0, sizeof *w);
   if (luaL_newmetatable(L, WAITER_META)) {
@@ -429,86 +1018,137 @@ void strand_shm_prepare(lua_State *L, strand_shm *s, int ch) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);                             /* waiters w */
-  strand_io_init(&w->io, s->efd[ch]);
+  w->pid = strand_shm_pid();
+  w->ch = ch;
+  w->rec = arena_alloc(sizeof(wait_rec), 0, NULL);
+  if (w->rec == 0) luaL_error(L, "strand: cannot wait: out of memory");
   strand_object_retain(&s->obj);
   w->obj = s;
-  w->pid = strand_shm_pid();
+  h->refs++;
+  w->home = h;
+  wait_rec *r = (wait_rec *)AT(w->rec);
+  memset(r, 0, sizeof *r);
+  r->home = h->rec;
+  strand_shm_lockL(L, s);
+  strand_shm_chan *c = &CHANS(s)[ch];
+  r->next = c->list;
+  if (c->list) ((wait_rec *)AT(c->list))->prev = w->rec;
+  c->list = w->rec;
+  if (c->signalled) r->fired = 1;        /* joining a channel whose sleepers may proceed */
+  strand_shm_unlock(s);
   lua_pushvalue(L, -1);
-  lua_rawsetp(L, -3, &s->efd[ch]);
+  lua_rawsetp(L, -3, key);
   lua_remove(L, -2);                                   /* w */
+}
+
+static void arm(shm_waiter *w) {
+  if (w->nwait++ > 0) return;
+  shm_home *h = w->home;
+  w->aprev = NULL;
+  w->anext = h->armed;
+  if (h->armed) h->armed->aprev = w;
+  h->armed = w;
+  __atomic_store_n(&((wait_rec *)AT(w->rec))->armed, 1, __ATOMIC_SEQ_CST);
+}
+
+static void disarm(shm_waiter *w) {
+  if (w->nwait == 0 || --w->nwait > 0) return;
+  shm_home *h = w->home;
+  __atomic_store_n(&((wait_rec *)AT(w->rec))->armed, 0, __ATOMIC_SEQ_CST);
+  if (w->aprev) w->aprev->anext = w->anext; else h->armed = w->anext;
+  if (w->anext) w->anext->aprev = w->aprev;
+  w->anext = w->aprev = NULL;
+}
+
+/* The poller of h: drain the eventfd, then take every armed record's `fired` and wake a task
+ * of it. Returns 1 if mine (the poller's own waiter) fired. */
+static int dispatch(shm_home *h, shm_waiter *mine) {
+  uint64_t v;
+  while (read(h->fd, &v, sizeof v) < 0 && errno == EINTR) {}
+  int me = 0;
+  for (shm_waiter *w = h->armed; w; w = w->anext) {
+    if (!__atomic_exchange_n(&((wait_rec *)AT(w->rec))->fired, 0, __ATOMIC_SEQ_CST)) continue;
+    if (w == mine) me = 1;
+    else strand_waitq_wake_one(&w->q, STRAND_READY);
+  }
+  return me;
+}
+
+/* The poller leaves: another sleeping task of this state takes over (it re-checks first). */
+static void poller_leave(shm_home *h, strand_task *me) {
+  if (h->poller != me) return;
+  h->poller = NULL;
+  for (shm_waiter *w = h->armed; w; w = w->anext)
+    if (w->q.head) { strand_waitq_wake_one(&w->q, STRAND_READY); return; }
+}
+
+/* Stack while a poller waits: ..., waiter, k, ctx, deadline */
+static int poll_k(lua_State *L, int status, lua_KContext unused) {
+  (void)status; (void)unused;
+  lua_KFunction k = (lua_KFunction)(uintptr_t)lua_touserdata(L, -3);
+  lua_KContext ctx = (lua_KContext)lua_tointeger(L, -2);
+  double deadline = lua_tonumber(L, -1);
+  shm_waiter *w = (shm_waiter *)lua_touserdata(L, -4);
+  strand_task *me = self_task(L);
+  shm_home *h = w->home;
+  if (me->outcome == STRAND_READY && !me->cancel_pending && h->poller == me &&
+      !dispatch(h, w) && deadline > strand_now())
+    return strand_wait_io(L, &h->io, STRAND_READ, deadline, 0, poll_k);   /* not for me yet */
+  lua_pop(L, 3);
+  if (h->poller == me) h->poller = NULL;   /* strand_shm_leave hands polling over */
+  return k(L, LUA_YIELD, ctx);
 }
 
 int strand_shm_wait(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k) {
   shm_waiter *w = (shm_waiter *)lua_touserdata(L, -1);
+  shm_home *h = w->home;
   strand_task *me = self_task(L);
+  arm(w);
+  if (__atomic_load_n(&family, __ATOMIC_ACQUIRE) && relay_pid != strand_shm_pid())
+    relay_start();
   /* a poller whose wait failed before it was registered never comes back to hand over */
-  if (w->poller && w->poller != me && !w->io.registered) w->poller = NULL;
-  if (w->poller == NULL || w->poller == me) {
-    w->poller = me;
-    return strand_wait_io(L, &w->io, STRAND_READ, deadline, ctx, k);
+  if (h->poller && h->poller != me && h->poller->wait_io != &h->io) h->poller = NULL;
+  if (h->poller != NULL && h->poller != me) {
+    /* fired while nobody of this state slept on it (so nobody was woken): the poller must
+     * look at it; only the poller takes `fired` (a newcomer is not entitled to it) */
+    if (__atomic_load_n(&((wait_rec *)AT(w->rec))->fired, __ATOMIC_SEQ_CST)) {
+      uint64_t one = 1;
+      while (write(h->fd, &one, sizeof one) < 0 && errno == EINTR) {}
+    }
+    return strand_wait_queue(L, &w->q, deadline, ctx, k);
   }
-  return strand_wait_queue(L, &w->q, deadline, ctx, k);
+  h->poller = me;
+  for (;;) {
+    if (dispatch(h, w)) {               /* fired meanwhile: look again now */
+      h->poller = NULL;                 /* strand_shm_leave hands polling over */
+      me->outcome = STRAND_READY;
+      return STRAND_READY;
+    }
+    if (me->co) {                       /* in a task: yields, poll_k continues */
+      lua_pushlightuserdata(L, (void *)(uintptr_t)k);
+      lua_pushinteger(L, (lua_Integer)ctx);
+      lua_pushnumber(L, deadline);
+      return strand_wait_io(L, &h->io, STRAND_READ, deadline, 0, poll_k);
+    }
+    int outcome = strand_wait_io(L, &h->io, STRAND_READ, deadline, ctx, k);
+    if (outcome != STRAND_READY || deadline <= strand_now()) {
+      if (h->poller == me) h->poller = NULL;
+      return outcome;
+    }
+  }
 }
 
 void strand_shm_leave(lua_State *L, int broadcast) {
   shm_waiter *w = (shm_waiter *)lua_touserdata(L, -1);
   strand_task *me = self_task(L);
-  if (w->poller == me) {
-    w->poller = NULL;
-    if (broadcast && me->outcome == STRAND_READY) strand_waitq_wake_all(&w->q, STRAND_READY);
-    else strand_waitq_wake_one(&w->q, STRAND_READY);
-  } else if (w->poller == NULL) {
-    strand_waitq_wake_one(&w->q, STRAND_READY);
-  }
-}
-
-/* }==== */
-
-/* {==== arena: power-of-two blocks with a free list per size, carved from the top */
-
-static int size_class(size_t n) {
-  int c = MINCLASS;
-  while (c < NCLASS && ((uint64_t)1 << c) < n) c++;
-  return c;
-}
-
-uint64_t strand_shm_alloc(strand_shm *s, size_t n) {
-  strand_shm_head *h = s->head;
-  if (s->memfd < 0 || n > ((size_t)1 << (NCLASS - 2))) { errno = ENOSPC; return 0; }
-  int c = size_class(n + 8);                   /* 8 bytes of header: the class */
-  uint64_t blk = h->freelist[c];
-  if (blk != 0) {
-    h->freelist[c] = *(uint64_t *)strand_shm_at(s, blk + 8);
-  } else {
-    uint64_t size = (uint64_t)1 << c;
-    if (h->top + size > s->maplen) { errno = ENOSPC; return 0; }
-    if (h->top + size > h->size) {
-      uint64_t want = h->size * 2;
-      while (want < h->top + size) want *= 2;
-      if (want > s->maplen) want = s->maplen;
-      int err = extend(s->memfd, h->size, want);
-      if (err && want > h->top + size) {       /* a smaller step may still fit */
-        want = round_up(h->top + size, (size_t)sysconf(_SC_PAGESIZE));
-        err = extend(s->memfd, h->size, want);
-      }
-      if (err) { errno = err == EFBIG ? ENOSPC : err; return 0; }
-      h->size = want;
-    }
-    blk = h->top;
-    h->top += size;
-  }
-  *(uint64_t *)strand_shm_at(s, blk) = (uint64_t)c;
-  return blk + 8;
-}
-
-void strand_shm_release(strand_shm *s, uint64_t off) {
-  if (off == 0) return;
-  strand_shm_head *h = s->head;
-  uint64_t blk = off - 8;
-  uint64_t c = *(uint64_t *)strand_shm_at(s, blk);
-  if (c >= NCLASS) return;                     /* corrupt: leak rather than spread it */
-  *(uint64_t *)strand_shm_at(s, off) = h->freelist[c];
-  h->freelist[c] = blk;
+  shm_home *h = w->home;
+  disarm(w);
+  /* nobody polls for the tasks still asleep here (the last poller left, or the task it handed
+   * over to is not going back to sleep): hand over again */
+  if (h->poller == me || h->poller == NULL) poller_leave(h, h->poller);
+  /* a broadcast wakes every task of the state asleep on it (they wait for different things;
+   * the dispatcher woke one); otherwise the next changer fires again whoever can proceed */
+  if (broadcast && me->outcome == STRAND_READY) strand_waitq_wake_all(&w->q, STRAND_READY);
 }
 
 /* }==== */

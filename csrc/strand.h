@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdatomic.h>
 #include <math.h>
+#include <pthread.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -167,6 +168,12 @@ typedef struct strand_objtype {
   const char *name;                        /* metatable name, e.g. "strand.queue" */
   void (*destroy)(strand_object *o);       /* the last reference went away */
 } strand_objtype;
+/* Optional hook of a type (shm.c): serial is encoding a reference to o (another state may see
+ * it): NULL lets it cross, a message refuses (the encode raises it). strand_object_crossing
+ * runs the hook of o's type, if any. */
+STRAND_API void strand_objtype_on_cross(const strand_objtype *t,
+                                        const char *(*cross)(strand_object *o));
+STRAND_API const char *strand_object_crossing(strand_object *o);
 
 struct strand_object {
   atomic_long refs;
@@ -197,39 +204,78 @@ STRAND_API const strand_objtype *strand_objtype_find(const char *name);
 
 /* {==== process-shared objects (shm.c): the base of locks, queues, shared dicts...
  *
- * State lives in MAP_SHARED memory (so processes forked after creation share it) under a
- * robust process-shared mutex. Waiting goes through each state's loop: every wait channel of
- * an object is an eventfd created with it (inherited by forks). The protocol, in shm.c's
- * header comment: under the mutex a waiter checks its condition and, if it must wait, counts
- * itself in sleepers[ch]; whoever changes the state calls strand_shm_signal, which keeps the
- * eventfd readable exactly while a sleeper can proceed. Nothing is written when nobody sleeps,
- * so the uncontended path makes no syscall. Never call anything that can raise while locked. */
+ * State lives in one family-wide shared arena (MAP_SHARED, reserved once when the module is
+ * opened, inherited by every forked process: one descriptor, one mapping) under a robust
+ * process-shared mutex per object. Waiting goes through each state's loop: one eventfd per Lua
+ * state (its "home"), and per (state, object, channel) a waiter record in the arena linked into
+ * the channel's list. The protocol, in shm.c's header comment: under the mutex a waiter checks
+ * its condition and, if it must wait, counts itself in the channel's sleepers; whoever changes
+ * the state calls strand_shm_signal, which fires the records of the channel while a sleeper can
+ * proceed (a write to the home's eventfd, or through the home process's relay thread). Nothing
+ * is written when nobody sleeps, so the uncontended path makes no syscall. Never call anything
+ * that can raise while locked. */
 
 #define STRAND_SHM_MAXCHAN 3
-typedef struct strand_shm_head strand_shm_head;    /* opaque: mutex, wake flags, arena */
+typedef struct strand_shm_chan {
+  uint32_t sleepers;              /* tasks asleep on the channel, anywhere (see above) */
+  uint32_t signalled;             /* internal: its sleepers may proceed */
+  uint64_t list;                  /* internal: its waiter records */
+} strand_shm_chan;
+
+/* An object's block in the arena starts with this head; its channels follow, then (objects
+ * made with a reserve) the storage accounting, then its state at stateoff16 * 16. */
+typedef struct strand_shm_head {
+  pthread_mutex_t mu;
+  uint32_t changes;               /* bumped by every kick: what spinning waiters watch */
+  int32_t last_tid;               /* the thread that locked last (any process) */
+  uint32_t arefs;                 /* processes holding it */
+  uint8_t shared;                 /* more than one thread has used it: worth spinning */
+  uint8_t nchan, growable, stateoff16;
+  uint32_t blksize;               /* bytes asked for the block */
+  uint32_t crossed;               /* seen by another state or process (serial, fork) */
+  uint64_t blocks;                /* chain of the blocks it allocated (offsets), 0 = none */
+} strand_shm_head;
 
 typedef struct strand_shm {
   strand_object obj;              /* first: a strand_shm is a strand_object */
-  strand_shm_head *head;          /* the shared region */
-  void *state;                    /* the object's own shared state, inside the region */
-  uint32_t *sleepers;             /* shared: tasks asleep on each channel (locked) */
-  size_t maplen;                  /* bytes mapped here */
-  int memfd;                      /* backing of a growable region, or -1 */
-  int nchan;
-  int efd[STRAND_SHM_MAXCHAN];    /* one eventfd per wait channel */
-} strand_shm;
+  strand_shm_head *head;          /* the object's block in the arena */
+  struct strand_shm *lnext, *lprev;   /* internal: this process's objects (fork accounting) */
+} strand_shm;                     /* 40 bytes: a process's own view of the object */
+#define strand_shm_chans(s) ((strand_shm_chan *)((s)->head + 1))
+#define strand_shm_sleepers(s, ch) (strand_shm_chans(s)[ch].sleepers)
+#define strand_shm_state(s) ((void *)((char *)(s)->head + (s)->head->stateoff16 * 16u))
+
+/* References by arena offset, valid in every process of the family (serial uses them, so an
+ * object made after a fork still crosses between the processes): the areas register each type
+ * with the size of its process-local struct and an optional view hook (fills the struct's own
+ * fields for an existing object: 0 or an errno). strand_shm_offset: the object's head offset,
+ * 0 if o is not such an object. strand_shm_view: this process's object for the head at off (a
+ * new reference; made if this process had none), NULL if it cannot be made. strand_shm_aref:
+ * one family reference more (+1) or less (-1; the last frees the object). */
+STRAND_API void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand_shm *s));
+STRAND_API uint64_t strand_shm_offset(strand_object *o);
+STRAND_API strand_object *strand_shm_view(uint64_t off, const strand_objtype *t);
+STRAND_API void strand_shm_aref(uint64_t off, int delta);
+
+/* Make the family's arena now (the module's openers do; a forking area must have it before the
+ * fork so that the family shares one). 0 or an errno. */
+STRAND_API int strand_arena_init(void);
+STRAND_API extern char *strand_arena_base;
 
 /* A new object of objsize bytes (>= sizeof(strand_shm), zeroed) with statesize bytes of zeroed
- * shared state and nchan wait channels; reserve > 0 makes the region a growable arena of at most
- * reserve bytes. refs = 1; the caller fills its state, then strand_object_push. Raises. */
+ * shared state and nchan wait channels; reserve > 0: it may allocate storage (strand_shm_alloc)
+ * up to reserve bytes, and its state is 64-byte aligned. refs = 1; the caller fills its state,
+ * then strand_object_push. Returns NULL with errno (ENOMEM...) when out of memory: the
+ * constructor then returns strand_shm_fail(L, t, errno) (nil, "cannot create a ...", CODE). */
 STRAND_API strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t,
                                       size_t statesize, int nchan, size_t reserve);
-STRAND_API void strand_shm_free(strand_shm *s);   /* this process's mapping, fds and struct */
+STRAND_API int strand_shm_fail(lua_State *L, const strand_objtype *t, int err);
+STRAND_API void strand_shm_free(strand_shm *s);   /* this process's reference and struct */
 STRAND_API int strand_shm_lock(strand_shm *s);    /* 0 or an errno; a dead owner is recovered */
 STRAND_API void strand_shm_lockL(lua_State *L, strand_shm *s);   /* raises instead */
 STRAND_API void strand_shm_unlock(strand_shm *s);
 /* Locked, after a change: should = a sleeper of ch can proceed now; kick = the change may have
- * made it so (writes again: an edge for edge-triggered pollers). */
+ * made it so (spinning waiters look again). */
 STRAND_API void strand_shm_signal(strand_shm *s, int ch, int should, int kick);
 /* Unlocked, before counting yourself: push this state's waiter for (s, ch). Raises what the wait
  * would refuse (cannot yield here, foreign coroutine, pending cancellation). */
@@ -241,15 +287,17 @@ STRAND_API uint32_t strand_shm_changes(strand_shm *s);
 STRAND_API int strand_shm_spin(lua_State *L, strand_shm *s, uint32_t seen);
 /* A change made with atomics instead of under the mutex: tell spinning waiters. */
 STRAND_API void strand_shm_changed(strand_shm *s);
-/* Unlocked, counted in sleepers[ch], waiter on top: wait (yields in a task). */
+/* Unlocked, counted in the channel's sleepers, waiter on top: wait (yields in a task; may also
+ * return STRAND_READY at once, in a task too, when the channel fired meanwhile). */
 STRAND_API int strand_shm_wait(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k);
 /* After the wait (and after uncounting), waiter on top: pass the polling on in this state;
  * broadcast: the channel's sleepers wait for different things, all of them must look. */
 STRAND_API void strand_shm_leave(lua_State *L, int broadcast);
-/* Arena of a growable object (locked): offsets from the head, 0 = none (errno set). */
+/* Storage of an object made with reserve > 0 (locked): arena offsets, 0 = none (errno ENOSPC
+ * past the reserve, ENOMEM); freed with the object at the latest. */
 STRAND_API uint64_t strand_shm_alloc(strand_shm *s, size_t n);
 STRAND_API void strand_shm_release(strand_shm *s, uint64_t off);
-#define strand_shm_at(s, off) ((void *)((char *)(s)->head + (off)))
+#define strand_shm_at(s, off) ((void)(s), (void *)(strand_arena_base + (off)))
 /* getpid() and the kernel thread id, without a syscall after the first call (forked children
  * start over): who put an item, who owns an rlock. */
 STRAND_API int strand_shm_pid(void);
@@ -279,6 +327,9 @@ STRAND_API void strand_serial_encode(lua_State *L, int first, int n, int flags);
 STRAND_API int strand_serial_decode(lua_State *L, const char *p, size_t len, int flags);
 /* Drop the object references held by an encoded string that will never be decoded. */
 STRAND_API void strand_serial_release(const char *p, size_t len);
+/* Drop only its family-wide references (shared objects by arena offset): for a string another
+ * process encoded (its process-local references are that process's). */
+STRAND_API void strand_serial_release_shared(const char *p, size_t len);
 
 /* }==== */
 

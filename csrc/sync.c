@@ -2,6 +2,7 @@
  * threads and forked processes that hold them (state and waits in shm.c); strand.sync. */
 #include "strand.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <string.h>
 
@@ -39,7 +40,12 @@ typedef struct lk_state {
 typedef struct ev_state { int64_t flag, old; uint64_t gen; } ev_state;
 /* old: sleepers entitled to wake (they slept through a set) */
 
-typedef struct cv_state { int64_t waiting, permits; uint64_t epoch; } cv_state;
+typedef struct cv_state {
+  int64_t waiting, permits;
+  uint64_t epoch;
+  uint64_t lock_off;      /* its lock's head (arena offset): another process's view finds it */
+  int32_t lock_rlock;     /* the lock is an rlock */
+} cv_state;
 /* waiting: waiters not granted yet; permits: granted, not yet claimed; a waiter may claim only
  * after a notify that came after it started (epoch changed), so a newcomer never takes the
  * place of a waiter that was notified */
@@ -98,8 +104,8 @@ static int lk_free(lk_state *st, int kind) {
 }
 
 static void lk_settle(strand_shm *s, int kick) {
-  lk_state *st = (lk_state *)s->state;
-  strand_shm_signal(s, 0, A_LOAD(&s->sleepers[0]) > 0 && lk_free(st, lk_kind(s)), kick);
+  lk_state *st = (lk_state *)strand_shm_state(s);
+  strand_shm_signal(s, 0, A_LOAD(&strand_shm_sleepers(s, 0)) > 0 && lk_free(st, lk_kind(s)), kick);
 }
 
 static int lk_trytake(lk_state *st) {
@@ -130,7 +136,7 @@ static int lk_owned(lk_state *st, int kind, owner me) {
 
 static void lk_leave(lua_State *L, strand_shm *s) {
   strand_shm_lockL(L, s);
-  __atomic_sub_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
+  __atomic_sub_fetch(&strand_shm_sleepers(s, 0), 1, __ATOMIC_SEQ_CST);
   lk_settle(s, 0);
   strand_shm_unlock(s);
   strand_shm_leave(L, 0);
@@ -139,7 +145,7 @@ static void lk_leave(lua_State *L, strand_shm *s) {
 /* acquire([timeout]) -> self | nil, "timeout". Stack: 1 self, 2 deadline, [3 waiter]. */
 static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = lock_of(box_obj(L));
-  lk_state *st = (lk_state *)s->state;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   int kind = lk_kind(s);
   double deadline = lua_tonumber(L, 2);
   int outcome = STRAND_READY;
@@ -174,9 +180,9 @@ static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_spin(L, s, seen);
       continue;
     }
-    __atomic_add_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&strand_shm_sleepers(s, 0), 1, __ATOMIC_SEQ_CST);
     if (kind != K_RLOCK && lk_trytake(st)) {    /* released meanwhile, without the mutex */
-      __atomic_sub_fetch(&s->sleepers[0], 1, __ATOMIC_SEQ_CST);
+      __atomic_sub_fetch(&strand_shm_sleepers(s, 0), 1, __ATOMIC_SEQ_CST);
       lk_settle(s, 0);
       strand_shm_unlock(s);
       lua_pushvalue(L, 1);
@@ -193,8 +199,8 @@ static int lk_acquire(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
   double deadline = strand_opt_deadline(L, 2);
   int kind = lk_kind(s);
-  if (kind != K_RLOCK && lk_trytake((lk_state *)s->state)) {   /* uncontended: no mutex */
-    if (A_LOAD(&s->sleepers[0]) > 0) {          /* took what a sleeper was signalled for */
+  if (kind != K_RLOCK && lk_trytake((lk_state *)strand_shm_state(s))) {   /* uncontended: no mutex */
+    if (A_LOAD(&strand_shm_sleepers(s, 0)) > 0) {          /* took what a sleeper was signalled for */
       strand_shm_lockL(L, s);
       lk_settle(s, 0);
       strand_shm_unlock(s);
@@ -210,7 +216,7 @@ static int lk_acquire(lua_State *L) {
 /* A lock or semaphore was given back without the mutex: wake a sleeper if there is one. */
 static void lk_released(lua_State *L, strand_shm *s) {
   strand_shm_changed(s);
-  if (A_LOAD(&s->sleepers[0]) > 0) {
+  if (A_LOAD(&strand_shm_sleepers(s, 0)) > 0) {
     strand_shm_lockL(L, s);
     lk_settle(s, 1);
     strand_shm_unlock(s);
@@ -219,7 +225,7 @@ static void lk_released(lua_State *L, strand_shm *s) {
 
 static int lk_release(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
-  lk_state *st = (lk_state *)s->state;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   int kind = lk_kind(s);
   if (kind == K_LOCK) {
     int64_t held = 0;
@@ -262,7 +268,7 @@ static int lk_close(lua_State *L) {
 
 static int lk_locked(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
-  lk_state *st = (lk_state *)s->state;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   int r = !lk_free(st, lk_kind(s));
   strand_shm_unlock(s);
@@ -270,29 +276,29 @@ static int lk_locked(lua_State *L) {
   return 1;
 }
 
+/* NULL with errno when out of memory */
 static strand_shm *lk_new(lua_State *L, const strand_objtype *t, int64_t value, int64_t limit) {
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), t, sizeof(lk_state), 1, 0);
-  lk_state *st = (lk_state *)s->state;
+  if (s == NULL) return NULL;
+  lk_state *st = (lk_state *)strand_shm_state(s);
   st->value = value;
   st->limit = limit;
   return s;
 }
 
-static int l_lock(lua_State *L) {
-  strand_object_push(L, &lk_new(L, &lock_type, 1, -1)->obj);
+static int push_new(lua_State *L, strand_shm *s, const strand_objtype *t) {
+  if (s == NULL) return strand_shm_fail(L, t, errno);
+  strand_object_push(L, &s->obj);
   return 1;
 }
 
-static int l_rlock(lua_State *L) {
-  strand_object_push(L, &lk_new(L, &rlock_type, 0, -1)->obj);
-  return 1;
-}
+static int l_lock(lua_State *L) { return push_new(L, lk_new(L, &lock_type, 1, -1), &lock_type); }
+static int l_rlock(lua_State *L) { return push_new(L, lk_new(L, &rlock_type, 0, -1), &rlock_type); }
 
 static int sem_new(lua_State *L, int bounded) {
   lua_Integer n = luaL_optinteger(L, 1, 1);
   luaL_argcheck(L, n >= 0, 1, "initial value must be >= 0");
-  strand_object_push(L, &lk_new(L, &sem_type, n, bounded ? n : -1)->obj);
-  return 1;
+  return push_new(L, lk_new(L, &sem_type, n, bounded ? n : -1), &sem_type);
 }
 
 static int l_semaphore(lua_State *L) { return sem_new(L, 0); }
@@ -304,9 +310,9 @@ static int l_bounded_semaphore(lua_State *L) { return sem_new(L, 1); }
  * cleared before they run: they compare generations) */
 
 static void ev_leave(lua_State *L, strand_shm *s, uint64_t mygen) {
-  ev_state *st = (ev_state *)s->state;
+  ev_state *st = (ev_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
-  s->sleepers[0]--;
+  strand_shm_sleepers(s, 0)--;
   if (st->gen != mygen && st->old > 0) st->old--;
   strand_shm_signal(s, 0, st->old > 0, 0);
   strand_shm_unlock(s);
@@ -316,7 +322,7 @@ static void ev_leave(lua_State *L, strand_shm *s, uint64_t mygen) {
 /* wait([timeout]) -> true | false. Stack: 1 self, 2 deadline, 3 generation, [4 waiter]. */
 static int ev_wait_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
-  ev_state *st = (ev_state *)s->state;
+  ev_state *st = (ev_state *)strand_shm_state(s);
   double deadline = lua_tonumber(L, 2);
   uint64_t mygen = (uint64_t)lua_tointeger(L, 3);
   int outcome = STRAND_READY;
@@ -337,7 +343,7 @@ static int ev_wait_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_prepare(L, s, 0);
       continue;
     }
-    s->sleepers[0]++;
+    strand_shm_sleepers(s, 0)++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, ctx, ev_wait_k);
     ev_leave(L, s, mygen);
@@ -346,7 +352,7 @@ static int ev_wait_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int ev_wait(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  ev_state *st = (ev_state *)s->state;
+  ev_state *st = (ev_state *)strand_shm_state(s);
   double deadline = strand_opt_deadline(L, 2);
   strand_shm_lockL(L, s);
   int flag = (int)st->flag;
@@ -364,11 +370,11 @@ static int ev_wait(lua_State *L) {
 
 static int ev_set(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  ev_state *st = (ev_state *)s->state;
+  ev_state *st = (ev_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   st->flag = 1;
   st->gen++;
-  st->old = s->sleepers[0];                     /* every sleeper now is entitled */
+  st->old = strand_shm_sleepers(s, 0);                     /* every sleeper now is entitled */
   strand_shm_signal(s, 0, st->old > 0, 1);
   strand_shm_unlock(s);
   return 0;
@@ -377,7 +383,7 @@ static int ev_set(lua_State *L) {
 static int ev_clear(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   strand_shm_lockL(L, s);
-  ((ev_state *)s->state)->flag = 0;
+  ((ev_state *)strand_shm_state(s))->flag = 0;
   strand_shm_unlock(s);
   return 0;
 }
@@ -385,16 +391,15 @@ static int ev_clear(lua_State *L) {
 static int ev_is_set(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   strand_shm_lockL(L, s);
-  int r = (int)((ev_state *)s->state)->flag;
+  int r = (int)((ev_state *)strand_shm_state(s))->flag;
   strand_shm_unlock(s);
   lua_pushboolean(L, r);
   return 1;
 }
 
 static int l_event(lua_State *L) {
-  strand_object_push(L, &strand_shm_new(L, sizeof(strand_shm), &event_type,
-                                        sizeof(ev_state), 1, 0)->obj);
-  return 1;
+  return push_new(L, strand_shm_new(L, sizeof(strand_shm), &event_type, sizeof(ev_state), 1, 0),
+                  &event_type);
 }
 
 /* }==== */
@@ -404,25 +409,34 @@ static int l_event(lua_State *L) {
  * waiters if grant did not complete, take the lock back). */
 
 static void cv_settle(strand_shm *s, int kick) {
-  cv_state *st = (cv_state *)s->state;
-  strand_shm_signal(s, 0, s->sleepers[0] > 0 && st->permits > 0, kick);
+  cv_state *st = (cv_state *)strand_shm_state(s);
+  strand_shm_signal(s, 0, strand_shm_sleepers(s, 0) > 0 && st->permits > 0, kick);
 }
 
 static void cv_check_owned(lua_State *L, strand_shm *lock, const char *what) {
   owner me = who(L);
   strand_shm_lockL(L, lock);
-  int ok = lk_owned((lk_state *)lock->state, lk_kind(lock), me);
+  int ok = lk_owned((lk_state *)strand_shm_state(lock), lk_kind(lock), me);
   strand_shm_unlock(lock);
   if (!ok) luaL_error(L, "cannot %s un-acquired lock", what);
 }
 
-/* _wait_begin(cond) -> epoch, saved depth */
+/* _wait_begin(cond) -> epoch, saved depth | nil, message (not held: the Lua layer raises it
+ * at the caller's line) */
 static int cv_begin(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   strand_shm *lock = ((cv_obj *)s)->lock;
-  cv_state *st = (cv_state *)s->state;
-  lk_state *lst = (lk_state *)lock->state;
-  cv_check_owned(L, lock, "wait on");
+  cv_state *st = (cv_state *)strand_shm_state(s);
+  lk_state *lst = (lk_state *)strand_shm_state(lock);
+  owner me = who(L);
+  strand_shm_lockL(L, lock);
+  int held = lk_owned(lst, lk_kind(lock), me);
+  strand_shm_unlock(lock);
+  if (!held) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot wait on un-acquired lock");
+    return 2;
+  }
   strand_shm_lockL(L, s);
   st->waiting++;
   uint64_t epoch = st->epoch;
@@ -446,7 +460,7 @@ static int cv_begin(lua_State *L) {
 
 static void cv_leave(lua_State *L, strand_shm *s) {
   strand_shm_lockL(L, s);
-  s->sleepers[0]--;
+  strand_shm_sleepers(s, 0)--;
   cv_settle(s, 0);
   strand_shm_unlock(s);
   strand_shm_leave(L, 1);
@@ -456,7 +470,7 @@ static void cv_leave(lua_State *L, strand_shm *s) {
  * still counted among the waiters. Stack: 1 self, 2 epoch, 3 deadline, [4 waiter]. */
 static int cv_grant_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
-  cv_state *st = (cv_state *)s->state;
+  cv_state *st = (cv_state *)strand_shm_state(s);
   uint64_t e0 = (uint64_t)lua_tointeger(L, 2);
   double deadline = lua_tonumber(L, 3);
   int outcome = STRAND_READY;
@@ -480,7 +494,7 @@ static int cv_grant_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_prepare(L, s, 0);
       continue;
     }
-    s->sleepers[0]++;
+    strand_shm_sleepers(s, 0)++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, ctx, cv_grant_k);
     cv_leave(L, s);
@@ -500,7 +514,7 @@ static int cv_grant(lua_State *L) {
  * back (an rlock at its saved depth) */
 static int cv_end(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  cv_state *st = (cv_state *)s->state;
+  cv_state *st = (cv_state *)strand_shm_state(s);
   lua_Integer saved = luaL_checkinteger(L, 2);
   uint64_t e0 = (uint64_t)luaL_checkinteger(L, 3);
   if (lua_toboolean(L, 4)) {
@@ -517,7 +531,7 @@ static int cv_end(lua_State *L) {
 
 static int cv_notify_n(lua_State *L, lua_Integer n) {
   strand_shm *s = strand_shm_self(L);
-  cv_state *st = (cv_state *)s->state;
+  cv_state *st = (cv_state *)strand_shm_state(s);
   cv_check_owned(L, ((cv_obj *)s)->lock, "notify on");
   strand_shm_lockL(L, s);
   int64_t g = n < st->waiting ? (int64_t)n : st->waiting;
@@ -543,6 +557,7 @@ static int l_condition(lua_State *L) {
   strand_shm *lock;
   if (lua_isnoneornil(L, 1)) {
     lock = lk_new(L, &rlock_type, 0, -1);
+    if (lock == NULL) return strand_shm_fail(L, &cond_type, errno);
   } else {
     strand_object *o = strand_object_test(L, 1);
     if (o == NULL || (o->type != &lock_type && o->type != &rlock_type))
@@ -551,7 +566,15 @@ static int l_condition(lua_State *L) {
     strand_object_retain(o);
   }
   cv_obj *c = (cv_obj *)strand_shm_new(L, sizeof(cv_obj), &cond_type, sizeof(cv_state), 1, 0);
-  c->lock = lock;                /* (if creating c raised, the lock's reference leaked once) */
+  if (c == NULL) {
+    int err = errno;
+    strand_object_release(&lock->obj);
+    return strand_shm_fail(L, &cond_type, err);
+  }
+  c->lock = lock;
+  cv_state *cst = (cv_state *)strand_shm_state(&c->shm);
+  cst->lock_off = strand_shm_offset(&lock->obj);
+  cst->lock_rlock = lock->obj.type == &rlock_type;
   strand_object_push(L, &c->shm.obj);
   return 1;
 }
@@ -563,16 +586,16 @@ static int l_condition(lua_State *L) {
 #define RESET_BIT(st, g) ((st)->reset[((g) % BR_RING) / 8] & (1u << ((g) % 8)))
 
 static void br_break(strand_shm *s) {
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   st->broken = 1;
-  st->old = s->sleepers[0];
+  st->old = strand_shm_sleepers(s, 0);
   strand_shm_signal(s, 0, st->old > 0, 1);
 }
 
 static void br_leave(lua_State *L, strand_shm *s, uint64_t mygen, int cancel) {
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
-  s->sleepers[0]--;
+  strand_shm_sleepers(s, 0)--;
   int entitled = st->gen != mygen || st->broken;
   if (entitled && st->old > 0) st->old--;
   if (cancel && !entitled) br_break(s);         /* like an exception in Python's wait */
@@ -584,7 +607,7 @@ static void br_leave(lua_State *L, strand_shm *s, uint64_t mygen, int cancel) {
 /* Stack: 1 self, 2 deadline, 3 generation, 4 arrival index, 5 waiter. */
 static int br_wait_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   double deadline = lua_tonumber(L, 2);
   uint64_t mygen = (uint64_t)lua_tointeger(L, 3);
   int outcome = STRAND_READY;
@@ -610,7 +633,7 @@ static int br_wait_k(lua_State *L, int status, lua_KContext ctx) {
       strand_shm_unlock(s);
       return strand_fail_msg(L, "timeout", NULL);
     }
-    s->sleepers[0]++;
+    strand_shm_sleepers(s, 0)++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, ctx, br_wait_k);
     br_leave(L, s, mygen, 0);
@@ -620,7 +643,7 @@ static int br_wait_k(lua_State *L, int status, lua_KContext ctx) {
 /* wait([timeout]) -> index (1..parties, in order of arrival) | nil, "broken" | nil, "timeout" */
 static int br_wait(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   double deadline = strand_opt_deadline(L, 2);
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
@@ -638,7 +661,7 @@ static int br_wait(lua_State *L) {
     st->reset[(gen % BR_RING) / 8] &= (uint8_t)~(1u << (gen % 8));
     st->count = 0;
     st->gen++;
-    st->old = s->sleepers[0];
+    st->old = strand_shm_sleepers(s, 0);
     strand_shm_signal(s, 0, st->old > 0, 1);
     strand_shm_unlock(s);
     lua_pushinteger(L, (lua_Integer)idx + 1);
@@ -663,14 +686,14 @@ static int br_abort(lua_State *L) {
 /* reset(): parties waiting now get nil, "broken"; the barrier is whole and empty again */
 static int br_reset(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   if (st->count > 0 || st->broken) {
     st->reset[(st->gen % BR_RING) / 8] |= (uint8_t)(1u << (st->gen % 8));
     st->gen++;
     st->count = 0;
     st->broken = 0;
-    st->old = s->sleepers[0];
+    st->old = strand_shm_sleepers(s, 0);
     strand_shm_signal(s, 0, st->old > 0, 1);
   }
   strand_shm_unlock(s);
@@ -679,7 +702,7 @@ static int br_reset(lua_State *L) {
 
 static int br_field(lua_State *L, int which) {
   strand_shm *s = strand_shm_self(L);
-  br_state *st = (br_state *)s->state;
+  br_state *st = (br_state *)strand_shm_state(s);
   strand_shm_lockL(L, s);
   int64_t v = which == 0 ? st->parties : which == 1 ? st->count : st->broken;
   strand_shm_unlock(s);
@@ -696,7 +719,8 @@ static int l_barrier(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1, 1, "parties must be >= 1");
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &barrier_type, sizeof(br_state), 1, 0);
-  ((br_state *)s->state)->parties = n;
+  if (s == NULL) return strand_shm_fail(L, &barrier_type, errno);
+  ((br_state *)strand_shm_state(s))->parties = n;
   strand_object_push(L, &s->obj);
   return 1;
 }
@@ -733,12 +757,17 @@ static const char sync_lua[] =
   "          .. '(timeout must be a number >= 0 or nil)', 3)\n"
   "  end\n"
   "end\n"
-  "function condm.wait(self, timeout)\n"
-  "  check_timeout(timeout, 'wait')\n"
+  "local function cwait(self, timeout, level)\n"
   "  local epoch, saved = begin(self)\n"
+  "  if not epoch then error(saved, level) end\n"
   "  local ok, r = pcall(grant, self, epoch, timeout)\n"
   "  finish(self, saved, epoch, not ok)\n"
   "  if not ok then error(r, 0) end\n"
+  "  return r\n"
+  "end\n"
+  "function condm.wait(self, timeout)\n"
+  "  check_timeout(timeout, 'wait')\n"
+  "  local r = cwait(self, timeout, 3)\n"
   "  return r\n"
   "end\n"
   "function condm.wait_for(self, pred, timeout)\n"
@@ -754,7 +783,7 @@ static const char sync_lua[] =
   "      left = deadline - now()\n"
   "      if left <= 0 then break end\n"
   "    end\n"
-  "    self:wait(left)\n"
+  "    cwait(self, left, 3)\n"
   "    r = pred()\n"
   "  end\n"
   "  return r\n"
@@ -780,6 +809,15 @@ static const luaL_Reg barrier_methods[] = {
   {"n_waiting", br_n_waiting}, {"broken", br_broken}, {NULL, NULL}
 };
 
+/* a condition found by offset in another process: its lock, too */
+static int cv_view(strand_shm *s) {
+  cv_state *st = (cv_state *)strand_shm_state(s);
+  strand_object *lock = strand_shm_view(st->lock_off, st->lock_rlock ? &rlock_type : &lock_type);
+  if (lock == NULL) return ENOMEM;
+  ((cv_obj *)s)->lock = (strand_shm *)lock;
+  return 0;
+}
+
 int strand_open_sync(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"lock", l_lock}, {"rlock", l_rlock}, {"semaphore", l_semaphore},
@@ -787,6 +825,12 @@ int strand_open_sync(lua_State *L) {
     {"condition", l_condition}, {"barrier", l_barrier}, {NULL, NULL}
   };
   int top = lua_gettop(L);
+  strand_shm_type(&lock_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&rlock_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&sem_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&event_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&barrier_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&cond_type, sizeof(cv_obj), cv_view);
   if (luaL_loadbuffer(L, sync_lua, sizeof sync_lua - 1, "=strand.sync") != LUA_OK)
     lua_error(L);                                       /* chunk */
   strand_shm_newmeta(L, &lock_type, lock_methods, lk_close);       /* chunk mt idx */

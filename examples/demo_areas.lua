@@ -151,6 +151,8 @@ add("server + LuaSocket bridge: a thread-mode server, socket.http GETs in tasks"
   print(("  10 socket.http GETs (each answered after 0.2 s by a 2-thread server): %d ok in %.2f s"):format(ok, strand.now() - t0))
   srv:shutdown(1)
   runner:join(5)
+end)
+
 add("ssh: a private sshd, 10 sessions running a command at once, an sftp round trip", "strand.ssh", function(strand)
   local ssh = require "strand.ssh"
   if not package.path:find("spec/?.lua", 1, true) then package.path = "spec/?.lua;" .. package.path end

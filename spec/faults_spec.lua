@@ -1140,7 +1140,7 @@ describe("faults: threads", function()
       { { io.stdout }, "args%[3%]: cannot copy a userdata" },
       { { string.gmatch("a", "a") }, "args%[3%]: cannot copy a C function" },
       { { { 1, { 2, { co = coroutine.create(print) } } } }, "args%[3%]%[2%]%[2%]%.co: cannot copy a coroutine" },
-      { { setmetatable({}, {}) }, "args%[3%]: cannot copy a table with a metatable" },
+      { { setmetatable({}, { __gc = coroutine.create(print) }) }, "args%[3%]%.<metatable>%.__gc: cannot copy a coroutine" },
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(thread.start, function(ev) ev:set() end, ran, table.unpack(c[1]))

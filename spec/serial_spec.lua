@@ -199,6 +199,86 @@ describe("strand.serial", function()
     end)
   end)
 
+  describe("tables with metatables", function()
+    local modname = "serial_spec_classes"
+    local mod = { Point = {} }
+    mod.Point.__index = mod.Point
+    function mod.Point.new(x, y) return setmetatable({ x = x, y = y }, mod.Point) end
+    function mod.Point:len() return math.sqrt(self.x ^ 2 + self.y ^ 2) end
+    local Self = {}                                  -- a module that is its own class
+    Self.__index = Self
+    function Self.hello() return "hello" end
+    before_each(function()
+      package.loaded[modname] = mod
+      package.loaded[modname .. "_self"] = Self
+    end)
+    after_each(function()
+      package.loaded[modname] = nil
+      package.loaded[modname .. "_self"] = nil
+    end)
+
+    it("a metatable that is a class of a loaded module crosses by name (the same table)", function()
+      local p = mod.Point.new(3, 4)
+      local c = fcopy({ p, p })
+      assert.is_true(rawequal(mod.Point, getmetatable(c[1])))
+      assert.is_true(rawequal(c[1], c[2]))            -- sharing kept
+      assert.equal(5, c[1]:len())
+      local s = fcopy(setmetatable({}, Self))
+      assert.is_true(rawequal(Self, getmetatable(s)))
+      assert.equal("hello", s.hello())
+    end)
+
+    it("any other metatable is copied by the copy rule (cycles and sharing kept)", function()
+      local mt = { kind = "anon" }
+      mt.__index = mt
+      local a, b = setmetatable({ 1 }, mt), setmetatable({ 2 }, mt)
+      local c = copy({ a, b })
+      local m = getmetatable(c[1])
+      assert.is_false(rawequal(mt, m))
+      assert.is_true(rawequal(m, getmetatable(c[2])))
+      assert.is_true(rawequal(m, m.__index))
+      assert.equal("anon", c[1].kind)
+      local nested = copy(setmetatable({}, setmetatable({ x = 1 }, { __index = { y = 2 } })))
+      assert.equal(2, getmetatable(nested).y)
+    end)
+
+    it("a class by name needs {functions=true}; metamethods that are functions are copied with it", function()
+      local ok, err = pcall(serial.encode, mod.Point.new(1, 1))
+      assert.is_false(ok)
+      assert.equal("value.<metatable>: cannot copy class 'serial_spec_classes.Point' (only with {functions=true})", err)
+      local t = fcopy(setmetatable({}, { __call = function(_, x) return x * 2 end }))
+      assert.equal(42, t(21))
+    end)
+
+    it("a class the decoding state does not have fails to decode with a message", function()
+      local s = serial.encode(mod.Point.new(1, 2), FN)
+      package.loaded[modname] = nil
+      local saved = package.preload[modname]
+      package.preload[modname] = function() return { Point = 42 } end
+      local v, err = serial.decode(s, FN)
+      package.preload[modname] = saved
+      assert.is_nil(v)
+      assert.matches("module field serial_spec_classes.Point is not a function here", err, 1, true)
+    end)
+
+    it("nesting is limited to 200 levels, in encode and decode, with this message", function()
+      local deep, cur = {}, nil
+      cur = deep
+      for _ = 1, 199 do cur.n = {}; cur = cur.n end
+      assert.is_table(copy(deep))                     -- 200 levels: fine
+      cur.n = {}
+      local ok, err = pcall(serial.encode, deep)
+      assert.is_false(ok)
+      assert.matches("nesting deeper than 200 levels", err, 1, true)
+      local mtdeep = {}
+      cur = mtdeep
+      for _ = 1, 250 do local m = {}; setmetatable(cur, m); cur = m end
+      ok, err = pcall(serial.encode, mtdeep)
+      assert.is_false(ok)
+      assert.matches("nesting deeper than 200 levels", err, 1, true)
+    end)
+  end)
+
   describe("failure conditions", function()
     local function refuses(v, msg, opts)
       local ok, err = pcall(serial.encode, v, opts or FN)
@@ -211,8 +291,8 @@ describe("strand.serial", function()
       refuses({ cb = lonely_cfunction() }, "value.cb: cannot copy a C function")
       refuses({ x = { co = coroutine.create(print) } }, "value.x.co: cannot copy a coroutine")
       refuses({ out = io.stdout }, "value.out: cannot copy a userdata (FILE*)")
-      refuses({ ["a key"] = { setmetatable({}, {}) } },
-              "value[\"a key\"][1]: cannot copy a table with a metatable")
+      refuses({ ["a key"] = { setmetatable({}, { __index = lonely_cfunction() }) } },
+              "value[\"a key\"][1].<metatable>.__index: cannot copy a C function")
       refuses({ [coroutine.create(print)] = 1 }, "value[<key>]: cannot copy a coroutine")
       refuses(lonely_cfunction(), "value: cannot copy a C function")
       local cf = lonely_cfunction()
@@ -277,7 +357,7 @@ describe("strand.serial", function()
       bad("", "^malformed serial data")
       bad("\2\0\1\0", "unknown version")
       bad("\1\128\1\0", "bad header")
-      bad("\1\0\1\14", "bad type tag")
+      bad("\1\0\1\15", "bad type tag")
       bad("\1\0\1\255\0\0", "trailing bytes")
       bad("\1\0\1\7\1", "bad back%-reference")
       bad("\1\2\1\7\1", "bad back%-reference")

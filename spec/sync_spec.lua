@@ -112,9 +112,12 @@ describe("strand.sync", function()
     it("boxes of one lock compare equal", function()
       local l = sync.lock()
       local q = require("strand.queue").new()
+      if has_thread then                        -- shared with a thread: values are copied
+        assert(thread.start(function(x) return x end, q):join())
+      end
       q:put(l)
       local copy = q:get()
-      assert.is_false(rawequal(l, copy))
+      if has_thread then assert.is_false(rawequal(l, copy)) end
       assert.is_true(l == copy)
       assert.is_false(l == sync.lock())
     end)
@@ -608,6 +611,19 @@ describe("strand.sync", function()
       local c = sync.condition()
       assert.has_error(function() c:wait(0) end, "cannot wait on un-acquired lock")
       assert.has_error(function() c:notify() end, "cannot notify on un-acquired lock")
+    end)
+
+    it("cond:wait() and wait_for() without the lock name the caller's line, not strand.sync's", function()
+      local c = sync.condition()
+      local ok, err = pcall(function() c:wait() end)
+      assert.is_false(ok)
+      assert.matches("^spec/sync_spec%.lua:%d+: cannot wait on un%-acquired lock$", err)
+      ok, err = pcall(function() c:wait_for(function() return false end, 0.01) end)
+      assert.is_false(ok)
+      assert.matches("^spec/sync_spec%.lua:%d+: cannot wait on un%-acquired lock$", err)
+      c:acquire()                                  -- and with it, wait works as before
+      assert.is_false(c:wait(0.01))
+      c:release()
     end)
 
     it("a cancelled waiter leaves the lock usable", function()
