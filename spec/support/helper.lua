@@ -104,6 +104,9 @@ function H.snapshot()
   -- the loop (epoll fd) is created on first use and lives as long as the Lua state: create it now
   -- so that a spec that happens to be the first user is not blamed for it
   pcall(function() require("strand.core").backend() end)
+  -- likewise the family's shared arena (one memfd) and this state's wake-up eventfd: both are
+  -- made when the shared-object areas open and live as long as the process / the state
+  pcall(function() return require("strand.core").sync end)
   collectgarbage(); collectgarbage()
   local r = probe()
   return { fds = r.fds, threads = r.threads, strand_threads = strand_thread_count() }
