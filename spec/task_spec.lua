@@ -12,7 +12,7 @@ describe("tasks", function()
     strand.run()
     local took = strand.now() - t0
     assert.same({ 0, 0.1, 0.2 }, order)
-    assert.is_true(took >= 0.2 and took < 0.4, "took " .. took)
+    assert.is_true(took >= 0.2 and took < 2, "took " .. took)   -- loose: loaded CI machines
   end)
 
   it("sleep_until wakes at an absolute monotonic time", function()
@@ -28,7 +28,8 @@ describe("tasks", function()
     local ts = {}
     for i = 1, 10 do ts[i] = strand.spawn(strand.sleep, 0.1) end
     strand.joinall(ts)
-    assert.is_true(strand.now() - t0 < 0.3)
+    local took = strand.now() - t0
+    assert.is_true(took < 0.9, "took " .. took)   -- loose (loaded CI), still below 10 x 0.1 s
   end)
 
   it("passes arguments and returns results through join and result", function()
@@ -70,15 +71,18 @@ describe("tasks", function()
   end)
 
   it("status reflects the life of a task", function()
-    local t = strand.spawn(function() strand.sleep(0.05) end)
+    local t = strand.spawn(function() strand.sleep(60) end)
     assert.equal("ready", t:status())
-    strand.sleep(0.01)
+    strand.sleep(0)                 -- one round: t runs until its sleep (no timing involved)
     assert.equal("waiting", t:status())
     local seen
     local u = strand.spawn(function() seen = strand.current():status() end)
     u:join()
     assert.equal("running", seen)
+    assert.equal("done", u:status())
+    t:cancel()
     t:join()
+    assert.equal("cancelled", t:status())
   end)
 
   it("current is nil outside tasks and the task inside", function()
@@ -128,8 +132,9 @@ describe("tasks", function()
   it("driving the loop from the main chunk runs other tasks", function()
     local ticks = 0
     local t = strand.spawn(function() for _ = 1, 5 do strand.sleep(0.01); ticks = ticks + 1 end end)
-    strand.sleep(0.1)
-    assert.equal(5, ticks)
+    -- the main chunk only sleeps (bounded), and the task's five sleeps complete meanwhile
+    assert.is_true(H.wait_until(function() return ticks == 5 end, H.TIMEOUT, 0.02))
+    strand.sleep(0)
     assert.equal("done", t:status())
   end)
 
@@ -142,8 +147,9 @@ describe("tasks", function()
     end
     table.sort(late)
     assert.is_true(late[1] >= 0, "a timer fired early")
-    -- the median: robust to a preempted sample, still fails for millisecond-granularity timers
-    assert.is_true(late[26] < 0.001, "median lateness " .. late[26])
+    -- the 5th best of 51: robust to a loaded machine preempting most samples (the median was
+    -- not: 2 ms under load), still fails for coarse (10 ms) timers
+    assert.is_true(late[5] < 0.001, "5th smallest lateness " .. late[5])
   end)
 end)
 
@@ -332,12 +338,22 @@ describe("groups and waiting for many", function()
 
   it("joinall, wait any/all and as_completed", function()
     H.run(function()
-      local ts = {}
-      for i, d in ipairs { 0.06, 0.02, 0.04 } do ts[i] = strand.spawn(function() strand.sleep(d); return i end) end
+      -- the order of completion is set by gates the spec opens, not by sleeps (exact under load)
+      local core = require "strand.core"
+      local ts, gates = {}, {}
+      for i = 1, 3 do
+        gates[i] = core.notifier()
+        ts[i] = strand.spawn(function() gates[i]:wait(); return i end)
+      end
+      gates[2]:notify()
       local done, pending = strand.wait(ts, { mode = "any" })
       assert.equal(1, #done); assert.equal(2, #pending); assert.equal(ts[2], done[1])
       local order = {}
-      for t in strand.as_completed(ts) do order[#order + 1] = t:result() end
+      gates[3]:notify()
+      for t in strand.as_completed(ts) do
+        order[#order + 1] = t:result()
+        if #order == 2 then gates[1]:notify() end
+      end
       assert.same({ 2, 3, 1 }, order)
       done, pending = strand.joinall(ts)
       assert.equal(3, #done); assert.equal(0, #pending)
