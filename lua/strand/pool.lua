@@ -172,7 +172,7 @@ local function job_traceback(e)
 end
 
 -- What a process worker runs: jobs from its socket, results back, until told to stop.
-local function worker_main(sock, initializer, initargs, maxtasks)
+local function worker_main(sock, out, initializer, initargs, maxtasks)
   local traceback = job_traceback
   if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
   local C = core.process
@@ -180,10 +180,11 @@ local function worker_main(sock, initializer, initargs, maxtasks)
   local outbox, spack, sunpack = {}, string.pack, string.unpack
   local function flush()
     if #outbox == 0 then return end
-    sock:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
+    out:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
     outbox = {}
   end
   sock:settimeout(nil)
+  out:settimeout(nil)
   while true do
     if sock:pending() < 4 then flush() end       -- nothing more buffered: answer before waiting
     local data = sock:recv_frame()
@@ -268,7 +269,7 @@ local function dispatch(self)
       while #w.out > 0 do
         local out = w.out
         w.out = {}
-        local ok = w.sock:sendall(#out == 1 and out[1] or table.concat(out))
+        local ok = w.jsock:sendall(#out == 1 and out[1] or table.concat(out))
         if not ok then w.out = {}; break end   -- the worker died: its reader handles it
       end
       w.sending = false
@@ -296,7 +297,9 @@ local function worker_gone(self, w)
     end
   end
   w.sock:close()
+  w.jsock:close()
   process._parent_ends[w.sock] = nil
+  process._parent_ends[w.jsock] = nil
   for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
   if not self._terminated and (not self._closed or self._jt >= self._jh) then
     start_worker(self)
@@ -328,17 +331,32 @@ local function reader(self, w)
   worker_gone(self, w)
 end
 
+-- Two one-way channels per worker: jobs (ja -> jb) and results (rb -> ra). A socket that only
+-- reads never sees write-space edges, so neither side wakes up for nothing after each message
+-- (one duplex pair would wake each reader once more per round trip: EPOLLOUT, edge-triggered).
 start_worker = function(self)
-  local a, b = socket.pair()
-  if not a then error("strand.pool: cannot create a worker channel: " .. tostring(b)) end
+  local ja, jb = socket.pair()
+  if not ja then error("strand.pool: cannot create a worker channel: " .. tostring(jb)) end
+  local ra, rb = socket.pair()
+  if not ra then
+    ja:close(); jb:close()
+    error("strand.pool: cannot create a worker channel: " .. tostring(rb))
+  end
+  ja:shutdown("r"); jb:shutdown("w"); ra:shutdown("w"); rb:shutdown("r")
   local init, initargs, max = self._init, self._initargs, self._max
+  local ends = process._parent_ends
+  ends[ja] = true                             -- closed in the worker (and in any forked child)
   local h, err = process._fork(function()
-    return worker_main(b, init, initargs, max)
-  end, true, self._allow_threads, a)
-  b:close()
-  if not h then a:close(); error("strand.pool: cannot start a worker: " .. tostring(err)) end
-  process._parent_ends[a] = true
-  local w = { sock = a, proc_h = h, pid = h:pid(), inflight = {}, out = {}, sent = 0, alive = true,
+    return worker_main(jb, rb, init, initargs, max)
+  end, true, self._allow_threads, ra)
+  jb:close(); rb:close()
+  if not h then
+    ends[ja] = nil
+    ja:close(); ra:close()
+    error("strand.pool: cannot start a worker: " .. tostring(err))
+  end
+  ends[ra] = true
+  local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = {}, out = {}, sent = 0, alive = true,
               known = {} }
   self._workers[#self._workers + 1] = w
   w.task = spawn_task(reader, self, w)
@@ -627,7 +645,7 @@ function Pool:join()
       if f then f:join() else core.sleep(0.001) end
     end
     for _, w in ipairs(self._workers) do
-      if w.alive then w.sock:send_frame("stop") end
+      if w.alive then w.jsock:send_frame("stop") end
     end
     while #self._workers > 0 do
       local w = self._workers[1]
