@@ -63,7 +63,8 @@ local function settle(f, r, state)
     f._waiters = nil
     for i = 1, #w do w[i]:notify() end
   end
-  local cbs = f._callbacks or {}
+  local cbs = f._callbacks
+  if cbs == nil then return end
   f._callbacks = nil
   for i = 1, #cbs do
     local ok, err = pcall(cbs[i], f)
@@ -161,6 +162,8 @@ local CHUNK_INFLIGHT = 16   -- map chunks sent ahead to one process worker (refi
 -- a job on the wire: id, function id (0: none), function bytes ("" when the worker has them),
 -- the encoded arguments, 1 for a map chunk; a result: id (8 bytes) then the encoded outcome
 local JOB_FORMAT = ">I8I8s4s4B"
+local FRAMED_JOB = ">I4I8I8s4s4B"   -- the same with its frame length first (8 + 8 + 4 + 4 + 1 = 25)
+local spack = string.pack
 local function_code
 
 -- A job's traceback, without the worker's own frames below the job.
@@ -256,8 +259,9 @@ local function dispatch(self)
           if job.fid then
             if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
           end
-          w.out[#w.out + 1] = string.pack(">s4", string.pack(JOB_FORMAT, job.id, job.fid or 0, fdata,
-            job.argsdata, job.chunk and 1 or 0))
+          local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
+          w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
+            argsdata, job.chunk and 1 or 0)
         end
       end
     end
