@@ -141,6 +141,19 @@ end
 describe("process pool workers dying", function()
   H.guard()
 
+  it("a short map is shared out evenly: 8 tasks on 2 workers run 4 on each", function()
+    local process = require "strand.process"
+    local p <close> = pool.new{ size = 2 }
+    local pids = p:map(function() return process.pid() end, { 1, 2, 3, 4, 5, 6, 7, 8 }, 1)
+    local count, n = {}, 0
+    for _, pid in ipairs(pids) do
+      if count[pid] == nil then n = n + 1 end
+      count[pid] = (count[pid] or 0) + 1
+    end
+    assert.equal(2, n)
+    for _, c in pairs(count) do assert.equal(4, c) end
+  end)
+
   it("a worker killed with SIGKILL fails only its job and is replaced", function()
     local p <close> = pool.new{ size = 2 }
     local victim = p:submit(function() require("strand").sleep(30) end)

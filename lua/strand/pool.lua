@@ -229,43 +229,73 @@ local function fail_job(job, msg)
 end
 
 local start_worker
+local flush_out
+
+-- Give w the job at the head of the queue (a cancelled one is dropped): false when w cannot take
+-- it (a plain job behind chunks it still has), else true.
+local function give(self, w)
+  local jobs = self._jobs
+  local job = jobs[self._jh]
+  if not job.chunk and #w.inflight >= INFLIGHT then return false end   -- a plain job after chunks
+  jobs[self._jh] = nil
+  self._jh = self._jh + 1
+  if job.fut == nil or job.fut._state == "pending" then
+    if job.fut then job.fut._state = "running" end
+    w.inflight[#w.inflight + 1] = job
+    w.sent = w.sent + 1
+    local fdata = job.fdata
+    if job.fid then
+      if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
+    end
+    local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
+    w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
+      argsdata, job.chunk and 1 or 0)
+  end
+  return true
+end
 
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
   if self._kind ~= "process" then return end
   -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
-  -- refilled by halves so that a worker gets them in batches)
-  local jobs, workers = self._jobs, self._workers
-  for pass = 1, 2 do
-    for _, w in ipairs(workers) do
+  -- refilled by halves so that a worker gets them in batches), dealt one at a time in turn so
+  -- that a short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
+  local workers = self._workers
+  for _, w in ipairs(workers) do
+    if self._jt < self._jh then break end
+    if #w.inflight == 0 and w.alive and (not self._max or w.sent < self._max) then give(self, w) end
+  end
+  if self._jt < self._jh then return flush_out(self) end
+  local caps, any = {}, false
+  for i, w in ipairs(workers) do
+    local n = #w.inflight
+    local cap
+    if self._jobs[self._jh].chunk then cap = n <= CHUNK_INFLIGHT // 2 and CHUNK_INFLIGHT - n or 0
+    else cap = INFLIGHT - n end
+    if self._max and cap > self._max - w.sent then cap = self._max - w.sent end
+    if not w.alive then cap = 0 end
+    caps[i] = cap
+    if cap > 0 then any = true end
+  end
+  while any and self._jt >= self._jh do
+    any = false
+    for i, w in ipairs(workers) do
       if self._jt < self._jh then break end
-      local n = #w.inflight
-      local cap
-      if pass == 1 then cap = n == 0 and 1 or 0
-      elseif jobs[self._jh].chunk then cap = n <= CHUNK_INFLIGHT // 2 and CHUNK_INFLIGHT - n or 0
-      else cap = INFLIGHT - n end
-      if self._max and cap > self._max - w.sent then cap = self._max - w.sent end
-      while cap > 0 and self._jt >= self._jh and w.alive do
-        local job = jobs[self._jh]
-        if not job.chunk and #w.inflight >= INFLIGHT then break end   -- a plain job after chunks
-        jobs[self._jh] = nil
-        self._jh = self._jh + 1
-        if job.fut == nil or job.fut._state == "pending" then
-          if job.fut then job.fut._state = "running" end
-          w.inflight[#w.inflight + 1] = job
-          w.sent = w.sent + 1
-          cap = cap - 1
-          local fdata = job.fdata
-          if job.fid then
-            if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
-          end
-          local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
-          w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
-            argsdata, job.chunk and 1 or 0)
+      if caps[i] > 0 then
+        if give(self, w) then
+          caps[i] = caps[i] - 1
+          if caps[i] > 0 then any = true end
+        else
+          caps[i] = 0
         end
       end
     end
   end
+  return flush_out(self)
+end
+
+-- Write what dispatch queued, one write per worker.
+flush_out = function(self)
   for _, w in ipairs(self._workers) do
     if #w.out > 0 and not w.sending then
       -- one write for everything queued to this worker (another task may add while it waits)
