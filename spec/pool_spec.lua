@@ -223,5 +223,11 @@ describe("process pool workers dying", function()
     local p <close> = pool.new{ size = 1 }
     local q = require("strand.queue").new()
     assert.has_error(function() p:submit(function() return q end) end)
+    -- in a map's list: raises naming map, and none of the list's chunks was queued
+    local ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, q }, 1)
+    assert.is_false(ok)
+    assert.matches("bad argument to 'map' %(a strand object", err)
+    assert.equal(0, p._jt - p._jh + 1)               -- nothing left queued
+    assert.same({ 4, 5 }, p:map(function(x) return x end, { 4, 5 }, 1))
   end)
 end)

@@ -503,17 +503,18 @@ function_code = function(fn)
   return next_fid, data
 end
 
+local OBJMSG = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
+  .. "make it before the pool and reach it from the initializer)"
+
 -- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome.
 local function enqueue(self, fname, fn, args, chunk, job)
   if self._closed then error(fname .. ": the pool is closed", 3) end
   self._next = self._next + 1
   local id = self._next
   job.id = id
-  job[1] = id
   local fid, fdata = function_code(fn)
   if self._kind == "process" then
-    local objmsg = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
-      .. "make it before the pool and reach it from the initializer)"
+    local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
     local argsdata = core.process._encode(args)
     if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
@@ -565,6 +566,38 @@ local function submit_chunks(self, fname, fn, list, chunksize)
     if chunksize < 1 then chunksize = 1 end
   end
   local chunks = {}
+  if self._kind == "process" then
+    -- everything encoded first (a failure queues nothing), then queued and dispatched at once
+    if self._closed then error(fname .. ": the pool is closed", 3) end
+    local fid, fdata = function_code(fn)
+    local encode = core.process._encode
+    if fdata == nil then fdata = encode(fn) end
+    if fdata == nil then error(OBJMSG:format(fname), 3) end
+    local jobs = {}
+    for first = 1, n, chunksize do
+      local last = first + chunksize - 1
+      if last > n then last = n end
+      local count = last - first + 1
+      local args = { n = count }
+      for i = first, last do args[i - first + 1] = list[i] end
+      local argsdata = encode(args)
+      if argsdata == nil then error(OBJMSG:format(fname), 3) end
+      local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
+      chunks[#chunks + 1] = f
+      jobs[#jobs + 1] = { fut = f, id = 0, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true }
+    end
+    local q, jt, id = self._jobs, self._jt, self._next
+    for i = 1, #jobs do
+      local job = jobs[i]
+      id = id + 1
+      job.id = id
+      jt = jt + 1
+      q[jt] = job
+    end
+    self._jt, self._next = jt, id
+    dispatch(self)
+    return chunks
+  end
   for first = 1, n, chunksize do
     local last = math.min(first + chunksize - 1, n)
     local args = { n = last - first + 1 }
