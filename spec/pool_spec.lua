@@ -223,7 +223,7 @@ describe("process pool workers dying", function()
     local p <close> = pool.new{ size = 1 }
     local q = require("strand.queue").new()
     assert.has_error(function() p:submit(function() return q end) end)
-    -- in a map's list: raises naming map, and none of the list's chunks was queued
+    -- in a map's list: raises naming map, and nothing of that map is left queued
     local ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, q }, 1)
     assert.is_false(ok)
     assert.matches("bad argument to 'map' %(a strand object", err)

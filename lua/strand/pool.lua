@@ -567,13 +567,15 @@ local function submit_chunks(self, fname, fn, list, chunksize)
   end
   local chunks = {}
   if self._kind == "process" then
-    -- everything encoded first (a failure queues nothing), then queued and dispatched at once
+    -- the first chunk of each worker goes out at once, so the workers start while the rest is
+    -- encoded; the rest is queued and dispatched together. An uncopyable item raises and takes
+    -- back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
     local encode = core.process._encode
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
-    local jobs = {}
+    local q, early = self._jobs, self._size
     for first = 1, n, chunksize do
       local last = first + chunksize - 1
       if last > n then last = n end
@@ -581,20 +583,28 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       local args = { n = count }
       for i = first, last do args[i - first + 1] = list[i] end
       local argsdata = encode(args)
-      if argsdata == nil then error(OBJMSG:format(fname), 3) end
+      if argsdata == nil then
+        local mine = {}
+        for _, f in ipairs(chunks) do
+          if f._state == "pending" then f._state = "cancelled"; mine[f] = true end
+        end
+        local keep, jt = self._jh - 1, self._jt
+        for i = self._jh, jt do
+          local job = q[i]
+          q[i] = nil
+          if not mine[job.fut] then keep = keep + 1; q[keep] = job end
+        end
+        self._jt = keep
+        error(OBJMSG:format(fname), 3)
+      end
       local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
       chunks[#chunks + 1] = f
-      jobs[#jobs + 1] = { fut = f, id = 0, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true }
+      local id = self._next + 1
+      self._next = id
+      self._jt = self._jt + 1
+      q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true }
+      if #chunks == early then dispatch(self) end
     end
-    local q, jt, id = self._jobs, self._jt, self._next
-    for i = 1, #jobs do
-      local job = jobs[i]
-      id = id + 1
-      job.id = id
-      jt = jt + 1
-      q[jt] = job
-    end
-    self._jt, self._next = jt, id
     dispatch(self)
     return chunks
   end
