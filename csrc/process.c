@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -27,6 +28,7 @@
 typedef struct phandle {
   strand_io io;           /* io.fd is the pidfd; -1 once reaped and closed */
   pid_t pid;
+  int rfd;                /* the child's results (a memfd), -1 when none or taken */
   int status;             /* raw wait status, valid once reaped */
   unsigned char reaped;
   unsigned char daemon;   /* when collected unreaped: 0 wait for it, 1 kill it, 2 leave it */
@@ -161,7 +163,36 @@ static int ph_gc(lua_State *L) {
     if (ph_reap(h, 1) < 0) h->reaped = 1;
   }
   ph_closefd(h);
+  if (h->rfd >= 0) { close(h->rfd); h->rfd = -1; }
   return 0;
+}
+
+/* h:take_result() -> the bytes the child wrote to its result file (maybe ""), once; nil before
+ * the child was reaped or when it had none. Read after the exit, so the child never waited. */
+static int ph_take_result(lua_State *L) {
+  phandle *h = ph_check(L);
+  if (!h->reaped || h->rfd < 0) return 0;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  off_t off = 0;
+  for (;;) {
+    char *p = luaL_prepbuffer(&b);
+    ssize_t r = pread(h->rfd, p, LUAL_BUFFERSIZE, off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      int e = errno;
+      close(h->rfd);
+      h->rfd = -1;
+      return strand_fail(L, e);
+    }
+    luaL_addsize(&b, (size_t)r);
+    off += r;
+    if (r < LUAL_BUFFERSIZE) break;               /* a regular file: a short read is its end */
+  }
+  close(h->rfd);
+  h->rfd = -1;
+  luaL_pushresult(&b);
+  return 1;
 }
 
 static int ph_setdaemon(lua_State *L) {
@@ -171,16 +202,18 @@ static int ph_setdaemon(lua_State *L) {
 
 static const luaL_Reg ph_methods[] = {
   {"wait", ph_wait}, {"poll", ph_poll}, {"signal", ph_signal}, {"pid", ph_pid},
-  {"status", ph_status}, {"set_daemon", ph_setdaemon}, {NULL, NULL}
+  {"status", ph_status}, {"set_daemon", ph_setdaemon}, {"take_result", ph_take_result},
+  {NULL, NULL}
 };
 
 /* A handle for pid pushed (the pidfd opened); on failure the child is killed and reaped and
  * nil, msg, code pushed. Returns 1 or 3. */
-static int push_handle(lua_State *L, pid_t pid, int daemon) {
+static int push_handle_rfd(lua_State *L, pid_t pid, int daemon, int rfd) {
   phandle *h = (phandle *)lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
   strand_io_init(&h->io, -1);
   h->pid = pid;
+  h->rfd = rfd;
   h->daemon = (unsigned char)daemon;
   luaL_setmetatable(L, PHANDLE_META);
   int fd = (int)syscall(SYS_pidfd_open, pid, 0);     /* O_CLOEXEC by definition */
@@ -188,6 +221,7 @@ static int push_handle(lua_State *L, pid_t pid, int daemon) {
     int e = errno;
     kill(pid, SIGKILL);
     ph_reap(h, 1);
+    if (h->rfd >= 0) { close(h->rfd); h->rfd = -1; }
     lua_pop(L, 1);
     return strand_fail(L, e);
   }
@@ -195,21 +229,38 @@ static int push_handle(lua_State *L, pid_t pid, int daemon) {
   return 1;
 }
 
+static int push_handle(lua_State *L, pid_t pid, int daemon) {
+  return push_handle_rfd(L, pid, daemon, -1);
+}
+
 /* }==== */
 
 /* {==== fork */
 
-/* process._fork(child_main, daemon) -> handle | nil, msg, code (process.lua checks threads first)
- * In the child: the parent's loop is abandoned for a fresh one, child_main() runs (protected)
+/* process._fork(child_main, daemon, with_result) -> handle | nil, msg, code (process.lua checks
+ * threads first). with_result: the child gets a result file (a memfd, shared with the handle)
+ * as child_main's argument, to write with process._put_result; the parent reads it after the
+ * child exits (h:take_result). It never fills up, so the child never waits for the parent, and
+ * the parent waits for one event only: the exit (its pidfd).
+ * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd) runs (protected)
  * and its integer result is the exit status (1 if it raised); the child never returns here. */
 static int l_fork(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int daemon = lua_toboolean(L, 2);
+  int rfd = -1;
   luaL_checkstack(L, 8, NULL);
+  if (lua_toboolean(L, 3)) {
+    rfd = memfd_create("strand-result", MFD_CLOEXEC);
+    if (rfd < 0) return strand_fail(L, errno);
+  }
   fflush(NULL);                                /* unwritten stdio output is not written twice */
-  pid_t parent = getpid();
+  pid_t parent = daemon ? getpid() : 0;
   pid_t pid = fork();
-  if (pid < 0) return strand_fail(L, errno);
+  if (pid < 0) {
+    int e = errno;
+    if (rfd >= 0) close(rfd);
+    return strand_fail(L, e);
+  }
   if (pid == 0) {
     if (daemon) {
       /* ends with the parent, also when the parent is SIGKILLed; the parent may already be gone */
@@ -217,8 +268,9 @@ static int l_fork(lua_State *L) {
     }
     strand_loop_forked(L);
     lua_pushvalue(L, 1);
+    if (rfd >= 0) lua_pushinteger(L, rfd); else lua_pushnil(L);
     int code = 1;
-    if (lua_pcall(L, 0, 1, 0) == LUA_OK) {
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
       if (lua_isinteger(L, -1)) code = (int)lua_tointeger(L, -1);
       else code = lua_toboolean(L, -1) || lua_isnil(L, -1) ? 0 : 1;
     } else {
@@ -228,7 +280,23 @@ static int l_fork(lua_State *L) {
     fflush(NULL);
     _exit(code & 0xff);
   }
-  return push_handle(L, pid, daemon);
+  return push_handle_rfd(L, pid, daemon, rfd);
+}
+
+/* process._put_result(rfd, data) -> true | nil, msg, code: the child's results, all of them */
+static int l_put_result(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  size_t len;
+  const char *p = luaL_checklstring(L, 2, &len);
+  while (len > 0) {
+    ssize_t w = write(fd, p, len);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return strand_fail(L, errno);
+    p += w;
+    len -= (size_t)w;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* process._exit(code): end this process now (no atexit handlers, no Lua state close) */
@@ -282,7 +350,7 @@ static int l_cpu_count(lua_State *L) {
 STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
 
 static const luaL_Reg funcs[] = {
-  {"_fork", l_fork}, {"_exit", l_exit}, {"_spawn", strand_spawn_exec},
+  {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
   {"_encode", l_encode}, {"_background", l_background},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };

@@ -141,6 +141,19 @@ end
 describe("process pool workers dying", function()
   H.guard()
 
+  it("a short map is shared out evenly: 8 tasks on 2 workers run 4 on each", function()
+    local process = require "strand.process"
+    local p <close> = pool.new{ size = 2 }
+    local pids = p:map(function() return process.pid() end, { 1, 2, 3, 4, 5, 6, 7, 8 }, 1)
+    local count, n = {}, 0
+    for _, pid in ipairs(pids) do
+      if count[pid] == nil then n = n + 1 end
+      count[pid] = (count[pid] or 0) + 1
+    end
+    assert.equal(2, n)
+    for _, c in pairs(count) do assert.equal(4, c) end
+  end)
+
   it("a worker killed with SIGKILL fails only its job and is replaced", function()
     local p <close> = pool.new{ size = 2 }
     local victim = p:submit(function() require("strand").sleep(30) end)
@@ -210,5 +223,11 @@ describe("process pool workers dying", function()
     local p <close> = pool.new{ size = 1 }
     local q = require("strand.queue").new()
     assert.has_error(function() p:submit(function() return q end) end)
+    -- in a map's list: raises naming map, and nothing of that map is left queued
+    local ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, q }, 1)
+    assert.is_false(ok)
+    assert.matches("bad argument to 'map' %(a strand object", err)
+    assert.equal(0, p._jt - p._jh + 1)               -- nothing left queued
+    assert.same({ 4, 5 }, p:map(function(x) return x end, { 4, 5 }, 1))
   end)
 end)

@@ -216,6 +216,19 @@ describe("processes", function()
     assert.equal(7, f(2))
   end)
 
+  it("a child with 4 MiB of results exits before anyone joins it; join then gets them whole", function()
+    local p = process.start(function() return string.rep("ab", 2 * 1024 * 1024), 7 end)
+    local deadline = strand.now() + H.TIMEOUT
+    while p.exitcode == nil and strand.now() < deadline do strand.sleep(0.01) end
+    assert.equal(0, p.exitcode)                   -- it never waited for a reader
+    local ok, s, n = p:join(H.TIMEOUT)
+    assert.is_true(ok)
+    assert.equal(4 * 1024 * 1024, #s)
+    assert.equal("abab", s:sub(-4))
+    assert.equal(7, n)
+    assert.is_true((p:join(H.TIMEOUT)))           -- joined again: the same outcome
+  end)
+
   it("start-all-then-join is parallel", function()
     local t0 = strand.now()
     local ps = {}

@@ -63,7 +63,8 @@ local function settle(f, r, state)
     f._waiters = nil
     for i = 1, #w do w[i]:notify() end
   end
-  local cbs = f._callbacks or {}
+  local cbs = f._callbacks
+  if cbs == nil then return end
   f._callbacks = nil
   for i = 1, #cbs do
     local ok, err = pcall(cbs[i], f)
@@ -161,6 +162,8 @@ local CHUNK_INFLIGHT = 16   -- map chunks sent ahead to one process worker (refi
 -- a job on the wire: id, function id (0: none), function bytes ("" when the worker has them),
 -- the encoded arguments, 1 for a map chunk; a result: id (8 bytes) then the encoded outcome
 local JOB_FORMAT = ">I8I8s4s4B"
+local FRAMED_JOB = ">I4I8I8s4s4B"   -- the same with its frame length first (8 + 8 + 4 + 4 + 1 = 25)
+local spack = string.pack
 local function_code
 
 -- A job's traceback, without the worker's own frames below the job.
@@ -172,7 +175,7 @@ local function job_traceback(e)
 end
 
 -- What a process worker runs: jobs from its socket, results back, until told to stop.
-local function worker_main(sock, initializer, initargs, maxtasks)
+local function worker_main(sock, out, initializer, initargs, maxtasks)
   local traceback = job_traceback
   if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
   local C = core.process
@@ -180,10 +183,11 @@ local function worker_main(sock, initializer, initargs, maxtasks)
   local outbox, spack, sunpack = {}, string.pack, string.unpack
   local function flush()
     if #outbox == 0 then return end
-    sock:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
+    out:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
     outbox = {}
   end
   sock:settimeout(nil)
+  out:settimeout(nil)
   while true do
     if sock:pending() < 4 then flush() end       -- nothing more buffered: answer before waiting
     local data = sock:recv_frame()
@@ -225,42 +229,73 @@ local function fail_job(job, msg)
 end
 
 local start_worker
+local flush_out
+
+-- Give w the job at the head of the queue (a cancelled one is dropped): false when w cannot take
+-- it (a plain job behind chunks it still has), else true.
+local function give(self, w)
+  local jobs = self._jobs
+  local job = jobs[self._jh]
+  if not job.chunk and #w.inflight >= INFLIGHT then return false end   -- a plain job after chunks
+  jobs[self._jh] = nil
+  self._jh = self._jh + 1
+  if job.fut == nil or job.fut._state == "pending" then
+    if job.fut then job.fut._state = "running" end
+    w.inflight[#w.inflight + 1] = job
+    w.sent = w.sent + 1
+    local fdata = job.fdata
+    if job.fid then
+      if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
+    end
+    local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
+    w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
+      argsdata, job.chunk and 1 or 0)
+  end
+  return true
+end
 
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
   if self._kind ~= "process" then return end
   -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
-  -- refilled by halves so that a worker gets them in batches)
-  local jobs, workers = self._jobs, self._workers
-  for pass = 1, 2 do
-    for _, w in ipairs(workers) do
+  -- refilled by halves so that a worker gets them in batches), dealt one at a time in turn so
+  -- that a short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
+  local workers = self._workers
+  for _, w in ipairs(workers) do
+    if self._jt < self._jh then break end
+    if #w.inflight == 0 and w.alive and (not self._max or w.sent < self._max) then give(self, w) end
+  end
+  if self._jt < self._jh then return flush_out(self) end
+  local caps, any = {}, false
+  for i, w in ipairs(workers) do
+    local n = #w.inflight
+    local cap
+    if self._jobs[self._jh].chunk then cap = n <= CHUNK_INFLIGHT // 2 and CHUNK_INFLIGHT - n or 0
+    else cap = INFLIGHT - n end
+    if self._max and cap > self._max - w.sent then cap = self._max - w.sent end
+    if not w.alive then cap = 0 end
+    caps[i] = cap
+    if cap > 0 then any = true end
+  end
+  while any and self._jt >= self._jh do
+    any = false
+    for i, w in ipairs(workers) do
       if self._jt < self._jh then break end
-      local n = #w.inflight
-      local cap
-      if pass == 1 then cap = n == 0 and 1 or 0
-      elseif jobs[self._jh].chunk then cap = n <= CHUNK_INFLIGHT // 2 and CHUNK_INFLIGHT - n or 0
-      else cap = INFLIGHT - n end
-      if self._max and cap > self._max - w.sent then cap = self._max - w.sent end
-      while cap > 0 and self._jt >= self._jh and w.alive do
-        local job = jobs[self._jh]
-        if not job.chunk and #w.inflight >= INFLIGHT then break end   -- a plain job after chunks
-        jobs[self._jh] = nil
-        self._jh = self._jh + 1
-        if job.fut == nil or job.fut._state == "pending" then
-          if job.fut then job.fut._state = "running" end
-          w.inflight[#w.inflight + 1] = job
-          w.sent = w.sent + 1
-          cap = cap - 1
-          local fdata = job.fdata
-          if job.fid then
-            if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
-          end
-          w.out[#w.out + 1] = string.pack(">s4", string.pack(JOB_FORMAT, job.id, job.fid or 0, fdata,
-            job.argsdata, job.chunk and 1 or 0))
+      if caps[i] > 0 then
+        if give(self, w) then
+          caps[i] = caps[i] - 1
+          if caps[i] > 0 then any = true end
+        else
+          caps[i] = 0
         end
       end
     end
   end
+  return flush_out(self)
+end
+
+-- Write what dispatch queued, one write per worker.
+flush_out = function(self)
   for _, w in ipairs(self._workers) do
     if #w.out > 0 and not w.sending then
       -- one write for everything queued to this worker (another task may add while it waits)
@@ -268,7 +303,7 @@ local function dispatch(self)
       while #w.out > 0 do
         local out = w.out
         w.out = {}
-        local ok = w.sock:sendall(#out == 1 and out[1] or table.concat(out))
+        local ok = w.jsock:sendall(#out == 1 and out[1] or table.concat(out))
         if not ok then w.out = {}; break end   -- the worker died: its reader handles it
       end
       w.sending = false
@@ -296,7 +331,9 @@ local function worker_gone(self, w)
     end
   end
   w.sock:close()
+  w.jsock:close()
   process._parent_ends[w.sock] = nil
+  process._parent_ends[w.jsock] = nil
   for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
   if not self._terminated and (not self._closed or self._jt >= self._jh) then
     start_worker(self)
@@ -328,17 +365,32 @@ local function reader(self, w)
   worker_gone(self, w)
 end
 
+-- Two one-way channels per worker: jobs (ja -> jb) and results (rb -> ra). A socket that only
+-- reads never sees write-space edges, so neither side wakes up for nothing after each message
+-- (one duplex pair would wake each reader once more per round trip: EPOLLOUT, edge-triggered).
 start_worker = function(self)
-  local a, b = socket.pair()
-  if not a then error("strand.pool: cannot create a worker channel: " .. tostring(b)) end
+  local ja, jb = socket.pair()
+  if not ja then error("strand.pool: cannot create a worker channel: " .. tostring(jb)) end
+  local ra, rb = socket.pair()
+  if not ra then
+    ja:close(); jb:close()
+    error("strand.pool: cannot create a worker channel: " .. tostring(rb))
+  end
+  ja:shutdown("r"); jb:shutdown("w"); ra:shutdown("w"); rb:shutdown("r")
   local init, initargs, max = self._init, self._initargs, self._max
+  local ends = process._parent_ends
+  ends[ja] = true                             -- closed in the worker (and in any forked child)
   local h, err = process._fork(function()
-    return worker_main(b, init, initargs, max)
-  end, true, self._allow_threads, a)
-  b:close()
-  if not h then a:close(); error("strand.pool: cannot start a worker: " .. tostring(err)) end
-  process._parent_ends[a] = true
-  local w = { sock = a, proc_h = h, pid = h:pid(), inflight = {}, out = {}, sent = 0, alive = true,
+    return worker_main(jb, rb, init, initargs, max)
+  end, true, self._allow_threads, ra)
+  jb:close(); rb:close()
+  if not h then
+    ends[ja] = nil
+    ja:close(); ra:close()
+    error("strand.pool: cannot start a worker: " .. tostring(err))
+  end
+  ends[ra] = true
+  local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = {}, out = {}, sent = 0, alive = true,
               known = {} }
   self._workers[#self._workers + 1] = w
   w.task = spawn_task(reader, self, w)
@@ -451,17 +503,18 @@ function_code = function(fn)
   return next_fid, data
 end
 
+local OBJMSG = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
+  .. "make it before the pool and reach it from the initializer)"
+
 -- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome.
 local function enqueue(self, fname, fn, args, chunk, job)
   if self._closed then error(fname .. ": the pool is closed", 3) end
   self._next = self._next + 1
   local id = self._next
   job.id = id
-  job[1] = id
   local fid, fdata = function_code(fn)
   if self._kind == "process" then
-    local objmsg = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
-      .. "make it before the pool and reach it from the initializer)"
+    local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
     local argsdata = core.process._encode(args)
     if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
@@ -513,6 +566,48 @@ local function submit_chunks(self, fname, fn, list, chunksize)
     if chunksize < 1 then chunksize = 1 end
   end
   local chunks = {}
+  if self._kind == "process" then
+    -- the first chunk of each worker goes out at once, so the workers start while the rest is
+    -- encoded; the rest is queued and dispatched together. An uncopyable item raises and takes
+    -- back every chunk of this map not sent yet (those sent finish unread).
+    if self._closed then error(fname .. ": the pool is closed", 3) end
+    local fid, fdata = function_code(fn)
+    local encode = core.process._encode
+    if fdata == nil then fdata = encode(fn) end
+    if fdata == nil then error(OBJMSG:format(fname), 3) end
+    local q, early = self._jobs, self._size
+    for first = 1, n, chunksize do
+      local last = first + chunksize - 1
+      if last > n then last = n end
+      local count = last - first + 1
+      local args = { n = count }
+      for i = first, last do args[i - first + 1] = list[i] end
+      local argsdata = encode(args)
+      if argsdata == nil then
+        local mine = {}
+        for _, f in ipairs(chunks) do
+          if f._state == "pending" then f._state = "cancelled"; mine[f] = true end
+        end
+        local keep, jt = self._jh - 1, self._jt
+        for i = self._jh, jt do
+          local job = q[i]
+          q[i] = nil
+          if not mine[job.fut] then keep = keep + 1; q[keep] = job end
+        end
+        self._jt = keep
+        error(OBJMSG:format(fname), 3)
+      end
+      local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
+      chunks[#chunks + 1] = f
+      local id = self._next + 1
+      self._next = id
+      self._jt = self._jt + 1
+      q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true }
+      if #chunks == early then dispatch(self) end
+    end
+    dispatch(self)
+    return chunks
+  end
   for first = 1, n, chunksize do
     local last = math.min(first + chunksize - 1, n)
     local args = { n = last - first + 1 }
@@ -627,7 +722,7 @@ function Pool:join()
       if f then f:join() else core.sleep(0.001) end
     end
     for _, w in ipairs(self._workers) do
-      if w.alive then w.sock:send_frame("stop") end
+      if w.alive then w.jsock:send_frame("stop") end
     end
     while #self._workers > 0 do
       local w = self._workers[1]

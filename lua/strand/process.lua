@@ -6,7 +6,7 @@
 --  * process.start(fn, ...) forks. The child abandons the parent's loop (its tasks never run in
 --    the child, its poller is never touched) and runs fn(...) as the only task of a fresh loop;
 --    when fn returns (tasks it spawned and left running are abandoned) its results are copied
---    back (the copy rule, functions included) through a socket pair and the child _exits: 0, or
+--    back (the copy rule, functions included) through a result file and the child _exits: 0, or
 --    1 if fn raised. join/result follow the finishing protocol; exitcode is Python's (0, 1, -N
 --    for a death by signal N). join waits through the loop (pidfd), so other tasks run meanwhile.
 --  * A strand object (queue, lock, ...) cannot come back as a result or go through a pipe: its
@@ -20,8 +20,8 @@
 --    At exit (the Lua state closing) daemon children are killed and others waited for; daemon
 --    children also die with the parent when it is killed (PR_SET_PDEATHSIG; note Linux ties it
 --    to the thread that forked: a daemon started from a strand thread dies when that thread ends).
---  * A child whose results exceed the socket buffer (a few hundred KiB) waits until the parent
---    reads them: join it (a plain child is waited for at exit, as Python joins its children).
+--  * A child's results go to a result file of its own (a memfd) and are read once it has exited:
+--    however big they are, the child never waits for a reader, and join waits for one event.
 --  * spawn connects the child's stdin/stdout/stderr to socket pairs (so they are ordinary strand
 --    streams: read, lines, write, close); the child sees blocking sockets, which programs read and
 --    write like pipes. "inherit" (default) and "null" are the other choices.
@@ -77,8 +77,9 @@ local function child_setup(own_parent_end)
 end
 M._child_setup = child_setup
 
---- Fork with child_main() run in the child (returns its exit status). -> handle | nil, msg, code
-function M._fork(child_main, daemon, allow_threads, parent_end)
+--- Fork with child_main(rfd) run in the child (returns its exit status); rfd is a result file
+--- (process._put_result) when with_result. -> handle | nil, msg, code
+function M._fork(child_main, daemon, allow_threads, parent_end, with_result)
   local th = package.loaded["strand.thread"]
   if not allow_threads and type(th) == "table" and th.active_count() > 1 then
     error(("process.start: %d strand thread(s) run in this process; a forked child would hold only "
@@ -87,10 +88,10 @@ function M._fork(child_main, daemon, allow_threads, parent_end)
       :format(th.active_count() - 1), 3)
   end
   sweep()
-  local h, err, code = C._fork(function()
+  local h, err, code = C._fork(function(rfd)
     child_setup(parent_end)
-    return child_main()
-  end, daemon)
+    return child_main(rfd)
+  end, daemon, with_result)
   if not h then return nil, err, code end
   live[h] = true
   return h
@@ -153,8 +154,8 @@ function M.new(opts)
   }, Process)
 end
 
--- The child's side: run fn as a task of the fresh loop, send the outcome, exit.
-local function run_child(self, child_end)
+-- The child's side: run fn as a task of the fresh loop, write the outcome, exit.
+local function run_child(self, rfd)
   M._current_name = self.name
   local t = spawn_task(self.fn, unpack(self.args, 1, self.nargs))
   local r = pack(t:join())
@@ -163,23 +164,21 @@ local function run_child(self, child_end)
     r = pack(false, "process " .. self.name .. ": cannot copy its results back: " .. tostring(data))
     data = serial.encode(r)
   end
-  child_end:settimeout(nil)
-  child_end:send_frame(data)
-  return r[1] and 0 or 1             -- child_end closes with the process: the parent sees the
-                                     -- frame and the end of the stream in one wake-up
+  local ok2, err = C._put_result(rfd, data)
+  if not ok2 then
+    io.stderr:write("strand: process ", self.name, ": cannot write its results: ", tostring(err), "\n")
+    return 1
+  end
+  return r[1] and 0 or 1
 end
 
 function methods:start()
   check_self(self, "start")
   if rawget(self, "_h") ~= nil then error("process " .. self.name .. " already started", 2) end
-  local a, b = socket.pair()
-  if not a then return nil, b end
-  local h, err, code = M._fork(function() return run_child(self, b) end,
-    self.daemon, self.allow_threads, a)
-  b:close()
-  if not h then a:close(); return nil, err, code end
-  parent_ends[a] = true
-  self._h, self._sock = h, a
+  local h, err, code = M._fork(function(rfd) return run_child(self, rfd) end,
+    self.daemon, self.allow_threads, nil, true)
+  if not h then return nil, err, code end
+  self._h = h
   self.pid = h:pid()
   return self
 end
@@ -189,36 +188,24 @@ local function failure_message(code)
   return "process exited with code " .. code
 end
 
--- One joiner does the reading; the others wait for its notification.
+-- One joiner waits for the exit (one event: the pidfd) and reads the results the child left;
+-- the others wait for its notification.
 local function finish(self, deadline)
-  local sock = self._sock
-  if sock and not self._msg_done then
-    sock:settimeout(remaining(deadline))
-    local data, err = sock:recv_frame()
-    if data then
-      self._msg = data
-    elseif err == "timeout" then
-      return nil, "timeout"
-    end
-    self._msg_done = true
-    sock:close()
-    parent_ends[sock] = nil
-    self._sock = nil
-  end
-  local code, err = self._h:poll()
-  if code == nil then code, err = self._h:wait(remaining(deadline)) end
+  local h = self._h
+  local code, err = h:poll()
+  if code == nil then code, err = h:wait(remaining(deadline)) end
   if code == nil then return nil, err end
-  live[self._h] = nil
+  live[h] = nil
+  local msg = h:take_result()
   local r
-  if self._msg then
-    r = pack(pcall(serial.decode, self._msg, { functions = true }))
+  if msg and #msg > 0 then
+    r = pack(pcall(serial.decode, msg, { functions = true }))
     if r[1] then r = r[2] else r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(r[2])) end
   elseif code == 0 then
     r = pack(true)
   else
     r = pack(false, failure_message(code))
   end
-  self._msg = nil
   self._final = r
   return true
 end
