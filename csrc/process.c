@@ -254,6 +254,8 @@ static int l_fork(lua_State *L) {
     if (rfd < 0) return strand_fail(L, errno);
   }
   fflush(NULL);                                /* unwritten stdio output is not written twice */
+  strand_arena_init();     /* before the first fork, so the family shares one arena (and objects
+                              made after this fork by either side cross between them) */
   pid_t parent = daemon ? getpid() : 0;
   pid_t pid = fork();
   if (pid < 0) {

@@ -124,7 +124,11 @@ static void arena_make(void) {
   AH->top = round_up(sizeof(arena_hdr), 64);
 }
 
+static void hooks_make(void);
+static pthread_once_t hooks_once;
+
 int strand_arena_init(void) {
+  pthread_once(&hooks_once, hooks_make);   /* the fork hooks too: a forking area calls this first */
   pthread_once(&arena_once, arena_make);
   return arena_err;
 }
