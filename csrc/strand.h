@@ -302,6 +302,12 @@ STRAND_API void strand_shm_release(strand_shm *s, uint64_t off);
  * start over): who put an item, who owns an rlock. */
 STRAND_API int strand_shm_pid(void);
 STRAND_API int strand_shm_tid(void);
+/* owner.c: this process's identity (pid and start time, > 0; no syscall after the first call
+ * in a process), its pid, and whether the process it names has ended (gone, a zombie, or its
+ * pid recycled): a lock held by a dead process is taken over. */
+STRAND_API int64_t strand_owner_self(void);
+STRAND_API int strand_owner_pid(int64_t id);
+STRAND_API int strand_owner_dead(int64_t id);
 /* Methods as closures over their metatable (upvalue 1): strand_shm_newmeta makes the metatable
  * of t (strand_object_newmeta) with __index = methods and __close = close (if given), leaving
  * the metatable and the method table on the stack; strand_shm_self checks index 1 in them. */
