@@ -308,6 +308,12 @@ STRAND_API int strand_shm_tid(void);
 STRAND_API int64_t strand_owner_self(void);
 STRAND_API int strand_owner_pid(int64_t id);
 STRAND_API int strand_owner_dead(int64_t id);
+/* shm.c: this thread's put-intent record (NULL if none can be had): a ring put stores pos + 1
+ * and the queue's arena offset here before claiming a position, and clears obj once published;
+ * strand_intent_dead(obj, pos): some thread was claiming it and every such thread has died. */
+typedef struct strand_intent { uint64_t obj, pos; int64_t owner; uint64_t next; } strand_intent;
+STRAND_API strand_intent *strand_intent_mine(void);
+STRAND_API int strand_intent_dead(uint64_t obj, uint64_t pos);
 /* Methods as closures over their metatable (upvalue 1): strand_shm_newmeta makes the metatable
  * of t (strand_object_newmeta) with __index = methods and __close = close (if given), leaving
  * the metatable and the method table on the stack; strand_shm_self checks index 1 in them. */

@@ -386,6 +386,62 @@ describe("processes", function()
     assert.equal(1, q:get(H.TIMEOUT))
   end)
 
+  it("a ring slot claimed by a producer SIGKILLed before publishing: getters skip it, FIFO kept", function()
+    local q, ready = queue.new(4), sync.event()
+    assert.is_true(q:put("a"))
+    local p = process.start(function()
+      assert(queue._test_claim(q))        -- claims position 1, never publishes it
+      ready:set()
+      strand.sleep(30)
+    end)
+    assert.is_true(ready:wait(H.TIMEOUT))
+    assert.is_true(q:put("b")); assert.is_true(q:put("c"))
+    assert.equal("a", q:get(H.TIMEOUT))
+    assert.same({ nil, "timeout" }, { q:get(0.12) })    -- its producer is alive: it may publish
+    p:kill()
+    p:join(H.TIMEOUT)
+    assert.equal("b", q:get(H.TIMEOUT))                 -- the dead claim is skipped
+    assert.equal("c", q:get(H.TIMEOUT))
+    for _ = 1, 3 do q:task_done() end
+    assert.is_true(q:join(H.TIMEOUT))                   -- the dead put counts as done
+    for i = 1, 4 do assert.is_true(q:put(i, H.TIMEOUT)) end   -- the slot is free again
+    for i = 1, 4 do assert.equal(i, q:get(H.TIMEOUT)) end
+  end)
+
+  it("a dead producer's claim in an unbounded queue: get_nowait skips it, close drains", function()
+    local q = queue.new()
+    local p = process.start(function()
+      assert(queue._test_claim(q))
+      os.exit(0, false)
+    end)
+    assert.is_true(p:join(H.TIMEOUT))
+    assert.equal(0, p.exitcode)
+    assert.is_true(q:put(1)); assert.is_true(q:put(2))
+    assert.equal(1, q:get_nowait())
+    assert.equal(2, q:get_nowait())
+    assert.same({ nil, "empty" }, { q:get_nowait() })
+    local p2 = process.start(function() assert(queue._test_claim(q)); os.exit(0, false) end)
+    assert.is_true(p2:join(H.TIMEOUT))
+    q:close()
+    assert.same({ nil, "closed" }, { q:get(H.TIMEOUT) })   -- never a hang after close
+  end)
+
+  it("a getter asleep behind a dead producer's claim is woken by the items behind it", function()
+    local q, ready = queue.new(8), sync.event()
+    local p = process.start(function()
+      assert(queue._test_claim(q))
+      ready:set()
+      strand.sleep(30)
+    end)
+    assert.is_true(ready:wait(H.TIMEOUT))
+    local getter = strand.spawn(function() return q:get(H.TIMEOUT) end)
+    assert.is_true(q:put("x"))
+    strand.sleep(0.01)
+    p:kill()
+    assert.equal("x", getter:result(H.TIMEOUT))
+    p:join(H.TIMEOUT)
+  end)
+
   it("forking while other threads run raises unless allow_threads is given", function()
     local thread = require "strand.thread"
     local ev = sync.event()
