@@ -342,6 +342,9 @@ STRAND_API void strand_serial_release(const char *p, size_t len);
 /* Drop only its family-wide references (shared objects by arena offset): for a string another
  * process encoded (its process-local references are that process's). */
 STRAND_API void strand_serial_release_shared(const char *p, size_t len);
+/* The string's object references are all by arena offset (locks, queues, dicts...: valid in
+ * every process of the family), none by pointer (valid in this process only): 1, else 0. */
+STRAND_API int strand_serial_family_only(const char *p, size_t len);
 
 /* }==== */
 

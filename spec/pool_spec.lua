@@ -206,9 +206,12 @@ describe("process pool workers dying", function()
     end
   end)
 
-  it("a strand object cannot be sent to a process worker", function()
+  it("a shared strand object goes to a process worker and comes back", function()
     local p <close> = pool.new{ size = 1 }
     local q = require("strand.queue").new()
-    assert.has_error(function() p:submit(function() return q end) end)
+    local back = p:submit(function() q:put("from the worker"); return q end):result(H.TIMEOUT)
+    assert.equal("from the worker", q:get(H.TIMEOUT))
+    q:put("again")
+    assert.equal("again", back:get(H.TIMEOUT))
   end)
 end)
