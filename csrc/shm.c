@@ -514,7 +514,21 @@ void strand_shm_free(strand_shm *s) {
 /* {==== references by offset: the same object in every process of the family */
 
 #define NTYPES 16
-static struct { const strand_objtype *t; size_t objsize; int (*view)(strand_shm *s); } types[NTYPES];
+static struct {
+  const strand_objtype *t;
+  size_t objsize;
+  int (*view)(strand_shm *s);
+  void (*repair)(strand_shm *s);        /* locked, after a holder's death: make it consistent */
+} types[NTYPES];
+
+void strand_shm_on_repair(const strand_objtype *t, void (*repair)(strand_shm *s)) {
+  pthread_mutex_lock(&hooks_mu);
+  for (int i = 0; i < NTYPES; i++)
+    if (__atomic_load_n(&types[i].t, __ATOMIC_ACQUIRE) == t) types[i].repair = repair;
+  pthread_mutex_unlock(&hooks_mu);
+}
+
+static void type_repair(strand_shm *s);
 
 void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand_shm *s)) {
   pthread_mutex_lock(&hooks_mu);
@@ -528,6 +542,13 @@ void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand
     }
   }
   pthread_mutex_unlock(&hooks_mu);
+}
+
+static int type_index(const strand_objtype *t);
+static void type_repair(strand_shm *s) {
+  int ti = type_index(s->obj.type);
+  void (*fn)(strand_shm *) = ti < 0 ? NULL : __atomic_load_n(&types[ti].repair, __ATOMIC_ACQUIRE);
+  if (fn) fn(s);
 }
 
 static int type_index(const strand_objtype *t) {
@@ -753,6 +774,7 @@ int strand_shm_lock(strand_shm *s) {
      * Whoever sleeps looks once more: every channel is signalled and fired. */
     err = pthread_mutex_consistent(&s->head->mu);
     if (err) { pthread_mutex_unlock(&s->head->mu); return err; }
+    type_repair(s);                     /* a type that journals its changes finishes them */
     for (int ch = 0; ch < s->head->nchan; ch++) {
       CHANS(s)[ch].signalled = 1;
       fire_list(CHANS(s)[ch].list);

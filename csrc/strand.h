@@ -253,6 +253,9 @@ typedef struct strand_shm {
  * new reference; made if this process had none), NULL if it cannot be made. strand_shm_aref:
  * one family reference more (+1) or less (-1; the last frees the object). */
 STRAND_API void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand_shm *s));
+/* After strand_shm_type: repair(s) runs under the mutex when a locker finds that the previous
+ * holder died (EOWNERDEAD), before anything else sees the state: it finishes a journaled change. */
+STRAND_API void strand_shm_on_repair(const strand_objtype *t, void (*repair)(strand_shm *s));
 STRAND_API uint64_t strand_shm_offset(strand_object *o);
 STRAND_API strand_object *strand_shm_view(uint64_t off, const strand_objtype *t);
 STRAND_API void strand_shm_aref(uint64_t off, int delta);

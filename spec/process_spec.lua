@@ -403,6 +403,55 @@ describe("processes", function()
     assert.equal(before + 11, d.n)
   end)
 
+  -- shared._test_die(n): the child _exits at the n-th crash point it reaches holding the dict's
+  -- or list's mutex; the next locker sees EOWNERDEAD and finishes the journaled change
+  local function dies_at(n, fn)
+    local p = process.start(function() shared._test_die(n); fn(); error("no crash point reached") end)
+    assert.is_true(p:join(H.TIMEOUT))
+    assert.equal(0, p.exitcode)
+  end
+
+  local function check_dict(d, n)
+    assert.equal(n, #d)
+    for i = 1, n do assert.equal(i, d["k" .. i]) end
+    local keys = d:keys()
+    assert.equal(n, #keys)
+  end
+
+  it("a dict whose writer died in the middle of a rehash (any step) is whole", function()
+    -- 12 entries in 16 buckets: the 13th rehashes (12 moves = crash points 1..12, installing
+    -- the new array = 13), then links the entry (14: before it is counted)
+    for _, at in ipairs({ 1, 2, 7, 12, 13, 14 }) do
+      local d = shared.dict()
+      for i = 1, 12 do d["k" .. i] = i end
+      dies_at(at, function() d.k13 = 13 end)
+      local n = at == 14 and 13 or 12
+      check_dict(d, n)
+      for i = n + 1, 40 do d["k" .. i] = i end         -- grows again, twice
+      check_dict(d, 40)
+      d.k1 = nil
+      assert.equal(39, #d)
+    end
+  end)
+
+  it("an incr that died between an entry's type and its value is finished", function()
+    local d = shared.dict()
+    d.x = 1
+    dies_at(1, function() d:incr("x", 0.5) end)
+    assert.equal(1.5, d.x)
+    assert.equal(2.5, d:incr("x"))
+  end)
+
+  it("a list whose writer died between a slot and its length or its old entry stays valid", function()
+    local l = shared.list({ "a", "b", "c" })
+    dies_at(1, function() l:append("d") end)
+    assert.equal(3, #l)                                 -- not counted yet: as if never appended
+    assert.equal(4, l:append("e"))
+    assert.same({ "a", "b", "c", "e" }, l:items())
+    dies_at(1, function() l[2] = "B" end)
+    assert.same({ "a", "B", "c", "e" }, l:items())
+  end)
+
   it("a child SIGKILLed while putting into a queue leaves it usable by the others", function()
     local q = queue.new(8)
     local p = process.start(function()
