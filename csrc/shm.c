@@ -295,10 +295,21 @@ strand_intent *strand_intent_mine(void) {
   if (!intent_key_ok) return NULL;
   int64_t me = strand_owner_self();
   uint64_t off = 0;
+  int64_t was = 0;
   arena_lock();
   for (uint64_t o = AH->intents; o; o = ((strand_intent *)AT(o))->next) {
     strand_intent *r = (strand_intent *)AT(o);
     if (__atomic_load_n(&r->owner, __ATOMIC_ACQUIRE) == 0) { off = o; break; }
+  }
+  /* none free: take over one of a process that ended (threads of a process that exits or is
+   * killed never free theirs), but not one naming a claim: a getter needs it to skip that */
+  int tries = 0;
+  for (uint64_t o = AH->intents; o && off == 0 && tries < 64; o = ((strand_intent *)AT(o))->next) {
+    strand_intent *r = (strand_intent *)AT(o);
+    int64_t w = __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE);
+    if (w == 0 || __atomic_load_n(&r->obj, __ATOMIC_ACQUIRE) != 0) continue;
+    tries++;
+    if (kill(strand_owner_pid(w), 0) < 0 && errno == ESRCH) { off = o; was = w; }
   }
   arena_unlock();
   if (off == 0) {
@@ -313,8 +324,8 @@ strand_intent *strand_intent_mine(void) {
     arena_unlock();
   } else {
     strand_intent *r = (strand_intent *)AT(off);
-    int64_t zero = 0;                   /* another thread may have taken it meanwhile */
-    if (!__atomic_compare_exchange_n(&r->owner, &zero, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+    /* another thread may have taken it meanwhile */
+    if (!__atomic_compare_exchange_n(&r->owner, &was, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
       return strand_intent_mine();
     r->obj = r->pos = 0;
   }
