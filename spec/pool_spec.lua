@@ -1,7 +1,6 @@
 -- Pools of processes and threads, futures, the finishing protocol on futures, dead workers.
 local strand = require "strand"
 local pool = require "strand.pool"
-require "strand.queue"   -- opens the arena and this state's wake-up eventfd (kept) before H.guard counts
 local H = require "support.helper"
 
 for _, kind in ipairs { "process", "thread" } do

@@ -183,6 +183,9 @@ end
 --- resolver's idle threads linger ten seconds and cannot be told apart from leaked ones yet).
 function H.guard(opts)
   local busted = require "busted"
+  -- the family's arena (one memfd, kept for the process's life) and this state's wake-up eventfd
+  -- open with the first sync/queue/shared use: open them now, not inside the first guarded test
+  require "strand.queue"
   local before
   busted.before_each(function()
     before = H.snapshot()
