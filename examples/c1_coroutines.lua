@@ -1,6 +1,6 @@
 -- examples/c1_coroutines.lua — scenario C1 (greenlet's yield-based producer/consumer): plain Lua
 -- coroutines hand items over with yield/resume, inside strand tasks that run concurrently.
--- Run: lua5.4 examples/c1_coroutines.lua [items=5]
+-- Run: ./strand-run examples/c1_coroutines.lua [items=5]
 local strand = require "strand"
 
 local N = tonumber(arg and arg[1]) or 5
