@@ -1,6 +1,6 @@
 -- examples/c2_sleepers.lua — scenario C2 (gevent.sleep): three tasks sleeping 2, 1 and 0 units
 -- finish in the order 0, 1, 2 and the whole takes about 2 units; 10 tasks sleeping 1 unit take
--- about 1 unit, not 10. Run: lua5.4 examples/c2_sleepers.lua [unit_seconds=1]
+-- about 1 unit, not 10. Run: ./strand-run examples/c2_sleepers.lua [unit_seconds=1]
 local strand = require "strand"
 
 local U = tonumber(arg and arg[1]) or 1

@@ -1,6 +1,6 @@
 -- examples/c3_http_fetch.lua — scenario C3 (gevent's monkey-patched urllib): many GETs through
 -- LuaSocket's own socket.http after strand.luasocket.install(), sequentially and then in tasks.
--- Run: lua5.4 examples/c3_http_fetch.lua [requests=20] [handler_delay=0.3]
+-- Run: ./strand-run examples/c3_http_fetch.lua [requests=20] [handler_delay=0.3]
 local strand = require "strand"
 local ssock = require "strand.socket"
 require("strand.luasocket").install()          -- before anything requires "socket"

@@ -1,5 +1,5 @@
 -- examples/h1_run.lua — H1: connect with a password, run "df -h; pwd", read stdout, stderr and
--- the exit code (paramiko's exec_command). Usage: lua examples/h1_run.lua user@host[:port] | --smoke
+-- the exit code (paramiko's exec_command). Usage: ./strand-run examples/h1_run.lua user@host[:port] | --smoke
 package.path = "examples/?.lua;" .. package.path
 local ssh = require "strand.ssh"
 local target = require("ssh_target").get(arg)

@@ -1,6 +1,6 @@
 -- examples/h2_keys.lua — H2: private keys with and without a passphrase; strict host-key checking
 -- by default, accept-new when asked, a changed host key refused.
--- Usage: lua examples/h2_keys.lua --smoke  (needs the throwaway keys of the private sshd)
+-- Usage: ./strand-run examples/h2_keys.lua --smoke  (needs the throwaway keys of the private sshd)
 package.path = "examples/?.lua;" .. package.path
 local ssh = require "strand.ssh"
 local target = require("ssh_target").get(arg)

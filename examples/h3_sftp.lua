@@ -1,6 +1,6 @@
 -- examples/h3_sftp.lua — H3: SFTP put and get with a progress bar, and a download interrupted
 -- half-way then resumed; the result is byte-identical (sha256sum).
--- Usage: lua examples/h3_sftp.lua user@host[:port] [MiB] | --smoke [MiB]
+-- Usage: ./strand-run examples/h3_sftp.lua user@host[:port] [MiB] | --smoke [MiB]
 package.path = "examples/?.lua;" .. package.path
 local ssh = require "strand.ssh"
 local target = require("ssh_target").get(arg)

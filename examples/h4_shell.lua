@@ -1,6 +1,6 @@
 -- examples/h4_shell.lua — H4: an interactive shell on a pty: wait for a prompt, answer it, run a
 -- command, read its output (the su-style flow paramiko users write with invoke_shell).
--- Usage: lua examples/h4_shell.lua user@host[:port] | --smoke
+-- Usage: ./strand-run examples/h4_shell.lua user@host[:port] | --smoke
 package.path = "examples/?.lua;" .. package.path
 local ssh = require "strand.ssh"
 local target = require("ssh_target").get(arg)

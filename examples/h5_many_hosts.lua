@@ -1,6 +1,6 @@
 -- examples/h5_many_hosts.lua — H5: the same command on many hosts at once, from one Lua thread:
 -- one task per session (against the private sshd, the "hosts" are N sessions to it).
--- Usage: lua examples/h5_many_hosts.lua user@host[:port] [N] | --smoke [N]
+-- Usage: ./strand-run examples/h5_many_hosts.lua user@host[:port] [N] | --smoke [N]
 package.path = "examples/?.lua;" .. package.path
 local strand = require "strand"
 local ssh = require "strand.ssh"

@@ -1,6 +1,6 @@
 -- P1: processes with arguments; pid and ppid; a child changing a global leaves the parent's
 -- alone; start-all-then-join runs in parallel, start-join-start runs one after the other.
--- Usage: lua5.4 examples/p1_processes.lua [seconds per child (0.3)]
+-- Usage: ./strand-run examples/p1_processes.lua [seconds per child (0.3)]
 local strand = require "strand"
 local process = require "strand.process"
 local secs = tonumber(arg[1]) or 0.3

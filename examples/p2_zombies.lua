@@ -1,6 +1,6 @@
 -- P2: no zombie remains (every child is reaped by join, exitcode or the next start); a daemon
 -- child ends with its parent, even when the parent is killed with SIGKILL.
--- Usage: lua5.4 examples/p2_zombies.lua
+-- Usage: ./strand-run examples/p2_zombies.lua
 local strand = require "strand"
 local process = require "strand.process"
 

@@ -1,6 +1,6 @@
 -- P3: ticket buying: several processes buy from a count kept in a JSON-like file, under a
 -- process lock; exactly as many tickets are sold as there were.
--- Usage: lua5.4 examples/p3_tickets.lua [tickets (20)] [buyers (5)]
+-- Usage: ./strand-run examples/p3_tickets.lua [tickets (20)] [buyers (5)]
 local strand = require "strand"
 local process = require "strand.process"
 local sync = require "strand.sync"

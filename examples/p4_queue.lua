@@ -1,6 +1,6 @@
 -- P4: producer/consumer across processes with a joinable queue: the producer waits with
 -- q:join() until the consumers have task_done every item.
--- Usage: lua5.4 examples/p4_queue.lua [items (100)]
+-- Usage: ./strand-run examples/p4_queue.lua [items (100)]
 local process = require "strand.process"
 local queue = require "strand.queue"
 local shared = require "strand.shared"

@@ -1,5 +1,5 @@
 -- P5: a pipe between two processes, both directions; poll and the end of the conversation.
--- Usage: lua5.4 examples/p5_pipe.lua
+-- Usage: ./strand-run examples/p5_pipe.lua
 local process = require "strand.process"
 
 local here, there = process.pipe()

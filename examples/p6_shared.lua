@@ -1,5 +1,5 @@
 -- P6: a Manager-style shared dict and list changed by 5 processes; every change is there.
--- Usage: lua5.4 examples/p6_shared.lua
+-- Usage: ./strand-run examples/p6_shared.lua
 local process = require "strand.process"
 local shared = require "strand.shared"
 

@@ -1,6 +1,6 @@
 -- P7: Pool(5): apply one at a time vs submit with callbacks (parallel); map; close and join; a
 -- worker killed with SIGKILL fails only its task and the pool goes on.
--- Usage: lua5.4 examples/p7_pool.lua [seconds per task (0.2)]
+-- Usage: ./strand-run examples/p7_pool.lua [seconds per task (0.2)]
 local strand = require "strand"
 local pool = require "strand.pool"
 local process = require "strand.process"

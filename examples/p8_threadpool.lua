@@ -1,6 +1,6 @@
 -- P8: a thread pool: submit 20 tasks, as_completed takes the first two results and moves on;
 -- map returns results in order; on_done callbacks.
--- Usage: lua5.4 examples/p8_threadpool.lua
+-- Usage: ./strand-run examples/p8_threadpool.lua
 local strand = require "strand"
 local pool = require "strand.pool"
 

@@ -1,5 +1,5 @@
 -- P9: a process that starts threads inside it (and joins them), its results back to the parent.
--- Usage: lua5.4 examples/p9_process_threads.lua
+-- Usage: ./strand-run examples/p9_process_threads.lua
 local process = require "strand.process"
 
 local p = process.start(function()

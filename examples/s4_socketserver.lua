@@ -1,6 +1,6 @@
 -- examples/s4_socketserver.lua — scenario S4 (Python's socketserver): a handler serving each
 -- connection in task, thread, fork and prefork modes, over TCP and UDP; options via argparse.
--- Run: lua5.4 examples/s4_socketserver.lua [--mode task|thread|fork|prefork|all] [--host H]
+-- Run: ./strand-run examples/s4_socketserver.lua [--mode task|thread|fork|prefork|all] [--host H]
 --      [--port P] [--workers N] [--clients N] [--udp] [--serve]   (--serve: serve until Ctrl-C)
 local argparse = require "argparse"
 local strand = require "strand"

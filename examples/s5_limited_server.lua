@@ -1,7 +1,7 @@
 -- examples/s5_limited_server.lua — scenario S5: a server that serves at most N clients at once.
 -- Python's original warns that too many clients bring the server down; here max_connections
 -- bounds the handlers and the rest wait in the listen backlog: every client is served, in turn.
--- Run: lua5.4 examples/s5_limited_server.lua [clients=40] [max_connections=4] [hold=0.1]
+-- Run: ./strand-run examples/s5_limited_server.lua [clients=40] [max_connections=4] [hold=0.1]
 local strand = require "strand"
 local server = require "strand.server"
 local socket = require "strand.socket"
