@@ -309,15 +309,16 @@ static int l_exit(lua_State *L) {
   return 0;
 }
 
-/* process._encode(v) -> string | nil when v holds a strand object (its references are dropped):
- * values for another process of ours, functions included (the channel is strand's own). */
+/* process._encode(v) -> string | nil when v holds a strand object that is not in the family's
+ * arena (its references are dropped): values for another process of ours, functions included
+ * (the channel is strand's own); locks, queues, dicts... cross by arena offset. */
 static int l_encode(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
   strand_serial_encode(L, 1, 1, STRAND_SERIAL_FUNCTIONS);
   size_t len;
   const char *p = lua_tolstring(L, -1, &len);
-  if (len > 1 && (p[1] & 0x01)) {             /* HDR_OBJECTS: see serial.c's format */
+  if (!strand_serial_family_only(p, len)) {
     strand_serial_release(p, len);
     lua_pushnil(L);
   }

@@ -183,10 +183,10 @@ static void q_pop(strand_shm *s, q_state *st) {
  * Before sleeping, a waiter whose peer is another thread watches the ring for a few
  * microseconds (only with more than one CPU online and nothing else ready in its loop).
  *
- * A process killed between claiming a slot and publishing it (a few instructions) would stall
- * the ring at that slot (and an unbounded queue's overflow behind it): getters wait, then time
- * out; puts go on until the ring (bounded) or the storage (unbounded) is full. A mutex-based
- * queue has the same window for its half-done change. */
+ * A process killed between claiming a slot and publishing it would stall the ring at that
+ * slot: a getter that finds head claimed and unpublished for a slice asks the put-intent
+ * records (shm.c) whether every thread that was claiming it died, and if so frees the slot
+ * (r_skip_dead). A mutex-based queue's half-done change is not repaired. */
 
 #define RING_INLINE 112
 #define RING_MAXCAP 16384
@@ -315,19 +315,28 @@ static int64_t r_unfinished(q_state *st) {
   return (int64_t)(r_puts(st) - d);
 }
 
-/* Claim, fill and publish a slot: 1 done, 0 full, -1 closed. Never blocks. */
-static int r_push(q_state *st, const r_item *it) {
+/* Claim, fill and publish a slot: 1 done, 0 full, -1 closed. Never blocks. Before each claim
+ * the thread's intent record names (queue, position), so a getter can tell a claim whose
+ * producer died (r_skip_dead); it is cleared on the way out. publish 0: claim only (a test). */
+static int r_push_in(q_state *st, const r_item *it, strand_intent *me, int publish) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->tail);
+  uint64_t qoff = (uint64_t)((char *)st - strand_arena_base);
   for (;;) {
     if (pos & RING_CLOSED) return -1;
     if (pos & RING_RETIRED) return 0;         /* growing: the overflow takes it (locked) */
     r_slot *x = &slots[pos % cap];
     int64_t dif = (int64_t)(A_ACQ(&x->seq) - 2 * pos);
     if (dif == 0) {
-      if (__atomic_compare_exchange_n(&st->tail, &pos, pos + 1, 1, __ATOMIC_RELAXED,
+      if (me) {
+        __atomic_store_n(&me->pos, pos + 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&me->obj, qoff, __ATOMIC_RELAXED);
+      }
+      /* release: a getter that sees the claim (tail, acquire) sees the record */
+      if (__atomic_compare_exchange_n(&st->tail, &pos, pos + 1, 1, __ATOMIC_RELEASE,
                                       __ATOMIC_RELAXED)) {
+        if (!publish) return 1;
         memcpy(&x->it, it, r_item_size(it));
         __atomic_store_n(&x->seq, 2 * pos + 1, __ATOMIC_RELEASE);
         return 1;
@@ -340,6 +349,46 @@ static int r_push(q_state *st, const r_item *it) {
       pos = A_RLX(&st->tail);
     }
   }
+}
+
+static int r_push(q_state *st, const r_item *it) {
+  strand_intent *me = strand_intent_mine();
+  int r = r_push_in(st, it, me, 1);
+  if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+  return r;
+}
+
+/* The position at head was claimed (head < tail) and is not published. */
+static int r_head_claimed(q_state *st) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  uint64_t pos = A_ACQ(&st->head);
+  return r_tail(st) > pos && A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+}
+
+static void q_settle(strand_shm *s, int kick);
+
+/* The put that claimed head's position died before publishing (every thread that was claiming
+ * it has ended): free the slot as a get would and count that put done, so the items behind it
+ * come out in order; 1 if skipped. Reads /proc: only when a getter found nothing for a while. */
+static int r_skip_dead(lua_State *L, strand_shm *s, q_state *st) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  uint64_t pos = A_ACQ(&st->head);
+  if (r_tail(st) <= pos) return 0;
+  r_slot *x = &slots[pos % cap];
+  if (A_ACQ(&x->seq) != 2 * pos) return 0;
+  if (!strand_intent_dead((uint64_t)((char *)st - strand_arena_base), pos)) return 0;
+  if (A_ACQ(&x->seq) != 2 * pos) return 0;   /* published meanwhile (its claimer was alive) */
+  if (!__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+    return 1;                                 /* another getter moved on: look again */
+  __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
+  __atomic_add_fetch(&st->done, 1, __ATOMIC_SEQ_CST);
+  strand_shm_changed(s);
+  strand_shm_lockL(L, s);
+  q_settle(s, 7);
+  strand_shm_unlock(s);
+  return 1;
 }
 
 /* Claim the oldest published item, copy it out and free its slot: 1 done, 0 none. */
@@ -1062,26 +1111,44 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   return n;
 }
 
-/* get from a ring: stack 1 self, 2 deadline, [3 waiter]; ctx: 1 for get_nowait */
-static int r_get_k(lua_State *L, int status, lua_KContext nowait) {
+/* A getter that finds head's position claimed but not published sleeps in slices of this
+ * long, and after each (and before it gives up) checks whether its producer died. */
+#define R_SLICE 0.05
+
+/* get from a ring: stack 1 self, 2 deadline, [3 waiter]; ctx: 1 for get_nowait, | 2 when the
+ * wait was cut to a slice */
+static int r_get_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
   q_state *st = q_state_of(s);
   int outcome = q_resumed(L, s, CH_GET, status);
   double deadline = lua_tonumber(L, 2);
+  lua_KContext nowait = ctx & 1;
+  int capped = (ctx & 2) != 0;
   int spun = 0;
   for (;;) {
     int n = r_get_once(L, s, st);
     if (n >= 0) return n;
     if (r_drained(st)) return strand_fail_msg(L, "closed", NULL);
-    if (nowait || outcome == STRAND_TIMEOUT || deadline <= strand_now())
-      return strand_fail_msg(L, nowait ? "empty" : "timeout", NULL);
+    int expired = nowait || (outcome == STRAND_TIMEOUT && !capped) || deadline <= strand_now();
+    if ((expired || outcome == STRAND_TIMEOUT) && r_skip_dead(L, s, st)) {
+      outcome = STRAND_READY;
+      continue;
+    }
+    if (expired) return strand_fail_msg(L, nowait ? "empty" : "timeout", NULL);
+    outcome = STRAND_READY;
     if (!spun) {                                /* first, a few microseconds of watching */
       spun = 1;
       if (r_spin(L, st, CH_GET)) continue;
     }
     if (lua_gettop(L) < 3) strand_shm_prepare(L, s, CH_GET);
+    double until = deadline;
+    capped = 0;
+    if (r_head_claimed(st)) {
+      double slice = strand_now() + R_SLICE;
+      if (slice < until) { until = slice; capped = 1; }
+    }
     strand_shm_lockL(L, s);
-    int o = q_sleep(L, s, CH_GET, r_gettable, deadline, nowait, r_get_k);
+    int o = q_sleep(L, s, CH_GET, r_gettable, until, nowait | (capped ? 2 : 0), r_get_k);
     if (o < 0) continue;
     outcome = o;
     spun = 0;
@@ -1352,6 +1419,21 @@ static int q_new(lua_State *L, int kind) {
   return 1;
 }
 
+/* _test_claim(q): a test hook, what a producer killed mid-put leaves: claim the ring's next
+ * position (intent record and all) without publishing it -> true | nil, "full" / "closed" */
+static int l_test_claim(lua_State *L) {
+  strand_object *o = strand_object_test(L, 1);
+  luaL_argcheck(L, o != NULL && o->type == &queue_type, 1, "strand.queue expected");
+  q_state *st = q_state_of((strand_shm *)o);
+  luaL_argcheck(L, st->ring, 1, "a FIFO queue with a ring expected");
+  r_item it;
+  memset(&it, 0, sizeof it);
+  it.meta = (uint32_t)F_TRUE << 24;
+  int r = r_push_in(st, &it, strand_intent_mine(), 0);   /* the record keeps naming it */
+  if (r > 0) { lua_pushboolean(L, 1); return 1; }
+  return strand_fail_msg(L, r < 0 ? "closed" : "full", NULL);
+}
+
 static int l_new(lua_State *L) { return q_new(L, Q_FIFO); }
 static int l_lifo(lua_State *L) { return q_new(L, Q_LIFO); }
 static int l_priority(lua_State *L) { return q_new(L, Q_PRIO); }
@@ -1364,7 +1446,8 @@ int strand_open_queue(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg funcs[] = {
-    {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {NULL, NULL}
+    {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {"_test_claim", l_test_claim},
+    {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);
   strand_shm_type(&queue_type, sizeof(strand_shm), NULL);

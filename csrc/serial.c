@@ -223,6 +223,16 @@ void strand_serial_release_shared(const char *p, size_t len) {
     walk(p, len, ref_release_shared);
 }
 
+static __thread int local_refs;         /* strand_serial_family_only's count */
+static void count_local(uint64_t ref) { if (!(ref & REF_SHARED)) local_refs++; }
+
+int strand_serial_family_only(const char *p, size_t len) {
+  if (len < 2 || !(p[1] & HDR_OBJECTS)) return 1;
+  local_refs = 0;
+  if (!walk(p, len, count_local)) return 0;
+  return local_refs == 0;
+}
+
 /* }==== */
 
 /* {==== encoding */
@@ -1048,6 +1058,9 @@ int strand_open_serial(lua_State *L) {
   static const luaL_Reg funcs[] = {
     { "encode", s_encode }, { "decode", s_decode }, { NULL, NULL }
   };
+  /* the key now, not at the first encoding: a process forked before this one encodes would
+   * draw a key of its own, and its references would not verify here */
+  pthread_once(&mac_once, mac_init);
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define D_RESERVE ((size_t)1 << 29)   /* the most storage one dict or list may use: 512 MiB */
 
@@ -15,7 +16,18 @@ typedef struct d_state {
   uint64_t stamp;         /* the last stamp given: every write gets a new one */
   uint64_t slots;         /* dict: bucket heads; list: entry offsets (arena offsets) */
   uint64_t cap;           /* slots (dict: a power of two) */
+  /* the journal of a change that takes more than one store, so that if its process dies in
+   * the middle the next locker finishes it (d_repair): a dict's rehash, and incr's change of
+   * an entry's type (tag and value) */
+  uint64_t rh_from, rh_to, rh_cap, rh_cur;   /* rehash: old, new array, new cap, entry moving */
+  uint64_t jr_entry, jr_val;                 /* entry, its new value bits (tag jr_tag) */
+  uint32_t jr_tag, pad;
 } d_state;
+
+/* A test hook (process-local, set only by _test_die in a child that is about to be lost):
+ * _exit at the n-th crash point reached, the mutex held, as a SIGKILL at that instant would. */
+static int die_at;
+#define CRASH_POINT() do { if (die_at > 0 && --die_at == 0) _exit(0); } while (0)
 
 typedef struct d_entry {
   uint64_t next;          /* dict: next in the bucket */
@@ -183,6 +195,43 @@ static uint64_t *d_find(strand_shm *s, const key *k) {
   return link;
 }
 
+/* Move the rehash journaled in st along to its end: every entry still in the old array goes to
+ * the new one (the one in flight first), then the new array is installed and the old freed.
+ * Each step leaves every entry reachable from the journal, so a repair can call it again. */
+static void rh_finish(strand_shm *s) {
+  d_state *st = st_of(s);
+  uint64_t *from = (uint64_t *)strand_shm_at(s, st->rh_from);
+  uint64_t *to = (uint64_t *)strand_shm_at(s, st->rh_to);
+  uint64_t mask = st->rh_cap - 1, e = st->rh_cur;
+  if (e) {                                  /* the one in flight: where is it? */
+    d_entry *ent = entry_at(s, e);
+    uint64_t oldcap = st->cap;
+    if (from[ent->hash & (oldcap - 1)] != e && to[ent->hash & mask] != e) {
+      ent->next = to[ent->hash & mask];     /* out of the old chain, not in the new one yet */
+      to[ent->hash & mask] = e;
+    }
+    st->rh_cur = 0;
+  }
+  for (uint64_t b = 0; b < st->cap; b++) {
+    while ((e = from[b]) != 0) {
+      d_entry *ent = entry_at(s, e);
+      st->rh_cur = e;
+      from[b] = ent->next;
+      CRASH_POINT();
+      ent->next = to[ent->hash & mask];
+      to[ent->hash & mask] = e;
+      st->rh_cur = 0;
+    }
+  }
+  uint64_t old = st->rh_from;
+  st->slots = st->rh_to;
+  CRASH_POINT();
+  st->cap = st->rh_cap;
+  st->rh_to = 0;                            /* done: the old array is no longer needed */
+  st->rh_from = 0;
+  strand_shm_release(s, old);
+}
+
 /* Slots for one more entry: 0 or an errno. Dict: rehash at 3/4 full; list: double. */
 static int d_grow(strand_shm *s, int isdict) {
   d_state *st = st_of(s);
@@ -192,26 +241,24 @@ static int d_grow(strand_shm *s, int isdict) {
   if (off == 0) return errno;
   uint64_t *to = (uint64_t *)strand_shm_at(s, off);
   memset(to, 0, cap * 8);
-  if (st->cap) {
-    uint64_t *from = slots_of(s);
-    if (isdict) {
-      for (uint64_t b = 0; b < st->cap; b++) {
-        uint64_t e = from[b];
-        while (e) {
-          d_entry *ent = entry_at(s, e);
-          uint64_t next = ent->next;
-          ent->next = to[ent->hash & (cap - 1)];
-          to[ent->hash & (cap - 1)] = e;
-          e = next;
-        }
-      }
-    } else {
-      memcpy(to, from, (size_t)st->n * 8);
-    }
-    strand_shm_release(s, st->slots);
+  if (st->cap == 0) {
+    st->slots = off;
+    st->cap = cap;
+    return 0;
   }
-  st->slots = off;
+  if (isdict) {
+    st->rh_cur = 0;
+    st->rh_cap = cap;
+    st->rh_from = st->slots;
+    st->rh_to = off;                        /* last: from now on a repair finishes it */
+    rh_finish(s);
+    return 0;
+  }
+  uint64_t old = st->slots;
+  memcpy(to, strand_shm_at(s, old), (size_t)st->n * 8);
+  st->slots = off;                          /* the old array until here, the new one after */
   st->cap = cap;
+  strand_shm_release(s, old);
   return 0;
 }
 
@@ -375,8 +422,9 @@ static int d_store(lua_State *L, strand_shm *s, int kidx, int vidx, int64_t expe
     if (off) {
       entry_at(s, off)->next = old ? entry_at(s, old)->next : 0;
       *link = off;
+      CRASH_POINT();
       if (old) entry_free(s, old);
-      else st->n++;
+      else st->n++;                         /* a death before it: d_repair counts again */
     }
   }
   strand_shm_unlock(s);
@@ -434,8 +482,13 @@ static int d_incr(lua_State *L) {
       else memcpy(&b, v.num, 8);
       rf = a + b;
       isint = 0;
+      memcpy(&st->jr_val, &rf, 8);          /* tag and value: two stores, journaled */
+      st->jr_tag = V_FLT;
+      st->jr_entry = *link;
       e->vtag = V_FLT;
+      CRASH_POINT();
       memcpy(vbytes(e), &rf, 8);
+      st->jr_entry = 0;
     } else {
       notnum = 1;
     }
@@ -516,11 +569,13 @@ static lua_Integer l_store(lua_State *L, strand_shm *s, lua_Integer i, int vidx,
   if (!range && i == st->n + 1) err = d_grow(s, 0);
   uint64_t off = 0;
   if (!range && !err && (off = entry_new(s, NULL, &v)) == 0) err = errno;
-  if (off) {
+  if (off) {                                /* the slot first: a death between leaves it valid */
     uint64_t *slot = &slots_of(s)[i - 1];
-    if (i == st->n + 1) st->n++;
-    else entry_free(s, *slot);
+    uint64_t old = i == st->n + 1 ? 0 : *slot;
     *slot = off;
+    CRASH_POINT();
+    if (old) entry_free(s, old);
+    else st->n++;
   }
   lua_Integer n = st->n;
   strand_shm_unlock(s);
@@ -590,6 +645,37 @@ static void d_destroy(strand_object *o) {
   strand_shm_free(s);
 }
 
+/* {==== a holder's death (strand_shm_on_repair): every change is either one store, ordered so
+ * that each state between two stores is valid, or journaled in d_state and finished here; the
+ * count of a dict's entries is taken again (an insert or removal may have died between its
+ * link and its count). A dying writer's half-built entry is unreachable and goes with the
+ * object. update(k, fn) runs fn without the lock, so a death inside fn changes nothing. */
+
+static void d_repair(strand_shm *s) {
+  d_state *st = st_of(s);
+  if (s->obj.type != &dict_type) return;      /* a list's length is written after its slot */
+  if (st->rh_to) rh_finish(s);
+  if (st->jr_entry) {
+    d_entry *e = entry_at(s, st->jr_entry);
+    e->vtag = st->jr_tag;
+    memcpy(vbytes(e), &st->jr_val, 8);
+    st->jr_entry = 0;
+  }
+  int64_t n = 0;
+  for (uint64_t b = 0; b < st->cap; b++)
+    for (uint64_t off = slots_of(s)[b]; off; off = entry_at(s, off)->next) n++;
+  st->n = n;
+}
+
+/* _test_die(n): this process _exits at the n-th crash point it reaches with a dict's or list's
+ * mutex held (a test of the repair: run it in a child only) */
+static int l_test_die(lua_State *L) {
+  die_at = (int)luaL_checkinteger(L, 1);
+  return 0;
+}
+
+/* }==== */
+
 /* update(k, fn) in Lua: fn (which may block or raise) runs without the lock, and the result is
  * stored only if nobody wrote k meanwhile; otherwise fn runs again on the newer value. */
 static const char shared_lua[] =
@@ -617,12 +703,16 @@ int strand_open_shared(lua_State *L) {
     {"get", l_get}, {"set", l_set}, {"append", l_append}, {"items", l_items}, {"len", d_len},
     {NULL, NULL}
   };
-  static const luaL_Reg funcs[] = { {"dict", l_dict}, {"list", l_list}, {NULL, NULL} };
+  static const luaL_Reg funcs[] = {
+    {"dict", l_dict}, {"list", l_list}, {"_test_die", l_test_die}, {NULL, NULL}
+  };
   int top = lua_gettop(L);
   if (strand_load_chunk(L, shared_lua, sizeof shared_lua - 1, "=strand.shared") != LUA_OK)
     lua_error(L);                                       /* chunk */
   strand_shm_type(&dict_type, sizeof(strand_shm), NULL);
   strand_shm_type(&list_type, sizeof(strand_shm), NULL);
+  strand_shm_on_repair(&dict_type, d_repair);
+  strand_shm_on_repair(&list_type, d_repair);
   strand_shm_newmeta(L, &dict_type, dict_methods, NULL);   /* chunk mt methods */
   static const struct { const char *name; lua_CFunction f; int up2; } dmeta[] = {
     {"__index", d_index, 1}, {"__newindex", d_newindex, 0}, {"__len", d_len, 0}

@@ -67,6 +67,7 @@ typedef struct arena_hdr {
   uint64_t top;                 /* first byte never handed out */
   uint64_t size;                /* bytes the memfd holds (fallocated) */
   uint64_t freelist[NCLS];
+  uint64_t intents;             /* the first strand_intent record (list, under mu) */
 } arena_hdr;
 
 char *strand_arena_base;        /* the same in every process of the family */
@@ -251,9 +252,12 @@ static strand_shm *views_find(uint64_t off);
 static int views_put(strand_shm *s);
 #define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
 
+static __thread uint64_t my_intent __attribute__((tls_model("initial-exec")));
+
 static void fork_child(void) {
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
   cached_tid = 0;
+  my_intent = 0;                        /* the parent's thread keeps its record */
   for (strand_shm *s = objs; s; s = s->lnext) {
     __atomic_add_fetch(&s->head->arefs, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELAXED);   /* two processes hold it */
@@ -267,6 +271,90 @@ static void fork_child(void) {
 static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
 static void hooks_make(void) {
   if (pthread_atfork(fork_prepare, fork_parent, fork_child) != 0) arena_err = ENOMEM;
+}
+
+/* }==== */
+
+/* {==== put intents: one arena record per thread that puts into a ring (strand_intent, in the
+ * family-wide list AH->intents), so a getter stuck at a position a producer claimed but never
+ * published can tell whether every thread that may be claiming it has died. A record is never
+ * freed: a thread's end (its key's destructor) or its process's death hands it on. */
+
+static pthread_key_t intent_key;
+static pthread_once_t intent_once = PTHREAD_ONCE_INIT;
+static int intent_key_ok;
+
+static void intent_end(void *p) {
+  strand_intent *r = (strand_intent *)p;
+  __atomic_store_n(&r->obj, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&r->owner, 0, __ATOMIC_RELEASE);
+}
+
+static void intent_key_make(void) { intent_key_ok = pthread_key_create(&intent_key, intent_end) == 0; }
+
+strand_intent *strand_intent_mine(void) {
+  if (my_intent) return (strand_intent *)AT(my_intent);
+  if (strand_arena_base == NULL) return NULL;
+  pthread_once(&intent_once, intent_key_make);
+  if (!intent_key_ok) return NULL;
+  int64_t me = strand_owner_self();
+  uint64_t off = 0;
+  int64_t was = 0;
+  arena_lock();
+  for (uint64_t o = AH->intents; o; o = ((strand_intent *)AT(o))->next) {
+    strand_intent *r = (strand_intent *)AT(o);
+    if (__atomic_load_n(&r->owner, __ATOMIC_ACQUIRE) == 0) { off = o; break; }
+  }
+  /* none free: take over one of a process that ended (threads of a process that exits or is
+   * killed never free theirs), but not one naming a claim: a getter needs it to skip that */
+  int tries = 0;
+  for (uint64_t o = AH->intents; o && off == 0 && tries < 64; o = ((strand_intent *)AT(o))->next) {
+    strand_intent *r = (strand_intent *)AT(o);
+    int64_t w = __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE);
+    if (w == 0 || __atomic_load_n(&r->obj, __ATOMIC_ACQUIRE) != 0) continue;
+    tries++;
+    if (kill(strand_owner_pid(w), 0) < 0 && errno == ESRCH) { off = o; was = w; }
+  }
+  arena_unlock();
+  if (off == 0) {
+    off = arena_alloc(sizeof(strand_intent), 0, NULL);
+    if (off == 0) return NULL;
+    strand_intent *r = (strand_intent *)AT(off);
+    r->obj = r->pos = 0;
+    r->owner = me;
+    arena_lock();
+    r->next = AH->intents;
+    __atomic_store_n(&AH->intents, off, __ATOMIC_RELEASE);
+    arena_unlock();
+  } else {
+    strand_intent *r = (strand_intent *)AT(off);
+    /* another thread may have taken it meanwhile */
+    if (!__atomic_compare_exchange_n(&r->owner, &was, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+      return strand_intent_mine();
+    r->obj = r->pos = 0;
+  }
+  if (pthread_setspecific(intent_key, AT(off)) != 0) {
+    intent_end(AT(off));
+    return NULL;
+  }
+  my_intent = off;
+  return (strand_intent *)AT(off);
+}
+
+int strand_intent_dead(uint64_t obj, uint64_t pos) {
+  if (strand_arena_base == NULL) return 0;
+  int dead = 0;
+  for (uint64_t o = __atomic_load_n(&AH->intents, __ATOMIC_ACQUIRE); o;
+       o = ((strand_intent *)AT(o))->next) {
+    strand_intent *r = (strand_intent *)AT(o);
+    int64_t owner = __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE);
+    if (owner == 0 || __atomic_load_n(&r->obj, __ATOMIC_ACQUIRE) != obj ||
+        __atomic_load_n(&r->pos, __ATOMIC_ACQUIRE) != pos + 1)
+      continue;
+    if (!strand_owner_dead(owner)) return 0;     /* alive: it may still publish */
+    dead = 1;
+  }
+  return dead;
 }
 
 /* }==== */
@@ -441,7 +529,21 @@ void strand_shm_free(strand_shm *s) {
 /* {==== references by offset: the same object in every process of the family */
 
 #define NTYPES 16
-static struct { const strand_objtype *t; size_t objsize; int (*view)(strand_shm *s); } types[NTYPES];
+static struct {
+  const strand_objtype *t;
+  size_t objsize;
+  int (*view)(strand_shm *s);
+  void (*repair)(strand_shm *s);        /* locked, after a holder's death: make it consistent */
+} types[NTYPES];
+
+void strand_shm_on_repair(const strand_objtype *t, void (*repair)(strand_shm *s)) {
+  pthread_mutex_lock(&hooks_mu);
+  for (int i = 0; i < NTYPES; i++)
+    if (__atomic_load_n(&types[i].t, __ATOMIC_ACQUIRE) == t) types[i].repair = repair;
+  pthread_mutex_unlock(&hooks_mu);
+}
+
+static void type_repair(strand_shm *s);
 
 void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand_shm *s)) {
   pthread_mutex_lock(&hooks_mu);
@@ -455,6 +557,13 @@ void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand
     }
   }
   pthread_mutex_unlock(&hooks_mu);
+}
+
+static int type_index(const strand_objtype *t);
+static void type_repair(strand_shm *s) {
+  int ti = type_index(s->obj.type);
+  void (*fn)(strand_shm *) = ti < 0 ? NULL : __atomic_load_n(&types[ti].repair, __ATOMIC_ACQUIRE);
+  if (fn) fn(s);
 }
 
 static int type_index(const strand_objtype *t) {
@@ -680,6 +789,7 @@ int strand_shm_lock(strand_shm *s) {
      * Whoever sleeps looks once more: every channel is signalled and fired. */
     err = pthread_mutex_consistent(&s->head->mu);
     if (err) { pthread_mutex_unlock(&s->head->mu); return err; }
+    type_repair(s);                     /* a type that journals its changes finishes them */
     for (int ch = 0; ch < s->head->nchan; ch++) {
       CHANS(s)[ch].signalled = 1;
       fire_list(CHANS(s)[ch].list);

@@ -253,6 +253,9 @@ typedef struct strand_shm {
  * new reference; made if this process had none), NULL if it cannot be made. strand_shm_aref:
  * one family reference more (+1) or less (-1; the last frees the object). */
 STRAND_API void strand_shm_type(const strand_objtype *t, size_t objsize, int (*view)(strand_shm *s));
+/* After strand_shm_type: repair(s) runs under the mutex when a locker finds that the previous
+ * holder died (EOWNERDEAD), before anything else sees the state: it finishes a journaled change. */
+STRAND_API void strand_shm_on_repair(const strand_objtype *t, void (*repair)(strand_shm *s));
 STRAND_API uint64_t strand_shm_offset(strand_object *o);
 STRAND_API strand_object *strand_shm_view(uint64_t off, const strand_objtype *t);
 STRAND_API void strand_shm_aref(uint64_t off, int delta);
@@ -302,6 +305,18 @@ STRAND_API void strand_shm_release(strand_shm *s, uint64_t off);
  * start over): who put an item, who owns an rlock. */
 STRAND_API int strand_shm_pid(void);
 STRAND_API int strand_shm_tid(void);
+/* owner.c: this process's identity (pid and start time, > 0; no syscall after the first call
+ * in a process), its pid, and whether the process it names has ended (gone, a zombie, or its
+ * pid recycled): a lock held by a dead process is taken over. */
+STRAND_API int64_t strand_owner_self(void);
+STRAND_API int strand_owner_pid(int64_t id);
+STRAND_API int strand_owner_dead(int64_t id);
+/* shm.c: this thread's put-intent record (NULL if none can be had): a ring put stores pos + 1
+ * and the queue's arena offset here before claiming a position, and clears obj once published;
+ * strand_intent_dead(obj, pos): some thread was claiming it and every such thread has died. */
+typedef struct strand_intent { uint64_t obj, pos; int64_t owner; uint64_t next; } strand_intent;
+STRAND_API strand_intent *strand_intent_mine(void);
+STRAND_API int strand_intent_dead(uint64_t obj, uint64_t pos);
 /* Methods as closures over their metatable (upvalue 1): strand_shm_newmeta makes the metatable
  * of t (strand_object_newmeta) with __index = methods and __close = close (if given), leaving
  * the metatable and the method table on the stack; strand_shm_self checks index 1 in them. */
@@ -330,6 +345,9 @@ STRAND_API void strand_serial_release(const char *p, size_t len);
 /* Drop only its family-wide references (shared objects by arena offset): for a string another
  * process encoded (its process-local references are that process's). */
 STRAND_API void strand_serial_release_shared(const char *p, size_t len);
+/* The string's object references are all by arena offset (locks, queues, dicts...: valid in
+ * every process of the family), none by pointer (valid in this process only): 1, else 0. */
+STRAND_API int strand_serial_family_only(const char *p, size_t len);
 
 /* }==== */
 

@@ -30,10 +30,11 @@ static int cancelling(lua_State *L) {
 enum { K_LOCK, K_RLOCK, K_SEM };
 
 typedef struct lk_state {
-  int64_t value;          /* lock: 1 free, 0 held; semaphore: the count */
+  int64_t value;          /* lock: 1 free, -(owner process's identity) held; semaphore: the count */
   int64_t limit;          /* bounded semaphore: the most value may be; else -1 */
   int64_t depth;          /* rlock: recursion depth, 0 = free */
   int64_t owner_task;     /* rlock owner */
+  int64_t owner_proc;     /* rlock: the owner's process (strand_owner_self), 0 = free */
   int32_t owner_tid;
 } lk_state;
 
@@ -108,20 +109,52 @@ static void lk_settle(strand_shm *s, int kick) {
   strand_shm_signal(s, 0, A_LOAD(&strand_shm_sleepers(s, 0)) > 0 && lk_free(st, lk_kind(s)), kick);
 }
 
-static int lk_trytake(lk_state *st) {
+/* A plain lock goes from 1 to -(this process's identity): one compare-and-swap, and a waiter
+ * elsewhere can tell when its holder's process has died. */
+static int lk_trytake(lk_state *st, int kind) {
   int64_t v = A_LOAD(&st->value);
+  if (kind == K_LOCK) {
+    v = 1;
+    return __atomic_compare_exchange_n(&st->value, &v, -strand_owner_self(), 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+  }
   while (v > 0)
     if (__atomic_compare_exchange_n(&st->value, &v, v - 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
       return 1;
   return 0;
 }
 
+/* Locked, the lock not free: the process holding it, 0 if unknown (a semaphore has no owner). */
+static int64_t lk_holder(lk_state *st, int kind) {
+  if (kind == K_RLOCK) return st->depth > 0 ? st->owner_proc : 0;
+  if (kind == K_LOCK) { int64_t v = A_LOAD(&st->value); return v < 0 ? -v : 0; }
+  return 0;
+}
+
+/* Locked, lk_take failed: if the process holding the lock has ended (SIGKILL, _exit), take it
+ * over for me as lk_take would (1), else 0. Reads /proc: only on the slow path. */
+static int lk_recover(lk_state *st, int kind, owner me, lua_KContext restore) {
+  int64_t h = lk_holder(st, kind);
+  if (h == 0 || strand_owner_pid(h) == strand_shm_pid() || !strand_owner_dead(h)) return 0;
+  if (kind == K_LOCK) {
+    int64_t v = -h;
+    return __atomic_compare_exchange_n(&st->value, &v, -strand_owner_self(), 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+  }
+  st->owner_tid = me.tid;
+  st->owner_task = me.task;
+  st->owner_proc = strand_owner_self();
+  st->depth = restore > 0 ? (int64_t)restore : 1;
+  return 1;
+}
+
 /* restore > 0: an rlock taken back by a condition wait gets that depth */
 static int lk_take(lk_state *st, int kind, owner me, lua_KContext restore) {
-  if (kind != K_RLOCK) return lk_trytake(st);
+  if (kind != K_RLOCK) return lk_trytake(st, kind);
   if (st->depth == 0) {
     st->owner_tid = me.tid;
     st->owner_task = me.task;
+    st->owner_proc = strand_owner_self();
     st->depth = restore > 0 ? (int64_t)restore : 1;
     return 1;
   }
@@ -131,7 +164,7 @@ static int lk_take(lk_state *st, int kind, owner me, lua_KContext restore) {
 
 static int lk_owned(lk_state *st, int kind, owner me) {
   if (kind == K_RLOCK) return st->depth > 0 && st->owner_tid == me.tid && st->owner_task == me.task;
-  return A_LOAD(&st->value) == 0;               /* a plain lock has no owner: held is enough */
+  return A_LOAD(&st->value) <= 0;     /* held is enough: a plain lock may be released by anyone */
 }
 
 static void lk_leave(lua_State *L, strand_shm *s) {
@@ -142,13 +175,28 @@ static void lk_leave(lua_State *L, strand_shm *s) {
   strand_shm_leave(L, 0);
 }
 
-/* acquire([timeout]) -> self | nil, "timeout". Stack: 1 self, 2 deadline, [3 waiter]. */
+/* A waiter whose lock is held by another process looks at that process every LK_SLICE seconds
+ * (and before it gives up): a holder that died is taken over. */
+#define LK_SLICE 0.05
+#define LK_CAPPED ((lua_KContext)1 << 40)     /* ctx: the wait was cut to a slice */
+
+static int lk_got(lua_State *L, int recovered) {
+  lua_pushvalue(L, 1);
+  if (!recovered) return 1;
+  lua_pushliteral(L, "owner died");
+  return 2;
+}
+
+/* acquire([timeout]) -> self [, "owner died"] | nil, "timeout". Stack: 1 self, 2 deadline,
+ * [3 waiter]. ctx: an rlock's depth to restore (a condition's wait), | LK_CAPPED. */
 static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = lock_of(box_obj(L));
   lk_state *st = (lk_state *)strand_shm_state(s);
   int kind = lk_kind(s);
   double deadline = lua_tonumber(L, 2);
   int outcome = STRAND_READY;
+  int capped = (ctx & LK_CAPPED) != 0;
+  lua_KContext restore = ctx & (LK_CAPPED - 1);
   owner me = { 0, 0 };
   if (status == LUA_YIELD) {
     lk_leave(L, s);
@@ -158,16 +206,22 @@ static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
   int spun = 0;
   for (;;) {
     strand_shm_lockL(L, s);
-    if (lk_take(st, kind, me, ctx)) {
+    if (lk_take(st, kind, me, restore)) {
       lk_settle(s, 0);
       strand_shm_unlock(s);
-      lua_pushvalue(L, 1);
-      return 1;
+      return lk_got(L, 0);
     }
-    if (outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+    int expired = (outcome == STRAND_TIMEOUT && !capped) || deadline <= strand_now();
+    if ((expired || (outcome == STRAND_TIMEOUT && capped)) && lk_recover(st, kind, me, restore)) {
+      lk_settle(s, 1);
+      strand_shm_unlock(s);
+      return lk_got(L, 1);
+    }
+    if (expired) {
       strand_shm_unlock(s);
       return strand_fail_msg(L, "timeout", NULL);
     }
+    outcome = STRAND_READY;
     if (lua_gettop(L) < 3) {                    /* first wait: get the waiter, then re-check */
       strand_shm_unlock(s);
       strand_shm_prepare(L, s, 0);
@@ -181,15 +235,21 @@ static int lk_acquire_k(lua_State *L, int status, lua_KContext ctx) {
       continue;
     }
     __atomic_add_fetch(&strand_shm_sleepers(s, 0), 1, __ATOMIC_SEQ_CST);
-    if (kind != K_RLOCK && lk_trytake(st)) {    /* released meanwhile, without the mutex */
+    if (kind != K_RLOCK && lk_trytake(st, kind)) {   /* released meanwhile, without the mutex */
       __atomic_sub_fetch(&strand_shm_sleepers(s, 0), 1, __ATOMIC_SEQ_CST);
       lk_settle(s, 0);
       strand_shm_unlock(s);
-      lua_pushvalue(L, 1);
-      return 1;
+      return lk_got(L, 0);
     }
+    int64_t h = lk_holder(st, kind);
     strand_shm_unlock(s);
-    outcome = strand_shm_wait(L, deadline, ctx, lk_acquire_k);
+    double until = deadline;
+    capped = 0;
+    if (h != 0 && strand_owner_pid(h) != strand_shm_pid()) {   /* held elsewhere: look again */
+      double slice = strand_now() + LK_SLICE;
+      if (slice < until) { until = slice; capped = 1; }
+    }
+    outcome = strand_shm_wait(L, until, restore | (capped ? LK_CAPPED : 0), lk_acquire_k);
     lk_leave(L, s);
     spun = 0;
   }
@@ -199,7 +259,7 @@ static int lk_acquire(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
   double deadline = strand_opt_deadline(L, 2);
   int kind = lk_kind(s);
-  if (kind != K_RLOCK && lk_trytake((lk_state *)strand_shm_state(s))) {   /* uncontended: no mutex */
+  if (kind != K_RLOCK && lk_trytake((lk_state *)strand_shm_state(s), kind)) {   /* uncontended: no mutex */
     if (A_LOAD(&strand_shm_sleepers(s, 0)) > 0) {          /* took what a sleeper was signalled for */
       strand_shm_lockL(L, s);
       lk_settle(s, 0);
@@ -227,10 +287,12 @@ static int lk_release(lua_State *L) {
   strand_shm *s = lock_of(strand_shm_self(L));
   lk_state *st = (lk_state *)strand_shm_state(s);
   int kind = lk_kind(s);
-  if (kind == K_LOCK) {
-    int64_t held = 0;
-    if (!__atomic_compare_exchange_n(&st->value, &held, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-      return luaL_error(L, "cannot release un-acquired lock");
+  if (kind == K_LOCK) {             /* anyone may release it (as Python's Lock) */
+    int64_t held = A_LOAD(&st->value);
+    do {
+      if (held > 0) return luaL_error(L, "cannot release un-acquired lock");
+    } while (!__atomic_compare_exchange_n(&st->value, &held, 1, 0, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
     lk_released(L, s);
     return 0;
   }
@@ -253,6 +315,7 @@ static int lk_release(lua_State *L) {
   if (ok && --st->depth == 0) {
     st->owner_tid = 0;
     st->owner_task = 0;
+    st->owner_proc = 0;
     lk_settle(s, 1);
   }
   strand_shm_unlock(s);
@@ -448,6 +511,7 @@ static int cv_begin(lua_State *L) {
     lst->depth = 0;
     lst->owner_tid = 0;
     lst->owner_task = 0;
+    lst->owner_proc = 0;
   } else {
     __atomic_store_n(&lst->value, 1, __ATOMIC_SEQ_CST);
   }

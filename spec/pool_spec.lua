@@ -219,15 +219,23 @@ describe("process pool workers dying", function()
     end
   end)
 
-  it("a strand object cannot be sent to a process worker", function()
+  it("a value that cannot be copied raises naming submit or map, and nothing of that map stays queued", function()
     local p <close> = pool.new{ size = 1 }
-    local q = require("strand.queue").new()
-    assert.has_error(function() p:submit(function() return q end) end)
-    -- in a map's list: raises naming map, and nothing of that map is left queued
-    local ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, q }, 1)
+    local co = coroutine.create(print)
+    assert.has_error(function() p:submit(function() return co end) end)
+    local ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, co }, 1)
     assert.is_false(ok)
-    assert.matches("bad argument to 'map' %(a strand object", err)
+    assert.matches("bad argument to 'map' %(.*cannot copy a coroutine", err)
     assert.equal(0, p._jt - p._jh + 1)               -- nothing left queued
     assert.same({ 4, 5 }, p:map(function(x) return x end, { 4, 5 }, 1))
+  end)
+
+  it("a shared strand object goes to a process worker and comes back", function()
+    local p <close> = pool.new{ size = 1 }
+    local q = require("strand.queue").new()
+    local back = p:submit(function() q:put("from the worker"); return q end):result(H.TIMEOUT)
+    assert.equal("from the worker", q:get(H.TIMEOUT))
+    q:put("again")
+    assert.equal("again", back:get(H.TIMEOUT))
   end)
 end)

@@ -582,8 +582,8 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       local count = last - first + 1
       local args = { n = count }
       for i = first, last do args[i - first + 1] = list[i] end
-      local argsdata = encode(args)
-      if argsdata == nil then
+      local okc, argsdata = pcall(encode, args)
+      if not okc or argsdata == nil then
         local mine = {}
         for _, f in ipairs(chunks) do
           if f._state == "pending" then f._state = "cancelled"; mine[f] = true end
@@ -595,6 +595,7 @@ local function submit_chunks(self, fname, fn, list, chunksize)
           if not mine[job.fut] then keep = keep + 1; q[keep] = job end
         end
         self._jt = keep
+        if not okc then error(("bad argument to '%s' (%s)"):format(fname, tostring(argsdata)), 3) end
         error(OBJMSG:format(fname), 3)
       end
       local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)

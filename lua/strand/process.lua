@@ -9,9 +9,9 @@
 --    back (the copy rule, functions included) through a result file and the child _exits: 0, or
 --    1 if fn raised. join/result follow the finishing protocol; exitcode is Python's (0, 1, -N
 --    for a death by signal N). join waits through the loop (pidfd), so other tasks run meanwhile.
---  * A strand object (queue, lock, ...) cannot come back as a result or go through a pipe: its
---    reference is only meaningful for objects made before the fork, which the child already has.
---    Pass them to start (arguments or upvalues) instead.
+--  * Shared strand objects (locks, events, semaphores, conditions, barriers, queues, shared
+--    dicts/lists) come back as results and go through pipes, also ones made after the fork:
+--    they cross by arena offset (serial.c).
 --  * Forking while other strand threads run raises unless allow_threads=true: the child would
 --    hold only the calling thread, and whatever lock another thread held at that moment (a strand
 --    thread's Lua state, stdio, a library's own) would stay held forever in the child. (glibc's
@@ -58,12 +58,13 @@ local function sweep()
   end
 end
 
--- Encode values for another process of ours: functions allowed, strand objects refused.
+-- Encode values for another process of ours: functions allowed, strand objects outside the
+-- family's arena refused (locks, queues, dicts... cross by arena offset).
 local function encode_for_process(v, what)
   local data = C._encode(v)
   if data == nil then
-    error(what .. ": a strand object cannot be copied to another process (objects made before "
-      .. "the fork are already there: pass them to process.start)", 3)
+    error(what .. ": this strand object cannot be copied to another process (only locks, events, "
+      .. "semaphores, conditions, barriers, queues and shared dicts/lists cross)", 3)
   end
   return data
 end
