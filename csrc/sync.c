@@ -831,7 +831,7 @@ int strand_open_sync(lua_State *L) {
   strand_shm_type(&event_type, sizeof(strand_shm), NULL);
   strand_shm_type(&barrier_type, sizeof(strand_shm), NULL);
   strand_shm_type(&cond_type, sizeof(cv_obj), cv_view);
-  if (luaL_loadbuffer(L, sync_lua, sizeof sync_lua - 1, "=strand.sync") != LUA_OK)
+  if (strand_load_chunk(L, sync_lua, sizeof sync_lua - 1, "=strand.sync") != LUA_OK)
     lua_error(L);                                       /* chunk */
   strand_shm_newmeta(L, &lock_type, lock_methods, lk_close);       /* chunk mt idx */
   lua_replace(L, -2);                                   /* chunk lockm */
