@@ -765,10 +765,9 @@ static const char sync_lua[] =
   "  if not ok then error(r, 0) end\n"
   "  return r\n"
   "end\n"
-  "function condm.wait(self, timeout)\n"
+  "function condm.wait(self, timeout)\n"      /* a tail call: one frame less per waiter */
   "  check_timeout(timeout, 'wait')\n"
-  "  local r = cwait(self, timeout, 3)\n"
-  "  return r\n"
+  "  return cwait(self, timeout, 2)\n"
   "end\n"
   "function condm.wait_for(self, pred, timeout)\n"
   "  if not callable(pred) then\n"
