@@ -287,6 +287,11 @@ strand_loop *strand_loop_get(lua_State *L) {
   lua_newtable(L);                              /* the anchor: see anchor_add */
   lua_pushvalue(L, -1);
   loop->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  loop->task_mt_ref = LUA_NOREF;                /* strand.task's metatable, by number */
+  if (luaL_getmetatable(L, STRAND_TASK_META) == LUA_TTABLE)
+    loop->task_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
@@ -860,7 +865,12 @@ strand_task *strand_task_spawn(lua_State *L, int nargs) {
   int base = lua_gettop(L) - nargs;              /* index of fn */
   strand_task *t = (strand_task *)lua_newuserdatauv(L, sizeof *t, 1);   /* 1: the coroutine */
   memset(t, 0, sizeof *t);
-  luaL_setmetatable(L, STRAND_TASK_META);
+  if (loop->task_mt_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, loop->task_mt_ref);
+    lua_setmetatable(L, -2);
+  } else {
+    luaL_setmetatable(L, STRAND_TASK_META);
+  }
   lua_State *co = lua_newthread(L);              /* fn args.. task co */
   lua_setiuservalue(L, -2, 1);                   /* fn args.. task */
   lua_insert(L, base);                           /* task fn args.. */
