@@ -9,12 +9,17 @@
 #include <time.h>
 
 static const char LOOP_KEY = 'L';   /* registry[&LOOP_KEY] = loop box (address is the key) */
-static const char ANCHOR_KEY = 'A'; /* registry[&ANCHOR_KEY] = { [coroutine] = task userdata } */
+static const char ANCHOR_KEY = 'A'; /* registry[&ANCHOR_KEY] = { [slot] = task userdata } */
 static const char CANCEL_KEY = 'C'; /* registry[&CANCEL_KEY] = { [coroutine] = pending cancel } */
 static const char FORKED_KEY = 'K'; /* registry[&FORKED_KEY] = { old loop box, anchors, cancels }
                                        in a forked child: the parent's tasks stay allocated */
 
 #define LOOP_META "strand.loop"
+
+/* The task this OS thread is resuming right now (set around lua_resume in task_resume, else
+ * NULL): while it runs it is anchored, and its coroutine is its state's running thread, so
+ * `running && running->co == L` names L's task and loop without a registry lookup. */
+static _Thread_local strand_task *running;
 
 /* {==== time */
 
@@ -246,6 +251,7 @@ static const strand_poller *choose_poller(void) {
 }
 
 strand_loop *strand_loop_get(lua_State *L) {
+  if (running && running->co == L) return running->loop;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY) == LUA_TUSERDATA) {
     strand_loop *loop = *(strand_loop **)lua_touserdata(L, -1);
     lua_pop(L, 1);
@@ -278,7 +284,14 @@ strand_loop *strand_loop_get(lua_State *L) {
     int e = errno;
     luaL_error(L, "strand: cannot create the %s poller: %s", loop->poller->name, strerror(e));
   }
-  lua_newtable(L);
+  lua_newtable(L);                              /* the anchor: see anchor_add */
+  lua_pushvalue(L, -1);
+  loop->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  loop->task_mt_ref = LUA_NOREF;                /* strand.task's metatable, by number */
+  if (luaL_getmetatable(L, STRAND_TASK_META) == LUA_TTABLE)
+    loop->task_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
@@ -300,6 +313,7 @@ int strand_loop_alive(lua_State *L) {
  * The old struct is kept (never freed): stale tasks, timers and ios of the parent may still
  * point at it; an io inherited and waited on here registers afresh (strand_wait_io). */
 void strand_loop_forked(lua_State *L) {
+  running = NULL;                                /* the running task is the parent's */
   lua_createtable(L, 3, 0);                      /* keep the parent's loop box and tasks */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   lua_rawseti(L, -2, 2);
@@ -341,22 +355,66 @@ char *strand_loop_scratch(strand_loop *loop) {
 
 /* {==== waits */
 
-/* Tasks are found by their coroutine in the anchor table: nothing is read from memory that
- * strand did not write (foreign coroutines and the main thread simply are not there). */
+/* {==== the anchor: what keeps unfinished tasks alive, and finds a task by its coroutine
+ *
+ * anchor[slot] = task userdata, an array: loop->anchor_free heads the list of free slots (0:
+ * none), each free slot holds the next one (slots 1..anchor_len are never nil). A task's
+ * slot is kept in its coroutine's extra space (lua_getextraspace: LUA_EXTRASPACE bytes per
+ * thread, a copy of the main thread's for coroutines strand did not make), read only as a
+ * number and believed only if anchor[slot] is a task whose coroutine is that thread: finding
+ * the task of a coroutine is two array reads, no hashing of the coroutine. */
+
+_Static_assert(LUA_EXTRASPACE >= sizeof(lua_Integer), "strand: LUA_EXTRASPACE too small");
+
+static lua_Integer co_slot(lua_State *co) {
+  lua_Integer s;
+  memcpy(&s, lua_getextraspace(co), sizeof s);
+  return s;
+}
+
+static void set_co_slot(lua_State *co, lua_Integer s) {
+  memcpy(lua_getextraspace(co), &s, sizeof s);
+}
+
+/* loop's anchor at index a: the value on top (popped) goes in a free slot; returns it */
+static lua_Integer anchor_add(lua_State *L, strand_loop *loop, int a) {
+  lua_Integer s = loop->anchor_free;
+  if (s > 0) {
+    lua_rawgeti(L, a, s);                        /* the next free slot becomes the head */
+    loop->anchor_free = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  } else {
+    s = ++loop->anchor_len;
+  }
+  lua_rawseti(L, a, s);
+  return s;
+}
+
+static void anchor_del(lua_State *L, strand_loop *loop, int a, lua_Integer s) {
+  lua_pushinteger(L, loop->anchor_free);
+  lua_rawseti(L, a, s);
+  loop->anchor_free = s;
+}
+
+/* The task whose coroutine is L (NULL for the main thread and coroutines strand did not make). */
 strand_task *strand_task_of(lua_State *L) {
+  if (running && running->co == L) return running;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     return NULL;
   }
-  if (lua_pushthread(L)) {                      /* the main thread is never a task */
-    lua_pop(L, 2);
-    return NULL;
-  }
-  lua_rawget(L, -2);
-  strand_task *t = (strand_task *)lua_touserdata(L, -1);
-  lua_pop(L, 2);
+  lua_Integer s = co_slot(L);
+  strand_task *t = NULL;
+  if (s > 0 && lua_rawgeti(L, -1, s) == LUA_TUSERDATA) {
+    t = (strand_task *)lua_touserdata(L, -1);
+    if (t->co != L) t = NULL;
+    lua_pop(L, 1);
+  } else if (s > 0) lua_pop(L, 1);
+  lua_pop(L, 1);
   return t;
 }
+
+/* }==== */
 
 /* Who is waiting: the running task, or the main pseudo-task when L may drive the loop.
  * Raises when neither is possible. Delivers a pending cancellation. */
@@ -527,11 +585,32 @@ static void co_table_set(lua_State *L, const char *key, strand_task *t) {
 }
 
 int strand_push_task(lua_State *L, strand_task *t) {
-  co_table_get(L, &ANCHOR_KEY, t);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor_ref);
+  lua_Integer s = co_slot(t->co);
+  if (s <= 0 || lua_rawgeti(L, -1, s) != LUA_TUSERDATA || lua_touserdata(L, -1) != (void *)t) {
+    if (s > 0) lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+  lua_remove(L, -2);
   return 1;
 }
 
-static void set_anchor(lua_State *L, strand_task *t) { co_table_set(L, &ANCHOR_KEY, t); }
+/* The task userdata on top (popped) is anchored. */
+static void anchor_task(lua_State *L, strand_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor_ref);
+  lua_insert(L, -2);
+  set_co_slot(t->co, anchor_add(L, t->loop, lua_absindex(L, -2)));
+  lua_pop(L, 1);
+}
+
+static void unanchor_task(lua_State *L, strand_task *t) {
+  lua_Integer s = co_slot(t->co);                /* written by anchor_task: t's own slot */
+  if (s <= 0) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor_ref);
+  anchor_del(L, t->loop, lua_absindex(L, -1), s);
+  lua_pop(L, 1);
+  set_co_slot(t->co, 0);
+}
 
 /* The pending cancellation of a task lives beside it, not in it (most tasks never get one). */
 void strand_task_set_pending(lua_State *L, strand_task *t) { co_table_set(L, &CANCEL_KEY, t); }
@@ -616,8 +695,7 @@ static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int sta
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
     t->nres = 1;
   }
-  lua_pushnil(L);
-  set_anchor(L, t);                              /* unanchor */
+  unanchor_task(L, t);
   loop->ntasks--;
   if (t->background) { t->background = 0; loop->nbackground--; }
   strand_waitq_wake_all(&t->joiners, STRAND_READY);
@@ -633,7 +711,10 @@ static void task_resume(lua_State *L, strand_loop *loop, strand_task *t) {
   if (t->bare && t->cancel_pending && lua_gethook(co) == NULL)
     lua_sethook(co, cancel_hook, LUA_MASKCOUNT, 1);
   t->bare = 0;
+  strand_task *outer = running;                  /* another state's task (nested loops) */
+  running = t;
   int st = lua_resume(co, L, nargs, &nres);
+  running = outer;
   loop->current = NULL;
   if (st == LUA_YIELD) {
     lua_pop(co, nres);
@@ -784,7 +865,12 @@ strand_task *strand_task_spawn(lua_State *L, int nargs) {
   int base = lua_gettop(L) - nargs;              /* index of fn */
   strand_task *t = (strand_task *)lua_newuserdatauv(L, sizeof *t, 1);   /* 1: the coroutine */
   memset(t, 0, sizeof *t);
-  luaL_setmetatable(L, STRAND_TASK_META);
+  if (loop->task_mt_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, loop->task_mt_ref);
+    lua_setmetatable(L, -2);
+  } else {
+    luaL_setmetatable(L, STRAND_TASK_META);
+  }
   lua_State *co = lua_newthread(L);              /* fn args.. task co */
   lua_setiuservalue(L, -2, 1);                   /* fn args.. task */
   lua_insert(L, base);                           /* task fn args.. */
@@ -796,7 +882,7 @@ strand_task *strand_task_spawn(lua_State *L, int nargs) {
   t->status = STRAND_T_NEW;
   t->nargs = nargs + 1;
   lua_pushvalue(L, -1);
-  set_anchor(L, t);
+  anchor_task(L, t);
   loop->ntasks++;
   ready_push(loop, t);
   return t;
@@ -815,8 +901,7 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
     lua_settop(t->co, 0);
     lua_xmove(L, t->co, 1);                      /* co: err */
     t->nres = 1;
-    lua_pushnil(L);
-    set_anchor(L, t);
+    unanchor_task(L, t);
     loop->ntasks--;
     if (t->background) { t->background = 0; loop->nbackground--; }
     strand_waitq_wake_all(&t->joiners, STRAND_READY);

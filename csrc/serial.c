@@ -438,6 +438,44 @@ static int module_name(encoder *e, int idx) {
   return !lua_isnil(L, -1);
 }
 
+/* Pushes the best "name\0key" of the function at idx among the fields of loaded modules (or
+ * nil), the entry build_maps would make, by scanning: a value holds few functions (a thread's
+ * function: one), and building the reverse map costs more than a scan per function. */
+static int func_name(encoder *e, int idx) {
+  lua_State *L = e->L;
+  if (e->scans >= 4) return by_name(e, idx, 1);
+  e->scans++;
+  luaL_checkstack(L, 10, NULL);
+  lua_pushnil(L);                                    /* best "name\0key" so far */
+  int best = lua_gettop(L), lfunc = !lua_iscfunction(L, idx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+    int loaded = best + 2;
+    lua_pushnil(L);
+    while (lua_next(L, loaded)) {
+      size_t nl;
+      if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)
+          && strlen(lua_tolstring(L, -2, &nl)) == nl
+          && !(lfunc && lua_rawequal(L, -1, best + 1))) {  /* Lua functions of _G: copied */
+        int mod = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, mod)) {
+          if (lua_rawequal(L, -1, idx) && lua_type(L, -2) == LUA_TSTRING) {
+            lua_pushvalue(L, mod - 1); lua_pushlstring(L, "", 1); lua_pushvalue(L, -4);
+            lua_concat(L, 3);
+            if (lua_isnil(L, best) || better(L, -1, best)) lua_replace(L, best);
+            else lua_pop(L, 1);
+          }
+          lua_pop(L, 1);
+        }
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, best);
+  return !lua_isnil(L, best);
+}
+
 /* The identity cache: value -> number (and upvalue id -> link). Until a second container
  * comes, the first one waits in slot first and no table is made (most values have one). */
 static int cache_table(encoder *e) {
@@ -602,7 +640,7 @@ static void enc_function(encoder *e, int idx) {
   lua_State *L = e->L;
   need_functions(e, "a function");
   if (enc_ref(e, idx)) return;
-  if (by_name(e, idx, 1)) {
+  if (func_name(e, idx)) {
     size_t l; const char *s = lua_tolstring(L, -1, &l);
     put_byte(e, T_MODFIELD); put_str(e, s, l);
     lua_pop(L, 1);

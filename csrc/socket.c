@@ -47,8 +47,22 @@ static int sock_open(lua_State *L, int family, int type) {
   return 1;
 }
 
+/* The socket's methods and metamethods hold its metatable as upvalue 1 (strand_open_socket):
+ * comparing with it spares luaL_checkudata's lookup of the metatable by name on every call.
+ * Any other caller (no such upvalue: an invalid index, never equal) and any value that is not
+ * a socket go through luaL_checkudata, which accepts the same values and raises the same error. */
+static sock *sock_udata(lua_State *L, int idx) {
+  void *p = lua_touserdata(L, idx);
+  if (p != NULL && lua_getmetatable(L, idx)) {
+    int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (same) return (sock *)p;
+  }
+  return (sock *)luaL_checkudata(L, idx, SOCK_META);
+}
+
 sock *sock_check(lua_State *L, int idx) {
-  sock *s = (sock *)luaL_checkudata(L, idx, SOCK_META);
+  sock *s = sock_udata(L, idx);
   if (s->io.fd < 0) luaL_error(L, "attempt to use a closed socket");
   return s;
 }
@@ -71,7 +85,7 @@ static void sock_close(sock *s) {
 
 /* close, __close and __gc: idempotent */
 static int m_close(lua_State *L) {
-  sock *s = (sock *)luaL_checkudata(L, 1, SOCK_META);
+  sock *s = sock_udata(L, 1);
   sock_close(s);
   lua_pushboolean(L, 1);
   return 1;
@@ -82,7 +96,7 @@ static const char *family_name(int f) {
 }
 
 static int m_tostring(lua_State *L) {
-  sock *s = (sock *)luaL_checkudata(L, 1, SOCK_META);
+  sock *s = sock_udata(L, 1);
   if (s->io.fd < 0)
     lua_pushliteral(L, "strand.socket (closed)");
   else
@@ -625,12 +639,16 @@ static void ignore_sigpipe(void) {
 
 int strand_open_socket(lua_State *L) {
   ignore_sigpipe();
-  luaL_newmetatable(L, SOCK_META);
-  luaL_setfuncs(L, sock_metamethods, 0);
+  luaL_newmetatable(L, SOCK_META);              /* mt; every function gets it as upvalue 1 */
+  lua_pushvalue(L, -1);
+  luaL_setfuncs(L, sock_metamethods, 1);
   lua_newtable(L);
-  luaL_setfuncs(L, sock_methods, 0);
-  luaL_setfuncs(L, strand_sockio_methods, 0);
-  luaL_setfuncs(L, strand_sockopt_methods, 0);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, sock_methods, 1);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, strand_sockio_methods, 1);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, strand_sockopt_methods, 1);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 

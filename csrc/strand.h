@@ -417,6 +417,9 @@ struct strand_loop {
   int no_interrupt;               /* strand.run cleaning up after Ctrl-C: drive on regardless */
   int forked;                     /* abandoned by a forked child (strand_loop_forked) */
   size_t nbackground;             /* unfinished tasks marked background */
+  int anchor_ref;                 /* registry ref of the anchor table (loop.c) */
+  lua_Integer anchor_len, anchor_free;   /* its slots in use or free; head of the free ones */
+  int task_mt_ref;                /* registry ref of strand.task's metatable, or LUA_NOREF */
 };
 
 /* loop.c, for process.c: in a forked child, abandon the parent's loop and make a fresh one. */

@@ -829,10 +829,9 @@ static const char sync_lua[] =
   "  if not ok then error(r, 0) end\n"
   "  return r\n"
   "end\n"
-  "function condm.wait(self, timeout)\n"
+  "function condm.wait(self, timeout)\n"      /* a tail call: one frame less per waiter */
   "  check_timeout(timeout, 'wait')\n"
-  "  local r = cwait(self, timeout, 3)\n"
-  "  return r\n"
+  "  return cwait(self, timeout, 2)\n"
   "end\n"
   "function condm.wait_for(self, pred, timeout)\n"
   "  if not callable(pred) then\n"
@@ -895,7 +894,7 @@ int strand_open_sync(lua_State *L) {
   strand_shm_type(&event_type, sizeof(strand_shm), NULL);
   strand_shm_type(&barrier_type, sizeof(strand_shm), NULL);
   strand_shm_type(&cond_type, sizeof(cv_obj), cv_view);
-  if (luaL_loadbuffer(L, sync_lua, sizeof sync_lua - 1, "=strand.sync") != LUA_OK)
+  if (strand_load_chunk(L, sync_lua, sizeof sync_lua - 1, "=strand.sync") != LUA_OK)
     lua_error(L);                                       /* chunk */
   strand_shm_newmeta(L, &lock_type, lock_methods, lk_close);       /* chunk mt idx */
   lua_replace(L, -2);                                   /* chunk lockm */

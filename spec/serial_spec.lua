@@ -197,6 +197,25 @@ describe("strand.serial", function()
       rawset(_G, "serial_spec_global", nil)
       package.loaded["serial_spec_mod"] = nil
     end)
+
+    it("a module function under several names crosses by the shortest, then smallest, name", function()
+      local f = function() return "shared f" end
+      package.loaded["serial_spec_long"] = { f = f, zz = f }
+      package.loaded["serial_spec_m"] = { g = f, b = f }
+      for _, v in ipairs { f, { f, f }, { string.format, string.rep, table.concat, string.sub, string.byte, f } } do
+        local s = serial.encode(v, FN)
+        assert.truthy(s:find("serial_spec_m\0b", 1, true))
+        assert.falsy(s:find("serial_spec_m\0g", 1, true))
+        assert.falsy(s:find("serial_spec_long", 1, true))
+      end
+      assert.equal(f, fcopy(f))
+      package.loaded["serial_spec_m"] = nil
+      local s = serial.encode(f, FN)
+      assert.truthy(s:find("serial_spec_long\0f", 1, true))
+      package.loaded["serial_spec_long"] = nil
+      assert.falsy(serial.encode(f, FN):find("serial_spec_long", 1, true))   -- copied now
+      assert.equal("shared f", fcopy(f)())
+    end)
   end)
 
   describe("tables with metatables", function()

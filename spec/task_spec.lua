@@ -93,6 +93,32 @@ describe("tasks", function()
     assert.equal(t, inner)
   end)
 
+  it("current names its own task as tasks finish and new ones reuse their places; nil in a coroutine a task made", function()
+    local seen, tasks = {}, {}
+    for round = 1, 3 do                       -- finished tasks free places the next round takes
+      for i = 1, 20 do
+        local k = round * 100 + i
+        tasks[k] = strand.spawn(function()
+          strand.sleep(0)                       -- current is asked again after a switch
+          seen[k] = strand.current()
+        end)
+      end
+      for i = 1, 20, 2 do tasks[round * 100 + i]:join() end
+    end
+    strand.run()
+    for k, t in pairs(tasks) do assert.equal(t, seen[k]) end
+    local inner, err
+    strand.spawn(function()
+      local co = coroutine.create(function() inner = strand.current() or false end)
+      assert(coroutine.resume(co))
+      local ok
+      ok, err = coroutine.resume(coroutine.create(function() strand.sleep(0) end))
+      assert.is_false(ok)
+    end):join()
+    assert.is_false(inner)
+    assert.matches("coroutine that strand does not own", err)
+  end)
+
   it("sleep(0) lets every other ready task run once (round robin)", function()
     local log = {}
     local function worker(name)
