@@ -61,7 +61,8 @@ test-asan: deps
 # memcheck over the core, socket, thread, serial and queue specs (those that exist); definite
 # leaks and memory errors fail. VALGRIND_SPECS="spec/x_spec.lua ..." picks others.
 VALGRIND_SPECS ?= $(wildcard spec/core_spec.lua spec/task_spec.lua spec/faults_spec.lua \
-                   spec/socket_spec.lua spec/thread_spec.lua spec/serial_spec.lua spec/queue_spec.lua)
+                   spec/socket_spec.lua spec/thread_spec.lua spec/serial_spec.lua spec/queue_spec.lua \
+                   spec/pipe_spec.lua spec/signal_spec.lua)
 test-valgrind: deps all
 	@STRAND_VALGRIND=1 STRAND_TEST_TIMEOUT=60 STRAND_SPEC_TIMEOUT=1800 \
 	 sh tools/runspecs.sh $(BUILD) $(VALGRIND_SPECS)

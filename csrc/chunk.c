@@ -160,3 +160,14 @@ int strand_chunk_searcher(lua_State *L) {
 }
 
 /* }==== */
+
+/* The kept bytecode goes with the library: when the last state that loaded strand closes (Lua
+ * unloads the module), nothing can load it any more, and memcheck would call it lost. */
+__attribute__((destructor)) static void chunks_free(void) {
+  pthread_mutex_lock(&chunks_lock);
+  for (int i = 0; i < nchunks; i++) free(chunks[i].code);
+  nchunks = 0;
+  for (int i = 0; i < nmodfiles; i++) { free(modfiles[i].path); free(modfiles[i].code); }
+  nmodfiles = 0;
+  pthread_mutex_unlock(&chunks_lock);
+}

@@ -333,6 +333,8 @@ void strand_loop_forked(lua_State *L) {
       if (old->pstate) old->poller->free(old->pstate);
       old->pstate = NULL;
       old->refs++;                                /* kept for good: see above */
+      lua_pushlightuserdata(L, old);              /* (and visibly so: not a leak to memcheck) */
+      lua_rawseti(L, -3, 5);
       *box = NULL;
     }
   }

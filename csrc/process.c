@@ -216,7 +216,7 @@ static int push_handle_rfd(lua_State *L, pid_t pid, int daemon, int rfd) {
   h->rfd = rfd;
   h->daemon = (unsigned char)daemon;
   luaL_setmetatable(L, PHANDLE_META);
-  int fd = (int)syscall(SYS_pidfd_open, pid, 0);     /* O_CLOEXEC by definition */
+  int fd = strand_pidfd_open(pid);              /* close-on-exec */
   if (fd < 0) {
     int e = errno;
     kill(pid, SIGKILL);

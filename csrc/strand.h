@@ -472,6 +472,10 @@ STRAND_API int strand_load_chunk(lua_State *L, const char *src, size_t len, cons
  * once per process (bytecode kept while the file is unchanged). Threads' states use it. */
 STRAND_API int strand_chunk_searcher(lua_State *L);
 
+/* pidwait.c: a close-on-exec descriptor readable once child pid has exited (it is not reaped):
+ * the pidfd, or without pidfd_open (ENOSYS: old kernels, valgrind) an eventfd set by a thread. */
+STRAND_API int strand_pidfd_open(int pid);
+
 /* }==== */
 
 #endif

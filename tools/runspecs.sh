@@ -16,6 +16,7 @@ export STRAND_POLLER=$poller
 for f in $specs; do
   if [ -n "$STRAND_VALGRIND" ]; then
     set -- valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 \
+      --child-silent-after-fork=yes \
       --suppressions=tools/valgrind.supp lua5.4 /usr/bin/busted
   else
     set -- lua5.4 /usr/bin/busted

@@ -1,0 +1,72 @@
+/* pidwait.c — a descriptor that becomes readable when a child exits: the pidfd, or where the
+ * kernel (before 5.3) or valgrind (3.19) lacks pidfd_open, an eventfd a short-lived thread sets. */
+#include "strand.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+typedef struct pidwait {
+  pid_t pid;
+  int efd;                /* the thread's own descriptor of the eventfd (a dup of the caller's) */
+} pidwait;
+
+/* Waits (without reaping: WNOWAIT) until the child has exited or is gone, then sets the eventfd. */
+static void *pidwait_main(void *arg) {
+  pidwait *w = (pidwait *)arg;
+  siginfo_t si;
+  while (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOWAIT) != 0 && errno == EINTR) {}
+  uint64_t one = 1;
+  while (write(w->efd, &one, sizeof one) < 0 && errno == EINTR) {}
+  close(w->efd);
+  free(w);
+  return NULL;
+}
+
+/* The fallback: an eventfd (close-on-exec) set once pid has exited. -1 with errno on failure. */
+static int pidwait_open(int pid) {
+  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return -1;
+  pidwait *w = (pidwait *)malloc(sizeof *w);
+  if (w == NULL) { close(fd); errno = ENOMEM; return -1; }
+  w->pid = pid;
+  w->efd = fcntl(fd, F_DUPFD_CLOEXEC, 0);     /* the caller may close fd before the child ends */
+  if (w->efd < 0) { int e = errno; free(w); close(fd); errno = e; return -1; }
+  pthread_attr_t a;
+  pthread_t th;
+  sigset_t all, old;
+  int rc = pthread_attr_init(&a);
+  if (rc == 0) {
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);   /* signals stay with the program's threads */
+    rc = pthread_create(&th, &a, pidwait_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&a);
+    if (rc == 0) pthread_setname_np(th, "strand-pidwait");
+  }
+  if (rc != 0) {
+    close(w->efd); free(w); close(fd);
+    errno = rc;
+    return -1;
+  }
+  return fd;
+}
+
+STRAND_API int strand_pidfd_open(int pid) {
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0);     /* O_CLOEXEC by definition */
+  if (fd >= 0 || errno != ENOSYS) return fd;
+  return pidwait_open(pid);
+}
