@@ -24,7 +24,7 @@ ALL_CFLAGS = $(CFLAGS) $(WARN) $(SAN) -std=gnu11 -fPIC -fvisibility=hidden -D_GN
 
 all: $(SO)
 
-$(BUILD)/obj/%.o: csrc/%.c csrc/strand.h
+$(BUILD)/obj/%.o: csrc/%.c $(wildcard csrc/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 

@@ -38,6 +38,7 @@ static ssize_t cb_recv(libssh2_socket_t fd, void *buf, size_t len, int flags, vo
     ssize_t n = recv(fd, buf, len, flags);
     if (n > 0) {
       S->progress += (unsigned long)n;
+      S->received += (unsigned long)n;
       if (S->tcp) {   /* Linux drops back to delayed ACKs: re-arm quick ACKs after each read */
         int one = 1;
         (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
@@ -181,11 +182,16 @@ static int call_k(lua_State *L, int status, lua_KContext ctx) {
     if (outcome == STRAND_TIMEOUT) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
     if (outcome == STRAND_CLOSED || S->s == NULL || c->dead)
       return strand_fail_msg(L, "closed", "ECLOSED");
-    unsigned long before = S->progress;
+    unsigned long before = S->progress, got = S->received;
     int n = step(L, S);
     if (S->progress != before && S->waiters.head)
       strand_waitq_wake_all(&S->waiters, STRAND_READY);
     if (n != SSH_AGAIN) return n;
+    /* The step read from the socket and still says EAGAIN. What it read sits decoded in libssh2
+     * (a step making two calls sees the first drain packets the second needed: EOF on stdout
+     * while the stderr read came back EAGAIN), and the socket may now stay quiet for good: try
+     * again before waiting. Bounded: each retry needs new bytes from the socket (EOF is not counted). */
+    if (S->received != got) { outcome = STRAND_READY; continue; }
     double deadline = lua_tonumber(L, -1);
     if (deadline <= strand_now()) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
     outcome = sess_wait(L, S, deadline, ctx);
@@ -698,7 +704,10 @@ static int m_authenticated(lua_State *L) {
 
 static int m_settimeout(lua_State *L) {
   ssh_sess *S = check_sess(L);
-  S->timeout = luaL_optnumber(L, 2, -1);
+  double t = luaL_optnumber(L, 2, -1);
+  if (!lua_isnoneornil(L, 2))
+    luaL_argcheck(L, t >= 0 && t == t, 2, "timeout must be a number >= 0 or nil");
+  S->timeout = t;
   return 0;
 }
 

@@ -43,6 +43,7 @@ struct ssh_sess {
   strand_io io;                   /* the transport socket (owned: closed with the session) */
   strand_waitq waiters;           /* tasks waiting while another task polls the socket */
   unsigned long progress;         /* bytes moved by the transport callbacks (any direction) */
+  unsigned long received;         /* bytes recv() returned: input libssh2 consumed */
   double timeout;                 /* default timeout of operations; < 0: none */
   int tcp;                        /* the socket is TCP: re-arm TCP_QUICKACK after reads */
   int error;                      /* last transport errno seen by the callbacks */

@@ -307,6 +307,29 @@ describe("strand.ssh", function()
       assert.equal("still\n", s:run("echo still").stdout)
     end)
 
+    it("s:settimeout sets the default of later calls; nil waits without limit again", function()
+      s:settimeout(0.3)
+      local r, err = s:run("sleep 5")
+      assert.is_nil(r)
+      assert.equal("timeout", err)
+      s:settimeout(nil)
+      assert.equal("x\n", s:run("sleep 0.5; echo x").stdout)
+      assert.has_error(function() s:settimeout(-1) end,
+        "bad argument #1 to 'settimeout' (timeout must be a number >= 0 or nil)")
+      assert.has_error(function() s:settimeout("soon") end)
+    end)
+
+    it("output, EOF and exit status racing the reads: every run ends (200 short commands)", function()
+      -- a step reading stdout then stderr could see the second read drain the EOF the first one
+      -- needed, and then wait on a socket with nothing more to come (this hung under load)
+      s:settimeout(10)
+      for i = 1, 200 do
+        local r = assert(s:run(i % 2 == 0 and "echo " .. i or "echo " .. i .. " >&2"))
+        assert.equal(i .. "\n", i % 2 == 0 and r.stdout or r.stderr)
+      end
+      s:settimeout(nil)
+    end)
+
     it("many channels on one session from many tasks, many sessions at once (H5)", function()
       H.run(function()
         local tasks = {}
