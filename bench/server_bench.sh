@@ -3,7 +3,9 @@
 # "prefork" modes (WORKERS loops) against the single-loop "task" mode, same load generator
 # (bench/echo_client.c), one server at a time, REPS runs each interleaved, medians reported.
 # usage: sh bench/server_bench.sh [BUILD_DIR]
-#   env: DURATION=3, CONNS=100, MSGSIZE=64, REPS=3, WORKERS=2, MODES="task thread prefork",
+#   env: WORK=0 (per message, WORK iterations of Lua arithmetic in the handler: WORK=3000 is a
+#        CPU-bound handler costing ~100 us, where the load generator's share of the 2 cores is
+#        small and the multi-core modes can show their scaling), DURATION=3, CONNS=100, MSGSIZE=64, REPS=3, WORKERS=2, MODES="task thread prefork",
 #        SERVER_CPUS=0-1 (taskset for the servers), CLIENT_CPUS= (taskset for the client; empty:
 #        anywhere). On a 2-core machine the client shares the cores: the ratio is a lower bound.
 set -eu
@@ -13,6 +15,7 @@ DURATION=${DURATION:-3}
 CONNS=${CONNS:-100}
 MSGSIZE=${MSGSIZE:-64}
 REPS=${REPS:-3}
+WORK=${WORK:-0}
 WORKERS=${WORKERS:-2}
 MODES=${MODES:-"task thread prefork"}
 SERVER_CPUS=${SERVER_CPUS:-0-1}
@@ -34,7 +37,7 @@ pin() { if [ -n "$1" ] && command -v taskset >/dev/null; then echo "taskset -c $
 # run MODE: starts the server, one client run, stops the server; prints round trips/s
 run() {
   rm -f "$tmp/out"
-  $(pin "$SERVER_CPUS") lua5.4 bench/server_echo.lua "$1" "$WORKERS" >"$tmp/out" 2>"$tmp/err" &
+  $(pin "$SERVER_CPUS") lua5.4 bench/server_echo.lua "$1" "$WORKERS" "$WORK" >"$tmp/out" 2>"$tmp/err" &
   pid=$!
   i=0
   while ! grep -q '^PORT ' "$tmp/out" 2>/dev/null; do
@@ -57,7 +60,8 @@ done
 
 median() { sort -g "$1" | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 base=$(median "$tmp/task")
-echo "strand.server echo, $CONNS connections, ${MSGSIZE}-byte messages, ${DURATION} s per run, median of $REPS (servers on CPUs $SERVER_CPUS, $WORKERS workers)"
+if [ "$WORK" -gt 0 ]; then what="CPU-bound handler ($WORK Lua iterations per message)"; else what="echo"; fi
+echo "strand.server $what, $CONNS connections, ${MSGSIZE}-byte messages, ${DURATION} s per run, median of $REPS (servers on CPUs $SERVER_CPUS, $WORKERS workers)"
 for m in $MODES; do
   v=$(median "$tmp/$m")
   awk -v m="$m" -v v="$v" -v b="$base" 'BEGIN { r = (v + 0 > 0 && b + 0 > 0) ? sprintf("%.2fx", v / b) : "n/a"; printf "%-8s %12s round trips/s  %s of task mode\n", m, v, r }'

@@ -1,14 +1,22 @@
 -- bench/server_echo.lua — the strand.server side of bench/server_bench.sh: an echo handler served
 -- in MODE ("task", "thread", "prefork") with WORKERS loops. Prints "PORT n", serves until killed.
--- usage: lua5.4 bench/server_echo.lua MODE [WORKERS]
+-- WORK > 0 makes each message cost the server WORK iterations of Lua arithmetic before its echo
+-- (a CPU-bound handler: what thread and prefork modes exist for).
+-- usage: lua5.4 bench/server_echo.lua MODE [WORKERS [WORK]]
 local server = require "strand.server"
 
-local mode, workers = arg[1] or "task", tonumber(arg[2]) or 2
+local mode, workers, work = arg[1] or "task", tonumber(arg[2]) or 2, math.tointeger(tonumber(arg[3]) or 0)
 local srv = assert(server.tcp { port = 0, mode = mode, workers = workers, backlog = 4096,
   handler = function(conn)
     while true do
       local data = conn:recv(65536)
-      if not data or not conn:sendall(data) then break end
+      if not data then break end
+      if work > 0 then
+        local x = #data
+        for i = 1, work do x = (x * 31 + i) % 2147483647 end
+        if x < 0 then data = "" end        -- never true: keeps the loop's result used
+      end
+      if not conn:sendall(data) then break end
     end
   end })
 require("strand").spawn(function()     -- PORT once every worker listens (SO_REUSEPORT sockets)
