@@ -195,6 +195,7 @@ static void open_stdlibs(lua_State *L) {
 /* Runs inside the new state, protected: decode, run, encode the results. */
 static int thr_boot(lua_State *L) {
   thr_ctl *c = (thr_ctl *)lua_touserdata(L, 1);
+  strand_loop_defer_poller(L);                         /* no poller fd unless it is needed */
   lua_getglobal(L, "package");
   if (c->path) { lua_pushstring(L, c->path); lua_setfield(L, -2, "path"); }
   if (c->cpath) { lua_pushstring(L, c->cpath); lua_setfield(L, -2, "cpath"); }

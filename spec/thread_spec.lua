@@ -200,6 +200,29 @@ describe("threads", function()
     assert.matches("no file '" .. file:gsub("%p", "%%%0") .. "'", results[5][2])
   end)
 
+  it("a thread's loop makes its poller only when it needs one (no poller fd for pure work)", function()
+    local core = require "strand.core"
+    local function epolls()
+      local n = 0
+      for _, target in pairs(assert(core._proc.fds())) do
+        if target:find("eventpoll", 1, true) then n = n + 1 end
+      end
+      return n
+    end
+    strand.sleep(0)                                  -- this state's loop (and poller) exist
+    local before = epolls()
+    local th = thread.start(function(count)
+      local busy = count()                             -- computing only: no poller
+      require("strand").sleep(0.01)                    -- a wait that blocks: the poller now
+      return busy, count()
+    end, epolls)
+    local ok, busy, slept = th:join(H.TIMEOUT)
+    assert.is_true(ok, busy)
+    assert.equal(before, busy)
+    assert.equal(before + (core.backend() == "epoll" and 1 or 0), slept)
+    assert.equal(before, epolls())
+  end)
+
   it("every area of strand.core is there on first use, once per state", function()
     local th = thread.start(function()
       local core = require "strand.core"
