@@ -39,13 +39,16 @@ if mode == "run" then
     for _ = 1, n do wait(start(function() return 1 end)) end
     print(("us %.2f"):format((now() - t0) / n * 1e6))
   else
-    local t0 = now()
+    local t0, c0 = now(), os.clock()
     wait(start(work, n)); wait(start(work, n))
-    local seq = now() - t0
-    t0 = now()
+    local seq, cseq = now() - t0, os.clock() - c0
+    t0, c0 = now(), os.clock()
     local a, b = start(work, n), start(work, n)
     wait(a); wait(b)
-    print(("speedup %.4f"):format(seq / (now() - t0)))
+    -- CPU time (the process's, every thread's) two at once over one after the other: above 1
+    -- only if the threads slow each other down (shared lines, a lock, GC); the machine's other
+    -- load lowers the speed-up but not this
+    print(("speedup %.4f cpuratio %.4f"):format(seq / (now() - t0), (os.clock() - c0) / cseq))
   end
   os.exit(0)
 end
@@ -100,5 +103,10 @@ for _, impl in ipairs { "strand", "luv", "python" } do
     local lo, hi = B.range(vals)
     print(("  %-7s speed-up %.2f (%.2f-%.2f)%s"):format(impl, B.median(vals), lo, hi, loaded and "  loaded" or ""))
     B.record("cpu2", impl, table.concat(vals, ","), loaded and "loaded" or "idle")
+    local ratios = impl ~= "python" and B.reps(cpu_cmds[impl], "cpuratio ([%d.]+)", 1)
+    if ratios then
+      print(("  %-7s CPU time two at once / one after the other: %.3f (1.00: no contention)")
+        :format(impl, ratios[1]))
+    end
   end
 end

@@ -243,6 +243,26 @@ static int loop_gc(lua_State *L) {
   return 0;
 }
 
+/* A thread's state makes its loop's poller on first need: an fd to watch, or a wait that may
+ * block; so a thread that only computes (or whose tasks only yield) costs no poller fd and no
+ * poll. Other states make it with the loop, so that an fd limit reached later cannot keep the
+ * loop from watching anything (accept's EMFILE is then an ordinary result). */
+static const char DEFER_KEY = 'D';      /* registry[&DEFER_KEY] = true: strand_loop_defer_poller */
+
+void strand_loop_defer_poller(lua_State *L) {
+  lua_pushboolean(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &DEFER_KEY);
+}
+
+static void need_poller(lua_State *L, strand_loop *loop) {
+  if (loop->pstate != NULL) return;
+  loop->pstate = loop->poller->init(loop);
+  if (loop->pstate == NULL) {
+    int e = errno;
+    luaL_error(L, "strand: cannot create the %s poller: %s", loop->poller->name, strerror(e));
+  }
+}
+
 static const strand_poller *choose_poller(void) {
   const char *name = getenv("STRAND_POLLER");
   if (name == NULL || *name == 0 || strcmp(name, "epoll") == 0) return &strand_poller_epoll;
@@ -279,11 +299,8 @@ strand_loop *strand_loop_get(lua_State *L) {
   loop->poller = choose_poller();
   if (loop->poller == NULL)
     luaL_error(L, "strand: unknown STRAND_POLLER '%s' (use epoll or poll)", getenv("STRAND_POLLER"));
-  loop->pstate = loop->poller->init(loop);
-  if (loop->pstate == NULL) {
-    int e = errno;
-    luaL_error(L, "strand: cannot create the %s poller: %s", loop->poller->name, strerror(e));
-  }
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DEFER_KEY) != LUA_TBOOLEAN) need_poller(L, loop);
+  lua_pop(L, 1);
   lua_newtable(L);                              /* the anchor: see anchor_add */
   lua_pushvalue(L, -1);
   loop->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -489,6 +506,7 @@ int strand_wait_io(lua_State *L, strand_io *io, int ev, double deadline,
                ev == STRAND_READ ? "reading from" : "writing to");
   if (io->fd < 0) return STRAND_CLOSED;
   if (!io->registered) {
+    need_poller(L, loop);
     int err = loop->poller->add(loop->pstate, io);
     if (err) {
       errno = err;
@@ -779,6 +797,11 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
     return 1;
   }
   if (interrupt_pending(L, loop)) return STEP_INTERRUPTED;
+  if (loop->pstate == NULL && timeout == 0) {   /* no fd was ever watched: nothing to poll */
+    fire_timers(loop);
+    return 0;
+  }
+  need_poller(L, loop);
   int err = loop->poller->wait(loop->pstate, timeout);
   if (err == EINTR && interrupt_pending(L, loop)) return STEP_INTERRUPTED;
   if (err && err != EINTR) {

@@ -637,6 +637,22 @@ static int q_sleep(lua_State *L, strand_shm *s, int ch, int (*ready)(q_state *),
   return outcome;
 }
 
+/* Called with the lock held (released here), a waiter prepared: the first time, watch the
+ * queue for a few microseconds and return -1 ("look again now"); the next time, sleep on ch
+ * (q_sleep) and return the wait's outcome. *spun says which comes next. */
+static int q_watch_or_sleep(lua_State *L, strand_shm *s, int ch, int *spun, double deadline,
+                            lua_KContext ctx, lua_KFunction k) {
+  if (!*spun) {
+    uint32_t seen = strand_shm_changes(s);
+    strand_shm_unlock(s);
+    *spun = 1;
+    strand_shm_spin(L, s, seen);
+    return -1;
+  }
+  *spun = 0;
+  return q_sleep(L, s, ch, NULL, deadline, ctx, k);
+}
+
 /* }==== */
 
 /* {==== put */
@@ -842,15 +858,8 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_prepare(L, s, CH_PUT);
       continue;
     }
-    if (!spun) {                                /* first, a few microseconds of watching */
-      uint32_t seen = strand_shm_changes(s);
-      strand_shm_unlock(s);
-      spun = 1;
-      strand_shm_spin(L, s, seen);
-      continue;
-    }
-    outcome = q_sleep(L, s, CH_PUT, NULL, deadline, nowait, q_put_k);
-    spun = 0;
+    int o = q_watch_or_sleep(L, s, CH_PUT, &spun, deadline, nowait, q_put_k);
+    if (o >= 0) outcome = o;
   }
 }
 
@@ -1194,15 +1203,8 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
       strand_shm_prepare(L, s, CH_GET);
       continue;
     }
-    if (!spun) {                                /* first, a few microseconds of watching */
-      uint32_t seen = strand_shm_changes(s);
-      strand_shm_unlock(s);
-      spun = 1;
-      strand_shm_spin(L, s, seen);
-      continue;
-    }
-    outcome = q_sleep(L, s, CH_GET, NULL, deadline, nowait, q_get_k);
-    spun = 0;
+    int o = q_watch_or_sleep(L, s, CH_GET, &spun, deadline, nowait, q_get_k);
+    if (o >= 0) outcome = o;
   }
 }
 

@@ -484,10 +484,9 @@ static void cv_check_owned(lua_State *L, strand_shm *lock, const char *what) {
   if (!ok) luaL_error(L, "cannot %s un-acquired lock", what);
 }
 
-/* _wait_begin(cond) -> epoch, saved depth | nil, message (not held: the Lua layer raises it
- * at the caller's line) */
-static int cv_begin(lua_State *L) {
-  strand_shm *s = strand_shm_self(L);
+/* begin: unless the caller does not hold the lock (0), enter the waiters and release the lock,
+ * giving the epoch and the depth to restore */
+static int cv_begin(lua_State *L, strand_shm *s, lua_Integer *epoch_out, lua_Integer *saved_out) {
   strand_shm *lock = ((cv_obj *)s)->lock;
   cv_state *st = (cv_state *)strand_shm_state(s);
   lk_state *lst = (lk_state *)strand_shm_state(lock);
@@ -495,11 +494,7 @@ static int cv_begin(lua_State *L) {
   strand_shm_lockL(L, lock);
   int held = lk_owned(lst, lk_kind(lock), me);
   strand_shm_unlock(lock);
-  if (!held) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "cannot wait on un-acquired lock");
-    return 2;
-  }
+  if (!held) return 0;
   strand_shm_lockL(L, s);
   st->waiting++;
   uint64_t epoch = st->epoch;
@@ -517,9 +512,9 @@ static int cv_begin(lua_State *L) {
   }
   lk_settle(lock, 1);
   strand_shm_unlock(lock);
-  lua_pushinteger(L, (lua_Integer)epoch);
-  lua_pushinteger(L, (lua_Integer)saved);
-  return 2;
+  *epoch_out = (lua_Integer)epoch;
+  *saved_out = (lua_Integer)saved;
+  return 1;
 }
 
 static void cv_leave(lua_State *L, strand_shm *s) {
@@ -591,6 +586,122 @@ static int cv_end(lua_State *L) {
   lua_settop(L, 1);
   lua_pushnumber(L, STRAND_FOREVER);
   return lk_acquire_k(L, LUA_OK, (lua_KContext)(saved > 0 ? saved : 1));
+}
+
+/* wait(timeout) -> true (notified) | false (timeout), in C: begin, grant, then finish
+ * (always, taking the lock back), then grant's result or its error. Upvalues: 1 the
+ * metatable, 2 grant, 3 finish, 4 the level at which misuse is reported (1: the caller;
+ * 2: wait_for's caller).
+ *
+ * In a task, the grant wait runs in wait's own frame (cv_wait_k), so a waiting task holds one
+ * C frame, as an event's waiter does: everything that can raise before the wait (misuse, a
+ * task that cannot yield or is cancelled already, out of memory for the waiter) happens before
+ * begin, and what the wake-up raises (a cancellation) is caught by a protected call made only
+ * then. Stack: 1 self, 2 deadline, 3 epoch, 4 saved depth, 5 waiter, 6 result or error.
+ * Elsewhere (the main program, a coroutine strand does not own) grant runs under lua_pcallk,
+ * as a function of its own (cv_pwait_k). Stack: 1 self, 2 timeout, 3 epoch, 4 saved depth,
+ * 5 grant's result or error. */
+
+/* finish (the lock back), then the value at the top: grant's result (ok) or its error;
+ * k continues after a finish that waited, with ctx 1 (ok) or 2 */
+static int cv_finish(lua_State *L, int ok, lua_KFunction k) {
+  int top = lua_gettop(L);                         /* the result or the error */
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 4);
+  lua_pushvalue(L, 3);
+  lua_pushboolean(L, !ok);
+  lua_callk(L, 4, 0, ok ? 1 : 2, k);
+  lua_settop(L, top);
+  if (!ok) return lua_error(L);                    /* grant's error, as it was */
+  return 1;
+}
+
+static int cv_pwait_k(lua_State *L, int status, lua_KContext ctx) {
+  if (ctx == 0) return cv_finish(L, status == LUA_OK || status == LUA_YIELD, cv_pwait_k);
+  lua_settop(L, 5);                                /* back from a finish that waited */
+  if (ctx == 2) return lua_error(L);
+  return 1;
+}
+
+static int cv_resumed(lua_State *L) {              /* protected: raises a cancellation */
+  lua_pushinteger(L, strand_resumed(L, LUA_YIELD));
+  return 1;
+}
+
+static int cv_wait_k(lua_State *L, int status, lua_KContext ctx) {
+  if (ctx != 0) {                                  /* back from a finish that waited */
+    lua_settop(L, 6);
+    if (ctx == 2) return lua_error(L);
+    return 1;
+  }
+  strand_shm *s = box_obj(L);
+  cv_state *st = (cv_state *)strand_shm_state(s);
+  uint64_t e0 = (uint64_t)lua_tointeger(L, 3);
+  double deadline = lua_tonumber(L, 2);
+  int outcome = STRAND_READY;
+  if (status == LUA_YIELD) {
+    cv_leave(L, s);
+    lua_pushcfunction(L, cv_resumed);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) return cv_finish(L, 0, cv_wait_k);
+    outcome = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  for (;;) {
+    strand_shm_lockL(L, s);
+    int granted = st->epoch != e0 && st->permits > 0;
+    if (granted || outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+      if (granted) st->permits--;
+      else st->waiting--;
+      cv_settle(s, 0);
+      strand_shm_unlock(s);
+      lua_pushboolean(L, granted);
+      return cv_finish(L, 1, cv_wait_k);
+    }
+    strand_shm_sleepers(s, 0)++;
+    strand_shm_unlock(s);
+    outcome = strand_shm_wait(L, deadline, 0, cv_wait_k);   /* in a task: yields */
+    cv_leave(L, s);
+  }
+}
+
+static int cv_misuse(lua_State *L, const char *msg) {
+  luaL_where(L, (int)lua_tointeger(L, lua_upvalueindex(4)));
+  lua_pushstring(L, msg);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
+static int cv_wait(lua_State *L) {
+  strand_shm *s = strand_shm_self(L);
+  int tt = lua_type(L, 2);
+  if (tt > LUA_TNIL && (tt != LUA_TNUMBER || !(lua_tonumber(L, 2) >= 0)))
+    return cv_misuse(L, "bad argument #1 to 'wait' (timeout must be a number >= 0 or nil)");
+  lua_settop(L, 2);
+  lua_Integer epoch, saved;
+  if (strand_task_of(L) != NULL) {                 /* in a task: the wait in this frame */
+    strand_shm *lock = ((cv_obj *)s)->lock;
+    strand_shm_lockL(L, lock);
+    int held = lk_owned((lk_state *)strand_shm_state(lock), lk_kind(lock), who(L));
+    strand_shm_unlock(lock);
+    if (!held) return cv_misuse(L, "cannot wait on un-acquired lock");
+    lua_pushnumber(L, strand_opt_deadline(L, 2));
+    lua_replace(L, 2);
+    strand_shm_prepare(L, s, 0);                   /* raises here, before begin, if it must */
+    if (!cv_begin(L, s, &epoch, &saved)) return cv_misuse(L, "cannot wait on un-acquired lock");
+    lua_pushinteger(L, epoch);
+    lua_pushinteger(L, saved);
+    lua_rotate(L, 3, -1);                          /* the waiter on top */
+    return cv_wait_k(L, LUA_OK, 0);
+  }
+  if (!cv_begin(L, s, &epoch, &saved)) return cv_misuse(L, "cannot wait on un-acquired lock");
+  lua_pushinteger(L, epoch);
+  lua_pushinteger(L, saved);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 2);
+  return cv_pwait_k(L, lua_pcallk(L, 3, 1, 0, 0, cv_pwait_k), 0);
 }
 
 static int cv_notify_n(lua_State *L, lua_Integer n) {
@@ -796,7 +907,7 @@ static int l_barrier(lua_State *L) {
 /* with(fn, ...) on every lock kind, and a condition's wait/wait_for, in Lua: pcall is
  * yieldable there, so fn and the waits may block; the lock is released on error too. */
 static const char sync_lua[] =
-  "local lockm, rlockm, semm, condm, begin, grant, finish, now = ...\n"
+  "local lockm, rlockm, semm, condm, cwait, now = ...\n"
   "local pack, unpack, pcall, error, type, getmetatable = "
   "  table.pack, table.unpack, pcall, error, type, getmetatable\n"
   "local function callable(f)\n"
@@ -821,18 +932,6 @@ static const char sync_lua[] =
   "          .. '(timeout must be a number >= 0 or nil)', 3)\n"
   "  end\n"
   "end\n"
-  "local function cwait(self, timeout, level)\n"
-  "  local epoch, saved = begin(self)\n"
-  "  if not epoch then error(saved, level) end\n"
-  "  local ok, r = pcall(grant, self, epoch, timeout)\n"
-  "  finish(self, saved, epoch, not ok)\n"
-  "  if not ok then error(r, 0) end\n"
-  "  return r\n"
-  "end\n"
-  "function condm.wait(self, timeout)\n"      /* a tail call: one frame less per waiter */
-  "  check_timeout(timeout, 'wait')\n"
-  "  return cwait(self, timeout, 2)\n"
-  "end\n"
   "function condm.wait_for(self, pred, timeout)\n"
   "  if not callable(pred) then\n"
   "    error(\"bad argument #1 to 'wait_for' (function expected, got \" .. type(pred) .. ')', 2)\n"
@@ -846,7 +945,7 @@ static const char sync_lua[] =
   "      left = deadline - now()\n"
   "      if left <= 0 then break end\n"
   "    end\n"
-  "    cwait(self, left, 3)\n"
+  "    cwait(self, left)\n"
   "    r = pred()\n"
   "  end\n"
   "  return r\n"
@@ -903,15 +1002,20 @@ int strand_open_sync(lua_State *L) {
   strand_shm_newmeta(L, &sem_type, lock_methods, lk_close);
   lua_replace(L, -2);
   strand_shm_newmeta(L, &cond_type, cond_methods, lk_close);       /* chunk l r s condmt condm */
-  lua_pushvalue(L, -2);
-  lua_pushcclosure(L, cv_begin, 1);
-  lua_pushvalue(L, -3);
-  lua_pushcclosure(L, cv_grant, 1);
-  lua_pushvalue(L, -4);
-  lua_pushcclosure(L, cv_end, 1);                       /* ... condmt condm b g e */
-  lua_remove(L, -5);                                    /* chunk l r s condm b g e */
+  for (int level = 1; level <= 2; level++) {           /* condm.wait; wait_for's */
+    lua_pushvalue(L, -1 - level);                       /* condmt */
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, cv_grant, 1);
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, cv_end, 1);
+    lua_pushinteger(L, level);
+    lua_pushcclosure(L, cv_wait, 4);
+  }                                                     /* ... condmt condm wait cwait */
+  lua_rotate(L, -2, 1);
+  lua_setfield(L, -3, "wait");                          /* ... condmt condm cwait */
+  lua_remove(L, -3);                                    /* chunk l r s condm cwait */
   lua_pushcfunction(L, l_now);
-  lua_call(L, 8, 0);
+  lua_call(L, 6, 0);
   strand_shm_newmeta(L, &event_type, event_methods, NULL);
   strand_shm_newmeta(L, &barrier_type, barrier_methods, NULL);
   lua_settop(L, top);

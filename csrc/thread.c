@@ -100,9 +100,102 @@ static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 
 int luaopen_strand_core(lua_State *L);                /* module.c */
 
+/* The standard libraries of a thread's state. base, package, coroutine, table and string are
+ * opened as luaL_openlibs does (string also backs every string's methods); io, os, math, utf8
+ * and debug — half of luaL_openlibs's cost, and unused by most threads — start as empty tables
+ * under their usual global and package.loaded names, filled with the real library the first time
+ * anything reads, writes or iterates them. After that the table is the library, metatable-free. */
+static const char LAZY_KEY = 'L';     /* registry[&LAZY_KEY] = { [stub table] = luaopen_x } */
+
+static void lazy_fill(lua_State *L, int t) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LAZY_KEY) != LUA_TTABLE) { lua_pop(L, 1); return; }
+  lua_pushvalue(L, t);
+  if (lua_rawget(L, -2) != LUA_TFUNCTION) { lua_pop(L, 2); return; }   /* already filled */
+  lua_call(L, 0, 1);                   /* the real library table (raising leaves the stub) */
+  lua_pushvalue(L, t);
+  lua_pushnil(L);
+  lua_rawset(L, -4);
+  lua_pushnil(L);
+  lua_setmetatable(L, t);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+  }
+  lua_pop(L, 2);
+}
+
+static int lazy_index(lua_State *L) {
+  lazy_fill(L, 1);
+  lua_settop(L, 2);
+  lua_rawget(L, 1);
+  return 1;
+}
+
+static int lazy_newindex(lua_State *L) {
+  lazy_fill(L, 1);
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 0;
+}
+
+static int lazy_next(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (lua_next(L, 1)) return 2;
+  lua_pushnil(L);
+  return 1;
+}
+
+static int lazy_pairs(lua_State *L) {
+  lazy_fill(L, 1);
+  lua_pushcfunction(L, lazy_next);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  return 3;
+}
+
+static void open_stdlibs(lua_State *L) {
+  static const luaL_Reg eager[] = {
+    { LUA_GNAME, luaopen_base }, { LUA_LOADLIBNAME, luaopen_package },
+    { LUA_COLIBNAME, luaopen_coroutine }, { LUA_TABLIBNAME, luaopen_table },
+    { LUA_STRLIBNAME, luaopen_string }, { NULL, NULL } };
+  static const luaL_Reg lazy[] = {
+    { LUA_IOLIBNAME, luaopen_io }, { LUA_OSLIBNAME, luaopen_os },
+    { LUA_MATHLIBNAME, luaopen_math }, { LUA_UTF8LIBNAME, luaopen_utf8 },
+    { LUA_DBLIBNAME, luaopen_debug }, { NULL, NULL } };
+  static const luaL_Reg meta[] = {
+    { "__index", lazy_index }, { "__newindex", lazy_newindex }, { "__pairs", lazy_pairs },
+    { NULL, NULL } };
+  for (const luaL_Reg *r = eager; r->func; r++) {
+    luaL_requiref(L, r->name, r->func, 1);
+    lua_pop(L, 1);
+  }
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_createtable(L, 0, 5);                           /* stub -> opener */
+  lua_createtable(L, 0, 3);                           /* the stubs' metatable */
+  luaL_setfuncs(L, meta, 0);
+  for (const luaL_Reg *r = lazy; r->func; r++) {
+    lua_createtable(L, 0, 0);
+    lua_pushvalue(L, -2);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_pushcfunction(L, r->func);
+    lua_rawset(L, -5);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -5, r->name);                     /* package.loaded[name] */
+    lua_setglobal(L, r->name);
+  }
+  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &LAZY_KEY);
+  lua_pop(L, 1);
+}
+
 /* Runs inside the new state, protected: decode, run, encode the results. */
 static int thr_boot(lua_State *L) {
   thr_ctl *c = (thr_ctl *)lua_touserdata(L, 1);
+  strand_loop_defer_poller(L);                         /* no poller fd unless it is needed */
   lua_getglobal(L, "package");
   if (c->path) { lua_pushstring(L, c->path); lua_setfield(L, -2, "path"); }
   if (c->cpath) { lua_pushstring(L, c->cpath); lua_setfield(L, -2, "cpath"); }
@@ -146,7 +239,7 @@ static void *thr_main(void *arg) {
   if (L != NULL && arena.base != NULL) lua_setallocf(L, thr_alloc, &arena);
   char *res = NULL; size_t rlen = 0; int state = TS_FAILED;
   if (L != NULL) {
-    luaL_openlibs(L);
+    open_stdlibs(L);
     lua_pushcfunction(L, thr_boot);
     lua_pushlightuserdata(L, c);
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) {

@@ -397,6 +397,104 @@ describe("strand.sync", function()
     end)
   end)
 
+  describe("condition: how a wait ends (the lock is always taken back first)", function()
+    local function until_(pred)                 -- a bounded wait for a state change
+      local deadline = strand.now() + H.TIMEOUT
+      while not pred() do
+        assert(strand.now() < deadline, "state not reached")
+        strand.sleep(0.001)
+      end
+    end
+    -- the condition's lock is an rlock: only its owner can release it, so a successful
+    -- release proves the task held it again
+
+    it("a cancelled waiter waits for the lock another task holds, then gets the cancellation", function()
+      local r = sync.rlock()
+      local cond = sync.condition(r)
+      H.run(function()
+        local back = false
+        local victim = strand.spawn(function()
+          r:acquire()
+          local ok, err = pcall(cond.wait, cond)
+          back = true
+          return ok, strand.is_cancelled(err), (pcall(r.release, r))
+        end)
+        until_(function() return victim:status() == "waiting" and not r:locked() end)
+        r:acquire()
+        victim:cancel()
+        strand.sleep(0.02)
+        assert.is_false(back)                   -- still waiting for the lock main holds
+        r:release()
+        assert.same({ true, false, true, true }, { victim:join() })
+        assert.is_false(r:locked())
+      end)
+    end)
+
+    it("a notified waiter waits for the lock the notifier still holds, then returns true", function()
+      local r = sync.rlock()
+      local cond = sync.condition(r)
+      H.run(function()
+        local back = false
+        local waiter = strand.spawn(function()
+          r:acquire()
+          local got = cond:wait(H.TIMEOUT)
+          back = true
+          return got, (pcall(r.release, r))
+        end)
+        until_(function() return waiter:status() == "waiting" and not r:locked() end)
+        r:acquire()
+        cond:notify()
+        strand.sleep(0.02)
+        assert.is_false(back)
+        r:release()
+        assert.same({ true, true, true }, { waiter:join() })
+      end)
+    end)
+
+    it("a task cancelled before it waits, or that cannot yield, raises and still holds the lock", function()
+      local r = sync.rlock()
+      local cond = sync.condition(r)
+      H.run(function()
+        local t = strand.spawn(function()
+          r:acquire()
+          local ok1, err1 = pcall(table.sort, { 1, 2, 3 }, function(a, b) cond:wait(0.01); return a < b end)
+          local held1 = pcall(r.acquire, r, 0) and pcall(r.release, r)   -- depth 2, back to 1
+          strand.current():cancel()
+          local ok2, err2 = pcall(cond.wait, cond, 0.01)
+          local held2 = pcall(r.release, r)
+          return ok1, tostring(err1):match("cannot block here") ~= nil, held1, ok2,
+                 strand.is_cancelled(err2), held2
+        end)
+        assert.same({ true, false, true, true, false, true, true }, { t:join() })
+        assert.is_false(r:locked())
+      end)
+    end)
+
+    it("wait and wait_for in a task: timeout, notify, and misuse at the caller's line", function()
+      local cond = sync.condition()
+      H.run(function()
+        cond:acquire()
+        assert.is_false(cond:wait(0.01))
+        assert.is_true(cond:locked())
+        assert.is_false(cond:wait_for(function() return false end, 0.01))
+        local w = strand.spawn(function() return cond:with(function() return cond:wait(H.TIMEOUT) end) end)
+        cond:release()
+        until_(function() return w:status() == "waiting" and not cond:locked() end)
+        cond:with(function() cond:notify() end)
+        assert.same({ true, true }, { w:join() })
+        local ok, err = pcall(function() cond:wait() end)
+        assert.is_false(ok)
+        assert.matches("^spec/sync_spec%.lua:%d+: cannot wait on un%-acquired lock$", err)
+        cond:acquire()
+        ok, err = pcall(function() cond:wait(-1) end)
+        assert.is_false(ok)
+        assert.matches("^spec/sync_spec%.lua:%d+: bad argument #1 to 'wait' %(timeout must be a number >= 0 or nil%)$", err)
+        assert.is_true(cond:locked())
+        cond:release()
+      end)
+    end)
+  end)
+
   describe("barrier", function()
     it("releases the parties together and gives each an arrival index", function()
       local b = sync.barrier(3)

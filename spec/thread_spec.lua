@@ -200,6 +200,29 @@ describe("threads", function()
     assert.matches("no file '" .. file:gsub("%p", "%%%0") .. "'", results[5][2])
   end)
 
+  it("a thread's loop makes its poller only when it needs one (no poller fd for pure work)", function()
+    local core = require "strand.core"
+    local function epolls()
+      local n = 0
+      for _, target in pairs(assert(core._proc.fds())) do
+        if target:find("eventpoll", 1, true) then n = n + 1 end
+      end
+      return n
+    end
+    strand.sleep(0)                                  -- this state's loop (and poller) exist
+    local before = epolls()
+    local th = thread.start(function(count)
+      local busy = count()                             -- computing only: no poller
+      require("strand").sleep(0.01)                    -- a wait that blocks: the poller now
+      return busy, count()
+    end, epolls)
+    local ok, busy, slept = th:join(H.TIMEOUT)
+    assert.is_true(ok, busy)
+    assert.equal(before, busy)
+    assert.equal(before + (core.backend() == "epoll" and 1 or 0), slept)
+    assert.equal(before, epolls())
+  end)
+
   it("every area of strand.core is there on first use, once per state", function()
     local th = thread.start(function()
       local core = require "strand.core"
@@ -212,6 +235,76 @@ describe("threads", function()
     assert.is_true(ok, names)
     for i = 1, 7 do assert.is_true(first[i], names) end
     assert.is_true(same)
+  end)
+end)
+
+describe("threads: the standard libraries", function()
+  local LIBS = { "_G", "package", "coroutine", "table", "io", "os", "string", "math", "utf8", "debug" }
+  local function keys(t)
+    local ks = {}
+    for k in pairs(t) do ks[#ks + 1] = tostring(k) end
+    table.sort(ks)
+    return table.concat(ks, " ")
+  end
+
+  it("every standard library is a global, in package.loaded and require'able, with all its fields", function()
+    local th = thread.start(function(libs)
+      local r = {}
+      for _, n in ipairs(libs) do
+        local g = _G[n]
+        local ks = {}
+        for k in pairs(g) do ks[#ks + 1] = tostring(k) end    -- pairs is the first use
+        table.sort(ks)
+        r[n] = { type = type(g), loaded = rawequal(package.loaded[n], g),
+                 req = rawequal(require(n), g), keys = n ~= "_G" and n ~= "package"
+                 and table.concat(ks, " ") or "", meta = getmetatable(g) == nil,
+                 raw = n == "_G" or n == "package" or next(g) ~= nil }
+      end
+      return r
+    end, LIBS)
+    local ok, r = th:join(H.TIMEOUT)
+    assert.is_true(ok, r)
+    for _, n in ipairs(LIBS) do
+      assert.equal("table", r[n].type, n)
+      assert.is_true(r[n].loaded, n)
+      assert.is_true(r[n].req, n)
+      assert.is_true(r[n].meta, n)
+      assert.is_true(r[n].raw, n)
+      if n ~= "_G" and n ~= "package" then assert.equal(keys(_G[n]), r[n].keys, n) end
+    end
+  end)
+
+  it("each library works on its first use, whatever that use is", function()
+    local floor = math.floor                               -- sent by name: math.floor there
+    local th = thread.start(function(x)
+      local out = {}
+      out[1] = floor(x)
+      os.mine = 7                                          -- a write first
+      out[2] = os.mine == 7 and type(os.time()) == "number" and rawget(os, "clock") == os.clock
+      out[3] = rawequal(require "io", io) and io.type(io.stdout) == "file"
+      out[4] = utf8.char(72, 105)
+      out[5] = type(debug.traceback("x")) == "string" and debug.getinfo(1, "S").what
+      out[6] = math.max(3, 9) == 9 and math.type(math.random(5)) == "integer"
+      out[7] = ("ab"):rep(2) .. coroutine.wrap(function() coroutine.yield "!" end)()
+      out[8] = table.concat({ 1, 2 }, "+")
+      return out
+    end, 2.5)
+    local ok, out = th:join(H.TIMEOUT)
+    assert.is_true(ok, out)
+    assert.same({ 2, true, true, "Hi", "Lua", true, "abab!", "1+2" }, out)
+  end)
+
+  it("a library's opener is not run twice, and a library sent back is the caller's own", function()
+    local th = thread.start(function()
+      local r1 = math.random
+      local _ = math.pi, math.huge
+      return rawequal(r1, math.random), math, os.time
+    end)
+    local ok, same, m, ostime = th:join(H.TIMEOUT)
+    assert.is_true(ok, same)
+    assert.is_true(same)
+    assert.is_true(rawequal(math, m))
+    assert.is_true(rawequal(os.time, ostime))
   end)
 end)
 
