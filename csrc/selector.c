@@ -1005,6 +1005,16 @@ static const luaL_Reg sel_metamethods[] = {
   {"__len", selm_len}, {"__index", NULL}, {NULL, NULL}
 };
 
+/* a key's fields are read-only; __metatable (false) is set beside these */
+static const luaL_Reg key_metamethods[] = {
+  {"__index", key_index}, {"__newindex", key_newindex}, {"__tostring", key_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg scall_metamethods[] = {
+  {"__close", scall_close}, {"__gc", scall_close}, {NULL, NULL}
+};
+
 static const luaL_Reg sel_funcs[] = {
   {"new", sel_new}, {"select", l_select}, {NULL, NULL}
 };
@@ -1016,20 +1026,12 @@ static void createmeta(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_newmetatable(L, KEY_META);
-  lua_pushcfunction(L, key_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, key_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, key_tostring);
-  lua_setfield(L, -2, "__tostring");
+  luaL_setfuncs(L, key_metamethods, 0);
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
   luaL_newmetatable(L, SCALL_META);
-  lua_pushcfunction(L, scall_close);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, scall_close);
-  lua_setfield(L, -2, "__gc");
+  luaL_setfuncs(L, scall_metamethods, 0);
   lua_pop(L, 1);
 }
 
