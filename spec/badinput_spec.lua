@@ -9,10 +9,6 @@ local H = require "support.helper"
 
 local NaN, INF = 0 / 0, math.huge
 
-local function known_bug(name, fn)
-  if os.getenv("STRAND_KNOWN_BUGS") then it(name, fn)
-  else pending(name .. " [known bug: docs/reliability.md; STRAND_KNOWN_BUGS=1 runs it]") end
-end
 local function noop() end
 
 -- A finished task and a group to call methods on.

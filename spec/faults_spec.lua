@@ -7,11 +7,6 @@ local strand = require "strand"
 local core = require "strand.core"
 local H = require "support.helper"
 
-local function known_bug(name, fn)
-  if os.getenv("STRAND_KNOWN_BUGS") then it(name, fn)
-  else pending(name .. " [known bug: docs/reliability.md; STRAND_KNOWN_BUGS=1 runs it]") end
-end
-
 -- A <close> marker: closed[name] is true once it ran.
 local function closer(log, name)
   return setmetatable({}, { __close = function() log[name] = true end })

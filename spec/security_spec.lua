@@ -5,11 +5,6 @@ local strand = require "strand"
 local serial = require "strand.serial"
 local H = require "support.helper"
 
-local function known_bug(name, fn)
-  if os.getenv("STRAND_KNOWN_BUGS") then it(name, fn)
-  else pending(name .. " [known bug: docs/reliability.md; STRAND_KNOWN_BUGS=1 runs it]") end
-end
-
 -- Hand-made encodings (format in csrc/serial.c): version 1, header, count, values. The type
 -- tags are read from real encodings, so that the spec follows the format.
 local function tag_of(v, opts) return serial.encode(v, opts):byte(4) end
