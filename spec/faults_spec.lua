@@ -680,20 +680,8 @@ end)
 local has_socket, socket = pcall(require, "strand.socket")
 if not has_socket then return end
 
-local function listener(opts)
-  local srv = assert(socket.listen("127.0.0.1", 0, opts))
-  local _, port = srv:getsockname()
-  return srv, port
-end
-
--- A connected loopback TCP pair: client, server side.
-local function tcp_pair()
-  local srv, port = listener()
-  local c = assert(socket.connect("127.0.0.1", port, { timeout = 5 }))
-  local a = assert(srv:accept())
-  srv:close()
-  return c, a
-end
+local net = require "support.net"
+local listener, tcp_pair = net.listener, net.tcp_pair
 
 -- Reset the connection: SO_LINGER 0 then close sends RST instead of FIN.
 local function reset(s)

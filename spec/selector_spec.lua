@@ -644,8 +644,7 @@ describe("selector with strand sockets", function()
 
   it("strand.select's xlist reports TCP urgent data (sent by a python3 child)", H.no_leaks(function()
     if not os.execute("command -v python3 >/dev/null 2>&1") then pending("python3 is not installed") return end
-    local srv = assert(socket.listen("127.0.0.1", 0))
-    local _, port = srv:getsockname()
+    local srv, port = require("support.net").listener()
     H.run(function()
       assert(os.execute(("python3 -c \"import socket, time; s = socket.create_connection(('127.0.0.1', %d)); "
         .. "s.send(b'!', socket.MSG_OOB); time.sleep(2)\" >/dev/null 2>&1 &"):format(port)))
