@@ -611,7 +611,7 @@ end
 
 -- }====
 
--- {==== what tcp and udp objects share: the methods, classes and constructors of each family
+-- {==== what tcp and udp objects share: the methods, classes and constructors of each kind
 
 -- setfd adopts a duplicate of fd (LuaSocket takes fd itself; strand owns the fds it polls).
 -- The object keeps its class; the fd given stays the caller's to close.
@@ -630,14 +630,14 @@ local common = {
   settimeout = function(o, value, mode) return settimeout(o, value, mode, "settimeout") end,
   gettimeout = function(o) return o.block + 0.0, o.total + 0.0 end,
   getfd = getfd,
-  setfd = function(o, fd) setfd(o, fd) end,
+  setfd = setfd,
   getfamily = function(o) return familyname(o.family) end,
   getsockname = function(o) return sockname(o, false, true) end,
 }
 
--- Each family: its classes (the first is a new object's), the group naming them all, the class
+-- Each kind of object: its classes (the first is a new object's), the group naming them all, the class
 -- getpeername and bind want, its options, what dirty() says (only tcp buffers what it reads).
-local families = {
+local kinds = {
   tcp = { classes = { "tcp{master}", "tcp{client}", "tcp{server}" }, any = "tcp{any}",
           peer = "tcp{any}", bind = "bind", bound = "tcp{master}", set = tcp_set, get = tcp_get,
           dirty = function(o) return o.rp <= #o.rb end },
@@ -648,7 +648,7 @@ local families = {
 
 local function create(kind, family)
   local o = newobject(family, nil)
-  setclass(o, families[kind].classes[1])
+  setclass(o, kinds[kind].classes[1])
   if family then
     local ok, err = ensure_socket(o, family, kind)
     if not ok then return nil, err end
@@ -656,7 +656,7 @@ local function create(kind, family)
   return o
 end
 
-for kind, f in pairs(families) do
+for kind, f in pairs(kinds) do
   local m, any = methods[kind], f.any
   for name, fn in pairs(common) do def(m, name, any, fn) end
   def(m, "dirty", any, f.dirty)
@@ -675,14 +675,14 @@ for kind, f in pairs(families) do
 end
 tcp.setsockname = tcp.bind
 
-for kind, f in pairs(families) do   -- the methods are all there: make the classes
+for kind, f in pairs(kinds) do   -- the methods are all there: make the classes
   for _, name in ipairs(f.classes) do newclass(name, kind, { f.any }) end
   C[kind] = function() return create(kind, nil) end
   C[kind .. "4"] = function() return create(kind, "inet") end
   C[kind .. "6"] = function() return create(kind, "inet6") end
 end
 
-local connect_families = { unspec = true, inet = "inet", inet6 = "inet6" }
+local families = { unspec = true, inet = "inet", inet6 = "inet6" }
 
 --- socket.connect(address, port [, laddress [, lport [, family]]]) -> tcp{client} | nil, err
 function C.connect(address, port, laddress, lport, family)
@@ -691,10 +691,8 @@ function C.connect(address, port, laddress, lport, family)
   laddress = optstring(laddress, 3, "connect", nil)
   lport = optstring(lport, 4, "connect", "0")
   family = optstring(family, 5, "connect", "unspec")
-  if not connect_families[family] then
-    argerror(5, "connect", ("invalid option '%s'"):format(family))
-  end
-  local o = newobject(connect_families[family] ~= true and connect_families[family] or nil, nil)
+  if not families[family] then argerror(5, "connect", ("invalid option '%s'"):format(family)) end
+  local o = newobject(families[family] ~= true and families[family] or nil, nil)
   setclass(o, "tcp{master}")
   if laddress then
     local ok, err = trybind(o, laddress, lport, "tcp")
