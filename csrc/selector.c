@@ -211,6 +211,20 @@ static void mirror_drain(lua_State *L, int ep) {
   if (n < 0) luaL_error(L, "select: epoll_wait failed: %s", strerror(errno));
 }
 
+/* Before waiting on an existing mirror: the first time (*drained 0) its stale edges are drained
+ * and 1 says to check again; the next time 0 says to wait (and *drained is reset for the
+ * wait's retry). An edge that arrives after the drain wakes the wait; one that came before it
+ * is seen by the check. */
+static int mirror_recheck(lua_State *L, int ep, int *drained) {
+  if (*drained) {
+    *drained = 0;
+    return 0;
+  }
+  mirror_drain(L, ep);
+  *drained = 1;
+  return 1;
+}
+
 /* }==== */
 
 /* {==== selector state (no Lua inside, except raising on memory) */
@@ -511,15 +525,9 @@ static int sel_select_k(lua_State *L, int status, lua_KContext ctx) {
     if (count > 0 || outcome == STRAND_TIMEOUT || deadline <= strand_now())
       return sel_push_results(L, s, count);
     if (s->backend != B_EPOLL) {
-      if (s->epfd < 0) {
-        mirror_build(L, s);         /* fresh: it already reports whatever became ready */
-      } else if (!drained) {
-        mirror_drain(L, s->epfd);
-        drained = 1;
-        continue;
-      }
+      if (s->epfd < 0) mirror_build(L, s);   /* fresh: it already reports whatever became ready */
+      else if (mirror_recheck(L, s->epfd, &drained)) continue;
     }
-    drained = 0;
     outcome = strand_wait_io(L, &s->io, STRAND_READ, deadline, ctx, sel_select_k);
     s = sel_check(L, 1);            /* closed while waiting: raise */
   }
@@ -934,14 +942,8 @@ static int select_k(lua_State *L, int status, lua_KContext ctx) {
       outcome = strand_wait_timer(L, deadline, ctx, select_k);
       continue;
     }
-    if (c->epfd < 0) {
-      scall_mirror(L, c);
-    } else if (!drained) {
-      mirror_drain(L, c->epfd);
-      drained = 1;
-      continue;
-    }
-    drained = 0;
+    if (c->epfd < 0) scall_mirror(L, c);         /* fresh: it reports whatever became ready */
+    else if (mirror_recheck(L, c->epfd, &drained)) continue;
     outcome = strand_wait_io(L, &c->io, STRAND_READ, deadline, ctx, select_k);
   }
 }
