@@ -942,6 +942,19 @@ describe("faults: sockets", function()
     end)
   ]]
 
+  -- Queue 20 connections the server cannot accept, and wait until its accept failed with EMFILE.
+  local function overflow(ctl, port)
+    local pending = {}
+    for i = 1, 20 do pending[i] = assert(socket.connect("127.0.0.1", port, { timeout = 5 })) end
+    assert(ctl:write("emfile?\n"))
+    local line, err = ctl:read("l")
+    assert(line, "no answer from the server (its accept loop never yields?): " .. tostring(err))
+    assert.matches("^emfile [1-9]%d*$", line)
+    return pending
+  end
+
+  -- Start the EMFILE server, connect its control connection and NEXIST clients it accepted,
+  -- wait until it is out of fds, overflow it (see above), then fn(ctl, port, existing).
   local function with_emfile_server(fn)
     local path = os.tmpname()
     local h = io.open(path, "w"); h:write(EMFILE_SERVER); h:close()
@@ -961,7 +974,9 @@ describe("faults: sockets", function()
         local full = assert(ctl:read("l"))
         assert.matches("^full %d+$", full)
         ctl:settimeout(10)
+        local pending = overflow(ctl, port)
         fn(ctl, port, existing)
+        for _, c in ipairs(pending) do c:close() end
         ctl:write("quit\n")
         for _, c in ipairs(existing) do c:close() end
         ctl:close()
@@ -973,31 +988,17 @@ describe("faults: sockets", function()
     if not ok then error(err, 0) end
   end
 
-  -- Queue 20 connections the server cannot accept, and wait until its accept failed with EMFILE.
-  local function overflow(ctl, port)
-    local pending = {}
-    for i = 1, 20 do pending[i] = assert(socket.connect("127.0.0.1", port, { timeout = 5 })) end
-    assert(ctl:write("emfile?\n"))
-    local line, err = ctl:read("l")
-    assert(line, "no answer from the server (its accept loop never yields?): " .. tostring(err))
-    assert.matches("^emfile [1-9]%d*$", line)
-    return pending
-  end
-
   it("at the fd limit a server keeps serving its connections and accept reports EMFILE", function()
     with_emfile_server(function(ctl, port, existing)
-      local pending = overflow(ctl, port)
       for i, c in ipairs(existing) do
         assert(c:write("still there ", i, "\n"))
         assert.equal("still there " .. i, c:read("l"))
       end
-      for _, c in ipairs(pending) do c:close() end
     end)
   end)
 
   it("at the fd limit accept does not spin: few EMFILE returns and little CPU per second", function()
     with_emfile_server(function(ctl, port)
-      local pending = overflow(ctl, port)
       assert(ctl:write("measure\n"))
       local line, err = ctl:read("l")
       assert(line, "no answer from the server (its accept loop never yields?): " .. tostring(err))
@@ -1005,13 +1006,11 @@ describe("faults: sockets", function()
       n, cpu, wall = tonumber(n), tonumber(cpu), tonumber(wall)
       assert.is_true(n < 100, n .. " EMFILE failures in " .. wall .. " s")
       assert.is_true(cpu / wall < 0.5, ("%.2f s of CPU in %.2f s"):format(cpu, wall))
-      for _, c in ipairs(pending) do c:close() end
     end)
   end)
 
   it("at the fd limit a server recovers when fds are freed", function()
     with_emfile_server(function(ctl, port)
-      local pending = overflow(ctl, port)
       assert(ctl:write("free 50\n"))
       assert.equal("freed", ctl:read("l"))
       for i = 1, 5 do
@@ -1020,7 +1019,6 @@ describe("faults: sockets", function()
         assert(c:write("new ", i, "\n"))
         assert.equal("new " .. i, c:read("l"))
       end
-      for _, c in ipairs(pending) do c:close() end
     end)
   end)
 
