@@ -6,11 +6,20 @@ M.PY = io.open("/usr/bin/python3") and "/usr/bin/python3" or "python3"   -- not 
 M.REPS = tonumber(os.getenv("REPS")) or 5
 M.QUICK = os.getenv("QUICK") == "1"
 
-function M.sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
+local function run(cmd, redirect)
+  local p = io.popen(cmd .. redirect)
   local out = p:read("a")
   local ok = p:close()
   return out, ok
+end
+
+-- sh(cmd): what cmd printed (stdout and stderr) and whether it succeeded.
+function M.sh(cmd) return run(cmd, " 2>&1") end
+
+-- stdout(cmd): what cmd printed on stdout (stderr dropped), or nil when it failed.
+function M.stdout(cmd)
+  local out, ok = run(cmd, " 2>/dev/null")
+  return ok and out or nil
 end
 
 local function now()
@@ -51,9 +60,10 @@ function M.wait_idle()
   end
 end
 
+-- The median of the numbers in t (a list, or a table with holes or false where a rep failed).
 function M.median(t)
   local s = {}
-  for i, v in ipairs(t) do s[i] = v end
+  for _, v in pairs(t) do if v then s[#s + 1] = v end end
   table.sort(s)
   local n = #s
   if n == 0 then return nil end

@@ -22,12 +22,8 @@ REPS=${REPS:-5}
 SERVERS=${SERVERS:-"c strand selectors luv cqueues luasocket gevent"}
 GATE=${GATE:-run}          # wait for an idle machine before each server's run, or each rep's
 bin=$build/bench
-mkdir -p "$bin"
-cc -O2 -o "$bin/echo_client" bench/echo_client.c
-cc -O2 -o "$bin/echo_c_epoll" bench/echo_c_epoll.c
-[ -f "$build/strand/core.so" ] || make -s BUILD="$build"
-export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
-export LUA_CPATH="$build/?.so;;"
+cc_bench "$build" echo_client echo_c_epoll
+lua_env "$build"
 
 tmp=$(mktemp -d)
 spid=""; cpid=""; starts=0

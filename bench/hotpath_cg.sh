@@ -8,8 +8,8 @@ set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build}
 n=${2:-20000}
-export LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;"
-export LUA_CPATH="$build/?.so;;"
+. bench/lib.sh
+lua_env "$build"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/sync.lua" <<'L'
@@ -29,12 +29,9 @@ end)
 assert(t:join())
 a:close(); b:close()
 L
-count() {  # script args...
-  valgrind --tool=callgrind --callgrind-out-file=/dev/null lua5.4 "$@" 2>&1 | sed -n 's/.*Collected : *//p'
-}
 per() {  # label units script args-before-N
   label=$1 units=$2; shift 2
-  a=$(count "$@" 0); b=$(count "$@" "$units")
+  a=$(cg_count /dev/null "$@" 0); b=$(cg_count /dev/null "$@" "$units")
   printf '%-44s %8d instructions\n' "$label" $(( (b - a) / units ))
 }
 per "bare coroutine create+resume+resume" "$n" bench/tasks_bench.lua run floor

@@ -1,5 +1,6 @@
 # bench/lib.sh — what every bench/*.sh shares: Debian's python3, CPU pinning, the wait for an
-# idle machine before each measurement, and the results file (sourced, not run).
+# idle machine before each measurement, the results file, lua5.4's paths, compiling the C
+# peers, callgrind counts (sourced, not run).
 
 # Debian's own python3 (a pyenv or venv one may come first on PATH and lack gevent).
 PY=/usr/bin/python3
@@ -36,3 +37,25 @@ wait_idle() {
 
 # record KEY VALUE...: one line of the results file bench/report.lua turns into latest.md.
 record() { [ -n "${RESULTS:-}" ] && echo "$*" >>"$RESULTS"; return 0; }
+
+# lua_env BUILD: lua5.4 finds the tree's modules, bench/'s Lua helpers and BUILD's core.so
+# (built first when it is missing).
+lua_env() {
+  [ -f "$1/strand/core.so" ] || make -s BUILD="$1"
+  export LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;"
+  export LUA_CPATH="$1/?.so;;"
+}
+
+# cc_bench BUILD NAME...: compiles each bench/NAME.c into BUILD/bench/NAME.
+cc_bench() {
+  cc_dir=$1/bench; shift
+  mkdir -p "$cc_dir"
+  for cc_name in "$@"; do cc -O2 -o "$cc_dir/$cc_name" "bench/$cc_name.c"; done
+}
+
+# cg_count OUT ARGS...: the instructions `lua5.4 ARGS` runs as callgrind counts them (exact and
+# repeatable on a loaded machine); its profile goes to OUT (/dev/null: none). Needs valgrind.
+cg_count() {
+  cg_out=$1; shift
+  valgrind --tool=callgrind --callgrind-out-file="$cg_out" lua5.4 "$@" 2>&1 | sed -n 's/.*Collected : *//p'
+}

@@ -115,12 +115,9 @@ end
 
 -- {==== the harness
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok = p:close()
-  return out, ok
-end
+package.path = "bench/?.lua;" .. package.path
+local B = require "benchlib"
+local sh = B.sh
 
 local function have(cmd) local _, ok = sh(cmd); return ok end
 
@@ -142,9 +139,8 @@ local function measure(cmd, label, reps)
     end
     vals[#vals + 1] = v
   end
-  table.sort(vals)
-  local m = #vals % 2 == 1 and vals[(#vals + 1) // 2] or (vals[#vals // 2] + vals[#vals // 2 + 1]) / 2
-  return { median = m, min = vals[1], max = vals[#vals] }
+  local lo, hi = B.range(vals)
+  return { median = B.median(vals), min = lo, max = hi }
 end
 
 local function show(name, r, unit)

@@ -12,6 +12,8 @@ import concurrent.futures as cf
 import sys
 import time
 
+from benchpy import pool_speedup, start_join_us
+
 
 def noop():
     pass
@@ -46,12 +48,7 @@ def main():
     mp.set_start_method("fork")
     what, n = sys.argv[1], int(sys.argv[2])
     if what == "process":
-        t0 = time.perf_counter()
-        for _ in range(n):
-            p = mp.Process(target=noop)
-            p.start()
-            p.join()
-        print("us %.3f" % ((time.perf_counter() - t0) / n * 1e6))
+        print("us %.3f" % start_join_us(lambda: mp.Process(target=noop), n))
     elif what == "apply":
         with mp.Pool(1) as pool:
             pool.apply(noop)
@@ -78,16 +75,7 @@ def main():
                 f.result()
             print("s %.4f" % (time.perf_counter() - t0))
     elif what == "cpu":
-        loops = int(sys.argv[3])
-        t0 = time.perf_counter()
-        for _ in range(n):
-            burn(loops)
-        serial = time.perf_counter() - t0
-        with mp.Pool(2) as pool:
-            t0 = time.perf_counter()
-            pool.map(burn, [loops] * n, 1)
-            par = time.perf_counter() - t0
-        print("speedup %.3f" % (serial / par))
+        print("speedup %.3f" % pool_speedup(burn, [int(sys.argv[3])] * n))
     elif what == "queue":
         q = mp.Queue()
         p = mp.Process(target=producer, args=(q, n))

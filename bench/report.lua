@@ -44,14 +44,8 @@ for line in io.lines(path) do
   end
 end
 
-local function median(t)
-  local s = {}
-  for _, v in pairs(t) do if v then s[#s + 1] = v end end
-  table.sort(s)
-  local n = #s
-  if n == 0 then return nil end
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
+package.path = "bench/?.lua;" .. package.path
+local median = require("benchlib").median
 local function range(t)
   local lo, hi
   for _, v in pairs(t) do

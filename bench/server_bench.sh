@@ -11,6 +11,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build}
+. bench/lib.sh
 DURATION=${DURATION:-3}
 CONNS=${CONNS:-100}
 MSGSIZE=${MSGSIZE:-64}
@@ -21,11 +22,8 @@ MODES=${MODES:-"task thread prefork"}
 SERVER_CPUS=${SERVER_CPUS:-0-1}
 CLIENT_CPUS=${CLIENT_CPUS:-}
 bin=$build/bench
-mkdir -p "$bin"
-cc -O2 -o "$bin/echo_client" bench/echo_client.c
-[ -f "$build/strand/core.so" ] || make -s BUILD="$build"
-export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
-export LUA_CPATH="$build/?.so;;"
+cc_bench "$build" echo_client
+lua_env "$build"
 
 tmp=$(mktemp -d)
 pid=""

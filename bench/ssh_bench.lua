@@ -3,8 +3,9 @@
 -- buffers), OpenSSH's ssh/sftp, paramiko. Each client runs pinned to one CPU (taskset), one peer
 -- at a time; the figure is the median of REPS runs. Prints each figure and strand's ratio.
 --   lua5.4 bench/ssh_bench.lua [REPS] [MiB] [N_SESSIONS]
-package.path = "spec/?.lua;" .. package.path
+package.path = "spec/?.lua;bench/?.lua;" .. package.path
 local sshd = require "support.sshd"
+local B = require "benchlib"
 
 local REPS = tonumber(arg[1]) or 5
 local MIB = tonumber(arg[2]) or 256
@@ -12,20 +13,7 @@ local NSESS = tonumber(arg[3]) or 50
 local CMDS = 200
 local CPU = os.getenv("BENCH_CPU") or "1"
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>/dev/null")
-  local out = p:read("a")
-  local ok = p:close()
-  return ok and out or nil
-end
-
-local function median(t)
-  table.sort(t)
-  local n = #t
-  if n == 0 then return nil end
-  if n % 2 == 1 then return t[(n + 1) // 2] end
-  return (t[n // 2] + t[n // 2 + 1]) / 2
-end
+local sh, median = B.stdout, B.median
 
 -- run cmd REPS times; the first number it prints (or, with time=true, its wall time) each time
 local function measure(cmd, field, reps)

@@ -8,8 +8,8 @@ set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build}
 n=${2:-100}
-export LUA_PATH="lua/?.lua;lua/?/init.lua;;"
-export LUA_CPATH="$build/?.so;;"
+. bench/lib.sh
+lua_env "$build"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 code='local strand = require "strand"
@@ -18,8 +18,7 @@ local fn = arg[2] == "closure" and function() return strand.now() end or functio
 for _ = 1, tonumber(arg[1]) do thread.start(fn):result() end'
 printf '%s\n' "$code" >"$tmp/t.lua"
 count() {  # N [closure]
-  valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$1${2:-}" lua5.4 "$tmp/t.lua" "$1" ${2:-} 2>&1 |
-    sed -n 's/.*Collected : *//p'
+  cg_count "$tmp/cg.$1${2:-}" "$tmp/t.lua" "$1" ${2:-}
 }
 a=$(count 0 closure); b=$(count "$n" closure)
 echo "a function over require \"strand\": $(( (b - a) / n )) instructions per thread start+join"

@@ -3,10 +3,10 @@ join of a function that returns at once, N times; and CPU-bound work, 2 x N iter
 the other vs in a multiprocessing.Pool of 2 (threads would share the GIL).
 usage: python3 threads_py.py start N -> "us N";  python3 threads_py.py cpu N -> "speedup X"
 """
-import multiprocessing
 import sys
 import threading
-import time
+
+from benchpy import pool_speedup, start_join_us
 
 
 def body():
@@ -14,16 +14,8 @@ def body():
 
 
 def run_start(n):
-    for _ in range(10):  # warm-up, as every peer does
-        t = threading.Thread(target=body)
-        t.start()
-        t.join()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        t = threading.Thread(target=body)
-        t.start()
-        t.join()
-    print("us %.2f" % ((time.perf_counter() - t0) / n * 1e6))
+    # 10 untimed starts first: the warm-up every peer does
+    print("us %.2f" % start_join_us(lambda: threading.Thread(target=body), n, warmup=10))
 
 
 def work(count):
@@ -34,16 +26,7 @@ def work(count):
 
 
 def run_cpu(n):
-    t0 = time.perf_counter()
-    work(n)
-    work(n)
-    seq = time.perf_counter() - t0
-    with multiprocessing.Pool(2) as pool:
-        pool.map(work, [1, 1])      # the workers are up before the clock starts
-        t0 = time.perf_counter()
-        pool.map(work, [n, n], chunksize=1)
-        par = time.perf_counter() - t0
-    print("speedup %.4f" % (seq / par))
+    print("speedup %.4f" % pool_speedup(work, [n, n], warm=[1, 1]))
 
 
 if __name__ == "__main__":

@@ -43,14 +43,8 @@ static int ep_wait(void *pv, double timeout) {
   ep *p = (ep *)pv;
   int n = 0;
   if (!p->no_pwait2) {
-    struct timespec ts, *tsp = NULL;
-    if (timeout >= 0) {
-      ts.tv_sec = (time_t)timeout;
-      ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
-      if (ts.tv_nsec >= 1000000000L) ts.tv_nsec = 999999999L;
-      tsp = &ts;
-    }
-    n = epoll_pwait2(p->fd, p->events, MAXEVENTS, tsp, NULL);
+    struct timespec ts;
+    n = epoll_pwait2(p->fd, p->events, MAXEVENTS, strand_wait_timespec(timeout, &ts), NULL);
     if (n < 0 && errno == ENOSYS) p->no_pwait2 = 1;
   }
   if (p->no_pwait2) {

@@ -61,14 +61,8 @@ static void pl_del(void *pv, strand_io *io) {
 
 static int pl_wait(void *pv, double timeout) {
   pl *p = (pl *)pv;
-  struct timespec ts, *tsp = NULL;
-  if (timeout >= 0) {
-    ts.tv_sec = (time_t)timeout;
-    ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) ts.tv_nsec = 999999999L;
-    tsp = &ts;
-  }
-  int n = ppoll(p->fds, (nfds_t)p->n, tsp, NULL);
+  struct timespec ts;
+  int n = ppoll(p->fds, (nfds_t)p->n, strand_wait_timespec(timeout, &ts), NULL);
   if (n < 0) return errno;
   for (size_t i = 0; i < p->n && n > 0; i++) {
     short r = p->fds[i].revents;

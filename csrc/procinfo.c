@@ -36,48 +36,22 @@ static int numeric(const char *s) {
   return 1;
 }
 
-/* _proc.fds() -> { [fd] = "target" }, count. The directory's own fd is left out, so the
- * listing is exactly what the process held when it was read. nil, message on failure. */
-static int l_fds(lua_State *L) {
-  DIR *d = opendir("/proc/self/fd");
+/* Pushes { [entry] = description }, count for the numeric entries of dir: describe(entry,
+ * dirfd, buf, cap) writes an entry's description in buf, or returns < 0 to leave it out (it went
+ * away meanwhile, or is the listing's own fd). nil, message when dir cannot be opened. */
+typedef ssize_t (*describe_fn)(const char *entry, int dirfd, char *buf, size_t cap);
+
+static int list_dir(lua_State *L, const char *dir, describe_fn describe) {
+  DIR *d = opendir(dir);
   if (d == NULL) return strand_fail(L, errno);
   int self = dirfd(d);
   lua_newtable(L);
   lua_Integer n = 0;
   struct dirent *e;
+  char buf[PATH_MAX];
   while ((e = readdir(d)) != NULL) {
-    if (!numeric(e->d_name)) continue;
-    int fd = atoi(e->d_name);
-    if (fd == self) continue;
-    char path[64], target[PATH_MAX];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t len = readlink(path, target, sizeof target - 1);
-    if (len < 0) continue;                 /* closed meanwhile by another thread */
-    target[len] = 0;
-    lua_pushstring(L, target);
-    lua_rawseti(L, -2, fd);
-    n++;
-  }
-  closedir(d);
-  lua_pushinteger(L, n);
-  return 2;
-}
-
-/* _proc.threads() -> { [tid] = "name" }, count. */
-static int l_threads(lua_State *L) {
-  DIR *d = opendir("/proc/self/task");
-  if (d == NULL) return strand_fail(L, errno);
-  lua_newtable(L);
-  lua_Integer n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (!numeric(e->d_name)) continue;
-    char path[300], comm[64];
-    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-    ssize_t len = read_small(path, comm, sizeof comm);
-    if (len < 0) continue;                 /* exited meanwhile */
-    if (len > 0 && comm[len - 1] == '\n') comm[len - 1] = 0;
-    lua_pushstring(L, comm);
+    if (!numeric(e->d_name) || describe(e->d_name, self, buf, sizeof buf) < 0) continue;
+    lua_pushstring(L, buf);
     lua_rawseti(L, -2, atoi(e->d_name));
     n++;
   }
@@ -85,6 +59,33 @@ static int l_threads(lua_State *L) {
   lua_pushinteger(L, n);
   return 2;
 }
+
+/* An fd's target; the directory's own fd is left out, so the listing is exactly what the
+ * process held when it was read. */
+static ssize_t fd_target(const char *entry, int dirfd, char *buf, size_t cap) {
+  int fd = atoi(entry);
+  if (fd == dirfd) return -1;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t len = readlink(path, buf, cap - 1);
+  if (len >= 0) buf[len] = 0;                /* < 0: closed meanwhile by another thread */
+  return len;
+}
+
+/* A thread's name (its comm, without the newline). */
+static ssize_t thread_name(const char *entry, int dirfd, char *buf, size_t cap) {
+  char path[300];
+  snprintf(path, sizeof path, "/proc/self/task/%s/comm", entry);
+  ssize_t len = read_small(path, buf, cap);  /* < 0: exited meanwhile */
+  if (len > 0 && buf[len - 1] == '\n') buf[len - 1] = 0;
+  return len;
+}
+
+/* _proc.fds() -> { [fd] = "target" }, count. nil, message on failure. */
+static int l_fds(lua_State *L) { return list_dir(L, "/proc/self/fd", fd_target); }
+
+/* _proc.threads() -> { [tid] = "name" }, count. */
+static int l_threads(lua_State *L) { return list_dir(L, "/proc/self/task", thread_name); }
 
 /* _proc.children() -> { [pid] = "state letter" }, zombies: every process whose parent is this one. */
 static int l_children(lua_State *L) {

@@ -211,6 +211,20 @@ static void mirror_drain(lua_State *L, int ep) {
   if (n < 0) luaL_error(L, "select: epoll_wait failed: %s", strerror(errno));
 }
 
+/* Before waiting on an existing mirror: the first time (*drained 0) its stale edges are drained
+ * and 1 says to check again; the next time 0 says to wait (and *drained is reset for the
+ * wait's retry). An edge that arrives after the drain wakes the wait; one that came before it
+ * is seen by the check. */
+static int mirror_recheck(lua_State *L, int ep, int *drained) {
+  if (*drained) {
+    *drained = 0;
+    return 0;
+  }
+  mirror_drain(L, ep);
+  *drained = 1;
+  return 1;
+}
+
 /* }==== */
 
 /* {==== selector state (no Lua inside, except raising on memory) */
@@ -511,15 +525,9 @@ static int sel_select_k(lua_State *L, int status, lua_KContext ctx) {
     if (count > 0 || outcome == STRAND_TIMEOUT || deadline <= strand_now())
       return sel_push_results(L, s, count);
     if (s->backend != B_EPOLL) {
-      if (s->epfd < 0) {
-        mirror_build(L, s);         /* fresh: it already reports whatever became ready */
-      } else if (!drained) {
-        mirror_drain(L, s->epfd);
-        drained = 1;
-        continue;
-      }
+      if (s->epfd < 0) mirror_build(L, s);   /* fresh: it already reports whatever became ready */
+      else if (mirror_recheck(L, s->epfd, &drained)) continue;
     }
-    drained = 0;
     outcome = strand_wait_io(L, &s->io, STRAND_READ, deadline, ctx, sel_select_k);
     s = sel_check(L, 1);            /* closed while waiting: raise */
   }
@@ -934,14 +942,8 @@ static int select_k(lua_State *L, int status, lua_KContext ctx) {
       outcome = strand_wait_timer(L, deadline, ctx, select_k);
       continue;
     }
-    if (c->epfd < 0) {
-      scall_mirror(L, c);
-    } else if (!drained) {
-      mirror_drain(L, c->epfd);
-      drained = 1;
-      continue;
-    }
-    drained = 0;
+    if (c->epfd < 0) scall_mirror(L, c);         /* fresh: it reports whatever became ready */
+    else if (mirror_recheck(L, c->epfd, &drained)) continue;
     outcome = strand_wait_io(L, &c->io, STRAND_READ, deadline, ctx, select_k);
   }
 }
@@ -1005,6 +1007,16 @@ static const luaL_Reg sel_metamethods[] = {
   {"__len", selm_len}, {"__index", NULL}, {NULL, NULL}
 };
 
+/* a key's fields are read-only; __metatable (false) is set beside these */
+static const luaL_Reg key_metamethods[] = {
+  {"__index", key_index}, {"__newindex", key_newindex}, {"__tostring", key_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg scall_metamethods[] = {
+  {"__close", scall_close}, {"__gc", scall_close}, {NULL, NULL}
+};
+
 static const luaL_Reg sel_funcs[] = {
   {"new", sel_new}, {"select", l_select}, {NULL, NULL}
 };
@@ -1016,20 +1028,12 @@ static void createmeta(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_newmetatable(L, KEY_META);
-  lua_pushcfunction(L, key_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, key_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, key_tostring);
-  lua_setfield(L, -2, "__tostring");
+  luaL_setfuncs(L, key_metamethods, 0);
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
   luaL_newmetatable(L, SCALL_META);
-  lua_pushcfunction(L, scall_close);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, scall_close);
-  lua_setfield(L, -2, "__gc");
+  luaL_setfuncs(L, scall_metamethods, 0);
   lua_pop(L, 1);
 }
 

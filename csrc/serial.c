@@ -438,16 +438,13 @@ static int module_name(encoder *e, int idx) {
   return !lua_isnil(L, -1);
 }
 
-/* Pushes the best "name\0key" of the function at idx among the fields of loaded modules (or
- * nil), the entry build_maps would make, by scanning: a value holds few functions (a thread's
- * function: one), and building the reverse map costs more than a scan per function. */
-static int func_name(encoder *e, int idx) {
-  lua_State *L = e->L;
-  if (e->scans >= 4) return by_name(e, idx, 1);
-  e->scans++;
+/* Pushes the best "name\0key" under which the value at idx (absolute) stands as a string-keyed
+ * field of a loaded module, package.loaded[name][key], or nil; returns whether it found one.
+ * skip_globals leaves out the fields of _G (its Lua functions are copied, not named). */
+static int module_field(lua_State *L, int idx, int skip_globals) {
   luaL_checkstack(L, 10, NULL);
   lua_pushnil(L);                                    /* best "name\0key" so far */
-  int best = lua_gettop(L), lfunc = !lua_iscfunction(L, idx);
+  int best = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
     int loaded = best + 2;
@@ -456,11 +453,11 @@ static int func_name(encoder *e, int idx) {
       size_t nl;
       if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)
           && strlen(lua_tolstring(L, -2, &nl)) == nl
-          && !(lfunc && lua_rawequal(L, -1, best + 1))) {  /* Lua functions of _G: copied */
+          && !(skip_globals && lua_rawequal(L, -1, best + 1))) {
         int mod = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, mod)) {
-          if (lua_rawequal(L, -1, idx) && lua_type(L, -2) == LUA_TSTRING) {
+          if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, idx)) {
             lua_pushvalue(L, mod - 1); lua_pushlstring(L, "", 1); lua_pushvalue(L, -4);
             lua_concat(L, 3);
             if (lua_isnil(L, best) || better(L, -1, best)) lua_replace(L, best);
@@ -474,6 +471,16 @@ static int func_name(encoder *e, int idx) {
   }
   lua_settop(L, best);
   return !lua_isnil(L, best);
+}
+
+/* Pushes the best "name\0key" of the function at idx among the fields of loaded modules (or
+ * nil), the entry build_maps would make, by scanning: a value holds few functions (a thread's
+ * function: one), and building the reverse map costs more than a scan per function. Lua
+ * functions of _G are copied, so _G is not scanned for them. */
+static int func_name(encoder *e, int idx) {
+  if (e->scans >= 4) return by_name(e, idx, 1);
+  e->scans++;
+  return module_field(e->L, idx, !lua_iscfunction(e->L, idx));
 }
 
 /* The identity cache: value -> number (and upvalue id -> link). Until a second container
@@ -541,38 +548,12 @@ static void enc_metatable(encoder *e, int idx) {
   int ismod = module_name(e, idx);
   lua_pop(L, 1);
   if (ismod) { enc_value(e, idx); return; }          /* the module itself: by name */
-  luaL_checkstack(L, 10, NULL);
-  lua_pushnil(L);                                    /* best "name\0key" so far */
-  int best = lua_gettop(L);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
-    int loaded = best + 1;
-    lua_pushnil(L);
-    while (lua_next(L, loaded)) {
-      size_t nl;
-      if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)
-          && strlen(lua_tolstring(L, -2, &nl)) == nl) {
-        int mod = lua_gettop(L);
-        lua_pushnil(L);
-        while (lua_next(L, mod)) {
-          if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, idx)) {
-            lua_pushvalue(L, mod - 1); lua_pushlstring(L, "", 1); lua_pushvalue(L, -4);
-            lua_concat(L, 3);
-            if (lua_isnil(L, best) || better(L, -1, best)) lua_replace(L, best);
-            else lua_pop(L, 1);
-          }
-          lua_pop(L, 1);
-        }
-      }
-      lua_pop(L, 1);
-    }
-  }
-  lua_settop(L, best);
-  if (lua_isnil(L, best)) {                          /* not a class of a module: a copy */
+  if (!module_field(L, idx, 0)) {                    /* not a class of a module: a copy */
     lua_pop(L, 1);
     enc_value(e, idx);
     return;
   }
-  size_t l; const char *s = lua_tolstring(L, best, &l);
+  size_t l; const char *s = lua_tolstring(L, -1, &l);
   if (!(e->flags & STRAND_SERIAL_FUNCTIONS))
     enc_error(e, lua_pushfstring(L, "cannot copy class '%s.%s' (only with {functions=true})",
                                  s, s + strlen(s) + 1));

@@ -694,6 +694,20 @@ static const char shared_lua[] =
   "end\n"
   "dictmt.__pairs = function(self) return next, self:items(), nil end\n";
 
+/* A metamethod of dicts and lists: a closure over the metatable (upvalue 1) and, with up2, the
+ * method table (upvalue 2). */
+typedef struct { const char *name; lua_CFunction f; int up2; } shm_meta;
+
+/* Sets each of m (ended by a NULL name) in the metatable. Stack: mt methods (unchanged). */
+static void set_metamethods(lua_State *L, const shm_meta *m) {
+  for (; m->name; m++) {
+    lua_pushvalue(L, -2);
+    if (m->up2) lua_pushvalue(L, -2);
+    lua_pushcclosure(L, m->f, 1 + m->up2);
+    lua_setfield(L, -3, m->name);
+  }
+}
+
 int strand_open_shared(lua_State *L) {
   static const luaL_Reg dict_methods[] = {
     {"get", d_get}, {"set", d_set}, {"keys", d_keys}, {"items", d_items}, {"len", d_len},
@@ -714,15 +728,10 @@ int strand_open_shared(lua_State *L) {
   strand_shm_on_repair(&dict_type, d_repair);
   strand_shm_on_repair(&list_type, d_repair);
   strand_shm_newmeta(L, &dict_type, dict_methods, NULL);   /* chunk mt methods */
-  static const struct { const char *name; lua_CFunction f; int up2; } dmeta[] = {
-    {"__index", d_index, 1}, {"__newindex", d_newindex, 0}, {"__len", d_len, 0}
+  static const shm_meta dmeta[] = {
+    {"__index", d_index, 1}, {"__newindex", d_newindex, 0}, {"__len", d_len, 0}, {NULL, NULL, 0}
   };
-  for (int i = 0; i < 3; i++) {
-    lua_pushvalue(L, -2);
-    if (dmeta[i].up2) lua_pushvalue(L, -2);
-    lua_pushcclosure(L, dmeta[i].f, 1 + dmeta[i].up2);
-    lua_setfield(L, -3, dmeta[i].name);
-  }
+  set_metamethods(L, dmeta);
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, d_getv, 1);
   lua_pushvalue(L, -3);
@@ -732,15 +741,10 @@ int strand_open_shared(lua_State *L) {
   lua_insert(L, -3);                                    /* chunk methods mt getv setif */
   lua_call(L, 4, 0);
   strand_shm_newmeta(L, &list_type, list_methods, NULL);   /* mt methods */
-  static const struct { const char *name; lua_CFunction f; int up2; } lmeta[] = {
-    {"__index", l_index, 1}, {"__newindex", l_newindex, 0}, {"__len", d_len, 0}
+  static const shm_meta lmeta[] = {
+    {"__index", l_index, 1}, {"__newindex", l_newindex, 0}, {"__len", d_len, 0}, {NULL, NULL, 0}
   };
-  for (int i = 0; i < 3; i++) {
-    lua_pushvalue(L, -2);
-    if (lmeta[i].up2) lua_pushvalue(L, -2);
-    lua_pushcclosure(L, lmeta[i].f, 1 + lmeta[i].up2);
-    lua_setfield(L, -3, lmeta[i].name);
-  }
+  set_metamethods(L, lmeta);
   lua_settop(L, top);
   luaL_newlib(L, funcs);
   return 1;

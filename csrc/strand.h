@@ -396,6 +396,16 @@ typedef struct strand_poller {
 STRAND_API extern const strand_poller strand_poller_epoll;
 STRAND_API extern const strand_poller strand_poller_poll;
 
+/* For a poller's wait: timeout (seconds, < 0: forever) as the timespec ppoll and epoll_pwait2
+ * take, filled in *ts; NULL for forever. */
+static inline struct timespec *strand_wait_timespec(double timeout, struct timespec *ts) {
+  if (timeout < 0) return NULL;
+  ts->tv_sec = (time_t)timeout;
+  ts->tv_nsec = (long)((timeout - (double)ts->tv_sec) * 1e9);
+  if (ts->tv_nsec >= 1000000000L) ts->tv_nsec = 999999999L;
+  return ts;
+}
+
 /* From a poller: io became ready for ev (STRAND_READ|STRAND_WRITE). */
 STRAND_API void strand_io_event(strand_io *io, unsigned ev);
 

@@ -371,6 +371,26 @@ static int l_backend(lua_State *L) {
   return 1;
 }
 
+static const luaL_Reg task_metamethods[] = {
+  {"__index", tm_index}, {"__gc", tm_gc}, {"__tostring", tm_tostring}, {NULL, NULL}
+};
+
+static const luaL_Reg ctimer_metamethods[] = {{"__gc", ctimer_gc}, {NULL, NULL}};
+static const luaL_Reg ctimer_methods[] = {{"stop", ctimer_stop}, {NULL, NULL}};
+static const luaL_Reg notifier_methods[] = {{"notify", nt_notify}, {"wait", nt_wait}, {NULL, NULL}};
+
+/* Make metatable `name` with metamethods (may be NULL) and field = a table of methods
+ * (__index, or "methods" where __index is a function that looks there). */
+static void newmeta(lua_State *L, const char *name, const luaL_Reg *metamethods,
+                    const char *field, const luaL_Reg *methods) {
+  luaL_newmetatable(L, name);
+  if (metamethods) luaL_setfuncs(L, metamethods, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, field);
+  lua_pop(L, 1);
+}
+
 static const luaL_Reg funcs[] = {
   {"backend", l_backend},
   {"spawn", l_spawn}, {"sleep", l_sleep}, {"sleep_until", l_sleep_until}, {"now", l_now}, {"current", l_current},
@@ -379,34 +399,9 @@ static const luaL_Reg funcs[] = {
 };
 
 int strand_open_task(lua_State *L) {
-  luaL_newmetatable(L, STRAND_TASK_META);
-  lua_pushcfunction(L, tm_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, tm_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, tm_tostring);
-  lua_setfield(L, -2, "__tostring");
-  luaL_newlib(L, task_methods);
-  lua_setfield(L, -2, "methods");
-  lua_pop(L, 1);
-
-  luaL_newmetatable(L, CTIMER_META);
-  lua_pushcfunction(L, ctimer_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_newtable(L);
-  lua_pushcfunction(L, ctimer_stop);
-  lua_setfield(L, -2, "stop");
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-
-  luaL_newmetatable(L, NOTIFIER_META);
-  lua_newtable(L);
-  lua_pushcfunction(L, nt_notify);
-  lua_setfield(L, -2, "notify");
-  lua_pushcfunction(L, nt_wait);
-  lua_setfield(L, -2, "wait");
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  newmeta(L, STRAND_TASK_META, task_metamethods, "methods", task_methods);
+  newmeta(L, CTIMER_META, ctimer_metamethods, "__index", ctimer_methods);
+  newmeta(L, NOTIFIER_META, NULL, "__index", notifier_methods);
 
   lua_pushnil(L);
   strand_push_cancelled(L, -1);  /* creates the cancelled metatable early */

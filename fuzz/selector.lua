@@ -48,25 +48,19 @@ return function(input)
       local ev = (arg >> 3) % 5              -- 0 and 4 are invalid
       local data = arg >> 5
       local what = ("op %d (%d) on object %d"):format(op, (pos - 2) // 2, i)
-      if op == 0 then
-        local okr, res = pcall(sel.register, sel, objs[i], ev, data)
+      if op <= 1 then
+        -- register (0) and modify (1) take the same arguments and check them alike; register
+        -- wants an object not registered yet, modify a registered one
+        local m = op == 0 and "register" or "modify"
+        local okr, res = pcall(sel[m], sel, objs[i], ev, data)
+        local misuse = (op == 0 and model[i] and "already registered")
+                       or (op == 1 and not model[i] and "not registered")
         if ev == 0 or ev == 4 then
           assert(not okr and res:match("invalid events"), what .. ": bad events accepted: " .. tostring(res))
-        elseif model[i] then
-          assert(not okr and res:match("already registered"), what .. ": register twice: " .. tostring(res))
+        elseif misuse then
+          assert(not okr and res:match(misuse), ("%s: %s when %s: %s"):format(what, m, misuse, tostring(res)))
         else
-          assert(okr, what .. ": register failed: " .. tostring(res))
-          model[i] = { events = ev, data = data }
-          check_key(i, res, what)
-        end
-      elseif op == 1 then
-        local okr, res = pcall(sel.modify, sel, objs[i], ev, data)
-        if ev == 0 or ev == 4 then
-          assert(not okr and res:match("invalid events"), what .. ": bad events accepted: " .. tostring(res))
-        elseif not model[i] then
-          assert(not okr and res:match("not registered"), what .. ": modify unregistered: " .. tostring(res))
-        else
-          assert(okr, what .. ": modify failed: " .. tostring(res))
+          assert(okr, what .. ": " .. m .. " failed: " .. tostring(res))
           model[i] = { events = ev, data = data }
           check_key(i, res, what)
         end

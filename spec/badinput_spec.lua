@@ -9,10 +9,6 @@ local H = require "support.helper"
 
 local NaN, INF = 0 / 0, math.huge
 
-local function known_bug(name, fn)
-  if os.getenv("STRAND_KNOWN_BUGS") then it(name, fn)
-  else pending(name .. " [known bug: docs/reliability.md; STRAND_KNOWN_BUGS=1 runs it]") end
-end
 local function noop() end
 
 -- A finished task and a group to call methods on.
@@ -109,38 +105,57 @@ local function clear(msg)
   return true
 end
 
-describe("bad input", function()
-  H.guard()
-
-  for _, c in ipairs(calls) do
+-- One `it` per row { label, function(fx), pattern }: the call raises an error containing the
+-- pattern. setup(), when given, makes the fx passed to the call and a function to release it.
+local function raising(rows, setup)
+  for _, c in ipairs(rows) do
     it(c[1] .. " raises naming the argument", function()
-      local fx = fixtures()
+      local fx, release
+      if setup then fx, release = setup() end
       local ok, err = pcall(c[2], fx)
-      fx.group:close()
+      if release then release() end
       assert.is_false(ok, c[1] .. " did not raise")
       assert.is_string(err)
       assert.is_truthy(err:find(c[3], 1, true), ("%s: %q does not contain %q"):format(c[1], err, c[3]))
     end)
   end
+end
+
+-- The sweep itself, inside a task: every { label, function, n } of fns called with each weird
+-- value in each of its n argument positions (the others nil), bounded by a short timeout.
+-- seen(r), when given, gets every call's packed results. Returns the calls whose error was not
+-- clear (see above) and the number of calls.
+local function sweep(fns, seen)
+  local bad, n = {}, 0
+  for _, f in ipairs(fns) do
+    for pos = 1, f[3] do
+      for _, w in ipairs(weird) do
+        local args = {}
+        args[pos] = w[2]
+        n = n + 1
+        local r = table.pack(pcall(strand.timeout, 0.003, f[2], table.unpack(args, 1, f[3])))
+        if not r[1] and not clear(r[2]) then
+          bad[#bad + 1] = ("%s(arg %d = %s): %s"):format(f[1], pos, w[1], tostring(r[2]))
+        end
+        if seen then seen(r) end
+      end
+    end
+  end
+  return bad, n
+end
+
+describe("bad input", function()
+  H.guard()
+
+  raising(calls, function()
+    local fx = fixtures()
+    return fx, function() fx.group:close() end
+  end)
 
   it("every function survives every weird value in every argument position", function()
     local fx = fixtures()
-    local bad, n = {}, 0
-    H.run(function()
-      for _, f in ipairs(api(fx)) do
-        for pos = 1, f[3] do
-          for _, w in ipairs(weird) do
-            local args = {}
-            args[pos] = w[2]
-            n = n + 1
-            local r = table.pack(pcall(strand.timeout, 0.003, f[2], table.unpack(args, 1, f[3])))
-            if not r[1] and not clear(r[2]) then
-              bad[#bad + 1] = ("%s(arg %d = %s): %s"):format(f[1], pos, w[1], tostring(r[2]))
-            end
-          end
-        end
-      end
-    end)
+    local bad, n
+    H.run(function() bad, n = sweep(api(fx)) end)
     fx.group:cancel(); fx.group:close()
     strand.run()
     assert.is_true(n > 500)
@@ -213,14 +228,7 @@ describe("bad input: sockets", function()
     { "s:sendfile('/dev/null', 0, -1)", with_pair(function(a) return a:sendfile("/dev/null", 0, -1) end), "bad argument #3 to 'sendfile'" },
     { "s.recv('not a socket')", function() socket.tcp().recv("x", 1) end, "bad argument #1 to 'recv'" },
   }
-  for _, c in ipairs(socket_calls) do
-    it(c[1] .. " raises naming the argument", function()
-      local ok, err = pcall(c[2])
-      assert.is_false(ok, c[1] .. " did not raise")
-      assert.is_string(err)
-      assert.is_truthy(err:find(c[3], 1, true), ("%s: %q does not contain %q"):format(c[1], err, c[3]))
-    end)
-  end
+  raising(socket_calls)
 
   -- every method of a closed socket raises "closed socket", except close (idempotent)
   it("every method of a closed socket raises 'attempt to use a closed socket'; close is idempotent", function()
@@ -253,27 +261,15 @@ describe("bad input: sockets", function()
       fns[#fns + 1] = { "s:" .. m, function(...) return a[m](a, ...) end, 3 }
     end
     fns[#fns + 1] = { "srv:accept", function(...) return srv:accept(...) end, 1 }
-    local bad, n = {}, 0
+    local bad, n
     local made = {}
-    -- weird paths (10, "x", NaN...) become UNIX socket files: only in a temporary directory
-    H.in_tmpdir(H.run, function()
-      for _, f in ipairs(fns) do
-        for pos = 1, f[3] do
-          for _, w in ipairs(weird) do
-            local args = {}
-            args[pos] = w[2]
-            n = n + 1
-            local r = table.pack(pcall(strand.timeout, 0.003, f[2], table.unpack(args, 1, f[3])))
-            if not r[1] and not clear(r[2]) then
-              bad[#bad + 1] = ("%s(arg %d = %s): %s"):format(f[1], pos, w[1], tostring(r[2]))
-            end
-            for i = 2, r.n do      -- sockets made by the call (socket.tcp() ...): close them
-              if type(r[i]) == "userdata" and tostring(r[i]):match("^strand%.socket") then made[#made + 1] = r[i] end
-            end
-          end
-        end
+    local function keep_sockets(r)   -- sockets made by the call (socket.tcp() ...): close them
+      for i = 2, r.n do
+        if type(r[i]) == "userdata" and tostring(r[i]):match("^strand%.socket") then made[#made + 1] = r[i] end
       end
-    end)
+    end
+    -- weird paths (10, "x", NaN...) become UNIX socket files: only in a temporary directory
+    H.in_tmpdir(H.run, function() bad, n = sweep(fns, keep_sockets) end)
     for _, s in ipairs(made) do s:close() end
     a:close(); b:close(); srv:close()
     for _, name in ipairs { "10", "0", "-1", "x", "-nan", "nan", "inf", "-inf" } do   -- none here
@@ -356,14 +352,7 @@ describe("bad input: threads, sync, queues, shared state, selectors", function()
     row("closed sel:register", function() local s = selector.new(); s:close(); s:register(0, 1) end, "closed")
   end
 
-  for _, c in ipairs(targeted) do
-    it(c[1] .. " raises naming the argument", function()
-      local ok, err = pcall(c[2])
-      assert.is_false(ok, c[1] .. " did not raise")
-      assert.is_string(err)
-      assert.is_truthy(err:find(c[3], 1, true), ("%s: %q does not contain %q"):format(c[1], err, c[3]))
-    end)
-  end
+  raising(targeted)
 
   it("every function and method survives every weird value in every argument position", function()
     local fns = {}
@@ -411,22 +400,8 @@ describe("bad input: threads, sync, queues, shared state, selectors", function()
       methods("selector", sel, { "register", "modify", "unregister", "get_key" }, 3)
       add("selector:select", function(...) for _ in sel:select(...) do end end, 1)
     end
-    local bad, n = {}, 0
-    H.run(function()
-      for _, f in ipairs(fns) do
-        for pos = 1, f[3] do
-          for _, w in ipairs(weird) do
-            local args = {}
-            args[pos] = w[2]
-            n = n + 1
-            local r = table.pack(pcall(strand.timeout, 0.003, f[2], table.unpack(args, 1, f[3])))
-            if not r[1] and not clear(r[2]) then
-              bad[#bad + 1] = ("%s(arg %d = %s): %s"):format(f[1], pos, w[1], tostring(r[2]))
-            end
-          end
-        end
-      end
-    end)
+    local bad, n
+    H.run(function() bad, n = sweep(fns) end)
     for _, o in ipairs(objs) do
       if type(o) == "userdata" and tostring(o):match("^strand%.socket") then o:close() end
     end

@@ -7,11 +7,6 @@ local strand = require "strand"
 local core = require "strand.core"
 local H = require "support.helper"
 
-local function known_bug(name, fn)
-  if os.getenv("STRAND_KNOWN_BUGS") then it(name, fn)
-  else pending(name .. " [known bug: docs/reliability.md; STRAND_KNOWN_BUGS=1 runs it]") end
-end
-
 -- A <close> marker: closed[name] is true once it ran.
 local function closer(log, name)
   return setmetatable({}, { __close = function() log[name] = true end })
@@ -685,20 +680,8 @@ end)
 local has_socket, socket = pcall(require, "strand.socket")
 if not has_socket then return end
 
-local function listener(opts)
-  local srv = assert(socket.listen("127.0.0.1", 0, opts))
-  local _, port = srv:getsockname()
-  return srv, port
-end
-
--- A connected loopback TCP pair: client, server side.
-local function tcp_pair()
-  local srv, port = listener()
-  local c = assert(socket.connect("127.0.0.1", port, { timeout = 5 }))
-  local a = assert(srv:accept())
-  srv:close()
-  return c, a
-end
+local net = require "support.net"
+local listener, tcp_pair = net.listener, net.tcp_pair
 
 -- Reset the connection: SO_LINGER 0 then close sends RST instead of FIN.
 local function reset(s)
@@ -868,30 +851,29 @@ describe("faults: sockets", function()
     end)
   end
 
-  it("closing a listener wakes a task waiting in accept", function()
-    H.run(function()
-      local srv = listener()
-      local got
-      local t = strand.spawn(function() got = { srv:accept() } end)
-      strand.sleep(0.01)
-      srv:close()
-      assert.is_true((t:join(5)))
-      assert.same({ nil, "closed", "ECLOSED" }, got)
+  -- { name, make the socket, the wait on it }: the same for sockets that are not a TCP pair
+  local lone_waits = {
+    { "closing a listener wakes a task waiting in accept", function() return (listener()) end,
+      function(s) return s:accept() end },
+    { "closing a UDP socket wakes a task waiting in recvfrom", function()
+        local u = assert(socket.udp())
+        assert(u:bind("127.0.0.1", 0))
+        return u
+      end, function(s) return s:recvfrom(100) end },
+  }
+  for _, w in ipairs(lone_waits) do
+    it(w[1], function()
+      H.run(function()
+        local s = w[2]()
+        local got
+        local t = strand.spawn(function() got = { w[3](s) } end)
+        strand.sleep(0.01)
+        s:close()
+        assert.is_true((t:join(5)))
+        assert.same({ nil, "closed", "ECLOSED" }, got)
+      end)
     end)
-  end)
-
-  it("closing a UDP socket wakes a task waiting in recvfrom", function()
-    H.run(function()
-      local u = assert(socket.udp())
-      assert(u:bind("127.0.0.1", 0))
-      local got
-      local t = strand.spawn(function() got = { u:recvfrom(100) } end)
-      strand.sleep(0.01)
-      u:close()
-      assert.is_true((t:join(5)))
-      assert.same({ nil, "closed", "ECLOSED" }, got)
-    end)
-  end)
+  end
 
   it("closing a socket ends a lines() loop in another task", function()
     H.run(function()
@@ -960,6 +942,19 @@ describe("faults: sockets", function()
     end)
   ]]
 
+  -- Queue 20 connections the server cannot accept, and wait until its accept failed with EMFILE.
+  local function overflow(ctl, port)
+    local pending = {}
+    for i = 1, 20 do pending[i] = assert(socket.connect("127.0.0.1", port, { timeout = 5 })) end
+    assert(ctl:write("emfile?\n"))
+    local line, err = ctl:read("l")
+    assert(line, "no answer from the server (its accept loop never yields?): " .. tostring(err))
+    assert.matches("^emfile [1-9]%d*$", line)
+    return pending
+  end
+
+  -- Start the EMFILE server, connect its control connection and NEXIST clients it accepted,
+  -- wait until it is out of fds, overflow it (see above), then fn(ctl, port, existing).
   local function with_emfile_server(fn)
     local path = os.tmpname()
     local h = io.open(path, "w"); h:write(EMFILE_SERVER); h:close()
@@ -979,7 +974,9 @@ describe("faults: sockets", function()
         local full = assert(ctl:read("l"))
         assert.matches("^full %d+$", full)
         ctl:settimeout(10)
+        local pending = overflow(ctl, port)
         fn(ctl, port, existing)
+        for _, c in ipairs(pending) do c:close() end
         ctl:write("quit\n")
         for _, c in ipairs(existing) do c:close() end
         ctl:close()
@@ -991,31 +988,17 @@ describe("faults: sockets", function()
     if not ok then error(err, 0) end
   end
 
-  -- Queue 20 connections the server cannot accept, and wait until its accept failed with EMFILE.
-  local function overflow(ctl, port)
-    local pending = {}
-    for i = 1, 20 do pending[i] = assert(socket.connect("127.0.0.1", port, { timeout = 5 })) end
-    assert(ctl:write("emfile?\n"))
-    local line, err = ctl:read("l")
-    assert(line, "no answer from the server (its accept loop never yields?): " .. tostring(err))
-    assert.matches("^emfile [1-9]%d*$", line)
-    return pending
-  end
-
   it("at the fd limit a server keeps serving its connections and accept reports EMFILE", function()
     with_emfile_server(function(ctl, port, existing)
-      local pending = overflow(ctl, port)
       for i, c in ipairs(existing) do
         assert(c:write("still there ", i, "\n"))
         assert.equal("still there " .. i, c:read("l"))
       end
-      for _, c in ipairs(pending) do c:close() end
     end)
   end)
 
   it("at the fd limit accept does not spin: few EMFILE returns and little CPU per second", function()
     with_emfile_server(function(ctl, port)
-      local pending = overflow(ctl, port)
       assert(ctl:write("measure\n"))
       local line, err = ctl:read("l")
       assert(line, "no answer from the server (its accept loop never yields?): " .. tostring(err))
@@ -1023,13 +1006,11 @@ describe("faults: sockets", function()
       n, cpu, wall = tonumber(n), tonumber(cpu), tonumber(wall)
       assert.is_true(n < 100, n .. " EMFILE failures in " .. wall .. " s")
       assert.is_true(cpu / wall < 0.5, ("%.2f s of CPU in %.2f s"):format(cpu, wall))
-      for _, c in ipairs(pending) do c:close() end
     end)
   end)
 
   it("at the fd limit a server recovers when fds are freed", function()
     with_emfile_server(function(ctl, port)
-      local pending = overflow(ctl, port)
       assert(ctl:write("free 50\n"))
       assert.equal("freed", ctl:read("l"))
       for i = 1, 5 do
@@ -1038,7 +1019,6 @@ describe("faults: sockets", function()
         assert(c:write("new ", i, "\n"))
         assert.equal("new " .. i, c:read("l"))
       end
-      for _, c in ipairs(pending) do c:close() end
     end)
   end)
 

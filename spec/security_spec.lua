@@ -5,11 +5,6 @@ local strand = require "strand"
 local serial = require "strand.serial"
 local H = require "support.helper"
 
-local function known_bug(name, fn)
-  if os.getenv("STRAND_KNOWN_BUGS") then it(name, fn)
-  else pending(name .. " [known bug: docs/reliability.md; STRAND_KNOWN_BUGS=1 runs it]") end
-end
-
 -- Hand-made encodings (format in csrc/serial.c): version 1, header, count, values. The type
 -- tags are read from real encodings, so that the spec follows the format.
 local function tag_of(v, opts) return serial.encode(v, opts):byte(4) end
@@ -152,11 +147,7 @@ describe("security: sockets", function()
     local code = string.dump(load("_G['" .. PWNED .. "'] = true"))
     local encoded = serial.encode(load("_G['" .. PWNED .. "'] = true"), { functions = true })
     H.run(function()
-      local srv = assert(socket.listen("127.0.0.1", 0))
-      local _, port = srv:getsockname()
-      local c = assert(socket.connect("127.0.0.1", port, { timeout = 5 }))
-      local s = assert(srv:accept())
-      srv:close()
+      local c, s = require("support.net").tcp_pair()
       s:settimeout(5)
       local got = {}
       for _, payload in ipairs { code, encoded } do

@@ -35,6 +35,13 @@ local function close_pipes(ps)
   end
 end
 
+-- A fresh pipe and a selector of backend watching its read end: the pipe, the selector, the key.
+local function watch_pipe(backend)
+  local p = pipes(1)[1]
+  local sel = selector.new(backend)
+  return p, sel, sel:register(p.r, READ)
+end
+
 -- Everything one select reports, as { [fd] = mask } plus the count.
 local function ready(sel, timeout)
   local got, n = {}, 0
@@ -161,9 +168,7 @@ describe("selector", function()
       end)
 
       it("counts bytes in a Lua file's buffer as readable", H.no_leaks(function()
-        local p = pipes(1)[1]
-        local sel <close> = selector.new(backend)
-        local k = sel:register(p.r, READ)
+        local p, sel <close>, k = watch_pipe(backend)
         p.w:write("abc\n")
         assert.equal("a", p.r:read(1))         -- stdio pulled all 4 bytes into its buffer
         assert.same({ [k.fd] = READ }, (ready(sel, 0)))
@@ -201,9 +206,7 @@ describe("selector", function()
       end))
 
       it("timeout 0 and negative timeouts only poll; a timeout expires on time", function()
-        local p = pipes(1)[1]
-        local sel <close> = selector.new(backend)
-        sel:register(p.r, READ)
+        local p, sel <close> = watch_pipe(backend)
         local t0 = strand.now()
         local _, n = ready(sel, 0)
         assert.equal(0, n)
@@ -226,46 +229,32 @@ describe("selector", function()
         close_pipes({ p })
       end)
 
-      it("select inside a task does not block other tasks", H.no_leaks(function()
-        local p = pipes(1)[1]
-        local sel <close> = selector.new(backend)
-        local k = sel:register(p.r, READ)
-        local ticks = 0
-        H.run(function()
-          local ticker = strand.spawn(function()
-            for _ = 1, 10 do strand.sleep(0.02); ticks = ticks + 1 end
+      -- select waits (in a task, or driving the loop from the main chunk) while a ticker task
+      -- sleeps 10 times and then writes: if select blocked the loop, neither would ever happen
+      for _, c in ipairs {
+        { "select inside a task does not block other tasks", H.run, nil },   -- no timeout
+        { "select from the main chunk drives the loop", function(f) f() end, 5 },
+      } do
+        it(c[1], H.no_leaks(function()
+          local p, sel <close>, k = watch_pipe(backend)
+          local ticks = 0
+          c[2](function()
+            local ticker = strand.spawn(function()
+              for _ = 1, 10 do strand.sleep(0.02); ticks = ticks + 1 end
+              p.w:write("!")
+            end)
+            local t0 = strand.now()
+            local got = ready(sel, c[3])               -- until the write
+            local took = strand.now() - t0
+            assert.same({ [k.fd] = READ }, got)
+            assert.equal(10, ticks)
+            assert.is_true(took >= 0.19, "took " .. took)
+            ticker:result()
           end)
-          -- the write comes only after the ticker's 10 sleeps: if select blocked the loop,
-          -- neither would ever happen
-          local writer = strand.spawn(function() ticker:join(); p.w:write("!") end)
-          local t0 = strand.now()
-          local got = ready(sel)                     -- no timeout: until the write
-          local took = strand.now() - t0
-          assert.same({ [k.fd] = READ }, got)
-          assert.equal(10, ticks)
-          assert.is_true(took >= 0.19, "took " .. took)
-          ticker:result(); writer:result()
-        end)
-        assert.equal("!", p.r:read(1))
-        close_pipes({ p })
-      end))
-
-      it("select from the main chunk drives the loop", H.no_leaks(function()
-        local p = pipes(1)[1]
-        local sel <close> = selector.new(backend)
-        local k = sel:register(p.r, READ)
-        local ticks = 0
-        local ticker = strand.spawn(function()
-          for _ = 1, 5 do strand.sleep(0.02); ticks = ticks + 1 end
-          p.w:write("x")
-        end)
-        local got = ready(sel, 5)
-        assert.same({ [k.fd] = READ }, got)
-        assert.equal(5, ticks)
-        ticker:result()
-        assert.equal("x", p.r:read(1))
-        close_pipes({ p })
-      end))
+          assert.equal("!", p.r:read(1))
+          close_pipes({ p })
+        end))
+      end
 
       it("a registration or modify made while a task waits wakes it", H.no_leaks(function()
         local ps = pipes(2)
@@ -296,9 +285,7 @@ describe("selector", function()
       end))
 
       it("many waits in a row: no lost wake-ups", function()
-        local p = pipes(1)[1]
-        local sel <close> = selector.new(backend)
-        sel:register(p.r, READ)
+        local p, sel <close> = watch_pipe(backend)
         H.run(function()
           local writer = strand.spawn(function()
             for i = 1, 200 do
@@ -644,8 +631,7 @@ describe("selector with strand sockets", function()
 
   it("strand.select's xlist reports TCP urgent data (sent by a python3 child)", H.no_leaks(function()
     if not os.execute("command -v python3 >/dev/null 2>&1") then pending("python3 is not installed") return end
-    local srv = assert(socket.listen("127.0.0.1", 0))
-    local _, port = srv:getsockname()
+    local srv, port = require("support.net").listener()
     H.run(function()
       assert(os.execute(("python3 -c \"import socket, time; s = socket.create_connection(('127.0.0.1', %d)); "
         .. "s.send(b'!', socket.MSG_OOB); time.sleep(2)\" >/dev/null 2>&1 &"):format(port)))

@@ -6,11 +6,7 @@ local server = require "strand.server"
 local socket = require "strand.socket"
 local sync = require "strand.sync"
 
-local function tmppath(tag)
-  local p = os.tmpname()
-  os.remove(p)
-  return p .. "." .. tag .. ".sock"
-end
+local tmppath = require("support.net").tmppath
 
 local function upper_handler(conn)
   for line in conn:lines() do conn:write(line:upper(), "\n") end

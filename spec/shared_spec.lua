@@ -4,9 +4,17 @@ local shared = require "strand.shared"
 local sync = require "strand.sync"
 local H = require "support.helper"
 
-local has_thread = require("strand.core").thread ~= nil
-local thread = has_thread and require "strand.thread"
-local pending_without_threads = has_thread and it or pending
+local gates = require "support.gates"
+local thread = gates.thread   -- nil when this build has no threads
+
+-- Run fn(i) for i = 1..n in n tasks at once (in H.run); every one must finish without error.
+local function in_tasks(n, fn)
+  H.run(function()
+    local ts = {}
+    for i = 1, n do ts[i] = strand.spawn(fn, i) end
+    for i = 1, n do assert.is_true((ts[i]:join())) end
+  end)
+end
 
 describe("strand.shared", function()
   H.guard()
@@ -80,31 +88,19 @@ describe("strand.shared", function()
       assert.equal(10.5, d:incr("n", -0.5))
       assert.equal("float", math.type(d.n))
       assert.equal(-3, d:incr("m", -3))
-      H.run(function()
-        local ts = {}
-        for i = 1, 10 do
-          ts[i] = strand.spawn(function() for _ = 1, 100 do d:incr("c"); strand.sleep(0) end end)
-        end
-        for i = 1, 10 do ts[i]:join() end
-      end)
+      in_tasks(10, function() for _ = 1, 100 do d:incr("c"); strand.sleep(0) end end)
       assert.equal(1000, d.c)
     end)
 
     it("update is atomic even when fn yields, and returns the new value", function()
       local d = shared.dict()
-      H.run(function()
-        local ts = {}
-        for i = 1, 10 do
-          ts[i] = strand.spawn(function()
-            for _ = 1, 30 do
-              d:update("total", function(v)
-                strand.sleep(0)                 -- others write meanwhile: retried
-                return (v or 0) + 1
-              end)
-            end
+      in_tasks(10, function()
+        for _ = 1, 30 do
+          d:update("total", function(v)
+            strand.sleep(0)                     -- others write meanwhile: retried
+            return (v or 0) + 1
           end)
         end
-        for i = 1, 10 do assert.is_true((ts[i]:join())) end
       end)
       assert.equal(300, d.total)
       assert.equal(301, d:update("total", function(v) return v + 1 end))
@@ -150,14 +146,8 @@ describe("strand.shared", function()
 
     it("many appends from many tasks are all there", function()
       local l = shared.list()
-      H.run(function()
-        local ts = {}
-        for i = 1, 10 do
-          ts[i] = strand.spawn(function()
-            for j = 1, 100 do l:append(i * 1000 + j); if j % 10 == 0 then strand.sleep(0) end end
-          end)
-        end
-        for i = 1, 10 do ts[i]:join() end
+      in_tasks(10, function(i)
+        for j = 1, 100 do l:append(i * 1000 + j); if j % 10 == 0 then strand.sleep(0) end end
       end)
       assert.equal(1000, #l)
       local seen = {}
@@ -166,7 +156,7 @@ describe("strand.shared", function()
   end)
 
   describe("across threads", function()
-    pending_without_threads("dict and list changed by 5 threads: every change is there", function()
+    gates.with_threads("dict and list changed by 5 threads: every change is there", function()
       local d, l = shared.dict(), shared.list()
       local ts = {}
       for w = 1, 5 do

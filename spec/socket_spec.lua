@@ -3,36 +3,8 @@
 local H = require "support.helper"
 local strand = require "strand"
 local socket = require "strand.socket"
-
-local function tmppath(tag)
-  local p = os.tmpname()
-  os.remove(p)
-  return p .. "." .. tag .. ".sock"
-end
-
--- A listening server on 127.0.0.1 and its port.
-local function server()
-  local srv = assert(socket.listen("127.0.0.1", 0))
-  local _, port = srv:getsockname()
-  return srv, port
-end
-
--- Connected pair over loopback TCP: client, server-side connection.
-local function tcp_pair()
-  local srv, port = server()
-  local c = assert(socket.connect("127.0.0.1", port, { timeout = 2 }))
-  local a = assert(srv:accept())
-  srv:close()
-  return c, a
-end
-
-local function has_ipv6()
-  local s = socket.tcp("inet6")
-  if not s then return false end
-  local ok = s:bind("::1", 0)
-  s:close()
-  return ok == true
-end
+local net = require "support.net"
+local tmppath, listener, tcp_pair, has_ipv6 = net.tmppath, net.listener, net.tcp_pair, net.has_ipv6
 
 local function bytes(n, seed)
   local t, x = {}, seed or 7
@@ -58,7 +30,7 @@ end
 describe("strand.socket", function()
   it("echoes over TCP, with peer addresses", H.checked(function()
     H.run(function()
-      local srv, port = server()
+      local srv, port = listener()
       local t = strand.spawn(function()
         local c, host, pport = assert(srv:accept())
         assert.equal("127.0.0.1", host)
@@ -352,7 +324,7 @@ describe("strand.socket", function()
       assert.truthy(seen["127.0.0.1"] or seen["::1"])
       local num = assert(socket.getaddrinfo("127.0.0.1", "8080"))
       assert.same({ { family = "inet", host = "127.0.0.1", port = 8080 } }, num)
-      local srv, port = server()
+      local srv, port = listener()
       local c = assert(socket.connect("localhost", port, { timeout = 5 }))
       c:close(); srv:close()
       ticker:cancel()
@@ -434,8 +406,7 @@ describe("strand.socket", function()
     p:close()
     local N = math.min(2000, (limit - 100) // 2)
     H.run(function()
-      local srv = assert(socket.listen("127.0.0.1", 0, { backlog = 4096 }))
-      local _, port = srv:getsockname()
+      local srv, port = listener({ backlog = 4096 })
       local conns = {}
       local acceptor = strand.spawn(function()
         for _ = 1, N do
@@ -477,8 +448,7 @@ describe("strand.socket", function()
     -- bench/socket_idle_memory.lua measures the same at 10,000 connections, with RSS
     local N = 2000
     H.run(function()
-      local srv = assert(socket.listen("127.0.0.1", 0, { backlog = 4096 }))
-      local _, port = srv:getsockname()
+      local srv, port = listener({ backlog = 4096 })
       local clients = {}
       for i = 1, N do clients[i] = assert(socket.connect("127.0.0.1", port, { timeout = 5 })) end
       local function handle(c)
@@ -536,8 +506,7 @@ describe("strand.socket failure conditions", function()
 
   it("times out accept and connect to a full backlog", H.checked(function()
     H.run(function()
-      local srv = assert(socket.listen("127.0.0.1", 0, { backlog = 0 }))
-      local _, port = srv:getsockname()
+      local srv, port = listener({ backlog = 0 })
       srv:settimeout(0.05)
       local held = {}
       local t0 = strand.now()
@@ -619,7 +588,7 @@ describe("strand.socket failure conditions", function()
 
   it("refuses connections to a closed port", H.checked(function()
     H.run(function()
-      local srv, port = server()
+      local srv, port = listener()
       srv:close()
       assert.same({ nil, "connection refused", "ECONNREFUSED" },
                   { socket.connect("127.0.0.1", port, { timeout = 2 }) })
@@ -692,7 +661,7 @@ describe("strand.socket failure conditions", function()
       local a, b = socket.pair()
       local r
       local t = strand.spawn(function() r = { b:recv(10) } end)
-      local srv = server()
+      local srv = listener()
       local ra
       local ta = strand.spawn(function() ra = { srv:accept() } end)
       strand.sleep(0.01)
@@ -722,7 +691,7 @@ describe("strand.socket failure conditions", function()
       assert.equal("wouldblock", err)
       assert.equal("EAGAIN", code)
       assert.is_true(sent > 0 and sent < #big)
-      local srv = server()
+      local srv = listener()
       srv:setblocking(false)
       assert.same({ nil, "wouldblock", "EAGAIN" }, { srv:accept() })
       b:setblocking(true)

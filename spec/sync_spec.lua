@@ -4,9 +4,8 @@ local strand = require "strand"
 local sync = require "strand.sync"
 local H = require "support.helper"
 
-local has_thread = require("strand.core").thread ~= nil
-local thread = has_thread and require "strand.thread"
-local pending_without_threads = has_thread and it or pending
+local gates = require "support.gates"
+local thread = gates.thread   -- nil when this build has no threads
 
 describe("strand.sync", function()
   H.guard()
@@ -112,12 +111,12 @@ describe("strand.sync", function()
     it("boxes of one lock compare equal", function()
       local l = sync.lock()
       local q = require("strand.queue").new()
-      if has_thread then                        -- shared with a thread: values are copied
+      if thread then                        -- shared with a thread: values are copied
         assert(thread.start(function(x) return x end, q):join())
       end
       q:put(l)
       local copy = q:get()
-      if has_thread then assert.is_false(rawequal(l, copy)) end
+      if thread then assert.is_false(rawequal(l, copy)) end
       assert.is_true(l == copy)
       assert.is_false(l == sync.lock())
     end)
@@ -561,7 +560,7 @@ describe("strand.sync", function()
   end)
 
   describe("across threads", function()
-    pending_without_threads("5000 increments from 20 threads under a lock give exactly 5000", function()
+    gates.with_threads("5000 increments from 20 threads under a lock give exactly 5000", function()
       local lock = sync.lock()
       local shared = require "strand.shared"
       local d = shared.dict()
@@ -581,7 +580,7 @@ describe("strand.sync", function()
       assert.equal(5000, d.n)
     end)
 
-    pending_without_threads("two locks in opposite orders deadlock (timeouts show it)", function()
+    gates.with_threads("two locks in opposite orders deadlock (timeouts show it)", function()
       local a, b = sync.lock(), sync.lock()
       local go = sync.barrier(2)
       local function worker(first, second, barrier, patience)
@@ -599,7 +598,7 @@ describe("strand.sync", function()
       assert.same({ true, true }, { t2:join(H.TIMEOUT) })
     end)
 
-    pending_without_threads("an rlock is owned by its thread; nested use works", function()
+    gates.with_threads("an rlock is owned by its thread; nested use works", function()
       local r = sync.rlock()
       local ev = sync.event()
       r:acquire()
@@ -620,7 +619,7 @@ describe("strand.sync", function()
       assert.is_false(r:locked())
     end)
 
-    pending_without_threads("bounded semaphore(3): at most 3 of 20 threads inside at once", function()
+    gates.with_threads("bounded semaphore(3): at most 3 of 20 threads inside at once", function()
       local sem = sync.bounded_semaphore(3)
       local shared = require "strand.shared"
       local d = shared.dict()
@@ -641,7 +640,7 @@ describe("strand.sync", function()
       assert.is_true(d.worst <= 3)
     end)
 
-    pending_without_threads("an event set in one thread wakes waiters in others", function()
+    gates.with_threads("an event set in one thread wakes waiters in others", function()
       local ev = sync.event()
       local ts = {}
       for i = 1, 4 do ts[i] = thread.start(function(e) return e:wait(5) end, ev) end
@@ -650,7 +649,7 @@ describe("strand.sync", function()
       for i = 1, 4 do assert.same({ true, true }, { ts[i]:join(H.TIMEOUT) }) end
     end)
 
-    pending_without_threads("condition producer/consumer across threads", function()
+    gates.with_threads("condition producer/consumer across threads", function()
       local cond = sync.condition()
       local shared = require "strand.shared"
       local box = shared.list()

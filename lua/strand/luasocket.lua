@@ -110,7 +110,8 @@ end
 -- {==== classes
 
 local classes = {}       -- name -> metatable
-local methods = {}       -- family ("tcp", "udp") -> method table
+local tcp, udp = {}, {}  -- each family's methods, copied into its classes by newclass
+local methods = { tcp = tcp, udp = udp }
 
 local function object_tostring(o)
   return ("%s: %s"):format(getmetatable(o).__name, o.addr)
@@ -136,6 +137,14 @@ local function checkclass(o, name, fname)
     argerror(1, fname, name .. " expected")
   end
   return o
+end
+
+-- m[name] = f behind LuaSocket's class check: o must be of class (or group) `class`.
+local function def(m, name, class, f)
+  m[name] = function(o, ...)
+    checkclass(o, class, name)
+    return f(o, ...)
+  end
 end
 
 -- Timeouts as LuaSocket's timeout.c: block bounds each wait, total the whole call.
@@ -182,6 +191,14 @@ end
 
 local function destroy(o)
   if o.s then o.s:close(); o.s = nil end
+end
+
+-- Start a call's timeout and give its socket the time it may wait: the socket, nil when closed.
+local function arm(o)
+  markstart(o)
+  local s = o.s
+  if s then s:settimeout(tmget(o)) end
+  return s
 end
 
 -- Addresses of the family (or both when nil), in the resolver's order.
@@ -390,9 +407,6 @@ end
 
 -- {==== tcp
 
-local tcp = {}
-methods.tcp = tcp
-
 function tcp.receive(o, pattern, prefix)
   checkclass(o, "tcp{client}", "receive")
   prefix = optstring(prefix, 3, "receive", "")
@@ -459,16 +473,6 @@ function tcp.connect(o, address, port)
 end
 tcp.setpeername = tcp.connect
 
-function tcp.bind(o, address, port)
-  checkclass(o, "tcp{master}", "bind")
-  address = checkstring(address, 2, "bind")
-  port = checkstring(port, 3, "bind")
-  local ok, err = trybind(o, address, port, "tcp")
-  if not ok then return nil, err end
-  return 1.0
-end
-tcp.setsockname = tcp.bind
-
 function tcp.listen(o, backlog)
   checkclass(o, "tcp{master}", "listen")
   backlog = trunc(optnumber(backlog, 2, "listen", 32))
@@ -481,20 +485,13 @@ end
 
 function tcp.accept(o)
   checkclass(o, "tcp{server}", "accept")
-  markstart(o)
-  if o.s == nil then return nil, "closed" end
-  o.s:settimeout(tmget(o))
-  local c, msg, code = o.s:accept()
+  local s = arm(o)
+  if s == nil then return nil, "closed" end
+  local c, msg, code = s:accept()
   if not c then return nil, lerr(msg, code) end
   local n = newobject(o.family, c)
   setclass(n, "tcp{client}")
   return n
-end
-
-function tcp.close(o)
-  checkclass(o, "tcp{any}", "close")
-  destroy(o)
-  return 1.0
 end
 
 function tcp.shutdown(o, how)
@@ -504,16 +501,6 @@ function tcp.shutdown(o, how)
   if not map[how] then argerror(2, "shutdown", ("invalid option '%s'"):format(how)) end
   if o.s then o.s:shutdown(map[how]) end
   return 1.0
-end
-
-function tcp.getpeername(o)
-  checkclass(o, "tcp{any}", "getpeername")
-  return sockname(o, true, false)
-end
-
-function tcp.getsockname(o)
-  checkclass(o, "tcp{any}", "getsockname")
-  return sockname(o, false, true)
 end
 
 function tcp.getstats(o)
@@ -529,103 +516,9 @@ function tcp.setstats(o, received, sent, age)
   return 1.0
 end
 
-function tcp.settimeout(o, value, mode)
-  checkclass(o, "tcp{any}", "settimeout")
-  return settimeout(o, value, mode, "settimeout")
-end
-
-function tcp.gettimeout(o)
-  checkclass(o, "tcp{any}", "gettimeout")
-  return o.block + 0.0, o.total + 0.0
-end
-
-function tcp.getfd(o)
-  checkclass(o, "tcp{any}", "getfd")
-  return getfd(o)
-end
-
--- setfd adopts a duplicate of fd (LuaSocket takes fd itself; strand owns the fds it polls).
--- The object keeps its class; the fd given stays the caller's to close.
-local function setfd(o, fd)
-  fd = trunc(checknumber(fd, 2, "setfd"))
-  destroy(o)
-  if fd >= 0 then
-    local s = compat.fromfd(fd)
-    if s then o.s = s end
-  end
-end
-
-function tcp.setfd(o, fd)
-  checkclass(o, "tcp{any}", "setfd")
-  setfd(o, fd)
-end
-
-function tcp.dirty(o)
-  checkclass(o, "tcp{any}", "dirty")
-  return o.rp <= #o.rb
-end
-
-function tcp.getfamily(o)
-  checkclass(o, "tcp{any}", "getfamily")
-  return familyname(o.family)
-end
-
-function tcp.setoption(o, name, value)
-  checkclass(o, "tcp{any}", "setoption")
-  return setoption(o, tcp_set, name, value, "setoption")
-end
-
-function tcp.getoption(o, name)
-  checkclass(o, "tcp{any}", "getoption")
-  return getoption(o, tcp_get, name, "getoption")
-end
-
-newclass("tcp{master}", "tcp", { "tcp{any}" })
-newclass("tcp{client}", "tcp", { "tcp{any}" })
-newclass("tcp{server}", "tcp", { "tcp{any}" })
-
-local function tcp_create(family)
-  local o = newobject(family, nil)
-  setclass(o, "tcp{master}")
-  if family then
-    local ok, err = ensure_socket(o, family, "tcp")
-    if not ok then return nil, err end
-  end
-  return o
-end
-
-function C.tcp() return tcp_create(nil) end
-function C.tcp4() return tcp_create("inet") end
-function C.tcp6() return tcp_create("inet6") end
-
-local families = { unspec = true, inet = "inet", inet6 = "inet6" }
-
---- socket.connect(address, port [, laddress [, lport [, family]]]) -> tcp{client} | nil, err
-function C.connect(address, port, laddress, lport, family)
-  address = checkstring(address, 1, "connect")
-  port = checkstring(port, 2, "connect")
-  laddress = optstring(laddress, 3, "connect", nil)
-  lport = optstring(lport, 4, "connect", "0")
-  family = optstring(family, 5, "connect", "unspec")
-  if not families[family] then argerror(5, "connect", ("invalid option '%s'"):format(family)) end
-  local o = newobject(families[family] ~= true and families[family] or nil, nil)
-  setclass(o, "tcp{master}")
-  if laddress then
-    local ok, err = trybind(o, laddress, lport, "tcp")
-    if not ok then destroy(o); return nil, err end
-  end
-  local ok, err = tryconnect(o, address, port, "tcp")
-  if not ok then destroy(o); return nil, err end
-  setclass(o, "tcp{client}")
-  return o
-end
-
 -- }====
 
 -- {==== udp
-
-local udp = {}
-methods.udp = udp
 
 local function udp_strerror(msg, code)
   local e = lerr(msg, code)
@@ -633,19 +526,12 @@ local function udp_strerror(msg, code)
   return e
 end
 
-local function datagram_size(v, fname)
-  local n = trunc(optnumber(v, 2, fname, C._DATAGRAMSIZE))
-  if n < 1 then n = 1 end
-  return n
-end
-
 function udp.send(o, data)
   checkclass(o, "udp{connected}", "send")
   data = checkstring(data, 2, "send")
-  markstart(o)
-  if o.s == nil then return nil, "refused" end
-  o.s:settimeout(tmget(o))
-  local n, msg, code = o.s:send(data)
+  local s = arm(o)
+  if s == nil then return nil, "refused" end
+  local n, msg, code = s:send(data)
   if not n then return nil, udp_strerror(msg, code) end
   return n + 0.0
 end
@@ -655,7 +541,6 @@ function udp.sendto(o, data, ip, port)
   data = checkstring(data, 2, "sendto")
   ip = checkstring(ip, 3, "sendto")
   port = checkstring(port, 4, "sendto")
-  markstart(o)
   local host, fam
   if ip:match("^%d+%.%d+%.%d+%.%d+$") then host, fam = ip, "inet"
   elseif ip:find(":", 1, true) then host, fam = ip, "inet6"
@@ -664,36 +549,36 @@ function udp.sendto(o, data, ip, port)
   if not tonumber(port) then return nil, "Servname not supported for ai_socktype" end
   local ok, err = ensure_socket(o, fam, "udp")
   if not ok then return nil, err end
-  o.s:settimeout(tmget(o))
-  local n, msg, code = o.s:sendto(data, host, tonumber(port))
+  local n, msg, code = arm(o):sendto(data, host, tonumber(port))
   if not n then return nil, udp_strerror(msg, code) end
   return n + 0.0
 end
 
-function udp.receive(o, size)
-  checkclass(o, "udp{any}", "receive")
-  local n = datagram_size(size, "receive")
-  markstart(o)
-  if o.s == nil then return nil, "refused" end
-  o.s:settimeout(tmget(o))
-  local data, msg, code = o.s:recv(n)
-  if not data then
-    if code == "EOF" then return "" end      -- an empty datagram
-    return nil, udp_strerror(msg, code)
+-- udp's receive methods: check the class and the datagram size (argument 2, at least 1), arm
+-- the socket's timeout, then take(socket, size).
+local function receiver(class, fname, take)
+  return function(o, size)
+    checkclass(o, class, fname)
+    local n = trunc(optnumber(size, 2, fname, C._DATAGRAMSIZE))
+    if n < 1 then n = 1 end
+    local s = arm(o)
+    if s == nil then return nil, "refused" end
+    return take(s, n)
   end
-  return data
 end
 
-function udp.receivefrom(o, size)
-  checkclass(o, "udp{unconnected}", "receivefrom")
-  local n = datagram_size(size, "receivefrom")
-  markstart(o)
-  if o.s == nil then return nil, "refused" end
-  o.s:settimeout(tmget(o))
-  local data, host, port = o.s:recvfrom(n)
+udp.receive = receiver("udp{any}", "receive", function(s, n)
+  local data, msg, code = s:recv(n)
+  if data then return data end
+  if code == "EOF" then return "" end      -- an empty datagram
+  return nil, udp_strerror(msg, code)
+end)
+
+udp.receivefrom = receiver("udp{unconnected}", "receivefrom", function(s, n)
+  local data, host, port = s:recvfrom(n)
   if not data then return nil, udp_strerror(host, port) end
   return data, host, port
-end
+end)
 
 function udp.setpeername(o, address, port)
   checkclass(o, "udp{any}", "setpeername")
@@ -724,86 +609,100 @@ function udp.setpeername(o, address, port)
   return 1.0
 end
 
-function udp.setsockname(o, address, port)
-  checkclass(o, "udp{unconnected}", "setsockname")
-  address = checkstring(address, 2, "setsockname")
-  port = checkstring(port, 3, "setsockname")
-  local ok, err = trybind(o, address, port, "udp")
-  if not ok then return nil, err end
-  return 1.0
-end
+-- }====
 
-function udp.getpeername(o)
-  checkclass(o, "udp{connected}", "getpeername")
-  return sockname(o, true, false)
-end
+-- {==== what tcp and udp objects share: the methods, classes and constructors of each kind
 
-function udp.getsockname(o)
-  checkclass(o, "udp{any}", "getsockname")
-  return sockname(o, false, true)
-end
-
-function udp.close(o)
-  checkclass(o, "udp{any}", "close")
+-- setfd adopts a duplicate of fd (LuaSocket takes fd itself; strand owns the fds it polls).
+-- The object keeps its class; the fd given stays the caller's to close.
+local function setfd(o, fd)
+  fd = trunc(checknumber(fd, 2, "setfd"))
   destroy(o)
-  return 1.0
+  if fd >= 0 then
+    local s = compat.fromfd(fd)
+    if s then o.s = s end
+  end
 end
 
-function udp.settimeout(o, value, mode)
-  checkclass(o, "udp{any}", "settimeout")
-  return settimeout(o, value, mode, "settimeout")
-end
+-- The methods every object of a family has, with the same meaning in both.
+local common = {
+  close = function(o) destroy(o); return 1.0 end,
+  settimeout = function(o, value, mode) return settimeout(o, value, mode, "settimeout") end,
+  gettimeout = function(o) return o.block + 0.0, o.total + 0.0 end,
+  getfd = getfd,
+  setfd = setfd,
+  getfamily = function(o) return familyname(o.family) end,
+  getsockname = function(o) return sockname(o, false, true) end,
+}
 
-function udp.gettimeout(o)
-  checkclass(o, "udp{any}", "gettimeout")
-  return o.block + 0.0, o.total + 0.0
-end
+-- Each kind of object: its classes (the first is a new object's), the group naming them all, the class
+-- getpeername and bind want, its options, what dirty() says (only tcp buffers what it reads).
+local kinds = {
+  tcp = { classes = { "tcp{master}", "tcp{client}", "tcp{server}" }, any = "tcp{any}",
+          peer = "tcp{any}", bind = "bind", bound = "tcp{master}", set = tcp_set, get = tcp_get,
+          dirty = function(o) return o.rp <= #o.rb end },
+  udp = { classes = { "udp{unconnected}", "udp{connected}" }, any = "udp{any}",
+          peer = "udp{connected}", bind = "setsockname", bound = "udp{unconnected}",
+          set = udp_set, get = udp_get, dirty = function() return false end },
+}
 
-function udp.getfd(o)
-  checkclass(o, "udp{any}", "getfd")
-  return getfd(o)
-end
-function udp.setfd(o, fd)
-  checkclass(o, "udp{any}", "setfd")
-  setfd(o, fd)
-end
-
-function udp.dirty(o)
-  checkclass(o, "udp{any}", "dirty")
-  return false
-end
-
-function udp.getfamily(o)
-  checkclass(o, "udp{any}", "getfamily")
-  return familyname(o.family)
-end
-
-function udp.setoption(o, name, value)
-  checkclass(o, "udp{any}", "setoption")
-  return setoption(o, udp_set, name, value, "setoption")
-end
-
-function udp.getoption(o, name)
-  checkclass(o, "udp{any}", "getoption")
-  return getoption(o, udp_get, name, "getoption")
-end
-
-newclass("udp{unconnected}", "udp", { "udp{any}" })
-newclass("udp{connected}", "udp", { "udp{any}" })
-
-local function udp_create(family)
+local function create(kind, family)
   local o = newobject(family, nil)
-  setclass(o, "udp{unconnected}")
+  setclass(o, kinds[kind].classes[1])
   if family then
-    local ok, err = ensure_socket(o, family, "udp")
+    local ok, err = ensure_socket(o, family, kind)
     if not ok then return nil, err end
   end
   return o
 end
 
-function C.udp() return udp_create(nil) end
-function C.udp4() return udp_create("inet") end
-function C.udp6() return udp_create("inet6") end
+for kind, f in pairs(kinds) do
+  local m, any = methods[kind], f.any
+  for name, fn in pairs(common) do def(m, name, any, fn) end
+  def(m, "dirty", any, f.dirty)
+  def(m, "getpeername", f.peer, function(o) return sockname(o, true, false) end)
+  def(m, "setoption", any, function(o, name, value)
+    return setoption(o, f.set, name, value, "setoption")
+  end)
+  def(m, "getoption", any, function(o, name) return getoption(o, f.get, name, "getoption") end)
+  def(m, f.bind, f.bound, function(o, address, port)
+    address = checkstring(address, 2, f.bind)
+    port = checkstring(port, 3, f.bind)
+    local ok, err = trybind(o, address, port, kind)
+    if not ok then return nil, err end
+    return 1.0
+  end)
+end
+tcp.setsockname = tcp.bind
+
+for kind, f in pairs(kinds) do   -- the methods are all there: make the classes
+  for _, name in ipairs(f.classes) do newclass(name, kind, { f.any }) end
+  C[kind] = function() return create(kind, nil) end
+  C[kind .. "4"] = function() return create(kind, "inet") end
+  C[kind .. "6"] = function() return create(kind, "inet6") end
+end
+
+local families = { unspec = true, inet = "inet", inet6 = "inet6" }
+
+--- socket.connect(address, port [, laddress [, lport [, family]]]) -> tcp{client} | nil, err
+function C.connect(address, port, laddress, lport, family)
+  address = checkstring(address, 1, "connect")
+  port = checkstring(port, 2, "connect")
+  laddress = optstring(laddress, 3, "connect", nil)
+  lport = optstring(lport, 4, "connect", "0")
+  family = optstring(family, 5, "connect", "unspec")
+  if not families[family] then argerror(5, "connect", ("invalid option '%s'"):format(family)) end
+  local o = newobject(families[family] ~= true and families[family] or nil, nil)
+  setclass(o, "tcp{master}")
+  if laddress then
+    local ok, err = trybind(o, laddress, lport, "tcp")
+    if not ok then destroy(o); return nil, err end
+  end
+  local ok, err = tryconnect(o, address, port, "tcp")
+  if not ok then destroy(o); return nil, err end
+  setclass(o, "tcp{client}")
+  return o
+end
 
 -- }====
 

@@ -84,6 +84,20 @@ local function guarded(s, m, ...)
   return table.unpack(r, 2, r.n)
 end
 
+-- The end of a constructor: s when its steps went ok, else close s and return their failure.
+local function kept(s, ok, err, code)
+  if ok then return s end
+  s:close()
+  return nil, err, code
+end
+
+-- A UNIX socket path argument (argument #1 of fname).
+local function check_path(path, fname)
+  if type(path) ~= "string" then
+    error(("bad argument #1 to '%s' (string expected, got %s)"):format(fname, type(path)), 3)
+  end
+end
+
 --- socket.connect(host, port [, {timeout=, family="inet"|"inet6", bind=host|{host, port}}])
 --- -> conn | nil, err, code. Tries every address the name has until one connects; timeout
 --- bounds the whole (lookup included). The connection has no default timeout.
@@ -175,27 +189,17 @@ end
 
 --- socket.unix_connect(path [, "stream"|"dgram"]) -> conn | nil, err, code
 function M.unix_connect(path, type_)
-  if type(path) ~= "string" then
-    error(("bad argument #1 to 'unix_connect' (string expected, got %s)"):format(type(path)), 2)
-  end
+  check_path(path, "unix_connect")
   local s, err, code = M.unix(type_ or "stream")
   if not s then return nil, err, code end
-  local ok
-  ok, err, code = guarded(s, "connect", path)
-  if not ok then
-    s:close()
-    return nil, err, code
-  end
-  return s
+  return kept(s, guarded(s, "connect", path))
 end
 
 --- socket.unix_listen(path [, {type="stream"|"dgram", backlog=, unlink=false}])
 --- -> socket | nil, err, code. A stream socket listens; a datagram socket is only bound.
 --- unlink=true first removes a stale socket file at path (never any other kind of file).
 function M.unix_listen(path, opts)
-  if type(path) ~= "string" then
-    error(("bad argument #1 to 'unix_listen' (string expected, got %s)"):format(type(path)), 2)
-  end
+  check_path(path, "unix_listen")
   opts = check_opts(opts, "unix_listen")
   local s, err, code = M.unix(opts.type or "stream")
   if not s then return nil, err, code end
@@ -203,11 +207,7 @@ function M.unix_listen(path, opts)
   if opts.unlink then ok, err, code = M._unlink_socket(path) end
   if ok then ok, err, code = s:bind(path) end
   if ok and (opts.type or "stream") == "stream" then ok, err, code = s:listen(opts.backlog) end
-  if not ok then
-    s:close()
-    return nil, err, code
-  end
-  return s
+  return kept(s, ok, err, code)
 end
 
 return M

@@ -277,4 +277,13 @@ function H.check_output(out, patterns)
   end
 end
 
+--- One `it` per row { name, script, args, patterns }: examples/<script> run with args (bounded
+--- by limit seconds, as H.example) exits 0 and prints every pattern.
+function H.examples(rows, limit)
+  local busted = require "busted"
+  for _, r in ipairs(rows) do
+    busted.it(r[1], function() H.check_output(H.example(r[2], r[3], limit), r[4]) end)
+  end
+end
+
 return H
