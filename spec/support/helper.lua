@@ -7,17 +7,21 @@ H.TIMEOUT = tonumber(os.getenv("STRAND_TEST_TIMEOUT")) or 10
 -- that was joined may still be finishing its exit; a child may still be being reaped).
 H.SETTLE = tonumber(os.getenv("STRAND_TEST_SETTLE")) or 2
 
---- Run fn as a task with a bound on the whole run; rethrows the task's error (with traceback).
-function H.run(fn, ...)
+--- Run fn as a task with a bound of `limit` seconds on the whole run (a guard against hangs, never
+--- a speed goal); rethrows the task's error (with traceback).
+function H.run_within(limit, fn, ...)
   local strand = require "strand"
   local args = table.pack(...)
   local r = table.pack(strand.run(function()
-    local res = table.pack(strand.timeout(H.TIMEOUT, fn, table.unpack(args, 1, args.n)))
-    if res[1] == nil then error("spec task timed out after " .. H.TIMEOUT .. " s", 0) end
+    local res = table.pack(strand.timeout(limit, fn, table.unpack(args, 1, args.n)))
+    if res[1] == nil then error("spec task timed out after " .. limit .. " s", 0) end
     return table.unpack(res, 2, res.n)
   end))
   return table.unpack(r, 1, r.n)
 end
+
+--- H.run_within(H.TIMEOUT, fn, ...)
+function H.run(fn, ...) return H.run_within(H.TIMEOUT, fn, ...) end
 
 function H.pid()
   local f = io.open("/proc/self/stat")
