@@ -21,20 +21,12 @@ local socket = require "strand.socket"
 local spawn_task, now = core.spawn, core.now
 local serial = core.serial
 local pack, unpack = table.pack, table.unpack
+local FUNCS = { functions = true }          -- serial.decode's options, made once
 
 local M = {}
 
-local function remaining(deadline)
-  if deadline == nil then return nil end
-  local r = deadline - now()
-  return r > 0 and r or 0
-end
-
-local function check_timeout(t, arg, fname)
-  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
-    error(("bad argument #%d to '%s' (timeout must be a number >= 0 or nil)"):format(arg, fname), 3)
-  end
-end
+local fin = require "strand._finish"
+local remaining, check_timeout, outcome = fin.remaining, fin.check_timeout, fin.outcome
 
 -- {==== futures
 
@@ -99,10 +91,7 @@ end
 function Future:result(timeout)
   check_future(self, "result")
   check_timeout(timeout, 2, "result")
-  local r = pack(self:join(timeout))
-  if r[1] == nil then error("timeout", 0) end
-  if r[1] == false then error(r[2], 0) end
-  return unpack(r, 2, r.n)
+  return outcome(self:join(timeout))
 end
 
 function Future:done()
@@ -198,10 +187,10 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
     if not chunk then flush() end                -- a submitted job may be long: answer the rest first
     local fn = fid ~= 0 and fns[fid] or nil
     if fn == nil then
-      fn = serial.decode(fdata, { functions = true })
+      fn = serial.decode(fdata, FUNCS)
       if fid ~= 0 then fns[fid] = fn end
     end
-    local args = serial.decode(argsdata, { functions = true })
+    local args = serial.decode(argsdata, FUNCS)
     local r
     if chunk then
       local out = {}
@@ -256,7 +245,7 @@ end
 
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
-  if self._kind ~= "process" then return end
+  if self._kind ~= "process" or self._jt < self._jh then return end   -- nothing queued
   -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
   -- refilled by halves so that a worker gets them in batches), dealt one at a time in turn so
   -- that a short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
@@ -347,12 +336,13 @@ end
 
 local function reader(self, w)
   local sock = w.sock
+  local sunpack, decode = string.unpack, serial.decode
+  sock:settimeout(nil)
   while true do
-    sock:settimeout(nil)
     local data = sock:recv_frame()
     if data == nil then break end
-    local id = string.unpack(">I8", data)
-    local r = serial.decode(data:sub(9), { functions = true })
+    local id = sunpack(">I8", data)
+    local r = decode(data:sub(9), FUNCS)
     local job = table.remove(w.inflight, 1)
     if job and job.id ~= id then          -- never expected: ids stay in order per worker
       error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")

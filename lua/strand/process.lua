@@ -40,17 +40,8 @@ local live = {}                                    -- handle -> true: children n
 local parent_ends = setmetatable({}, { __mode = "k" })   -- sockets a forked child closes
 M._parent_ends = parent_ends
 
-local function remaining(deadline)
-  if deadline == nil then return nil end
-  local r = deadline - now()
-  return r > 0 and r or 0
-end
-
-local function check_timeout(t, arg, fname)
-  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
-    error(("bad argument #%d to '%s' (timeout must be a number >= 0 or nil)"):format(arg, fname), 3)
-  end
-end
+local fin = require "strand._finish"
+local remaining, check_timeout, outcome = fin.remaining, fin.check_timeout, fin.outcome
 
 local function sweep()
   for h in pairs(live) do
@@ -193,8 +184,7 @@ end
 -- the others wait for its notification.
 local function finish(self, deadline)
   local h = self._h
-  local code, err = h:poll()
-  if code == nil then code, err = h:wait(remaining(deadline)) end
+  local code, err = h:wait(remaining(deadline))      -- reaps at once a child that has ended
   if code == nil then return nil, err end
   live[h] = nil
   local msg = h:take_result()
@@ -243,10 +233,7 @@ end
 function methods:result(timeout)
   check_self(self, "result")
   check_timeout(timeout, 2, "result")
-  local r = pack(self:join(timeout))
-  if r[1] == nil then error("timeout", 0) end
-  if r[1] == false then error(r[2], 0) end
-  return unpack(r, 2, r.n)
+  return outcome(self:join(timeout))
 end
 
 function methods:is_alive()
