@@ -337,6 +337,21 @@ static int l_encode(lua_State *L) {
   return 1;
 }
 
+/* process._encodev(...) -> string | nil: the values themselves, as _encode does one value
+ * (serial.decode gives them all back). No table around them: a job's arguments and results
+ * cross without one more table to build, walk and look up among the loaded modules. */
+static int l_encodev(lua_State *L) {
+  int n = lua_gettop(L);
+  strand_serial_encode(L, 1, n, STRAND_SERIAL_FUNCTIONS);
+  size_t len;
+  const char *p = lua_tolstring(L, -1, &len);
+  if (!strand_serial_family_only(p, len)) {
+    strand_serial_release(p, len);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
 /* process._background(task): the task (a pool's reader) does not keep strand.run going */
 static int l_background(lua_State *L) {
   strand_task *t = (strand_task *)luaL_checkudata(L, 1, STRAND_TASK_META);
@@ -366,7 +381,7 @@ STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
-  {"_encode", l_encode}, {"_background", l_background},
+  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_background", l_background},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

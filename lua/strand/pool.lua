@@ -20,7 +20,7 @@ local socket = require "strand.socket"
 
 local spawn_task, now = core.spawn, core.now
 local serial = core.serial
-local pack, unpack = table.pack, table.unpack
+local pack, unpack, tmove = table.pack, table.unpack, table.move
 local FUNCS = { functions = true }          -- serial.decode's options, made once
 
 local M = {}
@@ -170,6 +170,7 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
   local C = core.process
   local done, fns = 0, {}
   local outbox, spack, sunpack = {}, string.pack, string.unpack
+  local encodev, decode = C._encodev, serial.decode
   local function flush()
     if #outbox == 0 then return end
     out:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
@@ -190,22 +191,22 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
       fn = serial.decode(fdata, FUNCS)
       if fid ~= 0 then fns[fid] = fn end
     end
-    local args = serial.decode(argsdata, FUNCS)
-    local r
+    -- a plain job's arguments and outcome cross as bare values (_encodev), a chunk's as a list
+    local enc
     if chunk then
+      local args = decode(argsdata, FUNCS)
       local out = {}
-      r = pack(xpcall(function()
+      enc = encodev(xpcall(function()
         for i = 1, args.n do out[i] = (fn(args[i])) end
         return out
       end, traceback))
     else
-      r = pack(xpcall(fn, traceback, unpack(args, 1, args.n)))
+      enc = encodev(xpcall(fn, traceback, decode(argsdata, FUNCS)))
     end
-    local enc = C._encode(r)
     if enc == nil then
-      enc = C._encode(pack(false, "the job's results cannot be copied (a strand object)"))
+      enc = encodev(false, "the job's results cannot be copied (a strand object)")
     end
-    outbox[#outbox + 1] = spack(">s4", spack(">I8", id) .. enc)   -- send_frame's format
+    outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
     -- map chunks answer in batches while more chunks are buffered; anything else at once
     if not chunk or sock:pending() < 4 then flush() end
     done = done + 1
@@ -342,7 +343,7 @@ local function reader(self, w)
     local data = sock:recv_frame()
     if data == nil then break end
     local id = sunpack(">I8", data)
-    local r = decode(data:sub(9), FUNCS)
+    local r = pack(decode(data:sub(9), FUNCS))       -- true, ... | false, err
     local job = table.remove(w.inflight, 1)
     if job and job.id ~= id then          -- never expected: ids stay in order per worker
       error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
@@ -506,7 +507,7 @@ local function enqueue(self, fname, fn, args, chunk, job)
   if self._kind == "process" then
     local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
-    local argsdata = core.process._encode(args)
+    local argsdata = core.process._encodev(unpack(args, 1, args.n))   -- the values, bare
     if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
@@ -570,8 +571,7 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       local last = first + chunksize - 1
       if last > n then last = n end
       local count = last - first + 1
-      local args = { n = count }
-      for i = first, last do args[i - first + 1] = list[i] end
+      local args = tmove(list, first, last, 1, { n = count })
       local okc, argsdata = pcall(encode, args)
       if not okc or argsdata == nil then
         local mine = {}
@@ -622,8 +622,7 @@ function Pool:map(fn, list, chunksize)
     local r = f._r
     if r == nil then f:join(); r = f._r end
     if not r[1] then error(r[2], 0) end
-    local res, first = r[2], f._first - 1
-    for i = 1, f._count do out[first + i] = res[i] end
+    tmove(r[2], 1, f._count, f._first, out)
   end
   return out
 end
