@@ -6,7 +6,9 @@
 --
 -- Behaviour worth knowing:
 --  * Up to two jobs are in flight per process worker (the next one is already in its socket when
---    it finishes one), up to 16 map chunks; a worker answers a run of buffered chunks in one write. A worker that dies (kill -9, a crash, os.exit) fails only the job it was
+--    it finishes one), up to 16 map chunks (w.inflight[w.ih..w.it], oldest first); a worker
+--    answers a run of buffered chunks in one write. A worker that dies (kill -9, a crash,
+--    os.exit) fails only the job it was
 --    running, with "worker exited: signal 9" (or "worker exited: code N"); the jobs queued behind
 --    it go to the others and a new worker replaces it.
 --  * A job's error comes back with the worker's traceback. Submitting to a closed pool raises.
@@ -149,7 +151,9 @@ end
 local INFLIGHT = 2          -- jobs sent ahead to one process worker
 local CHUNK_INFLIGHT = 16   -- map chunks sent ahead to one process worker (refilled by halves)
 -- a job on the wire: id, function id (0: none), function bytes ("" when the worker has them),
--- the encoded arguments, 1 for a map chunk; a result: id (8 bytes) then the encoded outcome
+-- the encoded arguments, 0 for a plain job, 1 for a map chunk (a list), 2 for a small map chunk
+-- (its items as bare values, BARE_MAX at most); a result: id (8 bytes) then the encoded outcome
+local BARE_MAX = 64
 local JOB_FORMAT = ">I8I8s4s4B"
 local FRAMED_JOB = ">I4I8I8s4s4B"   -- the same with its frame length first (8 + 8 + 4 + 4 + 1 = 25)
 local spack = string.pack
@@ -184,7 +188,8 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
     if data == nil then flush(); return 0 end
     if data == "stop" then flush(); return 0 end
     local id, fid, fdata, argsdata, chunk = sunpack(JOB_FORMAT, data)
-    chunk = chunk == 1
+    local bare = chunk == 2
+    chunk = chunk ~= 0
     if not chunk then flush() end                -- a submitted job may be long: answer the rest first
     local fn = fid ~= 0 and fns[fid] or nil
     if fn == nil then
@@ -193,7 +198,14 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
     end
     -- a plain job's arguments and outcome cross as bare values (_encodev), a chunk's as a list
     local enc
-    if chunk then
+    if bare then                                 -- answered as bare values too
+      local args = pack(decode(argsdata, FUNCS))
+      local out, n = {}, args.n
+      enc = encodev(xpcall(function()
+        for i = 1, n do out[i] = (fn(args[i])) end
+        return unpack(out, 1, n)
+      end, traceback))
+    elseif chunk then
       local args = decode(argsdata, FUNCS)
       local out = {}
       enc = encodev(xpcall(function()
@@ -226,12 +238,13 @@ local flush_out
 local function give(self, w)
   local jobs = self._jobs
   local job = jobs[self._jh]
-  if not job.chunk and #w.inflight >= INFLIGHT then return false end   -- a plain job after chunks
+  if not job.chunk and w.it - w.ih + 1 >= INFLIGHT then return false end   -- a plain job after chunks
   jobs[self._jh] = nil
   self._jh = self._jh + 1
   if job.fut == nil or job.fut._state == "pending" then
     if job.fut then job.fut._state = "running" end
-    w.inflight[#w.inflight + 1] = job
+    w.it = w.it + 1
+    w.inflight[w.it] = job
     w.sent = w.sent + 1
     local fdata = job.fdata
     if job.fid then
@@ -239,7 +252,7 @@ local function give(self, w)
     end
     local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
     w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
-      argsdata, job.chunk and 1 or 0)
+      argsdata, job.chunk and (job.bare and 2 or 1) or 0)
   end
   return true
 end
@@ -253,12 +266,12 @@ local function dispatch(self)
   local workers = self._workers
   for _, w in ipairs(workers) do
     if self._jt < self._jh then break end
-    if #w.inflight == 0 and w.alive and (not self._max or w.sent < self._max) then give(self, w) end
+    if w.it < w.ih and w.alive and (not self._max or w.sent < self._max) then give(self, w) end
   end
   if self._jt < self._jh then return flush_out(self) end
   local caps, any = {}, false
   for i, w in ipairs(workers) do
-    local n = #w.inflight
+    local n = w.it - w.ih + 1
     local cap
     if self._jobs[self._jh].chunk then cap = n <= CHUNK_INFLIGHT // 2 and CHUNK_INFLIGHT - n or 0
     else cap = INFLIGHT - n end
@@ -306,8 +319,8 @@ local function worker_gone(self, w)
   w.alive = false
   local code = w.proc_h:wait()
   process._reaped(w.proc_h)
-  local inflight = w.inflight
-  w.inflight = {}
+  local inflight = tmove(w.inflight, w.ih, w.it, 1, {})   -- oldest first
+  w.inflight, w.ih, w.it = {}, 1, 0
   if self._terminated then
     for _, job in ipairs(inflight) do fail_job(job, "pool terminated") end
   elseif #inflight > 0 then
@@ -344,14 +357,20 @@ local function reader(self, w)
     if data == nil then break end
     local id = sunpack(">I8", data)
     local r = pack(decode(data:sub(9), FUNCS))       -- true, ... | false, err
-    local job = table.remove(w.inflight, 1)
+    local job
+    if w.ih <= w.it then                 -- the oldest job in flight: answers come in order
+      job = w.inflight[w.ih]
+      w.inflight[w.ih] = nil
+      if w.ih == w.it then w.ih, w.it = 1, 0 else w.ih = w.ih + 1 end   -- empty: from 1 again
+    end
     if job and job.id ~= id then          -- never expected: ids stay in order per worker
       error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
     end
+    if job and job.bare and r[1] then r = pack(true, tmove(r, 2, r.n, 1, {})) end   -- a list
     if job then
       if job.fut then settle(job.fut, r) else job.done(r) end
     end
-    if #w.inflight <= CHUNK_INFLIGHT // 2 then dispatch(self) end   -- this worker has room
+    if w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then dispatch(self) end   -- this worker has room
   end
   worker_gone(self, w)
 end
@@ -381,7 +400,7 @@ start_worker = function(self)
     error("strand.pool: cannot start a worker: " .. tostring(err))
   end
   ends[ra] = true
-  local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = {}, out = {}, sent = 0, alive = true,
+  local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = {}, ih = 1, it = 0, out = {}, sent = 0, alive = true,
               known = {} }
   self._workers[#self._workers + 1] = w
   w.task = spawn_task(reader, self, w)
@@ -563,7 +582,7 @@ local function submit_chunks(self, fname, fn, list, chunksize)
     -- back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
-    local encode = core.process._encode
+    local encode, encodev = core.process._encode, core.process._encodev
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
     local q, early = self._jobs, self._size
@@ -571,8 +590,13 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       local last = first + chunksize - 1
       if last > n then last = n end
       local count = last - first + 1
-      local args = tmove(list, first, last, 1, { n = count })
-      local okc, argsdata = pcall(encode, args)
+      local okc, argsdata, bare
+      if count <= BARE_MAX then                  -- small: the items as bare values
+        okc, argsdata = pcall(encodev, unpack(list, first, last))
+        bare = true
+      else
+        okc, argsdata = pcall(encode, tmove(list, first, last, 1, { n = count }))
+      end
       if not okc or argsdata == nil then
         local mine = {}
         for _, f in ipairs(chunks) do
@@ -593,7 +617,8 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       local id = self._next + 1
       self._next = id
       self._jt = self._jt + 1
-      q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true }
+      q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
+                      bare = bare }
       if #chunks == early then dispatch(self) end
     end
     dispatch(self)
@@ -700,12 +725,12 @@ function Pool:join()
     -- wait until every queued job has been sent and answered, then stop the workers
     while true do
       local busy = self._jt >= self._jh
-      for _, w in ipairs(self._workers) do if #w.inflight > 0 then busy = true end end
+      for _, w in ipairs(self._workers) do if w.it >= w.ih then busy = true end end
       if not busy then break end
       local n = core.notifier()
       local waiting = {}
       for _, w in ipairs(self._workers) do
-        for _, job in ipairs(w.inflight) do waiting[#waiting + 1] = job.fut end
+        for i = w.ih, w.it do waiting[#waiting + 1] = w.inflight[i].fut end
       end
       for i = self._jh, self._jt do waiting[#waiting + 1] = self._jobs[i].fut end
       local f = waiting[#waiting]
