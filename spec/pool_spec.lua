@@ -240,6 +240,22 @@ describe("process pool workers dying", function()
     assert.same({ 4, 5 }, p:map(function(x) return x end, { 4, 5 }, 1))
   end)
 
+  it("results that cannot be copied fail only their job; the worker goes on", function()
+    local p <close> = pool.new{ size = 1 }
+    local pid = p:pids()[1]
+    for _, chunksize in ipairs { 1, 100 } do        -- bare values and a list
+      local ok, err = pcall(p.map, p, function(x) return x == 2 and coroutine.create(print) or x end,
+        { 1, 2, 3 }, chunksize)
+      assert.is_false(ok)
+      assert.matches("the job's results cannot be copied: .*coroutine", err)
+    end
+    local f = p:submit(function() return coroutine.create(print) end)
+    local ok, err = f:join(H.TIMEOUT)
+    assert.is_false(ok); assert.matches("cannot be copied: .*coroutine", err)
+    assert.equal(3, p:apply(function() return 3 end))
+    assert.equal(pid, p:pids()[1])                   -- the same worker
+  end)
+
   it("a shared strand object goes to a process worker and comes back", function()
     local p <close> = pool.new{ size = 1 }
     local q = require("strand.queue").new()

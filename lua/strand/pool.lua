@@ -197,26 +197,27 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
       if fid ~= 0 then fns[fid] = fn end
     end
     -- a plain job's arguments and outcome cross as bare values (_encodev), a chunk's as a list
-    local enc
+    local ok, enc
     if bare then                                 -- answered as bare values too
       local args = pack(decode(argsdata, FUNCS))
       local out, n = {}, args.n
-      enc = encodev(xpcall(function()
+      ok, enc = pcall(encodev, xpcall(function()
         for i = 1, n do out[i] = (fn(args[i])) end
         return unpack(out, 1, n)
       end, traceback))
     elseif chunk then
       local args = decode(argsdata, FUNCS)
       local out = {}
-      enc = encodev(xpcall(function()
+      ok, enc = pcall(encodev, xpcall(function()
         for i = 1, args.n do out[i] = (fn(args[i])) end
         return out
       end, traceback))
     else
-      enc = encodev(xpcall(fn, traceback, decode(argsdata, FUNCS)))
+      ok, enc = pcall(encodev, xpcall(fn, traceback, decode(argsdata, FUNCS)))
     end
-    if enc == nil then
-      enc = encodev(false, "the job's results cannot be copied (a strand object)")
+    if not ok or enc == nil then                 -- a copy error is the job's, not the worker's
+      enc = encodev(false, "the job's results cannot be copied"
+        .. (ok and " (a strand object)" or ": " .. tostring(enc)))
     end
     outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
     -- map chunks answer in batches while more chunks are buffered; anything else at once
