@@ -154,6 +154,7 @@ local CHUNK_INFLIGHT = 16   -- map chunks sent ahead to one process worker (refi
 -- the encoded arguments, 0 for a plain job, 1 for a map chunk (a list), 2 for a small map chunk
 -- (its items as bare values, BARE_MAX at most); a result: id (8 bytes) then the encoded outcome
 local BARE_MAX = 64
+local DISPATCH_BYTES = 4096 -- map: encoded chunk bytes queued between two dispatches
 local JOB_FORMAT = ">I8I8s4s4B"
 local FRAMED_JOB = ">I4I8I8s4s4B"   -- the same with its frame length first (8 + 8 + 4 + 4 + 1 = 25)
 local spack = string.pack
@@ -579,14 +580,14 @@ local function submit_chunks(self, fname, fn, list, chunksize)
   local chunks = {}
   if self._kind == "process" then
     -- the first chunk of each worker goes out at once, so the workers start while the rest is
-    -- encoded; the rest is queued and dispatched together. An uncopyable item raises and takes
-    -- back every chunk of this map not sent yet (those sent finish unread).
+    -- encoded; the rest is dispatched in batches of DISPATCH_BYTES. An uncopyable item raises
+    -- and takes back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
     local encode, encodev = core.process._encode, core.process._encodev
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
-    local q, early = self._jobs, self._size
+    local q, early, pending = self._jobs, self._size, 0
     for first = 1, n, chunksize do
       local last = first + chunksize - 1
       if last > n then last = n end
@@ -620,7 +621,13 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       self._jt = self._jt + 1
       q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
                       bare = bare }
-      if #chunks == early then dispatch(self) end
+      -- the first chunk of each worker at once, then every DISPATCH_BYTES encoded: the workers
+      -- compute while the rest is encoded, and small chunks still go out in batches
+      pending = pending + #argsdata
+      if #chunks == early or (#chunks > early and pending >= DISPATCH_BYTES) then
+        pending = 0
+        dispatch(self)
+      end
     end
     dispatch(self)
     return chunks
