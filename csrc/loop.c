@@ -779,6 +779,7 @@ int strand_interrupted(lua_State *L) {
  * `done` already holds), fire timers. Returns nonzero with a message pushed on deadlock,
  * STEP_INTERRUPTED (nothing pushed) when Ctrl-C is pending. */
 static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)) {
+  int was_done = done(loop);
   size_t n = loop->nready;
   while (n-- > 0 && loop->ready_head) {
     strand_task *t = loop->ready_head;
@@ -796,6 +797,16 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
                     (int)loop->ntasks);
     return 1;
   }
+  /* A task run here ended the wait that drives the loop and nothing else is ready: no
+   * zero-timeout poll now (a syscall per wake-up, e.g. per pool round trip); the next step
+   * polls. At most 8 steps in a row, so that waiting I/O is never starved by a ping-pong
+   * between the driver and ready tasks. */
+  if (timeout == 0 && !was_done && !loop->ready_head && loop->skipped_polls < 8 && done(loop)) {
+    loop->skipped_polls++;
+    fire_timers(loop);
+    return 0;
+  }
+  loop->skipped_polls = 0;
   if (interrupt_pending(L, loop)) return STEP_INTERRUPTED;
   if (loop->pstate == NULL && timeout == 0) {   /* no fd was ever watched: nothing to poll */
     fire_timers(loop);

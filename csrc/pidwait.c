@@ -2,6 +2,7 @@
  * kernel (before 5.3) or valgrind (3.19) lacks pidfd_open, an eventfd a short-lived thread sets. */
 #include "strand.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -34,8 +35,18 @@ static void *pidwait_main(void *arg) {
   return NULL;
 }
 
+/* A waiting thread may still run (its child ends late) when the Lua state closes and unloads
+ * this module: keep the module mapped for the life of the process, as thread.c does. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)&pidwait_main, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+}
+
 /* The fallback: an eventfd (close-on-exec) set once pid has exited. -1 with errno on failure. */
 static int pidwait_open(int pid) {
+  static pthread_once_t pinned = PTHREAD_ONCE_INIT;
+  pthread_once(&pinned, pin_module);
   int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd < 0) return -1;
   pidwait *w = (pidwait *)malloc(sizeof *w);

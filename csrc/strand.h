@@ -432,6 +432,7 @@ struct strand_loop {
   int anchor_ref;                 /* registry ref of the anchor table (loop.c) */
   lua_Integer anchor_len, anchor_free;   /* its slots in use or free; head of the free ones */
   int task_mt_ref;                /* registry ref of strand.task's metatable, or LUA_NOREF */
+  unsigned skipped_polls;         /* zero-timeout polls skipped in a row (loop_step) */
 };
 
 /* loop.c, for process.c: in a forked child, abandon the parent's loop and make a fresh one. */

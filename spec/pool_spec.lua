@@ -19,6 +19,16 @@ for _, kind in ipairs { "process", "thread" } do
       assert.equal(15, p:apply(function(x) return x + k end, 5))    -- closure copied
     end)
 
+    it("arguments and results with nil holes cross as they are (count kept)", function()
+      local p <close> = pool.new{ size = 1, kind = kind }
+      local f = p:submit(function(a, b, c) return select("#", a, b, c), a, b, c, nil end, nil, 2, nil)
+      local r = table.pack(f:result(H.TIMEOUT))
+      assert.equal(5, r.n)
+      assert.equal(3, r[1]); assert.is_nil(r[2]); assert.equal(2, r[3]); assert.is_nil(r[4])
+      assert.equal(0, p:apply(function(...) return select("#", ...) end))
+      assert.error_matches(function() f:result(-1) end, "bad argument #2 to 'result'")
+    end)
+
     it("a job's error comes back with the worker's traceback; apply raises it", function()
       local p <close> = pool.new{ size = 1, kind = kind }
       local f = p:submit(function() local t; return t.x end)
@@ -230,6 +240,22 @@ describe("process pool workers dying", function()
     assert.same({ 4, 5 }, p:map(function(x) return x end, { 4, 5 }, 1))
   end)
 
+  it("results that cannot be copied fail only their job; the worker goes on", function()
+    local p <close> = pool.new{ size = 1 }
+    local pid = p:pids()[1]
+    for _, chunksize in ipairs { 1, 100 } do        -- bare values and a list
+      local ok, err = pcall(p.map, p, function(x) return x == 2 and coroutine.create(print) or x end,
+        { 1, 2, 3 }, chunksize)
+      assert.is_false(ok)
+      assert.matches("the job's results cannot be copied: .*coroutine", err)
+    end
+    local f = p:submit(function() return coroutine.create(print) end)
+    local ok, err = f:join(H.TIMEOUT)
+    assert.is_false(ok); assert.matches("cannot be copied: .*coroutine", err)
+    assert.equal(3, p:apply(function() return 3 end))
+    assert.equal(pid, p:pids()[1])                   -- the same worker
+  end)
+
   it("a shared strand object goes to a process worker and comes back", function()
     local p <close> = pool.new{ size = 1 }
     local q = require("strand.queue").new()
@@ -237,5 +263,41 @@ describe("process pool workers dying", function()
     assert.equal("from the worker", q:get(H.TIMEOUT))
     q:put("again")
     assert.equal("again", back:get(H.TIMEOUT))
+  end)
+end)
+
+describe("the loop under pool-style wake-ups", function()
+  H.guard()
+  local core = require "strand.core"
+  local socket = require "strand.socket"
+
+  -- A wait ended by a ready task skips its zero-timeout poll, but never for long: I/O waiting
+  -- meanwhile is served while the main program ping-pongs with a task that never blocks on I/O.
+  it("a ping-pong between the main program and a task does not starve waiting I/O", function()
+    local a, b = socket.pair()
+    local got
+    local reader = strand.spawn(function() b:settimeout(H.TIMEOUT); got = b:recv(5) end)
+    local ping, pong = core.notifier(), core.notifier()
+    local stop = false
+    local echo = strand.spawn(function()
+      while not stop do
+        ping:wait(H.TIMEOUT)
+        pong:notify()
+      end
+    end)
+    strand.sleep(0)                       -- both tasks start waiting
+    assert.is_true(a:send("hello") == 5)
+    local rounds = 0
+    while got == nil and rounds < 1000 do
+      ping:notify()
+      pong:wait(H.TIMEOUT)
+      rounds = rounds + 1
+    end
+    stop = true
+    ping:notify()
+    assert.equal("hello", got)
+    assert.is_true(rounds < 1000)
+    echo:join(H.TIMEOUT); reader:join(H.TIMEOUT)
+    a:close(); b:close()
   end)
 end)

@@ -6,7 +6,9 @@
 --
 -- Behaviour worth knowing:
 --  * Up to two jobs are in flight per process worker (the next one is already in its socket when
---    it finishes one), up to 16 map chunks; a worker answers a run of buffered chunks in one write. A worker that dies (kill -9, a crash, os.exit) fails only the job it was
+--    it finishes one), up to 16 map chunks (w.inflight[w.ih..w.it], oldest first); a worker
+--    answers a run of buffered chunks in one write. A worker that dies (kill -9, a crash,
+--    os.exit) fails only the job it was
 --    running, with "worker exited: signal 9" (or "worker exited: code N"); the jobs queued behind
 --    it go to the others and a new worker replaces it.
 --  * A job's error comes back with the worker's traceback. Submitting to a closed pool raises.
@@ -20,21 +22,13 @@ local socket = require "strand.socket"
 
 local spawn_task, now = core.spawn, core.now
 local serial = core.serial
-local pack, unpack = table.pack, table.unpack
+local pack, unpack, tmove = table.pack, table.unpack, table.move
+local FUNCS = { functions = true }          -- serial.decode's options, made once
 
 local M = {}
 
-local function remaining(deadline)
-  if deadline == nil then return nil end
-  local r = deadline - now()
-  return r > 0 and r or 0
-end
-
-local function check_timeout(t, arg, fname)
-  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
-    error(("bad argument #%d to '%s' (timeout must be a number >= 0 or nil)"):format(arg, fname), 3)
-  end
-end
+local fin = require "strand._finish"
+local remaining, check_timeout, outcome = fin.remaining, fin.check_timeout, fin.outcome
 
 -- {==== futures
 
@@ -99,10 +93,7 @@ end
 function Future:result(timeout)
   check_future(self, "result")
   check_timeout(timeout, 2, "result")
-  local r = pack(self:join(timeout))
-  if r[1] == nil then error("timeout", 0) end
-  if r[1] == false then error(r[2], 0) end
-  return unpack(r, 2, r.n)
+  return outcome(self:join(timeout))
 end
 
 function Future:done()
@@ -160,7 +151,10 @@ end
 local INFLIGHT = 2          -- jobs sent ahead to one process worker
 local CHUNK_INFLIGHT = 16   -- map chunks sent ahead to one process worker (refilled by halves)
 -- a job on the wire: id, function id (0: none), function bytes ("" when the worker has them),
--- the encoded arguments, 1 for a map chunk; a result: id (8 bytes) then the encoded outcome
+-- the encoded arguments, 0 for a plain job, 1 for a map chunk (a list), 2 for a small map chunk
+-- (its items as bare values, BARE_MAX at most); a result: id (8 bytes) then the encoded outcome
+local BARE_MAX = 64
+local DISPATCH_BYTES = 4096 -- map: encoded chunk bytes queued between two dispatches
 local JOB_FORMAT = ">I8I8s4s4B"
 local FRAMED_JOB = ">I4I8I8s4s4B"   -- the same with its frame length first (8 + 8 + 4 + 4 + 1 = 25)
 local spack = string.pack
@@ -181,6 +175,7 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
   local C = core.process
   local done, fns = 0, {}
   local outbox, spack, sunpack = {}, string.pack, string.unpack
+  local encodev, decode = C._encodev, serial.decode
   local function flush()
     if #outbox == 0 then return end
     out:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
@@ -194,29 +189,38 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
     if data == nil then flush(); return 0 end
     if data == "stop" then flush(); return 0 end
     local id, fid, fdata, argsdata, chunk = sunpack(JOB_FORMAT, data)
-    chunk = chunk == 1
+    local bare = chunk == 2
+    chunk = chunk ~= 0
     if not chunk then flush() end                -- a submitted job may be long: answer the rest first
     local fn = fid ~= 0 and fns[fid] or nil
     if fn == nil then
-      fn = serial.decode(fdata, { functions = true })
+      fn = serial.decode(fdata, FUNCS)
       if fid ~= 0 then fns[fid] = fn end
     end
-    local args = serial.decode(argsdata, { functions = true })
-    local r
-    if chunk then
+    -- a plain job's arguments and outcome cross as bare values (_encodev), a chunk's as a list
+    local ok, enc
+    if bare then                                 -- answered as bare values too
+      local args = pack(decode(argsdata, FUNCS))
+      local out, n = {}, args.n
+      ok, enc = pcall(encodev, xpcall(function()
+        for i = 1, n do out[i] = (fn(args[i])) end
+        return unpack(out, 1, n)
+      end, traceback))
+    elseif chunk then
+      local args = decode(argsdata, FUNCS)
       local out = {}
-      r = pack(xpcall(function()
+      ok, enc = pcall(encodev, xpcall(function()
         for i = 1, args.n do out[i] = (fn(args[i])) end
         return out
       end, traceback))
     else
-      r = pack(xpcall(fn, traceback, unpack(args, 1, args.n)))
+      ok, enc = pcall(encodev, xpcall(fn, traceback, decode(argsdata, FUNCS)))
     end
-    local enc = C._encode(r)
-    if enc == nil then
-      enc = C._encode(pack(false, "the job's results cannot be copied (a strand object)"))
+    if not ok or enc == nil then                 -- a copy error is the job's, not the worker's
+      enc = encodev(false, "the job's results cannot be copied"
+        .. (ok and " (a strand object)" or ": " .. tostring(enc)))
     end
-    outbox[#outbox + 1] = spack(">s4", spack(">I8", id) .. enc)   -- send_frame's format
+    outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
     -- map chunks answer in batches while more chunks are buffered; anything else at once
     if not chunk or sock:pending() < 4 then flush() end
     done = done + 1
@@ -236,12 +240,13 @@ local flush_out
 local function give(self, w)
   local jobs = self._jobs
   local job = jobs[self._jh]
-  if not job.chunk and #w.inflight >= INFLIGHT then return false end   -- a plain job after chunks
+  if not job.chunk and w.it - w.ih + 1 >= INFLIGHT then return false end   -- a plain job after chunks
   jobs[self._jh] = nil
   self._jh = self._jh + 1
   if job.fut == nil or job.fut._state == "pending" then
     if job.fut then job.fut._state = "running" end
-    w.inflight[#w.inflight + 1] = job
+    w.it = w.it + 1
+    w.inflight[w.it] = job
     w.sent = w.sent + 1
     local fdata = job.fdata
     if job.fid then
@@ -249,26 +254,26 @@ local function give(self, w)
     end
     local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
     w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
-      argsdata, job.chunk and 1 or 0)
+      argsdata, job.chunk and (job.bare and 2 or 1) or 0)
   end
   return true
 end
 
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
-  if self._kind ~= "process" then return end
+  if self._kind ~= "process" or self._jt < self._jh then return end   -- nothing queued
   -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
   -- refilled by halves so that a worker gets them in batches), dealt one at a time in turn so
   -- that a short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
   local workers = self._workers
   for _, w in ipairs(workers) do
     if self._jt < self._jh then break end
-    if #w.inflight == 0 and w.alive and (not self._max or w.sent < self._max) then give(self, w) end
+    if w.it < w.ih and w.alive and (not self._max or w.sent < self._max) then give(self, w) end
   end
   if self._jt < self._jh then return flush_out(self) end
   local caps, any = {}, false
   for i, w in ipairs(workers) do
-    local n = #w.inflight
+    local n = w.it - w.ih + 1
     local cap
     if self._jobs[self._jh].chunk then cap = n <= CHUNK_INFLIGHT // 2 and CHUNK_INFLIGHT - n or 0
     else cap = INFLIGHT - n end
@@ -316,8 +321,8 @@ local function worker_gone(self, w)
   w.alive = false
   local code = w.proc_h:wait()
   process._reaped(w.proc_h)
-  local inflight = w.inflight
-  w.inflight = {}
+  local inflight = tmove(w.inflight, w.ih, w.it, 1, {})   -- oldest first
+  w.inflight, w.ih, w.it = {}, 1, 0
   if self._terminated then
     for _, job in ipairs(inflight) do fail_job(job, "pool terminated") end
   elseif #inflight > 0 then
@@ -347,20 +352,27 @@ end
 
 local function reader(self, w)
   local sock = w.sock
+  local sunpack, decode = string.unpack, serial.decode
+  sock:settimeout(nil)
   while true do
-    sock:settimeout(nil)
     local data = sock:recv_frame()
     if data == nil then break end
-    local id = string.unpack(">I8", data)
-    local r = serial.decode(data:sub(9), { functions = true })
-    local job = table.remove(w.inflight, 1)
+    local id = sunpack(">I8", data)
+    local r = pack(decode(data:sub(9), FUNCS))       -- true, ... | false, err
+    local job
+    if w.ih <= w.it then                 -- the oldest job in flight: answers come in order
+      job = w.inflight[w.ih]
+      w.inflight[w.ih] = nil
+      if w.ih == w.it then w.ih, w.it = 1, 0 else w.ih = w.ih + 1 end   -- empty: from 1 again
+    end
     if job and job.id ~= id then          -- never expected: ids stay in order per worker
       error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
     end
+    if job and job.bare and r[1] then r = pack(true, tmove(r, 2, r.n, 1, {})) end   -- a list
     if job then
       if job.fut then settle(job.fut, r) else job.done(r) end
     end
-    if #w.inflight <= CHUNK_INFLIGHT // 2 then dispatch(self) end   -- this worker has room
+    if w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then dispatch(self) end   -- this worker has room
   end
   worker_gone(self, w)
 end
@@ -390,7 +402,7 @@ start_worker = function(self)
     error("strand.pool: cannot start a worker: " .. tostring(err))
   end
   ends[ra] = true
-  local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = {}, out = {}, sent = 0, alive = true,
+  local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = {}, ih = 1, it = 0, out = {}, sent = 0, alive = true,
               known = {} }
   self._workers[#self._workers + 1] = w
   w.task = spawn_task(reader, self, w)
@@ -516,7 +528,7 @@ local function enqueue(self, fname, fn, args, chunk, job)
   if self._kind == "process" then
     local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
-    local argsdata = core.process._encode(args)
+    local argsdata = core.process._encodev(unpack(args, 1, args.n))   -- the values, bare
     if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
@@ -568,21 +580,25 @@ local function submit_chunks(self, fname, fn, list, chunksize)
   local chunks = {}
   if self._kind == "process" then
     -- the first chunk of each worker goes out at once, so the workers start while the rest is
-    -- encoded; the rest is queued and dispatched together. An uncopyable item raises and takes
-    -- back every chunk of this map not sent yet (those sent finish unread).
+    -- encoded; the rest is dispatched in batches of DISPATCH_BYTES. An uncopyable item raises
+    -- and takes back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
-    local encode = core.process._encode
+    local encode, encodev = core.process._encode, core.process._encodev
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
-    local q, early = self._jobs, self._size
+    local q, early, pending = self._jobs, self._size, 0
     for first = 1, n, chunksize do
       local last = first + chunksize - 1
       if last > n then last = n end
       local count = last - first + 1
-      local args = { n = count }
-      for i = first, last do args[i - first + 1] = list[i] end
-      local okc, argsdata = pcall(encode, args)
+      local okc, argsdata, bare
+      if count <= BARE_MAX then                  -- small: the items as bare values
+        okc, argsdata = pcall(encodev, unpack(list, first, last))
+        bare = true
+      else
+        okc, argsdata = pcall(encode, tmove(list, first, last, 1, { n = count }))
+      end
       if not okc or argsdata == nil then
         local mine = {}
         for _, f in ipairs(chunks) do
@@ -603,8 +619,15 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       local id = self._next + 1
       self._next = id
       self._jt = self._jt + 1
-      q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true }
-      if #chunks == early then dispatch(self) end
+      q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
+                      bare = bare }
+      -- the first chunk of each worker at once, then every DISPATCH_BYTES encoded: the workers
+      -- compute while the rest is encoded, and small chunks still go out in batches
+      pending = pending + #argsdata
+      if #chunks == early or (#chunks > early and pending >= DISPATCH_BYTES) then
+        pending = 0
+        dispatch(self)
+      end
     end
     dispatch(self)
     return chunks
@@ -632,8 +655,7 @@ function Pool:map(fn, list, chunksize)
     local r = f._r
     if r == nil then f:join(); r = f._r end
     if not r[1] then error(r[2], 0) end
-    local res, first = r[2], f._first - 1
-    for i = 1, f._count do out[first + i] = res[i] end
+    tmove(r[2], 1, f._count, f._first, out)
   end
   return out
 end
@@ -711,12 +733,12 @@ function Pool:join()
     -- wait until every queued job has been sent and answered, then stop the workers
     while true do
       local busy = self._jt >= self._jh
-      for _, w in ipairs(self._workers) do if #w.inflight > 0 then busy = true end end
+      for _, w in ipairs(self._workers) do if w.it >= w.ih then busy = true end end
       if not busy then break end
       local n = core.notifier()
       local waiting = {}
       for _, w in ipairs(self._workers) do
-        for _, job in ipairs(w.inflight) do waiting[#waiting + 1] = job.fut end
+        for i = w.ih, w.it do waiting[#waiting + 1] = w.inflight[i].fut end
       end
       for i = self._jh, self._jt do waiting[#waiting + 1] = self._jobs[i].fut end
       local f = waiting[#waiting]

@@ -32,7 +32,8 @@ local C = core.process
 if C == nil then error("strand.process: the C module was built without processes", 2) end
 local serial = core.serial
 local spawn_task, now = core.spawn, core.now
-local pack, unpack = table.pack, table.unpack
+local pack, unpack, tmove = table.pack, table.unpack, table.move
+local FUNCS = { functions = true }          -- serial.decode's options, made once
 
 local M = { pid = C.pid, ppid = C.ppid, cpu_count = C.cpu_count }
 
@@ -40,17 +41,8 @@ local live = {}                                    -- handle -> true: children n
 local parent_ends = setmetatable({}, { __mode = "k" })   -- sockets a forked child closes
 M._parent_ends = parent_ends
 
-local function remaining(deadline)
-  if deadline == nil then return nil end
-  local r = deadline - now()
-  return r > 0 and r or 0
-end
-
-local function check_timeout(t, arg, fname)
-  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
-    error(("bad argument #%d to '%s' (timeout must be a number >= 0 or nil)"):format(arg, fname), 3)
-  end
-end
+local fin = require "strand._finish"
+local remaining, check_timeout, outcome = fin.remaining, fin.check_timeout, fin.outcome
 
 local function sweep()
   for h in pairs(live) do
@@ -160,10 +152,14 @@ local function run_child(self, rfd)
   M._current_name = self.name
   local t = spawn_task(self.fn, unpack(self.args, 1, self.nargs))
   local r = pack(t:join())
-  local ok, data = pcall(encode_for_process, r, "result")
-  if not ok then
-    r = pack(false, "process " .. self.name .. ": cannot copy its results back: " .. tostring(data))
-    data = serial.encode(r)
+  -- the outcome as bare values (true, ... | false, err): no table to walk and look up among
+  -- the loaded modules in a child that should touch as little of its memory as it can
+  local ok, data = pcall(C._encodev, unpack(r, 1, r.n))
+  if not ok or data == nil then
+    r = pack(false, "process " .. self.name .. ": cannot copy its results back: " .. (ok and
+      "result: this strand object cannot be copied to another process (only locks, events, "
+      .. "semaphores, conditions, barriers, queues and shared dicts/lists cross)" or tostring(data)))
+    data = C._encodev(false, r[2])
   end
   local ok2, err = C._put_result(rfd, data)
   if not ok2 then
@@ -193,15 +189,15 @@ end
 -- the others wait for its notification.
 local function finish(self, deadline)
   local h = self._h
-  local code, err = h:poll()
-  if code == nil then code, err = h:wait(remaining(deadline)) end
+  local code, err = h:wait(remaining(deadline))      -- reaps at once a child that has ended
   if code == nil then return nil, err end
   live[h] = nil
   local msg = h:take_result()
   local r
   if msg and #msg > 0 then
-    r = pack(pcall(serial.decode, msg, { functions = true }))
-    if r[1] then r = r[2] else r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(r[2])) end
+    local d = pack(pcall(serial.decode, msg, FUNCS))      -- true, (true, ... | false, err)
+    if d[1] and type(d[2]) == "boolean" then r = tmove(d, 2, d.n, 1, { n = d.n - 1 })
+    else r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(d[3] or d[2])) end
   elseif code == 0 then
     r = pack(true)
   else
@@ -243,10 +239,7 @@ end
 function methods:result(timeout)
   check_self(self, "result")
   check_timeout(timeout, 2, "result")
-  local r = pack(self:join(timeout))
-  if r[1] == nil then error("timeout", 0) end
-  if r[1] == false then error(r[2], 0) end
-  return unpack(r, 2, r.n)
+  return outcome(self:join(timeout))
 end
 
 function methods:is_alive()
@@ -360,7 +353,7 @@ function Conn:recv(timeout)
   if not ok then return nil, err, code end
   local data = self.pending
   self.pending = nil
-  return serial.decode(data, { functions = true })
+  return serial.decode(data, FUNCS)
 end
 
 --- a:poll([timeout]) -> true (a value is there, or the peer closed: recv will say) | false
