@@ -9,25 +9,7 @@ local socket = require "strand.socket"
 
 strand.run(function() end)   -- the loop's own fds exist before any leak check
 
-local function read_file(p)
-  local f = io.open(p)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(p, s)
-  local f = assert(io.open(p, "w"))
-  f:write(s)
-  f:close()
-end
-
-local function tmpname()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local read_file, write_file, tmpname = sshd.read_file, sshd.write_file, sshd.tmpname
 
 local function fingerprint_of(pubfile)
   local p = io.popen("LD_PRELOAD= ssh-keygen -l -E sha256 -f " .. pubfile)
