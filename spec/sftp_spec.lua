@@ -54,6 +54,22 @@ describe("strand.ssh sftp", function()
     os.remove(src); os.remove(back)
   end)
 
+  it("put and get of sizes at every edge of the copy loops' buffers and requests", function()
+    -- 30000: libssh2's request size; 512 KiB: what put keeps in flight against OpenSSH;
+    -- 1 MiB: the copy buffers (put's slides at half of it)
+    local src, back = tmpname(), tmpname()
+    for _, n in ipairs { 0, 1, 29999, 30001, 524287, 524289, 1048575, 1048577, 2 * 1048576 + 3 } do
+      local d = data:rep(2):sub(1, n)
+      write_file(src, d)
+      assert.equal(n, sftp:put(src, srv.data .. "/edge.bin"))
+      assert.equal(n, sftp:stat(srv.data .. "/edge.bin").size)
+      assert.equal(d, read_file(srv.data .. "/edge.bin"), "put of " .. n .. " bytes")
+      assert.equal(n, sftp:get(srv.data .. "/edge.bin", back))
+      assert.equal(d, read_file(back), "get of " .. n .. " bytes")
+    end
+    os.remove(src); os.remove(back)
+  end)
+
   it("get and put resume from what the other side already holds (H3)", function()
     local src, part = tmpname(), tmpname()
     write_file(src, data)
