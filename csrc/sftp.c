@@ -615,7 +615,9 @@ static int push_step(lua_State *L, ssh_sess *S) {
     size_t give = r->len - r->off;
     if (give > r->inflight) give = r->inflight;
     ssize_t n = libssh2_sftp_write(r->hd, r->buf + r->off, give);
-    if (n == LIBSSH2_ERROR_EAGAIN) {
+    /* 0: nothing acknowledged yet while the first piece waits for the server's window (no
+     * EAGAIN from the socket): waiting is right, calling again at once would spin */
+    if (n == LIBSSH2_ERROR_EAGAIN || n == 0) {
       lua_pushinteger(L, done);
       lua_replace(L, 4);
       return SSH_AGAIN;
