@@ -591,7 +591,10 @@ describe("strand.ssh", function()
       end)
       assert.has_error(function() ssh.connect(srv:opts { proxyjump = 5 }) end,
         "bad argument #1 to 'connect' (proxyjump must be a string, a list or false)")
-      assert.has_error(function() ssh.connect(srv:opts { proxyjump = { 5 } }) end)
+      assert.has_error(function() ssh.connect(srv:opts { proxyjump = { 5 } }) end,
+        "bad argument #1 to 'connect' (each proxyjump hop must be \"[user@]host[:port]\" or a table with host)")
+      assert.has_error(function() ssh.connect(srv:opts { proxyjump = { srv:opts { host_key = "maybe" } } }) end,
+        "bad argument #1 to 'connect' (host_key must be \"strict\", \"accept-new\", \"ignore\" or a function)")
     end)
   end)
 

@@ -348,14 +348,30 @@ local function hop_list(pj, o)
   return hops
 end
 
-local function check_proxyjump(pj)
-  if pj == nil or pj == false or type(pj) == "string" then return end
-  if type(pj) ~= "table" then
-    error("bad argument #1 to 'connect' (proxyjump must be a string, a list or false)", 3)
+-- connect's options (a hop's table too); errors name connect's argument, raised at its caller
+local function check_connect_opts(o, level)
+  local function bad(msg) error("bad argument #1 to 'connect' (" .. msg .. ")", level + 1) end
+  if o.host == nil and o.sock == nil then bad("host expected") end
+  if o.host ~= nil and type(o.host) ~= "string" then bad("host must be a string") end
+  local hk = o.host_key
+  if hk ~= nil and type(hk) ~= "function" and hk ~= "strict" and hk ~= "accept-new" and hk ~= "ignore" then
+    bad("host_key must be \"strict\", \"accept-new\", \"ignore\" or a function")
   end
+  if o.timeout ~= nil and (type(o.timeout) ~= "number" or o.timeout < 0) then
+    bad("timeout must be a number >= 0")
+  end
+  if o.sock ~= nil and type(o.sock) ~= "userdata" and type(o.sock) ~= "table" then
+    bad("sock must be a strand stream")
+  end
+  local pj = o.proxyjump
+  if pj == nil or pj == false or type(pj) == "string" then return end
+  if type(pj) ~= "table" then bad("proxyjump must be a string, a list or false") end
   for _, item in ipairs(pj) do
-    if type(item) ~= "string" and (type(item) ~= "table" or type(item.host) ~= "string") then
-      error("bad argument #1 to 'connect' (each proxyjump hop must be \"[user@]host[:port]\" or a table with host)", 3)
+    if type(item) == "table" and type(item.host) == "string" then
+      if item.proxyjump then bad("a proxyjump hop cannot have its own proxyjump") end
+      check_connect_opts(item, level + 1)
+    elseif type(item) ~= "string" then
+      bad("each proxyjump hop must be \"[user@]host[:port]\" or a table with host")
     end
   end
 end
@@ -422,19 +438,7 @@ function M.connect(opts)
   end
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
-  if o.host == nil and o.sock == nil then error("bad argument #1 to 'connect' (host expected)", 2) end
-  if o.host ~= nil and type(o.host) ~= "string" then error("bad argument #1 to 'connect' (host must be a string)", 2) end
-  local hk = o.host_key
-  if hk ~= nil and type(hk) ~= "function" and hk ~= "strict" and hk ~= "accept-new" and hk ~= "ignore" then
-    error("bad argument #1 to 'connect' (host_key must be \"strict\", \"accept-new\", \"ignore\" or a function)", 2)
-  end
-  if o.timeout ~= nil and (type(o.timeout) ~= "number" or o.timeout < 0) then
-    error("bad argument #1 to 'connect' (timeout must be a number >= 0)", 2)
-  end
-  if o.sock ~= nil and type(o.sock) ~= "userdata" and type(o.sock) ~= "table" then
-    error("bad argument #1 to 'connect' (sock must be a strand stream)", 2)
-  end
-  check_proxyjump(o.proxyjump)
+  check_connect_opts(o, 3)
   return connect_via(o, nil)
 end
 
