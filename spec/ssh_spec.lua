@@ -576,6 +576,21 @@ describe("strand.ssh", function()
       end)
     end)
 
+    it("timeout bounds the whole chain (a target behind the hops that never answers)", function()
+      H.run(function()
+        local l = assert(socket.listen("127.0.0.1", 0))   -- never accepts: the handshake waits
+        local _, port = l:getsockname()
+        local t0 = strand.now()
+        local s, err, code = ssh.connect { host = "127.0.0.1", port = port, user = srv.user,
+          key = srv.keys.ed25519, known_hosts = kh, config = cfg, timeout = 2, proxyjump = "hop-a,hop-b" }
+        assert.is_nil(s)
+        assert.matches("timeout$", err)     -- the target's, or a hop's on a very slow machine
+        assert.equal("ETIMEDOUT", code)
+        assert.is_true(strand.now() - t0 < 15)
+        l:close()
+      end)
+    end)
+
     it("a hop that cannot be reached is named; a bad proxyjump option raises", function()
       H.run(function()
         local l = assert(socket.listen("127.0.0.1", 0))
