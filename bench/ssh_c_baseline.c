@@ -3,8 +3,9 @@
  *   connect HOST PORT USER KEY          connect + key auth + exec "true" + close; prints seconds
  *   cmds HOST PORT USER KEY N           N sequential exec "true" on one session; prints s/command
  *   get|put HOST PORT USER KEY REMOTE LOCAL   SFTP transfer; prints MiB/s
- *   many HOST PORT USER KEY N           N sessions at once, non-blocking, one thread, poll();
- *                                       prints "wall_seconds cpu_seconds"
+ *   many HOST PORT USER KEY N           N sessions at once, non-blocking, one thread, poll(); each
+ *                                       runs "true" and waits for its exit status (as strand's
+ *                                       run does); prints "wall_seconds cpu_seconds"
  * Build: cc -O2 -o ssh_c_baseline ssh_c_baseline.c $(pkg-config --libs libssh2) */
 #include <libssh2.h>
 #include <libssh2_sftp.h>
@@ -160,8 +161,12 @@ static int step(conn *c) {   /* 1: done, 0: would block */
         break;
       }
       case 5: rc = libssh2_channel_close(c->ch); break;
-      case 6: rc = libssh2_channel_free(c->ch); break;
-      case 7: rc = libssh2_session_disconnect(c->s, "bye"); break;
+      case 6:   /* as strand's run(): the exit status, which comes with the server's close */
+        rc = libssh2_channel_wait_closed(c->ch);
+        if (rc == 0 && libssh2_channel_get_exit_status(c->ch) != 0) die("many: exit status");
+        break;
+      case 7: rc = libssh2_channel_free(c->ch); break;
+      case 8: rc = libssh2_session_disconnect(c->s, "bye"); break;
       default: return 1;
     }
     if (rc == LIBSSH2_ERROR_EAGAIN) return 0;
@@ -185,7 +190,7 @@ static void many(int n) {
     int m = 0;
     int idx[4096];
     for (int i = 0; i < n; i++) {
-      if (cs[i].stage == 99 || cs[i].stage > 7) continue;
+      if (cs[i].stage == 99 || cs[i].stage > 8) continue;
       int d = libssh2_session_block_directions(cs[i].s);
       pf[m].fd = cs[i].fd;
       pf[m].events = (short)(((d & LIBSSH2_SESSION_BLOCK_INBOUND) ? POLLIN : 0) |

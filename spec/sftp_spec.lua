@@ -7,25 +7,7 @@ local ssh = require "strand.ssh"
 
 strand.run(function() end)   -- the loop's own fds exist before any leak check
 
-local function read_file(p)
-  local f = io.open(p, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function tmpname()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local read_file, write_file, tmpname = sshd.read_file, sshd.write_file, sshd.tmpname
 
 local function bytes(n, seed)
   local t, x = {}, seed or 7
@@ -69,6 +51,22 @@ describe("strand.ssh sftp", function()
     assert.equal(#data, sftp:get(srv.data .. "/f.bin", back, { progress = function(d, t) last = { d, t } end }))
     assert.same({ #data, #data }, last)
     assert.equal(data, read_file(back))
+    os.remove(src); os.remove(back)
+  end)
+
+  it("put and get of sizes at every edge of the copy loops' buffers and requests", function()
+    -- 30000: libssh2's request size; 512 KiB: what put keeps in flight against OpenSSH;
+    -- 1 MiB: the copy buffers (put's slides at half of it)
+    local src, back = tmpname(), tmpname()
+    for _, n in ipairs { 0, 1, 29999, 30001, 524287, 524289, 1048575, 1048577, 2 * 1048576 + 3 } do
+      local d = data:rep(2):sub(1, n)
+      write_file(src, d)
+      assert.equal(n, sftp:put(src, srv.data .. "/edge.bin"))
+      assert.equal(n, sftp:stat(srv.data .. "/edge.bin").size)
+      assert.equal(d, read_file(srv.data .. "/edge.bin"), "put of " .. n .. " bytes")
+      assert.equal(n, sftp:get(srv.data .. "/edge.bin", back))
+      assert.equal(d, read_file(back), "get of " .. n .. " bytes")
+    end
     os.remove(src); os.remove(back)
   end)
 

@@ -9,25 +9,7 @@ local socket = require "strand.socket"
 
 strand.run(function() end)   -- the loop's own fds exist before any leak check
 
-local function read_file(p)
-  local f = io.open(p)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(p, s)
-  local f = assert(io.open(p, "w"))
-  f:write(s)
-  f:close()
-end
-
-local function tmpname()
-  local p = os.tmpname()
-  os.remove(p)
-  return p
-end
+local read_file, write_file, tmpname = sshd.read_file, sshd.write_file, sshd.tmpname
 
 local function fingerprint_of(pubfile)
   local p = io.popen("LD_PRELOAD= ssh-keygen -l -E sha256 -f " .. pubfile)
@@ -477,6 +459,157 @@ describe("strand.ssh", function()
         j:close()
       end)
       os.remove(cfg)
+    end)
+  end)
+
+  describe("ProxyJump with several hops (client -> sshd1 -> sshd2 -> target)", function()
+    local srv2, kh, cfg
+    setup(function()
+      srv2 = sshd.start()
+      kh = tmpname()           -- both servers' host keys
+      write_file(kh, read_file(srv.known_hosts) .. read_file(srv2.known_hosts))
+      cfg = tmpname()
+      write_file(cfg, table.concat({
+        "Host hop-a",
+        "  HostName 127.0.0.1",
+        "  Port " .. srv.port,
+        "  User " .. srv.user,
+        "  IdentityFile " .. srv.keys.ed25519,
+        "Host hop-b",
+        "  HostName 127.0.0.1",
+        "  Port " .. srv2.port,
+        "  User " .. srv2.user,
+        "  IdentityFile " .. srv2.keys.ed25519,
+        "  ProxyJump hop-b",               -- a hop's own ProxyJump is not followed
+        "Host hop-b-badkey",
+        "  HostName 127.0.0.1",
+        "  Port " .. srv2.port,
+        "  User " .. srv2.user,
+        "  IdentityFile " .. srv2.keys.other,
+        "Host far",
+        "  HostName 127.0.0.1",
+        "  Port " .. srv.port,
+        "  User " .. srv.user,
+        "  IdentityFile " .. srv.keys.ed25519,
+        "  ProxyJump hop-a,hop-b",
+      }, "\n") .. "\n")
+    end)
+    teardown(function()
+      if srv2 then srv2:stop() end
+      os.remove(kh)
+      os.remove(cfg)
+    end)
+
+    local function fp(s) return (assert(s:fingerprint())) end
+
+    it("from ~/.ssh/config: ProxyJump hop-a,hop-b, every host key checked (strict)", function()
+      H.run(function()
+        local s = assert(ssh.connect { host = "far", config = cfg, known_hosts = kh, timeout = 20 })
+        assert.equal("far away\n", s:run("echo far away").stdout)
+        -- the target saw its connection come from sshd2's forward: a loopback peer, and the
+        -- session over the chain is independent of the hops' own sessions
+        assert.matches("^127%.0%.0%.1 ", s:run("echo $SSH_CONNECTION").stdout)
+        s:close()
+        assert.is_true(s:closed())
+      end)
+    end)
+
+    it("as a connect option: hops in order, each a string or an option table", function()
+      H.run(function()
+        local seen = {}
+        local function record(host, fingerprint) seen[#seen + 1] = fingerprint; return true end
+        local s = assert(ssh.connect(srv:opts {
+          host_key = record, config = false,
+          proxyjump = { srv:opts { name = "first" }, srv2:opts() },
+        }))
+        assert.equal("ok\n", s:run("echo ok").stdout)
+        local fp1 = fp(s)
+        s:close()
+        local s2 = assert(ssh.connect(srv2:opts()))
+        local fp2 = fp(s2)
+        s2:close()
+        assert.are_not.equal(fp1, fp2)
+        assert.same({ fp1, fp2, fp1 }, seen)        -- sshd1, then sshd2, then the target
+        -- the string form as OpenSSH's -J, hops' keys from the config
+        local s3 = assert(ssh.connect { host = "127.0.0.1", port = srv2.port, user = srv2.user,
+          key = srv2.keys.ed25519, known_hosts = kh, config = cfg, timeout = 20,
+          proxyjump = "hop-a,hop-b" })
+        assert.equal("three\n", s3:run("echo three").stdout)
+        assert.equal(fp2, fp(s3))
+        s3:close()
+      end)
+    end)
+
+    it("a hop refusing authentication is named in the error; nothing is left open", function()
+      H.run(function()
+        local s, err, code = ssh.connect { host = "far", config = cfg, known_hosts = kh, timeout = 20,
+          proxyjump = "hop-a,hop-b-badkey" }
+        assert.is_nil(s)
+        assert.matches("^proxy jump hop%-b%-badkey: authentication failed", err)
+        assert.equal("EAUTH", code)
+        local s2, err2, code2 = ssh.connect(srv:opts { proxyjump = { srv:opts { key = srv.keys.other, name = "bastion" }, srv2:opts() } })
+        assert.is_nil(s2)
+        assert.matches("^proxy jump bastion: authentication failed", err2)
+        assert.equal("EAUTH", code2)
+      end)
+    end)
+
+    it("a hop whose host key changed is named in the error, before any credential is sent", function()
+      H.run(function()
+        -- sshd2's port listed with sshd1's host key
+        local bad = tmpname()
+        write_file(bad, read_file(srv.known_hosts) .. ("[127.0.0.1]:%d %s\n"):format(srv2.port, srv.host_pub))
+        local s, err, code = ssh.connect { host = "far", config = cfg, known_hosts = bad, timeout = 20 }
+        assert.is_nil(s)
+        assert.equal("proxy jump hop-b: host key mismatch", err)
+        assert.equal("EHOSTKEY", code)
+        -- the target behind the chain is checked too, and its failure is not a hop's
+        local bad2 = tmpname()
+        write_file(bad2, read_file(srv2.known_hosts) .. ("[127.0.0.1]:%d %s\n"):format(srv.port, srv2.host_pub))
+        local s2, err2, code2 = ssh.connect { host = "far", config = cfg, known_hosts = bad2, timeout = 20,
+          proxyjump = "hop-b" }
+        assert.is_nil(s2)
+        assert.equal("host key mismatch", err2)
+        assert.equal("EHOSTKEY", code2)
+        os.remove(bad)
+        os.remove(bad2)
+      end)
+    end)
+
+    it("timeout bounds the whole chain (a target behind the hops that never answers)", function()
+      H.run(function()
+        local l = assert(socket.listen("127.0.0.1", 0))   -- never accepts: the handshake waits
+        local _, port = l:getsockname()
+        local t0 = strand.now()
+        local s, err, code = ssh.connect { host = "127.0.0.1", port = port, user = srv.user,
+          key = srv.keys.ed25519, known_hosts = kh, config = cfg, timeout = 2, proxyjump = "hop-a,hop-b" }
+        assert.is_nil(s)
+        assert.matches("timeout$", err)     -- the target's, or a hop's on a very slow machine
+        assert.equal("ETIMEDOUT", code)
+        assert.is_true(strand.now() - t0 < 15)
+        l:close()
+      end)
+    end)
+
+    it("a hop that cannot be reached is named; a bad proxyjump option raises", function()
+      H.run(function()
+        local l = assert(socket.listen("127.0.0.1", 0))
+        local _, port = l:getsockname()
+        l:close()
+        local s, err, code = ssh.connect(srv:opts { proxyjump = { srv:opts(), srv2:opts { port = port, name = "gone" } } })
+        assert.is_nil(s)
+        assert.matches("^proxy jump gone: forwarding to 127%.0%.0%.1:" .. port .. ": ", err)
+        assert.is_string(code)
+        local s2, err2 = ssh.connect(srv:opts { proxyjump = "127.0.0.1:" .. port })
+        assert.is_nil(s2)
+        assert.equal("proxy jump 127.0.0.1:" .. port .. ": connection refused", err2)
+      end)
+      assert.has_error(function() ssh.connect(srv:opts { proxyjump = 5 }) end,
+        "bad argument #1 to 'connect' (proxyjump must be a string, a list or false)")
+      assert.has_error(function() ssh.connect(srv:opts { proxyjump = { 5 } }) end,
+        "bad argument #1 to 'connect' (each proxyjump hop must be \"[user@]host[:port]\" or a table with host)")
+      assert.has_error(function() ssh.connect(srv:opts { proxyjump = { srv:opts { host_key = "maybe" } } }) end,
+        "bad argument #1 to 'connect' (host_key must be \"strict\", \"accept-new\", \"ignore\" or a function)")
     end)
   end)
 

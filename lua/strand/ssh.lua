@@ -1,6 +1,7 @@
 -- strand.ssh — SSH sessions, channels and SFTP over libssh2, cooperative (csrc/ssh.c, sshchan.c,
 -- sftp.c). This file owns connect (transport, host key policy, authentication, ~/.ssh/config,
--- ProxyJump), run, exec, shell/expect, scp and the Lua halves of the SFTP methods.
+-- ProxyJump with any number of hops), run, exec, shell/expect, scp and the Lua halves of the
+-- SFTP methods.
 --
 -- Behaviour worth knowing (the contract is API.md "strand.ssh"):
 --  * Every call is cooperative: libssh2 runs non-blocking on the session's socket; when it says
@@ -306,25 +307,81 @@ local function start_keepalive(s, interval)
   end)
 end
 
---- ssh.connect{host=, port=22, user=, password=, key=, passphrase=, agent=, known_hosts=,
----   host_key=, timeout=, keepalive=, sock=, config=} -> session | nil, err, code
-function M.connect(opts)
-  if type(opts) ~= "table" then
-    error(("bad argument #1 to 'connect' (table expected, got %s)"):format(type(opts)), 2)
+-- {==== ProxyJump: hops as OpenSSH's -J / ProxyJump ("a,b": client -> a -> b -> target)
+
+-- "[user@]host[:port]", host may be "[v6]" -> user|nil, host, port|nil
+local function parse_hop(spec)
+  local user, rest = spec:match("^([^@]+)@(.+)$")
+  if not user then rest = spec end
+  local host, port = rest:match("^%[([^%]]+)%]:?(%d*)$")
+  if not host then host, port = rest:match("^([^:]+):?(%d*)$") end
+  if not host then host, port = rest, "" end     -- a bare IPv6 address
+  return user, host, tonumber(port)
+end
+
+-- The hops of a ProxyJump value (a string "a,b" or a list of such strings and option tables),
+-- each {name=, opts=}; a hop inherits config, known_hosts, host_key and agent from o (not keys
+-- or passwords, as OpenSSH's -J does not pass -i on), and its own ProxyJump is not followed.
+local function hop_list(pj, o)
+  local list = {}
+  if type(pj) == "string" then
+    for item in pj:gmatch("[^,%s]+") do list[#list + 1] = item end
+  else
+    for _, item in ipairs(pj) do list[#list + 1] = item end
   end
-  local o = {}
-  for k, v in pairs(opts) do o[k] = v end
-  if o.host == nil and o.sock == nil then error("bad argument #1 to 'connect' (host expected)", 2) end
-  if o.host ~= nil and type(o.host) ~= "string" then error("bad argument #1 to 'connect' (host must be a string)", 2) end
+  local hops = {}
+  for _, item in ipairs(list) do
+    local ho, name = {}, item
+    if type(item) == "table" then
+      for k, v in pairs(item) do ho[k] = v end
+      name = item.name or (tostring(item.host) .. (item.port and (":" .. item.port) or ""))
+      ho.name = nil
+    else
+      ho.user, ho.host, ho.port = parse_hop(item)
+    end
+    for _, k in ipairs { "config", "known_hosts", "host_key", "agent" } do
+      if ho[k] == nil then ho[k] = o[k] end
+    end
+    ho.proxyjump = false
+    hops[#hops + 1] = { name = name, opts = ho }
+  end
+  return hops
+end
+
+-- connect's options (a hop's table too); errors name connect's argument, raised at its caller
+local function check_connect_opts(o, level)
+  local function bad(msg) error("bad argument #1 to 'connect' (" .. msg .. ")", level + 1) end
+  if o.host == nil and o.sock == nil then bad("host expected") end
+  if o.host ~= nil and type(o.host) ~= "string" then bad("host must be a string") end
   local hk = o.host_key
   if hk ~= nil and type(hk) ~= "function" and hk ~= "strict" and hk ~= "accept-new" and hk ~= "ignore" then
-    error("bad argument #1 to 'connect' (host_key must be \"strict\", \"accept-new\", \"ignore\" or a function)", 2)
+    bad("host_key must be \"strict\", \"accept-new\", \"ignore\" or a function")
   end
   if o.timeout ~= nil and (type(o.timeout) ~= "number" or o.timeout < 0) then
-    error("bad argument #1 to 'connect' (timeout must be a number >= 0)", 2)
+    bad("timeout must be a number >= 0")
   end
+  if o.sock ~= nil and type(o.sock) ~= "userdata" and type(o.sock) ~= "table" then
+    bad("sock must be a strand stream")
+  end
+  local pj = o.proxyjump
+  if pj == nil or pj == false or type(pj) == "string" then return end
+  if type(pj) ~= "table" then bad("proxyjump must be a string, a list or false") end
+  for _, item in ipairs(pj) do
+    if type(item) == "table" and type(item.host) == "string" then
+      if item.proxyjump then bad("a proxyjump hop cannot have its own proxyjump") end
+      check_connect_opts(item, level + 1)
+    elseif type(item) ~= "string" then
+      bad("each proxyjump hop must be \"[user@]host[:port]\" or a table with host")
+    end
+  end
+end
+
+-- }====
+
+-- What the options and the config give a destination: host, port, user, key files.
+local function resolve(o)
   local alias = o.host or "stream"
-  local cfg = {}
+  local cfg = { identityfile = {} }
   if o.config ~= false and o.host then
     cfg = M.read_config(o.config or (home() .. "/.ssh/config"), alias)
   end
@@ -345,19 +402,67 @@ function M.connect(opts)
       end
     end
   end
+  return host, port, user, keys, cfg
+end
+
+local connect_via
+
+-- Sessions to each hop in turn, each over a channel forwarded by the one before; returns the last
+-- (closing it closes the chain). A failure names the hop: "proxy jump NAME: ...".
+local function connect_hops(hops, deadline)
+  local prev
+  for _, hop in ipairs(hops) do
+    local ho = hop.opts
+    if deadline then ho.timeout = remaining(deadline) end
+    if prev then
+      local h, p = resolve(ho)
+      local st, err, code = prev:forward(h, p, remaining(deadline))
+      if not st then
+        prev:close()
+        return nil, ("proxy jump %s: forwarding to %s:%d: %s"):format(hop.name, h, p, err), code
+      end
+      ho.sock = st
+    end
+    local s, err, code = connect_via(ho, prev)
+    if not s then return nil, ("proxy jump %s: %s"):format(hop.name, err), code end
+    prev = s
+  end
+  return prev
+end
+
+--- ssh.connect{host=, port=22, user=, password=, key=, passphrase=, agent=, known_hosts=,
+---   host_key=, timeout=, keepalive=, sock=, config=, proxyjump=} -> session | nil, err, code
+function M.connect(opts)
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to 'connect' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  check_connect_opts(o, 3)
+  return connect_via(o, nil)
+end
+
+-- connect with checked options o; `via` (a session, or nil) carries the stream o.sock and is
+-- closed with the new session (or at once when connecting fails).
+function connect_via(o, via)
+  local host, port, user, keys, cfg = resolve(o)
   local deadline = o.timeout and now() + o.timeout
-  local sock, relays, jump = o.sock, nil, nil
-  if sock == nil and cfg.proxyjump and cfg.proxyjump:lower() ~= "none" and o.proxyjump ~= false then
-    -- ProxyJump [user@]host[:port]: a session to the jump host, then a channel through it
-    local ju, jh, jp = cfg.proxyjump:match("^([^@,]+)@([^:,]+):?(%d*)")
-    if not jh then jh, jp = cfg.proxyjump:match("^([^:,]+):?(%d*)") end
-    local jo = { host = jh, port = tonumber(jp), user = ju, config = o.config, known_hosts = o.known_hosts,
-                 host_key = o.host_key, timeout = remaining(deadline), agent = o.agent }
-    local err, code
-    jump, err, code = M.connect(jo)
-    if not jump then return nil, "proxy jump: " .. err, code end
-    sock, err, code = jump:forward(host, port, remaining(deadline))
-    if not sock then jump:close(); return nil, "proxy jump: " .. err, code end
+  local sock, relays, jump = o.sock, nil, via
+  local pj = o.proxyjump
+  if pj == nil then pj = cfg.proxyjump end
+  if type(pj) == "string" and (pj:lower() == "none" or pj == "") then pj = nil end
+  if sock == nil and pj then
+    local hops = hop_list(pj, o)
+    if #hops > 0 then
+      local err, code
+      jump, err, code = connect_hops(hops, deadline)
+      if not jump then return nil, err, code end
+      sock, err, code = jump:forward(host, port, remaining(deadline))
+      if not sock then
+        jump:close()
+        return nil, ("proxy jump %s: forwarding to %s:%d: %s"):format(hops[#hops].name, host, port, err), code
+      end
+    end
   end
   local fd_sock
   if sock == nil then
@@ -367,14 +472,14 @@ function M.connect(opts)
   elseif is_socket(sock) then
     fd_sock = sock
   else
-    if type(sock) ~= "userdata" and type(sock) ~= "table" then
-      error("bad argument #1 to 'connect' (sock must be a strand stream)", 2)
-    end
     fd_sock, relays = relay(sock)
   end
   local s, err, code = C.session(fd_sock:fileno(), o.timeout, sock == nil)
   fd_sock:close()
-  if not s then return nil, err, code end
+  if not s then
+    if jump then jump:close() end
+    return nil, err, code
+  end
   local ex = { jump = jump, relays = relays, host = host, port = port }
   extra[s] = ex
   local ok

@@ -7,6 +7,7 @@
 --                                 -- srv.known_hosts (holds the host keys), srv.dir, srv.data (scratch
 --                                 -- dir the login user can write), srv.pid
 --   srv:stop()                    -- kills and waits for sshd, removes every file it made
+--   sshd.read_file, sshd.write_file, sshd.tmpname   -- small file helpers the SSH specs share
 --
 -- As root the login user is a throwaway account "strandtest", created (with a random password kept
 -- in /var/lib/strand-test, root only) only when no such account exists; an existing account we did
@@ -32,20 +33,31 @@ end
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
+--- M.write_file(path, data [, mode]): writes (binary) or raises; mode "600" etc. chmods it
 local function write_file(path, data, mode)
-  local f = assert(io.open(path, "w"))
+  local f = assert(io.open(path, "wb"))
   f:write(data)
   f:close()
   if mode then assert(sh(("chmod %s %s"):format(mode, q(path)))) end
 end
 
+--- M.read_file(path) -> its bytes | nil when it cannot be opened
 local function read_file(path)
-  local f = io.open(path)
+  local f = io.open(path, "rb")
   if not f then return nil end
   local s = f:read("a")
   f:close()
   return s
 end
+
+--- M.tmpname() -> a fresh temp path that does not exist yet
+local function tmpname()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+M.write_file, M.read_file, M.tmpname = write_file, read_file, tmpname
 
 local function mypid()
   local f = assert(io.open("/proc/self/stat"))
