@@ -4,7 +4,7 @@
 # (bench/echo_client.c), one server at a time, REPS runs each interleaved, medians reported.
 # usage: sh bench/server_bench.sh [BUILD_DIR]
 #   env: WORK=0 (per message, WORK iterations of Lua arithmetic in the handler: WORK=3000 is a
-#        CPU-bound handler costing ~100 us, where the load generator's share of the 2 cores is
+#        CPU-bound handler costing ~36 us a message on this machine, where the load generator's share of the 2 cores is
 #        small and the multi-core modes can show their scaling), DURATION=3, CONNS=100, MSGSIZE=64, REPS=3, WORKERS=2, MODES="task thread prefork",
 #        SERVER_CPUS=0-1 (taskset for the servers), CLIENT_CPUS= (taskset for the client; empty:
 #        anywhere). On a 2-core machine the client shares the cores: the ratio is a lower bound.
