@@ -455,7 +455,14 @@ static void views_del(strand_shm *s) {
   while (views[i] && views[i] != s) i = (i + 1) & (capviews - 1);
   if (views[i] == NULL) return;
   views[i] = NULL;
-  nviews--;
+  if (--nviews == 0) {
+    /* the last one: give the table back (nothing of ours may outlive the objects, since the
+     * module is unloaded at lua_close and its statics with it: that is a leak to memcheck) */
+    free(views);
+    views = NULL;
+    capviews = 0;
+    return;
+  }
   for (size_t j = (i + 1) & (capviews - 1); views[j]; j = (j + 1) & (capviews - 1)) {
     size_t home = view_slot(HEAD_OFF(views[j])) & (capviews - 1);
     /* move j back to i if its home is not in (i, j] (cyclically) */
