@@ -432,7 +432,7 @@ describe("strand.socket", function()
     local p = io.popen("sh -c 'ulimit -n'")
     local limit = tonumber(p:read("a")) or 1024
     p:close()
-    local N = math.min(2000, (limit - 100) // 2)
+    local N = math.min(H.work(2000, 500), (limit - 100) // 2)
     H.run(function()
       local srv = assert(socket.listen("127.0.0.1", 0, { backlog = 4096 }))
       local _, port = srv:getsockname()
