@@ -20,7 +20,7 @@ SO   := $(BUILD)/strand/core.so
 ALL_CFLAGS = $(CFLAGS) $(WARN) $(SAN) -std=gnu11 -fPIC -fvisibility=hidden -D_GNU_SOURCE \
              -I$(LUA_INCDIR) $(SSH2_CFLAGS)
 
-.PHONY: all deps test test-asan test-valgrind demo bench fuzz fuzz-smoke soak install clean
+.PHONY: all deps test test-asan test-valgrind print-valgrind-specs demo bench fuzz fuzz-smoke soak install clean
 
 all: $(SO)
 
@@ -73,6 +73,8 @@ VALGRIND_JOBS ?= 2
 test-valgrind: deps all
 	@STRAND_VALGRIND=1 STRAND_JOBS=$(VALGRIND_JOBS) STRAND_TEST_TIMEOUT=60 STRAND_SPEC_TIMEOUT=1800 \
 	 sh tools/runspecs.sh $(BUILD) $(VALGRIND_SPECS)
+print-valgrind-specs:
+	@echo $(VALGRIND_SPECS)
 
 # libFuzzer targets in fuzz/ (clang, ASan+UBSan): `make fuzz SECONDS=600` runs each for SECONDS,
 # one at a time; `make fuzz-smoke` (part of `make test`) replays the seeds and fuzzes each briefly.
