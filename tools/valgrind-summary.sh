@@ -12,7 +12,7 @@ export LUA_CPATH="$build/?.so;;"
 export STRAND_TEST_BUILD="$build" STRAND_TEST_TIMEOUT=60 STRAND_VALGRIND=1
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 for f in $specs; do
-  timeout -k 5 1800 valgrind --leak-check=full --errors-for-leak-kinds=definite \
+  timeout -k 5 1800 valgrind --leak-check=full --errors-for-leak-kinds=definite --child-silent-after-fork=yes \
     --suppressions=tools/valgrind.supp lua5.4 /usr/bin/busted -o utfTerminal --no-auto-insulate "$f" >"$out" 2>&1
   tests=$(grep -aoE '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors?' "$out" | tail -1)
   errs=$(grep -aoE 'ERROR SUMMARY: [0-9]+ errors' "$out" | tail -1 | grep -oE '[0-9]+')
