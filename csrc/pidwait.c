@@ -21,7 +21,32 @@
 typedef struct pidwait {
   pid_t pid;
   int efd;                /* the thread's own descriptor of the eventfd (a dup of the caller's) */
+  struct pidwait *next, *prev;   /* the process's records whose thread runs (under mu) */
 } pidwait;
+
+/* A forked child has none of the threads: it frees their records and closes their descriptors
+ * (else they stay there, owned by nobody, until it exits). */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pidwait *live;
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void) { pthread_mutex_lock(&mu); }
+static void fork_parent(void) { pthread_mutex_unlock(&mu); }
+static void fork_child(void) {
+  while (live) {
+    pidwait *w = live;
+    live = w->next;
+    close(w->efd);
+    free(w);
+  }
+  pthread_mutex_init(&mu, NULL);
+}
+static void hooks_make(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+
+static void unlink_live(pidwait *w) {
+  if (w->prev) w->prev->next = w->next; else live = w->next;
+  if (w->next) w->next->prev = w->prev;
+}
 
 /* Waits (without reaping: WNOWAIT) until the child has exited or is gone, then sets the eventfd. */
 static void *pidwait_main(void *arg) {
@@ -30,6 +55,9 @@ static void *pidwait_main(void *arg) {
   while (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOWAIT) != 0 && errno == EINTR) {}
   uint64_t one = 1;
   while (write(w->efd, &one, sizeof one) < 0 && errno == EINTR) {}
+  pthread_mutex_lock(&mu);
+  unlink_live(w);
+  pthread_mutex_unlock(&mu);
   close(w->efd);
   free(w);
   return NULL;
@@ -54,9 +82,15 @@ static int pidwait_open(int pid) {
   w->pid = pid;
   w->efd = fcntl(fd, F_DUPFD_CLOEXEC, 0);     /* the caller may close fd before the child ends */
   if (w->efd < 0) { int e = errno; free(w); close(fd); errno = e; return -1; }
+  pthread_once(&hooks_once, hooks_make);
   pthread_attr_t a;
   pthread_t th;
   sigset_t all, old;
+  pthread_mutex_lock(&mu);                      /* linked before its thread may unlink it */
+  w->prev = NULL;
+  w->next = live;
+  if (live) live->prev = w;
+  live = w;
   int rc = pthread_attr_init(&a);
   if (rc == 0) {
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
@@ -68,6 +102,8 @@ static int pidwait_open(int pid) {
     pthread_attr_destroy(&a);
     if (rc == 0) pthread_setname_np(th, "strand-pidwait");
   }
+  if (rc != 0) unlink_live(w);
+  pthread_mutex_unlock(&mu);
   if (rc != 0) {
     close(w->efd); free(w); close(fd);
     errno = rc;

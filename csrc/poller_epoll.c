@@ -15,9 +15,14 @@ typedef struct ep {
   struct epoll_event events[MAXEVENTS];
 } ep;
 
+/* the kernel's answer, once for the process (every loop would ask again: a thread's, a forked
+ * child's; valgrind 3.19, which lacks the call, warns at each) */
+static int lacks_pwait2;
+
 static void *ep_init(strand_loop *loop) {
   ep *p = (ep *)calloc(1, sizeof *p);
   if (p == NULL) return NULL;
+  p->no_pwait2 = __atomic_load_n(&lacks_pwait2, __ATOMIC_RELAXED);
   p->fd = epoll_create1(EPOLL_CLOEXEC);
   if (p->fd < 0) { int e = errno; free(p); errno = e; return NULL; }
   return p;
@@ -45,7 +50,10 @@ static int ep_wait(void *pv, double timeout) {
   if (!p->no_pwait2) {
     struct timespec ts;
     n = epoll_pwait2(p->fd, p->events, MAXEVENTS, strand_wait_timespec(timeout, &ts), NULL);
-    if (n < 0 && errno == ENOSYS) p->no_pwait2 = 1;
+    if (n < 0 && errno == ENOSYS) {
+      p->no_pwait2 = 1;
+      __atomic_store_n(&lacks_pwait2, 1, __ATOMIC_RELAXED);
+    }
   }
   if (p->no_pwait2) {
     int ms = timeout < 0 ? -1 : (int)(timeout * 1000.0 + 0.999);

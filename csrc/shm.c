@@ -55,7 +55,8 @@
 
 /* }==== */
 
-#define ARENA_RESERVE ((uint64_t)1 << 36)   /* 64 GiB of address space, NORESERVE */
+#define ARENA_RESERVE ((uint64_t)1 << 36)   /* 64 GiB of address space, NORESERVE, if given */
+#define ARENA_FLOOR   ((uint64_t)1 << 30)   /* halved down to this where refused */
 #define ARENA_STEP    ((uint64_t)1 << 18)   /* fallocate at least this much at a time */
 #define PUNCH_MIN     ((uint64_t)1 << 24)   /* freed blocks from here on give their pages back */
 #define NCLS          160
@@ -71,6 +72,7 @@ typedef struct arena_hdr {
 } arena_hdr;
 
 char *strand_arena_base;        /* the same in every process of the family */
+static uint64_t arena_reserve;  /* bytes of address space mapped (set once, with the base) */
 static int arena_fd = -1;
 static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
 static int arena_err;           /* why the arena could not be made (0: it is there) */
@@ -103,17 +105,51 @@ static int commit(uint64_t from, uint64_t to) {
   }
 }
 
+/* Under valgrind: memcheck's leak check, at every exit of a process of the family, reads all
+ * mapped readable memory word by word, and each word of a mapping past the end of its file is a
+ * SIGBUS it catches and steps over (8 bytes at a time: a 64 GiB NORESERVE arena takes days, 1 GiB
+ * half an hour). Its address space manager also refuses 64 GiB (EINVAL). So there the arena is
+ * VG_RESERVE bytes, all given pages at once: nothing of it is past the end of the memfd. Small,
+ * as every forked child scans it all again when it exits (128 MiB cost 1.5 s per child). */
+#define VG_RESERVE    ((uint64_t)1 << 25)   /* 32 MiB */
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+
+static int under_valgrind(void) {
+#ifdef RUNNING_ON_VALGRIND
+  if (RUNNING_ON_VALGRIND) return 1;
+#endif
+  const char *pre = getenv("LD_PRELOAD");       /* built without the header: its preloads */
+  return pre != NULL && strstr(pre, "vgpreload") != NULL;
+}
+
 static void arena_make(void) {
   int fd = memfd_create("strand-arena", MFD_CLOEXEC);
   if (fd < 0) { arena_err = errno; return; }
-  void *p = mmap(NULL, ARENA_RESERVE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  /* A process with less address space than 64 GiB (RLIMIT_AS) gets what it can down to
+   * ARENA_FLOOR: the arena is then smaller, and full sooner (ENOMEM from a constructor, as when
+   * memory runs out). */
+  int vg = under_valgrind();
+  uint64_t want = vg ? VG_RESERVE : ARENA_RESERVE;
+  void *p;
+  for (;;) {
+    p = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (p != MAP_FAILED || (errno != EINVAL && errno != ENOMEM) || want <= ARENA_FLOOR) break;
+    want /= 2;
+  }
   if (p == MAP_FAILED) { arena_err = errno; close(fd); return; }
   arena_fd = fd;
+  arena_reserve = want;
   strand_arena_base = (char *)p;
-  int err = commit(0, ARENA_STEP);
+  uint64_t first = vg ? want : ARENA_STEP;
+  int err = commit(0, first);
   if (err == 0) err = mutex_setup(&AH->mu);
   if (err) {
-    munmap(p, ARENA_RESERVE);
+    munmap(p, want);
     close(fd);
     arena_fd = -1;
     strand_arena_base = NULL;
@@ -121,7 +157,7 @@ static void arena_make(void) {
     return;
   }
   AH->magic = ARENA_MAGIC;
-  AH->size = ARENA_STEP;
+  AH->size = first;
   AH->top = round_up(sizeof(arena_hdr), 64);
 }
 
@@ -158,7 +194,7 @@ static int size_class(uint64_t n, uint64_t *size) {
 static uint64_t arena_alloc(uint64_t n, int align64, uint64_t *bsize) {
   if (strand_arena_base == NULL) { errno = arena_err ? arena_err : ENOMEM; return 0; }
   if (align64 && n < 513) n = 513;              /* classes from 640 up are carved 64-aligned */
-  if (n > ARENA_RESERVE / 4) { errno = ENOMEM; return 0; }
+  if (n > arena_reserve / 4) { errno = ENOMEM; return 0; }
   uint64_t size;
   int c = size_class(n, &size);
   arena_lock();
@@ -177,13 +213,13 @@ static uint64_t arena_alloc(uint64_t n, int align64, uint64_t *bsize) {
     }
   } else {
     off = round_up(AH->top, size > 512 ? 64 : 16);
-    if (off + size > ARENA_RESERVE) { arena_unlock(); errno = ENOMEM; return 0; }
+    if (off + size > arena_reserve) { arena_unlock(); errno = ENOMEM; return 0; }
     if (off + size > AH->size) {
       /* small steps (committed pages count, and may be mapped whole, before use): 256 KiB or
        * 1/32 of what there is, so a big arena grows in few calls and overshoots by 3% */
       uint64_t want = round_up(off + size, ARENA_STEP);
       if (want < AH->size + AH->size / 32) want = round_up(AH->size + AH->size / 32, ARENA_STEP);
-      if (want > ARENA_RESERVE) want = ARENA_RESERVE;
+      if (want > arena_reserve) want = arena_reserve;
       int err = commit(AH->size, want);
       if (err) { arena_unlock(); errno = err; return 0; }
       AH->size = want;
@@ -419,7 +455,14 @@ static void views_del(strand_shm *s) {
   while (views[i] && views[i] != s) i = (i + 1) & (capviews - 1);
   if (views[i] == NULL) return;
   views[i] = NULL;
-  nviews--;
+  if (--nviews == 0) {
+    /* the last one: give the table back (nothing of ours may outlive the objects, since the
+     * module is unloaded at lua_close and its statics with it: that is a leak to memcheck) */
+    free(views);
+    views = NULL;
+    capviews = 0;
+    return;
+  }
   for (size_t j = (i + 1) & (capviews - 1); views[j]; j = (j + 1) & (capviews - 1)) {
     size_t home = view_slot(HEAD_OFF(views[j])) & (capviews - 1);
     /* move j back to i if its home is not in (i, j] (cyclically) */
@@ -586,7 +629,7 @@ uint64_t strand_shm_offset(strand_object *o) {
 
 strand_object *strand_shm_view(uint64_t off, const strand_objtype *t) {
   int ti = type_index(t);
-  if (ti < 0 || strand_arena_base == NULL || off == 0 || off >= ARENA_RESERVE) return NULL;
+  if (ti < 0 || strand_arena_base == NULL || off == 0 || off >= arena_reserve) return NULL;
   pthread_mutex_lock(&objs_mu);
   strand_shm *s = views_find(off);
   if (s && s->obj.type == t) {

@@ -274,11 +274,21 @@ describe("processes", function()
   end)
 
   it("start-all-then-join is parallel", function()
-    local t0 = strand.now()
+    -- exact, not timed: the four children meet at one barrier, which only happens when all four
+    -- run at once (one at a time, the first would wait alone and time out, breaking it)
+    local b = sync.barrier(4)
     local ps = {}
-    for i = 1, 4 do ps[i] = process.start(function(n) strand.sleep(0.3); return n end, i) end
-    for i = 1, 4 do assert.equal(i, ps[i]:result(H.TIMEOUT)) end
-    assert.is_true(strand.now() - t0 < 1.15, "four 0.3 s sleepers took " .. strand.now() - t0)
+    for i = 1, 4 do
+      ps[i] = process.start(function(n) local k, err = b:wait(H.TIMEOUT); return n, k, err end, i)
+    end
+    local arrived = {}
+    for i = 1, 4 do
+      local r = table.pack(ps[i]:result(H.TIMEOUT))
+      assert.equal(i, r[1])
+      assert.is_number(r[2], tostring(r[3]))
+      arrived[r[2]] = true
+    end
+    assert.same({ true, true, true, true }, arrived)
   end)
 
   it("joinall, wait any and as_completed accept processes mixed with tasks", function()

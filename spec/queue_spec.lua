@@ -382,17 +382,17 @@ describe("strand.queue", function()
 
     pending_without_threads("a thread blocked in put resumes when the main program gets", function()
       local q = queue.new(1)
-      local t = thread.start(function(qq)
-        for i = 1, 20 do assert(qq:put(i, 5)) end
+      local t = thread.start(function(qq, timeout)
+        for i = 1, 20 do assert(qq:put(i, timeout)) end
         return true
-      end, q)
+      end, q, H.TIMEOUT)
       for i = 1, 20 do assert.equal(i, q:get(H.TIMEOUT)) end
       assert.same({ true, true }, { t:join(H.TIMEOUT) })
     end)
 
     pending_without_threads("close wakes a getter in another thread", function()
       local q = queue.new()
-      local t = thread.start(function(qq) return qq:get(5) end, q)
+      local t = thread.start(function(qq, timeout) return qq:get(timeout) end, q, H.TIMEOUT)
       require("strand").sleep(0.05)
       q:close()
       assert.same({ true, nil, "closed" }, { t:join(H.TIMEOUT) })
@@ -553,30 +553,29 @@ describe("strand.queue", function()
       local t0 = strand.now()
       assert.same({ nil, "timeout" }, { q:get(0.05) })
       local dt = strand.now() - t0
-      assert.is_true(dt >= 0.04 and dt < 2, "waited " .. dt)
+      assert.is_true(dt >= 0.04 and dt < H.TIMEOUT / 5, "waited " .. dt)
     end)
 
     pending_without_threads("no lost wake-ups: close racing with getters going to sleep", function()
       local queues = queue.new(4)
       local consumers = {}
       for c = 1, 2 do
-        consumers[c] = thread.start(function(qs)
+        consumers[c] = thread.start(function(qs, timeout)
           local got = 0
           while true do
-            local q = qs:get(5)
+            local q = qs:get(timeout)
             if q == nil then return got end
             while true do
-              local v, err = q:get(5)
+              local v, err = q:get(timeout)
               assert(v ~= nil or err == "closed", err)   -- "timeout": close did not wake it
               if v == nil then break end
               got = got + 1
             end
           end
-        end, queues)
+        end, queues, H.TIMEOUT)
       end
       local put = 0
-      -- each queue reserves 512 MiB of address space; valgrind's 128 GiB hold ~250 at once
-      local ROUNDS = os.getenv("STRAND_VALGRIND") and 150 or 1000
+      local ROUNDS = H.work(1000, 150)
       for round = 1, ROUNDS do
         local q = queue.new(round % 4 < 2 and 2 or 0)   -- bounded and unbounded rings
         queues:put(q); queues:put(q)
@@ -600,7 +599,7 @@ describe("strand.queue", function()
       -- switches threads slowly: 4 threads trading items one at a time).
       for _, maxsize in ipairs { 1, 2, 7 } do
         local q = queue.new(maxsize)
-        local N = 5000
+        local N = H.work(5000, 2000)
         local producers, consumers = {}, {}
         for c = 1, 2 do
           consumers[c] = thread.start(function(qq, limit)
@@ -751,15 +750,15 @@ describe("strand.queue", function()
 
     pending_without_threads("several producers: each one's order holds, no item lost or doubled", function()
       local q = queue.new()
-      local P, N = 3, 20000
+      local P, N = 3, H.work(20000, 4000)
       local consumers, producers = {}, {}
       for c = 1, 2 do
-        consumers[c] = thread.start(function(qq, nprod)
+        consumers[c] = thread.start(function(qq, nprod, every, timeout)
           local s = require "strand"
           local last, seen, n = {}, {}, 0
           for p = 1, nprod do last[p] = 0 end
           while true do
-            local v, err = qq:get(5)
+            local v, err = qq:get(timeout)
             assert(v ~= nil or err == "closed", err)   -- "timeout": a lost wake-up
             if v == nil then return seen end
             local p, i = v // 1000000, v % 1000000
@@ -767,18 +766,18 @@ describe("strand.queue", function()
             last[p] = i
             seen[#seen + 1] = v
             n = n + 1
-            if n % 4000 == 0 then s.sleep(0.005) end   -- fall behind: the overflow fills
+            if n % every == 0 then s.sleep(0.005) end  -- fall behind: the overflow fills
           end
-        end, q, P)
+        end, q, P, N // 5, H.TIMEOUT)
       end
       for p = 1, P do
-        producers[p] = thread.start(function(qq, base, n)
+        producers[p] = thread.start(function(qq, base, n, timeout)
           local s = require "strand"
           for i = 1, n do
-            assert(qq:put(base + i, 5))
-            if i % 5000 == 0 then s.sleep(0.002) end    -- and drains
+            assert(qq:put(base + i, timeout))
+            if i % (n // 4) == 0 then s.sleep(0.002) end    -- and drains
           end
-        end, q, p * 1000000, N)
+        end, q, p * 1000000, N, H.TIMEOUT)
       end
       for p = 1, P do assert.same({ true }, { producers[p]:join(H.TIMEOUT * 3) }) end
       q:close()

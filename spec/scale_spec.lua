@@ -38,7 +38,7 @@ describe("shared objects at scale", function()
   H.guard()
 
   it("100,000 locks + 100,000 events + 100,000 queues(10) + 10,000 unbounded queues: no new fd or mapping", function()
-    local N, U = 100000, 10000
+    local N, U = H.work(100000, 5000), H.work(10000, 500)   -- 2.2 KiB of arena per N, 2.6 per U
     local locks, events, bqs, uqs = presized(N), presized(N), presized(N), presized(U)
     collectgarbage(); collectgarbage()
     local _, fds0 = H.fds()
@@ -75,7 +75,7 @@ describe("shared objects at scale", function()
   end)
 
   it("conditions, barriers, semaphores, dicts and lists: no new fd", function()
-    local N = 20000
+    local N = H.work(20000, 2000)
     local keep = presized(5 * N)
     collectgarbage()
     local _, fds0 = H.fds()
@@ -96,7 +96,7 @@ describe("shared objects at scale", function()
   end)
 
   it("2,000 tasks asleep on 2,000 events, locks and queues hold no descriptor", function()
-    local N = 2000
+    local N = H.work(2000, 500)
     local events, locks, qs = {}, {}, {}
     for i = 1, N do
       events[i] = sync.event(); locks[i] = sync.lock(); qs[i] = queue.new(1)
@@ -127,13 +127,13 @@ describe("shared objects at scale", function()
     for i = 1, N do evs[i] = sync.event() end
     local back = sync.event()
     local _, fds0 = H.fds()
-    local th = thread.start(function(es, b)
+    local th = thread.start(function(es, b, timeout)
       for i = 1, #es do
-        if not es[i]:wait(10) then return false end
+        if not es[i]:wait(timeout) then return false end
         b:set()
       end
       return true
-    end, evs, back)
+    end, evs, back, H.TIMEOUT)
     local maxgrowth = 0
     for i = 1, N do
       if i % 50 == 1 then

@@ -404,7 +404,7 @@ describe("strand.socket", function()
     local p = io.popen("sh -c 'ulimit -n'")
     local limit = tonumber(p:read("a")) or 1024
     p:close()
-    local N = math.min(2000, (limit - 100) // 2)
+    local N = math.min(H.work(2000, 500), (limit - 100) // 2)
     H.run_within(H.TIMEOUT * 6, function()   -- 4000 sockets: slow on a loaded machine, bounded all the same
       local srv, port = listener({ backlog = 4096 })
       local conns = {}

@@ -6,6 +6,11 @@ H.TIMEOUT = tonumber(os.getenv("STRAND_TEST_TIMEOUT")) or 10
 -- How long a leak check waits for fds, threads and children to go away by themselves (a thread
 -- that was joined may still be finishing its exit; a child may still be being reaped).
 H.SETTLE = tonumber(os.getenv("STRAND_TEST_SETTLE")) or 2
+-- Under `make test-valgrind` (STRAND_VALGRIND set): code runs ~50 times slower, threads one at a
+-- time, and the shared arena is 32 MiB (csrc/shm.c). H.work(n, small) is a workload's size:
+-- small there, n elsewhere; the assertions stay the same.
+H.VALGRIND = os.getenv("STRAND_VALGRIND") ~= nil
+function H.work(n, small) return H.VALGRIND and small or n end
 
 --- Run fn as a task with a bound of `limit` seconds on the whole run (a guard against hangs, never
 --- a speed goal); rethrows the task's error (with traceback).

@@ -17,6 +17,8 @@
 local M = {}
 
 local TEST_USER = "strandtest"
+-- connect timeouts scale like the helper's (make test-valgrind raises it: handshakes are slow there)
+local TIMEOUT = tonumber(os.getenv("STRAND_TEST_TIMEOUT")) or 10
 local STATE_DIR = "/var/lib/strand-test"
 
 local function sh(cmd)
@@ -174,7 +176,7 @@ function M.start(opts)
   -- ready once it accepts connections (bounded)
   local socket = require "strand.socket"
   local strand = require "strand"
-  local deadline = strand.now() + 10
+  local deadline = strand.now() + TIMEOUT
   while true do
     local c = socket.connect("127.0.0.1", self.port, { timeout = 1 })
     if c then
@@ -244,7 +246,7 @@ end
 --- Options for ssh.connect to this server; extra fields override.
 function Server:opts(extra)
   local o = { host = "127.0.0.1", port = self.port, user = self.user, key = self.keys.ed25519,
-    known_hosts = self.known_hosts, timeout = 10 }
+    known_hosts = self.known_hosts, timeout = TIMEOUT }
   for k2, v in pairs(extra or {}) do o[k2] = v end
   if o.key == false then o.key = nil end
   return o
