@@ -837,24 +837,37 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
 
 static int no_tasks(strand_loop *loop) { return loop->ntasks <= loop->nbackground; }
 
+/* strand.run(fn): over when no task is left, or as soon as fn's task failed (its error is not
+ * held back by tasks that would never end: the caller cancels them and raises it). */
+static int run_over(strand_loop *loop) {
+  strand_task *t = loop->run_task;
+  return no_tasks(loop) || (t && t->status > STRAND_T_DONE);
+}
+
 /* strand.run()'s driver: until every task has finished (or the deadline passes). */
-int strand_drain(lua_State *L, double deadline) {
+int strand_drain_run(lua_State *L, double deadline, strand_task *first) {
   strand_loop *loop = strand_loop_get(L);
   wait_begin(L, loop);                           /* raises unless we may drive */
   if (strand_task_of(L)) luaL_error(L, "strand.run: already inside a task");
   loop->driver = L;
-  while (loop->ntasks > loop->nbackground) {
+  loop->run_task = first;
+  while (!run_over(loop)) {
     if (deadline != STRAND_FOREVER && strand_now() >= deadline) break;
-    int r = loop_step(L, loop, no_tasks);
+    int r = loop_step(L, loop, run_over);
     if (r == STEP_INTERRUPTED) break;           /* see interrupt_pending: the caller returns */
     if (r != 0) {
       loop->driver = NULL;
+      loop->run_task = NULL;
       lua_error(L);
     }
   }
+  int over = run_over(loop);
   loop->driver = NULL;
-  return loop->ntasks <= loop->nbackground;
+  loop->run_task = NULL;
+  return over;
 }
+
+int strand_drain(lua_State *L, double deadline) { return strand_drain_run(L, deadline, NULL); }
 
 /* A task that does not keep strand.run going (it is cancelled or left waiting when the rest end). */
 void strand_task_background(strand_task *t) {

@@ -433,6 +433,7 @@ struct strand_loop {
   lua_Integer anchor_len, anchor_free;   /* its slots in use or free; head of the free ones */
   int task_mt_ref;                /* registry ref of strand.task's metatable, or LUA_NOREF */
   unsigned skipped_polls;         /* zero-timeout polls skipped in a row (loop_step) */
+  strand_task *run_task;          /* strand.run(fn)'s task while it drains: its failure ends it */
 };
 
 /* loop.c, for process.c: in a forked child, abandon the parent's loop and make a fresh one. */
@@ -449,6 +450,9 @@ STRAND_API void strand_task_push_pending(lua_State *L, strand_task *t);
 STRAND_API void strand_task_set_pending(lua_State *L, strand_task *t);
 STRAND_API void strand_wake(strand_task *t, int outcome);
 STRAND_API int strand_drain(lua_State *L, double deadline);       /* drive until no task is left */
+/* strand_drain that also stops once `first` has failed or been cancelled (strand.run(fn)):
+ * 1 when over, 0 when a pending Ctrl-C stopped it. */
+STRAND_API int strand_drain_run(lua_State *L, double deadline, strand_task *first);
 /* Cancel every task of this state's loop with the reason at reason_idx (strand.run after Ctrl-C). */
 STRAND_API void strand_cancel_all(lua_State *L, int reason_idx);
 /* strand_drain without a deadline that a pending Ctrl-C does not stop, and that stops quietly

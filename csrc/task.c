@@ -117,12 +117,12 @@ static int push_finished(lua_State *L, strand_task *t, int raise) {
   return 2;
 }
 
-/* Drive until no task is left. Ctrl-C (see loop.c): as asyncio.run, cancel every task with the
+/* Drive until no task is left (or `first`, strand.run's own task, has failed). Ctrl-C (see loop.c): as asyncio.run, cancel every task with the
  * reason "interrupted" and let them finish (their <close> variables and handlers run; a second
  * Ctrl-C kills the process as usual), then return 0: the caller returns, and lua.c's pending
  * hook raises "interrupted!" at that return. No Lua code may run on this thread meanwhile. */
-static int run_drain(lua_State *L) {
-  if (strand_drain(L, STRAND_FOREVER)) return 1;
+static int run_drain(lua_State *L, strand_task *first) {
+  if (strand_drain_run(L, STRAND_FOREVER, first)) return 1;
   lua_pushliteral(L, "interrupted");
   strand_cancel_all(L, -1);
   lua_pop(L, 1);
@@ -132,14 +132,22 @@ static int run_drain(lua_State *L) {
 
 static int l_run(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
-    run_drain(L);
+    run_drain(L, NULL);
     return 0;
   }
   luaL_checktype(L, 1, LUA_TFUNCTION);
   strand_task *t = strand_task_spawn(L, lua_gettop(L) - 1);
   lua_insert(L, 1);
   lua_settop(L, 1);
-  if (!run_drain(L)) return 0;
+  if (!run_drain(L, t)) return 0;
+  if (t->status > STRAND_T_DONE && t->loop->ntasks > t->loop->nbackground) {
+    /* fn failed while other tasks run on (a server's acceptor, a relay): as asyncio.run, cancel
+     * them and let them clean up, then raise fn's error rather than wait for them for ever */
+    lua_pushnil(L);                              /* a plain cancellation, no reason */
+    strand_cancel_all(L, -1);
+    lua_pop(L, 1);
+    strand_drain_uninterrupted(L);
+  }
   return push_finished(L, t, 1);
 }
 

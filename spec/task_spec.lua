@@ -155,6 +155,25 @@ describe("tasks", function()
     assert.is_true(late)
   end)
 
+  it("run raises the function's error at once, cancelling the tasks still running (they clean up)", function()
+    local cleaned, waiter, other = false, nil, nil
+    local ok, err = pcall(strand.run, function()
+      waiter = strand.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function() cleaned = true end })
+        strand.sleep(3600)                       -- would hold run for an hour
+      end)
+      other = strand.spawn(function() require("strand.sync").event():wait() end)   -- for ever
+      strand.sleep(0)
+      error("boom", 0)
+    end)
+    assert.is_false(ok)
+    assert.matches("^boom", err)
+    assert.is_true(cleaned)
+    assert.equal("cancelled", waiter:status())
+    assert.equal("cancelled", other:status())
+    assert.equal(42, strand.run(function() return 42 end))   -- the loop is usable afterwards
+  end)
+
   it("driving the loop from the main chunk runs other tasks", function()
     local ticks = 0
     local t = strand.spawn(function() for _ = 1, 5 do strand.sleep(0.01); ticks = ticks + 1 end end)
