@@ -324,10 +324,8 @@ static int l_exit(lua_State *L) {
 /* process._encode(v) -> string | nil when v holds a strand object that is not in the family's
  * arena (its references are dropped): values for another process of ours, functions included
  * (the channel is strand's own); locks, queues, dicts... cross by arena offset. */
-static int l_encode(lua_State *L) {
-  luaL_checkany(L, 1);
-  lua_settop(L, 1);
-  strand_serial_encode(L, 1, 1, STRAND_SERIAL_FUNCTIONS);
+static int encode_values(lua_State *L, int first, int n) {
+  strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
   size_t len;
   const char *p = lua_tolstring(L, -1, &len);
   if (!strand_serial_family_only(p, len)) {
@@ -337,20 +335,16 @@ static int l_encode(lua_State *L) {
   return 1;
 }
 
+static int l_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  return encode_values(L, 1, 1);
+}
+
 /* process._encodev(...) -> string | nil: the values themselves, as _encode does one value
  * (serial.decode gives them all back). No table around them: a job's arguments and results
  * cross without one more table to build, walk and look up among the loaded modules. */
-static int l_encodev(lua_State *L) {
-  int n = lua_gettop(L);
-  strand_serial_encode(L, 1, n, STRAND_SERIAL_FUNCTIONS);
-  size_t len;
-  const char *p = lua_tolstring(L, -1, &len);
-  if (!strand_serial_family_only(p, len)) {
-    strand_serial_release(p, len);
-    lua_pushnil(L);
-  }
-  return 1;
-}
+static int l_encodev(lua_State *L) { return encode_values(L, 1, lua_gettop(L)); }
 
 /* process._background(task): the task (a pool's reader) does not keep strand.run going */
 static int l_background(lua_State *L) {
