@@ -527,6 +527,21 @@ static void cv_leave(lua_State *L, strand_shm *s) {
 
 /* _wait_grant(cond, epoch, timeout) -> true (notified) | false (timeout). Raises only while
  * still counted among the waiters. Stack: 1 self, 2 epoch, 3 deadline, [4 waiter]. */
+/* With s locked: when the waiter of epoch e0 got a permit, timed out or passed its deadline, take
+ * the permit (or leave the waiters), settle, unlock and push whether it was granted: 1.
+ * Otherwise 0, s still locked. */
+static int cv_over(lua_State *L, strand_shm *s, cv_state *st, uint64_t e0, int outcome,
+                   double deadline) {
+  int granted = st->epoch != e0 && st->permits > 0;
+  if (!granted && outcome != STRAND_TIMEOUT && deadline > strand_now()) return 0;
+  if (granted) st->permits--;
+  else st->waiting--;
+  cv_settle(s, 0);
+  strand_shm_unlock(s);
+  lua_pushboolean(L, granted);
+  return 1;
+}
+
 static int cv_grant_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
   cv_state *st = (cv_state *)strand_shm_state(s);
@@ -539,15 +554,7 @@ static int cv_grant_k(lua_State *L, int status, lua_KContext ctx) {
   }
   for (;;) {
     strand_shm_lockL(L, s);
-    int granted = st->epoch != e0 && st->permits > 0;
-    if (granted || outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
-      if (granted) st->permits--;
-      else st->waiting--;
-      cv_settle(s, 0);
-      strand_shm_unlock(s);
-      lua_pushboolean(L, granted);
-      return 1;
-    }
+    if (cv_over(L, s, st, e0, outcome, deadline)) return 1;
     if (lua_gettop(L) < 4) {
       strand_shm_unlock(s);
       strand_shm_prepare(L, s, 0);
@@ -649,15 +656,7 @@ static int cv_wait_k(lua_State *L, int status, lua_KContext ctx) {
   }
   for (;;) {
     strand_shm_lockL(L, s);
-    int granted = st->epoch != e0 && st->permits > 0;
-    if (granted || outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
-      if (granted) st->permits--;
-      else st->waiting--;
-      cv_settle(s, 0);
-      strand_shm_unlock(s);
-      lua_pushboolean(L, granted);
-      return cv_finish(L, 1, cv_wait_k);
-    }
+    if (cv_over(L, s, st, e0, outcome, deadline)) return cv_finish(L, 1, cv_wait_k);
     strand_shm_sleepers(s, 0)++;
     strand_shm_unlock(s);
     outcome = strand_shm_wait(L, deadline, 0, cv_wait_k);   /* in a task: yields */
