@@ -100,18 +100,21 @@ static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 
 int luaopen_strand_core(lua_State *L);                /* module.c */
 
-/* The standard libraries of a thread's state. base, package, coroutine, table and string are
- * opened as luaL_openlibs does (string also backs every string's methods); io, os, math, utf8
- * and debug — half of luaL_openlibs's cost, and unused by most threads — start as empty tables
- * under their usual global and package.loaded names, filled with the real library the first time
- * anything reads, writes or iterates them. After that the table is the library, metatable-free. */
+/* The standard libraries of a thread's state. Only base is opened as luaL_openlibs does; every
+ * other library (package, coroutine, table, string, io, os, math, utf8, debug — most of a bare
+ * state's cost, and unused by most threads) starts as an empty table under its usual global and
+ * package.loaded names, filled with the real library the first time anything reads, writes or
+ * iterates it. After that the table is the library, metatable-free. Two stubs need more: the
+ * strings' metatable points at the string stub (its arithmetic metamethods open string first),
+ * and the global require opens package first. */
 static const char LAZY_KEY = 'L';     /* registry[&LAZY_KEY] = { [stub table] = luaopen_x } */
 
 static void lazy_fill(lua_State *L, int t) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LAZY_KEY) != LUA_TTABLE) { lua_pop(L, 1); return; }
   lua_pushvalue(L, t);
   if (lua_rawget(L, -2) != LUA_TFUNCTION) { lua_pop(L, 2); return; }   /* already filled */
-  lua_call(L, 0, 1);                   /* the real library table (raising leaves the stub) */
+  lua_pushvalue(L, t);
+  lua_call(L, 1, 1);                   /* the real library table (raising leaves the stub) */
   lua_pushvalue(L, t);
   lua_pushnil(L);
   lua_rawset(L, -4);
@@ -156,24 +159,134 @@ static int lazy_pairs(lua_State *L) {
   return 3;
 }
 
-static void open_stdlibs(lua_State *L) {
-  static const luaL_Reg eager[] = {
-    { LUA_GNAME, luaopen_base }, { LUA_LOADLIBNAME, luaopen_package },
-    { LUA_COLIBNAME, luaopen_coroutine }, { LUA_TABLIBNAME, luaopen_table },
-    { LUA_STRLIBNAME, luaopen_string }, { NULL, NULL } };
+static const char REQUIRE_KEY = 'R';  /* registry[&REQUIRE_KEY] = the real require, once opened */
+
+/* string's opener (arg 1: the stub): the real library, whose metatable for strings is then
+ * copied into the one strings had from the start (getmetatable("") stays the same table), with
+ * __index the stub. */
+static int open_string(lua_State *L) {
+  lua_pushliteral(L, "");
+  lua_getmetatable(L, -1);                            /* 2: the strings' first metatable */
+  lua_remove(L, -2);
+  luaopen_string(L);                                  /* 3: the library; strings got a new mt */
+  lua_pushliteral(L, "");
+  lua_getmetatable(L, -1);                            /* 5: the library's metatable */
+  lua_pushnil(L);
+  while (lua_next(L, 5)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, 2);
+  }
+  lua_pushvalue(L, 1);
+  lua_setfield(L, 2, "__index");
+  lua_pushvalue(L, 2);
+  lua_setmetatable(L, 4);
+  lua_settop(L, 3);
+  return 1;
+}
+
+/* The strings' arithmetic metamethods until string is open (upvalues: the string stub, the
+ * LUA_OP* code): open it, then do the operation again, now with string's own metamethods. */
+static int arith_op(lua_State *L) {                   /* (op, a [, b]) -> a op b */
+  int op = (int)lua_tointeger(L, 1);
+  lua_remove(L, 1);
+  lua_arith(L, op);
+  return 1;
+}
+
+static int lazy_arith(lua_State *L) {
+  int op = (int)lua_tointeger(L, lua_upvalueindex(2));
+  lua_settop(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lazy_fill(L, 3);
+  lua_settop(L, op == LUA_OPUNM ? 1 : 2);
+  lua_pushcfunction(L, arith_op);
+  lua_insert(L, 1);
+  lua_pushinteger(L, op);
+  lua_insert(L, 2);
+  if (lua_pcall(L, lua_gettop(L) - 1, 1, 0) == LUA_OK) return 1;
+  /* string's own "attempt to ..." carries the position of its caller, here this function: put
+   * the Lua caller's there, as a direct call would have */
+  const char *m = lua_tostring(L, -1);
+  if (lua_type(L, -1) == LUA_TSTRING && strncmp(m, "attempt to ", 11) == 0) {
+    luaL_where(L, 1);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
+  return lua_error(L);
+}
+
+/* The global require until package is open (upvalue: the package stub): opens it, then
+ * calls the real require. */
+static int lazy_require(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lazy_fill(L, lua_gettop(L));
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &REQUIRE_KEY) != LUA_TFUNCTION)
+    return luaL_error(L, "'package' could not be opened");
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* package's opener (arg 1: the stub; upvalues: the creator's path and cpath, or nil): the real
+ * library with the creator's paths and strand's searcher for Lua files; require and the
+ * searchers (whose upvalue 1 is their package table) bound to the stub; and the global require
+ * left as the program set it if it changed it. */
+static int open_package(lua_State *L) {
+  lua_getglobal(L, "require");                        /* 2 */
+  int isstub = lua_tocfunction(L, 2) == lazy_require;
+  luaopen_package(L);                                 /* the library; sets global require */
+  int pk = lua_gettop(L);                             /* (luaopen_package leaves more below) */
+  lua_getglobal(L, "require");
+  lua_pushvalue(L, 1);
+  lua_setupvalue(L, -2, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &REQUIRE_KEY);
+  if (!isstub) { lua_pushvalue(L, 2); lua_setglobal(L, "require"); }
+  for (int i = 1; i <= 2; i++) {
+    if (lua_type(L, lua_upvalueindex(i)) != LUA_TSTRING) continue;
+    lua_pushvalue(L, lua_upvalueindex(i));
+    lua_setfield(L, pk, i == 1 ? "path" : "cpath");
+  }
+  if (lua_getfield(L, pk, "searchers") == LUA_TTABLE) {
+    for (int i = 1; lua_rawgeti(L, -1, i) == LUA_TFUNCTION; i++) {
+      lua_pushvalue(L, 1);
+      lua_setupvalue(L, -2, 1);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, strand_chunk_searcher);      /* the Lua files' searcher */
+    lua_rawseti(L, -2, 2);
+  }
+  lua_settop(L, pk);
+  return 1;
+}
+
+/* Builds the globals and package.loaded of a new state; path and cpath (NULL: Lua's default)
+ * are the creator's, for package when it opens. */
+static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
   static const luaL_Reg lazy[] = {
+    { LUA_COLIBNAME, luaopen_coroutine }, { LUA_TABLIBNAME, luaopen_table },
+    { LUA_STRLIBNAME, open_string }, { LUA_LOADLIBNAME, open_package },
     { LUA_IOLIBNAME, luaopen_io }, { LUA_OSLIBNAME, luaopen_os },
     { LUA_MATHLIBNAME, luaopen_math }, { LUA_UTF8LIBNAME, luaopen_utf8 },
     { LUA_DBLIBNAME, luaopen_debug }, { NULL, NULL } };
   static const luaL_Reg meta[] = {
     { "__index", lazy_index }, { "__newindex", lazy_newindex }, { "__pairs", lazy_pairs },
     { NULL, NULL } };
-  for (const luaL_Reg *r = eager; r->func; r++) {
-    luaL_requiref(L, r->name, r->func, 1);
-    lua_pop(L, 1);
-  }
+  static const struct { const char *name; int op; } arith[] = {
+    { "__add", LUA_OPADD }, { "__sub", LUA_OPSUB }, { "__mul", LUA_OPMUL },
+    { "__mod", LUA_OPMOD }, { "__pow", LUA_OPPOW }, { "__div", LUA_OPDIV },
+    { "__idiv", LUA_OPIDIV }, { "__unm", LUA_OPUNM } };
+  lua_createtable(L, 0, 48);          /* globals and package.loaded made at their full size: */
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);   /* no rehash while libraries fill them */
+  lua_createtable(L, 0, 16);
+  lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+  lua_pop(L, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_createtable(L, 0, 5);                           /* stub -> opener */
+  int loaded = lua_gettop(L);
+  lua_createtable(L, 0, 9);                           /* stub -> opener */
   lua_createtable(L, 0, 3);                           /* the stubs' metatable */
   luaL_setfuncs(L, meta, 0);
   for (const luaL_Reg *r = lazy; r->func; r++) {
@@ -181,10 +294,35 @@ static void open_stdlibs(lua_State *L) {
     lua_pushvalue(L, -2);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
-    lua_pushcfunction(L, r->func);
-    lua_rawset(L, -5);
+    if (r->func == open_package) {
+      if (path) lua_pushstring(L, path); else lua_pushnil(L);
+      if (cpath) lua_pushstring(L, cpath); else lua_pushnil(L);
+      lua_pushcclosure(L, open_package, 2);
+    } else {
+      lua_pushcfunction(L, r->func);
+    }
+    lua_rawset(L, loaded + 1);
+    if (r->func == open_package) {                    /* the global require opens package */
+      lua_pushvalue(L, -1);
+      lua_pushcclosure(L, lazy_require, 1);
+      lua_setglobal(L, "require");
+    } else if (r->func == open_string) {              /* the strings' metatable */
+      lua_createtable(L, 0, 9);
+      for (size_t i = 0; i < sizeof arith / sizeof arith[0]; i++) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, arith[i].op);
+        lua_pushcclosure(L, lazy_arith, 2);
+        lua_setfield(L, -2, arith[i].name);
+      }
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "__index");
+      lua_pushliteral(L, "");
+      lua_insert(L, -2);
+      lua_setmetatable(L, -2);
+      lua_pop(L, 1);
+    }
     lua_pushvalue(L, -1);
-    lua_setfield(L, -5, r->name);                     /* package.loaded[name] */
+    lua_setfield(L, loaded, r->name);                 /* package.loaded[name] */
     lua_setglobal(L, r->name);
   }
   lua_pop(L, 1);
@@ -196,14 +334,6 @@ static void open_stdlibs(lua_State *L) {
 static int thr_boot(lua_State *L) {
   thr_ctl *c = (thr_ctl *)lua_touserdata(L, 1);
   strand_loop_defer_poller(L);                         /* no poller fd unless it is needed */
-  lua_getglobal(L, "package");
-  if (c->path) { lua_pushstring(L, c->path); lua_setfield(L, -2, "path"); }
-  if (c->cpath) { lua_pushstring(L, c->cpath); lua_setfield(L, -2, "cpath"); }
-  if (lua_getfield(L, -1, "searchers") == LUA_TTABLE) {    /* the Lua files' searcher */
-    lua_pushcfunction(L, strand_chunk_searcher);
-    lua_rawseti(L, -2, 2);
-  }
-  lua_pop(L, 2);
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, c->id); lua_setfield(L, -2, "id");
   lua_pushstring(L, c->name); lua_setfield(L, -2, "name");
@@ -239,7 +369,7 @@ static void *thr_main(void *arg) {
   if (L != NULL && arena.base != NULL) lua_setallocf(L, thr_alloc, &arena);
   char *res = NULL; size_t rlen = 0; int state = TS_FAILED;
   if (L != NULL) {
-    open_stdlibs(L);
+    open_stdlibs(L, c->path, c->cpath);
     lua_pushcfunction(L, thr_boot);
     lua_pushlightuserdata(L, c);
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
