@@ -356,6 +356,20 @@ static int lazy_table(encoder *e, int slot) {
   return slot;
 }
 
+/* Whether the module named name (at the top of package.loaded, a string) is made fresh in every
+ * state by a C opener — the standard libraries and strand.core: a Lua function a program stores
+ * in one of them is not there in the receiver, so it is copied like any Lua function rather
+ * than named (and looking for Lua functions there is skipped: most of a thread start's scan). */
+static int fresh_module(lua_State *L, int nameidx) {
+  static const char *const fresh[] = { LUA_GNAME, LUA_LOADLIBNAME, LUA_COLIBNAME, LUA_TABLIBNAME,
+    LUA_IOLIBNAME, LUA_OSLIBNAME, LUA_STRLIBNAME, LUA_MATHLIBNAME, LUA_UTF8LIBNAME, LUA_DBLIBNAME,
+    "strand.core", NULL };
+  const char *name = lua_tostring(L, nameidx);
+  for (int i = 0; fresh[i]; i++)
+    if (strcmp(name, fresh[i]) == 0) return 1;
+  return 0;
+}
+
 /* Better name for the same module or function: shorter, then smaller (deterministic). */
 static int better(lua_State *L, int cand, int cur) {
   size_t lc, lu;
@@ -373,7 +387,7 @@ static void map_offer(lua_State *L, int map) {
 
 /* Reverse lookups of package.loaded, built once per encode on first need:
  * mods: module table -> name; funcs: function -> "name\0key" (module[key], one level deep;
- * Lua functions found only in the globals table are copied, not named). */
+ * Lua functions of _G and the other fresh modules are copied, not named). */
 static void build_maps(encoder *e, int funcs) {
   lua_State *L = e->L;
   int map = lazy_table(e, funcs ? e->funcs : e->mods);
@@ -389,11 +403,12 @@ static void build_maps(encoder *e, int funcs) {
       if (lua_type(L, -2) != LUA_TSTRING || !lua_istable(L, -1)
           || strlen(lua_tolstring(L, -2, &nl)) != nl) { lua_pop(L, 1); continue; }
       if (!funcs) { lua_pushvalue(L, -2); map_offer(L, map); continue; }
-      int mod = lua_gettop(L), isglobals = lua_rawequal(L, mod, globals);
+      int mod = lua_gettop(L);
+      int fresh = lua_rawequal(L, mod, globals) || fresh_module(L, mod - 1);
       lua_pushnil(L);
       while (lua_next(L, mod)) {
         if (lua_type(L, -2) == LUA_TSTRING && lua_isfunction(L, -1)
-            && !(isglobals && !lua_iscfunction(L, -1))) {
+            && !(fresh && !lua_iscfunction(L, -1))) {
           lua_pushvalue(L, mod - 1); lua_pushlstring(L, "", 1); lua_pushvalue(L, -4);
           lua_concat(L, 3);                      /* key value "name\0key" */
           map_offer(L, map);
@@ -440,8 +455,8 @@ static int module_name(encoder *e, int idx) {
 
 /* Pushes the best "name\0key" under which the value at idx (absolute) stands as a string-keyed
  * field of a loaded module, package.loaded[name][key], or nil; returns whether it found one.
- * skip_globals leaves out the fields of _G (its Lua functions are copied, not named). */
-static int module_field(lua_State *L, int idx, int skip_globals) {
+ * skip_fresh leaves out _G and the other fresh modules (their Lua functions are copied). */
+static int module_field(lua_State *L, int idx, int skip_fresh) {
   luaL_checkstack(L, 10, NULL);
   lua_pushnil(L);                                    /* best "name\0key" so far */
   int best = lua_gettop(L);
@@ -453,7 +468,7 @@ static int module_field(lua_State *L, int idx, int skip_globals) {
       size_t nl;
       if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)
           && strlen(lua_tolstring(L, -2, &nl)) == nl
-          && !(skip_globals && lua_rawequal(L, -1, best + 1))) {
+          && !(skip_fresh && (lua_rawequal(L, -1, best + 1) || fresh_module(L, -2)))) {
         int mod = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, mod)) {
@@ -476,7 +491,7 @@ static int module_field(lua_State *L, int idx, int skip_globals) {
 /* Pushes the best "name\0key" of the function at idx among the fields of loaded modules (or
  * nil), the entry build_maps would make, by scanning: a value holds few functions (a thread's
  * function: one), and building the reverse map costs more than a scan per function. Lua
- * functions of _G are copied, so _G is not scanned for them. */
+ * functions of _G and the other fresh modules are copied, so those are not scanned for them. */
 static int func_name(encoder *e, int idx) {
   if (e->scans >= 4) return by_name(e, idx, 1);
   e->scans++;
