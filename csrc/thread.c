@@ -62,12 +62,14 @@ static char *dupbytes(const char *s, size_t n) {
 
 /* {==== the thread's side */
 
-/* A thread's state is built (new state, standard libraries, strand.core) in one block carved
- * linearly: most of those objects live as long as the state, and one block spares a malloc and
- * a free per object. After the build, allocations go to malloc as in any state; a block from
- * the carved one that is freed or resized is simply left there until the state closes. */
-#define BOOT_ARENA (32 * 1024)           /* building takes 24 KiB (Lua 5.4.4, x86-64) */
-typedef struct boot_arena { char *base; size_t used; int building; } boot_arena;
+/* A thread's state takes its first BOOT_ARENA bytes (the new state, strand.core, the decoded
+ * function, its task; a short thread's whole life) from one block carved linearly: one block
+ * spares a malloc and a free per object. Once the block is used up, allocations go to malloc
+ * as in any state; a block from the carved one that is freed or resized is simply left there
+ * until the state closes (so the waste is bounded by the block). */
+#define BOOT_ARENA (32 * 1024)           /* building takes 10 KiB, a start over require "strand"
+                                            29 KiB (Lua 5.4.4, x86-64) */
+typedef struct boot_arena { char *base; size_t used; } boot_arena;
 
 static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   boot_arena *a = (boot_arena *)ud;
@@ -78,7 +80,7 @@ static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   }
   if (carved && nsize <= osize) return ptr;              /* shrinking in place never fails */
-  if (a->building) {
+  if (a->base != NULL) {
     size_t n = (nsize + 15) & ~(size_t)15;
     if (n <= BOOT_ARENA - a->used) {
       void *p = a->base + a->used;
@@ -342,9 +344,6 @@ static int thr_boot(lua_State *L) {
                                                        without searching package.path/cpath */
   lua_getfield(L, -1, "run");                          /* core run */
   int base = lua_gettop(L);
-  void *ud;
-  if (lua_getallocf(L, &ud) == thr_alloc) ((boot_arena *)ud)->building = 0;   /* built: the
-                                                          rest goes to malloc */
   int n = strand_serial_decode(L, c->payload, c->plen, STRAND_SERIAL_FUNCTIONS);
   if (n < 0) strand_serial_release(c->payload, c->plen);   /* refs were not taken over */
   free(c->payload);
@@ -366,7 +365,7 @@ static int encode_error(lua_State *L) {
 static void *thr_main(void *arg) {
   thr_ctl *c = (thr_ctl *)arg;
   lua_State *L = luaL_newstate();
-  boot_arena arena = { (char *)malloc(BOOT_ARENA), 0, 1 };
+  boot_arena arena = { (char *)malloc(BOOT_ARENA), 0 };
   if (L != NULL && arena.base != NULL) lua_setallocf(L, thr_alloc, &arena);
   char *res = NULL; size_t rlen = 0; int state = TS_FAILED;
   if (L != NULL) {
