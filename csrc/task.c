@@ -406,8 +406,18 @@ static const luaL_Reg funcs[] = {
   {"notifier", l_notifier}, {NULL, NULL}
 };
 
-int strand_open_task(lua_State *L) {
+/* A thread's state starts with what core.run needs (the task metatable) and pushes core.run;
+ * the rest of strand.core opens when the thread's code first uses it (thread.c). */
+int strand_task_boot(lua_State *L) {
   newmeta(L, STRAND_TASK_META, task_metamethods, "methods", task_methods);
+  lua_pushcfunction(L, l_run);
+  return 1;
+}
+
+int strand_open_task(lua_State *L) {
+  if (luaL_getmetatable(L, STRAND_TASK_META) == LUA_TNIL)   /* a thread's boot made it */
+    newmeta(L, STRAND_TASK_META, task_metamethods, "methods", task_methods);
+  lua_pop(L, 1);
   newmeta(L, CTIMER_META, ctimer_metamethods, "__index", ctimer_methods);
   newmeta(L, NOTIFIER_META, NULL, "__index", notifier_methods);
 

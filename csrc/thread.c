@@ -111,30 +111,34 @@ int luaopen_strand_core(lua_State *L);                /* module.c */
  * and the global require opens package first. */
 static const char LAZY_KEY = 'L';     /* registry[&LAZY_KEY] = { [stub table] = luaopen_x } */
 
-static void lazy_fill(lua_State *L, int t) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LAZY_KEY) != LUA_TTABLE) { lua_pop(L, 1); return; }
+/* Fills the stub at t (absolute) with its library: its fields, and its metatable (strand.core
+ * keeps one: its areas open on first use) in place of the stub's. Returns 1 if it filled it. */
+static int lazy_fill(lua_State *L, int t) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LAZY_KEY) != LUA_TTABLE) { lua_pop(L, 1); return 0; }
   lua_pushvalue(L, t);
-  if (lua_rawget(L, -2) != LUA_TFUNCTION) { lua_pop(L, 2); return; }   /* already filled */
+  if (lua_rawget(L, -2) != LUA_TFUNCTION) { lua_pop(L, 2); return 0; }   /* already filled */
   lua_pushvalue(L, t);
   lua_call(L, 1, 1);                   /* the real library table (raising leaves the stub) */
   lua_pushvalue(L, t);
   lua_pushnil(L);
   lua_rawset(L, -4);
   lua_pushnil(L);
-  lua_setmetatable(L, t);
-  lua_pushnil(L);
   while (lua_next(L, -2)) {
     lua_pushvalue(L, -2);
     lua_insert(L, -2);
     lua_rawset(L, t);
   }
+  if (!lua_getmetatable(L, -1)) lua_pushnil(L);
+  lua_setmetatable(L, t);
   lua_pop(L, 2);
+  return 1;
 }
 
 static int lazy_index(lua_State *L) {
-  lazy_fill(L, 1);
+  int filled = lazy_fill(L, 1);
   lua_settop(L, 2);
-  lua_rawget(L, 1);
+  if (filled) lua_gettable(L, 1);      /* through the library's own metatable, if any */
+  else lua_rawget(L, 1);
   return 1;
 }
 
@@ -264,6 +268,17 @@ static int open_package(lua_State *L) {
   return 1;
 }
 
+int strand_task_boot(lua_State *L);                   /* task.c */
+
+/* strand.core's opener (arg 1: the stub): the module, whose table in the registry (where its
+ * areas' openers find it) becomes the stub. */
+static int open_core(lua_State *L) {
+  luaopen_strand_core(L);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "strand.core");
+  return 1;
+}
+
 /* Builds the globals and package.loaded of a new state; path and cpath (NULL: Lua's default)
  * are the creator's, for package when it opens. */
 static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
@@ -272,7 +287,7 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
     { LUA_STRLIBNAME, open_string }, { LUA_LOADLIBNAME, open_package },
     { LUA_IOLIBNAME, luaopen_io }, { LUA_OSLIBNAME, luaopen_os },
     { LUA_MATHLIBNAME, luaopen_math }, { LUA_UTF8LIBNAME, luaopen_utf8 },
-    { LUA_DBLIBNAME, luaopen_debug }, { NULL, NULL } };
+    { LUA_DBLIBNAME, luaopen_debug }, { "strand.core", open_core }, { NULL, NULL } };
   static const luaL_Reg meta[] = {
     { "__index", lazy_index }, { "__newindex", lazy_newindex }, { "__pairs", lazy_pairs },
     { NULL, NULL } };
@@ -288,7 +303,7 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
   lua_pop(L, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   int loaded = lua_gettop(L);
-  lua_createtable(L, 0, 9);                           /* stub -> opener */
+  lua_createtable(L, 0, 10);                          /* stub -> opener */
   lua_createtable(L, 0, 3);                           /* the stubs' metatable */
   luaL_setfuncs(L, meta, 0);
   for (const luaL_Reg *r = lazy; r->func; r++) {
@@ -325,7 +340,8 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
     }
     lua_pushvalue(L, -1);
     lua_setfield(L, loaded, r->name);                 /* package.loaded[name] */
-    lua_setglobal(L, r->name);
+    if (r->func == open_core) lua_setfield(L, LUA_REGISTRYINDEX, "strand.core");
+    else lua_setglobal(L, r->name);
   }
   lua_pop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LAZY_KEY);
@@ -340,9 +356,7 @@ static int thr_boot(lua_State *L) {
   lua_pushinteger(L, c->id); lua_setfield(L, -2, "id");
   lua_pushstring(L, c->name); lua_setfield(L, -2, "name");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SELF_KEY);
-  luaL_requiref(L, "strand.core", luaopen_strand_core, 0);   /* core: this very module, opened
-                                                       without searching package.path/cpath */
-  lua_getfield(L, -1, "run");                          /* core run */
+  strand_task_boot(L);                                 /* core.run, core itself left a stub */
   int base = lua_gettop(L);
   int n = strand_serial_decode(L, c->payload, c->plen, STRAND_SERIAL_FUNCTIONS);
   if (n < 0) strand_serial_release(c->payload, c->plen);   /* refs were not taken over */
