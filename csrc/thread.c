@@ -364,7 +364,6 @@ static int thr_boot(lua_State *L) {
   c->payload = NULL;
   if (n < 0) return luaL_error(L, "thread arguments: %s", lua_tostring(L, -1));
   (void)base;
-  lua_gc(L, LUA_GCRESTART);
   lua_call(L, n, LUA_MULTRET);                          /* core.run(fn, args...) */
   int nres = lua_gettop(L) - base + 1;
   strand_serial_encode(L, base, nres, STRAND_SERIAL_FUNCTIONS);
@@ -383,9 +382,13 @@ static void *thr_main(void *arg) {
   if (L != NULL && arena.base != NULL) lua_setallocf(L, thr_alloc, &arena);
   char *res = NULL; size_t rlen = 0; int state = TS_FAILED;
   if (L != NULL) {
-    lua_gc(L, LUA_GCSTOP);                              /* no collection while the state is built:
-                                                          nothing built is garbage (thr_boot
-                                                          restarts it before running fn) */
+    /* The first collection cycle waits until the state has grown tenfold from its bare ~5 KiB
+     * (a short thread never collects: building it makes no garbage), then cycles run as Lua's
+     * defaults say: one full collection of the bare state with pause 1000%, then the default
+     * pause (200%) back for the cycles after that first one. */
+    lua_gc(L, LUA_GCINC, 1000, 0, 0);
+    lua_gc(L, LUA_GCCOLLECT);
+    lua_gc(L, LUA_GCINC, 200, 0, 0);
     open_stdlibs(L, c->path, c->cpath);
     lua_pushcfunction(L, thr_boot);
     lua_pushlightuserdata(L, c);

@@ -370,3 +370,151 @@ describe("threads: failure conditions", function()
     end
   end))
 end)
+
+describe("threads: what a thread's state loads on first use", function()
+  H.guard()
+  local STD = "_G _VERSION assert collectgarbage coroutine debug dofile error getmetatable io ipairs "
+    .. "load loadfile math next os package pairs pcall print rawequal rawget rawlen rawset require "
+    .. "select setmetatable string table tonumber tostring type utf8 warn xpcall"
+
+  it("the globals are Lua's standard ones, each of its usual type, whatever is used first", function()
+    local th = thread.start(function()
+      local ks, types = {}, {}
+      for k, v in pairs(_G) do ks[#ks + 1] = k; types[k] = type(v) end
+      table.sort(ks)
+      return table.concat(ks, " "), types
+    end)
+    local ok, keys, types = th:join(H.TIMEOUT)
+    assert.is_true(ok, keys)
+    assert.equal(STD, keys)
+    for k in STD:gmatch("%S+") do
+      local want = (k == "_VERSION" and "string") or (k == "_G" and "table") or type(_G[k])
+      assert.equal(want, types[k], k)
+    end
+  end)
+
+  it("strings have their methods and arithmetic before string is used by name", function()
+    local th = thread.start(function()
+      local mt = getmetatable("")
+      local before = rawget(mt, "__index")
+      local r = { ("ab"):rep(2), "10" + 1, -"2", "3" * "4", "7" // "2", "2" ^ "3", "7" % "4",
+                  "7" / "2", "3" - 1, ("x"):upper() }
+      local ok, err = pcall(function() return "a" + 1 end)
+      return r, rawequal(mt, getmetatable("")), rawequal(before, string),
+             rawequal(mt.__index, string), ok, err, string.format("%d", 5)
+    end)
+    local ok, r, samemt, idx1, idx2, aok, aerr, f = th:join(H.TIMEOUT)
+    assert.is_true(ok, r)
+    assert.same({ "abab", 11, -2, 12, 3, 8.0, 3, 3.5, 2, "X" }, r)
+    assert.is_true(samemt)                        -- the strings' metatable stays the same table
+    assert.is_true(idx1)
+    assert.is_true(idx2)
+    assert.is_false(aok)                          -- as in any state, with the caller's position
+    assert.matches("^[^:]+:%d+: attempt to add a 'string' with a 'number'$", aerr)
+    assert.equal("5", f)
+  end)
+
+  it("the first arithmetic error on strings carries its position, as in any state", function()
+    local th = thread.start(function()
+      local ok, err = pcall(function() return -"x" end)   -- string's first use
+      return ok, err
+    end)
+    local ok, aok, aerr = th:join(H.TIMEOUT)
+    assert.is_true(ok, aok)
+    assert.is_false(aok)
+    assert.matches("^[^:]+:%d+: attempt to unm a 'string' with a 'string'$", aerr)
+  end)
+
+  it("require and package work whichever is used first, with the creator's paths", function()
+    local path, cpath = package.path, package.cpath
+    local a = thread.start(function() return package.path, package.cpath, type(require "strand.queue") end)
+    local b = thread.start(function()
+      local q = require "strand.queue"                -- require first
+      return type(q.new), package.path, rawequal(package.loaded["strand.queue"], q),
+             rawequal(package.loaded.package, package)
+    end)
+    local ok, p, cp, qt = a:join(H.TIMEOUT)
+    assert.is_true(ok, p)
+    assert.equal(path, p); assert.equal(cpath, cp); assert.equal("table", qt)
+    local ok2, nt, p2, same, pk = b:join(H.TIMEOUT)
+    assert.is_true(ok2, nt)
+    assert.equal("function", nt); assert.equal(path, p2); assert.is_true(same); assert.is_true(pk)
+  end)
+
+  it("a require the program set before package opened stays the program's", function()
+    local th = thread.start(function()
+      require = function(n) return "mine:" .. n end   -- before anything opened package
+      local p = package.path                          -- opens package now
+      return require "x", type(p)
+    end)
+    local ok, r, pt = th:join(H.TIMEOUT)
+    assert.is_true(ok, r)
+    assert.equal("mine:x", r); assert.equal("string", pt)
+  end)
+
+  it("strand's parts a thread never loaded before come on first use", function()
+    local th = thread.start(function()
+      local out = {}
+      local core = require "strand.core"
+      out[1] = rawequal(core, package.loaded["strand.core"]) and type(core.now) == "function"
+      out[2] = type(strand.timeout) == "function" and strand.timeout(1, function() return 7 end)
+      local q = strand.queue.new()                    -- an area: strand.queue
+      q:put("x")
+      out[3] = q:get()
+      out[4] = rawequal(strand.queue, require "strand.queue")
+      local g = strand.group()
+      g:spawn(function() strand.sleep(0) end)
+      out[5] = g:wait(1)
+      g:close()
+      out[6] = type(strand.select) == "function" and type(strand.joinall) == "function"
+      return out
+    end)
+    local ok, out = th:join(H.TIMEOUT)
+    assert.is_true(ok, out)
+    assert.same({ true, true, "x", true, true, true }, out)
+  end)
+
+  it("strand objects passed in work before the thread touched strand.core", function()
+    local q = require("strand.queue").new()
+    local th = thread.start(function(qq) qq:put(42); return true end, q)
+    assert.is_true(th:result(H.TIMEOUT))
+    assert.equal(42, q:get(H.TIMEOUT))
+  end)
+
+  it("an error loading a lazily loaded part names the module and the cause", function()
+    local th = thread.start(function()
+      package.preload["strand._tasks"] = function() error("tasks broke", 0) end
+      local ok, err = pcall(function() return strand.timeout end)
+      package.preload["strand._tasks"] = nil
+      package.path, package.cpath = "", ""
+      package.loaded["strand.pool"] = nil
+      local ok2, err2 = pcall(function() return strand.pool end)
+      return ok, err, ok2, err2
+    end)
+    local ok, aok, aerr, bok, berr = th:join(H.TIMEOUT)
+    assert.is_true(ok, aok)
+    assert.is_false(aok); assert.equal("tasks broke", aerr)
+    assert.is_false(bok); assert.matches("module 'strand.pool' not found", berr)
+  end)
+
+  it("a Lua function a program stored in a standard library is copied into the thread", function()
+    string.spec_twice = function(x) return 2 * x end   -- the thread's string has no such field
+    local ok, th = pcall(thread.start, string.spec_twice, 21)
+    string.spec_twice = nil
+    assert.is_true(ok, th)
+    assert.equal(42, th:result(H.TIMEOUT))
+  end)
+
+  it("a thread's collector runs once it has allocated enough", function()
+    local th = thread.start(function()
+      local peak = 0
+      for i = 1, 200000 do
+        local _ = { i }                               -- 200000 tables, ~12 MB if none were freed
+        if i % 1000 == 0 then peak = math.max(peak, collectgarbage("count")) end
+      end
+      return peak
+    end)
+    local peak = th:result(H.TIMEOUT)
+    assert.is_true(peak < 4096, "peak " .. tostring(peak) .. " KiB")
+  end)
+end)
