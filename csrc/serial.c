@@ -361,12 +361,16 @@ static int lazy_table(encoder *e, int slot) {
  * in one of them is not there in the receiver, so it is copied like any Lua function rather
  * than named (and looking for Lua functions there is skipped: most of a thread start's scan). */
 static int fresh_module(lua_State *L, int nameidx) {
-  static const char *const fresh[] = { LUA_GNAME, LUA_LOADLIBNAME, LUA_COLIBNAME, LUA_TABLIBNAME,
-    LUA_IOLIBNAME, LUA_OSLIBNAME, LUA_STRLIBNAME, LUA_MATHLIBNAME, LUA_UTF8LIBNAME, LUA_DBLIBNAME,
-    "strand.core", NULL };
-  const char *name = lua_tostring(L, nameidx);
-  for (int i = 0; fresh[i]; i++)
-    if (strcmp(name, fresh[i]) == 0) return 1;
+#define FRESH(s) { s, sizeof s - 1 }
+  static const struct { const char *s; size_t n; } fresh[] = {
+    FRESH(LUA_GNAME), FRESH(LUA_LOADLIBNAME), FRESH(LUA_COLIBNAME), FRESH(LUA_TABLIBNAME),
+    FRESH(LUA_IOLIBNAME), FRESH(LUA_OSLIBNAME), FRESH(LUA_STRLIBNAME), FRESH(LUA_MATHLIBNAME),
+    FRESH(LUA_UTF8LIBNAME), FRESH(LUA_DBLIBNAME), FRESH("strand.core") };
+#undef FRESH
+  size_t n;
+  const char *name = lua_tolstring(L, nameidx, &n);
+  for (size_t i = 0; i < sizeof fresh / sizeof fresh[0]; i++)
+    if (n == fresh[i].n && memcmp(name, fresh[i].s, n) == 0) return 1;
   return 0;
 }
 

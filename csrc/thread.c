@@ -102,13 +102,14 @@ static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 
 int luaopen_strand_core(lua_State *L);                /* module.c */
 
-/* The standard libraries of a thread's state. Only base is opened as luaL_openlibs does; every
- * other library (package, coroutine, table, string, io, os, math, utf8, debug — most of a bare
- * state's cost, and unused by most threads) starts as an empty table under its usual global and
- * package.loaded names, filled with the real library the first time anything reads, writes or
- * iterates it. After that the table is the library, metatable-free. Two stubs need more: the
- * strings' metatable points at the string stub (its arithmetic metamethods open string first),
- * and the global require opens package first. */
+/* The standard libraries of a thread's state. None is opened at the start (most of a bare
+ * state's cost, and unused by most threads): each library is an empty table under its usual
+ * global and package.loaded names, filled with the real library the first time anything reads,
+ * writes or iterates it; after that the table is the library, metatable-free. base is the same
+ * with the globals table itself as its stub (the first global looked up that is not there yet,
+ * or the first global set, opens base). strand.core is one too, in package.loaded and the
+ * registry. Two stubs need more: the strings' metatable points at the string stub (its
+ * arithmetic metamethods open string first), and the global require opens package first. */
 static const char LAZY_KEY = 'L';     /* registry[&LAZY_KEY] = { [stub table] = luaopen_x } */
 
 /* Fills the stub at t (absolute) with its library: its fields, and its metatable (strand.core
@@ -123,7 +124,7 @@ static int lazy_fill(lua_State *L, int t) {
   lua_pushnil(L);
   lua_rawset(L, -4);
   lua_pushnil(L);
-  while (lua_next(L, -2)) {
+  while (!lua_rawequal(L, -2, t) && lua_next(L, -2)) {   /* (base fills _G itself) */
     lua_pushvalue(L, -2);
     lua_insert(L, -2);
     lua_rawset(L, t);
@@ -268,6 +269,14 @@ static int open_package(lua_State *L) {
   return 1;
 }
 
+/* base's opener (arg 1: the globals table, a stub too): luaopen_base sets its functions in the
+ * globals table itself, which first loses the stubs' metatable (its sets would come back here). */
+static int open_base(lua_State *L) {
+  lua_pushnil(L);
+  lua_setmetatable(L, 1);
+  return luaopen_base(L);
+}
+
 int strand_task_boot(lua_State *L);                   /* task.c */
 
 /* strand.core's opener (arg 1: the stub): the module, whose table in the registry (where its
@@ -296,16 +305,21 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
     { "__mod", LUA_OPMOD }, { "__pow", LUA_OPPOW }, { "__div", LUA_OPDIV },
     { "__idiv", LUA_OPIDIV }, { "__unm", LUA_OPUNM } };
   lua_createtable(L, 0, 48);          /* globals and package.loaded made at their full size: */
-  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);   /* no rehash while libraries fill them */
+  lua_pushvalue(L, -1);                /* no rehash while libraries fill them */
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int globals = lua_gettop(L);
   lua_createtable(L, 0, 16);
+  lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
-  lua_pop(L, 1);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   int loaded = lua_gettop(L);
-  lua_createtable(L, 0, 10);                          /* stub -> opener */
+  lua_pushvalue(L, globals);
+  lua_setfield(L, loaded, LUA_GNAME);
+  lua_createtable(L, 0, 11);                          /* stub -> opener */
   lua_createtable(L, 0, 3);                           /* the stubs' metatable */
   luaL_setfuncs(L, meta, 0);
+  lua_pushvalue(L, globals);                          /* base: the globals table is its stub */
+  lua_pushcfunction(L, open_base);
+  lua_rawset(L, loaded + 1);
   for (const luaL_Reg *r = lazy; r->func; r++) {
     lua_createtable(L, 0, 0);
     lua_pushvalue(L, -2);
@@ -322,7 +336,7 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
     if (r->func == open_package) {                    /* the global require opens package */
       lua_pushvalue(L, -1);
       lua_pushcclosure(L, lazy_require, 1);
-      lua_setglobal(L, "require");
+      lua_setfield(L, globals, "require");
     } else if (r->func == open_string) {              /* the strings' metatable */
       lua_createtable(L, 0, 9);
       for (size_t i = 0; i < sizeof arith / sizeof arith[0]; i++) {
@@ -341,11 +355,11 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
     lua_pushvalue(L, -1);
     lua_setfield(L, loaded, r->name);                 /* package.loaded[name] */
     if (r->func == open_core) lua_setfield(L, LUA_REGISTRYINDEX, "strand.core");
-    else lua_setglobal(L, r->name);
+    else lua_setfield(L, globals, r->name);
   }
-  lua_pop(L, 1);
+  lua_setmetatable(L, globals);                       /* last: the sets above stay raw */
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LAZY_KEY);
-  lua_pop(L, 1);
+  lua_settop(L, globals - 1);
 }
 
 /* Runs inside the new state, protected: decode, run, encode the results. */
@@ -516,10 +530,16 @@ static void guard_remove(lua_State *L, thr_ctl *c) {
 
 /* Keep this shared object mapped while any thread may run its code, even after the main
  * state closed and dlclose()d it (daemon threads at exit). */
-static void pin_module(void) {
+static void pin_once(void) {
   Dl_info info;
   if (dladdr((void *)&thr_main, &info) && info.dli_fname)
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+}
+
+static pthread_once_t pinned = PTHREAD_ONCE_INIT;    /* process-wide, as the mapping it pins */
+
+static void pin_module(void) {
+  (void)pthread_once(&pinned, pin_once);
 }
 
 static thr_handle *check_handle(lua_State *L, int idx) {
