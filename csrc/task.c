@@ -215,6 +215,11 @@ static int tm_tostring(lua_State *L) {
   return 1;
 }
 
+static const luaL_Reg task_methods[] = {
+  {"join", tm_join}, {"result", tm_result}, {"cancel", tm_cancel},
+  {"status", tm_status}, {"done", tm_done}, {NULL, NULL}
+};
+
 static int tm_index(lua_State *L) {
   strand_task *t = check_task(L, 1);
   const char *k = lua_tostring(L, 2);
@@ -223,7 +228,12 @@ static int tm_index(lua_State *L) {
     return 1;
   }
   lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
+  if (lua_getfield(L, -1, "methods") != LUA_TTABLE) {   /* a thread's boot left it for now */
+    lua_pop(L, 1);
+    luaL_newlib(L, task_methods);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "methods");
+  }
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
   return 1;
@@ -244,10 +254,6 @@ static int tm_gc(lua_State *L) {
   return 0;
 }
 
-static const luaL_Reg task_methods[] = {
-  {"join", tm_join}, {"result", tm_result}, {"cancel", tm_cancel},
-  {"status", tm_status}, {"done", tm_done}, {NULL, NULL}
-};
 
 /* }==== */
 
@@ -409,7 +415,9 @@ static const luaL_Reg funcs[] = {
 /* A thread's state starts with what core.run needs (the task metatable) and pushes core.run;
  * the rest of strand.core opens when the thread's code first uses it (thread.c). */
 int strand_task_boot(lua_State *L) {
-  newmeta(L, STRAND_TASK_META, task_metamethods, "methods", task_methods);
+  luaL_newmetatable(L, STRAND_TASK_META);        /* its methods: on the first lookup (tm_index) */
+  luaL_setfuncs(L, task_metamethods, 0);
+  lua_pop(L, 1);
   lua_pushcfunction(L, l_run);
   return 1;
 }

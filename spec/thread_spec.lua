@@ -474,6 +474,18 @@ describe("threads: what a thread's state loads on first use", function()
     assert.same({ true, true, "x", true, true, true }, out)
   end)
 
+  it("the thread's own task has its methods and fields", function()
+    local th = thread.start(function()
+      local me = strand.current()
+      local t = strand.spawn(function() return 5 end)
+      return type(me.id), type(me.join), me:status(), tostring(me):match("^strand%.task"), t:join()
+    end)
+    local ok, idt, jt, st, ts, jok, five = th:join(H.TIMEOUT)
+    assert.is_true(ok, idt)
+    assert.same({ "number", "function", "running", "strand.task", true, 5 },
+      { idt, jt, st, ts, jok, five })
+  end)
+
   it("strand objects passed in work before the thread touched strand.core", function()
     local q = require("strand.queue").new()
     local th = thread.start(function(qq) qq:put(42); return true end, q)
