@@ -192,8 +192,8 @@ static int open_string(lua_State *L) {
   return 1;
 }
 
-/* The strings' arithmetic metamethods until string is open (upvalues: the string stub, the
- * LUA_OP* code): open it, then do the operation again, now with string's own metamethods. */
+/* The strings' arithmetic metamethods until string is open (the string stub is their __index):
+ * open it, then do the operation again, now with string's own metamethods. */
 static int arith_op(lua_State *L) {                   /* (op, a [, b]) -> a op b */
   int op = (int)lua_tointeger(L, 1);
   lua_remove(L, 1);
@@ -201,11 +201,13 @@ static int arith_op(lua_State *L) {                   /* (op, a [, b]) -> a op b
   return 1;
 }
 
-static int lazy_arith(lua_State *L) {
-  int op = (int)lua_tointeger(L, lua_upvalueindex(2));
+static int lazy_arith(lua_State *L, int op) {
   lua_settop(L, 2);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lazy_fill(L, 3);
+  lua_pushliteral(L, "");
+  if (lua_getmetatable(L, 3)) {
+    lua_getfield(L, 4, "__index");                   /* the string stub (or string itself) */
+    if (lua_istable(L, 5)) lazy_fill(L, 5);
+  }
   lua_settop(L, op == LUA_OPUNM ? 1 : 2);
   lua_pushcfunction(L, arith_op);
   lua_insert(L, 1);
@@ -222,6 +224,12 @@ static int lazy_arith(lua_State *L) {
   }
   return lua_error(L);
 }
+
+#define LAZY_ARITH(name, op) static int lazy_##name(lua_State *L) { return lazy_arith(L, op); }
+LAZY_ARITH(add, LUA_OPADD) LAZY_ARITH(sub, LUA_OPSUB) LAZY_ARITH(mul, LUA_OPMUL)
+LAZY_ARITH(mod, LUA_OPMOD) LAZY_ARITH(pow, LUA_OPPOW) LAZY_ARITH(div, LUA_OPDIV)
+LAZY_ARITH(idiv, LUA_OPIDIV) LAZY_ARITH(unm, LUA_OPUNM)
+#undef LAZY_ARITH
 
 /* The global require until package is open (upvalue: the package stub): opens it, then
  * calls the real require. */
@@ -300,10 +308,10 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
   static const luaL_Reg meta[] = {
     { "__index", lazy_index }, { "__newindex", lazy_newindex }, { "__pairs", lazy_pairs },
     { NULL, NULL } };
-  static const struct { const char *name; int op; } arith[] = {
-    { "__add", LUA_OPADD }, { "__sub", LUA_OPSUB }, { "__mul", LUA_OPMUL },
-    { "__mod", LUA_OPMOD }, { "__pow", LUA_OPPOW }, { "__div", LUA_OPDIV },
-    { "__idiv", LUA_OPIDIV }, { "__unm", LUA_OPUNM } };
+  static const luaL_Reg arith[] = {
+    { "__add", lazy_add }, { "__sub", lazy_sub }, { "__mul", lazy_mul }, { "__mod", lazy_mod },
+    { "__pow", lazy_pow }, { "__div", lazy_div }, { "__idiv", lazy_idiv }, { "__unm", lazy_unm },
+    { NULL, NULL } };
   lua_createtable(L, 0, 48);          /* globals and package.loaded made at their full size: */
   lua_pushvalue(L, -1);                /* no rehash while libraries fill them */
   lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
@@ -339,12 +347,7 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
       lua_setfield(L, globals, "require");
     } else if (r->func == open_string) {              /* the strings' metatable */
       lua_createtable(L, 0, 9);
-      for (size_t i = 0; i < sizeof arith / sizeof arith[0]; i++) {
-        lua_pushvalue(L, -2);
-        lua_pushinteger(L, arith[i].op);
-        lua_pushcclosure(L, lazy_arith, 2);
-        lua_setfield(L, -2, arith[i].name);
-      }
+      luaL_setfuncs(L, arith, 0);
       lua_pushvalue(L, -2);
       lua_setfield(L, -2, "__index");
       lua_pushliteral(L, "");
