@@ -37,6 +37,8 @@ for line in io.lines(path) do
     tstart[w[2]] = csv(w[3]); flag(w[4])
   elseif k == "cpu2" then
     cpu2[w[2]] = csv(w[3]); flag(w[4])
+  elseif k == "cpu2x" then     -- cpu2x impl cpuratios steals others (one per pair)
+    cpu2[w[2] .. "_x"] = { cpuratio = csv(w[3]), steal = csv(w[4]), others = csv(w[5]) }
   elseif k == "queue" then     -- queue maxsize NPNC kind s c p flag
     queue[#queue + 1] = { maxsize = tonumber(w[2]), shape = w[3], kind = w[4],
                           s = csv(w[5]), c = csv(w[6]), p = csv(w[7]) }
@@ -184,8 +186,11 @@ do
   local s = cpu2.strand or {}
   local m, lo, hi = median(s), range(s)
   local l, py = median(cpu2.luv or {}), median(cpu2.python or {})
-  p(("| CPU-bound speedup, 2 threads | %s (%s–%s) | 2.0 | luv %s, Python Pool(2) %s | ≥ 1.95, steady (every rep ≥ 1.85) | %s |")
-    :format(f2(m), f2(lo), f2(hi), f2(l), f2(py), met(m and m >= 1.95 and lo >= 1.85)))
+  local x = cpu2.strand_x
+  local why = x and (" (CPU time two at once / one after the other %s; steal %s%%, other processes %s%% of the machine)")
+    :format(f2(median(x.cpuratio)), f0(100 * (median(x.steal) or 0)), f0(100 * (median(x.others) or 0))) or ""
+  p(("| CPU-bound speedup, 2 threads | %s (%s–%s)%s | 2.0 | luv %s, Python Pool(2) %s | ≥ 1.95, steady (every rep ≥ 1.85) | %s |")
+    :format(f2(m), f2(lo), f2(hi), why, f2(l), f2(py), met(m and m >= 1.95 and lo >= 1.85)))
 end
 do
   local parts, all_ok, any = {}, true, false

@@ -1,6 +1,8 @@
 -- bench/threads_bench.lua — OS threads: the cost of starting + joining one (strand against C
 -- pthreads, Python's threading and luv's threads, each in its own process) and CPU-bound Lua in
--- 1 vs 2 threads (no global lock; strand and luv; Python with a Pool of 2 processes). Medians of REPS, each rep after waiting for
+-- 1 vs 2 threads (no global lock; strand and luv; Python with a Pool of 2 processes): interleaved
+-- pairs, each with its CPU-time ratio and the steal / other processes' share of the machine
+-- (/proc/stat). Medians of REPS, each rep after waiting for
 -- an idle machine. Run: make bench, or LUA_PATH="lua/?.lua;lua/?/init.lua;bench/?.lua;;"
 -- LUA_CPATH="build/?.so;;" lua5.4 bench/threads_bench.lua [BUILD_DIR]   (env REPS, QUICK=1)
 local mode = arg[1]
@@ -39,16 +41,52 @@ if mode == "run" then
     for _ = 1, n do wait(start(function() return 1 end)) end
     print(("us %.2f"):format((now() - t0) / n * 1e6))
   else
-    local t0, c0 = now(), os.clock()
-    wait(start(work, n)); wait(start(work, n))
-    local seq, cseq = now() - t0, os.clock() - c0
-    t0, c0 = now(), os.clock()
-    local a, b = start(work, n), start(work, n)
-    wait(a); wait(b)
-    -- CPU time (the process's, every thread's) two at once over one after the other: above 1
-    -- only if the threads slow each other down (shared lines, a lock, GC); the machine's other
-    -- load lowers the speed-up but not this
-    print(("speedup %.4f cpuratio %.4f"):format(seq / (now() - t0), (os.clock() - c0) / cseq))
+    -- PAIRS pairs of (one thread after the other, two at once), in alternating order so that a
+    -- drift of the machine weighs on both sides alike; one line per pair. Beside the wall-time
+    -- speed-up: the CPU time (the process's, every thread's) two at once over one after the
+    -- other, above 1 only if the threads slow each other down (shared lines, a lock, GC), which
+    -- the machine's other load does not change; and, over the two-at-once run, the share of the
+    -- machine's CPU time the hypervisor stole and the share other processes used (/proc/stat),
+    -- which is what lowers a speed-up the threads themselves do not.
+    local pairs_n = tonumber(arg[5]) or 2
+    local ncpu, hz = 0, tonumber(arg[6]) or 100
+    for l in io.lines("/proc/stat") do if l:match("^cpu%d") then ncpu = ncpu + 1 end end
+    local function stat()                       -- total, idle+iowait, steal ticks (all CPUs)
+      local f = io.open("/proc/stat")
+      if not f then return nil end
+      local v = {}
+      for x in f:read("l"):gmatch("%d+") do v[#v + 1] = tonumber(x) end
+      f:close()
+      local total = 0
+      for i = 1, #v do total = total + v[i] end
+      return { total = total, idle = v[4] + (v[5] or 0), steal = v[8] or 0 }
+    end
+    local function seq()
+      wait(start(work, n)); wait(start(work, n))
+    end
+    local function par()
+      local a, b = start(work, n), start(work, n)
+      wait(a); wait(b)
+    end
+    local function measure(f)
+      local s0, t0, c0 = stat(), now(), os.clock()
+      f()
+      local s1 = stat()
+      local r = { wall = now() - t0, cpu = os.clock() - c0 }
+      if s0 and s1 and s1.total > s0.total then
+        local dt = s1.total - s0.total
+        r.steal = (s1.steal - s0.steal) / dt
+        local busy = (dt - (s1.idle - s0.idle) - (s1.steal - s0.steal)) / hz   -- CPU-seconds
+        r.others = math.max(0, busy - r.cpu) / (dt / hz)
+      end
+      return r
+    end
+    for i = 1, pairs_n do
+      local s, p
+      if i % 2 == 1 then s = measure(seq); p = measure(par) else p = measure(par); s = measure(seq) end
+      print(("speedup %.4f cpuratio %.4f steal %.4f others %.4f ncpu %d"):format(s.wall / p.wall,
+        p.cpu / s.cpu, p.steal or 0, p.others or 0, ncpu))
+    end
   end
   os.exit(0)
 end
@@ -59,6 +97,7 @@ local B = require "benchlib"
 local build = mode or "build"
 local STARTS = B.QUICK and 100 or 300
 local CPU = B.QUICK and 1e7 or 3e7
+local PAIRS = B.QUICK and 2 or 3               -- interleaved pairs per process (REPS processes)
 local self = "lua5.4 " .. arg[0]
 local has_luv = select(2, B.sh("lua5.4 -e 'require \"luv\"'"))
 local cbin = build .. "/bench/thread_start_c"
@@ -91,22 +130,62 @@ if med.strand then
 end
 
 print(("CPU-bound Lua, 2 x %g iterations: one thread after the other / two at once"):format(CPU))
+print(("  (%d processes x %d interleaved pairs each, median (min-max) of the pairs; CPU ratio: CPU "
+  .. "time two at once / one after the other, 1.00 = no contention; steal, others: share of the "
+  .. "machine's CPU time the hypervisor stole / other processes used during the two-at-once runs)")
+  :format(B.REPS, PAIRS))
+local hz = tonumber((B.stdout("getconf CLK_TCK") or ""):match("%d+")) or 100
 local cpu_cmds = {
-  strand = ("%s run cpu strand %d"):format(self, CPU),
-  luv = has_luv and ("%s run cpu luv %d"):format(self, CPU),
+  strand = ("%s run cpu strand %d %d %d"):format(self, CPU, PAIRS, hz),
+  luv = has_luv and ("%s run cpu luv %d %d %d"):format(self, CPU, PAIRS, hz),
   python = ("%s bench/threads_py.py cpu %d"):format(B.PY, CPU // 4),   -- Pool of 2 processes
 }
+-- Runs cmd REPS times (each after waiting for an idle machine) and gathers every pair's figures.
+local function cpu_reps(cmd)
+  local r, loaded = { speedup = {}, cpuratio = {}, steal = {}, others = {} }, false
+  for _ = 1, B.REPS do
+    if B.wait_idle() == "loaded" then loaded = true end
+    local out = B.sh(cmd)
+    local any = false
+    for line in out:gmatch("[^\n]+") do
+      local sp = tonumber(line:match("speedup ([%d.]+)"))
+      if sp then
+        any = true
+        r.speedup[#r.speedup + 1] = sp
+        for _, k in ipairs { "cpuratio", "steal", "others" } do
+          local v = tonumber(line:match(k .. " ([%d.]+)"))
+          if v then r[k][#r[k] + 1] = v end
+        end
+      end
+    end
+    if not any then io.stderr:write(("bench: %s: no figure in: %s\n"):format(cmd, out:sub(1, 300))); return nil end
+  end
+  return r, loaded
+end
 for _, impl in ipairs { "strand", "luv", "python" } do
-  local vals, loaded
-  if cpu_cmds[impl] then vals, loaded = B.reps(cpu_cmds[impl], "speedup ([%d.]+)") end
-  if vals then
+  local r, loaded
+  if cpu_cmds[impl] then r, loaded = cpu_reps(cpu_cmds[impl]) end
+  if r then
+    local vals = r.speedup
     local lo, hi = B.range(vals)
-    print(("  %-7s speed-up %.2f (%.2f-%.2f)%s"):format(impl, B.median(vals), lo, hi, loaded and "  loaded" or ""))
+    local extra = ""
+    if #r.cpuratio > 0 then
+      local clo, chi = B.range(r.cpuratio)
+      extra = ("  CPU ratio %.3f (%.3f-%.3f)  steal %.1f%%  others %.1f%%"):format(B.median(r.cpuratio),
+        clo, chi, 100 * B.median(r.steal), 100 * B.median(r.others))
+      local quiet = {}                            -- the pairs the machine left alone
+      for i, v in ipairs(vals) do
+        if (r.steal[i] or 1) + (r.others[i] or 1) < 0.05 then quiet[#quiet + 1] = v end
+      end
+      extra = extra .. (#quiet > 0 and ("  [%d quiet pairs (steal+others < 5%%): %.2f]"):format(#quiet,
+        B.median(quiet)) or "  [no quiet pair]")
+    end
+    print(("  %-7s speed-up %.2f (%.2f-%.2f)%s%s"):format(impl, B.median(vals), lo, hi, extra,
+      loaded and "  loaded" or ""))
     B.record("cpu2", impl, table.concat(vals, ","), loaded and "loaded" or "idle")
-    local ratios = impl ~= "python" and B.reps(cpu_cmds[impl], "cpuratio ([%d.]+)", 1)
-    if ratios then
-      print(("  %-7s CPU time two at once / one after the other: %.3f (1.00: no contention)")
-        :format(impl, ratios[1]))
+    if #r.cpuratio > 0 then
+      B.record("cpu2x", impl, table.concat(r.cpuratio, ","), table.concat(r.steal, ","),
+        table.concat(r.others, ","))
     end
   end
 end
