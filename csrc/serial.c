@@ -661,7 +661,7 @@ static void enc_function(encoder *e, int idx) {
   put_byte(e, 0);
   pathel *pe = &e->path[e->plen++];
   pe->kind = P_UPVAL;
-  int cache = cache_table(e), i;
+  int i;
   for (i = 1; (pe->name = lua_getupvalue(L, idx, i)) != NULL; i++) {
     /* an environment that is a table with a metatable (busted's sandbox, a strict-mode
      * _ENV...) cannot be copied: the function gets the receiver's globals instead. A plain
@@ -674,6 +674,7 @@ static void enc_function(encoder *e, int idx) {
       continue;
     }
     /* an upvalue shared with a function met before is joined, not copied */
+    int cache = cache_table(e);                    /* (made on the first upvalue: none, none) */
     lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
     if (lua_rawget(L, cache) == LUA_TNUMBER) {
       lua_Integer link = lua_tointeger(L, -1);

@@ -16,7 +16,8 @@
 #define THREAD_META "strand.thread"
 #define WAITER_META "strand.thread.waiter"
 #define GUARD_META  "strand.thread.guard"
-static const char SELF_KEY = 'S';     /* registry[&SELF_KEY] = { id=, name= } in thread states */
+static const char SELF_KEY = 'S';     /* registry[&SELF_KEY] = its thr_ctl (light userdata) in
+                                         thread states: the control block outlives the state */
 static const char GUARD_KEY = 'G';    /* registry[&GUARD_KEY] = guard (non-daemon children) */
 
 /* Process-wide, shared by every thread by nature: ids and the live count. */
@@ -369,9 +370,7 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
 static int thr_boot(lua_State *L) {
   thr_ctl *c = (thr_ctl *)lua_touserdata(L, 1);
   strand_loop_defer_poller(L);                         /* no poller fd unless it is needed */
-  lua_createtable(L, 0, 2);
-  lua_pushinteger(L, c->id); lua_setfield(L, -2, "id");
-  lua_pushstring(L, c->name); lua_setfield(L, -2, "name");
+  lua_pushlightuserdata(L, c);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &SELF_KEY);
   strand_task_boot(L);                                 /* core.run, core itself left a stub */
   int base = lua_gettop(L);
@@ -828,12 +827,10 @@ static int tm_gc(lua_State *L) {
 /* {==== module functions */
 
 static int self_field(lua_State *L, const char *k) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SELF_KEY) == LUA_TTABLE) {
-    lua_getfield(L, -1, k);
-    return 1;
-  }
-  if (k[0] == 'i') lua_pushinteger(L, 1);
-  else lua_pushliteral(L, "MainThread");
+  const thr_ctl *c = lua_rawgetp(L, LUA_REGISTRYINDEX, &SELF_KEY) == LUA_TLIGHTUSERDATA
+                     ? (const thr_ctl *)lua_touserdata(L, -1) : NULL;
+  if (k[0] == 'i') lua_pushinteger(L, c ? c->id : 1);
+  else lua_pushstring(L, c ? c->name : "MainThread");
   return 1;
 }
 
