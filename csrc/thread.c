@@ -278,14 +278,6 @@ static int open_package(lua_State *L) {
   return 1;
 }
 
-/* base's opener (arg 1: the globals table, a stub too): luaopen_base sets its functions in the
- * globals table itself, which first loses the stubs' metatable (its sets would come back here). */
-static int open_base(lua_State *L) {
-  lua_pushnil(L);
-  lua_setmetatable(L, 1);
-  return luaopen_base(L);
-}
-
 int strand_task_boot(lua_State *L);                   /* task.c */
 
 /* strand.core's opener (arg 1: the stub): the module, whose table in the registry (where its
@@ -297,51 +289,52 @@ static int open_core(lua_State *L) {
   return 1;
 }
 
-/* Builds the globals and package.loaded of a new state; path and cpath (NULL: Lua's default)
- * are the creator's, for package when it opens. */
-static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
-  static const luaL_Reg lazy[] = {
-    { LUA_COLIBNAME, luaopen_coroutine }, { LUA_TABLIBNAME, luaopen_table },
-    { LUA_STRLIBNAME, open_string }, { LUA_LOADLIBNAME, open_package },
-    { LUA_IOLIBNAME, luaopen_io }, { LUA_OSLIBNAME, luaopen_os },
-    { LUA_MATHLIBNAME, luaopen_math }, { LUA_UTF8LIBNAME, luaopen_utf8 },
-    { LUA_DBLIBNAME, luaopen_debug }, { "strand.core", open_core }, { NULL, NULL } };
-  static const luaL_Reg meta[] = {
-    { "__index", lazy_index }, { "__newindex", lazy_newindex }, { "__pairs", lazy_pairs },
-    { NULL, NULL } };
+/* The lazily opened libraries. string (strings' methods need it without any global) and
+ * strand.core (objects arriving in a state need it) get their stubs with the state; the others
+ * with base, on the first global looked up or set. */
+static const luaL_Reg lazy_libs[] = {
+  { LUA_STRLIBNAME, open_string }, { "strand.core", open_core },
+  { LUA_COLIBNAME, luaopen_coroutine }, { LUA_TABLIBNAME, luaopen_table },
+  { LUA_LOADLIBNAME, open_package }, { LUA_IOLIBNAME, luaopen_io }, { LUA_OSLIBNAME, luaopen_os },
+  { LUA_MATHLIBNAME, luaopen_math }, { LUA_UTF8LIBNAME, luaopen_utf8 },
+  { LUA_DBLIBNAME, luaopen_debug }, { NULL, NULL } };
+#define EAGER_LIBS 2
+
+/* Makes the stubs of lazy_libs[from..to) under their global and package.loaded names (stub ->
+ * opener in registry[&LAZY_KEY], whose [1] is the stubs' metatable); the globals table has no
+ * metatable meanwhile. */
+static void add_stubs(lua_State *L, int from, int to) {
   static const luaL_Reg arith[] = {
     { "__add", lazy_add }, { "__sub", lazy_sub }, { "__mul", lazy_mul }, { "__mod", lazy_mod },
     { "__pow", lazy_pow }, { "__div", lazy_div }, { "__idiv", lazy_idiv }, { "__unm", lazy_unm },
     { NULL, NULL } };
-  lua_createtable(L, 0, 48);          /* globals and package.loaded made at their full size: */
-  lua_pushvalue(L, -1);                /* no rehash while libraries fill them */
-  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  lua_pushglobaltable(L);
   int globals = lua_gettop(L);
-  lua_createtable(L, 0, 16);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  int loaded = lua_gettop(L);
-  lua_pushvalue(L, globals);
-  lua_setfield(L, loaded, LUA_GNAME);
-  lua_createtable(L, 0, 11);                          /* stub -> opener */
-  lua_createtable(L, 0, 3);                           /* the stubs' metatable */
-  luaL_setfuncs(L, meta, 0);
-  lua_pushvalue(L, globals);                          /* base: the globals table is its stub */
-  lua_pushcfunction(L, open_base);
-  lua_rawset(L, loaded + 1);
-  for (const luaL_Reg *r = lazy; r->func; r++) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  int loaded = globals + 1;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &LAZY_KEY);
+  int map = globals + 2;
+  lua_rawgeti(L, map, 1);
+  int meta = globals + 3;
+  for (int i = from; i < to; i++) {
+    const luaL_Reg *r = &lazy_libs[i];
+    if (lua_getfield(L, loaded, r->name) != LUA_TNIL) { lua_pop(L, 1); continue; }
+    lua_pop(L, 1);
     lua_createtable(L, 0, 0);
-    lua_pushvalue(L, -2);
+    lua_pushvalue(L, meta);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
-    if (r->func == open_package) {
-      if (path) lua_pushstring(L, path); else lua_pushnil(L);
-      if (cpath) lua_pushstring(L, cpath); else lua_pushnil(L);
+    if (r->func == open_package) {                    /* with the creator's paths */
+      const thr_ctl *c = lua_rawgetp(L, LUA_REGISTRYINDEX, &SELF_KEY) == LUA_TLIGHTUSERDATA
+                         ? (const thr_ctl *)lua_touserdata(L, -1) : NULL;
+      lua_pop(L, 1);
+      if (c && c->path) lua_pushstring(L, c->path); else lua_pushnil(L);
+      if (c && c->cpath) lua_pushstring(L, c->cpath); else lua_pushnil(L);
       lua_pushcclosure(L, open_package, 2);
     } else {
       lua_pushcfunction(L, r->func);
     }
-    lua_rawset(L, loaded + 1);
+    lua_rawset(L, map);
     if (r->func == open_package) {                    /* the global require opens package */
       lua_pushvalue(L, -1);
       lua_pushcclosure(L, lazy_require, 1);
@@ -361,8 +354,47 @@ static void open_stdlibs(lua_State *L, const char *path, const char *cpath) {
     if (r->func == open_core) lua_setfield(L, LUA_REGISTRYINDEX, "strand.core");
     else lua_setfield(L, globals, r->name);
   }
-  lua_setmetatable(L, globals);                       /* last: the sets above stay raw */
+  lua_settop(L, globals - 1);
+}
+
+/* base's opener (arg 1: the globals table, a stub too): luaopen_base sets its functions in the
+ * globals table itself, which first loses the stubs' metatable (its sets would come back here);
+ * then the other libraries' stubs. */
+static int open_base(lua_State *L) {
+  lua_pushnil(L);
+  lua_setmetatable(L, 1);
+  luaopen_base(L);
+  add_stubs(L, EAGER_LIBS, (int)(sizeof lazy_libs / sizeof lazy_libs[0]) - 1);
+  return 1;
+}
+
+/* Builds the globals and package.loaded of a new state (the thread's control block is in
+ * registry[&SELF_KEY] by then, for package's paths). */
+static void open_stdlibs(lua_State *L) {
+  static const luaL_Reg meta[] = {
+    { "__index", lazy_index }, { "__newindex", lazy_newindex }, { "__pairs", lazy_pairs },
+    { NULL, NULL } };
+  lua_createtable(L, 0, 48);          /* globals and package.loaded made at their full size: */
+  lua_pushvalue(L, -1);                /* no rehash while libraries fill them */
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int globals = lua_gettop(L);
+  lua_createtable(L, 0, 16);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, globals);
+  lua_setfield(L, -2, LUA_GNAME);
+  lua_createtable(L, 1, 11);                          /* stub -> opener; [1] the stubs' metatable */
+  lua_createtable(L, 0, 3);
+  luaL_setfuncs(L, meta, 0);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, globals);                          /* base: the globals table is its stub */
+  lua_pushcfunction(L, open_base);
+  lua_rawset(L, -3);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LAZY_KEY);
+  add_stubs(L, 0, EAGER_LIBS);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &LAZY_KEY);
+  lua_rawgeti(L, -1, 1);
+  lua_setmetatable(L, globals);                       /* last: the sets above stay raw */
   lua_settop(L, globals - 1);
 }
 
@@ -405,7 +437,7 @@ static void *thr_main(void *arg) {
     lua_gc(L, LUA_GCINC, 1000, 0, 0);
     lua_gc(L, LUA_GCCOLLECT);
     lua_gc(L, LUA_GCINC, 200, 0, 0);
-    open_stdlibs(L, c->path, c->cpath);
+    open_stdlibs(L);
     lua_pushcfunction(L, thr_boot);
     lua_pushlightuserdata(L, c);
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
