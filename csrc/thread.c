@@ -37,6 +37,7 @@ typedef struct thr_ctl {
   char *path, *cpath;           /* the creator's package.path / cpath */
   char *result; size_t rlen;    /* encoded results (DONE) or error (FAILED) */
   int efd;                      /* eventfd, readable once the thread has finished */
+  int efd_waited;               /* a joiner's waiter has efd itself (creator's state only) */
 } thr_ctl;
 
 typedef struct thr_handle {
@@ -711,14 +712,22 @@ static int tm_start(lua_State *L) {
 
 /* {==== joining */
 
-typedef struct waiter { strand_io io; } waiter;
+/* A joiner's wait on the eventfd: the first joiner of a thread waits on the control block's own
+ * eventfd; a second one at the same time on a dup of it (epoll keys on the fd). The waiter holds
+ * a reference to the control block, so the eventfd stays open until the registration is gone. */
+typedef struct waiter { strand_io io; thr_ctl *c; int dup; } waiter;
 
 static int waiter_close(lua_State *L) {
   waiter *w = (waiter *)luaL_checkudata(L, 1, WAITER_META);
   if (w->io.fd >= 0) {
     strand_io_close(&w->io);
-    close(w->io.fd);
+    if (w->dup) close(w->io.fd);
+    else if (w->c) w->c->efd_waited = 0;
     w->io.fd = -1;
+  }
+  if (w->c) {
+    ctl_release(w->c);
+    w->c = NULL;
   }
   return 0;
 }
@@ -795,13 +804,24 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
       return strand_fail_msg(L, "timeout", NULL);
     }
     if (outcome == STRAND_CLOSED) return luaL_error(L, "thread join interrupted");
-    if (lua_type(L, 3) != LUA_TUSERDATA) {         /* our own dup of the eventfd to wait on */
+    if (lua_type(L, 3) != LUA_TUSERDATA) {         /* the eventfd to wait on (see waiter) */
       lua_settop(L, 2);
       waiter *w = (waiter *)lua_newuserdatauv(L, sizeof *w, 0);
       strand_io_init(&w->io, -1);
+      w->c = NULL;
+      w->dup = 0;
       luaL_setmetatable(L, WAITER_META);
-      int fd = fcntl(h->c->efd, F_DUPFD_CLOEXEC, 0);
-      if (fd < 0) return strand_fail(L, errno);
+      thr_ctl *c = h->c;
+      int fd = c->efd;
+      if (c->efd_waited) {
+        fd = fcntl(c->efd, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) return strand_fail(L, errno);
+        w->dup = 1;
+      } else {
+        c->efd_waited = 1;
+      }
+      atomic_fetch_add(&c->refs, 1);
+      w->c = c;
       strand_io_init(&w->io, fd);
     }
     waiter *w = (waiter *)lua_touserdata(L, 3);

@@ -66,6 +66,23 @@ describe("threads", function()
     assert.same({ "x", "x", "x" }, got)
   end)
 
+  it("a joiner cancelled while it waits leaves the thread joinable, and no fd behind", H.no_leaks(function()
+    local t = thread.start(function() require("strand").sleep(0.2); return "y" end)
+    H.run(function()
+      local j = strand.spawn(function() return t:result(H.TIMEOUT) end)
+      strand.sleep(0.01)                           -- j waits on the thread's eventfd
+      j:cancel()
+      local ok, err = j:join(H.TIMEOUT)
+      assert.is_false(ok); assert.is_true(strand.is_cancelled(err))
+      collectgarbage(); collectgarbage()           -- the waiter's registration goes
+      local k = strand.spawn(function() return t:result(H.TIMEOUT) end)
+      assert.same({ true, "y" }, { k:join(H.TIMEOUT) })
+    end)
+    assert.equal("y", t:result(H.TIMEOUT))
+    t = nil
+    collectgarbage(); collectgarbage()
+  end))
+
   it("join with a timeout returns nil, timeout while it still runs", function()
     local t = thread.start(function() require("strand").sleep(0.3) end)
     local r, e = t:join(0.01)
