@@ -4,7 +4,11 @@
  * With -p PID (the server's) it also prints, over the measured window only (connections made),
  * the server's CPU seconds (utime+stime) and its VmRSS in KiB at the end:
  *   "TRIPS_PER_S TRIPS SECONDS SERVER_CPU_S SERVER_RSS_KIB"
- * usage: echo_client [-i] [-p PID] PORT NCONN SECONDS [MSGSIZE] */
+ * With -P DEPTH each connection keeps DEPTH messages in flight, written as one batch (pipelining,
+ * as redis-benchmark -P does), each message ending in '\n', and sends the next batch once the whole
+ * batch came back: a server answering message by message then does more work per message than the
+ * load generator (bench/server_bench.sh PIPELINE=).
+ * usage: echo_client [-i] [-p PID] [-P DEPTH] PORT NCONN SECONDS [MSGSIZE] */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -86,20 +90,23 @@ static void send_all(int fd, const char *p, size_t n) {
 }
 
 int main(int argc, char **argv) {
-  int idle = 0, spid = 0;
+  int idle = 0, spid = 0, depth = 1;
   for (;;) {
     if (argc > 1 && strcmp(argv[1], "-i") == 0) { idle = 1; argv++; argc--; }
+    else if (argc > 2 && strcmp(argv[1], "-P") == 0) { depth = atoi(argv[2]); argv += 2; argc -= 2; }
     else if (argc > 2 && strcmp(argv[1], "-p") == 0) { spid = atoi(argv[2]); argv += 2; argc -= 2; }
     else break;
   }
   if (argc < 4) {
-    fprintf(stderr, "usage: echo_client [-i] [-p PID] PORT NCONN SECONDS [MSGSIZE]\n");
+    fprintf(stderr, "usage: echo_client [-i] [-p PID] [-P DEPTH] PORT NCONN SECONDS [MSGSIZE]\n");
     return 2;
   }
   int port = atoi(argv[1]), n = atoi(argv[2]);
   double secs = atof(argv[3]);
   size_t msgsize = argc > 4 ? (size_t)atoi(argv[4]) : 64;
-  if (n < 1 || msgsize < 1 || msgsize > 65536) return 2;
+  if (n < 1 || msgsize < 1 || msgsize > 65536 || depth < 1 || depth > 1024 ||
+      msgsize * (size_t)depth > 65536) return 2;
+  size_t batch = msgsize * (size_t)depth;
 
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -107,10 +114,12 @@ int main(int argc, char **argv) {
     setrlimit(RLIMIT_NOFILE, &rl);
   }
   conn *c = (conn *)calloc((size_t)n, sizeof *c);
-  char *msg = (char *)malloc(msgsize);
+  char *msg = (char *)malloc(batch);
   char buf[65536];
   if (c == NULL || msg == NULL) die("malloc");
-  memset(msg, 'e', msgsize);
+  memset(msg, 'e', batch);
+  if (depth > 1)
+    for (int i = 1; i <= depth; i++) msg[(size_t)i * msgsize - 1] = '\n';
   for (int i = 0; i < n; i++) c[i].fd = dial(port);
   if (idle) {
     printf("holding %d connections\n", n);
@@ -130,7 +139,7 @@ int main(int argc, char **argv) {
   long long trips = 0;
   double cpu0 = spid ? proc_cpu(spid) : 0;
   double t0 = now(), end = t0 + secs;
-  for (int i = 0; i < n; i++) send_all(c[i].fd, msg, msgsize);
+  for (int i = 0; i < n; i++) send_all(c[i].fd, msg, batch);
   struct epoll_event evs[256];
   while (now() < end) {
     int k = epoll_wait(ep, evs, 256, 100);
@@ -147,10 +156,10 @@ int main(int argc, char **argv) {
         die("read");
       }
       x->got += (size_t)r;
-      while (x->got >= msgsize) {
-        x->got -= msgsize;
-        trips++;
-        if (x->got == 0) send_all(x->fd, msg, msgsize);
+      while (x->got >= batch) {
+        x->got -= batch;
+        trips += depth;
+        if (x->got == 0) send_all(x->fd, msg, batch);
       }
     }
   }

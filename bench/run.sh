@@ -44,9 +44,9 @@ if [ "${QUICK:-}" != 1 ]; then
 fi
 # the other areas' benches (each prints its own ratios; the report above covers issue 14's rows)
 if [ "${QUICK:-}" != 1 ]; then
-for work in 0 3000; do
-  echo "### WORK=$work bench/server_bench.sh"
-  WORK=$work sh bench/server_bench.sh "$build" || echo "(bench/server_bench.sh failed)"
+for env in WORK=0 WORK=3000 PIPELINE=32; do
+  echo "### $env bench/server_bench.sh"
+  env "$env" sh bench/server_bench.sh "$build" || echo "(bench/server_bench.sh failed)"
 done
 for b in bench/process_bench.lua bench/ssh_bench.lua; do
   echo "### $b"
