@@ -6,6 +6,9 @@
  *   get HOST PORT USER KEY REMOTE LOCAL KIB        one SFTP handle, KIB-sized reads (read-ahead 4x)
  *   mget HOST PORT USER KEY REMOTE LOCAL N         N SFTP channels on one session, each reading
  *                                                  its 1/N of the file at once (non-blocking, poll)
+ *   mput HOST PORT USER KEY LOCAL REMOTE N         N SFTP channels on one session, each writing
+ *                                                  its 1/N of the file, 512 KiB in flight each
+ *                                                  (a sliding buffer, as strand's put)
  *   catget HOST PORT USER KEY REMOTE LOCAL         exec "cat REMOTE" and read the channel: no SFTP
  *                                                  at all, the ceiling of any protocol over a
  *                                                  libssh2 channel (an SFTP client of our own too)
@@ -177,6 +180,67 @@ static void mget(const char *remote, const char *local, int nparts) {
   libssh2_session_set_blocking(sess, 1);   /* the handles' read-ahead is dropped at exit */
 }
 
+typedef struct wpart {
+  LIBSSH2_SFTP *sftp; LIBSSH2_SFTP_HANDLE *h; long long pos, end; int done;
+  char *buf; size_t off, len;        /* buf[off..len): read from the file, not acknowledged yet */
+} wpart;
+
+static void mput(const char *local, const char *remote, int nparts) {
+  const size_t cap = 1 << 20, inflight = 512 * 1024;
+  wpart *ps = calloc((size_t)nparts, sizeof *ps);
+  int fd = open(local, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("open local");
+  long long size = lseek(fd, 0, SEEK_END), chunk = (size + nparts - 1) / nparts;
+  for (int i = 0; i < nparts; i++) {
+    ps[i].sftp = libssh2_sftp_init(sess);
+    if (!ps[i].sftp) die("sftp_init");
+    unsigned long fl = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | (i == 0 ? LIBSSH2_FXF_TRUNC : 0);
+    ps[i].h = libssh2_sftp_open(ps[i].sftp, remote, fl, 0644);
+    if (!ps[i].h) die("sftp_open");
+    ps[i].buf = malloc(cap);
+    ps[i].pos = i * chunk;
+    ps[i].end = ps[i].pos + chunk < size ? ps[i].pos + chunk : size;
+    libssh2_sftp_seek64(ps[i].h, (libssh2_uint64_t)ps[i].pos);
+  }
+  libssh2_session_set_blocking(sess, 0);
+  long long total = 0;
+  int left = nparts;
+  start();
+  while (left > 0) {
+    int moved = 0;
+    for (int i = 0; i < nparts; i++) {
+      wpart *p = &ps[i];
+      if (p->done) continue;
+      if (p->off >= cap / 2) {
+        memmove(p->buf, p->buf + p->off, p->len - p->off);
+        p->len -= p->off;
+        p->off = 0;
+      }
+      long long unread = p->end - (p->pos + (long long)(p->len - p->off));
+      if (p->len < cap && unread > 0) {
+        size_t want = cap - p->len < (size_t)unread ? cap - p->len : (size_t)unread;
+        ssize_t n = pread(fd, p->buf + p->len, want, p->pos + (long long)(p->len - p->off));
+        if (n <= 0) die("pread");
+        p->len += (size_t)n;
+      }
+      if (p->off == p->len) { p->done = 1; left--; moved = 1; continue; }
+      size_t give = p->len - p->off < inflight ? p->len - p->off : inflight;
+      ssize_t w = libssh2_sftp_write(p->h, p->buf + p->off, give);
+      if (w == LIBSSH2_ERROR_EAGAIN || w == 0) continue;
+      if (w < 0) die("sftp_write");
+      moved = 1;
+      p->off += (size_t)w;
+      p->pos += w;
+      total += w;
+    }
+    if (!moved) wait_socket();
+  }
+  libssh2_session_set_blocking(sess, 1);
+  for (int i = 0; i < nparts; i++) libssh2_sftp_close(ps[i].h);   /* all acknowledged */
+  close(fd);
+  report(total);
+}
+
 static void catget(const char *remote, const char *local) {
   LIBSSH2_CHANNEL *ch = libssh2_channel_open_session(sess);
   if (!ch) die("channel");
@@ -229,12 +293,13 @@ static void catput(const char *local, const char *remote) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 8) die("usage: get|mget|catget|catput HOST PORT USER KEY A B [N]");
+  if (argc < 8) die("usage: get|mget|mput|catget|catput HOST PORT USER KEY A B [N]");
   libssh2_init(0);
   open_session(argv[2], atoi(argv[3]), argv[4], argv[5]);
   const char *m = argv[1];
   if (strcmp(m, "get") == 0 && argc > 8) get(argv[6], argv[7], (size_t)atoi(argv[8]) * 1024);
   else if (strcmp(m, "mget") == 0 && argc > 8) mget(argv[6], argv[7], atoi(argv[8]));
+  else if (strcmp(m, "mput") == 0 && argc > 8) mput(argv[6], argv[7], atoi(argv[8]));
   else if (strcmp(m, "catget") == 0) catget(argv[6], argv[7]);
   else if (strcmp(m, "catput") == 0) catput(argv[6], argv[7]);
   else die("bad arguments");
