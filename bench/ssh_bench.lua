@@ -187,7 +187,7 @@ local ok, err = pcall(function()
   local function run_tr(cmd, parse)
     local done = os.tmpname()
     os.remove(done)
-    local p = io.popen(("taskset -c %s sh -c %s 2>/dev/null"):format(CPU, quote(cmd .. "; touch " .. done)))
+    local p = io.popen(("taskset -c %s sh -c %s 2>/dev/null"):format(CPU, quote("timeout 600 " .. cmd .. "; touch " .. done)))
     local acc = {}
     local deadline = now() + 600
     while now() < deadline do
