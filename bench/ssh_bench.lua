@@ -276,7 +276,8 @@ local ok, err = pcall(function()
       if #res[i][6] > 0 then best[#best + 1] = { list[i][1] .. " 1st", top(res[i][6]) } end
     end
     row(("  best of %d runs"):format(SFTP_REPS), top(res[1][1]), best, false)
-    print("  seconds: client CPU / client runnable, no CPU / client idle (waiting for sshd) / sshd CPU")
+    print("  seconds: client CPU / client runnable, no CPU / client idle (waiting for sshd) / sshd CPU"
+      .. " (sshd's: the whole session, OpenSSH's two transfers)")
     for i, p in ipairs(list) do
       local f = function(k) local v = median(res[i][k]); return v and ("%.2f"):format(v) or "n/a" end
       -- OpenSSH's client is two processes (sftp and ssh): no single idle figure
