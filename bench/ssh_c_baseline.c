@@ -2,7 +2,9 @@
  * TCP_NODELAY, TCP_QUICKACK re-armed after each read (recv callback), 1 MiB SFTP buffers.
  *   connect HOST PORT USER KEY          connect + key auth + exec "true" + close; prints seconds
  *   cmds HOST PORT USER KEY N           N sequential exec "true" on one session; prints s/command
- *   get|put HOST PORT USER KEY REMOTE LOCAL   SFTP transfer; prints MiB/s
+ *   get|put HOST PORT USER KEY REMOTE LOCAL   SFTP transfer; prints "MiB/s cpu_s run_delay_s" of the
+ *                                       transfer (/proc/self/schedstat: time on a CPU, and time
+ *                                       runnable waiting for one)
  *   many HOST PORT USER KEY N           N sessions at once, non-blocking, one thread, poll(); each
  *                                       runs "true" and waits for its exit status (as strand's
  *                                       run does); prints "wall_seconds cpu_seconds"
@@ -31,6 +33,18 @@ static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* this thread's seconds on a CPU and seconds runnable but waiting for one */
+static void sched(double *oncpu, double *delay) {
+  unsigned long long a = 0, b = 0;
+  FILE *f = fopen("/proc/self/schedstat", "r");
+  if (f) {
+    if (fscanf(f, "%llu %llu", &a, &b) != 2) a = b = 0;
+    fclose(f);
+  }
+  *oncpu = a / 1e9;
+  *delay = b / 1e9;
 }
 
 static void die(const char *what) { fprintf(stderr, "ssh_c_baseline: %s\n", what); exit(1); }
@@ -103,7 +117,8 @@ static void transfer(int put, const char *remote, const char *local) {
   if (!sftp) die("sftp_init");
   size_t cap = 1 << 20;
   char *buf = malloc(cap);
-  double t0 = now();
+  double t0 = now(), c0, d0, c1, d1;
+  sched(&c0, &d0);
   long long total = 0;
   if (!put) {
     LIBSSH2_SFTP_HANDLE *h = libssh2_sftp_open(sftp, remote, LIBSSH2_FXF_READ, 0);
@@ -132,7 +147,8 @@ static void transfer(int put, const char *remote, const char *local) {
     libssh2_sftp_close(h);
   }
   double dt = now() - t0;
-  printf("%.1f\n", total / 1048576.0 / dt);
+  sched(&c1, &d1);
+  printf("%.1f %.3f %.3f\n", total / 1048576.0 / dt, c1 - c0, d1 - d0);
   libssh2_sftp_shutdown(sftp);
   close_session(s, fd);
   free(buf);

@@ -5,6 +5,18 @@ import paramiko
 
 mode, host, port, user, key, kh = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 
+def sched():
+    # seconds on a CPU and seconds runnable waiting for one, summed over the threads
+    a = b = 0
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/schedstat" % t) as f:
+                x, y = f.read().split()[:2]
+                a += int(x); b += int(y)
+        except OSError:
+            pass
+    return a / 1e9, b / 1e9
+
 def connect():
     c = paramiko.SSHClient()
     c.load_host_keys(kh)
@@ -30,10 +42,11 @@ elif mode == "cmds":
     c.close()
 elif mode in ("get", "put"):
     c = connect(); sftp = c.open_sftp()
-    t0 = time.monotonic()
+    t0 = time.monotonic(); c0, d0 = sched()
     if mode == "get": sftp.get(sys.argv[7], sys.argv[8]); n = os.path.getsize(sys.argv[8])
     else: sftp.put(sys.argv[8], sys.argv[7]); n = os.path.getsize(sys.argv[8])
-    print("%.1f" % (n / 1048576 / (time.monotonic() - t0)))
+    t1 = time.monotonic(); c1, d1 = sched()
+    print("%.1f %.3f %.3f" % (n / 1048576 / (t1 - t0), c1 - c0, d1 - d0))
     sftp.close(); c.close()
 elif mode == "many":
     n = int(sys.argv[7])

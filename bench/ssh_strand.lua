@@ -1,5 +1,6 @@
 -- bench/ssh_strand.lua — strand's side of bench/ssh_bench.lua, the same modes and output as
 -- bench/ssh_c_baseline.c: connect | cmds N | get REMOTE LOCAL | put LOCAL REMOTE | many N
+-- (get/put print "MiB/s cpu_s run_delay_s" of the transfer)
 -- (arguments: MODE HOST PORT USER KEY KNOWN_HOSTS [...])
 local strand = require "strand"
 local ssh = require "strand.ssh"
@@ -12,6 +13,14 @@ local function cpu()
   for x in f:read("a"):match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
   f:close()
   return (tonumber(fields[12]) + tonumber(fields[13])) / 100
+end
+
+-- this thread's seconds on a CPU and seconds runnable waiting for one (/proc/self/schedstat)
+local function sched()
+  local f = io.open("/proc/self/schedstat")
+  local a, b = f:read("n", "n")
+  f:close()
+  return a / 1e9, b / 1e9
 end
 
 assert(ssh.init())   -- as the C program, libssh2_init before the clock starts
@@ -32,10 +41,11 @@ elseif mode == "cmds" then
 elseif mode == "get" or mode == "put" then
   local s = assert(ssh.connect(opts))
   local sftp = assert(s:sftp())
-  local t0 = strand.now()
+  local t0, c0, d0 = strand.now(), sched()
   local n
   if mode == "get" then n = assert(sftp:get(arg[7], arg[8])) else n = assert(sftp:put(arg[8], arg[7])) end
-  print(("%.1f"):format(n / 1048576 / (strand.now() - t0)))
+  local t1, c1, d1 = strand.now(), sched()
+  print(("%.1f %.3f %.3f"):format(n / 1048576 / (t1 - t0), c1 - c0, d1 - d0))
   sftp:close()
   s:close()
 elseif mode == "many" then
