@@ -175,7 +175,7 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
   local C = core.process
   local done, fns = 0, {}
   local outbox, spack, sunpack = {}, string.pack, string.unpack
-  local encodev, decode = C._encodev, serial.decode
+  local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
   local function flush()
     if #outbox == 0 then return end
     out:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
@@ -206,13 +206,15 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
         for i = 1, n do out[i] = (fn(args[i])) end
         return unpack(out, 1, n)
       end, traceback))
-    elseif chunk then
+    elseif chunk then                            -- answered as "true, list" (encode_list)
       local args = decode(argsdata, FUNCS)
-      local out = {}
-      ok, enc = pcall(encodev, xpcall(function()
-        for i = 1, args.n do out[i] = (fn(args[i])) end
-        return out
-      end, traceback))
+      local n = args.n
+      local out = new_table(n)
+      local okx, err = xpcall(function()
+        for i = 1, n do out[i] = (fn(args[i])) end
+      end, traceback)
+      if okx then ok, enc = pcall(encode_list, out, 1, n, true)
+      else ok, enc = pcall(encodev, false, err) end
     else
       ok, enc = pcall(encodev, xpcall(fn, traceback, decode(argsdata, FUNCS)))
     end
@@ -350,15 +352,17 @@ local function worker_gone(self, w)
   end
 end
 
+-- A map chunk's outcome when its results went straight into map's table (process._decode_into)
+local PLACED = { true, n = 1 }
+
 local function reader(self, w)
   local sock = w.sock
-  local sunpack, decode = string.unpack, serial.decode
+  local sunpack, decode, decode_into = string.unpack, serial.decode, core.process._decode_into
   sock:settimeout(nil)
   while true do
     local data = sock:recv_frame()
     if data == nil then break end
     local id = sunpack(">I8", data)
-    local r = pack(decode(data:sub(9), FUNCS))       -- true, ... | false, err
     local job
     if w.ih <= w.it then                 -- the oldest job in flight: answers come in order
       job = w.inflight[w.ih]
@@ -367,6 +371,13 @@ local function reader(self, w)
     end
     if job and job.id ~= id then          -- never expected: ids stay in order per worker
       error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
+    end
+    local r
+    local into = job and job.fut and job.fut._into
+    if into and decode_into(data, 9, into, job.fut._first) then
+      r = PLACED                          -- a map chunk's results, already in map's table
+    else
+      r = pack(decode(data:sub(9), FUNCS))       -- true, ... | false, err
     end
     if job and job.bare and r[1] then r = pack(true, tmove(r, 2, r.n, 1, {})) end   -- a list
     if job then
@@ -570,7 +581,7 @@ local function check_list(list, chunksize, fname)
 end
 
 -- Chunk futures for list: one future per chunk, each settling with the chunk's results table.
-local function submit_chunks(self, fname, fn, list, chunksize)
+local function submit_chunks(self, fname, fn, list, chunksize, into)
   local n = #list
   if chunksize == nil then
     chunksize = n // (self._size * 4)
@@ -584,7 +595,8 @@ local function submit_chunks(self, fname, fn, list, chunksize)
     -- and takes back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
-    local encode, encodev = core.process._encode, core.process._encodev
+    local encode, encodev, encode_list = core.process._encode, core.process._encodev,
+      core.process._encode_list
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
     local q, early, pending = self._jobs, self._size, 0
@@ -596,8 +608,8 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       if count <= BARE_MAX then                  -- small: the items as bare values
         okc, argsdata = pcall(encodev, unpack(list, first, last))
         bare = true
-      else
-        okc, argsdata = pcall(encode, tmove(list, first, last, 1, { n = count }))
+      else                                       -- {list[first..last], n = count}, unmade
+        okc, argsdata = pcall(encode_list, list, first, last)
       end
       if not okc or argsdata == nil then
         local mine = {}
@@ -615,6 +627,7 @@ local function submit_chunks(self, fname, fn, list, chunksize)
         error(OBJMSG:format(fname), 3)
       end
       local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
+      if into and not bare then f._into = into end  -- results decoded straight into map's table
       chunks[#chunks + 1] = f
       local id = self._next + 1
       self._next = id
@@ -650,12 +663,12 @@ function Pool:map(fn, list, chunksize)
   check_pool(self, "map")
   check_fn(fn, "map")
   check_list(list, chunksize, "map")
-  local out = {}
-  for _, f in ipairs(submit_chunks(self, "map", fn, list, chunksize)) do
+  local out = core.process._table(#list)
+  for _, f in ipairs(submit_chunks(self, "map", fn, list, chunksize, out)) do
     local r = f._r
     if r == nil then f:join(); r = f._r end
     if not r[1] then error(r[2], 0) end
-    tmove(r[2], 1, f._count, f._first, out)
+    if r ~= PLACED then tmove(r[2], 1, f._count, f._first, out) end
   end
   return out
 end
