@@ -375,11 +375,28 @@ static int l_decode_into(lua_State *L) {
   lua_Integer first = luaL_checkinteger(L, 4);
   luaL_argcheck(L, off >= 1 && (size_t)off <= len + 1, 2, "out of range");
   int n = strand_serial_decode_into(L, p + off - 1, len - (size_t)(off - 1),
-                                    STRAND_SERIAL_FUNCTIONS, 3, first);
+                                    STRAND_SERIAL_FUNCTIONS | STRAND_SERIAL_NOADOPT, 3, first);
   if (n == -1) { lua_pushnil(L); return 1; }
   if (n == -2) { lua_pushboolean(L, 0); lua_insert(L, -2); return 2; }
   lua_pushinteger(L, n);
   return 1;
+}
+
+/* process._decode_at(data, offset) -> the values in data from byte offset on (functions
+ * allowed: strand's own channel) | nil, msg when malformed: serial.decode without the copy
+ * data:sub(offset) makes (a pool result after its id) */
+static int l_decode_at(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  lua_Integer off = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, off >= 1 && (size_t)off <= len + 1, 2, "out of range");
+  lua_settop(L, 1);
+  int n = strand_serial_decode(L, p + off - 1, len - (size_t)(off - 1),
+                               STRAND_SERIAL_FUNCTIONS | STRAND_SERIAL_NOADOPT);   /* as serial.decode */
+  if (n >= 0) return n;
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  return 2;
 }
 
 /* process._table(narr) -> a table with room for narr items (map's results, a chunk's): filled
@@ -421,6 +438,7 @@ static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
   {"_encode", l_encode}, {"_encodev", l_encodev}, {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
+  {"_decode_at", l_decode_at},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

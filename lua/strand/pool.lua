@@ -36,8 +36,9 @@ local Future = {}
 Future.__index = Future
 Future.__name = "strand.future"
 
-local function new_future()
-  return setmetatable({ _state = "pending" }, Future)      -- waiters/callbacks made on demand
+local function new_future()     -- waiters/callbacks made on demand; the fields named (nil) so
+  -- that the table is made with room for them (no rehash as they come)
+  return setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
 end
 M._new_future = new_future
 
@@ -245,6 +246,8 @@ local function give(self, w)
   if not job.chunk and w.it - w.ih + 1 >= INFLIGHT then return false end   -- a plain job after chunks
   jobs[self._jh] = nil
   self._jh = self._jh + 1
+  if self._jh > self._jt then self._jh, self._jt = 1, 0 end   -- empty: from 1 again (the keys
+  -- stay in the array part instead of climbing through the hash part)
   if job.fut == nil or job.fut._state == "pending" then
     if job.fut then job.fut._state = "running" end
     w.it = w.it + 1
@@ -309,8 +312,11 @@ flush_out = function(self)
       w.sending = true
       while #w.out > 0 do
         local out = w.out
-        w.out = {}
+        w.out = w.spare or {}              -- two tables taking turns: none made per write
+        w.spare = nil
         local ok = w.jsock:sendall(#out == 1 and out[1] or table.concat(out))
+        for i = #out, 1, -1 do out[i] = nil end
+        w.spare = out
         if not ok then w.out = {}; break end   -- the worker died: its reader handles it
       end
       w.sending = false
@@ -357,7 +363,8 @@ local PLACED = { true, n = 1 }
 
 local function reader(self, w)
   local sock = w.sock
-  local sunpack, decode, decode_into = string.unpack, serial.decode, core.process._decode_into
+  local sunpack, decode_into, decode_at = string.unpack, core.process._decode_into,
+    core.process._decode_at
   sock:settimeout(nil)
   while true do
     local data = sock:recv_frame()
@@ -377,7 +384,7 @@ local function reader(self, w)
     if into and decode_into(data, 9, into, job.fut._first) then
       r = PLACED                          -- a map chunk's results, already in map's table
     else
-      r = pack(decode(data:sub(9), FUNCS))       -- true, ... | false, err
+      r = pack(decode_at(data, 9))               -- true, ... | false, err
     end
     if job and job.bare and r[1] then r = pack(true, tmove(r, 2, r.n, 1, {})) end   -- a list
     if job then
@@ -529,8 +536,9 @@ end
 local OBJMSG = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
   .. "make it before the pool and reach it from the initializer)"
 
--- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome.
-local function enqueue(self, fname, fn, args, chunk, job)
+-- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome. A process
+-- pool's submit and apply pass the arguments encoded already (argsdata) and no args table.
+local function enqueue(self, fname, fn, args, chunk, job, argsdata)
   if self._closed then error(fname .. ": the pool is closed", 3) end
   self._next = self._next + 1
   local id = self._next
@@ -539,7 +547,7 @@ local function enqueue(self, fname, fn, args, chunk, job)
   if self._kind == "process" then
     local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
-    local argsdata = core.process._encodev(unpack(args, 1, args.n))   -- the values, bare
+    if args then argsdata = core.process._encodev(unpack(args, 1, args.n)) end  -- values, bare
     if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
@@ -552,12 +560,23 @@ local function enqueue(self, fname, fn, args, chunk, job)
   end
 end
 
+local encodev = core.process and core.process._encodev
+
+-- A plain job's table, made with room for the fields enqueue and give add.
+local function new_job(f)
+  return { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
+end
+
 --- p:submit(fn, ...) -> future
 function Pool:submit(fn, ...)
   check_pool(self, "submit")
   check_fn(fn, "submit")
   local f = new_future()
-  enqueue(self, "submit", fn, pack(...), nil, { fut = f })
+  if self._kind == "process" and not self._closed then
+    enqueue(self, "submit", fn, nil, nil, new_job(f), encodev(...))
+  else
+    enqueue(self, "submit", fn, pack(...), nil, new_job(f))
+  end
   return f
 end
 Pool.apply_async = Pool.submit
@@ -567,7 +586,11 @@ function Pool:apply(fn, ...)
   check_pool(self, "apply")
   check_fn(fn, "apply")
   local f = new_future()
-  enqueue(self, "apply", fn, pack(...), nil, { fut = f })
+  if self._kind == "process" and not self._closed then
+    enqueue(self, "apply", fn, nil, nil, new_job(f), encodev(...))
+  else
+    enqueue(self, "apply", fn, pack(...), nil, new_job(f))
+  end
   return f:result()
 end
 

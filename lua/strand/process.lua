@@ -138,12 +138,13 @@ function M.new(opts)
   end
   counter = counter + 1
   local args = opts.args or {}
+  -- the fields start, join and finish add are named too (nil): the table is made with room
   return setmetatable({
     fn = opts.fn, args = args, nargs = args.n or #args,
     name = opts.name or ("Process-" .. counter),
     daemon = opts.daemon and true or false,
     allow_threads = opts.allow_threads and true or false,
-    _waiters = {},
+    _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
   }, Process)
 end
 
@@ -195,9 +196,10 @@ local function finish(self, deadline)
   local msg = h:take_result()
   local r
   if msg and #msg > 0 then
-    local d = pack(pcall(serial.decode, msg, FUNCS))      -- true, (true, ... | false, err)
-    if d[1] and type(d[2]) == "boolean" then r = tmove(d, 2, d.n, 1, { n = d.n - 1 })
-    else r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(d[3] or d[2])) end
+    r = pack(C._decode_at(msg, 1))                  -- true, ... | false, err | nil, why
+    if type(r[1]) ~= "boolean" then
+      r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(r[2] or r[1]))
+    end
   elseif code == 0 then
     r = pack(true)
   else
@@ -217,6 +219,7 @@ function methods:join(timeout)
     if self._joining then
       local n = core.notifier()
       local w = self._waiters
+      if w == nil then w = {}; self._waiters = w end
       w[#w + 1] = n
       local ok = n:wait(remaining(deadline))
       if not ok and self._final == nil then return nil, "timeout" end
@@ -225,8 +228,10 @@ function methods:join(timeout)
       local ok, done, err = pcall(finish, self, deadline)
       self._joining = false
       local w = self._waiters
-      self._waiters = {}
-      for i = 1, #w do w[i]:notify() end
+      if w then
+        self._waiters = nil
+        for i = 1, #w do w[i]:notify() end
+      end
       if not ok then error(done, 0) end
       if not done then return nil, err end
     end
