@@ -110,7 +110,7 @@ static uint64_t object_mac(uint64_t ptr, const char *name, size_t namelen) {
 
 typedef struct cursor { const unsigned char *p, *end; } cursor;
 
-static int rd_varint(cursor *c, uint64_t *v) {
+static inline __attribute__((always_inline)) int rd_varint(cursor *c, uint64_t *v) {
   uint64_t r = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     if (c->p >= c->end) return 0;
@@ -840,6 +840,7 @@ typedef struct decoder {
   int depth;
   int refs;                 /* stack slot of the table of numbered values (nil: HDR_REFS unset) */
   lua_Integer nrefs;
+  size_t budget;            /* table slots decode may still make ahead (see dec_table) */
 } decoder;
 
 static void dec_value(lua_State *L, decoder *d);
@@ -885,9 +886,15 @@ static void dec_table(lua_State *L, decoder *d, int hasmt) {
   dec_count(L, d, narr, 1);
   dec_count(L, d, nrec, 2);
   dec_enter(L, d);
-  /* the counts are only promises until the values arrive: pre-size modestly, so a hostile
-   * header claiming huge tables at every level cannot make decode allocate without bound */
-  lua_createtable(L, (int)(narr < 1024 ? narr : 1024), (int)(nrec < 1024 ? nrec : 1024));
+  /* the counts are only promises until the values arrive: the slots made ahead come out of a
+   * budget of one per byte of input (every value takes a byte at least, so honest data never
+   * runs out), so a hostile header claiming huge tables at every level cannot make decode
+   * allocate more than the input's size over */
+  size_t pa = narr < d->budget ? narr : d->budget;
+  d->budget -= pa;
+  size_t ph = nrec < d->budget ? nrec : d->budget;
+  d->budget -= ph;
+  lua_createtable(L, (int)pa, (int)ph);
   dec_number(L, d);
   int t = lua_gettop(L);
   for (uint32_t i = 1; i <= narr; i++) {
@@ -1068,7 +1075,7 @@ static int dec_run(lua_State *L) {
   const decjob *job = (const decjob *)lua_touserdata(L, 1);
   decoder d;
   d.c.p = (const unsigned char *)job->p; d.c.end = d.c.p + job->len;
-  d.flags = job->flags; d.depth = 0; d.nrefs = 0;
+  d.flags = job->flags; d.depth = 0; d.nrefs = 0; d.budget = job->len;
   lua_settop(L, 0);
   if (job->len < 2) dec_fail(L, "truncated");
   if (d.c.p[0] != SER_VERSION) dec_fail(L, "unknown version");
@@ -1110,7 +1117,7 @@ static int dec_into_run(lua_State *L) {
   const intojob *job = (const intojob *)lua_touserdata(L, 1);
   decoder d;
   d.c.p = (const unsigned char *)job->p; d.c.end = d.c.p + job->len;
-  d.flags = job->flags; d.depth = 0; d.nrefs = 0;
+  d.flags = job->flags; d.depth = 0; d.nrefs = 0; d.budget = job->len;
   lua_settop(L, 2);
   if (job->len < 13 || d.c.p[0] != SER_VERSION || (d.c.p[1] & ~(unsigned)HDR_OBJECTS)
       || d.c.p[2] != 2 || d.c.p[3] != T_TRUE || d.c.p[4] != T_TABLE)

@@ -169,6 +169,11 @@ local function job_traceback(e)
   return cut and tb:sub(1, cut - 1) or tb
 end
 
+-- A map chunk in a worker: the items' results into out (locals, no closure per chunk).
+local function run_chunk(fn, args, out, n)
+  for i = 1, n do out[i] = (fn(args[i])) end
+end
+
 -- What a process worker runs: jobs from its socket, results back, until told to stop.
 local function worker_main(sock, out, initializer, initargs, maxtasks)
   local traceback = job_traceback
@@ -211,9 +216,7 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
       local args = decode(argsdata, FUNCS)
       local n = args.n
       local out = new_table(n)
-      local okx, err = xpcall(function()
-        for i = 1, n do out[i] = (fn(args[i])) end
-      end, traceback)
+      local okx, err = xpcall(run_chunk, traceback, fn, args, out, n)
       if okx then ok, enc = pcall(encode_list, out, 1, n, true)
       else ok, enc = pcall(encodev, false, err) end
     else
