@@ -102,6 +102,11 @@ local methods = {}
 local counter = 0
 
 Process.__index = function(self, k)
+  if k == "name" then                    -- "Process-N", made when first asked for (most never are)
+    local name = "Process-" .. rawget(self, "_num")
+    rawset(self, "name", name)
+    return name
+  end
   if k == "exitcode" then
     local h = rawget(self, "_h")
     if h == nil then return nil end
@@ -141,7 +146,7 @@ function M.new(opts)
   -- the fields start, join and finish add are named too (nil): the table is made with room
   return setmetatable({
     fn = opts.fn, args = args, nargs = args.n or #args,
-    name = opts.name or ("Process-" .. counter),
+    name = opts.name, _num = counter,
     daemon = opts.daemon and true or false,
     allow_threads = opts.allow_threads and true or false,
     _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
@@ -150,7 +155,8 @@ end
 
 -- The child's side: run fn as a task of the fresh loop, write the outcome, exit.
 local function run_child(self, rfd)
-  M._current_name = self.name
+  M._current = self                 -- its name made only if process.name() asks (a new string
+                                    -- in the child would be one more page written there)
   local t = spawn_task(self.fn, unpack(self.args, 1, self.nargs))
   local r = pack(t:join())
   -- the outcome as bare values (true, ... | false, err): no table to walk and look up among
@@ -287,7 +293,10 @@ function M.start(fn, ...)
 end
 
 --- The name of this process ("MainProcess" unless started by strand.process).
-function M.name() return M._current_name or "MainProcess" end
+function M.name()
+  local p = M._current
+  return p and p.name or "MainProcess"
+end
 
 --- Every started child not reaped yet (also reaps those that have ended).
 function M.active_children()
