@@ -800,26 +800,32 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
   pe->kind = P_INDEX;
   e.plen = 2;
   int top = lua_gettop(L) + 1;
-  for (lua_Integer k = 0; k < count; k++) {
-    int tt = lua_geti(L, t, i + k);
-    if (tt == LUA_TNUMBER && lua_isinteger(L, top)) {       /* plain values inline */
-      uint64_t u = (uint64_t)lua_tointeger(L, top);
-      ROOM(&e, 11);
-      if (u < 64) e.b[e.n++] = (unsigned char)(T_SMALLINT + u);
-      else {
-        e.b[e.n++] = T_INT;
-        u = (u << 1) ^ (0 - (u >> 63));
-        while (u >= 0x80) { e.b[e.n++] = (unsigned char)(u | 0x80); u >>= 7; }
-        e.b[e.n++] = (unsigned char)u;
+  luaL_checkstack(L, 40, "strand.serial: list");
+  for (lua_Integer k0 = 0; k0 < count; k0 += 32) {         /* 32 items read, then encoded */
+    int nb = count - k0 < 32 ? (int)(count - k0) : 32;
+    unsigned char tts[32];
+    for (int b = 0; b < nb; b++) tts[b] = (unsigned char)lua_geti(L, t, i + k0 + b);
+    for (int b = 0; b < nb; b++) {
+      int at = top + b, tt = tts[b];
+      if (tt == LUA_TNUMBER && lua_isinteger(L, at)) {       /* plain values inline */
+        uint64_t u = (uint64_t)lua_tointeger(L, at);
+        ROOM(&e, 11);
+        if (u < 64) e.b[e.n++] = (unsigned char)(T_SMALLINT + u);
+        else {
+          e.b[e.n++] = T_INT;
+          u = (u << 1) ^ (0 - (u >> 63));
+          while (u >= 0x80) { e.b[e.n++] = (unsigned char)(u | 0x80); u >>= 7; }
+          e.b[e.n++] = (unsigned char)u;
+        }
+      } else if (tt == LUA_TSTRING) {
+        size_t l; const char *str = lua_tolstring(L, at, &l);
+        if (l < 64) { ROOM(&e, 1 + l); e.b[e.n++] = (unsigned char)(T_SHORTSTR + l);
+                      memcpy(e.b + e.n, str, l); e.n += l; }
+        else { put_byte(&e, T_STR); put_str(&e, str, l); }
+      } else {
+        pe->i = k0 + b + 1;
+        enc_value(&e, at);
       }
-    } else if (tt == LUA_TSTRING) {
-      size_t l; const char *str = lua_tolstring(L, top, &l);
-      if (l < 64) { ROOM(&e, 1 + l); e.b[e.n++] = (unsigned char)(T_SHORTSTR + l);
-                    memcpy(e.b + e.n, str, l); e.n += l; }
-      else { put_byte(&e, T_STR); put_str(&e, str, l); }
-    } else {
-      pe->i = k + 1;
-      enc_value(&e, top);
     }
     lua_settop(L, top - 1);
   }
