@@ -101,6 +101,32 @@ for _, kind in ipairs { "process", "thread" } do
       assert.is_true(later[1])
     end)
 
+    it("several tasks join one future, one of them timing out first; all see its outcome", function()
+      local p <close> = pool.new{ size = 1, kind = kind }
+      local gate = p:submit(function() require("strand").sleep(0.2); return "g" end)
+      local seen = {}
+      local joiners = {}
+      for i = 1, 3 do
+        joiners[i] = strand.spawn(function()
+          if i == 2 then seen.t = { gate:join(0.01) } end      -- leaves the waiters first
+          seen[i] = { gate:join(H.TIMEOUT) }
+          return true
+        end)
+      end
+      strand.sleep(0.02)
+      local late = strand.spawn(function() return gate:result(H.TIMEOUT) end)
+      for i = 1, 3 do assert.is_true(joiners[i]:join(H.TIMEOUT)) end
+      assert.same({ true, "g" }, { late:join(H.TIMEOUT) })
+      for i = 1, 3 do assert.same({ true, "g" }, seen[i]) end
+      assert.same({ nil, "timeout" }, seen.t)
+      assert.same({ true, "g" }, { gate:join(0) })
+      local alone = p:submit(function() return 7 end)    -- a single joiner, then a timeout alone
+      assert.same({ true, 7 }, { alone:join(H.TIMEOUT) })
+      local slow = p:submit(function() require("strand").sleep(0.1); return 8 end)
+      assert.same({ nil, "timeout" }, { slow:join(0.001) })
+      assert.same({ true, 8 }, { slow:join(H.TIMEOUT) })
+    end)
+
     it("initializer with initargs runs in each worker; maxtasksperchild replaces workers", function()
       local p <close> = pool.new{ size = 2, kind = kind,
         initializer = function(tag) package.loaded.pool_spec_tag = tag end, initargs = { "init-ok" } }

@@ -53,10 +53,10 @@ local function settle(f, r, state)
   if f._r then return end
   f._r = r
   f._state = state or (r[1] and "done" or "failed")
-  local w = f._waiters
+  local w = f._waiters                   -- one joiner's notifier, or a list of them
   if w then
     f._waiters = nil
-    for i = 1, #w do w[i]:notify() end
+    if getmetatable(w) == nil then for i = 1, #w do w[i]:notify() end else w:notify() end
   end
   local cbs = f._callbacks
   if cbs == nil then return end
@@ -77,12 +77,17 @@ function Future:join(timeout)
   local deadline = timeout and now() + timeout
   while self._r == nil do
     local n = core.notifier()
-    local w = self._waiters
-    if w == nil then w = {}; self._waiters = w end
-    w[#w + 1] = n
+    local w = self._waiters                -- the first joiner's notifier alone: no list made
+    if w == nil then self._waiters = n
+    elseif getmetatable(w) ~= nil then self._waiters = { w, n }
+    else w[#w + 1] = n end
     local ok = n:wait(remaining(deadline))
     if not ok and self._r == nil then
-      for i = #w, 1, -1 do if w[i] == n then table.remove(w, i) end end
+      w = self._waiters
+      if w == n then self._waiters = nil
+      elseif w and getmetatable(w) == nil then
+        for i = #w, 1, -1 do if w[i] == n then table.remove(w, i) end end
+      end
       return nil, "timeout"
     end
   end
