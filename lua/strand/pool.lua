@@ -188,21 +188,22 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
   local outbox, spack, sunpack = {}, string.pack, string.unpack
   local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
   local function flush()
-    if #outbox == 0 then return end
-    out:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
-    outbox = {}
+    local n = #outbox
+    if n == 0 then return end
+    out:sendall(n == 1 and outbox[1] or table.concat(outbox))
+    for i = n, 1, -1 do outbox[i] = nil end      -- the same table again
   end
   sock:settimeout(nil)
   out:settimeout(nil)
   while true do
-    if sock:pending() < 4 then flush() end       -- nothing more buffered: answer before waiting
+    if #outbox > 0 and sock:pending() < 4 then flush() end  -- nothing more buffered: answer first
     local data = sock:recv_frame()
     if data == nil then flush(); return 0 end
     if data == "stop" then flush(); return 0 end
     local id, fid, fdata, argsdata, chunk = sunpack(JOB_FORMAT, data)
     local bare = chunk == 2
     chunk = chunk ~= 0
-    if not chunk then flush() end                -- a submitted job may be long: answer the rest first
+    if not chunk and #outbox > 0 then flush() end  -- a submitted job may be long: answer the rest
     local fn = fid ~= 0 and fns[fid] or nil
     if fn == nil then
       fn = serial.decode(fdata, FUNCS)
@@ -233,7 +234,12 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
     end
     outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
     -- map chunks answer in batches while more chunks are buffered; anything else at once
-    if not chunk or sock:pending() < 4 then flush() end
+    if not chunk then
+      out:sendall(outbox[1])                     -- the only answer waiting (flushed before it)
+      outbox[1] = nil
+    elseif sock:pending() < 4 then
+      flush()
+    end
     done = done + 1
     if maxtasks and done >= maxtasks then flush(); return 0 end
   end
@@ -279,8 +285,9 @@ local function dispatch(self)
   -- refilled by halves so that a worker gets them in batches), dealt one at a time in turn so
   -- that a short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
   local workers = self._workers
-  for _, w in ipairs(workers) do
+  for i = 1, #workers do
     if self._jt < self._jh then break end
+    local w = workers[i]
     if w.it < w.ih and w.alive and (not self._max or w.sent < self._max) then give(self, w) end
   end
   if self._jt < self._jh then return flush_out(self) end
@@ -314,7 +321,9 @@ end
 
 -- Write what dispatch queued, one write per worker.
 flush_out = function(self)
-  for _, w in ipairs(self._workers) do
+  local workers = self._workers
+  for i = 1, #workers do
+    local w = workers[i]
     if #w.out > 0 and not w.sending then
       -- one write for everything queued to this worker (another task may add while it waits)
       w.sending = true
@@ -398,7 +407,9 @@ local function reader(self, w)
     if job then
       if job.fut then settle(job.fut, r) else job.done(r) end
     end
-    if w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then dispatch(self) end   -- this worker has room
+    if self._jt >= self._jh and w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then   -- queued jobs,
+      dispatch(self)                                                         -- and room here
+    end
   end
   worker_gone(self, w)
 end
@@ -569,6 +580,7 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
 end
 
 local encodev = core.process and core.process._encodev
+local notifier = core.notifier
 
 -- A plain job's table, made with room for the fields enqueue and give add.
 local function new_job(f)
@@ -591,15 +603,26 @@ Pool.apply_async = Pool.submit
 
 --- p:apply(fn, ...) -> ... (raises the job's error)
 function Pool:apply(fn, ...)
-  check_pool(self, "apply")
-  check_fn(fn, "apply")
-  local f = new_future()
+  if getmetatable(self) ~= Pool then check_pool(self, "apply") end   -- the checks' calls only
+  if type(fn) ~= "function" then check_fn(fn, "apply") end           -- to raise (the hot path)
+  -- new_future() and new_job(f), inline
+  local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
+  local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
   if self._kind == "process" and not self._closed then
-    enqueue(self, "apply", fn, nil, nil, new_job(f), encodev(...))
+    enqueue(self, "apply", fn, nil, nil, job, encodev(...))
   else
-    enqueue(self, "apply", fn, pack(...), nil, new_job(f))
+    enqueue(self, "apply", fn, pack(...), nil, job)
   end
-  return f:result()
+  -- f:result() inline: f is nobody else's, so its one joiner's notifier is all it needs
+  local r = f._r
+  while r == nil do
+    local n = notifier()
+    f._waiters = n
+    n:wait()
+    r = f._r
+  end
+  if r[1] then return unpack(r, 2, r.n) end
+  error(r[2], 0)
 end
 
 local function check_list(list, chunksize, fname)
