@@ -562,7 +562,9 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
   self._next = self._next + 1
   local id = self._next
   job.id = id
-  local fid, fdata = function_code(fn)
+  local fid, fdata
+  local c = fcache[fn]                     -- function_code's cache, looked at without a call
+  if c then fid, fdata = c[1], c[2] else fid, fdata = function_code(fn) end
   if self._kind == "process" then
     local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
