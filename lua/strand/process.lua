@@ -70,9 +70,17 @@ local function child_setup(own_parent_end)
 end
 M._child_setup = child_setup
 
---- Fork with child_main(rfd) run in the child (returns its exit status); rfd is a result file
---- (process._put_result) when with_result. -> handle | nil, msg, code
-function M._fork(child_main, daemon, allow_threads, parent_end, with_result)
+-- What the child of the next C._fork runs, set just before it (the fork is synchronous): one
+-- function for every fork, no closure made per start.
+local fork_main, fork_end, fork_arg
+local function fork_entry(rfd)
+  child_setup(fork_end)
+  return fork_main(rfd, fork_arg)
+end
+
+--- Fork with child_main(rfd, arg) run in the child (returns its exit status); rfd is a result
+--- file (process._put_result) when with_result. -> handle | nil, msg, code
+function M._fork(child_main, daemon, allow_threads, parent_end, with_result, arg)
   local th = package.loaded["strand.thread"]
   if not allow_threads and type(th) == "table" and th.active_count() > 1 then
     error(("process.start: %d strand thread(s) run in this process; a forked child would hold only "
@@ -81,10 +89,9 @@ function M._fork(child_main, daemon, allow_threads, parent_end, with_result)
       :format(th.active_count() - 1), 3)
   end
   sweep()
-  local h, err, code = C._fork(function(rfd)
-    child_setup(parent_end)
-    return child_main(rfd)
-  end, daemon, with_result)
+  fork_main, fork_end, fork_arg = child_main, parent_end, arg
+  local h, err, code = C._fork(fork_entry, daemon, with_result)
+  fork_main, fork_end, fork_arg = nil, nil, nil
   if not h then return nil, err, code end
   live[h] = true
   return h
@@ -154,7 +161,7 @@ function M.new(opts)
 end
 
 -- The child's side: run fn as a task of the fresh loop, write the outcome, exit.
-local function run_child(self, rfd)
+local function run_child(rfd, self)
   M._current = self                 -- its name made only if process.name() asks (a new string
                                     -- in the child would be one more page written there)
   local t = spawn_task(self.fn, unpack(self.args, 1, self.nargs))
@@ -179,8 +186,7 @@ end
 function methods:start()
   check_self(self, "start")
   if rawget(self, "_h") ~= nil then error("process " .. self.name .. " already started", 2) end
-  local h, err, code = M._fork(function(rfd) return run_child(self, rfd) end,
-    self.daemon, self.allow_threads, nil, true)
+  local h, err, code = M._fork(run_child, self.daemon, self.allow_threads, nil, true, self)
   if not h then return nil, err, code end
   self._h = h
   self.pid = h:pid()
