@@ -292,7 +292,12 @@ function M.start(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'start' (function expected, got " .. type(fn) .. ")", 2)
   end
-  local p = M.new{ fn = fn, args = pack(...) }
+  counter = counter + 1                  -- process.new{fn = fn, args = pack(...)}, inline
+  local args = pack(...)
+  local p = setmetatable({
+    fn = fn, args = args, nargs = args.n, name = nil, _num = counter, daemon = false,
+    allow_threads = false, _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
+  }, Process)
   local ok, err = p:start()
   if not ok then error("process.start: cannot fork: " .. tostring(err), 2) end
   return p
