@@ -202,7 +202,7 @@ end
 -- the others wait for its notification.
 local function finish(self, deadline)
   local h = self._h
-  local code, err = h:wait(remaining(deadline))      -- reaps at once a child that has ended
+  local code, err = h:wait(deadline and remaining(deadline))  -- reaps a child that has ended
   if code == nil then return nil, err end
   live[h] = nil
   local msg = h:take_result()
@@ -223,8 +223,8 @@ end
 
 --- p:join([timeout]) -> true, ...results | false, err | nil, "timeout"
 function methods:join(timeout)
-  check_self(self, "join")
-  check_timeout(timeout, 2, "join")
+  if getmetatable(self) ~= Process then check_self(self, "join") end   -- calls only to raise
+  if timeout ~= nil then check_timeout(timeout, 2, "join") end
   if rawget(self, "_h") == nil then error("process " .. self.name .. " was not started", 2) end
   local deadline = timeout and now() + timeout
   while self._final == nil do
