@@ -584,20 +584,19 @@ end
 local encodev = core.process and core.process._encodev
 local notifier = core.notifier
 
--- A plain job's table, made with room for the fields enqueue and give add.
-local function new_job(f)
-  return { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
-end
+-- submit and apply make their future as new_future() does and a plain job's table with room for
+-- the fields enqueue and give add, inline (a Lua call costs more than the table).
 
 --- p:submit(fn, ...) -> future
 function Pool:submit(fn, ...)
-  check_pool(self, "submit")
-  check_fn(fn, "submit")
-  local f = new_future()
+  if getmetatable(self) ~= Pool then check_pool(self, "submit") end  -- calls only to raise
+  if type(fn) ~= "function" then check_fn(fn, "submit") end
+  local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
+  local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
   if self._kind == "process" and not self._closed then
-    enqueue(self, "submit", fn, nil, nil, new_job(f), encodev(...))
+    enqueue(self, "submit", fn, nil, nil, job, encodev(...))
   else
-    enqueue(self, "submit", fn, pack(...), nil, new_job(f))
+    enqueue(self, "submit", fn, pack(...), nil, job)
   end
   return f
 end
@@ -607,7 +606,6 @@ Pool.apply_async = Pool.submit
 function Pool:apply(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "apply") end   -- the checks' calls only
   if type(fn) ~= "function" then check_fn(fn, "apply") end           -- to raise (the hot path)
-  -- new_future() and new_job(f), inline
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
   if self._kind == "process" and not self._closed then
