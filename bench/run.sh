@@ -52,6 +52,10 @@ for b in bench/process_bench.lua bench/ssh_bench.lua; do
   echo "### $b"
   lua5.4 "$b" "$build" || echo "($b failed)"
 done
+if command -v valgrind >/dev/null 2>&1; then
+  echo "### bench/process_cg.sh"
+  sh bench/process_cg.sh "$build" || echo "(bench/process_cg.sh failed)"
+fi
 echo "### bench/socket_idle_memory.lua"
 lua5.4 bench/socket_idle_memory.lua 10000 "$build" || echo "(bench/socket_idle_memory.lua failed)"
 echo "### bench/object_memory.lua"

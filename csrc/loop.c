@@ -359,6 +359,9 @@ void strand_loop_forked(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &FORKED_KEY);
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LOOP_KEY);
+  strand_loop_defer_poller(L);   /* as a thread's: a child that only computes makes no poller
+                                    (an epoll fd, its events array: pages written, one more fd
+                                    to tear down at exit) */
   strand_loop_get(L);
 }
 

@@ -346,6 +346,67 @@ static int l_encode(lua_State *L) {
  * cross without one more table to build, walk and look up among the loaded modules. */
 static int l_encodev(lua_State *L) { return encode_values(L, 1, lua_gettop(L)); }
 
+/* process._encode_list(t, i, j [, lead]) -> string | nil (as _encode): the list
+ * {t[i..j], n = j-i+1}, after a leading true when lead, without making that table (map chunks
+ * and their results: serial.c's strand_serial_encode_list) */
+static int l_encode_list(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer i = luaL_checkinteger(L, 2), j = luaL_checkinteger(L, 3);
+  int lead = lua_toboolean(L, 4);
+  lua_settop(L, 1);
+  strand_serial_encode_list(L, 1, i, j, lead, STRAND_SERIAL_FUNCTIONS);
+  size_t len;
+  const char *p = lua_tolstring(L, -1, &len);
+  if (!strand_serial_family_only(p, len)) {
+    strand_serial_release(p, len);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+/* process._decode_into(data, offset, dest, first) -> count | nil | false, msg: data from byte
+ * offset on (a result after its id) holding "true, list" goes straight into dest[first...];
+ * nil: other data (decode it as usual); false, msg: malformed */
+static int l_decode_into(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  lua_Integer off = luaL_checkinteger(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_Integer first = luaL_checkinteger(L, 4);
+  luaL_argcheck(L, off >= 1 && (size_t)off <= len + 1, 2, "out of range");
+  int n = strand_serial_decode_into(L, p + off - 1, len - (size_t)(off - 1),
+                                    STRAND_SERIAL_FUNCTIONS | STRAND_SERIAL_NOADOPT, 3, first);
+  if (n == -1) { lua_pushnil(L); return 1; }
+  if (n == -2) { lua_pushboolean(L, 0); lua_insert(L, -2); return 2; }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* process._decode_at(data, offset) -> the values in data from byte offset on (functions
+ * allowed: strand's own channel) | nil, msg when malformed: serial.decode without the copy
+ * data:sub(offset) makes (a pool result after its id) */
+static int l_decode_at(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  lua_Integer off = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, off >= 1 && (size_t)off <= len + 1, 2, "out of range");
+  lua_settop(L, 1);
+  int n = strand_serial_decode(L, p + off - 1, len - (size_t)(off - 1),
+                               STRAND_SERIAL_FUNCTIONS | STRAND_SERIAL_NOADOPT);   /* as serial.decode */
+  if (n >= 0) return n;
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* process._table(narr) -> a table with room for narr items (map's results, a chunk's): filled
+ * in any order without a rehash */
+static int l_table(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_createtable(L, n > 0 && n < (1 << 26) ? (int)n : 0, 0);
+  return 1;
+}
+
 /* process._background(task): the task (a pool's reader) does not keep strand.run going */
 static int l_background(lua_State *L) {
   strand_task *t = (strand_task *)luaL_checkudata(L, 1, STRAND_TASK_META);
@@ -376,6 +437,8 @@ STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
   {"_encode", l_encode}, {"_encodev", l_encodev}, {"_background", l_background},
+  {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
+  {"_decode_at", l_decode_at},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

@@ -110,7 +110,7 @@ static uint64_t object_mac(uint64_t ptr, const char *name, size_t namelen) {
 
 typedef struct cursor { const unsigned char *p, *end; } cursor;
 
-static int rd_varint(cursor *c, uint64_t *v) {
+static inline __attribute__((always_inline)) int rd_varint(cursor *c, uint64_t *v) {
   uint64_t r = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     if (c->p >= c->end) return 0;
@@ -760,30 +760,100 @@ static void enc_value(encoder *e, int idx) {
 
 static void retain_one(uint64_t ref) { ref_retain(ref); }
 
-void strand_serial_encode(lua_State *L, int first, int n, int flags) {
-  encoder e;
-  first = lua_absindex(L, first);
+/* The encoder's slots pushed (base + 1..5) and its header written for n values. */
+static void enc_begin(encoder *e, lua_State *L, int n, int flags) {
   luaL_checkstack(L, 16, NULL);
   int base = lua_gettop(L);
   for (int k = 0; k < 5; k++) lua_pushnil(L);
-  e.L = L; e.b = e.init; e.n = 0; e.cap = sizeof e.init; e.flags = flags;
-  e.buf = base + 1; e.first = base + 2; e.cache = base + 3; e.mods = base + 4;
-  e.funcs = base + 5;
-  e.nrefs = 0; e.scans = 0; e.hdr = 0; e.plen = 0;
-  put_byte(&e, SER_VERSION); put_byte(&e, 0); put_varint(&e, (uint64_t)(n > 0 ? n : 0));
+  e->L = L; e->b = e->init; e->n = 0; e->cap = sizeof e->init; e->flags = flags;
+  e->buf = base + 1; e->first = base + 2; e->cache = base + 3; e->mods = base + 4;
+  e->funcs = base + 5;
+  e->nrefs = 0; e->scans = 0; e->hdr = 0; e->plen = 0;
+  put_byte(e, SER_VERSION); put_byte(e, 0); put_varint(e, (uint64_t)(n > 0 ? n : 0));
+}
+
+/* The string pushed in place of the encoder's slots. */
+static void enc_end(encoder *e) {
+  lua_State *L = e->L;
+  e->b[1] = e->hdr;
+  lua_pushlstring(L, (const char *)e->b, e->n);
+  lua_replace(L, e->buf);
+  lua_settop(L, e->buf);
+  if (e->hdr & HDR_OBJECTS) {          /* the string owns one reference per OBJECT */
+    size_t len; const char *s = lua_tolstring(L, -1, &len);
+    walk(s, len, retain_one);
+  }
+}
+
+void strand_serial_encode(lua_State *L, int first, int n, int flags) {
+  encoder e;
+  first = lua_absindex(L, first);
+  enc_begin(&e, L, n, flags);
   for (int i = 0; i < n; i++) {
     e.path[0].kind = P_TOP; e.path[0].i = n == 1 ? 0 : i + 1;
     e.plen = 1;
     enc_value(&e, first + i);
   }
-  e.b[1] = e.hdr;
-  lua_pushlstring(L, (const char *)e.b, e.n);
-  lua_replace(L, base + 1);
-  lua_settop(L, base + 1);
-  if (e.hdr & HDR_OBJECTS) {          /* the string owns one reference per OBJECT */
-    size_t len; const char *s = lua_tolstring(L, -1, &len);
-    walk(s, len, retain_one);
+  enc_end(&e);
+}
+
+/* The list {t[i], ..., t[j], n = j - i + 1} encoded as one value (after a leading true when
+ * lead), as strand_serial_encode would encode that table, without making it: t[k] read once
+ * each (lua_geti), no walk with lua_next. A map chunk and its results cross this way. */
+void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j, int lead,
+                               int flags) {
+  encoder e;
+  t = lua_absindex(L, t);
+  lua_Integer count = j >= i ? j - i + 1 : 0;
+  if (count > (lua_Integer)UINT32_MAX) luaL_error(L, "strand.serial: list too long");
+  enc_begin(&e, L, lead ? 2 : 1, flags);
+  if (lead) put_byte(&e, T_TRUE);
+  lua_newtable(L);                   /* stands for the list, numbered 1 as the decoder does */
+  lua_replace(L, e.first);
+  e.nrefs = 1;
+  put_byte(&e, T_TABLE);
+  size_t hole = put_hole(&e, 8);
+  patch_u32(&e, hole, (uint64_t)count);
+  patch_u32(&e, hole + 4, 1);
+  e.path[0].kind = P_TOP; e.path[0].i = 0;
+  pathel *pe = &e.path[1];
+  pe->kind = P_INDEX;
+  e.plen = 2;
+  int top = lua_gettop(L) + 1;
+  luaL_checkstack(L, 40, "strand.serial: list");
+  for (lua_Integer k0 = 0; k0 < count; k0 += 32) {         /* 32 items read, then encoded */
+    int nb = count - k0 < 32 ? (int)(count - k0) : 32;
+    unsigned char tts[32];
+    for (int b = 0; b < nb; b++) tts[b] = (unsigned char)lua_geti(L, t, i + k0 + b);
+    for (int b = 0; b < nb; b++) {
+      int at = top + b, tt = tts[b];
+      if (tt == LUA_TNUMBER && lua_isinteger(L, at)) {       /* plain values inline */
+        uint64_t u = (uint64_t)lua_tointeger(L, at);
+        ROOM(&e, 11);
+        if (u < 64) e.b[e.n++] = (unsigned char)(T_SMALLINT + u);
+        else {
+          e.b[e.n++] = T_INT;
+          u = (u << 1) ^ (0 - (u >> 63));
+          while (u >= 0x80) { e.b[e.n++] = (unsigned char)(u | 0x80); u >>= 7; }
+          e.b[e.n++] = (unsigned char)u;
+        }
+      } else if (tt == LUA_TSTRING) {
+        size_t l; const char *str = lua_tolstring(L, at, &l);
+        if (l < 64) { ROOM(&e, 1 + l); e.b[e.n++] = (unsigned char)(T_SHORTSTR + l);
+                      memcpy(e.b + e.n, str, l); e.n += l; }
+        else { put_byte(&e, T_STR); put_str(&e, str, l); }
+      } else {
+        pe->i = k0 + b + 1;
+        enc_value(&e, at);
+      }
+    }
+    lua_settop(L, top - 1);
   }
+  put_byte(&e, T_SHORTSTR + 1); put_byte(&e, 'n');
+  lua_pushinteger(L, count);
+  enc_value(&e, top);
+  lua_settop(L, top - 1);
+  enc_end(&e);
 }
 
 /* }==== */
@@ -796,6 +866,7 @@ typedef struct decoder {
   int depth;
   int refs;                 /* stack slot of the table of numbered values (nil: HDR_REFS unset) */
   lua_Integer nrefs;
+  size_t budget;            /* table slots decode may still make ahead (see dec_table) */
 } decoder;
 
 static void dec_value(lua_State *L, decoder *d);
@@ -841,9 +912,15 @@ static void dec_table(lua_State *L, decoder *d, int hasmt) {
   dec_count(L, d, narr, 1);
   dec_count(L, d, nrec, 2);
   dec_enter(L, d);
-  /* the counts are only promises until the values arrive: pre-size modestly, so a hostile
-   * header claiming huge tables at every level cannot make decode allocate without bound */
-  lua_createtable(L, (int)(narr < 1024 ? narr : 1024), (int)(nrec < 1024 ? nrec : 1024));
+  /* the counts are only promises until the values arrive: the slots made ahead come out of a
+   * budget of one per byte of input (every value takes a byte at least, so honest data never
+   * runs out), so a hostile header claiming huge tables at every level cannot make decode
+   * allocate more than the input's size over */
+  size_t pa = narr < d->budget ? narr : d->budget;
+  d->budget -= pa;
+  size_t ph = nrec < d->budget ? nrec : d->budget;
+  d->budget -= ph;
+  lua_createtable(L, (int)pa, (int)ph);
   dec_number(L, d);
   int t = lua_gettop(L);
   for (uint32_t i = 1; i <= narr; i++) {
@@ -1024,7 +1101,7 @@ static int dec_run(lua_State *L) {
   const decjob *job = (const decjob *)lua_touserdata(L, 1);
   decoder d;
   d.c.p = (const unsigned char *)job->p; d.c.end = d.c.p + job->len;
-  d.flags = job->flags; d.depth = 0; d.nrefs = 0;
+  d.flags = job->flags; d.depth = 0; d.nrefs = 0; d.budget = job->len;
   lua_settop(L, 0);
   if (job->len < 2) dec_fail(L, "truncated");
   if (d.c.p[0] != SER_VERSION) dec_fail(L, "unknown version");
@@ -1056,6 +1133,66 @@ int strand_serial_decode(lua_State *L, const char *p, size_t len, int flags) {
   /* the values hold their own references now: drop the ones the string held */
   if (!(flags & SERIAL_NOADOPT) && (p[1] & HDR_OBJECTS)) walk(p, len, ref_release);
   return lua_gettop(L) - top;
+}
+
+/* dec_into_run (lua_pcall'ed): (job, dest) -> the count placed, or nothing when the data is
+ * not "true, list" without back-references (the caller then decodes it the usual way) */
+typedef struct intojob { const char *p; size_t len; int flags; lua_Integer first; } intojob;
+
+static int dec_into_run(lua_State *L) {
+  const intojob *job = (const intojob *)lua_touserdata(L, 1);
+  decoder d;
+  d.c.p = (const unsigned char *)job->p; d.c.end = d.c.p + job->len;
+  d.flags = job->flags; d.depth = 0; d.nrefs = 0; d.budget = job->len;
+  lua_settop(L, 2);
+  if (job->len < 13 || d.c.p[0] != SER_VERSION || (d.c.p[1] & ~(unsigned)HDR_OBJECTS)
+      || d.c.p[2] != 2 || d.c.p[3] != T_TRUE || d.c.p[4] != T_TABLE)
+    return 0;
+  d.c.p += 5;
+  lua_pushnil(L);                    /* no back-references: no table of numbered values */
+  d.refs = 3;
+  uint32_t narr, nrec;
+  if (!rd_u32(&d.c, &narr) || !rd_u32(&d.c, &nrec)) dec_fail(L, "truncated");
+  dec_count(L, &d, narr, 1);
+  dec_count(L, &d, nrec, 2);
+  dec_enter(L, &d);
+  d.nrefs = 1;
+  lua_Integer at = job->first;
+  for (uint32_t k = 0; k < narr; k++) {
+    dec_value(L, &d);
+    lua_rawseti(L, 2, at + k);
+  }
+  for (uint32_t k = 0; k < nrec; k++) {   /* the list's own fields (its n): not placed */
+    dec_value(L, &d);
+    if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
+      dec_fail(L, "nil or NaN table key");
+    dec_value(L, &d);
+    lua_pop(L, 2);
+  }
+  if (d.c.p != d.c.end) dec_fail(L, "trailing bytes");
+  lua_pushinteger(L, (lua_Integer)narr);
+  return 1;
+}
+
+int strand_serial_decode_into(lua_State *L, const char *p, size_t len, int flags, int dest,
+                              lua_Integer first) {
+  intojob job = { p, len, flags, first };
+  dest = lua_absindex(L, dest);
+  luaL_checkstack(L, 4, NULL);
+  lua_pushcfunction(L, dec_into_run);
+  lua_pushlightuserdata(L, &job);
+  lua_pushvalue(L, dest);
+  int st = lua_pcall(L, 2, 1, 0);
+  if (st == LUA_ERRMEM) lua_error(L);
+  if (st != LUA_OK) {
+    if (!lua_isstring(L, -1)) { lua_pop(L, 1); lua_pushliteral(L, "malformed serial data"); }
+    return -2;
+  }
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return -1; }
+  lua_Integer n = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (!(flags & SERIAL_NOADOPT) && (p[1] & HDR_OBJECTS)) walk(p, len, ref_release);
+  return (int)n;
 }
 
 /* }==== */

@@ -350,6 +350,15 @@ STRAND_API void strand_serial_release_shared(const char *p, size_t len);
 /* The string's object references are all by arena offset (locks, queues, dicts...: valid in
  * every process of the family), none by pointer (valid in this process only): 1, else 0. */
 STRAND_API int strand_serial_family_only(const char *p, size_t len);
+/* The list {t[i..j], n = j-i+1} as one value (after a leading true when lead), the bytes
+ * strand_serial_encode gives for that table, without making it (pool map chunks). */
+STRAND_API void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j,
+                                          int lead, int flags);
+/* Data of the form "true, list" without back-references: the list's items stored (raw) in the
+ * table at dest from dest[first] on; returns how many. -1 (nothing pushed) for any other
+ * data (decode it the usual way); -2 with a message pushed when malformed. */
+STRAND_API int strand_serial_decode_into(lua_State *L, const char *p, size_t len, int flags,
+                                         int dest, lua_Integer first);
 
 /* }==== */
 

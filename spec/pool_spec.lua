@@ -101,6 +101,32 @@ for _, kind in ipairs { "process", "thread" } do
       assert.is_true(later[1])
     end)
 
+    it("several tasks join one future, one of them timing out first; all see its outcome", function()
+      local p <close> = pool.new{ size = 1, kind = kind }
+      local gate = p:submit(function() require("strand").sleep(0.2); return "g" end)
+      local seen = {}
+      local joiners = {}
+      for i = 1, 3 do
+        joiners[i] = strand.spawn(function()
+          if i == 2 then seen.t = { gate:join(0.01) } end      -- leaves the waiters first
+          seen[i] = { gate:join(H.TIMEOUT) }
+          return true
+        end)
+      end
+      strand.sleep(0.02)
+      local late = strand.spawn(function() return gate:result(H.TIMEOUT) end)
+      for i = 1, 3 do assert.is_true(joiners[i]:join(H.TIMEOUT)) end
+      assert.same({ true, "g" }, { late:join(H.TIMEOUT) })
+      for i = 1, 3 do assert.same({ true, "g" }, seen[i]) end
+      assert.same({ nil, "timeout" }, seen.t)
+      assert.same({ true, "g" }, { gate:join(0) })
+      local alone = p:submit(function() return 7 end)    -- a single joiner, then a timeout alone
+      assert.same({ true, 7 }, { alone:join(H.TIMEOUT) })
+      local slow = p:submit(function() require("strand").sleep(0.1); return 8 end)
+      assert.same({ nil, "timeout" }, { slow:join(0.001) })
+      assert.same({ true, 8 }, { slow:join(H.TIMEOUT) })
+    end)
+
     it("initializer with initargs runs in each worker; maxtasksperchild replaces workers", function()
       local p <close> = pool.new{ size = 2, kind = kind,
         initializer = function(tag) package.loaded.pool_spec_tag = tag end, initargs = { "init-ok" } }
@@ -254,6 +280,48 @@ describe("process pool workers dying", function()
     assert.is_false(ok); assert.matches("cannot be copied: .*coroutine", err)
     assert.equal(3, p:apply(function() return 3 end))
     assert.equal(pid, p:pids()[1])                   -- the same worker
+  end)
+
+  it("big map chunks (lists, results placed straight into map's table) keep every value", function()
+    local p <close> = pool.new{ size = 2 }
+    local shared = { "s" }
+    local list = {}
+    for i = 1, 600 do
+      local k = i % 6
+      list[i] = k == 0 and i or k == 1 and -i * 1000003 or k == 2 and i + 0.5 or k == 3 and ("v" .. i)
+        or k == 4 and { i, t = { i } } or shared
+    end
+    list[7] = ("L"):rep(100)
+    local id = function(x) return x end
+    for _, chunksize in ipairs { 100, 599, false } do       -- a remainder chunk; the default
+      local r = p:map(id, list, chunksize or nil)
+      assert.equal(600, #r)
+      for i = 1, 600 do
+        if type(list[i]) == "table" and list[i] ~= shared then assert.same(list[i], r[i])
+        elseif list[i] == shared then assert.same(shared, r[i])
+        else assert.equal(list[i], r[i]); assert.equal(math.type(list[i]), math.type(r[i])) end
+      end
+      assert.equal(r[6], r[600] ~= nil and r[6] or nil)
+      assert.is_nil(r.n)
+    end
+    -- nil results leave holes; an error in one chunk raises from map
+    local nums = {}
+    for i = 1, 600 do nums[i] = i end
+    local r = p:map(function(x) if x % 2 == 0 then return x end end, nums, 150)
+    assert.is_nil(r[1]); assert.equal(6, r[6]); assert.is_nil(r[599]); assert.equal(600, r[600])
+    local ok, err = pcall(p.map, p, function(x) if x == 450 then error("at 450") end return x end,
+      nums, 150)
+    assert.is_false(ok); assert.matches("at 450", err)
+    -- a list read through __index (as table.move read it)
+    local proxy = setmetatable({}, { __index = function(_, i) return i * 2 end, __len = function() return 200 end })
+    local r2 = p:map(id, proxy, 100)
+    assert.equal(400, r2[200]); assert.equal(2, r2[1])
+    -- imap_unordered over big chunks still gets lists
+    local seen = 0
+    for i, v in p:imap_unordered(function(x) return x + 1 end, { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, 100) do
+      assert.equal(i + 1, v); seen = seen + 1
+    end
+    assert.equal(10, seen)
   end)
 
   it("a shared strand object goes to a process worker and comes back", function()

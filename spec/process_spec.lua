@@ -184,6 +184,17 @@ describe("processes", function()
     local ok, v, name = p:join(H.TIMEOUT)
     assert.is_true(ok); assert.equal(42, v); assert.equal("worker-a", name)
     assert.is_false(process.new{ fn = function() end }.daemon)
+    -- unnamed: "Process-N" (N counts the processes made), the same in the child; the program
+    -- itself is "MainProcess"
+    local q1 = process.new{ fn = function() return process.name() end }
+    local q2 = process.start(function() return process.name() end)
+    local n1 = tonumber(q1.name:match("^Process%-(%d+)$"))
+    assert.is_number(n1)
+    assert.equal("Process-" .. (n1 + 1), q2.name)
+    assert.same({ true, q2.name }, { q2:join(H.TIMEOUT) })
+    assert.same({ true, q1.name }, { q1:start():join(H.TIMEOUT) })
+    assert.equal("MainProcess", process.name())
+    assert.matches("^strand.process Process%-%d+ %(pid %d+%)$", tostring(q2))
   end)
 
   it("misuse raises with the function and argument", function()

@@ -298,6 +298,40 @@ describe("strand.serial", function()
     end)
   end)
 
+  describe("lists for process workers (process._encode_list, _decode_into)", function()
+    local C = require("strand.core").process
+    it("encode_list gives the bytes of the table {t[i..j], n = count}; decode_into places them", function()
+      local shared = {}
+      local t = { 1, 2.5, "x", { a = 1 }, 70, -3, true, ("y"):rep(80), shared, shared, 2 ^ 62 }
+      assert.equal(C._encode(table.move(t, 1, #t, 1, { n = #t })), C._encode_list(t, 1, #t))
+      assert.equal(C._encodev(true, table.move(t, 3, 10, 1, { n = 8 })), C._encode_list(t, 3, 10, true))
+      local holes = { 1, nil, 3 }
+      local v = serial.decode(C._encode_list(holes, 1, 3), { functions = true })
+      assert.same({ 1, nil, 3, n = 3 }, v)
+      assert.same({ n = 0 }, serial.decode(C._encode_list(t, 5, 4), { functions = true }))
+      local dest = {}
+      assert.equal(8, C._decode_into("idid" .. C._encode_list(t, 1, 8, true), 5, dest, 11))
+      assert.equal(1, dest[11]); assert.equal(2.5, dest[12]); assert.same({ a = 1 }, dest[14])
+      assert.equal(("y"):rep(80), dest[18]); assert.is_nil(dest.n); assert.is_nil(dest[10])
+    end)
+    it("decode_into declines what is not 'true, list' and reports malformed data", function()
+      local dest = {}
+      assert.is_nil(C._decode_into(C._encodev(false, "err"), 1, dest, 1))
+      assert.is_nil(C._decode_into(C._encodev(true, 5), 1, dest, 1))
+      local cyc = {}; cyc[1] = cyc                      -- back-references: the usual decode
+      assert.is_nil(C._decode_into(C._encode_list({ cyc }, 1, 1, true), 1, dest, 1))
+      local good = C._encode_list({ 1, 2, 3 }, 1, 3, true)
+      local ok, msg = C._decode_into(good:sub(1, -2), 1, dest, 1)
+      assert.is_false(ok); assert.matches("malformed serial data", msg)
+      ok, msg = C._decode_into(good .. "x", 1, dest, 1)
+      assert.is_false(ok); assert.matches("trailing bytes", msg)
+      assert.has_error(function() C._decode_into(good, 0, dest, 1) end)
+      assert.has_error(function() C._encode_list({ coroutine.create(print) }, 1, 1) end,
+        "value[1]: cannot copy a coroutine")
+      assert.has_error(function() C._encode_list(5, 1, 1) end)
+    end)
+  end)
+
   describe("failure conditions", function()
     local function refuses(v, msg, opts)
       local ok, err = pcall(serial.encode, v, opts or FN)

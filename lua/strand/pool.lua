@@ -36,8 +36,9 @@ local Future = {}
 Future.__index = Future
 Future.__name = "strand.future"
 
-local function new_future()
-  return setmetatable({ _state = "pending" }, Future)      -- waiters/callbacks made on demand
+local function new_future()     -- waiters/callbacks made on demand; the fields named (nil) so
+  -- that the table is made with room for them (no rehash as they come)
+  return setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
 end
 M._new_future = new_future
 
@@ -52,10 +53,10 @@ local function settle(f, r, state)
   if f._r then return end
   f._r = r
   f._state = state or (r[1] and "done" or "failed")
-  local w = f._waiters
+  local w = f._waiters                   -- one joiner's notifier, or a list of them
   if w then
     f._waiters = nil
-    for i = 1, #w do w[i]:notify() end
+    if getmetatable(w) == nil then for i = 1, #w do w[i]:notify() end else w:notify() end
   end
   local cbs = f._callbacks
   if cbs == nil then return end
@@ -76,12 +77,17 @@ function Future:join(timeout)
   local deadline = timeout and now() + timeout
   while self._r == nil do
     local n = core.notifier()
-    local w = self._waiters
-    if w == nil then w = {}; self._waiters = w end
-    w[#w + 1] = n
+    local w = self._waiters                -- the first joiner's notifier alone: no list made
+    if w == nil then self._waiters = n
+    elseif getmetatable(w) ~= nil then self._waiters = { w, n }
+    else w[#w + 1] = n end
     local ok = n:wait(remaining(deadline))
     if not ok and self._r == nil then
-      for i = #w, 1, -1 do if w[i] == n then table.remove(w, i) end end
+      w = self._waiters
+      if w == n then self._waiters = nil
+      elseif w and getmetatable(w) == nil then
+        for i = #w, 1, -1 do if w[i] == n then table.remove(w, i) end end
+      end
       return nil, "timeout"
     end
   end
@@ -168,6 +174,11 @@ local function job_traceback(e)
   return cut and tb:sub(1, cut - 1) or tb
 end
 
+-- A map chunk in a worker: the items' results into out (locals, no closure per chunk).
+local function run_chunk(fn, args, out, n)
+  for i = 1, n do out[i] = (fn(args[i])) end
+end
+
 -- What a process worker runs: jobs from its socket, results back, until told to stop.
 local function worker_main(sock, out, initializer, initargs, maxtasks)
   local traceback = job_traceback
@@ -175,23 +186,24 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
   local C = core.process
   local done, fns = 0, {}
   local outbox, spack, sunpack = {}, string.pack, string.unpack
-  local encodev, decode = C._encodev, serial.decode
+  local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
   local function flush()
-    if #outbox == 0 then return end
-    out:sendall(#outbox == 1 and outbox[1] or table.concat(outbox))
-    outbox = {}
+    local n = #outbox
+    if n == 0 then return end
+    out:sendall(n == 1 and outbox[1] or table.concat(outbox))
+    for i = n, 1, -1 do outbox[i] = nil end      -- the same table again
   end
   sock:settimeout(nil)
   out:settimeout(nil)
   while true do
-    if sock:pending() < 4 then flush() end       -- nothing more buffered: answer before waiting
+    if #outbox > 0 and sock:pending() < 4 then flush() end  -- nothing more buffered: answer first
     local data = sock:recv_frame()
     if data == nil then flush(); return 0 end
     if data == "stop" then flush(); return 0 end
     local id, fid, fdata, argsdata, chunk = sunpack(JOB_FORMAT, data)
     local bare = chunk == 2
     chunk = chunk ~= 0
-    if not chunk then flush() end                -- a submitted job may be long: answer the rest first
+    if not chunk and #outbox > 0 then flush() end  -- a submitted job may be long: answer the rest
     local fn = fid ~= 0 and fns[fid] or nil
     if fn == nil then
       fn = serial.decode(fdata, FUNCS)
@@ -206,13 +218,13 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
         for i = 1, n do out[i] = (fn(args[i])) end
         return unpack(out, 1, n)
       end, traceback))
-    elseif chunk then
+    elseif chunk then                            -- answered as "true, list" (encode_list)
       local args = decode(argsdata, FUNCS)
-      local out = {}
-      ok, enc = pcall(encodev, xpcall(function()
-        for i = 1, args.n do out[i] = (fn(args[i])) end
-        return out
-      end, traceback))
+      local n = args.n
+      local out = new_table(n)
+      local okx, err = xpcall(run_chunk, traceback, fn, args, out, n)
+      if okx then ok, enc = pcall(encode_list, out, 1, n, true)
+      else ok, enc = pcall(encodev, false, err) end
     else
       ok, enc = pcall(encodev, xpcall(fn, traceback, decode(argsdata, FUNCS)))
     end
@@ -222,7 +234,12 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
     end
     outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
     -- map chunks answer in batches while more chunks are buffered; anything else at once
-    if not chunk or sock:pending() < 4 then flush() end
+    if not chunk then
+      out:sendall(outbox[1])                     -- the only answer waiting (flushed before it)
+      outbox[1] = nil
+    elseif sock:pending() < 4 then
+      flush()
+    end
     done = done + 1
     if maxtasks and done >= maxtasks then flush(); return 0 end
   end
@@ -243,6 +260,8 @@ local function give(self, w)
   if not job.chunk and w.it - w.ih + 1 >= INFLIGHT then return false end   -- a plain job after chunks
   jobs[self._jh] = nil
   self._jh = self._jh + 1
+  if self._jh > self._jt then self._jh, self._jt = 1, 0 end   -- empty: from 1 again (the keys
+  -- stay in the array part instead of climbing through the hash part)
   if job.fut == nil or job.fut._state == "pending" then
     if job.fut then job.fut._state = "running" end
     w.it = w.it + 1
@@ -266,8 +285,9 @@ local function dispatch(self)
   -- refilled by halves so that a worker gets them in batches), dealt one at a time in turn so
   -- that a short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
   local workers = self._workers
-  for _, w in ipairs(workers) do
+  for i = 1, #workers do
     if self._jt < self._jh then break end
+    local w = workers[i]
     if w.it < w.ih and w.alive and (not self._max or w.sent < self._max) then give(self, w) end
   end
   if self._jt < self._jh then return flush_out(self) end
@@ -301,14 +321,19 @@ end
 
 -- Write what dispatch queued, one write per worker.
 flush_out = function(self)
-  for _, w in ipairs(self._workers) do
+  local workers = self._workers
+  for i = 1, #workers do
+    local w = workers[i]
     if #w.out > 0 and not w.sending then
       -- one write for everything queued to this worker (another task may add while it waits)
       w.sending = true
       while #w.out > 0 do
         local out = w.out
-        w.out = {}
+        w.out = w.spare or {}              -- two tables taking turns: none made per write
+        w.spare = nil
         local ok = w.jsock:sendall(#out == 1 and out[1] or table.concat(out))
+        for i = #out, 1, -1 do out[i] = nil end
+        w.spare = out
         if not ok then w.out = {}; break end   -- the worker died: its reader handles it
       end
       w.sending = false
@@ -350,15 +375,18 @@ local function worker_gone(self, w)
   end
 end
 
+-- A map chunk's outcome when its results went straight into map's table (process._decode_into)
+local PLACED = { true, n = 1 }
+
 local function reader(self, w)
   local sock = w.sock
-  local sunpack, decode = string.unpack, serial.decode
+  local sunpack, decode_into, decode_at = string.unpack, core.process._decode_into,
+    core.process._decode_at
   sock:settimeout(nil)
   while true do
     local data = sock:recv_frame()
     if data == nil then break end
     local id = sunpack(">I8", data)
-    local r = pack(decode(data:sub(9), FUNCS))       -- true, ... | false, err
     local job
     if w.ih <= w.it then                 -- the oldest job in flight: answers come in order
       job = w.inflight[w.ih]
@@ -368,11 +396,20 @@ local function reader(self, w)
     if job and job.id ~= id then          -- never expected: ids stay in order per worker
       error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
     end
+    local r
+    local into = job and job.fut and job.fut._into
+    if into and decode_into(data, 9, into, job.fut._first) then
+      r = PLACED                          -- a map chunk's results, already in map's table
+    else
+      r = pack(decode_at(data, 9))               -- true, ... | false, err
+    end
     if job and job.bare and r[1] then r = pack(true, tmove(r, 2, r.n, 1, {})) end   -- a list
     if job then
       if job.fut then settle(job.fut, r) else job.done(r) end
     end
-    if w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then dispatch(self) end   -- this worker has room
+    if self._jt >= self._jh and w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then   -- queued jobs,
+      dispatch(self)                                                         -- and room here
+    end
   end
   worker_gone(self, w)
 end
@@ -518,17 +555,20 @@ end
 local OBJMSG = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
   .. "make it before the pool and reach it from the initializer)"
 
--- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome.
-local function enqueue(self, fname, fn, args, chunk, job)
+-- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome. A process
+-- pool's submit and apply pass the arguments encoded already (argsdata) and no args table.
+local function enqueue(self, fname, fn, args, chunk, job, argsdata)
   if self._closed then error(fname .. ": the pool is closed", 3) end
   self._next = self._next + 1
   local id = self._next
   job.id = id
-  local fid, fdata = function_code(fn)
+  local fid, fdata
+  local c = fcache[fn]                     -- function_code's cache, looked at without a call
+  if c then fid, fdata = c[1], c[2] else fid, fdata = function_code(fn) end
   if self._kind == "process" then
     local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
-    local argsdata = core.process._encodev(unpack(args, 1, args.n))   -- the values, bare
+    if args then argsdata = core.process._encodev(unpack(args, 1, args.n)) end  -- values, bare
     if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
@@ -541,23 +581,48 @@ local function enqueue(self, fname, fn, args, chunk, job)
   end
 end
 
+local encodev = core.process and core.process._encodev
+local notifier = core.notifier
+
+-- submit and apply make their future as new_future() does and a plain job's table with room for
+-- the fields enqueue and give add, inline (a Lua call costs more than the table).
+
 --- p:submit(fn, ...) -> future
 function Pool:submit(fn, ...)
-  check_pool(self, "submit")
-  check_fn(fn, "submit")
-  local f = new_future()
-  enqueue(self, "submit", fn, pack(...), nil, { fut = f })
+  if getmetatable(self) ~= Pool then check_pool(self, "submit") end  -- calls only to raise
+  if type(fn) ~= "function" then check_fn(fn, "submit") end
+  local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
+  local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
+  if self._kind == "process" and not self._closed then
+    enqueue(self, "submit", fn, nil, nil, job, encodev(...))
+  else
+    enqueue(self, "submit", fn, pack(...), nil, job)
+  end
   return f
 end
 Pool.apply_async = Pool.submit
 
 --- p:apply(fn, ...) -> ... (raises the job's error)
 function Pool:apply(fn, ...)
-  check_pool(self, "apply")
-  check_fn(fn, "apply")
-  local f = new_future()
-  enqueue(self, "apply", fn, pack(...), nil, { fut = f })
-  return f:result()
+  if getmetatable(self) ~= Pool then check_pool(self, "apply") end   -- the checks' calls only
+  if type(fn) ~= "function" then check_fn(fn, "apply") end           -- to raise (the hot path)
+  local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
+  local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
+  if self._kind == "process" and not self._closed then
+    enqueue(self, "apply", fn, nil, nil, job, encodev(...))
+  else
+    enqueue(self, "apply", fn, pack(...), nil, job)
+  end
+  -- f:result() inline: f is nobody else's, so its one joiner's notifier is all it needs
+  local r = f._r
+  while r == nil do
+    local n = notifier()
+    f._waiters = n
+    n:wait()
+    r = f._r
+  end
+  if r[1] then return unpack(r, 2, r.n) end
+  error(r[2], 0)
 end
 
 local function check_list(list, chunksize, fname)
@@ -570,7 +635,7 @@ local function check_list(list, chunksize, fname)
 end
 
 -- Chunk futures for list: one future per chunk, each settling with the chunk's results table.
-local function submit_chunks(self, fname, fn, list, chunksize)
+local function submit_chunks(self, fname, fn, list, chunksize, into)
   local n = #list
   if chunksize == nil then
     chunksize = n // (self._size * 4)
@@ -584,7 +649,8 @@ local function submit_chunks(self, fname, fn, list, chunksize)
     -- and takes back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
-    local encode, encodev = core.process._encode, core.process._encodev
+    local encode, encodev, encode_list = core.process._encode, core.process._encodev,
+      core.process._encode_list
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
     local q, early, pending = self._jobs, self._size, 0
@@ -596,8 +662,8 @@ local function submit_chunks(self, fname, fn, list, chunksize)
       if count <= BARE_MAX then                  -- small: the items as bare values
         okc, argsdata = pcall(encodev, unpack(list, first, last))
         bare = true
-      else
-        okc, argsdata = pcall(encode, tmove(list, first, last, 1, { n = count }))
+      else                                       -- {list[first..last], n = count}, unmade
+        okc, argsdata = pcall(encode_list, list, first, last)
       end
       if not okc or argsdata == nil then
         local mine = {}
@@ -615,6 +681,7 @@ local function submit_chunks(self, fname, fn, list, chunksize)
         error(OBJMSG:format(fname), 3)
       end
       local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
+      if into and not bare then f._into = into end  -- results decoded straight into map's table
       chunks[#chunks + 1] = f
       local id = self._next + 1
       self._next = id
@@ -650,12 +717,12 @@ function Pool:map(fn, list, chunksize)
   check_pool(self, "map")
   check_fn(fn, "map")
   check_list(list, chunksize, "map")
-  local out = {}
-  for _, f in ipairs(submit_chunks(self, "map", fn, list, chunksize)) do
+  local out = core.process._table(#list)
+  for _, f in ipairs(submit_chunks(self, "map", fn, list, chunksize, out)) do
     local r = f._r
     if r == nil then f:join(); r = f._r end
     if not r[1] then error(r[2], 0) end
-    tmove(r[2], 1, f._count, f._first, out)
+    if r ~= PLACED then tmove(r[2], 1, f._count, f._first, out) end
   end
   return out
 end

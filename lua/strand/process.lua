@@ -70,9 +70,17 @@ local function child_setup(own_parent_end)
 end
 M._child_setup = child_setup
 
---- Fork with child_main(rfd) run in the child (returns its exit status); rfd is a result file
---- (process._put_result) when with_result. -> handle | nil, msg, code
-function M._fork(child_main, daemon, allow_threads, parent_end, with_result)
+-- What the child of the next C._fork runs, set just before it (the fork is synchronous): one
+-- function for every fork, no closure made per start.
+local fork_main, fork_end, fork_arg
+local function fork_entry(rfd)
+  child_setup(fork_end)
+  return fork_main(rfd, fork_arg)
+end
+
+--- Fork with child_main(rfd, arg) run in the child (returns its exit status); rfd is a result
+--- file (process._put_result) when with_result. -> handle | nil, msg, code
+function M._fork(child_main, daemon, allow_threads, parent_end, with_result, arg)
   local th = package.loaded["strand.thread"]
   if not allow_threads and type(th) == "table" and th.active_count() > 1 then
     error(("process.start: %d strand thread(s) run in this process; a forked child would hold only "
@@ -81,10 +89,9 @@ function M._fork(child_main, daemon, allow_threads, parent_end, with_result)
       :format(th.active_count() - 1), 3)
   end
   sweep()
-  local h, err, code = C._fork(function(rfd)
-    child_setup(parent_end)
-    return child_main(rfd)
-  end, daemon, with_result)
+  fork_main, fork_end, fork_arg = child_main, parent_end, arg
+  local h, err, code = C._fork(fork_entry, daemon, with_result)
+  fork_main, fork_end, fork_arg = nil, nil, nil
   if not h then return nil, err, code end
   live[h] = true
   return h
@@ -102,6 +109,11 @@ local methods = {}
 local counter = 0
 
 Process.__index = function(self, k)
+  if k == "name" then                    -- "Process-N", made when first asked for (most never are)
+    local name = "Process-" .. rawget(self, "_num")
+    rawset(self, "name", name)
+    return name
+  end
   if k == "exitcode" then
     local h = rawget(self, "_h")
     if h == nil then return nil end
@@ -138,18 +150,20 @@ function M.new(opts)
   end
   counter = counter + 1
   local args = opts.args or {}
+  -- the fields start, join and finish add are named too (nil): the table is made with room
   return setmetatable({
     fn = opts.fn, args = args, nargs = args.n or #args,
-    name = opts.name or ("Process-" .. counter),
+    name = opts.name, _num = counter,
     daemon = opts.daemon and true or false,
     allow_threads = opts.allow_threads and true or false,
-    _waiters = {},
+    _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
   }, Process)
 end
 
 -- The child's side: run fn as a task of the fresh loop, write the outcome, exit.
-local function run_child(self, rfd)
-  M._current_name = self.name
+local function run_child(rfd, self)
+  M._current = self                 -- its name made only if process.name() asks (a new string
+                                    -- in the child would be one more page written there)
   local t = spawn_task(self.fn, unpack(self.args, 1, self.nargs))
   local r = pack(t:join())
   -- the outcome as bare values (true, ... | false, err): no table to walk and look up among
@@ -172,8 +186,7 @@ end
 function methods:start()
   check_self(self, "start")
   if rawget(self, "_h") ~= nil then error("process " .. self.name .. " already started", 2) end
-  local h, err, code = M._fork(function(rfd) return run_child(self, rfd) end,
-    self.daemon, self.allow_threads, nil, true)
+  local h, err, code = M._fork(run_child, self.daemon, self.allow_threads, nil, true, self)
   if not h then return nil, err, code end
   self._h = h
   self.pid = h:pid()
@@ -189,15 +202,16 @@ end
 -- the others wait for its notification.
 local function finish(self, deadline)
   local h = self._h
-  local code, err = h:wait(remaining(deadline))      -- reaps at once a child that has ended
+  local code, err = h:wait(deadline and remaining(deadline))  -- reaps a child that has ended
   if code == nil then return nil, err end
   live[h] = nil
   local msg = h:take_result()
   local r
   if msg and #msg > 0 then
-    local d = pack(pcall(serial.decode, msg, FUNCS))      -- true, (true, ... | false, err)
-    if d[1] and type(d[2]) == "boolean" then r = tmove(d, 2, d.n, 1, { n = d.n - 1 })
-    else r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(d[3] or d[2])) end
+    r = pack(C._decode_at(msg, 1))                  -- true, ... | false, err | nil, why
+    if type(r[1]) ~= "boolean" then
+      r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(r[2] or r[1]))
+    end
   elseif code == 0 then
     r = pack(true)
   else
@@ -209,14 +223,15 @@ end
 
 --- p:join([timeout]) -> true, ...results | false, err | nil, "timeout"
 function methods:join(timeout)
-  check_self(self, "join")
-  check_timeout(timeout, 2, "join")
+  if getmetatable(self) ~= Process then check_self(self, "join") end   -- calls only to raise
+  if timeout ~= nil then check_timeout(timeout, 2, "join") end
   if rawget(self, "_h") == nil then error("process " .. self.name .. " was not started", 2) end
   local deadline = timeout and now() + timeout
   while self._final == nil do
     if self._joining then
       local n = core.notifier()
       local w = self._waiters
+      if w == nil then w = {}; self._waiters = w end
       w[#w + 1] = n
       local ok = n:wait(remaining(deadline))
       if not ok and self._final == nil then return nil, "timeout" end
@@ -225,8 +240,10 @@ function methods:join(timeout)
       local ok, done, err = pcall(finish, self, deadline)
       self._joining = false
       local w = self._waiters
-      self._waiters = {}
-      for i = 1, #w do w[i]:notify() end
+      if w then
+        self._waiters = nil
+        for i = 1, #w do w[i]:notify() end
+      end
       if not ok then error(done, 0) end
       if not done then return nil, err end
     end
@@ -275,14 +292,22 @@ function M.start(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'start' (function expected, got " .. type(fn) .. ")", 2)
   end
-  local p = M.new{ fn = fn, args = pack(...) }
+  counter = counter + 1                  -- process.new{fn = fn, args = pack(...)}, inline
+  local args = pack(...)
+  local p = setmetatable({
+    fn = fn, args = args, nargs = args.n, name = nil, _num = counter, daemon = false,
+    allow_threads = false, _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
+  }, Process)
   local ok, err = p:start()
   if not ok then error("process.start: cannot fork: " .. tostring(err), 2) end
   return p
 end
 
 --- The name of this process ("MainProcess" unless started by strand.process).
-function M.name() return M._current_name or "MainProcess" end
+function M.name()
+  local p = M._current
+  return p and p.name or "MainProcess"
+end
 
 --- Every started child not reaped yet (also reaps those that have ended).
 function M.active_children()
