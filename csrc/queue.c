@@ -62,6 +62,15 @@ static const strand_objtype queue_type = { "strand.queue", q_destroy };
 #define q_items(s, st) ((q_item *)strand_shm_at(s, (st)->items))
 #define box_obj(L) (*(strand_shm **)lua_touserdata(L, 1))
 
+/* The queue at index 1 of a method: a sealed box (strand_object_sealed) of a queue, checked
+ * without the metatable lookups of strand_shm_self, which every put and get would pay; misuse
+ * falls through to strand_shm_self's errors. */
+static inline strand_shm *q_self(lua_State *L) {
+  strand_object *o = strand_object_sealed(L, 1);
+  if (o != NULL && o->type == &queue_type) return (strand_shm *)o;
+  return strand_shm_self(L);
+}
+
 /* {==== the item array (locked) */
 
 static int q_less(const q_item *a, const q_item *b) {
@@ -1000,8 +1009,8 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
   }
 }
 
-static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait) {
-  double deadline = nowait ? 0 : strand_opt_deadline(L, 3);
+static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait, int top) {
+  double deadline = nowait ? 0 : top < 3 ? STRAND_FOREVER : strand_opt_deadline(L, 3);
   r_item it;
   if (r_encode_plain(L, 2, &it)) {
     int err = 0;
@@ -1035,11 +1044,12 @@ static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait) {
 /* }==== */
 
 static int q_put_start(lua_State *L, int nowait) {
-  strand_shm *s = strand_shm_self(L);
+  int top = lua_gettop(L);
+  strand_shm *s = q_self(L);
   q_state *st = q_state_of(s);
-  luaL_checkany(L, 2);
+  if (top < 2) luaL_checkany(L, 2);
   if (lua_isnil(L, 2)) luaL_argerror(L, 2, "cannot put nil into a queue");
-  if (st->ring) return r_put_start(L, s, st, nowait);
+  if (st->ring) return r_put_start(L, s, st, nowait, top);
   double prio = 0, deadline;
   int targ = 3;
   if (st->kind == Q_PRIO) {
@@ -1209,16 +1219,19 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
 }
 
 static int q_get_start(lua_State *L, int nowait) {
-  strand_shm *s = strand_shm_self(L);
+  int top = lua_gettop(L);
+  strand_shm *s = q_self(L);
   q_state *st = q_state_of(s);
-  double deadline = nowait ? 0 : strand_opt_deadline(L, 2);
-  lua_settop(L, 1);
+  double deadline = nowait ? 0 : top < 2 ? STRAND_FOREVER : strand_opt_deadline(L, 2);
   if (st->ring) {
-    int n = r_get_once(L, s, st);               /* the fast path: an item is there */
+    int n = r_get_once(L, s, st);               /* the fast path: an item is there (pushed on
+                                                   top: the arguments may stay below it) */
     if (n >= 0) return n;
+    lua_settop(L, 1);
     lua_pushnumber(L, deadline);
     return r_get_k(L, LUA_OK, nowait);
   }
+  lua_settop(L, 1);
   lua_pushnumber(L, deadline);
   return q_get_k(L, LUA_OK, nowait);
 }
