@@ -257,6 +257,18 @@ static size_t r_item_size(const r_item *it) {
   }
 }
 
+/* Copy an item into place: bytes, if not NULL, holds its inline value (F_STR, F_SER: the
+ * caller's string, copied straight into the slot) instead of it->u. */
+static void r_item_copy(r_item *to, const r_item *it, const void *bytes) {
+  if (bytes == NULL) {
+    memcpy(to, it, r_item_size(it));
+    return;
+  }
+  to->meta = it->meta;
+  to->pid = it->pid;
+  memcpy(to->u.b, bytes, LEN_OF(it));
+}
+
 static uint64_t r_tail(q_state *st) { return A_ACQ(&st->tail) & ~RING_FLAGS; }
 static int r_closed(q_state *st) { return (A_ACQ(&st->tail) & RING_CLOSED) != 0; }
 
@@ -327,7 +339,8 @@ static int64_t r_unfinished(q_state *st) {
 /* Claim, fill and publish a slot: 1 done, 0 full, -1 closed. Never blocks. Before each claim
  * the thread's intent record names (queue, position), so a getter can tell a claim whose
  * producer died (r_skip_dead); it is cleared on the way out. publish 0: claim only (a test). */
-static int r_push_in(q_state *st, const r_item *it, strand_intent *me, int publish) {
+static int r_push_in(q_state *st, const r_item *it, const void *bytes, strand_intent *me,
+                     int publish) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->tail);
@@ -346,7 +359,7 @@ static int r_push_in(q_state *st, const r_item *it, strand_intent *me, int publi
       if (__atomic_compare_exchange_n(&st->tail, &pos, pos + 1, 1, __ATOMIC_RELEASE,
                                       __ATOMIC_RELAXED)) {
         if (!publish) return 1;
-        memcpy(&x->it, it, r_item_size(it));
+        r_item_copy(&x->it, it, bytes);
         __atomic_store_n(&x->seq, 2 * pos + 1, __ATOMIC_RELEASE);
         return 1;
       }
@@ -360,9 +373,9 @@ static int r_push_in(q_state *st, const r_item *it, strand_intent *me, int publi
   }
 }
 
-static int r_push(q_state *st, const r_item *it) {
+static int r_push(q_state *st, const r_item *it, const void *bytes) {
   strand_intent *me = strand_intent_mine();
-  int r = r_push_in(st, it, me, 1);
+  int r = r_push_in(st, it, bytes, me, 1);
   if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
   return r;
 }
@@ -429,7 +442,7 @@ static int r_pop(q_state *st, r_item *out) {
 /* {==== the overflow of an unbounded ring (locked) */
 
 /* Append: 0 or an errno. */
-static int o_push(strand_shm *s, q_state *st, const r_item *it) {
+static int o_push(strand_shm *s, q_state *st, const r_item *it, const void *bytes) {
   uint64_t n = st->ovf_n;
   if (n == st->ovf_cap) {
     uint64_t cap = st->ovf_cap ? st->ovf_cap * 2 : 64;
@@ -449,7 +462,7 @@ static int o_push(strand_shm *s, q_state *st, const r_item *it) {
     st->ovf_first = 0;
   }
   r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
-  memcpy(&a[(st->ovf_first + n) % st->ovf_cap], it, r_item_size(it));
+  r_item_copy(&a[(st->ovf_first + n) % st->ovf_cap], it, bytes);
   __atomic_store_n(&st->ovf_extra, st->ovf_extra + 1, __ATOMIC_RELEASE);
   __atomic_store_n(&st->ovf_n, n + 1, __ATOMIC_RELEASE);
   return 0;
@@ -517,7 +530,8 @@ static int o_move(strand_shm *s, q_state *st) {
   r_install(st);
   uint64_t k = 0, n = st->ovf_n;
   r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
-  while (k < n && k < OVF_BATCH && r_push(st, &a[(st->ovf_first + k) % st->ovf_cap]) > 0) k++;
+  while (k < n && k < OVF_BATCH && r_push(st, &a[(st->ovf_first + k) % st->ovf_cap], NULL) > 0)
+    k++;
   if (k == 0) return 0;
   o_drop(s, st, k);
   /* counted in tail now: after the pushes, so that r_puts never counts too few */
@@ -874,13 +888,14 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
 
 /* {==== put into a ring */
 
-/* Numbers, booleans and short strings go into a slot as they are: 1; anything else: 0. */
-static int r_encode_plain(lua_State *L, int idx, r_item *it) {
+/* Numbers, booleans and short strings (value at idx, of type t) go into a slot as they are: 1,
+ * with a string's bytes left where they are (*bytes; NULL for the others); anything else: 0. */
+static int r_encode_plain(lua_State *L, int idx, int t, r_item *it, const char **bytes) {
   size_t len;
-  const char *p;
   it->pid = 0;                       /* every byte r_item_size counts is defined (copied as a
                                         Lua string when a put has to wait) */
-  switch (lua_type(L, idx)) {
+  *bytes = NULL;
+  switch (t) {
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) { it->meta = (uint32_t)F_INT << 24; it->u.i = lua_tointeger(L, idx); }
       else { it->meta = (uint32_t)F_FLT << 24; it->u.d = lua_tonumber(L, idx); }
@@ -889,10 +904,9 @@ static int r_encode_plain(lua_State *L, int idx, r_item *it) {
       it->meta = (uint32_t)(lua_toboolean(L, idx) ? F_TRUE : F_FALSE) << 24;
       return 1;
     case LUA_TSTRING:
-      p = lua_tolstring(L, idx, &len);
+      *bytes = lua_tolstring(L, idx, &len);
       if (len > RING_INLINE) return 0;
       it->meta = (uint32_t)F_STR << 24 | (uint32_t)len;
-      memcpy(it->u.b, p, len);
       return 1;
     default:
       return 0;
@@ -901,10 +915,11 @@ static int r_encode_plain(lua_State *L, int idx, r_item *it) {
 
 /* Put into a ring: 1 done (wake the getters), 2 done into the overflow (woken), 0 full,
  * -1 closed, -2 no storage (*err). */
-static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it, int *err) {
-  if (st->maxsize) return r_push(st, it);
+static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it,
+                      const void *bytes, int *err) {
+  if (st->maxsize) return r_push(st, it, bytes);
   if (A_ACQ(&st->ovf_n) == 0) {
-    int r = r_push(st, it);
+    int r = r_push(st, it, bytes);
     if (r != 0) return r;
   }
   strand_shm_lockL(L, s);                       /* full, or the overflow is in use */
@@ -913,11 +928,11 @@ static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it
     return -1;
   }
   if (st->ovf_n) o_move(s, st);                 /* help it drain */
-  if (st->ovf_n == 0 && r_push(st, it) > 0) {
+  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) {
     *err = 0;
   } else {
     r_grow(s, st);                              /* producers got ahead: a bigger ring */
-    *err = o_push(s, st, it);
+    *err = o_push(s, st, it, bytes);
   }
   if (*err == 0) q_settle(s, 1);
   strand_shm_unlock(s);
@@ -932,7 +947,7 @@ static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *
   if (len <= RING_INLINE) {
     it.meta = (uint32_t)F_SER << 24 | (uint32_t)len;
     memcpy(it.u.b, p, len);
-    return r_put_item(L, s, st, &it, err);
+    return r_put_item(L, s, st, &it, NULL, err);
   }
   if (!r_can_put(st)) return 0;                 /* no arena round trip for a full ring */
   strand_shm_lockL(L, s);
@@ -944,7 +959,7 @@ static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *
   it.meta = (uint32_t)F_ARENA << 24;
   it.u.a.off = off;
   it.u.a.len = len;
-  int r = r_put_item(L, s, st, &it, err);
+  int r = r_put_item(L, s, st, &it, NULL, err);
   if (r <= 0) {
     strand_shm_lockL(L, s);
     strand_shm_release(s, off);
@@ -969,7 +984,7 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
     if (plain) {
       r_item it;
       memcpy(&it, p, len);
-      r = r_put_item(L, s, st, &it, &err);
+      r = r_put_item(L, s, st, &it, NULL, &err);
     } else {
       r = r_push_encoded(L, s, st, p, len, &err);
     }
@@ -1009,12 +1024,14 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
   }
 }
 
-static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait, int top) {
+static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait, int top, int t) {
   double deadline = nowait ? 0 : top < 3 ? STRAND_FOREVER : strand_opt_deadline(L, 3);
   r_item it;
-  if (r_encode_plain(L, 2, &it)) {
+  const char *bytes;
+  if (r_encode_plain(L, 2, t, &it, &bytes)) {
     int err = 0;
-    int r = r_put_item(L, s, st, &it, &err);    /* the fast path: no Lua value is made */
+    int r = r_put_item(L, s, st, &it, bytes, &err);   /* the fast path: no Lua value is made,
+                                                         a string is copied once, into place */
     if (r > 0) {
       r_note_tid(&st->put_tid);
       if (r == 1) r_wake(L, s, CH_GET);
@@ -1027,6 +1044,7 @@ static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait, int
     }
     if (r < 0) return strand_fail_msg(L, "closed", NULL);
     if (nowait) return strand_fail_msg(L, "full", NULL);
+    if (bytes) memcpy(it.u.b, bytes, LEN_OF(&it));
     lua_settop(L, 1);
     lua_pushlstring(L, (const char *)&it, r_item_size(&it));
     lua_pushnumber(L, deadline);
@@ -1047,9 +1065,10 @@ static int q_put_start(lua_State *L, int nowait) {
   int top = lua_gettop(L);
   strand_shm *s = q_self(L);
   q_state *st = q_state_of(s);
-  if (top < 2) luaL_checkany(L, 2);
-  if (lua_isnil(L, 2)) luaL_argerror(L, 2, "cannot put nil into a queue");
-  if (st->ring) return r_put_start(L, s, st, nowait, top);
+  int t = lua_type(L, 2);
+  if (t == LUA_TNONE) luaL_checkany(L, 2);
+  if (t == LUA_TNIL) luaL_argerror(L, 2, "cannot put nil into a queue");
+  if (st->ring) return r_put_start(L, s, st, nowait, top, t);
   double prio = 0, deadline;
   int targ = 3;
   if (st->kind == Q_PRIO) {
@@ -1444,7 +1463,7 @@ static int l_test_claim(lua_State *L) {
   r_item it;
   memset(&it, 0, sizeof it);
   it.meta = (uint32_t)F_TRUE << 24;
-  int r = r_push_in(st, &it, strand_intent_mine(), 0);   /* the record keeps naming it */
+  int r = r_push_in(st, &it, NULL, strand_intent_mine(), 0);   /* the record keeps naming it */
   if (r > 0) { lua_pushboolean(L, 1); return 1; }
   return strand_fail_msg(L, r < 0 ? "closed" : "full", NULL);
 }
