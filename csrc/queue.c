@@ -58,7 +58,18 @@ static void q_destroy(strand_object *o);
 static const char *q_cross(strand_object *o);
 static const strand_objtype queue_type = { "strand.queue", q_destroy };
 
-#define q_state_of(s) ((q_state *)strand_shm_state(s))
+/* This process's view of a queue: the state's address kept beside it, so that a put or get
+ * does not read it from the object's head (the mutex's cache line, which lockers write). */
+typedef struct q_view {
+  strand_shm s;
+  q_state *st;
+} q_view;
+#define q_state_of(s) (((q_view *)(s))->st)
+
+static int q_view_fill(strand_shm *s) {
+  ((q_view *)s)->st = (q_state *)strand_shm_state(s);
+  return 0;
+}
 #define q_items(s, st) ((q_item *)strand_shm_at(s, (st)->items))
 #define box_obj(L) (*(strand_shm **)lua_touserdata(L, 1))
 
@@ -309,6 +320,16 @@ static int r_can_put(q_state *st) {
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->tail);
   if ((pos & RING_CLOSED) || st->maxsize == 0) return 1;
+  return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+}
+
+/* A move could do something: the slot at tail is free, or the ring is retired (a move may
+ * install the big one). Locked, for an unbounded ring. */
+static int r_room(q_state *st) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  uint64_t pos = A_ACQ(&st->tail);
+  if (pos & RING_FLAGS) return (pos & RING_FLAGS) == RING_RETIRED;
   return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
 }
 
@@ -927,14 +948,16 @@ static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it
     strand_shm_unlock(s);
     return -1;
   }
-  if (st->ovf_n) o_move(s, st);                 /* help it drain */
+  if (st->ovf_n && r_room(st)) o_move(s, st);  /* help it drain */
   if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) {
     *err = 0;
   } else {
     r_grow(s, st);                              /* producers got ahead: a bigger ring */
     *err = o_push(s, st, it, bytes);
   }
-  if (*err == 0) q_settle(s, 1);
+  /* as r_wake after a put into the ring: only getters can have been waiting for it (under the
+   * mutex, where they count themselves, the count is exact) */
+  if (*err == 0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) q_settle(s, 1);
   strand_shm_unlock(s);
   return *err ? -2 : 2;
 }
@@ -1437,9 +1460,10 @@ static int q_new(lua_State *L, int kind) {
   }
   size_t ringsize = slots * sizeof(r_slot);
   int ring = kind == Q_FIFO && slots > 0 && slots <= RING_MAXCAP && ringsize <= reserve / 4;
-  strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &queue_type,
+  strand_shm *s = strand_shm_new(L, sizeof(q_view), &queue_type,
                                  sizeof(q_state) + (ring ? ringsize : 0), 3, reserve);
   if (s == NULL) return strand_shm_fail(L, &queue_type, errno);
+  q_view_fill(s);
   q_state *st = q_state_of(s);
   st->kind = kind;
   st->maxsize = max;
@@ -1484,7 +1508,7 @@ int strand_open_queue(lua_State *L) {
     {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);
-  strand_shm_type(&queue_type, sizeof(strand_shm), NULL);
+  strand_shm_type(&queue_type, sizeof(q_view), q_view_fill);
   strand_shm_newmeta(L, &queue_type, methods, NULL);   /* mt methods */
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, q_len, 1);
