@@ -649,6 +649,12 @@ static void q_settle(strand_shm *s, int kick) {
   strand_shm_signal(s, CH_JOIN, A_RLX(&c[CH_JOIN].sleepers) > 0 && join, kick & 4);
 }
 
+/* Locked: anybody asleep on any channel (the counts are exact under the mutex). */
+static int q_sleepers(strand_shm *s) {
+  strand_shm_chan *c = strand_shm_chans(s);
+  return A_RLX(&c[CH_GET].sleepers) | A_RLX(&c[CH_PUT].sleepers) | A_RLX(&c[CH_JOIN].sleepers);
+}
+
 /* A ring changed without the mutex: if anybody sleeps on ch, settle (and kick) it. */
 static void r_wake(lua_State *L, strand_shm *s, int ch) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -1156,9 +1162,10 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   } else {
     if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
     strand_shm_lockL(L, s);
-    int moved = o_move(s, st);
+    int moved = r_room(st) ? o_move(s, st) : 0;   /* (none into a full or closed ring) */
     int got = r_pop(st, &it) || o_pop(s, st, &it);
-    if (got || moved) q_settle(s, moved > 1);   /* more moved: other getters may go on */
+    /* more moved: other getters may go on; nobody asleep (exact under the mutex): no settle */
+    if ((got || moved) && q_sleepers(s)) q_settle(s, moved > 1);
     strand_shm_unlock(s);
     if (!got) return -1;
   }
