@@ -445,8 +445,7 @@ static int r_pop(q_state *st, r_item *out) {
     if (dif == 0) {
       if (__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 1, __ATOMIC_RELAXED,
                                       __ATOMIC_RELAXED)) {
-        memcpy(out, &x->it, offsetof(r_item, u));
-        memcpy(&out->u, &x->it.u, r_item_size(out) - offsetof(r_item, u));
+        memcpy(out, &x->it, r_item_size(&x->it));   /* one copy: header and value */
         __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
         return 1;
       }
