@@ -161,9 +161,10 @@ STRAND_API const char *strand_errname(int err);  /* "ECONNREFUSED" */
 /* {==== shareable objects: C objects used by reference from several Lua states
  * (threads) and, when their memory is MAP_SHARED, by processes forked after creation.
  *
- * The Lua side holds a "box" userdata whose only field is the strand_object pointer. The
- * struct itself is process-local heap memory (so a fork duplicates the refcount naturally),
- * and may point at MAP_SHARED memory for state that processes share. */
+ * The Lua side holds a "box" userdata whose first field is the strand_object pointer (then its
+ * seal, see strand_object_sealed). The struct itself is process-local heap memory (so a fork
+ * duplicates the refcount naturally), and may point at MAP_SHARED memory for state that
+ * processes share. */
 
 typedef struct strand_object strand_object;
 typedef struct strand_objtype {
