@@ -4,8 +4,24 @@
 
 #include <pthread.h>
 #include <string.h>
+#include <sys/auxv.h>
 
-typedef struct box { strand_object *obj; } box;
+/* seal: obj ^ box_key, so that strand_object_sealed can tell a box from any other userdata of
+ * the same size without looking at its metatable (box_key: random per process, never 0) */
+typedef struct box { strand_object *obj; uintptr_t seal; } box;
+
+static uintptr_t box_key;                 /* written once (box_key_once), then read-only */
+static pthread_once_t box_key_once = PTHREAD_ONCE_INIT;
+static void box_key_make(void) {
+  uintptr_t k = (uintptr_t)&box_key * 0x9E3779B97F4A7C15u;
+  const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);   /* 16 bytes */
+  if (r != NULL) {
+    uintptr_t x;
+    memcpy(&x, r + 8, sizeof x);
+    k ^= x;
+  }
+  box_key = k | 1;
+}
 
 void strand_object_init(strand_object *o, const strand_objtype *t) {
   atomic_init(&o->refs, 1);
@@ -22,8 +38,10 @@ void strand_object_release(strand_object *o) {
 }
 
 void strand_object_push(lua_State *L, strand_object *o) {
+  pthread_once(&box_key_once, box_key_make);
   box *b = (box *)lua_newuserdatauv(L, sizeof(box), 0);
   b->obj = NULL;
+  b->seal = box_key;
   if (luaL_getmetatable(L, o->type->name) != LUA_TTABLE) {   /* its area is not open here yet */
     lua_pop(L, 1);
     strand_core_open_areas(L);
@@ -36,6 +54,14 @@ void strand_object_push(lua_State *L, strand_object *o) {
   }
   lua_setmetatable(L, -2);
   b->obj = o;
+  b->seal = (uintptr_t)o ^ box_key;
+}
+
+strand_object *strand_object_sealed(lua_State *L, int idx) {
+  box *b = (box *)lua_touserdata(L, idx);
+  if (b == NULL || lua_rawlen(L, idx) != sizeof(box)) return NULL;   /* light: 0 */
+  strand_object *o = b->obj;
+  return o != NULL && b->seal == ((uintptr_t)o ^ box_key) ? o : NULL;
 }
 
 strand_object *strand_object_test(lua_State *L, int idx) {
@@ -58,6 +84,7 @@ static int box_gc(lua_State *L) {
   if (b && b->obj) {
     strand_object *o = b->obj;
     b->obj = NULL;
+    b->seal = box_key;
     strand_object_release(o);
   }
   return 0;

@@ -161,9 +161,10 @@ STRAND_API const char *strand_errname(int err);  /* "ECONNREFUSED" */
 /* {==== shareable objects: C objects used by reference from several Lua states
  * (threads) and, when their memory is MAP_SHARED, by processes forked after creation.
  *
- * The Lua side holds a "box" userdata whose only field is the strand_object pointer. The
- * struct itself is process-local heap memory (so a fork duplicates the refcount naturally),
- * and may point at MAP_SHARED memory for state that processes share. */
+ * The Lua side holds a "box" userdata whose first field is the strand_object pointer (then its
+ * seal, see strand_object_sealed). The struct itself is process-local heap memory (so a fork
+ * duplicates the refcount naturally), and may point at MAP_SHARED memory for state that
+ * processes share. */
 
 typedef struct strand_object strand_object;
 typedef struct strand_objtype {
@@ -194,6 +195,9 @@ STRAND_API void strand_object_push(lua_State *L, strand_object *o);
 STRAND_API strand_object *strand_object_check(lua_State *L, int idx, const strand_objtype *t);
 /* Any strand object at idx, or NULL. */
 STRAND_API strand_object *strand_object_test(lua_State *L, int idx);
+/* The object of the box at idx (any type, not closed), or NULL: a box is told by a sealed word
+ * (its pointer ^ a per-process random key) instead of its metatable, for hot methods. */
+STRAND_API strand_object *strand_object_sealed(lua_State *L, int idx);
 /* Create the metatable for t: __index = methods, __gc/__close release the box, __name = t->name,
  * __strand_object = true, plus any metamethods given. Leaves it on the stack. */
 STRAND_API void strand_object_newmeta(lua_State *L, const strand_objtype *t,
