@@ -727,8 +727,11 @@ const char *strand_object_crossing(strand_object *o) {
 
 strand_shm *strand_shm_self(lua_State *L) {
   if (!lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1))) {
+    int none = lua_isnone(L, 1);       /* before pushing: the name would stand in for argument 1 */
     lua_getfield(L, lua_upvalueindex(1), "__name");
-    luaL_typeerror(L, 1, lua_tostring(L, -1));
+    const char *tn = lua_tostring(L, -1);
+    if (none) luaL_argerror(L, 1, lua_pushfstring(L, "%s expected, got no value", tn));
+    luaL_typeerror(L, 1, tn);
   }
   lua_pop(L, 1);
   strand_shm *s = *(strand_shm **)lua_touserdata(L, 1);   /* a box holds only the pointer */

@@ -28,8 +28,9 @@ describe("strand.queue fast paths", function()
         refused(function() m(io.stdout, 1) end, "strand.queue expected, got FILE%*")
         refused(function() m({}, 1) end, "strand.queue expected, got table")
         refused(function() m("q", 1) end, "strand.queue expected, got string")
-        refused(function() m() end, "strand.queue expected")
+        refused(function() m() end, "strand.queue expected, got no value")
       end
+      refused(function() lock.acquire() end, "strand.lock expected, got no value")
       -- a queue of another kind (no ring) is still a queue
       local lifo = queue.lifo()
       assert.is_true(q.put(lifo, "x"))
