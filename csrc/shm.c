@@ -3,6 +3,7 @@
  * per Lua state (per loop), relayed across processes by a futex word and a thread. */
 #include "strand.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -949,9 +950,14 @@ static int relay_pid;                   /* the process whose relay runs (0: none
 
 static uint32_t *proc_word(void) { return (uint32_t *)AT(proc_word_off); }
 
+/* Set by the relay once it is in relay_main (its start-up done); relay_start waits for it. */
+static uint32_t relay_up;
+
 static void *relay_main(void *arg) {
   (void)arg;
   uint32_t *word = proc_word();
+  __atomic_store_n(&relay_up, 1, __ATOMIC_RELEASE);
+  syscall(SYS_futex, &relay_up, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
   for (;;) {
     if (__atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) == 0) {
       syscall(SYS_futex, word, FUTEX_WAIT, 0, NULL, NULL, 0);
@@ -982,7 +988,30 @@ static int proc_word_make(void) {
   return 0;
 }
 
-/* Start this process's relay once it may be woken from another one (homes_mu not held). */
+/* The relay runs code of this shared object for the life of the process: keep it mapped even
+ * when Lua closes its state and unloads the module (as pidwait.c and thread.c do), or a relay
+ * woken (or still starting) after that jumps into unmapped code. */
+static void relay_pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)&relay_main, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+/* Until the relay's start-up is over, a bounded wait (50 x 100 ms; a thread that got no CPU
+ * for 5 s starts on its own: we only stop waiting for it). */
+static void relay_wait_up(void) {
+  struct timespec slice = { 0, 100 * 1000 * 1000 };
+  for (int i = 0; i < 50 && !__atomic_load_n(&relay_up, __ATOMIC_ACQUIRE); i++)
+    syscall(SYS_futex, &relay_up, FUTEX_WAIT_PRIVATE, 0, &slice, NULL, 0);
+}
+
+/* Start this process's relay once it may be woken from another one (homes_mu not held).
+ * It returns only once the thread has started (relay_wait_up): it is called from the fork
+ * hook in the parent, and the parent may fork again at once. A thread still starting holds
+ * locks of the C library or of an allocator interposed on it (ASan's, which has no atfork
+ * handler: a child forked then inherits it locked, its own relay hangs on it at start-up, and
+ * no wake-up from another process ever reaches that child). Once in relay_main the relay
+ * takes no lock but homes_mu, which a forked child re-initialises. */
 static void relay_start(void) {
   if (!__atomic_load_n(&family, __ATOMIC_ACQUIRE) || strand_arena_base == NULL) return;
   int pid = strand_shm_pid();
@@ -996,8 +1025,12 @@ static void relay_start(void) {
     if (pthread_attr_init(&a) == 0) {
       pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
       pthread_attr_setstacksize(&a, 64 * 1024);
+      static pthread_once_t pinned = PTHREAD_ONCE_INIT;
+      pthread_once(&pinned, relay_pin_module);
+      __atomic_store_n(&relay_up, 0, __ATOMIC_RELAXED);
       if (pthread_create(&th, &a, relay_main, NULL) == 0) {
         relay_pid = pid;
+        relay_wait_up();
         pthread_setname_np(th, "strand-relay");
         /* wakes that came before the relay was there */
         __atomic_store_n(proc_word(), 1, __ATOMIC_SEQ_CST);

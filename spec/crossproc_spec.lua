@@ -1,0 +1,130 @@
+-- Cross-process wake-ups and recovery under hostile timing: the relay thread that carries
+-- wake-ups into a process, close racing getters of other processes, processes SIGKILLed mid-op.
+local strand = require "strand"
+local process = require "strand.process"
+local queue = require "strand.queue"
+local sync = require "strand.sync"
+local H = require "support.helper"
+
+describe("cross-process wake-ups", function()
+  H.guard()
+
+  -- The parent's first fork starts its relay thread; the parent may fork again at once. A
+  -- thread still starting holds locks of the C library or of an interposed allocator (ASan's
+  -- has no atfork handler): a child forked then inherits them locked, its own relay hangs on
+  -- them and no wake-up from another process reaches it (examples/p4_queue.lua hung so under
+  -- ASan). So the fork returns only once the relay has run. Pinned to one CPU, a thread that
+  -- was only created has not run yet when its creator goes on: its run time is 0.
+  it("the fork that starts the relay returns only once the relay thread has run", function()
+    local code = [[
+      local process = require "strand.process"
+      local p = process.start(function() return 1 end)      -- the first fork: starts the relay
+      local tid
+      for t, name in pairs(require("strand.core")._proc.threads()) do
+        if name == "strand-relay" then tid = t end
+      end
+      local f = tid and io.open("/proc/self/task/" .. tid .. "/schedstat")
+      local ran = f and tonumber(f:read("a"):match("^(%d+)"))
+      if f then f:close() end
+      assert(p:join(10))
+      print("relay " .. tostring(tid) .. " ran " .. tostring(ran))
+    ]]
+    for _ = 1, 5 do
+      local out, ok = H.lua(code, "taskset -c 0")
+      assert.is_true(ok, out)
+      local tid, ran = out:match("relay (%d+) ran (%d+)")
+      assert.is_truthy(tid, out)
+      assert.is_true(tonumber(ran) > 0, "the relay had not run yet: " .. out)
+    end
+  end)
+
+  -- The same race as a user meets it: fresh processes whose consumers are forked right after
+  -- the first fork, each woken by puts and by close from the parent (bounded: a lost wake-up
+  -- is a "timeout", not a hang).
+  it("consumers forked right after the first fork are woken by puts and by close", function()
+    local code = [[
+      local process = require "strand.process"
+      local queue = require "strand.queue"
+      local q = queue.new(4)
+      local first = process.start(function() return 0 end)   -- starts the relay
+      local cs = {}
+      for c = 1, 3 do
+        cs[c] = process.start(function()
+          local got = 0
+          while true do
+            local v, err = q:get(8)
+            if v == nil then return got, err end
+            got = got + 1
+          end
+        end)
+      end
+      for i = 1, 30 do assert(q:put(i, 8)) end
+      q:close()
+      local total = 0
+      for c = 1, 3 do
+        local got, err = cs[c]:result(10)
+        assert(err == "closed", "consumer " .. c .. ": " .. tostring(err))
+        total = total + got
+      end
+      assert(first:join(10))
+      print("took " .. total)
+    ]]
+    for _ = 1, H.work(15, 2) do
+      local out, ok = H.lua(code)
+      assert.is_true(ok, out)
+      assert.matches("took 30", out)
+    end
+  end)
+
+  it("close racing getters of other processes going to sleep wakes every one of them", function()
+    for round = 1, H.work(30, 3) do
+      local q = queue.new(round % 2 == 0 and 0 or 2)    -- unbounded and bounded rings
+      local getters = {}
+      for g = 1, 3 do
+        getters[g] = process.start(function()
+          local v, err = q:get(H.TIMEOUT)
+          return v, err
+        end)
+      end
+      -- close at a different moment each round: before, while and after they go to sleep
+      if round % 3 == 1 then strand.sleep(0.001 * (round % 7)) end
+      q:close()
+      for g = 1, 3 do
+        local v, err = getters[g]:result(H.TIMEOUT)      -- raises "timeout" if it hangs
+        assert.same({ nil, "closed" }, { v, err }, "round " .. round)
+      end
+    end
+  end)
+
+  it("close racing putters of other processes asleep on a full ring wakes every one", function()
+    for round = 1, H.work(20, 3) do
+      local q = queue.new(1)
+      assert.is_true(q:put(0))
+      local putters = {}
+      for g = 1, 3 do
+        putters[g] = process.start(function() return q:put(g, H.TIMEOUT) end)
+      end
+      if round % 2 == 1 then strand.sleep(0.001 * (round % 5)) end
+      q:close()
+      for g = 1, 3 do
+        local v, err = putters[g]:result(H.TIMEOUT)
+        assert.same({ nil, "closed" }, { v, err }, "round " .. round)
+      end
+      assert.equal(0, q:get_nowait())
+    end
+  end)
+
+  it("an event set racing waiters of other processes wakes every one", function()
+    for round = 1, H.work(20, 3) do
+      local ev = sync.event()
+      local ws = {}
+      for g = 1, 3 do ws[g] = process.start(function() return ev:wait(H.TIMEOUT) end) end
+      if round % 2 == 1 then strand.sleep(0.001 * (round % 5)) end
+      ev:set()
+      for g = 1, 3 do
+        local v = ws[g]:result(H.TIMEOUT)
+        assert.is_true(v, "round " .. round)
+      end
+    end
+  end)
+end)
