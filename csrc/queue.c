@@ -201,6 +201,10 @@ static void q_pop(strand_shm *s, q_state *st) {
 #define RING_BIG 1024                         /* the ring an unbounded FIFO grows to */
 #define RING_JUMP ((uint64_t)1 << 32)         /* positions skipped when it does */
 #define RING_SPIN_SECONDS 30e-6
+/* A getter that finds head's position claimed but not published, or a putter that finds tail's
+ * slot claimed by a getter and not freed, sleeps in slices of this long, and after each (and
+ * before it gives up) checks whether that producer or getter died. */
+#define R_SLICE 0.05
 
 enum { F_INT = 1, F_FLT, F_FALSE, F_TRUE, F_STR, F_SER, F_ARENA };
 
@@ -352,7 +356,7 @@ static int r_push_in(q_state *st, const r_item *it, strand_intent *me, int publi
 }
 
 static int r_push(q_state *st, const r_item *it) {
-  strand_intent *me = strand_intent_mine();
+  strand_intent *me = strand_intent_fast();
   int r = r_push_in(st, it, me, 1);
   if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
   return r;
@@ -387,6 +391,46 @@ static int r_skip_dead(lua_State *L, strand_shm *s, q_state *st) {
   strand_shm_changed(s);
   strand_shm_lockL(L, s);
   q_settle(s, 7);
+  strand_shm_unlock(s);
+  return 1;
+}
+
+/* The slot at tail holds the item of the position one lap before it, and head has passed that
+ * position: a getter claimed it and has not freed the slot yet (a live one is copying it out;
+ * a dead one never will). Its position in *held. */
+static int r_tail_held(q_state *st, uint64_t *held) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  uint64_t t = A_ACQ(&st->tail);
+  if (t & RING_FLAGS) return 0;
+  t &= ~RING_FLAGS;
+  if (t < cap) return 0;
+  uint64_t p = t - cap;
+  if (A_ACQ(&slots[t % cap].seq) != 2 * p + 1 || A_ACQ(&st->head) <= p) return 0;
+  *held = p;
+  return 1;
+}
+
+/* The getter that claimed the position at tail's slot died before freeing it (every thread with
+ * a get on this queue in progress has ended: r_get_once's intent records): free the slot as
+ * that get would have, and give back the arena block of its item (the item itself is lost with
+ * the getter, as if it had been taken; its task_done never comes). 1 if freed (by us or by
+ * another putter), 0 if not. Reads /proc: only when a putter found the ring full. */
+static int r_free_dead_get(lua_State *L, strand_shm *s, q_state *st) {
+  uint64_t p, cap;
+  if (st->maxsize == 0 || !r_tail_held(st, &p)) return 0;
+  r_slot *x = &r_ring(st, &cap)[p % cap];
+  if (!strand_intent_dead_get((uint64_t)((char *)st - strand_arena_base), p)) return 0;
+  int arena = F_OF(&x->it) == F_ARENA;
+  uint64_t block = arena ? x->it.u.a.off : 0;   /* stable while the slot stays held */
+  uint64_t want = 2 * p + 1;
+  if (!__atomic_compare_exchange_n(&x->seq, &want, 2 * (p + cap), 0, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_RELAXED))
+    return 1;                                 /* another putter freed it: look again */
+  strand_shm_changed(s);
+  strand_shm_lockL(L, s);
+  if (arena) strand_shm_release(s, block);
+  q_settle(s, 2);
   strand_shm_unlock(s);
   return 1;
 }
@@ -946,10 +990,12 @@ static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *
 
 /* stack 1 self, 2 payload (the r_item's bytes if plain, else the serialized value), 3 deadline,
  * 4 plain, 5 guard|nil, [6 waiter]; ctx: 1 for put_nowait */
-static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
+static int r_put_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
   q_state *st = q_state_of(s);
   int outcome = q_resumed(L, s, CH_PUT, status);
+  lua_KContext nowait = ctx & 1;
+  int capped = (ctx & 2) != 0;                  /* the wait was cut to a slice */
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
   double deadline = lua_tonumber(L, 3);
@@ -980,10 +1026,16 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
       payload_drop(L, !plain);
       return strand_fail_msg(L, "closed", NULL);
     }
-    if (nowait || outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+    int expired = nowait || (outcome == STRAND_TIMEOUT && !capped) || deadline <= strand_now();
+    if ((expired || outcome == STRAND_TIMEOUT) && r_free_dead_get(L, s, st)) {
+      outcome = STRAND_READY;
+      continue;
+    }
+    if (expired) {
       payload_drop(L, !plain);
       return strand_fail_msg(L, nowait ? "full" : "timeout", NULL);
     }
+    outcome = STRAND_READY;
     if (!spun) {                                /* first, a few microseconds of watching */
       spun = 1;
       if (r_spin(L, st, CH_PUT)) continue;
@@ -992,8 +1044,16 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
       if (!plain) guard_payload(L);
       strand_shm_prepare(L, s, CH_PUT);
     }
+    /* a getter holds the slot at tail: sleep in slices, and after each see if it died */
+    double until = deadline;
+    uint64_t held;
+    capped = 0;
+    if (r_tail_held(st, &held)) {
+      double slice = strand_now() + R_SLICE;
+      if (slice < until) { until = slice; capped = 1; }
+    }
     strand_shm_lockL(L, s);
-    int o = q_sleep(L, s, CH_PUT, r_can_put, deadline, nowait, r_put_k);
+    int o = q_sleep(L, s, CH_PUT, r_can_put, until, nowait | (capped ? 2 : 0), r_put_k);
     if (o < 0) continue;
     outcome = o;
     spun = 0;
@@ -1017,7 +1077,8 @@ static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait) {
       return strand_fail(L, err);
     }
     if (r < 0) return strand_fail_msg(L, "closed", NULL);
-    if (nowait) return strand_fail_msg(L, "full", NULL);
+    uint64_t held;
+    if (nowait && !r_tail_held(st, &held)) return strand_fail_msg(L, "full", NULL);
     lua_settop(L, 1);
     lua_pushlstring(L, (const char *)&it, r_item_size(&it));
     lua_pushnumber(L, deadline);
@@ -1080,10 +1141,23 @@ static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
   return n;
 }
 
-/* Take an item from a ring and push it: its count (or nil, message); -1 if there was none. */
+/* Take an item from a ring and push it: its count (or nil, message); -1 if there was none.
+ * Around the lock-free pop, the thread's intent record says "a get on this queue" (obj |
+ * STRAND_INTENT_GET), so that a putter stuck at a slot a getter claimed and never freed can
+ * tell whether that getter died (r_free_dead_get): one store and a release fence (a compiler
+ * barrier on x86) before the claim, one store after. */
 static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   r_item it;
-  if (r_pop(st, &it)) {
+  strand_intent *me = strand_intent_fast();
+  if (me) {
+    __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
+                     __ATOMIC_RELAXED);
+    /* with r_pop's claim after it: a putter that sees head moved (acquire) sees the record */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+  }
+  int popped = r_pop(st, &it);
+  if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+  if (popped) {
     if (st->maxsize) r_wake(L, s, CH_PUT);      /* an unbounded ring has no waiting putters */
   } else {
     if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
@@ -1120,9 +1194,6 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   return n;
 }
 
-/* A getter that finds head's position claimed but not published sleeps in slices of this
- * long, and after each (and before it gives up) checks whether its producer died. */
-#define R_SLICE 0.05
 
 /* get from a ring: stack 1 self, 2 deadline, [3 waiter]; ctx: 1 for get_nowait, | 2 when the
  * wait was cut to a slice */
@@ -1436,6 +1507,30 @@ static int l_test_claim(lua_State *L) {
   return strand_fail_msg(L, r < 0 ? "closed" : "full", NULL);
 }
 
+/* _test_take(q): a test hook, what a getter killed mid-get leaves: claim the ring's head
+ * position (intent record and all) without freeing its slot -> true | nil, "empty" */
+static int l_test_take(lua_State *L) {
+  strand_object *o = strand_object_test(L, 1);
+  luaL_argcheck(L, o != NULL && o->type == &queue_type, 1, "strand.queue expected");
+  q_state *st = q_state_of((strand_shm *)o);
+  luaL_argcheck(L, st->ring, 1, "a FIFO queue with a ring expected");
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  strand_intent *me = strand_intent_mine();
+  uint64_t pos = A_ACQ(&st->head);
+  if (me)
+    __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
+                     __ATOMIC_SEQ_CST);
+  if (A_ACQ(&slots[pos % cap].seq) != 2 * pos + 1 ||
+      !__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_SEQ_CST,
+                                   __ATOMIC_RELAXED)) {
+    if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+    return strand_fail_msg(L, "empty", NULL);
+  }
+  lua_pushboolean(L, 1);                      /* the record keeps naming it */
+  return 1;
+}
+
 static int l_new(lua_State *L) { return q_new(L, Q_FIFO); }
 static int l_lifo(lua_State *L) { return q_new(L, Q_LIFO); }
 static int l_priority(lua_State *L) { return q_new(L, Q_PRIO); }
@@ -1449,6 +1544,7 @@ int strand_open_queue(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {"_test_claim", l_test_claim},
+    {"_test_take", l_test_take},
     {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);

@@ -289,12 +289,13 @@ static strand_shm *views_find(uint64_t off);
 static int views_put(strand_shm *s);
 #define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
 
-static __thread uint64_t my_intent __attribute__((tls_model("initial-exec")));
+/* this thread's intent record (0: none yet); strand_intent_fast reads it inline */
+__thread uint64_t strand_intent_off __attribute__((tls_model("initial-exec")));
 
 static void fork_child(void) {
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
   cached_tid = 0;
-  my_intent = 0;                        /* the parent's thread keeps its record */
+  strand_intent_off = 0;                        /* the parent's thread keeps its record */
   for (strand_shm *s = objs; s; s = s->lnext) {
     __atomic_add_fetch(&s->head->arefs, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELAXED);   /* two processes hold it */
@@ -330,7 +331,7 @@ static void intent_end(void *p) {
 static void intent_key_make(void) { intent_key_ok = pthread_key_create(&intent_key, intent_end) == 0; }
 
 strand_intent *strand_intent_mine(void) {
-  if (my_intent) return (strand_intent *)AT(my_intent);
+  if (strand_intent_off) return (strand_intent *)AT(strand_intent_off);
   if (strand_arena_base == NULL) return NULL;
   pthread_once(&intent_once, intent_key_make);
   if (!intent_key_ok) return NULL;
@@ -374,7 +375,7 @@ strand_intent *strand_intent_mine(void) {
     intent_end(AT(off));
     return NULL;
   }
-  my_intent = off;
+  strand_intent_off = off;
   return (strand_intent *)AT(off);
 }
 
@@ -389,6 +390,22 @@ int strand_intent_dead(uint64_t obj, uint64_t pos) {
         __atomic_load_n(&r->pos, __ATOMIC_ACQUIRE) != pos + 1)
       continue;
     if (!strand_owner_dead(owner)) return 0;     /* alive: it may still publish */
+    dead = 1;
+  }
+  return dead;
+}
+
+int strand_intent_dead_get(uint64_t obj, uint64_t pos) {
+  if (strand_arena_base == NULL) return 0;
+  int dead = 0;
+  for (uint64_t o = __atomic_load_n(&AH->intents, __ATOMIC_ACQUIRE); o;
+       o = ((strand_intent *)AT(o))->next) {
+    strand_intent *r = (strand_intent *)AT(o);
+    int64_t owner = __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE);
+    (void)pos;                                   /* a get in progress may be at any position */
+    if (owner == 0 || __atomic_load_n(&r->obj, __ATOMIC_ACQUIRE) != (obj | STRAND_INTENT_GET))
+      continue;
+    if (!strand_owner_dead(owner)) return 0;     /* alive: it may still free it */
     dead = 1;
   }
   return dead;

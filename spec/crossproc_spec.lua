@@ -128,3 +128,89 @@ describe("cross-process wake-ups", function()
     end
   end)
 end)
+
+describe("a getter killed between taking a ring slot and freeing it", function()
+  H.guard()
+
+  it("puts go on past its slot once it is dead (a live one is waited for), FIFO kept", function()
+    local q, ready = queue.new(3), sync.event()
+    assert.is_true(q:put("a")); assert.is_true(q:put("b"))
+    local p = process.start(function()
+      assert(queue._test_take(q))         -- takes position 0 ("a"), never frees its slot
+      ready:set()
+      strand.sleep(30)
+    end)
+    assert.is_true(ready:wait(H.TIMEOUT))
+    assert.equal("b", q:get(H.TIMEOUT))
+    assert.is_true(q:put("c", H.TIMEOUT))               -- position 2: slot 2, free
+    assert.same({ nil, "full" }, { q:put_nowait("d") })  -- position 3: slot 0, still taken
+    assert.same({ nil, "timeout" }, { q:put("d", 0.12) })   -- its getter is alive: it may free it
+    p:kill()
+    p:join(H.TIMEOUT)
+    assert.is_true(q:put("d", H.TIMEOUT))               -- the dead getter's slot is freed
+    assert.equal("c", q:get(H.TIMEOUT))
+    assert.equal("d", q:get(H.TIMEOUT))
+    for i = 1, 6 do                                     -- and the ring wraps on as before
+      assert.is_true(q:put_nowait(i)); assert.equal(i, q:get_nowait())
+    end
+    assert.equal(0, q:qsize())
+  end)
+
+  it("put_nowait frees a dead getter's slot at once; big items' storage is given back", function()
+    local q = queue.new(1, { storage = 262144 })
+    local big = ("x"):rep(150000)                       -- in an arena block: over half the storage
+    assert.is_true(q:put(big))
+    local p = process.start(function()
+      assert(queue._test_take(q))
+      os.exit(0, false)                                 -- gone, its record still naming the slot
+    end)
+    assert.is_true(p:join(H.TIMEOUT))
+    assert.equal(0, p.exitcode)
+    for i = 1, 3 do
+      assert.is_true(q:put_nowait(i)); assert.equal(i, q:get_nowait())
+    end
+    assert.is_true(q:put(big, H.TIMEOUT))               -- the lost item's block was given back
+    assert.equal(big, q:get(H.TIMEOUT))
+  end)
+
+  it("a putter asleep on the slot is woken when the getter dies", function()
+    local q, ready = queue.new(1), sync.event()
+    assert.is_true(q:put("a"))
+    local p = process.start(function()
+      assert(queue._test_take(q))
+      ready:set()
+      strand.sleep(30)
+    end)
+    assert.is_true(ready:wait(H.TIMEOUT))
+    local putter = strand.spawn(function() return q:put("b", H.TIMEOUT) end)
+    strand.sleep(0.02)
+    assert.is_nil(putter:done() and true or nil)
+    p:kill()
+    assert.is_true(putter:result(H.TIMEOUT))
+    assert.equal("b", q:get(H.TIMEOUT))
+    p:join(H.TIMEOUT)
+  end)
+
+  it("getters SIGKILLed at random moments never stall the others (stress)", function()
+    local q = queue.new(4)
+    for round = 1, H.work(20, 3) do
+      local p = process.start(function()
+        while true do
+          local v = q:get(H.TIMEOUT)
+          if v == nil then return end
+        end
+      end)
+      local deadline = strand.now() + 0.02 * (1 + round % 3)
+      local i = 0
+      while strand.now() < deadline do
+        i = i + 1
+        assert.is_true(q:put(i, H.TIMEOUT), "round " .. round .. ": put stalled")
+      end
+      p:kill()
+      p:join(H.TIMEOUT)
+      while q:get_nowait() do end
+      for j = 1, 4 do assert.is_true(q:put(j, H.TIMEOUT), "round " .. round .. ": stalled") end
+      for j = 1, 4 do assert.equal(j, q:get(H.TIMEOUT)) end
+    end
+  end)
+end)
