@@ -1365,7 +1365,15 @@ static int q_task_done(lua_State *L) {
 
 /* {==== the rest */
 
-/* close(): every waiter returns nil, "closed"; items already in are still delivered */
+/* close(): every waiter returns nil, "closed"; items already in are still delivered.
+ * No waiter of any process can miss it: the closed bit is set and q_settle runs under the
+ * mutex, and a waiter counts itself in sleepers and takes its last look (r_gettable /
+ * r_can_put / q_joinable, which all see the bit) under the same mutex; so either it saw the
+ * bit and does not sleep, or close saw it counted and fired its record (kick 7: every channel,
+ * signalled or not). A fired record of a task not yet asleep is taken when it arms (the
+ * armed/fired pair, shm.c); one of another process reaches it through that process's relay,
+ * which is running before any process forked after it starts (relay_start: this wake-up was
+ * the one lost when a child inherited a lock of the relay's start-up). */
 static int q_close(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   q_state *st = q_state_of(s);
