@@ -214,3 +214,117 @@ describe("a getter killed between taking a ring slot and freeing it", function()
     end
   end)
 end)
+
+describe("processes SIGKILLed at random moments inside shared-object operations", function()
+  H.guard()
+  local shared = require "strand.shared"
+
+  -- A victim loops over every kind of operation; it is SIGKILLed at a different moment each
+  -- round. A survivor process does the same operations with bounded waits the whole time and
+  -- must never stall; afterwards every object still works in the parent.
+  it("locks, events, conditions, barriers, dicts, lists and queues stay usable", function()
+    local lock, ev, cond = sync.lock(), sync.event(), sync.condition(sync.lock())
+    local bar, d, l, q = sync.barrier(2), shared.dict(), shared.list(), queue.new(4)
+    local stop = sync.event()
+    local function ops(i, wait)
+      local got = lock:acquire(wait)
+      if got then d:incr("n"); lock:release() elseif wait > 0.5 then error("lock stalled") end
+      ev:set(); ev:clear()
+      if cond:acquire(wait) then cond:notify_all(); cond:wait(0.001); cond:release()
+      elseif wait > 0.5 then error("condition stalled") end
+      d["k" .. (i % 40)] = i
+      d:update("u", function(v) return (v or 0) + 1 end)
+      if i % 8 == 0 then l:append(i) end
+      q:put_nowait(i); q:get_nowait()
+    end
+    -- daemons, and the survivor's loop bounded: a failing check never leaves them running
+    local function daemon(fn) local p = process.new { fn = fn, daemon = true }; p:start(); return p end
+    local survivor = daemon(function()
+      local i, give_up = 0, strand.now() + 6 * H.TIMEOUT
+      while not stop:is_set() and strand.now() < give_up do i = i + 1; ops(i, H.TIMEOUT) end
+      return i
+    end)
+    for round = 1, H.work(12, 2) do
+      local victim = daemon(function()
+        local i = 0
+        while true do i = i + 1; ops(i, 0.01) end
+      end)
+      strand.sleep(0.005 + 0.003 * (round % 7))
+      victim:kill()
+      victim:join(H.TIMEOUT)                            -- false, "process killed by signal 9"
+      assert.equal(-9, victim.exitcode)
+    end
+    stop:set()
+    assert.is_true(survivor:result(H.TIMEOUT) > 0)
+    -- every object works in the parent
+    local got = lock:acquire(H.TIMEOUT)
+    assert.equal(lock, got)
+    lock:release()
+    assert.is_false(lock:locked())
+    ev:set(); assert.is_true(ev:wait(0)); ev:clear(); assert.is_false(ev:wait(0.001))
+    assert.equal(cond, (cond:acquire(H.TIMEOUT)))
+    assert.is_false(cond:wait(0.001))
+    cond:release()
+    local n = d.n
+    assert.equal(n + 1, d:incr("n"))
+    d.fresh = "yes"
+    assert.equal("yes", d.fresh)
+    assert.equal(#d:keys(), #d)
+    assert.equal(#l:items(), l:len())
+    l:append("last"); assert.equal("last", l[l:len()])
+    while q:get_nowait() do end
+    for i = 1, 4 do assert.is_true(q:put(i, H.TIMEOUT)) end
+    for i = 1, 4 do assert.equal(i, q:get(H.TIMEOUT)) end
+    local b2 = process.start(function() return bar:wait(H.TIMEOUT) end)
+    assert.is_truthy(bar:wait(H.TIMEOUT))
+    assert.is_truthy(b2:result(H.TIMEOUT))
+  end)
+
+  it("a barrier party SIGKILLed while the others wait: abort releases them, never a hang", function()
+    local bar, ready = sync.barrier(3), sync.event()
+    local waiter = process.start(function() return bar:wait(H.TIMEOUT) end)
+    local victim = process.start(function() ready:set(); bar:wait(30) end)
+    assert.is_true(ready:wait(H.TIMEOUT))
+    strand.sleep(0.01)
+    victim:kill()
+    victim:join(H.TIMEOUT)
+    assert.equal(-9, victim.exitcode)
+    bar:abort()
+    local v, err = waiter:result(H.TIMEOUT)
+    assert.is_nil(v)
+    assert.is_string(err)
+  end)
+
+  it("an event's waiters in other processes are woken after a setter was SIGKILLed mid-loop", function()
+    for round = 1, H.work(8, 2) do
+      local ev = sync.event()
+      local victim = process.new { fn = function() while true do ev:set(); ev:clear() end end,
+                                   daemon = true }
+      victim:start()
+      local waiters = {}
+      for w = 1, 2 do waiters[w] = process.start(function() return ev:wait(H.TIMEOUT) end) end
+      strand.sleep(0.002 * (round % 4))
+      victim:kill()
+      victim:join(H.TIMEOUT)
+      assert.equal(-9, victim.exitcode)
+      ev:set()
+      for w = 1, 2 do assert.is_true(waiters[w]:result(H.TIMEOUT), "round " .. round) end
+    end
+  end)
+end)
+
+describe("forking while another thread waits", function()
+  H.guard()
+  local thread = require "strand.thread"
+
+  it("with allow_threads, a child forked while a thread sleeps on a queue works, and so does the thread", function()
+    local q, back = queue.new(), queue.new()
+    local t = thread.start(function() local v = q:get(10); back:put(v); return v end)
+    strand.sleep(0.02)                                  -- the thread is asleep in get
+    local p = process.new { fn = function() return q:put("from child", 5) end, allow_threads = true }
+    p:start()
+    assert.is_true(p:result(H.TIMEOUT))
+    assert.equal("from child", back:get(H.TIMEOUT))
+    assert.equal("from child", t:result(H.TIMEOUT))
+  end)
+end)
