@@ -384,9 +384,17 @@ static int r_skip_dead(lua_State *L, strand_shm *s, q_state *st) {
   if (A_ACQ(&x->seq) != 2 * pos) return 0;
   if (!strand_intent_dead((uint64_t)((char *)st - strand_arena_base), pos)) return 0;
   if (A_ACQ(&x->seq) != 2 * pos) return 0;   /* published meanwhile (its claimer was alive) */
-  if (!__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-    return 1;                                 /* another getter moved on: look again */
-  __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
+  /* a get in progress, as r_get_once says it: should we die before freeing the slot, a putter
+   * frees it (r_free_dead_get) */
+  strand_intent *me = strand_intent_fast();
+  if (me)
+    __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
+                     __ATOMIC_RELAXED);
+  int won = __atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED);
+  if (won) __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
+  if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+  if (!won) return 1;                         /* another getter moved on: look again */
   __atomic_add_fetch(&st->done, 1, __ATOMIC_SEQ_CST);
   strand_shm_changed(s);
   strand_shm_lockL(L, s);
@@ -395,9 +403,10 @@ static int r_skip_dead(lua_State *L, strand_shm *s, q_state *st) {
   return 1;
 }
 
-/* The slot at tail holds the item of the position one lap before it, and head has passed that
+/* The slot at tail is still that of the position one lap before it, and head has passed that
  * position: a getter claimed it and has not freed the slot yet (a live one is copying it out;
- * a dead one never will). Its position in *held. */
+ * a dead one never will). The slot holds that position's item (2p + 1), or it was never
+ * published and a getter is skipping it (2p: r_skip_dead). Its position in *held. */
 static int r_tail_held(q_state *st, uint64_t *held) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
@@ -405,8 +414,8 @@ static int r_tail_held(q_state *st, uint64_t *held) {
   if (t & RING_FLAGS) return 0;
   t &= ~RING_FLAGS;
   if (t < cap) return 0;
-  uint64_t p = t - cap;
-  if (A_ACQ(&slots[t % cap].seq) != 2 * p + 1 || A_ACQ(&st->head) <= p) return 0;
+  uint64_t p = t - cap, seq = A_ACQ(&slots[t % cap].seq);
+  if ((seq != 2 * p + 1 && seq != 2 * p) || A_ACQ(&st->head) <= p) return 0;
   *held = p;
   return 1;
 }
@@ -421,9 +430,10 @@ static int r_free_dead_get(lua_State *L, strand_shm *s, q_state *st) {
   if (st->maxsize == 0 || !r_tail_held(st, &p)) return 0;
   r_slot *x = &r_ring(st, &cap)[p % cap];
   if (!strand_intent_dead_get((uint64_t)((char *)st - strand_arena_base), p)) return 0;
-  int arena = F_OF(&x->it) == F_ARENA;
+  uint64_t want = A_ACQ(&x->seq);
+  if (want != 2 * p + 1 && want != 2 * p) return 1;   /* freed meanwhile */
+  int arena = want == 2 * p + 1 && F_OF(&x->it) == F_ARENA;
   uint64_t block = arena ? x->it.u.a.off : 0;   /* stable while the slot stays held */
-  uint64_t want = 2 * p + 1;
   if (!__atomic_compare_exchange_n(&x->seq, &want, 2 * (p + cap), 0, __ATOMIC_ACQ_REL,
                                    __ATOMIC_RELAXED))
     return 1;                                 /* another putter freed it: look again */
