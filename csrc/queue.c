@@ -1549,6 +1549,16 @@ static int l_test_take(lua_State *L) {
   return 1;
 }
 
+/* _test_forge_homes(q, pid, fd): a test hook, the home records waiting on q name process pid
+ * and descriptor fd (a dead waiter's records once its pid is recycled) -> how many */
+static int l_test_forge_homes(lua_State *L) {
+  strand_object *o = strand_object_test(L, 1);
+  luaL_argcheck(L, o != NULL && o->type == &queue_type, 1, "strand.queue expected");
+  int pid = (int)luaL_checkinteger(L, 2), fd = (int)luaL_checkinteger(L, 3);
+  lua_pushinteger(L, strand_shm_test_forge_homes((strand_shm *)o, pid, fd));
+  return 1;
+}
+
 static int l_new(lua_State *L) { return q_new(L, Q_FIFO); }
 static int l_lifo(lua_State *L) { return q_new(L, Q_LIFO); }
 static int l_priority(lua_State *L) { return q_new(L, Q_PRIO); }
@@ -1562,7 +1572,7 @@ int strand_open_queue(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {"_test_claim", l_test_claim},
-    {"_test_take", l_test_take},
+    {"_test_take", l_test_take}, {"_test_forge_homes", l_test_forge_homes},
     {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);

@@ -791,6 +791,7 @@ typedef struct home_rec {
   uint32_t pending;             /* a wake relayed through the process's futex */
   uint32_t pad;
   uint64_t proc;                /* offset of that process's futex word */
+  int64_t owner;                /* that process's identity (pid and start time: owner.c) */
 } home_rec;
 
 typedef struct wait_rec {
@@ -803,8 +804,12 @@ typedef struct wait_rec {
 static uint64_t proc_word_off;          /* this process's futex word (0: not made yet) */
 static int proc_word_pid;
 
+/* Our own home: write its eventfd. Compared by identity, not pid: a process SIGKILLed while
+ * asleep leaves its records on the wait lists, and once its pid is recycled by another process
+ * of the family, that one must not write 8 bytes into whatever its descriptor of that number
+ * is (it takes the futex path: the dead process's word, which nobody waits on). */
 static void home_wake(home_rec *hr) {
-  if (hr->pid == strand_shm_pid()) {
+  if (hr->pid == strand_shm_pid() && hr->owner == strand_owner_self()) {
     uint64_t one = 1;
     /* EAGAIN would mean the counter is near 2^64: readable anyway, which is all we want */
     while (write(hr->fd, &one, sizeof one) < 0 && errno == EINTR) {}
@@ -824,6 +829,23 @@ static void fire_list(uint64_t r) {
       home_wake((home_rec *)AT(w->home));
     r = w->next;
   }
+}
+
+/* A test hook: every home record on s's wait lists now names process pid and descriptor fd,
+ * what a dead process's records look like once its pid is recycled (by a process of the
+ * family, with fd open for something else). Returns how many. */
+int strand_shm_test_forge_homes(strand_shm *s, int pid, int fd) {
+  int n = 0;
+  if (strand_shm_lock(s) != 0) return 0;
+  for (int ch = 0; ch < s->head->nchan; ch++)
+    for (uint64_t r = CHANS(s)[ch].list; r; r = ((wait_rec *)AT(r))->next) {
+      home_rec *hr = (home_rec *)AT(((wait_rec *)AT(r))->home);
+      hr->pid = pid;
+      hr->fd = fd;
+      n++;
+    }
+  strand_shm_unlock(s);
+  return n;
 }
 
 /* }==== */
@@ -1115,6 +1137,7 @@ static shm_home *home_make(lua_State *L, int *errp) {
   if (!err) {
     home_rec *hr = (home_rec *)AT(h->rec);
     hr->pid = pid;
+    hr->owner = strand_owner_self();
     hr->fd = h->fd;
     hr->pending = 0;
     hr->proc = proc_word_off;

@@ -328,3 +328,29 @@ describe("forking while another thread waits", function()
     assert.equal("from child", t:result(H.TIMEOUT))
   end)
 end)
+
+describe("a dead waiter's wake-up records", function()
+  H.guard()
+  local socket = require "strand.socket"
+
+  -- A process SIGKILLed while asleep leaves its records on the object's wait lists. Once its
+  -- pid is recycled by another process of the family, a wake-up must not take that process
+  -- for the dead one and write 8 bytes into whatever its descriptor of that number now is.
+  it("are not taken for the process that got its pid: nothing is written to its descriptor", function()
+    local q, ready = queue.new(1), sync.event()
+    local p = process.start(function() ready:set(); return q:get(30) end)
+    assert.is_true(ready:wait(H.TIMEOUT))
+    strand.sleep(0.05)                                  -- asleep in get: its record is armed
+    p:kill()
+    p:join(H.TIMEOUT)
+    local a, b = assert(socket.pair())
+    assert.is_true(queue._test_forge_homes(q, process.pid(), a:fileno()) >= 1)
+    assert.is_true(q:put("x"))                          -- fires the dead getter's record
+    b:settimeout(0.2)
+    local data, err = b:recv(64)
+    a:close(); b:close()
+    assert.is_nil(data, "a wake-up was written into an unrelated descriptor")
+    assert.equal("timeout", err)
+    assert.equal("x", q:get(H.TIMEOUT))
+  end)
+end)
