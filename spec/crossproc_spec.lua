@@ -225,7 +225,7 @@ describe("processes SIGKILLed at random moments inside shared-object operations"
   it("locks, events, conditions, barriers, dicts, lists and queues stay usable", function()
     local lock, ev, cond = sync.lock(), sync.event(), sync.condition(sync.lock())
     local bar, d, l, q = sync.barrier(2), shared.dict(), shared.list(), queue.new(4)
-    local stop = sync.event()
+    local stop, big = sync.event(), ("y"):rep(300)
     local function ops(i, wait)
       local got = lock:acquire(wait)
       if got then d:incr("n"); lock:release() elseif wait > 0.5 then error("lock stalled") end
@@ -233,9 +233,11 @@ describe("processes SIGKILLed at random moments inside shared-object operations"
       if cond:acquire(wait) then cond:notify_all(); cond:wait(0.001); cond:release()
       elseif wait > 0.5 then error("condition stalled") end
       d["k" .. (i % 40)] = i
+      d["k" .. ((i + 20) % 40)] = nil                   -- churn: rehashes, deletes
       d:update("u", function(v) return (v or 0) + 1 end)
       if i % 8 == 0 then l:append(i) end
       q:put_nowait(i); q:get_nowait()
+      q:put_nowait(big); q:get_nowait()                 -- an arena block: the allocator's mutex
     end
     -- daemons, and the survivor's loop bounded: a failing check never leaves them running
     local function daemon(fn) local p = process.new { fn = fn, daemon = true }; p:start(); return p end
@@ -273,6 +275,7 @@ describe("processes SIGKILLed at random moments inside shared-object operations"
     assert.equal(#l:items(), l:len())
     l:append("last"); assert.equal("last", l[l:len()])
     while q:get_nowait() do end
+    assert.is_true(q:put(big, H.TIMEOUT)); assert.equal(big, q:get(H.TIMEOUT))
     for i = 1, 4 do assert.is_true(q:put(i, H.TIMEOUT)) end
     for i = 1, 4 do assert.equal(i, q:get(H.TIMEOUT)) end
     local b2 = process.start(function() return bar:wait(H.TIMEOUT) end)
@@ -326,6 +329,31 @@ describe("forking while another thread waits", function()
     assert.is_true(p:result(H.TIMEOUT))
     assert.equal("from child", back:get(H.TIMEOUT))
     assert.equal("from child", t:result(H.TIMEOUT))
+  end)
+
+  it("a child forked while a thread sleeps on an event wakes it, and is woken by it", function()
+    local ev1, ev2, lock = sync.event(), sync.event(), sync.lock()
+    local t = thread.start(function()
+      local ok = ev1:wait(10)
+      assert(lock:acquire(10)); lock:release()
+      ev2:set()
+      return ok
+    end)
+    strand.sleep(0.02)                                  -- the thread is asleep in wait
+    assert.equal(lock, lock:acquire(H.TIMEOUT))          -- held across the fork: the child waits
+    local p = process.new { fn = function()
+      ev1:set()
+      local got = lock:acquire(5)
+      if got then lock:release() end
+      return got ~= nil, ev2:wait(5)
+    end, allow_threads = true }
+    p:start()
+    strand.sleep(0.02)
+    lock:release()
+    local a, b = p:result(H.TIMEOUT)
+    assert.is_true(a)
+    assert.is_true(b)
+    assert.is_true(t:result(H.TIMEOUT))
   end)
 end)
 
