@@ -78,7 +78,9 @@ describe("cross-process wake-ups", function()
 
   it("close racing getters of other processes going to sleep wakes every one of them", function()
     for round = 1, H.work(30, 3) do
-      local q = queue.new(round % 2 == 0 and 0 or 2)    -- unbounded and bounded rings
+      local kinds = { function() return queue.new(2) end, function() return queue.new() end,
+                      function() return queue.lifo(2) end, function() return queue.priority() end }
+      local q = kinds[round % 4 + 1]()                  -- rings, and the locked kinds
       local getters = {}
       for g = 1, 3 do
         getters[g] = process.start(function()
@@ -111,6 +113,20 @@ describe("cross-process wake-ups", function()
         assert.same({ nil, "closed" }, { v, err }, "round " .. round)
       end
       assert.equal(0, q:get_nowait())
+    end
+  end)
+
+  it("close racing joiners of other processes wakes every one", function()
+    for round = 1, H.work(12, 2) do
+      local q = round % 2 == 0 and queue.new(4) or queue.lifo(4)
+      assert.is_true(q:put(1))                          -- unfinished: joiners wait
+      local js = {}
+      for g = 1, 2 do js[g] = process.start(function() return q:join(H.TIMEOUT) end) end
+      if round % 3 == 1 then strand.sleep(0.001 * (round % 5)) end
+      q:close()
+      for g = 1, 2 do
+        assert.same({ nil, "closed" }, { js[g]:result(H.TIMEOUT) }, "round " .. round)
+      end
     end
   end)
 
