@@ -389,7 +389,7 @@ static int r_skip_dead(lua_State *L, strand_shm *s, q_state *st) {
   strand_intent *me = strand_intent_fast();
   if (me)
     __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
-                     __ATOMIC_RELAXED);
+                     __ATOMIC_RELEASE);
   int won = __atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_RELAXED);
   if (won) __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
@@ -1160,8 +1160,10 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   r_item it;
   strand_intent *me = strand_intent_fast();
   if (me) {
+    /* release (a plain store on x86): a putter that reads this record sees the slots this
+     * thread freed before, so it never frees one of them again */
     __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
-                     __ATOMIC_RELAXED);
+                     __ATOMIC_RELEASE);
     /* with r_pop's claim after it: a putter that sees head moved (acquire) sees the record */
     __atomic_thread_fence(__ATOMIC_RELEASE);
   }
