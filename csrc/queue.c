@@ -221,6 +221,10 @@ static void q_pop(strand_shm *s, q_state *st) {
 #define RING_BIG 1024                         /* the ring an unbounded FIFO grows to */
 #define RING_JUMP ((uint64_t)1 << 32)         /* positions skipped when it does */
 #define RING_SPIN_SECONDS 30e-6
+/* A getter that finds head's position claimed but not published, or a putter that finds tail's
+ * slot claimed by a getter and not freed, sleeps in slices of this long, and after each (and
+ * before it gives up) checks whether that producer or getter died. */
+#define R_SLICE 0.05
 
 enum { F_INT = 1, F_FLT, F_FALSE, F_TRUE, F_STR, F_SER, F_ARENA };
 
@@ -395,7 +399,7 @@ static int r_push_in(q_state *st, const r_item *it, const void *bytes, strand_in
 }
 
 static int r_push(q_state *st, const r_item *it, const void *bytes) {
-  strand_intent *me = strand_intent_mine();
+  strand_intent *me = strand_intent_fast();
   int r = r_push_in(st, it, bytes, me, 1);
   if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
   return r;
@@ -423,13 +427,63 @@ static int r_skip_dead(lua_State *L, strand_shm *s, q_state *st) {
   if (A_ACQ(&x->seq) != 2 * pos) return 0;
   if (!strand_intent_dead((uint64_t)((char *)st - strand_arena_base), pos)) return 0;
   if (A_ACQ(&x->seq) != 2 * pos) return 0;   /* published meanwhile (its claimer was alive) */
-  if (!__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-    return 1;                                 /* another getter moved on: look again */
-  __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
+  /* a get in progress, as r_get_once says it: should we die before freeing the slot, a putter
+   * frees it (r_free_dead_get) */
+  strand_intent *me = strand_intent_fast();
+  if (me)
+    __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
+                     __ATOMIC_RELEASE);
+  int won = __atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED);
+  if (won) __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
+  if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+  if (!won) return 1;                         /* another getter moved on: look again */
   __atomic_add_fetch(&st->done, 1, __ATOMIC_SEQ_CST);
   strand_shm_changed(s);
   strand_shm_lockL(L, s);
   q_settle(s, 7);
+  strand_shm_unlock(s);
+  return 1;
+}
+
+/* The slot at tail is still that of the position one lap before it, and head has passed that
+ * position: a getter claimed it and has not freed the slot yet (a live one is copying it out;
+ * a dead one never will). The slot holds that position's item (2p + 1), or it was never
+ * published and a getter is skipping it (2p: r_skip_dead). Its position in *held. */
+static int r_tail_held(q_state *st, uint64_t *held) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  uint64_t t = A_ACQ(&st->tail);
+  if (t & RING_FLAGS) return 0;
+  t &= ~RING_FLAGS;
+  if (t < cap) return 0;
+  uint64_t p = t - cap, seq = A_ACQ(&slots[t % cap].seq);
+  if ((seq != 2 * p + 1 && seq != 2 * p) || A_ACQ(&st->head) <= p) return 0;
+  *held = p;
+  return 1;
+}
+
+/* The getter that claimed the position at tail's slot died before freeing it (every thread with
+ * a get on this queue in progress has ended: r_get_once's intent records): free the slot as
+ * that get would have, and give back the arena block of its item (the item itself is lost with
+ * the getter, as if it had been taken; its task_done never comes). 1 if freed (by us or by
+ * another putter), 0 if not. Reads /proc: only when a putter found the ring full. */
+static int r_free_dead_get(lua_State *L, strand_shm *s, q_state *st) {
+  uint64_t p, cap;
+  if (st->maxsize == 0 || !r_tail_held(st, &p)) return 0;
+  r_slot *x = &r_ring(st, &cap)[p % cap];
+  if (!strand_intent_dead_get((uint64_t)((char *)st - strand_arena_base), p)) return 0;
+  uint64_t want = A_ACQ(&x->seq);
+  if (want != 2 * p + 1 && want != 2 * p) return 1;   /* freed meanwhile */
+  int arena = want == 2 * p + 1 && F_OF(&x->it) == F_ARENA;
+  uint64_t block = arena ? x->it.u.a.off : 0;   /* stable while the slot stays held */
+  if (!__atomic_compare_exchange_n(&x->seq, &want, 2 * (p + cap), 0, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_RELAXED))
+    return 1;                                 /* another putter freed it: look again */
+  strand_shm_changed(s);
+  strand_shm_lockL(L, s);
+  if (arena) strand_shm_release(s, block);
+  q_settle(s, 2);
   strand_shm_unlock(s);
   return 1;
 }
@@ -1014,10 +1068,12 @@ static int r_push_encoded(lua_State *L, strand_shm *s, q_state *st, const char *
 
 /* stack 1 self, 2 payload (the r_item's bytes if plain, else the serialized value), 3 deadline,
  * 4 plain, 5 guard|nil, [6 waiter]; ctx: 1 for put_nowait */
-static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
+static int r_put_k(lua_State *L, int status, lua_KContext ctx) {
   strand_shm *s = box_obj(L);
   q_state *st = q_state_of(s);
   int outcome = q_resumed(L, s, CH_PUT, status);
+  lua_KContext nowait = ctx & 1;
+  int capped = (ctx & 2) != 0;                  /* the wait was cut to a slice */
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
   double deadline = lua_tonumber(L, 3);
@@ -1048,10 +1104,16 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
       payload_drop(L, !plain);
       return strand_fail_msg(L, "closed", NULL);
     }
-    if (nowait || outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+    int expired = nowait || (outcome == STRAND_TIMEOUT && !capped) || deadline <= strand_now();
+    if ((expired || outcome == STRAND_TIMEOUT) && r_free_dead_get(L, s, st)) {
+      outcome = STRAND_READY;
+      continue;
+    }
+    if (expired) {
       payload_drop(L, !plain);
       return strand_fail_msg(L, nowait ? "full" : "timeout", NULL);
     }
+    outcome = STRAND_READY;
     if (!spun) {                                /* first, a few microseconds of watching */
       spun = 1;
       if (r_spin(L, st, CH_PUT)) continue;
@@ -1060,8 +1122,16 @@ static int r_put_k(lua_State *L, int status, lua_KContext nowait) {
       if (!plain) guard_payload(L);
       strand_shm_prepare(L, s, CH_PUT);
     }
+    /* a getter holds the slot at tail: sleep in slices, and after each see if it died */
+    double until = deadline;
+    uint64_t held;
+    capped = 0;
+    if (r_tail_held(st, &held)) {
+      double slice = strand_now() + R_SLICE;
+      if (slice < until) { until = slice; capped = 1; }
+    }
     strand_shm_lockL(L, s);
-    int o = q_sleep(L, s, CH_PUT, r_can_put, deadline, nowait, r_put_k);
+    int o = q_sleep(L, s, CH_PUT, r_can_put, until, nowait | (capped ? 2 : 0), r_put_k);
     if (o < 0) continue;
     outcome = o;
     spun = 0;
@@ -1087,7 +1157,8 @@ static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait, int
       return strand_fail(L, err);
     }
     if (r < 0) return strand_fail_msg(L, "closed", NULL);
-    if (nowait) return strand_fail_msg(L, "full", NULL);
+    uint64_t held;
+    if (nowait && !r_tail_held(st, &held)) return strand_fail_msg(L, "full", NULL);
     if (bytes) memcpy(it.u.b, bytes, LEN_OF(&it));
     lua_settop(L, 1);
     lua_pushlstring(L, (const char *)&it, r_item_size(&it));
@@ -1153,10 +1224,25 @@ static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
   return n;
 }
 
-/* Take an item from a ring and push it: its count (or nil, message); -1 if there was none. */
+/* Take an item from a ring and push it: its count (or nil, message); -1 if there was none.
+ * Around the lock-free pop, the thread's intent record says "a get on this queue" (obj |
+ * STRAND_INTENT_GET), so that a putter stuck at a slot a getter claimed and never freed can
+ * tell whether that getter died (r_free_dead_get): one store and a release fence (a compiler
+ * barrier on x86) before the claim, one store after. */
 static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   r_item it;
-  if (r_pop(st, &it)) {
+  strand_intent *me = strand_intent_fast();
+  if (me) {
+    /* release (a plain store on x86): a putter that reads this record sees the slots this
+     * thread freed before, so it never frees one of them again */
+    __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
+                     __ATOMIC_RELEASE);
+    /* with r_pop's claim after it: a putter that sees head moved (acquire) sees the record */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+  }
+  int popped = r_pop(st, &it);
+  if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+  if (popped) {
     if (st->maxsize) r_wake(L, s, CH_PUT);      /* an unbounded ring has no waiting putters */
   } else {
     if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
@@ -1194,9 +1280,6 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   return n;
 }
 
-/* A getter that finds head's position claimed but not published sleeps in slices of this
- * long, and after each (and before it gives up) checks whether its producer died. */
-#define R_SLICE 0.05
 
 /* get from a ring: stack 1 self, 2 deadline, [3 waiter]; ctx: 1 for get_nowait, | 2 when the
  * wait was cut to a slice */
@@ -1371,7 +1454,15 @@ static int q_task_done(lua_State *L) {
 
 /* {==== the rest */
 
-/* close(): every waiter returns nil, "closed"; items already in are still delivered */
+/* close(): every waiter returns nil, "closed"; items already in are still delivered.
+ * No waiter of any process can miss it: the closed bit is set and q_settle runs under the
+ * mutex, and a waiter counts itself in sleepers and takes its last look (r_gettable /
+ * r_can_put / q_joinable, which all see the bit) under the same mutex; so either it saw the
+ * bit and does not sleep, or close saw it counted and fired its record (kick 7: every channel,
+ * signalled or not). A fired record of a task not yet asleep is taken when it arms (the
+ * armed/fired pair, shm.c); one of another process reaches it through that process's relay,
+ * which is running before any process forked after it starts (relay_start: this wake-up was
+ * the one lost when a child inherited a lock of the relay's start-up). */
 static int q_close(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   q_state *st = q_state_of(s);
@@ -1514,6 +1605,40 @@ static int l_test_claim(lua_State *L) {
   return strand_fail_msg(L, r < 0 ? "closed" : "full", NULL);
 }
 
+/* _test_take(q): a test hook, what a getter killed mid-get leaves: claim the ring's head
+ * position (intent record and all) without freeing its slot -> true | nil, "empty" */
+static int l_test_take(lua_State *L) {
+  strand_object *o = strand_object_test(L, 1);
+  luaL_argcheck(L, o != NULL && o->type == &queue_type, 1, "strand.queue expected");
+  q_state *st = q_state_of((strand_shm *)o);
+  luaL_argcheck(L, st->ring, 1, "a FIFO queue with a ring expected");
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  strand_intent *me = strand_intent_mine();
+  uint64_t pos = A_ACQ(&st->head);
+  if (me)
+    __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
+                     __ATOMIC_SEQ_CST);
+  if (A_ACQ(&slots[pos % cap].seq) != 2 * pos + 1 ||
+      !__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_SEQ_CST,
+                                   __ATOMIC_RELAXED)) {
+    if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+    return strand_fail_msg(L, "empty", NULL);
+  }
+  lua_pushboolean(L, 1);                      /* the record keeps naming it */
+  return 1;
+}
+
+/* _test_forge_homes(q, pid, fd): a test hook, the home records waiting on q name process pid
+ * and descriptor fd (a dead waiter's records once its pid is recycled) -> how many */
+static int l_test_forge_homes(lua_State *L) {
+  strand_object *o = strand_object_test(L, 1);
+  luaL_argcheck(L, o != NULL && o->type == &queue_type, 1, "strand.queue expected");
+  int pid = (int)luaL_checkinteger(L, 2), fd = (int)luaL_checkinteger(L, 3);
+  lua_pushinteger(L, strand_shm_test_forge_homes((strand_shm *)o, pid, fd));
+  return 1;
+}
+
 static int l_new(lua_State *L) { return q_new(L, Q_FIFO); }
 static int l_lifo(lua_State *L) { return q_new(L, Q_LIFO); }
 static int l_priority(lua_State *L) { return q_new(L, Q_PRIO); }
@@ -1527,6 +1652,7 @@ int strand_open_queue(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {"_test_claim", l_test_claim},
+    {"_test_take", l_test_take}, {"_test_forge_homes", l_test_forge_homes},
     {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);

@@ -3,6 +3,7 @@
  * per Lua state (per loop), relayed across processes by a futex word and a thread. */
 #include "strand.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -288,12 +289,13 @@ static strand_shm *views_find(uint64_t off);
 static int views_put(strand_shm *s);
 #define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
 
-static __thread uint64_t my_intent __attribute__((tls_model("initial-exec")));
+/* this thread's intent record (0: none yet); strand_intent_fast reads it inline */
+__thread uint64_t strand_intent_off __attribute__((tls_model("initial-exec")));
 
 static void fork_child(void) {
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
   cached_tid = 0;
-  my_intent = 0;                        /* the parent's thread keeps its record */
+  strand_intent_off = 0;                        /* the parent's thread keeps its record */
   for (strand_shm *s = objs; s; s = s->lnext) {
     __atomic_add_fetch(&s->head->arefs, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELAXED);   /* two processes hold it */
@@ -329,7 +331,7 @@ static void intent_end(void *p) {
 static void intent_key_make(void) { intent_key_ok = pthread_key_create(&intent_key, intent_end) == 0; }
 
 strand_intent *strand_intent_mine(void) {
-  if (my_intent) return (strand_intent *)AT(my_intent);
+  if (strand_intent_off) return (strand_intent *)AT(strand_intent_off);
   if (strand_arena_base == NULL) return NULL;
   pthread_once(&intent_once, intent_key_make);
   if (!intent_key_ok) return NULL;
@@ -373,7 +375,7 @@ strand_intent *strand_intent_mine(void) {
     intent_end(AT(off));
     return NULL;
   }
-  my_intent = off;
+  strand_intent_off = off;
   return (strand_intent *)AT(off);
 }
 
@@ -388,6 +390,22 @@ int strand_intent_dead(uint64_t obj, uint64_t pos) {
         __atomic_load_n(&r->pos, __ATOMIC_ACQUIRE) != pos + 1)
       continue;
     if (!strand_owner_dead(owner)) return 0;     /* alive: it may still publish */
+    dead = 1;
+  }
+  return dead;
+}
+
+int strand_intent_dead_get(uint64_t obj, uint64_t pos) {
+  if (strand_arena_base == NULL) return 0;
+  int dead = 0;
+  for (uint64_t o = __atomic_load_n(&AH->intents, __ATOMIC_ACQUIRE); o;
+       o = ((strand_intent *)AT(o))->next) {
+    strand_intent *r = (strand_intent *)AT(o);
+    int64_t owner = __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE);
+    (void)pos;                                   /* a get in progress may be at any position */
+    if (owner == 0 || __atomic_load_n(&r->obj, __ATOMIC_ACQUIRE) != (obj | STRAND_INTENT_GET))
+      continue;
+    if (!strand_owner_dead(owner)) return 0;     /* alive: it may still free it */
     dead = 1;
   }
   return dead;
@@ -776,6 +794,7 @@ typedef struct home_rec {
   uint32_t pending;             /* a wake relayed through the process's futex */
   uint32_t pad;
   uint64_t proc;                /* offset of that process's futex word */
+  int64_t owner;                /* that process's identity (pid and start time: owner.c) */
 } home_rec;
 
 typedef struct wait_rec {
@@ -788,8 +807,12 @@ typedef struct wait_rec {
 static uint64_t proc_word_off;          /* this process's futex word (0: not made yet) */
 static int proc_word_pid;
 
+/* Our own home: write its eventfd. Compared by identity, not pid: a process SIGKILLed while
+ * asleep leaves its records on the wait lists, and once its pid is recycled by another process
+ * of the family, that one must not write 8 bytes into whatever its descriptor of that number
+ * is (it takes the futex path: the dead process's word, which nobody waits on). */
 static void home_wake(home_rec *hr) {
-  if (hr->pid == strand_shm_pid()) {
+  if (hr->pid == strand_shm_pid() && hr->owner == strand_owner_self()) {
     uint64_t one = 1;
     /* EAGAIN would mean the counter is near 2^64: readable anyway, which is all we want */
     while (write(hr->fd, &one, sizeof one) < 0 && errno == EINTR) {}
@@ -809,6 +832,23 @@ static void fire_list(uint64_t r) {
       home_wake((home_rec *)AT(w->home));
     r = w->next;
   }
+}
+
+/* A test hook: every home record on s's wait lists now names process pid and descriptor fd,
+ * what a dead process's records look like once its pid is recycled (by a process of the
+ * family, with fd open for something else). Returns how many. */
+int strand_shm_test_forge_homes(strand_shm *s, int pid, int fd) {
+  int n = 0;
+  if (strand_shm_lock(s) != 0) return 0;
+  for (int ch = 0; ch < s->head->nchan; ch++)
+    for (uint64_t r = CHANS(s)[ch].list; r; r = ((wait_rec *)AT(r))->next) {
+      home_rec *hr = (home_rec *)AT(((wait_rec *)AT(r))->home);
+      hr->pid = pid;
+      hr->fd = fd;
+      n++;
+    }
+  strand_shm_unlock(s);
+  return n;
 }
 
 /* }==== */
@@ -952,9 +992,14 @@ static int relay_pid;                   /* the process whose relay runs (0: none
 
 static uint32_t *proc_word(void) { return (uint32_t *)AT(proc_word_off); }
 
+/* Set by the relay once it is in relay_main (its start-up done); relay_start waits for it. */
+static uint32_t relay_up;
+
 static void *relay_main(void *arg) {
   (void)arg;
   uint32_t *word = proc_word();
+  __atomic_store_n(&relay_up, 1, __ATOMIC_RELEASE);
+  syscall(SYS_futex, &relay_up, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
   for (;;) {
     if (__atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) == 0) {
       syscall(SYS_futex, word, FUTEX_WAIT, 0, NULL, NULL, 0);
@@ -985,7 +1030,30 @@ static int proc_word_make(void) {
   return 0;
 }
 
-/* Start this process's relay once it may be woken from another one (homes_mu not held). */
+/* The relay runs code of this shared object for the life of the process: keep it mapped even
+ * when Lua closes its state and unloads the module (as pidwait.c and thread.c do), or a relay
+ * woken (or still starting) after that jumps into unmapped code. */
+static void relay_pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)&relay_main, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+/* Until the relay's start-up is over, a bounded wait (50 x 100 ms; a thread that got no CPU
+ * for 5 s starts on its own: we only stop waiting for it). */
+static void relay_wait_up(void) {
+  struct timespec slice = { 0, 100 * 1000 * 1000 };
+  for (int i = 0; i < 50 && !__atomic_load_n(&relay_up, __ATOMIC_ACQUIRE); i++)
+    syscall(SYS_futex, &relay_up, FUTEX_WAIT_PRIVATE, 0, &slice, NULL, 0);
+}
+
+/* Start this process's relay once it may be woken from another one (homes_mu not held).
+ * It returns only once the thread has started (relay_wait_up): it is called from the fork
+ * hook in the parent, and the parent may fork again at once. A thread still starting holds
+ * locks of the C library or of an allocator interposed on it (ASan's, which has no atfork
+ * handler: a child forked then inherits it locked, its own relay hangs on it at start-up, and
+ * no wake-up from another process ever reaches that child). Once in relay_main the relay
+ * takes no lock but homes_mu, which a forked child re-initialises. */
 static void relay_start(void) {
   if (!__atomic_load_n(&family, __ATOMIC_ACQUIRE) || strand_arena_base == NULL) return;
   int pid = strand_shm_pid();
@@ -999,8 +1067,12 @@ static void relay_start(void) {
     if (pthread_attr_init(&a) == 0) {
       pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
       pthread_attr_setstacksize(&a, 64 * 1024);
+      static pthread_once_t pinned = PTHREAD_ONCE_INIT;
+      pthread_once(&pinned, relay_pin_module);
+      __atomic_store_n(&relay_up, 0, __ATOMIC_RELAXED);
       if (pthread_create(&th, &a, relay_main, NULL) == 0) {
         relay_pid = pid;
+        relay_wait_up();
         pthread_setname_np(th, "strand-relay");
         /* wakes that came before the relay was there */
         __atomic_store_n(proc_word(), 1, __ATOMIC_SEQ_CST);
@@ -1068,6 +1140,7 @@ static shm_home *home_make(lua_State *L, int *errp) {
   if (!err) {
     home_rec *hr = (home_rec *)AT(h->rec);
     hr->pid = pid;
+    hr->owner = strand_owner_self();
     hr->fd = h->fd;
     hr->pending = 0;
     hr->proc = proc_word_off;

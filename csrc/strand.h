@@ -323,6 +323,20 @@ STRAND_API int strand_owner_dead(int64_t id);
 typedef struct strand_intent { uint64_t obj, pos; int64_t owner; uint64_t next; } strand_intent;
 STRAND_API strand_intent *strand_intent_mine(void);
 STRAND_API int strand_intent_dead(uint64_t obj, uint64_t pos);
+/* A ring get stores the queue's offset | STRAND_INTENT_GET in obj (pos untouched) before it
+ * claims and clears obj once the slot it took is free again; strand_intent_dead_get(obj, pos):
+ * some get on obj was in progress (it may have claimed pos) and every such getter has died. */
+#define STRAND_INTENT_GET ((uint64_t)1 << 63)
+STRAND_API int strand_intent_dead_get(uint64_t obj, uint64_t pos);
+/* A test hook (shm.c): the home records on s's wait lists name pid and fd; how many. */
+STRAND_API int strand_shm_test_forge_homes(strand_shm *s, int pid, int fd);
+/* This thread's record without a call (0 until strand_intent_mine made it; a forked child
+ * forgets the parent's): for the per-put and per-get stores. */
+extern __thread uint64_t strand_intent_off __attribute__((tls_model("initial-exec")));
+static inline strand_intent *strand_intent_fast(void) {
+  uint64_t off = strand_intent_off;
+  return off ? (strand_intent *)(strand_arena_base + off) : strand_intent_mine();
+}
 /* Methods as closures over their metatable (upvalue 1): strand_shm_newmeta makes the metatable
  * of t (strand_object_newmeta) with __index = methods and __close = close (if given), leaving
  * the metatable and the method table on the stack; strand_shm_self checks index 1 in them. */
