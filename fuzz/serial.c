@@ -20,7 +20,7 @@ static const char *SAME =
   "  elseif ta == 'table' then\n"
   "    if seen[a] ~= nil then return seen[a] == b end\n"
   "    seen[a] = b\n"
-  "    if getmetatable(a) ~= getmetatable(b) then return false end\n"
+  "    if not same(getmetatable(a), getmetatable(b), seen) then return false end\n"
   "    local na, nb = 0, 0\n"
   "    for k, v in next, a do\n"
   "      na = na + 1\n"
