@@ -851,6 +851,29 @@ int strand_shm_test_forge_homes(strand_shm *s, int pid, int fd) {
   return n;
 }
 
+/* A test hook: s's storage blocks (its list walked under the mutex, every back link checked,
+ * at most 2^24) and the bytes they count in *used; -1 if the list is inconsistent. */
+int64_t strand_shm_test_blocks(strand_shm *s, uint64_t *used) {
+  int64_t n = 0;
+  *used = 0;
+  if (strand_shm_lock(s) != 0) return -1;
+  if (s->head->growable) {
+    *used = ACCT(s)->used;
+    uint64_t prev = 0, sum = 0;
+    for (uint64_t b = s->head->blocks; b; b = ((blk_hdr *)AT(b))->next) {
+      blk_hdr *x = (blk_hdr *)AT(b);
+      uint64_t size;
+      if (x->prev != prev || ++n > ((int64_t)1 << 24)) { n = -1; break; }
+      size_class(x->n, &size);
+      sum += size;
+      prev = b;
+    }
+    if (n >= 0 && sum != *used) n = -1;
+  }
+  strand_shm_unlock(s);
+  return n;
+}
+
 /* }==== */
 
 /* {==== the mutex */
