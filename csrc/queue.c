@@ -108,9 +108,9 @@ static int q_less(const q_item *a, const q_item *b) {
  * about to be lost): _exit at the n-th time point `die_point` is reached, the mutex held, as a
  * SIGKILL at that instant would. */
 enum { QD_NONE, QD_GROW, QD_GROWN, QD_ALLOC, QD_FILLED, QD_SIFT_UP, QD_COUNTED, QD_GET,
-       QD_SIFT_DOWN, QD_POPPED, QD_TAKEN };
+       QD_SIFT_DOWN, QD_POPPED, QD_TAKEN, QD_LINK, QD_UNLINK };
 static const char *const die_names[] = { "none", "grow", "grown", "alloc", "filled", "sift_up",
-  "counted", "get", "sift_down", "popped", "taken", NULL };
+  "counted", "get", "sift_down", "popped", "taken", "link", "unlink", NULL };
 static int die_point, die_n;
 #define Q_CRASH(p) do { \
     if (__builtin_expect(die_point == (p), 0) && --die_n == 0) _exit(0); } while (0)
@@ -1797,11 +1797,16 @@ static int l_test_forge_homes(lua_State *L) {
 }
 
 /* _test_die(point [, n]): a test hook, this process _exits the n-th time (default 1) it
- * reaches the named crash point of the locked path, the mutex held (run it in a child only) */
+ * reaches the named crash point of the locked path, the mutex held (run it in a child only);
+ * "link" and "unlink": in the middle of a change of the queue's storage list (shm.c) */
 static int l_test_die(lua_State *L) {
   int point = luaL_checkoption(L, 1, NULL, die_names);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 1 && n <= 1 << 30, 2, "must be from 1 to 2^30");
+  if (point == QD_LINK || point == QD_UNLINK) {   /* inside the storage list (shm.c) */
+    strand_shm_test_die(point == QD_LINK ? 1 : 2, (int)n);
+    return 0;
+  }
   die_n = (int)n;
   die_point = point;
   return 0;

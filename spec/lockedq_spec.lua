@@ -129,6 +129,23 @@ describe("a locked queue whose holder died", function()
     end)
   end
 
+  -- inside the storage allocator: a block half linked into the queue's list, or half unlinked
+  -- from it; the next locker makes the back links and the byte count again from the chain
+  it("a put or get killed inside the storage list's change leaves the list whole", function()
+    for _, kind in ipairs({ "priority", "lifo", "fifo" }) do
+      local q, items = setup(kind, 15)
+      dies_at("link", 1, function() put(q, kind, { v = "new", p = 1 }) end)
+      -- the block never got linked (its bytes are lost), the item is not put
+      check(q, kind, items, 0, #items, kind .. " put died linking")
+      q, items = setup(kind, 15)
+      dies_at("unlink", 1, function() q:get_nowait() end)
+      -- the get's block was unlinked (its bytes are lost, never freed twice), the item taken
+      local front = order(kind, items)[1]
+      for i, it in ipairs(items) do if it.v == front then table.remove(items, i); break end end
+      check(q, kind, items, 0, #items + 1, kind .. " get died unlinking")
+    end
+  end)
+
   it("a heap killed mid-sift many times in a row keeps every item once, in order", function()
     local q = queue.priority()
     local items = {}
