@@ -23,6 +23,19 @@ typedef struct q_item {
   int64_t pid;            /* the process that encoded it (its object references are its own) */
 } q_item;
 
+/* The locked path's journal: the one change in flight under the mutex, written before the
+ * change and cleared (op = J_NONE) at its commit, so that the next locker after a holder's
+ * death finishes or undoes it (q_repair). op is stored last (compiler-ordered: a killed
+ * process's earlier stores are all visible to the recoverer, which takes the robust mutex). */
+enum { J_NONE, J_GROW, J_PUT, J_FILLED, J_GET };
+typedef struct q_journal {
+  uint32_t op, pad;
+  int64_t n, unfinished;  /* the count and unfinished before the change */
+  q_item it;              /* put: the item; get: the item taken; grow: off = the new array,
+                             len = its capacity, seq = the old array */
+} q_journal;
+_Static_assert(sizeof(q_journal) == 64, "q_journal: one cache line");
+
 typedef struct q_state {
   int16_t kind, ring;     /* ring: a FIFO whose items are in the lock-free ring below */
   int32_t closed;
@@ -44,7 +57,10 @@ typedef struct q_state {
   int32_t put_tid;                /* the thread that put last: is spinning worth it? */
   _Alignas(64) uint64_t head;     /* next position to take */
   int32_t get_tid;                /* the thread that took last */
-  _Alignas(64) uint64_t done;     /* task_done calls so far: unfinished = puts - done */
+  _Alignas(64) union {
+    uint64_t done;                /* ring: task_done calls so far: unfinished = puts - done */
+    q_journal j;                  /* locked path: the change in flight (q_repair) */
+  };
   /* an unbounded ring's overflow (see "the ring" below): ovf_n is read without the mutex,
    * everything is written under it */
   _Alignas(64) uint64_t ovf_n;    /* items in the overflow */
@@ -88,40 +104,81 @@ static int q_less(const q_item *a, const q_item *b) {
   return a->prio < b->prio || (a->prio == b->prio && a->seq < b->seq);
 }
 
-/* Make room for one more item: 0 or an errno. */
+/* Crash points (a test hook, process-local, set only by queue._test_die in a child that is
+ * about to be lost): _exit at the n-th time point `die_point` is reached, the mutex held, as a
+ * SIGKILL at that instant would. */
+enum { QD_NONE, QD_GROW, QD_GROWN, QD_ALLOC, QD_FILLED, QD_SIFT_UP, QD_COUNTED, QD_GET,
+       QD_SIFT_DOWN, QD_POPPED, QD_TAKEN, QD_LINK, QD_UNLINK };
+static const char *const die_names[] = { "none", "grow", "grown", "alloc", "filled", "sift_up",
+  "counted", "get", "sift_down", "popped", "taken", "link", "unlink", NULL };
+static int die_point, die_n;
+#define Q_CRASH(p) do { \
+    if (__builtin_expect(die_point == (p), 0) && --die_n == 0) _exit(0); } while (0)
+
+/* A journal store: every store before it happens before it, every one after it after it (for a
+ * process killed in between, program order is what the recoverer sees). */
+static inline void j_set(q_state *st, uint32_t op) {
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  __atomic_store_n(&st->j.op, op, __ATOMIC_RELAXED);
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+/* Make room for one more item: 0 or an errno. The new array is published (items, then cap and
+ * first) before the old one is released: a holder killed before publishing leaves the old
+ * array in use and the journal names the new one, which the recoverer releases; killed after,
+ * the recoverer finishes cap and first and releases the old one. */
 static int q_reserve(strand_shm *s, q_state *st) {
   if ((uint64_t)st->n < st->cap) return 0;
-  uint64_t cap = st->cap ? st->cap * 2 : 16;
+  uint64_t cap = st->cap ? st->cap * 2 : 16, old = st->items;
   uint64_t off = strand_shm_alloc(s, cap * sizeof(q_item));
   if (off == 0) return errno;
+  st->j.it.off = off;
+  st->j.it.len = cap;
+  st->j.it.seq = old;
+  j_set(st, J_GROW);
   q_item *to = (q_item *)strand_shm_at(s, off);
   if (st->cap) {
     q_item *from = q_items(s, st);
     for (int64_t i = 0; i < st->n; i++)      /* unwrap the ring: first becomes 0 */
       to[i] = from[st->kind == Q_FIFO ? (st->first + (uint64_t)i) % st->cap : (uint64_t)i];
-    strand_shm_release(s, st->items);
   }
-  st->items = off;
+  Q_CRASH(QD_GROW);
+  __atomic_store_n(&st->items, off, __ATOMIC_RELAXED);
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
   st->cap = cap;
   st->first = 0;
+  Q_CRASH(QD_GROWN);
+  j_set(st, J_NONE);
+  strand_shm_release(s, old);    /* killed before this: the old array is lost (bytes), never freed twice */
   return 0;
 }
 
+static uint64_t q_slot(q_state *st, uint64_t i) {
+  return st->kind == Q_FIFO ? (st->first + i) % st->cap : i;
+}
+
+/* Put it (its block allocated and st->j.it == *it, op J_PUT): the slot at n first (journal
+ * J_FILLED: from here a recoverer completes the put), then a heap's sift-up, then the count
+ * (the commit). */
 static void q_push(strand_shm *s, q_state *st, const q_item *it) {
   q_item *a = q_items(s, st);
   uint64_t i = (uint64_t)st->n;
-  if (st->kind == Q_FIFO) {
-    a[(st->first + i) % st->cap] = *it;
-  } else if (st->kind == Q_LIFO) {
-    a[i] = *it;
-  } else {
+  a[q_slot(st, i)] = *it;
+  j_set(st, J_FILLED);
+  Q_CRASH(QD_FILLED);
+  if (st->kind == Q_PRIO) {
     while (i > 0 && q_less(it, &a[(i - 1) / 2])) {
       a[i] = a[(i - 1) / 2];
       i = (i - 1) / 2;
+      Q_CRASH(QD_SIFT_UP);
     }
     a[i] = *it;
   }
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
   st->n++;
+  Q_CRASH(QD_COUNTED);
+  st->unfinished++;
+  j_set(st, J_NONE);
 }
 
 static q_item *q_peek(strand_shm *s, q_state *st) {
@@ -131,6 +188,9 @@ static q_item *q_peek(strand_shm *s, q_state *st) {
   return &a[0];
 }
 
+/* Take the item at the front (st->j.it, journal J_GET set: until the journal is cleared a
+ * recoverer puts it back). The slots past the new count are not written: a heap's sift-down
+ * leaves `last` where it was. */
 static void q_pop(strand_shm *s, q_state *st) {
   q_item *a = q_items(s, st);
   uint64_t n = (uint64_t)--st->n;
@@ -146,8 +206,95 @@ static void q_pop(strand_shm *s, q_state *st) {
       if (!q_less(&a[c], &last)) break;
       a[i] = a[c];
       i = c;
+      Q_CRASH(QD_SIFT_DOWN);
     }
     a[i] = last;
+  }
+  Q_CRASH(QD_POPPED);
+}
+
+static int off_cmp(const void *x, const void *y) {
+  uint64_t a = ((const q_item *)x)->off, b = ((const q_item *)y)->off;
+  return a < b ? -1 : a > b;
+}
+
+/* A heap whose sift died: a[0..m-1] hold every item of the queue but st->j.it, some perhaps
+ * twice (a sift copies an item to its new place before overwriting the old one) and it perhaps
+ * once. Keep each block once, add it if absent, and heapify. */
+static void q_reheap(strand_shm *s, q_state *st, uint64_t m) {
+  q_item *a = q_items(s, st);
+  qsort(a, m, sizeof *a, off_cmp);
+  uint64_t k = 0;
+  int seen = 0;
+  for (uint64_t i = 0; i < m; i++) {
+    if (k > 0 && a[k - 1].off == a[i].off) continue;
+    if (a[i].off == st->j.it.off) seen = 1;
+    a[k++] = a[i];
+  }
+  if (!seen && k < st->cap) a[k++] = st->j.it;
+  for (uint64_t h = k / 2; h-- > 0;) {           /* heapify: sift each inner node down */
+    q_item x = a[h];
+    uint64_t i = h;
+    for (;;) {
+      uint64_t c = 2 * i + 1;
+      if (c >= k) break;
+      if (c + 1 < k && q_less(&a[c + 1], &a[c])) c++;
+      if (!q_less(&a[c], &x)) break;
+      a[i] = a[c];
+      i = c;
+    }
+    a[i] = x;
+  }
+  st->n = (int64_t)k;
+}
+
+/* The holder died (strand_shm_on_repair, under the mutex): finish or undo the journaled change.
+ * A put is undone until its slot is filled, then completed; a get is undone (the item was never
+ * handed out); a grow is undone until the new array is published, then completed. */
+static void q_repair(strand_shm *s) {
+  q_state *st = (q_state *)strand_shm_state(s);
+  if (st->ring) return;                          /* the journal shares done's line */
+  q_journal *j = &st->j;
+  switch (j->op) {
+    case J_GROW:
+      if (st->items == j->it.off) {
+        st->cap = j->it.len;
+        st->first = 0;
+        j_set(st, J_NONE);
+        strand_shm_release(s, j->it.seq);
+      } else {
+        j_set(st, J_NONE);
+        strand_shm_release(s, j->it.off);
+      }
+      break;
+    case J_PUT:                                  /* its bytes may be half copied: drop it */
+      st->n = j->n;
+      j_set(st, J_NONE);
+      strand_shm_release(s, j->it.off);
+      break;
+    case J_FILLED:
+      if (st->n == j->n) {
+        if (st->kind == Q_PRIO) q_reheap(s, st, (uint64_t)j->n + 1);
+        else st->n = j->n + 1;                   /* its slot holds it */
+      }
+      st->unfinished = j->unfinished + 1;
+      j_set(st, J_NONE);
+      break;
+    case J_GET:
+      if (st->kind == Q_PRIO) {
+        q_reheap(s, st, (uint64_t)j->n);
+      } else if (st->kind == Q_FIFO) {
+        q_item *a = q_items(s, st);
+        if (a[st->first].off != j->it.off || a[st->first].seq != j->it.seq)
+          st->first = (st->first + st->cap - 1) % st->cap;
+        st->n = j->n;
+      } else {
+        st->n = j->n;
+      }
+      j_set(st, J_NONE);
+      break;
+    default:
+      break;
   }
 }
 
@@ -206,7 +353,7 @@ static void q_pop(strand_shm *s, q_state *st) {
  * A process killed between claiming a slot and publishing it would stall the ring at that
  * slot: a getter that finds head claimed and unpublished for a slice asks the put-intent
  * records (shm.c) whether every thread that was claiming it died, and if so frees the slot
- * (r_skip_dead). A mutex-based queue's half-done change is not repaired. */
+ * (r_skip_dead). The locked path journals its changes (q_journal, q_repair). */
 
 #define RING_INLINE 112
 #define RING_MAXCAP 16384
@@ -956,10 +1103,14 @@ static int q_put_k(lua_State *L, int status, lua_KContext nowait) {
         if (err == ENOSPC) return strand_fail_msg(L, "queue storage full", "ENOSPC");
         return strand_fail(L, err);
       }
-      memcpy(strand_shm_at(s, it.off), p, len);
       it.seq = st->seq++;
-      q_push(s, st, &it);
-      st->unfinished++;
+      st->j.n = st->n;                          /* the journal (q_repair) */
+      st->j.unfinished = st->unfinished;
+      st->j.it = it;
+      j_set(st, J_PUT);
+      Q_CRASH(QD_ALLOC);
+      memcpy(strand_shm_at(s, it.off), p, len);
+      q_push(s, st, &it);                       /* counts it, clears the journal */
       q_settle(s, 1);
       strand_shm_unlock(s);
       payload_drop(L, 0);                       /* the queue holds the references now */
@@ -1339,8 +1490,14 @@ static int q_get_k(lua_State *L, int status, lua_KContext nowait) {
         return strand_fail(L, ENOMEM);
       }
       memcpy(buf, strand_shm_at(s, it.off), it.len);
+      st->j.n = st->n;                          /* the journal (q_repair): undone until cleared */
+      st->j.it = it;
+      j_set(st, J_GET);
+      Q_CRASH(QD_GET);
       q_pop(s, st);
-      strand_shm_release(s, it.off);
+      j_set(st, J_NONE);
+      Q_CRASH(QD_TAKEN);
+      strand_shm_release(s, it.off);            /* killed before this: the block is lost (bytes) */
       q_settle(s, 2);
       strand_shm_unlock(s);
       int n = q_decode(L, buf, it.len, (int)it.pid);
@@ -1639,6 +1796,35 @@ static int l_test_forge_homes(lua_State *L) {
   return 1;
 }
 
+/* _test_die(point [, n]): a test hook, this process _exits the n-th time (default 1) it
+ * reaches the named crash point of the locked path, the mutex held (run it in a child only);
+ * "link" and "unlink": in the middle of a change of the queue's storage list (shm.c) */
+static int l_test_die(lua_State *L) {
+  int point = luaL_checkoption(L, 1, NULL, die_names);
+  lua_Integer n = luaL_optinteger(L, 2, 1);
+  luaL_argcheck(L, n >= 1 && n <= 1 << 30, 2, "must be from 1 to 2^30");
+  if (point == QD_LINK || point == QD_UNLINK) {   /* inside the storage list (shm.c) */
+    strand_shm_test_die(point == QD_LINK ? 1 : 2, (int)n);
+    return 0;
+  }
+  die_n = (int)n;
+  die_point = point;
+  return 0;
+}
+
+/* _test_blocks(q): a test hook, the queue's storage blocks and bytes in use -> n, bytes |
+ * nil, "corrupt" if its block list is not a consistent doubly linked list */
+static int l_test_blocks(lua_State *L) {
+  strand_object *o = strand_object_test(L, 1);
+  luaL_argcheck(L, o != NULL && o->type == &queue_type, 1, "strand.queue expected");
+  uint64_t used;
+  int64_t n = strand_shm_test_blocks((strand_shm *)o, &used);
+  if (n < 0) return strand_fail_msg(L, "corrupt", NULL);
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_pushinteger(L, (lua_Integer)used);
+  return 2;
+}
+
 static int l_new(lua_State *L) { return q_new(L, Q_FIFO); }
 static int l_lifo(lua_State *L) { return q_new(L, Q_LIFO); }
 static int l_priority(lua_State *L) { return q_new(L, Q_PRIO); }
@@ -1653,10 +1839,12 @@ int strand_open_queue(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {"_test_claim", l_test_claim},
     {"_test_take", l_test_take}, {"_test_forge_homes", l_test_forge_homes},
+    {"_test_die", l_test_die}, {"_test_blocks", l_test_blocks},
     {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);
   strand_shm_type(&queue_type, sizeof(q_view), q_view_fill);
+  strand_shm_on_repair(&queue_type, q_repair);
   strand_shm_newmeta(L, &queue_type, methods, NULL);   /* mt methods */
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, q_len, 1);

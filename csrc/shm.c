@@ -676,6 +676,18 @@ strand_object *strand_shm_view(uint64_t off, const strand_objtype *t) {
 
 /* {==== the storage of growable objects (locked): offsets in the arena, 0 = none (errno) */
 
+/* A test hook (process-local, set only in a child that is about to be lost): _exit the n-th
+ * time the storage list is half changed (point 1: a block's back link made, the block not yet
+ * linked; 2: a block unlinked, its successor's back link not yet changed). */
+static int blk_die_point, blk_die_n;
+#define BLK_CRASH(p) do { \
+    if (__builtin_expect(blk_die_point == (p), 0) && --blk_die_n == 0) _exit(0); } while (0)
+
+void strand_shm_test_die(int point, int n) {
+  blk_die_n = n;
+  blk_die_point = point;
+}
+
 uint64_t strand_shm_alloc(strand_shm *s, size_t n) {
   strand_shm_head *h = s->head;
   if (!h->growable) { errno = ENOSPC; return 0; }
@@ -688,11 +700,33 @@ uint64_t strand_shm_alloc(strand_shm *s, size_t n) {
   blk_hdr *x = (blk_hdr *)AT(b);
   x->prev = 0;
   x->next = h->blocks;
+  x->n = n + BLK_HDR;                         /* whole before it is linked: see blocks_repair */
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
   if (h->blocks) ((blk_hdr *)AT(h->blocks))->prev = b;
-  h->blocks = b;
-  x->n = n + BLK_HDR;
+  BLK_CRASH(1);
+  __atomic_store_n(&h->blocks, b, __ATOMIC_RELAXED);
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
   a->used += size;
   return b + BLK_HDR;
+}
+
+/* A holder died (under the mutex): the forward chain of s's blocks is whole at every instant
+ * (a block is complete before the one store that links it; unlinking is one store, and a
+ * block unlinked but not freed is only lost), but its back links and `used` may be half
+ * changed: both are made again from the chain. */
+static void blocks_repair(strand_shm *s) {
+  strand_shm_head *h = s->head;
+  if (!h->growable) return;
+  uint64_t prev = 0, used = 0;
+  for (uint64_t b = h->blocks; b; b = ((blk_hdr *)AT(b))->next) {
+    blk_hdr *x = (blk_hdr *)AT(b);
+    uint64_t size;
+    x->prev = prev;
+    size_class(x->n, &size);
+    used += size;
+    prev = b;
+  }
+  ACCT(s)->used = used;
 }
 
 void strand_shm_release(strand_shm *s, uint64_t off) {
@@ -700,7 +734,10 @@ void strand_shm_release(strand_shm *s, uint64_t off) {
   strand_shm_head *h = s->head;
   uint64_t b = off - BLK_HDR;
   blk_hdr *x = (blk_hdr *)AT(b);
-  if (x->prev) ((blk_hdr *)AT(x->prev))->next = x->next; else h->blocks = x->next;
+  if (x->prev) __atomic_store_n(&((blk_hdr *)AT(x->prev))->next, x->next, __ATOMIC_RELAXED);
+  else __atomic_store_n(&h->blocks, x->next, __ATOMIC_RELAXED);
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);    /* unlinked (one store) before anything else */
+  BLK_CRASH(2);
   if (x->next) ((blk_hdr *)AT(x->next))->prev = x->prev;
   uint64_t n = x->n, size;
   size_class(n, &size);
@@ -851,6 +888,29 @@ int strand_shm_test_forge_homes(strand_shm *s, int pid, int fd) {
   return n;
 }
 
+/* A test hook: s's storage blocks (its list walked under the mutex, every back link checked,
+ * at most 2^24) and the bytes they count in *used; -1 if the list is inconsistent. */
+int64_t strand_shm_test_blocks(strand_shm *s, uint64_t *used) {
+  int64_t n = 0;
+  *used = 0;
+  if (strand_shm_lock(s) != 0) return -1;
+  if (s->head->growable) {
+    *used = ACCT(s)->used;
+    uint64_t prev = 0, sum = 0;
+    for (uint64_t b = s->head->blocks; b; b = ((blk_hdr *)AT(b))->next) {
+      blk_hdr *x = (blk_hdr *)AT(b);
+      uint64_t size;
+      if (x->prev != prev || ++n > ((int64_t)1 << 24)) { n = -1; break; }
+      size_class(x->n, &size);
+      sum += size;
+      prev = b;
+    }
+    if (n >= 0 && sum != *used) n = -1;
+  }
+  strand_shm_unlock(s);
+  return n;
+}
+
 /* }==== */
 
 /* {==== the mutex */
@@ -875,6 +935,7 @@ int strand_shm_lock(strand_shm *s) {
      * Whoever sleeps looks once more: every channel is signalled and fired. */
     err = pthread_mutex_consistent(&s->head->mu);
     if (err) { pthread_mutex_unlock(&s->head->mu); return err; }
+    blocks_repair(s);                   /* the storage list's back links and bytes */
     type_repair(s);                     /* a type that journals its changes finishes them */
     for (int ch = 0; ch < s->head->nchan; ch++) {
       CHANS(s)[ch].signalled = 1;

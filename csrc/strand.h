@@ -330,6 +330,11 @@ STRAND_API int strand_intent_dead(uint64_t obj, uint64_t pos);
 STRAND_API int strand_intent_dead_get(uint64_t obj, uint64_t pos);
 /* A test hook (shm.c): the home records on s's wait lists name pid and fd; how many. */
 STRAND_API int strand_shm_test_forge_homes(strand_shm *s, int pid, int fd);
+/* A test hook (shm.c): s's storage blocks and their bytes (*used); -1 if its list is corrupt. */
+STRAND_API int64_t strand_shm_test_blocks(strand_shm *s, uint64_t *used);
+/* A test hook (shm.c): this process _exits the n-th time an object's storage list is half
+ * changed at point 1 (a block being linked) or 2 (a block being unlinked). */
+STRAND_API void strand_shm_test_die(int point, int n);
 /* This thread's record without a call (0 until strand_intent_mine made it; a forked child
  * forgets the parent's): for the per-put and per-get stores. */
 extern __thread uint64_t strand_intent_off __attribute__((tls_model("initial-exec")));
