@@ -1449,6 +1449,7 @@ int strand_open_queue(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"new", l_new}, {"lifo", l_lifo}, {"priority", l_priority}, {"_test_claim", l_test_claim},
+    {"_test_arena", strand_shm_test_arena},
     {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);
