@@ -493,12 +493,17 @@ static int objs_link(strand_shm *s, int map) {
   return err;
 }
 
-static void objs_unlink(strand_shm *s) {
+static int exiting;                     /* strand_shm_exiting ran (objs_mu): views hold no aref */
+
+/* 1 when s still holds its family reference (the process is not exiting) */
+static int objs_unlink(strand_shm *s) {
   pthread_mutex_lock(&objs_mu);
   views_del(s);
   if (s->lprev) s->lprev->lnext = s->lnext; else objs = s->lnext;
   if (s->lnext) s->lnext->lprev = s->lprev;
+  int holds = !exiting;
   pthread_mutex_unlock(&objs_mu);
+  return holds;
 }
 
 strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t,
@@ -568,15 +573,9 @@ void strand_shm_aref(uint64_t off, int delta) {
   __atomic_sub_fetch(&AH->nobjects, 1, __ATOMIC_RELAXED);
 }
 
-static int exiting;                     /* strand_shm_exiting ran (objs_mu): views hold no aref */
-
 /* This process's view goes; the family's last reference frees the blocks. */
 void strand_shm_free(strand_shm *s) {
-  objs_unlink(s);
-  pthread_mutex_lock(&objs_mu);
-  int gone = exiting;
-  pthread_mutex_unlock(&objs_mu);
-  if (!gone) strand_shm_aref(HEAD_OFF(s), -1);
+  if (objs_unlink(s)) strand_shm_aref(HEAD_OFF(s), -1);
   free(s);
 }
 

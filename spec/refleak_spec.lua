@@ -69,6 +69,24 @@ describe("object references across processes and pools", function()
     end)
   end
 
+  it("process pool: map chunks decoded straight into map's table release their references", function()
+    local base = live()
+    do
+      local p = pool.new{ size = 2 }
+      local evs = {}
+      for i = 1, 100 do evs[i] = sync.event() end
+      local back = p:map(function(e) return e end, evs, 100)   -- one chunk of 100: a list
+      assert.equal(100, #back)
+      back[1]:set(); assert.is_true(evs[1]:is_set())   -- the same event
+      local made = p:map(function() return require("strand.queue").new() end, evs, 100)
+      assert.equal(100, #made)
+      p:close(); p:join()
+      back, made = nil, nil
+      assert.equal(base + 100, live())
+    end
+    assert.equal(base, live())
+  end)
+
   it("process pool: a job given back by a dead worker is decoded again, its objects freed once", function()
     local base = live()
     do
