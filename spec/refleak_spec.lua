@@ -87,6 +87,34 @@ describe("object references across processes and pools", function()
     assert.equal(base, live())
   end)
 
+  it("process pool: a function's upvalues cross once per job or map, and are released once", function()
+    local base = live()
+    do
+      local p = pool.new{ size = 2 }
+      local l, q = sync.lock(), queue.new()
+      local nums = {}
+      for i = 1, 40 do nums[i] = i end
+      for _ = 1, 3 do                     -- 20 chunks sharing the function's string
+        local r = p:map(function(x) q:put(x); return l:locked() and -x or x end, nums, 2)
+        assert.equal(40, #r); assert.equal(40, r[40])
+        for _ = 1, 40 do assert.is_truthy(q:get(H.TIMEOUT)) end
+      end
+      for i = 1, N do assert.equal(i, p:apply(function() q:put(i); return i end)) end
+      for i = 1, N do assert.equal(i, q:get(H.TIMEOUT)) end
+      local ok, err = pcall(p.map, p, function(x) return l, x end, { 1, 2, io.stdout }, 1)
+      assert.is_false(ok); assert.matches("cannot copy", err)   -- taken back: none was sent...
+      ok, err = pcall(p.map, p, function(x) return l, x end, { io.stdout }, 1)
+      assert.is_false(ok); assert.matches("cannot copy", err)   -- ...or none was made
+      ok, err = pcall(p.apply, p, function(x) return l, x end, io.stdout)
+      assert.is_false(ok); assert.matches("cannot copy", err)
+      p:close(); p:join()
+      assert.equal(base + 2, live())
+      assert.equal(l, (l:acquire(0))); l:release()            -- still there, still the same
+      q:put("still"); assert.equal("still", q:get(0))
+    end
+    assert.equal(base, live())
+  end)
+
   it("process pool: a job given back by a dead worker is decoded again, its objects freed once", function()
     local base = live()
     do

@@ -249,14 +249,19 @@ end
 -- references to the strand objects in them: this process keeps them while the job may still be
 -- sent (a worker that dies gives its later jobs back, and another worker decodes them again:
 -- workers decode without adopting), and drops them when the job is answered, failed or dropped.
+-- The chunks of one map share its function's string: job.fown counts the chunks holding it.
 local release = core.process and core.process._release
 local function drop_job(job)
   local a = job.argsdata
   if a then job.argsdata = nil; release(a) end
   if job.fid == nil and job.fdata then
-    local f = job.fdata
+    local f, o = job.fdata, job.fown
     job.fdata = nil
-    release(f)
+    if o == nil then release(f)
+    else
+      o.n = o.n - 1
+      if o.n == 0 then release(f) end
+    end
   end
 end
 
@@ -591,7 +596,11 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
     local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
     if args then argsdata = core.process._encodev(unpack(args, 1, args.n)) end  -- values, bare
-    if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
+    if fdata == nil or argsdata == nil then
+      if argsdata then release(argsdata) end       -- the other one could not be copied
+      if fdata and not fid then release(fdata) end
+      error(objmsg:format(fname), 3)
+    end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
     self._jobs[self._jt] = job
@@ -675,6 +684,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       core.process._encode_list
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
+    local fown = fid == nil and { n = 0 } or nil   -- the chunks holding fdata (drop_job)
     local q, early, pending = self._jobs, self._size, 0
     for first = 1, n, chunksize do
       local last = first + chunksize - 1
@@ -699,6 +709,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
           if not mine[job.fut] then keep = keep + 1; q[keep] = job else drop_job(job) end
         end
         self._jt = keep
+        if fown and #chunks == 0 then release(fdata) end   -- no chunk ever held it
         if not okc then error(("bad argument to '%s' (%s)"):format(fname, tostring(argsdata)), 3) end
         error(OBJMSG:format(fname), 3)
       end
@@ -709,7 +720,8 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       self._next = id
       self._jt = self._jt + 1
       q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
-                      bare = bare }
+                      bare = bare, fown = fown }
+      if fown then fown.n = fown.n + 1 end
       -- the first chunk of each worker at once, then every DISPATCH_BYTES encoded: the workers
       -- compute while the rest is encoded, and small chunks still go out in batches
       pending = pending + #argsdata
