@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -149,6 +150,27 @@ static int ph_status(lua_State *L) {
   return 3;
 }
 
+/* A result file nobody took (the process was never joined): the references its data holds to
+ * shared objects are dropped (a child killed while writing left it malformed: nothing to drop,
+ * serial checks the whole string first). */
+static void ph_drop_result(phandle *h) {
+  struct stat st;
+  if (h->rfd < 0 || !h->reaped || fstat(h->rfd, &st) != 0 || st.st_size < 2
+      || st.st_size > ((off_t)1 << 30))
+    return;
+  size_t len = (size_t)st.st_size, got = 0;
+  char *p = (char *)malloc(len);
+  if (p == NULL) return;
+  while (got < len) {
+    ssize_t r = pread(h->rfd, p + got, len - got, (off_t)got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  if (got == len) strand_serial_release_shared(p, len);
+  free(p);
+}
+
 /* Collected (at the latest when the Lua state closes): never leave a zombie. A daemon child is
  * killed first; any other child is waited for (Python joins non-daemon children at exit). */
 static int ph_gc(lua_State *L) {
@@ -163,6 +185,7 @@ static int ph_gc(lua_State *L) {
     if (ph_reap(h, 1) < 0) h->reaped = 1;
   }
   ph_closefd(h);
+  ph_drop_result(h);
   if (h->rfd >= 0) { close(h->rfd); h->rfd = -1; }
   return 0;
 }
@@ -278,7 +301,10 @@ static int l_fork(lua_State *L) {
   if (pid == 0) {
     if (daemon) {
       /* ends with the parent, also when the parent is SIGKILLed; the parent may already be gone */
-      if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
+      if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) {
+        strand_shm_exiting();
+        _exit(1);
+      }
     }
     strand_loop_forked(L);
     lua_pushvalue(L, 1);
@@ -292,6 +318,7 @@ static int l_fork(lua_State *L) {
       fprintf(stderr, "strand: process %d: %s\n", (int)getpid(), msg ? msg : "(error object)");
     }
     fflush(NULL);
+    strand_shm_exiting();              /* its views' family references (objects it saw) */
     _exit(code & 0xff);
   }
   return push_handle_rfd(L, pid, daemon, rfd);
@@ -317,6 +344,7 @@ static int l_put_result(lua_State *L) {
 static int l_exit(lua_State *L) {
   int code = (int)luaL_optinteger(L, 1, 0);
   fflush(NULL);
+  strand_shm_exiting();
   _exit(code & 0xff);
   return 0;
 }
@@ -364,9 +392,14 @@ static int l_encode_list(lua_State *L) {
   return 1;
 }
 
-/* process._decode_into(data, offset, dest, first) -> count | nil | false, msg: data from byte
+/* Decoding the data of strand's process channels (a pool job's result, a process's outcome, a
+ * pipe message): each string is decoded once, so the values adopt its object references (no
+ * NOADOPT); a decode that fails drops them (_decode_at), as nothing will decode it again. Only
+ * family references (by arena offset) are in such strings: _encode refuses any other.
+ * process._decode_into(data, offset, dest, first) -> count | nil | false, msg: data from byte
  * offset on (a result after its id) holding "true, list" goes straight into dest[first...];
- * nil: other data (decode it as usual); false, msg: malformed */
+ * nil: other data (decode it as usual); false, msg: malformed (the references stay with the
+ * string: the caller decodes it with _decode_at, which settles them) */
 static int l_decode_into(lua_State *L) {
   size_t len;
   const char *p = luaL_checklstring(L, 1, &len);
@@ -375,7 +408,7 @@ static int l_decode_into(lua_State *L) {
   lua_Integer first = luaL_checkinteger(L, 4);
   luaL_argcheck(L, off >= 1 && (size_t)off <= len + 1, 2, "out of range");
   int n = strand_serial_decode_into(L, p + off - 1, len - (size_t)(off - 1),
-                                    STRAND_SERIAL_FUNCTIONS | STRAND_SERIAL_NOADOPT, 3, first);
+                                    STRAND_SERIAL_FUNCTIONS, 3, first);
   if (n == -1) { lua_pushnil(L); return 1; }
   if (n == -2) { lua_pushboolean(L, 0); lua_insert(L, -2); return 2; }
   lua_pushinteger(L, n);
@@ -384,19 +417,29 @@ static int l_decode_into(lua_State *L) {
 
 /* process._decode_at(data, offset) -> the values in data from byte offset on (functions
  * allowed: strand's own channel) | nil, msg when malformed: serial.decode without the copy
- * data:sub(offset) makes (a pool result after its id) */
+ * data:sub(offset) makes (a pool result after its id), adopting the references (above) */
 static int l_decode_at(lua_State *L) {
   size_t len;
   const char *p = luaL_checklstring(L, 1, &len);
   lua_Integer off = luaL_checkinteger(L, 2);
   luaL_argcheck(L, off >= 1 && (size_t)off <= len + 1, 2, "out of range");
   lua_settop(L, 1);
-  int n = strand_serial_decode(L, p + off - 1, len - (size_t)(off - 1),
-                               STRAND_SERIAL_FUNCTIONS | STRAND_SERIAL_NOADOPT);   /* as serial.decode */
+  int n = strand_serial_decode(L, p + off - 1, len - (size_t)(off - 1), STRAND_SERIAL_FUNCTIONS);
   if (n >= 0) return n;
+  /* values made before the failure hold their own references: the string's go now */
+  strand_serial_release_shared(p + off - 1, len - (size_t)(off - 1));
   lua_pushnil(L);
   lua_insert(L, -2);
   return 2;
+}
+
+/* process._release(data) -> nothing: drop the references of an encoded string of ours (a pool
+ * job's arguments) that will not be decoded, or that was decoded without adopting (NOADOPT) */
+static int l_release(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  strand_serial_release(p, len);
+  return 0;
 }
 
 /* process._table(narr) -> a table with room for narr items (map's results, a chunk's): filled
@@ -438,7 +481,7 @@ static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
   {"_encode", l_encode}, {"_encodev", l_encodev}, {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
-  {"_decode_at", l_decode_at},
+  {"_decode_at", l_decode_at}, {"_release", l_release},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

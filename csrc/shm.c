@@ -70,6 +70,8 @@ typedef struct arena_hdr {
   uint64_t size;                /* bytes the memfd holds (fallocated) */
   uint64_t freelist[NCLS];
   uint64_t intents;             /* the first strand_intent record (list, under mu) */
+  uint64_t inuse;               /* bytes handed out and not freed (under mu; a test hook's) */
+  uint64_t nobjects;            /* objects whose blocks are not freed (atomic; a test hook's) */
 } arena_hdr;
 
 char *strand_arena_base;        /* the same in every process of the family */
@@ -227,6 +229,7 @@ static uint64_t arena_alloc(uint64_t n, int align64, uint64_t *bsize) {
     }
     AH->top = off + size;
   }
+  AH->inuse += size;
   arena_unlock();
   if (bsize) *bsize = size;
   return off;
@@ -245,6 +248,7 @@ static void arena_free(uint64_t off, uint64_t n) {
   arena_lock();
   *(uint64_t *)AT(off) = AH->freelist[c];
   AH->freelist[c] = off;
+  AH->inuse -= size;
   arena_unlock();
 }
 
@@ -507,12 +511,17 @@ static int objs_link(strand_shm *s, int map) {
   return err;
 }
 
-static void objs_unlink(strand_shm *s) {
+static int exiting;                     /* strand_shm_exiting ran (objs_mu): views hold no aref */
+
+/* 1 when s still holds its family reference (the process is not exiting) */
+static int objs_unlink(strand_shm *s) {
   pthread_mutex_lock(&objs_mu);
   views_del(s);
   if (s->lprev) s->lprev->lnext = s->lnext; else objs = s->lnext;
   if (s->lnext) s->lnext->lprev = s->lprev;
+  int holds = !exiting;
   pthread_mutex_unlock(&objs_mu);
+  return holds;
 }
 
 strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t,
@@ -554,6 +563,7 @@ strand_shm *strand_shm_new(lua_State *L, size_t objsize, const strand_objtype *t
     errno = err;
     return NULL;
   }
+  __atomic_add_fetch(&AH->nobjects, 1, __ATOMIC_RELAXED);
   return s;
 }
 
@@ -578,13 +588,39 @@ void strand_shm_aref(uint64_t off, int delta) {
     b = next;
   }
   arena_free(off, h->blksize);
+  __atomic_sub_fetch(&AH->nobjects, 1, __ATOMIC_RELAXED);
 }
 
 /* This process's view goes; the family's last reference frees the blocks. */
 void strand_shm_free(strand_shm *s) {
-  objs_unlink(s);
-  strand_shm_aref(HEAD_OFF(s), -1);
+  if (objs_unlink(s)) strand_shm_aref(HEAD_OFF(s), -1);
   free(s);
+}
+
+/* This process is about to _exit (a forked child's end, process._exit): each of its views
+ * gives back the family reference it holds (one per object: made, decoded, or inherited at
+ * the fork), so what it saw is freed once the rest of the family lets go. A view released
+ * later (another thread of the process, in the instant before _exit) gives back nothing. */
+void strand_shm_exiting(void) {
+  if (strand_arena_base == NULL) return;
+  pthread_mutex_lock(&objs_mu);
+  if (!exiting) {
+    exiting = 1;
+    for (strand_shm *s = objs; s; s = s->lnext) strand_shm_aref(HEAD_OFF(s), -1);
+  }
+  pthread_mutex_unlock(&objs_mu);
+}
+
+/* queue._test_arena() -> objects, bytes: the family's objects not freed yet and the arena's
+ * bytes handed out (objects, their storage, wait records); a test hook (spec/leak_spec.lua) */
+int strand_shm_test_arena(lua_State *L) {
+  if (strand_arena_init() != 0) { lua_pushinteger(L, 0); lua_pushinteger(L, 0); return 2; }
+  lua_pushinteger(L, (lua_Integer)__atomic_load_n(&AH->nobjects, __ATOMIC_ACQUIRE));
+  arena_lock();
+  uint64_t b = AH->inuse;
+  arena_unlock();
+  lua_pushinteger(L, (lua_Integer)b);
+  return 2;
 }
 
 /* {==== references by offset: the same object in every process of the family */

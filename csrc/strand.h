@@ -265,6 +265,10 @@ STRAND_API void strand_shm_on_repair(const strand_objtype *t, void (*repair)(str
 STRAND_API uint64_t strand_shm_offset(strand_object *o);
 STRAND_API strand_object *strand_shm_view(uint64_t off, const strand_objtype *t);
 STRAND_API void strand_shm_aref(uint64_t off, int delta);
+/* A forked process about to _exit: its views give back their family references (refleak). */
+STRAND_API void strand_shm_exiting(void);
+/* Test hook (queue._test_arena): pushes the family's live objects and the arena's bytes in use. */
+STRAND_API int strand_shm_test_arena(lua_State *L);
 
 /* Make the family's arena now (the module's openers do; a forking area must have it before the
  * fork so that the family shares one). 0 or an errno. */

@@ -245,7 +245,28 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
   end
 end
 
+-- A process job's strings (its arguments, its function when encoded for this job alone) hold
+-- references to the strand objects in them: this process keeps them while the job may still be
+-- sent (a worker that dies gives its later jobs back, and another worker decodes them again:
+-- workers decode without adopting), and drops them when the job is answered, failed or dropped.
+-- The chunks of one map share its function's string: job.fown counts the chunks holding it.
+local release = core.process and core.process._release
+local function drop_job(job)
+  local a = job.argsdata
+  if a then job.argsdata = nil; release(a) end
+  if job.fid == nil and job.fdata then
+    local f, o = job.fdata, job.fown
+    job.fdata = nil
+    if o == nil then release(f)
+    else
+      o.n = o.n - 1
+      if o.n == 0 then release(f) end
+    end
+  end
+end
+
 local function fail_job(job, msg)
+  drop_job(job)
   if job.fut then settle(job.fut, pack(false, msg)) else job.fail(msg) end
 end
 
@@ -257,24 +278,29 @@ local flush_out
 local function give(self, w)
   local jobs = self._jobs
   local job = jobs[self._jh]
+  while job.fut and job.fut._state ~= "pending" do   -- cancelled before it was sent: dropped
+    jobs[self._jh] = nil                             -- (without taking w's room, so that a
+    drop_job(job)                                    -- queue of them never stalls)
+    self._jh = self._jh + 1
+    if self._jh > self._jt then self._jh, self._jt = 1, 0; return true end
+    job = jobs[self._jh]
+  end
   if not job.chunk and w.it - w.ih + 1 >= INFLIGHT then return false end   -- a plain job after chunks
   jobs[self._jh] = nil
   self._jh = self._jh + 1
   if self._jh > self._jt then self._jh, self._jt = 1, 0 end   -- empty: from 1 again (the keys
   -- stay in the array part instead of climbing through the hash part)
-  if job.fut == nil or job.fut._state == "pending" then
-    if job.fut then job.fut._state = "running" end
-    w.it = w.it + 1
-    w.inflight[w.it] = job
-    w.sent = w.sent + 1
-    local fdata = job.fdata
-    if job.fid then
-      if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
-    end
-    local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
-    w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
-      argsdata, job.chunk and (job.bare and 2 or 1) or 0)
+  if job.fut then job.fut._state = "running" end
+  w.it = w.it + 1
+  w.inflight[w.it] = job
+  w.sent = w.sent + 1
+  local fdata = job.fdata
+  if job.fid then
+    if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
   end
+  local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
+  w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
+    argsdata, job.chunk and (job.bare and 2 or 1) or 0)
   return true
 end
 
@@ -405,6 +431,7 @@ local function reader(self, w)
     end
     if job and job.bare and r[1] then r = pack(true, tmove(r, 2, r.n, 1, {})) end   -- a list
     if job then
+      if job.argsdata then drop_job(job) end
       if job.fut then settle(job.fut, r) else job.done(r) end
     end
     if self._jt >= self._jh and w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then   -- queued jobs,
@@ -569,7 +596,11 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
     local objmsg = OBJMSG
     if fdata == nil then fdata = core.process._encode(fn) end
     if args then argsdata = core.process._encodev(unpack(args, 1, args.n)) end  -- values, bare
-    if fdata == nil or argsdata == nil then error(objmsg:format(fname), 3) end
+    if fdata == nil or argsdata == nil then
+      if argsdata then release(argsdata) end       -- the other one could not be copied
+      if fdata and not fid then release(fdata) end
+      error(objmsg:format(fname), 3)
+    end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
     self._jobs[self._jt] = job
@@ -653,6 +684,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       core.process._encode_list
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
+    local fown = fid == nil and { n = 0 } or nil   -- the chunks holding fdata (drop_job)
     local q, early, pending = self._jobs, self._size, 0
     for first = 1, n, chunksize do
       local last = first + chunksize - 1
@@ -674,9 +706,10 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
         for i = self._jh, jt do
           local job = q[i]
           q[i] = nil
-          if not mine[job.fut] then keep = keep + 1; q[keep] = job end
+          if not mine[job.fut] then keep = keep + 1; q[keep] = job else drop_job(job) end
         end
         self._jt = keep
+        if fown and #chunks == 0 then release(fdata) end   -- no chunk ever held it
         if not okc then error(("bad argument to '%s' (%s)"):format(fname, tostring(argsdata)), 3) end
         error(OBJMSG:format(fname), 3)
       end
@@ -687,7 +720,8 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       self._next = id
       self._jt = self._jt + 1
       q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
-                      bare = bare }
+                      bare = bare, fown = fown }
+      if fown then fown.n = fown.n + 1 end
       -- the first chunk of each worker at once, then every DISPATCH_BYTES encoded: the workers
       -- compute while the rest is encoded, and small chunks still go out in batches
       pending = pending + #argsdata
@@ -808,8 +842,11 @@ function Pool:join()
         for i = w.ih, w.it do waiting[#waiting + 1] = w.inflight[i].fut end
       end
       for i = self._jh, self._jt do waiting[#waiting + 1] = self._jobs[i].fut end
-      local f = waiting[#waiting]
-      if f then f:join() else core.sleep(0.001) end
+      local f                             -- the last one not settled (a cancelled one is)
+      for i = #waiting, 1, -1 do
+        if waiting[i]._r == nil then f = waiting[i]; break end
+      end
+      if f then f:join() else dispatch(self); core.sleep(0.001) end
     end
     for _, w in ipairs(self._workers) do
       if w.alive then w.jsock:send_frame("stop") end
@@ -860,7 +897,11 @@ end
 
 Pool.__gc = function(self)
   if not self._joined and self._kind == "process" then
-    for _, w in ipairs(self._workers) do pcall(w.proc_h.signal, w.proc_h, 9) end
+    for _, w in ipairs(self._workers) do
+      pcall(w.proc_h.signal, w.proc_h, 9)
+      for i = w.ih, w.it do if w.inflight[i] then drop_job(w.inflight[i]) end end
+    end
+    for i = self._jh, self._jt do if self._jobs[i] then drop_job(self._jobs[i]) end end
   end
 end
 

@@ -30,10 +30,9 @@ local socket = require "strand.socket"
 
 local C = core.process
 if C == nil then error("strand.process: the C module was built without processes", 2) end
-local serial = core.serial
+local _ = core.serial   -- opened before any fork: its object-reference key must be the family's
 local spawn_task, now = core.spawn, core.now
 local pack, unpack, tmove = table.pack, table.unpack, table.move
-local FUNCS = { functions = true }          -- serial.decode's options, made once
 
 local M = { pid = C.pid, ppid = C.ppid, cpu_count = C.cpu_count }
 
@@ -378,7 +377,7 @@ function Conn:recv(timeout)
   if not ok then return nil, err, code end
   local data = self.pending
   self.pending = nil
-  return serial.decode(data, FUNCS)
+  return C._decode_at(data, 1)      -- decoded once: the value adopts the message's references
 end
 
 --- a:poll([timeout]) -> true (a value is there, or the peer closed: recv will say) | false
@@ -396,6 +395,7 @@ function Conn:close()
   if getmetatable(self) ~= Conn then error("bad argument #1 to 'close' (strand.pipe expected)", 2) end
   if self.closed then return true end
   self.closed = true
+  if self.pending then C._release(self.pending) end   -- taken by poll, never received
   self.pending = nil
   self.s:close()
   return true
