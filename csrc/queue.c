@@ -376,7 +376,8 @@ static void q_repair(strand_shm *s) {
  * A process killed between claiming a slot and publishing it would stall the ring at that
  * slot: a getter that finds head claimed and unpublished for a slice asks the put-intent
  * records (shm.c) whether every thread that was claiming it died, and if so frees the slot
- * (r_skip_dead). The locked path journals its changes (q_journal, q_repair). */
+ * (r_skip_dead). The locked path journals its changes (q_journal, q_repair), an unbounded
+ * ring its overflow's and its growth (o_journal, o_repair: see the overflow below). */
 
 #define RING_INLINE 112
 #define RING_MAXCAP 16384
