@@ -36,6 +36,20 @@ typedef struct q_journal {
 } q_journal;
 _Static_assert(sizeof(q_journal) == 64, "q_journal: one cache line");
 
+/* An unbounded ring's journal: the one change of its overflow (or of the ring's growth) in
+ * flight under the mutex, as q_journal for the locked path (o_repair). */
+enum { OJ_NONE, OJ_PUT, OJ_GROW, OJ_TAKE, OJ_MOVE, OJ_INSTALL };
+#define OJ_UNSET UINT64_MAX
+typedef struct o_journal {
+  uint32_t op, k;         /* move: the batch's size */
+  uint64_t n, first, extra;   /* ovf_n, ovf_first, ovf_extra before the change */
+  uint64_t t0;            /* move: the batch's first ring position (OJ_UNSET: none claimed);
+                             install: the small ring's last position; grow: the old array */
+  uint64_t a, b;          /* put: the item's arena block (0: none); grow: the new array, its
+                             capacity */
+} o_journal;
+_Static_assert(sizeof(o_journal) == 56, "o_journal: done's line after done");
+
 typedef struct q_state {
   int16_t kind, ring;     /* ring: a FIFO whose items are in the lock-free ring below */
   int32_t closed;
@@ -58,7 +72,10 @@ typedef struct q_state {
   _Alignas(64) uint64_t head;     /* next position to take */
   int32_t get_tid;                /* the thread that took last */
   _Alignas(64) union {
-    uint64_t done;                /* ring: task_done calls so far: unfinished = puts - done */
+    struct {
+      uint64_t done;              /* ring: task_done calls so far: unfinished = puts - done */
+      o_journal oj;               /* unbounded ring: the overflow's change in flight (o_repair) */
+    };
     q_journal j;                  /* locked path: the change in flight (q_repair) */
   };
   /* an unbounded ring's overflow (see "the ring" below): ovf_n is read without the mutex,
@@ -108,9 +125,11 @@ static int q_less(const q_item *a, const q_item *b) {
  * about to be lost): _exit at the n-th time point `die_point` is reached, the mutex held, as a
  * SIGKILL at that instant would. */
 enum { QD_NONE, QD_GROW, QD_GROWN, QD_ALLOC, QD_FILLED, QD_SIFT_UP, QD_COUNTED, QD_GET,
-       QD_SIFT_DOWN, QD_POPPED, QD_TAKEN, QD_LINK, QD_UNLINK };
+       QD_SIFT_DOWN, QD_POPPED, QD_TAKEN, QD_LINK, QD_UNLINK, QD_OGROW, QD_OGROWN, QD_OPUT,
+       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED };
 static const char *const die_names[] = { "none", "grow", "grown", "alloc", "filled", "sift_up",
-  "counted", "get", "sift_down", "popped", "taken", "link", "unlink", NULL };
+  "counted", "get", "sift_down", "popped", "taken", "link", "unlink", "ogrow", "ogrown", "oput",
+  "ocount", "move", "moved", "otake", "install", "installed", NULL };
 static int die_point, die_n;
 #define Q_CRASH(p) do { \
     if (__builtin_expect(die_point == (p), 0) && --die_n == 0) _exit(0); } while (0)
@@ -251,9 +270,13 @@ static void q_reheap(strand_shm *s, q_state *st, uint64_t m) {
 /* The holder died (strand_shm_on_repair, under the mutex): finish or undo the journaled change.
  * A put is undone until its slot is filled, then completed; a get is undone (the item was never
  * handed out); a grow is undone until the new array is published, then completed. */
+static void o_repair(strand_shm *s, q_state *st);
 static void q_repair(strand_shm *s) {
   q_state *st = (q_state *)strand_shm_state(s);
-  if (st->ring) return;                          /* the journal shares done's line */
+  if (st->ring) {                                /* the journal shares done's line */
+    if (st->maxsize == 0) o_repair(s, st);
+    return;
+  }
   q_journal *j = &st->j;
   switch (j->op) {
     case J_GROW:
@@ -353,7 +376,8 @@ static void q_repair(strand_shm *s) {
  * A process killed between claiming a slot and publishing it would stall the ring at that
  * slot: a getter that finds head claimed and unpublished for a slice asks the put-intent
  * records (shm.c) whether every thread that was claiming it died, and if so frees the slot
- * (r_skip_dead). The locked path journals its changes (q_journal, q_repair). */
+ * (r_skip_dead). The locked path journals its changes (q_journal, q_repair), an unbounded
+ * ring its overflow's and its growth (o_journal, o_repair: see the overflow below). */
 
 #define RING_INLINE 112
 #define RING_MAXCAP 16384
@@ -363,7 +387,8 @@ static void q_repair(strand_shm *s) {
 #endif
 #define RING_CLOSED ((uint64_t)1 << 63)
 #define RING_RETIRED ((uint64_t)1 << 62)      /* the small ring takes no more puts: r_grow */
-#define RING_FLAGS (RING_CLOSED | RING_RETIRED)
+#define RING_MOVING ((uint64_t)1 << 61)       /* a move owns tail (locked): o_move */
+#define RING_FLAGS (RING_CLOSED | RING_RETIRED | RING_MOVING)
 #define RD_CAPBITS 20
 #define RING_BIG 1024                         /* the ring an unbounded FIFO grows to */
 #define RING_JUMP ((uint64_t)1 << 32)         /* positions skipped when it does */
@@ -518,8 +543,10 @@ static int r_push_in(q_state *st, const r_item *it, const void *bytes, strand_in
   uint64_t pos = A_RLX(&st->tail);
   uint64_t qoff = (uint64_t)((char *)st - strand_arena_base);
   for (;;) {
-    if (pos & RING_CLOSED) return -1;
-    if (pos & RING_RETIRED) return 0;         /* growing: the overflow takes it (locked) */
+    if (__builtin_expect((pos & RING_FLAGS) != 0, 0)) {
+      if (pos & RING_CLOSED) return -1;
+      return 0;                               /* growing or moving: the overflow takes it */
+    }
     r_slot *x = &slots[pos % cap];
     int64_t dif = (int64_t)(A_ACQ(&x->seq) - 2 * pos);
     if (dif == 0) {
@@ -660,44 +687,83 @@ static int r_pop(q_state *st, r_item *out) {
   }
 }
 
-/* {==== the overflow of an unbounded ring (locked) */
+/* {==== the overflow of an unbounded ring (locked)
+ *
+ * Each change is journaled in st->oj (on done's line, which only a ring uses, and only an
+ * unbounded one past done) before it is made, and cleared at its commit, so that the next
+ * locker after a holder's death makes it all or nothing (o_repair): an append is undone until
+ * cleared (its block given back); the array's growth publishes the new array before it
+ * releases the old; a direct take is undone until cleared; a move claims its whole batch of
+ * ring positions with one store (tail is the mover's alone while RING_MOVING is set in it: a
+ * put that sees the bit goes to the locked path, and every other writer of tail holds the
+ * mutex), fills and publishes the slots, then drops the batch from the overflow: once the
+ * batch is claimed the recoverer completes it (it publishes the slots not yet published, from
+ * the overflow, which still holds them), before that nothing happened; the ring's growth
+ * (r_install) is completed once begun. */
 
-/* Append: 0 or an errno. */
+static inline void oj_set(q_state *st, uint32_t op) {
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  __atomic_store_n(&st->oj.op, op, __ATOMIC_RELAXED);
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+#define o_items(s, st) ((r_item *)strand_shm_at(s, (st)->ovf_items))
+
+/* An empty overflow whose array grew past 1024 items (a big burst is over) gives it back,
+ * after the change's commit: the capacity first, so that a holder killed in between leaves an
+ * array of capacity 0 (lost: bytes until the family ends), never one released and still used. */
+static void o_shrink(strand_shm *s, q_state *st) {
+  if (st->ovf_n != 0 || st->ovf_cap <= 1024) return;
+  uint64_t old = st->ovf_items;
+  st->ovf_cap = 0;
+  st->ovf_first = 0;
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  st->ovf_items = 0;
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  strand_shm_release(s, old);
+}
+
+/* Append: 0 or an errno. A full array grows first (OJ_GROW: the new one filled, then published,
+ * items then cap and first, then the journal cleared, then the old one released), then the item
+ * is copied in and counted (OJ_PUT, undone until cleared). */
 static int o_push(strand_shm *s, q_state *st, const r_item *it, const void *bytes) {
   uint64_t n = st->ovf_n;
   if (n == st->ovf_cap) {
-    uint64_t cap = st->ovf_cap ? st->ovf_cap * 2 : 64;
+    uint64_t cap = st->ovf_cap ? st->ovf_cap * 2 : 64, old = st->ovf_cap ? st->ovf_items : 0;
     uint64_t off = strand_shm_alloc(s, cap * sizeof(r_item));
     if (off == 0) return errno;
+    st->oj.a = off;
+    st->oj.b = cap;
+    st->oj.t0 = old;
+    oj_set(st, OJ_GROW);
     r_item *to = (r_item *)strand_shm_at(s, off);
-    if (st->ovf_cap) {
-      r_item *from = (r_item *)strand_shm_at(s, st->ovf_items);
+    if (old) {
+      r_item *from = o_items(s, st);
       for (uint64_t i = 0; i < n; i++) {      /* unwrap: first becomes 0 */
         r_item *x = &from[(st->ovf_first + i) % st->ovf_cap];
         memcpy(&to[i], x, r_item_size(x));
       }
-      strand_shm_release(s, st->ovf_items);
     }
-    st->ovf_items = off;
+    Q_CRASH(QD_OGROW);
+    __atomic_store_n(&st->ovf_items, off, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     st->ovf_cap = cap;
     st->ovf_first = 0;
+    Q_CRASH(QD_OGROWN);
+    oj_set(st, OJ_NONE);
+    if (old) strand_shm_release(s, old);   /* killed before this: it is lost, not freed twice */
   }
-  r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
-  r_item_copy(&a[(st->ovf_first + n) % st->ovf_cap], it, bytes);
+  st->oj.n = n;
+  st->oj.extra = st->ovf_extra;
+  st->oj.a = F_OF(it) == F_ARENA ? it->u.a.off : 0;
+  oj_set(st, OJ_PUT);
+  r_item_copy(&o_items(s, st)[(st->ovf_first + n) % st->ovf_cap], it, bytes);
+  Q_CRASH(QD_OPUT);
   __atomic_store_n(&st->ovf_extra, st->ovf_extra + 1, __ATOMIC_RELEASE);
+  Q_CRASH(QD_OCOUNT);
   __atomic_store_n(&st->ovf_n, n + 1, __ATOMIC_RELEASE);
+  oj_set(st, OJ_NONE);
   return 0;
-}
-
-/* The oldest k items left (moved to the ring or taken). */
-static void o_drop(strand_shm *s, q_state *st, uint64_t k) {
-  uint64_t n = st->ovf_n - k;
-  st->ovf_first = n ? (st->ovf_first + k) % st->ovf_cap : 0;
-  if (n == 0 && st->ovf_cap > 1024) {         /* a big burst is over: give its storage back */
-    strand_shm_release(s, st->ovf_items);
-    st->ovf_items = st->ovf_cap = 0;
-  }
-  __atomic_store_n(&st->ovf_n, n, __ATOMIC_RELEASE);
 }
 
 /* {==== growing an unbounded ring (locked)
@@ -713,7 +779,10 @@ static void o_drop(strand_shm *s, q_state *st, uint64_t k) {
  * unfinished may read too big for a moment, never too small). A put or get still holding the
  * small ring's descriptor compares sequence numbers below 2(P+RING_UNBOUNDED) with positions
  * >= Q: "full" / "empty", never a claim; the small ring stays in the state, so a late reader
- * of it reads valid memory. Closing stops it (nothing to install into). */
+ * of it reads valid memory. Closing stops it (nothing to install into). The install is
+ * journaled (OJ_INSTALL, P): a recoverer does it again while tail still has the bit (nothing
+ * can have used the big ring yet), else adds RING_JUMP to done if unfinished is still above
+ * 2^31 (the add was not made: unfinished is that far from any real count). */
 
 static void r_grow(strand_shm *s, q_state *st) {
   if (st->maxsize != 0 || st->ring_b || (A_ACQ(&st->tail) & RING_FLAGS)) return;
@@ -727,47 +796,156 @@ static void r_grow(strand_shm *s, q_state *st) {
   __atomic_fetch_or(&st->tail, RING_RETIRED, __ATOMIC_SEQ_CST);
 }
 
+static void r_install_at(q_state *st, uint64_t p) {
+  uint64_t big = st->ring_b & (((uint64_t)1 << RD_CAPBITS) - 1);
+  r_slot *b = (r_slot *)(strand_arena_base + (st->ring_b >> RD_CAPBITS));
+  uint64_t q = p + RING_JUMP;
+  if (A_RLX(&st->rdesc) != st->ring_b)        /* (a recoverer: not yet published) */
+    for (uint64_t i = 0; i < big; i++) b[(q + i) % big].seq = 2 * (q + i);
+  __atomic_store_n(&st->head, q, __ATOMIC_SEQ_CST);
+  Q_CRASH(QD_INSTALL);
+  __atomic_store_n(&st->rdesc, st->ring_b, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&st->tail, q, __ATOMIC_SEQ_CST);
+  Q_CRASH(QD_INSTALLED);
+  __atomic_fetch_add(&st->done, RING_JUMP, __ATOMIC_SEQ_CST);
+}
+
 static void r_install(q_state *st) {
   uint64_t t = A_ACQ(&st->tail);
   if (!(t & RING_RETIRED) || (t & RING_CLOSED)) return;
   uint64_t p = t & ~RING_FLAGS;
   if (A_ACQ(&st->head) != p) return;          /* the small ring still holds items */
-  uint64_t big = st->ring_b & (((uint64_t)1 << RD_CAPBITS) - 1);
-  r_slot *b = (r_slot *)(strand_arena_base + (st->ring_b >> RD_CAPBITS));
-  uint64_t q = p + RING_JUMP;
-  for (uint64_t i = 0; i < big; i++) b[(q + i) % big].seq = 2 * (q + i);
-  __atomic_store_n(&st->head, q, __ATOMIC_SEQ_CST);
-  __atomic_store_n(&st->rdesc, st->ring_b, __ATOMIC_SEQ_CST);
-  __atomic_store_n(&st->tail, q, __ATOMIC_SEQ_CST);
-  __atomic_fetch_add(&st->done, RING_JUMP, __ATOMIC_SEQ_CST);
+  st->oj.t0 = p;
+  oj_set(st, OJ_INSTALL);
+  r_install_at(st, p);
+  oj_set(st, OJ_NONE);
 }
 
 /* }==== */
 
+/* Fill and publish the ring slots of positions p..p+k-1 with the overflow's oldest items (from
+ * the journal's first): a move, or its recoverer (repair: only the slots not yet published;
+ * none can have been claimed again, tail is still the mover's). */
+static void o_fill(strand_shm *s, q_state *st, uint64_t p, uint64_t k, int repair) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  r_item *a = o_items(s, st);
+  for (uint64_t i = 0; i < k; i++) {
+    r_slot *x = &slots[(p + i) % cap];
+    if (repair && A_ACQ(&x->seq) != 2 * (p + i)) continue;   /* published (perhaps taken) */
+    r_item *it = &a[(st->oj.first + i) % st->ovf_cap];
+    memcpy(&x->it, it, r_item_size(it));
+    __atomic_store_n(&x->seq, 2 * (p + i) + 1, __ATOMIC_RELEASE);
+    Q_CRASH(QD_MOVE);
+  }
+}
+
 /* Move up to OVF_BATCH of the oldest items to the ring's tail (as far as it has room): how
  * many. Valid at any time: whatever the ring holds was put before them, or by a producer that
- * had none of its items in the overflow. */
+ * had none of its items in the overflow. Journaled (OJ_MOVE): RING_MOVING set in tail, then
+ * the batch's bounds, then the claim (tail += k, one store), the slots filled and published,
+ * the batch dropped from the overflow (first, n, then extra: counted in tail since the claim,
+ * so that r_puts never counts too few), the journal cleared, the bit cleared. */
 static int o_move(strand_shm *s, q_state *st) {
   r_install(st);
-  uint64_t k = 0, n = st->ovf_n;
-  r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
-  while (k < n && k < OVF_BATCH && r_push(st, &a[(st->ovf_first + k) % st->ovf_cap], NULL) > 0)
-    k++;
-  if (k == 0) return 0;
-  o_drop(s, st, k);
-  /* counted in tail now: after the pushes, so that r_puts never counts too few */
-  __atomic_store_n(&st->ovf_extra, st->ovf_extra - k, __ATOMIC_RELEASE);
+  uint64_t n = st->ovf_n;
+  if (n == 0 || (A_ACQ(&st->tail) & RING_FLAGS)) return 0;   /* closed, or not installed */
+  uint64_t cap, first = st->ovf_first, extra = st->ovf_extra;
+  r_slot *slots = r_ring(st, &cap);
+  st->oj.n = n;
+  st->oj.first = first;
+  st->oj.extra = extra;
+  st->oj.t0 = OJ_UNSET;
+  oj_set(st, OJ_MOVE);
+  /* from here no put claims a position: tail is ours (p: after any claim made before) */
+  uint64_t p = __atomic_fetch_or(&st->tail, RING_MOVING, __ATOMIC_SEQ_CST) & ~RING_FLAGS;
+  uint64_t k = 0;
+  while (k < n && k < OVF_BATCH && A_ACQ(&slots[(p + k) % cap].seq) == 2 * (p + k)) k++;
+  if (k > 0) {
+    st->oj.k = (uint32_t)k;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    st->oj.t0 = p;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&st->tail, (p + k) | RING_MOVING, __ATOMIC_RELEASE);   /* the claim */
+    o_fill(s, st, p, k, 0);
+    st->ovf_first = n > k ? (first + k) % st->ovf_cap : 0;
+    __atomic_store_n(&st->ovf_n, n - k, __ATOMIC_RELEASE);
+    Q_CRASH(QD_MOVED);
+    __atomic_store_n(&st->ovf_extra, extra - k, __ATOMIC_RELEASE);
+  }
+  oj_set(st, OJ_NONE);
+  __atomic_store_n(&st->tail, p + k, __ATOMIC_RELEASE);   /* puts may claim again */
+  o_shrink(s, st);
   return (int)k;
 }
 
 /* Take the oldest item, if every ring item put before it is taken (o_ready): 1, else 0. For
- * when it cannot move (a closed ring takes no put). */
+ * when it cannot move (a closed ring takes no put). Journaled (OJ_TAKE): undone until cleared
+ * (the taker died before it returned the item). */
 static int o_pop(strand_shm *s, q_state *st, r_item *out) {
   if (!o_ready(st)) return 0;
-  r_item *x = &((r_item *)strand_shm_at(s, st->ovf_items))[st->ovf_first];
+  uint64_t n = st->ovf_n;
+  st->oj.n = n;
+  st->oj.first = st->ovf_first;
+  oj_set(st, OJ_TAKE);
+  r_item *x = &o_items(s, st)[st->ovf_first];
   memcpy(out, x, r_item_size(x));
-  o_drop(s, st, 1);
+  st->ovf_first = n > 1 ? (st->ovf_first + 1) % st->ovf_cap : 0;
+  Q_CRASH(QD_OTAKE);
+  __atomic_store_n(&st->ovf_n, n - 1, __ATOMIC_RELEASE);
+  oj_set(st, OJ_NONE);
+  o_shrink(s, st);
   return 1;
+}
+
+/* The holder died (q_repair, under the mutex): finish or undo the overflow's journaled change,
+ * then give tail back to puts. */
+static void o_repair(strand_shm *s, q_state *st) {
+  o_journal *j = &st->oj;
+  switch (j->op) {
+    case OJ_PUT:                                 /* its bytes may be half copied: not put */
+      st->ovf_n = j->n;
+      st->ovf_extra = j->extra;
+      oj_set(st, OJ_NONE);
+      if (j->a) strand_shm_release(s, j->a);
+      break;
+    case OJ_GROW:
+      if (st->ovf_items == j->a) {
+        st->ovf_cap = j->b;
+        st->ovf_first = 0;
+        oj_set(st, OJ_NONE);
+        if (j->t0) strand_shm_release(s, j->t0);
+      } else {
+        oj_set(st, OJ_NONE);
+        strand_shm_release(s, j->a);
+      }
+      break;
+    case OJ_TAKE:
+      st->ovf_first = j->first;
+      st->ovf_n = j->n;
+      oj_set(st, OJ_NONE);
+      break;
+    case OJ_MOVE:
+      if (j->t0 != OJ_UNSET && (A_RLX(&st->tail) & ~RING_FLAGS) == j->t0 + j->k) {
+        o_fill(s, st, j->t0, j->k, 1);           /* claimed: complete it */
+        st->ovf_first = j->n > j->k ? (j->first + j->k) % st->ovf_cap : 0;
+        st->ovf_n = j->n - j->k;
+        st->ovf_extra = j->extra - j->k;
+      }
+      oj_set(st, OJ_NONE);
+      break;
+    case OJ_INSTALL:
+      if (A_RLX(&st->tail) & RING_RETIRED)
+        r_install_at(st, j->t0);
+      else if ((int64_t)(r_puts(st) - A_RLX(&st->done)) >= (int64_t)(RING_JUMP / 2))
+        __atomic_fetch_add(&st->done, RING_JUMP, __ATOMIC_SEQ_CST);
+      oj_set(st, OJ_NONE);
+      break;
+    default:
+      break;
+  }
+  if (A_RLX(&st->tail) & RING_MOVING) __atomic_fetch_and(&st->tail, ~RING_MOVING, __ATOMIC_SEQ_CST);
+  o_shrink(s, st);
 }
 
 /* }==== */

@@ -1,0 +1,202 @@
+-- spec/ovfq_spec.lua — an unbounded FIFO's overflow (queue.new(): a ring plus an ordered overflow
+-- in the arena) when a process dies holding the queue's mutex: every crash point of a move, an
+-- append, the overflow's growth, a direct take and the ring's growth.
+local process = require "strand.process"
+local queue = require "strand.queue"
+local H = require "support.helper"
+
+-- item i: a short string, or (every third) a 200-byte one, which has its own arena block
+local function val(i)
+  if i % 3 == 0 then return string.format("%06d", i) .. ("L"):rep(194) end
+  return "s" .. i
+end
+local function num(v) return v:sub(1, 1) == "s" and tonumber(v:sub(2)) or tonumber(v:sub(1, 6)) end
+local function long(v) return #v > 112 end
+
+-- queue._test_die(point, n): the child _exits the n-th time it reaches the crash point, the
+-- queue's mutex held; the parent's next lock gets EOWNERDEAD and repairs the queue
+local function dies_at(point, n, fn)
+  local p = process.start(function() queue._test_die(point, n); fn(); error("no crash point reached") end)
+  assert.is_true(p:join(H.TIMEOUT))
+  assert.equal(0, p.exitcode, point .. " " .. n .. ": the child did not die there")
+end
+
+-- m items: the first 16 fill the small ring, the rest go to the overflow (the ring retired:
+-- it grows once the small one is drained); `got` of them taken (and done) again. The queue has
+-- crossed (a fork) first, so values are copied: the long ones into arena blocks.
+local function setup(m, got)
+  local q, items = queue.new(), {}
+  local p = process.start(function() end)
+  assert.is_true(p:join(H.TIMEOUT))
+  for i = 1, m do
+    items[i] = val(i)
+    assert.is_true(q:put_nowait(items[i]))
+  end
+  for i = 1, got do
+    assert.equal(items[1], q:get_nowait(), "setup get " .. i)
+    table.remove(items, 1)
+    q:task_done()
+  end
+  return q, items
+end
+
+local function blocks_of(items)
+  local n = 0
+  for _, v in ipairs(items) do if long(v) then n = n + 1 end end
+  return n
+end
+
+-- The queue holds exactly `items` (each once, in order), its storage exactly their blocks plus
+-- the big ring and the overflow's array (+ `leaked`), unfinished counts `unf`, and puts and
+-- gets go on working (through the overflow again) unless it is closed.
+local function check(q, items, leaked, unf, what, closed)
+  local nb = queue._test_blocks(q)                -- locks first: the repair runs
+  -- blocks of the sizes of the queue's arrays taken from the arena: one released while the
+  -- queue still used it would be overwritten now
+  local junk = queue.lifo()
+  local p = process.start(function() end)
+  assert.is_true(p:join(H.TIMEOUT))
+  for _, len in ipairs({ 4000, 6000, 8000, 8150, 12000, 16000, 16300, 32000 }) do
+    for _ = 1, 2 do assert.is_true(junk:put_nowait(("Z"):rep(len))) end
+  end
+  assert.is_truthy(nb, what .. ": the block list is whole")
+  assert.equal(#items, q:qsize(), what .. ": qsize")
+  assert.equal(2 + blocks_of(items) + leaked, nb, what .. ": storage blocks")
+  local got = {}
+  for _ = 1, #items + 1 do
+    local v = q:get_nowait()
+    if v == nil then break end
+    got[#got + 1] = v
+  end
+  assert.same(items, got, what .. ": the items, each once, in order")
+  assert.equal(2 + leaked, (queue._test_blocks(q)), what .. ": storage blocks once drained")
+  if closed then
+    assert.same({ nil, "closed" }, { q:get_nowait() })
+  else
+    assert.same({ nil, "empty" }, { q:get_nowait() })
+    local more = {}
+    for i = 1, 1100 do                           -- past the big ring: the overflow again
+      more[i] = val(i)
+      assert.is_true(q:put_nowait(more[i]))
+    end
+    for i = 1, 1100 do assert.equal(more[i], q:get_nowait(), what .. ": more " .. i) end
+    unf = unf + 1100
+  end
+  assert.is_not_true(q:join(0), what .. ": unfinished")
+  for _ = 1, unf do q:task_done() end
+  assert.is_true(q:join(0), what .. ": join")
+  assert.has_error(function() q:task_done() end)
+  assert.equal(2 + leaked, (queue._test_blocks(q)), what .. ": storage blocks at the end")
+end
+
+describe("an unbounded queue's overflow whose holder died", function()
+  H.guard()
+
+  -- a get finds the small ring empty and 84 items in the overflow: it installs the big ring
+  -- and moves a batch of 64 into it; killed anywhere, the batch is moved whole or not at all
+  -- and the get took nothing
+  it("a get's move killed at any step leaves each item once, in order", function()
+    for _, pt in ipairs({ { "install", 1 }, { "installed", 1 }, { "move", 1 }, { "move", 3 },
+                          { "move", 64 }, { "moved", 1 } }) do
+      local q, items = setup(100, 16)
+      dies_at(pt[1], pt[2], function() q:get_nowait() end)
+      check(q, items, 0, #items, "get died at " .. pt[1] .. " " .. pt[2])
+    end
+  end)
+
+  -- a put finds items in the overflow and room in the (installed) big ring: it moves a batch
+  -- first, then appends its own
+  it("a put's move killed at any step leaves each item once, in order", function()
+    for _, pt in ipairs({ { "move", 2 }, { "moved", 1 } }) do
+      local q, items = setup(600, 16)
+      assert.equal(items[1], q:get_nowait())      -- installs the big ring, moves 64
+      table.remove(items, 1)
+      q:task_done()
+      dies_at(pt[1], pt[2], function() q:put_nowait("new") end)
+      check(q, items, 0, #items, "put died at " .. pt[1] .. " " .. pt[2])
+    end
+  end)
+
+  -- an append to the overflow (the small ring full): killed before it is counted, it is not put
+  -- (its block given back); its two counts change together
+  it("an append killed at any step is not half put", function()
+    for _, pt in ipairs({ { "oput", 1 }, { "ocount", 1 } }) do
+      for _, new in ipairs({ "new", val(999) }) do
+        local q, items = setup(100, 0)
+        dies_at(pt[1], pt[2], function() q:put_nowait(new) end)
+        check(q, items, 0, #items, "append of " .. #new .. " B died at " .. pt[1])
+      end
+    end
+  end)
+
+  -- the overflow's array is full (64): the append grows it to 128
+  it("the overflow's growth killed at any step keeps one array, every item once", function()
+    for _, point in ipairs({ "ogrow", "ogrown" }) do
+      local q, items = setup(16 + 64, 0)
+      dies_at(point, 1, function() q:put_nowait("new") end)
+      check(q, items, 0, #items, "grow died at " .. point)
+    end
+  end)
+
+  -- closed: nothing moves any more, a get takes the overflow's oldest item directly
+  it("a direct take from a closed queue's overflow killed midway gives the item back", function()
+    local q, items = setup(100, 16)
+    q:close()
+    dies_at("otake", 1, function() q:get_nowait() end)
+    check(q, items, 0, #items, "take died", true)
+  end)
+
+  -- each put moves a batch of 64 before it appends its own: a move killed, then an append
+  it("the same crash points many times in a row", function()
+    local q, items = setup(600, 16)
+    for r = 1, 4 do
+      dies_at("move", r * 5, function() q:put_nowait("m" .. r) end)
+      dies_at("oput", 1, function() q:put_nowait(val(2000 + r)) end)
+    end
+    check(q, items, 0, #items, "repeated")
+  end)
+
+  -- SIGKILL at random moments of a put/put/get loop (the overflow growing, moving, the ring
+  -- growing): each item at most once, in order, the storage exactly their blocks plus the
+  -- queue's own (the big ring, the overflow's array while it is not empty or small) plus at
+  -- most the one in flight (a double release would show as a corrupt list or a count off)
+  it("puts and gets SIGKILLed at random moments: each item once, in order, storage exact", function()
+    local strand = require "strand"
+    local sync = require "strand.sync"
+    for round = 1, H.work(10, 2) do
+      local q, ready = queue.new(), sync.event()
+      local p = process.start(function()
+        local i = 0
+        while true do
+          for _ = 1, 2 do i = i + 1; q:put_nowait(val(i)) end
+          q:get_nowait()
+          if i == 400 then ready:set() end
+        end
+      end)
+      assert.is_true(ready:wait(H.TIMEOUT))
+      strand.sleep(math.random() * 0.01)
+      p:kill()
+      p:join(H.TIMEOUT)
+      assert.equal(-9, p.exitcode)
+      local what = "round " .. round
+      local nb = queue._test_blocks(q)
+      assert.is_truthy(nb, what .. ": the block list is whole")
+      local n = q:qsize()
+      local got = {}
+      for _ = 1, n do
+        local v = q:get_nowait()
+        assert.is_truthy(v, what)
+        got[#got + 1] = v
+      end
+      assert.same({ nil, "empty" }, { q:get_nowait() })
+      for i = 2, #got do
+        assert.is_true(num(got[i]) > num(got[i - 1]), what .. ": " .. got[i] .. " after " .. got[i - 1])
+      end
+      local left = queue._test_blocks(q)
+      local own = nb - blocks_of(got)              -- the big ring, the array, the one in flight
+      assert.is_true(own >= 1 and own <= 3, what .. ": " .. nb .. " blocks for " .. #got .. " items")
+      assert.is_true(left >= 1 and left <= own, what .. ": " .. left .. " blocks once drained")
+      assert.is_true(q:put_nowait("x")); assert.equal("x", q:get_nowait())
+    end
+  end)
+end)
