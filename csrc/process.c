@@ -292,6 +292,7 @@ static int l_fork(lua_State *L) {
                               made after this fork by either side cross between them) */
   pid_t parent = daemon ? getpid() : 0;
   drain_fastbins();
+  strand_serial_key();                 /* the family's reference key, drawn before the fork */
   pid_t pid = fork();
   if (pid < 0) {
     int e = errno;

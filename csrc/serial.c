@@ -63,6 +63,8 @@ static void mac_init(void) {
   memcpy(mac_key, k, sizeof k);
 }
 
+void strand_serial_key(void) { pthread_once(&mac_once, mac_init); }
+
 #define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
 #define SIPROUND do { \
     v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \

@@ -371,6 +371,9 @@ STRAND_API void strand_serial_encode(lua_State *L, int first, int n, int flags);
 STRAND_API int strand_serial_decode(lua_State *L, const char *p, size_t len, int flags);
 /* Drop the object references held by an encoded string that will never be decoded. */
 STRAND_API void strand_serial_release(const char *p, size_t len);
+/* Draw this process's object-reference key now (once): a fork must come after it, so that the
+ * family shares one key (a child drawing its own could not read its parent's references). */
+STRAND_API void strand_serial_key(void);
 /* Drop only its family-wide references (shared objects by arena offset): for a string another
  * process encoded (its process-local references are that process's). */
 STRAND_API void strand_serial_release_shared(const char *p, size_t len);

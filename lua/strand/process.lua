@@ -30,7 +30,6 @@ local socket = require "strand.socket"
 
 local C = core.process
 if C == nil then error("strand.process: the C module was built without processes", 2) end
-local _ = core.serial   -- opened before any fork: its object-reference key must be the family's
 local spawn_task, now = core.spawn, core.now
 local pack, unpack, tmove = table.pack, table.unpack, table.move
 
