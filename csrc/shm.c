@@ -383,7 +383,9 @@ strand_intent *strand_intent_mine(void) {
   return (strand_intent *)AT(off);
 }
 
-int strand_intent_dead(uint64_t obj, uint64_t pos) {
+/* 1 when some record names obj (and, unless any_pos, position pos) and every one naming it
+ * belongs to a dead process; 0 when none does or one is alive (it may still finish) */
+static int intents_dead(uint64_t obj, int any_pos, uint64_t pos) {
   if (strand_arena_base == NULL) return 0;
   int dead = 0;
   for (uint64_t o = __atomic_load_n(&AH->intents, __ATOMIC_ACQUIRE); o;
@@ -391,28 +393,20 @@ int strand_intent_dead(uint64_t obj, uint64_t pos) {
     strand_intent *r = (strand_intent *)AT(o);
     int64_t owner = __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE);
     if (owner == 0 || __atomic_load_n(&r->obj, __ATOMIC_ACQUIRE) != obj ||
-        __atomic_load_n(&r->pos, __ATOMIC_ACQUIRE) != pos + 1)
+        (!any_pos && __atomic_load_n(&r->pos, __ATOMIC_ACQUIRE) != pos + 1))
       continue;
-    if (!strand_owner_dead(owner)) return 0;     /* alive: it may still publish */
+    if (!strand_owner_dead(owner)) return 0;
     dead = 1;
   }
   return dead;
 }
 
+int strand_intent_dead(uint64_t obj, uint64_t pos) { return intents_dead(obj, 0, pos); }
+
+/* a get in progress may be at any position */
 int strand_intent_dead_get(uint64_t obj, uint64_t pos) {
-  if (strand_arena_base == NULL) return 0;
-  int dead = 0;
-  for (uint64_t o = __atomic_load_n(&AH->intents, __ATOMIC_ACQUIRE); o;
-       o = ((strand_intent *)AT(o))->next) {
-    strand_intent *r = (strand_intent *)AT(o);
-    int64_t owner = __atomic_load_n(&r->owner, __ATOMIC_ACQUIRE);
-    (void)pos;                                   /* a get in progress may be at any position */
-    if (owner == 0 || __atomic_load_n(&r->obj, __ATOMIC_ACQUIRE) != (obj | STRAND_INTENT_GET))
-      continue;
-    if (!strand_owner_dead(owner)) return 0;     /* alive: it may still free it */
-    dead = 1;
-  }
-  return dead;
+  (void)pos;
+  return intents_dead(obj | STRAND_INTENT_GET, 1, 0);
 }
 
 /* }==== */
