@@ -67,6 +67,21 @@ local function worker(mode, a, b)
     t0 = strand.now()
     p:map(burn, list, 1)
     print(("speedup %.3f"):format(serial / (strand.now() - t0)))
+  elseif mode == "cpufloor" then
+    -- the machine's floor for this work: the same loops in plain lua5.4 processes, one after the
+    -- other, then two at a time (what any pool of 2 can at best reach here)
+    local loops = tonumber(b)
+    local cmd = ("%s -e 'local x = 0 for i = 1, %d do x = x + i %% 7 end print(x)'"):format(arg[-1] or "lua5.4", loops)
+    local function run(f) assert(f:read("a")); assert(f:close()) end
+    local t0 = strand.now()
+    for _ = 1, n do run(assert(io.popen(cmd))) end
+    local serial = strand.now() - t0
+    t0 = strand.now()
+    for _ = 1, n, 2 do
+      local f1, f2 = assert(io.popen(cmd)), _ < n and assert(io.popen(cmd))
+      run(f1); if f2 then run(f2) end
+    end
+    print(("speedup %.3f"):format(serial / (strand.now() - t0)))
   elseif mode == "queue" then
     local queue = require "strand.queue"
     local q = queue.new(1000)
@@ -193,6 +208,7 @@ print(("\n4. CPU-bound: %d tasks of %d loops on 2 workers (speed-up over one aft
 local cpu_reps = math.min(REPS, 3)
 local s_cpu = measure(strand_cmd .. "cpu " .. N.cpu .. " " .. CPU_LOOPS .. " process", "speedup", cpu_reps); show("strand process pool", s_cpu, "x")
 local s_cput = measure(strand_cmd .. "cpu " .. N.cpu .. " " .. CPU_LOOPS .. " thread", "speedup", cpu_reps); show("strand thread pool", s_cput, "x")
+local fl_cpu = measure(strand_cmd .. "cpufloor " .. N.cpu .. " " .. CPU_LOOPS, "speedup", cpu_reps); show("floor: plain lua5.4 processes, two at a time", fl_cpu, "x")
 local py_cpu = py_ok and measure(py .. "cpu " .. N.cpu .. " " .. math.floor(CPU_LOOPS / 8), "speedup", cpu_reps); show("Python Pool(2) (tasks of loops/8)", py_cpu, "x")
 
 print(("\n5. cross-process queue, %d small items producer -> consumer (items/s, higher is better)"):format(N.queue))
