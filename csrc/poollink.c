@@ -19,6 +19,7 @@
 
 typedef struct link_page {
   _Alignas(64) uint64_t count[2];          /* [0] job frames written, [1] result frames */
+  int32_t cpu[2];                          /* the CPU its writer last bumped it from, + 1 */
 } link_page;
 
 typedef struct link_ud { uint64_t magic; link_page *page; } link_ud;
@@ -85,6 +86,8 @@ static int l_bump(lua_State *L) {
   int w = check_which(L, 2, "bump");
   lua_Integer n = luaL_checkinteger(L, 3);
   luaL_argcheck(L, n >= 0, 3, "count must be >= 0");
+  int cpu = sched_getcpu();
+  __atomic_store_n(&pg->cpu[w], cpu >= 0 ? cpu + 1 : 0, __ATOMIC_RELAXED);
   uint64_t v = __atomic_add_fetch(&pg->count[w], (uint64_t)n, __ATOMIC_RELEASE);
   lua_pushinteger(L, (lua_Integer)v);
   return 1;
@@ -99,8 +102,10 @@ static int l_count(lua_State *L) {
 }
 
 /* link:spin(which, target) -> true when counter >= target (at once or after watching), false
- * when it did not get there (watched LINK_SPIN_SECONDS, or did not watch: one CPU, or other
- * tasks of this loop are ready). Never sleeps; bounded. */
+ * when it did not get there (watched LINK_SPIN_SECONDS, or did not watch: one CPU allowed, the
+ * peer last ran on this CPU -- it needs this one to answer: the scheduler keeps a request/reply
+ * pair together on a busy machine --, or other tasks of this loop are ready). Never sleeps;
+ * bounded. */
 static int l_spin(lua_State *L) {
   link_page *pg = check_link(L, "spin");
   int w = check_which(L, 2, "spin");
@@ -108,6 +113,8 @@ static int l_spin(lua_State *L) {
   uint64_t *c = &pg->count[w];
   if (__atomic_load_n(c, __ATOMIC_ACQUIRE) >= target) { lua_pushboolean(L, 1); return 1; }
   if (cpus_allowed() < 2 || strand_loop_get(L)->nready > 0) { lua_pushboolean(L, 0); return 1; }
+  int peer = __atomic_load_n(&pg->cpu[w], __ATOMIC_RELAXED), me = sched_getcpu();
+  if (peer == 0 || me < 0 || peer == me + 1) { lua_pushboolean(L, 0); return 1; }
   double until = strand_now() + LINK_SPIN_SECONDS;
   for (;;) {
     for (int i = 0; i < 64; i++) {
@@ -218,7 +225,44 @@ static int l_run_job(lua_State *L) {
   return job_done(L, lua_pcallk(L, n, LUA_MULTRET, 4, 0, job_done), 0);
 }
 
+/* process._result(data [, argsdata]) -> id, r: a result frame's body (its id, 8 bytes big
+ * endian, then the encoded outcome) as the job's id and r = {ok, values..., n = count}; the
+ * references argsdata (the job's arguments, which will not be sent again) held are dropped.
+ * Malformed data: r = {false, "strand.pool: malformed result: ...", n = 2} (id 0 if too short). */
+static int l_result(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  if (!lua_isnoneornil(L, 2)) {
+    size_t alen;
+    const char *a = luaL_checklstring(L, 2, &alen);
+    strand_serial_release(a, alen);
+  }
+  lua_settop(L, 1);
+  uint64_t id = 0;
+  if (len >= 8) for (int i = 0; i < 8; i++) id = id << 8 | (unsigned char)p[i];
+  lua_pushinteger(L, (lua_Integer)id);
+  int n = len >= 8 ? strand_serial_decode(L, p + 8, len - 8, STRAND_SERIAL_FUNCTIONS) : -1;
+  if (n < 0) {                          /* nothing decoded: its references go with it */
+    if (len >= 8) strand_serial_release_shared(p + 8, len - 8);
+    else lua_pushliteral(L, "truncated");
+    lua_pushfstring(L, "strand.pool: malformed result: %s", lua_tostring(L, -1));
+    lua_replace(L, -2);
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    n = 2;
+  }
+  lua_createtable(L, n, 1);
+  lua_insert(L, 3);                     /* data, id, r, values... */
+  for (int i = n; i >= 1; i--) lua_rawseti(L, 3, i);
+  lua_pushinteger(L, n);
+  lua_setfield(L, 3, "n");
+  return 2;
+}
+
 /* }==== */
+
+STRAND_API int strand_pool_result(lua_State *L);
+int strand_pool_result(lua_State *L) { return l_result(L); }
 
 STRAND_API int strand_pool_run_job(lua_State *L);
 int strand_pool_run_job(lua_State *L) { return l_run_job(L); }

@@ -425,12 +425,36 @@ local function reader(self, w)
   local sock = w.sock
   local sunpack, decode_into, decode_at = string.unpack, core.process._decode_into,
     core.process._decode_at
+  local result = core.process._result
   sock:settimeout(nil)
   while true do
     local data = sock:recv_frame()
     if data == nil then break end
+    local job = w.ih <= w.it and w.inflight[w.ih]
+    if job and job.fut and not job.chunk and job.fid and job.fut._callbacks == nil then
+      -- a plain job's answer (apply, submit): decoded, its arguments' references dropped and its
+      -- future settled here, in the fewest calls (the rest as below)
+      local id, r = result(data, job.argsdata)
+      job.argsdata = nil
+      w.inflight[w.ih] = nil
+      if w.ih == w.it then w.ih, w.it = 1, 0 else w.ih = w.ih + 1 end
+      if job.id ~= id then
+        error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
+      end
+      local f = job.fut
+      if f._r == nil then                  -- (settle, inline)
+        f._r = r
+        f._state = r[1] and "done" or "failed"
+        local wt = f._waiters
+        if wt then
+          f._waiters = nil
+          if getmetatable(wt) == nil then for i = 1, #wt do wt[i]:notify() end else wt:notify() end
+        end
+      end
+      goto next
+    end
+    do
     local id = sunpack(">I8", data)
-    local job
     if w.ih <= w.it then                 -- the oldest job in flight: answers come in order
       job = w.inflight[w.ih]
       w.inflight[w.ih] = nil
@@ -451,6 +475,8 @@ local function reader(self, w)
       if job.argsdata then drop_job(job) end
       if job.fut then settle(job.fut, r) else job.done(r) end
     end
+    end
+    ::next::
     if self._jt >= self._jh and w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then   -- queued jobs,
       dispatch(self)                                                         -- and room here
     end
