@@ -126,7 +126,6 @@ static int l_spin(lua_State *L) {
 #endif
     }
     if (strand_now() >= until) break;
-    sched_yield();                      /* the peer may be waiting for this CPU */
   }
   lua_pushboolean(L, 0);
   return 1;
