@@ -250,3 +250,30 @@ describe("process pool frames", function()
     assert.matches("sum\t20100\t2,3,4,5,6", out)
   end)
 end)
+
+describe("process pool dispatch", function()
+  H.guard()
+
+  it("a map dispatched a chunk at a time shares its chunks out evenly", function()
+    -- chunks of ~4.8 KB go out one by one as they are encoded; none finishes before the last is
+    -- sent (each waits for the event), so the dealing alone decides: 4 and 4 (it was 7 and 1)
+    local sync = require "strand.sync"
+    local ev = sync.event()
+    local p <close> = pool.new{ size = 2, initargs = { ev },
+      initializer = function(e) package.loaded.poollink_spec_ev = e end }
+    local list = {}
+    for i = 1, 64 do list[i] = string.rep("x", 600) .. i end
+    local r = H.run(function()
+      strand.spawn(function() ev:set() end)      -- runs once map waits: all chunks are out
+      return p:map(function()
+        assert(package.loaded.poollink_spec_ev:wait(30))
+        return require("strand.process").pid()
+      end, list, 8)
+    end)
+    local count = {}
+    for _, pid in ipairs(r) do count[pid] = (count[pid] or 0) + 1 end
+    local pids = p:pids()
+    assert.equal(2, #pids)
+    assert.equal(32, count[pids[1]]); assert.equal(32, count[pids[2]])
+  end)
+end)

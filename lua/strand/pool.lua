@@ -322,8 +322,8 @@ end
 local function dispatch(self)
   if self._kind ~= "process" or self._jt < self._jh then return end   -- nothing queued
   -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
-  -- refilled by halves so that a worker gets them in batches), dealt one at a time in turn so
-  -- that a short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
+  -- refilled by halves so that a worker gets them in batches), dealt one at a time so that a
+  -- short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
   local workers = self._workers
   for i = 1, #workers do
     if self._jt < self._jh then break end
@@ -342,19 +342,20 @@ local function dispatch(self)
     caps[i] = cap
     if cap > 0 then any = true end
   end
+  -- each job to the worker with room and the fewest jobs in flight (the first of equals): a
+  -- map dispatched a chunk at a time as it is encoded shares its chunks out evenly (dealing
+  -- from the first worker each time gave it 7 of 8 chunks)
   while any and self._jt >= self._jh do
-    any = false
-    for i, w in ipairs(workers) do
-      if self._jt < self._jh then break end
+    local best, bn
+    for i = 1, #workers do
       if caps[i] > 0 then
-        if give(self, w) then
-          caps[i] = caps[i] - 1
-          if caps[i] > 0 then any = true end
-        else
-          caps[i] = 0
-        end
+        local w = workers[i]
+        local n = w.it - w.ih + 1
+        if best == nil or n < bn then best, bn = i, n end
       end
     end
+    if best == nil then break end
+    if give(self, workers[best]) then caps[best] = caps[best] - 1 else caps[best] = 0 end
   end
   return flush_out(self)
 end
