@@ -181,9 +181,18 @@ static int job_done(lua_State *L, int status, lua_KContext ctx) {
     lua_settop(L, JOB_BASE + 2);
   }
   int n = lua_gettop(L) - JOB_BASE;
-  lua_pushcfunction(L, encode_outcome);
-  lua_insert(L, JOB_BASE + 1);
-  int st = lua_pcall(L, n, 1, 0);
+  int plain = 1;                        /* nil, booleans, numbers, strings: their encoding
+                                         * cannot fail but for memory (raised as it is) */
+  for (int i = JOB_BASE + 1; i <= JOB_BASE + n && plain; i++)
+    plain = lua_type(L, i) <= LUA_TSTRING && lua_type(L, i) != LUA_TLIGHTUSERDATA;
+  int st = LUA_OK;
+  if (plain) {
+    strand_serial_encode(L, JOB_BASE + 1, n, STRAND_SERIAL_FUNCTIONS);
+  } else {
+    lua_pushcfunction(L, encode_outcome);
+    lua_insert(L, JOB_BASE + 1);
+    st = lua_pcall(L, n, 1, 0);
+  }
   if (st != LUA_OK || lua_isnil(L, -1)) {
     if (st == LUA_ERRMEM) lua_error(L);
     lua_pushboolean(L, 0);

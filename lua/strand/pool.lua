@@ -698,6 +698,8 @@ end
 
 local encodev = core.process and core.process._encodev
 local notifier = core.notifier
+local running = coroutine.running
+local apply_notifiers = setmetatable({}, { __mode = "k" })
 
 -- submit and apply make their future as new_future() does and a plain job's table with room for
 -- the fields enqueue and give add, inline (a Lua call costs more than the table).
@@ -737,11 +739,17 @@ function Pool:apply(fn, ...)
   local w = job.w
   if w and f._r == nil then w.link:spin(2, w.sent) end
   local r = f._r
-  while r == nil do
-    local n = notifier()
-    f._waiters = n
-    n:wait()
-    r = f._r
+  if r == nil then
+    -- one notifier per calling coroutine, kept: a stale wake-up (an earlier wait cut short)
+    -- only makes this loop look once more
+    local co = running()
+    local n = apply_notifiers[co]
+    if n == nil then n = notifier(); apply_notifiers[co] = n end
+    repeat
+      f._waiters = n
+      n:wait()
+      r = f._r
+    until r ~= nil
   end
   if r[1] then return unpack(r, 2, r.n) end
   error(r[2], 0)
