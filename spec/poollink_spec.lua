@@ -237,6 +237,20 @@ describe("process pool frames", function()
     for i = 1, 50 do assert.equal(i, p:apply(function(x) return x end, i)) end
   end)
 
+  it("a worker killed while apply's frame is still being written: the job fails, no raise", function()
+    local p <close> = pool.new{ size = 1 }
+    assert.equal(1, p:apply(function() return 1 end))
+    local pid = p:pids()[1]
+    local ok, err = H.run(function()
+      -- the 8 MB frame fills the socket: the send waits, and the killer runs meanwhile
+      strand.spawn(function() os.execute("kill -9 " .. pid) end)
+      return pcall(p.apply, p, function(s) return #s end, string.rep("x", 8e6))
+    end)
+    assert.is_false(ok)
+    assert.equal("worker exited: signal 9", err)
+    assert.equal(3, p:apply(function(s) return #s end, "abc"))
+  end)
+
   it("the pool works the same without watching (STRAND_POOL_SPIN=0)", function()
     local out, ok = H.lua([[
       local pool = require "strand.pool"

@@ -312,7 +312,7 @@ local function give(self, w)
   if job.fid then
     if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
   end
-  local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
+  local argsdata = job.argsdata          -- send_frame's ">s4" around the job, in one pack
   w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0,
     job.chunk and (job.bare and 2 or 1) or 0, fdata, argsdata)
   return true
@@ -374,7 +374,7 @@ flush_out = function(self)
         w.spare = nil
         local nf = #out
         local ok = w.jsock:sendall(nf == 1 and out[1] or table.concat(out))
-        if ok then w.link:bump(1, nf) end
+        if ok and w.alive then w.link:bump(1, nf) end   -- (a send may wait: w may be gone)
         for i = nf, 1, -1 do out[i] = nil end
         w.spare = out
         if not ok then w.out = {}; break end   -- the worker died: its reader handles it
@@ -661,7 +661,7 @@ local function direct(self, fn, job, argsdata)
   w.sending = true
   local ok = w.jsock:sendall(spack(FRAMED_JOB, 25 + #fdata + #argsdata, id, fid, 0, fdata, argsdata))
   w.sending = false
-  if ok then w.link:bump(1, 1) end             -- (else the worker died: its reader handles it)
+  if ok and w.alive then w.link:bump(1, 1) end -- (else the worker died: its reader handles it)
   if #w.out > 0 then flush_out(self) end       -- queued by another task meanwhile
   return true
 end
@@ -737,7 +737,7 @@ function Pool:apply(fn, ...)
   -- f:result() inline: f is nobody else's, so its one joiner's notifier is all it needs; a job
   -- sent to a worker is watched for a moment first (its answer may come before a sleep would)
   local w = job.w
-  if w and f._r == nil then w.link:spin(2, w.sent) end
+  if w and w.alive and f._r == nil then w.link:spin(2, w.sent) end
   local r = f._r
   if r == nil then
     -- one notifier per calling coroutine, kept: a stale wake-up (an earlier wait cut short)
