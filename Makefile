@@ -69,7 +69,8 @@ VALGRIND_SPECS ?= $(wildcard spec/faults_spec.lua spec/queue_spec.lua spec/ssh_s
                    spec/thread_spec.lua spec/serial_spec.lua spec/shared_spec.lua spec/server_spec.lua \
                    spec/task_spec.lua spec/spawn_spec.lua spec/badinput_spec.lua spec/luasocket_spec.lua \
                    spec/pipe_spec.lua spec/signal_spec.lua spec/security_spec.lua spec/refleak_spec.lua \
-                   spec/queue_fastpath_spec.lua spec/lockedq_spec.lua spec/ovfq_spec.lua spec/crossproc_spec.lua)
+                   spec/queue_fastpath_spec.lua spec/lockedq_spec.lua spec/ovfq_spec.lua spec/crossproc_spec.lua \
+                   spec/poollink_spec.lua)
 VALGRIND_JOBS ?= 2
 test-valgrind: deps all
 	@STRAND_VALGRIND=1 STRAND_JOBS=$(VALGRIND_JOBS) STRAND_TEST_TIMEOUT=60 STRAND_SPEC_TIMEOUT=1800 \

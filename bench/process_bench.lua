@@ -36,6 +36,15 @@ local function worker(mode, a, b)
     local t0 = strand.now()
     for _ = 1, n do p:apply(noop) end
     print(("us %.3f"):format((strand.now() - t0) / n * 1e6))
+  elseif mode == "apply_split" then       -- the parent on CPU b, its worker on CPU c (arg[5])
+    local p <close> = pool.new{ size = 1 }
+    p:apply(noop)
+    local pin = "taskset -p -c %s %d >/dev/null 2>&1"
+    assert(os.execute(pin:format(b, process.pid())) and os.execute(pin:format(arg[5], p:pids()[1])))
+    p:apply(noop)
+    local t0 = strand.now()
+    for _ = 1, n do p:apply(noop) end
+    print(("us %.3f"):format((strand.now() - t0) / n * 1e6))
   elseif mode == "tiny" then
     local chunk = tonumber(b)
     local list = {}
@@ -190,6 +199,18 @@ local c_pipe = c_ok and measure(cbin .. " pipe " .. N.apply * 4, "us"); show("C 
 local py_apply = py_ok and measure(py .. "apply " .. N.apply, "us"); show("Python Pool(1).apply(noop)", py_apply, "us")
 ratio("strand / C pipes round trip (goal <= 1.5)", s_apply, c_pipe)
 ratio("Python / strand", py_apply, s_apply)
+-- the same without a pool's watching before sleeping (csrc/poollink.c), and with the two sides
+-- pinned to different CPUs (where a wake-up of an idle CPU is what a round trip waits for)
+local s_nospin = measure("env STRAND_POOL_SPIN=0 " .. strand_cmd .. "apply " .. N.apply, "us")
+show("strand apply, no watching (STRAND_POOL_SPIN=0)", s_nospin, "us")
+local cpu_a, cpu_b = CPUS:match("^(%d+)[,-](%d+)")
+if cpu_a then
+  local s_split = measure(strand_cmd .. "apply_split " .. N.apply .. " " .. cpu_a .. " " .. cpu_b, "us")
+  show(("strand apply, parent on CPU %s, worker on %s"):format(cpu_a, cpu_b), s_split, "us")
+  local c_split = c_ok and measure(cbin .. " pipesplit " .. N.apply * 4 .. " " .. cpu_a .. " " .. cpu_b, "us")
+  show("C pipes round trip, the same two CPUs", c_split, "us")
+  ratio("strand / C, split over two CPUs", s_split, c_split)
+end
 
 print(("\n3. %d tiny tasks through a 2-worker process pool (s, lower is better)"):format(N.tiny))
 local s_t1 = measure(strand_cmd .. "tiny " .. N.tiny .. " 1", "s"); show("strand pool:map(f, list, 1)", s_t1, "s")

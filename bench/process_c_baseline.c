@@ -4,8 +4,12 @@
  *   process_c_baseline pipe N   -> "us N": one forked child, N request/reply round trips of a
  *                                  small message over two pipes (a pool's apply, by hand)
  *   process_c_baseline spawn N  -> "us N": posix_spawn("true") + waitpid, N times
+ *   process_c_baseline pipesplit N A B -> "us N": the pipe round trip with the parent on CPU A and
+ *                                  the child on CPU B (each wake-up crosses CPUs)
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +29,13 @@ static double now(void) {
 static void reap(pid_t pid) {
   int st;
   while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+}
+
+static void pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set)) { perror("sched_setaffinity"); exit(1); }
 }
 
 static int full(int fd, char *buf, size_t n, int rd) {
@@ -49,12 +60,15 @@ int main(int argc, char **argv) {
       if (pid == 0) _exit(0);
       reap(pid);
     }
-  } else if (strcmp(argv[1], "pipe") == 0) {
+  } else if (strcmp(argv[1], "pipe") == 0 || strcmp(argv[1], "pipesplit") == 0) {
+    int split = strcmp(argv[1], "pipesplit") == 0;
+    if (split && argc < 5) { fprintf(stderr, "usage: %s pipesplit N A B\n", argv[0]); return 2; }
     int req[2], rep[2];
     if (pipe(req) || pipe(rep)) { perror("pipe"); return 1; }
     pid_t pid = fork();
     if (pid < 0) { perror("fork"); return 1; }
     if (pid == 0) {
+      if (split) pin(atoi(argv[4]));
       close(req[1]);
       close(rep[0]);
       char m[16];
@@ -64,6 +78,10 @@ int main(int argc, char **argv) {
     close(req[0]);
     close(rep[1]);
     char m[16] = "apply no-op";
+    if (split) {
+      pin(atoi(argv[3]));
+      if (full(req[1], m, sizeof m, 0) || full(rep[0], m, sizeof m, 1)) { perror("io"); return 1; }
+    }
     t0 = now();
     for (long i = 0; i < n; i++) {
       if (full(req[1], m, sizeof m, 0) || full(rep[0], m, sizeof m, 1)) { perror("io"); return 1; }

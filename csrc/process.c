@@ -477,12 +477,17 @@ static int l_cpu_count(lua_State *L) {
 /* }==== */
 
 STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
+STRAND_API int strand_pool_link(lua_State *L);     /* poollink.c */
+STRAND_API int strand_pool_run_job(lua_State *L);
+STRAND_API int strand_pool_result(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
   {"_encode", l_encode}, {"_encodev", l_encodev}, {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},
+  {"_link", strand_pool_link}, {"_run_job", strand_pool_run_job},
+  {"_result", strand_pool_result},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

@@ -156,13 +156,14 @@ end
 
 local INFLIGHT = 2          -- jobs sent ahead to one process worker
 local CHUNK_INFLIGHT = 16   -- map chunks sent ahead to one process worker (refilled by halves)
--- a job on the wire: id, function id (0: none), function bytes ("" when the worker has them),
--- the encoded arguments, 0 for a plain job, 1 for a map chunk (a list), 2 for a small map chunk
--- (its items as bare values, BARE_MAX at most); a result: id (8 bytes) then the encoded outcome
+-- a job on the wire: id, function id (0: none), 0 for a plain job, 1 for a map chunk (a list),
+-- 2 for a small map chunk (its items as bare values, BARE_MAX at most), function bytes (""
+-- when the worker has them), the encoded arguments (last: a plain job's are decoded in place,
+-- process._run_job); a result: id (8 bytes) then the encoded outcome
 local BARE_MAX = 64
 local DISPATCH_BYTES = 4096 -- map: encoded chunk bytes queued between two dispatches
-local JOB_FORMAT = ">I8I8s4s4B"
-local FRAMED_JOB = ">I4I8I8s4s4B"   -- the same with its frame length first (8 + 8 + 4 + 4 + 1 = 25)
+local JOB_HEAD = ">I8I8Bs4"         -- id, function id, kind, function bytes (the arguments follow)
+local FRAMED_JOB = ">I4I8I8Bs4s4"   -- with its frame length first and the arguments (8+8+1+4+4 = 25)
 local spack = string.pack
 local function_code
 
@@ -171,6 +172,7 @@ local function job_traceback(e)
   local tb = debug.traceback(e, 2)
   if type(tb) ~= "string" then return tb end
   local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
+    or tb:find("\n\t%[C%]: in %a+ 'run_job'")  -- a plain job's caller (process._run_job)
   return cut and tb:sub(1, cut - 1) or tb
 end
 
@@ -180,36 +182,23 @@ local function run_chunk(fn, args, out, n)
 end
 
 -- What a process worker runs: jobs from its socket, results back, until told to stop.
-local function worker_main(sock, out, initializer, initargs, maxtasks)
+local function worker_main(sock, out, link, initializer, initargs, maxtasks)
   local traceback = job_traceback
   if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
   local C = core.process
-  local done, fns = 0, {}
+  local done, got, fns = 0, 0, {}
   local outbox, spack, sunpack = {}, string.pack, string.unpack
   local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
+  local run_job = C._run_job
   local function flush()
     local n = #outbox
     if n == 0 then return end
     out:sendall(n == 1 and outbox[1] or table.concat(outbox))
+    link:bump(2, n)
     for i = n, 1, -1 do outbox[i] = nil end      -- the same table again
   end
-  sock:settimeout(nil)
-  out:settimeout(nil)
-  while true do
-    if #outbox > 0 and sock:pending() < 4 then flush() end  -- nothing more buffered: answer first
-    local data = sock:recv_frame()
-    if data == nil then flush(); return 0 end
-    if data == "stop" then flush(); return 0 end
-    local id, fid, fdata, argsdata, chunk = sunpack(JOB_FORMAT, data)
-    local bare = chunk == 2
-    chunk = chunk ~= 0
-    if not chunk and #outbox > 0 then flush() end  -- a submitted job may be long: answer the rest
-    local fn = fid ~= 0 and fns[fid] or nil
-    if fn == nil then
-      fn = serial.decode(fdata, FUNCS)
-      if fid ~= 0 then fns[fid] = fn end
-    end
-    -- a plain job's arguments and outcome cross as bare values (_encodev), a chunk's as a list
+  -- a map chunk: its results into the outbox, sent in batches while more chunks are buffered
+  local function answer_chunk(fn, argsdata, bare, id)
     local ok, enc
     if bare then                                 -- answered as bare values too
       local args = pack(decode(argsdata, FUNCS))
@@ -218,27 +207,51 @@ local function worker_main(sock, out, initializer, initargs, maxtasks)
         for i = 1, n do out[i] = (fn(args[i])) end
         return unpack(out, 1, n)
       end, traceback))
-    elseif chunk then                            -- answered as "true, list" (encode_list)
+    else                                         -- answered as "true, list" (encode_list)
       local args = decode(argsdata, FUNCS)
       local n = args.n
       local out = new_table(n)
       local okx, err = xpcall(run_chunk, traceback, fn, args, out, n)
       if okx then ok, enc = pcall(encode_list, out, 1, n, true)
       else ok, enc = pcall(encodev, false, err) end
-    else
-      ok, enc = pcall(encodev, xpcall(fn, traceback, decode(argsdata, FUNCS)))
     end
     if not ok or enc == nil then                 -- a copy error is the job's, not the worker's
       enc = encodev(false, "the job's results cannot be copied"
         .. (ok and " (a strand object)" or ": " .. tostring(enc)))
     end
     outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
-    -- map chunks answer in batches while more chunks are buffered; anything else at once
-    if not chunk then
-      out:sendall(outbox[1])                     -- the only answer waiting (flushed before it)
-      outbox[1] = nil
-    elseif sock:pending() < 4 then
-      flush()
+    if sock:pending() < 4 then flush() end
+  end
+  sock:settimeout(nil)
+  out:settimeout(nil)
+  while true do
+    if #outbox > 0 and sock:pending() < 4 then flush() end  -- nothing more buffered: answer first
+    link:spin(1, got + 1)                        -- the next job: watched a moment (poollink.c)
+    local data = sock:recv_frame()
+    got = got + 1
+    if data == nil then flush(); return 0 end
+    if data == "stop" then flush(); return 0 end
+    local id, fid, chunk, fdata, apos = sunpack(JOB_HEAD, data)
+    local bare = chunk == 2
+    chunk = chunk ~= 0
+    if not chunk and #outbox > 0 then flush() end  -- a submitted job may be long: answer the rest
+    local fn = fid ~= 0 and fns[fid] or nil
+    if fn == nil then
+      local err
+      fn, err = decode(fdata, FUNCS)
+      if type(fn) ~= "function" then               -- never from strand's own parent
+        err = "strand.pool: the job's function cannot be decoded: " .. tostring(err)
+        fn = function() error(err, 0) end
+      elseif fid ~= 0 then
+        fns[fid] = fn
+      end
+    end
+    -- a plain job's arguments and outcome cross as bare values, a chunk's as a list
+    if not chunk then                            -- decoded, called and answered in C
+      out:sendall(run_job(data, apos + 4, fn, traceback, id))
+      link:bump(2, 1)
+    else
+      answer_chunk(fn, sunpack(">s4", data, apos), bare, id)
     end
     done = done + 1
     if maxtasks and done >= maxtasks then flush(); return 0 end
@@ -291,6 +304,7 @@ local function give(self, w)
   if self._jh > self._jt then self._jh, self._jt = 1, 0 end   -- empty: from 1 again (the keys
   -- stay in the array part instead of climbing through the hash part)
   if job.fut then job.fut._state = "running" end
+  job.w = w
   w.it = w.it + 1
   w.inflight[w.it] = job
   w.sent = w.sent + 1
@@ -298,9 +312,9 @@ local function give(self, w)
   if job.fid then
     if w.known[job.fid] then fdata = "" else w.known[job.fid] = true end
   end
-  local argsdata = job.argsdata          -- send_frame's ">s4" around JOB_FORMAT, in one pack
-  w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0, fdata,
-    argsdata, job.chunk and (job.bare and 2 or 1) or 0)
+  local argsdata = job.argsdata          -- send_frame's ">s4" around the job, in one pack
+  w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0,
+    job.chunk and (job.bare and 2 or 1) or 0, fdata, argsdata)
   return true
 end
 
@@ -308,8 +322,8 @@ end
 local function dispatch(self)
   if self._kind ~= "process" or self._jt < self._jh then return end   -- nothing queued
   -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
-  -- refilled by halves so that a worker gets them in batches), dealt one at a time in turn so
-  -- that a short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
+  -- refilled by halves so that a worker gets them in batches), dealt one at a time so that a
+  -- short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
   local workers = self._workers
   for i = 1, #workers do
     if self._jt < self._jh then break end
@@ -328,19 +342,20 @@ local function dispatch(self)
     caps[i] = cap
     if cap > 0 then any = true end
   end
+  -- each job to the worker with room and the fewest jobs in flight (the first of equals): a
+  -- map dispatched a chunk at a time as it is encoded shares its chunks out evenly (dealing
+  -- from the first worker each time gave it 7 of 8 chunks)
   while any and self._jt >= self._jh do
-    any = false
-    for i, w in ipairs(workers) do
-      if self._jt < self._jh then break end
+    local best, bn
+    for i = 1, #workers do
       if caps[i] > 0 then
-        if give(self, w) then
-          caps[i] = caps[i] - 1
-          if caps[i] > 0 then any = true end
-        else
-          caps[i] = 0
-        end
+        local w = workers[i]
+        local n = w.it - w.ih + 1
+        if best == nil or n < bn then best, bn = i, n end
       end
     end
+    if best == nil then break end
+    if give(self, workers[best]) then caps[best] = caps[best] - 1 else caps[best] = 0 end
   end
   return flush_out(self)
 end
@@ -357,8 +372,10 @@ flush_out = function(self)
         local out = w.out
         w.out = w.spare or {}              -- two tables taking turns: none made per write
         w.spare = nil
-        local ok = w.jsock:sendall(#out == 1 and out[1] or table.concat(out))
-        for i = #out, 1, -1 do out[i] = nil end
+        local nf = #out
+        local ok = w.jsock:sendall(nf == 1 and out[1] or table.concat(out))
+        if ok and w.alive then w.link:bump(1, nf) end   -- (a send may wait: w may be gone)
+        for i = nf, 1, -1 do out[i] = nil end
         w.spare = out
         if not ok then w.out = {}; break end   -- the worker died: its reader handles it
       end
@@ -388,6 +405,7 @@ local function worker_gone(self, w)
   end
   w.sock:close()
   w.jsock:close()
+  w.link:close()
   process._parent_ends[w.sock] = nil
   process._parent_ends[w.jsock] = nil
   for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
@@ -408,12 +426,36 @@ local function reader(self, w)
   local sock = w.sock
   local sunpack, decode_into, decode_at = string.unpack, core.process._decode_into,
     core.process._decode_at
+  local result = core.process._result
   sock:settimeout(nil)
   while true do
     local data = sock:recv_frame()
     if data == nil then break end
+    local job = w.ih <= w.it and w.inflight[w.ih]
+    if job and job.fut and not job.chunk and job.fid and job.fut._callbacks == nil then
+      -- a plain job's answer (apply, submit): decoded, its arguments' references dropped and its
+      -- future settled here, in the fewest calls (the rest as below)
+      local id, r = result(data, job.argsdata)
+      job.argsdata = nil
+      w.inflight[w.ih] = nil
+      if w.ih == w.it then w.ih, w.it = 1, 0 else w.ih = w.ih + 1 end
+      if job.id ~= id then
+        error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
+      end
+      local f = job.fut
+      if f._r == nil then                  -- (settle, inline)
+        f._r = r
+        f._state = r[1] and "done" or "failed"
+        local wt = f._waiters
+        if wt then
+          f._waiters = nil
+          if getmetatable(wt) == nil then for i = 1, #wt do wt[i]:notify() end else wt:notify() end
+        end
+      end
+      goto next
+    end
+    do
     local id = sunpack(">I8", data)
-    local job
     if w.ih <= w.it then                 -- the oldest job in flight: answers come in order
       job = w.inflight[w.ih]
       w.inflight[w.ih] = nil
@@ -434,6 +476,8 @@ local function reader(self, w)
       if job.argsdata then drop_job(job) end
       if job.fut then settle(job.fut, r) else job.done(r) end
     end
+    end
+    ::next::
     if self._jt >= self._jh and w.it - w.ih + 1 <= CHUNK_INFLIGHT // 2 then   -- queued jobs,
       dispatch(self)                                                         -- and room here
     end
@@ -456,18 +500,24 @@ start_worker = function(self)
   local init, initargs, max = self._init, self._initargs, self._max
   local ends = process._parent_ends
   ends[ja] = true                             -- closed in the worker (and in any forked child)
+  local link, lerr = core.process._link()
+  if not link then
+    ends[ja] = nil
+    ja:close(); jb:close(); ra:close(); rb:close()
+    error("strand.pool: cannot create a worker channel: " .. tostring(lerr))
+  end
   local h, err = process._fork(function()
-    return worker_main(jb, rb, init, initargs, max)
+    return worker_main(jb, rb, link, init, initargs, max)
   end, true, self._allow_threads, ra)
   jb:close(); rb:close()
   if not h then
     ends[ja] = nil
-    ja:close(); ra:close()
+    ja:close(); ra:close(); link:close()
     error("strand.pool: cannot start a worker: " .. tostring(err))
   end
   ends[ra] = true
   local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = {}, ih = 1, it = 0, out = {}, sent = 0, alive = true,
-              known = {} }
+              known = {}, link = link }
   self._workers[#self._workers + 1] = w
   w.task = spawn_task(reader, self, w)
   core.process._background(w.task)
@@ -582,6 +632,40 @@ end
 local OBJMSG = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
   .. "make it before the pool and reach it from the initializer)"
 
+-- submit's and apply's way past the queue: nothing queued, a worker idle, the function encoded
+-- once (function_code): the job goes to that worker at once, one frame, one write, as dispatch
+-- would send it (give, flush_out) without their walk over the workers. false: use enqueue.
+local function direct(self, fn, job, argsdata)
+  if self._jt >= self._jh or argsdata == nil then return false end   -- (enqueue raises for nil)
+  local c = fcache[fn]
+  if c == nil then return false end
+  local workers, w, max = self._workers, nil, self._max
+  for i = 1, #workers do
+    local x = workers[i]
+    if x.it < x.ih and x.alive and not x.sending and (max == nil or x.sent < max) then
+      w = x
+      break
+    end
+  end
+  if w == nil then return false end
+  local id, fid, fdata = self._next + 1, c[1], c[2]
+  self._next = id
+  job.id, job.fid, job.fdata, job.argsdata, job.chunk, job.w = id, fid, fdata, argsdata, false, w
+  job.fut._state = "running"
+  local it = w.it + 1
+  w.it = it
+  w.inflight[it] = job
+  w.sent = w.sent + 1
+  local known = w.known
+  if known[fid] then fdata = "" else known[fid] = true end
+  w.sending = true
+  local ok = w.jsock:sendall(spack(FRAMED_JOB, 25 + #fdata + #argsdata, id, fid, 0, fdata, argsdata))
+  w.sending = false
+  if ok and w.alive then w.link:bump(1, 1) end -- (else the worker died: its reader handles it)
+  if #w.out > 0 then flush_out(self) end       -- queued by another task meanwhile
+  return true
+end
+
 -- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome. A process
 -- pool's submit and apply pass the arguments encoded already (argsdata) and no args table.
 local function enqueue(self, fname, fn, args, chunk, job, argsdata)
@@ -614,6 +698,8 @@ end
 
 local encodev = core.process and core.process._encodev
 local notifier = core.notifier
+local running = coroutine.running
+local apply_notifiers = setmetatable({}, { __mode = "k" })
 
 -- submit and apply make their future as new_future() does and a plain job's table with room for
 -- the fields enqueue and give add, inline (a Lua call costs more than the table).
@@ -623,9 +709,11 @@ function Pool:submit(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "submit") end  -- calls only to raise
   if type(fn) ~= "function" then check_fn(fn, "submit") end
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
-  local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
+  local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
+                w = nil }
   if self._kind == "process" and not self._closed then
-    enqueue(self, "submit", fn, nil, nil, job, encodev(...))
+    local argsdata = encodev(...)
+    if not direct(self, fn, job, argsdata) then enqueue(self, "submit", fn, nil, nil, job, argsdata) end
   else
     enqueue(self, "submit", fn, pack(...), nil, job)
   end
@@ -638,19 +726,30 @@ function Pool:apply(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "apply") end   -- the checks' calls only
   if type(fn) ~= "function" then check_fn(fn, "apply") end           -- to raise (the hot path)
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
-  local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil }
+  local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
+                w = nil }
   if self._kind == "process" and not self._closed then
-    enqueue(self, "apply", fn, nil, nil, job, encodev(...))
+    local argsdata = encodev(...)
+    if not direct(self, fn, job, argsdata) then enqueue(self, "apply", fn, nil, nil, job, argsdata) end
   else
     enqueue(self, "apply", fn, pack(...), nil, job)
   end
-  -- f:result() inline: f is nobody else's, so its one joiner's notifier is all it needs
+  -- f:result() inline: f is nobody else's, so its one joiner's notifier is all it needs; a job
+  -- sent to a worker is watched for a moment first (its answer may come before a sleep would)
+  local w = job.w
+  if w and w.alive and f._r == nil then w.link:spin(2, w.sent) end
   local r = f._r
-  while r == nil do
-    local n = notifier()
-    f._waiters = n
-    n:wait()
-    r = f._r
+  if r == nil then
+    -- one notifier per calling coroutine, kept: a stale wake-up (an earlier wait cut short)
+    -- only makes this loop look once more
+    local co = running()
+    local n = apply_notifiers[co]
+    if n == nil then n = notifier(); apply_notifiers[co] = n end
+    repeat
+      f._waiters = n
+      n:wait()
+      r = f._r
+    until r ~= nil
   end
   if r[1] then return unpack(r, 2, r.n) end
   error(r[2], 0)
@@ -720,7 +819,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       self._next = id
       self._jt = self._jt + 1
       q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
-                      bare = bare, fown = fown }
+                      bare = bare, fown = fown, w = nil }
       if fown then fown.n = fown.n + 1 end
       -- the first chunk of each worker at once, then every DISPATCH_BYTES encoded: the workers
       -- compute while the rest is encoded, and small chunks still go out in batches

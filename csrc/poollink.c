@@ -1,0 +1,293 @@
+/* poollink.c — a process pool worker's link words: two counters in a page shared by the parent
+ * and the worker (jobs written, results written), watched for a few microseconds before sleeping. */
+#include "strand.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* Why: on a machine whose CPUs halt when idle (a VM's vCPU above all), waking the peer of a
+ * request/reply exchange costs more than the exchange. A side that expects a message soon
+ * watches the peer's counter for up to LINK_SPIN_SECONDS first (only with another CPU to run
+ * the peer and nothing else ready in its loop), then sleeps in its loop as before: the counters
+ * are hints, the sockets stay the channel (a dead peer is seen there, as before). */
+#define LINK_META "strand.poollink"
+#define LINK_SPIN_SECONDS 30e-6
+
+typedef struct link_page {
+  _Alignas(64) uint64_t count[2];          /* [0] job frames written, [1] result frames */
+  int32_t cpu[2];                          /* the CPU its writer last bumped it from, + 1 */
+} link_page;
+
+typedef struct link_ud { uint64_t magic; link_page *page; } link_ud;
+
+static int usable_cpus;                    /* CPUs this process may run on (0: not known yet) */
+
+/* The CPUs this process may run on (its affinity mask: `taskset -c 0` means one), read once per
+ * process tree (a forked worker inherits both the mask and this); 1 when STRAND_POOL_SPIN=0
+ * (no watching: instruction counts under callgrind, or a machine where spinning costs). */
+static int cpus_allowed(void) {
+  int n = __atomic_load_n(&usable_cpus, __ATOMIC_RELAXED);
+  if (n > 0) return n;
+  const char *env = getenv("STRAND_POOL_SPIN");
+  if (env && strcmp(env, "0") == 0) n = 1;
+  else {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n < 1) {
+      long c = sysconf(_SC_NPROCESSORS_ONLN);
+      n = c > 0 ? (int)c : 1;
+    }
+  }
+  __atomic_store_n(&usable_cpus, n, __ATOMIC_RELAXED);
+  return n;
+}
+
+/* The link at index 1: told by its size and a magic word (no metatable lookup: these are
+ * called once per job on each side); misuse raises naming the function. */
+#define LINK_MAGIC 0x6b6e696c6c6f6f70ULL
+static link_page *check_link(lua_State *L, const char *fname) {
+  link_ud *u = (link_ud *)lua_touserdata(L, 1);
+  if (u == NULL || lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof *u
+      || u->magic != LINK_MAGIC)
+    luaL_error(L, "bad argument #1 to '%s' (strand.poollink expected, got %s)", fname,
+               luaL_typename(L, 1));
+  if (u->page == NULL) luaL_error(L, "%s: the worker link is closed", fname);
+  return u->page;
+}
+
+/* which counter: 1 = jobs, 2 = results */
+static int check_which(lua_State *L, int arg, const char *fname) {
+  int isnum;
+  lua_Integer w = lua_tointegerx(L, arg, &isnum);
+  if (!isnum || (w != 1 && w != 2))
+    luaL_error(L, "bad argument #%d to '%s' (1 (jobs) or 2 (results) expected)", arg - 1, fname);
+  return (int)w - 1;
+}
+
+/* process._link() -> link | nil, message, CODE (a shared page, before the worker's fork) */
+static int l_link(lua_State *L) {
+  link_ud *u = (link_ud *)lua_newuserdatauv(L, sizeof *u, 0);
+  u->magic = LINK_MAGIC;
+  u->page = NULL;
+  luaL_setmetatable(L, LINK_META);
+  void *p = mmap(NULL, sizeof(link_page), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return strand_fail(L, errno);
+  u->page = (link_page *)p;
+  return 1;
+}
+
+/* link:bump(which, n) (which: 1 jobs, 2 results) -> the counter after adding n frames (written before: a release) */
+static int l_bump(lua_State *L) {
+  link_page *pg = check_link(L, "bump");
+  int w = check_which(L, 2, "bump");
+  lua_Integer n = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, n >= 0, 3, "count must be >= 0");
+  int cpu = sched_getcpu();
+  __atomic_store_n(&pg->cpu[w], cpu >= 0 ? cpu + 1 : 0, __ATOMIC_RELAXED);
+  uint64_t v = __atomic_add_fetch(&pg->count[w], (uint64_t)n, __ATOMIC_RELEASE);
+  lua_pushinteger(L, (lua_Integer)v);
+  return 1;
+}
+
+/* link:count(which) -> the counter now */
+static int l_count(lua_State *L) {
+  link_page *pg = check_link(L, "count");
+  int w = check_which(L, 2, "count");
+  lua_pushinteger(L, (lua_Integer)__atomic_load_n(&pg->count[w], __ATOMIC_ACQUIRE));
+  return 1;
+}
+
+/* link:spin(which, target) -> true when counter >= target (at once or after watching), false
+ * when it did not get there (watched LINK_SPIN_SECONDS, or did not watch: one CPU allowed, the
+ * peer last ran on this CPU -- it needs this one to answer: the scheduler keeps a request/reply
+ * pair together on a busy machine --, or other tasks of this loop are ready). Never sleeps;
+ * bounded. */
+static int l_spin(lua_State *L) {
+  link_page *pg = check_link(L, "spin");
+  int w = check_which(L, 2, "spin");
+  uint64_t target = (uint64_t)luaL_checkinteger(L, 3);
+  uint64_t *c = &pg->count[w];
+  if (__atomic_load_n(c, __ATOMIC_ACQUIRE) >= target) { lua_pushboolean(L, 1); return 1; }
+  if (cpus_allowed() < 2 || strand_loop_get(L)->nready > 0) { lua_pushboolean(L, 0); return 1; }
+  int peer = __atomic_load_n(&pg->cpu[w], __ATOMIC_RELAXED), me = sched_getcpu();
+  if (peer == 0 || me < 0 || peer == me + 1) { lua_pushboolean(L, 0); return 1; }
+  double until = strand_now() + LINK_SPIN_SECONDS;
+  for (;;) {
+    for (int i = 0; i < 64; i++) {
+      if (__atomic_load_n(c, __ATOMIC_ACQUIRE) >= target) { lua_pushboolean(L, 1); return 1; }
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      __asm__ __volatile__("yield");
+#endif
+    }
+    if (strand_now() >= until) break;
+  }
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+static int l_gc(lua_State *L) {
+  link_ud *u = (link_ud *)luaL_checkudata(L, 1, LINK_META);
+  if (u->page) {
+    munmap(u->page, sizeof(link_page));
+    u->page = NULL;
+  }
+  return 0;
+}
+
+/* {==== a worker's plain job: process._run_job(data, pos, fn, msgh, id) -> frame
+ * The arguments are decoded from data's byte pos to its end (without adopting their object
+ * references: the parent keeps them while it may send the job again), fn(args) is called under
+ * msgh (the job's traceback) and may yield (a job that sleeps), and its outcome -- true, results
+ * | false, error -- comes back as the result frame the parent reads: length (4 bytes, big
+ * endian), id (8), the encoded values. An outcome that cannot be copied becomes false, "the
+ * job's results cannot be copied..." (the job's failure, not the worker's); arguments that
+ * cannot be decoded, false, "strand.pool: malformed job arguments: ...". */
+
+/* lua_pcall'ed with the outcome's values: their encoding, or nil (a process-local object) */
+static int encode_outcome(lua_State *L) {
+  strand_serial_encode(L, 1, lua_gettop(L), STRAND_SERIAL_FUNCTIONS);
+  size_t len;
+  const char *p = lua_tolstring(L, -1, &len);
+  if (!strand_serial_family_only(p, len)) {
+    strand_serial_release(p, len);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+static void put_be(char *o, uint64_t v, int n) {
+  for (int i = n - 1; i >= 0; i--) { o[i] = (char)(v & 0xff); v >>= 8; }
+}
+
+#define JOB_BASE 5                      /* data, pos, fn, msgh, id: the outcome above them */
+
+static int job_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  if (status == LUA_OK || status == LUA_YIELD) {
+    lua_pushboolean(L, 1);
+    lua_insert(L, JOB_BASE + 1);
+  } else {                              /* the error object (the traceback) on top */
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);                  /* false, error: moved down to JOB_BASE + 1, + 2 */
+    int top = lua_gettop(L);
+    lua_copy(L, top - 1, JOB_BASE + 1);
+    lua_copy(L, top, JOB_BASE + 2);
+    lua_settop(L, JOB_BASE + 2);
+  }
+  int n = lua_gettop(L) - JOB_BASE;
+  int plain = 1;                        /* nil, booleans, numbers, strings: their encoding
+                                         * cannot fail but for memory (raised as it is) */
+  for (int i = JOB_BASE + 1; i <= JOB_BASE + n && plain; i++)
+    plain = lua_type(L, i) <= LUA_TSTRING && lua_type(L, i) != LUA_TLIGHTUSERDATA;
+  int st = LUA_OK;
+  if (plain) {
+    strand_serial_encode(L, JOB_BASE + 1, n, STRAND_SERIAL_FUNCTIONS);
+  } else {
+    lua_pushcfunction(L, encode_outcome);
+    lua_insert(L, JOB_BASE + 1);
+    st = lua_pcall(L, n, 1, 0);
+  }
+  if (st != LUA_OK || lua_isnil(L, -1)) {
+    if (st == LUA_ERRMEM) lua_error(L);
+    lua_pushboolean(L, 0);
+    if (st != LUA_OK)
+      lua_pushfstring(L, "the job's results cannot be copied: %s",
+                      lua_isstring(L, -2) ? lua_tostring(L, -2) : "?");
+    else lua_pushliteral(L, "the job's results cannot be copied (a strand object)");
+    strand_serial_encode(L, -2, 2, STRAND_SERIAL_FUNCTIONS);   /* a boolean and a string */
+  }
+  size_t len;
+  const char *enc = lua_tolstring(L, -1, &len);
+  if (len > UINT32_MAX - 8) luaL_error(L, "strand.pool: a job's results are too large to send");
+  luaL_Buffer b;
+  char *o = luaL_buffinitsize(L, &b, 12 + len);
+  put_be(o, 8 + len, 4);
+  put_be(o + 4, (uint64_t)lua_tointeger(L, JOB_BASE), 8);
+  memcpy(o + 12, enc, len);
+  luaL_pushresultsize(&b, 12 + len);
+  return 1;
+}
+
+static int l_run_job(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  lua_Integer pos = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, pos >= 1 && (size_t)pos <= len + 1, 2, "out of range");
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  luaL_checkinteger(L, 5);
+  lua_settop(L, JOB_BASE);
+  lua_pushvalue(L, 3);
+  int n = strand_serial_decode(L, p + pos - 1, len - (size_t)(pos - 1),
+                               STRAND_SERIAL_FUNCTIONS | STRAND_SERIAL_NOADOPT);
+  if (n < 0) {                          /* the message on top */
+    lua_pushfstring(L, "strand.pool: malformed job arguments: %s", lua_tostring(L, -1));
+    return job_done(L, LUA_ERRRUN, 0);
+  }
+  return job_done(L, lua_pcallk(L, n, LUA_MULTRET, 4, 0, job_done), 0);
+}
+
+/* process._result(data [, argsdata]) -> id, r: a result frame's body (its id, 8 bytes big
+ * endian, then the encoded outcome) as the job's id and r = {ok, values..., n = count}; the
+ * references argsdata (the job's arguments, which will not be sent again) held are dropped.
+ * Malformed data: r = {false, "strand.pool: malformed result: ...", n = 2} (id 0 if too short). */
+static int l_result(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  if (!lua_isnoneornil(L, 2)) {
+    size_t alen;
+    const char *a = luaL_checklstring(L, 2, &alen);
+    strand_serial_release(a, alen);
+  }
+  lua_settop(L, 1);
+  uint64_t id = 0;
+  if (len >= 8) for (int i = 0; i < 8; i++) id = id << 8 | (unsigned char)p[i];
+  lua_pushinteger(L, (lua_Integer)id);
+  int n = len >= 8 ? strand_serial_decode(L, p + 8, len - 8, STRAND_SERIAL_FUNCTIONS) : -1;
+  if (n < 0) {                          /* nothing decoded: its references go with it */
+    if (len >= 8) strand_serial_release_shared(p + 8, len - 8);
+    else lua_pushliteral(L, "truncated");
+    lua_pushfstring(L, "strand.pool: malformed result: %s", lua_tostring(L, -1));
+    lua_replace(L, -2);
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    n = 2;
+  }
+  lua_createtable(L, n, 1);
+  lua_insert(L, 3);                     /* data, id, r, values... */
+  for (int i = n; i >= 1; i--) lua_rawseti(L, 3, i);
+  lua_pushinteger(L, n);
+  lua_setfield(L, 3, "n");
+  return 2;
+}
+
+/* }==== */
+
+STRAND_API int strand_pool_result(lua_State *L);
+int strand_pool_result(lua_State *L) { return l_result(L); }
+
+STRAND_API int strand_pool_run_job(lua_State *L);
+int strand_pool_run_job(lua_State *L) { return l_run_job(L); }
+
+STRAND_API int strand_pool_link(lua_State *L);
+int strand_pool_link(lua_State *L) {
+  if (luaL_newmetatable(L, LINK_META)) {
+    static const luaL_Reg methods[] = {
+      {"bump", l_bump}, {"count", l_count}, {"spin", l_spin}, {"close", l_gc}, {NULL, NULL}
+    };
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  return l_link(L);
+}

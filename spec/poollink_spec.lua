@@ -1,0 +1,293 @@
+-- The C paths of a process pool's round trip (csrc/poollink.c): the link counters a side watches
+-- before sleeping, a worker's plain job run in C (process._run_job), a result frame settled from
+-- one call (process._result), and what the pool does with malformed or cut frames.
+local strand = require "strand"
+local pool = require "strand.pool"
+local process = require "strand.process"
+local core = require "strand.core"
+local H = require "support.helper"
+
+local C = core.process
+local spack, sunpack = string.pack, string.unpack
+
+-- the outcome in a result frame made by _run_job: length, id, then the encoded values
+local function frame_outcome(frame)
+  local len, id = sunpack(">I4I8", frame)
+  assert.equal(#frame - 4, len)
+  return id, table.pack(C._decode_at(frame, 13))
+end
+
+describe("pool link counters", function()
+  H.guard()
+
+  it("bump and count; spin is true at once when the count is reached", function()
+    local link = assert(C._link())
+    assert.equal(0, link:count(1)); assert.equal(0, link:count(2))
+    assert.equal(3, link:bump(1, 3))
+    assert.equal(4, link:bump(1, 1))
+    assert.equal(0, link:count(2))
+    assert.is_true(link:spin(1, 4))
+    assert.is_true(link:spin(1, 1))
+    link:close()
+  end)
+
+  it("spin gives up (false) when the count is never reached: bounded, no sleep", function()
+    local link = assert(C._link())
+    link:bump(1, 1)                     -- from this CPU: no other side to wait for
+    local t0 = strand.now()
+    assert.is_false(link:spin(1, 2))
+    assert.is_false(link:spin(2, 1))     -- never bumped: nobody to watch
+    assert.is_true(strand.now() - t0 < H.TIMEOUT)
+    link:close()
+  end)
+
+  it("the counters are shared with a forked child", function()
+    local link = assert(C._link())
+    link:bump(1, 2)
+    local child = process.start(function()
+      assert(link:count(1) == 2)
+      link:bump(2, 5)
+      return link:count(2)
+    end)
+    assert.same({ true, 5 }, { child:join(H.TIMEOUT) })
+    assert.equal(5, link:count(2))
+    assert.is_true(link:spin(2, 5))
+    link:close()
+  end)
+
+  it("misuse raises naming the function and argument", function()
+    local link = assert(C._link())
+    assert.error_matches(function() link.bump({}, 1, 1) end, "bad argument #1 to 'bump'")
+    assert.error_matches(function() link:bump(3, 1) end, "bad argument #1 to 'bump'")
+    assert.error_matches(function() link:bump("jobs", 1) end, "bad argument #1 to 'bump'")
+    assert.error_matches(function() link:bump(1, -1) end, "bad argument #2 to 'bump'")
+    assert.error_matches(function() link:spin(0, 1) end, "bad argument #1 to 'spin'")
+    assert.error_matches(function() link.count(io.stdout, 1) end, "bad argument #1 to 'count'")
+    link:close()
+    link:close()                        -- twice is fine
+    assert.error_matches(function() link:count(1) end, "count: the worker link is closed")
+    assert.error_matches(function() link:spin(1, 1) end, "spin: the worker link is closed")
+  end)
+end)
+
+describe("process._run_job", function()
+  H.guard()
+  local tb = debug.traceback
+
+  it("decodes the arguments in place, calls, frames true and the results", function()
+    local data = "head" .. C._encodev(2, 3, nil, "x")
+    local id, r = frame_outcome(C._run_job(data, 5, function(a, b, c, d)
+      return a + b, c, d
+    end, tb, 42))
+    assert.equal(42, id)
+    assert.equal(4, r.n)
+    assert.is_true(r[1]); assert.equal(5, r[2]); assert.is_nil(r[3]); assert.equal("x", r[4])
+  end)
+
+  it("an error comes back as false and the message handler's result", function()
+    local data = C._encodev()
+    local id, r = frame_outcome(C._run_job(data, 1, function() error("boom") end, tb, 7))
+    assert.equal(7, id)
+    assert.is_false(r[1])
+    assert.matches("boom", r[2]); assert.matches("stack traceback", r[2])
+    local _, r2 = frame_outcome(C._run_job(data, 1, function() error({ code = 5 }) end,
+      function(e) return e end, 8))
+    assert.same({ false, { code = 5 }, n = 2 }, r2)
+  end)
+
+  it("malformed arguments fail the job, not the caller", function()
+    local _, r = frame_outcome(C._run_job("\0\255garbage", 1, function() return 1 end, tb, 1))
+    assert.is_false(r[1])
+    assert.matches("strand.pool: malformed job arguments", r[2])
+    local _, r2 = frame_outcome(C._run_job("", 1, function() return 1 end, tb, 1))
+    assert.is_false(r2[1])
+  end)
+
+  it("results that cannot be copied fail the job", function()
+    local data = C._encodev()
+    local _, r = frame_outcome(C._run_job(data, 1, function() return coroutine.create(print) end, tb, 1))
+    assert.is_false(r[1])
+    assert.matches("the job's results cannot be copied", r[2])
+    local _, r2 = frame_outcome(C._run_job(data, 1, function() return io.stdout end, tb, 1))
+    assert.is_false(r2[1])
+    assert.matches("the job's results cannot be copied", r2[2])
+  end)
+
+  it("a job may yield (it runs in a task of the worker's loop)", function()
+    local data = C._encodev(0.001, "slept")
+    local frame = H.run(function()
+      return C._run_job(data, 1, function(t, s) strand.sleep(t); return s end, tb, 9)
+    end)
+    local id, r = frame_outcome(frame)
+    assert.equal(9, id)
+    assert.same({ true, "slept", n = 2 }, r)
+    local frame2 = H.run(function()
+      return C._run_job(data, 1, function(t) strand.sleep(t); error("late", 0) end,
+        function(e) return e end, 10)
+    end)
+    local _, r2 = frame_outcome(frame2)
+    assert.same({ false, "late", n = 2 }, r2)
+  end)
+
+  it("misuse raises", function()
+    local f = function() end
+    assert.error_matches(function() C._run_job("abc", 5, f, tb, 1) end, "bad argument #2")
+    assert.error_matches(function() C._run_job("abc", 0, f, tb, 1) end, "bad argument #2")
+    assert.error_matches(function() C._run_job("abc", 1, nil, tb, 1) end, "bad argument #3")
+    assert.error_matches(function() C._run_job("abc", 1, f, nil, 1) end, "bad argument #4")
+    assert.error_matches(function() C._run_job("abc", 1, f, tb, "x") end, "bad argument #5")
+  end)
+end)
+
+describe("process._result", function()
+  H.guard()
+
+  it("gives the id and the outcome as a table with n", function()
+    local id, r = C._result(spack(">I8", 77) .. C._encodev(true, "a", nil))
+    assert.equal(77, id)
+    assert.same({ true, "a", nil, n = 3 }, r)
+    local id2, r2 = C._result(spack(">I8", 1) .. C._encodev(false, "err"), C._encodev(1, 2))
+    assert.equal(1, id2)
+    assert.same({ false, "err", n = 2 }, r2)
+  end)
+
+  it("malformed frames become a failed outcome, never a raise", function()
+    local id, r = C._result("short")
+    assert.equal(0, id)
+    assert.same({ false, "strand.pool: malformed result: truncated", n = 2 }, r)
+    local id2, r2 = C._result(spack(">I8", 5) .. "\0\255junk")
+    assert.equal(5, id2)
+    assert.is_false(r2[1]); assert.matches("strand.pool: malformed result", r2[2])
+    assert.equal(2, r2.n)
+    assert.error_matches(function() C._result(nil) end, "bad argument #1")
+  end)
+
+  it("drops the references the job's arguments held (objects freed after the job)", function()
+    local queue = require "strand.queue"
+    local before = select(1, queue._test_arena())
+    local q = queue.new()
+    local args = C._encodev(q)            -- holds a family reference to q
+    q = nil
+    collectgarbage(); collectgarbage()
+    assert.equal(before + 1, (queue._test_arena()))
+    C._result(spack(">I8", 1) .. C._encodev(true), args)
+    collectgarbage(); collectgarbage()
+    assert.equal(before, (queue._test_arena()))
+  end)
+end)
+
+-- The worker's own sockets, found from inside a job: worker_main's locals `out` (the result
+-- socket) and `id` (the running job's id).
+local SABOTAGE = [[
+  local out, id
+  for level = 2, 30 do
+    local info = debug.getinfo(level, "f")
+    if info == nil then break end
+    for i = 1, 200 do
+      local name, v = debug.getlocal(level, i)
+      if name == nil then break end
+      if name == "out" and type(v) == "userdata" and v.sendall then out = v end
+      if name == "id" and math.type(v) == "integer" then id = v end
+    end
+    if out and id then break end
+  end
+  assert(out and id, "worker locals not found")
+]]
+
+describe("process pool frames", function()
+  H.guard()
+
+  it("a worker that dies in the middle of writing a result frame fails only that job", function()
+    local p <close> = pool.new{ size = 1 }
+    assert.equal(1, p:apply(function() return 1 end))
+    local job = load(SABOTAGE .. [[
+      out:sendall(string.pack(">I4I8", 100, id) .. "part of it")
+      os.exit(5)
+    ]])
+    local ok, err = pcall(p.apply, p, job)
+    assert.is_false(ok)
+    assert.equal("worker exited: code 5", err)
+    assert.equal("still serving", p:apply(function() return "still serving" end))
+    assert.equal(1, #p:pids())
+  end)
+
+  it("a malformed result frame fails its job with a message; the pool goes on", function()
+    local p <close> = pool.new{ size = 1 }
+    local job = load(SABOTAGE .. [[
+      out:sendall(string.pack(">I4I8", 8 + 5, id) .. "\0\255bad")
+      os.exit(0)
+    ]])
+    local pid = p:pids()[1]
+    local ok, err = pcall(p.apply, p, job)
+    assert.is_false(ok)
+    assert.matches("strand.pool: malformed result", err)
+    -- the worker exits right after its answer: a job sent before its end is seen fails with
+    -- "worker exited" (as with any worker ending then); the pool replaces it
+    assert.is_true(H.wait_until(function() return p:pids()[1] ~= pid and #p:pids() == 1 end))
+    assert.equal(6, p:apply(function(a) return a * 2 end, 3))
+  end)
+
+  it("a worker killed while the parent watches for its answer: the job fails, no hang", function()
+    local p <close> = pool.new{ size = 2 }
+    for _ = 1, 50 do assert.equal(2, p:apply(function(x) return x end, 2)) end
+    local f = p:submit(function() require("strand").sleep(30) end)
+    assert.is_true(H.wait_until(function() return f:status() == "running" end))
+    os.execute("kill -9 " .. p:pids()[1])
+    assert.same({ false, "worker exited: signal 9" }, { f:join(H.TIMEOUT) })
+    for i = 1, 50 do assert.equal(i, p:apply(function(x) return x end, i)) end
+  end)
+
+  it("a worker killed while apply's frame is still being written: the job fails, no raise", function()
+    local p <close> = pool.new{ size = 1 }
+    assert.equal(1, p:apply(function() return 1 end))
+    local pid = p:pids()[1]
+    local ok, err = H.run(function()
+      -- the 8 MB frame fills the socket: the send waits, and the killer runs meanwhile
+      strand.spawn(function() os.execute("kill -9 " .. pid) end)
+      return pcall(p.apply, p, function(s) return #s end, string.rep("x", 8e6))
+    end)
+    assert.is_false(ok)
+    assert.equal("worker exited: signal 9", err)
+    assert.equal(3, p:apply(function(s) return #s end, "abc"))
+  end)
+
+  it("the pool works the same without watching (STRAND_POOL_SPIN=0)", function()
+    local out, ok = H.lua([[
+      local pool = require "strand.pool"
+      local p <close> = pool.new{ size = 2 }
+      local s = 0
+      for i = 1, 200 do s = s + p:apply(function(x) return x end, i) end
+      local r = p:map(function(x) return x + 1 end, { 1, 2, 3, 4, 5 })
+      print("sum", s, table.concat(r, ","))
+    ]], "STRAND_POOL_SPIN=0")
+    assert.is_true(ok, out)
+    assert.matches("sum\t20100\t2,3,4,5,6", out)
+  end)
+end)
+
+describe("process pool dispatch", function()
+  H.guard()
+
+  it("a map dispatched a chunk at a time shares its chunks out evenly", function()
+    -- chunks of ~4.8 KB go out one by one as they are encoded; none finishes before the last is
+    -- sent (each waits for the event), so the dealing alone decides: 4 and 4 (it was 7 and 1)
+    local sync = require "strand.sync"
+    local ev = sync.event()
+    local p <close> = pool.new{ size = 2, initargs = { ev },
+      initializer = function(e) package.loaded.poollink_spec_ev = e end }
+    local list = {}
+    for i = 1, 64 do list[i] = string.rep("x", 600) .. i end
+    local r = H.run(function()
+      strand.spawn(function() ev:set() end)      -- runs once map waits: all chunks are out
+      return p:map(function()
+        assert(package.loaded.poollink_spec_ev:wait(30))
+        return require("strand.process").pid()
+      end, list, 8)
+    end)
+    local count = {}
+    for _, pid in ipairs(r) do count[pid] = (count[pid] or 0) + 1 end
+    local pids = p:pids()
+    assert.equal(2, #pids)
+    assert.equal(32, count[pids[1]]); assert.equal(32, count[pids[2]])
+  end)
+end)
