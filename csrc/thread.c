@@ -76,8 +76,8 @@ static char *dupbytes(const char *s, size_t n) {
  * spares a malloc and a free per object. Once the block is used up, allocations go to malloc
  * as in any state; a block from the carved one that is freed or resized is simply left there
  * until the state closes (so the waste is bounded by the block). */
-#define BOOT_ARENA (32 * 1024)           /* building takes 10 KiB, a start over require "strand"
-                                            29 KiB (Lua 5.4.4, x86-64) */
+#define BOOT_ARENA (40 * 1024)           /* a bare start takes 12 KiB (the new state 5 of it), a
+                                            start over require "strand" 33 KiB (Lua 5.4.4, x86-64) */
 typedef struct boot_arena { char *base; size_t used; } boot_arena;
 
 static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -110,6 +110,66 @@ static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 int luaopen_strand_core(lua_State *L);                /* module.c */
+
+/* {==== a state as luaL_newstate makes it, carved from the boot block from its first byte */
+
+/* lauxlib's panic function, taken once from a state luaL_newstate made (start_thread) */
+static lua_CFunction aux_panic;
+
+/* Warnings as lauxlib's (lua.c's states and luaL_newstate's have them): off until "@on", then
+ * "Lua warning: " and the pieces on stderr; "@off" and "@on" are control messages. */
+static void warn_off(void *ud, const char *msg, int tocont);
+static void warn_on(void *ud, const char *msg, int tocont);
+
+static int warn_control(lua_State *L, const char *msg, int tocont) {
+  if (tocont || msg[0] != '@') return 0;
+  if (strcmp(msg + 1, "off") == 0) lua_setwarnf(L, warn_off, L);
+  else if (strcmp(msg + 1, "on") == 0) lua_setwarnf(L, warn_on, L);
+  return 1;
+}
+
+static void warn_off(void *ud, const char *msg, int tocont) {
+  warn_control((lua_State *)ud, msg, tocont);
+}
+
+static void warn_cont(void *ud, const char *msg, int tocont) {
+  lua_State *L = (lua_State *)ud;
+  fprintf(stderr, "%s", msg);
+  fflush(stderr);
+  if (tocont) {
+    lua_setwarnf(L, warn_cont, L);
+  } else {
+    fprintf(stderr, "\n");
+    fflush(stderr);
+    lua_setwarnf(L, warn_on, L);
+  }
+}
+
+static void warn_on(void *ud, const char *msg, int tocont) {
+  if (warn_control((lua_State *)ud, msg, tocont)) return;
+  fprintf(stderr, "Lua warning: ");
+  fflush(stderr);
+  warn_cont(ud, msg, tocont);
+}
+
+/* luaL_newstate with the boot block's allocator from the start: the state's own ~50 blocks
+ * (its strings table, registry, reserved words and metamethod names) are carved too, and
+ * lua_close frees none of them one by one. */
+static lua_State *new_state(boot_arena *a) {
+  if (aux_panic == NULL) {                             /* (start_thread takes it first) */
+    lua_State *L = luaL_newstate();
+    if (L != NULL) lua_setallocf(L, thr_alloc, a);
+    return L;
+  }
+  lua_State *L = lua_newstate(thr_alloc, a);
+  if (L != NULL) {
+    lua_atpanic(L, aux_panic);
+    lua_setwarnf(L, warn_off, L);
+  }
+  return L;
+}
+
+/* }==== */
 
 /* The standard libraries of a thread's state. None is opened at the start (most of a bare
  * state's cost, and unused by most threads): each library is an empty table under its usual
@@ -452,9 +512,8 @@ static int may_reuse(lua_State *L) {
  * then tells the joiners). Returns 1 if this OS thread may then wait for another start. */
 static int run_thread(thr_ctl *c) {
   int reuse = 0;
-  lua_State *L = luaL_newstate();
   boot_arena arena = { (char *)malloc(BOOT_ARENA), 0 };
-  if (L != NULL && arena.base != NULL) lua_setallocf(L, thr_alloc, &arena);
+  lua_State *L = new_state(&arena);
   char *res = NULL; size_t rlen = 0; int state = TS_FAILED;
   if (L != NULL) {
     /* The first collection cycle waits until the state has grown tenfold from its bare ~5 KiB
@@ -730,6 +789,11 @@ static void pin_once(void) {
   Dl_info info;
   if (dladdr((void *)&thr_main, &info) && info.dli_fname)
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+  lua_State *L = luaL_newstate();                     /* for lauxlib's panic function */
+  if (L != NULL) {
+    aux_panic = lua_atpanic(L, NULL);
+    lua_close(L);
+  }
   pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child);
 }
 

@@ -653,6 +653,21 @@ describe("threads: an OS thread reused by the next start (issue 14)", function()
     assert.equal(42, p:result(H.TIMEOUT))
   end)
 
+  it("warn is off until @on, then writes its pieces after 'Lua warning: ', as in any state", function()
+    local out, ok = H.lua([[
+local thread = require "strand.thread"
+thread.start(function()
+  warn("hidden"); warn("@on"); warn("shown ", "in ", "pieces"); warn("@off"); warn("hidden too")
+  warn("@on"); warn("@bogus"); warn("again")
+  setmetatable({}, { __gc = function() error("in gc") end })
+end):result()
+thread.start(function() warn("not on in the next state") end):result()
+io.stderr:write("end\n")
+]])
+    assert.is_true(ok, out)
+    assert.matches("^Lua warning: shown in pieces\nLua warning: again\nLua warning: error in __gc[^\n]*in gc[^\n]*\nend\n$", out)
+  end)
+
   it("a waiting OS thread ends by itself after a while", function()
     thread.start(function() end):result(H.TIMEOUT)
     assert.is_true(H.wait_until(function() return #idle_tids() > 0 end), "no OS thread waits")
