@@ -604,7 +604,7 @@ static long futex(atomic_int *word, int op, int val, const struct timespec *ts) 
 /* A start: hands c to a waiting OS thread; 0 if none waits. */
 static int idle_take(thr_ctl *c) {
   if (atomic_load_explicit(&nidle, memory_order_relaxed) == 0) return 0;
-  sigemptyset(&c->mask);
+  memset(&c->mask, 0, sizeof c->mask);      /* (glibc fills only the kernel's 8 bytes of it) */
   if (pthread_sigmask(SIG_BLOCK, NULL, &c->mask) != 0) return 0;
   c->mask_set = 1;
   pthread_mutex_lock(&idle_mu);
@@ -672,7 +672,7 @@ static void *thr_main(void *arg) {
   int named = prctl(PR_GET_NAME, name, 0, 0, 0) == 0;
   sigset_t mask;                          /* the signal mask this OS thread has (a state cannot
                                              change it without a C library) */
-  sigemptyset(&mask);
+  memset(&mask, 0, sizeof mask);
   int masked = 0;
   parked w;
   memset(&w, 0, sizeof w);
