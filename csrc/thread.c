@@ -571,11 +571,13 @@ static void thread_done(thr_ctl *c) {
  * signals its joiners, so a program that joins and starts the next finds it. What runs is the
  * same as on a new OS thread: a new state, the creator's signal mask, the OS thread's name as
  * created; strand's own thread-local data is per state or per call. A waiting OS thread is
- * named "strand-idle", blocks in a futex wait, holds no lock and no state; a forked child has
- * none (docs/thread.md). */
+ * named "strand-idle" after its first 2 ms, blocks in a futex wait, holds no lock and no state;
+ * a forked child has none (docs/thread.md). */
 
 #define IDLE_MAX 2                        /* waiting OS threads at most */
 #define IDLE_SECS 2                       /* how long one waits for a start before it exits */
+#define IDLE_QUIET_NS 2000000L            /* the first 2 ms of it under its own name (a start
+                                             that comes at once costs no rename and back) */
 
 typedef struct parked {
   struct parked *next;                    /* in the idle list */
@@ -641,13 +643,23 @@ static int idle_add(parked *w) {
 
 /* Waits (listed by idle_add) for a start; returns its control block, or NULL to exit. */
 static thr_ctl *idle_wait(parked *w, const char *name) {
-  (void)prctl(PR_SET_NAME, "strand-idle", 0, 0, 0);
-  struct timespec until;
-  clock_gettime(CLOCK_MONOTONIC, &until);
-  until.tv_sec += IDLE_SECS;
+  (void)prctl(PR_SET_NAME, name, 0, 0, 0);           /* the state may have written its comm */
+  struct timespec since, until;
+  clock_gettime(CLOCK_MONOTONIC, &since);
+  until = since;
+  until.tv_nsec += IDLE_QUIET_NS;
+  if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+  int renamed = 0;
   thr_ctl *c;
   while ((c = atomic_load_explicit(&w->job, memory_order_acquire)) == NULL) {
     if (futex(&w->word, FUTEX_WAIT_BITSET, 0, &until) == 0 || errno != ETIMEDOUT) continue;
+    if (!renamed) {                                  /* no start came at once: a longer wait */
+      (void)prctl(PR_SET_NAME, "strand-idle", 0, 0, 0);
+      renamed = 1;
+      until = since;
+      until.tv_sec += IDLE_SECS;
+      continue;
+    }
     pthread_mutex_lock(&idle_mu);
     parked **pp = &idle_list;
     while (*pp != NULL && *pp != w) pp = &(*pp)->next;
@@ -662,7 +674,7 @@ static thr_ctl *idle_wait(parked *w, const char *name) {
     while ((c = atomic_load_explicit(&w->job, memory_order_acquire)) == NULL)
       futex(&w->word, FUTEX_WAIT, 0, NULL);
   }
-  (void)prctl(PR_SET_NAME, name, 0, 0, 0);
+  if (renamed) (void)prctl(PR_SET_NAME, name, 0, 0, 0);
   return c;
 }
 
