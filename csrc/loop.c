@@ -730,6 +730,7 @@ static int report_gc(lua_State *L) {
 
 /* t just failed (its error alone on its coroutine's stack; t still anchored) */
 static void report_unobserved(lua_State *L, strand_task *t) {
+  if (!lua_checkstack(L, 4)) return;             /* (no memory left even for the report) */
   strand_task **r = (strand_task **)lua_newuserdatauv(L, sizeof *r, 1);
   *r = NULL;
   if (luaL_newmetatable(L, REPORT_META)) {

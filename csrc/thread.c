@@ -589,6 +589,7 @@ typedef struct parked {
 static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
 static parked *idle_list;
 static atomic_int nidle;                  /* written under idle_mu; read unlocked as a hint */
+static int idle_ok;                       /* the fork hooks are in place (pin_once) */
 
 static void idle_fork_prepare(void) { pthread_mutex_lock(&idle_mu); }
 static void idle_fork_parent(void) { pthread_mutex_unlock(&idle_mu); }
@@ -628,6 +629,7 @@ static int idle_take(thr_ctl *c) {
 
 /* Lists this OS thread as idle; 0 if IDLE_MAX already are. */
 static int idle_add(parked *w) {
+  if (!idle_ok) return 0;
   pthread_mutex_lock(&idle_mu);
   int ok = atomic_load(&nidle) < IDLE_MAX;
   if (ok) {
@@ -806,7 +808,7 @@ static void pin_once(void) {
     aux_panic = lua_atpanic(L, NULL);
     lua_close(L);
   }
-  pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child);
+  idle_ok = pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child) == 0;
 }
 
 static pthread_once_t pinned = PTHREAD_ONCE_INIT;    /* process-wide, as the mapping it pins */
