@@ -1,5 +1,5 @@
-/* thread.c — OS threads, each running its own Lua state and loop: start, join/result (a
- * cooperative wait on an eventfd), daemon semantics at exit, ids, names and active_count. */
+/* thread.c — OS threads, each running its own Lua state and loop: start (on a waiting OS thread
+ * if one is idle), join/result (on an eventfd), daemon semantics, ids, names, active_count. */
 #include "strand.h"
 
 #include <dlfcn.h>
