@@ -642,6 +642,25 @@ describe("threads: an OS thread reused by the next start (issue 14)", function()
     assert.are_not.equal(tid1, tid2)
   end)
 
+  it("an OS thread that made an ssh session is not handed on (libcrypto's per-thread state)", function()
+    local core = require "strand.core"
+    if not core.ssh then pending("built without ssh") return end
+    local warm = thread.start(function(where) return (where()) end, os_thread)
+    local idle = warm:result(H.TIMEOUT)
+    local t1 = thread.start(function(where)
+      local socket = require "strand.socket"
+      local a, b = assert(socket.pair())
+      local s = assert(require("strand.core").ssh.session(a:fileno(), 1, false))
+      a:close(); b:close()
+      return (where()), s ~= nil
+    end, os_thread)
+    local tid1, made = t1:result(H.TIMEOUT)
+    assert.is_true(made)
+    assert.equal(idle, tid1)
+    local tid2 = thread.start(function(where) return (where()) end, os_thread):result(H.TIMEOUT)
+    assert.are_not.equal(tid1, tid2)
+  end)
+
   it("a forked child does not hand starts to its parent's waiting OS threads", function()
     local process = require "strand.process"
     thread.start(function() end):result(H.TIMEOUT)
