@@ -19,7 +19,15 @@ static const char FORKED_KEY = 'K'; /* registry[&FORKED_KEY] = { old loop box, a
 /* The task this OS thread is resuming right now (set around lua_resume in task_resume, else
  * NULL): while it runs it is anchored, and its coroutine is its state's running thread, so
  * `running && running->co == L` names L's task and loop without a registry lookup. */
-static _Thread_local strand_task *running;
+static _Thread_local strand_task *running __attribute__((tls_model("initial-exec")));
+
+/* strand_loop_get's memory of the last loop it found for a state's main thread on this OS
+ * thread (a spawn or wait from the main program: no registry lookup). A main thread lives as
+ * long as its state, and every loop that goes (closed with its state, or abandoned in a forked
+ * child) bumps loops_gone, which voids every such memory: a hit is always the live loop. */
+static atomic_ulong loops_gone;          /* process-wide by nature: any thread's loop may go */
+static _Thread_local struct { lua_State *L; strand_loop *loop; unsigned long gone; } last_main
+  __attribute__((tls_model("initial-exec")));
 
 /* {==== time */
 
@@ -236,6 +244,7 @@ static int loop_gc(lua_State *L) {
   strand_loop *loop = *box;
   if (loop == NULL) return 0;
   *box = NULL;
+  atomic_fetch_add(&loops_gone, 1);             /* before the state (its main thread) is freed */
   loop->closed = 1;
   if (loop->pstate) loop->poller->free(loop->pstate);
   loop->pstate = NULL;
@@ -272,10 +281,13 @@ static const strand_poller *choose_poller(void) {
 
 strand_loop *strand_loop_get(lua_State *L) {
   if (running && running->co == L) return running->loop;
+  unsigned long gone = atomic_load_explicit(&loops_gone, memory_order_acquire);
+  if (last_main.L == L && last_main.gone == gone) return last_main.loop;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY) == LUA_TUSERDATA) {
     strand_loop *loop = *(strand_loop **)lua_touserdata(L, -1);
     lua_pop(L, 1);
     if (loop == NULL) luaL_error(L, "strand: the event loop is closed");
+    if (loop->L == L) { last_main.L = L; last_main.loop = loop; last_main.gone = gone; }
     return loop;
   }
   lua_pop(L, 1);
@@ -350,6 +362,7 @@ void strand_loop_forked(lua_State *L) {
       if (old->pstate) old->poller->free(old->pstate);
       old->pstate = NULL;
       old->refs++;                                /* kept for good: see above */
+      atomic_fetch_add(&loops_gone, 1);
       lua_pushlightuserdata(L, old);              /* (and visibly so: not a leak to memcheck) */
       lua_rawseti(L, -3, 5);
       *box = NULL;
@@ -540,8 +553,18 @@ int strand_wait_io(lua_State *L, strand_io *io, int ev, double deadline,
 }
 
 int strand_wait_timer(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k) {
-  strand_loop *loop = strand_loop_get(L);
-  strand_task *t = wait_begin(L, loop);
+  strand_task *t = running;
+  strand_loop *loop;
+  if (t && t->co == L && deadline == 0 && lua_isyieldable(L) && !t->cancel_pending) {
+    /* sleep(0) in the running task: what wait_begin, then the wake below, come to */
+    t->waiting = 0;
+    t->outcome = STRAND_READY;
+    t->status = STRAND_T_READY;
+    ready_push(t->loop, t);
+    return lua_yieldk(L, 0, ctx, k);
+  }
+  loop = strand_loop_get(L);
+  t = wait_begin(L, loop);
   if (deadline <= strand_now()) {
     /* sleep(0): go to the back of the ready queue; from main, run one round */
     if (t->co) {
@@ -630,14 +653,6 @@ int strand_push_task(lua_State *L, strand_task *t) {
   return 1;
 }
 
-/* The task userdata on top (popped) is anchored. */
-static void anchor_task(lua_State *L, strand_task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor_ref);
-  lua_insert(L, -2);
-  set_co_slot(t->co, anchor_add(L, t->loop, lua_absindex(L, -2)));
-  lua_pop(L, 1);
-}
-
 static void unanchor_task(lua_State *L, strand_task *t) {
   lua_Integer s = co_slot(t->co);                /* written by anchor_task: t's own slot */
   if (s <= 0) return;
@@ -673,10 +688,8 @@ static int task_main_k(lua_State *L, int status, lua_KContext ctx) {
   return 2;
 }
 
-static int task_main(lua_State *L) {
-  int n = lua_gettop(L) - 1;                     /* fn args... */
-  lua_pushcfunction(L, task_msgh);
-  lua_insert(L, 1);                              /* msgh fn args... */
+static int task_main(lua_State *L) {              /* msgh fn args... (put by the spawn) */
+  int n = lua_gettop(L) - 2;
   return task_main_k(L, lua_pcallk(L, n, LUA_MULTRET, 1, 0, task_main_k), 0);
 }
 
@@ -686,6 +699,49 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
   lua_sethook(L, NULL, 0, 0);
   strand_task *t = strand_task_of(L);
   if (t && t->cancel_pending) strand_resumed(L, LUA_YIELD);    /* raises */
+}
+
+/* }==== */
+
+/* {==== the report of a failure nobody looked at
+ *
+ * printed once on stderr when the failed task is collected (at the latest when its state
+ * closes), unless a join or result took the error. The task's metatable has no __gc: a
+ * finalizer on every task would be work in every collection cycle, and most tasks never fail.
+ * A failing task gets a small reporter instead, left beside its error on its dead coroutine's
+ * stack: the reporter's uservalue keeps the task (and so its error) alive until its __gc. */
+
+#define REPORT_META "strand.task.report"
+
+static int report_gc(lua_State *L) {
+  strand_task *t = *(strand_task **)lua_touserdata(L, 1);
+  if (t == NULL || lua_getiuservalue(L, 1, 1) != LUA_TUSERDATA || lua_touserdata(L, -1) != t)
+    return 0;
+  if (t->status == STRAND_T_FAILED && !t->observed) {
+    t->observed = 1;
+    lua_pushvalue(t->co, 1);
+    lua_xmove(t->co, L, 1);
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    fprintf(stderr, "strand: task %d failed and nobody joined it:\n%s\n", (int)t->id, msg);
+    fflush(stderr);
+  }
+  return 0;
+}
+
+/* t just failed (its error alone on its coroutine's stack; t still anchored) */
+static void report_unobserved(lua_State *L, strand_task *t) {
+  if (!lua_checkstack(L, 4)) return;             /* (no memory left even for the report) */
+  strand_task **r = (strand_task **)lua_newuserdatauv(L, sizeof *r, 1);
+  *r = NULL;
+  if (luaL_newmetatable(L, REPORT_META)) {
+    lua_pushcfunction(L, report_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  strand_push_task(L, t);
+  if (lua_touserdata(L, -1) == (void *)t) *r = t;
+  lua_setiuservalue(L, -2, 1);
+  lua_xmove(L, t->co, 1);                        /* co: err reporter */
 }
 
 /* }==== */
@@ -730,6 +786,7 @@ static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int sta
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
     t->nres = 1;
   }
+  if (t->status == STRAND_T_FAILED) report_unobserved(L, t);
   unanchor_task(L, t);
   loop->ntasks--;
   if (t->background) { t->background = 0; loop->nbackground--; }
@@ -936,17 +993,22 @@ strand_task *strand_task_spawn(lua_State *L, int nargs) {
     luaL_setmetatable(L, STRAND_TASK_META);
   }
   lua_State *co = lua_newthread(L);              /* fn args.. task co */
+  if (nargs > LUA_MINSTACK - 3 && !lua_checkstack(co, nargs + 3))
+    luaL_error(L, "strand.spawn: too many arguments");
   lua_setiuservalue(L, -2, 1);                   /* fn args.. task */
   lua_insert(L, base);                           /* task fn args.. */
   lua_pushcfunction(co, task_main);
+  lua_pushcfunction(co, task_msgh);              /* task_main's message handler, at its 1 */
   lua_xmove(L, co, nargs + 1);                   /* task */
   t->loop = loop;
   t->co = co;
   t->id = loop->next_id++;
   t->status = STRAND_T_NEW;
-  t->nargs = nargs + 1;
-  lua_pushvalue(L, -1);
-  anchor_task(L, t);
+  t->nargs = nargs + 2;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor_ref);   /* task anchor */
+  lua_pushvalue(L, -2);
+  set_co_slot(co, anchor_add(L, loop, lua_gettop(L) - 1));
+  lua_pop(L, 1);                                 /* task */
   loop->ntasks++;
   ready_push(loop, t);
   return t;

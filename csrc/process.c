@@ -278,6 +278,8 @@ static void drain_fastbins(void) {
  * the parent waits for one event only: the exit (its pidfd).
  * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd) runs (protected)
  * and its integer result is the exit status (1 if it raised); the child never returns here. */
+void strand_thread_os_spent(void);      /* thread.c: this OS thread ends with its state */
+
 static int l_fork(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int daemon = lua_toboolean(L, 2);
@@ -322,6 +324,7 @@ static int l_fork(lua_State *L) {
     strand_shm_exiting();              /* its views' family references (objects it saw) */
     _exit(code & 0xff);
   }
+  if (daemon) strand_thread_os_spent();   /* its PDEATHSIG is tied to this OS thread */
   return push_handle_rfd(L, pid, daemon, rfd);
 }
 

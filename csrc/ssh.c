@@ -16,6 +16,7 @@
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static int init_rc;
+void strand_thread_os_spent(void);      /* thread.c: this OS thread ends with its state */
 static void init_libssh2(void) { init_rc = libssh2_init(0); }
 
 /* {==== transport callbacks: the session's own socket, readiness remembered by strand */
@@ -331,6 +332,7 @@ static int l_session(lua_State *L) {
   }
   S->s = libssh2_session_init_ex(NULL, NULL, NULL, S);
   if (S->s == NULL) return strand_fail(L, ENOMEM);
+  strand_thread_os_spent();         /* libcrypto's per-thread state: no next start on this one */
   libssh2_session_set_blocking(S->s, 0);
   libssh2_session_flag(S->s, LIBSSH2_FLAG_COMPRESS, 0);
   libssh2_session_callback_set(S->s, LIBSSH2_CALLBACK_SEND, (void *)cb_send);

@@ -63,9 +63,12 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int l_sleep(lua_State *L) {
   double deadline;
-  if (lua_isnoneornil(L, 1)) deadline = 0;
+  int isnum;
+  lua_Number s = lua_tonumberx(L, 1, &isnum);
+  if (isnum && s == 0) deadline = 0;                 /* (luaL_checknumber's result, sooner) */
+  else if (!isnum && lua_isnoneornil(L, 1)) deadline = 0;
   else {
-    lua_Number s = luaL_checknumber(L, 1);
+    s = luaL_checknumber(L, 1);
     luaL_argcheck(L, s >= 0 && s == s, 1, "seconds must be >= 0");
     deadline = s == 0 ? 0 : strand_now() + s;
   }
@@ -239,21 +242,7 @@ static int tm_index(lua_State *L) {
   return 1;
 }
 
-/* A failure nobody looked at is reported once, when the task is collected. */
-static int tm_gc(lua_State *L) {
-  strand_task *t = (strand_task *)lua_touserdata(L, 1);
-  if (t->status == STRAND_T_FAILED && !t->observed) {
-    t->observed = 1;
-    lua_pushvalue(t->co, 1);
-    lua_xmove(t->co, L, 1);
-    const char *msg = luaL_tolstring(L, -1, NULL);
-    fprintf(stderr, "strand: task %d failed and nobody joined it:\n%s\n", (int)t->id, msg);
-    fflush(stderr);
-    lua_pop(L, 2);
-  }
-  return 0;
-}
-
+/* (a failure nobody looked at is reported when the task is collected: loop.c report_gc) */
 
 /* }==== */
 
@@ -386,7 +375,7 @@ static int l_backend(lua_State *L) {
 }
 
 static const luaL_Reg task_metamethods[] = {
-  {"__index", tm_index}, {"__gc", tm_gc}, {"__tostring", tm_tostring}, {NULL, NULL}
+  {"__index", tm_index}, {"__tostring", tm_tostring}, {NULL, NULL}
 };
 
 static const luaL_Reg ctimer_metamethods[] = {{"__gc", ctimer_gc}, {NULL, NULL}};

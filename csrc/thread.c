@@ -1,5 +1,5 @@
-/* thread.c — OS threads, each running its own Lua state and loop: start, join/result (a
- * cooperative wait on an eventfd), daemon semantics at exit, ids, names and active_count. */
+/* thread.c — OS threads, each running its own Lua state and loop: start (on a waiting OS thread
+ * if one is idle), join/result (on an eventfd), daemon semantics, ids, names, active_count. */
 #include "strand.h"
 
 #include <dlfcn.h>
@@ -7,10 +7,15 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define THREAD_META "strand.thread"
@@ -38,6 +43,8 @@ typedef struct thr_ctl {
   char *result; size_t rlen;    /* encoded results (DONE) or error (FAILED) */
   int efd;                      /* eventfd, readable once the thread has finished */
   int efd_waited;               /* a joiner's waiter has efd itself (creator's state only) */
+  int mask_set;                 /* mask holds the creator's signal mask (a parked OS thread) */
+  sigset_t mask;
 } thr_ctl;
 
 typedef struct thr_handle {
@@ -69,8 +76,8 @@ static char *dupbytes(const char *s, size_t n) {
  * spares a malloc and a free per object. Once the block is used up, allocations go to malloc
  * as in any state; a block from the carved one that is freed or resized is simply left there
  * until the state closes (so the waste is bounded by the block). */
-#define BOOT_ARENA (32 * 1024)           /* building takes 10 KiB, a start over require "strand"
-                                            29 KiB (Lua 5.4.4, x86-64) */
+#define BOOT_ARENA (40 * 1024)           /* a bare start takes 12 KiB (the new state 5 of it), a
+                                            start over require "strand" 33 KiB (Lua 5.4.4, x86-64) */
 typedef struct boot_arena { char *base; size_t used; } boot_arena;
 
 static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -103,6 +110,66 @@ static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 int luaopen_strand_core(lua_State *L);                /* module.c */
+
+/* {==== a state as luaL_newstate makes it, carved from the boot block from its first byte */
+
+/* lauxlib's panic function, taken once from a state luaL_newstate made (start_thread) */
+static lua_CFunction aux_panic;
+
+/* Warnings as lauxlib's (lua.c's states and luaL_newstate's have them): off until "@on", then
+ * "Lua warning: " and the pieces on stderr; "@off" and "@on" are control messages. */
+static void warn_off(void *ud, const char *msg, int tocont);
+static void warn_on(void *ud, const char *msg, int tocont);
+
+static int warn_control(lua_State *L, const char *msg, int tocont) {
+  if (tocont || msg[0] != '@') return 0;
+  if (strcmp(msg + 1, "off") == 0) lua_setwarnf(L, warn_off, L);
+  else if (strcmp(msg + 1, "on") == 0) lua_setwarnf(L, warn_on, L);
+  return 1;
+}
+
+static void warn_off(void *ud, const char *msg, int tocont) {
+  warn_control((lua_State *)ud, msg, tocont);
+}
+
+static void warn_cont(void *ud, const char *msg, int tocont) {
+  lua_State *L = (lua_State *)ud;
+  fprintf(stderr, "%s", msg);
+  fflush(stderr);
+  if (tocont) {
+    lua_setwarnf(L, warn_cont, L);
+  } else {
+    fprintf(stderr, "\n");
+    fflush(stderr);
+    lua_setwarnf(L, warn_on, L);
+  }
+}
+
+static void warn_on(void *ud, const char *msg, int tocont) {
+  if (warn_control((lua_State *)ud, msg, tocont)) return;
+  fprintf(stderr, "Lua warning: ");
+  fflush(stderr);
+  warn_cont(ud, msg, tocont);
+}
+
+/* luaL_newstate with the boot block's allocator from the start: the state's own ~50 blocks
+ * (its strings table, registry, reserved words and metamethod names) are carved too, and
+ * lua_close frees none of them one by one. */
+static lua_State *new_state(boot_arena *a) {
+  if (aux_panic == NULL) {                             /* (start_thread takes it first) */
+    lua_State *L = luaL_newstate();
+    if (L != NULL) lua_setallocf(L, thr_alloc, a);
+    return L;
+  }
+  lua_State *L = lua_newstate(thr_alloc, a);
+  if (L != NULL) {
+    lua_atpanic(L, aux_panic);
+    lua_setwarnf(L, warn_off, L);
+  }
+  return L;
+}
+
+/* }==== */
 
 /* The standard libraries of a thread's state. None is opened at the start (most of a bare
  * state's cost, and unused by most threads): each library is an empty table under its usual
@@ -424,11 +491,29 @@ static int encode_error(lua_State *L) {
   return 1;
 }
 
-static void *thr_main(void *arg) {
-  thr_ctl *c = (thr_ctl *)arg;
-  lua_State *L = luaL_newstate();
+/* Whether the OS thread that ran a state may run another one (see "reusing OS threads"): not
+ * if the state loaded a C library (its thread-local data, keys and signal handling are unknown
+ * to strand) or forked a daemon child (Linux ties its PR_SET_PDEATHSIG to this OS thread). */
+static _Thread_local int os_thread_spent __attribute__((tls_model("initial-exec")));
+
+void strand_thread_os_spent(void) { os_thread_spent = 1; }   /* process.c: a daemon child */
+
+static int may_reuse(lua_State *L) {
+  int clibs = 0;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "_CLIBS") == LUA_TTABLE) {
+    lua_pushnil(L);
+    if (lua_next(L, -2)) { clibs = 1; lua_pop(L, 2); }
+  }
+  lua_pop(L, 1);
+  return !clibs && !os_thread_spent;
+}
+
+/* Runs the thread c describes, from its new state to its published results (thread_done
+ * then tells the joiners). Returns 1 if this OS thread may then wait for another start. */
+static int run_thread(thr_ctl *c) {
+  int reuse = 0;
   boot_arena arena = { (char *)malloc(BOOT_ARENA), 0 };
-  if (L != NULL && arena.base != NULL) lua_setallocf(L, thr_alloc, &arena);
+  lua_State *L = new_state(&arena);
   char *res = NULL; size_t rlen = 0; int state = TS_FAILED;
   if (L != NULL) {
     /* The first collection cycle waits until the state has grown tenfold from its bare ~5 KiB
@@ -457,6 +542,8 @@ static void *thr_main(void *arg) {
     const char *p = lua_gettop(L) > 0 ? lua_tolstring(L, -1, &rlen) : NULL;
     if (p) res = dupbytes(p, rlen);
     if (res == NULL) state = TS_FAILED;
+    lua_settop(L, 0);
+    reuse = may_reuse(L);
     lua_close(L);                                       /* waits for its own non-daemon threads */
   }
   free(arena.base);
@@ -464,9 +551,156 @@ static void *thr_main(void *arg) {
   c->rlen = res ? rlen : 0;
   atomic_store(&c->state, state);
   atomic_fetch_sub(&active, 1);
+  return reuse && !os_thread_spent;
+}
+
+/* The thread is over: its joiners may go on (the eventfd), its reference dropped. */
+static void thread_done(thr_ctl *c) {
   uint64_t one = 1;
   while (write(c->efd, &one, sizeof one) < 0 && errno == EINTR) {}
   ctl_release(c);
+}
+
+/* }==== */
+
+/* {==== reusing OS threads
+ *
+ * A thread's OS thread, once its state is closed, waits up to IDLE_SECS for the next
+ * thread.start of the process instead of exiting (IDLE_MAX at most wait at once): a start
+ * then costs a wake-up instead of a clone and an exit. It lists itself as idle before it
+ * signals its joiners, so a program that joins and starts the next finds it. What runs is the
+ * same as on a new OS thread: a new state, the creator's signal mask, the OS thread's name as
+ * created; strand's own thread-local data is per state or per call. A waiting OS thread is
+ * named "strand-idle" after its first 2 ms, blocks in a futex wait, holds no lock and no state;
+ * a forked child has none (docs/thread.md). */
+
+#define IDLE_MAX 2                        /* waiting OS threads at most */
+#define IDLE_SECS 2                       /* how long one waits for a start before it exits */
+#define IDLE_QUIET_NS 2000000L            /* the first 2 ms of it under its own name (a start
+                                             that comes at once costs no rename and back) */
+
+typedef struct parked {
+  struct parked *next;                    /* in the idle list */
+  thr_ctl *_Atomic job;                   /* handed over by a start */
+  atomic_int word;                        /* the futex word: 1 once job is set */
+} parked;
+
+/* The idle list: process-wide by nature (any thread's start takes any waiting OS thread). */
+static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
+static parked *idle_list;
+static atomic_int nidle;                  /* written under idle_mu; read unlocked as a hint */
+static int idle_ok;                       /* the fork hooks are in place (pin_once) */
+
+static void idle_fork_prepare(void) { pthread_mutex_lock(&idle_mu); }
+static void idle_fork_parent(void) { pthread_mutex_unlock(&idle_mu); }
+static void idle_fork_child(void) {       /* the waiting OS threads are the parent's only */
+  pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  idle_mu = m;
+  idle_list = NULL;
+  atomic_store(&nidle, 0);
+}
+
+static long futex(atomic_int *word, int op, int val, const struct timespec *ts) {
+  return syscall(SYS_futex, word, op | FUTEX_PRIVATE_FLAG, val, ts, NULL, FUTEX_BITSET_MATCH_ANY);
+}
+
+/* A start: hands c to a waiting OS thread; 0 if none waits. */
+static int idle_take(thr_ctl *c) {
+  if (atomic_load_explicit(&nidle, memory_order_relaxed) == 0) return 0;
+  memset(&c->mask, 0, sizeof c->mask);      /* (glibc fills only the kernel's 8 bytes of it) */
+  if (pthread_sigmask(SIG_BLOCK, NULL, &c->mask) != 0) return 0;
+  c->mask_set = 1;
+  pthread_mutex_lock(&idle_mu);
+  parked *w = idle_list;
+  if (w != NULL) {
+    idle_list = w->next;
+    atomic_store(&nidle, atomic_load(&nidle) - 1);
+  }
+  pthread_mutex_unlock(&idle_mu);
+  if (w == NULL) return 0;
+  /* taken off the list, w waits for this job however long it takes (idle_wait): it is there
+   * for the wake. (A wake that comes after w saw the job is a spurious one for any later
+   * waiter on the word, which every waiter here tolerates.) */
+  atomic_store_explicit(&w->job, c, memory_order_release);
+  atomic_store_explicit(&w->word, 1, memory_order_release);
+  futex(&w->word, FUTEX_WAKE, 1, NULL);
+  return 1;
+}
+
+/* Lists this OS thread as idle; 0 if IDLE_MAX already are. */
+static int idle_add(parked *w) {
+  if (!idle_ok) return 0;
+  pthread_mutex_lock(&idle_mu);
+  int ok = atomic_load(&nidle) < IDLE_MAX;
+  if (ok) {
+    atomic_store_explicit(&w->job, NULL, memory_order_relaxed);
+    atomic_store_explicit(&w->word, 0, memory_order_relaxed);
+    w->next = idle_list;
+    idle_list = w;
+    atomic_store(&nidle, atomic_load(&nidle) + 1);
+  }
+  pthread_mutex_unlock(&idle_mu);
+  return ok;
+}
+
+/* Waits (listed by idle_add) for a start; returns its control block, or NULL to exit. */
+static thr_ctl *idle_wait(parked *w, const char *name) {
+  (void)prctl(PR_SET_NAME, name, 0, 0, 0);           /* the state may have written its comm */
+  struct timespec since, until;
+  clock_gettime(CLOCK_MONOTONIC, &since);
+  until = since;
+  until.tv_nsec += IDLE_QUIET_NS;
+  if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+  int renamed = 0;
+  thr_ctl *c;
+  while ((c = atomic_load_explicit(&w->job, memory_order_acquire)) == NULL) {
+    if (futex(&w->word, FUTEX_WAIT_BITSET, 0, &until) == 0 || errno != ETIMEDOUT) continue;
+    if (!renamed) {                                  /* no start came at once: a longer wait */
+      (void)prctl(PR_SET_NAME, "strand-idle", 0, 0, 0);
+      renamed = 1;
+      until = since;
+      until.tv_sec += IDLE_SECS;
+      continue;
+    }
+    pthread_mutex_lock(&idle_mu);
+    parked **pp = &idle_list;
+    while (*pp != NULL && *pp != w) pp = &(*pp)->next;
+    int listed = *pp == w;
+    if (listed) {                                    /* nobody took it: it goes */
+      *pp = w->next;
+      atomic_store(&nidle, atomic_load(&nidle) - 1);
+    }
+    pthread_mutex_unlock(&idle_mu);
+    if (listed) return NULL;
+    /* taken just now: its job is on the way (idle_take sets it right after unlocking) */
+    while ((c = atomic_load_explicit(&w->job, memory_order_acquire)) == NULL)
+      futex(&w->word, FUTEX_WAIT, 0, NULL);
+  }
+  if (renamed) (void)prctl(PR_SET_NAME, name, 0, 0, 0);
+  return c;
+}
+
+static void *thr_main(void *arg) {
+  thr_ctl *c = (thr_ctl *)arg;
+  char name[17] = { 0 };                  /* its name as created (a state may write its comm) */
+  int named = prctl(PR_GET_NAME, name, 0, 0, 0) == 0;
+  sigset_t mask;                          /* the signal mask this OS thread has (a state cannot
+                                             change it without a C library) */
+  memset(&mask, 0, sizeof mask);
+  int masked = 0;
+  parked w;
+  memset(&w, 0, sizeof w);
+  for (;;) {
+    int again = run_thread(c) && named;
+    if (again && !masked) masked = again = pthread_sigmask(SIG_BLOCK, NULL, &mask) == 0;
+    again = again && idle_add(&w);
+    thread_done(c);
+    if (!again || (c = idle_wait(&w, name)) == NULL) break;
+    if (c->mask_set && memcmp(&c->mask, &mask, sizeof mask) != 0) {
+      if (pthread_sigmask(SIG_SETMASK, &c->mask, NULL) == 0) mask = c->mask;
+      else masked = 0;
+    }
+  }
   return NULL;
 }
 
@@ -569,6 +803,12 @@ static void pin_once(void) {
   Dl_info info;
   if (dladdr((void *)&thr_main, &info) && info.dli_fname)
     (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+  lua_State *L = luaL_newstate();                     /* for lauxlib's panic function */
+  if (L != NULL) {
+    aux_panic = lua_atpanic(L, NULL);
+    lua_close(L);
+  }
+  idle_ok = pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child) == 0;
 }
 
 static pthread_once_t pinned = PTHREAD_ONCE_INIT;    /* process-wide, as the mapping it pins */
@@ -627,15 +867,18 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n) {
     luaL_error(L, "cannot start thread: %s", c->payload ? strerror(e) : "out of memory");
   }
   pin_module();
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   atomic_fetch_add(&c->refs, 1);                   /* the thread's reference */
   atomic_store(&c->state, TS_RUNNING);
   atomic_fetch_add(&active, 1);
-  pthread_t tid;
-  int err = pthread_create(&tid, &attr, thr_main, c);
-  pthread_attr_destroy(&attr);
+  int err = 0;
+  if (!idle_take(c)) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t tid;
+    err = pthread_create(&tid, &attr, thr_main, c);
+    pthread_attr_destroy(&attr);
+  }
   if (err) {
     atomic_fetch_sub(&active, 1);
     atomic_store(&c->state, TS_NEW);

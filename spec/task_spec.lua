@@ -633,3 +633,78 @@ print("main done")
     assert.equal("cancelled", t:status())
   end)
 end)
+
+describe("the spawn / finish path (issue 14: fewer instructions per task)", function()
+  it("a failure nobody joined is reported once when the task is collected, not when joined", function()
+    local out, ok = H.lua([[
+io.stdout:setvbuf("no")
+local strand = require "strand"
+strand.spawn(function() error("boom one") end)
+local joined = strand.spawn(function() error("boom joined") end)
+strand.spawn(function() error(setmetatable({}, { __tostring = function() return "boom table" end })) end)
+local cancelled = strand.spawn(strand.sleep, 10)
+local done = strand.spawn(function() return 1 end)
+strand.sleep(0)
+cancelled:cancel()
+strand.run()
+assert(joined:join() == false)
+done = nil
+collectgarbage(); collectgarbage()
+print("collected")
+local kept = strand.spawn(function() error("boom at exit") end)
+strand.run()
+print("main done")
+]])
+    assert.is_true(ok, out)
+    local one = out:find("strand: task 1 failed and nobody joined it:\n[^\n]*: boom one\nstack traceback:")
+    local tbl = out:find("strand: task 3 failed and nobody joined it:\nboom table\n", 1, false)
+    local collected = out:find("collected\n", 1, true)
+    local exit = out:find("main done\nstrand: task 6 failed and nobody joined it:\n[^\n]*: boom at exit\n")
+    assert.truthy(one, out); assert.truthy(tbl, out); assert.truthy(collected, out); assert.truthy(exit, out)
+    assert.is_true(one < collected and tbl < collected, out)
+    assert.is_nil(out:find("boom joined", 1, true))
+    assert.is_nil(out:find("task 4", 1, true))          -- a cancellation is not reported
+    local _, n = out:gsub("nobody joined", "")
+    assert.equal(3, n)
+  end)
+
+  it("a failed task's error stays the one join returns after the report is armed", function()
+    local t = strand.spawn(function() error({ code = 7 }) end)
+    strand.sleep(0)
+    local ok, err = t:join()
+    assert.is_false(ok); assert.equal(7, err.code)
+    assert.equal(7, select(2, t:join()).code)                  -- again, the same value
+    assert.equal("failed", t:status())
+    local ok2, err2 = pcall(t.result, t)
+    assert.is_false(ok2); assert.equal(7, err2.code)
+  end)
+
+  it("spawn passes many arguments (more than a new coroutine's first stack holds)", function()
+    local args = {}
+    for i = 1, 200 do args[i] = i end
+    local t = strand.spawn(function(...) strand.sleep(0); return select("#", ...), (select(200, ...)) end,
+      table.unpack(args))
+    local n, last = t:result()
+    assert.equal(200, n); assert.equal(200, last)
+  end)
+
+  it("sleep(0) in a task delivers a pending cancellation, and gives others a turn", function()
+    local order = {}
+    local a = strand.spawn(function() for i = 1, 3 do order[#order + 1] = "a" .. i; strand.sleep(0) end end)
+    local b = strand.spawn(function() for i = 1, 3 do order[#order + 1] = "b" .. i; strand.sleep() end end)
+    assert.is_true((a:join())); assert.is_true((b:join()))
+    assert.same({ "a1", "b1", "a2", "b2", "a3", "b3" }, order)
+    local reached = false
+    local c = strand.spawn(function()
+      strand.current():cancel("stop")
+      strand.sleep(0)
+      reached = true
+    end)
+    local ok, err = c:join()
+    assert.is_false(ok); assert.is_true(strand.is_cancelled(err)); assert.equal("stop", err.reason)
+    assert.is_false(reached)
+    assert.has_error(function() strand.sleep(-1) end, "bad argument #1 to 'sleep' (seconds must be >= 0)")
+    assert.has_error(function() strand.sleep("x") end)
+    strand.sleep("0")                                      -- a numeric string, as before
+  end)
+end)

@@ -565,3 +565,132 @@ describe("threads: the globals table before base is used", function()
     assert.is_nil(u); assert.equal("function", pt3)
   end)
 end)
+
+describe("threads: an OS thread reused by the next start (issue 14)", function()
+  H.guard()
+  -- the OS thread a function runs on, and that thread's name (comm)
+  local function os_thread()
+    local f = assert(io.open("/proc/thread-self/stat"))
+    local tid = f:read("n"); f:close()
+    f = assert(io.open("/proc/thread-self/comm"))
+    local comm = f:read("l"); f:close()
+    return tid, comm
+  end
+  local function idle_tids()
+    local r = {}
+    for tid, comm in pairs(H.threads()) do if comm == "strand-idle" then r[#r + 1] = tid end end
+    return r
+  end
+
+  it("each start on a reused OS thread gets a fresh state, its own id and the OS thread's first name", function()
+    local _, main_comm = os_thread()
+    local seen, reused = {}, 0
+    for i = 1, 6 do
+      local t = thread.start(function(n, where)
+        local tid, comm = where()
+        local stale = { leak, rawget(_G, "leak"), package.loaded.leaky, string.leak, (getmetatable("").leak) }
+        leak = n; package.loaded.leaky = {}; string.leak = n; getmetatable("").leak = n
+        local f = io.open("/proc/thread-self/comm", "w")   -- renames this OS thread
+        if f then f:write("renamed-" .. n); f:close() end
+        if n == 3 then error("boom " .. n) end
+        return tid, comm, stale, require("strand.thread").id(), require("strand.thread").name()
+      end, i, os_thread)
+      local ok, tid, comm, stale, id, name = t:join(H.TIMEOUT)
+      if i == 3 then
+        assert.is_false(ok); assert.matches("boom 3", tid)
+      else
+        assert.is_true(ok, tid)
+        if seen[tid] then reused = reused + 1 end
+        seen[tid] = true
+        assert.equal(main_comm, comm)                  -- not "renamed-(i-1)" nor "strand-idle"
+        assert.same({}, stale)
+        assert.equal(t.id, id); assert.equal(t.name, name)
+      end
+    end
+    assert.is_true(reused >= 3, "OS threads reused " .. reused .. " times")
+  end)
+
+  it("threads started together and again all run, each in its own state", function()
+    for _ = 1, 3 do
+      local ts = {}
+      for i = 1, 4 do ts[i] = thread.start(function(n) assert(x == nil); x = n; return n * 2 end, i) end
+      for i = 1, 4 do assert.equal(i * 2, ts[i]:result(H.TIMEOUT)) end
+    end
+  end)
+
+  it("an OS thread whose state loaded a C library is not handed on", function()
+    if not pcall(require, "socket.core") then pending("LuaSocket (a C library) is not installed") return end
+    local warm = thread.start(function(where) return (where()) end, os_thread)
+    local idle = warm:result(H.TIMEOUT)                -- this OS thread waits for the next start
+    local t1 = thread.start(function(where) require "socket.core"; return (where()) end, os_thread)
+    local tid1 = t1:result(H.TIMEOUT)
+    assert.equal(idle, tid1)                           -- the waiting one ran it...
+    local tid2 = thread.start(function(where) return (where()) end, os_thread):result(H.TIMEOUT)
+    assert.are_not.equal(tid1, tid2)                   -- ...and did not wait for another
+  end)
+
+  it("an OS thread that forked a daemon child is not handed on (its PDEATHSIG is tied to it)", function()
+    local t1 = thread.start(function(where)
+      local process = require "strand.process"
+      local p = process.new{ fn = function() end, daemon = true, allow_threads = true }
+      p:start()
+      assert(p:join(10))
+      return (where())
+    end, os_thread)
+    local tid1 = t1:result(H.TIMEOUT)
+    local tid2 = thread.start(function(where) return (where()) end, os_thread):result(H.TIMEOUT)
+    assert.are_not.equal(tid1, tid2)
+  end)
+
+  it("an OS thread that made an ssh session is not handed on (libcrypto's per-thread state)", function()
+    local core = require "strand.core"
+    if not core.ssh then pending("built without ssh") return end
+    local warm = thread.start(function(where) return (where()) end, os_thread)
+    local idle = warm:result(H.TIMEOUT)
+    local t1 = thread.start(function(where)
+      local socket = require "strand.socket"
+      local a, b = assert(socket.pair())
+      local s = assert(require("strand.core").ssh.session(a:fileno(), 1, false))
+      a:close(); b:close()
+      return (where()), s ~= nil
+    end, os_thread)
+    local tid1, made = t1:result(H.TIMEOUT)
+    assert.is_true(made)
+    assert.equal(idle, tid1)
+    local tid2 = thread.start(function(where) return (where()) end, os_thread):result(H.TIMEOUT)
+    assert.are_not.equal(tid1, tid2)
+  end)
+
+  it("a forked child does not hand starts to its parent's waiting OS threads", function()
+    local process = require "strand.process"
+    thread.start(function() end):result(H.TIMEOUT)
+    assert.is_true(H.wait_until(function() return #idle_tids() > 0 end), "no OS thread waits")
+    local p = process.start(function()
+      local th = require "strand.thread"
+      return th.start(function(n) return n + 1 end, 41):result(5)
+    end)
+    assert.equal(42, p:result(H.TIMEOUT))
+  end)
+
+  it("warn is off until @on, then writes its pieces after 'Lua warning: ', as in any state", function()
+    local out, ok = H.lua([[
+local thread = require "strand.thread"
+thread.start(function()
+  warn("hidden"); warn("@on"); warn("shown ", "in ", "pieces"); warn("@off"); warn("hidden too")
+  warn("@on"); warn("@bogus"); warn("again")
+  setmetatable({}, { __gc = function() error("in gc") end })
+end):result()
+thread.start(function() warn("not on in the next state") end):result()
+io.stderr:write("end\n")
+]])
+    assert.is_true(ok, out)
+    assert.matches("^Lua warning: shown in pieces\nLua warning: again\nLua warning: error in __gc[^\n]*in gc[^\n]*\nend\n$", out)
+  end)
+
+  it("a waiting OS thread ends by itself after a while", function()
+    thread.start(function() end):result(H.TIMEOUT)
+    assert.is_true(H.wait_until(function() return #idle_tids() > 0 end), "no OS thread waits")
+    assert.is_true(H.wait_until(function() return #idle_tids() == 0 end, H.TIMEOUT, 0.05),
+      "still waiting: " .. table.concat(idle_tids(), ","))
+  end)
+end)

@@ -68,6 +68,7 @@ end
 --- Threads that a library keeps on purpose for the life of the process (matched against the
 --- thread's name, /proc/self/task/*/comm): they never count as leaked. Areas add patterns here.
 H.persistent_threads = { "^strand%-resolv", "^strand%-pool", "^strand%-relay" }
+H.persistent_threads[#H.persistent_threads + 1] = "^strand%-idle"   -- thread.c: OS threads waiting for a next start
 
 local function persistent(comm)
   for _, pat in ipairs(H.persistent_threads) do
