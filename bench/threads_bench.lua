@@ -124,6 +124,7 @@ local _, cc_ok = B.sh(("mkdir -p %s/bench && cc -O2 -pthread -o %s bench/thread_
 
 local peers = {
   { "strand", ("%s run start strand %d"):format(self, STARTS) },
+  { "strand_cold", ("STRAND_THREAD_IDLE=0 %s run start strand %d"):format(self, STARTS) },
   { "C", cc_ok and ("%s %d"):format(cbin, STARTS * 10) },
   { "python", ("%s bench/threads_py.py start %d"):format(B.PY, STARTS) },
   { "luv", has_luv and ("%s run start luv %d"):format(self, STARTS) },
@@ -143,7 +144,7 @@ for _, p in ipairs(peers) do
   end
 end
 if med.strand then
-  for _, p in ipairs { "C", "python", "luv" } do
+  for _, p in ipairs { "strand_cold", "C", "python", "luv" } do
     if med[p] then print(("  strand / %s: %.2fx the time"):format(p, med.strand / med[p])) end
   end
 end

@@ -574,7 +574,8 @@ static void thread_done(thr_ctl *c) {
  * named "strand-idle" after its first 2 ms, blocks in a futex wait, holds no lock and no state;
  * a forked child has none (docs/thread.md). */
 
-#define IDLE_MAX 2                        /* waiting OS threads at most */
+#define IDLE_MAX 2                        /* waiting OS threads at most, unless
+                                             STRAND_THREAD_IDLE says otherwise (0: no reuse) */
 #define IDLE_SECS 2                       /* how long one waits for a start before it exits */
 #define IDLE_QUIET_NS 2000000L            /* the first 2 ms of it under its own name (a start
                                              that comes at once costs no rename and back) */
@@ -590,6 +591,7 @@ static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
 static parked *idle_list;
 static atomic_int nidle;                  /* written under idle_mu; read unlocked as a hint */
 static int idle_ok;                       /* the fork hooks are in place (pin_once) */
+static int idle_max = IDLE_MAX;           /* set once by pin_once, read-only after */
 
 static void idle_fork_prepare(void) { pthread_mutex_lock(&idle_mu); }
 static void idle_fork_parent(void) { pthread_mutex_unlock(&idle_mu); }
@@ -627,11 +629,11 @@ static int idle_take(thr_ctl *c) {
   return 1;
 }
 
-/* Lists this OS thread as idle; 0 if IDLE_MAX already are. */
+/* Lists this OS thread as idle; 0 if idle_max already are. */
 static int idle_add(parked *w) {
   if (!idle_ok) return 0;
   pthread_mutex_lock(&idle_mu);
-  int ok = atomic_load(&nidle) < IDLE_MAX;
+  int ok = atomic_load(&nidle) < idle_max;
   if (ok) {
     atomic_store_explicit(&w->job, NULL, memory_order_relaxed);
     atomic_store_explicit(&w->word, 0, memory_order_relaxed);
@@ -808,7 +810,13 @@ static void pin_once(void) {
     aux_panic = lua_atpanic(L, NULL);
     lua_close(L);
   }
-  idle_ok = pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child) == 0;
+  const char *env = getenv("STRAND_THREAD_IDLE");
+  if (env != NULL && *env != '\0') {
+    char *end;
+    long v = strtol(env, &end, 10);
+    if (*end == '\0' && v >= 0) idle_max = v > 64 ? 64 : (int)v;
+  }
+  idle_ok = idle_max > 0 && pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child) == 0;
 }
 
 static pthread_once_t pinned = PTHREAD_ONCE_INIT;    /* process-wide, as the mapping it pins */

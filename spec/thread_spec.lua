@@ -610,6 +610,26 @@ describe("threads: an OS thread reused by the next start (issue 14)", function()
     assert.is_true(reused >= 3, "OS threads reused " .. reused .. " times")
   end)
 
+  it("STRAND_THREAD_IDLE sets how many OS threads may wait (0: every start creates one)", function()
+    local code = [[
+      local thread = require "strand.thread"
+      local function where()
+        local f = assert(io.open("/proc/thread-self/stat")); local tid = f:read("n"); f:close(); return tid
+      end
+      local seen, n = {}, 0
+      for _ = 1, 5 do
+        local tid = thread.start(function(w) return (w()) end, where):result(10)
+        if not seen[tid] then seen[tid] = true; n = n + 1 end
+      end
+      print("distinct " .. n)
+    ]]
+    local out = H.lua(code, "STRAND_THREAD_IDLE=0")
+    assert.matches("distinct 5\n", out)
+    out = H.lua(code, "STRAND_THREAD_IDLE=junk")         -- not a count: the default (reuse)
+    local n = tonumber(out:match("distinct (%d+)"))
+    assert.is_true(n ~= nil and n < 5, out)
+  end)
+
   it("threads started together and again all run, each in its own state", function()
     for _ = 1, 3 do
       local ts = {}
