@@ -17,7 +17,10 @@ N=${N:-10000}
 DURATION=${DURATION:-8}
 CG=${CG:-0}
 CGDURATION=${CGDURATION:-40}
-GCS=${GCS:-"default inc150 inc110 gen"}
+GCS=${GCS:-"default inc150 inc110 gen genstep"}
+PERIOD=${PERIOD:-0.25}
+CGPERIOD=${CGPERIOD:-2}
+period=$PERIOD
 cc_bench "$build" echo_client
 lua_env "$build"
 export LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;" LUA_CPATH="$PWD/$build/?.so;;"
@@ -38,6 +41,8 @@ prelude() {
     default) echo "" ;;
     inc*) echo "collectgarbage('incremental', ${1#inc}, 100)" ;;
     gen) echo "collectgarbage('generational')" ;;
+    genstep) echo "collectgarbage('generational'); local s = require 'strand'
+      s.spawn(function() while true do s.sleep($period); collectgarbage('step', 0) end end)" ;;
     *) echo "unknown GC setting $1" >&2; exit 2 ;;
   esac
 }
@@ -88,6 +93,7 @@ done
 
 [ "$CG" = 1 ] || exit 0
 command -v valgrind >/dev/null || { echo "CG=1: valgrind is not installed" >&2; exit 1; }
+period=$CGPERIOD
 echo "callgrind, counters zeroed once all $N connections are accepted, ${CGDURATION} s of load:"
 printf "%-9s %8s %9s %11s %13s %13s\n" gc trips "Ir/trip" "D1miss/trip" "L2(512K)miss" "L3(32M)miss"
 for gc in $GCS; do
