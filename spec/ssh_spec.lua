@@ -503,7 +503,7 @@ describe("strand.ssh", function()
     local function fp(s) return (assert(s:fingerprint())) end
 
     it("from ~/.ssh/config: ProxyJump hop-a,hop-b, every host key checked (strict)", function()
-      H.run(function()
+      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
         local s = assert(ssh.connect { host = "far", config = cfg, known_hosts = kh, timeout = 20 })
         assert.equal("far away\n", s:run("echo far away").stdout)
         -- the target saw its connection come from sshd2's forward: a loopback peer, and the
@@ -515,7 +515,7 @@ describe("strand.ssh", function()
     end)
 
     it("as a connect option: hops in order, each a string or an option table", function()
-      H.run(function()
+      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
         local seen = {}
         local function record(host, fingerprint) seen[#seen + 1] = fingerprint; return true end
         local s = assert(ssh.connect(srv:opts {
@@ -541,7 +541,7 @@ describe("strand.ssh", function()
     end)
 
     it("a hop refusing authentication is named in the error; nothing is left open", function()
-      H.run(function()
+      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
         local s, err, code = ssh.connect { host = "far", config = cfg, known_hosts = kh, timeout = 20,
           proxyjump = "hop-a,hop-b-badkey" }
         assert.is_nil(s)
@@ -555,7 +555,7 @@ describe("strand.ssh", function()
     end)
 
     it("a hop whose host key changed is named in the error, before any credential is sent", function()
-      H.run(function()
+      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
         -- sshd2's port listed with sshd1's host key
         local bad = tmpname()
         write_file(bad, read_file(srv.known_hosts) .. ("[127.0.0.1]:%d %s\n"):format(srv2.port, srv.host_pub))
@@ -577,7 +577,7 @@ describe("strand.ssh", function()
     end)
 
     it("timeout bounds the whole chain (a target behind the hops that never answers)", function()
-      H.run(function()
+      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
         local l = assert(socket.listen("127.0.0.1", 0))   -- never accepts: the handshake waits
         local _, port = l:getsockname()
         local t0 = strand.now()
@@ -592,7 +592,7 @@ describe("strand.ssh", function()
     end)
 
     it("a hop that cannot be reached is named; a bad proxyjump option raises", function()
-      H.run(function()
+      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
         local l = assert(socket.listen("127.0.0.1", 0))
         local _, port = l:getsockname()
         l:close()
