@@ -269,6 +269,7 @@ STRAND_API void strand_shm_aref(uint64_t off, int delta);
 STRAND_API void strand_shm_exiting(void);
 /* Test hook (queue._test_arena): pushes the family's live objects and the arena's bytes in use. */
 STRAND_API int strand_shm_test_arena(lua_State *L);
+STRAND_API int strand_shm_test_hold_fork(lua_State *L);
 
 /* Make the family's arena now (the module's openers do; a forking area must have it before the
  * fork so that the family shares one). 0 or an errno. */

@@ -398,3 +398,32 @@ describe("a dead waiter's wake-up records", function()
     assert.equal("x", q:get(H.TIMEOUT))
   end)
 end)
+
+describe("a queue shared by a fork", function()
+  H.guard()
+
+  -- From the fork on, a queue made before it belongs to two processes, whether or not the
+  -- child has been scheduled yet. The fork marked it crossed only in the child's fork handler,
+  -- so a parent quicker than its child (a loaded machine) put its next value by reference,
+  -- and the child's get returned nil, "cannot get a value put by reference in another
+  -- process" (S4's client process, fed jobs through queues, then never answered).
+  -- queue._test_hold_fork keeps the child in its fork handler while the parent puts.
+  it("a put right after the fork is copied, even before the child has run", function()
+    local jobs, answers = queue.new(), queue.new()
+    assert.is_true(queue._test_hold_fork(true))
+    local p
+    finally(function() queue._test_hold_fork(false); if p then p:join(H.TIMEOUT) end end)
+    p = assert(process.start(function()
+      local job, err = jobs:get(10)
+      answers:put(job and job.text or "get failed: " .. tostring(err))
+      return true
+    end))
+    assert.is_true(jobs:put({ text = "a table" }))     -- the child is still in its fork handler
+    local ok, err = pcall(jobs.put, jobs, coroutine.create(print))
+    assert.is_false(ok, "a coroutine was put by reference into a queue another process holds")
+    assert.matches("cannot copy a coroutine", err)
+    assert.is_true(queue._test_hold_fork(false))       -- the child goes on
+    assert.equal("a table", answers:get(H.TIMEOUT))
+    assert.is_true(p:result(H.TIMEOUT))
+  end)
+end)
