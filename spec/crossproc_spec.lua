@@ -426,4 +426,48 @@ describe("a queue shared by a fork", function()
     assert.equal("a table", answers:get(H.TIMEOUT))
     assert.is_true(p:result(H.TIMEOUT))
   end)
+
+  -- The child's family reference to each object it inherits was also counted in its fork
+  -- handler: a parent that dropped its last view before the child ran freed the object's
+  -- blocks under the child (and the parent's next object of that size took them).
+  it("an object the parent drops right after the fork stays the child's", function()
+    local holder = { queue.new() }
+    holder[1]:put("the child's")
+    local objects = queue._test_arena()
+    assert.is_true(queue._test_hold_fork(true))
+    local p
+    finally(function() queue._test_hold_fork(false); if p then p:join(H.TIMEOUT) end end)
+    p = assert(process.start(function() return holder[1]:get(5) end))
+    holder[1] = nil                                     -- the parent's last view goes
+    collectgarbage(); collectgarbage()
+    assert.equal(objects, (queue._test_arena()), "the object was freed while the child holds it")
+    local other = queue.new()                           -- would take the freed block
+    other:put("the parent's")
+    assert.is_true(queue._test_hold_fork(false))       -- the child goes on
+    assert.equal("the child's", p:result(H.TIMEOUT))
+    assert.equal("the parent's", other:get(0))
+  end)
+
+  -- The references counted for the child before the fork go back when no child was made. A
+  -- fork fails here as user nobody limited to one process (root is not limited: setpriv).
+  local can_fail_fork = os.execute("[ $(id -u) = 0 ] && command -v setpriv >/dev/null && command -v prlimit >/dev/null")
+  ;(can_fail_fork and it or pending)("a fork that fails gives back the references counted for its child", function()
+    local f = os.tmpname()
+    local h = assert(io.open(f, "w"))
+    h:write [[
+      local queue, process = require "strand.queue", require "strand.process"
+      local q = queue.new()
+      local before = queue._test_arena()
+      local ok, err = pcall(process.start, function() return 1 end)
+      q = nil; collectgarbage(); collectgarbage()
+      print(ok, err, before, (queue._test_arena()))
+    ]]
+    h:close()
+    os.execute("chmod 644 " .. f)
+    local p = io.popen("setpriv --reuid=65534 --regid=65534 --clear-groups prlimit --nproc=1 lua5.4 " .. f .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    os.remove(f)
+    assert.matches("^false\t[^\n]*cannot fork: wouldblock\t1\t0\n$", out)
+  end)
 end)
