@@ -296,8 +296,9 @@ static int l_fork(lua_State *L) {
   drain_fastbins();
   strand_serial_key();                 /* the family's reference key, drawn before the fork */
   pid_t pid = fork();
+  int e = errno;
+  if (pid != 0) strand_shm_forked(pid < 0);   /* the child's object references: counted or not */
   if (pid < 0) {
-    int e = errno;
     if (rfd >= 0) close(rfd);
     return strand_fail(L, e);
   }

@@ -2019,6 +2019,7 @@ int strand_open_queue(lua_State *L) {
     {"_test_take", l_test_take}, {"_test_forge_homes", l_test_forge_homes},
     {"_test_die", l_test_die}, {"_test_blocks", l_test_blocks},
     {"_test_arena", strand_shm_test_arena},
+    {"_test_hold_fork", strand_shm_test_hold_fork},
     {NULL, NULL}
   };
   strand_objtype_on_cross(&queue_type, q_cross);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -281,30 +282,85 @@ static int family;                      /* this process forked or was forked: wa
 static void relay_start(void);
 static void homes_after_fork(void);
 
-static void fork_prepare(void) { pthread_mutex_lock(&objs_mu); }
+/* queue._test_hold_fork (a test hook): the next fork's child waits at the start of its fork
+ * handler until the parent releases it (or 10 s), as a child not scheduled yet would. */
+static int hold_rfd = -1, hold_wfd = -1;
+#define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
+
+/* From the fork on, every object this process holds has two processes: it is crossed (a queue
+ * then copies what is put) and the child's family reference is counted. Both are done before
+ * the fork, in the parent: done in the child's handler (before docs/reliability.md 17), a parent
+ * quicker than its child put its next value into a queue by reference (the child's get failed),
+ * or dropped its last view of an object and freed its blocks under the child. The offsets
+ * counted are kept for the forking thread until its fork returns: strand_shm_forked(1) gives the
+ * references back when no child was made. */
+static uint64_t *prep_refs;             /* objs_mu: counted by fork_prepare */
+static size_t prep_nrefs;
+static __thread uint64_t *fork_refs;    /* this thread's last fork's, until strand_shm_forked */
+static __thread size_t fork_nrefs;
+
+static void fork_prepare(void) {
+  pthread_mutex_lock(&objs_mu);
+  size_t n = 0;
+  for (strand_shm *s = objs; s; s = s->lnext) n++;
+  prep_refs = n ? (uint64_t *)malloc(n * sizeof *prep_refs) : NULL;   /* NULL: kept on failure */
+  prep_nrefs = 0;
+  for (strand_shm *s = objs; s; s = s->lnext) {
+    if (!__atomic_load_n(&s->head->crossed, __ATOMIC_RELAXED))
+      __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELEASE);
+    strand_shm_aref(HEAD_OFF(s), 1);
+    if (prep_refs) prep_refs[prep_nrefs++] = HEAD_OFF(s);
+  }
+}
 
 static void fork_parent(void) {
+  if (hold_rfd >= 0) { close(hold_rfd); hold_rfd = -1; }   /* only that fork's child is held */
+  free(fork_refs);                      /* a fork strand_shm_forked was not told of */
+  fork_refs = prep_refs;
+  fork_nrefs = prep_nrefs;
+  prep_refs = NULL;
   pthread_mutex_unlock(&objs_mu);
   __atomic_store_n(&family, 1, __ATOMIC_RELEASE);
   relay_start();
 }
 
+void strand_shm_forked(int failed) {
+  if (failed)
+    for (size_t i = 0; i < fork_nrefs; i++) strand_shm_aref(fork_refs[i], -1);
+  free(fork_refs);
+  fork_refs = NULL;
+  fork_nrefs = 0;
+}
+
 static strand_shm *views_find(uint64_t off);
 static int views_put(strand_shm *s);
-#define HEAD_OFF(s) ((uint64_t)((char *)(s)->head - strand_arena_base))
 
 /* this thread's intent record (0: none yet); strand_intent_fast reads it inline */
 __thread uint64_t strand_intent_off __attribute__((tls_model("initial-exec")));
 
+static void hold_child(void) {
+  close(hold_wfd);
+  hold_wfd = -1;
+  struct pollfd p = { .fd = hold_rfd, .events = POLLIN };
+  double end = strand_now() + 10;
+  for (double left = 10; left > 0; left = end - strand_now())
+    if (poll(&p, 1, (int)(left * 1000) + 1) >= 0 || errno != EINTR) break;
+  close(hold_rfd);
+  hold_rfd = -1;
+}
+
 static void fork_child(void) {
+  if (hold_rfd >= 0) hold_child();
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
   cached_tid = 0;
   strand_intent_off = 0;                        /* the parent's thread keeps its record */
-  for (strand_shm *s = objs; s; s = s->lnext) {
-    __atomic_add_fetch(&s->head->arefs, 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->head->crossed, 1, __ATOMIC_RELAXED);   /* two processes hold it */
+  free(prep_refs);                              /* its references are counted already */
+  prep_refs = NULL;
+  free(fork_refs);                              /* an earlier fork's, strand_shm_forked not told */
+  fork_refs = NULL;
+  fork_nrefs = 0;
+  for (strand_shm *s = objs; s; s = s->lnext)
     if (!views_find(HEAD_OFF(s))) views_put(s);   /* a reference the parent sends finds it */
-  }
   pthread_mutex_init(&objs_mu, NULL);
   family = 1;
   homes_after_fork();
@@ -615,6 +671,22 @@ int strand_shm_test_arena(lua_State *L) {
   arena_unlock();
   lua_pushinteger(L, (lua_Integer)b);
   return 2;
+}
+
+/* queue._test_hold_fork(true): the next fork's child is held at the start of its fork handler
+ * (before it touches any object) until queue._test_hold_fork(false) in the parent; a test hook
+ * (spec/crossproc_spec.lua). -> true | nil, msg */
+int strand_shm_test_hold_fork(lua_State *L) {
+  if (hold_wfd >= 0) { close(hold_wfd); hold_wfd = -1; }     /* releases a child held */
+  if (hold_rfd >= 0) { close(hold_rfd); hold_rfd = -1; }
+  if (lua_toboolean(L, 1)) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return strand_fail(L, errno);
+    hold_rfd = fds[0];
+    hold_wfd = fds[1];
+  }
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* {==== references by offset: the same object in every process of the family */

@@ -267,8 +267,12 @@ STRAND_API strand_object *strand_shm_view(uint64_t off, const strand_objtype *t)
 STRAND_API void strand_shm_aref(uint64_t off, int delta);
 /* A forked process about to _exit: its views give back their family references (refleak). */
 STRAND_API void strand_shm_exiting(void);
+/* After a fork() made with strand's fork hooks, in the forking thread: failed = 1 (no child) gives
+ * back the family references the hook counted for the child; 0 forgets them. */
+STRAND_API void strand_shm_forked(int failed);
 /* Test hook (queue._test_arena): pushes the family's live objects and the arena's bytes in use. */
 STRAND_API int strand_shm_test_arena(lua_State *L);
+STRAND_API int strand_shm_test_hold_fork(lua_State *L);
 
 /* Make the family's arena now (the module's openers do; a forking area must have it before the
  * fork so that the family shares one). 0 or an errno. */

@@ -6,6 +6,7 @@ local argparse = require "argparse"
 local strand = require "strand"
 local server = require "strand.server"
 local process = require "strand.process"
+local queue = require "strand.queue"
 
 local parser = argparse("s4_socketserver", "socketserver in four modes")
 parser:option("--host", "address to listen on", "127.0.0.1")
@@ -26,9 +27,17 @@ end
 
 -- Clients run in a process of their own: a server that forks (fork, prefork) hands its children
 -- every descriptor it has, and a connection only ends once every copy of its client end is closed.
-local function run_clients(port, n, udp)
-  local p = process.new { allow_threads = true, args = { port, n, udp }, fn = function(port, n, udp)
-    local st, sk = require "strand", require "strand.socket"
+-- That process is forked once, at the start, before any server thread exists (a fork while other
+-- threads run copies whatever lock one of them holds at that instant, held forever in the child),
+-- and takes one job per server through a queue: the port, how many clients, TCP or UDP.
+local jobs, answers = queue.new(), queue.new()
+
+local function clients_main()
+  local st, sk = require "strand", require "strand.socket"
+  while true do
+    local job = jobs:get()
+    if job == "stop" then return end
+    local port, n, udp = job.port, job.n, job.udp
     local ts, out = {}, {}
     for i = 1, n do
       ts[i] = st.spawn(function()
@@ -45,9 +54,14 @@ local function run_clients(port, n, udp)
       end)
     end
     for i = 1, n do out[i] = select(2, ts[i]:join(20)) end
-    return out
-  end }
-  return assert(p:start())
+    answers:put(out)
+  end
+end
+
+-- -> the n replies, or nil, "timeout"
+local function run_clients(port, n, udp)
+  jobs:put { port = port, n = n, udp = udp }
+  return answers:get(30)
 end
 
 local modes = args.mode == "all" and { "task", "thread", "fork", "prefork" } or { args.mode }
@@ -61,6 +75,8 @@ if args.serve then
   return
 end
 
+-- daemon: should this program fail half way, its client process is killed, not waited for
+local clients = assert(process.new { fn = clients_main, daemon = true }:start())
 for _, mode in ipairs(modes) do
   for _, proto in ipairs(args.udp and { "tcp", "udp" } or { "tcp" }) do
     local srv
@@ -77,9 +93,9 @@ for _, mode in ipairs(modes) do
     local replies
     strand.spawn(function()
       srv:wait_ready(10)                     -- every worker listening
-      local ok, out = pcall(function() return select(2, run_clients(srv.port, args.clients, proto == "udp"):join(30)) end)
-      if not ok then print("s4: clients failed: " .. tostring(out)) end
-      replies = ok and out or {}
+      local out, err = run_clients(srv.port, args.clients, proto == "udp")
+      if not out then print("s4: clients failed: " .. tostring(err)) end
+      replies = out or {}
       srv:shutdown(2)
     end)
     srv:serve_forever()
@@ -93,4 +109,6 @@ for _, mode in ipairs(modes) do
     print(("s4 %s/%s: %d/%d replies correct"):format(mode, proto, good, args.clients))
   end
 end
+jobs:put("stop")
+assert(clients:join(30), "s4: the client process did not stop")
 print("s4: done")

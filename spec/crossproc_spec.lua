@@ -398,3 +398,76 @@ describe("a dead waiter's wake-up records", function()
     assert.equal("x", q:get(H.TIMEOUT))
   end)
 end)
+
+describe("a queue shared by a fork", function()
+  H.guard()
+
+  -- From the fork on, a queue made before it belongs to two processes, whether or not the
+  -- child has been scheduled yet. The fork marked it crossed only in the child's fork handler,
+  -- so a parent quicker than its child (a loaded machine) put its next value by reference,
+  -- and the child's get returned nil, "cannot get a value put by reference in another
+  -- process" (S4's client process, fed jobs through queues, then never answered).
+  -- queue._test_hold_fork keeps the child in its fork handler while the parent puts.
+  it("a put right after the fork is copied, even before the child has run", function()
+    local jobs, answers = queue.new(), queue.new()
+    assert.is_true(queue._test_hold_fork(true))
+    local p
+    finally(function() queue._test_hold_fork(false); if p then p:join(H.TIMEOUT) end end)
+    p = assert(process.start(function()
+      local job, err = jobs:get(10)
+      answers:put(job and job.text or "get failed: " .. tostring(err))
+      return true
+    end))
+    assert.is_true(jobs:put({ text = "a table" }))     -- the child is still in its fork handler
+    local ok, err = pcall(jobs.put, jobs, coroutine.create(print))
+    assert.is_false(ok, "a coroutine was put by reference into a queue another process holds")
+    assert.matches("cannot copy a coroutine", err)
+    assert.is_true(queue._test_hold_fork(false))       -- the child goes on
+    assert.equal("a table", answers:get(H.TIMEOUT))
+    assert.is_true(p:result(H.TIMEOUT))
+  end)
+
+  -- The child's family reference to each object it inherits was also counted in its fork
+  -- handler: a parent that dropped its last view before the child ran freed the object's
+  -- blocks under the child (and the parent's next object of that size took them).
+  it("an object the parent drops right after the fork stays the child's", function()
+    local holder = { queue.new() }
+    holder[1]:put("the child's")
+    local objects = queue._test_arena()
+    assert.is_true(queue._test_hold_fork(true))
+    local p
+    finally(function() queue._test_hold_fork(false); if p then p:join(H.TIMEOUT) end end)
+    p = assert(process.start(function() return holder[1]:get(5) end))
+    holder[1] = nil                                     -- the parent's last view goes
+    collectgarbage(); collectgarbage()
+    assert.equal(objects, (queue._test_arena()), "the object was freed while the child holds it")
+    local other = queue.new()                           -- would take the freed block
+    other:put("the parent's")
+    assert.is_true(queue._test_hold_fork(false))       -- the child goes on
+    assert.equal("the child's", p:result(H.TIMEOUT))
+    assert.equal("the parent's", other:get(0))
+  end)
+
+  -- The references counted for the child before the fork go back when no child was made. A
+  -- fork fails here as user nobody limited to one process (root is not limited: setpriv).
+  local can_fail_fork = os.execute("[ $(id -u) = 0 ] && command -v setpriv >/dev/null && command -v prlimit >/dev/null")
+  ;(can_fail_fork and it or pending)("a fork that fails gives back the references counted for its child", function()
+    local f = os.tmpname()
+    local h = assert(io.open(f, "w"))
+    h:write [[
+      local queue, process = require "strand.queue", require "strand.process"
+      local q = queue.new()
+      local before = queue._test_arena()
+      local ok, err = pcall(process.start, function() return 1 end)
+      q = nil; collectgarbage(); collectgarbage()
+      print(ok, err, before, (queue._test_arena()))
+    ]]
+    h:close()
+    os.execute("chmod 644 " .. f)
+    local p = io.popen("setpriv --reuid=65534 --regid=65534 --clear-groups prlimit --nproc=1 lua5.4 " .. f .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    os.remove(f)
+    assert.matches("^false\t[^\n]*cannot fork: wouldblock\t1\t0\n$", out)
+  end)
+end)
