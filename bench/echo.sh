@@ -11,10 +11,10 @@
 # connections), its largest value minus the VmRSS before the first connection, per connection.
 # A run of a fixed time would understate it: the servers with a collector keep garbage between
 # cycles (Lua's default incremental GC lets the heap double), and at 10,000 connections reach
-# their peak only after some round trips per connection: strand ~25 (~3 s), cqueues ~38 (a cycle
-# of its larger heap), luv anywhere from ~10 to ~85 (its RSS also falls back as glibc trims the
-# heap: its peak varies by a third between runs), gevent creeps up ~2% over the run, selectors
-# and C are flat. A 1 s run sees none of that and a loaded machine does fewer trips per second,
+# their peak only after some round trips per connection: strand ~25 (~3 s; 60 round trips are
+# ~10 of its GC cycles), cqueues 36-47 (its second cycle under load), luv anywhere from ~10 to
+# ~85 (its RSS also falls as glibc trims the heap: its peak varies by up to a third between
+# runs), gevent creeps up ~2% over the run, selectors and C are flat. A 1 s run sees none of that and a loaded machine does fewer trips per second,
 # hence a window of round trips, not of seconds. Every server is run as a user runs it (no GC
 # setting). "rss end" (VmRSS at the end of each timed run) is shown but not reported.
 # Per idle connection: all connections accepted and quiet, 0.5 s later.
@@ -164,10 +164,11 @@ n=$(for c in $CONNS; do echo "$c"; done | sort -n | tail -1)
 # Active connections, steady state: the peak RSS per connection over STEADY_TRIPS round trips per
 # connection (one run per server; see the header). "short": STEADY_MAX came first; "peak at":
 # round trips per connection done when the peak was first sampled; "last fifth": how much of the
-# peak (over the baseline) came in the run's last fifth (above 2%: flagged as still rising).
+# peak (over the baseline) came in the run's last fifth (above 2%: flagged as still rising);
+# "hwm": VmHWM at the end, the kernel's own peak (the accept ramp included), a check on sampling.
 if [ "$STEADY_TRIPS" -gt 0 ]; then
   echo "active connections: $n, peak RSS per connection over $STEADY_TRIPS round trips per connection (one run per server)"
-  printf "%-10s %12s %10s %8s %16s %11s %s\n" server "B/conn peak" "trips/s" "s" "peak at trips/c" "last fifth" machine
+  printf "%-10s %12s %10s %8s %16s %11s %9s %s\n" server "B/conn peak" "trips/s" "s" "peak at trips/c" "last fifth" "hwm" machine
   for name in $names; do
     fits "$name" "$n" || continue
     flag=$(wait_idle)
@@ -177,14 +178,16 @@ if [ "$STEADY_TRIPS" -gt 0 ]; then
     # shellcheck disable=SC2086
     res=$($PIN_LOAD "$bin/echo_client" -p "$spid" -n $((STEADY_TRIPS * n)) "$port" "$n" "$STEADY_MAX" "$MSGSIZE" \
           2>"$tmp/cerr") || res=""
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$spid/status" 2>/dev/null || echo 0)
     stop
     if [ -z "$res" ]; then echo "$name: client failed: $(head -c 300 "$tmp/cerr")" >&2; continue; fi
+    hwm=$(awk -v h="${hwm:-0}" -v b="$base" -v n="$n" 'BEGIN { printf "%.0f", (h - b) * 1024 / n }')
     set -- $res
     [ "$2" -ge $((STEADY_TRIPS * n)) ] && full=full || full=short
     set -- $(awk -v r="$1" -v t="$2" -v s="$3" -v pk="$6" -v pt="$7" -v p45="$8" -v b="$base" -v n="$n" \
       'BEGIN { printf "%.0f %.0f %.1f %.1f %.1f", (pk - b) * 1024 / n, r, s, pt / n,
                (pk > b ? 100 * (pk - p45) / (pk - b) : 0) }')
-    printf "%-10s %12s %10s %8s %16s %10s%% %s%s\n" "$name" "$1" "$2" "$3" "$4" "$5" "$flag" \
+    printf "%-10s %12s %10s %8s %16s %10s%% %9s %s%s\n" "$name" "$1" "$2" "$3" "$4" "$5" "$hwm" "$flag" \
       "$([ "$full" = full ] || echo ", short: ${STEADY_MAX} s came first")"
     record "echo_active $n $name $STEADY_TRIPS $1 $4 $3 $full $5 $flag"
   done
