@@ -110,7 +110,7 @@ for n in $CONNS; do
       res=$($PIN_LOAD "$bin/echo_client" -p "$spid" "$port" "$n" "$DURATION" "$MSGSIZE" 2>"$tmp/cerr") || res=""
       stop
       if [ -z "$res" ]; then echo "$name: client failed: $(head -c 300 "$tmp/cerr")" >&2; continue; fi
-      set -- $res        # trips/s trips seconds cpu rss peak trips_at_peak
+      set -- $res        # trips/s trips seconds cpu rss peak trips_at_peak peak_before_last_fifth
       rate=$1; cpu_us=$(awk -v c="$4" -v t="$2" 'BEGIN { if (c >= 0 && t > 0) printf "%.3f", c / t * 1e6; else print "n/a" }')
       rss_b=$(awk -v a="$5" -v b="$base" -v n="$n" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
       [ "$name" = c ] && cval=$rate
