@@ -141,8 +141,8 @@ do
   -- active: the peak over the steady run (bench/echo.sh's header); a server without one shows n/a.
   -- A figure is marked when its run stopped at the time bound before its round trips ("short") or
   -- more than 2% of it (over the baseline) came in the run's last fifth (it may still have been rising).
-  local n = ns[#ns]
   local any = next(active)
+  local n = any and active[any].n or ns[#ns]
   local function act(name)
     local a = active[name]
     if not a then return "n/a" end
