@@ -4,10 +4,23 @@
 # selectors, luv, cqueues, LuaSocket's select loop, gevent), with the load generator
 # (bench/echo_client.c) in its own process. One server at a time, pinned to CPU 0, the load on
 # CPU 1; each rep waits for an idle machine (bench/lib.sh) and runs every server once, so a
-# rep's ratios to C are taken side by side. Also the server's CPU per round trip, its RSS per
-# connection while echoing, and (once per server) per idle connection at the largest count.
+# rep's ratios to C are taken side by side. Also the server's CPU per round trip, and (once per
+# server, at the largest count) its RSS per active and per idle connection.
+# Active RSS is the peak in steady state: the server's VmRSS sampled every 0.1 s (by the load
+# generator) through a run of STEADY_TRIPS round trips per connection (60: 600,000 at 10,000
+# connections), its largest value minus the VmRSS before the first connection, per connection.
+# A run of a fixed time would understate it: the servers with a collector keep garbage between
+# cycles (Lua's default incremental GC lets the heap double), and at 10,000 connections reach
+# their peak only after some round trips per connection: strand ~25 (~3 s; 60 round trips are
+# ~10 of its GC cycles), cqueues 36-47 (its second cycle under load), luv anywhere from ~10 to
+# ~85 (its RSS also falls as glibc trims the heap: its peak varies by up to a third between
+# runs), gevent creeps up ~2% over the run, selectors and C are flat. A 1 s run sees none of that and a loaded machine does fewer trips per second,
+# hence a window of round trips, not of seconds. Every server is run as a user runs it (no GC
+# setting). "rss end" (VmRSS at the end of each timed run) is shown but not reported.
+# Per idle connection: all connections accepted and quiet, 0.5 s later.
 # usage: sh bench/echo.sh [BUILD_DIR]
-#   env: DURATION=5 (s per run), CONNS="1000 10000", MSGSIZE=64, REPS=5,
+#   env: DURATION=5 (s per run), CONNS="1000 10000", MSGSIZE=64, REPS=5, STEADY_TRIPS=50 (round
+#        trips per connection in the active-RSS run; 0: none), STEADY_MAX=60 (s, its bound),
 #        SERVERS="c strand selectors luv cqueues luasocket gevent" (those installed are run),
 #        GATE=run|rep (wait for idle before every run / every rep), RESULTS=file (lines for
 #        bench/report.lua), IDLE_* (bench/lib.sh)
@@ -21,6 +34,8 @@ MSGSIZE=${MSGSIZE:-64}
 REPS=${REPS:-5}
 SERVERS=${SERVERS:-"c strand selectors luv cqueues luasocket gevent"}
 GATE=${GATE:-run}          # wait for an idle machine before each server's run, or each rep's
+STEADY_TRIPS=${STEADY_TRIPS:-60}
+STEADY_MAX=${STEADY_MAX:-60}
 bin=$build/bench
 cc_bench "$build" echo_client echo_c_epoll
 lua_env "$build"
@@ -77,7 +92,7 @@ names=""
 for s in $SERVERS; do [ -n "$(server_cmd "$s")" ] && names="$names $s"; done
 echo "echo: ${MSGSIZE}-byte messages, ${DURATION} s per run, $REPS reps; servers:$names"
 echo "pinning: server '${PIN_SERVER:-none}', load '${PIN_LOAD:-none}'"
-printf "%-6s %-4s %-10s %10s %12s %14s %7s %s\n" conns rep server "trips/s" "cpu/trip us" "rss/conn B" "vs C" machine
+printf "%-6s %-4s %-10s %10s %12s %14s %7s %s\n" conns rep server "trips/s" "cpu/trip us" "rss end B/conn" "vs C" machine
 
 for n in $CONNS; do
   r=0
@@ -95,7 +110,7 @@ for n in $CONNS; do
       res=$($PIN_LOAD "$bin/echo_client" -p "$spid" "$port" "$n" "$DURATION" "$MSGSIZE" 2>"$tmp/cerr") || res=""
       stop
       if [ -z "$res" ]; then echo "$name: client failed: $(head -c 300 "$tmp/cerr")" >&2; continue; fi
-      set -- $res        # trips/s trips seconds cpu rss
+      set -- $res        # trips/s trips seconds cpu rss peak trips_at_peak peak_before_last_fifth
       rate=$1; cpu_us=$(awk -v c="$4" -v t="$2" 'BEGIN { if (c >= 0 && t > 0) printf "%.3f", c / t * 1e6; else print "n/a" }')
       rss_b=$(awk -v a="$5" -v b="$base" -v n="$n" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
       [ "$name" = c ] && cval=$rate
@@ -144,8 +159,41 @@ for _, key in ipairs(order) do
 end
 LUA
 
-# Idle connections: RSS per connection once they are all accepted and quiet (one run each).
 n=$(for c in $CONNS; do echo "$c"; done | sort -n | tail -1)
+
+# Active connections, steady state: the peak RSS per connection over STEADY_TRIPS round trips per
+# connection (one run per server; see the header). "short": STEADY_MAX came first; "peak at":
+# round trips per connection done when the peak was first sampled; "last fifth": how much of the
+# peak (over the baseline) came in the run's last fifth (above 2%: flagged as still rising);
+# "hwm": VmHWM at the end, the kernel's own peak (the accept ramp included), a check on sampling.
+if [ "$STEADY_TRIPS" -gt 0 ]; then
+  echo "active connections: $n, peak RSS per connection over $STEADY_TRIPS round trips per connection (one run per server)"
+  printf "%-10s %12s %10s %8s %16s %11s %9s %s\n" server "B/conn peak" "trips/s" "s" "peak at trips/c" "last fifth" "hwm" machine
+  for name in $names; do
+    fits "$name" "$n" || continue
+    flag=$(wait_idle)
+    start "$name"
+    [ -n "$port" ] || continue
+    base=$(rss_kib "$spid")
+    # shellcheck disable=SC2086
+    res=$($PIN_LOAD "$bin/echo_client" -p "$spid" -n $((STEADY_TRIPS * n)) "$port" "$n" "$STEADY_MAX" "$MSGSIZE" \
+          2>"$tmp/cerr") || res=""
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$spid/status" 2>/dev/null || echo 0)
+    stop
+    if [ -z "$res" ]; then echo "$name: client failed: $(head -c 300 "$tmp/cerr")" >&2; continue; fi
+    hwm=$(awk -v h="${hwm:-0}" -v b="$base" -v n="$n" 'BEGIN { printf "%.0f", (h - b) * 1024 / n }')
+    set -- $res
+    [ "$2" -ge $((STEADY_TRIPS * n)) ] && full=full || full=short
+    set -- $(awk -v r="$1" -v t="$2" -v s="$3" -v pk="$6" -v pt="$7" -v p45="$8" -v b="$base" -v n="$n" \
+      'BEGIN { printf "%.0f %.0f %.1f %.1f %.1f", (pk - b) * 1024 / n, r, s, pt / n,
+               (pk > b ? 100 * (pk - p45) / (pk - b) : 0) }')
+    printf "%-10s %12s %10s %8s %16s %10s%% %9s %s%s\n" "$name" "$1" "$2" "$3" "$4" "$5" "$hwm" "$flag" \
+      "$([ "$full" = full ] || echo ", short: ${STEADY_MAX} s came first")"
+    record "echo_active $n $name $STEADY_TRIPS $1 $4 $3 $full $5 $flag"
+  done
+fi
+
+# Idle connections: RSS per connection once they are all accepted and quiet (one run each).
 echo "idle connections: $n, RSS per connection (one run per server)"
 for name in $names; do
   fits "$name" "$n" || continue

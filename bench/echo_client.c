@@ -2,13 +2,19 @@
  * sending a message and waiting for its full echo before the next; prints round trips/s.
  * With -i it only opens N connections and holds them idle for SECONDS (memory measurements).
  * With -p PID (the server's) it also prints, over the measured window only (connections made),
- * the server's CPU seconds (utime+stime) and its VmRSS in KiB at the end:
- *   "TRIPS_PER_S TRIPS SECONDS SERVER_CPU_S SERVER_RSS_KIB"
+ * the server's CPU seconds (utime+stime), its VmRSS in KiB at the end, the largest VmRSS sampled
+ * every 0.1 s over the window, how many round trips were done when that peak was first seen, and
+ * the largest VmRSS sampled before the window's last fifth (of its round trips with -n, else of
+ * its seconds; below the peak: the memory was still growing at the end):
+ *   "TRIPS_PER_S TRIPS SECONDS SERVER_CPU_S SERVER_RSS_KIB PEAK_RSS_KIB TRIPS_AT_PEAK PEAK45_KIB"
+ * With -R too it prints every sample to stderr as "SECONDS TRIPS KIB" (the RSS over the run).
+ * With -n TRIPS the run stops after TRIPS round trips in all, or after SECONDS if that comes first
+ * (a window of work rather than of time: a collector's cycles follow the allocations).
  * With -P DEPTH each connection keeps DEPTH messages in flight, written as one batch (pipelining,
  * as redis-benchmark -P does), each message ending in '\n', and sends the next batch once the whole
  * batch came back: a server answering message by message then does more work per message than the
  * load generator (bench/server_bench.sh PIPELINE=).
- * usage: echo_client [-i] [-p PID] [-P DEPTH] PORT NCONN SECONDS [MSGSIZE] */
+ * usage: echo_client [-i] [-p PID [-R]] [-n TRIPS] [-P DEPTH] PORT NCONN SECONDS [MSGSIZE] */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -90,22 +96,25 @@ static void send_all(int fd, const char *p, size_t n) {
 }
 
 int main(int argc, char **argv) {
-  int idle = 0, spid = 0, depth = 1;
+  int idle = 0, spid = 0, depth = 1, trace = 0;
+  long long target = 0;
   for (;;) {
     if (argc > 1 && strcmp(argv[1], "-i") == 0) { idle = 1; argv++; argc--; }
+    else if (argc > 1 && strcmp(argv[1], "-R") == 0) { trace = 1; argv++; argc--; }
+    else if (argc > 2 && strcmp(argv[1], "-n") == 0) { target = atoll(argv[2]); argv += 2; argc -= 2; }
     else if (argc > 2 && strcmp(argv[1], "-P") == 0) { depth = atoi(argv[2]); argv += 2; argc -= 2; }
     else if (argc > 2 && strcmp(argv[1], "-p") == 0) { spid = atoi(argv[2]); argv += 2; argc -= 2; }
     else break;
   }
   if (argc < 4) {
-    fprintf(stderr, "usage: echo_client [-i] [-p PID] [-P DEPTH] PORT NCONN SECONDS [MSGSIZE]\n");
+    fprintf(stderr, "usage: echo_client [-i] [-p PID [-R]] [-n TRIPS] [-P DEPTH] PORT NCONN SECONDS [MSGSIZE]\n");
     return 2;
   }
   int port = atoi(argv[1]), n = atoi(argv[2]);
   double secs = atof(argv[3]);
   size_t msgsize = argc > 4 ? (size_t)atoi(argv[4]) : 64;
   if (n < 1 || msgsize < 1 || msgsize > 65536 || depth < 1 || depth > 1024 ||
-      msgsize * (size_t)depth > 65536) return 2;
+      msgsize * (size_t)depth > 65536 || target < 0) return 2;
   size_t batch = msgsize * (size_t)depth;
 
   struct rlimit rl;
@@ -138,10 +147,22 @@ int main(int argc, char **argv) {
   }
   long long trips = 0;
   double cpu0 = spid ? proc_cpu(spid) : 0;
-  double t0 = now(), end = t0 + secs;
+  double t0 = now(), end = t0 + secs, next_sample = t0;
+  long peak = -1, peak45 = -1;
+  long long peak_trips = 0;
   for (int i = 0; i < n; i++) send_all(c[i].fd, msg, batch);
   struct epoll_event evs[256];
-  while (now() < end) {
+  for (;;) {
+    double t = now();
+    if (spid && t >= next_sample) {         /* epoll_wait's 100 ms timeout bounds the gap */
+      long v = proc_rss_kib(spid);
+      if (v > peak) { peak = v; peak_trips = trips; }
+      if ((target > 0 ? (double)trips < 0.8 * (double)target : t - t0 < 0.8 * secs) && v > peak45) peak45 = v;
+      if (trace) fprintf(stderr, "%.2f %lld %ld\n", t - t0, trips, v);
+      next_sample += 0.1;
+      if (next_sample < t) next_sample = t + 0.1;
+    }
+    if (t >= end || (target > 0 && trips >= target)) break;
     int k = epoll_wait(ep, evs, 256, 100);
     if (k < 0) {
       if (errno == EINTR) continue;
@@ -167,8 +188,9 @@ int main(int argc, char **argv) {
   if (spid) {
     double cpu1 = proc_cpu(spid);
     long rss = proc_rss_kib(spid);
-    printf("%.0f %lld %.6f %.4f %ld\n", (double)trips / dt, trips, dt,
-           cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1.0, rss);
+    if (rss > peak) { peak = rss; peak_trips = trips; }
+    printf("%.0f %lld %.6f %.4f %ld %ld %lld %ld\n", (double)trips / dt, trips, dt,
+           cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1.0, rss, peak, peak_trips, peak45);
   } else {
     printf("%.0f\n", (double)trips / dt);
   }

@@ -30,7 +30,7 @@ t0=$(date +%s)
   echo "meta cpu $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
   echo "meta kernel $(uname -r)"
   echo "meta versions $(dpkg-query -W -f='${Package} ${Version}, ' lua5.4 lua-luv lua-cqueues lua-socket python3 python3-gevent 2>/dev/null | sed 's/, $//'); $(cc --version | head -1)"
-  echo "meta method echo: one server at a time pinned to CPU 0, the load generator (bench/echo_client.c, its own process) on CPU 1, $DURATION s per run; every other figure from its own process; each ${GATE} waits until the machine was under ${IDLE_BUSY:-10}% busy over ${IDLE_PROBE} s (at most ${IDLE_WAIT} s, else flagged loaded); medians of $REPS reps"
+  echo "meta method echo: one server at a time pinned to CPU 0, the load generator (bench/echo_client.c, its own process) on CPU 1, $DURATION s per run (active RSS per connection: the peak over one run of ${STEADY_TRIPS:-60} round trips per connection per server, bench/echo.sh's header); every other figure from its own process; each ${GATE} waits until the machine was under ${IDLE_BUSY:-10}% busy over ${IDLE_PROBE} s (at most ${IDLE_WAIT} s, else flagged loaded); medians of $REPS reps"
 } >>"$RESULTS"
 
 for step in "sh bench/echo.sh $build" "lua5.4 bench/tasks_bench.lua" "lua5.4 bench/threads_bench.lua $build" \
