@@ -292,7 +292,7 @@ describe("process pool dispatch", function()
   end)
 end)
 
-describe("process pool frames over 64 MiB and frames that break the protocol", function()
+describe("process pool: frames over 64 MiB, frames that break the protocol, a worker not replaced", function()
   H.guard()
   local BIG = 64 * 1024 * 1024 + 1        -- over recv_frame's default limit (sockio.c)
   -- a pool of one worker, terminated after fn (a graceful close would wait for a job that hangs)
@@ -354,6 +354,30 @@ describe("process pool frames over 64 MiB and frames that break the protocol", f
       assert.matches("strand.pool: malformed result: an answer for job %d+ while job %d+ was expected", r[1][2])
       assert.same({ true, 42 }, r[2])                  -- given to the new worker, not failed
       assert.are_not.equal(pid, p:pids()[1])
+    end)
+  end)
+
+  it("a worker that dies while a strand thread runs: its replacement is tried again, jobs never wait forever", function()
+    local thread = require "strand.thread"
+    local sync = require "strand.sync"
+    with_pool(function(p)
+      assert.equal(1, p:apply(function() return 1 end))
+      local gate = sync.event()
+      local t = thread.start(function(ev) return ev:wait(30) end, gate)   -- forking is refused now
+      local ok, err = pcall(function()
+        local f = p:submit(function() require("strand").sleep(30) end)
+        assert.is_true(H.wait_until(function() return f:status() == "running" end))
+        os.execute("kill -9 " .. p:pids()[1])
+        assert.same({ false, "worker exited: signal 9" }, { f:join(H.TIMEOUT) })
+        local ok2, err2 = p:submit(function() return 2 end):join(H.TIMEOUT)   -- (it waited forever)
+        assert.is_false(ok2)
+        assert.matches("^strand.pool: no worker could be started: .*strand thread", err2)
+      end)
+      gate:set()
+      assert.is_true(t:result(H.TIMEOUT))
+      assert(ok, err)
+      assert.same({ true, 3 }, { p:submit(function() return 3 end):join(H.TIMEOUT) })   -- started again
+      assert.equal(1, #p:pids())
     end)
   end)
 end)

@@ -321,9 +321,28 @@ local function give(self, w)
   return true
 end
 
+-- Workers the pool lacks (one that died could not be replaced: a fork refused while a strand
+-- thread runs, or failed), started again now that jobs are queued; when none runs and none can
+-- be started, the queued jobs fail (they waited forever).
+local function refill(self)
+  local err
+  while #self._workers < self._size do
+    local ok, e = pcall(start_worker, self)
+    if not ok then err = e; break end
+  end
+  if #self._workers > 0 then return end
+  local jobs, jh, jt = self._jobs, self._jh, self._jt
+  self._jobs, self._jh, self._jt = {}, 1, 0
+  for i = jh, jt do fail_job(jobs[i], "strand.pool: no worker could be started: " .. tostring(err)) end
+end
+
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
   if self._kind ~= "process" or self._jt < self._jh then return end   -- nothing queued
+  if #self._workers < self._size and not self._terminated then
+    refill(self)
+    if self._jt < self._jh then return end
+  end
   -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
   -- refilled by halves so that a worker gets them in batches), dealt one at a time so that a
   -- short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
@@ -413,7 +432,7 @@ local function worker_gone(self, w)
   process._parent_ends[w.jsock] = nil
   for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
   if not self._terminated and (not self._closed or self._jt >= self._jh) then
-    start_worker(self)
+    pcall(start_worker, self)               -- (failing: dispatch tries again while jobs wait)
   end
   dispatch(self)
   if #self._workers == 0 then
