@@ -291,3 +291,93 @@ describe("process pool dispatch", function()
     assert.equal(32, count[pids[1]]); assert.equal(32, count[pids[2]])
   end)
 end)
+
+describe("process pool: frames over 64 MiB, frames that break the protocol, a worker not replaced", function()
+  H.guard()
+  local BIG = 64 * 1024 * 1024 + 1        -- over recv_frame's default limit (sockio.c)
+  -- a pool of one worker, terminated after fn (a graceful close would wait for a job that hangs)
+  local function with_pool(fn)
+    local p = pool.new{ size = 1 }
+    local ok, err = pcall(fn, p)
+    p:terminate()
+    if not ok then error(err, 0) end
+  end
+
+  it("a result over 64 MiB reaches its future (the reader waited forever for the worker)", function()
+    with_pool(function(p)
+      local f = p:submit(function(n) return string.rep("x", n) end, BIG)
+      local ok, r = f:join(H.TIMEOUT)
+      assert.is_true(ok, r)
+      assert.equal(BIG, #r)
+      assert.equal(7, p:apply(function() return 7 end))
+    end)
+  end)
+
+  it("arguments over 64 MiB reach the job (the worker exited: 'worker exited: code 0')", function()
+    with_pool(function(p)
+      local pid = p:pids()[1]
+      local f = p:submit(function(s) return #s, s:sub(-1) end, string.rep("y", BIG - 1) .. "z")
+      assert.same({ true, BIG, "z" }, { f:join(H.TIMEOUT) })
+      assert.same({ pid }, p:pids())                 -- the same worker
+    end)
+  end)
+
+  it("a result frame shorter than its id fails its job; the worker is replaced, the next job runs", function()
+    with_pool(function(p)
+      local pid = p:pids()[1]
+      local job = load(SABOTAGE .. [[
+        out:sendall(string.pack(">I4", 3) .. "abc")   -- then the worker goes on as if nothing was
+        return 1
+      ]])
+      -- a map chunk: the reader's general path
+      local ok, err = H.run(function() return pcall(p.map, p, job, { 1 }) end)
+      assert.is_false(ok)
+      assert.matches("strand.pool: malformed result: a frame cut short while job %d+ was expected", err)
+      assert.is_true(H.wait_until(function() return #p:pids() == 1 and p:pids()[1] ~= pid end))
+      assert.equal(42, p:apply(function(a) return a + 1 end, 41))
+    end)
+  end)
+
+  it("an answer with another job's id fails the job in flight; the worker's other jobs run on", function()
+    with_pool(function(p)
+      local pid = p:pids()[1]
+      local job = load(SABOTAGE .. [[
+        out:sendall(string.pack(">I4I8", 8 + 3, id + 1000) .. "bad")
+        return 1
+      ]])
+      local r = H.run(function()
+        local f1 = p:submit(job)                       -- a plain job: the reader's direct path
+        local f2 = p:submit(function(a) return a * 2 end, 21)   -- behind it, on the same worker
+        return { { f1:join(H.TIMEOUT) }, { f2:join(H.TIMEOUT) } }
+      end)
+      assert.is_false(r[1][1])
+      assert.matches("strand.pool: malformed result: an answer for job %d+ while job %d+ was expected", r[1][2])
+      assert.same({ true, 42 }, r[2])                  -- given to the new worker, not failed
+      assert.are_not.equal(pid, p:pids()[1])
+    end)
+  end)
+
+  it("a worker that dies while a strand thread runs: its replacement is tried again, jobs never wait forever", function()
+    local thread = require "strand.thread"
+    local sync = require "strand.sync"
+    with_pool(function(p)
+      assert.equal(1, p:apply(function() return 1 end))
+      local gate = sync.event()
+      local t = thread.start(function(ev) return ev:wait(30) end, gate)   -- forking is refused now
+      local ok, err = pcall(function()
+        local f = p:submit(function() require("strand").sleep(30) end)
+        assert.is_true(H.wait_until(function() return f:status() == "running" end))
+        os.execute("kill -9 " .. p:pids()[1])
+        assert.same({ false, "worker exited: signal 9" }, { f:join(H.TIMEOUT) })
+        local ok2, err2 = p:submit(function() return 2 end):join(H.TIMEOUT)   -- (it waited forever)
+        assert.is_false(ok2)
+        assert.matches("^strand.pool: no worker could be started: .*strand thread", err2)
+      end)
+      gate:set()
+      assert.is_true(t:result(H.TIMEOUT))
+      assert(ok, err)
+      assert.same({ true, 3 }, { p:submit(function() return 3 end):join(H.TIMEOUT) })   -- started again
+      assert.equal(1, #p:pids())
+    end)
+  end)
+end)

@@ -166,6 +166,9 @@ local JOB_HEAD = ">I8I8Bs4"         -- id, function id, kind, function bytes (th
 local FRAMED_JOB = ">I4I8I8Bs4s4"   -- with its frame length first and the arguments (8+8+1+4+4 = 25)
 local spack = string.pack
 local function_code
+-- recv_frame's limit on both ends of a worker's sockets: what the 4-byte length can say (its
+-- default, 64 MiB, skipped a larger job or result: the worker exited, the reader waited forever)
+local FRAME_MAX = 0xffffffff
 
 -- A job's traceback, without the worker's own frames below the job.
 local function job_traceback(e)
@@ -227,7 +230,7 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
   while true do
     if #outbox > 0 and sock:pending() < 4 then flush() end  -- nothing more buffered: answer first
     link:spin(1, got + 1)                        -- the next job: watched a moment (poollink.c)
-    local data = sock:recv_frame()
+    local data = sock:recv_frame(FRAME_MAX)
     got = got + 1
     if data == nil then flush(); return 0 end
     if data == "stop" then flush(); return 0 end
@@ -318,9 +321,28 @@ local function give(self, w)
   return true
 end
 
+-- Workers the pool lacks (one that died could not be replaced: a fork refused while a strand
+-- thread runs, or failed), started again now that jobs are queued; when none runs and none can
+-- be started, the queued jobs fail (they waited forever).
+local function refill(self)
+  local err
+  while #self._workers < self._size do
+    local ok, e = pcall(start_worker, self)
+    if not ok then err = e; break end
+  end
+  if #self._workers > 0 then return end
+  local jobs, jh, jt = self._jobs, self._jh, self._jt
+  self._jobs, self._jh, self._jt = {}, 1, 0
+  for i = jh, jt do fail_job(jobs[i], "strand.pool: no worker could be started: " .. tostring(err)) end
+end
+
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
   if self._kind ~= "process" or self._jt < self._jh then return end   -- nothing queued
+  if #self._workers < self._size and not self._terminated then
+    refill(self)
+    if self._jt < self._jh then return end
+  end
   -- first one job to every idle worker, then more ahead to each busy one (map chunks deeper,
   -- refilled by halves so that a worker gets them in batches), dealt one at a time so that a
   -- short queue is shared out evenly (8 long tasks on 2 workers: 4 each, not 7 and 1)
@@ -395,8 +417,8 @@ local function worker_gone(self, w)
     for _, job in ipairs(inflight) do fail_job(job, "pool terminated") end
   elseif #inflight > 0 then
     local msg = code < 0 and ("worker exited: signal " .. -code) or ("worker exited: code " .. code)
-    fail_job(inflight[1], msg)
-    for i = #inflight, 2, -1 do
+    if not w.broken then fail_job(inflight[1], msg) end   -- (broken: its job failed already)
+    for i = #inflight, w.broken and 1 or 2, -1 do
       local job = inflight[i]
       if job.fut then job.fut._state = "pending" end
       self._jh = self._jh - 1
@@ -410,13 +432,23 @@ local function worker_gone(self, w)
   process._parent_ends[w.jsock] = nil
   for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
   if not self._terminated and (not self._closed or self._jt >= self._jh) then
-    start_worker(self)
+    pcall(start_worker, self)               -- (failing: dispatch tries again while jobs wait)
   end
   dispatch(self)
   if #self._workers == 0 then
     for _, n in ipairs(self._idle) do n:notify() end
     self._idle = {}
   end
+end
+
+-- A result frame that breaks the protocol (shorter than its id, or another job's id: never from
+-- strand's own worker): the job in flight fails with what came, and the worker, which cannot be
+-- trusted any more, is killed; worker_gone (its reader's end) gives its other jobs to another.
+local function broken_worker(w, job, id)
+  fail_job(job, ("strand.pool: malformed result: %s while job %d was expected")
+    :format(id and "an answer for job " .. id or "a frame cut short", job.id))
+  w.broken = true
+  w.proc_h:signal(9)
 end
 
 -- A map chunk's outcome when its results went straight into map's table (process._decode_into)
@@ -429,8 +461,13 @@ local function reader(self, w)
   local result = core.process._result
   sock:settimeout(nil)
   while true do
-    local data = sock:recv_frame()
-    if data == nil then break end
+    local data, _, code = sock:recv_frame(FRAME_MAX)
+    if data == nil then                  -- the worker's end closed (it exits), or a read error:
+      if code ~= "EOF" and code ~= "EPROTO" and code ~= "ECLOSED" then   -- a live worker, whose
+        w.proc_h:signal(9)                                               -- end worker_gone waits for
+      end
+      break
+    end
     local job = w.ih <= w.it and w.inflight[w.ih]
     if job and job.fut and not job.chunk and job.fid and job.fut._callbacks == nil then
       -- a plain job's answer (apply, submit): decoded, its arguments' references dropped and its
@@ -439,9 +476,7 @@ local function reader(self, w)
       job.argsdata = nil
       w.inflight[w.ih] = nil
       if w.ih == w.it then w.ih, w.it = 1, 0 else w.ih = w.ih + 1 end
-      if job.id ~= id then
-        error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
-      end
+      if job.id ~= id then broken_worker(w, job, id); break end
       local f = job.fut
       if f._r == nil then                  -- (settle, inline)
         f._r = r
@@ -455,15 +490,13 @@ local function reader(self, w)
       goto next
     end
     do
-    local id = sunpack(">I8", data)
+    local id = #data >= 8 and sunpack(">I8", data) or nil   -- (nil: cut short)
     if w.ih <= w.it then                 -- the oldest job in flight: answers come in order
       job = w.inflight[w.ih]
       w.inflight[w.ih] = nil
       if w.ih == w.it then w.ih, w.it = 1, 0 else w.ih = w.ih + 1 end   -- empty: from 1 again
     end
-    if job and job.id ~= id then          -- never expected: ids stay in order per worker
-      error("strand.pool: result for job " .. tostring(id) .. " while " .. tostring(job.id) .. " was expected")
-    end
+    if job and job.id ~= id then broken_worker(w, job, id); break end   -- ids stay in order
     local r
     local into = job and job.fut and job.fut._into
     if into and decode_into(data, 9, into, job.fut._first) then
