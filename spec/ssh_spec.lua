@@ -463,6 +463,7 @@ describe("strand.ssh", function()
   end)
 
   describe("ProxyJump with several hops (client -> sshd1 -> sshd2 -> target)", function()
+    local JUMP_T = H.VALGRIND and 120 or 20   -- a connect's bound: three handshakes in a row
     local srv2, kh, cfg
     setup(function()
       srv2 = sshd.start()
@@ -503,8 +504,8 @@ describe("strand.ssh", function()
     local function fp(s) return (assert(s:fingerprint())) end
 
     it("from ~/.ssh/config: ProxyJump hop-a,hop-b, every host key checked (strict)", function()
-      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
-        local s = assert(ssh.connect { host = "far", config = cfg, known_hosts = kh, timeout = 20 })
+      H.run_within(JUMP_T * 3, function()   -- three handshakes in a row, each bounded by JUMP_T
+        local s = assert(ssh.connect { host = "far", config = cfg, known_hosts = kh, timeout = JUMP_T })
         assert.equal("far away\n", s:run("echo far away").stdout)
         -- the target saw its connection come from sshd2's forward: a loopback peer, and the
         -- session over the chain is independent of the hops' own sessions
@@ -515,7 +516,7 @@ describe("strand.ssh", function()
     end)
 
     it("as a connect option: hops in order, each a string or an option table", function()
-      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
+      H.run_within(JUMP_T * 3, function()   -- three handshakes in a row, each bounded by JUMP_T
         local seen = {}
         local function record(host, fingerprint) seen[#seen + 1] = fingerprint; return true end
         local s = assert(ssh.connect(srv:opts {
@@ -532,7 +533,7 @@ describe("strand.ssh", function()
         assert.same({ fp1, fp2, fp1 }, seen)        -- sshd1, then sshd2, then the target
         -- the string form as OpenSSH's -J, hops' keys from the config
         local s3 = assert(ssh.connect { host = "127.0.0.1", port = srv2.port, user = srv2.user,
-          key = srv2.keys.ed25519, known_hosts = kh, config = cfg, timeout = 20,
+          key = srv2.keys.ed25519, known_hosts = kh, config = cfg, timeout = JUMP_T,
           proxyjump = "hop-a,hop-b" })
         assert.equal("three\n", s3:run("echo three").stdout)
         assert.equal(fp2, fp(s3))
@@ -541,8 +542,8 @@ describe("strand.ssh", function()
     end)
 
     it("a hop refusing authentication is named in the error; nothing is left open", function()
-      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
-        local s, err, code = ssh.connect { host = "far", config = cfg, known_hosts = kh, timeout = 20,
+      H.run_within(JUMP_T * 3, function()   -- three handshakes in a row, each bounded by JUMP_T
+        local s, err, code = ssh.connect { host = "far", config = cfg, known_hosts = kh, timeout = JUMP_T,
           proxyjump = "hop-a,hop-b-badkey" }
         assert.is_nil(s)
         assert.matches("^proxy jump hop%-b%-badkey: authentication failed", err)
@@ -555,18 +556,18 @@ describe("strand.ssh", function()
     end)
 
     it("a hop whose host key changed is named in the error, before any credential is sent", function()
-      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
+      H.run_within(JUMP_T * 3, function()   -- three handshakes in a row, each bounded by JUMP_T
         -- sshd2's port listed with sshd1's host key
         local bad = tmpname()
         write_file(bad, read_file(srv.known_hosts) .. ("[127.0.0.1]:%d %s\n"):format(srv2.port, srv.host_pub))
-        local s, err, code = ssh.connect { host = "far", config = cfg, known_hosts = bad, timeout = 20 }
+        local s, err, code = ssh.connect { host = "far", config = cfg, known_hosts = bad, timeout = JUMP_T }
         assert.is_nil(s)
         assert.equal("proxy jump hop-b: host key mismatch", err)
         assert.equal("EHOSTKEY", code)
         -- the target behind the chain is checked too, and its failure is not a hop's
         local bad2 = tmpname()
         write_file(bad2, read_file(srv2.known_hosts) .. ("[127.0.0.1]:%d %s\n"):format(srv.port, srv2.host_pub))
-        local s2, err2, code2 = ssh.connect { host = "far", config = cfg, known_hosts = bad2, timeout = 20,
+        local s2, err2, code2 = ssh.connect { host = "far", config = cfg, known_hosts = bad2, timeout = JUMP_T,
           proxyjump = "hop-b" }
         assert.is_nil(s2)
         assert.equal("host key mismatch", err2)
@@ -577,7 +578,7 @@ describe("strand.ssh", function()
     end)
 
     it("timeout bounds the whole chain (a target behind the hops that never answers)", function()
-      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
+      H.run_within(JUMP_T * 3, function()   -- three handshakes in a row, each bounded by JUMP_T
         local l = assert(socket.listen("127.0.0.1", 0))   -- never accepts: the handshake waits
         local _, port = l:getsockname()
         local t0 = strand.now()
@@ -592,7 +593,7 @@ describe("strand.ssh", function()
     end)
 
     it("a hop that cannot be reached is named; a bad proxyjump option raises", function()
-      H.run_within(60, function()   -- three handshakes in a row, each bounded by its connect timeout
+      H.run_within(JUMP_T * 3, function()   -- three handshakes in a row, each bounded by JUMP_T
         local l = assert(socket.listen("127.0.0.1", 0))
         local _, port = l:getsockname()
         l:close()
