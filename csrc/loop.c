@@ -279,6 +279,10 @@ static const strand_poller *choose_poller(void) {
   return NULL;
 }
 
+/* strand_loop_forked: the abandoned loop's poller, for the child's fresh loop (no getenv and
+ * string compares in a child: code and data pages it would otherwise fault in) */
+static _Thread_local const strand_poller *forked_poller;
+
 strand_loop *strand_loop_get(lua_State *L) {
   if (running && running->co == L) return running->loop;
   unsigned long gone = atomic_load_explicit(&loops_gone, memory_order_acquire);
@@ -308,7 +312,8 @@ strand_loop *strand_loop_get(lua_State *L) {
   loop->main.loop = loop;
   loop->main.status = STRAND_T_RUNNING;
   loop->next_id = 1;
-  loop->poller = choose_poller();
+  loop->poller = forked_poller ? forked_poller : choose_poller();
+  forked_poller = NULL;
   if (loop->poller == NULL)
     luaL_error(L, "strand: unknown STRAND_POLLER '%s' (use epoll or poll)", getenv("STRAND_POLLER"));
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DEFER_KEY) != LUA_TBOOLEAN) need_poller(L, loop);
@@ -359,6 +364,7 @@ void strand_loop_forked(lua_State *L) {
     if (old) {
       old->forked = 1;
       old->closed = 1;                            /* no poller->del from now on */
+      forked_poller = old->poller;
       if (old->pstate) old->poller->free(old->pstate);
       old->pstate = NULL;
       old->refs++;                                /* kept for good: see above */

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +191,38 @@ static int ph_gc(lua_State *L) {
   return 0;
 }
 
+/* {==== result files: one memfd per running child. A file read and emptied is kept as the spare
+ * for the next start (at most one per process, process-wide: any thread may start processes),
+ * so a start costs no memfd_create and no file teardown. A child drops the spare it inherited
+ * (the parent's, which the parent will hand to another child) without using it. */
+
+static atomic_int spare_rfd = -1;
+
+static int rfd_take(void) {
+  int fd = atomic_exchange(&spare_rfd, -1);
+  if (fd >= 0) return fd;
+  return memfd_create("strand-result", MFD_CLOEXEC);
+}
+
+/* fd read (used bytes in it): emptied and kept as the spare, or closed */
+static void rfd_give(int fd, size_t used) {
+  if (used > 0) {
+    int r;
+    while ((r = ftruncate(fd, 0)) != 0 && errno == EINTR) {}
+    if (r != 0) { close(fd); return; }
+  }
+  int none = -1;
+  if (!atomic_compare_exchange_strong(&spare_rfd, &none, fd)) close(fd);
+}
+
+/* In a child just forked: the spare is the parent's (the same open file), never ours. */
+static void rfd_forked(void) {
+  int fd = atomic_exchange(&spare_rfd, -1);
+  if (fd >= 0) close(fd);
+}
+
+/* }==== */
+
 /* h:take_result() -> the bytes the child wrote to its result file (maybe ""), once; nil before
  * the child was reaped or when it had none. Read after the exit, so the child never waited. */
 static int ph_take_result(lua_State *L) {
@@ -212,7 +245,7 @@ static int ph_take_result(lua_State *L) {
     off += r;
     if (r < LUAL_BUFFERSIZE) break;               /* a regular file: a short read is its end */
   }
-  close(h->rfd);
+  rfd_give(h->rfd, (size_t)off);                  /* the child is gone: nobody else writes it */
   h->rfd = -1;
   luaL_pushresult(&b);
   return 1;
@@ -286,7 +319,7 @@ static int l_fork(lua_State *L) {
   int rfd = -1;
   luaL_checkstack(L, 8, NULL);
   if (lua_toboolean(L, 3)) {
-    rfd = memfd_create("strand-result", MFD_CLOEXEC);
+    rfd = rfd_take();
     if (rfd < 0) return strand_fail(L, errno);
   }
   fflush(NULL);                                /* unwritten stdio output is not written twice */
@@ -303,6 +336,7 @@ static int l_fork(lua_State *L) {
     return strand_fail(L, e);
   }
   if (pid == 0) {
+    rfd_forked();
     if (daemon) {
       /* ends with the parent, also when the parent is SIGKILLed; the parent may already be gone */
       if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) {
@@ -334,11 +368,13 @@ static int l_put_result(lua_State *L) {
   int fd = (int)luaL_checkinteger(L, 1);
   size_t len;
   const char *p = luaL_checklstring(L, 2, &len);
+  off_t off = 0;              /* from the start, whatever the (shared) file offset: files are reused */
   while (len > 0) {
-    ssize_t w = write(fd, p, len);
+    ssize_t w = pwrite(fd, p, len, off);
     if (w < 0 && errno == EINTR) continue;
     if (w < 0) return strand_fail(L, errno);
     p += w;
+    off += w;
     len -= (size_t)w;
   }
   lua_pushboolean(L, 1);
@@ -462,6 +498,15 @@ static int l_background(lua_State *L) {
   return 0;
 }
 
+/* process._spare_fd() -> the spare result file's descriptor | nil (spec/support/helper.lua: an
+ * fd that stays open between starts is not a leak) */
+static int l_spare_fd(lua_State *L) {
+  int fd = atomic_load(&spare_rfd);
+  if (fd < 0) return 0;
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
 static int l_pid(lua_State *L) {
   lua_pushinteger(L, getpid());
   return 1;
@@ -491,7 +536,7 @@ static const luaL_Reg funcs[] = {
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},
   {"_link", strand_pool_link}, {"_run_job", strand_pool_run_job},
-  {"_result", strand_pool_result},
+  {"_result", strand_pool_result}, {"_spare_fd", l_spare_fd},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

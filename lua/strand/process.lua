@@ -159,11 +159,11 @@ function M.new(opts)
 end
 
 -- The child's side: run fn as a task of the fresh loop, write the outcome, exit.
-local function run_child(rfd, self)
-  M._current = self                 -- its name made only if process.name() asks (a new string
-                                    -- in the child would be one more page written there)
-  local t = spawn_task(self.fn, unpack(self.args, 1, self.nargs))
-  local r = pack(t:join())
+local function child_outcome(rfd, self, ...)
+  -- fn returned nothing: nothing to write (the parent reads an empty result file and exit code
+  -- 0 as `true`); no table, no encoding, no write in a child that should touch little memory
+  if ... == true and select("#", ...) == 1 then return 0 end
+  local r = pack(...)
   -- the outcome as bare values (true, ... | false, err): no table to walk and look up among
   -- the loaded modules in a child that should touch as little of its memory as it can
   local ok, data = pcall(C._encodev, unpack(r, 1, r.n))
@@ -179,6 +179,12 @@ local function run_child(rfd, self)
     return 1
   end
   return r[1] and 0 or 1
+end
+
+local function run_child(rfd, self)
+  M._current = self                 -- its name made only if process.name() asks (a new string
+                                    -- in the child would be one more page written there)
+  return child_outcome(rfd, self, spawn_task(self.fn, unpack(self.args, 1, self.nargs)):join())
 end
 
 function methods:start()
