@@ -620,4 +620,137 @@ describe("processes", function()
     ]]):format(os.getenv("STRAND_TEST_BUILD") or "build"))
     assert.matches("parent done\n.*child finished\n", out2)
   end)
+
+  -- what a start costs less since session 7 (csrc/process.c): result files reused, a child that
+  -- returns nothing writes none, a child's first Lua blocks carved from a static area
+
+  it("a child that returns nothing: join gives exactly true (one value), exitcode 0", function()
+    local p = process.start(function() end)
+    local r = table.pack(p:join(H.TIMEOUT))
+    assert.equal(1, r.n)
+    assert.is_true(r[1])
+    assert.equal(0, p.exitcode)
+    -- nil is a value: it comes back as one
+    local q = process.start(function() return nil end)
+    local r2 = table.pack(q:join(H.TIMEOUT))
+    assert.equal(2, r2.n)
+    assert.is_true(r2[1])
+    assert.is_nil(r2[2])
+  end)
+
+  it("result files are reused: a big result, then none, then a small one come back exact", function()
+    local big = string.rep("0123456789abcdef", 16384)          -- 256 KiB
+    for _ = 1, 3 do
+      local a = process.start(function() return big end)
+      local ok, v = a:join(H.TIMEOUT)
+      assert.is_true(ok)
+      assert.equal(#big, #v)
+      assert.equal(big, v)
+      local b = process.start(function() end)
+      local r = table.pack(b:join(H.TIMEOUT))
+      assert.equal(1, r.n)                                      -- nothing left of the big one
+      assert.is_true(r[1])
+      local c = process.start(function() return "x", 2 end)
+      assert.same({ true, "x", 2, n = 3 }, table.pack(c:join(H.TIMEOUT)))
+      local e = process.start(function() error("boom") end)
+      local ok2, err = e:join(H.TIMEOUT)
+      assert.is_false(ok2)
+      assert.matches("boom", err)
+    end
+  end)
+
+  it("at most one spare result file stays open, and no child keeps the parent's", function()
+    local core = require "strand.core"
+    local function result_files()
+      local n = 0
+      for _, target in pairs(assert(core._proc.fds())) do
+        if target:find("strand-result", 1, true) then n = n + 1 end
+      end
+      return n
+    end
+    for _ = 1, 5 do process.start(function() end):join(H.TIMEOUT) end
+    local ps = {}
+    for i = 1, 4 do ps[i] = process.start(function(x) return x end, i) end   -- four at once
+    for i = 1, 4 do assert.same({ true, i }, { ps[i]:join(H.TIMEOUT) }) end
+    assert.equal(1, result_files())
+    local spare = core.process._spare_fd()
+    assert.is_number(spare)
+    assert.matches("strand%-result", assert(core._proc.fds())[spare])
+    -- a child sees its own result file only: the spare it inherited (the parent's, which the
+    -- parent hands to its next child) is closed in it
+    local p = process.start(function()
+      local n = 0
+      for _, target in pairs(assert(require("strand.core")._proc.fds())) do
+        if target:find("strand-result", 1, true) then n = n + 1 end
+      end
+      return n, require("strand.core").process._spare_fd()
+    end)
+    local ok, n, child_spare = p:join(H.TIMEOUT)
+    assert.is_true(ok)
+    assert.equal(1, n)                  -- its own result file, taken from the spare
+    assert.is_nil(child_spare)
+    -- a fork without a result file while a spare is there (a pool worker): the worker drops it
+    local pool = require "strand.pool"
+    local w <close> = pool.new{ size = 1 }
+    assert.is_number(core.process._spare_fd())
+    local wn, wspare = w:apply(function()
+      local c = 0
+      for _, target in pairs(assert(require("strand.core")._proc.fds())) do
+        if target:find("strand-result", 1, true) then c = c + 1 end
+      end
+      return c, require("strand.core").process._spare_fd()
+    end)
+    assert.equal(0, wn)
+    assert.is_nil(wspare)
+  end)
+
+  it("a child that allocates far past its carved area, frees, collects and forks works", function()
+    local p = process.start(function(n)
+      local t = {}
+      for i = 1, n do t[i] = ("item %d"):format(i) end          -- blocks of every size, regrown
+      local s = table.concat(t, ",")
+      t = nil
+      collectgarbage("collect")                                   -- frees carved blocks too
+      local u = {}
+      for i = 1, n do u[#u + 1] = { i, tostring(i) } end
+      local g = process.start(function(m) local x = {} for i = 1, m do x[i] = i * i end return #x, x[m] end, n)
+      local ok, cnt, last = g:join(30)
+      return #s, #u, u[n][2], ok, cnt, last
+    end, 20000)
+    local ok, slen, ulen, lastname, gok, cnt, last = p:join(H.TIMEOUT)
+    assert.is_true(ok, slen)
+    local want = 0
+    for i = 1, 20000 do want = want + #("item " .. i) + 1 end
+    assert.equal(want - 1, slen)
+    assert.equal(20000, ulen)
+    assert.equal("20000", lastname)
+    assert.is_true(gok)
+    assert.equal(20000, cnt)
+    assert.equal(20000 * 20000, last)
+  end)
+
+  it("a child's <close> variables close when fn returns; os.exit(n, true) closes its state", function()
+    local f = os.tmpname()
+    local p = process.start(function(path)
+      local mark <close> = setmetatable({}, { __close = function()
+        local h = io.open(path, "w"); h:write("closed"); h:close()
+      end })
+      return "done"
+    end, f)
+    assert.same({ true, "done" }, { p:join(H.TIMEOUT) })
+    local h = io.open(f); local s = h:read("a"); h:close()
+    os.remove(f)
+    assert.equal("closed", s)
+    -- closing the child's state frees what it carved and what it inherited: no crash, its code
+    local q = process.start(function()
+      local t = {}
+      for i = 1, 5000 do t[i] = { i } end
+      setmetatable(t, { __gc = function() io.stdout:flush() end })
+      os.exit(5, true)
+    end)
+    local ok, err = q:join(H.TIMEOUT)
+    assert.is_false(ok)
+    assert.equal("process exited with code 5", err)
+    assert.equal(5, q.exitcode)
+  end)
 end)

@@ -202,6 +202,10 @@ local function failure_message(code)
   return "process exited with code " .. code
 end
 
+-- The outcome of a child whose fn returned nothing (an empty result file, exit code 0), shared
+-- by every such process: _final is only ever read.
+local RETURNED_NOTHING = pack(true)
+
 -- One joiner waits for the exit (one event: the pidfd) and reads the results the child left;
 -- the others wait for its notification.
 local function finish(self, deadline)
@@ -217,7 +221,7 @@ local function finish(self, deadline)
       r = pack(false, "process " .. self.name .. ": bad result: " .. tostring(r[2] or r[1]))
     end
   elseif code == 0 then
-    r = pack(true)
+    r = RETURNED_NOTHING
   else
     r = pack(false, failure_message(code))
   end
@@ -291,13 +295,16 @@ function methods:signal(n)
   return send_signal(self, n, "signal")
 end
 
+-- The args of every process.start(fn) without arguments (read only: by the child, at its start)
+local NO_ARGS = pack()
+
 --- process.start(fn, ...) -> a started process (raises if fork fails)
 function M.start(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'start' (function expected, got " .. type(fn) .. ")", 2)
   end
   counter = counter + 1                  -- process.new{fn = fn, args = pack(...)}, inline
-  local args = pack(...)
+  local args = select("#", ...) == 0 and NO_ARGS or pack(...)
   local p = setmetatable({
     fn = fn, args = args, nargs = args.n, name = nil, _num = counter, daemon = false,
     allow_threads = false, _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
