@@ -1,7 +1,9 @@
 #!/bin/sh
 # bench/process_counts.sh — what one process.start(noop):join() costs the kernel, in counts a
 # loaded machine does not distort: page faults of the parent alone and of the children, system
-# calls of each side, beside the C floor (fork + _exit + waitpid, process_c_baseline.c).
+# calls of each side, beside two floors: a bare fork + _exit + waitpid from inside a lua5.4 process
+# with strand loaded (process_floor.c: what the kernel charges for forking a process of this size)
+# and from a small C program (process_c_baseline.c, the issue's peer).
 # Each figure is per start: a run of N starts minus a run of N0, divided by N - N0.
 # usage: sh bench/process_counts.sh [BUILD_DIR] [N0] [N]   (needs perf for faults, strace for calls)
 set -eu
@@ -15,6 +17,17 @@ cc_bench "$build" process_c_baseline
 c="$build/bench/process_c_baseline"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# the same fork + _exit + waitpid from inside a lua5.4 process with strand loaded (process_floor.c):
+# the kernel's floor for forking a process of this size
+cc -O2 -shared -fPIC $(pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4) \
+  -o "$build/bench/process_floor.so" bench/process_floor.c
+floor_lua="$tmp/floor.lua"
+cat > "$floor_lua" <<'EOF'
+package.cpath = arg[1] .. "/bench/?.so;" .. package.cpath
+local process = require "strand.process"; require "strand.pool"
+process.start(function() end):join()    -- as before a start: arena made, modules loaded
+require("process_floor").run(tonumber(arg[2]))
+EOF
 
 # faults parent|all CMD...: page faults of CMD alone (perf stat -i: no inherit) or with its children
 faults() {
@@ -49,14 +62,19 @@ if command -v perf >/dev/null 2>&1 && [ -n "$(faults all true)" ]; then
   p1=$(faults parent lua5.4 bench/process_bench.lua worker start "$n")
   ca0=$(faults all "$c" fork "$n0"); ca1=$(faults all "$c" fork "$n")
   cp0=$(faults parent "$c" fork "$n0"); cp1=$(faults parent "$c" fork "$n")
+  fa0=$(faults all lua5.4 "$floor_lua" "$build" "$n0"); fa1=$(faults all lua5.4 "$floor_lua" "$build" "$n")
+  fp0=$(faults parent lua5.4 "$floor_lua" "$build" "$n0"); fp1=$(faults parent lua5.4 "$floor_lua" "$build" "$n")
   pf=$(per "$p0" "$p1"); af=$(per "$a0" "$a1")
+  fpf=$(per "$fp0" "$fp1"); faf=$(per "$fa0" "$fa1")
   cpf=$(per "$cp0" "$cp1"); caf=$(per "$ca0" "$ca1")
   printf '%-34s %8s %8s %8s\n' "page faults per start" parent child all
   printf '%-34s %8s %8s %8s\n' "process.start(noop):join()" "$pf" \
     "$(awk -v a="$af" -v p="$pf" 'BEGIN { printf "%.1f", a - p }')" "$af"
+  printf '%-34s %8s %8s %8s\n' "fork+_exit+waitpid in that process" "$fpf" \
+    "$(awk -v a="$faf" -v p="$fpf" 'BEGIN { printf "%.1f", a - p }')" "$faf"
   printf '%-34s %8s %8s %8s\n' "C fork + _exit + waitpid" "$cpf" \
     "$(awk -v a="$caf" -v p="$cpf" 'BEGIN { printf "%.1f", a - p }')" "$caf"
-  record process_faults "$pf $af $cpf $caf"
+  record process_faults "$pf $af $fpf $faf $cpf $caf"
 else
   echo "page faults: skipped (no usable perf)"
 fi
