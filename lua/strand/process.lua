@@ -21,7 +21,9 @@
 --    children also die with the parent when it is killed (PR_SET_PDEATHSIG; note Linux ties it
 --    to the thread that forked: a daemon started from a strand thread dies when that thread ends).
 --  * A child's results go to a result file of its own (a memfd) and are read once it has exited:
---    however big they are, the child never waits for a reader, and join waits for one event.
+--    however big they are, the child never waits for a reader, and join waits for one event. A
+--    file read is emptied and kept for the next start (csrc/process.c); a child whose function
+--    returned nothing writes none (empty and exit code 0 read as `true`).
 --  * spawn connects the child's stdin/stdout/stderr to socket pairs (so they are ordinary strand
 --    streams: read, lines, write, close); the child sees blocking sockets, which programs read and
 --    write like pipes. "inherit" (default) and "null" are the other choices.
