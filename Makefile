@@ -14,15 +14,22 @@ LUADIR     ?= $(PREFIX)/share/lua/5.4
 BUILD      ?= build
 SAN        ?=
 
-SRC  := $(sort $(wildcard csrc/*.c))
+# Two modules: core.so (everything but SSH, no libssh2) and sshcore.so (the SSH area, linked with
+# libssh2; loaded by strand.ssh on first use). They share no symbols: sshcore.so calls core.so
+# through the table of csrc/coreapi.h, checked against STRAND_ABI_SUM (docs/internals.md).
+SSH_SRC := csrc/ssh.c csrc/sshchan.c csrc/sftp.c csrc/sshcore.c
+SRC  := $(filter-out $(SSH_SRC),$(sort $(wildcard csrc/*.c)))
 OBJ  := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(SRC))
+SSH_OBJ := $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(SSH_SRC))
 SO   := $(BUILD)/strand/core.so
+SSH_SO := $(BUILD)/strand/sshcore.so
+STRAND_ABI_SUM := $(shell cat csrc/strand.h csrc/coreapi.h | cksum | cut -d' ' -f1)
 ALL_CFLAGS = $(CFLAGS) $(WARN) $(SAN) -std=gnu11 -fPIC -fvisibility=hidden -D_GNU_SOURCE \
              -I$(LUA_INCDIR) $(SSH2_CFLAGS)
 
 .PHONY: all deps test test-asan test-valgrind print-valgrind-specs demo bench fuzz fuzz-smoke soak install clean
 
-all: $(SO)
+all: $(SO) $(SSH_SO)
 
 $(BUILD)/obj/%.o: csrc/%.c $(wildcard csrc/*.h)
 	@mkdir -p $(dir $@)
@@ -30,8 +37,12 @@ $(BUILD)/obj/%.o: csrc/%.c $(wildcard csrc/*.h)
 
 $(SO): $(OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) $(SAN) -o $@ $(OBJ) $(SSH2_LIBS) -lpthread
+	$(CC) $(LIBFLAG) $(SAN) -o $@ $(OBJ) -lpthread
 	@mkdir -p $(BUILD)/lua && rm -f $(BUILD)/lua/strand && ln -s ../../lua/strand $(BUILD)/lua/strand
+
+$(SSH_SO): $(SSH_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(SAN) -o $@ $(SSH_OBJ) $(SSH2_LIBS) -lpthread
 
 # Debian packages the build and the specs need (installed when missing and run as root).
 DEPS := lua5.4 liblua5.4-dev libssh2-1-dev lua-busted openssh-server pkg-config gcc make \
@@ -101,6 +112,7 @@ bench: deps all
 install: all
 	install -d $(DESTDIR)$(LIBDIR)/strand $(DESTDIR)$(LUADIR)/strand
 	install -m 755 $(SO) $(DESTDIR)$(LIBDIR)/strand/core.so
+	install -m 755 $(SSH_SO) $(DESTDIR)$(LIBDIR)/strand/sshcore.so
 	install -m 644 lua/strand/*.lua $(DESTDIR)$(LUADIR)/strand/
 
 clean:
@@ -108,3 +120,5 @@ clean:
 
 # the SSH area's private header
 $(BUILD)/obj/ssh.o $(BUILD)/obj/sshchan.o $(BUILD)/obj/sftp.o: csrc/ssh.h
+# the checksum both modules compare (csrc/coreapi.h)
+$(BUILD)/obj/coreapi.o $(BUILD)/obj/sshcore.o: ALL_CFLAGS += -DSTRAND_ABI_SUM=$(STRAND_ABI_SUM)UL

@@ -1,6 +1,7 @@
 /* module.c — luaopen_strand_core: the one entry point of strand/core.so.
  * Registers the task API at the top level and opens each area's table on first use. */
 #include "strand.h"
+#include "coreapi.h"
 
 #include <string.h>
 
@@ -21,6 +22,15 @@ static void open_area(lua_State *L, int ci, const area *a) {
   lua_setfield(L, ci, a->name);
 }
 
+/* The SSH area is built into strand/sshcore.so (only programs that use ssh map libssh2 and
+ * libcrypto): core.ssh loads it through require("strand.sshcore"), which binds it to this core. */
+static int open_ssh_module(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "strand.sshcore");
+  lua_call(L, 1, 1);
+  return 1;
+}
+
 /* __index of the core table: an area is opened in a state the first time it is looked up, so
  * a thread's state pays only for the areas it uses (most of a thread's start was opening them). */
 static int core_index(lua_State *L) {
@@ -31,6 +41,11 @@ static int core_index(lua_State *L) {
       open_area(L, 1, a);
       return 1;
     }
+  }
+  if (strand_open_ssh == NULL && strcmp(k, "ssh") == 0) {   /* in sshcore.so, not here */
+    static const area ssh_module = { "ssh", open_ssh_module };
+    open_area(L, 1, &ssh_module);
+    return 1;
   }
   return 0;
 }
@@ -54,6 +69,8 @@ __attribute__((visibility("default"))) int luaopen_strand_core(lua_State *L) {
   strand_open_task(L);                      /* core table with the task API */
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "strand.core");
+  lua_pushlightuserdata(L, (void *)&strand_core_api_table);   /* for strand/sshcore.so */
+  lua_setfield(L, LUA_REGISTRYINDEX, STRAND_CORE_API_KEY);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, core_index);
   lua_setfield(L, -2, "__index");

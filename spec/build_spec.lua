@@ -14,7 +14,7 @@ describe("packaging", function()
       :format(tree, log))
     local f = io.open(log); local text = f:read("a"); f:close(); os.remove(log)
     assert.is_true(ok == true, text)
-    local p = io.popen(("cd / && LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua' LUA_CPATH='%s/lib/lua/5.4/?.so' lua5.4 -e 'local s = require \"strand\"; print(s.run(function() s.sleep(0) return \"installed ok\" end))' 2>&1")
+    local p = io.popen(("cd / && LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua' LUA_CPATH='%s/lib/lua/5.4/?.so' lua5.4 -e 'local s = require \"strand\"; print(s.run(function() s.sleep(0) return \"installed ok\" end)); local ssh = require \"strand.ssh\"; print(package.searchpath(\"strand.sshcore\", package.cpath)); print(s.run(function() return ssh.connect { host = \"127.0.0.1\", port = 1, timeout = 5 } end))' 2>&1")
       :format(tree, tree, tree))
     local out = p:read("a"); p:close()
     -- luarocks pack: a binary rock of what was installed, written in a temporary directory
@@ -23,6 +23,9 @@ describe("packaging", function()
     local packed = p:read("a"); p:close()
     os.execute("rm -rf " .. tree)
     assert.matches("installed ok", out)
+    -- the SSH module is installed next to core.so and loads (with its libssh2) from the tree
+    assert.matches("\n" .. tree:gsub("%p", "%%%0") .. "/lib/lua/5%.4/strand/sshcore%.so\n", out)
+    assert.matches("\nnil\tconnection refused\tECONNREFUSED\n", out)
     assert.matches("\nstrand%-scm%-1%.[%w_-]+%.rock\n", packed)
     -- and a source rock: the rockspec with its public URL swapped for this checkout (committed
     -- files; no network here)

@@ -26,8 +26,9 @@
 local core = require "strand.core"
 local socket = require "strand.socket"
 
-local C = core.ssh
-if C == nil then error("strand.ssh: the C module was built without libssh2", 2) end
+-- the C side is its own module, strand/sshcore.so (linked with libssh2): a program that never
+-- requires strand.ssh never maps libssh2 or libcrypto (docs/internals.md "The SSH module")
+local C = require "strand.sshcore"
 
 local M = {}
 local now, spawn = core.now, core.spawn
