@@ -176,6 +176,7 @@ local function job_traceback(e)
   if type(tb) ~= "string" then return tb end
   local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
     or tb:find("\n\t%[C%]: in %a+ 'run_job'")  -- a plain job's caller (process._run_job)
+    or tb:find("\n\t%[C%]: in %?\n\t%[C%]: in %a+ 'run_chunk'")  -- a chunk's (link:run_chunk)
   return cut and tb:sub(1, cut - 1) or tb
 end
 
@@ -254,7 +255,14 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
       out:sendall(run_job(data, apos + 4, fn, traceback, id))
       link:bump(2, 1)
     else
-      answer_chunk(fn, sunpack(">s4", data, apos), bare, id)
+      -- a list chunk is read, called and answered in C while its results are plain values
+      local frame = not bare and link:run_chunk(data, apos + 4, fn, traceback, id)
+      if frame then
+        outbox[#outbox + 1] = frame
+        if sock:pending() < 4 then flush() end
+      else
+        answer_chunk(fn, sunpack(">s4", data, apos), bare, id)
+      end
     end
     done = done + 1
     if maxtasks and done >= maxtasks then flush(); return 0 end
