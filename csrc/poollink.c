@@ -289,17 +289,17 @@ static void run_room(lua_State *L, chunk_run *s, size_t need) {
 
 /* The result on top stored and popped: written to the frame, or (once one was not plain, from
  * then on) set in the table -- the plain ones written before moved there first. */
-static void run_store(lua_State *L, chunk_run *s) {
+static void run_store(lua_State *L, chunk_run *s, int idx) {
   s->k++;
   if (!s->table) {
     /* (the tail always fits after the last result: room kept for it) */
     size_t room = s->cap - s->n - STRAND_SERIAL_LIST_TAIL;
-    size_t w = strand_serial_put_plain(L, -1, s->b + s->n, room);
+    size_t w = strand_serial_put_plain(L, idx, s->b + s->n, room);
     if (w > room) {
       run_room(L, s, w + STRAND_SERIAL_LIST_TAIL);
-      w = strand_serial_put_plain(L, -1, s->b + s->n, s->cap - s->n - STRAND_SERIAL_LIST_TAIL);
+      w = strand_serial_put_plain(L, idx, s->b + s->n, s->cap - s->n - STRAND_SERIAL_LIST_TAIL);
     }
-    if (w) { s->n += w; lua_pop(L, 1); return; }
+    if (w) { s->n += w; return; }
     lua_createtable(L, (int)s->count, 0);
     lua_replace(L, RUN_OUT);
     strand_serial_list back = { s->b + RUN_FRAME, s->b + s->n, s->k - 1, 0 };
@@ -310,19 +310,35 @@ static void run_store(lua_State *L, chunk_run *s) {
     s->n = RUN_FRAME;
     s->table = 1;
   }
+  lua_pushvalue(L, idx);
   lua_rawseti(L, RUN_OUT, (lua_Integer)s->k);
 }
 
+/* the results above RUN_NIL stored, in order, and popped */
+static void run_store_all(lua_State *L, chunk_run *s) {
+  int top = lua_gettop(L);
+  for (int i = RUN_NIL + 1; i <= top; i++) run_store(L, s, i);
+  lua_settop(L, RUN_NIL);
+}
+
+#define RUN_BATCH 32                    /* results kept on the stack, then stored at once */
+
 static int chunk_k(lua_State *L, int status, lua_KContext ctx);
 
+/* (a result stays on the stack above RUN_NIL until RUN_BATCH of them are stored together;
+ * the ones of a call that yielded are there still when chunk_k goes on) */
 static int chunk_loop(lua_State *L) {
   chunk_run *s = (chunk_run *)lua_touserdata(L, RUN_STATE);
-  while (s->k < s->count) {
+  luaL_checkstack(L, RUN_BATCH + 8, "strand.pool: a chunk");
+  for (;;) {
+    int held = lua_gettop(L) - RUN_NIL;
+    if (s->k + (uint32_t)held >= s->count) break;
+    if (held == RUN_BATCH) run_store_all(L, s);
     lua_pushvalue(L, RUN_FN);
     strand_serial_list_next(L, &s->in, CHUNK_FLAGS, RUN_NIL);
     lua_callk(L, 1, 1, 0, chunk_k);
-    run_store(L, s);
   }
+  run_store_all(L, s);
   strand_serial_list_end(L, &s->in, CHUNK_FLAGS, RUN_NIL);
   lua_settop(L, RUN_OUT);
   return 2;                             /* the buffer, the table (or nil) */
@@ -330,7 +346,6 @@ static int chunk_loop(lua_State *L) {
 
 static int chunk_k(lua_State *L, int status, lua_KContext ctx) {   /* fn yielded, returned */
   (void)status; (void)ctx;
-  run_store(L, (chunk_run *)lua_touserdata(L, RUN_STATE));
   return chunk_loop(L);
 }
 

@@ -113,6 +113,13 @@ static uint64_t object_mac(uint64_t ptr, const char *name, size_t namelen) {
 typedef struct cursor { const unsigned char *p, *end; } cursor;
 
 static inline __attribute__((always_inline)) int rd_varint(cursor *c, uint64_t *v) {
+  const unsigned char *p = c->p;
+  if (c->end - p >= 3) {                       /* up to 3 bytes (21 bits) without a loop */
+    uint64_t b0 = p[0], b1 = p[1], b2 = p[2];
+    if (b0 < 0x80) { *v = b0; c->p = p + 1; return 1; }
+    if (b1 < 0x80) { *v = (b0 & 0x7f) | b1 << 7; c->p = p + 2; return 1; }
+    if (b2 < 0x80) { *v = (b0 & 0x7f) | (b1 & 0x7f) << 7 | b2 << 14; c->p = p + 3; return 1; }
+  }
   uint64_t r = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     if (c->p >= c->end) return 0;
@@ -821,24 +828,34 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
   pathel *pe = &e.path[1];
   pe->kind = P_INDEX;
   e.plen = 2;
+  /* t[k] as lua_geti reads it: raw when t has no metatable (no __index to call) */
+  int raw = !lua_getmetatable(L, t);
+  if (!raw) lua_pop(L, 1);
+  if (count > 0 && (uint64_t)count < ((size_t)-1) / 4) ROOM(&e, (size_t)count * 2 + 32);
   int top = lua_gettop(L) + 1;
   luaL_checkstack(L, 40, "strand.serial: list");
   for (lua_Integer k0 = 0; k0 < count; k0 += 32) {         /* 32 items read, then encoded */
     int nb = count - k0 < 32 ? (int)(count - k0) : 32;
     unsigned char tts[32];
-    for (int b = 0; b < nb; b++) tts[b] = (unsigned char)lua_geti(L, t, i + k0 + b);
+    if (raw) for (int b = 0; b < nb; b++) tts[b] = (unsigned char)lua_rawgeti(L, t, i + k0 + b);
+    else for (int b = 0; b < nb; b++) tts[b] = (unsigned char)lua_geti(L, t, i + k0 + b);
+    ROOM(&e, 11 * 32);               /* room for 32 integers: written through locals */
     for (int b = 0; b < nb; b++) {
       int at = top + b, tt = tts[b];
       if (tt == LUA_TNUMBER && lua_isinteger(L, at)) {       /* plain values inline */
         uint64_t u = (uint64_t)lua_tointeger(L, at);
-        ROOM(&e, 11);
-        if (u < 64) e.b[e.n++] = (unsigned char)(T_SMALLINT + u);
+        unsigned char *o = e.b + e.n;
+        size_t w;
+        if (u < 64) { o[0] = (unsigned char)(T_SMALLINT + u); w = 1; }
         else {
-          e.b[e.n++] = T_INT;
+          o[0] = T_INT;
           u = (u << 1) ^ (0 - (u >> 63));
-          while (u >= 0x80) { e.b[e.n++] = (unsigned char)(u | 0x80); u >>= 7; }
-          e.b[e.n++] = (unsigned char)u;
+          w = 1;
+          while (u >= 0x80) { o[w++] = (unsigned char)(u | 0x80); u >>= 7; }
+          o[w++] = (unsigned char)u;
         }
+        e.n += w;
+        continue;
       } else if (tt == LUA_TSTRING) {
         size_t l; const char *str = lua_tolstring(L, at, &l);
         if (l < 64) { ROOM(&e, 1 + l); e.b[e.n++] = (unsigned char)(T_SHORTSTR + l);
@@ -848,6 +865,7 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
         pe->i = k0 + b + 1;
         enc_value(&e, at);
       }
+      ROOM(&e, 11 * 32);             /* (the integers after this one still fit) */
     }
     lua_settop(L, top - 1);
   }
@@ -1260,9 +1278,8 @@ static void list_value(lua_State *L, strand_serial_list *l, int flags, int nilsl
   l->p = (const char *)d.c.p;
 }
 
-void strand_serial_list_next(lua_State *L, strand_serial_list *l, int flags, int nilslot) {
-  list_value(L, l, flags, nilslot);
-}
+void strand_serial_list_next(lua_State *L, strand_serial_list *l, int flags, int nilslot)
+  __attribute__((alias("list_value")));
 
 void strand_serial_list_end(lua_State *L, strand_serial_list *l, int flags, int nilslot) {
   for (uint32_t k = 0; k < l->nrec; k++) {     /* the list's own fields (its n): read, dropped */
