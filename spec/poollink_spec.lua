@@ -380,4 +380,33 @@ describe("process pool: frames over 64 MiB, frames that break the protocol, a wo
       assert.equal(1, #p:pids())
     end)
   end)
+
+  it("a worker that dies with jobs queued behind it: its replacement is tried once, not twice", function()
+    local thread = require "strand.thread"
+    local sync = require "strand.sync"
+    local process = require "strand.process"
+    with_pool(function(p)
+      assert.equal(1, p:apply(function() return 1 end))
+      local gate = sync.event()
+      local t = thread.start(function(ev) return ev:wait(30) end, gate)   -- forking is refused now
+      local real, forks = process._fork, 0
+      process._fork = function(...) forks = forks + 1; return real(...) end   -- counted, then real
+      local ok, err = pcall(function()
+        local f = p:submit(function() require("strand").sleep(30) end)
+        local g = p:submit(function() return 2 end)    -- behind f on the one worker
+        assert.is_true(H.wait_until(function() return f:status() == "running" end))
+        os.execute("kill -9 " .. p:pids()[1])
+        assert.same({ false, "worker exited: signal 9" }, { f:join(H.TIMEOUT) })
+        local ok2, err2 = g:join(H.TIMEOUT)
+        assert.is_false(ok2)
+        assert.matches("^strand.pool: no worker could be started: .*strand thread", err2)
+        assert.equal(1, forks)
+      end)
+      process._fork = real
+      gate:set()
+      assert.is_true(t:result(H.TIMEOUT))
+      assert(ok, err)
+      assert.same({ true, 3 }, { p:submit(function() return 3 end):join(H.TIMEOUT) })
+    end)
+  end)
 end)

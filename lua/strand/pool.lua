@@ -439,8 +439,11 @@ local function worker_gone(self, w)
   process._parent_ends[w.sock] = nil
   process._parent_ends[w.jsock] = nil
   for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
-  if not self._terminated and (not self._closed or self._jt >= self._jh) then
-    pcall(start_worker, self)               -- (failing: dispatch tries again while jobs wait)
+  -- one try at a replacement: with jobs queued (its own given back among them) dispatch's refill
+  -- makes it (failing with no worker left, it fails them); with none, only an open pool wants it
+  -- (failing, dispatch tries again once jobs are queued). Both here tried twice in a row.
+  if not self._terminated and not self._closed and self._jt < self._jh then
+    pcall(start_worker, self)
   end
   dispatch(self)
   if #self._workers == 0 then
