@@ -171,12 +171,19 @@ local function_code
 local FRAME_MAX = 0xffffffff
 
 -- A job's traceback, without the worker's own frames below the job.
+local JOB_BASES = { "\n\t%[C%]: in function 'xpcall'", "\n\t%[C%]: in %a+ 'run_job'",
+  "\n\t%[C%]: in %?\n\t%[C%]: in %a+ 'run_chunk'" }
 local function job_traceback(e)
   local tb = debug.traceback(e, 2)
   if type(tb) ~= "string" then return tb end
-  local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
-    or tb:find("\n\t%[C%]: in %a+ 'run_job'")  -- a plain job's caller (process._run_job)
-    or tb:find("\n\t%[C%]: in %?\n\t%[C%]: in %a+ 'run_chunk'")  -- a chunk's (link:run_chunk)
+  -- the first of: the xpcall a job runs under, a plain job's caller (process._run_job), a chunk's
+  -- loop (link:run_chunk); not just the first pattern found (a program that made the pool under
+  -- an xpcall of its own has that one far below a chunk's loop)
+  local cut
+  for _, pat in ipairs(JOB_BASES) do
+    local at = tb:find(pat)
+    if at and (cut == nil or at < cut) then cut = at end
+  end
   return cut and tb:sub(1, cut - 1) or tb
 end
 
