@@ -452,6 +452,25 @@ describe("process pool dispatch", function()
   end)
 end)
 
+describe("process pool: a worker that never runs dry", function()
+  H.guard()
+
+  it("jobs in flight keep small keys (moved down) and every answer reaches its future, in order", function()
+    local p <close> = pool.new{ size = 1 }
+    local w = p._workers[1]
+    local fs, most = {}, 0
+    for i = 1, 300 do fs[i] = p:submit(function(x) return x * 3 end, i) end
+    for i = 1, 300 do
+      assert.equal(i * 3, fs[i]:result(H.TIMEOUT))
+      if w.it > most then most = w.it end
+    end
+    assert.is_true(most <= 64, "in-flight keys climbed to " .. most)
+    local r = p:map(function(x) return -x end, (function() local t = {} for i = 1, 500 do t[i] = i end return t end)(), 1)
+    for i = 1, 500 do assert.equal(-i, r[i]) end
+    assert.is_true(w.it <= 64)
+  end)
+end)
+
 describe("process pool: frames over 64 MiB, frames that break the protocol, a worker not replaced", function()
   H.guard()
   local BIG = 64 * 1024 * 1024 + 1        -- over recv_frame's default limit (sockio.c)

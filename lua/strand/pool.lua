@@ -303,6 +303,9 @@ end
 
 local start_worker
 local flush_out
+local shift_inflight
+local new_table = core.process and core.process._table
+local INFLIGHT_SHIFT, INFLIGHT_ROOM = 32, 64   -- (shift_inflight, below)
 
 -- Give w the job at the head of the queue (a cancelled one is dropped): false when w cannot take
 -- it (a plain job behind chunks it still has), else true.
@@ -427,7 +430,7 @@ local function worker_gone(self, w)
   local code = w.proc_h:wait()
   process._reaped(w.proc_h)
   local inflight = tmove(w.inflight, w.ih, w.it, 1, {})   -- oldest first
-  w.inflight, w.ih, w.it = {}, 1, 0
+  w.inflight, w.ih, w.it = new_table(INFLIGHT_ROOM), 1, 0
   if self._terminated then
     for _, job in ipairs(inflight) do fail_job(job, "pool terminated") end
   elseif #inflight > 0 then
@@ -469,6 +472,18 @@ local function broken_worker(w, job, id)
   w.proc_h:signal(9)
 end
 
+-- A worker's jobs in flight are w.inflight[w.ih..w.it] in a table made with room for 64 (at most
+-- 16 are in flight): once ih reaches INFLIGHT_SHIFT they move down to 1, so the keys stay in its
+-- array part. (Climbing for good while a worker never runs dry -- submit after submit -- they
+-- went to the hash part, which was rebuilt every few jobs: a quarter of the parent's work.)
+shift_inflight = function(w)               -- w.inflight[w.ih] taken (nil): the rest moved down
+  local inf, from, to = w.inflight, w.ih + 1, w.it
+  local n = to - from + 1
+  tmove(inf, from, to, 1)
+  for k = n + 1, to do inf[k] = nil end
+  w.ih, w.it = 1, n
+end
+
 -- A map chunk's outcome when its results went straight into map's table (process._decode_into)
 local PLACED = { true, n = 1 }
 
@@ -493,7 +508,8 @@ local function reader(self, w)
       local id, r = result(data, job.argsdata)
       job.argsdata = nil
       w.inflight[w.ih] = nil
-      if w.ih == w.it then w.ih, w.it = 1, 0 else w.ih = w.ih + 1 end
+      if w.ih == w.it then w.ih, w.it = 1, 0
+      elseif w.ih < INFLIGHT_SHIFT then w.ih = w.ih + 1 else shift_inflight(w) end
       if job.id ~= id then broken_worker(w, job, id); break end
       local f = job.fut
       if f._r == nil then                  -- (settle, inline)
@@ -512,7 +528,8 @@ local function reader(self, w)
     if w.ih <= w.it then                 -- the oldest job in flight: answers come in order
       job = w.inflight[w.ih]
       w.inflight[w.ih] = nil
-      if w.ih == w.it then w.ih, w.it = 1, 0 else w.ih = w.ih + 1 end   -- empty: from 1 again
+      if w.ih == w.it then w.ih, w.it = 1, 0                      -- empty: from 1 again
+      elseif w.ih < INFLIGHT_SHIFT then w.ih = w.ih + 1 else shift_inflight(w) end
     end
     if job and job.id ~= id then broken_worker(w, job, id); break end   -- ids stay in order
     local r
@@ -567,7 +584,7 @@ start_worker = function(self)
     error("strand.pool: cannot start a worker: " .. tostring(err))
   end
   ends[ra] = true
-  local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = {}, ih = 1, it = 0, out = {}, sent = 0, alive = true,
+  local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = new_table(INFLIGHT_ROOM), ih = 1, it = 0, out = {}, sent = 0, alive = true,
               known = {}, link = link }
   self._workers[#self._workers + 1] = w
   w.task = spawn_task(reader, self, w)
