@@ -892,7 +892,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       -- the first chunk of each worker at once, then every DISPATCH_BYTES encoded: the workers
       -- compute while the rest is encoded, and small chunks still go out in batches
       pending = pending + #argsdata
-      if #chunks == early or (#chunks > early and pending >= DISPATCH_BYTES) then
+      if #chunks <= early or pending >= DISPATCH_BYTES then
         pending = 0
         dispatch(self)
       end
