@@ -156,11 +156,11 @@ end
 
 local INFLIGHT = 2          -- jobs sent ahead to one process worker
 local CHUNK_INFLIGHT = 16   -- map chunks sent ahead to one process worker (refilled by halves)
--- a job on the wire: id, function id (0: none), 0 for a plain job, 1 for a map chunk (a list),
--- 2 for a small map chunk (its items as bare values, BARE_MAX at most), function bytes (""
--- when the worker has them), the encoded arguments (last: a plain job's are decoded in place,
--- process._run_job); a result: id (8 bytes) then the encoded outcome
-local BARE_MAX = 64
+-- a job on the wire: id, function id (0: none), 0 for a plain job, 1 for a map chunk (a list,
+-- however short: the worker runs it in C, link:run_chunk, and the parent places its results
+-- straight into map's table; small chunks went as bare values, which cost both sides more
+-- tables), function bytes ("" when the worker has them), the encoded arguments (last: a plain
+-- job's are decoded in place, process._run_job); a result: id (8 bytes) then the encoded outcome
 local DISPATCH_BYTES = 4096 -- map: encoded chunk bytes queued between two dispatches
 local JOB_HEAD = ">I8I8Bs4"         -- id, function id, kind, function bytes (the arguments follow)
 local FRAMED_JOB = ">I4I8I8Bs4s4"   -- with its frame length first and the arguments (8+8+1+4+4 = 25)
@@ -209,23 +209,15 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
     for i = n, 1, -1 do outbox[i] = nil end      -- the same table again
   end
   -- a map chunk: its results into the outbox, sent in batches while more chunks are buffered
-  local function answer_chunk(fn, argsdata, bare, id)
+  -- (a list link:run_chunk leaves to it: shared tables among its items)
+  local function answer_chunk(fn, argsdata, id)
     local ok, enc
-    if bare then                                 -- answered as bare values too
-      local args = pack(decode(argsdata, FUNCS))
-      local out, n = {}, args.n
-      ok, enc = pcall(encodev, xpcall(function()
-        for i = 1, n do out[i] = (fn(args[i])) end
-        return unpack(out, 1, n)
-      end, traceback))
-    else                                         -- answered as "true, list" (encode_list)
-      local args = decode(argsdata, FUNCS)
-      local n = args.n
-      local out = new_table(n)
-      local okx, err = xpcall(run_chunk, traceback, fn, args, out, n)
-      if okx then ok, enc = pcall(encode_list, out, 1, n, true)
-      else ok, enc = pcall(encodev, false, err) end
-    end
+    local args = decode(argsdata, FUNCS)         -- answered as "true, list" (encode_list)
+    local n = args.n
+    local out = new_table(n)
+    local okx, err = xpcall(run_chunk, traceback, fn, args, out, n)
+    if okx then ok, enc = pcall(encode_list, out, 1, n, true)
+    else ok, enc = pcall(encodev, false, err) end
     if not ok or enc == nil then                 -- a copy error is the job's, not the worker's
       enc = encodev(false, "the job's results cannot be copied"
         .. (ok and " (a strand object)" or ": " .. tostring(enc)))
@@ -243,7 +235,6 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
     if data == nil then flush(); return 0 end
     if data == "stop" then flush(); return 0 end
     local id, fid, chunk, fdata, apos = sunpack(JOB_HEAD, data)
-    local bare = chunk == 2
     chunk = chunk ~= 0
     if not chunk and #outbox > 0 then flush() end  -- a submitted job may be long: answer the rest
     local fn = fid ~= 0 and fns[fid] or nil
@@ -263,12 +254,12 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
       link:bump(2, 1)
     else
       -- a list chunk is read, called and answered in C while its results are plain values
-      local frame = not bare and link:run_chunk(data, apos + 4, fn, traceback, id)
+      local frame = link:run_chunk(data, apos + 4, fn, traceback, id)
       if frame then
         outbox[#outbox + 1] = frame
         if sock:pending() < 4 then flush() end
       else
-        answer_chunk(fn, sunpack(">s4", data, apos), bare, id)
+        answer_chunk(fn, sunpack(">s4", data, apos), id)
       end
     end
     done = done + 1
@@ -335,7 +326,7 @@ local function give(self, w)
   end
   local argsdata = job.argsdata          -- send_frame's ">s4" around the job, in one pack
   w.out[#w.out + 1] = spack(FRAMED_JOB, 25 + #fdata + #argsdata, job.id, job.fid or 0,
-    job.chunk and (job.bare and 2 or 1) or 0, fdata, argsdata)
+    job.chunk and 1 or 0, fdata, argsdata)
   return true
 end
 
@@ -539,7 +530,6 @@ local function reader(self, w)
     else
       r = pack(decode_at(data, 9))               -- true, ... | false, err
     end
-    if job and job.bare and r[1] then r = pack(true, tmove(r, 2, r.n, 1, {})) end   -- a list
     if job then
       if job.argsdata then drop_job(job) end
       if job.fut then settle(job.fut, r) else job.done(r) end
@@ -847,8 +837,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
     -- and takes back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
-    local encode, encodev, encode_list = core.process._encode, core.process._encodev,
-      core.process._encode_list
+    local encode, encode_list = core.process._encode, core.process._encode_list
     if fdata == nil then fdata = encode(fn) end
     if fdata == nil then error(OBJMSG:format(fname), 3) end
     local fown = fid == nil and { n = 0 } or nil   -- the chunks holding fdata (drop_job)
@@ -857,13 +846,8 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       local last = first + chunksize - 1
       if last > n then last = n end
       local count = last - first + 1
-      local okc, argsdata, bare
-      if count <= BARE_MAX then                  -- small: the items as bare values
-        okc, argsdata = pcall(encodev, unpack(list, first, last))
-        bare = true
-      else                                       -- {list[first..last], n = count}, unmade
-        okc, argsdata = pcall(encode_list, list, first, last)
-      end
+      -- {list[first..last], n = count}, unmade
+      local okc, argsdata = pcall(encode_list, list, first, last)
       if not okc or argsdata == nil then
         local mine = {}
         for _, f in ipairs(chunks) do
@@ -881,13 +865,13 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
         error(OBJMSG:format(fname), 3)
       end
       local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
-      if into and not bare then f._into = into end  -- results decoded straight into map's table
+      if into then f._into = into end            -- results decoded straight into map's table
       chunks[#chunks + 1] = f
       local id = self._next + 1
       self._next = id
       self._jt = self._jt + 1
       q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
-                      bare = bare, fown = fown, w = nil }
+                      fown = fown, w = nil }
       if fown then fown.n = fown.n + 1 end
       -- the first chunk of each worker at once, then every DISPATCH_BYTES encoded: the workers
       -- compute while the rest is encoded, and small chunks still go out in batches
