@@ -823,6 +823,10 @@ local function check_list(list, chunksize, fname)
 end
 
 -- Chunk futures for list: one future per chunk, each settling with the chunk's results table.
+-- into == true (map): the table for the results is made here, once the first chunk of each
+-- worker is out, and returned after the chunks: a chunk answered after that is decoded straight
+-- into it. (Made first, before any encoding, its allocation -- and the collector's step it
+-- brings, 0.8 ms for 20,000 items -- held every worker back.)
 local function submit_chunks(self, fname, fn, list, chunksize, into)
   local n = #list
   if chunksize == nil then
@@ -865,7 +869,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
         error(OBJMSG:format(fname), 3)
       end
       local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
-      if into then f._into = into end            -- results decoded straight into map's table
+      if into and into ~= true then f._into = into end   -- results decoded straight into it
       chunks[#chunks + 1] = f
       local id = self._next + 1
       self._next = id
@@ -880,9 +884,14 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
         pending = 0
         dispatch(self)
       end
+      if into == true and #chunks == early then
+        into = new_table(n)
+        for _, c in ipairs(chunks) do c._into = into end
+      end
     end
     dispatch(self)
-    return chunks
+    if into == true then into = new_table(n) end   -- (fewer chunks than workers)
+    return chunks, into
   end
   for first = 1, n, chunksize do
     local last = math.min(first + chunksize - 1, n)
@@ -894,7 +903,8 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
     chunks[#chunks + 1] = f
   end
   dispatch(self)                                 -- once for all the chunks
-  return chunks
+  if into == true then into = new_table(n) end
+  return chunks, into
 end
 
 --- p:map(fn, list [, chunksize]) -> results in order (raises the first failure)
@@ -902,8 +912,8 @@ function Pool:map(fn, list, chunksize)
   check_pool(self, "map")
   check_fn(fn, "map")
   check_list(list, chunksize, "map")
-  local out = core.process._table(#list)
-  for _, f in ipairs(submit_chunks(self, "map", fn, list, chunksize, out)) do
+  local chunks, out = submit_chunks(self, "map", fn, list, chunksize, true)
+  for _, f in ipairs(chunks) do
     local r = f._r
     if r == nil then f:join(); r = f._r end
     if not r[1] then error(r[2], 0) end
