@@ -831,7 +831,7 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
   /* t[k] as lua_geti reads it: raw when t has no metatable (no __index to call) */
   int raw = !lua_getmetatable(L, t);
   if (!raw) lua_pop(L, 1);
-  if (count > 0 && (uint64_t)count < ((size_t)-1) / 4) ROOM(&e, (size_t)count * 2 + 32);
+  if (count > 0 && (uint64_t)count < ((size_t)-1) / 8) ROOM(&e, (size_t)count * 4 + 32);
   int top = lua_gettop(L) + 1;
   luaL_checkstack(L, 40, "strand.serial: list");
   for (lua_Integer k0 = 0; k0 < count; k0 += 32) {         /* 32 items read, then encoded */
