@@ -1,6 +1,7 @@
 /* poollink.c — a process pool worker's link words: two counters in a page shared by the parent
  * and the worker (jobs written, results written), watched for a few microseconds before sleeping. */
 #include "strand.h"
+#include "serial_fast.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -291,6 +292,11 @@ static void run_room(lua_State *L, chunk_run *s, size_t need) {
  * then on) set in the table -- the plain ones written before moved there first. */
 static void run_store(lua_State *L, chunk_run *s, int idx) {
   s->k++;
+  if (!s->table && lua_isinteger(L, idx)) {      /* (inline; the tail's room kept after it) */
+    if (s->cap - s->n < 11 + STRAND_SERIAL_LIST_TAIL) run_room(L, s, 11 + STRAND_SERIAL_LIST_TAIL);
+    s->n += serf_put_int((unsigned char *)s->b + s->n, lua_tointeger(L, idx));
+    return;
+  }
   if (!s->table) {
     /* (the tail always fits after the last result: room kept for it) */
     size_t room = s->cap - s->n - STRAND_SERIAL_LIST_TAIL;
@@ -335,7 +341,12 @@ static int chunk_loop(lua_State *L) {
     if (s->k + (uint32_t)held >= s->count) break;
     if (held == RUN_BATCH) run_store_all(L, s);
     lua_pushvalue(L, RUN_FN);
-    strand_serial_list_next(L, &s->in, CHUNK_FLAGS, RUN_NIL);
+    const unsigned char *p = (const unsigned char *)s->in.p;
+    lua_Integer v;
+    if (p < (const unsigned char *)s->in.end && serf_get_int(&p, (const unsigned char *)s->in.end, &v)) {
+      lua_pushinteger(L, v);
+      s->in.p = (const char *)p;
+    } else strand_serial_list_next(L, &s->in, CHUNK_FLAGS, RUN_NIL);
     lua_callk(L, 1, 1, 0, chunk_k);
   }
   run_store_all(L, s);

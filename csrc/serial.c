@@ -1,6 +1,7 @@
 /* serial.c — copying Lua values between states and processes: encode values into one flat
  * byte string (version byte + type tags), decode it in another state; strand.serial. */
 #include "strand.h"
+#include "serial_fast.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -42,6 +43,7 @@ enum { T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_REF, T_FUNC, T_
 #define SERIAL_NOADOPT 0x100 /* private: decode retains objects instead of adopting the refs */
 
 _Static_assert(sizeof(lua_Number) == 8, "strand.serial expects a double lua_Number");
+_Static_assert(SERF_INT == T_INT && SERF_SMALLINT == T_SMALLINT, "serial_fast.h's tags");
 
 /* }==== */
 
