@@ -177,6 +177,13 @@ describe("link:run_chunk (a worker's map chunk in C)", function()
     assert.equal("float", math.type(list[16])); assert.equal(3.0, list[16])
     assert.is_nil(list[29]); assert.equal(7, list[30]); assert.is_nil(list[n - 1])
     assert.equal("last", list[n])
+    -- results far longer than the items (the frame grows as they are written)
+    local zeros = {}
+    for i = 1, 300 do zeros[i] = 0 end
+    local big = function(x) return math.maxinteger - x end
+    local wantbig = {}
+    for i = 1, 300 do wantbig[i] = math.maxinteger end
+    assert.equal(expected(wantbig, 300, 80), link:run_chunk(C._encode_list(zeros, 1, 300), 1, big, tb, 80))
     -- only the first result of each call; an empty chunk
     local _, r2 = frame_outcome(link:run_chunk(C._encode_list({ 1, 2 }, 1, 2), 1,
       function(x) return x, "more" end, tb, 1))
