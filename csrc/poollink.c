@@ -323,7 +323,13 @@ static void run_store(lua_State *L, chunk_run *s, int idx) {
 /* the results above RUN_NIL stored, in order, and popped */
 static void run_store_all(lua_State *L, chunk_run *s) {
   int top = lua_gettop(L);
-  for (int i = RUN_NIL + 1; i <= top; i++) run_store(L, s, i);
+  for (int i = RUN_NIL + 1; i <= top; i++) {
+    if (!s->table && lua_isinteger(L, i)) {      /* (run_store's first case, inline) */
+      s->k++;
+      if (s->cap - s->n < 11 + STRAND_SERIAL_LIST_TAIL) run_room(L, s, 11 + STRAND_SERIAL_LIST_TAIL);
+      s->n += serf_put_int((unsigned char *)s->b + s->n, lua_tointeger(L, i));
+    } else run_store(L, s, i);
+  }
   lua_settop(L, RUN_NIL);
 }
 
@@ -336,10 +342,10 @@ static int chunk_k(lua_State *L, int status, lua_KContext ctx);
 static int chunk_loop(lua_State *L) {
   chunk_run *s = (chunk_run *)lua_touserdata(L, RUN_STATE);
   luaL_checkstack(L, RUN_BATCH + 8, "strand.pool: a chunk");
-  for (;;) {
-    int held = lua_gettop(L) - RUN_NIL;
+  int held = lua_gettop(L) - RUN_NIL;   /* (counted from here on: a call leaves one result) */
+  for (;; held++) {
     if (s->k + (uint32_t)held >= s->count) break;
-    if (held == RUN_BATCH) run_store_all(L, s);
+    if (held == RUN_BATCH) { run_store_all(L, s); held = 0; }
     lua_pushvalue(L, RUN_FN);
     const unsigned char *p = (const unsigned char *)s->in.p;
     lua_Integer v;

@@ -1183,10 +1183,8 @@ static int dec_into_run(lua_State *L) {
   for (uint32_t k = 0; k < narr; k++) {
     const unsigned char *p = d.c.p;           /* integers and short strings inline */
     unsigned tag = p < d.c.end ? *p : 0;
-    uint64_t z;
-    if (tag >= T_SMALLINT) { lua_pushinteger(L, (lua_Integer)(tag - T_SMALLINT)); d.c.p++; }
-    else if (tag == T_INT && (d.c.p++, rd_varint(&d.c, &z)))
-      lua_pushinteger(L, (lua_Integer)((z >> 1) ^ (0 - (z & 1))));
+    lua_Integer v;
+    if (tag != 0 && serf_get_int(&d.c.p, d.c.end, &v)) lua_pushinteger(L, v);
     else if (tag >= T_SHORTSTR && tag < T_SMALLINT
              && (size_t)(d.c.end - p - 1) >= tag - T_SHORTSTR) {
       lua_pushlstring(L, (const char *)p + 1, tag - T_SHORTSTR);
