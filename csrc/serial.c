@@ -845,18 +845,7 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
     for (int b = 0; b < nb; b++) {
       int at = top + b, tt = tts[b];
       if (tt == LUA_TNUMBER && lua_isinteger(L, at)) {       /* plain values inline */
-        uint64_t u = (uint64_t)lua_tointeger(L, at);
-        unsigned char *o = e.b + e.n;
-        size_t w;
-        if (u < 64) { o[0] = (unsigned char)(T_SMALLINT + u); w = 1; }
-        else {
-          o[0] = T_INT;
-          u = (u << 1) ^ (0 - (u >> 63));
-          w = 1;
-          while (u >= 0x80) { o[w++] = (unsigned char)(u | 0x80); u >>= 7; }
-          o[w++] = (unsigned char)u;
-        }
-        e.n += w;
+        e.n += serf_put_int(e.b + e.n, lua_tointeger(L, at));
         continue;
       } else if (tt == LUA_TSTRING) {
         size_t l; const char *str = lua_tolstring(L, at, &l);

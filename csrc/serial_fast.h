@@ -31,9 +31,19 @@ static inline int serf_get_int(const unsigned char **pp, const unsigned char *en
 static inline size_t serf_put_int(unsigned char *o, lua_Integer v) {
   uint64_t u = (uint64_t)v;
   if (u < 64) { o[0] = (unsigned char)(SERF_SMALLINT + u); return 1; }
-  size_t n = 1;
   o[0] = SERF_INT;
   u = (u << 1) ^ (0 - (u >> 63));
+  if (u < 0x4000) {                       /* 1 or 2 bytes, 3 bytes: without a loop */
+    if (u < 0x80) { o[1] = (unsigned char)u; return 2; }
+    o[1] = (unsigned char)(u | 0x80); o[2] = (unsigned char)(u >> 7);
+    return 3;
+  }
+  if (u < 0x200000) {
+    o[1] = (unsigned char)(u | 0x80); o[2] = (unsigned char)((u >> 7) | 0x80);
+    o[3] = (unsigned char)(u >> 14);
+    return 4;
+  }
+  size_t n = 1;
   while (u >= 0x80) { o[n++] = (unsigned char)(u | 0x80); u >>= 7; }
   o[n++] = (unsigned char)u;
   return n;

@@ -174,6 +174,13 @@ describe("link:run_chunk (a worker's map chunk in C)", function()
     local _, r = frame_outcome(link:run_chunk(data, 1, id_fn, tb, 79))
     local list = r[2]
     assert.equal(n, list.n)
+    for i = 1, n do                               -- every value back as it was (decoded apart)
+      assert.equal(l[i], list[i]); assert.equal(math.type(l[i]), math.type(list[i]))
+    end
+    for _, v in ipairs { 8191, 8192, -8192, -8193, 1048575, 1048576, -1048577, 2 ^ 40 // 1, -(2 ^ 40 // 1) } do
+      local _, rv = frame_outcome(link:run_chunk(C._encode_list({ v }, 1, 1), 1, id_fn, tb, 1))
+      assert.equal(v, rv[2][1])                   -- integers at each varint length's edges
+    end
     assert.equal("float", math.type(list[16])); assert.equal(3.0, list[16])
     assert.is_nil(list[29]); assert.equal(7, list[30]); assert.is_nil(list[n - 1])
     assert.equal("last", list[n])
