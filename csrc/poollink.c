@@ -1,6 +1,7 @@
 /* poollink.c — a process pool worker's link words: two counters in a page shared by the parent
  * and the worker (jobs written, results written), watched for a few microseconds before sleeping. */
 #include "strand.h"
+#include "serial_fast.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -167,51 +168,68 @@ static void put_be(char *o, uint64_t v, int n) {
 
 #define JOB_BASE 5                      /* data, pos, fn, msgh, id: the outcome above them */
 
-static int job_done(lua_State *L, int status, lua_KContext ctx) {
-  (void)ctx;
-  if (status == LUA_OK || status == LUA_YIELD) {
-    lua_pushboolean(L, 1);
-    lua_insert(L, JOB_BASE + 1);
-  } else {                              /* the error object (the traceback) on top */
-    lua_pushboolean(L, 0);
-    lua_insert(L, -2);                  /* false, error: moved down to JOB_BASE + 1, + 2 */
-    int top = lua_gettop(L);
-    lua_copy(L, top - 1, JOB_BASE + 1);
-    lua_copy(L, top, JOB_BASE + 2);
-    lua_settop(L, JOB_BASE + 2);
-  }
-  int n = lua_gettop(L) - JOB_BASE;
-  int plain = 1;                        /* nil, booleans, numbers, strings: their encoding
-                                         * cannot fail but for memory (raised as it is) */
-  for (int i = JOB_BASE + 1; i <= JOB_BASE + n && plain; i++)
-    plain = lua_type(L, i) <= LUA_TSTRING && lua_type(L, i) != LUA_TLIGHTUSERDATA;
-  int st = LUA_OK;
-  if (plain) {
-    strand_serial_encode(L, JOB_BASE + 1, n, STRAND_SERIAL_FUNCTIONS);
-  } else {
-    lua_pushcfunction(L, encode_outcome);
-    lua_insert(L, JOB_BASE + 1);
-    st = lua_pcall(L, n, 1, 0);
-  }
-  if (st != LUA_OK || lua_isnil(L, -1)) {
-    if (st == LUA_ERRMEM) lua_error(L);
-    lua_pushboolean(L, 0);
-    if (st != LUA_OK)
-      lua_pushfstring(L, "the job's results cannot be copied: %s",
-                      lua_isstring(L, -2) ? lua_tostring(L, -2) : "?");
-    else lua_pushliteral(L, "the job's results cannot be copied (a strand object)");
-    strand_serial_encode(L, -2, 2, STRAND_SERIAL_FUNCTIONS);   /* a boolean and a string */
-  }
+/* st: how the encoding at the top came (LUA_OK: a string, or nil for a process-local object;
+ * else the error message): the encoded outcome, or in its place "false, the job's results cannot
+ * be copied..." */
+static void copy_failure(lua_State *L, int st) {
+  if (st == LUA_OK && !lua_isnil(L, -1)) return;
+  if (st == LUA_ERRMEM) lua_error(L);
+  lua_pushboolean(L, 0);
+  if (st != LUA_OK)
+    lua_pushfstring(L, "the job's results cannot be copied: %s",
+                    lua_isstring(L, -2) ? lua_tostring(L, -2) : "?");
+  else lua_pushliteral(L, "the job's results cannot be copied (a strand object)");
+  strand_serial_encode(L, -2, 2, STRAND_SERIAL_FUNCTIONS);   /* a boolean and a string */
+}
+
+/* the encoded outcome at the top framed for job id: length, id, the bytes (pushed) */
+static void push_frame(lua_State *L, lua_Integer id) {
   size_t len;
   const char *enc = lua_tolstring(L, -1, &len);
   if (len > UINT32_MAX - 8) luaL_error(L, "strand.pool: a job's results are too large to send");
   luaL_Buffer b;
   char *o = luaL_buffinitsize(L, &b, 12 + len);
   put_be(o, 8 + len, 4);
-  put_be(o + 4, (uint64_t)lua_tointeger(L, JOB_BASE), 8);
+  put_be(o + 4, (uint64_t)id, 8);
   memcpy(o + 12, enc, len);
   luaL_pushresultsize(&b, 12 + len);
+}
+
+/* The outcome above base (the job's id at base): the results of a call that ended with status,
+ * or its error object on top. Pushes the result frame. */
+static int outcome_frame(lua_State *L, int status, int base) {
+  if (status == LUA_OK || status == LUA_YIELD) {
+    lua_pushboolean(L, 1);
+    lua_insert(L, base + 1);
+  } else {                              /* the error object (the traceback) on top */
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);                  /* false, error: moved down to base + 1, + 2 */
+    int top = lua_gettop(L);
+    lua_copy(L, top - 1, base + 1);
+    lua_copy(L, top, base + 2);
+    lua_settop(L, base + 2);
+  }
+  int n = lua_gettop(L) - base;
+  int plain = 1;                        /* nil, booleans, numbers, strings: their encoding
+                                         * cannot fail but for memory (raised as it is) */
+  for (int i = base + 1; i <= base + n && plain; i++)
+    plain = lua_type(L, i) <= LUA_TSTRING && lua_type(L, i) != LUA_TLIGHTUSERDATA;
+  int st = LUA_OK;
+  if (plain) {
+    strand_serial_encode(L, base + 1, n, STRAND_SERIAL_FUNCTIONS);
+  } else {
+    lua_pushcfunction(L, encode_outcome);
+    lua_insert(L, base + 1);
+    st = lua_pcall(L, n, 1, 0);
+  }
+  copy_failure(L, st);
+  push_frame(L, lua_tointeger(L, base));
   return 1;
+}
+
+static int job_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  return outcome_frame(L, status, JOB_BASE);
 }
 
 static int l_run_job(lua_State *L) {
@@ -232,6 +250,192 @@ static int l_run_job(lua_State *L) {
   }
   return job_done(L, lua_pcallk(L, n, LUA_MULTRET, 4, 0, job_done), 0);
 }
+
+/* {==== a worker's map chunk: link:run_chunk(data, pos, fn, msgh, id) -> frame | nil
+ * The chunk's items (data from byte pos on, the list strand_serial_encode_list wrote) are read
+ * one at a time, fn(item) is called for each (its first result kept) and the results are
+ * written straight into the result frame -- "true, list", the bytes encode_list would give --
+ * while they are plain values (nil, booleans, numbers, strings). The first other result moves
+ * them into a table (from the frame written so far) and the list is encoded from it at the end
+ * (tables, functions, strand objects, or a copy error as the job's failure). The loop runs under
+ * msgh (the job's traceback) and fn may yield (a job that sleeps). An error fails the chunk:
+ * "false, traceback". nil: data is not such a list (back-references): the caller decodes it. */
+
+#define CHUNK_FLAGS (STRAND_SERIAL_FUNCTIONS | STRAND_SERIAL_NOADOPT)
+
+typedef struct chunk_run {
+  strand_serial_list in;                /* the items not read yet (data stays on run_chunk's stack) */
+  uint32_t count, k;                    /* items; results stored so far */
+  char *b;                              /* the frame: its length, id, list head, plain results */
+  size_t n, cap;
+  int table;                            /* the results go to the table at slot RUN_OUT */
+} chunk_run;
+
+/* chunk_loop's stack: the state, fn, the frame's buffer (userdata), the results' table (nil
+ * until needed), a nil (the decoder's) */
+enum { RUN_STATE = 1, RUN_FN, RUN_BUF, RUN_OUT, RUN_NIL };
+#define RUN_FRAME (12 + STRAND_SERIAL_LIST_HEAD)   /* where the results start in the buffer */
+
+static void run_room(lua_State *L, chunk_run *s, size_t need) {
+  size_t cap = s->cap;
+  while (cap - s->n < need) {
+    if (cap > ((size_t)-1) / 4) luaL_error(L, "strand.pool: a chunk's results are too large");
+    cap *= 2;
+  }
+  char *nb = (char *)lua_newuserdatauv(L, cap, 0);
+  memcpy(nb, s->b, s->n);
+  lua_replace(L, RUN_BUF);
+  s->b = nb; s->cap = cap;
+}
+
+/* The result on top stored and popped: written to the frame, or (once one was not plain, from
+ * then on) set in the table -- the plain ones written before moved there first. */
+static void run_store(lua_State *L, chunk_run *s, int idx) {
+  s->k++;
+  if (!s->table && lua_isinteger(L, idx)) {      /* (inline; the tail's room kept after it) */
+    if (s->cap - s->n < 11 + STRAND_SERIAL_LIST_TAIL) run_room(L, s, 11 + STRAND_SERIAL_LIST_TAIL);
+    s->n += serf_put_int((unsigned char *)s->b + s->n, lua_tointeger(L, idx));
+    return;
+  }
+  if (!s->table) {
+    /* (the tail always fits after the last result: room kept for it) */
+    size_t room = s->cap - s->n - STRAND_SERIAL_LIST_TAIL;
+    size_t w = strand_serial_put_plain(L, idx, s->b + s->n, room);
+    if (w > room) {
+      run_room(L, s, w + STRAND_SERIAL_LIST_TAIL);
+      w = strand_serial_put_plain(L, idx, s->b + s->n, s->cap - s->n - STRAND_SERIAL_LIST_TAIL);
+    }
+    if (w) { s->n += w; return; }
+    lua_createtable(L, (int)s->count, 0);
+    lua_replace(L, RUN_OUT);
+    strand_serial_list back = { s->b + RUN_FRAME, s->b + s->n, s->k - 1, 0 };
+    for (uint32_t i = 1; i < s->k; i++) {
+      strand_serial_list_next(L, &back, CHUNK_FLAGS, RUN_NIL);
+      lua_rawseti(L, RUN_OUT, (lua_Integer)i);
+    }
+    s->n = RUN_FRAME;
+    s->table = 1;
+  }
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, RUN_OUT, (lua_Integer)s->k);
+}
+
+/* the results above RUN_NIL stored, in order, and popped */
+static void run_store_all(lua_State *L, chunk_run *s) {
+  int top = lua_gettop(L);
+  for (int i = RUN_NIL + 1; i <= top; i++) {
+    if (!s->table && lua_isinteger(L, i)) {      /* (run_store's first case, inline) */
+      s->k++;
+      if (s->cap - s->n < 11 + STRAND_SERIAL_LIST_TAIL) run_room(L, s, 11 + STRAND_SERIAL_LIST_TAIL);
+      s->n += serf_put_int((unsigned char *)s->b + s->n, lua_tointeger(L, i));
+    } else run_store(L, s, i);
+  }
+  lua_settop(L, RUN_NIL);
+}
+
+#define RUN_BATCH 32                    /* results kept on the stack, then stored at once */
+
+static int chunk_k(lua_State *L, int status, lua_KContext ctx);
+
+/* (a result stays on the stack above RUN_NIL until RUN_BATCH of them are stored together;
+ * the ones of a call that yielded are there still when chunk_k goes on) */
+static int chunk_loop(lua_State *L) {
+  chunk_run *s = (chunk_run *)lua_touserdata(L, RUN_STATE);
+  luaL_checkstack(L, RUN_BATCH + 8, "strand.pool: a chunk");
+  int held = lua_gettop(L) - RUN_NIL;   /* (counted from here on: a call leaves one result) */
+  for (;; held++) {
+    if (s->k + (uint32_t)held >= s->count) break;
+    if (held == RUN_BATCH) { run_store_all(L, s); held = 0; }
+    lua_pushvalue(L, RUN_FN);
+    const unsigned char *p = (const unsigned char *)s->in.p;
+    lua_Integer v;
+    if (p < (const unsigned char *)s->in.end && serf_get_int(&p, (const unsigned char *)s->in.end, &v)) {
+      lua_pushinteger(L, v);
+      s->in.p = (const char *)p;
+    } else strand_serial_list_next(L, &s->in, CHUNK_FLAGS, RUN_NIL);
+    lua_callk(L, 1, 1, 0, chunk_k);
+  }
+  run_store_all(L, s);
+  strand_serial_list_end(L, &s->in, CHUNK_FLAGS, RUN_NIL);
+  lua_settop(L, RUN_OUT);
+  return 2;                             /* the buffer, the table (or nil) */
+}
+
+static int chunk_k(lua_State *L, int status, lua_KContext ctx) {   /* fn yielded, returned */
+  (void)status; (void)ctx;
+  return chunk_loop(L);
+}
+
+/* lua_pcall'ed: (table, count) -> "true, list" encoded, or nil (a process-local object) */
+static int encode_results(lua_State *L) {
+  strand_serial_encode_list(L, 1, 1, lua_tointeger(L, 2), 1, STRAND_SERIAL_FUNCTIONS);
+  size_t len;
+  const char *p = lua_tolstring(L, -1, &len);
+  if (!strand_serial_family_only(p, len)) {
+    strand_serial_release(p, len);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+/* run_chunk's stack: link, data, pos, fn, msgh, id, the state; then the loop's two results */
+#define CHUNK_BASE 7
+
+static int chunk_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  chunk_run *s = (chunk_run *)lua_touserdata(L, CHUNK_BASE);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_remove(L, CHUNK_BASE);          /* id, error */
+    return outcome_frame(L, status, CHUNK_BASE - 1);
+  }
+  lua_Integer id = lua_tointeger(L, CHUNK_BASE - 1);
+  if (!s->table) {                      /* the frame is all there but its tail and length */
+    s->n += strand_serial_list_tail(s->b + s->n, s->count);
+    if (s->n - 4 > UINT32_MAX) luaL_error(L, "strand.pool: a job's results are too large to send");
+    put_be(s->b, s->n - 4, 4);
+    lua_pushlstring(L, s->b, s->n);
+    return 1;
+  }
+  lua_pushcfunction(L, encode_results);
+  lua_pushvalue(L, CHUNK_BASE + 2);
+  lua_pushinteger(L, (lua_Integer)s->count);
+  int st = lua_pcall(L, 2, 1, 0);
+  copy_failure(L, st);
+  push_frame(L, id);
+  return 1;
+}
+
+static int l_run_chunk(lua_State *L) {
+  check_link(L, "run_chunk");
+  size_t len;
+  const char *p = luaL_checklstring(L, 2, &len);
+  lua_Integer pos = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, pos >= 1 && (size_t)pos <= len + 1, 3, "out of range");
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  luaL_checktype(L, 5, LUA_TFUNCTION);
+  lua_Integer id = luaL_checkinteger(L, 6);
+  lua_settop(L, CHUNK_BASE - 1);
+  strand_serial_list in;
+  if (!strand_serial_list_open(p + pos - 1, len - (size_t)(pos - 1), &in)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  chunk_run *s = (chunk_run *)lua_newuserdatauv(L, sizeof *s, 0);   /* CHUNK_BASE */
+  s->in = in; s->count = in.count; s->k = 0; s->table = 0;
+  size_t items = (size_t)(in.end - in.p);
+  s->cap = RUN_FRAME + items + items / 4 + STRAND_SERIAL_LIST_TAIL + 16;
+  lua_pushcfunction(L, chunk_loop);
+  lua_pushvalue(L, CHUNK_BASE);
+  lua_pushvalue(L, 4);
+  s->b = (char *)lua_newuserdatauv(L, s->cap, 0);
+  lua_pushnil(L);
+  lua_pushnil(L);
+  put_be(s->b + 4, (uint64_t)id, 8);
+  s->n = 12 + strand_serial_list_head(s->b + 12, s->count);
+  return chunk_done(L, lua_pcallk(L, 5, 2, 5, 0, chunk_done), 0);
+}
+
+/* }==== */
 
 /* process._result(data [, argsdata]) -> id, r: a result frame's body (its id, 8 bytes big
  * endian, then the encoded outcome) as the job's id and r = {ok, values..., n = count}; the
@@ -279,7 +483,8 @@ STRAND_API int strand_pool_link(lua_State *L);
 int strand_pool_link(lua_State *L) {
   if (luaL_newmetatable(L, LINK_META)) {
     static const luaL_Reg methods[] = {
-      {"bump", l_bump}, {"count", l_count}, {"spin", l_spin}, {"close", l_gc}, {NULL, NULL}
+      {"bump", l_bump}, {"count", l_count}, {"spin", l_spin}, {"close", l_gc},
+      {"run_chunk", l_run_chunk}, {NULL, NULL}
     };
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");

@@ -1,6 +1,7 @@
 /* serial.c — copying Lua values between states and processes: encode values into one flat
  * byte string (version byte + type tags), decode it in another state; strand.serial. */
 #include "strand.h"
+#include "serial_fast.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -42,6 +43,7 @@ enum { T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_REF, T_FUNC, T_
 #define SERIAL_NOADOPT 0x100 /* private: decode retains objects instead of adopting the refs */
 
 _Static_assert(sizeof(lua_Number) == 8, "strand.serial expects a double lua_Number");
+_Static_assert(SERF_INT == T_INT && SERF_SMALLINT == T_SMALLINT, "serial_fast.h's tags");
 
 /* }==== */
 
@@ -113,6 +115,13 @@ static uint64_t object_mac(uint64_t ptr, const char *name, size_t namelen) {
 typedef struct cursor { const unsigned char *p, *end; } cursor;
 
 static inline __attribute__((always_inline)) int rd_varint(cursor *c, uint64_t *v) {
+  const unsigned char *p = c->p;
+  if (c->end - p >= 3) {                       /* up to 3 bytes (21 bits) without a loop */
+    uint64_t b0 = p[0], b1 = p[1], b2 = p[2];
+    if (b0 < 0x80) { *v = b0; c->p = p + 1; return 1; }
+    if (b1 < 0x80) { *v = (b0 & 0x7f) | b1 << 7; c->p = p + 2; return 1; }
+    if (b2 < 0x80) { *v = (b0 & 0x7f) | (b1 & 0x7f) << 7 | b2 << 14; c->p = p + 3; return 1; }
+  }
   uint64_t r = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     if (c->p >= c->end) return 0;
@@ -821,24 +830,23 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
   pathel *pe = &e.path[1];
   pe->kind = P_INDEX;
   e.plen = 2;
+  /* t[k] as lua_geti reads it: raw when t has no metatable (no __index to call) */
+  int raw = !lua_getmetatable(L, t);
+  if (!raw) lua_pop(L, 1);
+  if (count > 0 && (uint64_t)count < ((size_t)-1) / 8) ROOM(&e, (size_t)count * 4 + 32);
   int top = lua_gettop(L) + 1;
   luaL_checkstack(L, 40, "strand.serial: list");
   for (lua_Integer k0 = 0; k0 < count; k0 += 32) {         /* 32 items read, then encoded */
     int nb = count - k0 < 32 ? (int)(count - k0) : 32;
     unsigned char tts[32];
-    for (int b = 0; b < nb; b++) tts[b] = (unsigned char)lua_geti(L, t, i + k0 + b);
+    if (raw) for (int b = 0; b < nb; b++) tts[b] = (unsigned char)lua_rawgeti(L, t, i + k0 + b);
+    else for (int b = 0; b < nb; b++) tts[b] = (unsigned char)lua_geti(L, t, i + k0 + b);
+    ROOM(&e, 11 * 32);               /* room for 32 integers: written through locals */
     for (int b = 0; b < nb; b++) {
       int at = top + b, tt = tts[b];
       if (tt == LUA_TNUMBER && lua_isinteger(L, at)) {       /* plain values inline */
-        uint64_t u = (uint64_t)lua_tointeger(L, at);
-        ROOM(&e, 11);
-        if (u < 64) e.b[e.n++] = (unsigned char)(T_SMALLINT + u);
-        else {
-          e.b[e.n++] = T_INT;
-          u = (u << 1) ^ (0 - (u >> 63));
-          while (u >= 0x80) { e.b[e.n++] = (unsigned char)(u | 0x80); u >>= 7; }
-          e.b[e.n++] = (unsigned char)u;
-        }
+        e.n += serf_put_int(e.b + e.n, lua_tointeger(L, at));
+        continue;
       } else if (tt == LUA_TSTRING) {
         size_t l; const char *str = lua_tolstring(L, at, &l);
         if (l < 64) { ROOM(&e, 1 + l); e.b[e.n++] = (unsigned char)(T_SHORTSTR + l);
@@ -848,6 +856,7 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
         pe->i = k0 + b + 1;
         enc_value(&e, at);
       }
+      ROOM(&e, 11 * 32);             /* (the integers after this one still fit) */
     }
     lua_settop(L, top - 1);
   }
@@ -1161,7 +1170,18 @@ static int dec_into_run(lua_State *L) {
   d.nrefs = 1;
   lua_Integer at = job->first;
   for (uint32_t k = 0; k < narr; k++) {
-    dec_value(L, &d);
+    const unsigned char *p = d.c.p;           /* integers and short strings inline */
+    unsigned tag = p < d.c.end ? *p : 0;
+    lua_Integer v;
+    if (tag != 0 && serf_get_int(&d.c.p, d.c.end, &v)) lua_pushinteger(L, v);
+    else if (tag >= T_SHORTSTR && tag < T_SMALLINT
+             && (size_t)(d.c.end - p - 1) >= tag - T_SHORTSTR) {
+      lua_pushlstring(L, (const char *)p + 1, tag - T_SHORTSTR);
+      d.c.p = p + 1 + (tag - T_SHORTSTR);
+    } else {
+      d.c.p = p;
+      dec_value(L, &d);
+    }
     lua_rawseti(L, 2, at + k);
   }
   for (uint32_t k = 0; k < nrec; k++) {   /* the list's own fields (its n): not placed */
@@ -1195,6 +1215,129 @@ int strand_serial_decode_into(lua_State *L, const char *p, size_t len, int flags
   lua_pop(L, 1);
   if (!(flags & SERIAL_NOADOPT) && (p[1] & HDR_OBJECTS)) walk(p, len, ref_release);
   return (int)n;
+}
+
+/* }==== */
+
+/* {==== a list item by item: a pool worker runs a map chunk in C (poollink.c), reading the
+ * chunk's items from the job (as strand_serial_encode_list wrote them) and writing the results'
+ * "true, list" frame itself while they are plain values. The bytes are those the functions above
+ * read and write: nothing here changes the format. */
+
+int strand_serial_list_open(const char *p, size_t len, strand_serial_list *l) {
+  const unsigned char *u = (const unsigned char *)p;
+  /* VERSION hdr varint(1) TABLE narr nrec: one table, no back-references (objects allowed) */
+  if (len < 12 || u[0] != SER_VERSION || (u[1] & ~(unsigned)HDR_OBJECTS) || u[2] != 1
+      || u[3] != T_TABLE)
+    return 0;
+  cursor c = { u + 4, u + len };
+  uint32_t narr, nrec;
+  if (!rd_u32(&c, &narr) || !rd_u32(&c, &nrec)) return 0;
+  if (narr > (size_t)(c.end - c.p) || nrec > (size_t)(c.end - c.p) / 2) return 0;
+  l->p = (const char *)c.p; l->end = (const char *)c.end;
+  l->count = narr; l->nrec = nrec;
+  return 1;
+}
+
+/* the value at the cursor pushed (the fast cases inline); malformed data raises */
+static void list_value(lua_State *L, strand_serial_list *l, int flags, int nilslot) {
+  const unsigned char *p = (const unsigned char *)l->p, *end = (const unsigned char *)l->end;
+  if (p < end) {
+    unsigned tag = *p;
+    if (tag >= T_SMALLINT) { lua_pushinteger(L, (lua_Integer)(tag - T_SMALLINT)); l->p++; return; }
+    if (tag >= T_SHORTSTR && (size_t)(end - p - 1) >= tag - T_SHORTSTR) {
+      lua_pushlstring(L, (const char *)p + 1, tag - T_SHORTSTR);
+      l->p += 1 + (tag - T_SHORTSTR);
+      return;
+    }
+    if (tag == T_INT) {
+      cursor c = { p + 1, end };
+      uint64_t z;
+      if (rd_varint(&c, &z)) {
+        lua_pushinteger(L, (lua_Integer)((z >> 1) ^ (0 - (z & 1))));
+        l->p = (const char *)c.p;
+        return;
+      }
+    }
+  }
+  decoder d;
+  d.c.p = p; d.c.end = end;
+  d.flags = flags; d.depth = 0; d.refs = nilslot; d.nrefs = 0; d.budget = (size_t)(end - p);
+  dec_value(L, &d);
+  l->p = (const char *)d.c.p;
+}
+
+void strand_serial_list_next(lua_State *L, strand_serial_list *l, int flags, int nilslot)
+  __attribute__((alias("list_value")));
+
+void strand_serial_list_end(lua_State *L, strand_serial_list *l, int flags, int nilslot) {
+  for (uint32_t k = 0; k < l->nrec; k++) {     /* the list's own fields (its n): read, dropped */
+    list_value(L, l, flags, nilslot);
+    if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
+      dec_fail(L, "nil or NaN table key");
+    list_value(L, l, flags, nilslot);
+    lua_pop(L, 2);
+  }
+  l->nrec = 0;
+  if (l->p != l->end) dec_fail(L, "trailing bytes");
+}
+
+size_t strand_serial_list_head(char *o, uint32_t count) {
+  unsigned char *u = (unsigned char *)o;
+  u[0] = SER_VERSION; u[1] = 0; u[2] = 2; u[3] = T_TRUE; u[4] = T_TABLE;
+  for (int i = 0; i < 4; i++) u[5 + i] = (unsigned char)(count >> (8 * i));
+  u[9] = 1; u[10] = u[11] = u[12] = 0;            /* nrec = 1: its n */
+  return STRAND_SERIAL_LIST_HEAD;
+}
+
+/* an integer as encode writes it */
+static size_t put_int(unsigned char *o, lua_Integer v) {
+  uint64_t u = (uint64_t)v;
+  if (u < 64) { o[0] = (unsigned char)(T_SMALLINT + u); return 1; }
+  size_t n = 0;
+  o[n++] = T_INT;
+  u = (u << 1) ^ (0 - (u >> 63));
+  while (u >= 0x80) { o[n++] = (unsigned char)(u | 0x80); u >>= 7; }
+  o[n++] = (unsigned char)u;
+  return n;
+}
+
+size_t strand_serial_list_tail(char *o, uint32_t count) {
+  unsigned char *u = (unsigned char *)o;
+  u[0] = T_SHORTSTR + 1; u[1] = 'n';
+  return 2 + put_int(u + 2, (lua_Integer)count);
+}
+
+size_t strand_serial_put_plain(lua_State *L, int idx, char *o, size_t room) {
+  unsigned char *u = (unsigned char *)o;
+  if (room < 10) return 10;
+  if (lua_isinteger(L, idx)) return put_int(u, lua_tointeger(L, idx));
+  switch (lua_type(L, idx)) {
+    case LUA_TNUMBER: {
+      lua_Number d = lua_tonumber(L, idx);
+      uint64_t bits;
+      memcpy(&bits, &d, 8);
+      u[0] = T_FLOAT; put64(u + 1, bits);
+      return 9;
+    }
+    case LUA_TSTRING: {
+      size_t l; const char *s = lua_tolstring(L, idx, &l);
+      size_t n = 0;
+      if (room - 10 < l) return l + 10;
+      if (l < 64) u[n++] = (unsigned char)(T_SHORTSTR + l);
+      else {
+        u[n++] = T_STR;
+        uint64_t v = l;
+        while (v >= 0x80) { u[n++] = (unsigned char)(v | 0x80); v >>= 7; }
+        u[n++] = (unsigned char)v;
+      }
+      memcpy(u + n, s, l);
+      return n + l;
+    }
+    case LUA_TNIL: u[0] = T_NIL; return 1;
+    case LUA_TBOOLEAN: u[0] = lua_toboolean(L, idx) ? T_TRUE : T_FALSE; return 1;
+    default: return 0;
+  }
 }
 
 /* }==== */

@@ -393,6 +393,26 @@ STRAND_API void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lu
  * data (decode it the usual way); -2 with a message pushed when malformed. */
 STRAND_API int strand_serial_decode_into(lua_State *L, const char *p, size_t len, int flags,
                                          int dest, lua_Integer first);
+/* A list as strand_serial_encode_list encodes it (without a lead), read item by item (a pool
+ * worker's map chunk, poollink.c). open: 1 when p[0..len) is one such list without
+ * back-references (l->count items), else 0 (decode it the usual way). next pushes the next item
+ * (objects retained as with NOADOPT: the string keeps its references) and end reads the list's
+ * own fields and checks that nothing follows; both raise "malformed serial data: ..." (call them
+ * protected) and need nilslot, a stack slot holding nil. */
+typedef struct strand_serial_list { const char *p, *end; uint32_t count, nrec; } strand_serial_list;
+STRAND_API int strand_serial_list_open(const char *p, size_t len, strand_serial_list *l);
+STRAND_API void strand_serial_list_next(lua_State *L, strand_serial_list *l, int flags, int nilslot);
+STRAND_API void strand_serial_list_end(lua_State *L, strand_serial_list *l, int flags, int nilslot);
+/* Writing "true, list" of count items (what strand_serial_encode_list with lead gives) piece by
+ * piece: its head (STRAND_SERIAL_LIST_HEAD bytes), each plain item (put_plain: the value at idx
+ * if it is nil, a boolean, a number or a string, written to o[0..room); returns the bytes
+ * written, 0 for any other value, or more than room, writing nothing, when it needs that much),
+ * then its tail (the n field, at most STRAND_SERIAL_LIST_TAIL bytes). */
+#define STRAND_SERIAL_LIST_HEAD 13
+#define STRAND_SERIAL_LIST_TAIL 13
+STRAND_API size_t strand_serial_list_head(char *o, uint32_t count);
+STRAND_API size_t strand_serial_put_plain(lua_State *L, int idx, char *o, size_t room);
+STRAND_API size_t strand_serial_list_tail(char *o, uint32_t count);
 
 /* }==== */
 

@@ -324,6 +324,48 @@ describe("process pool workers dying", function()
     assert.equal(10, seen)
   end)
 
+  it("map chunks run in the worker's C loop: mixed values, a table among them, yields, an error in the middle", function()
+    local p <close> = pool.new{ size = 2 }
+    local list, n = {}, 1000
+    for i = 1, n do
+      local k = i % 7
+      list[i] = k == 0 and i * 100003 or k == 1 and -i or k == 2 and i + 0.25 or k == 3 and i * 1.0
+        or k == 4 and ("s" .. i) or k == 5 and (i % 2 == 0) or nil     -- k == 6: a nil hole
+    end
+    list[n] = ("B"):rep(200000)                      -- a large string, last
+    local id = function(x) return x end
+    for _, chunksize in ipairs { 100, 333, false } do   -- over 64 items: lists; the default
+      local r = p:map(id, list, chunksize or nil)
+      for i = 1, n do
+        assert.equal(list[i], r[i]); assert.equal(math.type(list[i]), math.type(r[i]))
+      end
+    end
+    -- one result in a chunk is a table: the rest of that chunk too keeps its order
+    local r = p:map(function(x) if x == 150 then return { x } end return x * 2 end,
+      (function() local t = {} for i = 1, 400 do t[i] = i end return t end)(), 100)
+    assert.same({ 150 }, r[150]); assert.equal(298, r[149]); assert.equal(302, r[151]); assert.equal(800, r[400])
+    -- a chunk whose calls sleep (the worker's loop runs between them)
+    local slept = p:map(function(x) if x % 50 == 0 then require("strand").sleep(0.001) end return -x end,
+      (function() local t = {} for i = 1, 200 do t[i] = i end return t end)(), 100)
+    assert.equal(-1, slept[1]); assert.equal(-200, slept[200]); assert.equal(200, #slept)
+    -- an error in the middle of a chunk fails the map with the job's traceback (not the loop's)
+    local nums = {}
+    for i = 1, 300 do nums[i] = i end
+    local function failing(x) if x == 150 then error("bad item " .. x) end return x end
+    local ok, err = pcall(p.map, p, failing, nums, 100)
+    assert.is_false(ok)
+    assert.matches("bad item 150", err)
+    assert.matches("stack traceback", err)
+    assert.matches("spec/pool_spec.lua:%d+: in function <spec/pool_spec.lua:%d+>", err)
+    assert.is_nil(err:find("run_chunk", 1, true)); assert.is_nil(err:find("strand.pool chunk", 1, true))
+    assert.is_nil(err:find("xpcall", 1, true))
+    assert.equal(300, #p:map(id, nums, 100))         -- the pool goes on
+    -- a plain job's traceback is cut at its caller too (busted runs this under an xpcall)
+    local ok2, err2 = p:submit(failing, 150):join(H.TIMEOUT)
+    assert.is_false(ok2); assert.matches("bad item 150", err2)
+    assert.is_nil(err2:find("run_job", 1, true)); assert.is_nil(err2:find("xpcall", 1, true))
+  end)
+
   it("a shared strand object goes to a process worker and comes back", function()
     local p <close> = pool.new{ size = 1 }
     local q = require("strand.queue").new()

@@ -139,6 +139,180 @@ describe("process._run_job", function()
   end)
 end)
 
+describe("link:run_chunk (a worker's map chunk in C)", function()
+  H.guard()
+  local tb = debug.traceback
+  local id_fn = function(x) return x end
+  local link
+  before_each(function() link = C._link() end)
+  after_each(function() link:close() end)
+  -- the frame encode_list gives for results[1..n] (after true), with its length and id
+  local function expected(results, n, id)
+    local enc = C._encode_list(results, 1, n, true)
+    return spack(">I4I8", 8 + #enc, id) .. enc
+  end
+  local function plain_list()
+    local l = { 0, 63, 64, 127, 128, 16383, 16384, 2097151, 2097152, -1, -64, -65,
+      math.maxinteger, math.mininteger, 0.5, 3.0, -0.0, 1 / 0, -1 / 0, 2 ^ 53, "", "a",
+      ("s"):rep(63), ("m"):rep(64), ("L"):rep(300), ("H"):rep(100000), true, false }
+    local n = #l
+    l[n + 2] = 7                                  -- a nil hole at n + 1
+    for i = n + 3, n + 102 do l[i] = i * 1000 end -- more than a batch of results
+    l[n + 104] = "last"                           -- and a nil before the last
+    return l, n + 104
+  end
+
+  it("plain results are framed byte for byte as encode_list frames them", function()
+    local l, n = plain_list()
+    local data = C._encode_list(l, 1, n)
+    assert.equal(expected(l, n, 77), link:run_chunk(data, 1, id_fn, tb, 77, 1))
+    local tr = function(x) return type(x) == "number" and x * 2 or x end
+    local want = {}
+    for i = 1, n do want[i] = tr(l[i]) end
+    assert.equal(expected(want, n, 78), link:run_chunk("head" .. data, 5, tr, tb, 78))
+    -- a float that looks like an integer stays a float; the count and the holes are kept
+    local _, r = frame_outcome(link:run_chunk(data, 1, id_fn, tb, 79))
+    local list = r[2]
+    assert.equal(n, list.n)
+    for i = 1, n do                               -- every value back as it was (decoded apart)
+      assert.equal(l[i], list[i]); assert.equal(math.type(l[i]), math.type(list[i]))
+    end
+    for _, v in ipairs { 8191, 8192, -8192, -8193, 1048575, 1048576, -1048577, 2 ^ 40 // 1, -(2 ^ 40 // 1) } do
+      local _, rv = frame_outcome(link:run_chunk(C._encode_list({ v }, 1, 1), 1, id_fn, tb, 1))
+      assert.equal(v, rv[2][1])                   -- integers at each varint length's edges
+    end
+    assert.equal("float", math.type(list[16])); assert.equal(3.0, list[16])
+    assert.is_nil(list[29]); assert.equal(7, list[30]); assert.is_nil(list[n - 1])
+    assert.equal("last", list[n])
+    -- results far longer than the items (the frame grows as they are written)
+    local zeros = {}
+    for i = 1, 300 do zeros[i] = 0 end
+    local big = function(x) return math.maxinteger - x end
+    local wantbig = {}
+    for i = 1, 300 do wantbig[i] = math.maxinteger end
+    assert.equal(expected(wantbig, 300, 80), link:run_chunk(C._encode_list(zeros, 1, 300), 1, big, tb, 80))
+    -- only the first result of each call; an empty chunk
+    local _, r2 = frame_outcome(link:run_chunk(C._encode_list({ 1, 2 }, 1, 2), 1,
+      function(x) return x, "more" end, tb, 1))
+    assert.same({ 1, 2, n = 2 }, r2[2])
+    assert.equal(expected({}, 0, 3), link:run_chunk(C._encode_list({}, 1, 0), 1, id_fn, tb, 3))
+  end)
+
+  it("a result that is not plain: every result goes through a table, order and sharing kept", function()
+    local l, n = plain_list()
+    local shared = { "shared" }
+    local function fn(x)
+      if x == 128 then return { x, t = { x } } end   -- the 5th item: after plain ones
+      if x == "a" or x == true then return shared end
+      return x
+    end
+    local want = {}
+    for i = 1, n do want[i] = fn(l[i]) end
+    local frame = link:run_chunk(C._encode_list(l, 1, n), 1, fn, tb, 5)
+    assert.equal(expected(want, n, 5), frame)       -- the bytes encode_list gives
+    local _, r = frame_outcome(frame)
+    local list = r[2]
+    assert.same({ 128, t = { 128 } }, list[5])
+    assert.equal(list[22], list[27]); assert.same(shared, list[22])
+    assert.equal(math.mininteger, list[14]); assert.equal(("H"):rep(100000), list[26])
+    -- a function and a strand object among the results (the table way too)
+    local q = require("strand.queue").new()
+    local _, r2 = frame_outcome(link:run_chunk(C._encode_list({ 1, 2, 3 }, 1, 3), 1,
+      function(x) if x == 2 then return q end if x == 3 then return string.upper end return x end, tb, 6))
+    assert.is_true(r2[1])
+    assert.equal(1, r2[2][1]); assert.equal(q, r2[2][2]); assert.equal(string.upper, r2[2][3])
+  end)
+
+  it("an error in the middle fails the chunk with the message handler's result", function()
+    local l = {}
+    for i = 1, 100 do l[i] = i end
+    local calls = 0
+    local frame = link:run_chunk(C._encode_list(l, 1, 100), 1, function(x)
+      calls = calls + 1
+      if x == 50 then error("boom at " .. x) end
+      return x
+    end, tb, 9)
+    local id, r = frame_outcome(frame)
+    assert.equal(9, id)
+    assert.is_false(r[1])
+    assert.matches("boom at 50", r[2]); assert.matches("stack traceback", r[2])
+    assert.equal(50, calls)                          -- none called after it
+    -- after a result that was not plain, too; an error object that is not a string
+    local _, r2 = frame_outcome(link:run_chunk(C._encode_list(l, 1, 100), 1, function(x)
+      if x == 3 then return {} end
+      if x == 70 then error({ code = x }) end
+      return x
+    end, function(e) return e end, 10))
+    assert.same({ false, { code = 70 }, n = 2 }, r2)
+  end)
+
+  it("results that cannot be copied fail the chunk, not the caller", function()
+    local data = C._encode_list({ 1, 2, 3 }, 1, 3)
+    local _, r = frame_outcome(link:run_chunk(data, 1, function(x)
+      return x == 2 and coroutine.create(print) or x
+    end, tb, 1))
+    assert.is_false(r[1])
+    assert.matches("the job's results cannot be copied: value%[2%]: cannot copy a coroutine", r[2])
+    local _, r2 = frame_outcome(link:run_chunk(data, 1, function(x) return x == 3 and io.stdout or x end, tb, 2))
+    assert.is_false(r2[1])
+    assert.matches("the job's results cannot be copied", r2[2])
+  end)
+
+  it("a chunk's calls may yield (a job that sleeps), with results held between them", function()
+    local l = {}
+    for i = 1, 70 do l[i] = i end
+    local frame = H.run(function()
+      return link:run_chunk(C._encode_list(l, 1, 70), 1, function(x)
+        if x % 20 == 0 then strand.sleep(0.001) end
+        if x == 45 then return { x } end
+        return -x
+      end, tb, 11)
+    end)
+    local _, r = frame_outcome(frame)
+    assert.is_true(r[1])
+    for i = 1, 70 do
+      if i == 45 then assert.same({ 45 }, r[2][i]) else assert.equal(-i, r[2][i]) end
+    end
+    local frame2 = H.run(function()
+      return link:run_chunk(C._encode_list(l, 1, 70), 1, function(x)
+        if x == 33 then strand.sleep(0.001); error("late", 0) end
+        return x
+      end, function(e) return e end, 12)
+    end)
+    local _, r2 = frame_outcome(frame2)
+    assert.same({ false, "late", n = 2 }, r2)
+  end)
+
+  it("data that is not a plain list is left to the caller (nil); malformed items fail the chunk", function()
+    local t = { 1 }
+    assert.is_nil(link:run_chunk(C._encode_list({ t, t }, 1, 2), 1, id_fn, tb, 1))   -- a back-reference
+    assert.is_nil(link:run_chunk(C._encodev(1, 2, 3), 1, id_fn, tb, 1))               -- bare values
+    assert.is_nil(link:run_chunk("", 1, id_fn, tb, 1))
+    assert.is_nil(link:run_chunk("\1\0\1\6\255\255\255\255\0\0\0\0", 1, id_fn, tb, 1))  -- a count too big
+    local data = C._encode_list({ 1000, 2000, 3000 }, 1, 3)
+    local cut = data:sub(1, -5)                   -- the last item and the n field cut short
+    local _, r = frame_outcome(link:run_chunk(cut, 1, id_fn, tb, 2))
+    assert.is_false(r[1])
+    assert.matches("malformed serial data", r[2])
+    local _, r2 = frame_outcome(link:run_chunk(data .. "x", 1, id_fn, tb, 3))  -- trailing bytes
+    assert.is_false(r2[1])
+    assert.matches("malformed serial data: trailing bytes", r2[2])
+  end)
+
+  it("misuse raises", function()
+    local data = C._encode_list({ 1 }, 1, 1)
+    assert.error_matches(function() link:run_chunk(data, 0, id_fn, tb, 1) end, "bad argument #2")
+    assert.error_matches(function() link:run_chunk(data, #data + 2, id_fn, tb, 1) end, "bad argument #2")
+    assert.error_matches(function() link:run_chunk(data, 1, nil, tb, 1) end, "bad argument #3")
+    assert.error_matches(function() link:run_chunk(data, 1, id_fn, nil, 1) end, "bad argument #4")
+    assert.error_matches(function() link:run_chunk(data, 1, id_fn, tb, "x") end, "bad argument #5")
+    assert.error_matches(function() link.run_chunk({}, data, 1, id_fn, tb, 1) end,
+      "bad argument #1 to 'run_chunk' %(strand.poollink expected")
+    link:close()
+    assert.error_matches(function() link:run_chunk(data, 1, id_fn, tb, 1) end, "the worker link is closed")
+  end)
+end)
+
 describe("process._result", function()
   H.guard()
 
@@ -292,6 +466,25 @@ describe("process pool dispatch", function()
   end)
 end)
 
+describe("process pool: a worker that never runs dry", function()
+  H.guard()
+
+  it("jobs in flight keep small keys (moved down) and every answer reaches its future, in order", function()
+    local p <close> = pool.new{ size = 1 }
+    local w = p._workers[1]
+    local fs, most = {}, 0
+    for i = 1, 300 do fs[i] = p:submit(function(x) return x * 3 end, i) end
+    for i = 1, 300 do
+      assert.equal(i * 3, fs[i]:result(H.TIMEOUT))
+      if w.it > most then most = w.it end
+    end
+    assert.is_true(most <= 64, "in-flight keys climbed to " .. most)
+    local r = p:map(function(x) return -x end, (function() local t = {} for i = 1, 500 do t[i] = i end return t end)(), 1)
+    for i = 1, 500 do assert.equal(-i, r[i]) end
+    assert.is_true(w.it <= 64)
+  end)
+end)
+
 describe("process pool: frames over 64 MiB, frames that break the protocol, a worker not replaced", function()
   H.guard()
   local BIG = 64 * 1024 * 1024 + 1        -- over recv_frame's default limit (sockio.c)
@@ -378,6 +571,35 @@ describe("process pool: frames over 64 MiB, frames that break the protocol, a wo
       assert(ok, err)
       assert.same({ true, 3 }, { p:submit(function() return 3 end):join(H.TIMEOUT) })   -- started again
       assert.equal(1, #p:pids())
+    end)
+  end)
+
+  it("a worker that dies with jobs queued behind it: its replacement is tried once, not twice", function()
+    local thread = require "strand.thread"
+    local sync = require "strand.sync"
+    local process = require "strand.process"
+    with_pool(function(p)
+      assert.equal(1, p:apply(function() return 1 end))
+      local gate = sync.event()
+      local t = thread.start(function(ev) return ev:wait(30) end, gate)   -- forking is refused now
+      local real, forks = process._fork, 0
+      process._fork = function(...) forks = forks + 1; return real(...) end   -- counted, then real
+      local ok, err = pcall(function()
+        local f = p:submit(function() require("strand").sleep(30) end)
+        local g = p:submit(function() return 2 end)    -- behind f on the one worker
+        assert.is_true(H.wait_until(function() return f:status() == "running" end))
+        os.execute("kill -9 " .. p:pids()[1])
+        assert.same({ false, "worker exited: signal 9" }, { f:join(H.TIMEOUT) })
+        local ok2, err2 = g:join(H.TIMEOUT)
+        assert.is_false(ok2)
+        assert.matches("^strand.pool: no worker could be started: .*strand thread", err2)
+        assert.equal(1, forks)
+      end)
+      process._fork = real
+      gate:set()
+      assert.is_true(t:result(H.TIMEOUT))
+      assert(ok, err)
+      assert.same({ true, 3 }, { p:submit(function() return 3 end):join(H.TIMEOUT) })
     end)
   end)
 end)
