@@ -1193,6 +1193,7 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
       atomic_fetch_add(&c->refs, 1);
       w->c = c;
       strand_io_init(&w->io, fd);
+      w->io.read_only = 1;                         /* no wake-up for the eventfd's writability */
     }
     waiter *w = (waiter *)lua_touserdata(L, 3);
     outcome = strand_wait_io(L, &w->io, STRAND_READ, deadline, raise, join_k);
