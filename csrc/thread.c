@@ -574,29 +574,40 @@ static void thread_done(thr_ctl *c) {
  * (the OS thread is joinable), and the next start or the next OS thread that ends joins it once
  * it is gone (pthread_tryjoin_np: no system call) and keeps the stack for the next OS thread
  * (STACK_SPARE at most, the others unmapped). A kept stack keeps the pages its thread touched.
- * When no stack can be made, the OS thread gets glibc's, detached, as before. */
+ * A forked child unmaps the stacks of the OS threads it does not have. When no stack can be
+ * made, the OS thread gets glibc's, detached, as before. */
 
 #define STACK_SPARE 4                     /* stacks kept for the next OS threads at most */
 
-typedef struct stk {                      /* at a stack's lowest usable bytes (above its guard),
-                                             written only once no thread runs on it */
-  struct stk *next;
+typedef struct stk {
+  struct stk *next, *prev;                /* in one list: in use (both links), exiting or spare */
+  char *mem;                              /* the mapping: its guard, then the stack */
   pthread_t tid;                          /* the OS thread that ran on it (exiting list) */
 } stk;
 
-/* Process-wide, as the OS threads: stacks whose OS thread is ending, stacks free for the next. */
+/* Process-wide, as the OS threads: stacks OS threads run on, stacks whose OS thread is ending,
+ * stacks free for the next. */
 static pthread_mutex_t stk_mu = PTHREAD_MUTEX_INITIALIZER;
-static stk *stk_exiting, *stk_spare;
+static stk *stk_inuse, *stk_exiting, *stk_spare;
 static int nspare;
 static size_t stk_size, stk_guard;        /* glibc's defaults, set once by pin_once (0: none) */
 
-static void stk_unmap(stk *s) {
-  (void)munmap((char *)s - stk_guard, stk_guard + stk_size);
+#define stk_base(s) ((s)->mem + stk_guard)   /* its lowest usable byte */
+
+static void stk_free(stk *s) {
+  (void)munmap(s->mem, stk_guard + stk_size);
+  free(s);
 }
 
 static void stk_keep(stk *s) {            /* (under stk_mu) */
   if (nspare < STACK_SPARE) { s->next = stk_spare; stk_spare = s; nspare++; }
-  else stk_unmap(s);
+  else stk_free(s);
+}
+
+static void stk_unuse(stk *s) {           /* (under stk_mu) off the in-use list */
+  if (s->prev != NULL) s->prev->next = s->next; else stk_inuse = s->next;
+  if (s->next != NULL) s->next->prev = s->prev;
+  s->next = s->prev = NULL;
 }
 
 /* (under stk_mu) Joins the exiting OS threads that are gone; keeps their stacks. */
@@ -610,7 +621,7 @@ static void stk_reap(void) {
   }
 }
 
-/* A stack for a new OS thread, or NULL (glibc's then). */
+/* A stack for a new OS thread, listed in use, or NULL (glibc's then). */
 static stk *stk_take(void) {
   if (stk_size == 0) return NULL;
   pthread_mutex_lock(&stk_mu);
@@ -618,29 +629,38 @@ static stk *stk_take(void) {
   stk *s = stk_spare;
   if (s != NULL) { stk_spare = s->next; nspare--; }
   pthread_mutex_unlock(&stk_mu);
-  if (s != NULL) return s;
-  char *mem = (char *)mmap(NULL, stk_guard + stk_size, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (mem == MAP_FAILED) return NULL;
-  if (stk_guard > 0 && mprotect(mem, stk_guard, PROT_NONE) != 0) {
-    (void)munmap(mem, stk_guard + stk_size);
-    return NULL;
+  if (s == NULL) {
+    s = (stk *)malloc(sizeof *s);
+    if (s == NULL) return NULL;
+    s->mem = (char *)mmap(NULL, stk_guard + stk_size, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (s->mem == MAP_FAILED) { free(s); return NULL; }
+    if (stk_guard > 0 && mprotect(s->mem, stk_guard, PROT_NONE) != 0) { stk_free(s); return NULL; }
   }
-  return (stk *)(mem + stk_guard);
+  pthread_mutex_lock(&stk_mu);
+  s->prev = NULL;
+  s->next = stk_inuse;
+  if (stk_inuse != NULL) stk_inuse->prev = s;
+  stk_inuse = s;
+  pthread_mutex_unlock(&stk_mu);
+  return s;
 }
 
 /* A stack taken for an OS thread that could not be created. */
 static void stk_give_back(stk *s) {
   pthread_mutex_lock(&stk_mu);
+  stk_unuse(s);
   stk_keep(s);
   pthread_mutex_unlock(&stk_mu);
 }
 
 /* The OS thread running on s returns now: lists it, to be joined once it is gone. */
 static void stk_exit(stk *s) {
-  s->tid = pthread_self();
+  pthread_t self = pthread_self();
   pthread_mutex_lock(&stk_mu);
   stk_reap();
+  stk_unuse(s);
+  s->tid = self;
   s->next = stk_exiting;
   stk_exiting = s;
   pthread_mutex_unlock(&stk_mu);
@@ -648,13 +668,25 @@ static void stk_exit(stk *s) {
 
 static void stk_fork_prepare(void) { pthread_mutex_lock(&stk_mu); }
 static void stk_fork_parent(void) { pthread_mutex_unlock(&stk_mu); }
-static void stk_fork_child(void) {        /* the exiting OS threads are the parent's only */
+/* A forked child has only the thread that forked: the stacks of the others (running or exiting
+ * in the parent) are unmapped; the forking thread's own, if strand made it, stays in use. */
+static void stk_fork_child(void) {
   pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
   stk_mu = m;
-  while (stk_exiting != NULL) {           /* no thread of this process runs on them */
+  char here;
+  stk *keep = NULL;
+  while (stk_inuse != NULL) {
+    stk *s = stk_inuse;
+    stk_inuse = s->next;
+    uintptr_t at = (uintptr_t)&here, base = (uintptr_t)stk_base(s);
+    if (at >= base && at - base < stk_size) keep = s;
+    else stk_free(s);
+  }
+  if (keep != NULL) { keep->next = keep->prev = NULL; stk_inuse = keep; }
+  while (stk_exiting != NULL) {
     stk *s = stk_exiting;
     stk_exiting = s->next;
-    stk_unmap(s);
+    stk_free(s);
   }
 }
 
@@ -998,7 +1030,10 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     stk *s = stk_take();                           /* joinable on its own stack (stk_exit) */
-    if (s != NULL && pthread_attr_setstack(&attr, s, stk_size) != 0) { stk_give_back(s); s = NULL; }
+    if (s != NULL && pthread_attr_setstack(&attr, stk_base(s), stk_size) != 0) {
+      stk_give_back(s);
+      s = NULL;
+    }
     if (s == NULL) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     c->stack = s;
     pthread_t tid;
