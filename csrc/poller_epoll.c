@@ -32,6 +32,7 @@ static int ep_add(void *pv, strand_io *io) {
   ep *p = (ep *)pv;
   struct epoll_event ev;
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  if (io->read_only) ev.events &= ~(uint32_t)EPOLLOUT;
   ev.data.ptr = io;
   if (epoll_ctl(p->fd, EPOLL_CTL_ADD, io->fd, &ev) == 0) return 0;
   if (errno == EEXIST && epoll_ctl(p->fd, EPOLL_CTL_MOD, io->fd, &ev) == 0) return 0;

@@ -92,6 +92,8 @@ typedef struct strand_io {
   strand_loop *loop;       /* set on registration */
   strand_task *reader;     /* who waits to read, at most one */
   strand_task *writer;     /* who waits to write, at most one */
+  unsigned read_only;      /* set after init: only ever waited on for reading (epoll then does
+                              not report writability, which an eventfd always has) */
 } strand_io;
 
 /* No syscall; readiness starts "unknown = try it". */

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <linux/futex.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -45,6 +46,7 @@ typedef struct thr_ctl {
   int efd_waited;               /* a joiner's waiter has efd itself (creator's state only) */
   int mask_set;                 /* mask holds the creator's signal mask (a parked OS thread) */
   sigset_t mask;
+  struct stk *stack;            /* the stack strand made for a new OS thread (or NULL: glibc's) */
 } thr_ctl;
 
 typedef struct thr_handle {
@@ -563,6 +565,133 @@ static void thread_done(thr_ctl *c) {
 
 /* }==== */
 
+/* {==== the stacks of the OS threads strand creates
+ *
+ * glibc gives a thread it creates a stack from its cache and, when the thread exits, hands all
+ * of it below the exiting frame back to the kernel (madvise MADV_DONTNEED over the 8 MiB: a
+ * system call and a page-table walk in every exit). strand makes its OS threads' stacks itself,
+ * of the size and guard glibc's would have: an OS thread that ends lists its stack as exiting
+ * (the OS thread is joinable), and the next start or the next OS thread that ends joins it once
+ * it is gone (pthread_tryjoin_np: no system call) and keeps the stack for the next OS thread
+ * (STACK_SPARE at most, the others unmapped). A kept stack keeps the pages its thread touched.
+ * A forked child unmaps the stacks of the OS threads it does not have. When no stack can be
+ * made, the OS thread gets glibc's, detached, as before. */
+
+#define STACK_SPARE 4                     /* stacks kept for the next OS threads at most */
+
+typedef struct stk {
+  struct stk *next, *prev;                /* in one list: in use (both links), exiting or spare */
+  char *mem;                              /* the mapping: its guard, then the stack */
+  pthread_t tid;                          /* the OS thread that ran on it (exiting list) */
+} stk;
+
+/* Process-wide, as the OS threads: stacks OS threads run on, stacks whose OS thread is ending,
+ * stacks free for the next. */
+static pthread_mutex_t stk_mu = PTHREAD_MUTEX_INITIALIZER;
+static stk *stk_inuse, *stk_exiting, *stk_spare;
+static int nspare;
+static size_t stk_size, stk_guard;        /* glibc's defaults, set once by pin_once (0: none) */
+
+#define stk_base(s) ((s)->mem + stk_guard)   /* its lowest usable byte */
+
+static void stk_free(stk *s) {
+  (void)munmap(s->mem, stk_guard + stk_size);
+  free(s);
+}
+
+static void stk_keep(stk *s) {            /* (under stk_mu) */
+  if (nspare < STACK_SPARE) { s->next = stk_spare; stk_spare = s; nspare++; }
+  else stk_free(s);
+}
+
+static void stk_unuse(stk *s) {           /* (under stk_mu) off the in-use list */
+  if (s->prev != NULL) s->prev->next = s->next; else stk_inuse = s->next;
+  if (s->next != NULL) s->next->prev = s->prev;
+  s->next = s->prev = NULL;
+}
+
+/* (under stk_mu) Joins the exiting OS threads that are gone; keeps their stacks. */
+static void stk_reap(void) {
+  stk **pp = &stk_exiting;
+  while (*pp != NULL) {
+    stk *s = *pp;
+    if (pthread_tryjoin_np(s->tid, NULL) != 0) { pp = &s->next; continue; }   /* EBUSY */
+    *pp = s->next;
+    stk_keep(s);
+  }
+}
+
+/* A stack for a new OS thread, listed in use, or NULL (glibc's then). */
+static stk *stk_take(void) {
+  if (stk_size == 0) return NULL;
+  pthread_mutex_lock(&stk_mu);
+  stk_reap();
+  stk *s = stk_spare;
+  if (s != NULL) { stk_spare = s->next; nspare--; }
+  pthread_mutex_unlock(&stk_mu);
+  if (s == NULL) {
+    s = (stk *)malloc(sizeof *s);
+    if (s == NULL) return NULL;
+    s->mem = (char *)mmap(NULL, stk_guard + stk_size, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (s->mem == MAP_FAILED) { free(s); return NULL; }
+    if (stk_guard > 0 && mprotect(s->mem, stk_guard, PROT_NONE) != 0) { stk_free(s); return NULL; }
+  }
+  pthread_mutex_lock(&stk_mu);
+  s->prev = NULL;
+  s->next = stk_inuse;
+  if (stk_inuse != NULL) stk_inuse->prev = s;
+  stk_inuse = s;
+  pthread_mutex_unlock(&stk_mu);
+  return s;
+}
+
+/* A stack taken for an OS thread that could not be created. */
+static void stk_give_back(stk *s) {
+  pthread_mutex_lock(&stk_mu);
+  stk_unuse(s);
+  stk_keep(s);
+  pthread_mutex_unlock(&stk_mu);
+}
+
+/* The OS thread running on s returns now: lists it, to be joined once it is gone. */
+static void stk_exit(stk *s) {
+  pthread_t self = pthread_self();
+  pthread_mutex_lock(&stk_mu);
+  stk_reap();
+  stk_unuse(s);
+  s->tid = self;
+  s->next = stk_exiting;
+  stk_exiting = s;
+  pthread_mutex_unlock(&stk_mu);
+}
+
+static void stk_fork_prepare(void) { pthread_mutex_lock(&stk_mu); }
+static void stk_fork_parent(void) { pthread_mutex_unlock(&stk_mu); }
+/* A forked child has only the thread that forked: the stacks of the others (running or exiting
+ * in the parent) are unmapped; the forking thread's own, if strand made it, stays in use. */
+static void stk_fork_child(void) {
+  pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  stk_mu = m;
+  char here;
+  stk *keep = NULL;
+  while (stk_inuse != NULL) {
+    stk *s = stk_inuse;
+    stk_inuse = s->next;
+    uintptr_t at = (uintptr_t)&here, base = (uintptr_t)stk_base(s);
+    if (at >= base && at - base < stk_size) keep = s;
+    else stk_free(s);
+  }
+  if (keep != NULL) { keep->next = keep->prev = NULL; stk_inuse = keep; }
+  while (stk_exiting != NULL) {
+    stk *s = stk_exiting;
+    stk_exiting = s->next;
+    stk_free(s);
+  }
+}
+
+/* }==== */
+
 /* {==== reusing OS threads
  *
  * A thread's OS thread, once its state is closed, waits up to IDLE_SECS for the next
@@ -593,9 +722,10 @@ static atomic_int nidle;                  /* written under idle_mu; read unlocke
 static int idle_ok;                       /* the fork hooks are in place (pin_once) */
 static int idle_max = IDLE_MAX;           /* set once by pin_once, read-only after */
 
-static void idle_fork_prepare(void) { pthread_mutex_lock(&idle_mu); }
-static void idle_fork_parent(void) { pthread_mutex_unlock(&idle_mu); }
+static void idle_fork_prepare(void) { pthread_mutex_lock(&idle_mu); stk_fork_prepare(); }
+static void idle_fork_parent(void) { stk_fork_parent(); pthread_mutex_unlock(&idle_mu); }
 static void idle_fork_child(void) {       /* the waiting OS threads are the parent's only */
+  stk_fork_child();
   pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
   idle_mu = m;
   idle_list = NULL;
@@ -684,8 +814,10 @@ static thr_ctl *idle_wait(parked *w, const char *name) {
 
 static void *thr_main(void *arg) {
   thr_ctl *c = (thr_ctl *)arg;
-  char name[17] = { 0 };                  /* its name as created (a state may write its comm) */
-  int named = prctl(PR_GET_NAME, name, 0, 0, 0) == 0;
+  stk *own = c->stack;                    /* the stack strand made for it, if any */
+  char name[17] = { 0 };                  /* its name as created (a state may write its comm);
+                                             needed only to wait for the next start */
+  int named = idle_ok && prctl(PR_GET_NAME, name, 0, 0, 0) == 0;
   sigset_t mask;                          /* the signal mask this OS thread has (a state cannot
                                              change it without a C library) */
   memset(&mask, 0, sizeof mask);
@@ -703,6 +835,7 @@ static void *thr_main(void *arg) {
       else masked = 0;
     }
   }
+  if (own != NULL) stk_exit(own);
   return NULL;
 }
 
@@ -816,7 +949,21 @@ static void pin_once(void) {
     long v = strtol(env, &end, 10);
     if (*end == '\0' && v >= 0) idle_max = v > 64 ? 64 : (int)v;
   }
-  idle_ok = idle_max > 0 && pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child) == 0;
+  int hooks = pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child) == 0;
+  idle_ok = idle_max > 0 && hooks;
+  pthread_attr_t d;                                   /* the stacks glibc would make */
+  size_t size = 0, guard = 0;
+  long page = sysconf(_SC_PAGESIZE);
+  if (hooks && page > 0 && pthread_getattr_default_np(&d) == 0) {
+    if (pthread_attr_getstacksize(&d, &size) != 0 || pthread_attr_getguardsize(&d, &guard) != 0)
+      size = 0;
+    pthread_attr_destroy(&d);
+  }
+  if (size >= (size_t)PTHREAD_STACK_MIN && size <= ((size_t)1 << 30)) {
+    size_t m = (size_t)page - 1;
+    stk_size = (size + m) & ~m;
+    stk_guard = (guard + m) & ~m;
+  }
 }
 
 static pthread_once_t pinned = PTHREAD_ONCE_INIT;    /* process-wide, as the mapping it pins */
@@ -882,10 +1029,17 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n) {
   if (!idle_take(c)) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    stk *s = stk_take();                           /* joinable on its own stack (stk_exit) */
+    if (s != NULL && pthread_attr_setstack(&attr, stk_base(s), stk_size) != 0) {
+      stk_give_back(s);
+      s = NULL;
+    }
+    if (s == NULL) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    c->stack = s;
     pthread_t tid;
     err = pthread_create(&tid, &attr, thr_main, c);
     pthread_attr_destroy(&attr);
+    if (err && s != NULL) { stk_give_back(s); c->stack = NULL; }
   }
   if (err) {
     atomic_fetch_sub(&active, 1);
@@ -1074,6 +1228,7 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
       atomic_fetch_add(&c->refs, 1);
       w->c = c;
       strand_io_init(&w->io, fd);
+      w->io.read_only = 1;                         /* no wake-up for the eventfd's writability */
     }
     waiter *w = (waiter *)lua_touserdata(L, 3);
     outcome = strand_wait_io(L, &w->io, STRAND_READ, deadline, raise, join_k);

@@ -714,3 +714,121 @@ io.stderr:write("end\n")
       "still waiting: " .. table.concat(idle_tids(), ","))
   end)
 end)
+
+describe("threads: the stacks of the OS threads strand creates (issue 14)", function()
+  H.guard()
+  -- A program run with STRAND_THREAD_IDLE=0: every start creates its OS thread.
+  local function cold(code)
+    local out, ok = H.lua('package.path = "lua/?.lua;lua/?/init.lua;" .. package.path\n' .. code,
+      "STRAND_THREAD_IDLE=0")
+    assert.is_true(ok, out)
+    return out
+  end
+
+  it("OS threads created one after another and in bursts leave a bounded number of mappings", function()
+    local out = cold([[
+      local thread = require "strand.thread"
+      local function maps()
+        local n = 0
+        for _ in io.lines("/proc/self/maps") do n = n + 1 end
+        return n
+      end
+      for i = 1, 5 do assert(thread.start(function(n) return n end, i):result(10) == i) end
+      local before = maps()
+      for i = 1, 200 do assert(thread.start(function(n) return n * 2 end, i):result(10) == i * 2) end
+      for _ = 1, 10 do
+        local ts = {}
+        for i = 1, 8 do ts[i] = thread.start(function(n) return n + 1 end, i) end
+        for i = 1, 8 do assert(ts[i]:result(10) == i + 1) end
+      end
+      print("grew " .. (maps() - before))
+    ]])
+    local grew = tonumber(out:match("grew (%-?%d+)"))
+    assert.is_not_nil(grew, out)
+    -- a stack is 2 mappings (its guard and itself): 4 kept, up to 8 of a burst still exiting
+    assert.is_true(grew <= 2 * (4 + 8), out)
+  end)
+
+  it("a new OS thread has the C stack for Lua's deepest C calls, and overflows with an error", function()
+    local out = cold([[
+      local thread = require "strand.thread"
+      local function nest(n)            -- n C calls deep (pcall, string.gsub's callback)
+        if n == 0 then return 0 end
+        local ok, v = pcall(nest, n - 1)
+        if not ok then error(v, 0) end
+        return v + 1
+      end
+      local deep = thread.start(function(f) return f(180) end, nest)
+      print("deep " .. deep:result(10))
+      local t = thread.start(function(f) return f(100000) end, nest)
+      local ok, err = t:join(10)
+      print("overflow " .. tostring(ok) .. " " .. tostring(err):match("stack overflow") )
+      local g = thread.start(function()
+        local function rec(s, n) if n == 0 then return s end
+          return (s:gsub(".", function(c) return rec(c, n - 1) end)) end
+        return rec("x", 150)
+      end)
+      print("gsub " .. g:result(10))
+    ]])
+    assert.matches("deep 180\n", out)
+    assert.matches("overflow false stack overflow\n", out)
+    assert.matches("gsub x\n", out)
+  end)
+
+  it("a forked child unmaps the stacks of the OS threads it does not have", function()
+    local out = cold([[
+      local thread = require "strand.thread"
+      local process = require "strand.process"
+      local sync = require "strand.sync"
+      local p = io.popen("ulimit -s"); local kb = tonumber(p:read("l")); p:close()
+      if not kb then print("no stack limit") return end
+      local function stacks()                  -- anonymous read-write mappings of a thread stack's size
+        local n = 0
+        for l in io.lines("/proc/self/maps") do
+          local a, b, rest = l:match("^(%x+)-(%x+) rw%-p %x+ 00:00 0%s*(.*)$")
+          if a and rest == "" and tonumber(b, 16) - tonumber(a, 16) == kb * 1024 then n = n + 1 end
+        end
+        return n
+      end
+      local before = stacks()
+      local go = sync.event()
+      local ts = {}
+      for i = 1, 6 do ts[i] = thread.start(function(ev, n) assert(ev:wait(60)); return n end, go, i) end
+      local during = stacks()
+      -- (the child only looks: starting threads in a child forked while threads run is what
+      -- allow_threads warns about, and hangs at times under ASan, on main too)
+      local child = process.new{ allow_threads = true, args = { stacks }, fn = function(count)
+        return count()
+      end }
+      child:start()
+      local n0 = child:result(30)
+      go:set()
+      for i = 1, 6 do assert(ts[i]:result(30) == i) end
+      print(("before %d during %d child %d"):format(before, during, n0))
+    ]])
+    if out:match("no stack limit") then pending("ulimit -s is unlimited") return end
+    local before, during, child = out:match("before (%d+) during (%d+) child (%d+)\n")
+    assert.is_not_nil(before, out)
+    assert.equal(tonumber(before) + 6, tonumber(during), out)   -- the 6 running threads' stacks
+    assert.equal(tonumber(before), tonumber(child), out)        -- none of them in the child
+  end)
+
+  it("a forked child creates its OS threads on stacks of its own", function()
+    local out = cold([[
+      local thread = require "strand.thread"
+      local process = require "strand.process"
+      local ts = {}
+      for i = 1, 4 do ts[i] = thread.start(function(n) return n end, i) end
+      for i = 1, 4 do assert(ts[i]:result(10) == i) end
+      local p = process.start(function()
+        local th = require "strand.thread"
+        local sum = 0
+        for i = 1, 20 do sum = sum + th.start(function(n) return n end, i):result(5) end
+        return sum
+      end)
+      print("child " .. p:result(10))
+      print("parent " .. thread.start(function() return 7 end):result(10))
+    ]])
+    assert.matches("child 210\nparent 7\n", out)
+  end)
+end)
