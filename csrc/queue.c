@@ -971,6 +971,23 @@ static int r_can_put_ahead(q_state *st) {
   return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
 }
 
+/* The getter's counterpart: the slot R_AHEAD - 1 positions after head (up to a quarter of the
+ * ring) is published too. A getter whose spin saw an item arrive at head waits up to
+ * R_GRACE_SECONDS more for that many before it takes the first: when the putter is the slower
+ * side, taking each item the moment it is published keeps the two threads in lockstep, every
+ * slot's line crossing CPUs while the putter is still writing it; a batch lets the putter fill
+ * slots undisturbed and the getter drain them in a row. Bounded and small next to a futex
+ * wake-up (a sleeping getter's), and only when the queue was found empty. */
+#define R_GRACE_SECONDS 2e-6
+static int r_can_get_ahead(q_state *st) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  uint64_t pos = A_RLX(&st->head);
+  uint64_t k = cap / 4 < R_AHEAD ? cap / 4 : R_AHEAD;
+  if (k > 1) pos += k - 1;
+  return A_ACQ(&slots[pos % cap].seq) == 2 * pos + 1;
+}
+
 static long online_cpus;                /* written once (the same value by any thread) */
 
 /* Watch the ring for up to RING_SPIN_SECONDS until a waiter of ch could proceed: only when the
@@ -988,19 +1005,30 @@ static int r_spin(lua_State *L, q_state *st, int ch) {
   }
   if (ncpu < 2 || strand_loop_get(L)->nready > 0) return 0;
   double until = strand_now() + RING_SPIN_SECONDS;
+  int grace = 0;                        /* a getter: an item came, now waiting for a batch */
   for (;;) {
-    for (int i = 0; i < 64; i++) {
-      /* a getter watches only the slot at head: not tail, the line every put writes */
-      if (ch == CH_GET ? r_can_get(st) : r_can_put_ahead(st)) return 1;
+    for (int i = 0; i < (grace ? 8 : 64); i++) {
+      /* a getter watches only slots from head on: not tail, the line every put writes */
+      if (ch == CH_PUT ? r_can_put_ahead(st) : grace ? r_can_get_ahead(st) : r_can_get(st)) {
+        if (ch == CH_PUT || grace) return 1;
+        grace = 1;
+        break;
+      }
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #elif defined(__aarch64__)
       __asm__ __volatile__("yield");
 #endif
     }
-    if (ch == CH_GET && r_gettable(st)) return 1;   /* drained, or the overflow's turn */
-    if (strand_now() >= until) return 1;
-    sched_yield();
+    double now = strand_now();
+    if (grace == 1) {                   /* the grace starts */
+      grace = 2;
+      if (now + R_GRACE_SECONDS < until) until = now + R_GRACE_SECONDS;
+      continue;
+    }
+    if (!grace && ch == CH_GET && r_gettable(st)) return 1;   /* drained, or the overflow's turn */
+    if (now >= until) return 1;
+    if (!grace) sched_yield();
   }
 }
 
@@ -1558,7 +1586,12 @@ static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
  * STRAND_INTENT_GET), so that a putter stuck at a slot a getter claimed and never freed can
  * tell whether that getter died (r_free_dead_get): one store and a release fence (a compiler
  * barrier on x86) before the claim, one store after. */
-static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
+static int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake);
+static int r_get_once(lua_State *L, strand_shm *s, q_state *st) { return r_get_once_w(L, s, st, 1); }
+
+/* As r_get_once; wake 0: a bounded ring's waiting putters are not looked for (the caller does
+ * it once for a batch: get_many). */
+static int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   r_item it;
   strand_intent *me = strand_intent_fast();
   if (me) {
@@ -1572,7 +1605,7 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   int popped = r_pop(st, &it);
   if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
   if (popped) {
-    if (st->maxsize) r_wake(L, s, CH_PUT);      /* an unbounded ring has no waiting putters */
+    if (st->maxsize && wake) r_wake(L, s, CH_PUT);   /* an unbounded ring has no waiting putters */
   } else {
     if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
     strand_shm_lockL(L, s);
@@ -1720,6 +1753,91 @@ static int q_get_start(lua_State *L, int nowait) {
 
 static int q_get(lua_State *L) { return q_get_start(L, 0); }
 static int q_get_nowait(lua_State *L) { return q_get_start(L, 1); }
+
+/* {==== get_many: a batch for one call
+ *
+ * q:get_many(max [, timeout]): the first item waited for as q:get(timeout) waits, then as many
+ * more as are there at once, up to max, in order, in a new table (one method call and, on a
+ * bounded ring, one look for waiting putters per batch instead of per item). Stack: 1 self,
+ * 2 max, 3 timeout, 4 the table. */
+
+/* Take up to max - (already in the table) items without waiting into the table at 4: how many
+ * are in it now. An item that cannot be decoded (taken: it is gone, as with get) ends the batch:
+ * its nil, message [, code] are left on top (-1 - count returned). */
+static lua_Integer many_drain(lua_State *L, lua_Integer k, lua_Integer max) {
+  strand_shm *s = box_obj(L);
+  q_state *st = q_state_of(s);
+  lua_Integer k0 = k;
+  int failed = 0;
+  while (k < max) {
+    int n;
+    if (st->ring) {
+      n = r_get_once_w(L, s, st, 0);
+      if (n < 0) break;
+    } else {
+      lua_pushcfunction(L, q_get_nowait);
+      lua_pushvalue(L, 1);
+      lua_call(L, 1, LUA_MULTRET);
+      n = lua_gettop(L) - 4;
+      if (lua_isnil(L, 5)) {
+        const char *e = lua_tostring(L, 6);
+        if (e != NULL && (strcmp(e, "empty") == 0 || strcmp(e, "closed") == 0)) {
+          lua_settop(L, 4);
+          break;
+        }
+      }
+    }
+    if (n == 1 && !lua_isnil(L, -1)) {
+      lua_rawseti(L, 4, ++k);
+      continue;
+    }
+    failed = 1;                                 /* nil, message [, code] on top */
+    break;
+  }
+  if (st->ring && st->maxsize && k > k0) r_wake(L, s, CH_PUT);
+  return failed ? -1 - k : k;
+}
+
+/* The end of a batch: the table, or (nothing taken but a bad item) that item's failure; a bad
+ * item after others: the table and its message. */
+static int many_return(lua_State *L, lua_Integer k) {
+  if (k >= 0) {
+    lua_settop(L, 4);
+    return 1;
+  }
+  k = -1 - k;
+  if (k == 0) return lua_gettop(L) - 4;         /* nil, message [, code] */
+  lua_pushvalue(L, 4);
+  lua_pushvalue(L, 6);                          /* the table, the message */
+  return 2;
+}
+
+static int q_get_many_k(lua_State *L, int status, lua_KContext max) {
+  (void)status;
+  if (lua_isnil(L, 5)) return lua_gettop(L) - 4; /* nil, "timeout" | "closed" | a bad item's */
+  lua_settop(L, 5);
+  lua_rawseti(L, 4, 1);
+  return many_return(L, many_drain(L, 1, (lua_Integer)max));
+}
+
+static int q_get_many(lua_State *L) {
+  q_self(L);
+  lua_Integer max = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, max >= 1, 2, "must be at least 1");
+  if (!lua_isnoneornil(L, 3)) strand_opt_deadline(L, 3);   /* raises on a bad timeout now */
+  lua_settop(L, 3);
+  lua_createtable(L, max < 64 ? (int)max : 64, 0);
+  lua_Integer k = many_drain(L, 0, max);
+  if (k != 0) return many_return(L, k);
+  /* nothing there: wait for the first as get does (it may yield: continued in q_get_many_k) */
+  lua_pushcfunction(L, q_get);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 3);
+  lua_callk(L, 2, LUA_MULTRET, (lua_KContext)max, q_get_many_k);
+  return q_get_many_k(L, LUA_OK, (lua_KContext)max);
+}
+
+/* }==== */
 
 static int q_unfinished(q_state *st) {
   return (st->ring ? r_unfinished(st) : st->unfinished) == 0;
@@ -2010,6 +2128,7 @@ static int l_priority(lua_State *L) { return q_new(L, Q_PRIO); }
 int strand_open_queue(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"put", q_put}, {"get", q_get}, {"put_nowait", q_put_nowait}, {"get_nowait", q_get_nowait},
+    {"get_many", q_get_many},
     {"qsize", q_qsize}, {"empty", q_empty}, {"full", q_full}, {"maxsize", q_maxsize},
     {"task_done", q_task_done}, {"join", q_join}, {"close", q_close}, {"closed", q_closed},
     {NULL, NULL}
