@@ -12,7 +12,10 @@
 -- swung 3x); medians (min-max) of QUEUE_REPS and the per-rep ratios to C.
 -- env: STRAND_BENCH_ITEMS (2000000; 1000000 QUICK), STRAND_BENCH_PY_ITEMS (200000),
 --      STRAND_BENCH_MAXSIZE (1000), STRAND_BENCH_LOCKOPS (2000000), QUEUE_CPUS (0,1),
---      QUEUE_REPS (REPS, at least 5), QUICK=1 (fewer items, 1P/1C only, no lock figures)
+--      QUEUE_REPS (REPS, at least 5), QUEUE_BATCH (64: the 1P/1C rows again, the producer
+--      putting with q:put_many and the consumer taking with q:get_many, QUEUE_BATCH at a
+--      time; the single-item row stays the table's figure),
+--      QUICK=1 (fewer items, 1P/1C only, no lock figures)
 local strand = require "strand"
 local queue = require "strand.queue"
 local sync = require "strand.sync"
@@ -23,6 +26,7 @@ local ITEMS = tonumber(os.getenv("STRAND_BENCH_ITEMS")) or (B.QUICK and 1000000 
 local PY_ITEMS = math.min(ITEMS, tonumber(os.getenv("STRAND_BENCH_PY_ITEMS")) or 200000)
 local QREPS = tonumber(os.getenv("QUEUE_REPS")) or math.max(B.REPS, 5)
 local CPUS = os.getenv("QUEUE_CPUS") or "0,1"
+local BATCH = tonumber(os.getenv("QUEUE_BATCH")) or 64
 local MAXSIZE = tonumber(os.getenv("STRAND_BENCH_MAXSIZE")) or 1000
 local LOCKOPS = tonumber(os.getenv("STRAND_BENCH_LOCKOPS")) or 2000000
 local TEXT = ("x"):rep(100)
@@ -39,8 +43,9 @@ local _, pin_ok = sh("taskset -c " .. CPUS .. " true")
 local PIN = pin_ok and ("taskset -c " .. CPUS .. " ") or ""
 local _, py_ok = sh(PY .. " -c 'import queue, threading'")
 
-local function strand_queue(np, nc, kind, maxsize)
-  local out = sh(("%slua5.4 bench/queue_strand.lua %d %d %d %d %s"):format(PIN, np, nc, ITEMS, maxsize, kind))
+local function strand_queue(np, nc, kind, maxsize, batch)
+  local out = sh(("%slua5.4 bench/queue_strand.lua %d %d %d %d %s %d"):format(PIN, np, nc, ITEMS, maxsize, kind,
+    batch or 1))
   return number_in(out, "items/s") or error("bench/queue_strand.lua: " .. out)
 end
 
@@ -71,6 +76,7 @@ local function queue_table(maxsize)
   for _, sc in ipairs(cases) do
     local np, nc, kind = sc[1], sc[2], sc[3]
     local ss, cs, ps, rs, loaded = {}, {}, {}, {}, false
+    local bs, brs = {}, {}                      -- 1P/1C again: put_many and get_many(BATCH)
     local py_time = 0
     for r = 1, QREPS do
       if B.wait_idle() == "loaded" then loaded = true end
@@ -84,6 +90,11 @@ local function queue_table(maxsize)
         py_time = py_time + strand.now() - t0
       end
       if cs[r] then rs[r] = ss[r] / cs[r] end
+      if np == 1 and nc == 1 then
+        if B.wait_idle() == "loaded" then loaded = true end
+        bs[r] = strand_queue(np, nc, kind, maxsize, BATCH)
+        if cs[r] then brs[r] = bs[r] / cs[r] end
+      end
     end
     local s, c, p = B.median(ss), B.median(cs), B.median(ps)
     local lo, hi = B.range(rs)
@@ -91,6 +102,14 @@ local function queue_table(maxsize)
       fmt(s), fmt(p), fmt(c), ratio(s, p), ratio(s, c), lo, hi, loaded and "  loaded" or ""))
     B.record("queue", maxsize, np .. "P" .. nc .. "C", kind, table.concat(ss, ","),
       table.concat(cs, ","), table.concat(ps, ","), loaded and "loaded" or "idle")
+    if #bs > 0 then
+      local b = B.median(bs)
+      lo, hi = B.range(brs)
+      print(("  batch of %-3d%s %s %s   %s  %s (%.2f-%.2f)%s"):format(BATCH, fmt(b), "          ", fmt(c),
+        "       ", ratio(b, c), lo, hi, loaded and "  loaded" or ""))
+      B.record("queue", maxsize, "1P1Cmany" .. BATCH, kind, table.concat(bs, ","),
+        table.concat(cs, ","), "-", loaded and "loaded" or "idle")
+    end
   end
 end
 

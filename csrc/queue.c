@@ -971,23 +971,6 @@ static int r_can_put_ahead(q_state *st) {
   return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
 }
 
-/* The getter's counterpart: the slot R_AHEAD - 1 positions after head (up to a quarter of the
- * ring) is published too. A getter whose spin saw an item arrive at head waits up to
- * R_GRACE_SECONDS more for that many before it takes the first: when the putter is the slower
- * side, taking each item the moment it is published keeps the two threads in lockstep, every
- * slot's line crossing CPUs while the putter is still writing it; a batch lets the putter fill
- * slots undisturbed and the getter drain them in a row. Bounded and small next to a futex
- * wake-up (a sleeping getter's), and only when the queue was found empty. */
-#define R_GRACE_SECONDS 2e-6
-static int r_can_get_ahead(q_state *st) {
-  uint64_t cap;
-  r_slot *slots = r_ring(st, &cap);
-  uint64_t pos = A_RLX(&st->head);
-  uint64_t k = cap / 4 < R_AHEAD ? cap / 4 : R_AHEAD;
-  if (k > 1) pos += k - 1;
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos + 1;
-}
-
 static long online_cpus;                /* written once (the same value by any thread) */
 
 /* Watch the ring for up to RING_SPIN_SECONDS until a waiter of ch could proceed: only when the
@@ -1005,30 +988,19 @@ static int r_spin(lua_State *L, q_state *st, int ch) {
   }
   if (ncpu < 2 || strand_loop_get(L)->nready > 0) return 0;
   double until = strand_now() + RING_SPIN_SECONDS;
-  int grace = 0;                        /* a getter: an item came, now waiting for a batch */
   for (;;) {
-    for (int i = 0; i < (grace ? 8 : 64); i++) {
-      /* a getter watches only slots from head on: not tail, the line every put writes */
-      if (ch == CH_PUT ? r_can_put_ahead(st) : grace ? r_can_get_ahead(st) : r_can_get(st)) {
-        if (ch == CH_PUT || grace) return 1;
-        grace = 1;
-        break;
-      }
+    for (int i = 0; i < 64; i++) {
+      /* a getter watches only the slot at head: not tail, the line every put writes */
+      if (ch == CH_GET ? r_can_get(st) : r_can_put_ahead(st)) return 1;
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #elif defined(__aarch64__)
       __asm__ __volatile__("yield");
 #endif
     }
-    double now = strand_now();
-    if (grace == 1) {                   /* the grace starts */
-      grace = 2;
-      if (now + R_GRACE_SECONDS < until) until = now + R_GRACE_SECONDS;
-      continue;
-    }
-    if (!grace && ch == CH_GET && r_gettable(st)) return 1;   /* drained, or the overflow's turn */
-    if (now >= until) return 1;
-    if (!grace) sched_yield();
+    if (ch == CH_GET && r_gettable(st)) return 1;   /* drained, or the overflow's turn */
+    if (strand_now() >= until) return 1;
+    sched_yield();
   }
 }
 
@@ -1559,6 +1531,91 @@ static int q_put_start(lua_State *L, int nowait) {
 
 static int q_put(lua_State *L) { return q_put_start(L, 0); }
 static int q_put_nowait(lua_State *L) { return q_put_start(L, 1); }
+
+/* {==== put_many: a batch for one call
+ *
+ * q:put_many(t [, timeout]): t[1], ..., t[#t] in order, each as q:put(v, timeout) puts it; on a
+ * ring, items that fit at once go in without a method call each and the getters are looked for
+ * once per run of them (always before a put that has to wait). Stack: 1 self, 2 t, 3 timeout,
+ * 4 #t; a put's results from 5. */
+
+static int q_put_many_from(lua_State *L, lua_Integer i);
+
+/* After the put of item i (results from 5): on to i + 1, or nil, message, how many were put. */
+static int q_put_many_k(lua_State *L, int status, lua_KContext i) {
+  (void)status;
+  if (!lua_toboolean(L, 5)) {
+    lua_settop(L, 6);
+    lua_pushinteger(L, (lua_Integer)i - 1);
+    return 3;
+  }
+  lua_settop(L, 4);
+  return q_put_many_from(L, (lua_Integer)i + 1);
+}
+
+static int q_put_many_from(lua_State *L, lua_Integer i) {
+  strand_shm *s = box_obj(L);
+  q_state *st = q_state_of(s);
+  lua_Integer n = lua_tointeger(L, 4);
+  int pending = 0;                              /* put into the ring, getters not looked for */
+  for (; i <= n; i++) {
+    if (st->ring) {
+      int t = lua_rawgeti(L, 2, i);
+      r_item it;
+      const char *bytes;
+      int err = 0;
+      if (r_encode_plain(L, 5, t, &it, &bytes)) {
+        int r = r_put_item(L, s, st, &it, bytes, &err);
+        lua_settop(L, 4);
+        if (r > 0) {
+          pending |= r == 1;
+          continue;
+        }
+      }
+      lua_settop(L, 4);
+    }
+    if (pending) {                              /* before a put that may wait for a getter */
+      r_note_tid(&st->put_tid);
+      r_wake(L, s, CH_GET);
+      pending = 0;
+    }
+    lua_pushcfunction(L, q_put);
+    lua_pushvalue(L, 1);
+    lua_rawgeti(L, 2, i);
+    lua_pushvalue(L, 3);
+    lua_callk(L, 3, LUA_MULTRET, (lua_KContext)i, q_put_many_k);
+    if (!lua_toboolean(L, 5)) {
+      lua_settop(L, 6);
+      lua_pushinteger(L, i - 1);
+      return 3;
+    }
+    lua_settop(L, 4);
+  }
+  if (pending) {
+    r_note_tid(&st->put_tid);
+    r_wake(L, s, CH_GET);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int q_put_many(lua_State *L) {
+  strand_shm *s = q_self(L);
+  luaL_argcheck(L, q_state_of(s)->kind != Q_PRIO, 1, "a priority queue takes put(v, priority)");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 3)) strand_opt_deadline(L, 3);   /* raises on a bad timeout now */
+  lua_settop(L, 3);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  for (lua_Integer i = 1; i <= n; i++) {        /* nothing is put if one cannot be */
+    if (lua_rawgeti(L, 2, i) == LUA_TNIL)
+      luaL_argerror(L, 2, lua_pushfstring(L, "item %d is nil", (int)i));
+    lua_pop(L, 1);
+  }
+  lua_pushinteger(L, n);
+  return q_put_many_from(L, 1);
+}
+
+/* }==== */
 
 /* }==== */
 
@@ -2128,7 +2185,7 @@ static int l_priority(lua_State *L) { return q_new(L, Q_PRIO); }
 int strand_open_queue(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"put", q_put}, {"get", q_get}, {"put_nowait", q_put_nowait}, {"get_nowait", q_get_nowait},
-    {"get_many", q_get_many},
+    {"get_many", q_get_many}, {"put_many", q_put_many},
     {"qsize", q_qsize}, {"empty", q_empty}, {"full", q_full}, {"maxsize", q_maxsize},
     {"task_done", q_task_done}, {"join", q_join}, {"close", q_close}, {"closed", q_closed},
     {NULL, NULL}

@@ -962,11 +962,57 @@ describe("strand.queue", function()
       assert.has_error(function() queue.get_many(q, 1) end)
     end)
 
-    pending_without_threads("between threads: every item once, in order; a blocked putter is woken", function()
+    it("put_many puts every item in order, into every FIFO and a LIFO", function()
+      each_kind(function(what, q)
+        assert.is_true(q:put_many({ 1, "two", 3.5, true, { 5 } }))
+        assert.is_true(q:put_many({}))
+        assert.same({ 1, "two", 3.5, true, { 5 } }, q:get_many(10), what)
+      end)
+      local l = queue.lifo()
+      assert.is_true(l:put_many({ 1, 2, 3 }))
+      assert.same({ 3, 2, 1 }, l:get_many(3))
+    end)
+
+    it("put_many on a full ring waits for room, or reports how many it put", function()
+      local q = queue.new(3)
+      assert.same({ nil, "timeout", 3 }, { q:put_many({ 1, 2, 3, 4, 5 }, 0.01) })
+      assert.same({ 1, 2, 3 }, q:get_many(5))
+      H.run(function()
+        local putter = strand.spawn(function() return q:put_many({ "a", "b", "c", "d", "e" }, H.TIMEOUT) end)
+        local got = {}
+        while #got < 5 do
+          for _, v in ipairs(q:get_many(5, H.TIMEOUT)) do got[#got + 1] = v end
+        end
+        assert.same({ true, true }, { putter:join() })
+        assert.same({ "a", "b", "c", "d", "e" }, got)
+      end)
+      q:close()
+      assert.same({ nil, "closed", 0 }, { q:put_many({ 1 }) })
+    end)
+
+    it("put_many raises on what it cannot take, before putting anything", function()
+      local q = queue.new(4)
+      assert.has_error(function() q:put_many({ 1, nil, 3 }) end)
+      assert.has_error(function() q:put_many("x") end)
+      assert.has_error(function() q:put_many({ 1 }, "soon") end)
+      assert.has_error(function() queue.priority():put_many({ 1 }) end)
+      assert.equal(0, q:qsize())
+    end)
+
+    pending_without_threads("between threads, put_many and get_many: every item once, in order", function()
       for _, max in ipairs({ 4, 0 }) do
         local q = queue.new(max)
         local t = thread.start(function(qq, n, timeout)
-          for i = 1, n do assert(qq:put(i, timeout)) end
+          local i = 0
+          while i < n do                       -- by put, then by put_many of 7, in turns
+            if i % 2 == 0 then i = i + 1; assert(qq:put(i, timeout))
+            else
+              local b = {}
+              for k = 1, math.min(7, n - i) do b[k] = i + k end
+              assert(qq:put_many(b, timeout))
+              i = i + #b
+            end
+          end
           qq:close()
           return true
         end, q, 5000, H.TIMEOUT)
