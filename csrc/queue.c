@@ -1338,6 +1338,15 @@ static int r_encode_plain(lua_State *L, int idx, int t, r_item *it, const char *
   }
 }
 
+/* An unbounded ring's locked put (the queue not closed): help the overflow drain, then the
+ * ring if the overflow is empty, else the overflow. 0 or an errno. */
+static int r_put_locked(strand_shm *s, q_state *st, const r_item *it, const void *bytes) {
+  if (st->ovf_n && r_room(st)) o_move(s, st);  /* help it drain */
+  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) return 0;
+  r_grow(s, st);                                /* producers got ahead: a bigger ring */
+  return o_push(s, st, it, bytes);
+}
+
 /* Put into a ring: 1 done (wake the getters), 2 done into the overflow (woken), 0 full,
  * -1 closed, -2 no storage (*err). */
 static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it,
@@ -1352,13 +1361,7 @@ static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it
     strand_shm_unlock(s);
     return -1;
   }
-  if (st->ovf_n && r_room(st)) o_move(s, st);  /* help it drain */
-  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) {
-    *err = 0;
-  } else {
-    r_grow(s, st);                              /* producers got ahead: a bigger ring */
-    *err = o_push(s, st, it, bytes);
-  }
+  *err = r_put_locked(s, st, it, bytes);
   /* as r_wake after a put into the ring: only getters can have been waiting for it (under the
    * mutex, where they count themselves, the count is exact) */
   if (*err == 0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) q_settle(s, 1);
@@ -1559,6 +1562,27 @@ static int q_put_many_from(lua_State *L, lua_Integer i) {
   lua_Integer n = lua_tointeger(L, 4);
   int pending = 0;                              /* put into the ring, getters not looked for */
   for (; i <= n; i++) {
+    if (st->ring && st->maxsize == 0 && A_ACQ(&st->ovf_n) > 0) {
+      /* an unbounded ring's overflow in use: a run of plain items under one lock */
+      lua_Integer i0 = i;
+      strand_shm_lockL(L, s);
+      if (!st->closed) {
+        for (; i <= n && i < i0 + OVF_BATCH; i++) {
+          r_item it;
+          const char *bytes;
+          int t = lua_rawgeti(L, 2, i);
+          int ok = r_encode_plain(L, 5, t, &it, &bytes) && r_put_locked(s, st, &it, bytes) == 0;
+          lua_settop(L, 4);
+          if (!ok) break;                       /* that one by put (it reports failures) */
+        }
+      }
+      if (i > i0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) q_settle(s, 1);
+      strand_shm_unlock(s);
+      if (i > i0) {
+        i--;                                    /* (the loop's i++) */
+        continue;
+      }
+    }
     if (st->ring) {
       int t = lua_rawgeti(L, 2, i);
       r_item it;

@@ -973,6 +973,23 @@ describe("strand.queue", function()
       assert.same({ 3, 2, 1 }, l:get_many(3))
     end)
 
+    it("put_many into an unbounded queue's overflow keeps every item once, in order", function()
+      local q = shared_q(queue.new())
+      for i = 1, 20 do assert.is_true(q:put_nowait(i)) end     -- the ring full: the overflow
+      local batch, long = {}, ("L"):rep(300)
+      for i = 21, 400 do batch[#batch + 1] = i % 50 == 0 and { i } or i % 70 == 0 and long .. i or i end
+      assert.is_true(q:put_many(batch))
+      assert.equal(400, q:qsize())
+      local got = {}
+      while #got < 400 do for _, v in ipairs(assert(q:get_many(33, 0))) do got[#got + 1] = v end end
+      for i = 1, 400 do
+        local want = i > 20 and (i % 50 == 0 and { i } or i % 70 == 0 and long .. i) or i
+        assert.same(want, got[i], "item " .. i)
+      end
+      q:close()
+      assert.same({ nil, "closed", 0 }, { q:put_many({ 1, 2 }) })
+    end)
+
     it("put_many on a full ring waits for room, or reports how many it put", function()
       local q = queue.new(3)
       assert.same({ nil, "timeout", 3 }, { q:put_many({ 1, 2, 3, 4, 5 }, 0.01) })
