@@ -1349,8 +1349,9 @@ static int r_put_locked(strand_shm *s, q_state *st, const r_item *it, const void
 
 /* Put into a ring: 1 done (wake the getters), 2 done into the overflow (woken), 0 full,
  * -1 closed, -2 no storage (*err). */
-static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it,
-                      const void *bytes, int *err) {
+static inline __attribute__((always_inline))
+int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it, const void *bytes,
+               int *err) {
   if (st->maxsize) return r_push(st, it, bytes);
   if (A_ACQ(&st->ovf_n) == 0) {
     int r = r_push(st, it, bytes);
@@ -1668,11 +1669,14 @@ static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
  * tell whether that getter died (r_free_dead_get): one store and a release fence (a compiler
  * barrier on x86) before the claim, one store after. */
 static int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake);
-static int r_get_once(lua_State *L, strand_shm *s, q_state *st) { return r_get_once_w(L, s, st, 1); }
+static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
+  return r_get_once_w(L, s, st, 1);
+}
 
 /* As r_get_once; wake 0: a bounded ring's waiting putters are not looked for (the caller does
  * it once for a batch: get_many). */
-static int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
+static inline __attribute__((always_inline))
+int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   r_item it;
   strand_intent *me = strand_intent_fast();
   if (me) {
