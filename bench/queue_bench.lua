@@ -1,21 +1,32 @@
 -- bench/queue_bench.lua — strand.queue throughput between OS threads (1 producer/1 consumer and
 -- 2/2; integers and 100-byte strings) against the C floor (bench/queue_c_baseline.c: a
--- preallocated mutex+condvar ring with the items inline) moving the same serialized payloads and
--- Python's queue.Queue with threads, bounded (maxsize) then unbounded (maxsize 0, Python's
--- default: producers never wait); then uncontended lock acquire/release against
--- threading.Lock and a pthread mutex, with the syscalls counted by strace when it is installed
--- (the fast path makes none). Each rep waits for an idle machine and runs strand, C and Python
--- side by side; medians (min-max) of REPS and the per-rep ratios to C.
--- env: STRAND_BENCH_ITEMS (500000; 100000 QUICK), STRAND_BENCH_MAXSIZE (1000), STRAND_BENCH_LOCKOPS (2000000),
---      REPS (5), QUICK=1 (fewer items, 1P/1C only, no lock figures)
+-- preallocated ring with the items inline under glibc's adaptive mutex and two condition
+-- variables) moving the same serialized payloads and Python's queue.Queue with threads, bounded
+-- (maxsize) then unbounded (maxsize 0, Python's default: producers never wait); then uncontended
+-- lock acquire/release against threading.Lock and a pthread mutex, with the syscalls counted by
+-- strace when it is installed (the fast path makes none).
+-- Fair and steady: strand (bench/queue_strand.lua) and C each run in their own process, pinned
+-- to the same CPUs (QUEUE_CPUS, default 0,1: taskset -c), one at a time, each run gated on an
+-- idle machine; both time the same way (a warm-up round, then from the first put to the last
+-- get, read by the threads themselves) over ITEMS items (100k items lasted 10-30 ms: the floor
+-- swung 3x); medians (min-max) of QUEUE_REPS and the per-rep ratios to C.
+-- env: STRAND_BENCH_ITEMS (2000000; 1000000 QUICK), STRAND_BENCH_PY_ITEMS (200000),
+--      STRAND_BENCH_MAXSIZE (1000), STRAND_BENCH_LOCKOPS (2000000), QUEUE_CPUS (0,1),
+--      QUEUE_REPS (REPS, at least 5), QUEUE_BATCH (64: the 1P/1C rows again, the producer
+--      putting with q:put_many and the consumer taking with q:get_many, QUEUE_BATCH at a
+--      time; the single-item row stays the table's figure),
+--      QUICK=1 (fewer items, 1P/1C only, no lock figures)
 local strand = require "strand"
-local thread = require "strand.thread"
 local queue = require "strand.queue"
 local sync = require "strand.sync"
 local serial = require "strand.serial"
 local B = require "benchlib"
 
-local ITEMS = tonumber(os.getenv("STRAND_BENCH_ITEMS")) or (B.QUICK and 100000 or 500000)
+local ITEMS = tonumber(os.getenv("STRAND_BENCH_ITEMS")) or (B.QUICK and 1000000 or 2000000)
+local PY_ITEMS = math.min(ITEMS, tonumber(os.getenv("STRAND_BENCH_PY_ITEMS")) or 200000)
+local QREPS = tonumber(os.getenv("QUEUE_REPS")) or math.max(B.REPS, 5)
+local CPUS = os.getenv("QUEUE_CPUS") or "0,1"
+local BATCH = tonumber(os.getenv("QUEUE_BATCH")) or 64
 local MAXSIZE = tonumber(os.getenv("STRAND_BENCH_MAXSIZE")) or 1000
 local LOCKOPS = tonumber(os.getenv("STRAND_BENCH_LOCKOPS")) or 2000000
 local TEXT = ("x"):rep(100)
@@ -28,39 +39,14 @@ end
 
 local cbin = os.tmpname()
 local _, cc_ok = sh("cc -O2 -pthread -o " .. cbin .. " bench/queue_c_baseline.c")
+local _, pin_ok = sh("taskset -c " .. CPUS .. " true")
+local PIN = pin_ok and ("taskset -c " .. CPUS .. " ") or ""
 local _, py_ok = sh(PY .. " -c 'import queue, threading'")
 
-local function strand_queue(np, nc, kind, maxsize)
-  local q = queue.new(maxsize)
-  local per = ITEMS // np
-  local t0 = strand.now()
-  local consumers, producers = {}, {}
-  for i = 1, nc do
-    consumers[i] = thread.start(function(qq)
-      local n = 0
-      while qq:get() ~= nil do n = n + 1 end
-      return n
-    end, q)
-  end
-  for i = 1, np do
-    producers[i] = thread.start(function(qq, n, k, text)
-      if k == "int" then
-        for v = 1, n do qq:put(v) end
-      else
-        for _ = 1, n do qq:put(text) end
-      end
-    end, q, per, kind, TEXT)
-  end
-  for i = 1, np do assert(producers[i]:join()) end
-  q:close()
-  local got = 0
-  for i = 1, nc do
-    local ok, n = consumers[i]:join()
-    assert(ok, n)
-    got = got + n
-  end
-  assert(got == per * np, "lost items")
-  return per * np / (strand.now() - t0)
+local function strand_queue(np, nc, kind, maxsize, batch)
+  local out = sh(("%slua5.4 bench/queue_strand.lua %d %d %d %d %s %d"):format(PIN, np, nc, ITEMS, maxsize, kind,
+    batch or 1))
+  return number_in(out, "items/s") or error("bench/queue_strand.lua: " .. out)
 end
 
 local function hex(s) return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) end
@@ -68,13 +54,13 @@ local function hex(s) return (s:gsub(".", function(c) return ("%02x"):format(c:b
 local function c_queue(np, nc, kind, maxsize)
   if not cc_ok then return nil end
   local payload = serial.encode(kind == "int" and 123456 or TEXT)
-  local out = sh(("%s queue %d %d %d %d %s"):format(cbin, np, nc, ITEMS, maxsize, hex(payload)))
+  local out = sh(("%s%s queue %d %d %d %d %s"):format(PIN, cbin, np, nc, ITEMS, maxsize, hex(payload)))
   return number_in(out, "items/s")
 end
 
 local function py_queue(np, nc, kind, maxsize)
   if not py_ok then return nil end
-  local out = sh((PY .. " bench/queue_py.py queue %d %d %d %d %s"):format(np, nc, ITEMS, maxsize, kind))
+  local out = sh((PIN .. PY .. " bench/queue_py.py queue %d %d %d %d %s"):format(np, nc, PY_ITEMS, maxsize, kind))
   return number_in(out, "items/s")
 end
 
@@ -82,18 +68,20 @@ local function fmt(x) return x and ("%10.0f"):format(x) or "       n/a" end
 local function ratio(a, b) return (a and b) and ("%6.2fx"):format(a / b) or "   n/a" end
 
 local function queue_table(maxsize)
-  print(("queue throughput, items/s (%d items, maxsize %d), median of %d; ratios = strand / peer")
-    :format(ITEMS, maxsize, B.REPS))
+  print(("queue throughput, items/s (%d items, Python %d; maxsize %d; pinned to CPUs %s), median of %d;"
+    .. " ratios = strand / peer"):format(ITEMS, PY_ITEMS, maxsize, PIN ~= "" and CPUS or "none", QREPS))
   print("scenario              strand    python     C floor  vs python  vs C (min-max per rep)")
   local cases = { { 1, 1, "int" }, { 1, 1, "str" }, { 2, 2, "int" }, { 2, 2, "str" } }
   if B.QUICK then cases = { { 1, 1, "int" }, { 1, 1, "str" } } end
   for _, sc in ipairs(cases) do
     local np, nc, kind = sc[1], sc[2], sc[3]
     local ss, cs, ps, rs, loaded = {}, {}, {}, {}, false
+    local bs, brs = {}, {}                      -- 1P/1C again: put_many and get_many(BATCH)
     local py_time = 0
-    for r = 1, B.REPS do
+    for r = 1, QREPS do
       if B.wait_idle() == "loaded" then loaded = true end
       ss[r] = strand_queue(np, nc, kind, maxsize)
+      if B.wait_idle() == "loaded" then loaded = true end
       cs[r] = c_queue(np, nc, kind, maxsize)
       -- Python's threads (unbounded above all) can be 100x slower: after 2 s, no more reps
       if py_time < 2 then
@@ -102,6 +90,11 @@ local function queue_table(maxsize)
         py_time = py_time + strand.now() - t0
       end
       if cs[r] then rs[r] = ss[r] / cs[r] end
+      if np == 1 and nc == 1 then
+        if B.wait_idle() == "loaded" then loaded = true end
+        bs[r] = strand_queue(np, nc, kind, maxsize, BATCH)
+        if cs[r] then brs[r] = bs[r] / cs[r] end
+      end
     end
     local s, c, p = B.median(ss), B.median(cs), B.median(ps)
     local lo, hi = B.range(rs)
@@ -109,6 +102,14 @@ local function queue_table(maxsize)
       fmt(s), fmt(p), fmt(c), ratio(s, p), ratio(s, c), lo, hi, loaded and "  loaded" or ""))
     B.record("queue", maxsize, np .. "P" .. nc .. "C", kind, table.concat(ss, ","),
       table.concat(cs, ","), table.concat(ps, ","), loaded and "loaded" or "idle")
+    if #bs > 0 then
+      local b = B.median(bs)
+      lo, hi = B.range(brs)
+      print(("  batch of %-3d%s %s %s   %s  %s (%.2f-%.2f)%s"):format(BATCH, fmt(b), "          ", fmt(c),
+        "       ", ratio(b, c), lo, hi, loaded and "  loaded" or ""))
+      B.record("queue", maxsize, "1P1Cmany" .. BATCH, kind, table.concat(bs, ","),
+        table.concat(cs, ","), "-", loaded and "loaded" or "idle")
+    end
   end
 end
 

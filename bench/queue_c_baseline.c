@@ -3,11 +3,20 @@
  * (the same serialized payloads strand.queue moves, up to SLOT bytes): a put copies the item into
  * its slot, a get copies it out; no malloc per item. A slot is two whole cache lines (64-aligned,
  * as strand's ring slots): with a 132-byte stride the getter reading one item shared a line with
- * the putter writing the next, which made the unbounded 100-byte case 3-10x slower.
+ * the putter writing the next, which made the unbounded 100-byte case 3-10x slower. The mutex is
+ * glibc's adaptive one (it spins a little before it sleeps): with a plain one, 1P/1C swung 3x
+ * between runs (a lock word left "contended" makes every unlock a futex wake: 0.22 futex calls
+ * per item in the slow runs, 0.003 in the fast ones); adaptive is faster and steadier, so it is
+ * the floor. A condition variable is signalled only when someone waits on it.
+ *
+ * Timing as bench/queue_strand.lua's: the exchange runs twice, the first (a quarter of the
+ * items) as a warm-up; the second is timed from the first producer's first put to the last
+ * consumer's end (each side reads the clock itself: thread start is not in it).
  *
  *   queue_c_baseline queue PRODUCERS CONSUMERS ITEMS MAXSIZE HEXPAYLOAD  -> "items/s N"
  *   queue_c_baseline lock OPS                                           -> "ops/s N"
- * MAXSIZE 0 = unbounded, as in Python: the ring then holds every item (producers never wait). */
+ * MAXSIZE 0 = unbounded, as in Python: the ring then holds every item (producers never wait),
+ * preallocated and touched before the clock starts. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +40,8 @@ static const char *payload;
 static unsigned plen;
 static long per_producer;
 static volatile long sink;
+static pthread_mutex_t tmu = PTHREAD_MUTEX_INITIALIZER;
+static double t_first, t_last;          /* the timed round: first put, last consumer's end */
 
 static double now(void) {
   struct timespec ts;
@@ -72,6 +83,10 @@ static unsigned get(char *out) {
 
 static void *producer(void *arg) {
   (void)arg;
+  double t = now();
+  pthread_mutex_lock(&tmu);
+  if (t_first == 0 || t < t_first) t_first = t;
+  pthread_mutex_unlock(&tmu);
   for (long i = 0; i < per_producer; i++) put(payload, plen);
   return NULL;
 }
@@ -81,9 +96,29 @@ static void *consumer(void *arg) {
   char buf[SLOT];
   for (;;) {
     unsigned len = get(buf);
-    if (len == 0) return NULL;                 /* end marker */
+    if (len == 0) break;                       /* end marker */
     sink += buf[0];
   }
+  double t = now();
+  pthread_mutex_lock(&tmu);
+  if (t > t_last) t_last = t;
+  pthread_mutex_unlock(&tmu);
+  return NULL;
+}
+
+/* One exchange of `items` items: 0, or 1 if a thread could not start. */
+static int round_of(int np, int nc, long items) {
+  pthread_t th[64];
+  per_producer = items / np;
+  t_first = t_last = 0;
+  for (int i = 0; i < nc; i++)
+    if (pthread_create(&th[i], NULL, consumer, NULL) != 0) return 1;
+  for (int i = 0; i < np; i++)
+    if (pthread_create(&th[nc + i], NULL, producer, NULL) != 0) return 1;
+  for (int i = 0; i < np; i++) pthread_join(th[nc + i], NULL);
+  for (int i = 0; i < nc; i++) put("", 0);
+  for (int i = 0; i < nc; i++) pthread_join(th[i], NULL);
+  return 0;
 }
 
 static int hexval(int c) { return c <= '9' ? c - '0' : (c | 32) - 'a' + 10; }
@@ -107,9 +142,14 @@ int main(int argc, char **argv) {
   size_t hl = strlen(hex) / 2;
   if (np < 1 || nc < 1 || np + nc > 64 || items < 1 || hl < 1 || hl > SLOT) return 2;
   plen = (unsigned)hl;
-  per_producer = items / np;
+  pthread_mutexattr_t ma;
+  pthread_mutexattr_init(&ma);
+#ifdef PTHREAD_MUTEX_ADAPTIVE_NP
+  pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+  if (pthread_mutex_init(&q.mu, &ma) != 0) return 2;
   q.cap = (size_t)atol(argv[5]);
-  if (q.cap == 0) q.cap = (size_t)(per_producer * np + nc);   /* unbounded: room for all */
+  if (q.cap == 0) q.cap = (size_t)(items + nc);   /* unbounded: room for all */
   char *p = malloc(plen);
   q.ring = aligned_alloc(64, q.cap * sizeof(item));
   if (p == NULL || q.ring == NULL) return 2;
@@ -117,16 +157,11 @@ int main(int argc, char **argv) {
   payload = p;
   /* touch the ring once, so neither side pays its first page faults in the timed part */
   memset(q.ring, 0, q.cap * sizeof(item));
-  pthread_t th[64];
-  double t0 = now();
-  for (int i = 0; i < nc; i++)
-    if (pthread_create(&th[i], NULL, consumer, NULL) != 0) return 1;
-  for (int i = 0; i < np; i++)
-    if (pthread_create(&th[nc + i], NULL, producer, NULL) != 0) return 1;
-  for (int i = 0; i < np; i++) pthread_join(th[nc + i], NULL);
-  for (int i = 0; i < nc; i++) put("", 0);
-  for (int i = 0; i < nc; i++) pthread_join(th[i], NULL);
-  printf("items/s %.0f\n", (double)(per_producer * np) / (now() - t0));
+  long warm = items / 4 < np ? np : items / 4;
+  if (round_of(np, nc, warm) != 0) return 1;  /* the warm-up */
+  q.first = 0;                                  /* (drained: the timed round starts at slot 0) */
+  if (round_of(np, nc, items) != 0) return 1;
+  printf("items/s %.0f\n", (double)(per_producer * np) / (t_last - t_first));
   free(q.ring);
   free(p);
   return 0;

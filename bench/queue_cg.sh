@@ -19,10 +19,11 @@ cat >"$tmp/ops.lua" <<'L'
 local queue = require "strand.queue"
 local N, kind, case = tonumber(arg[1]), arg[2], arg[3]
 local v = kind == "int" and 12345 or ("x"):rep(100)
-if case == "put" or case == "get" then              -- N puts (then N gets) on a ring
+if case == "put" or case == "get" or case == "many" then   -- N puts (then N gets) on a ring
   local q = queue.new(16384)
   for _ = 1, N do q:put(v) end
   if case == "get" then for _ = 1, N do q:get() end end
+  if case == "many" then for _ = 1, N // 64 do q:get_many(64) end end
 elseif case == "loop1000" or case == "loop0" then   -- N put+get pairs
   local q = queue.new(case == "loop1000" and 1000 or 0)
   for _ = 1, N do q:put(v); q:get() end
@@ -59,6 +60,7 @@ for kind in int str; do
   what=$([ "$kind" = int ] && echo "integer" || echo "100 B string")
   per "put, $what (the loop's own share included)" "$kind" put
   per "get, $what" "$kind" get put
+  per "get_many(64), $what, per item" "$kind" many put
   per "put+get, $what, maxsize 1000" "$kind" loop1000
   per "put+get, $what, unbounded" "$kind" loop0
 done

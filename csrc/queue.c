@@ -1338,10 +1338,20 @@ static int r_encode_plain(lua_State *L, int idx, int t, r_item *it, const char *
   }
 }
 
+/* An unbounded ring's locked put (the queue not closed): help the overflow drain, then the
+ * ring if the overflow is empty, else the overflow. 0 or an errno. */
+static int r_put_locked(strand_shm *s, q_state *st, const r_item *it, const void *bytes) {
+  if (st->ovf_n && r_room(st)) o_move(s, st);  /* help it drain */
+  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) return 0;
+  r_grow(s, st);                                /* producers got ahead: a bigger ring */
+  return o_push(s, st, it, bytes);
+}
+
 /* Put into a ring: 1 done (wake the getters), 2 done into the overflow (woken), 0 full,
  * -1 closed, -2 no storage (*err). */
-static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it,
-                      const void *bytes, int *err) {
+static inline __attribute__((always_inline))
+int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it, const void *bytes,
+               int *err) {
   if (st->maxsize) return r_push(st, it, bytes);
   if (A_ACQ(&st->ovf_n) == 0) {
     int r = r_push(st, it, bytes);
@@ -1352,13 +1362,7 @@ static int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it
     strand_shm_unlock(s);
     return -1;
   }
-  if (st->ovf_n && r_room(st)) o_move(s, st);  /* help it drain */
-  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) {
-    *err = 0;
-  } else {
-    r_grow(s, st);                              /* producers got ahead: a bigger ring */
-    *err = o_push(s, st, it, bytes);
-  }
+  *err = r_put_locked(s, st, it, bytes);
   /* as r_wake after a put into the ring: only getters can have been waiting for it (under the
    * mutex, where they count themselves, the count is exact) */
   if (*err == 0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) q_settle(s, 1);
@@ -1532,6 +1536,112 @@ static int q_put_start(lua_State *L, int nowait) {
 static int q_put(lua_State *L) { return q_put_start(L, 0); }
 static int q_put_nowait(lua_State *L) { return q_put_start(L, 1); }
 
+/* {==== put_many: a batch for one call
+ *
+ * q:put_many(t [, timeout]): t[1], ..., t[#t] in order, each as q:put(v, timeout) puts it; on a
+ * ring, items that fit at once go in without a method call each and the getters are looked for
+ * once per run of them (always before a put that has to wait). Stack: 1 self, 2 t, 3 timeout,
+ * 4 #t; a put's results from 5. */
+
+static int q_put_many_from(lua_State *L, lua_Integer i);
+
+/* After the put of item i (results from 5): on to i + 1, or nil, message, how many were put. */
+static int q_put_many_k(lua_State *L, int status, lua_KContext i) {
+  (void)status;
+  if (!lua_toboolean(L, 5)) {
+    lua_settop(L, 6);
+    lua_pushinteger(L, (lua_Integer)i - 1);
+    return 3;
+  }
+  lua_settop(L, 4);
+  return q_put_many_from(L, (lua_Integer)i + 1);
+}
+
+static int q_put_many_from(lua_State *L, lua_Integer i) {
+  strand_shm *s = box_obj(L);
+  q_state *st = q_state_of(s);
+  lua_Integer n = lua_tointeger(L, 4);
+  int pending = 0;                              /* put into the ring, getters not looked for */
+  for (; i <= n; i++) {
+    if (st->ring && st->maxsize == 0 && A_ACQ(&st->ovf_n) > 0) {
+      /* an unbounded ring's overflow in use: a run of plain items under one lock */
+      lua_Integer i0 = i;
+      strand_shm_lockL(L, s);
+      if (!st->closed) {
+        for (; i <= n && i < i0 + OVF_BATCH; i++) {
+          r_item it;
+          const char *bytes;
+          int t = lua_rawgeti(L, 2, i);
+          int ok = r_encode_plain(L, 5, t, &it, &bytes) && r_put_locked(s, st, &it, bytes) == 0;
+          lua_settop(L, 4);
+          if (!ok) break;                       /* that one by put (it reports failures) */
+        }
+      }
+      if (i > i0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) q_settle(s, 1);
+      strand_shm_unlock(s);
+      if (i > i0) {
+        i--;                                    /* (the loop's i++) */
+        continue;
+      }
+    }
+    if (st->ring) {
+      int t = lua_rawgeti(L, 2, i);
+      r_item it;
+      const char *bytes;
+      int err = 0;
+      if (r_encode_plain(L, 5, t, &it, &bytes)) {
+        int r = r_put_item(L, s, st, &it, bytes, &err);
+        lua_settop(L, 4);
+        if (r > 0) {
+          pending |= r == 1;
+          continue;
+        }
+      }
+      lua_settop(L, 4);
+    }
+    if (pending) {                              /* before a put that may wait for a getter */
+      r_note_tid(&st->put_tid);
+      r_wake(L, s, CH_GET);
+      pending = 0;
+    }
+    lua_pushcfunction(L, q_put);
+    lua_pushvalue(L, 1);
+    lua_rawgeti(L, 2, i);
+    lua_pushvalue(L, 3);
+    lua_callk(L, 3, LUA_MULTRET, (lua_KContext)i, q_put_many_k);
+    if (!lua_toboolean(L, 5)) {
+      lua_settop(L, 6);
+      lua_pushinteger(L, i - 1);
+      return 3;
+    }
+    lua_settop(L, 4);
+  }
+  if (pending) {
+    r_note_tid(&st->put_tid);
+    r_wake(L, s, CH_GET);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int q_put_many(lua_State *L) {
+  strand_shm *s = q_self(L);
+  luaL_argcheck(L, q_state_of(s)->kind != Q_PRIO, 1, "a priority queue takes put(v, priority)");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 3)) strand_opt_deadline(L, 3);   /* raises on a bad timeout now */
+  lua_settop(L, 3);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  for (lua_Integer i = 1; i <= n; i++) {        /* nothing is put if one cannot be */
+    if (lua_rawgeti(L, 2, i) == LUA_TNIL)
+      luaL_argerror(L, 2, lua_pushfstring(L, "item %d is nil", (int)i));
+    lua_pop(L, 1);
+  }
+  lua_pushinteger(L, n);
+  return q_put_many_from(L, 1);
+}
+
+/* }==== */
+
 /* }==== */
 
 /* {==== get and join */
@@ -1558,7 +1668,15 @@ static int q_decode(lua_State *L, const char *p, size_t len, int pid) {
  * STRAND_INTENT_GET), so that a putter stuck at a slot a getter claimed and never freed can
  * tell whether that getter died (r_free_dead_get): one store and a release fence (a compiler
  * barrier on x86) before the claim, one store after. */
+static int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake);
 static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
+  return r_get_once_w(L, s, st, 1);
+}
+
+/* As r_get_once; wake 0: a bounded ring's waiting putters are not looked for (the caller does
+ * it once for a batch: get_many). */
+static inline __attribute__((always_inline))
+int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   r_item it;
   strand_intent *me = strand_intent_fast();
   if (me) {
@@ -1572,7 +1690,7 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   int popped = r_pop(st, &it);
   if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
   if (popped) {
-    if (st->maxsize) r_wake(L, s, CH_PUT);      /* an unbounded ring has no waiting putters */
+    if (st->maxsize && wake) r_wake(L, s, CH_PUT);   /* an unbounded ring has no waiting putters */
   } else {
     if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
     strand_shm_lockL(L, s);
@@ -1720,6 +1838,91 @@ static int q_get_start(lua_State *L, int nowait) {
 
 static int q_get(lua_State *L) { return q_get_start(L, 0); }
 static int q_get_nowait(lua_State *L) { return q_get_start(L, 1); }
+
+/* {==== get_many: a batch for one call
+ *
+ * q:get_many(max [, timeout]): the first item waited for as q:get(timeout) waits, then as many
+ * more as are there at once, up to max, in order, in a new table (one method call and, on a
+ * bounded ring, one look for waiting putters per batch instead of per item). Stack: 1 self,
+ * 2 max, 3 timeout, 4 the table. */
+
+/* Take up to max - (already in the table) items without waiting into the table at 4: how many
+ * are in it now. An item that cannot be decoded (taken: it is gone, as with get) ends the batch:
+ * its nil, message [, code] are left on top (-1 - count returned). */
+static lua_Integer many_drain(lua_State *L, lua_Integer k, lua_Integer max) {
+  strand_shm *s = box_obj(L);
+  q_state *st = q_state_of(s);
+  lua_Integer k0 = k;
+  int failed = 0;
+  while (k < max) {
+    int n;
+    if (st->ring) {
+      n = r_get_once_w(L, s, st, 0);
+      if (n < 0) break;
+    } else {
+      lua_pushcfunction(L, q_get_nowait);
+      lua_pushvalue(L, 1);
+      lua_call(L, 1, LUA_MULTRET);
+      n = lua_gettop(L) - 4;
+      if (lua_isnil(L, 5)) {
+        const char *e = lua_tostring(L, 6);
+        if (e != NULL && (strcmp(e, "empty") == 0 || strcmp(e, "closed") == 0)) {
+          lua_settop(L, 4);
+          break;
+        }
+      }
+    }
+    if (n == 1 && !lua_isnil(L, -1)) {
+      lua_rawseti(L, 4, ++k);
+      continue;
+    }
+    failed = 1;                                 /* nil, message [, code] on top */
+    break;
+  }
+  if (st->ring && st->maxsize && k > k0) r_wake(L, s, CH_PUT);
+  return failed ? -1 - k : k;
+}
+
+/* The end of a batch: the table, or (nothing taken but a bad item) that item's failure; a bad
+ * item after others: the table and its message. */
+static int many_return(lua_State *L, lua_Integer k) {
+  if (k >= 0) {
+    lua_settop(L, 4);
+    return 1;
+  }
+  k = -1 - k;
+  if (k == 0) return lua_gettop(L) - 4;         /* nil, message [, code] */
+  lua_pushvalue(L, 4);
+  lua_pushvalue(L, 6);                          /* the table, the message */
+  return 2;
+}
+
+static int q_get_many_k(lua_State *L, int status, lua_KContext max) {
+  (void)status;
+  if (lua_isnil(L, 5)) return lua_gettop(L) - 4; /* nil, "timeout" | "closed" | a bad item's */
+  lua_settop(L, 5);
+  lua_rawseti(L, 4, 1);
+  return many_return(L, many_drain(L, 1, (lua_Integer)max));
+}
+
+static int q_get_many(lua_State *L) {
+  q_self(L);
+  lua_Integer max = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, max >= 1, 2, "must be at least 1");
+  if (!lua_isnoneornil(L, 3)) strand_opt_deadline(L, 3);   /* raises on a bad timeout now */
+  lua_settop(L, 3);
+  lua_createtable(L, max < 64 ? (int)max : 64, 0);
+  lua_Integer k = many_drain(L, 0, max);
+  if (k != 0) return many_return(L, k);
+  /* nothing there: wait for the first as get does (it may yield: continued in q_get_many_k) */
+  lua_pushcfunction(L, q_get);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 3);
+  lua_callk(L, 2, LUA_MULTRET, (lua_KContext)max, q_get_many_k);
+  return q_get_many_k(L, LUA_OK, (lua_KContext)max);
+}
+
+/* }==== */
 
 static int q_unfinished(q_state *st) {
   return (st->ring ? r_unfinished(st) : st->unfinished) == 0;
@@ -2010,6 +2213,7 @@ static int l_priority(lua_State *L) { return q_new(L, Q_PRIO); }
 int strand_open_queue(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"put", q_put}, {"get", q_get}, {"put_nowait", q_put_nowait}, {"get_nowait", q_get_nowait},
+    {"get_many", q_get_many}, {"put_many", q_put_many},
     {"qsize", q_qsize}, {"empty", q_empty}, {"full", q_full}, {"maxsize", q_maxsize},
     {"task_done", q_task_done}, {"join", q_join}, {"close", q_close}, {"closed", q_closed},
     {NULL, NULL}

@@ -330,7 +330,9 @@ STRAND_API int strand_owner_dead(int64_t id);
 /* shm.c: this thread's put-intent record (NULL if none can be had): a ring put stores pos + 1
  * and the queue's arena offset here before claiming a position, and clears obj once published;
  * strand_intent_dead(obj, pos): some thread was claiming it and every such thread has died. */
-typedef struct strand_intent { uint64_t obj, pos; int64_t owner; uint64_t next; } strand_intent;
+/* 64 bytes (pad): the written words (obj, pos) of two threads' records never share a cache line
+ * (a producer's and a consumer's records side by side bounced one line on every put and get). */
+typedef struct strand_intent { uint64_t obj, pos; int64_t owner; uint64_t next, pad[4]; } strand_intent;
 STRAND_API strand_intent *strand_intent_mine(void);
 STRAND_API int strand_intent_dead(uint64_t obj, uint64_t pos);
 /* A ring get stores the queue's offset | STRAND_INTENT_GET in obj (pos untouched) before it

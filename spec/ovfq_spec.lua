@@ -184,15 +184,16 @@ describe("an unbounded queue's overflow whose holder died", function()
       local n = q:qsize()
       local got = {}
       for k = 1, n do
-        local v = q:get_nowait()
-        if v == nil and k == n then
-          -- killed between claiming the last position and publishing it: qsize counts it, but
-          -- only a get that waits asks whether its claimer died (r_skip_dead), and skips it
-          assert.same({ nil, "timeout" }, { q:get(0.3) })
-          assert.equal(0, q:qsize(), what)
+        local v, err = q:get_nowait()
+        if v == nil then
+          -- killed between claiming the last position and publishing it: qsize counted it (a
+          -- put in flight); get_nowait asked whether its claimer died, skipped it and found
+          -- nothing behind it (reliability item 18): only the last, and nothing left counted
+          assert.equal("empty", err, what)
+          assert.equal(n, k, what .. ": a hole found before the end")
+          assert.equal(0, q:qsize(), what .. ": qsize once get_nowait said empty")
           break
         end
-        assert.is_truthy(v, what)
         got[#got + 1] = v
       end
       assert.same({ nil, "empty" }, { q:get_nowait() })
@@ -205,5 +206,83 @@ describe("an unbounded queue's overflow whose holder died", function()
       assert.is_true(left >= 1 and left <= own, what .. ": " .. left .. " blocks once drained")
       assert.is_true(q:put_nowait("x")); assert.equal("x", q:get_nowait())
     end
+  end)
+end)
+
+-- docs/reliability.md item 18: a producer process killed between claiming a ring position and
+-- publishing it leaves a hole that qsize counts (a put in flight). get_nowait itself asks whether
+-- the claimer died (r_skip_dead) before it answers "empty", and skips the hole: the items behind
+-- it come out, and once it answered "empty" qsize is 0 -- no waiting get needed.
+describe("a dead producer's unpublished claim", function()
+  local sync = require "strand.sync"
+
+  -- q as made by mk(); the child puts `before`, claims the next position and exits with it
+  -- unpublished; the parent then puts `after`
+  local function hole(q, before, after)
+    local p = process.start(function()
+      for _, v in ipairs(before) do assert(q:put_nowait(v)) end
+      assert(queue._test_claim(q))
+      os.exit(0, false)
+    end)
+    assert.is_true(p:join(H.TIMEOUT))
+    assert.equal(0, p.exitcode)
+    for _, v in ipairs(after) do assert.is_true(q:put_nowait(v)) end
+  end
+
+  local kinds = {
+    { "a bounded ring", function() return queue.new(8) end },
+    { "an unbounded queue's small ring", function() return queue.new() end },
+    { "an unbounded queue's big ring", function()
+      local q = queue.new()
+      for i = 1, 40 do assert.is_true(q:put_nowait(i)) end     -- the overflow: the ring grows
+      for i = 1, 40 do assert.equal(i, q:get_nowait()); q:task_done() end   -- via the big ring
+      return q
+    end },
+  }
+  for _, k in ipairs(kinds) do
+    it("is skipped by get_nowait, last in " .. k[1] .. ": qsize 0 once it says empty", function()
+      local q = k[2]()
+      hole(q, { "a", "b" }, {})
+      assert.equal(3, q:qsize())                    -- the hole counts until someone skips it
+      assert.equal("a", q:get_nowait())
+      assert.equal("b", q:get_nowait())
+      assert.same({ nil, "empty" }, { q:get_nowait() })
+      assert.equal(0, q:qsize())                    -- get_nowait skipped it: no waiting get
+      assert.is_true(q:empty())
+      assert.is_true(q:put_nowait("c"))
+      assert.equal("c", q:get_nowait())
+      for _ = 1, 3 do q:task_done() end             -- a, b, c; the skipped put counts as done
+      assert.is_true(q:join(0))
+    end)
+
+    it("is skipped by get_nowait, amid items in " .. k[1], function()
+      local q = k[2]()
+      hole(q, { "a" }, { "c", "d" })
+      assert.equal(4, q:qsize())
+      assert.equal("a", q:get_nowait())
+      assert.equal("c", q:get_nowait())             -- over the hole, in the same call
+      assert.equal(1, q:qsize())
+      assert.equal("d", q:get_nowait())
+      assert.same({ nil, "empty" }, { q:get_nowait() })
+      assert.equal(0, q:qsize())
+    end)
+  end
+
+  it("a producer alive with its claim keeps get_nowait from skipping it", function()
+    local q, ready, go = queue.new(8), sync.event(), sync.event()
+    local p = process.start(function()
+      assert(queue._test_claim(q))
+      ready:set()
+      go:wait(30)
+    end)
+    assert.is_true(ready:wait(H.TIMEOUT))
+    assert.is_true(q:put_nowait("x"))
+    assert.equal(2, q:qsize())
+    assert.same({ nil, "empty" }, { q:get_nowait() })   -- it may still publish: not skipped
+    assert.equal(2, q:qsize())
+    go:set()
+    assert.is_true(p:join(H.TIMEOUT))
+    assert.equal("x", q:get_nowait())               -- its end (a thread's end clears nothing:
+    assert.equal(0, q:qsize())                      -- the process is gone) frees the hole
   end)
 end)
