@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,7 +35,13 @@ typedef struct phandle {
   int status;             /* raw wait status, valid once reaped */
   unsigned char reaped;
   unsigned char daemon;   /* when collected unreaped: 0 wait for it, 1 kill it, 2 leave it */
+  unsigned gen;           /* fork_gen when made: another value means a forked child's copy of
+                             its parent's handle (the result file is the parent's) */
 } phandle;
+
+/* How many strand forks made this process (0 in the first one; a child counts one more than its
+ * parent): a handle made in another process is not ours, nor the result file it holds. */
+static unsigned fork_gen;
 
 static phandle *ph_check(lua_State *L) {
   return (phandle *)luaL_checkudata(L, 1, PHANDLE_META);
@@ -156,7 +163,7 @@ static int ph_status(lua_State *L) {
  * serial checks the whole string first). */
 static void ph_drop_result(phandle *h) {
   struct stat st;
-  if (h->rfd < 0 || !h->reaped || fstat(h->rfd, &st) != 0 || st.st_size < 2
+  if (h->rfd < 0 || !h->reaped || h->gen != fork_gen || fstat(h->rfd, &st) != 0 || st.st_size < 2
       || st.st_size > ((off_t)1 << 30))
     return;
   size_t len = (size_t)st.st_size, got = 0;
@@ -246,7 +253,8 @@ static int ph_take_result(lua_State *L) {
     off += r;
     if (r < LUAL_BUFFERSIZE) break;               /* a regular file: a short read is its end */
   }
-  rfd_give(h->rfd, (size_t)off);                  /* the child is gone: nobody else writes it */
+  if (h->gen == fork_gen) rfd_give(h->rfd, (size_t)off);  /* the child is gone: nobody writes it */
+  else close(h->rfd);         /* a forked child's copy of its parent's handle: the parent's file */
   h->rfd = -1;
   luaL_pushresult(&b);
   return 1;
@@ -272,6 +280,7 @@ static int push_handle_rfd(lua_State *L, pid_t pid, int daemon, int rfd) {
   h->pid = pid;
   h->rfd = rfd;
   h->daemon = (unsigned char)daemon;
+  h->gen = fork_gen;
   luaL_setmetatable(L, PHANDLE_META);
   int fd = strand_pidfd_open(pid);              /* close-on-exec */
   if (fd < 0) {
@@ -348,6 +357,17 @@ static void *carve_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return q;
 }
 
+/* carve_alloc is this module's code: a child that closes its state (os.exit(n, true)) unloads
+ * the C libraries (package's __gc) before the state's last blocks are freed through it. The
+ * module stays mapped for the life of the process (pinned in the parent, before the first fork,
+ * as thread.c and pidwait.c do: a child inherits it and does nothing more). */
+static void carve_pin(void) {
+  Dl_info info;
+  if (dladdr((void *)&carve_alloc, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+static pthread_once_t carve_pinned = PTHREAD_ONCE_INIT;
+
 static void carve_start(lua_State *L) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
@@ -380,6 +400,7 @@ static int l_fork(lua_State *L) {
                               made after this fork by either side cross between them) */
   pid_t parent = daemon ? getpid() : 0;
   drain_fastbins();
+  pthread_once(&carve_pinned, carve_pin);
   strand_serial_key();                 /* the family's reference key, drawn before the fork */
   pid_t pid = fork();
   int e = errno;
@@ -389,6 +410,7 @@ static int l_fork(lua_State *L) {
     return strand_fail(L, e);
   }
   if (pid == 0) {
+    fork_gen++;
     rfd_forked();
     if (daemon) {
       /* ends with the parent, also when the parent is SIGKILLed; the parent may already be gone */

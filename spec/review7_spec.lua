@@ -1,0 +1,63 @@
+-- spec/review7_spec.lua — defects found reviewing session 7's changes (the child's carved blocks,
+-- the spare result file, strand-made thread stacks, the SSH module): each case failed before its fix.
+local process = require "strand.process"
+local H = require "support.helper"
+
+-- A program in a fresh lua5.4 (nothing loaded or pinned by earlier specs).
+local function fresh(code, env)
+  local out, ok = H.lua('package.path = "lua/?.lua;lua/?/init.lua;" .. package.path\n' .. code, env)
+  assert.is_true(ok, out)
+  return out
+end
+
+describe("review 7: process", function()
+  H.guard()
+
+  it("a child that closes its state (os.exit(n, true)) exits with n, not SIGSEGV", function()
+    -- the child's allocator (carve_alloc) is core.so's code; closing the state unloads the C
+    -- libraries before its last frees: core.so must stay mapped
+    local out = fresh([[
+      local process = require "strand.process"
+      local p = process.start(function()
+        local t = {}
+        for i = 1, 5000 do t[i] = { i } end
+        os.exit(5, true)
+      end)
+      local ok, err = p:join(30)
+      print("exit " .. tostring(p.exitcode) .. " " .. tostring(err))
+      local q = process.start(function() return "after" end)
+      print("next " .. tostring(select(2, q:join(30))))
+    ]])
+    assert.matches("exit 5 process exited with code 5\n", out)
+    assert.matches("next after\n", out)
+  end)
+
+  local function ended(p)
+    assert.is_true(H.wait_until(function() return p.exitcode ~= nil end, H.TIMEOUT))
+  end
+
+  it("a child that joins a sibling (ended, not joined yet) leaves the parent its results", function()
+    local p1 = process.start(function() return 42, "answer" end)
+    ended(p1)                                       -- reaped by the parent, results not read yet
+    local p2 = process.start(function() return p1:join(5) end)
+    assert.same({ true, true, 42, "answer", n = 4 }, table.pack(p2:join(H.TIMEOUT)))
+    assert.same({ true, 42, "answer", n = 3 }, table.pack(p1:join(H.TIMEOUT)))
+  end)
+
+  it("a child's copy of the parent's result file never becomes its spare (its children's results)", function()
+    local p1 = process.start(function() end)        -- an empty result file
+    ended(p1)
+    local p2 = process.start(function()
+      local strand = require "strand"
+      local ok = p1:join(5)                          -- reads the parent's (empty) file
+      local g = process.start(function() return "grandchild" end)
+      local deadline = strand.now() + 10
+      while g.exitcode == nil and strand.now() < deadline do strand.sleep(0.005) end
+      return ok, g.exitcode                          -- its result left unread in its file
+    end)
+    assert.same({ true, true, 0, n = 3 }, table.pack(p2:join(H.TIMEOUT)))
+    assert.same({ true, n = 1 }, table.pack(p1:join(H.TIMEOUT)))   -- not the grandchild's
+    -- and the parent's next child gets an empty file
+    assert.same({ true, n = 1 }, table.pack(process.start(function() end):join(H.TIMEOUT)))
+  end)
+end)
