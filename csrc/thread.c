@@ -730,6 +730,7 @@ static void idle_fork_child(void) {       /* the waiting OS threads are the pare
   idle_mu = m;
   idle_list = NULL;
   atomic_store(&nidle, 0);
+  atomic_store(&active, 0);               /* the forking one runs as the child's main state */
 }
 
 static long futex(atomic_int *word, int op, int val, const struct timespec *ts) {

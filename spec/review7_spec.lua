@@ -61,3 +61,36 @@ describe("review 7: process", function()
     assert.same({ true, n = 1 }, table.pack(process.start(function() end):join(H.TIMEOUT)))
   end)
 end)
+
+describe("review 7: threads", function()
+  H.guard()
+  local thread = require "strand.thread"
+  local sync = require "strand.sync"
+
+  it("a child forked while threads run, or from a thread, counts only itself", function()
+    local go = sync.event()
+    local t = thread.start(function(ev) assert(ev:wait(60)); return "done" end, go)
+    local p = process.new{ allow_threads = true, fn = function()
+      local th = require "strand.thread"
+      return th.active_count(), (process.start(function() return "g" end):join(10))
+    end }
+    assert.is_truthy(p:start())
+    local r = table.pack(p:join(H.TIMEOUT))
+    go:set()
+    assert.equal("done", t:result(H.TIMEOUT))
+    assert.same({ true, 1, true, n = 3 }, r)
+    -- forked from a strand thread (on a stack strand made): the child is that thread alone
+    local u = thread.start(function()
+      local pr = require "strand.process"
+      local q = pr.new{ allow_threads = true, fn = function()
+        local th = require "strand.thread"
+        local n = th.active_count()
+        local s = th.start(function(x) return x * 2 end, 21):result(10)
+        return n, s, (pr.start(function() return "g" end):join(10))
+      end }
+      assert(q:start())
+      return q:join(20)
+    end)
+    assert.same({ true, true, 1, 42, true, n = 5 }, table.pack(u:join(H.TIMEOUT)))
+  end)
+end)
