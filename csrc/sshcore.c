@@ -28,9 +28,13 @@ static void pin_self(void) {
 }
 
 __attribute__((visibility("default"))) int luaopen_strand_sshcore(lua_State *L) {
+  int top = lua_gettop(L);
   lua_getglobal(L, "require");                     /* the core of this state, loaded if not yet */
   lua_pushliteral(L, "strand.core");
-  lua_call(L, 1, 0);
+  lua_call(L, 1, 1);
+  if (lua_type(L, -1) == LUA_TTABLE)   /* a thread's state has a stub until a field is read */
+    lua_getfield(L, -1, "now");        /* (thread.c lazy_fill): it opens the module */
+  lua_settop(L, top);
   lua_getfield(L, LUA_REGISTRYINDEX, STRAND_CORE_API_KEY);
   const strand_core_api *t = (const strand_core_api *)lua_touserdata(L, -1);
   lua_pop(L, 1);

@@ -94,3 +94,24 @@ describe("review 7: threads", function()
     assert.same({ true, true, 1, 42, true, n = 5 }, table.pack(u:join(H.TIMEOUT)))
   end)
 end)
+
+describe("review 7: the ssh module", function()
+  H.guard()
+
+  it("require 'strand.sshcore' is the first thing a thread's state does: it binds to that core", function()
+    local out = fresh([[
+      local thread = require "strand.thread"
+      local ts = {}
+      for i = 1, 4 do
+        ts[i] = thread.start(function()
+          local ok, C = pcall(require, "strand.sshcore")
+          return ok and type(C.session) or tostring(C)
+        end)
+      end
+      for i = 1, 4 do print("thread " .. ts[i]:result(20)) end
+      local C = require "strand.sshcore"
+      print("main " .. type(C.session) .. " " .. tostring(rawequal(C, require("strand.core").ssh)))
+    ]])
+    assert.equal(("thread function\n"):rep(4) .. "main function true\n", out)
+  end)
+end)
