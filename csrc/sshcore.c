@@ -19,11 +19,11 @@ static inline const strand_core_api *api(void) {
 STRAND_CORE_IMPORTS(STRAND_CORE_FORWARD)
 #undef STRAND_CORE_FORWARD
 
-/* Keeps this module (and so libssh2 and libcrypto, whose per-thread state and exit handlers
+/* Keeps a module (this one, and so libssh2 and libcrypto, whose per-thread state and exit handlers
  * point into them) mapped until the process ends, whichever Lua state closes last. */
-static void pin_self(void) {
+static void pin(void *code) {
   Dl_info info;
-  if (dladdr((void *)pin_self, &info) == 0 || info.dli_fname == NULL) return;
+  if (dladdr(code, &info) == 0 || info.dli_fname == NULL) return;
   (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);   /* NULL: not pinned */
 }
 
@@ -51,6 +51,9 @@ __attribute__((visibility("default"))) int luaopen_strand_sshcore(lua_State *L) 
   if (!atomic_compare_exchange_strong(&core_api, &expected, t) && expected != t)
     return luaL_error(L, "strand.sshcore: another strand.core is already in use by ssh in this "
                          "process");
-  pin_self();
+  pin((void *)pin);
+  /* and the core.so core_api points into: unloaded (its last state closed, in a program that
+   * makes states one after another), it would come back elsewhere, refused as another core */
+  pin((void *)t->strand_now);
   return strand_open_ssh(L);
 }

@@ -114,4 +114,50 @@ describe("review 7: the ssh module", function()
     ]])
     assert.equal(("thread function\n"):rep(4) .. "main function true\n", out)
   end)
+
+  it("a program that closes its Lua state and makes another uses ssh in both (core.so kept)", function()
+    -- a C host: state 1 requires strand.sshcore and closes (package unloads core.so unless pinned), the
+    -- places it was mapped at are filled, state 2 loads core.so (elsewhere if it was unloaded)
+    local dir = os.tmpname(); os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local f = assert(io.open(dir .. "/host.c", "w"))
+    f:write([=[
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <sys/mman.h>
+static int run(const char *code) {
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  int r = luaL_dostring(L, code);
+  if (r != LUA_OK) printf("error: %s\n", lua_tostring(L, -1));
+  lua_close(L);
+  return r;
+}
+int main(int argc, char **argv) {
+  if (argc < 2 || run(argv[1]) != LUA_OK) return 1;
+  for (int i = 0; i < 64; i++) (void)mmap(NULL, 1 << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (run(argv[1]) != LUA_OK) return 1;
+  printf("both\n");
+  return 0;
+}
+]=])
+    f:close()
+    local inc = io.popen("pkg-config --variable=includedir lua5.4 2>/dev/null"):read("l")
+    inc = (inc and inc ~= "" and inc or "/usr/include") .. "/lua5.4"
+    local p = io.popen(("cc -o %s/host %s/host.c -I%s $(pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) 2>&1")
+      :format(dir, dir, inc))
+    local log = p:read("a"); local built = p:close()
+    local out = ""
+    if built then
+      local BUILD = os.getenv("STRAND_TEST_BUILD") or "build"
+      local h = io.popen(("LUA_PATH='lua/?.lua;lua/?/init.lua' LUA_CPATH='%s/?.so' %s/host "
+        .. "'print(type(require(\"strand.sshcore\").session))' 2>&1"):format(BUILD, dir))
+      out = h:read("a"); h:close()
+    end
+    os.execute("rm -rf " .. dir)
+    assert(built, log)
+    assert.equal("function\nfunction\nboth\n", out)
+  end)
 end)
