@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,7 +35,22 @@ typedef struct phandle {
   int status;             /* raw wait status, valid once reaped */
   unsigned char reaped;
   unsigned char daemon;   /* when collected unreaped: 0 wait for it, 1 kill it, 2 leave it */
+  unsigned gen;           /* forked.gen when made: another value means a forked child's copy of
+                             its parent's handle (the result file is the parent's) */
 } phandle;
+
+/* A forked child's state: its carved blocks (carve_alloc) and which process it is. Defined
+ * together, so what a child writes first (forked, carve_next and the area's start) is one page. */
+#define CHILD_CARVE (64 * 1024)
+#define CHILD_CARVE_MAX 1024                      /* larger blocks go to the state's allocator */
+static _Alignas(16) char carve_area[CHILD_CARVE];
+static lua_Alloc carve_next;                      /* the state's own allocator and its ud */
+static void *carve_next_ud;
+/* gen: how many strand forks made this process (0 in the first one; a child counts one more
+ * than its parent): a handle made in another process is not ours, nor the result file it holds.
+ * carve_used: see carve_alloc. (gcc places them in the reverse of this order, all on the
+ * area's first page: nm build/strand/core.so) */
+static struct { size_t carve_used; unsigned gen; } forked;
 
 static phandle *ph_check(lua_State *L) {
   return (phandle *)luaL_checkudata(L, 1, PHANDLE_META);
@@ -156,7 +172,7 @@ static int ph_status(lua_State *L) {
  * serial checks the whole string first). */
 static void ph_drop_result(phandle *h) {
   struct stat st;
-  if (h->rfd < 0 || !h->reaped || fstat(h->rfd, &st) != 0 || st.st_size < 2
+  if (h->rfd < 0 || !h->reaped || h->gen != forked.gen || fstat(h->rfd, &st) != 0 || st.st_size < 2
       || st.st_size > ((off_t)1 << 30))
     return;
   size_t len = (size_t)st.st_size, got = 0;
@@ -246,7 +262,8 @@ static int ph_take_result(lua_State *L) {
     off += r;
     if (r < LUAL_BUFFERSIZE) break;               /* a regular file: a short read is its end */
   }
-  rfd_give(h->rfd, (size_t)off);                  /* the child is gone: nobody else writes it */
+  if (h->gen == forked.gen) rfd_give(h->rfd, (size_t)off);  /* the child is gone: nobody writes it */
+  else close(h->rfd);         /* a forked child's copy of its parent's handle: the parent's file */
   h->rfd = -1;
   luaL_pushresult(&b);
   return 1;
@@ -272,6 +289,7 @@ static int push_handle_rfd(lua_State *L, pid_t pid, int daemon, int rfd) {
   h->pid = pid;
   h->rfd = rfd;
   h->daemon = (unsigned char)daemon;
+  h->gen = forked.gen;
   luaL_setmetatable(L, PHANDLE_META);
   int fd = strand_pidfd_open(pid);              /* close-on-exec */
   if (fd < 0) {
@@ -311,35 +329,29 @@ static void drain_fastbins(void) {
  * of tens of heap pages malloc's free lists point into (each a copy-on-write fault, measured:
  * bench/process_counts.sh). A carved block freed is lost (the last one carved is taken back),
  * so a long-lived child wastes at most CHILD_CARVE; the parent's blocks and any block past the
- * area go to the state's own allocator. A grandchild goes on carving where its parent stopped. */
-#define CHILD_CARVE (64 * 1024)
-#define CHILD_CARVE_MAX 1024                      /* larger blocks go to the state's allocator */
-static _Alignas(16) char carve_area[CHILD_CARVE];
-static size_t carve_used;
-static lua_Alloc carve_next;                      /* the state's own allocator and its ud */
-static void *carve_next_ud;
-
+ * area go to the state's own allocator. A grandchild goes on carving where its parent stopped.
+ * (carve_area, carve_next, forked.carve_used: at the top of this file, with forked.gen.) */
 static void *carve_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   char *p = (char *)ptr;
   int mine = p != NULL && p >= carve_area && p < carve_area + CHILD_CARVE;
   if (p != NULL && !mine) return carve_next(carve_next_ud, ptr, osize, nsize);
   size_t on = mine ? (osize + 15) & ~(size_t)15 : 0;
-  int last = mine && p + on == carve_area + carve_used;
+  int last = mine && p + on == carve_area + forked.carve_used;
   if (nsize == 0) {                               /* only ours come here */
-    if (last) carve_used -= on;
+    if (last) forked.carve_used -= on;
     return NULL;
   }
   size_t n = (nsize + 15) & ~(size_t)15;
   if (last && (size_t)(p - carve_area) + n <= CHILD_CARVE) {     /* the last block: in place */
-    carve_used = (size_t)(p - carve_area) + n;
+    forked.carve_used = (size_t)(p - carve_area) + n;
     return p;
   }
   if (mine && nsize <= osize) return p;           /* shrinking in place never fails */
   void *q;
-  if (n <= CHILD_CARVE_MAX && n <= CHILD_CARVE - carve_used) {
-    q = carve_area + carve_used;
-    carve_used += n;
+  if (n <= CHILD_CARVE_MAX && n <= CHILD_CARVE - forked.carve_used) {
+    q = carve_area + forked.carve_used;
+    forked.carve_used += n;
   } else {
     q = carve_next(carve_next_ud, NULL, mine ? 0 : osize, nsize);  /* (osize: the type tag) */
     if (q == NULL) return NULL;                   /* the block stays as it was */
@@ -347,6 +359,17 @@ static void *carve_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (mine) memcpy(q, p, osize < nsize ? osize : nsize);
   return q;
 }
+
+/* carve_alloc is this module's code: a child that closes its state (os.exit(n, true)) unloads
+ * the C libraries (package's __gc) before the state's last blocks are freed through it. The
+ * module stays mapped for the life of the process (pinned in the parent, before the first fork,
+ * as thread.c and pidwait.c do: a child inherits it and does nothing more). */
+static void carve_pin(void) {
+  Dl_info info;
+  if (dladdr((void *)&carve_alloc, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+static pthread_once_t carve_pinned = PTHREAD_ONCE_INIT;
 
 static void carve_start(lua_State *L) {
   void *ud;
@@ -380,6 +403,7 @@ static int l_fork(lua_State *L) {
                               made after this fork by either side cross between them) */
   pid_t parent = daemon ? getpid() : 0;
   drain_fastbins();
+  pthread_once(&carve_pinned, carve_pin);
   strand_serial_key();                 /* the family's reference key, drawn before the fork */
   pid_t pid = fork();
   int e = errno;
@@ -389,6 +413,7 @@ static int l_fork(lua_State *L) {
     return strand_fail(L, e);
   }
   if (pid == 0) {
+    forked.gen++;
     rfd_forked();
     if (daemon) {
       /* ends with the parent, also when the parent is SIGKILLed; the parent may already be gone */

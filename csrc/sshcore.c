@@ -19,18 +19,22 @@ static inline const strand_core_api *api(void) {
 STRAND_CORE_IMPORTS(STRAND_CORE_FORWARD)
 #undef STRAND_CORE_FORWARD
 
-/* Keeps this module (and so libssh2 and libcrypto, whose per-thread state and exit handlers
+/* Keeps a module (this one, and so libssh2 and libcrypto, whose per-thread state and exit handlers
  * point into them) mapped until the process ends, whichever Lua state closes last. */
-static void pin_self(void) {
+static void pin(void *code) {
   Dl_info info;
-  if (dladdr((void *)pin_self, &info) == 0 || info.dli_fname == NULL) return;
+  if (dladdr(code, &info) == 0 || info.dli_fname == NULL) return;
   (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);   /* NULL: not pinned */
 }
 
 __attribute__((visibility("default"))) int luaopen_strand_sshcore(lua_State *L) {
+  int top = lua_gettop(L);
   lua_getglobal(L, "require");                     /* the core of this state, loaded if not yet */
   lua_pushliteral(L, "strand.core");
-  lua_call(L, 1, 0);
+  lua_call(L, 1, 1);
+  if (lua_type(L, -1) == LUA_TTABLE)   /* a thread's state has a stub until a field is read */
+    lua_getfield(L, -1, "now");        /* (thread.c lazy_fill): it opens the module */
+  lua_settop(L, top);
   lua_getfield(L, LUA_REGISTRYINDEX, STRAND_CORE_API_KEY);
   const strand_core_api *t = (const strand_core_api *)lua_touserdata(L, -1);
   lua_pop(L, 1);
@@ -47,6 +51,9 @@ __attribute__((visibility("default"))) int luaopen_strand_sshcore(lua_State *L) 
   if (!atomic_compare_exchange_strong(&core_api, &expected, t) && expected != t)
     return luaL_error(L, "strand.sshcore: another strand.core is already in use by ssh in this "
                          "process");
-  pin_self();
+  pin((void *)pin);
+  /* and the core.so core_api points into: unloaded (its last state closed, in a program that
+   * makes states one after another), it would come back elsewhere, refused as another core */
+  pin((void *)t->strand_now);
   return strand_open_ssh(L);
 }

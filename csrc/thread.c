@@ -624,20 +624,24 @@ static void stk_reap(void) {
 /* A stack for a new OS thread, listed in use, or NULL (glibc's then). */
 static stk *stk_take(void) {
   if (stk_size == 0) return NULL;
+  /* all under stk_mu: a fork (its prepare hook takes stk_mu) never finds a stack on no list,
+   * which its child could not unmap */
   pthread_mutex_lock(&stk_mu);
   stk_reap();
   stk *s = stk_spare;
   if (s != NULL) { stk_spare = s->next; nspare--; }
-  pthread_mutex_unlock(&stk_mu);
-  if (s == NULL) {
+  else {
     s = (stk *)malloc(sizeof *s);
-    if (s == NULL) return NULL;
+    if (s == NULL) { pthread_mutex_unlock(&stk_mu); return NULL; }
     s->mem = (char *)mmap(NULL, stk_guard + stk_size, PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (s->mem == MAP_FAILED) { free(s); return NULL; }
-    if (stk_guard > 0 && mprotect(s->mem, stk_guard, PROT_NONE) != 0) { stk_free(s); return NULL; }
+    if (s->mem == MAP_FAILED) { free(s); pthread_mutex_unlock(&stk_mu); return NULL; }
+    if (stk_guard > 0 && mprotect(s->mem, stk_guard, PROT_NONE) != 0) {
+      stk_free(s);
+      pthread_mutex_unlock(&stk_mu);
+      return NULL;
+    }
   }
-  pthread_mutex_lock(&stk_mu);
   s->prev = NULL;
   s->next = stk_inuse;
   if (stk_inuse != NULL) stk_inuse->prev = s;
@@ -730,6 +734,7 @@ static void idle_fork_child(void) {       /* the waiting OS threads are the pare
   idle_mu = m;
   idle_list = NULL;
   atomic_store(&nidle, 0);
+  atomic_store(&active, 0);               /* the forking one runs as the child's main state */
 }
 
 static long futex(atomic_int *word, int op, int val, const struct timespec *ts) {
