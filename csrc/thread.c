@@ -672,8 +672,13 @@ static void stk_exit(stk *s) {
 
 static void stk_fork_prepare(void) { pthread_mutex_lock(&stk_mu); }
 static void stk_fork_parent(void) { pthread_mutex_unlock(&stk_mu); }
-/* A forked child has only the thread that forked: the stacks of the others (running or exiting
- * in the parent) are unmapped; the forking thread's own, if strand made it, stays in use. */
+/* A forked child has only the thread that forked. The stacks of the others (running or exiting
+ * in the parent) are dropped from the lists but stay mapped: each holds its thread's record with
+ * the pointer to the TLS block glibc allocated for it (its DTV), which only a join frees; a
+ * thread that does not exist here is never joined, and unmapping the record would leave the block
+ * out of reach for good (a leak per thread at every fork, valgrind's "definitely lost"). glibc's
+ * own stacks are kept by a child the same way. Spare stacks (their threads joined, their blocks
+ * freed) stay spares; the forking thread's own, if strand made it, stays in use. */
 static void stk_fork_child(void) {
   pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
   stk_mu = m;
@@ -684,13 +689,13 @@ static void stk_fork_child(void) {
     stk_inuse = s->next;
     uintptr_t at = (uintptr_t)&here, base = (uintptr_t)stk_base(s);
     if (at >= base && at - base < stk_size) keep = s;
-    else stk_free(s);
+    else free(s);                         /* the mapping stays (above) */
   }
   if (keep != NULL) { keep->next = keep->prev = NULL; stk_inuse = keep; }
   while (stk_exiting != NULL) {
     stk *s = stk_exiting;
     stk_exiting = s->next;
-    stk_free(s);
+    free(s);                              /* the mapping stays (above) */
   }
 }
 

@@ -775,7 +775,7 @@ describe("threads: the stacks of the OS threads strand creates (issue 14)", func
     assert.matches("gsub x\n", out)
   end)
 
-  it("a forked child unmaps the stacks of the OS threads it does not have", function()
+  it("a forked child keeps the stacks of the OS threads it does not have mapped, off its lists", function()
     local out = cold([[
       local thread = require "strand.thread"
       local process = require "strand.process"
@@ -810,7 +810,10 @@ describe("threads: the stacks of the OS threads strand creates (issue 14)", func
     local before, during, child = out:match("before (%d+) during (%d+) child (%d+)\n")
     assert.is_not_nil(before, out)
     assert.equal(tonumber(before) + 6, tonumber(during), out)   -- the 6 running threads' stacks
-    assert.equal(tonumber(before), tonumber(child), out)        -- none of them in the child
+    -- still mapped in the child: each holds its thread's record and the pointer to the TLS block
+    -- glibc made for it, which only a join frees (unmapped, the block is lost: valgrind's
+    -- "definitely lost" in every child); they are on no list, so the child never runs on them
+    assert.equal(tonumber(during), tonumber(child), out)
   end)
 
   it("a forked child creates its OS threads on stacks of its own", function()
