@@ -1876,10 +1876,13 @@ static lua_Integer many_drain(lua_State *L, lua_Integer k, lua_Integer max) {
       lua_rawseti(L, 4, ++k);
       continue;
     }
-    failed = 1;                                 /* nil, message [, code] on top */
+    failed = 1;                                 /* nil, message [, code]: the top n, */
+    int junk = lua_gettop(L) - 4 - n;           /* moved down to 5 (a decode leaves its own */
+    for (int j = 0; j < junk; j++) lua_remove(L, 5);   /* message below them) */
     break;
   }
-  if (st->ring && st->maxsize && k > k0) r_wake(L, s, CH_PUT);
+  /* (a bad item was taken too: its slot is free for a waiting putter) */
+  if (st->ring && st->maxsize && (k > k0 || failed)) r_wake(L, s, CH_PUT);
   return failed ? -1 - k : k;
 }
 
