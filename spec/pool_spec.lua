@@ -295,7 +295,12 @@ describe("process pool workers dying", function()
     local ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, co }, 1)
     assert.is_false(ok)
     assert.matches("bad argument to 'map' %(.*cannot copy a coroutine", err)
+    -- review 7b: named by its index in the list, not in its chunk (it said value[1])
+    assert.matches("value%[3%]: cannot copy a coroutine", err)
     assert.equal(0, p._jt - p._jh + 1)               -- nothing left queued
+    ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, 3, 4, 5, 6, co, 8 }, 3)
+    assert.is_false(ok)
+    assert.matches("value%[7%]: cannot copy a coroutine", err)
     assert.same({ 4, 5 }, p:map(function(x) return x end, { 4, 5 }, 1))
   end)
 
