@@ -1053,6 +1053,36 @@ describe("strand.queue", function()
       end)
     end)
 
+    -- review 7b: a put_many whose item cannot be copied raised put's bare message ("value:
+    -- cannot copy a coroutine") after putting the items before it, naming neither put_many, the
+    -- item, nor how many went in
+    pending_without_threads("put_many: an item that cannot be copied raises naming put_many, the item and how many went in", function()
+      local co = coroutine.create(print)
+      for _, q in ipairs { queue.new(8), queue.new(), queue.lifo(), queue.new(20000) } do
+        shared_q(q)
+        local ok, err = pcall(q.put_many, q, { 1, 2, co, 4 })
+        assert.is_false(ok)
+        assert.equal("bad argument #1 to 'put_many' (item 3: value: cannot copy a coroutine; 2 put before it)", err)
+        assert.equal(2, q:qsize())
+        local got = q:get_many(10)                  -- (a LIFO gives them back the other way)
+        table.sort(got)
+        assert.same({ 1, 2 }, got)
+      end
+      -- a cancellation while it waits for room is raised as it is (the task ends cancelled)
+      local q = queue.new(1)
+      q:put(0)
+      H.run(function()
+        local t = strand.spawn(function() return q:put_many({ 1, 2 }) end)
+        strand.sleep(0.01)
+        t:cancel()
+        local ok, err = t:join(H.TIMEOUT)
+        assert.is_false(ok)
+        assert.is_true(strand.is_cancelled(err))
+        assert.equal("cancelled", t:status())
+      end)
+      assert.same({ 0 }, q:get_many(5))
+    end)
+
     pending_without_threads("between threads, put_many and get_many: every item once, in order", function()
       for _, max in ipairs({ 4, 0 }) do
         local q = queue.new(max)
