@@ -502,7 +502,7 @@ local function read_results(self, w)
     if job and job.fut and not job.chunk and job.fid and job.fut._callbacks == nil then
       -- a plain job's answer (apply, submit): decoded, its arguments' references dropped and its
       -- future settled here, in the fewest calls (the rest as below)
-      w.cur = job                          -- (reader: settled by the time the next one is)
+      w.cur = job                          -- (the job being placed, for reader)
       local id, r = result(data, job.argsdata)
       job.argsdata = nil
       w.inflight[w.ih] = nil
@@ -519,6 +519,7 @@ local function read_results(self, w)
           if getmetatable(wt) == nil then for i = 1, #wt do wt[i]:notify() end else wt:notify() end
         end
       end
+      w.cur = nil                          -- (not kept: it holds the results)
       goto next
     end
     do
