@@ -1545,9 +1545,19 @@ static int q_put_nowait(lua_State *L) { return q_put_start(L, 1); }
 
 static int q_put_many_from(lua_State *L, lua_Integer i);
 
+/* A put of item i raised (the error on top): a message (an item that cannot be copied) raised
+ * again naming put_many, the item and how many were put before it; any other error (a
+ * cancellation, out of memory) raised as it is. */
+static int q_put_many_raise(lua_State *L, lua_Integer i, int status) {
+  if (status == LUA_ERRRUN && lua_type(L, -1) == LUA_TSTRING)
+    return luaL_error(L, "bad argument #1 to 'put_many' (item %I: %s; %I put before it)", i,
+                      lua_tostring(L, -1), i - 1);
+  return lua_error(L);
+}
+
 /* After the put of item i (results from 5): on to i + 1, or nil, message, how many were put. */
 static int q_put_many_k(lua_State *L, int status, lua_KContext i) {
-  (void)status;
+  if (status != LUA_OK && status != LUA_YIELD) return q_put_many_raise(L, (lua_Integer)i, status);
   if (!lua_toboolean(L, 5)) {
     lua_settop(L, 6);
     lua_pushinteger(L, (lua_Integer)i - 1);
@@ -1608,7 +1618,8 @@ static int q_put_many_from(lua_State *L, lua_Integer i) {
     lua_pushvalue(L, 1);
     lua_rawgeti(L, 2, i);
     lua_pushvalue(L, 3);
-    lua_callk(L, 3, LUA_MULTRET, (lua_KContext)i, q_put_many_k);
+    int st = lua_pcallk(L, 3, LUA_MULTRET, 0, (lua_KContext)i, q_put_many_k);
+    if (st != LUA_OK) return q_put_many_raise(L, i, st);
     if (!lua_toboolean(L, 5)) {
       lua_settop(L, 6);
       lua_pushinteger(L, i - 1);
@@ -1876,10 +1887,13 @@ static lua_Integer many_drain(lua_State *L, lua_Integer k, lua_Integer max) {
       lua_rawseti(L, 4, ++k);
       continue;
     }
-    failed = 1;                                 /* nil, message [, code] on top */
+    failed = 1;                                 /* nil, message [, code]: the top n, */
+    int junk = lua_gettop(L) - 4 - n;           /* moved down to 5 (a decode leaves its own */
+    for (int j = 0; j < junk; j++) lua_remove(L, 5);   /* message below them) */
     break;
   }
-  if (st->ring && st->maxsize && k > k0) r_wake(L, s, CH_PUT);
+  /* (a bad item was taken too: its slot is free for a waiting putter) */
+  if (st->ring && st->maxsize && (k > k0 || failed)) r_wake(L, s, CH_PUT);
   return failed ? -1 - k : k;
 }
 

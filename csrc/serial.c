@@ -853,7 +853,7 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
                       memcpy(e.b + e.n, str, l); e.n += l; }
         else { put_byte(&e, T_STR); put_str(&e, str, l); }
       } else {
-        pe->i = k0 + b + 1;
+        pe->i = i + k0 + b;            /* (its key in t: a message names t[k], not the k-th item) */
         enc_value(&e, at);
       }
       ROOM(&e, 11 * 32);             /* (the integers after this one still fit) */

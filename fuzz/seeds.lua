@@ -40,6 +40,16 @@ if ok then
   local function counter() up = up + 1; return up end
   write("serial", "function", encf({ f = counter, g = counter }))
   write("serial", "module", encf({ string.format, math }))
+  -- a pool map's chunk (a list as encode_list writes it) and its answer ("true, list"): the
+  -- shapes the list readers (decode_into, list_open/next/end) take
+  local P = require("strand.core").process
+  if P and P._encode_list then
+    local l = { 0, 63, 64, 16384, 2097152, -1, math.mininteger, 1.5, "", ("s"):rep(63),
+      ("L"):rep(70), true, false }
+    l[15] = 7                                 -- a nil hole at 14
+    write("serial", "list", P._encode_list(l, 1, 15))
+    write("serial", "list-answer", P._encode_list(l, 1, 15, true))
+  end
 end
 -- }====
 

@@ -1,7 +1,9 @@
 /* fuzz/serial.c — libFuzzer target for strand_serial_decode (csrc/serial.c) on untrusted bytes
  * ({functions=false}, the path data from a socket takes): never crash, hang or raise, never
  * allocate more than 4 MiB + 128 bytes per input byte; whatever decodes must re-encode, and
- * decode again to the same values. Seeds: fuzz/corpus/serial/ (valid encodings). */
+ * decode again to the same values. The same bytes also go through the list readers of a pool's
+ * map (strand_serial_decode_into, and list_open/next/end item by item): never crash, refuse
+ * with a message. Seeds: fuzz/corpus/serial/ (valid encodings). */
 #include "fuzz.h"
 
 /* Legitimate decoding turns one input byte into at most ~50 bytes of Lua values (a 1-byte
@@ -59,7 +61,64 @@ static int encode(lua_State *L) {
   return 1;
 }
 
+/* (job) -> the list read item by item, as a pool worker reads a chunk (each item dropped) */
+static int list_items(lua_State *L) {
+  job *j = (job *)lua_touserdata(L, 1);
+  lua_settop(L, 1);
+  lua_pushnil(L);                          /* 2: the decoder's nil (no back-references) */
+  strand_serial_list l;
+  if (!strand_serial_list_open((const char *)j->p, j->len, &l)) return 0;
+  for (uint32_t k = 0; k < l.count; k++) {
+    strand_serial_list_next(L, &l, 0, 2);
+    lua_settop(L, 2);
+  }
+  strand_serial_list_end(L, &l, 0, 2);
+  j->n = (int)l.count;
+  return 0;
+}
+
+/* (job) -> decode_into a new table from its key 1: job->n its result (-2: with a message) */
+static int into(lua_State *L) {
+  job *j = (job *)lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_newtable(L);
+  j->n = strand_serial_decode_into(L, (const char *)j->p, j->len, 0, 1, 1);
+  if (j->n == -2 && (lua_gettop(L) != 2 || !lua_isstring(L, -1)))
+    fuzz_fail("decode_into refused without a message");
+  if (j->n >= 0 && lua_gettop(L) != 1) fuzz_fail("decode_into left %d values", lua_gettop(L));
+  return 0;
+}
+
+/* the list readers on the same bytes: a decode_into, the item-by-item reader */
+static void list_readers(const uint8_t *data, size_t size) {
+  fuzz_mem m;
+  lua_State *L = fuzz_state(&m, BUDGET(size));
+  job j = { data, size, -3 };
+  lua_pushcfunction(L, into);
+  lua_pushlightuserdata(L, &j);
+  int st = lua_pcall(L, 1, 0, 0);
+  if (st == LUA_ERRMEM && m.refused)
+    fuzz_fail("decode_into of %zu bytes wanted more than %zu bytes of memory", size, (size_t)BUDGET(size));
+  if (st != LUA_OK) fuzz_fail("decode_into raised (it must return -2 and a message): %s", lua_tostring(L, -1));
+  if (j.n < -2) fuzz_fail("decode_into returned %d", j.n);
+  lua_settop(L, 0);
+  j.n = -2;
+  lua_pushcfunction(L, list_items);
+  lua_pushlightuserdata(L, &j);
+  st = lua_pcall(L, 1, 0, 0);
+  if (st == LUA_ERRMEM && m.refused)
+    fuzz_fail("reading a list of %zu bytes wanted more than %zu bytes of memory", size, (size_t)BUDGET(size));
+  if (st != LUA_OK) {
+    const char *e = lua_tostring(L, -1);
+    if (e == NULL || (strncmp(e, "malformed serial data", 21) != 0 && strstr(e, "not allowed") == NULL
+                      && strstr(e, "stack overflow") == NULL))
+      fuzz_fail("unexpected list reader error: %s", e ? e : "(not a string)");
+  }
+  lua_close(L);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  list_readers(data, size);
   fuzz_mem m;
   lua_State *L = fuzz_state(&m, BUDGET(size));
   job j = { data, size, -2 };

@@ -129,6 +129,20 @@ describe("an unbounded queue's overflow whose holder died", function()
     end
   end)
 
+  -- review 7b: put_many appends a run of items to the overflow under one lock: killed at the
+  -- k-th append, the k-1 before it are in (each once, in order, after the others), the k-th
+  -- not half put
+  it("a put_many killed at its k-th append keeps the ones before it, each once, in order", function()
+    for _, pt in ipairs({ { "oput", 1 }, { "oput", 3 }, { "ocount", 2 }, { "ocount", 5 } }) do
+      local q, items = setup(100, 0)
+      local batch = {}
+      for i = 1, 6 do batch[i] = i % 2 == 0 and val(900 + i) or "b" .. i end
+      dies_at(pt[1], pt[2], function() q:put_many(batch) end)
+      for i = 1, pt[2] - 1 do items[#items + 1] = batch[i] end
+      check(q, items, 0, #items, "put_many died at " .. pt[1] .. " " .. pt[2])
+    end
+  end)
+
   -- the overflow's array is full (64): the append grows it to 128
   it("the overflow's growth killed at any step keeps one array, every item once", function()
     for _, point in ipairs({ "ogrow", "ogrown" }) do

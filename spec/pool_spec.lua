@@ -206,6 +206,39 @@ describe("process pool workers dying", function()
     assert.is_nil(require("strand.process")._none)
   end)
 
+  -- review 7b: a reader task that raised left its worker in the pool's list (join and terminate
+  -- waited for it for ever) and the job it had taken unsettled (map waited for ever)
+  for _, ending in ipairs { "join", "terminate" } do
+    it("a worker's reader that raises (test hook): its jobs fail, it is replaced, " .. ending .. " ends", function()
+      local p = pool.new{ size = 1 }
+      local hits = 0
+      finally(function() pool._test_reader_fault(nil) end)
+      pool._test_reader_fault(function()
+        hits = hits + 1
+        if hits == 2 then error("forced reader fault") end
+      end)
+      H.run(function()
+        -- six chunks of one item on one worker: the second answer raises, the others in flight
+        local t = strand.spawn(function()
+          return pcall(p.map, p, function(x) return x * 2 end, { 1, 2, 3, 4, 5, 6 }, 1)
+        end)
+        local ok, mok, err = t:join(H.TIMEOUT)
+        assert.is_true(ok)
+        assert.is_false(mok)
+        assert.matches("strand.pool: a worker's results could not be read: .*forced reader fault", err)
+        pool._test_reader_fault(nil)
+        assert.same({ 2, 4, 6 }, p:map(function(x) return x * 2 end, { 1, 2, 3 }))   -- replaced
+        assert.equal(1, #p:pids())
+        local e = strand.spawn(function()
+          if ending == "join" then p:close(); return p:join() end
+          return p:terminate()
+        end)
+        assert.same({ true, true }, { e:join(H.TIMEOUT) })
+        assert.equal(0, #p:pids())
+      end)
+    end)
+  end
+
   it("a job that exits its worker fails with the exit code", function()
     local p <close> = pool.new{ size = 1 }
     assert.same({ false, "worker exited: code 3" }, { p:submit(function() os.exit(3) end):join(H.TIMEOUT) })
@@ -262,7 +295,12 @@ describe("process pool workers dying", function()
     local ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, co }, 1)
     assert.is_false(ok)
     assert.matches("bad argument to 'map' %(.*cannot copy a coroutine", err)
+    -- review 7b: named by its index in the list, not in its chunk (it said value[1])
+    assert.matches("value%[3%]: cannot copy a coroutine", err)
     assert.equal(0, p._jt - p._jh + 1)               -- nothing left queued
+    ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, 3, 4, 5, 6, co, 8 }, 3)
+    assert.is_false(ok)
+    assert.matches("value%[7%]: cannot copy a coroutine", err)
     assert.same({ 4, 5 }, p:map(function(x) return x end, { 4, 5 }, 1))
   end)
 

@@ -478,7 +478,13 @@ end
 -- A map chunk's outcome when its results went straight into map's table (process._decode_into)
 local PLACED = { true, n = 1 }
 
-local function reader(self, w)
+-- A test hook (M._test_reader_fault): called, when set, with w and the job just taken from its
+-- jobs in flight, before the job is settled; a hook that raises makes the reader raise there.
+local reader_fault
+function M._test_reader_fault(fn) reader_fault = fn end
+
+-- The results of worker w, read until its end closes (reader, below, protects it).
+local function read_results(self, w)
   local sock = w.sock
   local sunpack, decode_into, decode_at = string.unpack, core.process._decode_into,
     core.process._decode_at
@@ -496,6 +502,7 @@ local function reader(self, w)
     if job and job.fut and not job.chunk and job.fid and job.fut._callbacks == nil then
       -- a plain job's answer (apply, submit): decoded, its arguments' references dropped and its
       -- future settled here, in the fewest calls (the rest as below)
+      w.cur = job                          -- (the job being placed, for reader)
       local id, r = result(data, job.argsdata)
       job.argsdata = nil
       w.inflight[w.ih] = nil
@@ -512,6 +519,7 @@ local function reader(self, w)
           if getmetatable(wt) == nil then for i = 1, #wt do wt[i]:notify() end else wt:notify() end
         end
       end
+      w.cur = nil                          -- (not kept: it holds the results)
       goto next
     end
     do
@@ -521,6 +529,8 @@ local function reader(self, w)
       w.inflight[w.ih] = nil
       if w.ih == w.it then w.ih, w.it = 1, 0                      -- empty: from 1 again
       elseif w.ih < INFLIGHT_SHIFT then w.ih = w.ih + 1 else shift_inflight(w) end
+      w.cur = job
+      if reader_fault then reader_fault(w, job) end
     end
     if job and job.id ~= id then broken_worker(w, job, id); break end   -- ids stay in order
     local r
@@ -533,6 +543,7 @@ local function reader(self, w)
     if job then
       if job.argsdata then drop_job(job) end
       if job.fut then settle(job.fut, r) else job.done(r) end
+      w.cur = nil
     end
     end
     ::next::
@@ -540,7 +551,41 @@ local function reader(self, w)
       dispatch(self)                                                         -- and room here
     end
   end
-  worker_gone(self, w)
+end
+
+-- A worker's reader task: its results read, then the worker gone (worker_gone). Nothing in
+-- read_results is known to raise, but if it ever did, the worker stayed in the pool's list and
+-- join/terminate waited for it for ever: so its jobs fail with the error (the one being placed
+-- and those in flight: the worker may have run them), it is killed, and it goes as any other
+-- (replaced, the pool's waits woken); should that fail too, it is at least taken off the list.
+local function reader(self, w)
+  local ok, err = pcall(read_results, self, w)
+  if not ok then
+    local msg = "strand.pool: a worker's results could not be read: " .. tostring(err)
+    local cur = w.cur
+    w.cur = nil
+    if cur and cur.fut and cur.fut._r == nil then fail_job(cur, msg) end
+    for i = w.ih, w.it do
+      local job = w.inflight[i]
+      w.inflight[i] = nil
+      if job then fail_job(job, msg) end
+    end
+    w.ih, w.it = 1, 0
+    w.broken = true                      -- (no job of its own to fail in worker_gone)
+    pcall(w.proc_h.signal, w.proc_h, 9)
+  end
+  local ok2, err2 = pcall(worker_gone, self, w)
+  if not ok2 then
+    w.alive = false
+    for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
+    for _, o in ipairs { w.sock, w.jsock, w.link } do pcall(o.close, o) end
+    pcall(w.proc_h.wait, w.proc_h)       -- (killed above, or ended: no zombie)
+    if #self._workers == 0 then
+      for _, n in ipairs(self._idle) do n:notify() end
+      self._idle = {}
+    end
+    io.stderr:write("strand.pool: a worker's end failed: ", tostring(err2), "\n")
+  end
 end
 
 -- Two one-way channels per worker: jobs (ja -> jb) and results (rb -> ra). A socket that only
