@@ -6,6 +6,11 @@
 # CPU 1; each rep waits for an idle machine (bench/lib.sh) and runs every server once, so a
 # rep's ratios to C are taken side by side. Also the server's CPU per round trip, and (once per
 # server, at the largest count) its RSS per active and per idle connection.
+# "c_uring" is a second C line beside the floor (which stays the epoll server, as issue 14 defines
+# it): bench/echo_c_uring.c's strongest variant (multishot recv into a provided-buffer ring, a
+# SEND SQE per echo, IORING_SETUP_COOP_TASKRUN, one io_uring_enter per loop turn); its variants
+# side by side: bench/echo_uring.sh. Its RSS figures are its fixed 32 MB of provided buffers
+# (16384 x 2 KB, cycled FIFO by the kernel), not a per-connection cost.
 # Active RSS is the peak in steady state: the server's VmRSS sampled every 0.1 s (by the load
 # generator) through a run of STEADY_TRIPS round trips per connection (60: 600,000 at 10,000
 # connections), its largest value minus the VmRSS before the first connection, per connection.
@@ -21,7 +26,7 @@
 # usage: sh bench/echo.sh [BUILD_DIR]
 #   env: DURATION=5 (s per run), CONNS="1000 10000", MSGSIZE=64, REPS=5, STEADY_TRIPS=50 (round
 #        trips per connection in the active-RSS run; 0: none), STEADY_MAX=60 (s, its bound),
-#        SERVERS="c strand selectors luv cqueues luasocket gevent" (those installed are run),
+#        SERVERS="c c_uring strand selectors luv cqueues luasocket gevent" (those installed are run),
 #        GATE=run|rep (wait for idle before every run / every rep), RESULTS=file (lines for
 #        bench/report.lua), IDLE_* (bench/lib.sh)
 set -eu
@@ -32,12 +37,13 @@ DURATION=${DURATION:-5}
 CONNS=${CONNS:-"1000 10000"}
 MSGSIZE=${MSGSIZE:-64}
 REPS=${REPS:-5}
-SERVERS=${SERVERS:-"c strand selectors luv cqueues luasocket gevent"}
+SERVERS=${SERVERS:-"c c_uring strand selectors luv cqueues luasocket gevent"}
 GATE=${GATE:-run}          # wait for an idle machine before each server's run, or each rep's
 STEADY_TRIPS=${STEADY_TRIPS:-60}
 STEADY_MAX=${STEADY_MAX:-60}
 bin=$build/bench
 cc_bench "$build" echo_client echo_c_epoll
+cc_bench "$build" echo_c_uring 2>/dev/null || true    # needs <linux/io_uring.h> of 5.19+
 lua_env "$build"
 
 tmp=$(mktemp -d)
@@ -54,6 +60,7 @@ trap 'exit 130' INT TERM
 server_cmd() {
   case $1 in
     c) echo "$bin/echo_c_epoll" ;;
+    c_uring) [ -x "$bin/echo_c_uring" ] && "$bin/echo_c_uring" -t 2>/dev/null && echo "$bin/echo_c_uring -r multi -f c" ;;
     strand) echo "lua5.4 bench/echo_server_strand.lua" ;;
     selectors) "$PY" -c 'import selectors' 2>/dev/null && echo "$PY bench/echo_selectors.py" ;;
     luv) lua5.4 -e 'require "luv"' 2>/dev/null && echo "lua5.4 bench/echo_luv.lua" ;;
