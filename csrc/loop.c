@@ -266,6 +266,10 @@ void strand_loop_defer_poller(lua_State *L) {
 static void need_poller(lua_State *L, strand_loop *loop) {
   if (loop->pstate != NULL) return;
   loop->pstate = loop->poller->init(loop);
+  if (loop->pstate == NULL && loop->poller == &strand_poller_uring) {
+    loop->poller = &strand_poller_epoll;        /* io_uring missing or refused: the default */
+    loop->pstate = loop->poller->init(loop);
+  }
   if (loop->pstate == NULL) {
     int e = errno;
     luaL_error(L, "strand: cannot create the %s poller: %s", loop->poller->name, strerror(e));
@@ -276,6 +280,7 @@ static const strand_poller *choose_poller(void) {
   const char *name = getenv("STRAND_POLLER");
   if (name == NULL || *name == 0 || strcmp(name, "epoll") == 0) return &strand_poller_epoll;
   if (strcmp(name, "poll") == 0) return &strand_poller_poll;
+  if (strcmp(name, "uring") == 0) return &strand_poller_uring;    /* prototype, docs/uring.md */
   return NULL;
 }
 
