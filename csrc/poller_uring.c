@@ -29,9 +29,11 @@ typedef struct uslot {
   unsigned char pin, pout;       /* a POLL_ADD of that direction is in flight */
   unsigned char fast;            /* sockio reads/writes it through recv/send requests */
   unsigned char recv_armed, send_busy, send_done, eof, starved;
+  unsigned char rcancel;         /* a cancel of the multishot recv is queued (flow control) */
   int rerr;                      /* a recv error to report */
   int sres;                      /* the finished send's result */
   int sref;                      /* registry ref of the string a send reads (LUA_NOREF: none) */
+  uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
   int qhead, qtail, npend;       /* received buffers not read yet (links in ur->bnext) */
   unsigned qoff;                 /* bytes of the head buffer already read */
   int next;                      /* free list / starved list */
@@ -296,7 +298,17 @@ static void ur_del(void *pv, strand_io *io) {
   if (s->pout) cancel_op(u, i, OP_POUT);
   if (s->recv_armed) cancel_op(u, i, OP_RECV);
   if (s->send_busy) cancel_op(u, i, OP_SEND);
+  int cancels = s->nreq > 0;
   slot_maybe_free(u, i);
+  /* the fd is closed next, but a request holds the file open (no FIN) until its cancel has run:
+   * submit now, not at the next wait, which may never come (a program that closes and exits) */
+  if (cancels) {
+    while (u->to_submit > 0) {
+      int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+      if (k < 0) { if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue; break; }
+      u->to_submit -= (unsigned)k;
+    }
+  }
 }
 
 /* {==== completions */
@@ -323,7 +335,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
       break;
     }
     case OP_RECV:
-      if (!more) s->recv_armed = 0;
+      if (!more) s->recv_armed = s->rcancel = 0;
       if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
         int b = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
         if (io == NULL) { buf_free(u, b); break; }
@@ -332,7 +344,10 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         if (s->qtail >= 0) u->bnext[s->qtail] = b; else s->qhead = b;
         s->qtail = b;
         s->npend++;
-        if (s->npend >= PENDING_MAX && s->recv_armed) cancel_op(u, i, OP_RECV);   /* flow control */
+        if (s->npend >= PENDING_MAX && s->recv_armed && !s->rcancel) {   /* flow control */
+          cancel_op(u, i, OP_RECV);
+          s->rcancel = 1;
+        }
         strand_io_event(io, STRAND_READ);
       } else if (io != NULL) {
         if (res == 0) s->eof = 1;
@@ -340,7 +355,12 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
           if (!s->starved) { s->starved = 1; s->next = u->starved_head; u->starved_head = i; }
           break;
         } else if (res != -ECANCELED) s->rerr = -res;
-        else break;
+        else {
+          /* cancelled (flow control, or a cancel meant for the previous recv): a waiting reader
+           * with nothing pending needs it armed again */
+          if (!s->recv_armed && io->reader && s->qhead < 0) arm_recv(u, i);
+          break;
+        }
         strand_io_event(io, STRAND_READ);
       }
       break;
@@ -476,17 +496,22 @@ long strand_uring_recv(strand_io *io, char *buf, size_t len) {
   return -1;
 }
 
-int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len, long *res) {
+int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len, long *res,
+                      uint32_t *seq) {
   ur *u = fast_ur(io);
   if (u == NULL) return -1;
   uslot *s = &u->slots[io->pollidx];
   if (!s->fast) return -1;
   if (s->send_done) {
     s->send_done = 0;
-    *res = s->sres;
-    return 2;
+    if (*seq != 0 && s->sseq == *seq) {
+      *res = s->sres;
+      *seq = 0;
+      return 2;
+    }
+    /* the result of a sendall that was cancelled meanwhile: not ours, dropped */
   }
-  if (s->send_busy) return 1;
+  if (s->send_busy) return 1;   /* ours, or an abandoned one's: the next sends wait for it */
   struct io_uring_sqe *e = get_sqe(u);
   e->opcode = IORING_OP_SEND;
   e->fd = io->fd;
@@ -495,6 +520,8 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   e->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
   put_sqe(u, io->pollidx, OP_SEND);
   s->send_busy = 1;
+  if (++s->sseq_next == 0) s->sseq_next = 1;
+  s->sseq = *seq = s->sseq_next;
   lua_pushvalue(L, sidx);                     /* the kernel reads it until the CQE */
   s->sref = luaL_ref(L, LUA_REGISTRYINDEX);
   io->ready &= ~(unsigned)STRAND_WRITE;

@@ -348,7 +348,7 @@ static int send_fail_errno(lua_State *L, int mode, size_t sent, int err) {
 static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
   int outcome = strand_resumed(L, status);
   sock *s = (sock *)lua_touserdata(L, 1);
-  int n = (int)(ctx & 0xffff), mode = (int)(ctx >> 16);
+  int n = (int)(ctx & 0xffff), mode = (int)((ctx >> 16) & 0xffff);
   double deadline = lua_tonumber(L, n + 2);
   size_t sent = (size_t)lua_tointeger(L, n + 3);
   for (;;) {
@@ -363,7 +363,9 @@ static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
     if (s->io.loop && s->io.loop->poller == &strand_poller_uring && n == 1 &&
         s->type == SOCK_STREAM && !s->nonblocking) {          /* STRAND_POLLER=uring */
       long res;
-      int st = strand_uring_send(L, &s->io, 2, lua_tostring(L, 2) + sent, total - sent, &res);
+      uint32_t seq = (uint32_t)((uint64_t)ctx >> 32);
+      int st = strand_uring_send(L, &s->io, 2, lua_tostring(L, 2) + sent, total - sent, &res, &seq);
+      ctx = (lua_KContext)((uint64_t)(ctx & 0xffffffff) | ((uint64_t)seq << 32));
       if (st == 2) {
         if (res < 0) return send_fail_errno(L, mode, sent, (int)-res);
         sent += (size_t)res;

@@ -442,11 +442,12 @@ STRAND_API extern const strand_poller strand_poller_poll;
  * reads from a multishot recv and SEND SQEs. strand_uring_recv: like recv(2) (-1 + errno), or
  * -2: not this way, use recv(2). strand_uring_send: -1 not this way; 1 a send is in flight (wait
  * for STRAND_WRITE); 2 done, *res its result (-errno or bytes); the string at sidx is anchored
- * until the CQE. strand_uring_send_abandon: its waiter gave up (the CQE drops the anchor). */
+ * until the CQE. *seq (0: none yet) names the caller's send across its waits: a send left by a
+ * cancelled caller is waited for and its result dropped. strand_uring_send_abandon: its waiter gave up (the CQE drops the anchor). */
 STRAND_API extern const strand_poller strand_poller_uring;
 STRAND_API long strand_uring_recv(strand_io *io, char *buf, size_t len);
 STRAND_API int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len,
-                                 long *res);
+                                 long *res, uint32_t *seq);
 STRAND_API void strand_uring_send_abandon(strand_io *io);
 
 /* For a poller's wait: timeout (seconds, < 0: forever) as the timespec ppoll and epoll_pwait2
