@@ -330,6 +330,9 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         if (res & (POLLIN | POLLRDHUP | POLLHUP | POLLERR | POLLPRI)) ev |= STRAND_READ;
         if (res & (POLLOUT | POLLHUP | POLLERR)) ev |= STRAND_WRITE;
         if (res & (POLLRDHUP | POLLHUP | POLLERR)) ev |= STRAND_HUP;
+        /* the direction asked for is worth a retry whatever the mask says: a wake-up may report
+         * only POLLRDHUP (a socket shut down for reading, woken by its peer's reads) */
+        ev |= op == OP_PIN ? STRAND_READ : STRAND_WRITE;
       }
       if (ev) strand_io_event(io, ev);
       break;
