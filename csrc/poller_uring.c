@@ -18,7 +18,23 @@
 #define NBUF 1024                /* provided buffers per loop (a power of two) */
 #define BUFSZ 2048
 #define BGID 7
+/* Flow control (docs/uring.md 3.1): a multishot recv would drain a socket into the shared pool
+ * as fast as the peer sends, so the kernel socket buffer would never push back. A socket holding
+ * PENDING_MAX unread buffers, or its share once the pool runs low, has its multishot cancelled
+ * and reads by readiness + recv(2) ("rd" mode) until a read finds the socket drained (short or
+ * EAGAIN) with the pool healthy again. ENOBUFS also sends a socket to rd mode (nobody starves). */
 #define PENDING_MAX 16           /* buffers a socket may hold unread before its recv is cancelled */
+#define LOW_POOL (NBUF / 2)      /* fewer free buffers than this: a socket's share is SHARE_MAX */
+#define SHARE_MAX 4
+#define ARM_MIN (NBUF / 4)       /* no multishot is armed with fewer free buffers than this */
+/* The software cancel above runs only when the loop reaps completions, but the kernel runs a
+ * multishot at every return from a syscall: a task that loops on syscalls without waiting (a
+ * nonblocking send loop to a peer in the same loop) would let it drain the socket meanwhile. So a
+ * multishot is armed with a byte limit (sqe->optlen, file_index in older headers) of MSHOT_BYTES
+ * and ends by itself; it is re-armed when its last completion is reaped, while the socket holds
+ * fewer than PENDING_MAX buffers: a hard bound per socket between two reaps. A kernel that refuses
+ * the limit (EINVAL) gets single-shot recvs instead (one buffer per request, same re-arm rule). */
+#define MSHOT_BYTES (4 * BUFSZ)
 
 enum { OP_PIN = 1, OP_POUT, OP_RECV, OP_SEND, OP_CANCEL };
 
@@ -28,15 +44,18 @@ typedef struct uslot {
   int nreq;                      /* requests of this slot in flight */
   unsigned char pin, pout;       /* a POLL_ADD of that direction is in flight */
   unsigned char fast;            /* sockio reads/writes it through recv/send requests */
-  unsigned char recv_armed, send_busy, send_done, eof, starved;
+  unsigned char recv_armed, send_busy, send_done, eof;
   unsigned char rcancel;         /* a cancel of the multishot recv is queued (flow control) */
+  unsigned char rd;              /* reads by readiness + recv(2) until the socket drains (flow control) */
+  unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
   int rerr;                      /* a recv error to report */
+  unsigned mbytes;               /* bytes the armed multishot has taken */
   int sres;                      /* the finished send's result */
   int sref;                      /* registry ref of the string a send reads (LUA_NOREF: none) */
   uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
   int qhead, qtail, npend;       /* received buffers not read yet (links in ur->bnext) */
   unsigned qoff;                 /* bytes of the head buffer already read */
-  int next;                      /* free list / starved list */
+  int next;                      /* free list */
 } uslot;
 
 typedef struct ur {
@@ -49,7 +68,7 @@ typedef struct ur {
   size_t sqes_len;
   unsigned tail, to_submit;
   uslot *slots;
-  int nslots, free_head, starved_head;
+  int nslots, free_head;
   long inflight;
   int closing;                   /* ur_free is draining */
   struct io_uring_buf_ring *br;  /* NULL until a socket first reads this way */
@@ -57,7 +76,17 @@ typedef struct ur {
   int *bnext;
   unsigned *blen;
   unsigned short br_tail;
+  int nfree;                     /* provided buffers the kernel may still pick */
+  long throttles, enobufs;
+  int nolimit;                   /* the kernel refused a multishot recv's byte limit */
+  int limit_ok;                  /* ... or accepted one (a completion with data came) */       /* times a socket went to rd mode / a multishot met ENOBUFS */
+  int min_free;                  /* low-water mark of nfree */
 } ur;
+
+static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
+  const char *v = getenv("STRAND_URING_REFUSE");
+  return v != NULL && *v != 0 && *v != '0';
+}
 
 static int sys_enter(int fd, unsigned submit, unsigned wait, unsigned flags, void *arg, size_t argsz) {
   return (int)syscall(__NR_io_uring_enter, fd, submit, wait, flags, arg, argsz);
@@ -67,11 +96,12 @@ static void *ur_init(strand_loop *loop) {
   ur *u = (ur *)calloc(1, sizeof *u);
   if (u == NULL) return NULL;
   u->loop = loop;
-  u->free_head = u->starved_head = -1;
+  u->free_head = -1;
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
   p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN;
   p.cq_entries = CQ_N;
+  if (refuse_setup()) { free(u); errno = EPERM; return NULL; }   /* as a seccomp/sysctl refusal */
   u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
   if (u->fd < 0 && errno == EINVAL) {           /* before 5.19: no COOP_TASKRUN */
     p.flags &= ~(unsigned)IORING_SETUP_COOP_TASKRUN;
@@ -105,6 +135,8 @@ static void *ur_init(strand_loop *loop) {
   u->cq_mask = *(unsigned *)(r + p.cq_off.ring_mask);
   u->cqes = (struct io_uring_cqe *)(r + p.cq_off.cqes);
   u->tail = *u->sq_tail;
+  const char *nl = getenv("STRAND_URING_NOLIMIT");   /* test hook: act as a kernel without the limit */
+  u->nolimit = nl != NULL && *nl != 0 && *nl != '0';
   return u;
 }
 
@@ -176,11 +208,6 @@ static void slot_maybe_free(ur *u, int i) {
   uslot *s = &u->slots[i];
   if (s->io != NULL || s->nreq > 0) return;
   while (s->qhead >= 0) { int b = s->qhead; s->qhead = u->bnext[b]; buf_put(u, b); }
-  if (s->starved) {
-    int *pp = &u->starved_head;
-    while (*pp != i) pp = &u->slots[*pp].next;
-    *pp = s->next;
-  }
   if (s->sref != LUA_NOREF) { luaL_unref(u->loop->L, LUA_REGISTRYINDEX, s->sref); s->sref = LUA_NOREF; }
   s->gen++;
   s->next = u->free_head;
@@ -199,20 +226,11 @@ static void buf_put(ur *u, int bid) {
   b->len = BUFSZ;
   b->bid = (unsigned short)bid;
   u->br_tail++;
+  u->nfree++;
   __atomic_store_n(&u->br->tail, u->br_tail, __ATOMIC_RELEASE);
 }
 
-static void buf_free(ur *u, int bid) {
-  buf_put(u, bid);
-  if (u->starved_head >= 0) {
-    int i = u->starved_head;
-    uslot *s = &u->slots[i];
-    u->starved_head = s->next;
-    s->starved = 0;
-    s->next = -1;
-    if (s->io && s->io->reader && !s->recv_armed) arm_recv(u, i);
-  }
-}
+static void buf_free(ur *u, int bid) { buf_put(u, bid); }
 
 static int bufs_init(ur *u) {
   u->br = mmap(NULL, NBUF * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -235,7 +253,9 @@ static int bufs_init(ur *u) {
     return e;
   }
   u->br_tail = 0;
+  u->nfree = 0;
   for (int b = 0; b < NBUF; b++) buf_put(u, b);
+  u->min_free = u->nfree;
   return 0;
 }
 
@@ -257,7 +277,10 @@ static void arm_recv(ur *u, int i) {
   e->flags = IOSQE_BUFFER_SELECT;
   e->buf_group = BGID;
   e->ioprio = IORING_RECV_MULTISHOT;
+  if (u->nolimit) e->ioprio = 0;               /* single-shot: at most one buffer */
+  else e->file_index = MSHOT_BYTES;           /* the multishot's total byte limit */
   put_sqe(u, i, OP_RECV);
+  u->slots[i].mbytes = 0;
   u->slots[i].recv_armed = 1;
 }
 
@@ -281,9 +304,11 @@ static void ur_interest(void *pv, strand_io *io) {
   ur *u = (ur *)pv;
   if (io->pollidx < 0) return;
   uslot *s = &u->slots[io->pollidx];
-  if (io->reader && !s->fast && !s->pin) arm_poll(u, io->pollidx, OP_PIN);
-  if (io->reader && s->fast && !s->recv_armed && !s->starved && s->qhead < 0 && !s->eof && !s->rerr)
-    arm_recv(u, io->pollidx);
+  if (io->reader && (!s->fast || s->rd) && !s->pin) arm_poll(u, io->pollidx, OP_PIN);
+  if (io->reader && s->fast && !s->rd && !s->recv_armed && s->qhead < 0 && !s->eof && !s->rerr) {
+    if (u->nfree >= ARM_MIN) arm_recv(u, io->pollidx);
+    else { s->rd = 1; u->throttles++; if (!s->pin) arm_poll(u, io->pollidx, OP_PIN); }
+  }
   if (io->writer && !s->pout && !s->send_busy) arm_poll(u, io->pollidx, OP_POUT);
 }
 
@@ -339,31 +364,44 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
     }
     case OP_RECV:
       if (!more) s->recv_armed = s->rcancel = 0;
+      if (res == -EINVAL && !u->limit_ok && !u->nolimit) {   /* no byte limit on this kernel */
+        u->nolimit = 1;
+        if (io != NULL && !s->recv_armed) arm_recv(u, i);
+        break;
+      }
+      if (res > 0) {
+        u->limit_ok = 1;
+        s->mbytes += (unsigned)res;
+        if (more && s->mbytes > MSHOT_BYTES && !u->nolimit) u->nolimit = 1;   /* limit ignored */
+      }
       if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
         int b = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
+        u->nfree--;
+        if (u->nfree < u->min_free) u->min_free = u->nfree;
         if (io == NULL) { buf_free(u, b); break; }
         u->blen[b] = (unsigned)res;
         u->bnext[b] = -1;
         if (s->qtail >= 0) u->bnext[s->qtail] = b; else s->qhead = b;
         s->qtail = b;
         s->npend++;
-        if (s->npend >= PENDING_MAX && s->recv_armed && !s->rcancel) {   /* flow control */
+        int over = s->npend >= PENDING_MAX || (u->nfree < LOW_POOL && s->npend >= SHARE_MAX);
+        if (over && s->recv_armed && !s->rcancel) {                       /* flow control */
           cancel_op(u, i, OP_RECV);
           s->rcancel = 1;
         }
+        if (over && !s->rd) { s->rd = 1; u->throttles++; }
+        /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
+        if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN) arm_recv(u, i);
         strand_io_event(io, STRAND_READ);
       } else if (io != NULL) {
         if (res == 0) s->eof = 1;
-        else if (res == -ENOBUFS) {
-          if (!s->starved) { s->starved = 1; s->next = u->starved_head; u->starved_head = i; }
-          break;
-        } else if (res != -ECANCELED) s->rerr = -res;
-        else {
-          /* cancelled (flow control, or a cancel meant for the previous recv): a waiting reader
-           * with nothing pending needs it armed again */
-          if (!s->recv_armed && io->reader && s->qhead < 0) arm_recv(u, i);
-          break;
-        }
+        else if (res == -ENOBUFS || res == -ECANCELED) {
+          /* the pool ran dry, or cancelled (flow control, disarm, or a cancel meant for the
+           * previous recv): from now on readiness + recv(2); a waiting reader retries */
+          if (res == -ENOBUFS) u->enobufs++;
+          if (!s->rd) { s->rd = 1; u->throttles++; }
+          if (!io->reader || s->qhead >= 0) break;
+        } else s->rerr = -res;
         strand_io_event(io, STRAND_READ);
       }
       break;
@@ -465,15 +503,37 @@ static ur *fast_ur(strand_io *io) {
   return (ur *)loop->pstate;
 }
 
-long strand_uring_recv(strand_io *io, char *buf, size_t len) {
+/* One recv(2) for a socket in rd mode (flow control): a read that finds the socket drained (short
+ * or EAGAIN) with the pool healthy goes back to the multishot, armed at once when it drained. */
+static long rd_recv(ur *u, strand_io *io, uslot *s, char *buf, size_t len) {
+  for (;;) {
+    ssize_t r = recv(io->fd, buf, len, 0);
+    if (r < 0 && errno == EINTR) continue;
+    int drained = (r >= 0 && (size_t)r < len) || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    if (r < 0 && errno == EWOULDBLOCK) errno = EAGAIN;
+    if (r == 0) s->eof = 1;
+    if (drained && r != 0 && !s->nofast && u->nfree >= LOW_POOL && !s->recv_armed && s->qhead < 0) {
+      s->rd = 0;
+      if (r < 0) arm_recv(u, io->pollidx);        /* the reader waits next: the multishot serves it */
+    }
+    if (r < 0 && errno == EAGAIN) io->ready &= ~(unsigned)STRAND_READ;
+    else if (r > 0 && (size_t)r < len && !(io->ready & STRAND_HUP)) io->ready &= ~(unsigned)STRAND_READ;
+    return (long)r;
+  }
+}
+
+long strand_uring_recv(strand_io *io, char *buf, size_t len, int nonblocking) {
   ur *u = fast_ur(io);
   if (u == NULL) return -2;
   uslot *s = &u->slots[io->pollidx];
   if (!s->fast) {
+    if (nonblocking || s->nofast) return -2;
     if (u->br == NULL && bufs_init(u) != 0) return -2;     /* no provided buffers: readiness */
     s->fast = 1;
-    return -2;                 /* this time a recv(2): data may be in the socket already */
+    s->rd = 1;                 /* first a recv(2): data may be in the socket already */
+    return rd_recv(u, io, s, buf, len);
   }
+  if (nonblocking && s->recv_armed) strand_uring_disarm(io, 0);  /* setblocking(false) */
   if (s->qhead >= 0) {
     int b = s->qhead;
     size_t n = u->blen[b] - s->qoff;
@@ -487,16 +547,69 @@ long strand_uring_recv(strand_io *io, char *buf, size_t len) {
       s->npend--;
       buf_free(u, b);
     }
-    if (s->qhead >= 0 || s->eof || s->rerr) io->ready |= STRAND_READ;
+    if (s->qhead >= 0 || s->eof || s->rerr || s->rd) io->ready |= STRAND_READ;
     else io->ready &= ~(unsigned)STRAND_READ;
     return (long)n;
   }
   if (s->rerr) { errno = s->rerr; s->rerr = 0; return -1; }
   if (s->eof) return 0;
-  if (!s->recv_armed && !s->starved) arm_recv(u, io->pollidx);
+  if (nonblocking) return -2;
+  if (s->rd) return rd_recv(u, io, s, buf, len);
+  if (!s->recv_armed) {
+    if (u->nfree >= ARM_MIN) arm_recv(u, io->pollidx);
+    else { s->rd = 1; u->throttles++; return rd_recv(u, io, s, buf, len); }
+  }
   io->ready &= ~(unsigned)STRAND_READ;
   errno = EAGAIN;
   return -1;
+}
+
+/* Cancel a socket's multishot recv and wait (bounded) for its last completion, so that nothing
+ * more is taken from the fd; what it took stays queued for the next strand read. forever: never
+ * arm one again (the fd was handed out). */
+void strand_uring_disarm(strand_io *io, int forever) {
+  ur *u = fast_ur(io);
+  if (u == NULL) return;
+  int i = io->pollidx;
+  uslot *s = &u->slots[i];
+  if (forever) s->nofast = 1;
+  if (!s->fast) return;
+  if (!s->rd) { s->rd = 1; u->throttles++; }
+  if (!s->recv_armed) return;
+  if (!s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+  for (int round = 0; round < 40 && s->recv_armed; round++) {
+    struct __kernel_timespec ts = { 0, 25000000 };
+    struct io_uring_getevents_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.ts = (uint64_t)(uintptr_t)&ts;
+    int k = sys_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+    if (k > 0) u->to_submit -= (unsigned)k;
+    reap(u);
+  }
+}
+
+/* Copies up to len queued bytes (taken by a multishot, not read yet) into buf: 0 when none. */
+size_t strand_uring_take(strand_io *io, char *buf, size_t len) {
+  ur *u = fast_ur(io);
+  if (u == NULL) return 0;
+  uslot *s = &u->slots[io->pollidx];
+  size_t got = 0;
+  while (s->qhead >= 0 && got < len) {
+    int b = s->qhead;
+    size_t n = u->blen[b] - s->qoff;
+    if (n > len - got) n = len - got;
+    memcpy(buf + got, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
+    got += n;
+    s->qoff += (unsigned)n;
+    if (s->qoff == u->blen[b]) {
+      s->qoff = 0;
+      s->qhead = u->bnext[b];
+      if (s->qhead < 0) s->qtail = -1;
+      s->npend--;
+      buf_free(u, b);
+    }
+  }
+  return got;
 }
 
 int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len, long *res,
@@ -545,3 +658,31 @@ void strand_uring_send_abandon(strand_io *io) {
 const strand_poller strand_poller_uring = {
   "uring", ur_init, ur_add, ur_interest, ur_del, ur_wait, ur_free
 };
+
+/* core._uring.stats() -> table: the calling state's loop's provided-buffer pool (flow-control
+ * specs): nbuf, free, min_free (low-water mark), throttles, enobufs, recv (how reads are armed),
+ * pending_max; nil when the loop is not on io_uring. */
+static int l_stats(lua_State *L) {
+  strand_loop *loop = strand_loop_get(L);
+  if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
+  ur *u = (ur *)loop->pstate;
+  int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
+  if (k > 0) u->to_submit -= (unsigned)k;
+  reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, u->br ? NBUF : 0); lua_setfield(L, -2, "nbuf");
+  lua_pushinteger(L, u->br ? u->nfree : 0); lua_setfield(L, -2, "free");
+  lua_pushinteger(L, u->br ? u->min_free : 0); lua_setfield(L, -2, "min_free");
+  lua_pushinteger(L, (lua_Integer)u->throttles); lua_setfield(L, -2, "throttles");
+  lua_pushinteger(L, (lua_Integer)u->enobufs); lua_setfield(L, -2, "enobufs");
+  lua_pushstring(L, u->nolimit ? "single-shot" : u->limit_ok ? "multishot-limited" : "untried");
+  lua_setfield(L, -2, "recv");
+  lua_pushinteger(L, PENDING_MAX); lua_setfield(L, -2, "pending_max");
+  return 1;
+}
+
+int strand_open__uring(lua_State *L) {
+  static const luaL_Reg fns[] = { { "stats", l_stats }, { NULL, NULL } };
+  luaL_newlib(L, fns);
+  return 1;
+}

@@ -99,9 +99,8 @@ static int rfail_errno(lua_State *L, lua_KContext ctx, int err) {
  * the end or an error is still to be read and no new edge would come); EAGAIN clears it too;
  * 0 on a stream marks the end. Returns the count, or -1 with errno. */
 static ssize_t sock_recv1(sock *s, char *buf, size_t len) {
-  if (s->io.loop && s->io.loop->poller == &strand_poller_uring && s->type == SOCK_STREAM &&
-      !s->nonblocking) {                                     /* STRAND_POLLER=uring */
-    long r = strand_uring_recv(&s->io, buf, len);
+  if (s->io.loop && s->io.loop->poller == &strand_poller_uring && s->type == SOCK_STREAM) {
+    long r = strand_uring_recv(&s->io, buf, len, s->nonblocking);   /* STRAND_POLLER=uring */
     if (r != -2) {
       if (r == 0) s->eof = 1;
       return (ssize_t)r;
@@ -124,6 +123,19 @@ static ssize_t sock_recv1(sock *s, char *buf, size_t len) {
     }
     return -1;
   }
+}
+
+/* STRAND_POLLER=uring: the fd is handed to other code (fileno): cancel its multishot recv for
+ * good and move the bytes it took into the read buffer, where every read and pending() see them. */
+void sock_uring_detach(sock *s) {
+  if (s->io.fd < 0 || s->type != SOCK_STREAM || s->io.loop == NULL ||
+      s->io.loop->poller != &strand_poller_uring)
+    return;
+  strand_uring_disarm(&s->io, 1);
+  char tmp[2048];
+  size_t n;
+  while ((n = strand_uring_take(&s->io, tmp, sizeof tmp)) > 0)
+    if (strand_buf_append(&s->rbuf, tmp, n) != 0) break;   /* ENOMEM: the rest stays queued */
 }
 
 static int can_read(const sock *s) {

@@ -164,4 +164,228 @@ describe("stream sockets [" .. core.backend() .. "]", function()
       b:close()
     end)
   end))
+
+  -- { flow control, disarming, fallback (docs/uring.md 3): under io_uring the pool's figures are
+  -- checked too; under epoll/poll the same behaviour is what the kernel gives anyway.
+
+  -- A connected TCP pair over 127.0.0.1: client, server side.
+  local function tcp_pair()
+    local l = assert(socket.listen("127.0.0.1", 0))
+    local _, port = l:getsockname()
+    local c = assert(socket.connect("127.0.0.1", port))
+    local s = assert(l:accept())
+    l:close()
+    return c, s
+  end
+
+  -- The pool's buffers held by sockets (received, not read yet), or nil when not on io_uring.
+  local function held()
+    local st = core._uring.stats()
+    return st and st.nbuf > 0 and st.nbuf - st.free or nil, st
+  end
+
+  -- `to` is read through the io_uring fast path from now on, its multishot recv armed: a read
+  -- that waits (registers the fd), then one that finds nothing queued (arms it) and waits.
+  local function arm(from, to)
+    for i = 1, 2 do
+      local r = strand.spawn(function() return to:recv(100) end)
+      strand.sleep(0.01)                          -- r is waiting
+      assert(from:sendall("go" .. i))
+      assert.equal("go" .. i, select(2, r:join()))
+    end
+    local st = core._uring.stats()
+    if st then assert.is_truthy(st.recv == "multishot-limited" or st.recv == "single-shot", st.recv) end
+  end
+
+  -- Bytes n.. of a counting stream (each 8-byte cell is its own offset, so a gap or a repeat shows).
+  local function stream(from, n)
+    local t = {}
+    for i = from // 8, (from + n - 1) // 8 do t[#t + 1] = ("%7d|"):format(i % 10000000) end
+    local sstr = table.concat(t)
+    return sstr:sub(from % 8 + 1, from % 8 + n)
+  end
+
+  it("a sender that blasts at a slow reader meets a full socket; the pool is not drained; others are served", H.checked(function()
+    H.run(function()
+      local ca, sa = tcp_pair()
+      local cb, sb = tcp_pair()
+      arm(ca, sa)
+      arm(cb, sb)
+      -- the sender loops on nonblocking sends without ever letting the loop wait: the kernel runs
+      -- a multishot at every syscall return, so only a limit the kernel itself applies holds here
+      ca:setblocking(false)
+      local sent, chunk, limit = 0, 65536, 256 * 1024 * 1024
+      local hit
+      while sent < limit do
+        local piece = stream(sent, chunk)
+        local n, err, part = ca:send(piece)
+        if not n then
+          assert.equal("wouldblock", err)
+          sent = sent + (part or 0)
+          hit = true
+          break
+        end
+        sent = sent + n
+        if n < #piece then hit = true break end
+      end
+      assert.is_true(hit, "the sender never met a full socket: nothing pushes back")
+      local h, st = held()
+      if h then
+        assert.is_true(h <= st.pending_max, ("one socket holds %d of %d buffers"):format(h, st.nbuf))
+      end
+      strand.sleep(0.05)                          -- the loop reaps: still within the socket's budget
+      h, st = held()
+      if h then
+        assert.is_true(h <= st.pending_max + 4, ("one socket holds %d of %d buffers"):format(h, st.nbuf))
+        assert.equal(0, st.enobufs)
+      end
+      -- the other connection is served while the first is not read
+      for i = 1, 20 do
+        assert(cb:sendall("ping" .. i))
+        assert.equal("ping" .. i, sb:read(#("ping" .. i)))
+      end
+      -- the slow reader gets every byte, in order; the sender finishes with blocking sends
+      local got = 0
+      local reader = strand.spawn(function()
+        while true do
+          local d = sa:recv(4096)
+          if not d then return end
+          assert.equal(stream(got, #d), d)
+          got = got + #d
+          if got % 65536 < 4096 then strand.sleep(0) end
+        end
+      end)
+      ca:setblocking(true)
+      assert(ca:sendall(stream(sent, 100000)))
+      sent = sent + 100000
+      ca:close()
+      assert(reader:join())
+      assert.equal(sent, got)
+      h = held()
+      if h then assert.equal(0, h) end
+      sa:close(); cb:close(); sb:close()
+    end)
+  end))
+
+  it("fileno(): what was already received is read first, and nothing more is taken behind its back", H.checked(function()
+    H.run(function()
+      local selector = require "strand.selector"
+      local c, s = tcp_pair()
+      arm(c, s)
+      assert(c:sendall("abc"))
+      if held() then                               -- the multishot took it: queued in the pool
+        assert.is_true(H.wait_until(function() return held() > 0 end, 5))
+      end
+      local fd = s:fileno()
+      if held() then assert.equal(3, s:pending()) end   -- moved to the read buffer
+      assert(c:sendall("def"))
+      local sel = selector.new("poll")
+      sel:register(fd, selector.READ)
+      local ready = false
+      for _ = 1, 50 do                              -- bounded: 50 x 0.1 s
+        for key in sel:select(0.1) do if key.fd == fd then ready = true end end
+        if ready then break end
+      end
+      sel:unregister(fd)
+      sel:close()
+      assert.is_true(ready, "the kernel socket no longer holds what came after fileno()")
+      assert.equal("abcdef", s:read(6))
+      assert(c:sendall("gh"))
+      assert.equal("gh", s:read(2))                -- reads still work (by readiness)
+      c:close()
+      assert.is_nil(s:read(1))
+      s:close()
+    end)
+  end))
+
+  it("setblocking(false) after fast reads: queued bytes first, then wouldblock, then new bytes", H.checked(function()
+    H.run(function()
+      local c, s = tcp_pair()
+      arm(c, s)
+      assert(c:sendall("abc"))
+      if held() then assert.is_true(H.wait_until(function() return held() > 0 end, 5)) end
+      s:setblocking(false)
+      local got = ""
+      assert.is_true(H.wait_until(function()
+        local d = s:recv(10)
+        if d then got = got .. d end
+        return #got >= 3
+      end, 5))
+      assert.equal("abc", got)
+      local d, err = s:recv(10)
+      assert.is_nil(d)
+      assert.equal("wouldblock", err)
+      assert(c:sendall("xyz"))
+      got = ""
+      assert.is_true(H.wait_until(function()
+        local x = s:recv(10)
+        if x then got = got .. x end
+        return #got >= 3
+      end, 5))
+      assert.equal("xyz", got)
+      s:setblocking(true)
+      local r = strand.spawn(function() return s:read(2) end)
+      strand.sleep(0.01)
+      assert(c:sendall("qr"))
+      assert.equal("qr", select(2, r:join()))
+      c:close(); s:close()
+    end)
+  end))
+
+  it("shutdown('w') of a fast-path reader: the peer sees the end, the reader still reads", H.checked(function()
+    H.run(function()
+      local c, s = tcp_pair()
+      arm(c, s)
+      assert(s:shutdown("w"))
+      assert.is_nil(c:read(1))
+      assert(c:sendall("after"))
+      assert.equal("after", s:read(5))
+      c:close()
+      assert.is_nil(s:read(1))
+      s:close()
+    end)
+  end))
+end)
+
+describe("io_uring fallback and close", function()
+  H.guard()
+
+  local child = [[
+    local strand = require "strand"
+    local socket = require "strand.socket"
+    local core = require "strand.core"
+    strand.run(function()
+      local a, b = assert(socket.pair())
+      local r = strand.spawn(function() return b:recv(10) end)
+      strand.sleep(0.01)
+      assert(a:sendall("hi"))
+      assert(select(2, r:join()) == "hi")
+      if os.getenv("INFLIGHT") then             -- sends and a recv in flight when the state closes
+        local big = ("x"):rep(4 * 1024 * 1024)
+        strand.spawn(function() a:sendall(big) end)
+        strand.spawn(function() b:recv(10) end)
+        strand.sleep(0.05)
+        print("backend " .. core.backend())
+        os.exit(0, true)                          -- lua_close with both in flight
+      end
+      a:close(); b:close()
+    end)
+    print("backend " .. core.backend())
+  ]]
+
+  it("io_uring refused at setup (STRAND_URING_REFUSE=1): the loop runs on epoll", function()
+    local out, ok = H.lua(child, "STRAND_POLLER=uring STRAND_URING_REFUSE=1")
+    assert.is_true(ok, out)
+    assert.equal("backend epoll\n", out)
+    out, ok = H.lua(child, "STRAND_POLLER=uring STRAND_URING_REFUSE=0")
+    assert.is_true(ok, out)
+    assert.is_truthy(out == "backend uring\n" or out == "backend epoll\n", out)   -- a kernel may refuse
+  end)
+
+  it("the state closes with a sendall and a recv in flight: a clean exit", function()
+    local out, ok = H.lua(child, "STRAND_POLLER=uring INFLIGHT=1")
+    assert.is_true(ok, out)
+    assert.is_truthy(out:match("^backend %a+\n$"), out)
+  end)
+  -- }
 end)
