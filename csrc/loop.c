@@ -364,8 +364,10 @@ void strand_loop_forked(lua_State *L) {
     if (old) {
       old->forked = 1;
       old->closed = 1;                            /* no poller->del from now on */
-      if (old->pstate) old->poller->free(old->pstate);
-      old->pstate = NULL;
+      if (old->pstate && old->poller == &strand_poller_uring)   /* bytes queued stay readable */
+        old->pstate = strand_uring_forked(old->pstate);
+      else if (old->pstate) old->poller->free(old->pstate);
+      if (old->poller != &strand_poller_uring) old->pstate = NULL;
       old->refs++;                                /* kept for good: see above */
       atomic_fetch_add(&loops_gone, 1);
       lua_pushlightuserdata(L, old);              /* (and visibly so: not a leak to memcheck) */

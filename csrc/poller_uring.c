@@ -302,7 +302,7 @@ static int ur_add(void *pv, strand_io *io) {
 
 static void ur_interest(void *pv, strand_io *io) {
   ur *u = (ur *)pv;
-  if (io->pollidx < 0) return;
+  if (io->pollidx < 0 || u->fd < 0) return;          /* (fd < 0: a forked child's leftover) */
   uslot *s = &u->slots[io->pollidx];
   if (io->reader && (!s->fast || s->rd) && !s->pin) arm_poll(u, io->pollidx, OP_PIN);
   if (io->reader && s->fast && !s->rd && !s->recv_armed && s->qhead < 0 && !s->eof && !s->rerr) {
@@ -315,7 +315,7 @@ static void ur_interest(void *pv, strand_io *io) {
 static void ur_del(void *pv, strand_io *io) {
   ur *u = (ur *)pv;
   int i = io->pollidx;
-  if (i < 0) return;
+  if (i < 0 || u->fd < 0) return;
   io->pollidx = -1;
   uslot *s = &u->slots[i];
   s->io = NULL;
@@ -455,6 +455,22 @@ static int ur_wait(void *pv, double timeout) {
   return err;
 }
 
+/* A forked child abandons its parent's loop (loop.c strand_loop_forked): the ring, its fd and
+ * the registered buffer ring go, but the child's copies of the slots and the buffers stay (never
+ * freed, as the old loop struct), so that bytes queued before the fork are still read first
+ * (forked_take). Returns what stays as the old loop's pstate. */
+void *strand_uring_forked(void *pv) {
+  ur *u = (ur *)pv;
+  munmap(u->sqes, u->sqes_len);
+  munmap(u->ring_map, u->ring_len);
+  close(u->fd);
+  u->fd = -1;
+  if (u->br) munmap(u->br, NBUF * sizeof(struct io_uring_buf));
+  u->br = NULL;
+  u->closing = 1;
+  return u;
+}
+
 static void ur_free(void *pv) {
   ur *u = (ur *)pv;
   u->closing = 1;
@@ -522,9 +538,30 @@ static long rd_recv(ur *u, strand_io *io, uslot *s, char *buf, size_t len) {
   }
 }
 
+/* In a forked child: bytes the parent's multishot had queued before the fork are in the child's
+ * copy of the pool (as the read buffer's are): read them first, without touching the ring (the
+ * parent's). Then recv(2), as the fd is registered with the child's own loop. */
+static long forked_take(strand_io *io, char *buf, size_t len) {
+  ur *u = (ur *)io->loop->pstate;
+  if (u == NULL || io->pollidx < 0 || io->pollidx >= u->nslots || u->bufs == NULL) return -2;
+  uslot *s = &u->slots[io->pollidx];
+  if (s->io != io || s->qhead < 0) return -2;
+  int b = s->qhead;
+  size_t n = u->blen[b] - s->qoff;
+  if (n > len) n = len;
+  memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
+  s->qoff += (unsigned)n;
+  if (s->qoff == u->blen[b]) { s->qoff = 0; s->qhead = u->bnext[b]; if (s->qhead < 0) s->qtail = -1; }
+  io->ready |= STRAND_READ;
+  return (long)n;
+}
+
 long strand_uring_recv(strand_io *io, char *buf, size_t len, int nonblocking) {
   ur *u = fast_ur(io);
-  if (u == NULL) return -2;
+  if (u == NULL) {
+    if (io->loop && io->loop->forked && io->loop->poller == &strand_poller_uring) return forked_take(io, buf, len);
+    return -2;
+  }
   uslot *s = &u->slots[io->pollidx];
   if (!s->fast) {
     if (nonblocking || s->nofast) return -2;
