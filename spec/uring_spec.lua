@@ -338,14 +338,12 @@ describe("stream sockets [" .. core.backend() .. "]", function()
       arm(c, s)
       assert(c:sendall("abc"))
       if held() then assert.is_true(H.wait_until(function() return held() > 0 end, 5)) end
-      local p = process.start(function()
-        local d = assert(s:read(3))
-        c:sendall("def")                          -- the child's own copy of the client socket
-        return d .. assert(s:read(3))
-      end)
+      -- (only what was queued before the fork: bytes sent later go to whichever process reads
+      -- first — the parent's multishot is still armed, as two readers of one socket race anyway)
+      local p = process.start(function() return assert(s:read(3)) end)
       local ok, v = p:join(20)
       assert.is_true(ok, tostring(v))
-      assert.equal("abcdef", v)
+      assert.equal("abc", v)
       c:close(); s:close()
     end)
   end))
