@@ -15,17 +15,17 @@
 
 #define SQ_N 256
 #define CQ_N 4096
-#define NBUF 1024                /* provided buffers per loop (a power of two) */
-#define BUFSZ 2048
+#define NBUF 4096                /* provided buffers per loop (a power of two) */
+#define BUFSZ 512                /* small: a 64-byte message holds a whole buffer */
 #define BGID 7
 /* Flow control (docs/uring.md 3.1): a multishot recv would drain a socket into the shared pool
  * as fast as the peer sends, so the kernel socket buffer would never push back. A socket holding
  * PENDING_MAX unread buffers, or its share once the pool runs low, has its multishot cancelled
  * and reads by readiness + recv(2) ("rd" mode) until a read finds the socket drained (short or
  * EAGAIN) with the pool healthy again. ENOBUFS also sends a socket to rd mode (nobody starves). */
-#define PENDING_MAX 16           /* buffers a socket may hold unread before its recv is cancelled */
+#define PENDING_MAX 64           /* buffers a socket may hold unread before its recv is cancelled */
 #define LOW_POOL (NBUF / 2)      /* fewer free buffers than this: a socket's share is SHARE_MAX */
-#define SHARE_MAX 4
+#define SHARE_MAX 16
 #define ARM_MIN (NBUF / 4)       /* no multishot is armed with fewer free buffers than this */
 /* The software cancel above runs only when the loop reaps completions, but the kernel runs a
  * multishot at every return from a syscall: a task that loops on syscalls without waiting (a
@@ -34,7 +34,7 @@
  * and ends by itself; it is re-armed when its last completion is reaped, while the socket holds
  * fewer than PENDING_MAX buffers: a hard bound per socket between two reaps. A kernel that refuses
  * the limit (EINVAL) gets single-shot recvs instead (one buffer per request, same re-arm rule). */
-#define MSHOT_BYTES (4 * BUFSZ)
+#define MSHOT_BYTES (16 * BUFSZ)
 
 enum { OP_PIN = 1, OP_POUT, OP_RECV, OP_SEND, OP_CANCEL };
 
@@ -715,6 +715,7 @@ static int l_stats(lua_State *L) {
   lua_pushstring(L, u->nolimit ? "single-shot" : u->limit_ok ? "multishot-limited" : "untried");
   lua_setfield(L, -2, "recv");
   lua_pushinteger(L, PENDING_MAX); lua_setfield(L, -2, "pending_max");
+  lua_pushinteger(L, MSHOT_BYTES / BUFSZ); lua_setfield(L, -2, "mshot_bufs");
   return 1;
 }
 
