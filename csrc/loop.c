@@ -266,6 +266,10 @@ void strand_loop_defer_poller(lua_State *L) {
 static void need_poller(lua_State *L, strand_loop *loop) {
   if (loop->pstate != NULL) return;
   loop->pstate = loop->poller->init(loop);
+  if (loop->pstate == NULL && loop->poller == &strand_poller_uring) {
+    loop->poller = &strand_poller_epoll;        /* io_uring missing or refused: the default */
+    loop->pstate = loop->poller->init(loop);
+  }
   if (loop->pstate == NULL) {
     int e = errno;
     luaL_error(L, "strand: cannot create the %s poller: %s", loop->poller->name, strerror(e));
@@ -276,6 +280,7 @@ static const strand_poller *choose_poller(void) {
   const char *name = getenv("STRAND_POLLER");
   if (name == NULL || *name == 0 || strcmp(name, "epoll") == 0) return &strand_poller_epoll;
   if (strcmp(name, "poll") == 0) return &strand_poller_poll;
+  if (strcmp(name, "uring") == 0) return &strand_poller_uring;    /* prototype, docs/uring.md */
   return NULL;
 }
 
@@ -365,8 +370,10 @@ void strand_loop_forked(lua_State *L) {
       old->forked = 1;
       old->closed = 1;                            /* no poller->del from now on */
       forked_poller = old->poller;
-      if (old->pstate) old->poller->free(old->pstate);
-      old->pstate = NULL;
+      if (old->pstate && old->poller == &strand_poller_uring)   /* bytes queued stay readable */
+        old->pstate = strand_uring_forked(old->pstate);
+      else if (old->pstate) old->poller->free(old->pstate);
+      if (old->poller != &strand_poller_uring) old->pstate = NULL;
       old->refs++;                                /* kept for good: see above */
       atomic_fetch_add(&loops_gone, 1);
       lua_pushlightuserdata(L, old);              /* (and visibly so: not a leak to memcheck) */

@@ -75,6 +75,9 @@ typedef struct sock {
 
 #define SOCK_MAXLINE_DEFAULT 65536   /* as asyncio's stream limit */
 
+/* sockio.c: STRAND_POLLER=uring, before the fd is handed out (fileno) */
+STRAND_API void sock_uring_detach(sock *s);
+
 /* socket.c */
 STRAND_API sock *sock_check(lua_State *L, int idx);        /* open socket or raise */
 STRAND_API double sock_deadline(const sock *s);           /* from the default timeout */

@@ -99,6 +99,13 @@ static int rfail_errno(lua_State *L, lua_KContext ctx, int err) {
  * the end or an error is still to be read and no new edge would come); EAGAIN clears it too;
  * 0 on a stream marks the end. Returns the count, or -1 with errno. */
 static ssize_t sock_recv1(sock *s, char *buf, size_t len) {
+  if (s->io.loop && s->io.loop->poller == &strand_poller_uring && s->type == SOCK_STREAM) {
+    long r = strand_uring_recv(&s->io, buf, len, s->nonblocking);   /* STRAND_POLLER=uring */
+    if (r != -2) {
+      if (r == 0) s->eof = 1;
+      return (ssize_t)r;
+    }
+  }
   for (;;) {
     ssize_t r = recv(s->io.fd, buf, len, 0);
     if (r >= 0) {
@@ -116,6 +123,19 @@ static ssize_t sock_recv1(sock *s, char *buf, size_t len) {
     }
     return -1;
   }
+}
+
+/* STRAND_POLLER=uring: the fd is handed to other code (fileno): cancel its multishot recv for
+ * good and move the bytes it took into the read buffer, where every read and pending() see them. */
+void sock_uring_detach(sock *s) {
+  if (s->io.fd < 0 || s->type != SOCK_STREAM || s->io.loop == NULL ||
+      s->io.loop->poller != &strand_poller_uring)
+    return;
+  strand_uring_disarm(&s->io, 1);
+  char tmp[2048];
+  size_t n;
+  while ((n = strand_uring_take(&s->io, tmp, sizeof tmp)) > 0)
+    if (strand_buf_append(&s->rbuf, tmp, n) != 0) break;   /* ENOMEM: the rest stays queued */
 }
 
 static int can_read(const sock *s) {
@@ -340,15 +360,36 @@ static int send_fail_errno(lua_State *L, int mode, size_t sent, int err) {
 static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
   int outcome = strand_resumed(L, status);
   sock *s = (sock *)lua_touserdata(L, 1);
-  int n = (int)(ctx & 0xffff), mode = (int)(ctx >> 16);
+  int n = (int)(ctx & 0xffff), mode = (int)((ctx >> 16) & 0xffff);
   double deadline = lua_tonumber(L, n + 2);
   size_t sent = (size_t)lua_tointeger(L, n + 3);
   for (;;) {
     if (outcome == STRAND_CLOSED || s->io.fd < 0) return send_fail(L, mode, sent, "closed", "ECLOSED");
-    if (outcome == STRAND_TIMEOUT) return send_fail(L, mode, sent, "timeout", "ETIMEDOUT");
+    if (outcome == STRAND_TIMEOUT) {
+      if (s->io.loop && s->io.loop->poller == &strand_poller_uring) strand_uring_send_abandon(&s->io);
+      return send_fail(L, mode, sent, "timeout", "ETIMEDOUT");
+    }
     size_t total = 0;
     for (int i = 2; i <= n + 1; i++) total += lua_rawlen(L, i);
     if (sent >= total) break;
+    if (s->io.loop && s->io.loop->poller == &strand_poller_uring && n == 1 &&
+        s->type == SOCK_STREAM && !s->nonblocking) {          /* STRAND_POLLER=uring */
+      long res;
+      uint32_t seq = (uint32_t)((uint64_t)ctx >> 32);
+      int st = strand_uring_send(L, &s->io, 2, lua_tostring(L, 2) + sent, total - sent, &res, &seq);
+      ctx = (lua_KContext)((uint64_t)(ctx & 0xffffffff) | ((uint64_t)seq << 32));
+      if (st == 2) {
+        if (res < 0) return send_fail_errno(L, mode, sent, (int)-res);
+        sent += (size_t)res;
+        lua_pushinteger(L, (lua_Integer)sent);
+        lua_replace(L, n + 3);
+        continue;
+      }
+      if (st == 1) {
+        outcome = strand_wait_io(L, &s->io, STRAND_WRITE, deadline, ctx, sendall_k);
+        continue;
+      }
+    }
     if (can_write(s)) {
       ssize_t r;
       size_t asked;

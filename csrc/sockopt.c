@@ -168,7 +168,9 @@ static int m_getsockname(lua_State *L) { return push_name(L, 0); }
 static int m_getpeername(lua_State *L) { return push_name(L, 1); }
 
 static int m_fileno(lua_State *L) {
-  lua_pushinteger(L, sock_check(L, 1)->io.fd);
+  sock *s = sock_check(L, 1);
+  sock_uring_detach(s);                      /* STRAND_POLLER=uring: nothing read behind its back */
+  lua_pushinteger(L, s->io.fd);
   return 1;
 }
 

@@ -462,6 +462,23 @@ typedef struct strand_poller {
 
 STRAND_API extern const strand_poller strand_poller_epoll;
 STRAND_API extern const strand_poller strand_poller_poll;
+/* PROTOTYPE (docs/uring.md), STRAND_POLLER=uring: io_uring readiness plus, for stream sockets,
+ * reads from a multishot recv and SEND SQEs. strand_uring_recv: like recv(2) (-1 + errno), or
+ * -2: not this way, use recv(2). strand_uring_send: -1 not this way; 1 a send is in flight (wait
+ * for STRAND_WRITE); 2 done, *res its result (-errno or bytes); the string at sidx is anchored
+ * until the CQE. *seq (0: none yet) names the caller's send across its waits: a send left by a
+ * cancelled caller is waited for and its result dropped. strand_uring_send_abandon: its waiter gave up (the CQE drops the anchor). */
+STRAND_API extern const strand_poller strand_poller_uring;
+STRAND_API long strand_uring_recv(strand_io *io, char *buf, size_t len, int nonblocking);
+/* strand_uring_disarm: cancel the fd's multishot recv and wait (bounded) for its end; what it took
+ * stays queued (strand_uring_take copies it out). forever: the fd is handed out, never re-armed. */
+STRAND_API void strand_uring_disarm(strand_io *io, int forever);
+STRAND_API size_t strand_uring_take(strand_io *io, char *buf, size_t len);
+/* loop.c, in a forked child: what of the parent's ring stays (queued bytes, read once more here) */
+STRAND_API void *strand_uring_forked(void *pstate);
+STRAND_API int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len,
+                                 long *res, uint32_t *seq);
+STRAND_API void strand_uring_send_abandon(strand_io *io);
 
 /* For a poller's wait: timeout (seconds, < 0: forever) as the timespec ppoll and epoll_pwait2
  * take, filled in *ts; NULL for forever. */
@@ -538,7 +555,8 @@ STRAND_API int strand_is_cancelled(lua_State *L, int idx);
 #define STRAND_AREAS(X) \
   X(socket) X(selector) X(serial) X(thread) X(sync) X(queue) X(shared) \
   X(process) X(ssh) X(netcompat) \
-  X(_proc)   /* procinfo.c: what the process holds, for the specs' leak checks */
+  X(_proc)   /* procinfo.c: what the process holds, for the specs' leak checks */ \
+  X(_uring)  /* poller_uring.c: the io_uring buffer pool's figures, for the flow-control specs */
 
 #define STRAND_DECLARE_OPENER(name) \
   STRAND_API int strand_open_##name(lua_State *L) __attribute__((weak));

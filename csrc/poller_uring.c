@@ -1,0 +1,726 @@
+/* poller_uring.c — PROTOTYPE io_uring backend (STRAND_POLLER=uring, docs/uring.md): readiness by
+ * one-shot POLL_ADD per awaited direction, and for stream sockets read/written by sockio.c a
+ * multishot recv into a provided-buffer ring and SEND SQEs; one io_uring_enter per loop wait. */
+#include "strand.h"
+
+#include <errno.h>
+#include <linux/io_uring.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define SQ_N 256
+#define CQ_N 4096
+#define NBUF 4096                /* provided buffers per loop (a power of two) */
+#define BUFSZ 512                /* small: a 64-byte message holds a whole buffer */
+#define BGID 7
+/* Flow control (docs/uring.md 3.1): a multishot recv would drain a socket into the shared pool
+ * as fast as the peer sends, so the kernel socket buffer would never push back. A socket holding
+ * PENDING_MAX unread buffers, or its share once the pool runs low, has its multishot cancelled
+ * and reads by readiness + recv(2) ("rd" mode) until a read finds the socket drained (short or
+ * EAGAIN) with the pool healthy again. ENOBUFS also sends a socket to rd mode (nobody starves). */
+#define PENDING_MAX 64           /* buffers a socket may hold unread before its recv is cancelled */
+#define LOW_POOL (NBUF / 2)      /* fewer free buffers than this: a socket's share is SHARE_MAX */
+#define SHARE_MAX 16
+#define ARM_MIN (NBUF / 4)       /* no multishot is armed with fewer free buffers than this */
+/* The software cancel above runs only when the loop reaps completions, but the kernel runs a
+ * multishot at every return from a syscall: a task that loops on syscalls without waiting (a
+ * nonblocking send loop to a peer in the same loop) would let it drain the socket meanwhile. So a
+ * multishot is armed with a byte limit (sqe->optlen, file_index in older headers) of MSHOT_BYTES
+ * and ends by itself; it is re-armed when its last completion is reaped, while the socket holds
+ * fewer than PENDING_MAX buffers: a hard bound per socket between two reaps. A kernel that refuses
+ * the limit (EINVAL) gets single-shot recvs instead (one buffer per request, same re-arm rule). */
+#define MSHOT_BYTES (16 * BUFSZ)
+
+enum { OP_PIN = 1, OP_POUT, OP_RECV, OP_SEND, OP_CANCEL };
+
+typedef struct uslot {
+  strand_io *io;                 /* NULL once deleted (CQEs may still come) */
+  uint32_t gen;
+  int nreq;                      /* requests of this slot in flight */
+  unsigned char pin, pout;       /* a POLL_ADD of that direction is in flight */
+  unsigned char fast;            /* sockio reads/writes it through recv/send requests */
+  unsigned char recv_armed, send_busy, send_done, eof;
+  unsigned char rcancel;         /* a cancel of the multishot recv is queued (flow control) */
+  unsigned char rd;              /* reads by readiness + recv(2) until the socket drains (flow control) */
+  unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
+  int rerr;                      /* a recv error to report */
+  unsigned mbytes;               /* bytes the armed multishot has taken */
+  int sres;                      /* the finished send's result */
+  int sref;                      /* registry ref of the string a send reads (LUA_NOREF: none) */
+  uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
+  int qhead, qtail, npend;       /* received buffers not read yet (links in ur->bnext) */
+  unsigned qoff;                 /* bytes of the head buffer already read */
+  int next;                      /* free list */
+} uslot;
+
+typedef struct ur {
+  strand_loop *loop;
+  int fd;
+  unsigned *sq_head, *sq_tail, sq_mask, *cq_head, *cq_tail, cq_mask;
+  struct io_uring_sqe *sqes;
+  struct io_uring_cqe *cqes;
+  void *ring_map; size_t ring_len;
+  size_t sqes_len;
+  unsigned tail, to_submit;
+  uslot *slots;
+  int nslots, free_head;
+  long inflight;
+  int closing;                   /* ur_free is draining */
+  struct io_uring_buf_ring *br;  /* NULL until a socket first reads this way */
+  char *bufs;
+  int *bnext;
+  unsigned *blen;
+  unsigned short br_tail;
+  int nfree;                     /* provided buffers the kernel may still pick */
+  long throttles, enobufs;
+  int nolimit;                   /* the kernel refused a multishot recv's byte limit */
+  int limit_ok;                  /* ... or accepted one (a completion with data came) */       /* times a socket went to rd mode / a multishot met ENOBUFS */
+  int min_free;                  /* low-water mark of nfree */
+} ur;
+
+static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
+  const char *v = getenv("STRAND_URING_REFUSE");
+  return v != NULL && *v != 0 && *v != '0';
+}
+
+static int sys_enter(int fd, unsigned submit, unsigned wait, unsigned flags, void *arg, size_t argsz) {
+  return (int)syscall(__NR_io_uring_enter, fd, submit, wait, flags, arg, argsz);
+}
+
+static void *ur_init(strand_loop *loop) {
+  ur *u = (ur *)calloc(1, sizeof *u);
+  if (u == NULL) return NULL;
+  u->loop = loop;
+  u->free_head = -1;
+  struct io_uring_params p;
+  memset(&p, 0, sizeof p);
+  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN;
+  p.cq_entries = CQ_N;
+  if (refuse_setup()) { free(u); errno = EPERM; return NULL; }   /* as a seccomp/sysctl refusal */
+  u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
+  if (u->fd < 0 && errno == EINVAL) {           /* before 5.19: no COOP_TASKRUN */
+    p.flags &= ~(unsigned)IORING_SETUP_COOP_TASKRUN;
+    u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
+  }
+  if (u->fd < 0) { int e = errno; free(u); errno = e; return NULL; }
+  if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP) ||
+      !(p.features & IORING_FEAT_EXT_ARG)) {
+    close(u->fd); free(u); errno = ENOSYS; return NULL;
+  }
+  size_t sqsz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+  size_t cqsz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+  u->ring_len = sqsz > cqsz ? sqsz : cqsz;
+  u->ring_map = mmap(NULL, u->ring_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd, IORING_OFF_SQ_RING);
+  u->sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+  u->sqes = mmap(NULL, u->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd, IORING_OFF_SQES);
+  if (u->ring_map == MAP_FAILED || u->sqes == MAP_FAILED) {
+    int e = errno;
+    if (u->ring_map != MAP_FAILED) munmap(u->ring_map, u->ring_len);
+    if (u->sqes != MAP_FAILED) munmap(u->sqes, u->sqes_len);
+    close(u->fd); free(u); errno = e; return NULL;
+  }
+  char *r = (char *)u->ring_map;
+  u->sq_head = (unsigned *)(r + p.sq_off.head);
+  u->sq_tail = (unsigned *)(r + p.sq_off.tail);
+  u->sq_mask = *(unsigned *)(r + p.sq_off.ring_mask);
+  unsigned *arr = (unsigned *)(r + p.sq_off.array);
+  for (unsigned i = 0; i < p.sq_entries; i++) arr[i] = i;
+  u->cq_head = (unsigned *)(r + p.cq_off.head);
+  u->cq_tail = (unsigned *)(r + p.cq_off.tail);
+  u->cq_mask = *(unsigned *)(r + p.cq_off.ring_mask);
+  u->cqes = (struct io_uring_cqe *)(r + p.cq_off.cqes);
+  u->tail = *u->sq_tail;
+  const char *nl = getenv("STRAND_URING_NOLIMIT");   /* test hook: act as a kernel without the limit */
+  u->nolimit = nl != NULL && *nl != 0 && *nl != '0';
+  return u;
+}
+
+/* {==== submission */
+
+static int flush(ur *u) {
+  while (u->to_submit > 0) {
+    int k = sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
+    if (k < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue;
+      return errno;
+    }
+    u->to_submit -= (unsigned)k;
+  }
+  return 0;
+}
+
+static void reap(ur *u);
+
+static struct io_uring_sqe *get_sqe(ur *u) {
+  while (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N) {
+    if (flush(u) != 0) { reap(u); }
+  }
+  struct io_uring_sqe *s = &u->sqes[u->tail & u->sq_mask];
+  memset(s, 0, sizeof *s);
+  return s;
+}
+
+static void put_sqe(ur *u, int slot, int op) {
+  struct io_uring_sqe *s = &u->sqes[u->tail & u->sq_mask];
+  s->user_data = ((uint64_t)op << 56) | ((uint64_t)(u->slots[slot].gen & 0xffffff) << 32) | (uint32_t)slot;
+  u->tail++;
+  u->to_submit++;
+  __atomic_store_n(u->sq_tail, u->tail, __ATOMIC_RELEASE);
+  u->slots[slot].nreq++;
+  u->inflight++;
+}
+
+/* }==== */
+
+/* {==== slots */
+
+static int slot_new(ur *u, strand_io *io) {
+  if (u->free_head < 0) {
+    int n = u->nslots ? u->nslots * 2 : 64;
+    uslot *ns = (uslot *)realloc(u->slots, (size_t)n * sizeof *ns);
+    if (ns == NULL) return -1;
+    memset(ns + u->nslots, 0, (size_t)(n - u->nslots) * sizeof *ns);
+    for (int i = n - 1; i >= u->nslots; i--) { ns[i].next = u->free_head; u->free_head = i; }
+    u->slots = ns;
+    u->nslots = n;
+  }
+  int i = u->free_head;
+  uslot *s = &u->slots[i];
+  u->free_head = s->next;
+  uint32_t gen = s->gen;
+  memset(s, 0, sizeof *s);
+  s->gen = gen;
+  s->io = io;
+  s->qhead = s->qtail = -1;
+  s->sref = LUA_NOREF;
+  s->next = -1;
+  return i;
+}
+
+static void buf_put(ur *u, int bid);
+
+static void slot_maybe_free(ur *u, int i) {
+  uslot *s = &u->slots[i];
+  if (s->io != NULL || s->nreq > 0) return;
+  while (s->qhead >= 0) { int b = s->qhead; s->qhead = u->bnext[b]; buf_put(u, b); }
+  if (s->sref != LUA_NOREF) { luaL_unref(u->loop->L, LUA_REGISTRYINDEX, s->sref); s->sref = LUA_NOREF; }
+  s->gen++;
+  s->next = u->free_head;
+  u->free_head = i;
+}
+
+/* }==== */
+
+/* {==== provided buffers */
+
+static void arm_recv(ur *u, int i);
+
+static void buf_put(ur *u, int bid) {
+  struct io_uring_buf *b = &u->br->bufs[u->br_tail & (NBUF - 1)];
+  b->addr = (uint64_t)(uintptr_t)(u->bufs + (size_t)bid * BUFSZ);
+  b->len = BUFSZ;
+  b->bid = (unsigned short)bid;
+  u->br_tail++;
+  u->nfree++;
+  __atomic_store_n(&u->br->tail, u->br_tail, __ATOMIC_RELEASE);
+}
+
+static void buf_free(ur *u, int bid) { buf_put(u, bid); }
+
+static int bufs_init(ur *u) {
+  u->br = mmap(NULL, NBUF * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (u->br == MAP_FAILED) { u->br = NULL; return ENOMEM; }
+  u->bufs = mmap(NULL, (size_t)NBUF * BUFSZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  u->bnext = (int *)calloc(NBUF, sizeof *u->bnext);
+  u->blen = (unsigned *)calloc(NBUF, sizeof *u->blen);
+  struct io_uring_buf_reg reg;
+  memset(&reg, 0, sizeof reg);
+  reg.ring_addr = (uint64_t)(uintptr_t)u->br;
+  reg.ring_entries = NBUF;
+  reg.bgid = BGID;
+  if (u->bufs == MAP_FAILED || !u->bnext || !u->blen ||
+      syscall(__NR_io_uring_register, u->fd, IORING_REGISTER_PBUF_RING, &reg, 1) != 0) {
+    int e = errno ? errno : ENOMEM;
+    if (u->bufs != MAP_FAILED) munmap(u->bufs, (size_t)NBUF * BUFSZ);
+    munmap(u->br, NBUF * sizeof(struct io_uring_buf));
+    free(u->bnext); free(u->blen);
+    u->br = NULL; u->bufs = NULL; u->bnext = NULL; u->blen = NULL;
+    return e;
+  }
+  u->br_tail = 0;
+  u->nfree = 0;
+  for (int b = 0; b < NBUF; b++) buf_put(u, b);
+  u->min_free = u->nfree;
+  return 0;
+}
+
+/* }==== */
+
+static void arm_poll(ur *u, int i, int op) {
+  struct io_uring_sqe *e = get_sqe(u);
+  e->opcode = IORING_OP_POLL_ADD;
+  e->fd = u->slots[i].io->fd;
+  e->poll32_events = op == OP_PIN ? (POLLIN | POLLRDHUP | POLLPRI) : POLLOUT;
+  put_sqe(u, i, op);
+  if (op == OP_PIN) u->slots[i].pin = 1; else u->slots[i].pout = 1;
+}
+
+static void arm_recv(ur *u, int i) {
+  struct io_uring_sqe *e = get_sqe(u);
+  e->opcode = IORING_OP_RECV;
+  e->fd = u->slots[i].io->fd;
+  e->flags = IOSQE_BUFFER_SELECT;
+  e->buf_group = BGID;
+  e->ioprio = IORING_RECV_MULTISHOT;
+  if (u->nolimit) e->ioprio = 0;               /* single-shot: at most one buffer */
+  else e->file_index = MSHOT_BYTES;           /* the multishot's total byte limit */
+  put_sqe(u, i, OP_RECV);
+  u->slots[i].mbytes = 0;
+  u->slots[i].recv_armed = 1;
+}
+
+static void cancel_op(ur *u, int i, int op) {
+  struct io_uring_sqe *e = get_sqe(u);
+  e->opcode = IORING_OP_ASYNC_CANCEL;
+  e->fd = -1;
+  e->addr = ((uint64_t)op << 56) | ((uint64_t)(u->slots[i].gen & 0xffffff) << 32) | (uint32_t)i;
+  put_sqe(u, i, OP_CANCEL);
+}
+
+static int ur_add(void *pv, strand_io *io) {
+  ur *u = (ur *)pv;
+  int i = slot_new(u, io);
+  if (i < 0) return ENOMEM;
+  io->pollidx = i;
+  return 0;
+}
+
+static void ur_interest(void *pv, strand_io *io) {
+  ur *u = (ur *)pv;
+  if (io->pollidx < 0 || u->fd < 0) return;          /* (fd < 0: a forked child's leftover) */
+  uslot *s = &u->slots[io->pollidx];
+  if (io->reader && (!s->fast || s->rd) && !s->pin) arm_poll(u, io->pollidx, OP_PIN);
+  if (io->reader && s->fast && !s->rd && !s->recv_armed && s->qhead < 0 && !s->eof && !s->rerr) {
+    if (u->nfree >= ARM_MIN) arm_recv(u, io->pollidx);
+    else { s->rd = 1; u->throttles++; if (!s->pin) arm_poll(u, io->pollidx, OP_PIN); }
+  }
+  if (io->writer && !s->pout && !s->send_busy) arm_poll(u, io->pollidx, OP_POUT);
+}
+
+static void ur_del(void *pv, strand_io *io) {
+  ur *u = (ur *)pv;
+  int i = io->pollidx;
+  if (i < 0 || u->fd < 0) return;
+  io->pollidx = -1;
+  uslot *s = &u->slots[i];
+  s->io = NULL;
+  if (s->pin) cancel_op(u, i, OP_PIN);
+  if (s->pout) cancel_op(u, i, OP_POUT);
+  if (s->recv_armed) cancel_op(u, i, OP_RECV);
+  if (s->send_busy) cancel_op(u, i, OP_SEND);
+  int cancels = s->nreq > 0;
+  slot_maybe_free(u, i);
+  /* the fd is closed next, but a request holds the file open (no FIN) until its cancel has run:
+   * submit now, not at the next wait, which may never come (a program that closes and exits) */
+  if (cancels) {
+    while (u->to_submit > 0) {
+      int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+      if (k < 0) { if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue; break; }
+      u->to_submit -= (unsigned)k;
+    }
+  }
+}
+
+/* {==== completions */
+
+static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
+  int op = (int)(ud >> 56), i = (int)(uint32_t)ud;
+  if (op == 0 || i < 0 || i >= u->nslots) return;      /* the cancel-all of ur_free */
+  uslot *s = &u->slots[i];
+  int more = (flags & IORING_CQE_F_MORE) != 0;
+  if (!more) { s->nreq--; u->inflight--; }
+  strand_io *io = u->closing ? NULL : s->io;   /* closing: bookkeeping only, no wake-ups */
+  switch (op) {
+    case OP_PIN: case OP_POUT: {
+      if (op == OP_PIN) s->pin = 0; else s->pout = 0;
+      if (io == NULL || res == -ECANCELED) break;
+      unsigned ev = 0;
+      if (res < 0) ev = STRAND_READ | STRAND_WRITE | STRAND_HUP;
+      else {
+        if (res & (POLLIN | POLLRDHUP | POLLHUP | POLLERR | POLLPRI)) ev |= STRAND_READ;
+        if (res & (POLLOUT | POLLHUP | POLLERR)) ev |= STRAND_WRITE;
+        if (res & (POLLRDHUP | POLLHUP | POLLERR)) ev |= STRAND_HUP;
+        /* the direction asked for is worth a retry whatever the mask says: a wake-up may report
+         * only POLLRDHUP (a socket shut down for reading, woken by its peer's reads) */
+        ev |= op == OP_PIN ? STRAND_READ : STRAND_WRITE;
+      }
+      if (ev) strand_io_event(io, ev);
+      break;
+    }
+    case OP_RECV:
+      if (!more) s->recv_armed = s->rcancel = 0;
+      if (res == -EINVAL && !u->limit_ok && !u->nolimit) {   /* no byte limit on this kernel */
+        u->nolimit = 1;
+        if (io != NULL && !s->recv_armed) arm_recv(u, i);
+        break;
+      }
+      if (res > 0) {
+        u->limit_ok = 1;
+        s->mbytes += (unsigned)res;
+        if (more && s->mbytes > MSHOT_BYTES && !u->nolimit) u->nolimit = 1;   /* limit ignored */
+      }
+      if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+        int b = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
+        u->nfree--;
+        if (u->nfree < u->min_free) u->min_free = u->nfree;
+        if (io == NULL) { buf_free(u, b); break; }
+        u->blen[b] = (unsigned)res;
+        u->bnext[b] = -1;
+        if (s->qtail >= 0) u->bnext[s->qtail] = b; else s->qhead = b;
+        s->qtail = b;
+        s->npend++;
+        int over = s->npend >= PENDING_MAX || (u->nfree < LOW_POOL && s->npend >= SHARE_MAX);
+        if (over && s->recv_armed && !s->rcancel) {                       /* flow control */
+          cancel_op(u, i, OP_RECV);
+          s->rcancel = 1;
+        }
+        if (over && !s->rd) { s->rd = 1; u->throttles++; }
+        /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
+        if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN) arm_recv(u, i);
+        strand_io_event(io, STRAND_READ);
+      } else if (io != NULL) {
+        if (res == 0) s->eof = 1;
+        else if (res == -ENOBUFS || res == -ECANCELED) {
+          /* the pool ran dry, or cancelled (flow control, disarm, or a cancel meant for the
+           * previous recv): from now on readiness + recv(2); a waiting reader retries */
+          if (res == -ENOBUFS) u->enobufs++;
+          if (!s->rd) { s->rd = 1; u->throttles++; }
+          if (!io->reader || s->qhead >= 0) break;
+        } else s->rerr = -res;
+        strand_io_event(io, STRAND_READ);
+      }
+      break;
+    case OP_SEND:
+      s->send_busy = 0;
+      if (s->sref != LUA_NOREF) { luaL_unref(u->loop->L, LUA_REGISTRYINDEX, s->sref); s->sref = LUA_NOREF; }
+      if (io == NULL) break;
+      s->send_done = 1;
+      s->sres = res;
+      strand_io_event(io, STRAND_WRITE);
+      break;
+    default: break;                      /* OP_CANCEL */
+  }
+  slot_maybe_free(u, i);
+}
+
+static void reap(ur *u) {
+  unsigned head = *u->cq_head, tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+  while (head != tail) {
+    for (; head != tail; head++) {
+      struct io_uring_cqe *e = &u->cqes[head & u->cq_mask];
+      on_cqe(u, e->user_data, e->res, e->flags);
+    }
+    __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
+    tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+  }
+}
+
+static int ur_wait(void *pv, double timeout) {
+  ur *u = (ur *)pv;
+  struct __kernel_timespec ts;
+  struct io_uring_getevents_arg arg;
+  memset(&arg, 0, sizeof arg);
+  unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+  unsigned want = 1;
+  if (timeout == 0) {
+    want = 0;
+  } else if (timeout > 0) {
+    ts.tv_sec = (long long)timeout;
+    ts.tv_nsec = (long long)((timeout - (double)ts.tv_sec) * 1e9);
+    if (ts.tv_nsec >= 1000000000LL) ts.tv_nsec = 999999999LL;
+    arg.ts = (uint64_t)(uintptr_t)&ts;
+  }
+  if (*u->cq_head != __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE)) want = 0;   /* already there */
+  int k = sys_enter(u->fd, u->to_submit, want, flags, &arg, sizeof arg);
+  int err = 0;
+  if (k >= 0) u->to_submit -= (unsigned)k;
+  else if (errno != ETIME && errno != EINTR && errno != EAGAIN && errno != EBUSY) err = errno;
+  else if (errno == EINTR) err = EINTR;
+  reap(u);
+  return err;
+}
+
+/* A forked child abandons its parent's loop (loop.c strand_loop_forked): the ring, its fd and
+ * the registered buffer ring go, but the child's copies of the slots and the buffers stay (never
+ * freed, as the old loop struct), so that bytes queued before the fork are still read first
+ * (forked_take). Returns what stays as the old loop's pstate. */
+void *strand_uring_forked(void *pv) {
+  ur *u = (ur *)pv;
+  munmap(u->sqes, u->sqes_len);
+  munmap(u->ring_map, u->ring_len);
+  close(u->fd);
+  u->fd = -1;
+  if (u->br) munmap(u->br, NBUF * sizeof(struct io_uring_buf));
+  u->br = NULL;
+  u->closing = 1;
+  return u;
+}
+
+static void ur_free(void *pv) {
+  ur *u = (ur *)pv;
+  u->closing = 1;
+  if (!u->loop->forked && u->inflight > 0) {
+    /* the state is closing: stop every request and wait (bounded) for their CQEs, so that no
+     * send reads a Lua string and no recv writes a buffer after they are freed */
+    struct io_uring_sqe *e = get_sqe(u);
+    e->opcode = IORING_OP_ASYNC_CANCEL;
+    e->fd = -1;
+    e->cancel_flags = IORING_ASYNC_CANCEL_ANY;
+    e->user_data = 0;
+    u->tail++; u->to_submit++;
+    __atomic_store_n(u->sq_tail, u->tail, __ATOMIC_RELEASE);
+    for (int round = 0; round < 20 && u->inflight > 0; round++) {
+      struct __kernel_timespec ts = { 0, 50000000 };
+      struct io_uring_getevents_arg arg;
+      memset(&arg, 0, sizeof arg);
+      arg.ts = (uint64_t)(uintptr_t)&ts;
+      int k = sys_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+      if (k > 0) u->to_submit -= (unsigned)k;
+      reap(u);
+    }
+  }
+  /* (in a forked child the requests are the parent's: unmap and close only) */
+  munmap(u->sqes, u->sqes_len);
+  munmap(u->ring_map, u->ring_len);
+  close(u->fd);
+  if (u->br) {
+    munmap(u->br, NBUF * sizeof(struct io_uring_buf));
+    munmap(u->bufs, (size_t)NBUF * BUFSZ);
+    free(u->bnext); free(u->blen);
+  }
+  free(u->slots);
+  free(u);
+}
+
+/* }==== */
+
+/* {==== the socket fast path (sockio.c) */
+
+static ur *fast_ur(strand_io *io) {
+  strand_loop *loop = io->loop;
+  if (loop == NULL || loop->poller != &strand_poller_uring || loop->pstate == NULL || loop->forked ||
+      loop->closed || io->pollidx < 0)
+    return NULL;
+  return (ur *)loop->pstate;
+}
+
+/* One recv(2) for a socket in rd mode (flow control): a read that finds the socket drained (short
+ * or EAGAIN) with the pool healthy goes back to the multishot, armed at once when it drained. */
+static long rd_recv(ur *u, strand_io *io, uslot *s, char *buf, size_t len) {
+  for (;;) {
+    ssize_t r = recv(io->fd, buf, len, 0);
+    if (r < 0 && errno == EINTR) continue;
+    int drained = (r >= 0 && (size_t)r < len) || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    if (r < 0 && errno == EWOULDBLOCK) errno = EAGAIN;
+    if (r == 0) s->eof = 1;
+    if (drained && r != 0 && !s->nofast && u->nfree >= LOW_POOL && !s->recv_armed && s->qhead < 0) {
+      s->rd = 0;
+      if (r < 0) arm_recv(u, io->pollidx);        /* the reader waits next: the multishot serves it */
+    }
+    if (r < 0 && errno == EAGAIN) io->ready &= ~(unsigned)STRAND_READ;
+    else if (r > 0 && (size_t)r < len && !(io->ready & STRAND_HUP)) io->ready &= ~(unsigned)STRAND_READ;
+    return (long)r;
+  }
+}
+
+/* In a forked child: bytes the parent's multishot had queued before the fork are in the child's
+ * copy of the pool (as the read buffer's are): read them first, without touching the ring (the
+ * parent's). Then recv(2), as the fd is registered with the child's own loop. */
+static long forked_take(strand_io *io, char *buf, size_t len) {
+  ur *u = (ur *)io->loop->pstate;
+  if (u == NULL || io->pollidx < 0 || io->pollidx >= u->nslots || u->bufs == NULL) return -2;
+  uslot *s = &u->slots[io->pollidx];
+  if (s->io != io || s->qhead < 0) return -2;
+  int b = s->qhead;
+  size_t n = u->blen[b] - s->qoff;
+  if (n > len) n = len;
+  memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
+  s->qoff += (unsigned)n;
+  if (s->qoff == u->blen[b]) { s->qoff = 0; s->qhead = u->bnext[b]; if (s->qhead < 0) s->qtail = -1; }
+  io->ready |= STRAND_READ;
+  return (long)n;
+}
+
+long strand_uring_recv(strand_io *io, char *buf, size_t len, int nonblocking) {
+  ur *u = fast_ur(io);
+  if (u == NULL) {
+    if (io->loop && io->loop->forked && io->loop->poller == &strand_poller_uring) return forked_take(io, buf, len);
+    return -2;
+  }
+  uslot *s = &u->slots[io->pollidx];
+  if (!s->fast) {
+    if (nonblocking || s->nofast) return -2;
+    if (u->br == NULL && bufs_init(u) != 0) return -2;     /* no provided buffers: readiness */
+    s->fast = 1;
+    s->rd = 1;                 /* first a recv(2): data may be in the socket already */
+    return rd_recv(u, io, s, buf, len);
+  }
+  if (nonblocking && s->recv_armed) strand_uring_disarm(io, 0);  /* setblocking(false) */
+  if (s->qhead >= 0) {
+    int b = s->qhead;
+    size_t n = u->blen[b] - s->qoff;
+    if (n > len) n = len;
+    memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
+    s->qoff += (unsigned)n;
+    if (s->qoff == u->blen[b]) {
+      s->qoff = 0;
+      s->qhead = u->bnext[b];
+      if (s->qhead < 0) s->qtail = -1;
+      s->npend--;
+      buf_free(u, b);
+    }
+    if (s->qhead >= 0 || s->eof || s->rerr || s->rd) io->ready |= STRAND_READ;
+    else io->ready &= ~(unsigned)STRAND_READ;
+    return (long)n;
+  }
+  if (s->rerr) { errno = s->rerr; s->rerr = 0; return -1; }
+  if (s->eof) return 0;
+  if (nonblocking) return -2;
+  if (s->rd) return rd_recv(u, io, s, buf, len);
+  if (!s->recv_armed) {
+    if (u->nfree >= ARM_MIN) arm_recv(u, io->pollidx);
+    else { s->rd = 1; u->throttles++; return rd_recv(u, io, s, buf, len); }
+  }
+  io->ready &= ~(unsigned)STRAND_READ;
+  errno = EAGAIN;
+  return -1;
+}
+
+/* Cancel a socket's multishot recv and wait (bounded) for its last completion, so that nothing
+ * more is taken from the fd; what it took stays queued for the next strand read. forever: never
+ * arm one again (the fd was handed out). */
+void strand_uring_disarm(strand_io *io, int forever) {
+  ur *u = fast_ur(io);
+  if (u == NULL) return;
+  int i = io->pollidx;
+  uslot *s = &u->slots[i];
+  if (forever) s->nofast = 1;
+  if (!s->fast) return;
+  if (!s->rd) { s->rd = 1; u->throttles++; }
+  if (!s->recv_armed) return;
+  if (!s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+  for (int round = 0; round < 40 && s->recv_armed; round++) {
+    struct __kernel_timespec ts = { 0, 25000000 };
+    struct io_uring_getevents_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.ts = (uint64_t)(uintptr_t)&ts;
+    int k = sys_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+    if (k > 0) u->to_submit -= (unsigned)k;
+    reap(u);
+  }
+}
+
+/* Copies up to len queued bytes (taken by a multishot, not read yet) into buf: 0 when none. */
+size_t strand_uring_take(strand_io *io, char *buf, size_t len) {
+  ur *u = fast_ur(io);
+  if (u == NULL) return 0;
+  uslot *s = &u->slots[io->pollidx];
+  size_t got = 0;
+  while (s->qhead >= 0 && got < len) {
+    int b = s->qhead;
+    size_t n = u->blen[b] - s->qoff;
+    if (n > len - got) n = len - got;
+    memcpy(buf + got, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
+    got += n;
+    s->qoff += (unsigned)n;
+    if (s->qoff == u->blen[b]) {
+      s->qoff = 0;
+      s->qhead = u->bnext[b];
+      if (s->qhead < 0) s->qtail = -1;
+      s->npend--;
+      buf_free(u, b);
+    }
+  }
+  return got;
+}
+
+int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len, long *res,
+                      uint32_t *seq) {
+  ur *u = fast_ur(io);
+  if (u == NULL) return -1;
+  uslot *s = &u->slots[io->pollidx];
+  if (!s->fast) return -1;
+  if (s->send_done) {
+    s->send_done = 0;
+    if (*seq != 0 && s->sseq == *seq) {
+      *res = s->sres;
+      *seq = 0;
+      return 2;
+    }
+    /* the result of a sendall that was cancelled meanwhile: not ours, dropped */
+  }
+  if (s->send_busy) return 1;   /* ours, or an abandoned one's: the next sends wait for it */
+  struct io_uring_sqe *e = get_sqe(u);
+  e->opcode = IORING_OP_SEND;
+  e->fd = io->fd;
+  e->addr = (uint64_t)(uintptr_t)p;
+  e->len = (unsigned)(len > 0x7fffffff ? 0x7fffffff : len);
+  e->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
+  put_sqe(u, io->pollidx, OP_SEND);
+  s->send_busy = 1;
+  if (++s->sseq_next == 0) s->sseq_next = 1;
+  s->sseq = *seq = s->sseq_next;
+  lua_pushvalue(L, sidx);                     /* the kernel reads it until the CQE */
+  s->sref = luaL_ref(L, LUA_REGISTRYINDEX);
+  io->ready &= ~(unsigned)STRAND_WRITE;
+  return 1;
+}
+
+/* A send's waiter gave up (timeout, close, cancel): the CQE will drop the anchor. */
+void strand_uring_send_abandon(strand_io *io) {
+  ur *u = fast_ur(io);
+  if (u == NULL) return;
+  uslot *s = &u->slots[io->pollidx];
+  if (s->send_busy) cancel_op(u, io->pollidx, OP_SEND);
+  s->send_done = 0;
+}
+
+/* }==== */
+
+const strand_poller strand_poller_uring = {
+  "uring", ur_init, ur_add, ur_interest, ur_del, ur_wait, ur_free
+};
+
+/* core._uring.stats() -> table: the calling state's loop's provided-buffer pool (flow-control
+ * specs): nbuf, free, min_free (low-water mark), throttles, enobufs, recv (how reads are armed),
+ * pending_max; nil when the loop is not on io_uring. */
+static int l_stats(lua_State *L) {
+  strand_loop *loop = strand_loop_get(L);
+  if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
+  ur *u = (ur *)loop->pstate;
+  int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
+  if (k > 0) u->to_submit -= (unsigned)k;
+  reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, u->br ? NBUF : 0); lua_setfield(L, -2, "nbuf");
+  lua_pushinteger(L, u->br ? u->nfree : 0); lua_setfield(L, -2, "free");
+  lua_pushinteger(L, u->br ? u->min_free : 0); lua_setfield(L, -2, "min_free");
+  lua_pushinteger(L, (lua_Integer)u->throttles); lua_setfield(L, -2, "throttles");
+  lua_pushinteger(L, (lua_Integer)u->enobufs); lua_setfield(L, -2, "enobufs");
+  lua_pushstring(L, u->nolimit ? "single-shot" : u->limit_ok ? "multishot-limited" : "untried");
+  lua_setfield(L, -2, "recv");
+  lua_pushinteger(L, PENDING_MAX); lua_setfield(L, -2, "pending_max");
+  lua_pushinteger(L, MSHOT_BYTES / BUFSZ); lua_setfield(L, -2, "mshot_bufs");
+  return 1;
+}
+
+int strand_open__uring(lua_State *L) {
+  static const luaL_Reg fns[] = { { "stats", l_stats }, { NULL, NULL } };
+  luaL_newlib(L, fns);
+  return 1;
+}
