@@ -156,6 +156,18 @@ static int flush(ur *u) {
 
 static void reap(ur *u);
 
+/* Submits what is queued, waits up to ns for a completion and reaps what came (the bounded
+ * waits of a drain and of a disarm). */
+static void wait_reap(ur *u, long ns) {
+  struct __kernel_timespec ts = { 0, ns };
+  struct io_uring_getevents_arg arg;
+  memset(&arg, 0, sizeof arg);
+  arg.ts = (uint64_t)(uintptr_t)&ts;
+  int k = sys_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+  if (k > 0) u->to_submit -= (unsigned)k;
+  reap(u);
+}
+
 static struct io_uring_sqe *get_sqe(ur *u) {
   while (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N) {
     if (flush(u) != 0) { reap(u); }
@@ -484,15 +496,7 @@ static void ur_free(void *pv) {
     e->user_data = 0;
     u->tail++; u->to_submit++;
     __atomic_store_n(u->sq_tail, u->tail, __ATOMIC_RELEASE);
-    for (int round = 0; round < 20 && u->inflight > 0; round++) {
-      struct __kernel_timespec ts = { 0, 50000000 };
-      struct io_uring_getevents_arg arg;
-      memset(&arg, 0, sizeof arg);
-      arg.ts = (uint64_t)(uintptr_t)&ts;
-      int k = sys_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
-      if (k > 0) u->to_submit -= (unsigned)k;
-      reap(u);
-    }
+    for (int round = 0; round < 20 && u->inflight > 0; round++) wait_reap(u, 50000000);
   }
   /* (in a forked child the requests are the parent's: unmap and close only) */
   munmap(u->sqes, u->sqes_len);
@@ -614,15 +618,7 @@ void strand_uring_disarm(strand_io *io, int forever) {
   if (!s->rd) { s->rd = 1; u->throttles++; }
   if (!s->recv_armed) return;
   if (!s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
-  for (int round = 0; round < 40 && s->recv_armed; round++) {
-    struct __kernel_timespec ts = { 0, 25000000 };
-    struct io_uring_getevents_arg arg;
-    memset(&arg, 0, sizeof arg);
-    arg.ts = (uint64_t)(uintptr_t)&ts;
-    int k = sys_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
-    if (k > 0) u->to_submit -= (unsigned)k;
-    reap(u);
-  }
+  for (int round = 0; round < 40 && s->recv_armed; round++) wait_reap(u, 25000000);
 }
 
 /* Copies up to len queued bytes (taken by a multishot, not read yet) into buf: 0 when none. */

@@ -153,13 +153,7 @@ static int l_gc(lua_State *L) {
 /* lua_pcall'ed with the outcome's values: their encoding, or nil (a process-local object) */
 static int encode_outcome(lua_State *L) {
   strand_serial_encode(L, 1, lua_gettop(L), STRAND_SERIAL_FUNCTIONS);
-  size_t len;
-  const char *p = lua_tolstring(L, -1, &len);
-  if (!strand_serial_family_only(p, len)) {
-    strand_serial_release(p, len);
-    lua_pushnil(L);
-  }
-  return 1;
+  return strand_serial_family_or_nil(L);
 }
 
 static void put_be(char *o, uint64_t v, int n) {
@@ -369,13 +363,7 @@ static int chunk_k(lua_State *L, int status, lua_KContext ctx) {   /* fn yielded
 /* lua_pcall'ed: (table, count) -> "true, list" encoded, or nil (a process-local object) */
 static int encode_results(lua_State *L) {
   strand_serial_encode_list(L, 1, 1, lua_tointeger(L, 2), 1, STRAND_SERIAL_FUNCTIONS);
-  size_t len;
-  const char *p = lua_tolstring(L, -1, &len);
-  if (!strand_serial_family_only(p, len)) {
-    strand_serial_release(p, len);
-    lua_pushnil(L);
-  }
-  return 1;
+  return strand_serial_family_or_nil(L);
 }
 
 /* run_chunk's stack: link, data, pos, fn, msgh, id, the state; then the loop's two results */

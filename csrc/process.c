@@ -474,13 +474,7 @@ static int l_exit(lua_State *L) {
  * (the channel is strand's own); locks, queues, dicts... cross by arena offset. */
 static int encode_values(lua_State *L, int first, int n) {
   strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
-  size_t len;
-  const char *p = lua_tolstring(L, -1, &len);
-  if (!strand_serial_family_only(p, len)) {
-    strand_serial_release(p, len);
-    lua_pushnil(L);
-  }
-  return 1;
+  return strand_serial_family_or_nil(L);
 }
 
 static int l_encode(lua_State *L) {
@@ -503,13 +497,7 @@ static int l_encode_list(lua_State *L) {
   int lead = lua_toboolean(L, 4);
   lua_settop(L, 1);
   strand_serial_encode_list(L, 1, i, j, lead, STRAND_SERIAL_FUNCTIONS);
-  size_t len;
-  const char *p = lua_tolstring(L, -1, &len);
-  if (!strand_serial_family_only(p, len)) {
-    strand_serial_release(p, len);
-    lua_pushnil(L);
-  }
-  return 1;
+  return strand_serial_family_or_nil(L);
 }
 
 /* Decoding the data of strand's process channels (a pool job's result, a process's outcome, a

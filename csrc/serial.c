@@ -244,6 +244,18 @@ int strand_serial_family_only(const char *p, size_t len) {
   return local_refs == 0;
 }
 
+/* The encoding on the stack's top stays if it is family-only, else its references are dropped
+ * and it becomes nil (the encoders for another process of the family). Returns 1. */
+int strand_serial_family_or_nil(lua_State *L) {
+  size_t len;
+  const char *p = lua_tolstring(L, -1, &len);
+  if (!strand_serial_family_only(p, len)) {
+    strand_serial_release(p, len);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
 /* }==== */
 
 /* {==== encoding */

@@ -388,6 +388,7 @@ STRAND_API void strand_serial_release_shared(const char *p, size_t len);
 /* The string's object references are all by arena offset (locks, queues, dicts...: valid in
  * every process of the family), none by pointer (valid in this process only): 1, else 0. */
 STRAND_API int strand_serial_family_only(const char *p, size_t len);
+int strand_serial_family_or_nil(lua_State *L);
 /* The list {t[i..j], n = j-i+1} as one value (after a leading true when lead), the bytes
  * strand_serial_encode gives for that table, without making it (pool map chunks). */
 STRAND_API void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j,
