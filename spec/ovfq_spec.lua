@@ -47,10 +47,12 @@ local function blocks_of(items)
 end
 
 -- The queue holds exactly `items` (each once, in order), its storage exactly their blocks plus
--- the big ring and the overflow's array (+ `leaked`), unfinished counts `unf`, and puts and
--- gets go on working (through the overflow again) unless it is closed.
+-- the big ring and the overflow's chunks (+ `leaked`; as many chunks as its items need, one
+-- more at most, one once drained), unfinished counts `unf`, and puts and gets go on working
+-- (through the overflow again) unless it is closed.
+local CHUNK = 512                                  -- items per overflow chunk (queue.c)
 local function check(q, items, leaked, unf, what, closed)
-  local nb = queue._test_blocks(q)                -- locks first: the repair runs
+  local nb, _, chunks = queue._test_blocks(q)     -- locks first: the repair runs
   -- blocks of the sizes of the queue's arrays taken from the arena: one released while the
   -- queue still used it would be overwritten now
   local junk = queue.lifo()
@@ -61,7 +63,8 @@ local function check(q, items, leaked, unf, what, closed)
   end
   assert.is_truthy(nb, what .. ": the block list is whole")
   assert.equal(#items, q:qsize(), what .. ": qsize")
-  assert.equal(2 + blocks_of(items) + leaked, nb, what .. ": storage blocks")
+  assert.is_true(chunks >= 1 and chunks <= #items // CHUNK + 2, what .. ": " .. chunks .. " chunks")
+  assert.equal(1 + chunks + blocks_of(items) + leaked, nb, what .. ": storage blocks")
   local got = {}
   for _ = 1, #items + 1 do
     local v = q:get_nowait()
@@ -70,6 +73,7 @@ local function check(q, items, leaked, unf, what, closed)
   end
   assert.same(items, got, what .. ": the items, each once, in order")
   assert.equal(2 + leaked, (queue._test_blocks(q)), what .. ": storage blocks once drained")
+  assert.equal(1, select(3, queue._test_blocks(q)), what .. ": one chunk kept once drained")
   if closed then
     assert.same({ nil, "closed" }, { q:get_nowait() })
   else
@@ -109,7 +113,7 @@ describe("an unbounded queue's overflow whose holder died", function()
   it("a put's move killed at any step leaves each item once, in order", function()
     for _, pt in ipairs({ { "move", 2 }, { "moved", 1 } }) do
       local q, items = setup(600, 16)
-      assert.equal(items[1], q:get_nowait())      -- installs the big ring, moves 64
+      assert.equal(items[1], q:get_nowait())      -- installs the big ring, moves 256
       table.remove(items, 1)
       q:task_done()
       dies_at(pt[1], pt[2], function() q:put_nowait("new") end)
@@ -143,10 +147,11 @@ describe("an unbounded queue's overflow whose holder died", function()
     end
   end)
 
-  -- the overflow's array is full (64): the append grows it to 128
-  it("the overflow's growth killed at any step keeps one array, every item once", function()
+  -- the overflow's chunk is full (512 items): the append links a second one; killed before
+  -- it is linked for good, the new chunk is given back and the first one ends the chain
+  it("the overflow's growth killed at any step keeps its chain, every item once", function()
     for _, point in ipairs({ "ogrow", "ogrown" }) do
-      local q, items = setup(16 + 64, 0)
+      local q, items = setup(16 + CHUNK, 0)
       dies_at(point, 1, function() q:put_nowait("new") end)
       check(q, items, 0, #items, "grow died at " .. point)
     end
@@ -193,7 +198,7 @@ describe("an unbounded queue's overflow whose holder died", function()
       p:join(H.TIMEOUT)
       assert.equal(-9, p.exitcode)
       local what = "round " .. round
-      local nb = queue._test_blocks(q)
+      local nb, _, chunks = queue._test_blocks(q)
       assert.is_truthy(nb, what .. ": the block list is whole")
       local n = q:qsize()
       local got = {}
@@ -215,8 +220,9 @@ describe("an unbounded queue's overflow whose holder died", function()
         assert.is_true(num(got[i]) > num(got[i - 1]), what .. ": " .. got[i] .. " after " .. got[i - 1])
       end
       local left = queue._test_blocks(q)
-      local own = nb - blocks_of(got)              -- the big ring, the array, the one in flight
-      assert.is_true(own >= 1 and own <= 3, what .. ": " .. nb .. " blocks for " .. #got .. " items")
+      local own = nb - blocks_of(got)              -- the big ring, the chunks, the one in flight
+      assert.is_true(own >= 1 and own <= 2 + chunks and chunks <= n // CHUNK + 2,
+        what .. ": " .. nb .. " blocks (" .. chunks .. " chunks) for " .. #got .. " items")
       assert.is_true(left >= 1 and left <= own, what .. ": " .. left .. " blocks once drained")
       assert.is_true(q:put_nowait("x")); assert.equal("x", q:get_nowait())
     end
