@@ -128,10 +128,10 @@ static int q_less(const q_item *a, const q_item *b) {
  * SIGKILL at that instant would. */
 enum { QD_NONE, QD_GROW, QD_GROWN, QD_ALLOC, QD_FILLED, QD_SIFT_UP, QD_COUNTED, QD_GET,
        QD_SIFT_DOWN, QD_POPPED, QD_TAKEN, QD_LINK, QD_UNLINK, QD_OGROW, QD_OGROWN, QD_OPUT,
-       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED };
+       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED, QD_OFREE };
 static const char *const die_names[] = { "none", "grow", "grown", "alloc", "filled", "sift_up",
   "counted", "get", "sift_down", "popped", "taken", "link", "unlink", "ogrow", "ogrown", "oput",
-  "ocount", "move", "moved", "otake", "install", "installed", NULL };
+  "ocount", "move", "moved", "otake", "install", "installed", "ofree", NULL };
 static int die_point, die_n;
 #define Q_CRASH(p) do { \
     if (__builtin_expect(die_point == (p), 0) && --die_n == 0) _exit(0); } while (0)
@@ -747,6 +747,7 @@ static void o_shrink(strand_shm *s, q_state *st) {
     uint64_t old = st->ovf_head;
     __atomic_store_n(&st->ovf_head, c->next, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    Q_CRASH(QD_OFREE);
     strand_shm_release(s, old);
   }
 }

@@ -175,6 +175,53 @@ describe("an unbounded queue's overflow whose holder died", function()
     check(q, items, 0, #items, "repeated")
   end)
 
+  -- the overflow is a chain of chunks: the growth killed when it links a later chunk (the
+  -- first ones full, the head chunk's items partly gone) keeps the chain whole too
+  it("a later chunk's link killed at any step keeps the chain, every item once", function()
+    for _, point in ipairs({ "ogrow", "ogrown" }) do
+      local q, items = setup(16 + 3 * CHUNK, 16)
+      for _ = 1, 600 do                           -- moves of 256: the first chunk released,
+        assert.equal(items[1], q:get_nowait())    -- the second half gone
+        table.remove(items, 1)
+        q:task_done()
+      end
+      assert.equal(2, select(3, queue._test_blocks(q)), point .. ": two chunks, the last full")
+      dies_at(point, 1, function() q:put_nowait("new") end)
+      check(q, items, 0, #items, "later grow died at " .. point)
+    end
+  end)
+
+  -- a move that takes the last items of the head chunk releases it (ovf_head moved on first):
+  -- killed in between, that chunk is lost (one block until the family ends), never released
+  -- twice nor read again
+  it("a drained chunk's release killed midway loses that chunk, nothing else", function()
+    local q, items = setup(16 + 600, 16)
+    dies_at("ofree", 1, function()
+      for _ = 1, 257 do q:get_nowait() end       -- installs, moves 256, then the next 256
+    end)
+    for _ = 1, 256 do table.remove(items, 1) end  -- taken by the child before it died
+    check(q, items, 1, #items + 256, "release died")
+  end)
+
+  -- closed, the overflow still drains through the ring (moves after close), in order; killed
+  -- at any step of such a move, each item once, in order, and then "closed"
+  it("a closed queue's move killed at any step leaves each item once, in order", function()
+    for _, pt in ipairs({ { "move", 1 }, { "move", 40 }, { "moved", 1 } }) do
+      local q, items = setup(16 + 600, 16)
+      assert.equal(items[1], q:get_nowait())      -- installs the big ring, moves 256
+      table.remove(items, 1)
+      q:task_done()
+      for _ = 1, 255 do                           -- the ring empty again, 344 in the overflow
+        assert.equal(items[1], q:get_nowait())
+        table.remove(items, 1)
+        q:task_done()
+      end
+      q:close()
+      dies_at(pt[1], pt[2], function() q:get_nowait() end)
+      check(q, items, 0, #items, "closed move died at " .. pt[1] .. " " .. pt[2], true)
+    end
+  end)
+
   -- SIGKILL at random moments of a put/put/get loop (the overflow growing, moving, the ring
   -- growing): each item at most once, in order, the storage exactly their blocks plus the
   -- queue's own (the big ring, the overflow's array while it is not empty or small) plus at
