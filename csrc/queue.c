@@ -339,17 +339,18 @@ static void q_repair(strand_shm *s) {
  * no item enters after close. unfinished = tail - done, so a put writes nothing more.
  *
  * An unbounded FIFO (maxsize 0) has a ring of RING_UNBOUNDED slots and, for when it is full,
- * an ordered overflow: a growable array of the same items in the arena, under the mutex, whose
- * length ovf_n anybody may read. The rules:
+ * an ordered overflow: a chain of chunks of the same items in the arena (o_chunk), under the
+ * mutex, whose length ovf_n anybody may read. The rules:
  *  - a put goes to the ring only while ovf_n == 0; if the ring is full, or ovf_n > 0, it locks,
- *    first moves up to OVF_BATCH of the oldest overflow items to the ring's tail (as far as
- *    there is room), then puts its item into the ring if the overflow is now empty, else appends
- *    it to the overflow. (A producer that read ovf_n == 0 just before the overflow began may
+ *    first moves up to OVF_BATCH of the oldest overflow items to the ring's tail (if that many
+ *    slots are free there), then puts its item into the ring if the overflow is now empty, else
+ *    appends it to the overflow. (A producer that read ovf_n == 0 just before the overflow began may
  *    still put into the ring afterwards: its own earlier items are all taken or in the ring.)
- *  - a get takes from the ring; if the ring has nothing and ovf_n > 0 it locks, moves a batch the
- *    same way and takes from the ring. Only if nothing could move (the queue is closed: the
- *    ring refuses puts) does it take the overflow's oldest item directly, and only once every
- *    ring position claimed so far has been taken (head >= tail, tail read first).
+ *  - a get takes from the ring; if the ring has nothing and ovf_n > 0 it locks, moves up to
+ *    OVF_GET_BATCH the same way and takes from the ring. Moves go on after close (the claim
+ *    keeps the closed bit: no put claims a position). Only if nothing could move (closed before
+ *    the big ring was installed) does it take the overflow's oldest item directly, and only once
+ *    every ring position claimed so far has been taken (head >= tail, tail read first).
  * Why each producer's order holds, and no item is lost or taken twice: an item x of producer P
  * enters the overflow only after P's earlier items, which are either older in the overflow or
  * in the ring at positions below tail, which the lock orders before x's append. Moves go in
@@ -359,8 +360,9 @@ static void q_repair(strand_shm *s) {
  * overflow, to a ring position below the one P gets, or taken. An item is in exactly one place:
  * a move pushes (the ring copies it) and then drops it from the overflow under the same lock,
  * and only lock holders read or change the overflow. close() is under the mutex too, so after
- * it nothing is appended nor moved, and a getter that sees the closed bit sees every append
- * (the drained check reads tail, head, then ovf_n). unfinished = tail + ovf_extra - done, where
+ * it nothing is appended, and a getter that sees the closed bit sees every append (the drained
+ * check reads ovf_n first, then tail and head: a move after close claims its ring positions in
+ * tail before it uncounts them from ovf_n). unfinished = tail + ovf_extra - done, where
  * ovf_extra counts appended items not moved (a move pushes, then uncounts: read without the
  * mutex, the sum may be too big for a moment, never too small; under it, exact).
  *
