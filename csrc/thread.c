@@ -87,7 +87,8 @@ static char *dupbytes(const char *s, size_t n) {
  * the rate it allocates (a consumer's strings: one per get), and glibc's malloc and free cost
  * ~300 instructions per such 125-byte block (its unsorted bins; its per-thread cache holds 7),
  * the free lists ~15. Only for a state made with thr_alloc from its first block (small != 0):
- * a block from another allocator may be shorter than its class. */
+ * a block from another allocator may be shorter than its class. Not under ASan, whose malloc
+ * finds a use after free that a reused block would hide. */
 #define SMALL_MAX 256
 #define SMALL_NCLS (SMALL_MAX / 16)
 #define SMALL_KEEP (32 * 1024)
@@ -232,7 +233,11 @@ static lua_State *new_state(boot_arena *a) {
     if (L != NULL) lua_setallocf(L, thr_alloc, a);
     return L;
   }
+#ifdef __SANITIZE_ADDRESS__
+  a->small = 0;        /* ASan: every block back to malloc, which finds a use after free */
+#else
   a->small = 1;                                        /* every block is thr_alloc's */
+#endif
   lua_State *L = lua_newstate(thr_alloc, a);
   if (L != NULL) {
     lua_atpanic(L, aux_panic);
