@@ -87,8 +87,8 @@ static char *dupbytes(const char *s, size_t n) {
  * the rate it allocates (a consumer's strings: one per get), and glibc's malloc and free cost
  * ~300 instructions per such 125-byte block (its unsorted bins; its per-thread cache holds 7),
  * the free lists ~15. Only for a state made with thr_alloc from its first block (small != 0):
- * a block from another allocator may be shorter than its class. Not under ASan, whose malloc
- * finds a use after free that a reused block would hide. */
+ * a block from another allocator may be shorter than its class. Not under ASan or memcheck
+ * (checked_malloc). */
 #define SMALL_MAX 256
 #define SMALL_NCLS (SMALL_MAX / 16)
 #define SMALL_KEEP (32 * 1024)
@@ -150,6 +150,18 @@ static inline void *heap_alloc(boot_arena *a, void *ptr, size_t osize, size_t ns
   memcpy(p, ptr, osize < nsize ? osize : nsize);
   if (osize <= SMALL_MAX) small_free(a, ptr, osize); else free(ptr);
   return p;
+}
+
+/* Under ASan or valgrind's memcheck every block goes back to malloc, which finds a use after
+ * free that a block reused from a free list would hide. (Not under callgrind, whose instruction
+ * counts are how this allocator is measured: memcheck alone preloads its own library.) */
+static int checked_malloc(void) {
+#ifdef __SANITIZE_ADDRESS__
+  return 1;
+#else
+  const char *pre = getenv("LD_PRELOAD");
+  return pre != NULL && strstr(pre, "vgpreload_memcheck") != NULL;
+#endif
 }
 
 static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -233,11 +245,7 @@ static lua_State *new_state(boot_arena *a) {
     if (L != NULL) lua_setallocf(L, thr_alloc, a);
     return L;
   }
-#ifdef __SANITIZE_ADDRESS__
-  a->small = 0;        /* ASan: every block back to malloc, which finds a use after free */
-#else
-  a->small = 1;                                        /* every block is thr_alloc's */
-#endif
+  a->small = !checked_malloc();                        /* every block is thr_alloc's */
   lua_State *L = lua_newstate(thr_alloc, a);
   if (L != NULL) {
     lua_atpanic(L, aux_panic);
