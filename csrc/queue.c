@@ -44,9 +44,9 @@ typedef struct o_journal {
   uint32_t op, k;         /* move: the batch's size */
   uint64_t n, first, extra;   /* ovf_n, ovf_first, ovf_extra before the change */
   uint64_t t0;            /* move: the batch's first ring position (OJ_UNSET: none claimed);
-                             install: the small ring's last position; grow: the old array */
-  uint64_t a, b;          /* put: the item's arena block (0: none); grow: the new array, its
-                             capacity */
+                             install: the small ring's last position; grow: the last chunk
+                             before (0: none) */
+  uint64_t a, b;          /* put: the item's arena block (0: none); grow: the new chunk */
 } o_journal;
 _Static_assert(sizeof(o_journal) == 56, "o_journal: done's line after done");
 
@@ -82,7 +82,9 @@ typedef struct q_state {
    * everything is written under it */
   _Alignas(64) uint64_t ovf_n;    /* items in the overflow */
   uint64_t ovf_extra;             /* items put into the overflow and not moved to the ring */
-  uint64_t ovf_items, ovf_cap, ovf_first;   /* arena offset of its r_item array (a ring) */
+  uint64_t ovf_head, ovf_tailc;   /* arena offsets of its first and last chunk (o_chunk) */
+  uint64_t ovf_first;             /* the oldest item's number (items are numbered from 0 in
+                                     the order they were appended; never reset) */
   int64_t nlocal;                 /* values held by reference (the queue has not crossed) */
 } q_state;                        /* 320 bytes, a multiple of 64: the ring's slots follow */
 _Static_assert(sizeof(q_state) == 320, "q_state: five cache lines");
@@ -126,10 +128,10 @@ static int q_less(const q_item *a, const q_item *b) {
  * SIGKILL at that instant would. */
 enum { QD_NONE, QD_GROW, QD_GROWN, QD_ALLOC, QD_FILLED, QD_SIFT_UP, QD_COUNTED, QD_GET,
        QD_SIFT_DOWN, QD_POPPED, QD_TAKEN, QD_LINK, QD_UNLINK, QD_OGROW, QD_OGROWN, QD_OPUT,
-       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED };
+       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED, QD_OFREE };
 static const char *const die_names[] = { "none", "grow", "grown", "alloc", "filled", "sift_up",
   "counted", "get", "sift_down", "popped", "taken", "link", "unlink", "ogrow", "ogrown", "oput",
-  "ocount", "move", "moved", "otake", "install", "installed", NULL };
+  "ocount", "move", "moved", "otake", "install", "installed", "ofree", NULL };
 static int die_point, die_n;
 #define Q_CRASH(p) do { \
     if (__builtin_expect(die_point == (p), 0) && --die_n == 0) _exit(0); } while (0)
@@ -337,17 +339,18 @@ static void q_repair(strand_shm *s) {
  * no item enters after close. unfinished = tail - done, so a put writes nothing more.
  *
  * An unbounded FIFO (maxsize 0) has a ring of RING_UNBOUNDED slots and, for when it is full,
- * an ordered overflow: a growable array of the same items in the arena, under the mutex, whose
- * length ovf_n anybody may read. The rules:
+ * an ordered overflow: a chain of chunks of the same items in the arena (o_chunk), under the
+ * mutex, whose length ovf_n anybody may read. The rules:
  *  - a put goes to the ring only while ovf_n == 0; if the ring is full, or ovf_n > 0, it locks,
- *    first moves up to OVF_BATCH of the oldest overflow items to the ring's tail (as far as
- *    there is room), then puts its item into the ring if the overflow is now empty, else appends
- *    it to the overflow. (A producer that read ovf_n == 0 just before the overflow began may
+ *    first moves up to OVF_BATCH of the oldest overflow items to the ring's tail (if that many
+ *    slots are free there), then puts its item into the ring if the overflow is now empty, else
+ *    appends it to the overflow. (A producer that read ovf_n == 0 just before the overflow began may
  *    still put into the ring afterwards: its own earlier items are all taken or in the ring.)
- *  - a get takes from the ring; if the ring has nothing and ovf_n > 0 it locks, moves a batch the
- *    same way and takes from the ring. Only if nothing could move (the queue is closed: the
- *    ring refuses puts) does it take the overflow's oldest item directly, and only once every
- *    ring position claimed so far has been taken (head >= tail, tail read first).
+ *  - a get takes from the ring; if the ring has nothing and ovf_n > 0 it locks, moves up to
+ *    OVF_GET_BATCH the same way and takes from the ring. Moves go on after close (the claim
+ *    keeps the closed bit: no put claims a position). Only if nothing could move (closed before
+ *    the big ring was installed) does it take the overflow's oldest item directly, and only once
+ *    every ring position claimed so far has been taken (head >= tail, tail read first).
  * Why each producer's order holds, and no item is lost or taken twice: an item x of producer P
  * enters the overflow only after P's earlier items, which are either older in the overflow or
  * in the ring at positions below tail, which the lock orders before x's append. Moves go in
@@ -357,8 +360,9 @@ static void q_repair(strand_shm *s) {
  * overflow, to a ring position below the one P gets, or taken. An item is in exactly one place:
  * a move pushes (the ring copies it) and then drops it from the overflow under the same lock,
  * and only lock holders read or change the overflow. close() is under the mutex too, so after
- * it nothing is appended nor moved, and a getter that sees the closed bit sees every append
- * (the drained check reads tail, head, then ovf_n). unfinished = tail + ovf_extra - done, where
+ * it nothing is appended, and a getter that sees the closed bit sees every append (the drained
+ * check reads ovf_n first, then tail and head: a move after close claims its ring positions in
+ * tail before it uncounts them from ovf_n). unfinished = tail + ovf_extra - done, where
  * ovf_extra counts appended items not moved (a move pushes, then uncounts: read without the
  * mutex, the sum may be too big for a moment, never too small; under it, exact).
  *
@@ -381,7 +385,8 @@ static void q_repair(strand_shm *s) {
 
 #define RING_INLINE 112
 #define RING_MAXCAP 16384
-#define OVF_BATCH 64          /* overflow items moved to the ring under one lock */
+#define OVF_BATCH 64          /* overflow items moved to the ring under one lock (a put) */
+#define OVF_GET_BATCH 256     /* ... by a getter that found the ring empty */
 #ifndef RING_UNBOUNDED
 #define RING_UNBOUNDED 16     /* the ring of an unbounded FIFO: 2 KiB, so an empty one is small */
 #endif
@@ -477,9 +482,11 @@ static int o_ready(q_state *st) {
 /* Closed and nothing left nor on its way (after close nothing enters the overflow, and
  * whatever did is seen once the closed bit is). */
 static int r_drained(q_state *st) {
+  /* ovf_n first: a move (which may run after close) claims its ring positions before it
+   * uncounts them, so an empty overflow read here means tail below counts them */
+  if (A_ACQ(&st->ovf_n) != 0) return 0;
   uint64_t t = A_ACQ(&st->tail);
-  return (t & RING_CLOSED) && (t & ~RING_FLAGS) == A_ACQ(&st->head) &&
-         A_ACQ(&st->ovf_n) == 0;
+  return (t & RING_CLOSED) && (t & ~RING_FLAGS) == A_ACQ(&st->head);
 }
 
 /* A getter need not sleep: an item is there, or the queue is closed and drained. (Closed with
@@ -499,15 +506,20 @@ static int r_can_put(q_state *st) {
   return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
 }
 
-/* A move could do something: the slot at tail is free, or the ring is retired (a move may
- * install the big one). Locked, for an unbounded ring. */
-static int r_room(q_state *st) {
+/* A move could do something: the slots at tail .. tail + k - 1 are free, or the ring is
+ * retired (a move may install the big one; not once closed). Closed, a move still drains the
+ * overflow into the ring (which takes no put). Locked, for an unbounded ring. */
+static int r_room_for(q_state *st, uint64_t k) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->tail);
-  if (pos & RING_FLAGS) return (pos & RING_FLAGS) == RING_RETIRED;
+  if (pos & (RING_RETIRED | RING_MOVING)) return (pos & RING_FLAGS) == RING_RETIRED;
+  pos &= ~RING_FLAGS;
+  if (k > cap) k = cap;
+  pos += k - 1;
   return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
 }
+static int r_room(q_state *st) { return r_room_for(st, 1); }
 
 static int64_t r_size(q_state *st) {
   int64_t o = (int64_t)A_ACQ(&st->ovf_n);       /* first: a move fills the ring, then uncounts */
@@ -707,57 +719,70 @@ static inline void oj_set(q_state *st, uint32_t op) {
   __atomic_signal_fence(__ATOMIC_SEQ_CST);
 }
 
-#define o_items(s, st) ((r_item *)strand_shm_at(s, (st)->ovf_items))
+/* The overflow is a chain of chunks of OVF_CHUNK items each (61 KiB: below the arena's
+ * hole-punching size, so a released chunk keeps its pages for the next), linked from ovf_head
+ * to ovf_tailc; chunk c holds the items numbered c->start .. c->start + OVF_CHUNK - 1. An append
+ * that finds the last chunk full links a new one (nothing is copied, whatever the overflow's
+ * length); chunks whose items have all left are released after each change's commit. */
+#define OVF_CHUNK 512
+typedef struct o_chunk {
+  uint64_t next;          /* the next chunk (0: none) */
+  uint64_t start;         /* the number of its first item */
+  r_item it[OVF_CHUNK];
+} o_chunk;
+#define o_chunk_at(s, off) ((o_chunk *)strand_shm_at(s, off))
 
-/* An empty overflow whose array grew past 1024 items (a big burst is over) gives it back,
- * after the change's commit: the capacity first, so that a holder killed in between leaves an
- * array of capacity 0 (lost: bytes until the family ends), never one released and still used. */
-static void o_shrink(strand_shm *s, q_state *st) {
-  if (st->ovf_n != 0 || st->ovf_cap <= 1024) return;
-  uint64_t old = st->ovf_items;
-  st->ovf_cap = 0;
-  st->ovf_first = 0;
-  __atomic_signal_fence(__ATOMIC_SEQ_CST);
-  st->ovf_items = 0;
-  __atomic_signal_fence(__ATOMIC_SEQ_CST);
-  strand_shm_release(s, old);
+/* The overflow's item numbered i (held: ovf_head's start <= i < its end). */
+static r_item *o_item(strand_shm *s, q_state *st, uint64_t i) {
+  o_chunk *c = o_chunk_at(s, st->ovf_head);
+  while (i >= c->start + OVF_CHUNK) c = o_chunk_at(s, c->next);
+  return &c->it[i - c->start];
 }
 
-/* Append: 0 or an errno. A full array grows first (OJ_GROW: the new one filled, then published,
- * items then cap and first, then the journal cleared, then the old one released), then the item
- * is copied in and counted (OJ_PUT, undone until cleared). */
+/* Release the chunks at the front whose items have all left (after a change's commit; the last
+ * chunk stays for the next append): ovf_head moves first (one store), so a holder killed in
+ * between loses a chunk (bytes until the family ends), never releases one still linked. */
+static void o_shrink(strand_shm *s, q_state *st) {
+  while (st->ovf_head && st->ovf_head != st->ovf_tailc) {
+    o_chunk *c = o_chunk_at(s, st->ovf_head);
+    if (c->start + OVF_CHUNK > st->ovf_first) break;
+    uint64_t old = st->ovf_head;
+    __atomic_store_n(&st->ovf_head, c->next, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    Q_CRASH(QD_OFREE);
+    strand_shm_release(s, old);
+  }
+}
+
+/* Append: 0 or an errno. A full last chunk (or none) first gets a new one linked after it
+ * (OJ_GROW: allocated and filled in, then linked: the old last chunk's next or ovf_head, then
+ * ovf_tailc, then the journal cleared), then the item is copied in and counted (OJ_PUT, undone
+ * until cleared). */
 static int o_push(strand_shm *s, q_state *st, const r_item *it, const void *bytes) {
-  uint64_t n = st->ovf_n;
-  if (n == st->ovf_cap) {
-    uint64_t cap = st->ovf_cap ? st->ovf_cap * 2 : 64, old = st->ovf_cap ? st->ovf_items : 0;
-    uint64_t off = strand_shm_alloc(s, cap * sizeof(r_item));
+  uint64_t n = st->ovf_n, at = st->ovf_first + n;
+  if (st->ovf_tailc == 0 || at == o_chunk_at(s, st->ovf_tailc)->start + OVF_CHUNK) {
+    uint64_t off = strand_shm_alloc(s, sizeof(o_chunk));
     if (off == 0) return errno;
     st->oj.a = off;
-    st->oj.b = cap;
-    st->oj.t0 = old;
+    st->oj.t0 = st->ovf_tailc;
     oj_set(st, OJ_GROW);
-    r_item *to = (r_item *)strand_shm_at(s, off);
-    if (old) {
-      r_item *from = o_items(s, st);
-      for (uint64_t i = 0; i < n; i++) {      /* unwrap: first becomes 0 */
-        r_item *x = &from[(st->ovf_first + i) % st->ovf_cap];
-        memcpy(&to[i], x, r_item_size(x));
-      }
-    }
+    o_chunk *c = o_chunk_at(s, off);
+    c->next = 0;
+    c->start = at;
     Q_CRASH(QD_OGROW);
-    __atomic_store_n(&st->ovf_items, off, __ATOMIC_RELAXED);
+    if (st->ovf_tailc) o_chunk_at(s, st->ovf_tailc)->next = off;
+    else st->ovf_head = off;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    st->ovf_cap = cap;
-    st->ovf_first = 0;
+    st->ovf_tailc = off;
     Q_CRASH(QD_OGROWN);
     oj_set(st, OJ_NONE);
-    if (old) strand_shm_release(s, old);   /* killed before this: it is lost, not freed twice */
   }
   st->oj.n = n;
   st->oj.extra = st->ovf_extra;
   st->oj.a = F_OF(it) == F_ARENA ? it->u.a.off : 0;
   oj_set(st, OJ_PUT);
-  r_item_copy(&o_items(s, st)[(st->ovf_first + n) % st->ovf_cap], it, bytes);
+  o_chunk *c = o_chunk_at(s, st->ovf_tailc);
+  r_item_copy(&c->it[at - c->start], it, bytes);
   Q_CRASH(QD_OPUT);
   __atomic_store_n(&st->ovf_extra, st->ovf_extra + 1, __ATOMIC_RELEASE);
   Q_CRASH(QD_OCOUNT);
@@ -829,27 +854,29 @@ static void r_install(q_state *st) {
 static void o_fill(strand_shm *s, q_state *st, uint64_t p, uint64_t k, int repair) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
-  r_item *a = o_items(s, st);
+  o_chunk *c = o_chunk_at(s, st->ovf_head);
   for (uint64_t i = 0; i < k; i++) {
     r_slot *x = &slots[(p + i) % cap];
+    uint64_t at = st->oj.first + i;
+    while (at >= c->start + OVF_CHUNK) c = o_chunk_at(s, c->next);
     if (repair && A_ACQ(&x->seq) != 2 * (p + i)) continue;   /* published (perhaps taken) */
-    r_item *it = &a[(st->oj.first + i) % st->ovf_cap];
+    r_item *it = &c->it[at - c->start];
     memcpy(&x->it, it, r_item_size(it));
     __atomic_store_n(&x->seq, 2 * (p + i) + 1, __ATOMIC_RELEASE);
     Q_CRASH(QD_MOVE);
   }
 }
 
-/* Move up to OVF_BATCH of the oldest items to the ring's tail (as far as it has room): how
- * many. Valid at any time: whatever the ring holds was put before them, or by a producer that
+/* Move up to max of the oldest items to the ring's tail (as far as it has room): how
+ * many. After close too (tail keeps its closed bit: no put claims a position). Valid at any time: whatever the ring holds was put before them, or by a producer that
  * had none of its items in the overflow. Journaled (OJ_MOVE): RING_MOVING set in tail, then
  * the batch's bounds, then the claim (tail += k, one store), the slots filled and published,
  * the batch dropped from the overflow (first, n, then extra: counted in tail since the claim,
  * so that r_puts never counts too few), the journal cleared, the bit cleared. */
-static int o_move(strand_shm *s, q_state *st) {
+static int o_move(strand_shm *s, q_state *st, uint64_t max) {
   r_install(st);
   uint64_t n = st->ovf_n;
-  if (n == 0 || (A_ACQ(&st->tail) & RING_FLAGS)) return 0;   /* closed, or not installed */
+  if (n == 0 || (A_ACQ(&st->tail) & (RING_RETIRED | RING_MOVING))) return 0;   /* not installed */
   uint64_t cap, first = st->ovf_first, extra = st->ovf_extra;
   r_slot *slots = r_ring(st, &cap);
   st->oj.n = n;
@@ -858,23 +885,24 @@ static int o_move(strand_shm *s, q_state *st) {
   st->oj.t0 = OJ_UNSET;
   oj_set(st, OJ_MOVE);
   /* from here no put claims a position: tail is ours (p: after any claim made before) */
-  uint64_t p = __atomic_fetch_or(&st->tail, RING_MOVING, __ATOMIC_SEQ_CST) & ~RING_FLAGS;
+  uint64_t t0 = __atomic_fetch_or(&st->tail, RING_MOVING, __ATOMIC_SEQ_CST);
+  uint64_t p = t0 & ~RING_FLAGS, closed = t0 & RING_CLOSED;   /* (close takes the mutex) */
   uint64_t k = 0;
-  while (k < n && k < OVF_BATCH && A_ACQ(&slots[(p + k) % cap].seq) == 2 * (p + k)) k++;
+  while (k < n && k < max && A_ACQ(&slots[(p + k) % cap].seq) == 2 * (p + k)) k++;
   if (k > 0) {
     st->oj.k = (uint32_t)k;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     st->oj.t0 = p;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    __atomic_store_n(&st->tail, (p + k) | RING_MOVING, __ATOMIC_RELEASE);   /* the claim */
+    __atomic_store_n(&st->tail, (p + k) | RING_MOVING | closed, __ATOMIC_RELEASE);   /* claim */
     o_fill(s, st, p, k, 0);
-    st->ovf_first = n > k ? (first + k) % st->ovf_cap : 0;
+    st->ovf_first = first + k;
     __atomic_store_n(&st->ovf_n, n - k, __ATOMIC_RELEASE);
     Q_CRASH(QD_MOVED);
     __atomic_store_n(&st->ovf_extra, extra - k, __ATOMIC_RELEASE);
   }
   oj_set(st, OJ_NONE);
-  __atomic_store_n(&st->tail, p + k, __ATOMIC_RELEASE);   /* puts may claim again */
+  __atomic_store_n(&st->tail, (p + k) | closed, __ATOMIC_RELEASE);   /* puts may claim again */
   o_shrink(s, st);
   return (int)k;
 }
@@ -888,9 +916,9 @@ static int o_pop(strand_shm *s, q_state *st, r_item *out) {
   st->oj.n = n;
   st->oj.first = st->ovf_first;
   oj_set(st, OJ_TAKE);
-  r_item *x = &o_items(s, st)[st->ovf_first];
+  r_item *x = o_item(s, st, st->ovf_first);
   memcpy(out, x, r_item_size(x));
-  st->ovf_first = n > 1 ? (st->ovf_first + 1) % st->ovf_cap : 0;
+  st->ovf_first++;
   Q_CRASH(QD_OTAKE);
   __atomic_store_n(&st->ovf_n, n - 1, __ATOMIC_RELEASE);
   oj_set(st, OJ_NONE);
@@ -909,15 +937,14 @@ static void o_repair(strand_shm *s, q_state *st) {
       oj_set(st, OJ_NONE);
       if (j->a) strand_shm_release(s, j->a);
       break;
-    case OJ_GROW:
-      if (st->ovf_items == j->a) {
-        st->ovf_cap = j->b;
-        st->ovf_first = 0;
+    case OJ_GROW:                                /* linked (ovf_tailc): kept, else undone */
+      if (st->ovf_tailc != j->a) {
+        if (j->t0) o_chunk_at(s, j->t0)->next = 0;
+        else st->ovf_head = 0;
         oj_set(st, OJ_NONE);
-        if (j->t0) strand_shm_release(s, j->t0);
+        strand_shm_release(s, j->a);          /* (killed before this: lost, not freed twice) */
       } else {
         oj_set(st, OJ_NONE);
-        strand_shm_release(s, j->a);
       }
       break;
     case OJ_TAKE:
@@ -928,7 +955,7 @@ static void o_repair(strand_shm *s, q_state *st) {
     case OJ_MOVE:
       if (j->t0 != OJ_UNSET && (A_RLX(&st->tail) & ~RING_FLAGS) == j->t0 + j->k) {
         o_fill(s, st, j->t0, j->k, 1);           /* claimed: complete it */
-        st->ovf_first = j->n > j->k ? (j->first + j->k) % st->ovf_cap : 0;
+        st->ovf_first = j->first + j->k;
         st->ovf_n = j->n - j->k;
         st->ovf_extra = j->extra - j->k;
       }
@@ -1341,7 +1368,9 @@ static int r_encode_plain(lua_State *L, int idx, int t, r_item *it, const char *
 /* An unbounded ring's locked put (the queue not closed): help the overflow drain, then the
  * ring if the overflow is empty, else the overflow. 0 or an errno. */
 static int r_put_locked(strand_shm *s, q_state *st, const r_item *it, const void *bytes) {
-  if (st->ovf_n && r_room(st)) o_move(s, st);  /* help it drain */
+  /* help it drain, when a batch fits: moving the one or two slots a getter just freed would
+   * write the lines it is reading, and claim tail for each */
+  if (st->ovf_n && r_room_for(st, OVF_BATCH)) o_move(s, st, OVF_BATCH);
   if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) return 0;
   r_grow(s, st);                                /* producers got ahead: a bigger ring */
   return o_push(s, st, it, bytes);
@@ -1705,7 +1734,7 @@ int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   } else {
     if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
     strand_shm_lockL(L, s);
-    int moved = r_room(st) ? o_move(s, st) : 0;   /* (none into a full or closed ring) */
+    int moved = r_room(st) ? o_move(s, st, OVF_GET_BATCH) : 0;   /* (none into a full ring) */
     int got = r_pop(st, &it) || o_pop(s, st, &it);
     /* more moved: other getters may go on; nobody asleep (exact under the mutex): no settle */
     if ((got || moved) && q_sleepers(s)) q_settle(s, moved > 1);
@@ -2084,9 +2113,11 @@ static void q_destroy(strand_object *o) {
       if (A_ACQ(&x->seq) == 2 * pos + 1) r_item_release(s, &x->it, pid);
     }
     if (st->maxsize == 0 && strand_shm_lock(s) == 0) {
-      r_item *a = (r_item *)strand_shm_at(s, st->ovf_items);
-      for (uint64_t i = 0; i < st->ovf_n; i++)
-        r_item_release(s, &a[(st->ovf_first + i) % st->ovf_cap], pid);
+      o_chunk *c = st->ovf_n ? o_chunk_at(s, st->ovf_head) : NULL;
+      for (uint64_t i = st->ovf_first; i < st->ovf_first + st->ovf_n; i++) {
+        while (i >= c->start + OVF_CHUNK) c = o_chunk_at(s, c->next);
+        r_item_release(s, &c->it[i - c->start], pid);
+      }
       strand_shm_unlock(s);
     }
   } else if (strand_shm_lock(s) == 0) {
@@ -2217,7 +2248,12 @@ static int l_test_blocks(lua_State *L) {
   if (n < 0) return strand_fail_msg(L, "corrupt", NULL);
   lua_pushinteger(L, (lua_Integer)n);
   lua_pushinteger(L, (lua_Integer)used);
-  return 2;
+  q_state *st = q_state_of((strand_shm *)o);
+  lua_Integer chunks = 0;                       /* an unbounded ring's overflow chunks */
+  if (st->ring && st->maxsize == 0)
+    for (uint64_t c = st->ovf_head; c; c = o_chunk_at((strand_shm *)o, c)->next) chunks++;
+  lua_pushinteger(L, chunks);
+  return 3;
 }
 
 static int l_new(lua_State *L) { return q_new(L, Q_FIFO); }

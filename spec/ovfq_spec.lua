@@ -47,10 +47,12 @@ local function blocks_of(items)
 end
 
 -- The queue holds exactly `items` (each once, in order), its storage exactly their blocks plus
--- the big ring and the overflow's array (+ `leaked`), unfinished counts `unf`, and puts and
--- gets go on working (through the overflow again) unless it is closed.
+-- the big ring and the overflow's chunks (+ `leaked`; as many chunks as its items need, one
+-- more at most, one once drained), unfinished counts `unf`, and puts and gets go on working
+-- (through the overflow again) unless it is closed.
+local CHUNK = 512                                  -- items per overflow chunk (queue.c)
 local function check(q, items, leaked, unf, what, closed)
-  local nb = queue._test_blocks(q)                -- locks first: the repair runs
+  local nb, _, chunks = queue._test_blocks(q)     -- locks first: the repair runs
   -- blocks of the sizes of the queue's arrays taken from the arena: one released while the
   -- queue still used it would be overwritten now
   local junk = queue.lifo()
@@ -61,7 +63,8 @@ local function check(q, items, leaked, unf, what, closed)
   end
   assert.is_truthy(nb, what .. ": the block list is whole")
   assert.equal(#items, q:qsize(), what .. ": qsize")
-  assert.equal(2 + blocks_of(items) + leaked, nb, what .. ": storage blocks")
+  assert.is_true(chunks >= 1 and chunks <= #items // CHUNK + 2, what .. ": " .. chunks .. " chunks")
+  assert.equal(1 + chunks + blocks_of(items) + leaked, nb, what .. ": storage blocks")
   local got = {}
   for _ = 1, #items + 1 do
     local v = q:get_nowait()
@@ -70,6 +73,7 @@ local function check(q, items, leaked, unf, what, closed)
   end
   assert.same(items, got, what .. ": the items, each once, in order")
   assert.equal(2 + leaked, (queue._test_blocks(q)), what .. ": storage blocks once drained")
+  assert.equal(1, select(3, queue._test_blocks(q)), what .. ": one chunk kept once drained")
   if closed then
     assert.same({ nil, "closed" }, { q:get_nowait() })
   else
@@ -109,7 +113,7 @@ describe("an unbounded queue's overflow whose holder died", function()
   it("a put's move killed at any step leaves each item once, in order", function()
     for _, pt in ipairs({ { "move", 2 }, { "moved", 1 } }) do
       local q, items = setup(600, 16)
-      assert.equal(items[1], q:get_nowait())      -- installs the big ring, moves 64
+      assert.equal(items[1], q:get_nowait())      -- installs the big ring, moves 256
       table.remove(items, 1)
       q:task_done()
       dies_at(pt[1], pt[2], function() q:put_nowait("new") end)
@@ -143,10 +147,11 @@ describe("an unbounded queue's overflow whose holder died", function()
     end
   end)
 
-  -- the overflow's array is full (64): the append grows it to 128
-  it("the overflow's growth killed at any step keeps one array, every item once", function()
+  -- the overflow's chunk is full (512 items): the append links a second one; killed before
+  -- it is linked for good, the new chunk is given back and the first one ends the chain
+  it("the overflow's growth killed at any step keeps its chain, every item once", function()
     for _, point in ipairs({ "ogrow", "ogrown" }) do
-      local q, items = setup(16 + 64, 0)
+      local q, items = setup(16 + CHUNK, 0)
       dies_at(point, 1, function() q:put_nowait("new") end)
       check(q, items, 0, #items, "grow died at " .. point)
     end
@@ -168,6 +173,53 @@ describe("an unbounded queue's overflow whose holder died", function()
       dies_at("oput", 1, function() q:put_nowait(val(2000 + r)) end)
     end
     check(q, items, 0, #items, "repeated")
+  end)
+
+  -- the overflow is a chain of chunks: the growth killed when it links a later chunk (the
+  -- first ones full, the head chunk's items partly gone) keeps the chain whole too
+  it("a later chunk's link killed at any step keeps the chain, every item once", function()
+    for _, point in ipairs({ "ogrow", "ogrown" }) do
+      local q, items = setup(16 + 3 * CHUNK, 16)
+      for _ = 1, 600 do                           -- moves of 256: the first chunk released,
+        assert.equal(items[1], q:get_nowait())    -- the second half gone
+        table.remove(items, 1)
+        q:task_done()
+      end
+      assert.equal(2, select(3, queue._test_blocks(q)), point .. ": two chunks, the last full")
+      dies_at(point, 1, function() q:put_nowait("new") end)
+      check(q, items, 0, #items, "later grow died at " .. point)
+    end
+  end)
+
+  -- a move that takes the last items of the head chunk releases it (ovf_head moved on first):
+  -- killed in between, that chunk is lost (one block until the family ends), never released
+  -- twice nor read again
+  it("a drained chunk's release killed midway loses that chunk, nothing else", function()
+    local q, items = setup(16 + 600, 16)
+    dies_at("ofree", 1, function()
+      for _ = 1, 257 do q:get_nowait() end       -- installs, moves 256, then the next 256
+    end)
+    for _ = 1, 256 do table.remove(items, 1) end  -- taken by the child before it died
+    check(q, items, 1, #items + 256, "release died")
+  end)
+
+  -- closed, the overflow still drains through the ring (moves after close), in order; killed
+  -- at any step of such a move, each item once, in order, and then "closed"
+  it("a closed queue's move killed at any step leaves each item once, in order", function()
+    for _, pt in ipairs({ { "move", 1 }, { "move", 40 }, { "moved", 1 } }) do
+      local q, items = setup(16 + 600, 16)
+      assert.equal(items[1], q:get_nowait())      -- installs the big ring, moves 256
+      table.remove(items, 1)
+      q:task_done()
+      for _ = 1, 255 do                           -- the ring empty again, 344 in the overflow
+        assert.equal(items[1], q:get_nowait())
+        table.remove(items, 1)
+        q:task_done()
+      end
+      q:close()
+      dies_at(pt[1], pt[2], function() q:get_nowait() end)
+      check(q, items, 0, #items, "closed move died at " .. pt[1] .. " " .. pt[2], true)
+    end
   end)
 
   -- SIGKILL at random moments of a put/put/get loop (the overflow growing, moving, the ring
@@ -193,7 +245,7 @@ describe("an unbounded queue's overflow whose holder died", function()
       p:join(H.TIMEOUT)
       assert.equal(-9, p.exitcode)
       local what = "round " .. round
-      local nb = queue._test_blocks(q)
+      local nb, _, chunks = queue._test_blocks(q)
       assert.is_truthy(nb, what .. ": the block list is whole")
       local n = q:qsize()
       local got = {}
@@ -215,8 +267,9 @@ describe("an unbounded queue's overflow whose holder died", function()
         assert.is_true(num(got[i]) > num(got[i - 1]), what .. ": " .. got[i] .. " after " .. got[i - 1])
       end
       local left = queue._test_blocks(q)
-      local own = nb - blocks_of(got)              -- the big ring, the array, the one in flight
-      assert.is_true(own >= 1 and own <= 3, what .. ": " .. nb .. " blocks for " .. #got .. " items")
+      local own = nb - blocks_of(got)              -- the big ring, the chunks, the one in flight
+      assert.is_true(own >= 1 and own <= 2 + chunks and chunks <= n // CHUNK + 2,
+        what .. ": " .. nb .. " blocks (" .. chunks .. " chunks) for " .. #got .. " items")
       assert.is_true(left >= 1 and left <= own, what .. ": " .. left .. " blocks once drained")
       assert.is_true(q:put_nowait("x")); assert.equal("x", q:get_nowait())
     end
