@@ -57,7 +57,8 @@ prelude() {
     gen) echo "collectgarbage('generational')" ;;
     genm*) echo "collectgarbage('generational', ${1#genm})" ;;
     genp*m*) p=${1#genp}; echo "collectgarbage('incremental', ${p%m*}); collectgarbage('generational', ${p#*m})" ;;
-    genstep) echo "collectgarbage('generational'); local s = require 'strand'
+    genstep) [ "$SERVER" = strand ] || { echo "genstep: strand only" >&2; exit 2; }
+      echo "collectgarbage('generational'); local s = require 'strand'
       s.spawn(function() while true do s.sleep($period); collectgarbage('step', 0) end end)" ;;
     *) echo "unknown GC setting $1" >&2; exit 2 ;;
   esac
