@@ -2,7 +2,7 @@
 # bench/gc_cycle_cg.sh — instructions per waiting task of one Lua collection, minor (generational
 # mode) and full (incremental mode), counted by callgrind (exact on a loaded machine): the floor
 # of what any GC pacing costs a server whose live heap is its connections' tasks (docs/internals.md
-# "Why active RSS stays above idle RSS").
+# "Active connections and the collector").
 # usage: sh bench/gc_cycle_cg.sh [BUILD_DIR] [N tasks, 10000] [K collections, 20]
 set -eu
 cd "$(dirname "$0")/.."
