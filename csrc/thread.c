@@ -29,6 +29,9 @@ static const char GUARD_KEY = 'G';    /* registry[&GUARD_KEY] = guard (non-daemo
 /* Process-wide, shared by every thread by nature: ids and the live count. */
 static atomic_long next_id = 2;       /* the main thread is 1 */
 static atomic_int active = 0;         /* strand threads running now (the main one not counted) */
+static unsigned thr_gen;              /* forks that made this process, counted by the fork hook
+                                         (a child's is one more than its parent's at the fork) */
+#define ctl_inherited(c) ((c)->gen != thr_gen)
 
 enum { TS_NEW, TS_RUNNING, TS_DONE, TS_FAILED };
 
@@ -47,6 +50,8 @@ typedef struct thr_ctl {
   int mask_set;                 /* mask holds the creator's signal mask (a parked OS thread) */
   sigset_t mask;
   struct stk *stack;            /* the stack strand made for a new OS thread (or NULL: glibc's) */
+  unsigned gen;                 /* thr_gen when started: another value means a forked child's
+                                   copy, whose OS thread is its parent's (never joinable here) */
 } thr_ctl;
 
 typedef struct thr_handle {
@@ -740,6 +745,7 @@ static void idle_fork_child(void) {       /* the waiting OS threads are the pare
   idle_list = NULL;
   atomic_store(&nidle, 0);
   atomic_store(&active, 0);               /* the forking one runs as the child's main state */
+  thr_gen++;                              /* the parent's threads are not this process's */
 }
 
 static long futex(atomic_int *word, int op, int val, const struct timespec *ts) {
@@ -882,8 +888,10 @@ static void report_unjoined(lua_State *L, thr_ctl *c) {
 static int guard_gc(lua_State *L) {
   guard *g = (guard *)lua_touserdata(L, 1);
   for (size_t i = 0; i < g->n; i++) {
-    wait_finished(g->v[i]);
-    report_unjoined(L, g->v[i]);
+    if (!ctl_inherited(g->v[i])) {      /* a forked child does not wait for its parent's */
+      wait_finished(g->v[i]);
+      report_unjoined(L, g->v[i]);
+    }
     ctl_release(g->v[i]);
   }
   free(g->v);
@@ -910,7 +918,7 @@ static void guard_add(lua_State *L, thr_ctl *c) {
   lua_pop(L, 1);
   size_t j = 0;                                  /* drop the finished ones */
   for (size_t i = 0; i < g->n; i++) {
-    if (atomic_load(&g->v[i]->state) >= TS_DONE) ctl_release(g->v[i]);
+    if (atomic_load(&g->v[i]->state) >= TS_DONE || ctl_inherited(g->v[i])) ctl_release(g->v[i]);
     else g->v[j++] = g->v[i];
   }
   g->n = j;
@@ -1032,6 +1040,7 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n) {
     luaL_error(L, "cannot start thread: %s", c->payload ? strerror(e) : "out of memory");
   }
   pin_module();
+  c->gen = thr_gen;
   atomic_fetch_add(&c->refs, 1);                   /* the thread's reference */
   atomic_store(&c->state, TS_RUNNING);
   atomic_fetch_add(&active, 1);
@@ -1245,10 +1254,26 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
   }
 }
 
+/* A forked child's copy of its parent's thread (not joined there before the fork): its OS thread
+ * is not in this process and its results are the parent's. join fails at once as a finished
+ * thread that failed would (so joinall, wait and as_completed count it done), result raises. */
+static int join_inherited(lua_State *L, thr_handle *h, int raise) {
+  lua_pushfstring(L, "thread %s belongs to the parent process (this is a forked child)", h->c->name);
+  if (raise) return lua_error(L);
+  lua_pushboolean(L, 0);
+  lua_insert(L, -2);
+  return 2;
+}
+
 static int join_start(lua_State *L, int raise) {
   thr_handle *h = check_handle(L, 1);
   if (!h->started) return luaL_error(L, "cannot join a thread before it is started");
   double deadline = strand_opt_deadline(L, 2);
+  if (ctl_inherited(h->c)) {                 /* (unless the parent had loaded its results) */
+    if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE) return join_inherited(L, h, raise);
+    lua_settop(L, 1);
+    return push_results(L, h, raise);
+  }
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
   lua_pushnil(L);
@@ -1260,7 +1285,7 @@ static int tm_result(lua_State *L) { return join_start(L, 1); }
 
 static int tm_is_alive(lua_State *L) {
   thr_handle *h = check_handle(L, 1);
-  lua_pushboolean(L, atomic_load(&h->c->state) == TS_RUNNING);
+  lua_pushboolean(L, atomic_load(&h->c->state) == TS_RUNNING && !ctl_inherited(h->c));
   return 1;
 }
 

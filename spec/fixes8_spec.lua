@@ -1,0 +1,83 @@
+-- spec/fixes8_spec.lua — defects left open by session 7 (inherited thread handles in a forked
+-- child, pool messages, objects whose module the parent never loaded, oversize results, spare
+-- thread stacks' pages): each case failed before its fix.
+local strand = require "strand"
+local process = require "strand.process"
+local thread = require "strand.thread"
+local sync = require "strand.sync"
+local H = require "support.helper"
+
+describe("fixes 8: a forked child's copies of its parent's threads", function()
+  H.guard()
+
+  -- A thread that runs until go is set, and a child (allow_threads) running fn(t) in the child.
+  local function with_running_thread(fn)
+    local go = sync.event()
+    local t = thread.start(function(ev) assert(ev:wait(60)); return "parent's" end, go)
+    local p = process.new{ allow_threads = true, fn = fn, args = { t } }
+    assert.is_truthy(p:start())
+    local r = table.pack(p:join(H.TIMEOUT))
+    if r[1] == nil then p:kill(); p:join(H.TIMEOUT) end
+    go:set()
+    assert.equal("parent's", t:result(H.TIMEOUT))   -- the parent's thread is untouched
+    return r
+  end
+
+  it("join, result and is_alive fail at once instead of waiting for ever", function()
+    local r = with_running_thread(function(t)
+      local ok, err = t:join()                       -- no timeout: waited for ever before
+      local rok, rerr = pcall(t.result, t)
+      return ok, err, rok, rerr, t:is_alive(), (t:join(0))
+    end)
+    assert.equal(true, r[1])
+    assert.equal(false, r[2])
+    assert.matches("^thread Thread%-%d+ belongs to the parent process", r[3])
+    assert.equal(false, r[4])
+    assert.matches("^thread Thread%-%d+ belongs to the parent process", r[5])
+    assert.equal(false, r[6])
+    assert.equal(false, r[7])
+  end)
+
+  it("strand.joinall, strand.wait and strand.as_completed count it done at once", function()
+    local r = with_running_thread(function(t)
+      local s = require "strand"
+      local done1 = s.joinall({ t })
+      local done2 = s.wait({ t }, { mode = "any" })
+      local done3 = s.wait({ t })
+      local n = 0
+      for x in s.as_completed({ t }) do n = n + (x == t and 1 or 0) end
+      return #done1, #done2, #done3, n
+    end)
+    assert.same({ true, 1, 1, 1, 1, n = 5 }, r)
+  end)
+
+  it("a child that closes its state does not wait for its parent's threads", function()
+    -- os.exit(n, true) closes the state, whose exit guard waited for every non-daemon thread
+    local go = sync.event()
+    local t = thread.start(function(ev) assert(ev:wait(60)) end, go)
+    local p = process.new{ allow_threads = true, fn = function() os.exit(7, true) end }
+    assert.is_truthy(p:start())
+    local ok, err = p:join(H.TIMEOUT)
+    if ok == nil then p:kill(); p:join(H.TIMEOUT) end
+    go:set()
+    t:join(H.TIMEOUT)
+    assert.equal(false, ok)
+    assert.equal("process exited with code 7", err)
+  end)
+
+  it("a thread the parent joined before the fork still gives its results", function()
+    local t = thread.start(function() return 6, "x" end)
+    assert.same({ true, 6, "x", n = 3 }, table.pack(t:join(H.TIMEOUT)))
+    local p = process.new{ allow_threads = true, fn = function() return t:join() end }
+    assert.is_truthy(p:start())
+    assert.same({ true, true, 6, "x", n = 4 }, table.pack(p:join(H.TIMEOUT)))
+  end)
+
+  it("a thread the child starts itself is joined as usual", function()
+    local p = process.start(function()
+      local th = require "strand.thread"
+      return th.start(function(a) return a + 1 end, 1):result(10)
+    end)
+    assert.same({ true, 2, n = 2 }, table.pack(p:join(H.TIMEOUT)))
+  end)
+end)
