@@ -35,6 +35,8 @@ typedef struct phandle {
   int status;             /* raw wait status, valid once reaped */
   unsigned char reaped;
   unsigned char daemon;   /* when collected unreaped: 0 wait for it, 1 kill it, 2 leave it */
+  unsigned char foreign;  /* a forked child's copy of a handle whose process ran on unreaped:
+                             not this process's child (its exit status is the parent's) */
   unsigned gen;           /* forked.gen when made: another value means a forked child's copy of
                              its parent's handle (the result file is the parent's) */
 } phandle;
@@ -88,6 +90,7 @@ static int ph_reap(phandle *h, int block) {
     if (errno == EINTR) continue;
     if (errno == ECHILD) {             /* reaped by someone else (a SIGCHLD handler): unknown */
       h->status = 255 << 8;
+      h->foreign = h->gen != forked.gen;
       h->reaped = 1;
       ph_closefd(h);
       return 1;
@@ -269,6 +272,13 @@ static int ph_take_result(lua_State *L) {
   return 1;
 }
 
+/* h:foreign() -> true when the handle was inherited from the parent and its process is not
+ * this one's child (ph_reap found none): its status and results belong to the parent. */
+static int ph_foreign(lua_State *L) {
+  lua_pushboolean(L, ph_check(L)->foreign);
+  return 1;
+}
+
 static int ph_setdaemon(lua_State *L) {
   ph_check(L)->daemon = (unsigned char)luaL_checkinteger(L, 2);
   return 0;
@@ -277,7 +287,7 @@ static int ph_setdaemon(lua_State *L) {
 static const luaL_Reg ph_methods[] = {
   {"wait", ph_wait}, {"poll", ph_poll}, {"signal", ph_signal}, {"pid", ph_pid},
   {"status", ph_status}, {"set_daemon", ph_setdaemon}, {"take_result", ph_take_result},
-  {NULL, NULL}
+  {"foreign", ph_foreign}, {NULL, NULL}
 };
 
 /* A handle for pid pushed (the pidfd opened); on failure the child is killed and reaped and

@@ -215,6 +215,10 @@ local function finish(self, deadline)
   local code, err = h:wait(deadline and remaining(deadline))  -- reaps a child that has ended
   if code == nil then return nil, err end
   live[h] = nil
+  if h:foreign() then                 -- a forked child's copy: the process is its parent's child
+    self._final = pack(false, "process " .. self.name .. " belongs to the parent process (this is a forked child)")
+    return true
+  end
   local msg = h:take_result()
   local r
   if msg and #msg > 0 then
