@@ -498,15 +498,30 @@ static int l_encode(lua_State *L) {
  * cross without one more table to build, walk and look up among the loaded modules. */
 static int l_encodev(lua_State *L) { return encode_values(L, 1, lua_gettop(L)); }
 
-/* process._encode_list(t, i, j [, lead]) -> string | nil (as _encode): the list
+/* process._encodeargs(fname, argno, ...) -> as _encodev, but a value that cannot be copied raises
+ * "bad argument #N to 'fname' (value...: cannot copy ...)", N = argno for the first value. */
+static int l_encodeargs(lua_State *L) {
+  const char *fname = luaL_checkstring(L, 1);
+  int argno = (int)luaL_checkinteger(L, 2);
+  strand_serial_encode_arg(L, 3, lua_gettop(L) - 2, STRAND_SERIAL_FUNCTIONS, fname, argno);
+  return strand_serial_family_or_nil(L);
+}
+
+/* process._encode_list(t, i, j [, lead [, fname, argno]]) -> string | nil (as _encode): the list
  * {t[i..j], n = j-i+1}, after a leading true when lead, without making that table (map chunks
- * and their results: serial.c's strand_serial_encode_list) */
+ * and their results: serial.c's strand_serial_encode_list); with fname (no lead), an item that
+ * cannot be copied raises "bad argument #argno to 'fname' (value[k]: ...)", k its key in t. */
 static int l_encode_list(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Integer i = luaL_checkinteger(L, 2), j = luaL_checkinteger(L, 3);
   int lead = lua_toboolean(L, 4);
-  lua_settop(L, 1);
-  strand_serial_encode_list(L, 1, i, j, lead, STRAND_SERIAL_FUNCTIONS);
+  const char *fname = lua_tostring(L, 5);
+  int argno = (int)luaL_optinteger(L, 6, 1);
+  lua_settop(L, 5);
+  if (fname != NULL && !lead)
+    strand_serial_encode_list_arg(L, 1, i, j, STRAND_SERIAL_FUNCTIONS, fname, argno);
+  else
+    strand_serial_encode_list(L, 1, i, j, lead, STRAND_SERIAL_FUNCTIONS);
   return strand_serial_family_or_nil(L);
 }
 
@@ -609,7 +624,8 @@ STRAND_API int strand_pool_result(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
-  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_background", l_background},
+  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs},
+  {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},
   {"_link", strand_pool_link}, {"_run_job", strand_pool_run_job},

@@ -96,3 +96,53 @@ describe("fixes 8: a forked child's copies of its parent's threads", function()
     assert.same({ true, 2, n = 2 }, table.pack(p:join(H.TIMEOUT)))
   end)
 end)
+
+describe("fixes 8: pool messages name the function and the argument, for both kinds", function()
+  H.guard()
+  local pool = require "strand.pool"
+  local id = function(x) return x end
+
+  for _, kind in ipairs { "process", "thread" } do
+    it(kind .. " pool: map, imap, apply and submit of a value that cannot be copied", function()
+      local p <close> = pool.new{ size = 1, kind = kind }
+      local co = coroutine.create(print)
+      local function err_of(f, ...)
+        local ok, err = pcall(f, ...)
+        assert.is_false(ok)
+        return (err:gsub("^[^ ]-:%d+: ", ""))          -- (a position, when raised from Lua)
+      end
+      for _, cs in ipairs { 1, 2, 100 } do             -- the list index, whatever the chunk
+        assert.equal("bad argument #2 to 'map' (value[3]: cannot copy a coroutine)",
+          err_of(p.map, p, id, { 1, 2, co, 4 }, cs))
+      end
+      assert.equal("bad argument #2 to 'imap' (value[3].x: cannot copy a coroutine)",
+        err_of(function() for _ in p:imap(id, { 1, 2, { x = co } }) do end end))
+      assert.equal("bad argument #3 to 'apply' (value: cannot copy a coroutine)",
+        err_of(p.apply, p, id, 1, co))
+      assert.equal("bad argument #2 to 'submit' (value.a[1]: cannot copy a coroutine)",
+        err_of(p.submit, p, id, { a = { co } }))
+      assert.equal("bad argument #1 to 'apply' (value.<upvalue co>: cannot copy a coroutine)",
+        err_of(p.apply, p, function() return co end))
+      assert.equal("bad argument #2 to 'submit' (value: cannot copy a userdata (FILE*))",
+        err_of(p.submit, p, id, io.stdout))
+      -- and the pool still works
+      assert.same({ 1, 2, 3 }, p:map(id, { 1, 2, 3 }))
+      assert.equal(5, p:apply(id, 5))
+    end)
+  end
+
+  it("pool.new{kind='process'} while strand threads run names pool.new and the opt-in", function()
+    local go = sync.event()
+    local t = thread.start(function(ev) assert(ev:wait(60)) end, go)
+    local ok, err = pcall(pool.new, { size = 1, kind = "process" })
+    local ok2, p2 = pcall(pool.new, { size = 1, kind = "process", allow_threads = true })
+    go:set()
+    t:join(H.TIMEOUT)
+    assert.is_false(ok)
+    assert.matches("^pool.new: 1 strand thread%(s%) run in this process", err)
+    assert.matches("pass allow_threads=true to fork anyway, or use kind=\"thread\"", err, 1, true)
+    assert.is_true(ok2, p2)
+    assert.equal(4, p2:apply(function(x) return x * 2 end, 2))
+    p2:close(); p2:join()
+  end)
+end)

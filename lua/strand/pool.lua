@@ -165,7 +165,7 @@ local DISPATCH_BYTES = 4096 -- map: encoded chunk bytes queued between two dispa
 local JOB_HEAD = ">I8I8Bs4"         -- id, function id, kind, function bytes (the arguments follow)
 local FRAMED_JOB = ">I4I8I8Bs4s4"   -- with its frame length first and the arguments (8+8+1+4+4 = 25)
 local spack = string.pack
-local function_code
+local function_code, copy_error
 -- recv_frame's limit on both ends of a worker's sockets: what the 4-byte length can say (its
 -- default, 64 MiB, skipped a larger job or result: the worker exited, the reader waited forever)
 local FRAME_MAX = 0xffffffff
@@ -691,7 +691,19 @@ function M.new(opts)
     _next = 0, _pending = {},
   }, Pool)
   if kind == "process" then
-    for _ = 1, size do start_worker(self) end
+    local th = package.loaded["strand.thread"]
+    if not opts.allow_threads and type(th) == "table" and th.active_count() > 1 then
+      error(("pool.new: %d strand thread(s) run in this process; a forked worker would hold only "
+        .. "this one, with whatever lock another thread held at that moment frozen for good (pass "
+        .. "allow_threads=true to fork anyway, or use kind=\"thread\")"):format(th.active_count() - 1), 2)
+    end
+    for _ = 1, size do
+      local ok, err = pcall(start_worker, self)
+      if not ok then                      -- the workers started so far go with the pool
+        pcall(self.terminate, self)
+        error("pool.new: " .. tostring(err), 2)
+      end
+    end
   else
     local thread = require "strand.thread"
     local queue = require "strand.queue"
@@ -732,8 +744,18 @@ function_code = function(fn)
   return next_fid, data
 end
 
-local OBJMSG = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
+local OBJMSG = "bad argument #%d to '%s' (a strand object cannot be copied to a process worker: "
   .. "make it before the pool and reach it from the initializer)"
+
+-- Which of the values ... (arguments #first, #first+1, ...) holds such an object: OBJMSG for it.
+local function objmsg_of(fname, first, ...)
+  for k = 1, select("#", ...) do
+    local data = core.process._encode((select(k, ...)))
+    if data == nil then return OBJMSG:format(first + k - 1, fname) end
+    release(data)
+  end
+  return OBJMSG:format(first, fname)
+end
 
 -- submit's and apply's way past the queue: nothing queued, a worker idle, the function encoded
 -- once (function_code): the job goes to that worker at once, one frame, one write, as dispatch
@@ -769,10 +791,28 @@ local function direct(self, fn, job, argsdata)
   return true
 end
 
+-- A thread pool's job goes as the table {id, fn, args, chunk} through its queue: a value put
+-- refuses is named by its place in that table ("value[3][2].x: cannot copy ..."). As the
+-- caller's argument instead, as a process pool names it: args[k] is argument #k+1 of apply or
+-- submit, a chunk's item k is list[first + k - 1] of map's argument #2; value[2] is the function.
+copy_error = function(err, fname, first)
+  if type(err) ~= "string" then return err end
+  local k, rest = err:match("^value%[3%]%[(%d+)%](.*)$")
+  if k and first then
+    return ("bad argument #2 to '%s' (value[%d]%s)"):format(fname, first + tonumber(k) - 1, rest)
+  elseif k then
+    return ("bad argument #%d to '%s' (value%s)"):format(tonumber(k) + 1, fname, rest)
+  end
+  rest = err:match("^value%[2%](.*)$")
+  if rest then return ("bad argument #1 to '%s' (value%s)"):format(fname, rest) end
+  return err
+end
+
 -- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome. A process
 -- pool's submit and apply pass the arguments encoded already (argsdata) and no args table.
 local function enqueue(self, fname, fn, args, chunk, job, argsdata)
-  if self._closed then error(fname .. ": the pool is closed", 3) end
+  local lvl = chunk and 4 or 3                 -- (a chunk comes through submit_chunks)
+  if self._closed then error(fname .. ": the pool is closed", lvl) end
   self._next = self._next + 1
   local id = self._next
   job.id = id
@@ -780,13 +820,13 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
   local c = fcache[fn]                     -- function_code's cache, looked at without a call
   if c then fid, fdata = c[1], c[2] else fid, fdata = function_code(fn) end
   if self._kind == "process" then
-    local objmsg = OBJMSG
-    if fdata == nil then fdata = core.process._encode(fn) end
-    if args then argsdata = core.process._encodev(unpack(args, 1, args.n)) end  -- values, bare
+    if fdata == nil then fdata = core.process._encodeargs(fname, 1, fn) end
+    if args then argsdata = core.process._encodeargs(fname, 2, unpack(args, 1, args.n)) end
     if fdata == nil or argsdata == nil then
       if argsdata then release(argsdata) end       -- the other one could not be copied
       if fdata and not fid then release(fdata) end
-      error(objmsg:format(fname), 3)
+      error(fdata == nil and OBJMSG:format(1, fname)
+            or args and objmsg_of(fname, 2, unpack(args, 1, args.n)) or OBJMSG:format(2, fname), lvl)
     end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
@@ -795,11 +835,11 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
   else
     self._pending[id] = job
     local ok, err = pcall(self._jobq.put, self._jobq, { id, fdata or fn, args, chunk })
-    if not ok then self._pending[id] = nil; error(err, 3) end
+    if not ok then self._pending[id] = nil; error(copy_error(err, fname, chunk and job.fut._first), lvl) end
   end
 end
 
-local encodev = core.process and core.process._encodev
+local encodeargs = core.process and core.process._encodeargs
 local notifier = core.notifier
 local running = coroutine.running
 local apply_notifiers = setmetatable({}, { __mode = "k" })
@@ -815,7 +855,8 @@ function Pool:submit(fn, ...)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
                 w = nil }
   if self._kind == "process" and not self._closed then
-    local argsdata = encodev(...)
+    local argsdata = encodeargs("submit", 2, ...)
+    if argsdata == nil then error(objmsg_of("submit", 2, ...), 2) end
     if not direct(self, fn, job, argsdata) then enqueue(self, "submit", fn, nil, nil, job, argsdata) end
   else
     enqueue(self, "submit", fn, pack(...), nil, job)
@@ -832,7 +873,8 @@ function Pool:apply(fn, ...)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
                 w = nil }
   if self._kind == "process" and not self._closed then
-    local argsdata = encodev(...)
+    local argsdata = encodeargs("apply", 2, ...)
+    if argsdata == nil then error(objmsg_of("apply", 2, ...), 2) end
     if not direct(self, fn, job, argsdata) then enqueue(self, "apply", fn, nil, nil, job, argsdata) end
   else
     enqueue(self, "apply", fn, pack(...), nil, job)
@@ -886,9 +928,9 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
     -- and takes back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
-    local encode, encode_list = core.process._encode, core.process._encode_list
-    if fdata == nil then fdata = encode(fn) end
-    if fdata == nil then error(OBJMSG:format(fname), 3) end
+    local encode_list = core.process._encode_list
+    if fdata == nil then fdata = core.process._encodeargs(fname, 1, fn) end
+    if fdata == nil then error(OBJMSG:format(1, fname), 3) end
     local fown = fid == nil and { n = 0 } or nil   -- the chunks holding fdata (drop_job)
     local q, early, pending = self._jobs, self._size, 0
     for first = 1, n, chunksize do
@@ -896,7 +938,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       if last > n then last = n end
       local count = last - first + 1
       -- {list[first..last], n = count}, unmade
-      local okc, argsdata = pcall(encode_list, list, first, last)
+      local okc, argsdata = pcall(encode_list, list, first, last, false, fname, 2)
       if not okc or argsdata == nil then
         local mine = {}
         for _, f in ipairs(chunks) do
@@ -910,8 +952,8 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
         end
         self._jt = keep
         if fown and #chunks == 0 then release(fdata) end   -- no chunk ever held it
-        if not okc then error(("bad argument to '%s' (%s)"):format(fname, tostring(argsdata)), 3) end
-        error(OBJMSG:format(fname), 3)
+        if not okc then error(argsdata, 3) end        -- "bad argument #2 to 'map' (value[k]: ...)"
+        error(OBJMSG:format(2, fname), 3)
       end
       local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
       if into and into ~= true then f._into = into end   -- results decoded straight into it
