@@ -1086,6 +1086,12 @@ static void dec_object(lua_State *L, decoder *d) {
   if (!rd_object(&d->c, &ref, &s, &l)) dec_fail(L, "bad object reference");
   memcpy(name, s, l); name[l] = '\0';
   const strand_objtype *t = strand_objtype_find(name);
+  if (t == NULL && strncmp(name, "strand.", 7) == 0) {
+    /* made by a state of a module no state of this process has opened yet (a pool worker's
+     * sync.lock() to a parent that never loaded strand.sync): its area opens, as require would */
+    strand_core_open_areas(L);
+    t = strand_objtype_find(name);
+  }
   if (t == NULL) dec_fail(L, "bad object reference");
   if (ref & REF_SHARED) {              /* this process's object for it, found or made */
     o = strand_shm_view(ref & ~REF_SHARED, t);

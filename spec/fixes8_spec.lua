@@ -146,3 +146,36 @@ describe("fixes 8: pool messages name the function and the argument, for both ki
     p2:close(); p2:join()
   end)
 end)
+
+describe("fixes 8: a strand object back from a worker whose module the parent never loaded", function()
+  H.guard()
+
+  it("comes back usable (its area opens on decoding, as require would)", function()
+    -- a fresh lua5.4 that loads only strand.pool and strand.process: no state of it has opened
+    -- strand.sync, strand.queue or strand.shared (it failed as "malformed result: bad object reference")
+    local out, ok = H.lua([[
+      package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+      local pool = require "strand.pool"
+      local process = require "strand.process"
+      local p <close> = pool.new{ size = 1 }
+      local l, q, d = p:apply(function()
+        local q = require("strand.queue").new()
+        q:put("from the worker")
+        local d = require("strand.shared").dict()
+        d.k = "v"
+        return require("strand.sync").lock(), q, d
+      end)
+      assert(l:acquire()); l:release()
+      print(tostring(l):match("^strand%.lock") ~= nil, q:get(5), d.k)
+      local r = p:map(function(i) return require("strand.sync").event() end, { 1, 2, 3 })
+      r[3]:set()
+      print(#r, r[3]:is_set(), r[1]:is_set())
+      local ok2, ev = process.start(function()
+        local e = require("strand.sync").semaphore(2); return e
+      end):join(10)
+      print(ok2, ev:acquire(0) ~= nil, ev:acquire(0) ~= nil, (ev:acquire(0)))
+    ]])
+    assert.is_true(ok, out)
+    assert.equal("true\tfrom the worker\tv\n3\ttrue\tfalse\ntrue\ttrue\ttrue\tnil\n", out)
+  end)
+end)
