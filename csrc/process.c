@@ -621,6 +621,7 @@ STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
 STRAND_API int strand_pool_link(lua_State *L);     /* poollink.c */
 STRAND_API int strand_pool_run_job(lua_State *L);
 STRAND_API int strand_pool_result(lua_State *L);
+STRAND_API int strand_pool_result_max(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
@@ -629,7 +630,8 @@ static const luaL_Reg funcs[] = {
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},
   {"_link", strand_pool_link}, {"_run_job", strand_pool_run_job},
-  {"_result", strand_pool_result}, {"_spare_fd", l_spare_fd},
+  {"_result", strand_pool_result}, {"_result_max", strand_pool_result_max},
+  {"_spare_fd", l_spare_fd},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

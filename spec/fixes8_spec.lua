@@ -179,3 +179,39 @@ describe("fixes 8: a strand object back from a worker whose module the parent ne
     assert.equal("true\tfrom the worker\tv\n3\ttrue\tfalse\ntrue\ttrue\ttrue\tnil\n", out)
   end)
 end)
+
+describe("fixes 8: a result too large for a frame fails its job, not the worker", function()
+  H.guard()
+  local pool = require "strand.pool"
+
+  it("apply, a plain chunk, a chunk of tables and a chunk with shared tables (limit lowered)", function()
+    -- the frame's limit is 4 GiB - 8 (its 4-byte length); the test hook lowers it for the
+    -- workers forked after it, so the real path runs without encoding 4 GiB
+    assert.equal(1000, pool._test_result_max(1000))
+    local ok, p = pcall(pool.new, { size = 1 })
+    pool._test_result_max()
+    assert.is_true(ok, p)
+    local pid = p:pids()[1]
+    local function fails(f, ...)
+      local okc, err = pcall(f, ...)
+      assert.is_false(okc)
+      assert.matches("^strand%.pool: result too large: %d+ bytes encoded %(a frame holds at most 1000%)$", err)
+    end
+    local list = {}
+    for i = 1, 12 do list[i] = i end
+    fails(p.apply, p, function() return ("x"):rep(2000) end)
+    fails(p.map, p, function() return ("x"):rep(100) end, list, 12)        -- written in C
+    fails(p.map, p, function() return { ("x"):rep(100) } end, list, 12)    -- a table of results
+    local shared = {}
+    for i = 1, 12 do shared[i] = { i } end
+    shared[13] = shared[1]                                                   -- decoded whole
+    fails(p.map, p, function() return ("x"):rep(100) end, shared, 13)
+    local f = p:submit(function() return ("y"):rep(5000) end)
+    assert.is_false((f:join(H.TIMEOUT)))
+    -- the same worker serves on, and results under the limit pass
+    assert.equal("still", p:apply(function() return "still" end))
+    assert.same({ 1, 2, 3 }, p:map(function(x) return x end, { 1, 2, 3 }))
+    assert.equal(pid, p:pids()[1])
+    p:close(); p:join()
+  end)
+end)

@@ -201,6 +201,7 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
   local outbox, spack, sunpack = {}, string.pack, string.unpack
   local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
   local run_job = C._run_job
+  local result_max = C._result_max()              -- (lowered by a test hook: M._test_result_max)
   local function flush()
     local n = #outbox
     if n == 0 then return end
@@ -221,6 +222,11 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
     if not ok or enc == nil then                 -- a copy error is the job's, not the worker's
       enc = encodev(false, "the job's results cannot be copied"
         .. (ok and " (a strand object)" or ": " .. tostring(enc)))
+    elseif #enc > result_max then                -- so is a result too large for a frame
+      local size = #enc
+      C._release(enc)
+      enc = encodev(false, ("strand.pool: result too large: %d bytes encoded (a frame holds at most %d)")
+        :format(size, result_max))
     end
     outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
     if sock:pending() < 4 then flush() end
@@ -482,6 +488,9 @@ local PLACED = { true, n = 1 }
 -- jobs in flight, before the job is settled; a hook that raises makes the reader raise there.
 local reader_fault
 function M._test_reader_fault(fn) reader_fault = fn end
+-- A test hook: the most a result frame may carry, lowered from 4 GiB - 8 for the pools made
+-- after it (their workers inherit it), so that a result too large runs for real; nil: 4 GiB - 8.
+function M._test_result_max(n) return core.process._result_max(n or 0xffffffff - 8) end
 
 -- The results of worker w, read until its end closes (reader, below, protects it).
 local function read_results(self, w)
