@@ -18,6 +18,14 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
 
 #define THREAD_META "strand.thread"
 #define WAITER_META "strand.thread.waiter"
@@ -596,6 +604,7 @@ static pthread_mutex_t stk_mu = PTHREAD_MUTEX_INITIALIZER;
 static stk *stk_inuse, *stk_exiting, *stk_spare;
 static int nspare;
 static size_t stk_size, stk_guard;        /* glibc's defaults, set once by pin_once (0: none) */
+static size_t stk_page;                   /* the page size (pin_once) */
 
 #define stk_base(s) ((s)->mem + stk_guard)   /* its lowest usable byte */
 
@@ -673,6 +682,66 @@ static void stk_exit(stk *s) {
   s->next = stk_exiting;
   stk_exiting = s;
   pthread_mutex_unlock(&stk_mu);
+}
+
+/* thread._test_stack_resident() -> bytes resident (mincore) in the stacks strand made, in use,
+ * exiting and spare, and how many stacks: for the specs of the spare stacks' pages. */
+static size_t stk_resident_of(stk *s, unsigned char *vec) {
+  long page = sysconf(_SC_PAGESIZE);
+  size_t n = stk_size / (size_t)page, r = 0;
+  if (mincore(stk_base(s), stk_size, vec) != 0) return 0;
+  for (size_t i = 0; i < n; i++) r += vec[i] & 1;
+  return r * (size_t)page;
+}
+
+static int l_test_stack_resident(lua_State *L) {
+  long page = sysconf(_SC_PAGESIZE);
+  unsigned char *vec = stk_size ? (unsigned char *)malloc(stk_size / (size_t)page + 1) : NULL;
+  size_t r = 0; int n = 0;
+  if (vec != NULL) {
+    pthread_mutex_lock(&stk_mu);
+    stk *lists[3] = { stk_inuse, stk_exiting, stk_spare };
+    for (int k = 0; k < 3; k++)
+      for (stk *s = lists[k]; s != NULL; s = s->next) { r += stk_resident_of(s, vec); n++; }
+    pthread_mutex_unlock(&stk_mu);
+    free(vec);
+  }
+  lua_pushinteger(L, (lua_Integer)r);
+  lua_pushinteger(L, n);
+  return 2;
+}
+
+/* The pages a thread touched deep in its stack given back before the stack waits (for the next
+ * start on this OS thread, or as a spare): a thread that once recursed deep in C would otherwise
+ * leave them resident for good (glibc's own stacks give back all below the exiting frame, with a
+ * madvise at every exit). Only when the thread went deep: the top STACK_HOT bytes (a thread's
+ * usual depth: 12 KiB for a plain function, 20 KiB with require "strand") stay, and the page just
+ * below them is the probe: a stack pointer that went below it wrote there (a frame writes its
+ * return address, and frames are far smaller than a page) -- nonzero words mean deep pages are
+ * resident. The page reads as zeros while untouched (and after the madvise), so a thread that
+ * stays shallow costs a scan of one page and no system call; the first read of an untouched probe
+ * maps the zero page once (a minor fault per stack, not per thread). Under valgrind, which reports
+ * reads below a stack pointer, mincore asks instead. Called by the thread itself, far above. */
+#define STACK_HOT (128 * 1024)
+
+__attribute__((no_sanitize_address))
+static int stk_probe_touched(const char *probe) {
+  if (RUNNING_ON_VALGRIND) {
+    unsigned char v = 0;
+    return mincore((void *)probe, stk_page, &v) == 0 && (v & 1);
+  }
+  const volatile uint64_t *w = (const volatile uint64_t *)probe;
+  uint64_t any = 0;
+  for (size_t i = 0; i < stk_page / sizeof *w; i += 8)
+    any |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
+  return any != 0;
+}
+
+static void stk_trim(stk *s) {
+  if (stk_size < STACK_HOT + 2 * stk_page) return;
+  char *probe = stk_base(s) + stk_size - STACK_HOT - stk_page;
+  if (!stk_probe_touched(probe)) return;
+  (void)madvise(stk_base(s), stk_size - STACK_HOT, MADV_DONTNEED);   /* (a hint: may fail) */
 }
 
 static void stk_fork_prepare(void) { pthread_mutex_lock(&stk_mu); }
@@ -842,6 +911,7 @@ static void *thr_main(void *arg) {
   memset(&w, 0, sizeof w);
   for (;;) {
     int again = run_thread(c) && named;
+    if (own != NULL) stk_trim(own);       /* before its joiners go on: a join sees it done */
     if (again && !masked) masked = again = pthread_sigmask(SIG_BLOCK, NULL, &mask) == 0;
     again = again && idle_add(&w);
     thread_done(c);
@@ -981,6 +1051,7 @@ static void pin_once(void) {
     size_t m = (size_t)page - 1;
     stk_size = (size + m) & ~m;
     stk_guard = (guard + m) & ~m;
+    stk_page = (size_t)page;
   }
 }
 
@@ -1342,7 +1413,7 @@ static const luaL_Reg methods[] = {
 
 static const luaL_Reg funcs[] = {
   {"start", l_start}, {"new", l_new}, {"id", l_id}, {"name", l_name},
-  {"active_count", l_active_count}, {NULL, NULL}
+  {"active_count", l_active_count}, {"_test_stack_resident", l_test_stack_resident}, {NULL, NULL}
 };
 
 int strand_open_thread(lua_State *L) {
