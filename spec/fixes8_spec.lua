@@ -215,3 +215,36 @@ describe("fixes 8: a result too large for a frame fails its job, not the worker"
     p:close(); p:join()
   end)
 end)
+
+describe("fixes 8: the pages a thread touched deep in its stack", function()
+  H.guard()
+
+  it("are given back when it ends (its stack kept for the next start, or as a spare)", function()
+    local HOT, SLACK = 128 * 1024, 8 * 1024        -- the top kept (thread.c STACK_HOT), probe page
+    for _, idle in ipairs { true, false } do        -- the OS thread waits for a start / exits
+      local out, ok = H.lua([[
+        package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+        local thread = require "strand.thread"
+        -- recursion through gsub: each level a C frame with a luaL_Buffer (~2 KiB of stack)
+        local during = thread.start(function(depth)
+          local th = require "strand.thread"
+          local at_bottom
+          local function down(n)
+            if n == 0 then at_bottom = th._test_stack_resident(); return "" end
+            return (("x"):gsub("x", function() return down(n - 1) end))
+          end
+          down(depth)
+          return at_bottom
+        end, 170):result(30)
+        local after, n = thread._test_stack_resident()
+        print(during, after, n)
+      ]], idle and "" or "STRAND_THREAD_IDLE=0")
+      assert.is_true(ok, out)
+      local during, after, n = out:match("^(%d+)\t(%d+)\t(%d+)\n$")
+      during, after, n = tonumber(during), tonumber(after), tonumber(n)
+      assert.is_truthy(during, out)
+      assert.is_true(during > HOT + 128 * 1024, out)                   -- it went deep
+      assert.is_true(n >= 1 and after <= n * (HOT + SLACK), out)      -- back to the top
+    end
+  end)
+end)
