@@ -248,3 +248,45 @@ describe("fixes 8: the pages a thread touched deep in its stack", function()
     end
   end)
 end)
+
+describe("fixes 8: a forked child's copy of its parent's pool", function()
+  H.guard()
+  local pool = require "strand.pool"
+
+  for _, kind in ipairs { "process", "thread" } do
+    it(kind .. " pool: using it raises at once, and the parent's workers are left alone", function()
+      local p = pool.new{ size = 1, kind = kind }
+      assert.equal("before", p:apply(function() return "before" end))
+      local pids = p:pids()
+      local c = process.new{ allow_threads = true, fn = function()
+        local out = {}
+        for _, call in ipairs {
+          function() return p:submit(function() return "child" end):join(5) end,   -- waited for ever
+          function() return p:apply(function() return "child" end) end,
+          function() return p:map(function(x) return x end, { 1, 2 }) end,
+          function() return p:close() end,
+          function() return p:terminate() end,                   -- stopped the parent's workers
+        } do
+          local ok, err = pcall(call)
+          out[#out + 1] = ok and "returned" or err
+        end
+        do local _ <close> = p end                               -- __close leaves it alone
+        return table.concat(out, "\n")
+      end }
+      assert.is_truthy(c:start())
+      local ok, msgs = c:join(H.TIMEOUT)
+      if ok == nil then c:kill(); c:join(H.TIMEOUT) end
+      assert.is_true(ok, msgs)
+      local n = 0
+      for line in msgs:gmatch("[^\n]+") do
+        n = n + 1
+        assert.matches("^%S+: the pool belongs to the parent process %(this is a forked child%)$", line:gsub("^[^ ]-:%d+: ", ""))
+      end
+      assert.equal(5, n)
+      assert.equal("after", p:apply(function() return "after" end))
+      assert.same({ 1, 2, 3 }, p:map(function(x) return x end, { 1, 2, 3 }))
+      assert.same(pids, p:pids())
+      p:close(); p:join()
+    end)
+  end
+end)

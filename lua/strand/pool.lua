@@ -697,7 +697,7 @@ function M.new(opts)
   local self = setmetatable({
     _kind = kind, _size = size, _init = opts.initializer, _initargs = opts.initargs or {},
     _max = max, _allow_threads = opts.allow_threads, _workers = {}, _jobs = {}, _jh = 1, _jt = 0, _idle = {},
-    _next = 0, _pending = {},
+    _next = 0, _pending = {}, _gen = process._gen,
   }, Pool)
   if kind == "process" then
     local th = package.loaded["strand.thread"]
@@ -724,6 +724,13 @@ function M.new(opts)
     core.process._background(self._reader)
   end
   return self
+end
+
+-- A forked child's copy of its parent's pool: its workers, queues and sockets are the parent's
+-- (a job sent from here would be answered there, or never; close, terminate or __gc would stop
+-- or kill the parent's workers). Using it raises; __close and __gc leave it alone.
+local function foreign(self, fname)
+  error(("%s: the pool belongs to the parent process (this is a forked child)"):format(fname), 3)
 end
 
 local function check_fn(fn, fname)
@@ -859,6 +866,7 @@ local apply_notifiers = setmetatable({}, { __mode = "k" })
 --- p:submit(fn, ...) -> future
 function Pool:submit(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "submit") end  -- calls only to raise
+  if self._gen ~= process._gen then foreign(self, "submit") end
   if type(fn) ~= "function" then check_fn(fn, "submit") end
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
@@ -877,6 +885,7 @@ Pool.apply_async = Pool.submit
 --- p:apply(fn, ...) -> ... (raises the job's error)
 function Pool:apply(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "apply") end   -- the checks' calls only
+  if self._gen ~= process._gen then foreign(self, "apply") end
   if type(fn) ~= "function" then check_fn(fn, "apply") end           -- to raise (the hot path)
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
@@ -1006,6 +1015,7 @@ end
 --- p:map(fn, list [, chunksize]) -> results in order (raises the first failure)
 function Pool:map(fn, list, chunksize)
   check_pool(self, "map")
+  if self._gen ~= process._gen then foreign(self, "map") end
   check_fn(fn, "map")
   check_list(list, chunksize, "map")
   local chunks, out = submit_chunks(self, "map", fn, list, chunksize, true)
@@ -1021,6 +1031,7 @@ end
 --- for i, v in p:imap(fn, list [, chunksize]) -> results in order (index, value)
 function Pool:imap(fn, list, chunksize)
   check_pool(self, "imap")
+  if self._gen ~= process._gen then foreign(self, "imap") end
   check_fn(fn, "imap")
   check_list(list, chunksize or 1, "imap")
   local chunks = submit_chunks(self, "imap", fn, list, chunksize or 1)
@@ -1041,6 +1052,7 @@ end
 --- for i, v in p:imap_unordered(fn, list [, chunksize]) -> (index, value) as they complete
 function Pool:imap_unordered(fn, list, chunksize)
   check_pool(self, "imap_unordered")
+  if self._gen ~= process._gen then foreign(self, "imap_unordered") end
   check_fn(fn, "imap_unordered")
   check_list(list, chunksize or 1, "imap_unordered")
   local chunks = submit_chunks(self, "imap_unordered", fn, list, chunksize or 1)
@@ -1067,6 +1079,7 @@ end
 --- p:close(): no more submissions; the workers end once the queued jobs are done
 function Pool:close()
   check_pool(self, "close")
+  if self._gen ~= process._gen then foreign(self, "close") end
   if self._closed then return end
   self._closed = true
   if self._kind == "thread" then
@@ -1077,6 +1090,7 @@ end
 --- p:join(): wait for the workers to end (after close or terminate)
 function Pool:join()
   check_pool(self, "join")
+  if self._gen ~= process._gen then foreign(self, "join") end
   if not self._closed then error("join: close or terminate the pool first", 2) end
   if self._joined then return true end
   if self._kind == "thread" then
@@ -1120,6 +1134,7 @@ end
 --- p:terminate(): stop now; jobs not finished fail with "pool terminated"
 function Pool:terminate()
   check_pool(self, "terminate")
+  if self._gen ~= process._gen then foreign(self, "terminate") end
   if self._terminated then return end
   self._closed = true
   self._terminated = true
@@ -1147,13 +1162,13 @@ function Pool:terminate()
 end
 
 function Pool:__close()
-  if self._terminated or self._joined then return end
+  if self._terminated or self._joined or self._gen ~= process._gen then return end
   self:close()
   self:join()
 end
 
 Pool.__gc = function(self)
-  if not self._joined and self._kind == "process" then
+  if not self._joined and self._kind == "process" and self._gen == process._gen then
     for _, w in ipairs(self._workers) do
       pcall(w.proc_h.signal, w.proc_h, 9)
       for i = w.ih, w.it do if w.inflight[i] then drop_job(w.inflight[i]) end end
