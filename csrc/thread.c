@@ -1092,12 +1092,14 @@ static char *package_string(lua_State *L, const char *field) {
   return r;
 }
 
-/* Encodes fn + args (at first..first+n-1) — raising in the caller for uncopyable values —
- * then starts the OS thread. */
-static void start_thread(lua_State *L, thr_handle *h, int first, int n) {
+/* Encodes fn + args (at first..first+n-1) — raising in the caller for uncopyable values, naming
+ * them as arguments of thread.start when they are (byarg), else by their place -- then starts
+ * the OS thread. */
+static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byarg) {
   thr_ctl *c = h->c;
   if (h->started) luaL_error(L, "threads can only be started once");
-  strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
+  if (byarg) strand_serial_encode_arg(L, first, n, STRAND_SERIAL_FUNCTIONS, "start", 1);
+  else strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
   size_t len; const char *p = lua_tolstring(L, -1, &len);
   c->payload = dupbytes(p, len);
   c->plen = len;
@@ -1149,7 +1151,7 @@ static int l_start(lua_State *L) {
   int n = lua_gettop(L);
   thr_handle *h = new_handle(L);
   int hidx = lua_gettop(L);
-  start_thread(L, h, 1, n);
+  start_thread(L, h, 1, n, 1);
   lua_pushvalue(L, hidx);
   return 1;
 }
@@ -1197,7 +1199,7 @@ static int tm_start(lua_State *L) {
   } else {
     lua_pop(L, 1);
   }
-  start_thread(L, h, base, n);
+  start_thread(L, h, base, n, 0);
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
   lua_settop(L, 1);

@@ -290,3 +290,31 @@ describe("fixes 8: a forked child's copy of its parent's pool", function()
     end)
   end
 end)
+
+describe("fixes 8: siblings that copy values name the call and the argument too", function()
+  H.guard()
+
+  it("thread.start, a queue's put / put_nowait / put_many and a pipe's send", function()
+    local co = coroutine.create(print)
+    local function err_of(f, ...)
+      local ok, err = pcall(f, ...)
+      assert.is_false(ok)
+      return err
+    end
+    assert.equal("bad argument #3 to 'start' (value: cannot copy a coroutine)",
+      err_of(thread.start, function() end, 1, co))
+    assert.equal("bad argument #1 to 'start' (value.<upvalue co>: cannot copy a coroutine)",
+      err_of(thread.start, function() return co end))
+    local q = require("strand.queue").new()
+    local t = thread.start(function(qq) return qq ~= nil end, q)   -- (it crosses: values copied)
+    assert.is_true(t:result(H.TIMEOUT))
+    assert.equal("bad argument #1 to 'put' (value.x: cannot copy a coroutine)", err_of(q.put, q, { x = co }))
+    assert.equal("bad argument #1 to 'put_nowait' (value: cannot copy a coroutine)", err_of(q.put_nowait, q, co))
+    assert.equal("bad argument #1 to 'put_many' (item 2: value: cannot copy a coroutine; 1 put before it)",
+      err_of(q.put_many, q, { 1, co }))
+    assert.equal(1, q:get(0))
+    local a, b = process.pipe()
+    assert.equal("bad argument #1 to 'send' (value[1]: cannot copy a coroutine)", err_of(a.send, a, { co }))
+    a:close(); b:close()
+  end)
+end)

@@ -813,6 +813,7 @@ end
 -- submit, a chunk's item k is list[first + k - 1] of map's argument #2; value[2] is the function.
 copy_error = function(err, fname, first)
   if type(err) ~= "string" then return err end
+  err = err:match("^bad argument #1 to 'put' %((.*)%)$") or err     -- (put's own naming)
   local k, rest = err:match("^value%[3%]%[(%d+)%](.*)$")
   if k and first then
     return ("bad argument #2 to '%s' (value[%d]%s)"):format(fname, first + tonumber(k) - 1, rest)
