@@ -317,4 +317,19 @@ describe("fixes 8: siblings that copy values name the call and the argument too"
     assert.equal("bad argument #1 to 'send' (value[1]: cannot copy a coroutine)", err_of(a.send, a, { co }))
     a:close(); b:close()
   end)
+
+  it("shared dicts and lists: set, d[k] = v, append", function()
+    local co = coroutine.create(print)
+    local shared = require "strand.shared"
+    local d, l = shared.dict(), shared.list()
+    local function err_of(f) local ok, err = pcall(f); assert.is_false(ok); return err end
+    assert.equal("bad argument #2 to 'set' (value.x: cannot copy a coroutine)",
+      err_of(function() d:set("k", { x = co }) end))
+    assert.equal("bad argument #2 to '__newindex' (value: cannot copy a coroutine)",
+      err_of(function() d.k = co end))
+    assert.equal("bad argument #2 to 'set' (value: cannot copy a coroutine)", err_of(function() l[1] = co end))
+    assert.equal("bad argument #1 to 'append' (value[1]: cannot copy a coroutine)",
+      err_of(function() l:append({ co }) end))
+    assert.is_nil(d.k); assert.equal(0, #l)
+  end)
 end)
