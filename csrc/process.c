@@ -452,6 +452,13 @@ static int l_fork(lua_State *L) {
   return push_handle_rfd(L, pid, daemon, rfd);
 }
 
+/* process._forkgen() -> how many strand forks made this process (forked.gen): an object made in
+ * another process of the family (a pool) tells its copies by it, with no write in the child. */
+static int l_forkgen(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)forked.gen);
+  return 1;
+}
+
 /* process._put_result(rfd, data) -> true | nil, msg, code: the child's results, all of them */
 static int l_put_result(lua_State *L) {
   int fd = (int)luaL_checkinteger(L, 1);
@@ -625,7 +632,7 @@ STRAND_API int strand_pool_result_max(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
-  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs},
+  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
   {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},

@@ -166,6 +166,8 @@ local JOB_HEAD = ">I8I8Bs4"         -- id, function id, kind, function bytes (th
 local FRAMED_JOB = ">I4I8I8Bs4s4"   -- with its frame length first and the arguments (8+8+1+4+4 = 25)
 local spack = string.pack
 local function_code, copy_error
+-- strand forks that made this process: a pool tells a forked child's copy of it by this
+local forkgen = core.process and core.process._forkgen or function() return 0 end
 -- recv_frame's limit on both ends of a worker's sockets: what the 4-byte length can say (its
 -- default, 64 MiB, skipped a larger job or result: the worker exited, the reader waited forever)
 local FRAME_MAX = 0xffffffff
@@ -697,7 +699,7 @@ function M.new(opts)
   local self = setmetatable({
     _kind = kind, _size = size, _init = opts.initializer, _initargs = opts.initargs or {},
     _max = max, _allow_threads = opts.allow_threads, _workers = {}, _jobs = {}, _jh = 1, _jt = 0, _idle = {},
-    _next = 0, _pending = {}, _gen = process._gen,
+    _next = 0, _pending = {}, _gen = forkgen(),
   }, Pool)
   if kind == "process" then
     local th = package.loaded["strand.thread"]
@@ -867,7 +869,7 @@ local apply_notifiers = setmetatable({}, { __mode = "k" })
 --- p:submit(fn, ...) -> future
 function Pool:submit(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "submit") end  -- calls only to raise
-  if self._gen ~= process._gen then foreign(self, "submit") end
+  if self._gen ~= forkgen() then foreign(self, "submit") end
   if type(fn) ~= "function" then check_fn(fn, "submit") end
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
@@ -886,7 +888,7 @@ Pool.apply_async = Pool.submit
 --- p:apply(fn, ...) -> ... (raises the job's error)
 function Pool:apply(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "apply") end   -- the checks' calls only
-  if self._gen ~= process._gen then foreign(self, "apply") end
+  if self._gen ~= forkgen() then foreign(self, "apply") end
   if type(fn) ~= "function" then check_fn(fn, "apply") end           -- to raise (the hot path)
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
@@ -1016,7 +1018,7 @@ end
 --- p:map(fn, list [, chunksize]) -> results in order (raises the first failure)
 function Pool:map(fn, list, chunksize)
   check_pool(self, "map")
-  if self._gen ~= process._gen then foreign(self, "map") end
+  if self._gen ~= forkgen() then foreign(self, "map") end
   check_fn(fn, "map")
   check_list(list, chunksize, "map")
   local chunks, out = submit_chunks(self, "map", fn, list, chunksize, true)
@@ -1032,7 +1034,7 @@ end
 --- for i, v in p:imap(fn, list [, chunksize]) -> results in order (index, value)
 function Pool:imap(fn, list, chunksize)
   check_pool(self, "imap")
-  if self._gen ~= process._gen then foreign(self, "imap") end
+  if self._gen ~= forkgen() then foreign(self, "imap") end
   check_fn(fn, "imap")
   check_list(list, chunksize or 1, "imap")
   local chunks = submit_chunks(self, "imap", fn, list, chunksize or 1)
@@ -1053,7 +1055,7 @@ end
 --- for i, v in p:imap_unordered(fn, list [, chunksize]) -> (index, value) as they complete
 function Pool:imap_unordered(fn, list, chunksize)
   check_pool(self, "imap_unordered")
-  if self._gen ~= process._gen then foreign(self, "imap_unordered") end
+  if self._gen ~= forkgen() then foreign(self, "imap_unordered") end
   check_fn(fn, "imap_unordered")
   check_list(list, chunksize or 1, "imap_unordered")
   local chunks = submit_chunks(self, "imap_unordered", fn, list, chunksize or 1)
@@ -1080,7 +1082,7 @@ end
 --- p:close(): no more submissions; the workers end once the queued jobs are done
 function Pool:close()
   check_pool(self, "close")
-  if self._gen ~= process._gen then foreign(self, "close") end
+  if self._gen ~= forkgen() then foreign(self, "close") end
   if self._closed then return end
   self._closed = true
   if self._kind == "thread" then
@@ -1091,7 +1093,7 @@ end
 --- p:join(): wait for the workers to end (after close or terminate)
 function Pool:join()
   check_pool(self, "join")
-  if self._gen ~= process._gen then foreign(self, "join") end
+  if self._gen ~= forkgen() then foreign(self, "join") end
   if not self._closed then error("join: close or terminate the pool first", 2) end
   if self._joined then return true end
   if self._kind == "thread" then
@@ -1135,7 +1137,7 @@ end
 --- p:terminate(): stop now; jobs not finished fail with "pool terminated"
 function Pool:terminate()
   check_pool(self, "terminate")
-  if self._gen ~= process._gen then foreign(self, "terminate") end
+  if self._gen ~= forkgen() then foreign(self, "terminate") end
   if self._terminated then return end
   self._closed = true
   self._terminated = true
@@ -1163,13 +1165,13 @@ function Pool:terminate()
 end
 
 function Pool:__close()
-  if self._terminated or self._joined or self._gen ~= process._gen then return end
+  if self._terminated or self._joined or self._gen ~= forkgen() then return end
   self:close()
   self:join()
 end
 
 Pool.__gc = function(self)
-  if not self._joined and self._kind == "process" and self._gen == process._gen then
+  if not self._joined and self._kind == "process" and self._gen == forkgen() then
     for _, w in ipairs(self._workers) do
       pcall(w.proc_h.signal, w.proc_h, 9)
       for i = w.ih, w.it do if w.inflight[i] then drop_job(w.inflight[i]) end end

@@ -64,10 +64,7 @@ end
 M._encode = encode_for_process
 
 -- The first thing a forked child does: close what belongs to the parent.
-M._gen = 0             -- strand forks that made this process: objects made in another process of
-                       -- the family (a pool) tell their copies by it
 local function child_setup(own_parent_end)
-  M._gen = M._gen + 1
   if own_parent_end then own_parent_end:close() end
   for s in pairs(parent_ends) do s:close() end
   for h in pairs(live) do h:set_daemon(2); live[h] = nil end   -- the parent's children
