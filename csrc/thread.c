@@ -1379,7 +1379,9 @@ static int tm_index(lua_State *L) {
 static int tm_tostring(lua_State *L) {
   thr_handle *h = check_handle(L, 1);
   static const char *const names[] = { "new", "running", "done", "failed" };
-  lua_pushfstring(L, "strand.thread %s (%s)", h->c->name, names[atomic_load(&h->c->state)]);
+  const char *state = names[atomic_load(&h->c->state)];
+  if (h->started && ctl_inherited(h->c)) state = "the parent process's";
+  lua_pushfstring(L, "strand.thread %s (%s)", h->c->name, state);
   return 1;
 }
 
