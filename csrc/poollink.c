@@ -176,11 +176,47 @@ static void copy_failure(lua_State *L, int st) {
   strand_serial_encode(L, -2, 2, STRAND_SERIAL_FUNCTIONS);   /* a boolean and a string */
 }
 
+/* The most a result frame's encoded outcome may take: what its 4-byte length can say after the
+ * id. Process-wide and read-only but for the test hook process._result_max(n), which lowers it
+ * (set before the pool's workers are forked, which inherit it) so that the path below runs for
+ * real without encoding 4 GiB. */
+static size_t result_max = UINT32_MAX - 8;
+
+/* An encoded outcome of len bytes is too large for a frame: in its place (popped) "false,
+ * message" encoded, the job's failure instead of the worker's. */
+static void too_large(lua_State *L, size_t len) {
+  size_t l;
+  const char *p = lua_tolstring(L, -1, &l);
+  if (p != NULL) strand_serial_release(p, l);      /* the references it held */
+  lua_pop(L, 1);
+  lua_pushboolean(L, 0);
+  lua_pushfstring(L, "strand.pool: result too large: %I bytes encoded (a frame holds at most %I)",
+                  (lua_Integer)len, (lua_Integer)result_max);
+  strand_serial_encode(L, -2, 2, STRAND_SERIAL_FUNCTIONS);   /* a boolean and a string */
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+
+/* process._result_max([n]) -> the limit (n, a test hook: lowers it for this process and the
+ * workers it forks next) */
+static int l_result_max(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) {
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= 64 && (uint64_t)n <= UINT32_MAX - 8, 1, "out of range");
+    result_max = (size_t)n;
+  }
+  lua_pushinteger(L, (lua_Integer)result_max);
+  return 1;
+}
+
 /* the encoded outcome at the top framed for job id: length, id, the bytes (pushed) */
 static void push_frame(lua_State *L, lua_Integer id) {
   size_t len;
   const char *enc = lua_tolstring(L, -1, &len);
-  if (len > UINT32_MAX - 8) luaL_error(L, "strand.pool: a job's results are too large to send");
+  if (len > result_max) {
+    too_large(L, len);
+    enc = lua_tolstring(L, -1, &len);
+  }
   luaL_Buffer b;
   char *o = luaL_buffinitsize(L, &b, 12 + len);
   put_be(o, 8 + len, 4);
@@ -379,7 +415,12 @@ static int chunk_done(lua_State *L, int status, lua_KContext ctx) {
   lua_Integer id = lua_tointeger(L, CHUNK_BASE - 1);
   if (!s->table) {                      /* the frame is all there but its tail and length */
     s->n += strand_serial_list_tail(s->b + s->n, s->count);
-    if (s->n - 4 > UINT32_MAX) luaL_error(L, "strand.pool: a job's results are too large to send");
+    if (s->n - 12 > result_max) {       /* the job fails, not the worker (push_frame) */
+      lua_pushnil(L);
+      too_large(L, s->n - 12);
+      push_frame(L, id);
+      return 1;
+    }
     put_be(s->b, s->n - 4, 4);
     lua_pushlstring(L, s->b, s->n);
     return 1;
@@ -466,6 +507,9 @@ int strand_pool_result(lua_State *L) { return l_result(L); }
 
 STRAND_API int strand_pool_run_job(lua_State *L);
 int strand_pool_run_job(lua_State *L) { return l_run_job(L); }
+
+STRAND_API int strand_pool_result_max(lua_State *L);
+int strand_pool_result_max(lua_State *L) { return l_result_max(L); }
 
 STRAND_API int strand_pool_link(lua_State *L);
 int strand_pool_link(lua_State *L) {

@@ -35,6 +35,8 @@ typedef struct phandle {
   int status;             /* raw wait status, valid once reaped */
   unsigned char reaped;
   unsigned char daemon;   /* when collected unreaped: 0 wait for it, 1 kill it, 2 leave it */
+  unsigned char foreign;  /* a forked child's copy of a handle whose process ran on unreaped:
+                             not this process's child (its exit status is the parent's) */
   unsigned gen;           /* forked.gen when made: another value means a forked child's copy of
                              its parent's handle (the result file is the parent's) */
 } phandle;
@@ -88,6 +90,7 @@ static int ph_reap(phandle *h, int block) {
     if (errno == EINTR) continue;
     if (errno == ECHILD) {             /* reaped by someone else (a SIGCHLD handler): unknown */
       h->status = 255 << 8;
+      h->foreign = h->gen != forked.gen;
       h->reaped = 1;
       ph_closefd(h);
       return 1;
@@ -269,6 +272,13 @@ static int ph_take_result(lua_State *L) {
   return 1;
 }
 
+/* h:foreign() -> true when the handle was inherited from the parent and its process is not
+ * this one's child (ph_reap found none): its status and results belong to the parent. */
+static int ph_foreign(lua_State *L) {
+  lua_pushboolean(L, ph_check(L)->foreign);
+  return 1;
+}
+
 static int ph_setdaemon(lua_State *L) {
   ph_check(L)->daemon = (unsigned char)luaL_checkinteger(L, 2);
   return 0;
@@ -277,7 +287,7 @@ static int ph_setdaemon(lua_State *L) {
 static const luaL_Reg ph_methods[] = {
   {"wait", ph_wait}, {"poll", ph_poll}, {"signal", ph_signal}, {"pid", ph_pid},
   {"status", ph_status}, {"set_daemon", ph_setdaemon}, {"take_result", ph_take_result},
-  {NULL, NULL}
+  {"foreign", ph_foreign}, {NULL, NULL}
 };
 
 /* A handle for pid pushed (the pidfd opened); on failure the child is killed and reaped and
@@ -442,6 +452,13 @@ static int l_fork(lua_State *L) {
   return push_handle_rfd(L, pid, daemon, rfd);
 }
 
+/* process._forkgen() -> how many strand forks made this process (forked.gen): an object made in
+ * another process of the family (a pool) tells its copies by it, with no write in the child. */
+static int l_forkgen(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)forked.gen);
+  return 1;
+}
+
 /* process._put_result(rfd, data) -> true | nil, msg, code: the child's results, all of them */
 static int l_put_result(lua_State *L) {
   int fd = (int)luaL_checkinteger(L, 1);
@@ -488,15 +505,30 @@ static int l_encode(lua_State *L) {
  * cross without one more table to build, walk and look up among the loaded modules. */
 static int l_encodev(lua_State *L) { return encode_values(L, 1, lua_gettop(L)); }
 
-/* process._encode_list(t, i, j [, lead]) -> string | nil (as _encode): the list
+/* process._encodeargs(fname, argno, ...) -> as _encodev, but a value that cannot be copied raises
+ * "bad argument #N to 'fname' (value...: cannot copy ...)", N = argno for the first value. */
+static int l_encodeargs(lua_State *L) {
+  const char *fname = luaL_checkstring(L, 1);
+  int argno = (int)luaL_checkinteger(L, 2);
+  strand_serial_encode_arg(L, 3, lua_gettop(L) - 2, STRAND_SERIAL_FUNCTIONS, fname, argno);
+  return strand_serial_family_or_nil(L);
+}
+
+/* process._encode_list(t, i, j [, lead [, fname, argno]]) -> string | nil (as _encode): the list
  * {t[i..j], n = j-i+1}, after a leading true when lead, without making that table (map chunks
- * and their results: serial.c's strand_serial_encode_list) */
+ * and their results: serial.c's strand_serial_encode_list); with fname (no lead), an item that
+ * cannot be copied raises "bad argument #argno to 'fname' (value[k]: ...)", k its key in t. */
 static int l_encode_list(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Integer i = luaL_checkinteger(L, 2), j = luaL_checkinteger(L, 3);
   int lead = lua_toboolean(L, 4);
-  lua_settop(L, 1);
-  strand_serial_encode_list(L, 1, i, j, lead, STRAND_SERIAL_FUNCTIONS);
+  const char *fname = lua_tostring(L, 5);
+  int argno = (int)luaL_optinteger(L, 6, 1);
+  lua_settop(L, 5);
+  if (fname != NULL && !lead)
+    strand_serial_encode_list_arg(L, 1, i, j, STRAND_SERIAL_FUNCTIONS, fname, argno);
+  else
+    strand_serial_encode_list(L, 1, i, j, lead, STRAND_SERIAL_FUNCTIONS);
   return strand_serial_family_or_nil(L);
 }
 
@@ -596,14 +628,17 @@ STRAND_API int strand_spawn_exec(lua_State *L);    /* spawn.c */
 STRAND_API int strand_pool_link(lua_State *L);     /* poollink.c */
 STRAND_API int strand_pool_run_job(lua_State *L);
 STRAND_API int strand_pool_result(lua_State *L);
+STRAND_API int strand_pool_result_max(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
-  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_background", l_background},
+  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
+  {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},
   {"_link", strand_pool_link}, {"_run_job", strand_pool_run_job},
-  {"_result", strand_pool_result}, {"_spare_fd", l_spare_fd},
+  {"_result", strand_pool_result}, {"_result_max", strand_pool_result_max},
+  {"_spare_fd", l_spare_fd},
   {"pid", l_pid}, {"ppid", l_ppid}, {"cpu_count", l_cpu_count}, {NULL, NULL}
 };
 

@@ -1215,12 +1215,14 @@ static const char *q_cross(strand_object *o) {
 
 /* The value at idx, to put: by reference while the queue has not crossed, else copied by the
  * copy rule (raises on what cannot be copied: the put is where the value must cross). */
-static void q_payload(lua_State *L, strand_shm *s, int idx) {
+static void q_payload(lua_State *L, strand_shm *s, int idx, int nowait) {
   if (!__atomic_load_n(&s->head->crossed, __ATOMIC_ACQUIRE)) {
     local_put(L, s, idx);
     return;
   }
-  strand_serial_encode(L, idx, 1, STRAND_SERIAL_FUNCTIONS);
+  /* "bad argument #1 to 'put' (value.x: cannot copy a coroutine)" (the value is idx - 1) */
+  strand_serial_encode_arg(L, idx, 1, STRAND_SERIAL_FUNCTIONS, nowait ? "put_nowait" : "put",
+                           idx - 1);
   lua_replace(L, idx);
 }
 
@@ -1528,7 +1530,7 @@ static int r_put_start(lua_State *L, strand_shm *s, q_state *st, int nowait, int
     lua_pushboolean(L, 1);
   } else {
     lua_settop(L, 2);
-    q_payload(L, s, 2);                         /* raises on what cannot cross */
+    q_payload(L, s, 2, nowait);                 /* raises on what cannot cross */
     lua_pushnumber(L, deadline);
     lua_pushboolean(L, 0);
   }
@@ -1555,7 +1557,7 @@ static int q_put_start(lua_State *L, int nowait) {
   }
   deadline = nowait ? 0 : strand_opt_deadline(L, targ);
   lua_settop(L, 2);
-  q_payload(L, s, 2);                           /* raises on what cannot cross */
+  q_payload(L, s, 2, nowait);                   /* raises on what cannot cross */
   lua_pushnumber(L, deadline);
   lua_pushnumber(L, prio);
   lua_pushnil(L);
@@ -1578,9 +1580,17 @@ static int q_put_many_from(lua_State *L, lua_Integer i);
  * again naming put_many, the item and how many were put before it; any other error (a
  * cancellation, out of memory) raised as it is. */
 static int q_put_many_raise(lua_State *L, lua_Integer i, int status) {
-  if (status == LUA_ERRRUN && lua_type(L, -1) == LUA_TSTRING)
-    return luaL_error(L, "bad argument #1 to 'put_many' (item %I: %s; %I put before it)", i,
-                      lua_tostring(L, -1), i - 1);
+  if (status == LUA_ERRRUN && lua_type(L, -1) == LUA_TSTRING) {
+    size_t l;
+    const char *m = lua_tolstring(L, -1, &l);
+    static const char put[] = "bad argument #1 to 'put' (";    /* put's own naming, taken off */
+    if (l > sizeof put && memcmp(m, put, sizeof put - 1) == 0 && m[l - 1] == ')') {
+      lua_pushlstring(L, m + sizeof put - 1, l - sizeof put);
+      m = lua_tostring(L, -1);
+    }
+    return luaL_error(L, "bad argument #1 to 'put_many' (item %I: %s; %I put before it)", i, m,
+                      i - 1);
+  }
   return lua_error(L);
 }
 

@@ -280,6 +280,8 @@ typedef struct encoder {
   int scans;                /* tables checked against package.loaded by a plain scan */
   unsigned char hdr;
   int plen;
+  const char *fname;        /* a refusal names argument argno (+ the value's place) of fname */
+  int argno;
   pathel path[MAXDEPTH + 2];
   unsigned char init[512];
 } encoder;
@@ -292,11 +294,18 @@ static void enc_error(encoder *e, const char *msg) {
   luaL_Buffer b;
   char tmp[64];
   luaL_buffinit(L, &b);
+  if (e->fname != NULL) {         /* "bad argument #N to 'f' (value...: msg)": value N is args[i] */
+    lua_Integer i = e->plen > 0 && e->path[0].i > 0 ? e->path[0].i - 1 : 0;
+    snprintf(tmp, sizeof tmp, "bad argument #%lld to '", (long long)(e->argno + i));
+    luaL_addstring(&b, tmp);
+    luaL_addstring(&b, e->fname);
+    luaL_addstring(&b, "' (");
+  }
   for (int k = 0; k < e->plen; k++) {
     const pathel *pe = &e->path[k];
     if (e->plen > 12 && k == 6) { luaL_addstring(&b, "..."); k = e->plen - 6; continue; }
     if (pe->kind == P_TOP) {
-      if (pe->i == 0) luaL_addstring(&b, "value");
+      if (pe->i == 0 || e->fname != NULL) luaL_addstring(&b, "value");
       else { snprintf(tmp, sizeof tmp, "args[%lld]", (long long)pe->i); luaL_addstring(&b, tmp); }
     } else if (pe->kind == P_INDEX) {
       snprintf(tmp, sizeof tmp, "[%lld]", (long long)pe->i); luaL_addstring(&b, tmp);
@@ -335,6 +344,7 @@ static void enc_error(encoder *e, const char *msg) {
   }
   luaL_addstring(&b, ": ");
   luaL_addstring(&b, msg);
+  if (e->fname != NULL) luaL_addchar(&b, ')');
   luaL_pushresult(&b);
   lua_error(L);
 }
@@ -792,6 +802,7 @@ static void enc_begin(encoder *e, lua_State *L, int n, int flags) {
   e->buf = base + 1; e->first = base + 2; e->cache = base + 3; e->mods = base + 4;
   e->funcs = base + 5;
   e->nrefs = 0; e->scans = 0; e->hdr = 0; e->plen = 0;
+  e->fname = NULL; e->argno = 0;
   put_byte(e, SER_VERSION); put_byte(e, 0); put_varint(e, (uint64_t)(n > 0 ? n : 0));
 }
 
@@ -808,10 +819,11 @@ static void enc_end(encoder *e) {
   }
 }
 
-void strand_serial_encode(lua_State *L, int first, int n, int flags) {
+static void encode_values(lua_State *L, int first, int n, int flags, const char *fname, int argno) {
   encoder e;
   first = lua_absindex(L, first);
   enc_begin(&e, L, n, flags);
+  e.fname = fname; e.argno = argno;
   for (int i = 0; i < n; i++) {
     e.path[0].kind = P_TOP; e.path[0].i = n == 1 ? 0 : i + 1;
     e.plen = 1;
@@ -820,16 +832,26 @@ void strand_serial_encode(lua_State *L, int first, int n, int flags) {
   enc_end(&e);
 }
 
+void strand_serial_encode(lua_State *L, int first, int n, int flags) {
+  encode_values(L, first, n, flags, NULL, 0);
+}
+
+void strand_serial_encode_arg(lua_State *L, int first, int n, int flags, const char *fname,
+                              int argno) {
+  encode_values(L, first, n, flags, fname, argno);
+}
+
 /* The list {t[i], ..., t[j], n = j - i + 1} encoded as one value (after a leading true when
  * lead), as strand_serial_encode would encode that table, without making it: t[k] read once
  * each (lua_geti), no walk with lua_next. A map chunk and its results cross this way. */
-void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j, int lead,
-                               int flags) {
+static void encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j, int lead, int flags,
+                        const char *fname, int argno) {
   encoder e;
   t = lua_absindex(L, t);
   lua_Integer count = j >= i ? j - i + 1 : 0;
   if (count > (lua_Integer)UINT32_MAX) luaL_error(L, "strand.serial: list too long");
   enc_begin(&e, L, lead ? 2 : 1, flags);
+  e.fname = fname; e.argno = argno;
   if (lead) put_byte(&e, T_TRUE);
   lua_newtable(L);                   /* stands for the list, numbered 1 as the decoder does */
   lua_replace(L, e.first);
@@ -877,6 +899,16 @@ void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j
   enc_value(&e, top);
   lua_settop(L, top - 1);
   enc_end(&e);
+}
+
+void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j, int lead,
+                               int flags) {
+  encode_list(L, t, i, j, lead, flags, NULL, 0);
+}
+
+void strand_serial_encode_list_arg(lua_State *L, int t, lua_Integer i, lua_Integer j, int flags,
+                                   const char *fname, int argno) {
+  encode_list(L, t, i, j, 0, flags, fname, argno);
 }
 
 /* }==== */
@@ -1054,6 +1086,12 @@ static void dec_object(lua_State *L, decoder *d) {
   if (!rd_object(&d->c, &ref, &s, &l)) dec_fail(L, "bad object reference");
   memcpy(name, s, l); name[l] = '\0';
   const strand_objtype *t = strand_objtype_find(name);
+  if (t == NULL && strncmp(name, "strand.", 7) == 0) {
+    /* made by a state of a module no state of this process has opened yet (a pool worker's
+     * sync.lock() to a parent that never loaded strand.sync): its area opens, as require would */
+    strand_core_open_areas(L);
+    t = strand_objtype_find(name);
+  }
   if (t == NULL) dec_fail(L, "bad object reference");
   if (ref & REF_SHARED) {              /* this process's object for it, found or made */
     o = strand_shm_view(ref & ~REF_SHARED, t);

@@ -108,7 +108,7 @@ static void key_push(lua_State *L, const char *p, size_t klen) {
 
 /* Numbers stay numbers (incr works on them in place); anything else is serialized, and the
  * encoding (which holds references to strand objects in it) is left on the stack. */
-static void val_get(lua_State *L, int idx, val *v) {
+static void val_get_arg(lua_State *L, int idx, val *v, const char *fname, int argno) {
   int t = lua_type(L, idx);
   if (t == LUA_TNIL || t == LUA_TNONE) {
     v->tag = V_NIL; v->p = v->num; v->len = 0;
@@ -124,11 +124,15 @@ static void val_get(lua_State *L, int idx, val *v) {
     }
     v->p = v->num; v->len = 8;
   } else {
-    strand_serial_encode(L, idx, 1, STRAND_SERIAL_FUNCTIONS);
+    /* refused: "bad argument #2 to 'set' (value.x: cannot copy a coroutine)" */
+    if (fname != NULL) strand_serial_encode_arg(L, idx, 1, STRAND_SERIAL_FUNCTIONS, fname, argno);
+    else strand_serial_encode(L, idx, 1, STRAND_SERIAL_FUNCTIONS);
     v->tag = V_SER;
     v->p = lua_tolstring(L, -1, &v->len);
   }
 }
+
+static void val_get(lua_State *L, int idx, val *v) { val_get_arg(L, idx, v, NULL, 0); }
 
 /* A value that was not stored: drop the references its encoding holds. */
 static void val_drop(const val *v) {
@@ -394,12 +398,13 @@ static int d_getv(lua_State *L) { return d_get_impl(L, 1); }
 
 /* Store v at k (nil: remove). expect >= 0: only if the entry's stamp is still expect (0:
  * absent); returns whether it was stored. Raises when the storage is full. */
-static int d_store(lua_State *L, strand_shm *s, int kidx, int vidx, int64_t expect) {
+static int d_store(lua_State *L, strand_shm *s, int kidx, int vidx, int64_t expect,
+                   const char *fname) {
   d_state *st = st_of(s);
   key k;
   val v;
   key_get(L, kidx, &k);
-  val_get(L, vidx, &v);
+  val_get_arg(L, vidx, &v, fname, vidx - 1);
   strand_shm_lockL(L, s);
   int err = 0;
   uint64_t *link = d_find(s, &k);
@@ -436,7 +441,7 @@ static int d_store(lua_State *L, strand_shm *s, int kidx, int vidx, int64_t expe
 }
 
 static int d_set(lua_State *L) {
-  d_store(L, strand_shm_self(L), 2, 3, -1);
+  d_store(L, strand_shm_self(L), 2, 3, -1, "set");
   return 0;
 }
 
@@ -444,7 +449,7 @@ static int d_set(lua_State *L) {
 static int d_setif(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   lua_Integer stamp = luaL_checkinteger(L, 4);
-  lua_pushboolean(L, d_store(L, s, 2, 3, stamp < 0 ? 0 : stamp));
+  lua_pushboolean(L, d_store(L, s, 2, 3, stamp < 0 ? 0 : stamp, NULL));
   return 1;
 }
 
@@ -520,7 +525,7 @@ static int d_index(lua_State *L) {
 }
 
 static int d_newindex(lua_State *L) {
-  d_store(L, strand_shm_self(L), 2, 3, -1);
+  d_store(L, strand_shm_self(L), 2, 3, -1, "__newindex");
   return 0;
 }
 
@@ -557,12 +562,13 @@ static int l_get(lua_State *L) {
 }
 
 /* set l[i] = v for 1 <= i <= len + 1 (len + 1 appends); returns the new length */
-static lua_Integer l_store(lua_State *L, strand_shm *s, lua_Integer i, int vidx, int append) {
+static lua_Integer l_store(lua_State *L, strand_shm *s, lua_Integer i, int vidx, int append,
+                           const char *fname) {
   d_state *st = st_of(s);
   luaL_checkany(L, vidx);
   if (lua_isnil(L, vidx)) luaL_argerror(L, vidx, "cannot store nil in a shared list");
   val v;
-  val_get(L, vidx, &v);
+  val_get_arg(L, vidx, &v, fname, vidx - 1);
   strand_shm_lockL(L, s);
   if (append) i = st->n + 1;
   int err = 0, range = i < 1 || i > st->n + 1;
@@ -586,12 +592,12 @@ static lua_Integer l_store(lua_State *L, strand_shm *s, lua_Integer i, int vidx,
 }
 
 static int l_set(lua_State *L) {
-  l_store(L, strand_shm_self(L), l_index_arg(L, 2), 3, 0);
+  l_store(L, strand_shm_self(L), l_index_arg(L, 2), 3, 0, "set");
   return 0;
 }
 
 static int l_append(lua_State *L) {
-  lua_pushinteger(L, l_store(L, strand_shm_self(L), 0, 2, 1));
+  lua_pushinteger(L, l_store(L, strand_shm_self(L), 0, 2, 1, "append"));
   return 1;
 }
 
@@ -616,7 +622,7 @@ static int l_list(lua_State *L) {
     lua_Integer n = luaL_len(L, 1);
     for (lua_Integer i = 1; i <= n; i++) {
       lua_geti(L, 1, i);
-      l_store(L, s, 0, lua_gettop(L), 1);
+      l_store(L, s, 0, lua_gettop(L), 1, NULL);
       lua_settop(L, 2);
     }
   }

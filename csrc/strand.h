@@ -393,6 +393,13 @@ int strand_serial_family_or_nil(lua_State *L);
  * strand_serial_encode gives for that table, without making it (pool map chunks). */
 STRAND_API void strand_serial_encode_list(lua_State *L, int t, lua_Integer i, lua_Integer j,
                                           int lead, int flags);
+/* strand_serial_encode / strand_serial_encode_list (no lead) whose refusal names an argument of
+ * the caller: "bad argument #N to 'fname' (value[3].x: cannot copy a coroutine)", N = argno for
+ * the first value (the list), one more for each further value. fname must outlive the call. */
+STRAND_API void strand_serial_encode_arg(lua_State *L, int first, int n, int flags,
+                                         const char *fname, int argno);
+STRAND_API void strand_serial_encode_list_arg(lua_State *L, int t, lua_Integer i, lua_Integer j,
+                                              int flags, const char *fname, int argno);
 /* Data of the form "true, list" without back-references: the list's items stored (raw) in the
  * table at dest from dest[first] on; returns how many. -1 (nothing pushed) for any other
  * data (decode it the usual way); -2 with a message pushed when malformed. */

@@ -18,6 +18,16 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#endif
+#endif
+#ifndef VALGRIND_DISABLE_ERROR_REPORTING
+#define VALGRIND_DISABLE_ERROR_REPORTING ((void)0)
+#define VALGRIND_ENABLE_ERROR_REPORTING ((void)0)
+#define VALGRIND_MAKE_MEM_DEFINED(p, n) ((void)0)
+#endif
 
 #define THREAD_META "strand.thread"
 #define WAITER_META "strand.thread.waiter"
@@ -29,6 +39,9 @@ static const char GUARD_KEY = 'G';    /* registry[&GUARD_KEY] = guard (non-daemo
 /* Process-wide, shared by every thread by nature: ids and the live count. */
 static atomic_long next_id = 2;       /* the main thread is 1 */
 static atomic_int active = 0;         /* strand threads running now (the main one not counted) */
+static unsigned thr_gen;              /* forks that made this process, counted by the fork hook
+                                         (a child's is one more than its parent's at the fork) */
+#define ctl_inherited(c) ((c)->gen != thr_gen)
 
 enum { TS_NEW, TS_RUNNING, TS_DONE, TS_FAILED };
 
@@ -47,6 +60,8 @@ typedef struct thr_ctl {
   int mask_set;                 /* mask holds the creator's signal mask (a parked OS thread) */
   sigset_t mask;
   struct stk *stack;            /* the stack strand made for a new OS thread (or NULL: glibc's) */
+  unsigned gen;                 /* thr_gen when started: another value means a forked child's
+                                   copy, whose OS thread is its parent's (never joinable here) */
 } thr_ctl;
 
 typedef struct thr_handle {
@@ -675,6 +690,7 @@ static pthread_mutex_t stk_mu = PTHREAD_MUTEX_INITIALIZER;
 static stk *stk_inuse, *stk_exiting, *stk_spare;
 static int nspare;
 static size_t stk_size, stk_guard;        /* glibc's defaults, set once by pin_once (0: none) */
+static size_t stk_page;                   /* the page size (pin_once) */
 
 #define stk_base(s) ((s)->mem + stk_guard)   /* its lowest usable byte */
 
@@ -754,6 +770,65 @@ static void stk_exit(stk *s) {
   pthread_mutex_unlock(&stk_mu);
 }
 
+/* thread._test_stack_resident() -> bytes resident (mincore) in the stacks strand made, in use,
+ * exiting and spare, and how many stacks: for the specs of the spare stacks' pages. */
+static size_t stk_resident_of(stk *s, unsigned char *vec) {
+  long page = sysconf(_SC_PAGESIZE);
+  size_t n = stk_size / (size_t)page, r = 0;
+  if (mincore(stk_base(s), stk_size, vec) != 0) return 0;
+  for (size_t i = 0; i < n; i++) r += vec[i] & 1;
+  return r * (size_t)page;
+}
+
+static int l_test_stack_resident(lua_State *L) {
+  long page = sysconf(_SC_PAGESIZE);
+  unsigned char *vec = stk_size ? (unsigned char *)malloc(stk_size / (size_t)page + 1) : NULL;
+  size_t r = 0; int n = 0;
+  if (vec != NULL) {
+    pthread_mutex_lock(&stk_mu);
+    stk *lists[3] = { stk_inuse, stk_exiting, stk_spare };
+    for (int k = 0; k < 3; k++)
+      for (stk *s = lists[k]; s != NULL; s = s->next) { r += stk_resident_of(s, vec); n++; }
+    pthread_mutex_unlock(&stk_mu);
+    free(vec);
+  }
+  lua_pushinteger(L, (lua_Integer)r);
+  lua_pushinteger(L, n);
+  return 2;
+}
+
+/* The pages a thread touched deep in its stack given back before the stack waits (for the next
+ * start on this OS thread, or as a spare): a thread that once recursed deep in C would otherwise
+ * leave them resident for good (glibc's own stacks give back all below the exiting frame, with a
+ * madvise at every exit). Only when the thread went deep: the top STACK_HOT bytes (a thread's
+ * usual depth: 12 KiB for a plain function, 20 KiB with require "strand") stay, and the page just
+ * below them is the probe: a stack pointer that went below it wrote there (a frame writes its
+ * return address, and frames are far smaller than a page) -- nonzero words mean deep pages are
+ * resident. The page reads as zeros while untouched (and after the madvise), so a thread that
+ * stays shallow costs a scan of one page and no system call; the first read of an untouched probe
+ * maps the zero page once (a minor fault per stack, not per thread). One word per 64 bytes is
+ * read (frames crossing the page leave return addresses and pointers all over it). Memcheck,
+ * which reports reads below a stack pointer, is told not to. Called by the thread itself. */
+#define STACK_HOT (128 * 1024)
+
+__attribute__((no_sanitize_address))
+static int stk_probe_touched(const char *probe) {
+  const volatile uint64_t *w = (const volatile uint64_t *)probe;
+  uint64_t any = 0;
+  VALGRIND_DISABLE_ERROR_REPORTING;        /* (memcheck: a read below a stack pointer) */
+  for (size_t i = 0; i < stk_page / sizeof *w; i += 8) any |= w[i];   /* a word per 64 bytes */
+  VALGRIND_ENABLE_ERROR_REPORTING;
+  VALGRIND_MAKE_MEM_DEFINED(&any, sizeof any);
+  return any != 0;
+}
+
+static void stk_trim(stk *s) {
+  if (stk_size < STACK_HOT + 2 * stk_page) return;
+  char *probe = stk_base(s) + stk_size - STACK_HOT - stk_page;
+  if (!stk_probe_touched(probe)) return;
+  (void)madvise(stk_base(s), stk_size - STACK_HOT, MADV_DONTNEED);   /* (a hint: may fail) */
+}
+
 static void stk_fork_prepare(void) { pthread_mutex_lock(&stk_mu); }
 static void stk_fork_parent(void) { pthread_mutex_unlock(&stk_mu); }
 /* A forked child has only the thread that forked. The stacks of the others (running or exiting
@@ -824,6 +899,7 @@ static void idle_fork_child(void) {       /* the waiting OS threads are the pare
   idle_list = NULL;
   atomic_store(&nidle, 0);
   atomic_store(&active, 0);               /* the forking one runs as the child's main state */
+  thr_gen++;                              /* the parent's threads are not this process's */
 }
 
 static long futex(atomic_int *word, int op, int val, const struct timespec *ts) {
@@ -920,6 +996,7 @@ static void *thr_main(void *arg) {
   memset(&w, 0, sizeof w);
   for (;;) {
     int again = run_thread(c) && named;
+    if (own != NULL) stk_trim(own);       /* before its joiners go on: a join sees it done */
     if (again && !masked) masked = again = pthread_sigmask(SIG_BLOCK, NULL, &mask) == 0;
     again = again && idle_add(&w);
     thread_done(c);
@@ -966,8 +1043,10 @@ static void report_unjoined(lua_State *L, thr_ctl *c) {
 static int guard_gc(lua_State *L) {
   guard *g = (guard *)lua_touserdata(L, 1);
   for (size_t i = 0; i < g->n; i++) {
-    wait_finished(g->v[i]);
-    report_unjoined(L, g->v[i]);
+    if (!ctl_inherited(g->v[i])) {      /* a forked child does not wait for its parent's */
+      wait_finished(g->v[i]);
+      report_unjoined(L, g->v[i]);
+    }
     ctl_release(g->v[i]);
   }
   free(g->v);
@@ -994,7 +1073,7 @@ static void guard_add(lua_State *L, thr_ctl *c) {
   lua_pop(L, 1);
   size_t j = 0;                                  /* drop the finished ones */
   for (size_t i = 0; i < g->n; i++) {
-    if (atomic_load(&g->v[i]->state) >= TS_DONE) ctl_release(g->v[i]);
+    if (atomic_load(&g->v[i]->state) >= TS_DONE || ctl_inherited(g->v[i])) ctl_release(g->v[i]);
     else g->v[j++] = g->v[i];
   }
   g->n = j;
@@ -1057,6 +1136,7 @@ static void pin_once(void) {
     size_t m = (size_t)page - 1;
     stk_size = (size + m) & ~m;
     stk_guard = (guard + m) & ~m;
+    stk_page = (size_t)page;
   }
 }
 
@@ -1096,12 +1176,14 @@ static char *package_string(lua_State *L, const char *field) {
   return r;
 }
 
-/* Encodes fn + args (at first..first+n-1) — raising in the caller for uncopyable values —
- * then starts the OS thread. */
-static void start_thread(lua_State *L, thr_handle *h, int first, int n) {
+/* Encodes fn + args (at first..first+n-1) — raising in the caller for uncopyable values, naming
+ * them as arguments of thread.start when they are (byarg), else by their place -- then starts
+ * the OS thread. */
+static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byarg) {
   thr_ctl *c = h->c;
   if (h->started) luaL_error(L, "threads can only be started once");
-  strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
+  if (byarg) strand_serial_encode_arg(L, first, n, STRAND_SERIAL_FUNCTIONS, "start", 1);
+  else strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
   size_t len; const char *p = lua_tolstring(L, -1, &len);
   c->payload = dupbytes(p, len);
   c->plen = len;
@@ -1116,6 +1198,7 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n) {
     luaL_error(L, "cannot start thread: %s", c->payload ? strerror(e) : "out of memory");
   }
   pin_module();
+  c->gen = thr_gen;
   atomic_fetch_add(&c->refs, 1);                   /* the thread's reference */
   atomic_store(&c->state, TS_RUNNING);
   atomic_fetch_add(&active, 1);
@@ -1152,7 +1235,7 @@ static int l_start(lua_State *L) {
   int n = lua_gettop(L);
   thr_handle *h = new_handle(L);
   int hidx = lua_gettop(L);
-  start_thread(L, h, 1, n);
+  start_thread(L, h, 1, n, 1);
   lua_pushvalue(L, hidx);
   return 1;
 }
@@ -1200,7 +1283,7 @@ static int tm_start(lua_State *L) {
   } else {
     lua_pop(L, 1);
   }
-  start_thread(L, h, base, n);
+  start_thread(L, h, base, n, 0);
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
   lua_settop(L, 1);
@@ -1329,10 +1412,26 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
   }
 }
 
+/* A forked child's copy of its parent's thread (not joined there before the fork): its OS thread
+ * is not in this process and its results are the parent's. join fails at once as a finished
+ * thread that failed would (so joinall, wait and as_completed count it done), result raises. */
+static int join_inherited(lua_State *L, thr_handle *h, int raise) {
+  lua_pushfstring(L, "thread %s belongs to the parent process (this is a forked child)", h->c->name);
+  if (raise) return lua_error(L);
+  lua_pushboolean(L, 0);
+  lua_insert(L, -2);
+  return 2;
+}
+
 static int join_start(lua_State *L, int raise) {
   thr_handle *h = check_handle(L, 1);
   if (!h->started) return luaL_error(L, "cannot join a thread before it is started");
   double deadline = strand_opt_deadline(L, 2);
+  if (ctl_inherited(h->c)) {                 /* (unless the parent had loaded its results) */
+    if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE) return join_inherited(L, h, raise);
+    lua_settop(L, 1);
+    return push_results(L, h, raise);
+  }
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
   lua_pushnil(L);
@@ -1344,7 +1443,7 @@ static int tm_result(lua_State *L) { return join_start(L, 1); }
 
 static int tm_is_alive(lua_State *L) {
   thr_handle *h = check_handle(L, 1);
-  lua_pushboolean(L, atomic_load(&h->c->state) == TS_RUNNING);
+  lua_pushboolean(L, atomic_load(&h->c->state) == TS_RUNNING && !ctl_inherited(h->c));
   return 1;
 }
 
@@ -1364,7 +1463,9 @@ static int tm_index(lua_State *L) {
 static int tm_tostring(lua_State *L) {
   thr_handle *h = check_handle(L, 1);
   static const char *const names[] = { "new", "running", "done", "failed" };
-  lua_pushfstring(L, "strand.thread %s (%s)", h->c->name, names[atomic_load(&h->c->state)]);
+  const char *state = names[atomic_load(&h->c->state)];
+  if (h->started && ctl_inherited(h->c)) state = "the parent process's";
+  lua_pushfstring(L, "strand.thread %s (%s)", h->c->name, state);
   return 1;
 }
 
@@ -1401,7 +1502,7 @@ static const luaL_Reg methods[] = {
 
 static const luaL_Reg funcs[] = {
   {"start", l_start}, {"new", l_new}, {"id", l_id}, {"name", l_name},
-  {"active_count", l_active_count}, {NULL, NULL}
+  {"active_count", l_active_count}, {"_test_stack_resident", l_test_stack_resident}, {NULL, NULL}
 };
 
 int strand_open_thread(lua_State *L) {

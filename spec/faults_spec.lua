@@ -1114,13 +1114,13 @@ describe("faults: threads", function()
   it("copying refused values raises in the caller, naming where, and starts no thread", function()
     local before = thread.active_count()
     local ran = sync.event()
-    -- args[1] is the function, args[2] the event: the refused value is args[3]
+    -- argument #1 is the function, #2 the event: the refused value is argument #3
     local cases = {
-      { { coroutine.create(print) }, "args%[3%]: cannot copy a coroutine" },
-      { { io.stdout }, "args%[3%]: cannot copy a userdata" },
-      { { string.gmatch("a", "a") }, "args%[3%]: cannot copy a C function" },
-      { { { 1, { 2, { co = coroutine.create(print) } } } }, "args%[3%]%[2%]%[2%]%.co: cannot copy a coroutine" },
-      { { setmetatable({}, { __gc = coroutine.create(print) }) }, "args%[3%]%.<metatable>%.__gc: cannot copy a coroutine" },
+      { { coroutine.create(print) }, "bad argument #3 to 'start' %(value: cannot copy a coroutine%)" },
+      { { io.stdout }, "bad argument #3 to 'start' %(value: cannot copy a userdata" },
+      { { string.gmatch("a", "a") }, "bad argument #3 to 'start' %(value: cannot copy a C function" },
+      { { { 1, { 2, { co = coroutine.create(print) } } } }, "bad argument #3 to 'start' %(value%[2%]%[2%]%.co: cannot copy a coroutine%)" },
+      { { setmetatable({}, { __gc = coroutine.create(print) }) }, "bad argument #3 to 'start' %(value%.<metatable>%.__gc: cannot copy a coroutine%)" },
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(thread.start, function(ev) ev:set() end, ran, table.unpack(c[1]))

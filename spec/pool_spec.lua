@@ -294,7 +294,7 @@ describe("process pool workers dying", function()
     assert.has_error(function() p:submit(function() return co end) end)
     local ok, err = pcall(p.map, p, function(x) return x end, { 1, 2, co }, 1)
     assert.is_false(ok)
-    assert.matches("bad argument to 'map' %(.*cannot copy a coroutine", err)
+    assert.matches("^bad argument #2 to 'map' %(value%[3%]: cannot copy a coroutine%)$", err)
     -- review 7b: named by its index in the list, not in its chunk (it said value[1])
     assert.matches("value%[3%]: cannot copy a coroutine", err)
     assert.equal(0, p._jt - p._jh + 1)               -- nothing left queued

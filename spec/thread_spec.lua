@@ -338,7 +338,7 @@ describe("threads: failure conditions", function()
 
   it("refuses uncopyable arguments in the caller before the thread starts", function()
     local before = thread.active_count()
-    assert.has_error(function() thread.start(print, io.stdout) end, "args[2]: cannot copy a userdata (FILE*)")
+    assert.has_error(function() thread.start(print, io.stdout) end, "bad argument #2 to 'start' (value: cannot copy a userdata (FILE*))")
     assert.has_error(function() thread.start(function() end, coroutine.create(print)) end)
     local cfn = string.gmatch("a", "a")   -- a C closure that belongs to no module
     assert.has_error(function() thread.start(function() return cfn end) end)

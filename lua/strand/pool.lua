@@ -165,7 +165,9 @@ local DISPATCH_BYTES = 4096 -- map: encoded chunk bytes queued between two dispa
 local JOB_HEAD = ">I8I8Bs4"         -- id, function id, kind, function bytes (the arguments follow)
 local FRAMED_JOB = ">I4I8I8Bs4s4"   -- with its frame length first and the arguments (8+8+1+4+4 = 25)
 local spack = string.pack
-local function_code
+local function_code, copy_error
+-- strand forks that made this process: a pool tells a forked child's copy of it by this
+local forkgen = core.process and core.process._forkgen or function() return 0 end
 -- recv_frame's limit on both ends of a worker's sockets: what the 4-byte length can say (its
 -- default, 64 MiB, skipped a larger job or result: the worker exited, the reader waited forever)
 local FRAME_MAX = 0xffffffff
@@ -201,6 +203,7 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
   local outbox, spack, sunpack = {}, string.pack, string.unpack
   local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
   local run_job = C._run_job
+  local result_max = C._result_max()              -- (lowered by a test hook: M._test_result_max)
   local function flush()
     local n = #outbox
     if n == 0 then return end
@@ -221,6 +224,11 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
     if not ok or enc == nil then                 -- a copy error is the job's, not the worker's
       enc = encodev(false, "the job's results cannot be copied"
         .. (ok and " (a strand object)" or ": " .. tostring(enc)))
+    elseif #enc > result_max then                -- so is a result too large for a frame
+      local size = #enc
+      C._release(enc)
+      enc = encodev(false, ("strand.pool: result too large: %d bytes encoded (a frame holds at most %d)")
+        :format(size, result_max))
     end
     outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
     if sock:pending() < 4 then flush() end
@@ -482,6 +490,9 @@ local PLACED = { true, n = 1 }
 -- jobs in flight, before the job is settled; a hook that raises makes the reader raise there.
 local reader_fault
 function M._test_reader_fault(fn) reader_fault = fn end
+-- A test hook: the most a result frame may carry, lowered from 4 GiB - 8 for the pools made
+-- after it (their workers inherit it), so that a result too large runs for real; nil: 4 GiB - 8.
+function M._test_result_max(n) return core.process._result_max(n or 0xffffffff - 8) end
 
 -- The results of worker w, read until its end closes (reader, below, protects it).
 local function read_results(self, w)
@@ -688,10 +699,22 @@ function M.new(opts)
   local self = setmetatable({
     _kind = kind, _size = size, _init = opts.initializer, _initargs = opts.initargs or {},
     _max = max, _allow_threads = opts.allow_threads, _workers = {}, _jobs = {}, _jh = 1, _jt = 0, _idle = {},
-    _next = 0, _pending = {},
+    _next = 0, _pending = {}, _gen = forkgen(),
   }, Pool)
   if kind == "process" then
-    for _ = 1, size do start_worker(self) end
+    local th = package.loaded["strand.thread"]
+    if not opts.allow_threads and type(th) == "table" and th.active_count() > 1 then
+      error(("pool.new: %d strand thread(s) run in this process; a forked worker would hold only "
+        .. "this one, with whatever lock another thread held at that moment frozen for good (pass "
+        .. "allow_threads=true to fork anyway, or use kind=\"thread\")"):format(th.active_count() - 1), 2)
+    end
+    for _ = 1, size do
+      local ok, err = pcall(start_worker, self)
+      if not ok then                      -- the workers started so far go with the pool
+        pcall(self.terminate, self)
+        error("pool.new: " .. tostring(err), 2)
+      end
+    end
   else
     local thread = require "strand.thread"
     local queue = require "strand.queue"
@@ -703,6 +726,13 @@ function M.new(opts)
     core.process._background(self._reader)
   end
   return self
+end
+
+-- A forked child's copy of its parent's pool: its workers, queues and sockets are the parent's
+-- (a job sent from here would be answered there, or never; close, terminate or __gc would stop
+-- or kill the parent's workers). Using it raises; __close and __gc leave it alone.
+local function foreign(self, fname)
+  error(("%s: the pool belongs to the parent process (this is a forked child)"):format(fname), 3)
 end
 
 local function check_fn(fn, fname)
@@ -732,8 +762,18 @@ function_code = function(fn)
   return next_fid, data
 end
 
-local OBJMSG = "bad argument to '%s' (a strand object cannot be copied to a process worker: "
+local OBJMSG = "bad argument #%d to '%s' (a strand object cannot be copied to a process worker: "
   .. "make it before the pool and reach it from the initializer)"
+
+-- Which of the values ... (arguments #first, #first+1, ...) holds such an object: OBJMSG for it.
+local function objmsg_of(fname, first, ...)
+  for k = 1, select("#", ...) do
+    local data = core.process._encode((select(k, ...)))
+    if data == nil then return OBJMSG:format(first + k - 1, fname) end
+    release(data)
+  end
+  return OBJMSG:format(first, fname)
+end
 
 -- submit's and apply's way past the queue: nothing queued, a worker idle, the function encoded
 -- once (function_code): the job goes to that worker at once, one frame, one write, as dispatch
@@ -769,10 +809,29 @@ local function direct(self, fn, job, argsdata)
   return true
 end
 
+-- A thread pool's job goes as the table {id, fn, args, chunk} through its queue: a value put
+-- refuses is named by its place in that table ("value[3][2].x: cannot copy ..."). As the
+-- caller's argument instead, as a process pool names it: args[k] is argument #k+1 of apply or
+-- submit, a chunk's item k is list[first + k - 1] of map's argument #2; value[2] is the function.
+copy_error = function(err, fname, first)
+  if type(err) ~= "string" then return err end
+  err = err:match("^bad argument #1 to 'put' %((.*)%)$") or err     -- (put's own naming)
+  local k, rest = err:match("^value%[3%]%[(%d+)%](.*)$")
+  if k and first then
+    return ("bad argument #2 to '%s' (value[%d]%s)"):format(fname, first + tonumber(k) - 1, rest)
+  elseif k then
+    return ("bad argument #%d to '%s' (value%s)"):format(tonumber(k) + 1, fname, rest)
+  end
+  rest = err:match("^value%[2%](.*)$")
+  if rest then return ("bad argument #1 to '%s' (value%s)"):format(fname, rest) end
+  return err
+end
+
 -- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome. A process
 -- pool's submit and apply pass the arguments encoded already (argsdata) and no args table.
 local function enqueue(self, fname, fn, args, chunk, job, argsdata)
-  if self._closed then error(fname .. ": the pool is closed", 3) end
+  local lvl = chunk and 4 or 3                 -- (a chunk comes through submit_chunks)
+  if self._closed then error(fname .. ": the pool is closed", lvl) end
   self._next = self._next + 1
   local id = self._next
   job.id = id
@@ -780,13 +839,13 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
   local c = fcache[fn]                     -- function_code's cache, looked at without a call
   if c then fid, fdata = c[1], c[2] else fid, fdata = function_code(fn) end
   if self._kind == "process" then
-    local objmsg = OBJMSG
-    if fdata == nil then fdata = core.process._encode(fn) end
-    if args then argsdata = core.process._encodev(unpack(args, 1, args.n)) end  -- values, bare
+    if fdata == nil then fdata = core.process._encodeargs(fname, 1, fn) end
+    if args then argsdata = core.process._encodeargs(fname, 2, unpack(args, 1, args.n)) end
     if fdata == nil or argsdata == nil then
       if argsdata then release(argsdata) end       -- the other one could not be copied
       if fdata and not fid then release(fdata) end
-      error(objmsg:format(fname), 3)
+      error(fdata == nil and OBJMSG:format(1, fname)
+            or args and objmsg_of(fname, 2, unpack(args, 1, args.n)) or OBJMSG:format(2, fname), lvl)
     end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
@@ -795,11 +854,11 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
   else
     self._pending[id] = job
     local ok, err = pcall(self._jobq.put, self._jobq, { id, fdata or fn, args, chunk })
-    if not ok then self._pending[id] = nil; error(err, 3) end
+    if not ok then self._pending[id] = nil; error(copy_error(err, fname, chunk and job.fut._first), lvl) end
   end
 end
 
-local encodev = core.process and core.process._encodev
+local encodeargs = core.process and core.process._encodeargs
 local notifier = core.notifier
 local running = coroutine.running
 local apply_notifiers = setmetatable({}, { __mode = "k" })
@@ -810,12 +869,14 @@ local apply_notifiers = setmetatable({}, { __mode = "k" })
 --- p:submit(fn, ...) -> future
 function Pool:submit(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "submit") end  -- calls only to raise
+  if self._gen ~= forkgen() then foreign(self, "submit") end
   if type(fn) ~= "function" then check_fn(fn, "submit") end
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
                 w = nil }
   if self._kind == "process" and not self._closed then
-    local argsdata = encodev(...)
+    local argsdata = encodeargs("submit", 2, ...)
+    if argsdata == nil then error(objmsg_of("submit", 2, ...), 2) end
     if not direct(self, fn, job, argsdata) then enqueue(self, "submit", fn, nil, nil, job, argsdata) end
   else
     enqueue(self, "submit", fn, pack(...), nil, job)
@@ -827,12 +888,14 @@ Pool.apply_async = Pool.submit
 --- p:apply(fn, ...) -> ... (raises the job's error)
 function Pool:apply(fn, ...)
   if getmetatable(self) ~= Pool then check_pool(self, "apply") end   -- the checks' calls only
+  if self._gen ~= forkgen() then foreign(self, "apply") end
   if type(fn) ~= "function" then check_fn(fn, "apply") end           -- to raise (the hot path)
   local f = setmetatable({ _state = "pending", _r = nil, _waiters = nil, _callbacks = nil }, Future)
   local job = { fut = f, id = nil, fid = nil, fdata = nil, argsdata = nil, chunk = nil, later = nil,
                 w = nil }
   if self._kind == "process" and not self._closed then
-    local argsdata = encodev(...)
+    local argsdata = encodeargs("apply", 2, ...)
+    if argsdata == nil then error(objmsg_of("apply", 2, ...), 2) end
     if not direct(self, fn, job, argsdata) then enqueue(self, "apply", fn, nil, nil, job, argsdata) end
   else
     enqueue(self, "apply", fn, pack(...), nil, job)
@@ -886,9 +949,9 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
     -- and takes back every chunk of this map not sent yet (those sent finish unread).
     if self._closed then error(fname .. ": the pool is closed", 3) end
     local fid, fdata = function_code(fn)
-    local encode, encode_list = core.process._encode, core.process._encode_list
-    if fdata == nil then fdata = encode(fn) end
-    if fdata == nil then error(OBJMSG:format(fname), 3) end
+    local encode_list = core.process._encode_list
+    if fdata == nil then fdata = core.process._encodeargs(fname, 1, fn) end
+    if fdata == nil then error(OBJMSG:format(1, fname), 3) end
     local fown = fid == nil and { n = 0 } or nil   -- the chunks holding fdata (drop_job)
     local q, early, pending = self._jobs, self._size, 0
     for first = 1, n, chunksize do
@@ -896,7 +959,7 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       if last > n then last = n end
       local count = last - first + 1
       -- {list[first..last], n = count}, unmade
-      local okc, argsdata = pcall(encode_list, list, first, last)
+      local okc, argsdata = pcall(encode_list, list, first, last, false, fname, 2)
       if not okc or argsdata == nil then
         local mine = {}
         for _, f in ipairs(chunks) do
@@ -910,8 +973,8 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
         end
         self._jt = keep
         if fown and #chunks == 0 then release(fdata) end   -- no chunk ever held it
-        if not okc then error(("bad argument to '%s' (%s)"):format(fname, tostring(argsdata)), 3) end
-        error(OBJMSG:format(fname), 3)
+        if not okc then error(argsdata, 3) end        -- "bad argument #2 to 'map' (value[k]: ...)"
+        error(OBJMSG:format(2, fname), 3)
       end
       local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
       if into and into ~= true then f._into = into end   -- results decoded straight into it
@@ -955,6 +1018,7 @@ end
 --- p:map(fn, list [, chunksize]) -> results in order (raises the first failure)
 function Pool:map(fn, list, chunksize)
   check_pool(self, "map")
+  if self._gen ~= forkgen() then foreign(self, "map") end
   check_fn(fn, "map")
   check_list(list, chunksize, "map")
   local chunks, out = submit_chunks(self, "map", fn, list, chunksize, true)
@@ -970,6 +1034,7 @@ end
 --- for i, v in p:imap(fn, list [, chunksize]) -> results in order (index, value)
 function Pool:imap(fn, list, chunksize)
   check_pool(self, "imap")
+  if self._gen ~= forkgen() then foreign(self, "imap") end
   check_fn(fn, "imap")
   check_list(list, chunksize or 1, "imap")
   local chunks = submit_chunks(self, "imap", fn, list, chunksize or 1)
@@ -990,6 +1055,7 @@ end
 --- for i, v in p:imap_unordered(fn, list [, chunksize]) -> (index, value) as they complete
 function Pool:imap_unordered(fn, list, chunksize)
   check_pool(self, "imap_unordered")
+  if self._gen ~= forkgen() then foreign(self, "imap_unordered") end
   check_fn(fn, "imap_unordered")
   check_list(list, chunksize or 1, "imap_unordered")
   local chunks = submit_chunks(self, "imap_unordered", fn, list, chunksize or 1)
@@ -1016,6 +1082,7 @@ end
 --- p:close(): no more submissions; the workers end once the queued jobs are done
 function Pool:close()
   check_pool(self, "close")
+  if self._gen ~= forkgen() then foreign(self, "close") end
   if self._closed then return end
   self._closed = true
   if self._kind == "thread" then
@@ -1026,6 +1093,7 @@ end
 --- p:join(): wait for the workers to end (after close or terminate)
 function Pool:join()
   check_pool(self, "join")
+  if self._gen ~= forkgen() then foreign(self, "join") end
   if not self._closed then error("join: close or terminate the pool first", 2) end
   if self._joined then return true end
   if self._kind == "thread" then
@@ -1069,6 +1137,7 @@ end
 --- p:terminate(): stop now; jobs not finished fail with "pool terminated"
 function Pool:terminate()
   check_pool(self, "terminate")
+  if self._gen ~= forkgen() then foreign(self, "terminate") end
   if self._terminated then return end
   self._closed = true
   self._terminated = true
@@ -1096,13 +1165,13 @@ function Pool:terminate()
 end
 
 function Pool:__close()
-  if self._terminated or self._joined then return end
+  if self._terminated or self._joined or self._gen ~= forkgen() then return end
   self:close()
   self:join()
 end
 
 Pool.__gc = function(self)
-  if not self._joined and self._kind == "process" then
+  if not self._joined and self._kind == "process" and self._gen == forkgen() then
     for _, w in ipairs(self._workers) do
       pcall(w.proc_h.signal, w.proc_h, 9)
       for i = w.ih, w.it do if w.inflight[i] then drop_job(w.inflight[i]) end end

@@ -52,8 +52,9 @@ end
 
 -- Encode values for another process of ours: functions allowed, strand objects outside the
 -- family's arena refused (locks, queues, dicts... cross by arena offset).
-local function encode_for_process(v, what)
-  local data = C._encode(v)
+local function encode_for_process(v, what, argno)
+  local data                           -- (an argument: "bad argument #1 to 'send' (value.x: ...)")
+  if argno then data = C._encodeargs(what, argno, v) else data = C._encode(v) end
   if data == nil then
     error(what .. ": this strand object cannot be copied to another process (only locks, events, "
       .. "semaphores, conditions, barriers, queues and shared dicts/lists cross)", 3)
@@ -215,6 +216,10 @@ local function finish(self, deadline)
   local code, err = h:wait(deadline and remaining(deadline))  -- reaps a child that has ended
   if code == nil then return nil, err end
   live[h] = nil
+  if h:foreign() then                 -- a forked child's copy: the process is its parent's child
+    self._final = pack(false, "process " .. self.name .. " belongs to the parent process (this is a forked child)")
+    return true
+  end
   local msg = h:take_result()
   local r
   if msg and #msg > 0 then
@@ -363,7 +368,7 @@ function Conn:send(v)
   check_conn(self, "send")
   if not self.can_send then error("send: this end of the pipe only receives", 2) end
   if v == nil then error("bad argument #1 to 'send' (cannot send nil)", 2) end
-  local data = encode_for_process(v, "send")
+  local data = encode_for_process(v, "send", 1)
   if self.t ~= nil then self.s:settimeout(nil); self.t = nil end
   local ok, err, _, code = self.s:send_frame(data)
   if not ok then
