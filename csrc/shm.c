@@ -279,6 +279,11 @@ static pthread_mutex_t objs_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t hooks_mu = PTHREAD_MUTEX_INITIALIZER;   /* the type tables below */
 static strand_shm *objs;
 static int family;                      /* this process forked or was forked: wakes may cross */
+/* Waiters of this process with a task asleep (arm/disarm, any thread): a fork starts the relay
+ * only when one sleeps now; a later sleeper starts it itself (strand_shm_wait). With family,
+ * a Dekker pair (both sequentially consistent): a fork's hook stores family then reads this, a
+ * sleeper counts itself then reads family, so one of the two starts the relay. */
+static int nasleep;
 static void relay_start(void);
 static void homes_after_fork(void);
 
@@ -320,8 +325,12 @@ static void fork_parent(void) {
   fork_nrefs = prep_nrefs;
   prep_refs = NULL;
   pthread_mutex_unlock(&objs_mu);
-  __atomic_store_n(&family, 1, __ATOMIC_RELEASE);
-  relay_start();
+  __atomic_store_n(&family, 1, __ATOMIC_SEQ_CST);
+  /* Not for nothing: a relay makes this process multi-threaded, and glibc's fork of a
+   * multi-threaded process takes every lock of the C library first and resets them in the
+   * child, and the kernel's write-protection at each later fork is seen by two threads: a
+   * no-op start+join cost 14 page faults and ~100 us more with it (docs/internals.md). */
+  if (__atomic_load_n(&nasleep, __ATOMIC_SEQ_CST) > 0) relay_start();
 }
 
 void strand_shm_forked(int failed) {
@@ -1439,6 +1448,7 @@ void strand_shm_prepare(lua_State *L, strand_shm *s, int ch) {
 
 static void arm(shm_waiter *w) {
   if (w->nwait++ > 0) return;
+  __atomic_add_fetch(&nasleep, 1, __ATOMIC_SEQ_CST);
   shm_home *h = w->home;
   w->aprev = NULL;
   w->anext = h->armed;
@@ -1454,6 +1464,7 @@ static void disarm(shm_waiter *w) {
   if (w->aprev) w->aprev->anext = w->anext; else h->armed = w->anext;
   if (w->anext) w->anext->aprev = w->aprev;
   w->anext = w->aprev = NULL;
+  __atomic_sub_fetch(&nasleep, 1, __ATOMIC_SEQ_CST);
 }
 
 /* The poller of h: drain the eventfd, then take every armed record's `fired` and wake a task
@@ -1500,7 +1511,7 @@ int strand_shm_wait(lua_State *L, double deadline, lua_KContext ctx, lua_KFuncti
   shm_home *h = w->home;
   strand_task *me = self_task(L);
   arm(w);
-  if (__atomic_load_n(&family, __ATOMIC_ACQUIRE) && relay_pid != strand_shm_pid())
+  if (__atomic_load_n(&family, __ATOMIC_SEQ_CST) && relay_pid != strand_shm_pid())
     relay_start();
   /* a poller whose wait failed before it was registered never comes back to hand over */
   if (h->poller && h->poller != me && h->poller->wait_io != &h->io) h->poller = NULL;
