@@ -406,7 +406,7 @@ static int l_fork(lua_State *L) {
   pthread_once(&carve_pinned, carve_pin);
   strand_serial_key();                 /* the family's reference key, drawn before the fork */
   pid_t pid = fork();
-  int e = errno;
+  int e = pid < 0 ? errno : 0;        /* (read on failure only: in a child, one code page less) */
   if (pid != 0) strand_shm_forked(pid < 0);   /* the child's object references: counted or not */
   if (pid < 0) {
     if (rfd >= 0) close(rfd);

@@ -3,6 +3,8 @@
  * per Lua state (per loop), relayed across processes by a futex word and a thread. */
 #include "strand.h"
 
+#include <sys/single_threaded.h>
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -304,8 +306,20 @@ static size_t prep_nrefs;
 static __thread uint64_t *fork_refs;    /* this thread's last fork's, until strand_shm_forked */
 static __thread size_t fork_nrefs;
 
+/* The fork hooks write only what changes: after a fork each page either side writes is a page
+ * fault (a copy while the other side lives), and these run at every fork. objs_mu is taken only
+ * when another thread may exist (a single-threaded process cannot race its own fork), so a
+ * child of such a process has no lock to reset. */
+static int objs_locked;                 /* fork_prepare took objs_mu (and homes_mu may be held) */
+
 static void fork_prepare(void) {
-  pthread_mutex_lock(&objs_mu);
+  int lock = !__libc_single_threaded;
+  if (lock) pthread_mutex_lock(&objs_mu);
+  if (objs_locked != lock) objs_locked = lock;
+  if (objs == NULL) {                   /* nothing to count (prep_refs is NULL between forks) */
+    if (prep_nrefs) prep_nrefs = 0;
+    return;
+  }
   size_t n = 0;
   for (strand_shm *s = objs; s; s = s->lnext) n++;
   prep_refs = n ? (uint64_t *)malloc(n * sizeof *prep_refs) : NULL;   /* NULL: kept on failure */
@@ -320,12 +334,13 @@ static void fork_prepare(void) {
 
 static void fork_parent(void) {
   if (hold_rfd >= 0) { close(hold_rfd); hold_rfd = -1; }   /* only that fork's child is held */
-  free(fork_refs);                      /* a fork strand_shm_forked was not told of */
-  fork_refs = prep_refs;
-  fork_nrefs = prep_nrefs;
-  prep_refs = NULL;
-  pthread_mutex_unlock(&objs_mu);
-  __atomic_store_n(&family, 1, __ATOMIC_SEQ_CST);
+  if (fork_refs) free(fork_refs);       /* a fork strand_shm_forked was not told of */
+  if (fork_refs != prep_refs) fork_refs = prep_refs;
+  if (fork_nrefs != prep_nrefs) fork_nrefs = prep_nrefs;
+  if (prep_refs) prep_refs = NULL;
+  if (objs_locked) pthread_mutex_unlock(&objs_mu);
+  /* (stored once: a sleeper reading family after that store starts the relay itself) */
+  if (!__atomic_load_n(&family, __ATOMIC_SEQ_CST)) __atomic_store_n(&family, 1, __ATOMIC_SEQ_CST);
   /* Not for nothing: a relay makes this process multi-threaded, and glibc's fork of a
    * multi-threaded process takes every lock of the C library first and resets them in the
    * child, and the kernel's write-protection at each later fork is seen by two threads: a
@@ -336,9 +351,11 @@ static void fork_parent(void) {
 void strand_shm_forked(int failed) {
   if (failed)
     for (size_t i = 0; i < fork_nrefs; i++) strand_shm_aref(fork_refs[i], -1);
-  free(fork_refs);
-  fork_refs = NULL;
-  fork_nrefs = 0;
+  if (fork_refs) {
+    free(fork_refs);
+    fork_refs = NULL;
+  }
+  if (fork_nrefs) fork_nrefs = 0;
 }
 
 static strand_shm *views_find(uint64_t off);
@@ -361,17 +378,21 @@ static void hold_child(void) {
 static void fork_child(void) {
   if (hold_rfd >= 0) hold_child();
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
-  cached_tid = 0;
-  strand_intent_off = 0;                        /* the parent's thread keeps its record */
-  free(prep_refs);                              /* its references are counted already */
-  prep_refs = NULL;
-  free(fork_refs);                              /* an earlier fork's, strand_shm_forked not told */
-  fork_refs = NULL;
-  fork_nrefs = 0;
+  if (cached_tid) cached_tid = 0;
+  if (strand_intent_off) strand_intent_off = 0;  /* the parent's thread keeps its record */
+  if (prep_refs) {                              /* its references are counted already */
+    free(prep_refs);
+    prep_refs = NULL;
+  }
+  if (fork_refs) {                              /* an earlier fork's, strand_shm_forked not told */
+    free(fork_refs);
+    fork_refs = NULL;
+  }
+  if (fork_nrefs) fork_nrefs = 0;
   for (strand_shm *s = objs; s; s = s->lnext)
     if (!views_find(HEAD_OFF(s))) views_put(s);   /* a reference the parent sends finds it */
-  pthread_mutex_init(&objs_mu, NULL);
-  family = 1;
+  if (objs_locked) pthread_mutex_init(&objs_mu, NULL);
+  if (!family) family = 1;
   homes_after_fork();
 }
 
@@ -1258,9 +1279,9 @@ static void relay_start(void) {
 }
 
 static void homes_after_fork(void) {
-  homes = NULL;                          /* the parent's; the child's states make new ones */
-  pthread_mutex_init(&homes_mu, NULL);
-  relay_pid = 0;
+  if (homes) homes = NULL;               /* the parent's; the child's states make new ones */
+  if (objs_locked) pthread_mutex_init(&homes_mu, NULL);   /* another thread may have held it */
+  if (relay_pid) relay_pid = 0;
 }
 
 static void home_unref(shm_home *h) {
