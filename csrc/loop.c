@@ -232,11 +232,21 @@ void strand_io_close(strand_io *io) {
 
 /* {==== the loop object */
 
+/* A forked child's first loop: a page of its own that the process it was forked from never
+ * touched (unless that one was itself such a child: then `used` is set and the grandchild's
+ * loop comes from malloc). Made there, the child's loop is one fresh page instead of a malloc
+ * that writes the allocator's arena and a heap page shared with the parent (copies) and a
+ * memset (a code page). Never freed, never reused. */
+static struct {
+  _Alignas(4096) strand_loop loop;
+  int used;
+} forked_mem;
+
 static void loop_unref(strand_loop *loop) {
   if (--loop->refs > 0) return;
   free(loop->heap);
   free(loop->scratch);
-  free(loop);
+  if (loop != &forked_mem.loop) free(loop);
 }
 
 static int loop_gc(lua_State *L) {
@@ -317,7 +327,13 @@ static strand_loop *loop_new(lua_State *L, const strand_poller *poller, const st
     }
   }
   lua_setmetatable(L, -2);
-  strand_loop *loop = (strand_loop *)calloc(1, sizeof *loop);
+  strand_loop *loop;
+  if (old != NULL && !forked_mem.used) {        /* in a forked child: zeroed, as calloc's */
+    forked_mem.used = 1;
+    loop = &forked_mem.loop;
+  } else {
+    loop = (strand_loop *)calloc(1, sizeof *loop);
+  }
   if (loop == NULL) luaL_error(L, "strand: out of memory creating the loop");
   *box = loop;                                  /* from now on __gc frees it */
   loop->refs = 1;
