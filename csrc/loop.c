@@ -328,8 +328,9 @@ static strand_loop *loop_new(lua_State *L, const strand_poller *poller, const st
   }
   lua_setmetatable(L, -2);
   strand_loop *loop;
-  if (old != NULL && !forked_mem.used) {        /* in a forked child: zeroed, as calloc's */
-    forked_mem.used = 1;
+  /* in a forked child: zeroed, as calloc's (an exchange: the page's first touch is a write,
+   * one fault; a read first would map the zero page, then fault again to write) */
+  if (old != NULL && __atomic_exchange_n(&forked_mem.used, 1, __ATOMIC_RELAXED) == 0) {
     loop = &forked_mem.loop;
   } else {
     loop = (strand_loop *)calloc(1, sizeof *loop);
