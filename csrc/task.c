@@ -5,8 +5,21 @@
 #include <stdio.h>
 #include <string.h>
 
+/* registry[&TASK_MT_KEY]: the task metatable, found without its name (luaL_checkudata looks
+ * the name up: a strcmp through Lua's string cache, and in a forked child's first join a libc
+ * code page and a read-only page of core.so faulted in for it) */
+static const char TASK_MT_KEY = 'T';
+
 static strand_task *check_task(lua_State *L, int idx) {
-  return (strand_task *)luaL_checkudata(L, idx, STRAND_TASK_META);
+  void *p = lua_touserdata(L, idx);
+  if (p != NULL && lua_getmetatable(L, idx)) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_MT_KEY);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (same) return (strand_task *)p;
+  }
+  return (strand_task *)luaL_checkudata(L, idx, STRAND_TASK_META);   /* raises, or a state
+                                                                         that never opened it */
 }
 
 /* {==== cancellation errors */
@@ -408,7 +421,7 @@ static const luaL_Reg funcs[] = {
 int strand_task_boot(lua_State *L) {
   luaL_newmetatable(L, STRAND_TASK_META);        /* its methods: on the first lookup (tm_index) */
   luaL_setfuncs(L, task_metamethods, 0);
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_MT_KEY);
   lua_pushcfunction(L, l_run);
   return 1;
 }
@@ -417,6 +430,8 @@ int strand_open_task(lua_State *L) {
   if (luaL_getmetatable(L, STRAND_TASK_META) == LUA_TNIL)   /* a thread's boot made it */
     newmeta(L, STRAND_TASK_META, task_metamethods, "methods", task_methods);
   lua_pop(L, 1);
+  luaL_getmetatable(L, STRAND_TASK_META);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_MT_KEY);
   newmeta(L, CTIMER_META, ctimer_metamethods, "__index", ctimer_methods);
   newmeta(L, NOTIFIER_META, NULL, "__index", notifier_methods);
 
