@@ -9,6 +9,7 @@
  * the name up: a strcmp through Lua's string cache, and in a forked child's first join a libc
  * code page and a read-only page of core.so faulted in for it) */
 static const char TASK_MT_KEY = 'T';
+static const char TASK_METHODS_KEY = 'M';       /* registry: the task methods table (tm_index) */
 
 static strand_task *check_task(lua_State *L, int idx) {
   void *p = lua_touserdata(L, idx);
@@ -177,7 +178,9 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
   double deadline = lua_tonumber(L, 2);
   for (;;) {
     if (t->status >= STRAND_T_DONE) return push_finished(L, t, (int)raise);
-    if (outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+    /* (no clock read without a deadline: in a forked child's first join, the vDSO's page
+     * and clock_gettime's are faulted in for it) */
+    if (outcome == STRAND_TIMEOUT || (deadline != STRAND_FOREVER && deadline <= strand_now())) {
       if (raise && strand_interrupted(L)) return 0;  /* the Ctrl-C hook raises at return */
       if (raise) { lua_pushliteral(L, "timeout"); return lua_error(L); }   /* exactly, no position */
       return strand_fail_msg(L, "timeout", NULL);
@@ -245,12 +248,18 @@ static int tm_index(lua_State *L) {
     lua_pushinteger(L, t->id);
     return 1;
   }
-  lua_getmetatable(L, 1);
-  if (lua_getfield(L, -1, "methods") != LUA_TTABLE) {   /* a thread's boot left it for now */
+  /* the methods table, found by a registry key (by its name it is a strcmp: see check_task) */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_METHODS_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
-    luaL_newlib(L, task_methods);
+    lua_getmetatable(L, 1);
+    if (lua_getfield(L, -1, "methods") != LUA_TTABLE) {   /* a thread's boot left it for now */
+      lua_pop(L, 1);
+      luaL_newlib(L, task_methods);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, -3, "methods");
+    }
     lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "methods");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_METHODS_KEY);
   }
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
