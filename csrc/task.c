@@ -440,6 +440,11 @@ int strand_open_task(lua_State *L) {
     newmeta(L, STRAND_TASK_META, task_metamethods, "methods", task_methods);
   lua_pop(L, 1);
   luaL_getmetatable(L, STRAND_TASK_META);
+  if (lua_getfield(L, -1, "methods") == LUA_TTABLE)      /* (tm_index's, found now: not by name
+                                                            in each forked child's first join) */
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_METHODS_KEY);
+  else
+    lua_pop(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_MT_KEY);
   newmeta(L, CTIMER_META, ctimer_metamethods, "__index", ctimer_methods);
   newmeta(L, NOTIFIER_META, NULL, "__index", notifier_methods);
