@@ -5,7 +5,8 @@
 -- one at a time, pinned with taskset to the same CPUs; each is repeated REPS times and reported
 -- as median [min-max]; ratios use the medians of this run.
 -- env: STRAND_BENCH_REPS (5), STRAND_BENCH_CPUS ("0,1"), STRAND_BENCH_CPU_LOOPS (loops of a
--- CPU task, default 2e7 ~ 0.5 s here), STRAND_BENCH_QUICK=1 (small counts: a smoke run)
+-- CPU task, default 2e7 ~ 0.5 s here), STRAND_BENCH_QUICK=1 (small counts: a smoke run),
+-- STRAND_BENCH_ONLY=start (only row 1, start+join, with the C and Python peers)
 -- Internal: lua5.4 bench/process_bench.lua worker MODE ARGS... runs one strand measurement.
 local REPS = tonumber(os.getenv("STRAND_BENCH_REPS")) or 5
 local CPUS = os.getenv("STRAND_BENCH_CPUS") or "0,1"
@@ -192,6 +193,7 @@ local c_fork = c_ok and measure(cbin .. " fork " .. N.start, "us"); show("C fork
 local py_proc = py_ok and measure(py .. "process " .. math.min(N.start, 300), "us"); show("Python multiprocessing.Process start+join", py_proc, "us")
 ratio("strand / C fork+waitpid (goal <= 1.5)", s_start, c_fork)
 ratio("Python / strand", py_proc, s_start)
+if os.getenv("STRAND_BENCH_ONLY") == "start" then os.remove(cbin); return end
 
 print(("\n2. pool round trip: apply of a no-op, %d (us each, lower is better)"):format(N.apply))
 local s_apply = measure(strand_cmd .. "apply " .. N.apply, "us"); show("strand pool(1):apply(noop)", s_apply, "us")

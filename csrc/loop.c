@@ -232,11 +232,21 @@ void strand_io_close(strand_io *io) {
 
 /* {==== the loop object */
 
+/* A forked child's first loop: a page of its own that the process it was forked from never
+ * touched (unless that one was itself such a child: then `used` is set and the grandchild's
+ * loop comes from malloc). Made there, the child's loop is one fresh page instead of a malloc
+ * that writes the allocator's arena and a heap page shared with the parent (copies) and a
+ * memset (a code page). Never freed, never reused. */
+static struct {
+  _Alignas(4096) strand_loop loop;
+  int used;
+} forked_mem;
+
 static void loop_unref(strand_loop *loop) {
   if (--loop->refs > 0) return;
   free(loop->heap);
   free(loop->scratch);
-  free(loop);
+  if (loop != &forked_mem.loop) free(loop);
 }
 
 static int loop_gc(lua_State *L) {
@@ -284,9 +294,8 @@ static const strand_poller *choose_poller(void) {
   return NULL;
 }
 
-/* strand_loop_forked: the abandoned loop's poller, for the child's fresh loop (no getenv and
- * string compares in a child: code and data pages it would otherwise fault in) */
-static _Thread_local const strand_poller *forked_poller;
+static strand_loop *loop_new(lua_State *L, const strand_poller *poller, const strand_loop *old,
+                             int oldbox);
 
 strand_loop *strand_loop_get(lua_State *L) {
   if (running && running->co == L) return running->loop;
@@ -300,14 +309,32 @@ strand_loop *strand_loop_get(lua_State *L) {
     return loop;
   }
   lua_pop(L, 1);
+  return loop_new(L, choose_poller(), NULL, 0);
+}
+
+/* A new loop for L (registered as its loop) with poller. In a forked child (strand_loop_forked)
+ * old is the abandoned loop and oldbox the stack index of its box: their metatable and task
+ * metatable reference are taken over, so the child looks no name up (each lookup of a C
+ * string is a strcmp through Lua's string cache: code and read-only pages faulted in there). */
+static strand_loop *loop_new(lua_State *L, const strand_poller *poller, const strand_loop *old,
+                             int oldbox) {
   strand_loop **box = (strand_loop **)lua_newuserdatauv(L, sizeof *box, 0);
   *box = NULL;
-  if (luaL_newmetatable(L, LOOP_META)) {
-    lua_pushcfunction(L, loop_gc);
-    lua_setfield(L, -2, "__gc");
+  if (oldbox == 0 || !lua_getmetatable(L, oldbox)) {
+    if (luaL_newmetatable(L, LOOP_META)) {
+      lua_pushcfunction(L, loop_gc);
+      lua_setfield(L, -2, "__gc");
+    }
   }
   lua_setmetatable(L, -2);
-  strand_loop *loop = (strand_loop *)calloc(1, sizeof *loop);
+  strand_loop *loop;
+  /* in a forked child: zeroed, as calloc's (an exchange: the page's first touch is a write,
+   * one fault; a read first would map the zero page, then fault again to write) */
+  if (old != NULL && __atomic_exchange_n(&forked_mem.used, 1, __ATOMIC_RELAXED) == 0) {
+    loop = &forked_mem.loop;
+  } else {
+    loop = (strand_loop *)calloc(1, sizeof *loop);
+  }
   if (loop == NULL) luaL_error(L, "strand: out of memory creating the loop");
   *box = loop;                                  /* from now on __gc frees it */
   loop->refs = 1;
@@ -317,8 +344,7 @@ strand_loop *strand_loop_get(lua_State *L) {
   loop->main.loop = loop;
   loop->main.status = STRAND_T_RUNNING;
   loop->next_id = 1;
-  loop->poller = forked_poller ? forked_poller : choose_poller();
-  forked_poller = NULL;
+  loop->poller = poller;
   if (loop->poller == NULL)
     luaL_error(L, "strand: unknown STRAND_POLLER '%s' (use epoll or poll)", getenv("STRAND_POLLER"));
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DEFER_KEY) != LUA_TBOOLEAN) need_poller(L, loop);
@@ -327,7 +353,9 @@ strand_loop *strand_loop_get(lua_State *L) {
   lua_pushvalue(L, -1);
   loop->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   loop->task_mt_ref = LUA_NOREF;                /* strand.task's metatable, by number */
-  if (luaL_getmetatable(L, STRAND_TASK_META) == LUA_TTABLE)
+  if (old && old->task_mt_ref != LUA_NOREF)
+    loop->task_mt_ref = old->task_mt_ref;       /* (registry references are never dropped) */
+  else if (luaL_getmetatable(L, STRAND_TASK_META) == LUA_TTABLE)
     loop->task_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   else
     lua_pop(L, 1);
@@ -353,7 +381,7 @@ int strand_loop_alive(lua_State *L) {
  * point at it; an io inherited and waited on here registers afresh (strand_wait_io). */
 void strand_loop_forked(lua_State *L) {
   running = NULL;                                /* the running task is the parent's */
-  lua_createtable(L, 3, 0);                      /* keep the parent's loop box and tasks */
+  lua_createtable(L, 6, 0);                      /* keep the parent's loop box and tasks */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &ANCHOR_KEY);
   lua_rawseti(L, -2, 2);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &CANCEL_KEY);
@@ -363,17 +391,26 @@ void strand_loop_forked(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &LOOP_KEY);
   lua_pushvalue(L, -1);
   lua_rawseti(L, -3, 1);
+  strand_loop *old = NULL;
+  const strand_poller *poller = NULL;
   if (lua_type(L, -1) == LUA_TUSERDATA) {
     strand_loop **box = (strand_loop **)lua_touserdata(L, -1);
-    strand_loop *old = *box;
+    old = *box;
     if (old) {
       old->forked = 1;
       old->closed = 1;                            /* no poller->del from now on */
-      forked_poller = old->poller;
+      poller = old->poller;
+      /* The parent's poller state is not freed here (a free writes malloc's chunk headers
+       * and arena, pages shared with the parent: copies), only kept, reachable (keep[6]):
+       * the epoll fd closed (it is the parent's instance), the memory left to the exit. */
       if (old->pstate && old->poller == &strand_poller_uring)   /* bytes queued stay readable */
         old->pstate = strand_uring_forked(old->pstate);
-      else if (old->pstate) old->poller->free(old->pstate);
-      if (old->poller != &strand_poller_uring) old->pstate = NULL;
+      else if (old->pstate) {
+        if (old->poller == &strand_poller_epoll) strand_epoll_forked(old->pstate);
+        lua_pushlightuserdata(L, old->pstate);
+        lua_rawseti(L, -3, 6);
+        old->pstate = NULL;
+      }
       old->refs++;                                /* kept for good: see above */
       atomic_fetch_add(&loops_gone, 1);
       lua_pushlightuserdata(L, old);              /* (and visibly so: not a leak to memcheck) */
@@ -381,14 +418,17 @@ void strand_loop_forked(lua_State *L) {
       *box = NULL;
     }
   }
-  lua_pop(L, 1);
+  lua_insert(L, -2);                              /* the old box stays below: keep box */
   lua_rawsetp(L, LUA_REGISTRYINDEX, &FORKED_KEY);
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LOOP_KEY);
   strand_loop_defer_poller(L);   /* as a thread's: a child that only computes makes no poller
                                     (an epoll fd, its events array: pages written, one more fd
                                     to tear down at exit) */
-  strand_loop_get(L);
+  /* the abandoned loop's poller (no getenv, no string compares in a child) */
+  int oldbox = lua_type(L, -1) == LUA_TUSERDATA ? lua_gettop(L) : 0;
+  loop_new(L, poller ? poller : choose_poller(), old, oldbox);
+  lua_pop(L, 1);                                  /* the old box */
 }
 
 char *strand_loop_scratch(strand_loop *loop) {

@@ -78,6 +78,12 @@ static void ep_free(void *pv) {
   free(p);
 }
 
+/* In a forked child: the parent's epoll instance is let go (its fd closed), the state is not
+ * freed (loop.c keeps it: a free would write pages shared with the parent). */
+void strand_epoll_forked(void *pv) {
+  close(((ep *)pv)->fd);
+}
+
 const strand_poller strand_poller_epoll = {
   "epoll", ep_init, ep_add, NULL, ep_del, ep_wait, ep_free
 };

@@ -99,13 +99,16 @@ static int ph_reap(phandle *h, int block) {
   }
 }
 
-/* h:wait([timeout]) -> exitcode | nil, "timeout" */
+/* h:wait([timeout]) -> exitcode | nil, "timeout". ctx 1 (the first call, with a pidfd): no
+ * look before the first wait — a child that has already exited makes the pidfd readable at
+ * once, and every wait is followed by a look, the last one too (a join right after a start
+ * began with a waitpid that found the child running: one system call per join for nothing). */
 static int ph_wait_k(lua_State *L, int status, lua_KContext ctx) {
   int outcome = strand_resumed(L, status);
   phandle *h = ph_check(L);
   double deadline = lua_tonumber(L, 2);
-  for (;;) {
-    int r = ph_reap(h, 0);
+  for (;; ctx = 0) {
+    int r = ctx && h->io.fd >= 0 && !h->reaped ? 0 : ph_reap(h, 0);
     if (r < 0) return strand_fail(L, errno);
     if (r == 1) {
       lua_pushinteger(L, exitcode_of(h->status));
@@ -122,7 +125,7 @@ static int ph_wait(lua_State *L) {
   double deadline = strand_opt_deadline(L, 2);
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
-  return ph_wait_k(L, LUA_OK, 0);
+  return ph_wait_k(L, LUA_OK, 1);
 }
 
 /* h:poll() -> exitcode | nil (still running) */
@@ -416,7 +419,7 @@ static int l_fork(lua_State *L) {
   pthread_once(&carve_pinned, carve_pin);
   strand_serial_key();                 /* the family's reference key, drawn before the fork */
   pid_t pid = fork();
-  int e = errno;
+  int e = pid < 0 ? errno : 0;        /* (read on failure only: in a child, one code page less) */
   if (pid != 0) strand_shm_forked(pid < 0);   /* the child's object references: counted or not */
   if (pid < 0) {
     if (rfd >= 0) close(rfd);

@@ -3,6 +3,8 @@
  * per Lua state (per loop), relayed across processes by a futex word and a thread. */
 #include "strand.h"
 
+#include <sys/single_threaded.h>
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -279,6 +281,11 @@ static pthread_mutex_t objs_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t hooks_mu = PTHREAD_MUTEX_INITIALIZER;   /* the type tables below */
 static strand_shm *objs;
 static int family;                      /* this process forked or was forked: wakes may cross */
+/* Waiters of this process with a task asleep (arm/disarm, any thread): a fork starts the relay
+ * only when one sleeps now; a later sleeper starts it itself (strand_shm_wait). With family,
+ * a Dekker pair (both sequentially consistent): a fork's hook stores family then reads this, a
+ * sleeper counts itself then reads family, so one of the two starts the relay. */
+static int nasleep;
 static void relay_start(void);
 static void homes_after_fork(void);
 
@@ -299,8 +306,20 @@ static size_t prep_nrefs;
 static __thread uint64_t *fork_refs;    /* this thread's last fork's, until strand_shm_forked */
 static __thread size_t fork_nrefs;
 
+/* The fork hooks write only what changes: after a fork each page either side writes is a page
+ * fault (a copy while the other side lives), and these run at every fork. objs_mu is taken only
+ * when another thread may exist (a single-threaded process cannot race its own fork), so a
+ * child of such a process has no lock to reset. */
+static int objs_locked;                 /* fork_prepare took objs_mu (and homes_mu may be held) */
+
 static void fork_prepare(void) {
-  pthread_mutex_lock(&objs_mu);
+  int lock = !__libc_single_threaded;
+  if (lock) pthread_mutex_lock(&objs_mu);
+  if (objs_locked != lock) objs_locked = lock;
+  if (objs == NULL) {                   /* nothing to count (prep_refs is NULL between forks) */
+    if (prep_nrefs) prep_nrefs = 0;
+    return;
+  }
   size_t n = 0;
   for (strand_shm *s = objs; s; s = s->lnext) n++;
   prep_refs = n ? (uint64_t *)malloc(n * sizeof *prep_refs) : NULL;   /* NULL: kept on failure */
@@ -315,21 +334,28 @@ static void fork_prepare(void) {
 
 static void fork_parent(void) {
   if (hold_rfd >= 0) { close(hold_rfd); hold_rfd = -1; }   /* only that fork's child is held */
-  free(fork_refs);                      /* a fork strand_shm_forked was not told of */
-  fork_refs = prep_refs;
-  fork_nrefs = prep_nrefs;
-  prep_refs = NULL;
-  pthread_mutex_unlock(&objs_mu);
-  __atomic_store_n(&family, 1, __ATOMIC_RELEASE);
-  relay_start();
+  if (fork_refs) free(fork_refs);       /* a fork strand_shm_forked was not told of */
+  if (fork_refs != prep_refs) fork_refs = prep_refs;
+  if (fork_nrefs != prep_nrefs) fork_nrefs = prep_nrefs;
+  if (prep_refs) prep_refs = NULL;
+  if (objs_locked) pthread_mutex_unlock(&objs_mu);
+  /* (stored once: a sleeper reading family after that store starts the relay itself) */
+  if (!__atomic_load_n(&family, __ATOMIC_SEQ_CST)) __atomic_store_n(&family, 1, __ATOMIC_SEQ_CST);
+  /* Not for nothing: a relay makes this process multi-threaded, and glibc's fork of a
+   * multi-threaded process takes every lock of the C library first and resets them in the
+   * child, and the kernel's write-protection at each later fork is seen by two threads: a
+   * no-op start+join cost 14 page faults and ~100 us more with it (docs/internals.md). */
+  if (__atomic_load_n(&nasleep, __ATOMIC_SEQ_CST) > 0) relay_start();
 }
 
 void strand_shm_forked(int failed) {
   if (failed)
     for (size_t i = 0; i < fork_nrefs; i++) strand_shm_aref(fork_refs[i], -1);
-  free(fork_refs);
-  fork_refs = NULL;
-  fork_nrefs = 0;
+  if (fork_refs) {
+    free(fork_refs);
+    fork_refs = NULL;
+  }
+  if (fork_nrefs) fork_nrefs = 0;
 }
 
 static strand_shm *views_find(uint64_t off);
@@ -352,17 +378,21 @@ static void hold_child(void) {
 static void fork_child(void) {
   if (hold_rfd >= 0) hold_child();
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
-  cached_tid = 0;
-  strand_intent_off = 0;                        /* the parent's thread keeps its record */
-  free(prep_refs);                              /* its references are counted already */
-  prep_refs = NULL;
-  free(fork_refs);                              /* an earlier fork's, strand_shm_forked not told */
-  fork_refs = NULL;
-  fork_nrefs = 0;
+  if (cached_tid) cached_tid = 0;
+  if (strand_intent_off) strand_intent_off = 0;  /* the parent's thread keeps its record */
+  if (prep_refs) {                              /* its references are counted already */
+    free(prep_refs);
+    prep_refs = NULL;
+  }
+  if (fork_refs) {                              /* an earlier fork's, strand_shm_forked not told */
+    free(fork_refs);
+    fork_refs = NULL;
+  }
+  if (fork_nrefs) fork_nrefs = 0;
   for (strand_shm *s = objs; s; s = s->lnext)
     if (!views_find(HEAD_OFF(s))) views_put(s);   /* a reference the parent sends finds it */
-  pthread_mutex_init(&objs_mu, NULL);
-  family = 1;
+  if (objs_locked) pthread_mutex_init(&objs_mu, NULL);
+  if (!family) family = 1;
   homes_after_fork();
 }
 
@@ -1249,9 +1279,9 @@ static void relay_start(void) {
 }
 
 static void homes_after_fork(void) {
-  homes = NULL;                          /* the parent's; the child's states make new ones */
-  pthread_mutex_init(&homes_mu, NULL);
-  relay_pid = 0;
+  if (homes) homes = NULL;               /* the parent's; the child's states make new ones */
+  if (objs_locked) pthread_mutex_init(&homes_mu, NULL);   /* another thread may have held it */
+  if (relay_pid) relay_pid = 0;
 }
 
 static void home_unref(shm_home *h) {
@@ -1439,6 +1469,7 @@ void strand_shm_prepare(lua_State *L, strand_shm *s, int ch) {
 
 static void arm(shm_waiter *w) {
   if (w->nwait++ > 0) return;
+  __atomic_add_fetch(&nasleep, 1, __ATOMIC_SEQ_CST);
   shm_home *h = w->home;
   w->aprev = NULL;
   w->anext = h->armed;
@@ -1454,6 +1485,7 @@ static void disarm(shm_waiter *w) {
   if (w->aprev) w->aprev->anext = w->anext; else h->armed = w->anext;
   if (w->anext) w->anext->aprev = w->aprev;
   w->anext = w->aprev = NULL;
+  __atomic_sub_fetch(&nasleep, 1, __ATOMIC_SEQ_CST);
 }
 
 /* The poller of h: drain the eventfd, then take every armed record's `fired` and wake a task
@@ -1500,7 +1532,7 @@ int strand_shm_wait(lua_State *L, double deadline, lua_KContext ctx, lua_KFuncti
   shm_home *h = w->home;
   strand_task *me = self_task(L);
   arm(w);
-  if (__atomic_load_n(&family, __ATOMIC_ACQUIRE) && relay_pid != strand_shm_pid())
+  if (__atomic_load_n(&family, __ATOMIC_SEQ_CST) && relay_pid != strand_shm_pid())
     relay_start();
   /* a poller whose wait failed before it was registered never comes back to hand over */
   if (h->poller && h->poller != me && h->poller->wait_io != &h->io) h->poller = NULL;

@@ -484,6 +484,8 @@ STRAND_API void strand_uring_disarm(strand_io *io, int forever);
 STRAND_API size_t strand_uring_take(strand_io *io, char *buf, size_t len);
 /* loop.c, in a forked child: what of the parent's ring stays (queued bytes, read once more here) */
 STRAND_API void *strand_uring_forked(void *pstate);
+/* poller_epoll.c, in a forked child: closes the parent's epoll fd, frees nothing */
+STRAND_API void strand_epoll_forked(void *pstate);
 STRAND_API int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len,
                                  long *res, uint32_t *seq);
 STRAND_API void strand_uring_send_abandon(strand_io *io);

@@ -5,8 +5,22 @@
 #include <stdio.h>
 #include <string.h>
 
+/* registry[&TASK_MT_KEY]: the task metatable, found without its name (luaL_checkudata looks
+ * the name up: a strcmp through Lua's string cache, and in a forked child's first join a libc
+ * code page and a read-only page of core.so faulted in for it) */
+static const char TASK_MT_KEY = 'T';
+static const char TASK_METHODS_KEY = 'M';       /* registry: the task methods table (tm_index) */
+
 static strand_task *check_task(lua_State *L, int idx) {
-  return (strand_task *)luaL_checkudata(L, idx, STRAND_TASK_META);
+  void *p = lua_touserdata(L, idx);
+  if (p != NULL && lua_getmetatable(L, idx)) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_MT_KEY);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (same) return (strand_task *)p;
+  }
+  return (strand_task *)luaL_checkudata(L, idx, STRAND_TASK_META);   /* raises, or a state
+                                                                         that never opened it */
 }
 
 /* {==== cancellation errors */
@@ -164,7 +178,9 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
   double deadline = lua_tonumber(L, 2);
   for (;;) {
     if (t->status >= STRAND_T_DONE) return push_finished(L, t, (int)raise);
-    if (outcome == STRAND_TIMEOUT || deadline <= strand_now()) {
+    /* (no clock read without a deadline: in a forked child's first join, the vDSO's page
+     * and clock_gettime's are faulted in for it) */
+    if (outcome == STRAND_TIMEOUT || (deadline != STRAND_FOREVER && deadline <= strand_now())) {
       if (raise && strand_interrupted(L)) return 0;  /* the Ctrl-C hook raises at return */
       if (raise) { lua_pushliteral(L, "timeout"); return lua_error(L); }   /* exactly, no position */
       return strand_fail_msg(L, "timeout", NULL);
@@ -226,16 +242,24 @@ static const luaL_Reg task_methods[] = {
 static int tm_index(lua_State *L) {
   strand_task *t = check_task(L, 1);
   const char *k = lua_tostring(L, 2);
-  if (k && strcmp(k, "id") == 0) {
+  /* (byte by byte, no strcmp: a forked child's first join looks a method up here, and each
+   * libc code page and read-only string page it touches is one more page fault there) */
+  if (k && k[0] == 'i' && k[1] == 'd' && k[2] == 0) {
     lua_pushinteger(L, t->id);
     return 1;
   }
-  lua_getmetatable(L, 1);
-  if (lua_getfield(L, -1, "methods") != LUA_TTABLE) {   /* a thread's boot left it for now */
+  /* the methods table, found by a registry key (by its name it is a strcmp: see check_task) */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &TASK_METHODS_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
-    luaL_newlib(L, task_methods);
+    lua_getmetatable(L, 1);
+    if (lua_getfield(L, -1, "methods") != LUA_TTABLE) {   /* a thread's boot left it for now */
+      lua_pop(L, 1);
+      luaL_newlib(L, task_methods);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, -3, "methods");
+    }
     lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "methods");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_METHODS_KEY);
   }
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
@@ -406,7 +430,7 @@ static const luaL_Reg funcs[] = {
 int strand_task_boot(lua_State *L) {
   luaL_newmetatable(L, STRAND_TASK_META);        /* its methods: on the first lookup (tm_index) */
   luaL_setfuncs(L, task_metamethods, 0);
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_MT_KEY);
   lua_pushcfunction(L, l_run);
   return 1;
 }
@@ -415,6 +439,13 @@ int strand_open_task(lua_State *L) {
   if (luaL_getmetatable(L, STRAND_TASK_META) == LUA_TNIL)   /* a thread's boot made it */
     newmeta(L, STRAND_TASK_META, task_metamethods, "methods", task_methods);
   lua_pop(L, 1);
+  luaL_getmetatable(L, STRAND_TASK_META);
+  if (lua_getfield(L, -1, "methods") == LUA_TTABLE)      /* (tm_index's, found now: not by name
+                                                            in each forked child's first join) */
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_METHODS_KEY);
+  else
+    lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &TASK_MT_KEY);
   newmeta(L, CTIMER_META, ctimer_metamethods, "__index", ctimer_methods);
   newmeta(L, NOTIFIER_META, NULL, "__index", notifier_methods);
 

@@ -9,25 +9,35 @@ local H = require "support.helper"
 describe("cross-process wake-ups", function()
   H.guard()
 
-  -- The parent's first fork starts its relay thread; the parent may fork again at once. A
-  -- thread still starting holds locks of the C library or of an interposed allocator (ASan's
-  -- has no atfork handler): a child forked then inherits them locked, its own relay hangs on
-  -- them and no wake-up from another process reaches it (examples/p4_queue.lua hung so under
-  -- ASan). So the fork returns only once the relay has run. Pinned to one CPU, a thread that
-  -- was only created has not run yet when its creator goes on: its run time is 0.
+  -- A fork made while a task of the parent sleeps on a shared object starts the parent's relay
+  -- thread; the parent may fork again at once. A thread still starting holds locks of the C
+  -- library or of an interposed allocator (ASan's has no atfork handler): a child forked then
+  -- inherits them locked, its own relay hangs on them and no wake-up from another process
+  -- reaches it (examples/p4_queue.lua hung so under ASan). So the fork returns only once the
+  -- relay has run. Pinned to one CPU, a thread that was only created has not run yet when its
+  -- creator goes on: its run time is 0.
   it("the fork that starts the relay returns only once the relay thread has run", function()
     local code = [[
+      local strand = require "strand"
       local process = require "strand.process"
-      local p = process.start(function() return 1 end)      -- the first fork: starts the relay
-      local tid
-      for t, name in pairs(require("strand.core")._proc.threads()) do
-        if name == "strand-relay" then tid = t end
-      end
-      local f = tid and io.open("/proc/self/task/" .. tid .. "/schedstat")
-      local ran = f and tonumber(f:read("a"):match("^(%d+)"))
-      if f then f:close() end
-      assert(p:join(10))
-      print("relay " .. tostring(tid) .. " ran " .. tostring(ran))
+      local sync = require "strand.sync"
+      local ev = sync.event()
+      strand.run(function()
+        local sleeper = strand.spawn(function() return ev:wait(10) end)
+        strand.sleep(0)                                     -- the sleeper is asleep on ev
+        local p = process.start(function() return 1 end)    -- a fork now: starts the relay
+        local tid
+        for t, name in pairs(require("strand.core")._proc.threads()) do
+          if name == "strand-relay" then tid = t end
+        end
+        local f = tid and io.open("/proc/self/task/" .. tid .. "/schedstat")
+        local ran = f and tonumber(f:read("a"):match("^(%d+)"))
+        if f then f:close() end
+        assert(p:join(10))
+        ev:set()
+        assert(sleeper:join(10))
+        print("relay " .. tostring(tid) .. " ran " .. tostring(ran))
+      end)
     ]]
     for _ = 1, 5 do
       local out, ok = H.lua(code, "taskset -c 0")
@@ -35,6 +45,64 @@ describe("cross-process wake-ups", function()
       local tid, ran = out:match("relay (%d+) ran (%d+)")
       assert.is_truthy(tid, out)
       assert.is_true(tonumber(ran) > 0, "the relay had not run yet: " .. out)
+    end
+  end)
+
+  -- A relay makes the process multi-threaded, and glibc forks a multi-threaded process the slow
+  -- way (every lock of the C library taken and reset): a fork starts it only when a task of
+  -- this process sleeps on a shared object; a later sleeper starts it itself.
+  it("a fork with no task asleep on a shared object starts no relay; the first sleeper does", function()
+    local code = [[
+      local strand = require "strand"
+      local process = require "strand.process"
+      local queue = require "strand.queue"
+      local function relays()
+        local n = 0
+        for _, name in pairs(require("strand.core")._proc.threads()) do
+          if name == "strand-relay" then n = n + 1 end
+        end
+        return n
+      end
+      local q = queue.new(1)
+      for _ = 1, 3 do assert(process.start(function() return 1 end):join(10)) end
+      print("after forks " .. relays())
+      -- the child puts once the parent sleeps in get: only the relay can carry that wake-up
+      local p = process.start(function() strand.sleep(0.2); return q:put("hi", 10) end)
+      local v, err = q:get(10)
+      print("got " .. tostring(v or err) .. " relays " .. relays())
+      assert(p:join(10))
+    ]]
+    local out, ok = H.lua(code)
+    assert.is_true(ok, out)
+    assert.matches("after forks 0", out)
+    assert.matches("got hi relays 1", out)
+  end)
+
+  -- A task that went to sleep before the first fork: the fork must start the relay for it, or
+  -- a child's wake-up never reaches it (the wait would end at its bound; event:wait returns
+  -- true either way then, so the time tells: a loose bound, half the wait's, wider under
+  -- valgrind).
+  it("a task asleep on an event before the first fork is woken by the child", function()
+    local bound = H.VALGRIND and 60 or 10                  -- a wake-up comes within it
+    local code = ([[
+      local strand = require "strand"
+      local process = require "strand.process"
+      local sync = require "strand.sync"
+      local ev = sync.event()
+      strand.run(function()
+        local t0 = strand.now()
+        local sleeper = strand.spawn(function() return ev:wait(2 * BOUND) end)
+        strand.sleep(0)                                     -- asleep before any fork
+        local p = process.start(function() ev:set(); return 1 end)
+        local ok, woken = sleeper:join(3 * BOUND)
+        print(("sleeper %s %s in %s"):format(ok, woken, strand.now() - t0 < BOUND and "time" or "vain"))
+        assert(p:join(BOUND))
+      end)
+    ]]):gsub("BOUND", tostring(bound))
+    for _ = 1, H.work(4, 1) do
+      local out, ok = H.lua(code)
+      assert.is_true(ok, out)
+      assert.matches("sleeper true true in time", out)
     end
   end)
 

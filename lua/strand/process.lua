@@ -44,8 +44,11 @@ M._parent_ends = parent_ends
 local fin = require "strand._finish"
 local remaining, check_timeout, outcome = fin.remaining, fin.check_timeout, fin.outcome
 
+-- (next, not pairs, over strand's own plain tables on the fork path: pairs looks up a __pairs
+-- metamethod by name, a strcmp through Lua's string cache, a libc code page faulted in there by
+-- a forked child)
 local function sweep()
-  for h in pairs(live) do
+  for h in next, live do
     if h:poll() ~= nil then live[h] = nil end
   end
 end
@@ -66,8 +69,8 @@ M._encode = encode_for_process
 -- The first thing a forked child does: close what belongs to the parent.
 local function child_setup(own_parent_end)
   if own_parent_end then own_parent_end:close() end
-  for s in pairs(parent_ends) do s:close() end
-  for h in pairs(live) do h:set_daemon(2); live[h] = nil end   -- the parent's children
+  for s in next, parent_ends do s:close() end
+  for h in next, live do h:set_daemon(2); live[h] = nil end    -- the parent's children
 end
 M._child_setup = child_setup
 
