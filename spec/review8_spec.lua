@@ -29,3 +29,69 @@ describe("review 8: the loop", function()
     assert.equal("woken\n", out)
   end)
 end)
+
+describe("review 8: server options and lifecycle", function()
+  H.guard()
+  local nan = 0 / 0
+
+  it("shutdown(NaN) raises (it used to pass the check, then drain failed and left the handlers running)", function()
+    local srv = assert(server.tcp { handler = function(c) c:read("l") end })
+    H.run(function()
+      local loop = strand.spawn(srv.serve_forever, srv)
+      assert.is_true(srv:wait_ready(5))
+      local c = assert(socket.connect("127.0.0.1", srv.port))
+      assert.is_true(H.wait_until(function() return srv:active() == 1 end, H.TIMEOUT))
+      assert.has_error(function() srv:shutdown(nan) end,
+        "bad argument #1 to 'shutdown' (grace must be a number >= 0)")
+      assert.is_true(srv:shutdown(0))
+      assert.same({ true, true }, { loop:join(5) })
+      assert.equal(0, srv:active())
+      c:close()
+    end)
+  end)
+
+  it("idle_timeout=NaN raises at server.tcp (it used to make every handler fail in settimeout)", function()
+    assert.has_error(function() server.tcp { handler = print, idle_timeout = nan } end,
+      "bad argument #1 to 'tcp' (idle_timeout must be a number > 0)")
+  end)
+
+  it("a bad host, backlog or family raises naming 'tcp', not strand.socket's 'listen'", function()
+    assert.has_error(function() server.tcp { handler = print, host = 5 } end,
+      "bad argument #1 to 'tcp' (host must be a string)")
+    assert.has_error(function() server.tcp { handler = print, backlog = "x" } end,
+      "bad argument #1 to 'tcp' (backlog must be an integer 0..65535)")
+    assert.has_error(function() server.udp { handler = print, family = "ipx" } end,
+      "bad argument #1 to 'udp' (family must be \"inet\" or \"inet6\")")
+  end)
+
+  for _, mode in ipairs { "task", "thread", "prefork", "fork" } do
+    it(mode .. " mode: serve_forever after shutdown() of a server never served raises like after close()", function()
+      -- thread mode raised "attempt to use a closed socket" from inside, prefork forked workers
+      -- on the closed socket and task/fork returned true at once
+      local srv = assert(server.tcp { handler = print, mode = mode, workers = 2 })
+      assert.is_true(srv:shutdown())
+      assert.has_error(function() srv:serve_forever() end, "serve_forever: the server is already serving or closed")
+      srv:close()
+    end)
+  end
+
+  it("a server that served and stopped cannot serve again (its socket is closed)", function()
+    local srv = assert(server.tcp { handler = print, mode = "thread", workers = 1 })
+    H.run(function()
+      local loop = strand.spawn(srv.serve_forever, srv)
+      assert.is_true(srv:wait_ready(5))
+      assert.is_true(srv:shutdown(0))
+      assert.same({ true, true }, { loop:join(5) })
+    end)
+    assert.has_error(function() srv:serve_forever() end, "serve_forever: the server is already serving or closed")
+  end)
+end)
+
+describe("review 8: strand.socket arguments", function()
+  H.guard()
+
+  it("connect with timeout=NaN raises naming 'connect' (it raised 'bad argument #-1 to getaddrinfo')", function()
+    assert.has_error(function() socket.connect("127.0.0.1", 1, { timeout = 0 / 0 }) end,
+      "bad argument #3 to 'connect' (timeout must be a number >= 0)")
+  end)
+end)

@@ -282,7 +282,14 @@ local function check_opts(opts, fname, need)
     if v ~= nil and (math.type(v) ~= "integer" or v < 1) then bad(k .. " must be an integer >= 1") end
   end
   local it = opts.idle_timeout
-  if it ~= nil and (type(it) ~= "number" or it <= 0) then bad("idle_timeout must be a number > 0") end
+  if it ~= nil and (type(it) ~= "number" or not (it > 0)) then bad("idle_timeout must be a number > 0") end
+  if opts.host ~= nil and type(opts.host) ~= "string" then bad("host must be a string") end
+  local bl = opts.backlog
+  if bl ~= nil and (math.type(bl) ~= "integer" or bl < 0 or bl > 65535) then
+    bad("backlog must be an integer 0..65535")
+  end
+  local fam = opts.family
+  if fam ~= nil and fam ~= "inet" and fam ~= "inet6" then bad('family must be "inet" or "inet6"') end
   if opts.log ~= nil and type(opts.log) ~= "function" then bad("log must be a function") end
   if need == "path" and type(opts.path) ~= "string" then bad("path must be a string") end
   if need == "port" and opts.port ~= nil and math.type(opts.port) ~= "integer"
@@ -463,6 +470,7 @@ function Server:_serve_threads()
 end
 
 function Server:_cleanup()
+  self.closed = true                   -- its socket is gone: serve_forever raises from now on
   if self.sock then self.sock:close() end
   if self.path and not self.unlinked then
     self.unlinked = true
@@ -473,7 +481,7 @@ end
 --- srv:shutdown([grace]) -> true. Stops accepting, lets handlers finish for up to grace seconds,
 --- cancels the rest; returns once serve_forever has returned (at once from a handler).
 function Server:shutdown(grace)
-  if grace ~= nil and (type(grace) ~= "number" or grace < 0) then
+  if grace ~= nil and (type(grace) ~= "number" or not (grace >= 0)) then   -- NaN too
     error("bad argument #1 to 'shutdown' (grace must be a number >= 0)", 2)
   end
   if grace ~= nil then self.grace = grace end
