@@ -59,6 +59,8 @@ static ssize_t cb_recv(libssh2_socket_t fd, void *buf, size_t len, int flags, vo
 
 /* {==== children and the cooperative call */
 
+/* Idempotent: a child not (or no longer) in the list has prev == next == NULL and is not the head.
+ * A child whose open failed stays linked (dead) until its __gc: that must unlink it. */
 void ssh_child_unlink(ssh_child *c) {
   ssh_sess *S = c->S;
   if (S->s) ssh_kick(S);
