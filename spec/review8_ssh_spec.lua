@@ -56,4 +56,48 @@ describe("review 8: strand.ssh", function()
     assert.is_true(ok, out)
     assert.equal("closed\n", out)
   end)
+
+  it("argument errors name the method and the argument (they named 'fn', 'floor', '_pty', 'for iterator' or were arithmetic errors)", function()
+    local sftp = assert(s:sftp())
+    local nan = 0 / 0
+    local cases = {
+      { function() sftp:stat(nil) end, "bad argument #1 to 'stat' (string expected, got nil)" },
+      { function() sftp:rename("a", nil) end, "bad argument #2 to 'rename' (string expected, got nil)" },
+      { function() sftp:open(srv.data .. "/x", "zz") end, "bad argument #2 to 'open' (invalid mode)" },
+      { function() sftp:open(srv.data .. "/x", "w", "rw") end, "bad argument #3 to 'open' (number expected, got string)" },
+      { function() s:forward(nil, 22) end, "bad argument #1 to 'forward' (string expected, got nil)" },
+      { function() s:forward("127.0.0.1", "ssh") end, "bad argument #2 to 'forward' (number expected, got string)" },
+      { function() s:run("true", { timeout = "1" }) end, "bad argument #2 to 'run' (timeout must be a number >= 0)" },
+      { function() s:run("true", { timeout = nan }) end, "bad argument #2 to 'run' (timeout must be a number >= 0)" },
+      { function() s:run("true", { env = "A=1" }) end, "bad argument #2 to 'run' (env must be a table)" },
+      { function() s:run("true", { pty = { cols = "80" } }) end, "bad argument #2 to 'run' (cols must be an integer >= 1)" },
+      { function() s:exec("true", { timeout = -1 }) end, "bad argument #2 to 'exec' (timeout must be a number >= 0)" },
+      { function() s:shell { rows = 0 } end, "bad argument #2 to 'shell' (rows must be an integer >= 1)" },
+      { function() s:scp_put("/etc/hostname", srv.data .. "/x", "644") end, "bad argument #3 to 'scp_put' (integer expected)" },
+      { function() ssh.connect(srv:opts { keepalive = "30" }) end, "bad argument #1 to 'connect' (keepalive must be a number > 0 (seconds))" },
+      { function() ssh.connect(srv:opts { timeout = nan }) end, "bad argument #1 to 'connect' (timeout must be a number >= 0)" },
+      { function() ssh.connect(srv:opts { port = 70000 }) end, "bad argument #1 to 'connect' (port must be an integer 1..65535)" },
+    }
+    for i, c in ipairs(cases) do
+      local ok, err = pcall(c[1])
+      assert.is_false(ok, "case " .. i)
+      assert.equal(c[2], (tostring(err):gsub("^[^:]*:%d+: ", "")), "case " .. i)
+    end
+    local ch = assert(s:exec("cat"))
+    assert.has_error(function() ch:expect("x", "1") end, "bad argument #2 to 'expect' (timeout must be a number >= 0)")
+    local f = assert(sftp:open(srv.data .. "/w", "w"))
+    local ok, err = pcall(f.write, f, {})
+    assert.is_false(ok)
+    assert.matches("bad argument #1 to 'write' (string expected, got table)", err, 1, true)
+    assert.is_true(f:close())
+    assert.is_true(ch:close())
+    assert.is_true(sftp:close())
+  end)
+
+  it("scp_put of a local directory fails (it reported 2^63-1 bytes sent)", function()
+    local n, err, code = s:scp_put(srv.dir, srv.data .. "/fromdir")
+    assert.is_nil(n)
+    assert.equal(srv.dir .. ": Is a directory", err)
+    assert.equal("EISDIR", code)
+  end)
 end)

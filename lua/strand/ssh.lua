@@ -51,6 +51,14 @@ local function check_opts(opts, arg, fname)
   return opts
 end
 
+-- A timeout argument or option: nil, or a number >= 0 (NaN refused).
+local function check_timeout(t, arg, fname, level)
+  if t ~= nil and (type(t) ~= "number" or not (t >= 0)) then
+    error(("bad argument #%d to '%s' (timeout must be a number >= 0)"):format(arg, fname), (level or 2) + 1)
+  end
+  return t
+end
+
 local function home() return os.getenv("HOME") or "/" end
 
 local function expand_path(p, ctx)
@@ -358,8 +366,14 @@ local function check_connect_opts(o, level)
   if hk ~= nil and type(hk) ~= "function" and hk ~= "strict" and hk ~= "accept-new" and hk ~= "ignore" then
     bad("host_key must be \"strict\", \"accept-new\", \"ignore\" or a function")
   end
-  if o.timeout ~= nil and (type(o.timeout) ~= "number" or o.timeout < 0) then
+  if o.timeout ~= nil and (type(o.timeout) ~= "number" or not (o.timeout >= 0)) then   -- NaN too
     bad("timeout must be a number >= 0")
+  end
+  if type(o.port) == "number" and (math.type(o.port) ~= "integer" or o.port < 1 or o.port > 65535) then
+    bad("port must be an integer 1..65535")
+  end
+  if o.keepalive ~= nil and o.keepalive ~= false and (type(o.keepalive) ~= "number" or not (o.keepalive > 0)) then
+    bad("keepalive must be a number > 0 (seconds)")
   end
   if o.sock ~= nil and type(o.sock) ~= "userdata" and type(o.sock) ~= "table" then
     bad("sock must be a strand stream")
@@ -518,6 +532,24 @@ function Session:close()
   return true
 end
 
+-- The options exec, run and shell share: raise naming fname when one has the wrong type.
+local function check_channel_opts(opts, fname)
+  check_timeout(opts.timeout, 2, fname, 3)
+  if opts.env ~= nil and type(opts.env) ~= "table" then
+    error(("bad argument #2 to '%s' (env must be a table)"):format(fname), 3)
+  end
+  local p = type(opts.pty) == "table" and opts.pty or opts
+  for _, k in ipairs { "cols", "rows" } do
+    local v = p[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v < 1) then
+      error(("bad argument #2 to '%s' (%s must be an integer >= 1)"):format(fname, k), 3)
+    end
+  end
+  if p.term ~= nil and type(p.term) ~= "string" then
+    error(("bad argument #2 to '%s' (term must be a string)"):format(fname), 3)
+  end
+end
+
 local function open_channel(s, opts, deadline)
   local ch, err, code = s:_channel(remaining(deadline))
   if not ch then return nil, err, code end
@@ -544,6 +576,7 @@ end
 function Session:exec(cmd, opts)
   if type(cmd) ~= "string" then error("bad argument #1 to 'exec' (string expected, got " .. type(cmd) .. ")", 2) end
   opts = check_opts(opts, 2, "exec")
+  check_channel_opts(opts, "exec")
   local deadline = opts.timeout and now() + opts.timeout
   local ch, err, code = open_channel(self, opts, deadline)
   if not ch then return nil, err, code end
@@ -556,6 +589,7 @@ end
 function Session:run(cmd, opts)
   if type(cmd) ~= "string" then error("bad argument #1 to 'run' (string expected, got " .. type(cmd) .. ")", 2) end
   opts = check_opts(opts, 2, "run")
+  check_channel_opts(opts, "run")
   if opts.stdin ~= nil and type(opts.stdin) ~= "string" then
     error("bad argument #2 to 'run' (stdin must be a string)", 2)
   end
@@ -594,6 +628,7 @@ end
 --- s:shell{term=, cols=, rows=} -> channel with a pty running the login shell
 function Session:shell(opts)
   opts = check_opts(opts, 1, "shell")
+  check_channel_opts(opts, "shell")
   local deadline = opts.timeout and now() + opts.timeout
   local ch, err, code = open_channel(self, { pty = true, term = opts.term, cols = opts.cols,
     rows = opts.rows, env = opts.env }, deadline)
@@ -634,15 +669,24 @@ end
 function Session:scp_put(localpath, remote, mode)
   if type(localpath) ~= "string" then error("bad argument #1 to 'scp_put' (string expected)", 2) end
   if type(remote) ~= "string" then error("bad argument #2 to 'scp_put' (string expected)", 2) end
+  if mode ~= nil and math.type(mode) ~= "integer" then error("bad argument #3 to 'scp_put' (integer expected)", 2) end
   local f, ferr = io.open(localpath, "rb")
   if not f then return nil, ferr end
+  local probe, rerr, rno = f:read(0)   -- a directory opens, then every read fails (EISDIR)
+  if probe == nil and rerr then
+    f:close()
+    return nil, localpath .. ": " .. rerr, rno == 21 and "EISDIR" or "EIO"
+  end
   local size = f:seek("end")
   f:seek("set", 0)
   local ch, err, code = self:_scp_send(remote, mode or 420, size)
   if not ch then f:close(); return nil, err, code end
   while true do
-    local data = f:read(65536)
-    if not data then break end
+    local data, rerr = f:read(65536)
+    if not data then
+      if rerr then f:close(); ch:close(); return nil, localpath .. ": " .. rerr, "EIO" end
+      break
+    end
     local ok, e, c = ch:write(data)
     if not ok then f:close(); ch:close(); return nil, e, c end
   end
@@ -668,6 +712,7 @@ local pending = setmetatable({}, { __mode = "k" })   -- channel -> bytes read bu
 --- | nil, "timeout" (what arrived stays buffered) | nil, "closed"
 function Channel:expect(pattern, timeout)
   if type(pattern) ~= "string" then error("bad argument #1 to 'expect' (string expected)", 2) end
+  check_timeout(timeout, 2, "expect")
   local deadline = timeout and now() + timeout
   local buf = pending[self] or ""
   while true do
@@ -858,26 +903,42 @@ end
 local TOKEN = { __close = function(t) t.o:_unlock() end }
 local tokens = setmetatable({}, { __mode = "k" })
 
-local function locked(fn)
+-- fn's own argument errors ("bad argument #3 to 'fn'": called as a plain function, self counts)
+-- are raised again as the method's ("bad argument #2 to 'open'"), at the caller's position.
+local function method_error(name, ok, ...)
+  if ok then return ... end
+  local e = ...
+  if type(e) == "string" then
+    local n, rest = e:match("^.-bad argument #(%d+) to '[^']*' (.*)$")
+    if n then
+      n = tonumber(n) - 1
+      if n == 0 then error(("calling '%s' on bad self %s"):format(name, rest), 3) end
+      error(("bad argument #%d to '%s' %s"):format(n, name, rest), 3)
+    end
+  end
+  error(e, 0)
+end
+
+local function locked(fn, name)
   return function(self, ...)
     local ok, err, code = self:_lock()
     if not ok then return nil, err, code end
     local t = tokens[self]
     if t == nil then t = setmetatable({ o = self }, TOKEN); tokens[self] = t end
     local held <close> = t
-    return fn(self, ...)
+    return method_error(name, pcall(fn, self, ...))
   end
 end
 
 for _, name in ipairs { "_channel", "forward", "_scp_recv", "_scp_send", "_listen", "sftp" } do
-  Session[name] = locked(Session[name])
+  Session[name] = locked(Session[name], name)
 end
 for _, name in ipairs { "open", "_opendir", "stat", "lstat", "chmod", "mkdir", "rmdir", "remove",
                         "rename", "_symlink", "readlink", "realpath", "close" } do
-  Sftp[name] = locked(Sftp[name])
+  Sftp[name] = locked(Sftp[name], name)
 end
 for _, name in ipairs { "_read", "write", "stat", "_seekto", "_tell", "_readdir", "_pull", "_push", "close" } do
-  File[name] = locked(File[name])
+  File[name] = locked(File[name], name)
 end
 
 -- }====
