@@ -100,4 +100,66 @@ describe("review 8: strand.ssh", function()
     assert.equal(srv.dir .. ": Is a directory", err)
     assert.equal("EISDIR", code)
   end)
+
+  -- fds of this process whose target is path (read without running the collector)
+  local function open_on(path)
+    local n = 0
+    for _, target in pairs(H.fds()) do if target == path then n = n + 1 end end
+    return n
+  end
+
+  it("run cancelled while its stdin writer is blocked on a full window closes the channel at once", function()
+    -- the writer task stayed blocked and the channel open until s:close(), which then spent its
+    -- whole 1 s bound on it
+    local Session = require("strand.sshcore").session_meta.methods
+    local orig, seen = Session.exec, setmetatable({}, { __mode = "v" })
+    Session.exec = function(...) local ch, e, c = orig(...); seen[1] = ch; return ch, e, c end
+    finally(function() Session.exec = orig end)
+    H.run(function()
+      local t = strand.spawn(function() return s:run("sleep 30", { stdin = ("x"):rep(4000000) }) end)
+      assert.is_true(H.wait_until(function() return seen[1] ~= nil end))
+      Session.exec = orig
+      strand.sleep(0.2)                       -- the writer fills the window and waits
+      assert.equal("waiting", t:status())
+      t:cancel()
+      local ok, err = t:join(5)
+      assert.is_false(ok)
+      assert.is_true(strand.is_cancelled(err))
+      assert.is_true(seen[1]:closed())
+      local r = assert(s:run("echo still usable", { timeout = H.TIMEOUT }))
+      assert.equal("still usable\n", r.stdout)
+    end)
+  end)
+
+  it("ch:close() of a channel the server does not close in time still closes it (it returned nil, \"timeout\")", function()
+    H.run(function()
+      local ch = assert(s:exec("sleep 30"))
+      assert.is_true(ch:close())              -- 2 s bound: sshd answers the close when sleep exits
+      assert.is_true(ch:closed())
+      assert.has_error(function() ch:read(1) end, "attempt to use a closed channel")
+    end)
+  end)
+
+  it("sftp get/put cancelled mid-transfer close the local file at once and leave the sftp session usable", function()
+    local sftp = assert(s:sftp())
+    local src, dst = sshd.tmpname(), sshd.tmpname()
+    sshd.write_file(src, ("0123456789abcdef"):rep(1024 * 1024))   -- 16 MiB: two progress steps
+    H.run(function()
+      for _, dir in ipairs { "put", "get" } do
+        local t
+        t = strand.spawn(function()
+          local prog = function(done) if done > 0 then t:cancel() end end
+          if dir == "put" then return sftp:put(src, srv.data .. "/big", { progress = prog }) end
+          return sftp:get(srv.data .. "/big", dst, { progress = prog })
+        end)
+        local ok, err = t:join(H.TIMEOUT)
+        assert.is_false(ok)
+        assert.is_true(strand.is_cancelled(err), tostring(err))
+        assert.equal(0, open_on(dir == "put" and src or dst), dir)   -- before any collection
+        assert.is_table(sftp:stat(srv.data .. "/big"))
+      end
+    end)
+    assert.is_true(sftp:close())
+    os.remove(src); os.remove(dst)
+  end)
 end)

@@ -36,6 +36,8 @@ local now, spawn = core.now, core.spawn
 local Session = C.session_meta.methods
 local Channel = debug.getregistry()["strand.ssh.channel"].methods
 local extra = setmetatable({}, { __mode = "k" })   -- session -> Lua-side state
+-- a channel released at once, without the close handshake (its __gc: sshchan.c chan_release)
+local release_channel = debug.getregistry()["strand.ssh.channel"].__gc
 
 local function remaining(deadline)
   if deadline == nil then return nil end
@@ -597,6 +599,12 @@ function Session:run(cmd, opts)
   local ch, err, code = self:exec(cmd, { env = opts.env, pty = opts.pty, timeout = opts.timeout })
   if not ch then return nil, err, code end
   local writer
+  -- however run ends (cancelled or killed mid-way included): no stdin writer task left blocked on
+  -- a full window, no channel left open until the collector or the session's close finds it
+  local _ <close> = setmetatable({}, { __close = function()
+    if writer then writer:cancel() end
+    if not ch:closed() then release_channel(ch) end   -- at once: no wait in a cancelled task
+  end })
   if opts.stdin then
     writer = spawn(function()
       local ok, e = ch:write(opts.stdin, remaining(deadline))
@@ -644,15 +652,29 @@ function Session:listen(port, host)
   return self:_listen(host or "127.0.0.1", port)
 end
 
+-- A to-be-closed guard for a transfer: when it ends by an error or a cancellation, closes the local
+-- files and channels it holds at once and the remote (SFTP) files cooperatively; on the normal
+-- path (err nil) they were closed already. t: a table the transfer fills as it opens things.
+local function unwind_guard(t)
+  return setmetatable(t, { __close = function(held, err)
+    if err == nil then return end
+    if held.lf then pcall(held.lf.close, held.lf) end
+    if held.ch and not held.ch:closed() then release_channel(held.ch) end
+    if held.rf then pcall(held.rf.close, held.rf) end
+  end })
+end
+
 --- s:scp_get(remote, localpath) -> bytes
 function Session:scp_get(remote, localpath)
   if type(remote) ~= "string" then error("bad argument #1 to 'scp_get' (string expected)", 2) end
   if type(localpath) ~= "string" then error("bad argument #2 to 'scp_get' (string expected)", 2) end
   local ch, size_or_err, code = self:_scp_recv(remote)
   if not ch then return nil, size_or_err, code end
+  local held <close> = unwind_guard { ch = ch }
   local size = size_or_err
   local f, ferr = io.open(localpath, "wb")
   if not f then ch:close(); return nil, ferr end
+  held.lf = f
   local got = 0
   while got < size do
     local data, e, c = ch:read(math.min(65536, size - got))
@@ -679,8 +701,10 @@ function Session:scp_put(localpath, remote, mode)
   end
   local size = f:seek("end")
   f:seek("set", 0)
+  local held <close> = unwind_guard { lf = f }
   local ch, err, code = self:_scp_send(remote, mode or 420, size)
   if not ch then f:close(); return nil, err, code end
+  held.ch = ch
   while true do
     local data, rerr = f:read(65536)
     if not data then
@@ -701,6 +725,16 @@ end
 -- }====
 
 -- {==== channel methods written in Lua
+
+-- ch:close() closes cooperatively, bounded to 2 s; a channel the server does not close in time (its
+-- process still runs) or whose session was lost is then released anyway (libssh2 frees it with the
+-- session): close always ends with the channel closed, as documented.
+local raw_close = Channel.close
+function Channel:close()
+  local ok = raw_close(self)
+  if not ok then release_channel(self) end
+  return true
+end
 
 Channel.recv = Channel.read
 Channel.send = Channel.write
@@ -784,6 +818,7 @@ function Sftp:get(remote, localpath, opts)
   opts = check_transfer("get", remote, localpath, opts)
   local f, err, code = self:open(remote, "r")
   if not f then return nil, err, code end
+  local held <close> = unwind_guard { rf = f }
   local st, e2, c2 = f:stat()
   if not st then f:close(); return nil, e2, c2 end
   local total, offset = st.size, 0
@@ -797,6 +832,7 @@ function Sftp:get(remote, localpath, opts)
   end
   local lf, lerr = io.open(localpath, offset > 0 and "ab" or "wb")
   if not lf then f:close(); return nil, lerr, "EIO" end
+  held.lf = lf
   f:_seekto(offset)
   local done = offset
   report(opts, done, total, f, lf)
@@ -819,6 +855,7 @@ function Sftp:put(localpath, remote, opts)
   opts = check_transfer("put", localpath, remote, opts)
   local lf, lerr = io.open(localpath, "rb")
   if not lf then return nil, lerr, "ENOENT" end
+  local held <close> = unwind_guard { lf = lf }
   local total = lf:seek("end")
   local offset = 0
   if opts.resume then
@@ -828,6 +865,7 @@ function Sftp:put(localpath, remote, opts)
   end
   local f, err, code = self:open(remote, offset > 0 and "r+" or "w", opts.mode or 420)
   if not f then lf:close(); return nil, err, code end
+  held.rf = f
   lf:seek("set", offset)
   f:_seekto(offset)
   local done = offset
