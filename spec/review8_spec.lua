@@ -118,3 +118,40 @@ describe("review 8: strand.luasocket", function()
     end)
   end)
 end)
+
+describe("review 8: UNIX socket paths", function()
+  H.guard()
+
+  it("unlink=true (and server.unix) replaces a stale socket file but never a live server's", function()
+    -- the live server's file was unlinked: it kept running, unreachable, and the new server's
+    -- stop removed the path for good
+    local path = os.tmpname() .. ".sock"
+    finally(function() os.remove(path) end)
+    H.run(function()
+      local a = assert(server.unix { path = path, handler = function(c) c:write("A\n") end })
+      local loop = strand.spawn(a.serve_forever, a)
+      assert.is_true(a:wait_ready(5))
+      assert.same({ nil, "address already in use", "EADDRINUSE" },
+        { server.unix { path = path, handler = print } })
+      assert.same({ nil, "address already in use", "EADDRINUSE" },
+        { socket.unix_listen(path, { unlink = true }) })
+      assert.same({ nil, "address already in use", "EADDRINUSE" },
+        { socket.unix_listen(path, { unlink = true, type = "dgram" }) })
+      local c = assert(socket.unix_connect(path))
+      c:settimeout(H.TIMEOUT)
+      assert.equal("A", c:read("l"))
+      c:close()
+      a:close()
+      loop:join(5)
+      -- a stale file (bound, closed, never unlinked) is still replaced, for both types
+      for _, ty in ipairs { "stream", "dgram" } do
+        local s = socket.unix(ty)
+        assert(s:bind(path))
+        s:close()
+        local l = assert(socket.unix_listen(path, { unlink = true, type = ty }))
+        l:close()
+        os.remove(path)
+      end
+    end)
+  end)
+end)
