@@ -90,6 +90,31 @@ end)
 describe("review 8: strand.socket arguments", function()
   H.guard()
 
+  it("send('') on a connected datagram socket sends an empty datagram (it returned 0 and sent nothing)", function()
+    -- LuaSocket's udp:send("") and Python's sock.send(b"") send one; the bridge's udp:receive()
+    -- then waited for its timeout instead of returning ""
+    H.run(function()
+      local u = assert(socket.udp())
+      assert(u:bind("127.0.0.1", 0))
+      local v = assert(socket.udp())
+      assert(v:connect(u:getsockname()))
+      u:settimeout(H.TIMEOUT)
+      assert.equal(0, v:send(""))
+      assert.equal(1, v:send("x"))
+      assert.equal("", u:recv(10))                             -- the empty one first, in order
+      assert.equal("x", u:recv(10))
+      local a, b = socket.pair("dgram")
+      b:settimeout(H.TIMEOUT)
+      assert.equal(0, a:send(""))
+      assert.equal("", b:recv(10))
+      local c, d = socket.pair()                               -- a stream: nothing at all
+      assert.equal(0, c:send(""))
+      d:setblocking(false)
+      assert.same({ nil, "wouldblock", "EAGAIN" }, { d:recv(10) })
+      for _, x in ipairs { u, v, a, b, c, d } do x:close() end
+    end)
+  end)
+
   it("connect with timeout=NaN raises naming 'connect' (it raised 'bad argument #-1 to getaddrinfo')", function()
     assert.has_error(function() socket.connect("127.0.0.1", 1, { timeout = 0 / 0 }) end,
       "bad argument #3 to 'connect' (timeout must be a number >= 0)")
