@@ -64,6 +64,34 @@ describe("review 8: server options and lifecycle", function()
       "bad argument #1 to 'udp' (family must be \"inet\" or \"inet6\")")
   end)
 
+  it("a log function that raises does not leak the handler's slot (with max_connections=1 the server stopped serving)", function()
+    local said = {}
+    local real_stderr = io.stderr
+    io.stderr = { write = function(_, ...) for _, x in ipairs { ... } do said[#said + 1] = x end end }
+    finally(function() io.stderr = real_stderr end)
+    local srv = assert(server.tcp { max_connections = 1,
+      handler = function(c) c:write("hi\n"); error("handler boom") end,
+      log = function() error("log boom") end })
+    H.run(function()
+      local loop = strand.spawn(srv.serve_forever, srv)
+      assert.is_true(srv:wait_ready(5))
+      for i = 1, 3 do
+        local c = assert(socket.connect("127.0.0.1", srv.port))
+        c:settimeout(H.TIMEOUT)
+        assert.equal("hi", c:read("l"), "client " .. i)
+        assert.same({ nil, "closed", "EOF" }, { c:read("l") })
+        c:close()
+      end
+      assert.is_true(H.wait_until(function() return srv:active() == 0 end))
+      assert.equal(3, srv:served())
+      assert.is_true(srv:shutdown(1))
+      assert.same({ true, true }, { loop:join(5) })
+    end)
+    local text = table.concat(said)
+    assert.matches("handler boom", text, 1, true)         -- the message still went somewhere
+    assert.matches("the log function failed: .*log boom", text)
+  end)
+
   for _, mode in ipairs { "task", "thread", "prefork", "fork" } do
     it(mode .. " mode: serve_forever after shutdown() of a server never served raises like after close()", function()
       -- thread mode raised "attempt to use a closed socket" from inside, prefork forked workers

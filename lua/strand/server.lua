@@ -64,6 +64,16 @@ local function new_state(handler, opts, sem, kind, mode)
            grace = DEFAULT_GRACE }
 end
 
+-- Every message goes through st.log (the user's log=, or stderr). A log function that raises must
+-- not skip what follows it (a handler's slot, its count): its error goes to stderr with the message.
+local function log(st, msg)
+  local ok, err = pcall(st.log, msg)
+  if not ok then
+    default_log(msg)
+    default_log("strand.server: the log function failed: " .. tostring(err))
+  end
+end
+
 local function peer_string(host, port)
   if port == nil then return tostring(host or "?") end
   return ("%s:%s"):format(host, port)
@@ -71,7 +81,7 @@ end
 
 local function report(st, err, host, port)
   if strand.is_cancelled(err) then return end
-  st.log(("strand.server: handler failed (peer %s): %s"):format(peer_string(host, port), tostring(err)))
+  log(st, ("strand.server: handler failed (peer %s): %s"):format(peer_string(host, port), tostring(err)))
 end
 
 -- Wait for a free slot under max_connections; false once the server is stopping.
@@ -154,7 +164,7 @@ local function run_forked(st, lsock, conn, ...)
   local ok, err = p:start()
   if conn and conn.close then conn:close() end  -- the child has its own copy
   if not ok then
-    st.log("strand.server: fork failed: " .. tostring(err))
+    log(st, "strand.server: fork failed: " .. tostring(err))
   else
     local jok, jerr = pcall(p.join, p)
     if not jok then                                -- cancelled by shutdown: the child goes too
@@ -174,7 +184,7 @@ local function accept_loop(st, lsock)
     if not conn then
       give_slot(st)
       if st.stopping or host == "closed" then break end
-      st.log("strand.server: accept failed: " .. tostring(host))   -- EMFILE: accept pauses itself
+      log(st, "strand.server: accept failed: " .. tostring(host))   -- EMFILE: accept pauses itself
     else
       st.served = st.served + 1
       if st.fork then track(st, strand.spawn(run_forked, st, lsock, conn, host, port))
@@ -198,7 +208,7 @@ local function datagram_loop(st, sock)
     if not data then
       give_slot(st)
       if st.stopping or host == "closed" then break end
-      st.log("strand.server: recvfrom failed: " .. tostring(host))
+      log(st, "strand.server: recvfrom failed: " .. tostring(host))
     else
       st.served = st.served + 1
       if st.fork then track(st, strand.spawn(run_forked, st, sock, data, host, port, sock))
@@ -224,7 +234,7 @@ end
 local function serve_loop(st, sock, kind)
   local loop = strand.spawn(kind == "stream" and accept_loop or datagram_loop, st, sock)
   local ok, err = loop:join()
-  if ok == false then st.log("strand.server: serving loop failed: " .. tostring(err)) end
+  if ok == false then log(st, "strand.server: serving loop failed: " .. tostring(err)) end
   sock:close()
   drain(st, st.grace)
   return st.served
@@ -380,7 +390,7 @@ local function watch_signals(srv)
   local t = strand.spawn(function()
     local b = sig:recv(1)
     if b then
-      srv.st.log(("strand.server: signal %d, shutting down"):format(b:byte()))
+      log(srv.st, ("strand.server: signal %d, shutting down"):format(b:byte()))
       srv:shutdown(srv.grace)
     end
   end)
@@ -441,7 +451,7 @@ function Server:_serve_threads()
                           readyq) }
       local ok, err = p:start()
       if not ok then
-        self.st.log("strand.server: fork failed: " .. tostring(err))
+        log(self.st, "strand.server: fork failed: " .. tostring(err))
       else
         threads[#threads + 1] = p
       end
@@ -464,7 +474,7 @@ function Server:_serve_threads()
   for _, t in ipairs(threads) do
     local ok, n = t:join()
     if ok then served = served + (n or 0)
-    else self.st.log("strand.server: worker thread failed: " .. tostring(n)) end
+    else log(self.st, "strand.server: worker thread failed: " .. tostring(n)) end
   end
   self.st.served = served
 end
