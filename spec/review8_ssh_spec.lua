@@ -94,6 +94,14 @@ describe("review 8: strand.ssh", function()
     assert.is_true(sftp:close())
   end)
 
+  it("keepalive=huge connects (it raised 'number has no integer representation' from '_keepalive')", function()
+    for _, k in ipairs { 1e300, math.huge, 2 ^ 40, 0.5 } do
+      local s2 = assert(ssh.connect(srv:opts { keepalive = k }))
+      assert.equal("ok\n", assert(s2:run("echo ok")).stdout)
+      assert.is_true(s2:close())
+    end
+  end)
+
   it("scp_put of a local directory fails (it reported 2^63-1 bytes sent)", function()
     local n, err, code = s:scp_put(srv.dir, srv.data .. "/fromdir")
     assert.is_nil(n)

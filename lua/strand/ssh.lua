@@ -510,7 +510,9 @@ function connect_via(o, via)
   if not ok then if jump then jump:close() end return fail(s, err, code) end
   ok, err, code = authenticate(s, o, user, keys, deadline)
   if not ok then if jump then jump:close() end return fail(s, err, code) end
-  if o.keepalive then ex.keepalive = start_keepalive(s, math.max(1, math.floor(o.keepalive))) end
+  if o.keepalive then   -- whole seconds, 1 .. 2^31-1 (libssh2 takes an unsigned int)
+    ex.keepalive = start_keepalive(s, math.min(math.max(1, math.floor(o.keepalive)), 0x7fffffff))
+  end
   s:settimeout(nil)
   return s
 end
