@@ -208,3 +208,23 @@ describe("review 8: UNIX socket paths", function()
     end)
   end)
 end)
+
+describe("review 8: docs/selector.md", function()
+  H.guard()
+
+  it("modify returns a new key (the doc said 'the same key, updated'); the old key keeps its values", function()
+    local selector = require "strand.selector"
+    for _, be in ipairs { "epoll", "poll", "select" } do
+      local sel = selector.new(be)
+      local a, b = socket.pair()
+      local k1 = sel:register(a, selector.READ, "one")
+      local k2 = sel:modify(a, selector.READ | selector.WRITE, "two")
+      assert.are_not.equal(k1, k2)
+      assert.same({ selector.READ, "one" }, { k1.events, k1.data })
+      assert.same({ selector.READ | selector.WRITE, "two" }, { k2.events, k2.data })
+      assert.equal(k2, sel:get_key(a))
+      assert.is_nil(sel:modify(a, selector.READ).data)
+      sel:close(); a:close(); b:close()
+    end
+  end)
+end)
