@@ -92,6 +92,29 @@ describe("review 8: server options and lifecycle", function()
     assert.matches("the log function failed: .*log boom", text)
   end)
 
+  it("serve_forever stopped by SIGTERM/SIGINT returns at once (it waited 1 s for its own signal task)", function()
+    -- the signal task sat in shutdown() waiting for serve_forever, which joined it (1 s bound)
+    -- before saying it had stopped; a second Ctrl-C in that second raised "interrupted!"
+    for _, sig in ipairs { "TERM", "INT" } do
+      local out = fresh(([[
+        local strand = require "strand"
+        local server = require "strand.server"
+        local srv = assert(server.tcp { handler = function() end, log = function() end })
+        local sent
+        strand.spawn(function()
+          assert(srv:wait_ready(10))
+          sent = strand.now()
+          -- (not os.execute: system() ignores SIGINT in the caller while it waits)
+          io.popen("kill -%s $PPID"):close()     -- the shell's parent: this program
+        end)
+        print(srv:serve_forever())
+        local took = strand.now() - sent
+        print(took < 0.9 and "prompt" or ("took " .. took))
+      ]]):format(sig))
+      assert.equal("true\nprompt\n", out, sig)
+    end
+  end)
+
   for _, mode in ipairs { "task", "thread", "prefork", "fork" } do
     it(mode .. " mode: serve_forever after shutdown() of a server never served raises like after close()", function()
       -- thread mode raised "attempt to use a closed socket" from inside, prefork forked workers

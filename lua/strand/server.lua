@@ -419,10 +419,10 @@ function Server:serve_forever()
       self:_serve_threads()
     end
   end)
-  if unwatch then unwatch() end
   self:_cleanup()
   self.serving = false
-  self.stopped:set()
+  self.stopped:set()     -- first: a signal's shutdown() waits for it, and unwatch joins that task
+  if unwatch then unwatch() end
   if not ok then error(err, 0) end
   return true
 end
