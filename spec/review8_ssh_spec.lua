@@ -102,6 +102,27 @@ describe("review 8: strand.ssh", function()
     end
   end)
 
+  it("connect ended by a host_key function that raises, or cancelled inside it, leaves no descriptor behind", function()
+    -- the half-made session kept its socket until the collector found it
+    local function sockets()
+      local n = 0
+      for _, target in pairs(H.fds()) do if target:match("^socket:") then n = n + 1 end end
+      return n
+    end
+    collectgarbage(); collectgarbage()
+    H.run(function()
+      local base = sockets()
+      for _ = 1, 3 do
+        local ok, err = pcall(ssh.connect, srv:opts { host_key = function() error("hk boom") end })
+        assert.is_false(ok)
+        assert.matches("hk boom", err, 1, true)
+        assert.same({ nil, "timeout" }, { strand.timeout(0.3, ssh.connect,
+          srv:opts { host_key = function() strand.sleep(30) end }) })
+      end
+      assert.equal(base, sockets())       -- before any collection
+    end)
+  end)
+
   it("scp_put of a local directory fails (it reported 2^63-1 bytes sent)", function()
     local n, err, code = s:scp_put(srv.dir, srv.data .. "/fromdir")
     assert.is_nil(n)

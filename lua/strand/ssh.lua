@@ -499,6 +499,13 @@ function connect_via(o, via)
   end
   local ex = { jump = jump, relays = relays, host = host, port = port }
   extra[s] = ex
+  -- connect ended by an error (a host_key function that raised) or a cancellation (strand.timeout
+  -- around connect): the half-made session and its descriptor go now, not when collected
+  local _ <close> = setmetatable({}, { __close = function(_, e)
+    if e == nil then return end
+    s:_free()
+    if jump then pcall(jump.close, jump) end
+  end })
   local ok
   ok, err, code = s:_handshake(remaining(deadline))
   if not ok then
