@@ -120,6 +120,14 @@ describe("review 8: strand.ssh", function()
           srv:opts { host_key = function() strand.sleep(30) end }) })
       end
       assert.equal(base, sockets())       -- before any collection
+      -- through a jump host: cancelled while checking the jump's key, then the target's
+      for _, which in ipairs { "hop", "target" } do
+        local slow = function() strand.sleep(30) end
+        local o = srv:opts { proxyjump = { srv:opts { host_key = which == "hop" and slow or nil } },
+                             host_key = which == "target" and slow or nil }
+        assert.same({ nil, "timeout" }, { strand.timeout(1, ssh.connect, o) }, which)
+        assert.equal(base, sockets(), which)
+      end
     end)
   end)
 

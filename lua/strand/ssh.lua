@@ -212,6 +212,11 @@ local function is_encrypted_key(path)
   return body ~= nil and b64decode(body):sub(1, 64):find("bcrypt", 1, true) ~= nil
 end
 
+-- A to-be-closed value that calls fn when its scope is left by an error (a cancellation included).
+local function on_error(fn)
+  return setmetatable({}, { __close = function(_, e) if e ~= nil then fn() end end })
+end
+
 local function fail(s, msg, code)
   s:_free()
   return nil, msg, code
@@ -428,6 +433,7 @@ local connect_via
 -- (closing it closes the chain). A failure names the hop: "proxy jump NAME: ...".
 local function connect_hops(hops, deadline)
   local prev
+  local _ <close> = on_error(function() if prev then pcall(prev.close, prev) end end)
   for _, hop in ipairs(hops) do
     local ho = hop.opts
     if deadline then ho.timeout = remaining(deadline) end
@@ -465,6 +471,14 @@ function connect_via(o, via)
   local host, port, user, keys, cfg = resolve(o)
   local deadline = o.timeout and now() + o.timeout
   local sock, relays, jump = o.sock, nil, via
+  -- connect ended by an error (a host_key function that raised) or a cancellation (strand.timeout
+  -- around connect): the half-made session, its descriptor and the jump sessions go now, not
+  -- when collected
+  local made = {}
+  local _ <close> = on_error(function()
+    if made.s then made.s:_free() end
+    if jump then pcall(jump.close, jump) end
+  end)
   local pj = o.proxyjump
   if pj == nil then pj = cfg.proxyjump end
   if type(pj) == "string" and (pj:lower() == "none" or pj == "") then pj = nil end
@@ -497,15 +511,9 @@ function connect_via(o, via)
     if jump then jump:close() end
     return nil, err, code
   end
+  made.s = s
   local ex = { jump = jump, relays = relays, host = host, port = port }
   extra[s] = ex
-  -- connect ended by an error (a host_key function that raised) or a cancellation (strand.timeout
-  -- around connect): the half-made session and its descriptor go now, not when collected
-  local _ <close> = setmetatable({}, { __close = function(_, e)
-    if e == nil then return end
-    s:_free()
-    if jump then pcall(jump.close, jump) end
-  end })
   local ok
   ok, err, code = s:_handshake(remaining(deadline))
   if not ok then
