@@ -153,7 +153,7 @@ describe("review 8: strand.ssh", function()
     Session.exec = function(...) local ch, e, c = orig(...); seen[1] = ch; return ch, e, c end
     finally(function() Session.exec = orig end)
     H.run(function()
-      local t = strand.spawn(function() return s:run("sleep 30", { stdin = ("x"):rep(4000000) }) end)
+      local t = strand.spawn(function() return s:run("sleep 8", { stdin = ("x"):rep(4000000) }) end)
       assert.is_true(H.wait_until(function() return seen[1] ~= nil end))
       Session.exec = orig
       strand.sleep(0.2)                       -- the writer fills the window and waits
@@ -170,7 +170,7 @@ describe("review 8: strand.ssh", function()
 
   it("ch:close() of a channel the server does not close in time still closes it (it returned nil, \"timeout\")", function()
     H.run(function()
-      local ch = assert(s:exec("sleep 30"))
+      local ch = assert(s:exec("sleep 8"))
       assert.is_true(ch:close())              -- 2 s bound: sshd answers the close when sleep exits
       assert.is_true(ch:closed())
       assert.has_error(function() ch:read(1) end, "attempt to use a closed channel")
