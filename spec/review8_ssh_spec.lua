@@ -178,30 +178,40 @@ describe("review 8: strand.ssh", function()
   end)
 
   it("sftp get/put cancelled mid-transfer close the local file at once and leave the sftp session usable", function()
+    -- cancelled at the first progress report (both files open, nothing moved yet), the
+    -- cancellation lands at the copy step's first wait for the server. A busy transfer may find
+    -- data ready at every step and never wait (then it just completes): tried up to 8 times.
     local sftp = assert(s:sftp())
     local src, dst = sshd.tmpname(), sshd.tmpname()
     sshd.write_file(src, ("0123456789abcdef"):rep(1024 * 1024))   -- 16 MiB
-    H.run(function()
+    local landed = { put = 0, get = 0 }
+    H.run_within(6 * H.TIMEOUT, function()
       assert.equal(16 * 1024 * 1024, sftp:put(src, srv.data .. "/big"))
       for _, dir in ipairs { "put", "get" } do
-        local t
-        t = strand.spawn(function()
-          -- cancelled at the first report (both files open, nothing moved yet): the first copy
-          -- step then waits for the server, where the cancellation lands (a later step may find
-          -- everything ready and never wait)
-          local prog = function() t:cancel() end
-          if dir == "put" then return sftp:put(src, srv.data .. "/big", { progress = prog }) end
-          return sftp:get(srv.data .. "/big", dst, { progress = prog })
-        end)
-        local ok, err = t:join(H.TIMEOUT)
-        assert.is_false(ok)
-        assert.is_true(strand.is_cancelled(err), tostring(err))
-        assert.equal(0, open_on(dir == "put" and src or dst), dir)   -- before any collection
-        assert.is_table(sftp:stat(srv.data .. "/big"))
+        for _ = 1, 8 do
+          local t
+          t = strand.spawn(function()
+            local prog = function() t:cancel() end
+            if dir == "put" then return sftp:put(src, srv.data .. "/big", { progress = prog }) end
+            return sftp:get(srv.data .. "/big", dst, { progress = prog })
+          end)
+          local ok, err = t:join(H.TIMEOUT)
+          assert.is_not_nil(ok, dir)
+          if ok == false then
+            assert.is_true(strand.is_cancelled(err), tostring(err))
+            assert.equal(0, open_on(dir == "put" and src or dst), dir)   -- before any collection
+            landed[dir] = landed[dir] + 1
+          end
+          assert.is_table(sftp:stat(srv.data .. "/big"))
+          if landed[dir] > 0 then break end
+        end
       end
     end)
     assert.is_true(sftp:close())
     os.remove(src); os.remove(dst)
+    if landed.put == 0 or landed.get == 0 then
+      pending("the cancellation never found the transfer waiting (put " .. landed.put .. ", get " .. landed.get .. ")")
+    end
   end)
 
   it("a forked child cannot use or close the parent's session over their shared connection", function()
