@@ -903,6 +903,7 @@ int strand_interrupted(lua_State *L) {
 /* One round: run every task that was ready, poll (without blocking if something is ready or
  * `done` already holds), fire timers. Returns nonzero with a message pushed on deadlock,
  * STEP_INTERRUPTED (nothing pushed) when Ctrl-C is pending. */
+#define LOOP_MAX_WAIT 1e6   /* seconds: at most one poller wait (< INT_MAX ms) */
 static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)) {
   int was_done = done(loop);
   size_t n = loop->nready;
@@ -916,6 +917,9 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
   else if (loop->nheap > 0) {
     timeout = loop->heap[0]->when - strand_now();
     if (timeout < 0) timeout = 0;
+    /* a far deadline (sleep(1e300), a timeout of years): wait in bounded slices, since the
+     * pollers' timespec (time_t) and millisecond (int) conversions overflow past it */
+    if (timeout > LOOP_MAX_WAIT) timeout = LOOP_MAX_WAIT;
   } else if (loop->nio_waits == 0) {
     lua_pushfstring(L, "strand: deadlock: nothing can wake the %s (%d task(s) wait forever)",
                     loop->main.waiting ? "main program's wait" : "waiting tasks",

@@ -376,7 +376,7 @@ static int f_opendir(lua_State *L) {
 static void rfile_release(rfile *r) {
   if (r->hd && !r->h.dead) (void)libssh2_sftp_close_handle(r->hd);
   r->hd = NULL;
-  if (!r->h.dead) ssh_child_unlink(&r->h);
+  ssh_child_unlink(&r->h);   /* also a dead one: a failed open leaves its child linked */
   r->h.dead = 1;
   free(r->buf);
   r->buf = NULL;
@@ -647,7 +647,7 @@ static int sftp_gc(lua_State *L) {
   ssh_lock_close(&f->lock);
   if (f->sftp && !f->h.dead) (void)libssh2_sftp_shutdown(f->sftp);
   f->sftp = NULL;
-  if (!f->h.dead) ssh_child_unlink(&f->h);
+  ssh_child_unlink(&f->h);   /* also a dead one: a failed init leaves its child linked */
   f->h.dead = 1;
   return 0;
 }

@@ -597,7 +597,28 @@ static int l_pair(lua_State *L) {
   return 2;
 }
 
-/* Remove a stale UNIX socket file (never anything else): true | nil, msg, code. */
+/* Whether a socket at path is served: a stream connect is refused only when nobody is bound there
+ * (a live datagram socket answers EPROTOTYPE, a live listener accepts or has a full backlog). 0: stale
+ * (or gone), 1: live, -errno: cannot tell. */
+static int socket_file_live(const char *path) {
+  struct sockaddr_un a;
+  size_t len = strlen(path);
+  if (len >= sizeof a.sun_path) return -ENAMETOOLONG;
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  memcpy(a.sun_path, path, len);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+  int err = rc == 0 ? 0 : errno;
+  close(fd);
+  if (rc == 0 || err == EAGAIN || err == EINPROGRESS || err == EPROTOTYPE || err == EINTR) return 1;
+  if (err == ECONNREFUSED || err == ENOENT) return 0;
+  return -err;
+}
+
+/* Remove a stale UNIX socket file (never anything else, never one a live socket is bound to):
+ * true | nil, msg, code ("address already in use" when live). */
 static int l_unlink_socket(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   struct stat st;
@@ -606,6 +627,9 @@ static int l_unlink_socket(lua_State *L) {
     return 1;
   }
   if (!S_ISSOCK(st.st_mode)) return strand_fail(L, EEXIST);
+  int live = socket_file_live(path);
+  if (live == 1) return strand_fail(L, EADDRINUSE);
+  if (live < 0) return strand_fail(L, -live);
   if (unlink(path) != 0 && errno != ENOENT) return strand_fail(L, errno);
   lua_pushboolean(L, 1);
   return 1;

@@ -485,7 +485,8 @@ static int send_k(lua_State *L, int status, lua_KContext ctx) {
   for (;;) {
     if (outcome == STRAND_CLOSED || s->io.fd < 0) return strand_fail_msg(L, "closed", "ECLOSED");
     if (outcome == STRAND_TIMEOUT) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
-    if (len == 0) { lua_pushinteger(L, 0); return 1; }
+    /* nothing to send on a stream; on a datagram socket an empty datagram is a message */
+    if (len == 0 && s->type != SOCK_DGRAM) { lua_pushinteger(L, 0); return 1; }
     if (can_write(s)) {
       ssize_t r = send(s->io.fd, p, len, MSG_NOSIGNAL);
       if (r >= 0) {

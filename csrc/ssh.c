@@ -23,6 +23,7 @@ static void init_libssh2(void) { init_rc = libssh2_init(0); }
 
 static ssize_t cb_send(libssh2_socket_t fd, const void *buf, size_t len, int flags, void **abstract) {
   ssh_sess *S = *abstract;
+  if (ssh_forked(S)) { S->error = EPIPE; return -EPIPE; }   /* the parent's stream: never ours */
   for (;;) {
     ssize_t n = send(fd, buf, len, flags | MSG_NOSIGNAL);
     if (n >= 0) { S->progress += (unsigned long)n + 1; return n; }
@@ -35,6 +36,7 @@ static ssize_t cb_send(libssh2_socket_t fd, const void *buf, size_t len, int fla
 
 static ssize_t cb_recv(libssh2_socket_t fd, void *buf, size_t len, int flags, void **abstract) {
   ssh_sess *S = *abstract;
+  if (ssh_forked(S)) { S->error = EPIPE; S->progress++; return -EPIPE; }
   for (;;) {
     ssize_t n = recv(fd, buf, len, flags);
     if (n > 0) {
@@ -59,6 +61,8 @@ static ssize_t cb_recv(libssh2_socket_t fd, void *buf, size_t len, int flags, vo
 
 /* {==== children and the cooperative call */
 
+/* Idempotent: a child not (or no longer) in the list has prev == next == NULL and is not the head.
+ * A child whose open failed stays linked (dead) until its __gc: that must unlink it. */
 void ssh_child_unlink(ssh_child *c) {
   ssh_sess *S = c->S;
   if (S->s) ssh_kick(S);
@@ -93,6 +97,10 @@ void *ssh_child_new(lua_State *L, size_t sz, int sidx, int kind, const char *met
 
 void *ssh_check(lua_State *L, int idx, const char *meta) {
   ssh_child *c = luaL_checkudata(L, idx, meta);
+  if (c->S->s != NULL && ssh_forked(c->S))
+    luaL_error(L, "attempt to use an ssh %s of the parent process in a forked child (its connection "
+               "is the parent's: connect again in the child)", strcmp(meta, SSH_FILE_META) == 0
+               ? "sftp file" : meta + sizeof "strand.ssh." - 1);
   if (c->dead || c->S->s == NULL)
     luaL_error(L, "attempt to use a closed %s", strcmp(meta, SSH_FILE_META) == 0 ? "sftp file"
                : meta + sizeof "strand.ssh." - 1);
@@ -266,7 +274,9 @@ static void sess_free(ssh_sess *S) {
     if (S->io.fd >= 0) { close(S->io.fd); S->io.fd = -1; }
     return;
   }
-  if (S->io.fd >= 0) (void)shutdown(S->io.fd, SHUT_RDWR);
+  /* no send can block or linger: shut the socket down (in a forked child the connection is the
+   * parent's: the transport callbacks refuse every send and receive there instead) */
+  if (S->io.fd >= 0 && !ssh_forked(S)) (void)shutdown(S->io.fd, SHUT_RDWR);
   for (ssh_child *c = S->children; c; c = c->next) {
     if (c->kind == SSH_K_SFTP) {
       /* the sftp struct is not freed by libssh2_session_free: shut it down (fails fast now) */
@@ -317,6 +327,7 @@ static int l_session(lua_State *L) {
   S->self.S = S;
   S->self.kind = -1;
   S->self.lock = &S->lock;
+  S->pid = getpid();
   strand_io_init(&S->io, -1);
   S->timeout = timeout;
   luaL_setmetatable(L, SSH_SESSION_META);
@@ -658,7 +669,7 @@ static int disconnect_step(lua_State *L, ssh_sess *S) {
  * layer's close() calls s:_free() after s:_bye(). */
 static int m_bye(lua_State *L) {
   ssh_sess *S = luaL_checkudata(L, 1, SSH_SESSION_META);
-  if (S->s == NULL) { lua_pushboolean(L, 1); return 1; }
+  if (S->s == NULL || ssh_forked(S)) { lua_pushboolean(L, 1); return 1; }   /* child: no goodbye */
   lua_settop(L, 1);
   lua_pushnumber(L, strand_now() + 1.0);
   return ssh_call(L, disconnect_step);
@@ -680,7 +691,7 @@ static int close_children_step(lua_State *L, ssh_sess *S) {
 /* s:_close_children() -> true (bounded: 1 s) */
 static int m_close_children(lua_State *L) {
   ssh_sess *S = luaL_checkudata(L, 1, SSH_SESSION_META);
-  if (S->s == NULL) { lua_pushboolean(L, 1); return 1; }
+  if (S->s == NULL || ssh_forked(S)) { lua_pushboolean(L, 1); return 1; }
   lua_settop(L, 1);
   lua_pushnumber(L, strand_now() + 1.0);
   return ssh_call(L, close_children_step);

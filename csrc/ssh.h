@@ -7,6 +7,7 @@
 
 #include <libssh2.h>
 #include <libssh2_sftp.h>
+#include <unistd.h>
 
 #define SSH_SESSION_META "strand.ssh.session"
 #define SSH_CHANNEL_META "strand.ssh.channel"
@@ -49,7 +50,12 @@ struct ssh_sess {
   int error;                      /* last transport errno seen by the callbacks */
   ssh_child *children;            /* open channels, listeners, sftp sessions and files */
   ssh_lock lock;                  /* session-level libssh2 state machines */
+  pid_t pid;                      /* the process that made it: a forked child never touches the
+                                   * connection it shares with its parent (ssh_forked) */
 };
+
+/* S was made by another process (this is a forked child): its connection is the parent's. */
+#define ssh_forked(S) ((S)->pid != getpid())
 
 /* A step makes one attempt at a libssh2 operation. It returns the number of results it pushed
  * (done, success or failure), or SSH_AGAIN (it got LIBSSH2_ERROR_EAGAIN and left the stack as it

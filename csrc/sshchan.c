@@ -411,7 +411,7 @@ static int c_wait(lua_State *L) {
 static void chan_release(chan *c) {
   if (c->ch && !c->h.dead) (void)libssh2_channel_free(c->ch);
   c->ch = NULL;
-  if (!c->h.dead) ssh_child_unlink(&c->h);
+  ssh_child_unlink(&c->h);   /* also a dead one: a failed open leaves its child linked */
   c->h.dead = 1;
 }
 
@@ -497,7 +497,7 @@ static int l_close(lua_State *L) {
 static int l_gc(lua_State *L) {
   listener *x = luaL_checkudata(L, 1, SSH_LISTENER_META);
   /* the forward is cancelled by libssh2_session_free; only unlink here */
-  if (!x->h.dead) ssh_child_unlink(&x->h);
+  ssh_child_unlink(&x->h);   /* also a dead one: a failed listen leaves its child linked */
   x->h.dead = 1;
   return 0;
 }

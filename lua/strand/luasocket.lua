@@ -164,6 +164,7 @@ end
 
 local function settimeout(o, v, mode, fname)
   local t = optnumber(v, 2, fname, -1)
+  if t ~= t then t = -1 end    -- NaN: no limit (LuaSocket's poll gets a negative timeout from it)
   mode = optstring(mode, 3, fname, "b")
   local m = sub(mode, 1, 1)
   if m == "b" then o.block = t
@@ -799,7 +800,7 @@ end
 
 function C.sleep(n)
   n = checknumber(n, 1, "sleep")
-  if n < 0 then n = 0 end
+  if not (n > 0) then n = 0 end   -- negative or NaN: returns at once, as LuaSocket's
   strand.sleep(n)
 end
 

@@ -64,6 +64,16 @@ local function new_state(handler, opts, sem, kind, mode)
            grace = DEFAULT_GRACE }
 end
 
+-- Every message goes through st.log (the user's log=, or stderr). A log function that raises must
+-- not skip what follows it (a handler's slot, its count): its error goes to stderr with the message.
+local function log(st, msg)
+  local ok, err = pcall(st.log, msg)
+  if not ok then
+    default_log(msg)
+    default_log("strand.server: the log function failed: " .. tostring(err))
+  end
+end
+
 local function peer_string(host, port)
   if port == nil then return tostring(host or "?") end
   return ("%s:%s"):format(host, port)
@@ -71,7 +81,7 @@ end
 
 local function report(st, err, host, port)
   if strand.is_cancelled(err) then return end
-  st.log(("strand.server: handler failed (peer %s): %s"):format(peer_string(host, port), tostring(err)))
+  log(st, ("strand.server: handler failed (peer %s): %s"):format(peer_string(host, port), tostring(err)))
 end
 
 -- Wait for a free slot under max_connections; false once the server is stopping.
@@ -154,7 +164,7 @@ local function run_forked(st, lsock, conn, ...)
   local ok, err = p:start()
   if conn and conn.close then conn:close() end  -- the child has its own copy
   if not ok then
-    st.log("strand.server: fork failed: " .. tostring(err))
+    log(st, "strand.server: fork failed: " .. tostring(err))
   else
     local jok, jerr = pcall(p.join, p)
     if not jok then                                -- cancelled by shutdown: the child goes too
@@ -174,7 +184,7 @@ local function accept_loop(st, lsock)
     if not conn then
       give_slot(st)
       if st.stopping or host == "closed" then break end
-      st.log("strand.server: accept failed: " .. tostring(host))   -- EMFILE: accept pauses itself
+      log(st, "strand.server: accept failed: " .. tostring(host))   -- EMFILE: accept pauses itself
     else
       st.served = st.served + 1
       if st.fork then track(st, strand.spawn(run_forked, st, lsock, conn, host, port))
@@ -198,7 +208,7 @@ local function datagram_loop(st, sock)
     if not data then
       give_slot(st)
       if st.stopping or host == "closed" then break end
-      st.log("strand.server: recvfrom failed: " .. tostring(host))
+      log(st, "strand.server: recvfrom failed: " .. tostring(host))
     else
       st.served = st.served + 1
       if st.fork then track(st, strand.spawn(run_forked, st, sock, data, host, port, sock))
@@ -224,7 +234,7 @@ end
 local function serve_loop(st, sock, kind)
   local loop = strand.spawn(kind == "stream" and accept_loop or datagram_loop, st, sock)
   local ok, err = loop:join()
-  if ok == false then st.log("strand.server: serving loop failed: " .. tostring(err)) end
+  if ok == false then log(st, "strand.server: serving loop failed: " .. tostring(err)) end
   sock:close()
   drain(st, st.grace)
   return st.served
@@ -282,7 +292,14 @@ local function check_opts(opts, fname, need)
     if v ~= nil and (math.type(v) ~= "integer" or v < 1) then bad(k .. " must be an integer >= 1") end
   end
   local it = opts.idle_timeout
-  if it ~= nil and (type(it) ~= "number" or it <= 0) then bad("idle_timeout must be a number > 0") end
+  if it ~= nil and (type(it) ~= "number" or not (it > 0)) then bad("idle_timeout must be a number > 0") end
+  if opts.host ~= nil and type(opts.host) ~= "string" then bad("host must be a string") end
+  local bl = opts.backlog
+  if bl ~= nil and (math.type(bl) ~= "integer" or bl < 0 or bl > 65535) then
+    bad("backlog must be an integer 0..65535")
+  end
+  local fam = opts.family
+  if fam ~= nil and fam ~= "inet" and fam ~= "inet6" then bad('family must be "inet" or "inet6"') end
   if opts.log ~= nil and type(opts.log) ~= "function" then bad("log must be a function") end
   if need == "path" and type(opts.path) ~= "string" then bad("path must be a string") end
   if need == "port" and opts.port ~= nil and math.type(opts.port) ~= "integer"
@@ -373,7 +390,7 @@ local function watch_signals(srv)
   local t = strand.spawn(function()
     local b = sig:recv(1)
     if b then
-      srv.st.log(("strand.server: signal %d, shutting down"):format(b:byte()))
+      log(srv.st, ("strand.server: signal %d, shutting down"):format(b:byte()))
       srv:shutdown(srv.grace)
     end
   end)
@@ -402,10 +419,10 @@ function Server:serve_forever()
       self:_serve_threads()
     end
   end)
-  if unwatch then unwatch() end
   self:_cleanup()
   self.serving = false
-  self.stopped:set()
+  self.stopped:set()     -- first: a signal's shutdown() waits for it, and unwatch joins that task
+  if unwatch then unwatch() end
   if not ok then error(err, 0) end
   return true
 end
@@ -434,7 +451,7 @@ function Server:_serve_threads()
                           readyq) }
       local ok, err = p:start()
       if not ok then
-        self.st.log("strand.server: fork failed: " .. tostring(err))
+        log(self.st, "strand.server: fork failed: " .. tostring(err))
       else
         threads[#threads + 1] = p
       end
@@ -457,12 +474,13 @@ function Server:_serve_threads()
   for _, t in ipairs(threads) do
     local ok, n = t:join()
     if ok then served = served + (n or 0)
-    else self.st.log("strand.server: worker thread failed: " .. tostring(n)) end
+    else log(self.st, "strand.server: worker thread failed: " .. tostring(n)) end
   end
   self.st.served = served
 end
 
 function Server:_cleanup()
+  self.closed = true                   -- its socket is gone: serve_forever raises from now on
   if self.sock then self.sock:close() end
   if self.path and not self.unlinked then
     self.unlinked = true
@@ -473,7 +491,7 @@ end
 --- srv:shutdown([grace]) -> true. Stops accepting, lets handlers finish for up to grace seconds,
 --- cancels the rest; returns once serve_forever has returned (at once from a handler).
 function Server:shutdown(grace)
-  if grace ~= nil and (type(grace) ~= "number" or grace < 0) then
+  if grace ~= nil and (type(grace) ~= "number" or not (grace >= 0)) then   -- NaN too
     error("bad argument #1 to 'shutdown' (grace must be a number >= 0)", 2)
   end
   if grace ~= nil then self.grace = grace end

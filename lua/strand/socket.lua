@@ -112,7 +112,7 @@ function M.connect(host, port, opts)
   opts = check_opts(opts, "connect")
   check_family(opts, "connect")
   local timeout = opts.timeout
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then   -- NaN too
     error("bad argument #3 to 'connect' (timeout must be a number >= 0)", 2)
   end
   local deadline = timeout and now() + timeout

@@ -36,6 +36,8 @@ local now, spawn = core.now, core.spawn
 local Session = C.session_meta.methods
 local Channel = debug.getregistry()["strand.ssh.channel"].methods
 local extra = setmetatable({}, { __mode = "k" })   -- session -> Lua-side state
+-- a channel released at once, without the close handshake (its __gc: sshchan.c chan_release)
+local release_channel = debug.getregistry()["strand.ssh.channel"].__gc
 
 local function remaining(deadline)
   if deadline == nil then return nil end
@@ -49,6 +51,14 @@ local function check_opts(opts, arg, fname)
     error(("bad argument #%d to '%s' (table expected, got %s)"):format(arg, fname, type(opts)), 3)
   end
   return opts
+end
+
+-- A timeout argument or option: nil, or a number >= 0 (NaN refused).
+local function check_timeout(t, arg, fname, level)
+  if t ~= nil and (type(t) ~= "number" or not (t >= 0)) then
+    error(("bad argument #%d to '%s' (timeout must be a number >= 0)"):format(arg, fname), (level or 2) + 1)
+  end
+  return t
 end
 
 local function home() return os.getenv("HOME") or "/" end
@@ -200,6 +210,11 @@ local function is_encrypted_key(path)
   if priv:find("ENCRYPTED", 1, true) then return true end
   local body = priv:match("BEGIN OPENSSH PRIVATE KEY%-%-%-%-%-(.-)%-%-%-%-%-END")
   return body ~= nil and b64decode(body):sub(1, 64):find("bcrypt", 1, true) ~= nil
+end
+
+-- A to-be-closed value that calls fn when its scope is left by an error (a cancellation included).
+local function on_error(fn)
+  return setmetatable({}, { __close = function(_, e) if e ~= nil then fn() end end })
 end
 
 local function fail(s, msg, code)
@@ -358,8 +373,14 @@ local function check_connect_opts(o, level)
   if hk ~= nil and type(hk) ~= "function" and hk ~= "strict" and hk ~= "accept-new" and hk ~= "ignore" then
     bad("host_key must be \"strict\", \"accept-new\", \"ignore\" or a function")
   end
-  if o.timeout ~= nil and (type(o.timeout) ~= "number" or o.timeout < 0) then
+  if o.timeout ~= nil and (type(o.timeout) ~= "number" or not (o.timeout >= 0)) then   -- NaN too
     bad("timeout must be a number >= 0")
+  end
+  if type(o.port) == "number" and (math.type(o.port) ~= "integer" or o.port < 1 or o.port > 65535) then
+    bad("port must be an integer 1..65535")
+  end
+  if o.keepalive ~= nil and o.keepalive ~= false and (type(o.keepalive) ~= "number" or not (o.keepalive > 0)) then
+    bad("keepalive must be a number > 0 (seconds)")
   end
   if o.sock ~= nil and type(o.sock) ~= "userdata" and type(o.sock) ~= "table" then
     bad("sock must be a strand stream")
@@ -412,6 +433,7 @@ local connect_via
 -- (closing it closes the chain). A failure names the hop: "proxy jump NAME: ...".
 local function connect_hops(hops, deadline)
   local prev
+  local _ <close> = on_error(function() if prev then pcall(prev.close, prev) end end)
   for _, hop in ipairs(hops) do
     local ho = hop.opts
     if deadline then ho.timeout = remaining(deadline) end
@@ -449,6 +471,14 @@ function connect_via(o, via)
   local host, port, user, keys, cfg = resolve(o)
   local deadline = o.timeout and now() + o.timeout
   local sock, relays, jump = o.sock, nil, via
+  -- connect ended by an error (a host_key function that raised) or a cancellation (strand.timeout
+  -- around connect): the half-made session, its descriptor and the jump sessions go now, not
+  -- when collected
+  local made = {}
+  local _ <close> = on_error(function()
+    if made.s then made.s:_free() end
+    if jump then pcall(jump.close, jump) end
+  end)
   local pj = o.proxyjump
   if pj == nil then pj = cfg.proxyjump end
   if type(pj) == "string" and (pj:lower() == "none" or pj == "") then pj = nil end
@@ -481,6 +511,7 @@ function connect_via(o, via)
     if jump then jump:close() end
     return nil, err, code
   end
+  made.s = s
   local ex = { jump = jump, relays = relays, host = host, port = port }
   extra[s] = ex
   local ok
@@ -494,7 +525,9 @@ function connect_via(o, via)
   if not ok then if jump then jump:close() end return fail(s, err, code) end
   ok, err, code = authenticate(s, o, user, keys, deadline)
   if not ok then if jump then jump:close() end return fail(s, err, code) end
-  if o.keepalive then ex.keepalive = start_keepalive(s, math.max(1, math.floor(o.keepalive))) end
+  if o.keepalive then   -- whole seconds, 1 .. 2^31-1 (libssh2 takes an unsigned int)
+    ex.keepalive = start_keepalive(s, math.min(math.max(1, math.floor(o.keepalive)), 0x7fffffff))
+  end
   s:settimeout(nil)
   return s
 end
@@ -516,6 +549,24 @@ function Session:close()
   end
   if ex and ex.jump then ex.jump:close(); ex.jump = nil end
   return true
+end
+
+-- The options exec, run and shell share: raise naming fname when one has the wrong type.
+local function check_channel_opts(opts, fname)
+  check_timeout(opts.timeout, 2, fname, 3)
+  if opts.env ~= nil and type(opts.env) ~= "table" then
+    error(("bad argument #2 to '%s' (env must be a table)"):format(fname), 3)
+  end
+  local p = type(opts.pty) == "table" and opts.pty or opts
+  for _, k in ipairs { "cols", "rows" } do
+    local v = p[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v < 1) then
+      error(("bad argument #2 to '%s' (%s must be an integer >= 1)"):format(fname, k), 3)
+    end
+  end
+  if p.term ~= nil and type(p.term) ~= "string" then
+    error(("bad argument #2 to '%s' (term must be a string)"):format(fname), 3)
+  end
 end
 
 local function open_channel(s, opts, deadline)
@@ -544,6 +595,7 @@ end
 function Session:exec(cmd, opts)
   if type(cmd) ~= "string" then error("bad argument #1 to 'exec' (string expected, got " .. type(cmd) .. ")", 2) end
   opts = check_opts(opts, 2, "exec")
+  check_channel_opts(opts, "exec")
   local deadline = opts.timeout and now() + opts.timeout
   local ch, err, code = open_channel(self, opts, deadline)
   if not ch then return nil, err, code end
@@ -556,6 +608,7 @@ end
 function Session:run(cmd, opts)
   if type(cmd) ~= "string" then error("bad argument #1 to 'run' (string expected, got " .. type(cmd) .. ")", 2) end
   opts = check_opts(opts, 2, "run")
+  check_channel_opts(opts, "run")
   if opts.stdin ~= nil and type(opts.stdin) ~= "string" then
     error("bad argument #2 to 'run' (stdin must be a string)", 2)
   end
@@ -563,6 +616,12 @@ function Session:run(cmd, opts)
   local ch, err, code = self:exec(cmd, { env = opts.env, pty = opts.pty, timeout = opts.timeout })
   if not ch then return nil, err, code end
   local writer
+  -- however run ends (cancelled or killed mid-way included): no stdin writer task left blocked on
+  -- a full window, no channel left open until the collector or the session's close finds it
+  local _ <close> = setmetatable({}, { __close = function()
+    if writer then writer:cancel() end
+    if not ch:closed() then release_channel(ch) end   -- at once: no wait in a cancelled task
+  end })
   if opts.stdin then
     writer = spawn(function()
       local ok, e = ch:write(opts.stdin, remaining(deadline))
@@ -594,6 +653,7 @@ end
 --- s:shell{term=, cols=, rows=} -> channel with a pty running the login shell
 function Session:shell(opts)
   opts = check_opts(opts, 1, "shell")
+  check_channel_opts(opts, "shell")
   local deadline = opts.timeout and now() + opts.timeout
   local ch, err, code = open_channel(self, { pty = true, term = opts.term, cols = opts.cols,
     rows = opts.rows, env = opts.env }, deadline)
@@ -609,15 +669,29 @@ function Session:listen(port, host)
   return self:_listen(host or "127.0.0.1", port)
 end
 
+-- A to-be-closed guard for a transfer: when it ends by an error or a cancellation, closes the local
+-- files and channels it holds at once and the remote (SFTP) files cooperatively; on the normal
+-- path (err nil) they were closed already. t: a table the transfer fills as it opens things.
+local function unwind_guard(t)
+  return setmetatable(t, { __close = function(held, err)
+    if err == nil then return end
+    if held.lf then pcall(held.lf.close, held.lf) end
+    if held.ch and not held.ch:closed() then release_channel(held.ch) end
+    if held.rf then pcall(held.rf.close, held.rf) end
+  end })
+end
+
 --- s:scp_get(remote, localpath) -> bytes
 function Session:scp_get(remote, localpath)
   if type(remote) ~= "string" then error("bad argument #1 to 'scp_get' (string expected)", 2) end
   if type(localpath) ~= "string" then error("bad argument #2 to 'scp_get' (string expected)", 2) end
   local ch, size_or_err, code = self:_scp_recv(remote)
   if not ch then return nil, size_or_err, code end
+  local held <close> = unwind_guard { ch = ch }
   local size = size_or_err
   local f, ferr = io.open(localpath, "wb")
   if not f then ch:close(); return nil, ferr end
+  held.lf = f
   local got = 0
   while got < size do
     local data, e, c = ch:read(math.min(65536, size - got))
@@ -634,15 +708,26 @@ end
 function Session:scp_put(localpath, remote, mode)
   if type(localpath) ~= "string" then error("bad argument #1 to 'scp_put' (string expected)", 2) end
   if type(remote) ~= "string" then error("bad argument #2 to 'scp_put' (string expected)", 2) end
+  if mode ~= nil and math.type(mode) ~= "integer" then error("bad argument #3 to 'scp_put' (integer expected)", 2) end
   local f, ferr = io.open(localpath, "rb")
   if not f then return nil, ferr end
+  local probe, rerr, rno = f:read(0)   -- a directory opens, then every read fails (EISDIR)
+  if probe == nil and rerr then
+    f:close()
+    return nil, localpath .. ": " .. rerr, rno == 21 and "EISDIR" or "EIO"
+  end
   local size = f:seek("end")
   f:seek("set", 0)
+  local held <close> = unwind_guard { lf = f }
   local ch, err, code = self:_scp_send(remote, mode or 420, size)
   if not ch then f:close(); return nil, err, code end
+  held.ch = ch
   while true do
-    local data = f:read(65536)
-    if not data then break end
+    local data, rerr = f:read(65536)
+    if not data then
+      if rerr then f:close(); ch:close(); return nil, localpath .. ": " .. rerr, "EIO" end
+      break
+    end
     local ok, e, c = ch:write(data)
     if not ok then f:close(); ch:close(); return nil, e, c end
   end
@@ -658,6 +743,16 @@ end
 
 -- {==== channel methods written in Lua
 
+-- ch:close() closes cooperatively, bounded to 2 s; a channel the server does not close in time (its
+-- process still runs) or whose session was lost is then released anyway (libssh2 frees it with the
+-- session): close always ends with the channel closed, as documented.
+local raw_close = Channel.close
+function Channel:close()
+  local ok = raw_close(self)
+  if not ok then release_channel(self) end
+  return true
+end
+
 Channel.recv = Channel.read
 Channel.send = Channel.write
 Channel.sendall = Channel.write
@@ -668,6 +763,7 @@ local pending = setmetatable({}, { __mode = "k" })   -- channel -> bytes read bu
 --- | nil, "timeout" (what arrived stays buffered) | nil, "closed"
 function Channel:expect(pattern, timeout)
   if type(pattern) ~= "string" then error("bad argument #1 to 'expect' (string expected)", 2) end
+  check_timeout(timeout, 2, "expect")
   local deadline = timeout and now() + timeout
   local buf = pending[self] or ""
   while true do
@@ -739,6 +835,7 @@ function Sftp:get(remote, localpath, opts)
   opts = check_transfer("get", remote, localpath, opts)
   local f, err, code = self:open(remote, "r")
   if not f then return nil, err, code end
+  local held <close> = unwind_guard { rf = f }
   local st, e2, c2 = f:stat()
   if not st then f:close(); return nil, e2, c2 end
   local total, offset = st.size, 0
@@ -752,6 +849,7 @@ function Sftp:get(remote, localpath, opts)
   end
   local lf, lerr = io.open(localpath, offset > 0 and "ab" or "wb")
   if not lf then f:close(); return nil, lerr, "EIO" end
+  held.lf = lf
   f:_seekto(offset)
   local done = offset
   report(opts, done, total, f, lf)
@@ -774,6 +872,7 @@ function Sftp:put(localpath, remote, opts)
   opts = check_transfer("put", localpath, remote, opts)
   local lf, lerr = io.open(localpath, "rb")
   if not lf then return nil, lerr, "ENOENT" end
+  local held <close> = unwind_guard { lf = lf }
   local total = lf:seek("end")
   local offset = 0
   if opts.resume then
@@ -783,6 +882,7 @@ function Sftp:put(localpath, remote, opts)
   end
   local f, err, code = self:open(remote, offset > 0 and "r+" or "w", opts.mode or 420)
   if not f then lf:close(); return nil, err, code end
+  held.rf = f
   lf:seek("set", offset)
   f:_seekto(offset)
   local done = offset
@@ -858,26 +958,42 @@ end
 local TOKEN = { __close = function(t) t.o:_unlock() end }
 local tokens = setmetatable({}, { __mode = "k" })
 
-local function locked(fn)
+-- fn's own argument errors ("bad argument #3 to 'fn'": called as a plain function, self counts)
+-- are raised again as the method's ("bad argument #2 to 'open'"), at the caller's position.
+local function method_error(name, ok, ...)
+  if ok then return ... end
+  local e = ...
+  if type(e) == "string" then
+    local n, rest = e:match("^.-bad argument #(%d+) to '[^']*' (.*)$")
+    if n then
+      n = tonumber(n) - 1
+      if n == 0 then error(("calling '%s' on bad self %s"):format(name, rest), 3) end
+      error(("bad argument #%d to '%s' %s"):format(n, name, rest), 3)
+    end
+  end
+  error(e, 0)
+end
+
+local function locked(fn, name)
   return function(self, ...)
     local ok, err, code = self:_lock()
     if not ok then return nil, err, code end
     local t = tokens[self]
     if t == nil then t = setmetatable({ o = self }, TOKEN); tokens[self] = t end
     local held <close> = t
-    return fn(self, ...)
+    return method_error(name, pcall(fn, self, ...))
   end
 end
 
 for _, name in ipairs { "_channel", "forward", "_scp_recv", "_scp_send", "_listen", "sftp" } do
-  Session[name] = locked(Session[name])
+  Session[name] = locked(Session[name], name)
 end
 for _, name in ipairs { "open", "_opendir", "stat", "lstat", "chmod", "mkdir", "rmdir", "remove",
                         "rename", "_symlink", "readlink", "realpath", "close" } do
-  Sftp[name] = locked(Sftp[name])
+  Sftp[name] = locked(Sftp[name], name)
 end
 for _, name in ipairs { "_read", "write", "stat", "_seekto", "_tell", "_readdir", "_pull", "_push", "close" } do
-  File[name] = locked(File[name])
+  File[name] = locked(File[name], name)
 end
 
 -- }====
