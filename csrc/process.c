@@ -108,7 +108,10 @@ static int ph_wait_k(lua_State *L, int status, lua_KContext ctx) {
   phandle *h = ph_check(L);
   double deadline = lua_tonumber(L, 2);
   for (;; ctx = 0) {
-    int r = ctx && h->io.fd >= 0 && !h->reaped ? 0 : ph_reap(h, 0);
+    /* A handle inherited through a fork always looks first: its process is not this one's
+     * child (waitpid says ECHILD at once), and its pidfd turns readable only when that process
+     * ends, which may wait for what this process was about to do. */
+    int r = ctx && h->io.fd >= 0 && !h->reaped && h->gen == forked.gen ? 0 : ph_reap(h, 0);
     if (r < 0) return strand_fail(L, errno);
     if (r == 1) {
       lua_pushinteger(L, exitcode_of(h->status));
