@@ -81,6 +81,7 @@ typedef struct ur {
   struct io_uring_buf_ring *br[NGRP_MAX];   /* br[0] NULL until a socket first reads this way */
   unsigned short br_tail[NGRP_MAX];
   int gfree[NGRP_MAX];           /* per group: buffers the kernel may still pick */
+  int garmed[NGRP_MAX];          /* per group: recvs in flight that take from it */
   int ngrp, nbuf;                /* groups registered, ngrp * NBUF */
   int nfast;                     /* live slots on the fast path (the pool grows with them) */
   int nogrow;                    /* a group could not be added: stay at ngrp */
@@ -110,15 +111,16 @@ static void *ur_init(strand_loop *loop) {
   u->free_head = -1;
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
+  /* COOP_TASKRUN (5.19, as provided-buffer rings): without it every completion interrupts the
+   * thread (docs/uring.md run 1: 1.3-1.6x the epoll floor's CPU), so a kernel that refuses it
+   * gets epoll (the loop falls back) */
   p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN;
+  const char *df = getenv("STRAND_URING_DEFER");   /* experiment: SINGLE_ISSUER | DEFER_TASKRUN */
+  if (df != NULL && *df != 0 && *df != '0') p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
   p.cq_entries = CQ_N;
   if (refuse_setup()) { free(u); errno = EPERM; return NULL; }   /* as a seccomp/sysctl refusal */
   u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
-  if (u->fd < 0 && errno == EINVAL) {           /* before 5.19: no COOP_TASKRUN */
-    p.flags &= ~(unsigned)IORING_SETUP_COOP_TASKRUN;
-    u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
-  }
-  if (u->fd < 0) { int e = errno; free(u); errno = e; return NULL; }
+  if (u->fd < 0) { int e = errno; free(u); errno = e == EINVAL ? ENOSYS : e; return NULL; }
   if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP) ||
       !(p.features & IORING_FEAT_EXT_ARG)) {
     close(u->fd); free(u); errno = ENOSYS; return NULL;
@@ -310,10 +312,14 @@ static void fast_add(ur *u, uslot *s) {
     if (grp_add(u) != 0) u->nogrow = 1;
 }
 
-/* The group a new recv takes from: the one with the most free buffers. */
+/* The group a new recv takes from: the one fewest recvs take from (a multishot stays armed for
+ * many messages, so its group is its share of the pool for a while), then the one with the most
+ * free buffers. */
 static int grp_pick(const ur *u) {
   int best = 0;
-  for (int g = 1; g < u->ngrp; g++) if (u->gfree[g] > u->gfree[best]) best = g;
+  for (int g = 1; g < u->ngrp; g++)
+    if (u->garmed[g] < u->garmed[best] || (u->garmed[g] == u->garmed[best] && u->gfree[g] > u->gfree[best]))
+      best = g;
   return best;
 }
 
@@ -335,6 +341,7 @@ static void arm_recv(ur *u, int i) {
   e->flags = IOSQE_BUFFER_SELECT;
   int g = grp_pick(u);
   u->slots[i].grp = (unsigned char)g;
+  u->garmed[g]++;
   e->buf_group = (unsigned short)(BGID + g);
   e->ioprio = IORING_RECV_MULTISHOT;
   if (u->nolimit) e->ioprio = 0;               /* single-shot: at most one buffer */
@@ -423,7 +430,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
       break;
     }
     case OP_RECV:
-      if (!more) s->recv_armed = s->rcancel = 0;
+      if (!more) { s->recv_armed = s->rcancel = 0; u->garmed[s->grp]--; }
       if (res == -EINVAL && !u->limit_ok && !u->nolimit) {   /* no byte limit on this kernel */
         u->nolimit = 1;
         if (io != NULL && !s->recv_armed) arm_recv(u, i);

@@ -476,6 +476,21 @@ describe("io_uring fallback and close", function()
     assert.is_truthy(out == "backend uring\n" or out == "backend epoll\n", out)   -- a kernel may refuse
   end)
 
+  it("no poller named: the default (io_uring where the kernel allows it); STRAND_POLLER still forces", function()
+    -- the default is uring or epoll (loop.c STRAND_DEFAULT_POLLER); refused, it is epoll, silently
+    local out, ok = H.lua(child, "STRAND_POLLER= STRAND_URING_REFUSE=1")
+    assert.is_true(ok, out)
+    assert.equal("backend epoll\n", out)
+    out, ok = H.lua(child, "STRAND_POLLER=")
+    assert.is_true(ok, out)
+    assert.is_truthy(out == "backend uring\n" or out == "backend epoll\n", out)
+    for _, name in ipairs { "epoll", "poll" } do
+      out, ok = H.lua(child, "STRAND_POLLER=" .. name)
+      assert.is_true(ok, out)
+      assert.equal("backend " .. name .. "\n", out)
+    end
+  end)
+
   it("the state closes with a sendall and a recv in flight: a clean exit", function()
     local out, ok = H.lua(child, "STRAND_POLLER=uring INFLIGHT=1")
     assert.is_true(ok, out)
