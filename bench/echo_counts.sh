@@ -7,14 +7,15 @@
 # (No kernel instruction counts: this VM has no PMU; perf's instructions:k is "not supported".)
 # usage: sh bench/echo_counts.sh [BUILD_DIR]
 #   env: CONNS="1000 10000", POLLERS="epoll uring" (uring-d: STRAND_URING_DEFER=1), T1=5000,
-#        T2=25000, CALLGRIND=1 (0: syscalls only)
+#        T2=25000 (callgrind), S1=10000 S2=100000 (syscalls: the uring count is a few per
+#        thousand round trips, so the runs are longer), CALLGRIND=1 (0: syscalls only)
 set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build}
 . bench/lib.sh
 CONNS=${CONNS:-"1000 10000"}
 POLLERS=${POLLERS:-"epoll uring"}
-T1=${T1:-5000}; T2=${T2:-25000}
+T1=${T1:-5000}; T2=${T2:-25000}; S1=${S1:-10000}; S2=${S2:-100000}
 CALLGRIND=${CALLGRIND:-1}
 bin=$build/bench
 cc_bench "$build" echo_client
@@ -59,7 +60,7 @@ run() {
   echo "$2 $c"
 }
 
-echo "echo_counts: 64-byte messages, T1=$T1 T2=$T2 round trips, load now: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "echo_counts: 64-byte messages, T1=$T1 T2=$T2 (callgrind) S1=$S1 S2=$S2 (syscalls) round trips, load now: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-6s %-8s %14s %12s\n" conns poller "instr/trip" "sys/trip"
 for n in $CONNS; do
   for p in $POLLERS; do
@@ -69,8 +70,8 @@ for n in $CONNS; do
       set -- $(run "$p" "$n" "$T2" cg); b_t=$1; b_c=$2
       ir=$(awk -v a="$a_c" -v b="$b_c" -v x="$a_t" -v y="$b_t" 'BEGIN { printf "%.0f", (b - a) / (y - x) }')
     fi
-    set -- $(run "$p" "$n" "$T1" sys); a_t=$1; a_c=$2
-    set -- $(run "$p" "$n" "$T2" sys); b_t=$1; b_c=$2
+    set -- $(run "$p" "$n" "$S1" sys); a_t=$1; a_c=$2
+    set -- $(run "$p" "$n" "$S2" sys); b_t=$1; b_c=$2
     sy=$(awk -v a="$a_c" -v b="$b_c" -v x="$a_t" -v y="$b_t" 'BEGIN { printf "%.3f", (b - a) / (y - x) }')
     printf "%-6s %-8s %14s %12s\n" "$n" "$p" "$ir" "$sy"
   done
