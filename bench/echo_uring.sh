@@ -41,7 +41,7 @@ cmd_of() {
   case $1 in *:*) flags="-f ${1#*:}" ;; esac
   case $name in
     epoll) echo "$bin/echo_c_epoll" ;;
-    strand) echo "lua5.4 bench/echo_server_strand.lua" ;;
+    strand) echo "env STRAND_POLLER=epoll lua5.4 bench/echo_server_strand.lua" ;;
     strand-uring) echo "env STRAND_POLLER=uring lua5.4 bench/echo_server_strand.lua" ;;
     strand-uring-d) echo "env STRAND_POLLER=uring STRAND_URING_DEFER=1 lua5.4 bench/echo_server_strand.lua" ;;
     *-sys) echo "$bin/echo_c_uring -r ${name%-sys} -s sys $flags" ;;
