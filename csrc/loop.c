@@ -278,7 +278,7 @@ static void need_poller(lua_State *L, strand_loop *loop) {
 
 /* The poller of a loop when STRAND_POLLER names none. strand_poller_uring (docs/uring.md 4)
  * falls back to epoll where io_uring is refused (seccomp, sysctl) or older than 5.19. */
-#define STRAND_DEFAULT_POLLER strand_poller_epoll
+#define STRAND_DEFAULT_POLLER strand_poller_uring
 
 static const strand_poller *choose_poller(void) {
   const char *name = getenv("STRAND_POLLER");
