@@ -54,11 +54,15 @@ deps:
 # The peers `make bench` measures strand against (installed when missing and run as root).
 BENCH_DEPS := lua-luv lua-cqueues python3-gevent strace python3-paramiko
 
-# Every spec under Lua 5.4; the last line is "N passed, N failed".
+# Every spec under Lua 5.4; the last line is "N passed, N failed". TEST_POLLERS: the default
+# poller (io_uring; epoll where the kernel refuses it) and the two STRAND_POLLER can force;
+# test-asan runs under the default only (ASAN_POLLERS), as it did when the default was epoll.
+TEST_POLLERS ?= uring epoll poll
+ASAN_POLLERS ?= uring
 test: deps all
-	@n=$$(ls fuzz/*.c 2>/dev/null | wc -l); echo "strand: make test fuzzes first: $$n libFuzzer targets for $(FUZZ_SMOKE_SECONDS) s each (about $$((n * $(FUZZ_SMOKE_SECONDS))) s, plus their build), then runs every spec under epoll and poll"
+	@n=$$(ls fuzz/*.c 2>/dev/null | wc -l); echo "strand: make test fuzzes first: $$n libFuzzer targets for $(FUZZ_SMOKE_SECONDS) s each (about $$((n * $(FUZZ_SMOKE_SECONDS))) s, plus their build), then runs every spec under $(TEST_POLLERS)"
 	@$(MAKE) --no-print-directory fuzz-smoke
-	@STRAND_POLLERS="epoll poll" sh tools/runspecs.sh $(BUILD)
+	@STRAND_POLLERS="$(TEST_POLLERS)" sh tools/runspecs.sh $(BUILD)
 
 ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
 UBSAN_LIB = $(shell $(CC) -print-file-name=libubsan.so)
@@ -67,7 +71,7 @@ test-asan: deps
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1 \
 	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	 STRAND_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" sh tools/runspecs.sh build-asan
+	 STRAND_POLLERS="$(ASAN_POLLERS)" STRAND_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" sh tools/runspecs.sh build-asan
 
 # memcheck over every spec with C behind it (those that exist; the examples' specs and
 # luasocket_compat run their Lua in child programs, which valgrind does not trace); definite

@@ -10,7 +10,8 @@
 #   env: DURATION=3, CONNS="1000 10000", REPS=3, SYSCALLS=1 (0: skip the perf runs),
 #        VARIANTS="epoll multi multi:dr single single:dr multi-sys single-sys poll" (NAME[:FLAGS],
 #        epoll = the floor, strand = bench/echo_server_strand.lua (strand-uring: with the prototype
-#        STRAND_POLLER=uring of docs/uring.md), multi/single/poll = -r, -sys =
+#        STRAND_POLLER=uring of docs/uring.md; strand-uring-d: its SINGLE_ISSUER | DEFER_TASKRUN
+#        experiment, STRAND_URING_DEFER=1), multi/single/poll = -r, -sys =
 #        -s sys, FLAGS = echo_c_uring's -f letters), GATE=rep|none (wait for an idle machine)
 set -eu
 cd "$(dirname "$0")/.."
@@ -40,8 +41,9 @@ cmd_of() {
   case $1 in *:*) flags="-f ${1#*:}" ;; esac
   case $name in
     epoll) echo "$bin/echo_c_epoll" ;;
-    strand) echo "lua5.4 bench/echo_server_strand.lua" ;;
+    strand) echo "env STRAND_POLLER=epoll lua5.4 bench/echo_server_strand.lua" ;;
     strand-uring) echo "env STRAND_POLLER=uring lua5.4 bench/echo_server_strand.lua" ;;
+    strand-uring-d) echo "env STRAND_POLLER=uring STRAND_URING_DEFER=1 lua5.4 bench/echo_server_strand.lua" ;;
     *-sys) echo "$bin/echo_c_uring -r ${name%-sys} -s sys $flags" ;;
     *) echo "$bin/echo_c_uring -r $name $flags" ;;
   esac

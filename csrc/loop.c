@@ -286,11 +286,16 @@ static void need_poller(lua_State *L, strand_loop *loop) {
   }
 }
 
+/* The poller of a loop when STRAND_POLLER names none. strand_poller_uring (docs/uring.md 4)
+ * falls back to epoll where io_uring is refused (seccomp, sysctl) or older than 5.19. */
+#define STRAND_DEFAULT_POLLER strand_poller_uring
+
 static const strand_poller *choose_poller(void) {
   const char *name = getenv("STRAND_POLLER");
-  if (name == NULL || *name == 0 || strcmp(name, "epoll") == 0) return &strand_poller_epoll;
+  if (name == NULL || *name == 0) return &STRAND_DEFAULT_POLLER;
+  if (strcmp(name, "epoll") == 0) return &strand_poller_epoll;
   if (strcmp(name, "poll") == 0) return &strand_poller_poll;
-  if (strcmp(name, "uring") == 0) return &strand_poller_uring;    /* prototype, docs/uring.md */
+  if (strcmp(name, "uring") == 0) return &strand_poller_uring;    /* docs/uring.md */
   return NULL;
 }
 
@@ -346,7 +351,7 @@ static strand_loop *loop_new(lua_State *L, const strand_poller *poller, const st
   loop->next_id = 1;
   loop->poller = poller;
   if (loop->poller == NULL)
-    luaL_error(L, "strand: unknown STRAND_POLLER '%s' (use epoll or poll)", getenv("STRAND_POLLER"));
+    luaL_error(L, "strand: unknown STRAND_POLLER '%s' (use epoll, poll or uring)", getenv("STRAND_POLLER"));
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DEFER_KEY) != LUA_TBOOLEAN) need_poller(L, loop);
   lua_pop(L, 1);
   lua_newtable(L);                              /* the anchor: see anchor_add */

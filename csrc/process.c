@@ -421,6 +421,7 @@ static int l_fork(lua_State *L) {
   drain_fastbins();
   pthread_once(&carve_pinned, carve_pin);
   strand_serial_key();                 /* the family's reference key, drawn before the fork */
+  strand_sock_prefork(L);              /* io_uring: sockets read as two processes' from now on */
   pid_t pid = fork();
   int e = pid < 0 ? errno : 0;        /* (read on failure only: in a child, one code page less) */
   if (pid != 0) strand_shm_forked(pid < 0);   /* the child's object references: counted or not */

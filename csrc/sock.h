@@ -66,6 +66,7 @@ typedef struct sock {
     double pause;           /* listener out of fds: no accept before this time (0: none) */
   } u;
   uint32_t maxline;         /* read("l"/"L"), lines(): the longest line accepted (0: no limit) */
+  uint32_t forkgen;         /* sock_fork_epoch() when made: older, it is shared with a forked process */
   unsigned char family;     /* AF_INET, AF_INET6, AF_UNIX */
   unsigned char type;       /* SOCK_STREAM, SOCK_DGRAM */
   unsigned char nonblocking;  /* setblocking(false): never wait */
@@ -77,6 +78,9 @@ typedef struct sock {
 
 /* sockio.c: STRAND_POLLER=uring, before the fd is handed out (fileno) */
 STRAND_API void sock_uring_detach(sock *s);
+/* sockio.c: counts this process's forks (a child inherits the count): a socket made before the
+ * latest one is open in another process too (strand_sock_prefork). */
+STRAND_API uint32_t sock_fork_epoch(void);
 
 /* socket.c */
 STRAND_API sock *sock_check(lua_State *L, int idx);        /* open socket or raise */

@@ -28,6 +28,7 @@ sock *sock_new(lua_State *L, int family, int type) {
   strand_buf_init(&s->rbuf);
   s->timeout = -1;
   s->maxline = SOCK_MAXLINE_DEFAULT;
+  s->forkgen = sock_fork_epoch();
   s->family = family;
   s->type = type;
   luaL_setmetatable(L, SOCK_META);

@@ -3,6 +3,7 @@
 #include "sock.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -100,7 +101,11 @@ static int rfail_errno(lua_State *L, lua_KContext ctx, int err) {
  * 0 on a stream marks the end. Returns the count, or -1 with errno. */
 static ssize_t sock_recv1(sock *s, char *buf, size_t len) {
   if (s->io.loop && s->io.loop->poller == &strand_poller_uring && s->type == SOCK_STREAM) {
-    long r = strand_uring_recv(&s->io, buf, len, s->nonblocking);   /* STRAND_POLLER=uring */
+    /* STRAND_POLLER=uring; a socket open in another process too (made before a fork) reads by
+     * readiness + recv(2) as under epoll: no recv request takes its bytes ahead of a reader */
+    int mode = s->nonblocking ? STRAND_URING_NONBLOCK : 0;
+    if (s->forkgen != sock_fork_epoch()) mode |= STRAND_URING_SHARED;
+    long r = strand_uring_recv(&s->io, buf, len, mode);
     if (r != -2) {
       if (r == 0) s->eof = 1;
       return (ssize_t)r;
@@ -136,6 +141,33 @@ void sock_uring_detach(sock *s) {
   size_t n;
   while ((n = strand_uring_take(&s->io, tmp, sizeof tmp)) > 0)
     if (strand_buf_append(&s->rbuf, tmp, n) != 0) break;   /* ENOMEM: the rest stays queued */
+}
+
+static _Atomic uint32_t fork_epoch;
+
+uint32_t sock_fork_epoch(void) { return atomic_load_explicit(&fork_epoch, memory_order_relaxed); }
+
+/* STRAND_POLLER=uring: a queued-bytes hand-over for strand_uring_prefork (the slots it calls this
+ * for are stream sockets on the fast path, whose io is a sock's first member). */
+static void sock_uring_forking(strand_io *io) {
+  sock *s = (sock *)(void *)io;
+  char tmp[2048];
+  size_t n;
+  while ((n = strand_uring_take(io, tmp, sizeof tmp)) > 0)
+    if (strand_buf_append(&s->rbuf, tmp, n) != 0) break;   /* ENOMEM: the rest stays queued */
+}
+
+/* Before a fork (process.c): every socket open now will be open in two processes. From now on
+ * they read by readiness + recv(2) in both, as under epoll: the kernel socket holds what comes
+ * next and whichever process reads takes it. The calling loop's multishot recvs are cancelled
+ * at once (else the parent's ring would go on taking bytes it may never read: a parent that
+ * hands a connection to a child and only waits for it), and the bytes they took go into the
+ * sockets' read buffers, which both processes keep, like any bytes read before the fork. */
+void strand_sock_prefork(lua_State *L) {
+  atomic_fetch_add_explicit(&fork_epoch, 1, memory_order_relaxed);
+  if (!strand_loop_alive(L)) return;
+  strand_loop *loop = strand_loop_get(L);
+  if (loop->poller == &strand_poller_uring) strand_uring_prefork(loop, sock_uring_forking);
 }
 
 static int can_read(const sock *s) {

@@ -477,7 +477,16 @@ STRAND_API extern const strand_poller strand_poller_poll;
  * until the CQE. *seq (0: none yet) names the caller's send across its waits: a send left by a
  * cancelled caller is waited for and its result dropped. strand_uring_send_abandon: its waiter gave up (the CQE drops the anchor). */
 STRAND_API extern const strand_poller strand_poller_uring;
-STRAND_API long strand_uring_recv(strand_io *io, char *buf, size_t len, int nonblocking);
+/* mode: STRAND_URING_NONBLOCK (setblocking(false): never waits), STRAND_URING_SHARED (the socket is
+ * open in another process: its multishot is cancelled for good, queued bytes come first, then -2) */
+#define STRAND_URING_NONBLOCK 1
+#define STRAND_URING_SHARED 2
+STRAND_API long strand_uring_recv(strand_io *io, char *buf, size_t len, int mode);
+/* Before a fork: cancel the loop's multishot recvs for good (bounded wait) and hand each fast-path
+ * socket's queued bytes to take(io). strand_sock_prefork: the same for the calling state's loop,
+ * and every socket made so far reads as shared (sockio.c; process.c calls it before fork). */
+STRAND_API void strand_uring_prefork(strand_loop *loop, void (*take)(strand_io *io));
+STRAND_API void strand_sock_prefork(lua_State *L);
 /* strand_uring_disarm: cancel the fd's multishot recv and wait (bounded) for its end; what it took
  * stays queued (strand_uring_take copies it out). forever: the fd is handed out, never re-armed. */
 STRAND_API void strand_uring_disarm(strand_io *io, int forever);

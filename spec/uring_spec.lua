@@ -348,6 +348,82 @@ describe("stream sockets [" .. core.backend() .. "]", function()
     end)
   end))
 
+  -- After a fork both processes hold the socket; as under epoll, what arrives later stays in the
+  -- kernel until one of them reads: a process that does not read takes nothing.
+  it("after a fork, a parent that does not read takes nothing: its child reads what comes next", H.checked(function()
+    H.run(function()
+      local process = require "strand.process"
+      local c, s = tcp_pair()
+      arm(c, s)                                   -- the parent's multishot recv is armed on s
+      local go1, go2 = assert(socket.pair())
+      local p = process.start(function()
+        assert(go2:read(1))                       -- the parent has sent and waited meanwhile
+        s:settimeout(10)
+        return assert(s:read(5))
+      end)
+      assert(c:sendall("hello"))
+      for _ = 1, 5 do strand.sleep(0.01) end       -- the parent's loop waits: its ring runs
+      assert(go1:sendall("g"))
+      local ok, v = p:join(30)
+      assert.is_true(ok, tostring(v))
+      assert.equal("hello", v)
+      c:close(); s:close(); go1:close(); go2:close()
+    end)
+  end))
+
+  it("after a fork, a child that read the socket and stopped takes nothing: the parent reads on", H.checked(function()
+    H.run(function()
+      local process = require "strand.process"
+      local c, s = tcp_pair()
+      local g1, g2 = assert(socket.pair())
+      local p = process.start(function()
+        for i = 1, 2 do                           -- two reads that wait: a multishot, if any
+          assert(g2:sendall("r"))
+          assert(s:read(2) == "a" .. i)
+        end
+        assert(g2:sendall("k"))
+        g2:settimeout(30)
+        return g2:read(1)                        -- waits here (its loop's ring runs) till the end
+      end)
+      for i = 1, 2 do
+        assert.equal("r", g1:read(1))
+        strand.sleep(0.01)                        -- the child is waiting in its read
+        assert(c:sendall("a" .. i))
+      end
+      assert.equal("k", g1:read(1))
+      assert(c:sendall("zz"))
+      strand.sleep(0.05)                          -- the child's loop waits meanwhile
+      s:settimeout(10)
+      assert.equal("zz", s:read(2))
+      assert(g1:sendall("d"))
+      local ok, v = p:join(30)
+      assert.is_true(ok, tostring(v))
+      assert.equal("d", v)
+      c:close(); s:close(); g1:close(); g2:close()
+    end)
+  end))
+
+  it("after a fork, the parent still reads on a socket the child never touches", H.checked(function()
+    H.run(function()
+      local process = require "strand.process"
+      local c, s = tcp_pair()
+      arm(c, s)
+      local p = process.start(function() return 7 end)
+      local ok, v = p:join(30)
+      assert.is_true(ok, tostring(v))
+      assert.equal(7, v)
+      for i = 1, 20 do                            -- now by readiness + recv(2): every byte, in order
+        local r = strand.spawn(function() return s:read(#("m" .. i)) end)
+        if i % 2 == 0 then strand.sleep(0.005) end
+        assert(c:sendall("m" .. i))
+        assert.equal("m" .. i, select(2, r:join()))
+      end
+      local st = core._uring.stats()
+      if st then assert.equal(st.nbuf, st.free) end   -- nothing queued in the pool
+      c:close(); s:close()
+    end)
+  end))
+
   it("shutdown('w') of a fast-path reader: the peer sees the end, the reader still reads", H.checked(function()
     H.run(function()
       local c, s = tcp_pair()
@@ -398,6 +474,21 @@ describe("io_uring fallback and close", function()
     out, ok = H.lua(child, "STRAND_POLLER=uring STRAND_URING_REFUSE=0")
     assert.is_true(ok, out)
     assert.is_truthy(out == "backend uring\n" or out == "backend epoll\n", out)   -- a kernel may refuse
+  end)
+
+  it("no poller named: the default (io_uring where the kernel allows it); STRAND_POLLER still forces", function()
+    -- the default is uring or epoll (loop.c STRAND_DEFAULT_POLLER); refused, it is epoll, silently
+    local out, ok = H.lua(child, "STRAND_POLLER= STRAND_URING_REFUSE=1")
+    assert.is_true(ok, out)
+    assert.equal("backend epoll\n", out)
+    out, ok = H.lua(child, "STRAND_POLLER=")
+    assert.is_true(ok, out)
+    assert.is_truthy(out == "backend uring\n" or out == "backend epoll\n", out)
+    for _, name in ipairs { "epoll", "poll" } do
+      out, ok = H.lua(child, "STRAND_POLLER=" .. name)
+      assert.is_true(ok, out)
+      assert.equal("backend " .. name .. "\n", out)
+    end
   end)
 
   it("the state closes with a sendall and a recv in flight: a clean exit", function()
