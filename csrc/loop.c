@@ -7,6 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define STRAND_HAVE_VALGRIND_H 1
+#endif
+#endif
 
 static const char LOOP_KEY = 'L';   /* registry[&LOOP_KEY] = loop box (address is the key) */
 static const char ANCHOR_KEY = 'A'; /* registry[&ANCHOR_KEY] = { [slot] = task userdata } */
@@ -290,9 +296,19 @@ static void need_poller(lua_State *L, strand_loop *loop) {
  * falls back to epoll where io_uring is refused (seccomp, sysctl) or older than 5.19. */
 #define STRAND_DEFAULT_POLLER strand_poller_uring
 
+/* Under valgrind the default is epoll: memcheck holds its one-thread-at-a-time lock across
+ * io_uring_enter, so while a loop waits in the ring no other thread of the process runs (a
+ * resolver, a strand thread, a pool's thread worker would stall: docs/uring.md 4.6). */
+static const strand_poller *default_poller(void) {
+#if STRAND_HAVE_VALGRIND_H
+  if (RUNNING_ON_VALGRIND) return &strand_poller_epoll;
+#endif
+  return &STRAND_DEFAULT_POLLER;
+}
+
 static const strand_poller *choose_poller(void) {
   const char *name = getenv("STRAND_POLLER");
-  if (name == NULL || *name == 0) return &STRAND_DEFAULT_POLLER;
+  if (name == NULL || *name == 0) return default_poller();
   if (strcmp(name, "epoll") == 0) return &strand_poller_epoll;
   if (strcmp(name, "poll") == 0) return &strand_poller_poll;
   if (strcmp(name, "uring") == 0) return &strand_poller_uring;    /* docs/uring.md */

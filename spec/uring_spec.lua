@@ -491,6 +491,21 @@ describe("io_uring fallback and close", function()
     end
   end)
 
+  it("under valgrind no poller named is epoll (memcheck stalls other threads in io_uring_enter)", function()
+    local vg = io.popen("command -v valgrind"):read("l")
+    if not vg then pending("valgrind is not installed"); return end
+    local f = os.tmpname()
+    local h = io.open(f, "w")
+    h:write('local core = require "strand.core"; io.write("backend ", core.backend(), "\\n")')
+    h:close()
+    local p = io.popen("STRAND_POLLER= valgrind -q --error-exitcode=99 lua5.4 " .. f .. " 2>&1")
+    local out = p:read("a")
+    local ok = p:close()
+    os.remove(f)
+    assert.is_true(ok, out)
+    assert.equal("backend epoll\n", out)
+  end)
+
   it("the state closes with a sendall and a recv in flight: a clean exit", function()
     local out, ok = H.lua(child, "STRAND_POLLER=uring INFLIGHT=1")
     assert.is_true(ok, out)
