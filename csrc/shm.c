@@ -393,6 +393,10 @@ static void fork_child(void) {
     if (!views_find(HEAD_OFF(s))) views_put(s);   /* a reference the parent sends finds it */
   if (objs_locked) pthread_mutex_init(&objs_mu, NULL);
   if (!family) family = 1;
+  /* the parent's sleepers are not this process's: its tasks' loop is abandoned and its other
+   * threads are gone, so none of them disarms here (counted, a fork of this child with no task
+   * asleep would start a relay for nothing; with family set every sleeper here starts it) */
+  if (nasleep) nasleep = 0;
   homes_after_fork();
 }
 

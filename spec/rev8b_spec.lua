@@ -1,0 +1,49 @@
+-- spec/rev8b_spec.lua — review 8b: defects found in this session's merged work (each fails
+-- before its fix): the relay thread's lazy start in a forked child.
+local H = require "support.helper"
+
+describe("review 8b: a forked child's relay", function()
+  H.guard()
+
+  -- The child inherits the count of the parent's tasks asleep on shared objects (the parent's
+  -- loop it abandons): counted, the child's first fork started a relay though nothing of the
+  -- child slept. The child's own sleeper still starts it, and is woken by a grandchild.
+  it("starts at the child's fork only if a task of the child sleeps; a later sleeper starts it", function()
+    local code = [[
+      local strand = require "strand"
+      local process = require "strand.process"
+      local sync = require "strand.sync"
+      local function relays()
+        local n = 0
+        for _, name in pairs(require("strand.core")._proc.threads()) do
+          if name == "strand-relay" then n = n + 1 end
+        end
+        return n
+      end
+      local ev, ev2 = sync.event(), sync.event()
+      strand.run(function()
+        local sleeper = strand.spawn(function() return ev:wait(30) end)
+        strand.sleep(0)                                   -- asleep: this fork starts the relay
+        local p = process.start(function()
+          local before = relays()
+          assert(process.start(function() return 1 end):join(30))
+          local after = relays()
+          -- a grandchild sets ev2 once the child sleeps on it: only the child's relay carries it
+          local g = process.start(function() strand.sleep(0.2); ev2:set(); return 1 end)
+          local woken = ev2:wait(30) and ev2:is_set()
+          assert(g:join(30))
+          print(("child relays %d %d %d woken %s"):format(before, after, relays(), tostring(woken)))
+          return 0
+        end)
+        assert(p:join(60))
+        print("parent relays " .. relays())
+        ev:set()
+        assert(sleeper:join(30))
+      end)
+    ]]
+    local out, ok = H.lua(code)
+    assert.is_true(ok, out)
+    assert.matches("child relays 0 0 1 woken true", out, 1, true)
+    assert.matches("parent relays 1", out, 1, true)
+  end)
+end)
