@@ -170,8 +170,15 @@ static inline void *heap_alloc(boot_arena *a, void *ptr, size_t osize, size_t ns
 /* Under ASan or valgrind's memcheck every block goes back to malloc, which finds a use after
  * free that a block reused from a free list would hide. (Not under callgrind, whose instruction
  * counts are how this allocator is measured: memcheck alone preloads its own library.) */
+#if defined(__SANITIZE_ADDRESS__)
+#define THR_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)          /* (clang defines no __SANITIZE_ADDRESS__) */
+#define THR_ASAN 1
+#endif
+#endif
 static int checked_malloc(void) {
-#ifdef __SANITIZE_ADDRESS__
+#ifdef THR_ASAN
   return 1;
 #else
   const char *pre = getenv("LD_PRELOAD");
