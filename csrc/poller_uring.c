@@ -73,6 +73,7 @@ typedef struct ur {
   struct io_uring_cqe *cqes;
   void *ring_map; size_t ring_len;
   size_t sqes_len;
+  int ring_nofork, sqes_nofork;   /* MADV_DONTFORK took: a forked child has no such mapping */
   unsigned tail, to_submit;
   uslot *slots;
   int nslots, free_head;
@@ -139,6 +140,10 @@ static void *ur_init(strand_loop *loop) {
     if (u->sqes != MAP_FAILED) munmap(u->sqes, u->sqes_len);
     close(u->fd); free(u); errno = e; return NULL;
   }
+  /* A forked child never uses its parent's ring (strand_uring_forked): fork leaves these
+   * mappings out of the child (no page-table copy at the fork, no unmap at its exit). */
+  u->ring_nofork = madvise(u->ring_map, u->ring_len, MADV_DONTFORK) == 0;
+  u->sqes_nofork = madvise(u->sqes, u->sqes_len, MADV_DONTFORK) == 0;
   char *r = (char *)u->ring_map;
   u->sq_head = (unsigned *)(r + p.sq_off.head);
   u->sq_tail = (unsigned *)(r + p.sq_off.tail);
@@ -540,8 +545,10 @@ static int ur_wait(void *pv, double timeout) {
  * (forked_take). Returns what stays as the old loop's pstate. */
 void *strand_uring_forked(void *pv) {
   ur *u = (ur *)pv;
-  munmap(u->sqes, u->sqes_len);
-  munmap(u->ring_map, u->ring_len);
+  /* (an address range fork left out may already hold a mapping the child made: not unmapped) */
+  if (!u->sqes_nofork) munmap(u->sqes, u->sqes_len);
+  if (!u->ring_nofork) munmap(u->ring_map, u->ring_len);
+  u->sqes = NULL; u->ring_map = NULL;
   close(u->fd);
   u->fd = -1;
   for (int g = 0; g < u->ngrp; g++) { munmap(u->br[g], BR_LEN); u->br[g] = NULL; }
@@ -565,9 +572,9 @@ static void ur_free(void *pv) {
     for (int round = 0; round < 20 && u->inflight > 0; round++) wait_reap(u, 50000000);
   }
   /* (in a forked child the requests are the parent's: unmap and close only) */
-  munmap(u->sqes, u->sqes_len);
-  munmap(u->ring_map, u->ring_len);
-  close(u->fd);
+  if (u->sqes != NULL) munmap(u->sqes, u->sqes_len);
+  if (u->ring_map != NULL) munmap(u->ring_map, u->ring_len);
+  if (u->fd >= 0) close(u->fd);
   for (int g = 0; g < u->ngrp; g++) if (u->br[g]) munmap(u->br[g], BR_LEN);
   if (u->bufs) {
     munmap(u->bufs, BUFS_LEN);

@@ -424,6 +424,34 @@ describe("stream sockets [" .. core.backend() .. "]", function()
     end)
   end))
 
+  it("the ring's mappings are left out of a forked child (MADV_DONTFORK: no copy at fork, no unmap)", H.checked(function()
+    -- the ring's mappings in /proc/self/smaps: how many, and how many fork leaves out ("dc")
+    local function rings()
+      local n, dc, inring = 0, 0, false
+      for l in io.lines("/proc/self/smaps") do
+        if l:match("^%x+%-%x+ ") then
+          inring = l:find("[io_uring]", 1, true) ~= nil
+          if inring then n = n + 1 end
+        elseif inring and l:match("^VmFlags:") and (" " .. l:sub(9) .. " "):find(" dc ", 1, true) then
+          dc = dc + 1
+        end
+      end
+      return n, dc
+    end
+    strand.sleep(0)                                -- this process's loop (and ring, if uring) exists
+    local n, dc = rings()
+    if core.backend() == "uring" then
+      assert.is_true(n >= 1)
+      assert.equal(n, dc)
+    else
+      assert.equal(0, n)
+    end
+    local process = require "strand.process"
+    local p = process.start(function() return (rings()) end)
+    assert.same({ true, 0, n = 2 }, table.pack(p:join(H.TIMEOUT)))
+    assert.same({ n, dc }, { rings() })            -- the parent's stay
+  end))
+
   it("shutdown('w') of a fast-path reader: the peer sees the end, the reader still reads", H.checked(function()
     H.run(function()
       local c, s = tcp_pair()
