@@ -615,6 +615,24 @@ static long rd_recv(ur *u, strand_io *io, uslot *s, char *buf, size_t len) {
   }
 }
 
+/* Copies up to len bytes of s's first queued buffer into buf and returns how many; a buffer read
+ * to its end leaves the queue, and goes back to the pool when give (not in a forked child, whose
+ * copy of the pool is no ring's). */
+static size_t q_take(ur *u, uslot *s, char *buf, size_t len, int give) {
+  int b = s->qhead;
+  size_t n = u->blen[b] - s->qoff;
+  if (n > len) n = len;
+  memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
+  s->qoff += (unsigned)n;
+  if (s->qoff == u->blen[b]) {
+    s->qoff = 0;
+    s->qhead = u->bnext[b];
+    if (s->qhead < 0) s->qtail = -1;
+    if (give) { s->npend--; buf_free(u, b); }
+  }
+  return n;
+}
+
 /* In a forked child: bytes the parent's multishot had queued before the fork are in the child's
  * copy of the pool (as the read buffer's are): read them first, without touching the ring (the
  * parent's). Then recv(2), as the fd is registered with the child's own loop. */
@@ -623,12 +641,7 @@ static long forked_take(strand_io *io, char *buf, size_t len) {
   if (u == NULL || io->pollidx < 0 || io->pollidx >= u->nslots || u->bufs == NULL) return -2;
   uslot *s = &u->slots[io->pollidx];
   if (s->io != io || s->qhead < 0) return -2;
-  int b = s->qhead;
-  size_t n = u->blen[b] - s->qoff;
-  if (n > len) n = len;
-  memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
-  s->qoff += (unsigned)n;
-  if (s->qoff == u->blen[b]) { s->qoff = 0; s->qhead = u->bnext[b]; if (s->qhead < 0) s->qtail = -1; }
+  size_t n = q_take(u, s, buf, len, 0);
   io->ready |= STRAND_READ;
   return (long)n;
 }
@@ -650,18 +663,7 @@ long strand_uring_recv(strand_io *io, char *buf, size_t len, int mode) {
   if ((mode & STRAND_URING_SHARED) && !s->nofast) strand_uring_disarm(io, 1);   /* after a fork */
   else if ((mode & STRAND_URING_NONBLOCK) && s->recv_armed) strand_uring_disarm(io, 0);  /* setblocking(false) */
   if (s->qhead >= 0) {
-    int b = s->qhead;
-    size_t n = u->blen[b] - s->qoff;
-    if (n > len) n = len;
-    memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
-    s->qoff += (unsigned)n;
-    if (s->qoff == u->blen[b]) {
-      s->qoff = 0;
-      s->qhead = u->bnext[b];
-      if (s->qhead < 0) s->qtail = -1;
-      s->npend--;
-      buf_free(u, b);
-    }
+    size_t n = q_take(u, s, buf, len, 1);
     if (s->qhead >= 0 || s->eof || s->rerr || s->rd) io->ready |= STRAND_READ;
     else io->ready &= ~(unsigned)STRAND_READ;
     return (long)n;
@@ -725,21 +727,7 @@ size_t strand_uring_take(strand_io *io, char *buf, size_t len) {
   if (u == NULL) return 0;
   uslot *s = &u->slots[io->pollidx];
   size_t got = 0;
-  while (s->qhead >= 0 && got < len) {
-    int b = s->qhead;
-    size_t n = u->blen[b] - s->qoff;
-    if (n > len - got) n = len - got;
-    memcpy(buf + got, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
-    got += n;
-    s->qoff += (unsigned)n;
-    if (s->qoff == u->blen[b]) {
-      s->qoff = 0;
-      s->qhead = u->bnext[b];
-      if (s->qhead < 0) s->qtail = -1;
-      s->npend--;
-      buf_free(u, b);
-    }
-  }
+  while (s->qhead >= 0 && got < len) got += q_take(u, s, buf + got, len - got, 1);
   return got;
 }
 
