@@ -52,17 +52,10 @@ describe("cross-process wake-ups", function()
   -- way (every lock of the C library taken and reset): a fork starts it only when a task of
   -- this process sleeps on a shared object; a later sleeper starts it itself.
   it("a fork with no task asleep on a shared object starts no relay; the first sleeper does", function()
-    local code = [[
+    local code = H.RELAYS .. [[
       local strand = require "strand"
       local process = require "strand.process"
       local queue = require "strand.queue"
-      local function relays()
-        local n = 0
-        for _, name in pairs(require("strand.core")._proc.threads()) do
-          if name == "strand-relay" then n = n + 1 end
-        end
-        return n
-      end
       local q = queue.new(1)
       for _ = 1, 3 do assert(process.start(function() return 1 end):join(10)) end
       print("after forks " .. relays())

@@ -12,17 +12,10 @@ describe("review 8b: a forked child's relay", function()
   -- loop it abandons): counted, the child's first fork started a relay though nothing of the
   -- child slept. The child's own sleeper still starts it, and is woken by a grandchild.
   it("starts at the child's fork only if a task of the child sleeps; a later sleeper starts it", function()
-    local code = [[
+    local code = H.RELAYS .. [[
       local strand = require "strand"
       local process = require "strand.process"
       local sync = require "strand.sync"
-      local function relays()
-        local n = 0
-        for _, name in pairs(require("strand.core")._proc.threads()) do
-          if name == "strand-relay" then n = n + 1 end
-        end
-        return n
-      end
       local ev, ev2 = sync.event(), sync.event()
       strand.run(function()
         local sleeper = strand.spawn(function() return ev:wait(30) end)

@@ -233,6 +233,18 @@ function H.lua(code, env)
   return out, ok
 end
 
+--- Lua source for a program run by H.lua: relays() counts the process's cross-process relay
+--- threads (named "strand-relay"; shm.c starts one only when a task sleeps on a shared object).
+H.RELAYS = [[
+local function relays()
+  local n = 0
+  for _, name in pairs(require("strand.core")._proc.threads()) do
+    if name == "strand-relay" then n = n + 1 end
+  end
+  return n
+end
+]]
+
 --- Run a busted spec given as source in a fresh process; returns its output and exit ok.
 function H.busted(code, env)
   local f = os.tmpname() .. "_spec.lua"
