@@ -30,7 +30,8 @@
   X(char *, strand_loop_scratch, (strand_loop *loop), (loop), return) \
   X(int, strand_fail, (lua_State *L, int err), (L, err), return) \
   X(int, strand_fail_msg, (lua_State *L, const char *msg, const char *code), (L, msg, code), return) \
-  X(void, strand_thread_os_spent, (void), (), )
+  X(void, strand_thread_os_spent, (void), (), ) \
+  X(int, strand_shm_pid, (void), (), return)
 
 typedef struct strand_core_api {
   unsigned abi;                   /* STRAND_CORE_ABI */

@@ -327,7 +327,7 @@ static int l_session(lua_State *L) {
   S->self.S = S;
   S->self.kind = -1;
   S->self.lock = &S->lock;
-  S->pid = getpid();
+  S->pid = strand_shm_pid();
   strand_io_init(&S->io, -1);
   S->timeout = timeout;
   luaL_setmetatable(L, SSH_SESSION_META);

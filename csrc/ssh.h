@@ -55,7 +55,7 @@ struct ssh_sess {
 };
 
 /* S was made by another process (this is a forked child): its connection is the parent's. */
-#define ssh_forked(S) ((S)->pid != getpid())
+#define ssh_forked(S) ((S)->pid != strand_shm_pid())   /* cached: no system call per send */
 
 /* A step makes one attempt at a libssh2 operation. It returns the number of results it pushed
  * (done, success or failure), or SSH_AGAIN (it got LIBSSH2_ERROR_EAGAIN and left the stack as it
