@@ -65,7 +65,11 @@ typedef struct q_state {
                              stack (LIFO) or a binary heap (priority) */
     uint64_t ring_b;      /* unbounded ring: its big ring, once made (see r_grow) */
   };
-  uint64_t cap, first;    /* slots; FIFO: the oldest slot. Ring: its capacity (maxsize) */
+  uint64_t cap;           /* slots. Ring: its capacity (maxsize) */
+  union {
+    uint64_t first;       /* FIFO: the oldest slot */
+    uint64_t grow_max;    /* unbounded ring: the most slots it may grow to (see r_grow) */
+  };
   /* the ring (see "the ring" below); each hot word on its own cache line */
   _Alignas(64) uint64_t tail;     /* next position to fill, | RING_CLOSED once closed */
   int32_t put_tid;                /* the thread that put last: is spinning worth it? */
@@ -128,10 +132,10 @@ static int q_less(const q_item *a, const q_item *b) {
  * SIGKILL at that instant would. */
 enum { QD_NONE, QD_GROW, QD_GROWN, QD_ALLOC, QD_FILLED, QD_SIFT_UP, QD_COUNTED, QD_GET,
        QD_SIFT_DOWN, QD_POPPED, QD_TAKEN, QD_LINK, QD_UNLINK, QD_OGROW, QD_OGROWN, QD_OPUT,
-       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED, QD_OFREE };
+       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED, QD_OFREE, QD_RGROW };
 static const char *const die_names[] = { "none", "grow", "grown", "alloc", "filled", "sift_up",
   "counted", "get", "sift_down", "popped", "taken", "link", "unlink", "ogrow", "ogrown", "oput",
-  "ocount", "move", "moved", "otake", "install", "installed", "ofree", NULL };
+  "ocount", "move", "moved", "otake", "install", "installed", "ofree", "rgrow", NULL };
 static int die_point, die_n;
 #define Q_CRASH(p) do { \
     if (__builtin_expect(die_point == (p), 0) && --die_n == 0) _exit(0); } while (0)
@@ -395,7 +399,9 @@ static void q_repair(strand_shm *s) {
 #define RING_MOVING ((uint64_t)1 << 61)       /* a move owns tail (locked): o_move */
 #define RING_FLAGS (RING_CLOSED | RING_RETIRED | RING_MOVING)
 #define RD_CAPBITS 20
-#define RING_BIG 1024                         /* the ring an unbounded FIFO grows to */
+#define RING_BIG 1024                         /* the ring an unbounded FIFO grows to first */
+#define RING_GROW 16                          /* then each growth multiplies it by this */
+#define RING_GROW_MAX 262144                  /* up to (32 MiB; a quarter of its storage) */
 #define RING_JUMP ((uint64_t)1 << 32)         /* positions skipped when it does */
 #define RING_SPIN_SECONDS 30e-6
 /* A getter that finds head's position claimed but not published, or a putter that finds tail's
@@ -810,14 +816,24 @@ static int o_push(strand_shm *s, q_state *st, const r_item *it, const void *byte
  * 2^31 (the add was not made: unfinished is that far from any real count). */
 
 static void r_grow(strand_shm *s, q_state *st) {
-  if (st->maxsize != 0 || st->ring_b || (A_ACQ(&st->tail) & RING_FLAGS)) return;
+  if (st->maxsize != 0 || (A_ACQ(&st->tail) & RING_FLAGS)) return;
   uint64_t cap;
   r_ring(st, &cap);
-  if (cap >= RING_BIG) return;
-  uint64_t off = strand_shm_alloc(s, RING_BIG * sizeof(r_slot) + 64);
-  if (off == 0) return;                       /* no room: the small ring and the overflow */
-  void *b = (void *)(((uintptr_t)strand_shm_at(s, off) + 63) & ~(uintptr_t)63);
-  st->ring_b = r_desc(b, RING_BIG);
+  uint64_t big = cap < RING_BIG ? RING_BIG : cap * RING_GROW;
+  if (big > st->grow_max) return;
+  /* past the first growth, only once producers are a whole ring ahead (its slot at tail still
+   * holds an item): not for a ring that merely lacks room for a move's batch */
+  if (cap >= RING_BIG && r_room(st)) return;
+  if (st->ring_b == 0 || A_RLX(&st->rdesc) == st->ring_b) {
+    /* (else a ring made by a holder that died before retiring this one: it is used) */
+    uint64_t off = strand_shm_alloc(s, big * sizeof(r_slot) + 64);
+    if (off == 0) return;                     /* no room: this ring and the overflow */
+    void *b = (void *)(((uintptr_t)strand_shm_at(s, off) + 63) & ~(uintptr_t)63);
+    /* the ring this one replaces stays allocated (with the queue's storage, until it is
+     * destroyed): a put or get may still hold its descriptor */
+    st->ring_b = r_desc(b, big);
+    Q_CRASH(QD_RGROW);
+  }
   __atomic_fetch_or(&st->tail, RING_RETIRED, __ATOMIC_SEQ_CST);
 }
 
@@ -2176,6 +2192,10 @@ static int q_new(lua_State *L, int kind) {
   if (ring) {
     st->ring = 1;
     st->cap = (uint64_t)slots;
+    if (max == 0) {                           /* growth: within a quarter of the storage */
+      st->grow_max = reserve / 4 / sizeof(r_slot);
+      if (st->grow_max > RING_GROW_MAX) st->grow_max = RING_GROW_MAX;
+    }
     for (uint64_t i = 0; i < st->cap; i++) r_slots(st)[i].seq = 2 * i;
     st->rdesc = r_desc(r_slots(st), st->cap);
   }
@@ -2248,8 +2268,10 @@ static int l_test_die(lua_State *L) {
   return 0;
 }
 
-/* _test_blocks(q): a test hook, the queue's storage blocks and bytes in use -> n, bytes |
- * nil, "corrupt" if its block list is not a consistent doubly linked list */
+/* _test_blocks(q): a test hook, the queue's storage blocks and bytes in use, an unbounded
+ * FIFO's overflow chunks and the rings it grew to (each kept until the queue is destroyed) ->
+ * n, bytes, chunks, rings | nil, "corrupt" if its block list is not a consistent doubly linked
+ * list */
 static int l_test_blocks(lua_State *L) {
   strand_object *o = strand_object_test(L, 1);
   luaL_argcheck(L, o != NULL && o->type == &queue_type, 1, "strand.queue expected");
@@ -2260,10 +2282,17 @@ static int l_test_blocks(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)used);
   q_state *st = q_state_of((strand_shm *)o);
   lua_Integer chunks = 0;                       /* an unbounded ring's overflow chunks */
-  if (st->ring && st->maxsize == 0)
+  lua_Integer rings = 0;                        /* ... and the rings it grew to (r_grow) */
+  if (st->ring && st->maxsize == 0) {
     for (uint64_t c = st->ovf_head; c; c = o_chunk_at((strand_shm *)o, c)->next) chunks++;
+    if (st->ring_b)                             /* RING_BIG, then RING_GROW times more each */
+      for (uint64_t cap = st->ring_b & (((uint64_t)1 << RD_CAPBITS) - 1); cap >= RING_BIG;
+           cap /= RING_GROW)
+        rings++;
+  }
   lua_pushinteger(L, chunks);
-  return 3;
+  lua_pushinteger(L, rings);
+  return 4;
 }
 
 static int l_new(lua_State *L) { return q_new(L, Q_FIFO); }

@@ -47,12 +47,12 @@ local function blocks_of(items)
 end
 
 -- The queue holds exactly `items` (each once, in order), its storage exactly their blocks plus
--- the big ring and the overflow's chunks (+ `leaked`; as many chunks as its items need, one
--- more at most, one once drained), unfinished counts `unf`, and puts and gets go on working
--- (through the overflow again) unless it is closed.
+-- the rings it grew to and the overflow's chunks (+ `leaked`; as many chunks as its items need,
+-- one more at most, one once drained), unfinished counts `unf`, and puts and gets go on
+-- working (through the overflow again, the ring growing again) unless it is closed.
 local CHUNK = 512                                  -- items per overflow chunk (queue.c)
 local function check(q, items, leaked, unf, what, closed)
-  local nb, _, chunks = queue._test_blocks(q)     -- locks first: the repair runs
+  local nb, _, chunks, rings = queue._test_blocks(q)   -- locks first: the repair runs
   -- blocks of the sizes of the queue's arrays taken from the arena: one released while the
   -- queue still used it would be overwritten now
   local junk = queue.lifo()
@@ -64,7 +64,8 @@ local function check(q, items, leaked, unf, what, closed)
   assert.is_truthy(nb, what .. ": the block list is whole")
   assert.equal(#items, q:qsize(), what .. ": qsize")
   assert.is_true(chunks >= 1 and chunks <= #items // CHUNK + 2, what .. ": " .. chunks .. " chunks")
-  assert.equal(1 + chunks + blocks_of(items) + leaked, nb, what .. ": storage blocks")
+  assert.equal(1, rings, what .. ": the big ring")
+  assert.equal(rings + chunks + blocks_of(items) + leaked, nb, what .. ": storage blocks")
   local got = {}
   for _ = 1, #items + 1 do
     local v = q:get_nowait()
@@ -72,25 +73,27 @@ local function check(q, items, leaked, unf, what, closed)
     got[#got + 1] = v
   end
   assert.same(items, got, what .. ": the items, each once, in order")
-  assert.equal(2 + leaked, (queue._test_blocks(q)), what .. ": storage blocks once drained")
+  assert.equal(rings + 1 + leaked, (queue._test_blocks(q)), what .. ": storage blocks once drained")
   assert.equal(1, select(3, queue._test_blocks(q)), what .. ": one chunk kept once drained")
   if closed then
     assert.same({ nil, "closed" }, { q:get_nowait() })
   else
     assert.same({ nil, "empty" }, { q:get_nowait() })
     local more = {}
-    for i = 1, 1100 do                           -- past the big ring: the overflow again
-      more[i] = val(i)
+    for i = 1, 1100 do                           -- past the big ring: the overflow again,
+      more[i] = val(i)                            -- and a bigger ring made (r_grow)
       assert.is_true(q:put_nowait(more[i]))
     end
     for i = 1, 1100 do assert.equal(more[i], q:get_nowait(), what .. ": more " .. i) end
     unf = unf + 1100
+    assert.equal(2, select(4, queue._test_blocks(q)), what .. ": grew again")
   end
+  local rings_now = select(4, queue._test_blocks(q))
   assert.is_not_true(q:join(0), what .. ": unfinished")
   for _ = 1, unf do q:task_done() end
   assert.is_true(q:join(0), what .. ": join")
   assert.has_error(function() q:task_done() end)
-  assert.equal(2 + leaked, (queue._test_blocks(q)), what .. ": storage blocks at the end")
+  assert.equal(rings_now + 1 + leaked, (queue._test_blocks(q)), what .. ": storage blocks at the end")
 end
 
 describe("an unbounded queue's overflow whose holder died", function()
@@ -245,7 +248,7 @@ describe("an unbounded queue's overflow whose holder died", function()
       p:join(H.TIMEOUT)
       assert.equal(-9, p.exitcode)
       local what = "round " .. round
-      local nb, _, chunks = queue._test_blocks(q)
+      local nb, _, chunks, rings = queue._test_blocks(q)
       assert.is_truthy(nb, what .. ": the block list is whole")
       local n = q:qsize()
       local got = {}
@@ -267,8 +270,8 @@ describe("an unbounded queue's overflow whose holder died", function()
         assert.is_true(num(got[i]) > num(got[i - 1]), what .. ": " .. got[i] .. " after " .. got[i - 1])
       end
       local left = queue._test_blocks(q)
-      local own = nb - blocks_of(got)              -- the big ring, the chunks, the one in flight
-      assert.is_true(own >= 1 and own <= 2 + chunks and chunks <= n // CHUNK + 2,
+      local own = nb - blocks_of(got)              -- the rings, the chunks, the one in flight
+      assert.is_true(own >= 1 and own <= rings + 1 + chunks and chunks <= n // CHUNK + 2,
         what .. ": " .. nb .. " blocks (" .. chunks .. " chunks) for " .. #got .. " items")
       assert.is_true(left >= 1 and left <= own, what .. ": " .. left .. " blocks once drained")
       assert.is_true(q:put_nowait("x")); assert.equal("x", q:get_nowait())
