@@ -90,6 +90,8 @@ typedef struct q_state {
   uint64_t ovf_first;             /* the oldest item's number (items are numbered from 0 in
                                      the order they were appended; never reset) */
   int64_t nlocal;                 /* values held by reference (the queue has not crossed) */
+  uint64_t ring_init;             /* unbounded ring: the first position ring_b's slots are
+                                     initialised for (by r_grow; 0: not yet) */
 } q_state;                        /* 320 bytes, a multiple of 64: the ring's slots follow */
 _Static_assert(sizeof(q_state) == 320, "q_state: five cache lines");
 
@@ -132,10 +134,11 @@ static int q_less(const q_item *a, const q_item *b) {
  * SIGKILL at that instant would. */
 enum { QD_NONE, QD_GROW, QD_GROWN, QD_ALLOC, QD_FILLED, QD_SIFT_UP, QD_COUNTED, QD_GET,
        QD_SIFT_DOWN, QD_POPPED, QD_TAKEN, QD_LINK, QD_UNLINK, QD_OGROW, QD_OGROWN, QD_OPUT,
-       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED, QD_OFREE, QD_RGROW };
+       QD_OCOUNT, QD_MOVE, QD_MOVED, QD_OTAKE, QD_INSTALL, QD_INSTALLED, QD_OFREE, QD_RGROW,
+       QD_RINIT };
 static const char *const die_names[] = { "none", "grow", "grown", "alloc", "filled", "sift_up",
   "counted", "get", "sift_down", "popped", "taken", "link", "unlink", "ogrow", "ogrown", "oput",
-  "ocount", "move", "moved", "otake", "install", "installed", "ofree", "rgrow", NULL };
+  "ocount", "move", "moved", "otake", "install", "installed", "ofree", "rgrow", "rinit", NULL };
 static int die_point, die_n;
 #define Q_CRASH(p) do { \
     if (__builtin_expect(die_point == (p), 0) && --die_n == 0) _exit(0); } while (0)
@@ -401,7 +404,7 @@ static void q_repair(strand_shm *s) {
 #define RD_CAPBITS 20
 #define RING_BIG 1024                         /* the ring an unbounded FIFO grows to first */
 #define RING_GROW 16                          /* then each growth multiplies it by this */
-#define RING_GROW_MAX 262144                  /* up to (32 MiB; a quarter of its storage) */
+#define RING_GROW_MAX 16384                   /* up to (2 MiB; a quarter of its storage) */
 #define RING_JUMP ((uint64_t)1 << 32)         /* positions skipped when it does */
 #define RING_SPIN_SECONDS 30e-6
 /* A getter that finds head's position claimed but not published, or a putter that finds tail's
@@ -815,6 +818,13 @@ static int o_push(strand_shm *s, q_state *st, const r_item *it, const void *byte
  * can have used the big ring yet), else adds RING_JUMP to done if unfinished is still above
  * 2^31 (the add was not made: unfinished is that far from any real count). */
 
+/* ring_b's slots, free for the positions from q on */
+static void r_ring_init(q_state *st, uint64_t q) {
+  uint64_t big = st->ring_b & (((uint64_t)1 << RD_CAPBITS) - 1);
+  r_slot *b = (r_slot *)(strand_arena_base + (st->ring_b >> RD_CAPBITS));
+  for (uint64_t i = 0; i < big; i++) b[(q + i) % big].seq = 2 * (q + i);
+}
+
 static void r_grow(strand_shm *s, q_state *st) {
   if (st->maxsize != 0 || (A_ACQ(&st->tail) & RING_FLAGS)) return;
   uint64_t cap;
@@ -834,15 +844,21 @@ static void r_grow(strand_shm *s, q_state *st) {
     st->ring_b = r_desc(b, big);
     Q_CRASH(QD_RGROW);
   }
-  __atomic_fetch_or(&st->tail, RING_RETIRED, __ATOMIC_SEQ_CST);
+  uint64_t p = __atomic_fetch_or(&st->tail, RING_RETIRED, __ATOMIC_SEQ_CST) & ~RING_FLAGS;
+  Q_CRASH(QD_RINIT);
+  /* the retired ring's last position is known now: initialise the new ring's slots for the
+   * positions it will start at, here in the putter that is a ring ahead (a big ring's first
+   * touch of its pages costs milliseconds), not in the getter that installs it once it has
+   * taken the retired ring's items (the side that is behind). Killed midway, ring_init is not
+   * set and the install initialises them. */
+  r_ring_init(st, p + RING_JUMP);
+  st->ring_init = p + RING_JUMP;
 }
 
 static void r_install_at(q_state *st, uint64_t p) {
-  uint64_t big = st->ring_b & (((uint64_t)1 << RD_CAPBITS) - 1);
-  r_slot *b = (r_slot *)(strand_arena_base + (st->ring_b >> RD_CAPBITS));
   uint64_t q = p + RING_JUMP;
-  if (A_RLX(&st->rdesc) != st->ring_b)        /* (a recoverer: not yet published) */
-    for (uint64_t i = 0; i < big; i++) b[(q + i) % big].seq = 2 * (q + i);
+  /* (not yet published, nor initialised by r_grow: its holder died midway) */
+  if (A_RLX(&st->rdesc) != st->ring_b && st->ring_init != q) r_ring_init(st, q);
   __atomic_store_n(&st->head, q, __ATOMIC_SEQ_CST);
   Q_CRASH(QD_INSTALL);
   __atomic_store_n(&st->rdesc, st->ring_b, __ATOMIC_SEQ_CST);
