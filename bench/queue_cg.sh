@@ -4,7 +4,8 @@
 # put+get loop (bounded 1000 and unbounded), a put into and a get from an unbounded queue's
 # overflow, next to Lua's own floor for the same call shapes (s:len(): a method returning a
 # number; s:sub(2): a method returning a new 100-byte string); then the two threads of the
-# 1P/1C bench (callgrind runs them one at a time: spin and sleep counts are not the real ones).
+# 1P/1C bench, 100-byte strings and integers (callgrind runs them one at a time: spin and sleep
+# counts are not the real ones).
 # usage: sh bench/queue_cg.sh [BUILD_DIR] [N]   (needs valgrind)
 set -eu
 cd "$(dirname "$0")/.."
@@ -39,13 +40,15 @@ elseif case == "sub" then
 end
 L
 cat >"$tmp/two.lua" <<'L'
--- two.lua N MAXSIZE: bench/queue_bench.lua's 1P/1C case with 100-byte strings
+-- two.lua N MAXSIZE [int]: bench/queue_bench.lua's 1P/1C case with 100-byte strings (integers)
 local thread = require "strand.thread"
 local queue = require "strand.queue"
 local N, max = tonumber(arg[1]), tonumber(arg[2])
 local q = queue.new(max)
 local c = thread.start(function(qq) local k = 0; while qq:get() ~= nil do k = k + 1 end; return k end, q)
-local p = thread.start(function(qq, k, text) for _ = 1, k do qq:put(text) end end, q, N, ("x"):rep(100))
+local p = thread.start(function(qq, k, v)
+  if v then for _ = 1, k do qq:put(v) end else for i = 1, k do qq:put(i) end end
+end, q, N, arg[3] ~= "int" and ("x"):rep(100) or nil)
 assert(p:join()); q:close()
 local ok, k = c:join(); assert(ok and k == N)
 L
@@ -68,13 +71,17 @@ per "put into the overflow, 100 B string" str oput
 per "get from the overflow, 100 B string" str oget oput
 per "Lua floor: s:len() (a method returning a number)" str len
 per "Lua floor: s:sub(2) (a method making a 100 B string)" str sub
-for max in 1000 0; do
-  items=$(( n * 10 ))
-  valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$tmp/cg.%p" \
-    lua5.4 "$tmp/two.lua" "$items" "$max" >/dev/null 2>&1
-  # the threads in start order: main, the consumer (-02), the producer (-03)
-  c=$(sed -n 's/^totals: *//p' "$tmp"/cg.*-02); p=$(sed -n 's/^totals: *//p' "$tmp"/cg.*-03)
-  printf '1P/1C threads, 100 B, maxsize %-4s: consumer %d per get, producer %d per put\n' \
-    "$max" $(( c / items )) $(( p / items ))
-  rm -f "$tmp"/cg.*
+# (callgrind runs the threads one at a time: the producer gets far ahead, so an unbounded queue's
+# figures are those of a queue whose producer stays ahead: its grown ring, then its overflow)
+for kind in str int; do
+  for max in 1000 0; do
+    items=$(( n * 10 ))
+    valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$tmp/cg.%p" \
+      lua5.4 "$tmp/two.lua" "$items" "$max" "$kind" >/dev/null 2>&1
+    # the threads in start order: main, the consumer (-02), the producer (-03)
+    c=$(sed -n 's/^totals: *//p' "$tmp"/cg.*-02); p=$(sed -n 's/^totals: *//p' "$tmp"/cg.*-03)
+    printf '1P/1C threads, %-5s maxsize %-4s: consumer %d per get, producer %d per put\n' \
+      "$([ "$kind" = int ] && echo int, || echo 100 B,)" "$max" $(( c / items )) $(( p / items ))
+    rm -f "$tmp"/cg.*
+  done
 done
