@@ -50,16 +50,18 @@ typedef struct uslot {
   int nreq;                      /* requests of this slot in flight */
   unsigned char pin, pout;       /* a POLL_ADD of that direction is in flight */
   unsigned char fast;            /* sockio reads/writes it through recv/send requests */
-  unsigned char recv_armed, send_busy, send_done, eof;
+  unsigned char recv_armed, send_busy, eof;
   unsigned char rcancel;         /* a cancel of the multishot recv is queued (flow control) */
   unsigned char rd;              /* reads by readiness + recv(2) until the socket drains (flow control) */
   unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
   unsigned char grp;             /* the buffer group of the recv in flight */
   int rerr;                      /* a recv error to report */
   unsigned mbytes;               /* bytes the armed multishot has taken */
-  int sres;                      /* the finished send's result */
+  int sres;                      /* the result of the send of seq sshort (less than its slen) */
+  unsigned slen;                 /* bytes the send in flight was given */
   unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
   uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
+  uint32_t sshort;               /* the last send that took less than it was given (or 0) */
   int qhead, qtail, npend;       /* received buffers not read yet (links in ur->bnext) */
   unsigned qoff;                 /* bytes of the head buffer already read */
   int next;                      /* free list */
@@ -492,9 +494,8 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
     case OP_SEND:
       s->send_busy = 0;
       if (s->anchored) unanchor(u, i);
+      if (res != (int)s->slen) { s->sshort = s->sseq; s->sres = res; }  /* kept for its sendall */
       if (io == NULL) break;
-      s->send_done = 1;
-      s->sres = res;
       strand_io_event(io, STRAND_WRITE);
       break;
     default: break;                      /* OP_CANCEL */
@@ -737,24 +738,33 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   if (u == NULL) return -1;
   uslot *s = &u->slots[io->pollidx];
   if (!s->fast) return -1;
-  if (s->send_done) {
-    s->send_done = 0;
-    if (*seq != 0 && s->sseq == *seq) {
-      *res = s->sres;
-      *seq = 0;
-      return 2;
-    }
-    /* the result of a sendall that was cancelled meanwhile: not ours, dropped */
+  unsigned want = (unsigned)(len > 0x7fffffff ? 0x7fffffff : len);
+  if (*seq != 0) {
+    /* our send was issued: one send at a time per socket, so unless it is the one in flight it
+     * is done, whatever other sendalls (other tasks) sent since; all of it unless it came short */
+    if (s->send_busy && s->sseq == *seq) return 1;
+    *res = s->sshort == *seq ? s->sres : (long)want;
+    *seq = 0;
+    return 2;
   }
-  if (s->send_busy) return 1;   /* ours, or an abandoned one's: the next sends wait for it */
+  if (s->send_busy) {
+    /* another task's send (or an abandoned one's): submit and reap what is done, as a write
+     * after another task's completed write goes on at once under epoll; still in flight, the
+     * socket is full: wait (strand_wait_io raises "already writing" while its owner waits) */
+    int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+    if (k > 0) u->to_submit -= (unsigned)k;
+    reap(u);
+    if (s->send_busy) return 1;
+  }
   struct io_uring_sqe *e = get_sqe(u);
   e->opcode = IORING_OP_SEND;
   e->fd = io->fd;
   e->addr = (uint64_t)(uintptr_t)p;
-  e->len = (unsigned)(len > 0x7fffffff ? 0x7fffffff : len);
+  e->len = want;
   e->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
   put_sqe(u, io->pollidx, OP_SEND);
   s->send_busy = 1;
+  s->slen = want;
   if (++s->sseq_next == 0) s->sseq_next = 1;
   s->sseq = *seq = s->sseq_next;
   /* the kernel reads it until the CQE: anchored in the loop's table by slot (a luaL_ref and
@@ -778,7 +788,6 @@ void strand_uring_send_abandon(strand_io *io) {
   if (u == NULL) return;
   uslot *s = &u->slots[io->pollidx];
   if (s->send_busy) cancel_op(u, io->pollidx, OP_SEND);
-  s->send_done = 0;
 }
 
 /* }==== */
