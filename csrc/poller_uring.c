@@ -782,12 +782,20 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   return 1;
 }
 
-/* A send's waiter gave up (timeout, close, cancel): the CQE will drop the anchor. */
-void strand_uring_send_abandon(strand_io *io) {
+/* A send's waiter gave up (timeout): cancel its send and wait (bounded) for the CQE, which drops
+ * the anchor and says how much of it the kernel took before the cancel (part of a string too big
+ * for the socket buffer): those bytes are sent, as a send(2) that returned them. */
+long strand_uring_send_abandon(strand_io *io, uint32_t seq, size_t len) {
   ur *u = fast_ur(io);
-  if (u == NULL) return;
+  if (u == NULL || seq == 0) return 0;
   uslot *s = &u->slots[io->pollidx];
-  if (s->send_busy) cancel_op(u, io->pollidx, OP_SEND);
+  if (s->send_busy && s->sseq == seq) {
+    cancel_op(u, io->pollidx, OP_SEND);
+    for (int round = 0; round < 40 && s->send_busy && s->sseq == seq; round++) wait_reap(u, 25000000);
+    if (s->send_busy && s->sseq == seq) return 0;   /* (not come in 1 s: counted as unsent) */
+  }
+  if (s->sshort != seq) return (long)(len > 0x7fffffff ? 0x7fffffff : len);   /* done whole first */
+  return s->sres > 0 ? s->sres : 0;
 }
 
 /* }==== */

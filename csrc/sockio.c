@@ -398,7 +398,9 @@ static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
   for (;;) {
     if (outcome == STRAND_CLOSED || s->io.fd < 0) return send_fail(L, mode, sent, "closed", "ECLOSED");
     if (outcome == STRAND_TIMEOUT) {
-      if (s->io.loop && s->io.loop->poller == &strand_poller_uring) strand_uring_send_abandon(&s->io);
+      if (s->io.loop && s->io.loop->poller == &strand_poller_uring)   /* its send's bytes count */
+        sent += (size_t)strand_uring_send_abandon(&s->io, (uint32_t)((uint64_t)ctx >> 32),
+                                                  lua_rawlen(L, 2) - sent);
       return send_fail(L, mode, sent, "timeout", "ETIMEDOUT");
     }
     size_t total = 0;

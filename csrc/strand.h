@@ -477,7 +477,8 @@ STRAND_API extern const strand_poller strand_poller_poll;
  * until the CQE. *seq (0: none yet) names the caller's send across its waits (its result stays
  * for it while other tasks send); another task's send in flight is reaped, or waited for while
  * the socket is full (strand_wait_io raises "already writing" if its owner waits).
- * strand_uring_send_abandon: its waiter gave up (the CQE drops the anchor). */
+ * strand_uring_send_abandon: the sendall of seq (len bytes asked) gave up (timeout): its send is
+ * cancelled, the bytes it took before are returned. */
 STRAND_API extern const strand_poller strand_poller_uring;
 /* mode: STRAND_URING_NONBLOCK (setblocking(false): never waits), STRAND_URING_SHARED (the socket is
  * open in another process: its multishot is cancelled for good, queued bytes come first, then -2) */
@@ -499,7 +500,7 @@ STRAND_API void *strand_uring_forked(void *pstate);
 STRAND_API void strand_epoll_forked(void *pstate);
 STRAND_API int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len,
                                  long *res, uint32_t *seq);
-STRAND_API void strand_uring_send_abandon(strand_io *io);
+STRAND_API long strand_uring_send_abandon(strand_io *io, uint32_t seq, size_t len);
 
 /* For a poller's wait: timeout (seconds, < 0: forever) as the timespec ppoll and epoll_pwait2
  * take, filled in *ts; NULL for forever. */

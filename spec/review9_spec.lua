@@ -62,4 +62,22 @@ describe("review 9: sendall on a socket written through the ring", function()
       c:close(); a:close()
     end)
   end)
+
+  it("a sendall that times out counts the bytes its send in the ring had taken (it said 0)", function()
+    -- 8 MiB to a peer that does not read: the socket buffer takes some MiB, then the timeout;
+    -- the cancelled send's partial result was dropped, so bytes_sent said 0 and a caller
+    -- resending from there would have sent those bytes twice
+    H.run(function()
+      local c, a = fast_pair()
+      c:settimeout(0.3)
+      local data = string.rep("x", 8 * 1024 * 1024)
+      local ok, err, sent, code = c:sendall(data)
+      assert.same({ nil, "timeout", "ETIMEDOUT" }, { ok, err, code })
+      c:close()
+      local got = assert(a:read("a"))
+      assert.is_true(#got > 0)
+      assert.equal(#got, sent)
+      a:close()
+    end)
+  end)
 end)
