@@ -88,6 +88,8 @@ typedef struct ur {
   int ngrp, nbuf;                /* groups registered, ngrp * NBUF */
   int nfast;                     /* live slots on the fast path (the pool grows with them) */
   int nogrow;                    /* a group could not be added: stay at ngrp */
+  int nopool;                    /* the pool could not be made (RLIMIT_MEMLOCK): readiness only */
+  int pool_tries;                /* bufs_init calls (the spec of nopool) */
   char *bufs;                    /* NGRP_MAX * NBUF * BUFSZ reserved; buffer id g * NBUF + bid */
   int *bnext;
   unsigned *blen;
@@ -308,6 +310,9 @@ static int grp_add(ur *u) {
 }
 
 static int bufs_init(ur *u) {
+  u->pool_tries++;
+  const char *np = getenv("STRAND_URING_NOPOOL");    /* test hook: the pool's registration fails */
+  if (np != NULL && *np != 0 && *np != '0') { u->bufs = NULL; return EPERM; }
   u->bufs = mmap(NULL, BUFS_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   u->bnext = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->bnext);
   u->blen = (unsigned *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->blen);
@@ -656,7 +661,10 @@ long strand_uring_recv(strand_io *io, char *buf, size_t len, int mode) {
   uslot *s = &u->slots[io->pollidx];
   if (!s->fast) {
     if (mode != 0 || s->nofast) return -2;
-    if (u->bufs == NULL && bufs_init(u) != 0) return -2;   /* no provided buffers: readiness */
+    if (u->bufs == NULL && (u->nopool || bufs_init(u) != 0)) {   /* no provided buffers: readiness */
+      u->nopool = 1;           /* for good: not a 16 MiB map, a refused register and unmaps per read */
+      return -2;
+    }
     fast_add(u, s);
     s->rd = 1;                 /* first a recv(2): data may be in the socket already */
     return rd_recv(u, io, s, buf, len);
@@ -819,6 +827,7 @@ static int l_stats(lua_State *L) {
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
   lua_pushinteger(L, u->ngrp); lua_setfield(L, -2, "groups");
+  lua_pushinteger(L, u->pool_tries); lua_setfield(L, -2, "pool_tries");
   lua_pushinteger(L, u->nfast); lua_setfield(L, -2, "fast");
   lua_pushinteger(L, (lua_Integer)u->throttles); lua_setfield(L, -2, "throttles");
   lua_pushinteger(L, (lua_Integer)u->enobufs); lua_setfield(L, -2, "enobufs");

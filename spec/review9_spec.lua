@@ -20,6 +20,14 @@ local function fast_pair()
   return c, a
 end
 
+-- A program in a fresh lua5.4 (its own loop, env as given), bounded by timeout(1).
+local function fresh(code, env)
+  local out, ok = H.lua('package.path = "lua/?.lua;lua/?/init.lua;" .. package.path\n' .. code,
+    "timeout -k 5 60 " .. (env or ""))
+  assert.is_true(ok, out)
+  return out
+end
+
 -- What the ring has completed so far is reaped now (the test hook does what a loop wait does);
 -- nothing under epoll and poll.
 local function reap_now()
@@ -79,5 +87,34 @@ describe("review 9: sendall on a socket written through the ring", function()
       assert.equal(#got, sent)
       a:close()
     end)
+  end)
+end)
+
+describe("review 9: a ring whose provided-buffer pool cannot be made", function()
+  H.guard()
+
+  it("tries to make it once, not on every read (16 MiB map, refused register, unmaps each time)", function()
+    -- RLIMIT_MEMLOCK can let io_uring_setup through and refuse the pool's registration (a user
+    -- without CAP_IPC_LOCK; STRAND_URING_NOPOOL=1 refuses it here): reads go by readiness
+    local out = fresh([[
+      local strand = require "strand"
+      local socket = require "strand.socket"
+      strand.run(function()
+        local a, b = socket.pair()
+        b:settimeout(30)
+        local t = strand.spawn(function()
+          for i = 1, 200 do assert(b:read(2) == "m" .. i % 10) end
+        end)
+        for i = 1, 200 do assert(a:sendall("m" .. i % 10)); strand.sleep(0) end
+        assert(t:join(30))
+        local u = require("strand.core")._uring.stats()
+        print(u and u.pool_tries or "not io_uring", u and u.nbuf)
+      end)
+    ]], "env STRAND_URING_NOPOOL=1")
+    if os.getenv("STRAND_POLLER") == "uring" or os.getenv("STRAND_POLLER") == nil then
+      assert.equal("1\t0\n", out)
+    else
+      assert.equal("not io_uring\tnil\n", out)
+    end
   end)
 end)
