@@ -755,15 +755,10 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
     *seq = 0;
     return 2;
   }
-  if (s->send_busy) {
-    /* another task's send (or an abandoned one's): submit and reap what is done, as a write
-     * after another task's completed write goes on at once under epoll; still in flight, the
-     * socket is full: wait (strand_wait_io raises "already writing" while its owner waits) */
-    int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
-    if (k > 0) u->to_submit -= (unsigned)k;
-    reap(u);
-    if (s->send_busy) return 1;
-  }
+  /* another task's send (or an abandoned one's): reaped if done, as a write after another task's
+   * completed write goes on at once under epoll; still in flight, the socket is full: wait
+   * (strand_wait_io raises "already writing" while its owner waits) */
+  if (s->send_busy && strand_uring_settle(io)) return 1;
   struct io_uring_sqe *e = get_sqe(u);
   e->opcode = IORING_OP_SEND;
   e->fd = io->fd;
@@ -788,6 +783,17 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   s->anchored = 1;
   io->ready &= ~(unsigned)STRAND_WRITE;
   return 1;
+}
+
+/* A send in flight on io (another task's): submits what is queued and reaps what is done (the
+ * completion makes io writable). 1 while it is still in flight (the socket is full). */
+int strand_uring_settle(strand_io *io) {
+  ur *u = fast_ur(io);
+  if (u == NULL || !u->slots[io->pollidx].send_busy) return 0;
+  int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+  if (k > 0) u->to_submit -= (unsigned)k;
+  reap(u);
+  return u->slots[io->pollidx].send_busy;
 }
 
 /* A send's waiter gave up (timeout): cancel its send and wait (bounded) for the CQE, which drops

@@ -501,6 +501,9 @@ STRAND_API void strand_epoll_forked(void *pstate);
 STRAND_API int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len,
                                  long *res, uint32_t *seq);
 STRAND_API long strand_uring_send_abandon(strand_io *io, uint32_t seq, size_t len);
+/* a send in flight on io (another task's sendall): submitted and reaped if done (io is then
+ * writable); 1 while still in flight. sockio.c's writers by send(2) call it before they wait. */
+STRAND_API int strand_uring_settle(strand_io *io);
 
 /* For a poller's wait: timeout (seconds, < 0: forever) as the timespec ppoll and epoll_pwait2
  * take, filled in *ts; NULL for forever. */

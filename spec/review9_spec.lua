@@ -71,6 +71,29 @@ describe("review 9: sendall on a socket written through the ring", function()
     end)
   end)
 
+  it("send, write and send_frame from other tasks while a sendall's send is in the ring: in order, no raise", function()
+    -- they write by send(2): they saw the socket not writable (the sendall's send cleared it)
+    -- and raised "another task is already writing to this object" where epoll went through
+    H.run(function()
+      local c, a = fast_pair()
+      local ts = {
+        strand.spawn(function() return c:sendall("A1\n") end),
+        strand.spawn(function() return c:write("B", "2\n") end),
+        strand.spawn(function() return c:send("C3\n") end),
+        strand.spawn(function() return c:send_frame("D4") end),
+        strand.spawn(function() return c:sendall("E5\n") end),
+      }
+      for i, t in ipairs(ts) do
+        local r = table.pack(t:join(H.TIMEOUT))
+        assert.is_true(r[1], tostring(r[2]))
+        assert.is_truthy(r[2], "task " .. i)
+      end
+      assert.same({ "A1", "B2", "C3", "\0\0\0\2D4", "E5" },
+        { a:read("l"), a:read("l"), a:read("l"), a:read(6), a:read("l") })
+      c:close(); a:close()
+    end)
+  end)
+
   it("a sendall that times out counts the bytes its send in the ring had taken (it said 0)", function()
     -- 8 MiB to a peer that does not read: the socket buffer takes some MiB, then the timeout;
     -- the cancelled send's partial result was dropped, so bytes_sent said 0 and a caller
