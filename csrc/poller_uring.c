@@ -50,16 +50,18 @@ typedef struct uslot {
   int nreq;                      /* requests of this slot in flight */
   unsigned char pin, pout;       /* a POLL_ADD of that direction is in flight */
   unsigned char fast;            /* sockio reads/writes it through recv/send requests */
-  unsigned char recv_armed, send_busy, send_done, eof;
+  unsigned char recv_armed, send_busy, eof;
   unsigned char rcancel;         /* a cancel of the multishot recv is queued (flow control) */
   unsigned char rd;              /* reads by readiness + recv(2) until the socket drains (flow control) */
   unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
   unsigned char grp;             /* the buffer group of the recv in flight */
   int rerr;                      /* a recv error to report */
   unsigned mbytes;               /* bytes the armed multishot has taken */
-  int sres;                      /* the finished send's result */
+  int sres;                      /* the result of the send of seq sshort (less than its slen) */
+  unsigned slen;                 /* bytes the send in flight was given */
   unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
   uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
+  uint32_t sshort;               /* the last send that took less than it was given (or 0) */
   int qhead, qtail, npend;       /* received buffers not read yet (links in ur->bnext) */
   unsigned qoff;                 /* bytes of the head buffer already read */
   int next;                      /* free list */
@@ -86,6 +88,8 @@ typedef struct ur {
   int ngrp, nbuf;                /* groups registered, ngrp * NBUF */
   int nfast;                     /* live slots on the fast path (the pool grows with them) */
   int nogrow;                    /* a group could not be added: stay at ngrp */
+  int nopool;                    /* the pool could not be made (RLIMIT_MEMLOCK): readiness only */
+  int pool_tries;                /* bufs_init calls (the spec of nopool) */
   char *bufs;                    /* NGRP_MAX * NBUF * BUFSZ reserved; buffer id g * NBUF + bid */
   int *bnext;
   unsigned *blen;
@@ -306,6 +310,9 @@ static int grp_add(ur *u) {
 }
 
 static int bufs_init(ur *u) {
+  u->pool_tries++;
+  const char *np = getenv("STRAND_URING_NOPOOL");    /* test hook: the pool's registration fails */
+  if (np != NULL && *np != 0 && *np != '0') { u->bufs = NULL; return EPERM; }
   u->bufs = mmap(NULL, BUFS_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   u->bnext = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->bnext);
   u->blen = (unsigned *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->blen);
@@ -492,9 +499,8 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
     case OP_SEND:
       s->send_busy = 0;
       if (s->anchored) unanchor(u, i);
+      if (res != (int)s->slen) { s->sshort = s->sseq; s->sres = res; }  /* kept for its sendall */
       if (io == NULL) break;
-      s->send_done = 1;
-      s->sres = res;
       strand_io_event(io, STRAND_WRITE);
       break;
     default: break;                      /* OP_CANCEL */
@@ -655,7 +661,10 @@ long strand_uring_recv(strand_io *io, char *buf, size_t len, int mode) {
   uslot *s = &u->slots[io->pollidx];
   if (!s->fast) {
     if (mode != 0 || s->nofast) return -2;
-    if (u->bufs == NULL && bufs_init(u) != 0) return -2;   /* no provided buffers: readiness */
+    if (u->bufs == NULL && (u->nopool || bufs_init(u) != 0)) {   /* no provided buffers: readiness */
+      u->nopool = 1;           /* for good: not a 16 MiB map, a refused register and unmaps per read */
+      return -2;
+    }
     fast_add(u, s);
     s->rd = 1;                 /* first a recv(2): data may be in the socket already */
     return rd_recv(u, io, s, buf, len);
@@ -737,24 +746,28 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   if (u == NULL) return -1;
   uslot *s = &u->slots[io->pollidx];
   if (!s->fast) return -1;
-  if (s->send_done) {
-    s->send_done = 0;
-    if (*seq != 0 && s->sseq == *seq) {
-      *res = s->sres;
-      *seq = 0;
-      return 2;
-    }
-    /* the result of a sendall that was cancelled meanwhile: not ours, dropped */
+  unsigned want = (unsigned)(len > 0x7fffffff ? 0x7fffffff : len);
+  if (*seq != 0) {
+    /* our send was issued: one send at a time per socket, so unless it is the one in flight it
+     * is done, whatever other sendalls (other tasks) sent since; all of it unless it came short */
+    if (s->send_busy && s->sseq == *seq) return 1;
+    *res = s->sshort == *seq ? s->sres : (long)want;
+    *seq = 0;
+    return 2;
   }
-  if (s->send_busy) return 1;   /* ours, or an abandoned one's: the next sends wait for it */
+  /* another task's send (or an abandoned one's): reaped if done, as a write after another task's
+   * completed write goes on at once under epoll; still in flight, the socket is full: wait
+   * (strand_wait_io raises "already writing" while its owner waits) */
+  if (s->send_busy && strand_uring_settle(io)) return 1;
   struct io_uring_sqe *e = get_sqe(u);
   e->opcode = IORING_OP_SEND;
   e->fd = io->fd;
   e->addr = (uint64_t)(uintptr_t)p;
-  e->len = (unsigned)(len > 0x7fffffff ? 0x7fffffff : len);
+  e->len = want;
   e->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
   put_sqe(u, io->pollidx, OP_SEND);
   s->send_busy = 1;
+  s->slen = want;
   if (++s->sseq_next == 0) s->sseq_next = 1;
   s->sseq = *seq = s->sseq_next;
   /* the kernel reads it until the CQE: anchored in the loop's table by slot (a luaL_ref and
@@ -772,13 +785,31 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   return 1;
 }
 
-/* A send's waiter gave up (timeout, close, cancel): the CQE will drop the anchor. */
-void strand_uring_send_abandon(strand_io *io) {
+/* A send in flight on io (another task's): submits what is queued and reaps what is done (the
+ * completion makes io writable). 1 while it is still in flight (the socket is full). */
+int strand_uring_settle(strand_io *io) {
   ur *u = fast_ur(io);
-  if (u == NULL) return;
+  if (u == NULL || !u->slots[io->pollidx].send_busy) return 0;
+  int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+  if (k > 0) u->to_submit -= (unsigned)k;
+  reap(u);
+  return u->slots[io->pollidx].send_busy;
+}
+
+/* A send's waiter gave up (timeout): cancel its send and wait (bounded) for the CQE, which drops
+ * the anchor and says how much of it the kernel took before the cancel (part of a string too big
+ * for the socket buffer): those bytes are sent, as a send(2) that returned them. */
+long strand_uring_send_abandon(strand_io *io, uint32_t seq, size_t len) {
+  ur *u = fast_ur(io);
+  if (u == NULL || seq == 0) return 0;
   uslot *s = &u->slots[io->pollidx];
-  if (s->send_busy) cancel_op(u, io->pollidx, OP_SEND);
-  s->send_done = 0;
+  if (s->send_busy && s->sseq == seq) {
+    cancel_op(u, io->pollidx, OP_SEND);
+    for (int round = 0; round < 40 && s->send_busy && s->sseq == seq; round++) wait_reap(u, 25000000);
+    if (s->send_busy && s->sseq == seq) return 0;   /* (not come in 1 s: counted as unsent) */
+  }
+  if (s->sshort != seq) return (long)(len > 0x7fffffff ? 0x7fffffff : len);   /* done whole first */
+  return s->sres > 0 ? s->sres : 0;
 }
 
 /* }==== */
@@ -802,6 +833,7 @@ static int l_stats(lua_State *L) {
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
   lua_pushinteger(L, u->ngrp); lua_setfield(L, -2, "groups");
+  lua_pushinteger(L, u->pool_tries); lua_setfield(L, -2, "pool_tries");
   lua_pushinteger(L, u->nfast); lua_setfield(L, -2, "fast");
   lua_pushinteger(L, (lua_Integer)u->throttles); lua_setfield(L, -2, "throttles");
   lua_pushinteger(L, (lua_Integer)u->enobufs); lua_setfield(L, -2, "enobufs");

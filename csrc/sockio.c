@@ -365,8 +365,12 @@ static int m_recv_frame(lua_State *L) {
 
 enum { SEND_ALL, SEND_WRITE, SEND_FRAME };
 
-static int can_write(const sock *s) {
-  return s->nonblocking || strand_io_maybe(&s->io, STRAND_WRITE);
+static int can_write(sock *s) {
+  if (s->nonblocking || strand_io_maybe(&s->io, STRAND_WRITE)) return 1;
+  /* STRAND_POLLER=uring: not writable while another task's sendall has its send in the ring;
+   * done, it makes the socket writable (then send(2) goes after it, in order) */
+  if (s->io.loop && s->io.loop->poller == &strand_poller_uring) strand_uring_settle(&s->io);
+  return strand_io_maybe(&s->io, STRAND_WRITE);
 }
 
 /* sendall/send_frame: nil, msg, bytes_sent, code; write: nil, msg, code */
@@ -398,7 +402,9 @@ static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
   for (;;) {
     if (outcome == STRAND_CLOSED || s->io.fd < 0) return send_fail(L, mode, sent, "closed", "ECLOSED");
     if (outcome == STRAND_TIMEOUT) {
-      if (s->io.loop && s->io.loop->poller == &strand_poller_uring) strand_uring_send_abandon(&s->io);
+      if (s->io.loop && s->io.loop->poller == &strand_poller_uring)   /* its send's bytes count */
+        sent += (size_t)strand_uring_send_abandon(&s->io, (uint32_t)((uint64_t)ctx >> 32),
+                                                  lua_rawlen(L, 2) - sent);
       return send_fail(L, mode, sent, "timeout", "ETIMEDOUT");
     }
     size_t total = 0;

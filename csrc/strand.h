@@ -474,8 +474,11 @@ STRAND_API extern const strand_poller strand_poller_poll;
  * reads from a multishot recv and SEND SQEs. strand_uring_recv: like recv(2) (-1 + errno), or
  * -2: not this way, use recv(2). strand_uring_send: -1 not this way; 1 a send is in flight (wait
  * for STRAND_WRITE); 2 done, *res its result (-errno or bytes); the string at sidx is anchored
- * until the CQE. *seq (0: none yet) names the caller's send across its waits: a send left by a
- * cancelled caller is waited for and its result dropped. strand_uring_send_abandon: its waiter gave up (the CQE drops the anchor). */
+ * until the CQE. *seq (0: none yet) names the caller's send across its waits (its result stays
+ * for it while other tasks send); another task's send in flight is reaped, or waited for while
+ * the socket is full (strand_wait_io raises "already writing" if its owner waits).
+ * strand_uring_send_abandon: the sendall of seq (len bytes asked) gave up (timeout): its send is
+ * cancelled, the bytes it took before are returned. */
 STRAND_API extern const strand_poller strand_poller_uring;
 /* mode: STRAND_URING_NONBLOCK (setblocking(false): never waits), STRAND_URING_SHARED (the socket is
  * open in another process: its multishot is cancelled for good, queued bytes come first, then -2) */
@@ -497,7 +500,10 @@ STRAND_API void *strand_uring_forked(void *pstate);
 STRAND_API void strand_epoll_forked(void *pstate);
 STRAND_API int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size_t len,
                                  long *res, uint32_t *seq);
-STRAND_API void strand_uring_send_abandon(strand_io *io);
+STRAND_API long strand_uring_send_abandon(strand_io *io, uint32_t seq, size_t len);
+/* a send in flight on io (another task's sendall): submitted and reaped if done (io is then
+ * writable); 1 while still in flight. sockio.c's writers by send(2) call it before they wait. */
+STRAND_API int strand_uring_settle(strand_io *io);
 
 /* For a poller's wait: timeout (seconds, < 0: forever) as the timespec ppoll and epoll_pwait2
  * take, filled in *ts; NULL for forever. */
