@@ -62,9 +62,6 @@ typedef struct thr_ctl {
   struct stk *stack;            /* the stack strand made for a new OS thread (or NULL: glibc's) */
   unsigned gen;                 /* thr_gen when started: another value means a forked child's
                                    copy, whose OS thread is its parent's (never joinable here) */
-  atomic_int os_exiting;        /* its OS thread exits after telling its joiners (not kept for
-                                   the next start): the first join to see it done waits for
-                                   that exit (stk_await_exit) */
 } thr_ctl;
 
 typedef struct thr_handle {
@@ -692,7 +689,6 @@ typedef struct stk {
   struct stk *next, *prev;                /* in one list: in use (both links), exiting or spare */
   char *mem;                              /* the mapping: its guard, then the stack */
   pthread_t tid;                          /* the OS thread that ran on it (exiting list) */
-  int joining;                            /* stk_await_exit joins that OS thread right now */
 } stk;
 
 /* Process-wide, as the OS threads: stacks OS threads run on, stacks whose OS thread is ending,
@@ -726,7 +722,7 @@ static void stk_reap(void) {
   stk **pp = &stk_exiting;
   while (*pp != NULL) {
     stk *s = *pp;
-    if (s->joining || pthread_tryjoin_np(s->tid, NULL) != 0) { pp = &s->next; continue; }
+    if (pthread_tryjoin_np(s->tid, NULL) != 0) { pp = &s->next; continue; }   /* EBUSY */
     *pp = s->next;
     stk_keep(s);
   }
@@ -766,43 +762,6 @@ static void stk_give_back(stk *s) {
   pthread_mutex_lock(&stk_mu);
   stk_unuse(s);
   stk_keep(s);
-  pthread_mutex_unlock(&stk_mu);
-}
-
-/* A join that found the thread done whose OS thread exits (listed on `want` by stk_exit before
- * it told its joiners): waits for that exit, EXIT_WAIT_NS at most, as pthread_join does, and
- * keeps the stack. Woken from user space (the eventfd), the joiner would otherwise run ahead of
- * the rest of the exit (glibc's and the kernel's end of a thread) on this CPU, and the next
- * start's clone found that OS thread still on the run queue in 44% of cold starts: the kernel
- * then puts the new OS thread on the other CPU, an idle CPU's wake-up for it and another for
- * its join (~40 us each on a VM). Waiting here, the exit finishes first and the kernel wakes
- * the joiner at its end (0.6% overlap, C 0%: bench/thread_start_sched.sh). Only a pointer
- * compare on `want` (its record may have been reaped and freed since). */
-#define EXIT_WAIT_NS 1000000L
-static void stk_await_exit(stk *want) {
-  if (want == NULL) return;
-  pthread_mutex_lock(&stk_mu);
-  stk *s = stk_exiting;
-  while (s != NULL && s != want) s = s->next;
-  if (s == NULL || s->joining) { pthread_mutex_unlock(&stk_mu); return; }
-  s->joining = 1;                         /* stk_reap leaves it to us meanwhile */
-  pthread_t tid = s->tid;
-  pthread_mutex_unlock(&stk_mu);
-  struct timespec until;
-  int r = clock_gettime(CLOCK_MONOTONIC, &until);
-  if (r == 0) {
-    until.tv_nsec += EXIT_WAIT_NS;
-    if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
-    r = pthread_clockjoin_np(tid, NULL, CLOCK_MONOTONIC, &until);
-  }
-  pthread_mutex_lock(&stk_mu);
-  s->joining = 0;
-  if (r == 0) {                           /* joined: off the exiting list, kept */
-    stk **pp = &stk_exiting;
-    while (*pp != s) pp = &(*pp)->next;
-    *pp = s->next;
-    stk_keep(s);
-  }                                       /* else still exiting: a later reap joins it */
   pthread_mutex_unlock(&stk_mu);
 }
 
@@ -1047,11 +1006,6 @@ static void *thr_main(void *arg) {
     if (own != NULL) stk_trim(own);       /* before its joiners go on: a join sees it done */
     if (again && !masked) masked = again = pthread_sigmask(SIG_BLOCK, NULL, &mask) == 0;
     again = again && idle_add(&w);
-    if (!again) {                         /* it exits: listed first, for its join to wait on */
-      atomic_store_explicit(&c->os_exiting, 1, memory_order_relaxed);
-      if (own != NULL) stk_exit(own);
-      own = NULL;
-    }
     thread_done(c);
     if (!again || (c = idle_wait(&w, name)) == NULL) break;
     if (c->mask_set && memcmp(&c->mask, &mask, sizeof mask) != 0) {
@@ -1427,11 +1381,6 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
   double deadline = lua_tonumber(L, 2);
   for (;;) {
     if (atomic_load(&h->c->state) >= TS_DONE) {
-      /* its OS thread exits (not kept for the next start): wait for that, as pthread_join
-       * does, so that the next start does not clone beside it (stk_await_exit) */
-      if (atomic_load_explicit(&h->c->os_exiting, memory_order_relaxed)
-          && atomic_exchange_explicit(&h->c->os_exiting, 0, memory_order_relaxed))
-        stk_await_exit(h->c->stack);
       if (lua_type(L, 3) == LUA_TUSERDATA) {
         lua_pushcfunction(L, waiter_close); lua_pushvalue(L, 3); lua_call(L, 1, 0);
       }
