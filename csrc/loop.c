@@ -511,9 +511,10 @@ static lua_Integer anchor_add(lua_State *L, strand_loop *loop, int a) {
   return s;
 }
 
+/* a is an absolute index, or -1 for the value on top */
 static void anchor_del(lua_State *L, strand_loop *loop, int a, lua_Integer s) {
   lua_pushinteger(L, loop->anchor_free);
-  lua_rawseti(L, a, s);
+  lua_rawseti(L, a < 0 ? a - 1 : a, s);
   loop->anchor_free = s;
 }
 
@@ -727,12 +728,17 @@ int strand_push_task(lua_State *L, strand_task *t) {
   return 1;
 }
 
-static void unanchor_task(lua_State *L, strand_task *t) {
+/* anchor: the stack index of t's loop's anchor (loop_step's, fetched once a round), or 0 */
+static void unanchor_task(lua_State *L, strand_task *t, int anchor) {
   lua_Integer s = co_slot(t->co);                /* written by anchor_task: t's own slot */
   if (s <= 0) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor_ref);
-  anchor_del(L, t->loop, lua_absindex(L, -1), s);
-  lua_pop(L, 1);
+  if (anchor != 0) {
+    anchor_del(L, t->loop, anchor, s);
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->loop->anchor_ref);
+    anchor_del(L, t->loop, -1, s);
+    lua_pop(L, 1);
+  }
   set_co_slot(t->co, 0);
 }
 
@@ -823,7 +829,8 @@ static void report_unobserved(lua_State *L, strand_task *t) {
 /* The task is over: keep its error (the only value left on its dead coroutine's stack), drop
  * any pending cancellation, wake joiners, drop the anchor. `status` is the resume status;
  * LUA_OK with (FAILED_KEY, err) results is a failure the body caught. */
-static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int status) {
+static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int status,
+                        int anchor) {
   lua_State *co = t->co;
   if (t->cancel_pending) {                       /* a cancellation that came too late */
     t->cancel_pending = 0;
@@ -861,13 +868,13 @@ static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int sta
     t->nres = 1;
   }
   if (t->status == STRAND_T_FAILED) report_unobserved(L, t);
-  unanchor_task(L, t);
+  unanchor_task(L, t, anchor);
   loop->ntasks--;
   if (t->background) { t->background = 0; loop->nbackground--; }
   strand_waitq_wake_all(&t->joiners, STRAND_READY);
 }
 
-static void task_resume(lua_State *L, strand_loop *loop, strand_task *t) {
+static void task_resume(lua_State *L, strand_loop *loop, strand_task *t, int anchor) {
   lua_State *co = t->co;
   int nres = 0;
   t->status = STRAND_T_RUNNING;
@@ -892,7 +899,7 @@ static void task_resume(lua_State *L, strand_loop *loop, strand_task *t) {
     return;
   }
   if (st == LUA_OK) t->nres = nres;
-  task_finish(L, loop, t, st);
+  task_finish(L, loop, t, st, anchor);
 }
 
 /* {==== Ctrl-C
@@ -928,11 +935,17 @@ int strand_interrupted(lua_State *L) {
 static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)) {
   int was_done = done(loop);
   size_t n = loop->nready;
+  int anchor = 0;                    /* the anchor, fetched once for the tasks that end here */
+  if (n > 0 && lua_checkstack(L, 1)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor_ref);
+    anchor = lua_gettop(L);
+  }
   while (n-- > 0 && loop->ready_head) {
     strand_task *t = loop->ready_head;
     ready_remove(loop, t);
-    task_resume(L, loop, t);
+    task_resume(L, loop, t, anchor);
   }
+  if (anchor != 0) lua_remove(L, anchor);
   double timeout = -1;
   if (loop->ready_head || done(loop)) timeout = 0;
   else if (loop->nheap > 0) {
@@ -1105,7 +1118,7 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
     lua_settop(t->co, 0);
     lua_xmove(L, t->co, 1);                      /* co: err */
     t->nres = 1;
-    unanchor_task(L, t);
+    unanchor_task(L, t, 0);
     loop->ntasks--;
     if (t->background) { t->background = 0; loop->nbackground--; }
     strand_waitq_wake_all(&t->joiners, STRAND_READY);

@@ -65,7 +65,7 @@ static int l_is_cancelled(lua_State *L) {
 /* {==== module functions */
 
 static int l_spawn(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (lua_type(L, 1) != LUA_TFUNCTION) luaL_checktype(L, 1, LUA_TFUNCTION);   /* raises */
   strand_task_spawn(L, lua_gettop(L) - 1);
   return 1;
 }
@@ -78,7 +78,8 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
 static int l_sleep(lua_State *L) {
   double deadline;
   int isnum;
-  lua_Number s = lua_tonumberx(L, 1, &isnum);
+  lua_Integer i = lua_tointegerx(L, 1, &isnum);      /* sleep(0): an integer, no conversion */
+  lua_Number s = isnum ? (lua_Number)i : lua_tonumberx(L, 1, &isnum);
   if (isnum && s == 0) deadline = 0;                 /* (luaL_checknumber's result, sooner) */
   else if (!isnum && lua_isnoneornil(L, 1)) deadline = 0;
   else {
