@@ -582,17 +582,29 @@ static double watch_limit(ur *u, double timeout) {
   return timeout > 0 && timeout < WATCH_SECONDS ? timeout : WATCH_SECONDS;
 }
 
-/* Submits what is queued, then watches up to limit seconds: 1 when completions came. */
+/* Submits what is queued, then watches up to limit seconds: 1 when completions came while it
+ * watched, 2 when they came after this thread was off the CPU a while (WATCH_GAP: preempted,
+ * likely by the very peer that answered, which shares this CPU and would have answered as soon
+ * had we slept), 3 when they were there at once (the wait would not have slept either: says
+ * nothing about watching), 0 when none came. */
+#define WATCH_GAP 5e-6
 static int watch(ur *u, double limit) {
   u->watches++;
-  if (u->to_submit > 0 && flush(u) != 0) return 0;
-  double until = strand_now() + limit;
+  double t = strand_now(), until = t + limit;
+  int off = 0;
+  if (u->to_submit > 0) {
+    if (flush(u) != 0) return 0;
+    double t1 = strand_now();                 /* (the return from a system call may switch) */
+    if (t1 - t > WATCH_GAP) off = 1;
+    t = t1;
+  }
+  if (cq_ready(u)) return off ? 2 : 3;
   for (;;) {
     for (int i = 0; i < 32; i++) {
-      if (cq_ready(u)) return 1;
+      if (cq_ready(u)) return 1 + off;
       if (__atomic_load_n(u->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) {
         sys_enter(u->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);     /* posts them */
-        if (cq_ready(u)) return 1;
+        if (cq_ready(u)) return 1 + off;
       }
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
@@ -600,7 +612,10 @@ static int watch(ur *u, double limit) {
       __asm__ __volatile__("yield");
 #endif
     }
-    if (strand_now() >= until) return 0;
+    double t1 = strand_now();
+    if (t1 - t > WATCH_GAP) off = 1;
+    if (t1 >= until) return 0;
+    t = t1;
   }
 }
 
@@ -610,15 +625,17 @@ static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
   double t0 = 0, limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
   if (limit > 0 && !cq_ready(u)) {
-    if (watch(u, limit)) {
-      u->watch_hits++;
-      u->watch_fail = 0;
+    int w = watch(u, limit);
+    if (w == 0 || w == 2) {                       /* backs off */
+      if (u->watch_fail < WATCH_BACKOFF_MAX) u->watch_fail++;
+      u->watch_skip = (1 << u->watch_fail) - 1;
+    }
+    if (w != 0) {
+      if (w == 1) { u->watch_hits++; u->watch_fail = 0; }   /* (3: no change) */
       u->last_wait = strand_now() - t0;
       reap(u);
       return 0;
     }
-    if (u->watch_fail < WATCH_BACKOFF_MAX) u->watch_fail++;
-    u->watch_skip = (1 << u->watch_fail) - 1;
     if (timeout > 0) {
       timeout -= strand_now() - t0;
       if (timeout <= 0) timeout = 1e-9;
