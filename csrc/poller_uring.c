@@ -547,7 +547,8 @@ static int ur_wait_once(ur *u, double timeout);
  * io_uring_enter posts them). A watch that saw nothing doubles the number of waits that skip it
  * (up to 2^WATCH_BACKOFF_MAX), one that did resets it: a program whose peers answer slowly, or a
  * peer sharing this CPU (which cannot answer while we watch), pays a failed watch rarely. */
-#define WATCH_SECONDS 30e-6
+#define WATCH_SECONDS 30e-6       /* the shortest watch */
+#define WATCH_MAX 200e-6          /* the longest */
 #define WATCH_SHORT 1e-3          /* a wait shorter than this was a peer answering */
 #define WATCH_BACKOFF_MAX 8
 /* Only a loop with few requests in flight watches (a request/reply with one peer or a few): a
@@ -579,7 +580,13 @@ static double watch_limit(ur *u, double timeout) {
   if (u->last_wait >= WATCH_SHORT) return 0;
   if (u->watch_skip > 0) { u->watch_skip--; return 0; }
   if (watch_cpus(u) < 2) return 0;
-  return timeout > 0 && timeout < WATCH_SECONDS ? timeout : WATCH_SECONDS;
+  /* twice the last wait: after a wait that slept (the peer's answer came late, since it had to
+   * be woken) long enough for an answer from a peer that sleeps too, so that a pair where one
+   * side slept once goes back to both watching */
+  double lim = 2 * u->last_wait;
+  if (lim < WATCH_SECONDS) lim = WATCH_SECONDS;
+  if (lim > WATCH_MAX) lim = WATCH_MAX;
+  return timeout > 0 && timeout < lim ? timeout : lim;
 }
 
 /* Submits what is queued, then watches up to limit seconds: 1 when completions came while it
@@ -601,11 +608,12 @@ static int watch(ur *u, double limit) {
   if (cq_ready(u)) return off ? 2 : 3;
   for (;;) {
     for (int i = 0; i < 32; i++) {
-      if (cq_ready(u)) return 1 + off;
-      if (__atomic_load_n(u->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN) {
+      int got = cq_ready(u);
+      if (!got && (__atomic_load_n(u->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN)) {
         sys_enter(u->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);     /* posts them */
-        if (cq_ready(u)) return 1 + off;
+        got = cq_ready(u);
       }
+      if (got) return off || strand_now() - t > WATCH_GAP ? 2 : 1;
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #elif defined(__aarch64__)
