@@ -15,6 +15,8 @@
  *         i IORING_ENTER_NO_IOWAIT (6.15+), s busy-poll up to SPIN us before sleeping
  *         (set SPIN in the environment; default 50), n the reply is written by an io_uring WRITE,
  *         o epoll waits for EPOLLIN|EPOLLOUT edge-triggered (as strand's epoll poller)
+ * env: WORK=us each side computes that long between a message in and its next message out (a
+ *      strand process runs Lua between them: ~10 us); SPIN=us (flag s)
  * Prints: wall us per round trip, then the CPU (user+sys) us per round trip of parent and child,
  * and how often the child replied from the CPU the parent then ran on (the scheduler put both
  * on one CPU: wake-affine). */
@@ -78,6 +80,15 @@ static void pin(int cpu) {
 static const char *flags = "";
 static int has(char c) { return strchr(flags, c) != NULL; }
 static int spin_us = 50;
+static int work_us = 0;          /* WORK: each side computes this long between a message in and out */
+
+static void work(void) {
+  if (work_us <= 0) return;
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  do clock_gettime(CLOCK_MONOTONIC, &b);
+  while ((b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) < work_us * 1000L);
+}
 
 /* {==== a ring */
 typedef struct {
@@ -298,6 +309,8 @@ int main(int argc, char **argv) {
   if (argc > 6) flags = argv[6];
   const char *sp = getenv("SPIN");
   if (sp) spin_us = atoi(sp);
+  const char *wk = getenv("WORK");
+  if (wk) work_us = atoi(wk);
   int a2b[2], b2a[2];            /* [0] read end, [1] write end */
   if (kind_unix) {
     int sv[2];
@@ -316,6 +329,7 @@ int main(int argc, char **argv) {
     double c0 = cpu_us();
     for (long i = 0; i < n + 100; i++) {
       get(&s, buf);
+      work();
       buf[0] = (char)sched_getcpu();     /* the reply says where the child ran */
       put(&s, buf);
       if (i == 99) c0 = cpu_us();
@@ -334,6 +348,7 @@ int main(int argc, char **argv) {
     put(&s, buf);
     get(&s, buf);
     same += buf[0] == (char)sched_getcpu();
+    work();
   }
   double wall = (now() - t0) / (double)n * 1e6, pc = (cpu_us() - c0) / (double)n;
   double cc = 0;

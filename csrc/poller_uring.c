@@ -1,6 +1,7 @@
 /* poller_uring.c — PROTOTYPE io_uring backend (STRAND_POLLER=uring, docs/uring.md): readiness by
  * one-shot POLL_ADD per awaited direction, and for stream sockets read/written by sockio.c a
- * multishot recv into a provided-buffer ring and SEND SQEs; one io_uring_enter per loop wait. */
+ * multishot recv into a provided-buffer ring and SEND SQEs; one io_uring_enter per loop wait
+ * (in a request/reply exchange, a short watch of the ring before it: docs/uring.md 4.7). */
 #include "strand.h"
 
 #include <errno.h>
