@@ -601,7 +601,11 @@ static int watch(ur *u, double limit) {
   double t = strand_now(), until = t + limit;
   int off = 0;
   if (u->to_submit > 0) {
-    if (flush(u) != 0) return 0;
+    /* one submission (the wait after a failed watch deals with EBUSY, EINTR, a partial one) */
+    int k = sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
+    if (k < 0) return 0;
+    u->to_submit -= (unsigned)k;
+    if (u->to_submit > 0) return 0;
     double t1 = strand_now();                 /* (the return from a system call may switch) */
     if (t1 - t > WATCH_GAP) off = 1;
     t = t1;
