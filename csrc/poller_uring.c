@@ -542,12 +542,14 @@ static int ur_wait_once(ur *u, double timeout);
 /* {==== the watch before sleeping (docs/uring.md 4.7)
  * A task asleep in io_uring_enter is woken from another CPU; in a VM whose idle vCPUs halt, each
  * such wake-up costs tens of microseconds (the vCPU is woken through the host) on both sides of a
- * one-in-flight exchange. So when the last wait was short (a peer answering) and this process may
- * run on two CPUs, the loop first watches the ring for up to WATCH_SECONDS: the CQ tail, and the
- * SQ flags' IORING_SQ_TASKRUN (COOP_TASKRUN holds completions until we enter the kernel; then one
- * io_uring_enter posts them). A watch that saw nothing doubles the number of waits that skip it
- * (up to 2^WATCH_BACKOFF_MAX), one that did resets it: a program whose peers answer slowly, or a
- * peer sharing this CPU (which cannot answer while we watch), pays a failed watch rarely. */
+ * one-in-flight exchange. So when the last wait was short (a peer answering), few requests are in
+ * flight and the machine has two CPUs or more, the loop first watches the ring for twice the last
+ * wait (WATCH_SECONDS to WATCH_MAX): the CQ tail, and the SQ flags' IORING_SQ_TASKRUN
+ * (COOP_TASKRUN holds completions until we enter the kernel; then one io_uring_enter posts them).
+ * A watch that saw nothing, or saw a completion only after time off the CPU, doubles the number
+ * of waits that skip it (up to 2^WATCH_BACKOFF_MAX - 1); one that saw a completion come in resets
+ * it: a program whose peers answer slowly, or a peer sharing this CPU (which cannot answer while
+ * we watch), pays a failed watch rarely. STRAND_URING_SPIN=0: never. */
 #define WATCH_SECONDS 30e-6       /* the shortest watch */
 #define WATCH_MAX 200e-6          /* the longest */
 #define WATCH_SHORT 1e-3          /* a wait shorter than this was a peer answering */
