@@ -1,6 +1,7 @@
 /* poller_uring.c — PROTOTYPE io_uring backend (STRAND_POLLER=uring, docs/uring.md): readiness by
  * one-shot POLL_ADD per awaited direction, and for stream sockets read/written by sockio.c a
- * multishot recv into a provided-buffer ring and SEND SQEs; one io_uring_enter per loop wait. */
+ * multishot recv into a provided-buffer ring and SEND SQEs; one io_uring_enter per loop wait
+ * (in a request/reply exchange, a short watch of the ring before it: docs/uring.md 4.7). */
 #include "strand.h"
 
 #include <errno.h>
@@ -99,6 +100,13 @@ typedef struct ur {
   int limit_ok;                  /* ... or accepted one (a completion with data came) */       /* times a socket went to rd mode / a multishot met ENOBUFS */
   int min_free;                  /* low-water mark of nfree */
   int anchors;                   /* registry ref of the table of send strings by slot + 1 */
+  /* the watch before sleeping (docs/uring.md 4.7) */
+  unsigned *sq_flags;            /* IORING_SQ_TASKRUN: completions wait for a syscall to post */
+  int watch;                     /* 1 may watch, 0 never (no TASKRUN_FLAG, STRAND_URING_SPIN=0) */
+  int ncpu;                      /* CPUs this process may run on (0: not read yet) */
+  int watch_skip, watch_fail;    /* waits left without a watch; watches in a row that failed */
+  double last_wait;              /* seconds the last wait that could block took */
+  long watches, watch_hits;      /* counts (stats) */
 } ur;
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
@@ -121,12 +129,26 @@ static void *ur_init(strand_loop *loop) {
   /* COOP_TASKRUN (5.19, as provided-buffer rings): without it every completion interrupts the
    * thread (docs/uring.md run 1: 1.3-1.6x the epoll floor's CPU), so a kernel that refuses it
    * gets epoll (the loop falls back) */
-  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN;
+  /* TASKRUN_FLAG (5.19, with COOP_TASKRUN): the kernel says in the SQ ring's flags when it holds
+   * completions for us, so the watch before sleeping (ur_wait) reads memory, not syscalls */
+  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
   const char *df = getenv("STRAND_URING_DEFER");   /* experiment: SINGLE_ISSUER | DEFER_TASKRUN */
-  if (df != NULL && *df != 0 && *df != '0') p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+  if (df != NULL && *df != 0 && *df != '0') p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
   p.cq_entries = CQ_N;
   if (refuse_setup()) { free(u); errno = EPERM; return NULL; }   /* as a seccomp/sysctl refusal */
   u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
+  u->watch = 1;
+  if (u->fd < 0 && errno == EINVAL) {          /* no TASKRUN_FLAG: no watch either */
+    struct io_uring_params q;
+    memset(&q, 0, sizeof q);
+    q.flags = p.flags & ~(unsigned)IORING_SETUP_TASKRUN_FLAG;
+    q.cq_entries = CQ_N;
+    p = q;
+    u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
+    u->watch = 0;
+  }
+  const char *sp = getenv("STRAND_URING_SPIN");    /* 0: never watch before sleeping */
+  if (sp != NULL && strcmp(sp, "0") == 0) u->watch = 0;
   if (u->fd < 0) { int e = errno; free(u); errno = e == EINVAL ? ENOSYS : e; return NULL; }
   if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP) ||
       !(p.features & IORING_FEAT_EXT_ARG)) {
@@ -152,6 +174,7 @@ static void *ur_init(strand_loop *loop) {
   u->sq_head = (unsigned *)(r + p.sq_off.head);
   u->sq_tail = (unsigned *)(r + p.sq_off.tail);
   u->sq_mask = *(unsigned *)(r + p.sq_off.ring_mask);
+  u->sq_flags = (unsigned *)(r + p.sq_off.flags);
   unsigned *arr = (unsigned *)(r + p.sq_off.array);
   for (unsigned i = 0; i < p.sq_entries; i++) arr[i] = i;
   u->cq_head = (unsigned *)(r + p.cq_off.head);
@@ -520,8 +543,131 @@ static void reap(ur *u) {
   }
 }
 
+static int ur_wait_once(ur *u, double timeout);
+
+/* {==== the watch before sleeping (docs/uring.md 4.7)
+ * A task asleep in io_uring_enter is woken from another CPU; in a VM whose idle vCPUs halt, each
+ * such wake-up costs tens of microseconds (the vCPU is woken through the host) on both sides of a
+ * one-in-flight exchange. So when the last wait was short (a peer answering), few requests are in
+ * flight and the machine has two CPUs or more, the loop first watches the ring for twice the last
+ * wait (WATCH_SECONDS to WATCH_MAX): the CQ tail, and the SQ flags' IORING_SQ_TASKRUN
+ * (COOP_TASKRUN holds completions until we enter the kernel; then one io_uring_enter posts them).
+ * A watch that saw nothing, or saw a completion only after time off the CPU, doubles the number
+ * of waits that skip it (up to 2^WATCH_BACKOFF_MAX - 1); one that saw a completion come in resets
+ * it: a program whose peers answer slowly, or a peer sharing this CPU (which cannot answer while
+ * we watch), pays a failed watch rarely. STRAND_URING_SPIN=0: never. */
+#define WATCH_SECONDS 30e-6       /* the shortest watch */
+#define WATCH_MAX 200e-6          /* the longest */
+#define WATCH_SHORT 1e-3          /* a wait shorter than this was a peer answering */
+#define WATCH_BACKOFF_MAX 8
+/* Only a loop with few requests in flight watches (a request/reply with one peer or a few): a
+ * server with many sockets armed has completions coming anyway and waits rarely, and a watch
+ * would add a system call (the submission before it) to each of those waits. */
+#define WATCH_INFLIGHT_MAX 8
+
+static int cq_ready(ur *u) { return *u->cq_head != __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE); }
+
+/* The machine's CPUs: with one, a peer can only answer when we sleep. (Not this process's
+ * affinity: a process pinned to one CPU may talk to one pinned to another; a peer sharing our
+ * CPU makes the watches fail, and the backoff makes them rare.) */
+static int watch_cpus(ur *u) {
+  if (u->ncpu == 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    u->ncpu = n > 0 ? (int)n : 1;
+  }
+  return u->ncpu;
+}
+
+/* Whether a wait may watch first: a short one is timed (t0) for the next wait's decision. */
+static int watch_may(const ur *u, double timeout) {
+  long n = u->inflight + (long)u->to_submit;
+  return u->watch && timeout != 0 && n > 0 && n <= WATCH_INFLIGHT_MAX;   /* n 0: nothing could come */
+}
+
+/* Whether this wait watches first: up to limit seconds (0: no). */
+static double watch_limit(ur *u, double timeout) {
+  if (u->last_wait >= WATCH_SHORT) return 0;
+  if (u->watch_skip > 0) { u->watch_skip--; return 0; }
+  if (watch_cpus(u) < 2) return 0;
+  /* twice the last wait: after a wait that slept (the peer's answer came late, since it had to
+   * be woken) long enough for an answer from a peer that sleeps too, so that a pair where one
+   * side slept once goes back to both watching */
+  double lim = 2 * u->last_wait;
+  if (lim < WATCH_SECONDS) lim = WATCH_SECONDS;
+  if (lim > WATCH_MAX) lim = WATCH_MAX;
+  return timeout > 0 && timeout < lim ? timeout : lim;
+}
+
+/* Submits what is queued, then watches up to limit seconds: 1 when completions came while it
+ * watched, 2 when they came after this thread was off the CPU a while (WATCH_GAP: preempted,
+ * likely by the very peer that answered, which shares this CPU and would have answered as soon
+ * had we slept), 3 when they were there at once (the wait would not have slept either: says
+ * nothing about watching), 0 when none came. */
+#define WATCH_GAP 5e-6
+static int watch(ur *u, double limit) {
+  u->watches++;
+  double t = strand_now(), until = t + limit;
+  int off = 0;
+  if (u->to_submit > 0) {
+    /* one submission (the wait after a failed watch deals with EBUSY, EINTR, a partial one) */
+    int k = sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
+    if (k < 0) return 0;
+    u->to_submit -= (unsigned)k;
+    if (u->to_submit > 0) return 0;
+    double t1 = strand_now();                 /* (the return from a system call may switch) */
+    if (t1 - t > WATCH_GAP) off = 1;
+    t = t1;
+  }
+  if (cq_ready(u)) return off ? 2 : 3;
+  for (;;) {
+    for (int i = 0; i < 32; i++) {
+      int got = cq_ready(u);
+      if (!got && (__atomic_load_n(u->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN)) {
+        sys_enter(u->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);     /* posts them */
+        got = cq_ready(u);
+      }
+      if (got) return off || strand_now() - t > WATCH_GAP ? 2 : 1;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      __asm__ __volatile__("yield");
+#endif
+    }
+    double t1 = strand_now();
+    if (t1 - t > WATCH_GAP) off = 1;
+    if (t1 >= until) return 0;
+    t = t1;
+  }
+}
+
+/* }==== */
+
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
+  double t0 = 0, limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
+  if (limit > 0 && !cq_ready(u)) {
+    int w = watch(u, limit);
+    if (w == 0 || w == 2) {                       /* backs off */
+      if (u->watch_fail < WATCH_BACKOFF_MAX) u->watch_fail++;
+      u->watch_skip = (1 << u->watch_fail) - 1;
+    }
+    if (w != 0) {
+      if (w == 1) { u->watch_hits++; u->watch_fail = 0; }   /* (3: no change) */
+      u->last_wait = strand_now() - t0;
+      reap(u);
+      return 0;
+    }
+    if (timeout > 0) {
+      timeout -= strand_now() - t0;
+      if (timeout <= 0) timeout = 1e-9;
+    }
+  }
+  int r = ur_wait_once(u, timeout);
+  if (t0 != 0) u->last_wait = strand_now() - t0;
+  return r;
+}
+
+static int ur_wait_once(ur *u, double timeout) {
   struct __kernel_timespec ts;
   struct io_uring_getevents_arg arg;
   memset(&arg, 0, sizeof arg);
@@ -828,7 +974,7 @@ static int l_stats(lua_State *L) {
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 14);
   lua_pushinteger(L, u->nbuf); lua_setfield(L, -2, "nbuf");
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
@@ -841,6 +987,9 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "recv");
   lua_pushinteger(L, PENDING_MAX); lua_setfield(L, -2, "pending_max");
   lua_pushinteger(L, MSHOT_BYTES / BUFSZ); lua_setfield(L, -2, "mshot_bufs");
+  lua_pushinteger(L, (lua_Integer)u->watches); lua_setfield(L, -2, "watches");
+  lua_pushinteger(L, (lua_Integer)u->watch_hits); lua_setfield(L, -2, "watch_hits");
+  lua_pushboolean(L, u->watch); lua_setfield(L, -2, "watch");
   return 1;
 }
 
