@@ -38,8 +38,10 @@ fi
 wall() {
   label=$1; set_cpus=$2; shift 2
   state=$(wait_idle)
-  out=$(perf record -q -a -o "$tmp/w.data" -e "$ev" -- taskset -c "$set_cpus" "$@" 2>/dev/null)
-  pid=$(perf script -i "$tmp/w.data" -F pid,event 2>/dev/null | awk '/sys_enter_clone/ { print $1; exit }')
+  # (the traced program's own pid: sh execs taskset, which execs it; the whole machine is traced)
+  out=$(perf record -q -a -o "$tmp/w.data" -e "$ev" -- \
+    sh -c 'echo $$ > "$0"; exec taskset -c "$@"' "$tmp/pid" "$set_cpus" "$@" 2>/dev/null)
+  pid=$(cat "$tmp/pid")
   echo "== $label, CPUs $set_cpus ($state; its own figure, traced: $(echo "$out" | awk '/^us/ { print $2 }') us)"
   perf script -i "$tmp/w.data" 2>/dev/null | lua5.4 bench/process_wall.lua "$pid" "$label"
 }

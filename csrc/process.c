@@ -101,19 +101,19 @@ static int ph_reap(phandle *h, int block) {
   }
 }
 
-/* h:wait([timeout]) -> exitcode | nil, "timeout". ctx 1 (the first call, with a pidfd): no
- * look before the first wait — a child that has already exited makes the pidfd readable at
- * once, and every wait is followed by a look, the last one too (a join right after a start
- * began with a waitpid that found the child running: one system call per join for nothing). */
+/* h:wait([timeout]) -> exitcode | nil, "timeout". Looks (waitpid, WNOHANG) before each wait
+ * and after it: a start lets the child run first when both are on one CPU (l_fork), so a join
+ * right after a start mostly finds it gone, and one waitpid then saves the wait's whole round
+ * through the loop (the poll armed, the task parked and resumed, the wait's slot written: two
+ * heap pages, each a fault after a fork). A child still running (on another CPU) costs that
+ * look for nothing: one system call. */
 static int ph_wait_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
   int outcome = strand_resumed(L, status);
   phandle *h = ph_check(L);
   double deadline = lua_tonumber(L, 2);
-  for (;; ctx = 0) {
-    /* A handle inherited through a fork always looks first: its process is not this one's
-     * child (waitpid says ECHILD at once), and its pidfd turns readable only when that process
-     * ends, which may wait for what this process was about to do. */
-    int r = ctx && h->io.fd >= 0 && !h->reaped && h->gen == forked.gen ? 0 : ph_reap(h, 0);
+  for (;;) {
+    int r = ph_reap(h, 0);
     if (r < 0) return strand_fail(L, errno);
     if (r == 1) {
       lua_pushinteger(L, exitcode_of(h->status));
