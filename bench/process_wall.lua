@@ -50,7 +50,7 @@ for line in io.lines() do
       if pp == parent and cur and cur.ret and not cur.off then cur.off = t end
       if pp == parent and st ~= "R" and st ~= "R+" and cur then
         sleeping = t
-        if not cur.sleep then cur.sleep = t end
+        if cur.ret and not cur.sleep then cur.sleep = t end
       end
       if np == parent and sleeping then
         if cur then
@@ -79,6 +79,7 @@ local phases = {
   { "parent: woken (last wake) until it runs", "wake", "run" },
   { "child exit_group until the parent runs", "exit", "run" },
   { "parent: runs until its next clone", "run", "next" },
+  { "parent: child gone until its next clone", "cend", "next" },
   { "whole cycle (clone to clone)", "enter", "next" },
 }
 local function stats(list)
