@@ -27,8 +27,14 @@ cg_split() {
   valgrind --tool=callgrind --separate-threads=yes --zero-before=strand_loop_forked \
     --callgrind-out-file="$d/cg.%p" lua5.4 "$@" >/dev/null 2>&1
 }
-# instructions of the parent (lowest pid) or of all its children in a cg_split run
-cg_pid0() { ls "$1" | sed -n 's/^cg\.\([0-9]*\)-01$/\1/p' | sort -n | head -1; }
+# instructions of the parent or of all its children in a cg_split run. The parent is the profile
+# with the most instructions (it counts from the start, a child only from its fresh loop on),
+# not the lowest pid: pids wrap around (pid_max is 32768 here), and a child then has a lower one.
+cg_pid0() {
+  for x in "$1"/cg.*-01; do
+    echo "$(sed -n 's/^totals: *//p' "$x") $x"
+  done | sort -n | tail -1 | sed -n 's/.*cg\.\([0-9]*\)-01$/\1/p'
+}
 cg_parent() { sed -n 's/^totals: *//p' "$1/cg.$(cg_pid0 "$1")-01"; }
 cg_children() {
   p0=$(cg_pid0 "$1")

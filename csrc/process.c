@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <dlfcn.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/single_threaded.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -99,19 +101,19 @@ static int ph_reap(phandle *h, int block) {
   }
 }
 
-/* h:wait([timeout]) -> exitcode | nil, "timeout". ctx 1 (the first call, with a pidfd): no
- * look before the first wait — a child that has already exited makes the pidfd readable at
- * once, and every wait is followed by a look, the last one too (a join right after a start
- * began with a waitpid that found the child running: one system call per join for nothing). */
+/* h:wait([timeout]) -> exitcode | nil, "timeout". Looks (waitpid, WNOHANG) before each wait
+ * and after it: a start lets the child run first when both are on one CPU (l_fork), so a join
+ * right after a start mostly finds it gone, and one waitpid then saves the wait's whole round
+ * through the loop (the poll armed, the task parked and resumed, the wait's slot written: two
+ * heap pages, each a fault after a fork). A child still running (on another CPU) costs that
+ * look for nothing: one system call. */
 static int ph_wait_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
   int outcome = strand_resumed(L, status);
   phandle *h = ph_check(L);
   double deadline = lua_tonumber(L, 2);
-  for (;; ctx = 0) {
-    /* A handle inherited through a fork always looks first: its process is not this one's
-     * child (waitpid says ECHILD at once), and its pidfd turns readable only when that process
-     * ends, which may wait for what this process was about to do. */
-    int r = ctx && h->io.fd >= 0 && !h->reaped && h->gen == forked.gen ? 0 : ph_reap(h, 0);
+  for (;;) {
+    int r = ph_reap(h, 0);
     if (r < 0) return strand_fail(L, errno);
     if (r == 1) {
       lua_pushinteger(L, exitcode_of(h->status));
@@ -328,6 +330,29 @@ static int push_handle(lua_State *L, pid_t pid, int daemon) {
 
 /* {==== fork */
 
+/* fflush(NULL) when a stream has output waiting. Around every fork (before it in the parent, so
+ * nothing is written twice; before _exit in the child, for what fn printed) but most starts
+ * print nothing, and fflush(NULL) always takes stdio's list lock: a write to a page of libc's
+ * that is a copy-on-write fault in the child each time, and two code pages of libc the child
+ * would not run otherwise (~10 us a start with the exit's share, docs/internals.md "A start's
+ * wall time"). glibc's list of open streams (_IO_list_all, exported) and the write pointers of
+ * struct FILE (public fields) tell whether any output waits; read without the lock only while
+ * no other thread exists, and a wide-oriented stream is always flushed the ordinary way. */
+static void flush_stdio(void) {
+#if defined(__GLIBC__)
+  extern FILE *_IO_list_all;
+  if (__libc_single_threaded) {
+    for (FILE *f = _IO_list_all; f != NULL; f = f->_chain)
+      if (f->_mode > 0 || f->_IO_write_ptr > f->_IO_write_base) {
+        fflush(NULL);
+        return;
+      }
+    return;
+  }
+#endif
+  fflush(NULL);
+}
+
 /* glibc's malloc consolidates its fastbins (small freed chunks, spread over the whole heap)
  * before serving a large request. A child doing that right after the fork writes to tens of
  * heap pages it shares with the parent, each a copy-on-write fault (half of a no-op child's
@@ -414,7 +439,7 @@ static int l_fork(lua_State *L) {
     rfd = rfd_take();
     if (rfd < 0) return strand_fail(L, errno);
   }
-  fflush(NULL);                                /* unwritten stdio output is not written twice */
+  flush_stdio();                               /* unwritten stdio output is not written twice */
   strand_arena_init();     /* before the first fork, so the family shares one arena (and objects
                               made after this fork by either side cross between them) */
   pid_t parent = daemon ? getpid() : 0;
@@ -424,6 +449,15 @@ static int l_fork(lua_State *L) {
   strand_sock_prefork(L);              /* io_uring: sockets read as two processes' from now on */
   pid_t pid = fork();
   int e = pid < 0 ? errno : 0;        /* (read on failure only: in a child, one code page less) */
+  /* The child first, when it was queued on this CPU: every page the parent writes while the
+   * child still maps it is a copy (~3.5 µs here), one it writes after the child has exited is
+   * only made writable again (~1.2 µs), and a short child is then gone before the parent gets
+   * back (its join finds the pidfd readable: no sleep, no wake-up). Each page the parent writes
+   * before its join waits (the handle, the Process table, `live`, the wait's slot, the Lua and C
+   * stacks, malloc's arena: ~16) cost a copy, and the child's exit freed the original (docs/
+   * internals.md "A start's wall time"). A child queued on another CPU runs there meanwhile and
+   * the yield returns at once. Nothing the parent does depends on it: a scheduling hint only. */
+  if (pid > 0) sched_yield();
   if (pid != 0) strand_shm_forked(pid < 0);   /* the child's object references: counted or not */
   if (pid < 0) {
     if (rfd >= 0) close(rfd);
@@ -451,7 +485,7 @@ static int l_fork(lua_State *L) {
       const char *msg = lua_tostring(L, -1);
       fprintf(stderr, "strand: process %d: %s\n", (int)getpid(), msg ? msg : "(error object)");
     }
-    fflush(NULL);
+    flush_stdio();
     strand_shm_exiting();              /* its views' family references (objects it saw) */
     _exit(code & 0xff);
   }
@@ -487,7 +521,7 @@ static int l_put_result(lua_State *L) {
 /* process._exit(code): end this process now (no atexit handlers, no Lua state close) */
 static int l_exit(lua_State *L) {
   int code = (int)luaL_optinteger(L, 1, 0);
-  fflush(NULL);
+  flush_stdio();
   strand_shm_exiting();
   _exit(code & 0xff);
   return 0;

@@ -234,7 +234,7 @@ void strand_serial_release_shared(const char *p, size_t len) {
     walk(p, len, ref_release_shared);
 }
 
-static __thread int local_refs;         /* strand_serial_family_only's count */
+static __thread int local_refs __attribute__((tls_model("initial-exec")));   /* family_only's count */
 static void count_local(uint64_t ref) { if (!(ref & REF_SHARED)) local_refs++; }
 
 int strand_serial_family_only(const char *p, size_t len) {

@@ -303,8 +303,10 @@ static int hold_rfd = -1, hold_wfd = -1;
  * references back when no child was made. */
 static uint64_t *prep_refs;             /* objs_mu: counted by fork_prepare */
 static size_t prep_nrefs;
-static __thread uint64_t *fork_refs;    /* this thread's last fork's, until strand_shm_forked */
-static __thread size_t fork_nrefs;
+/* (initial-exec, as every thread-local of core.so: a general-dynamic one is read through
+ * __tls_get_addr, whose code page of ld.so a forked child's fork_child faulted in) */
+static __thread uint64_t *fork_refs __attribute__((tls_model("initial-exec")));
+static __thread size_t fork_nrefs __attribute__((tls_model("initial-exec")));
 
 /* The fork hooks write only what changes: after a fork each page either side writes is a page
  * fault (a copy while the other side lives), and these run at every fork. objs_mu is taken only
@@ -687,12 +689,15 @@ void strand_shm_free(strand_shm *s) {
  * later (another thread of the process, in the instant before _exit) gives back nothing. */
 void strand_shm_exiting(void) {
   if (strand_arena_base == NULL) return;
-  pthread_mutex_lock(&objs_mu);
+  /* (locked only when another thread may exist, as fork_prepare: a forked child that ran no
+   * other code of libc's pthread_mutex_lock page took a code page fault for it here) */
+  int lock = !__libc_single_threaded;
+  if (lock) pthread_mutex_lock(&objs_mu);
   if (!exiting) {
     exiting = 1;
     for (strand_shm *s = objs; s; s = s->lnext) strand_shm_aref(HEAD_OFF(s), -1);
   }
-  pthread_mutex_unlock(&objs_mu);
+  if (lock) pthread_mutex_unlock(&objs_mu);
 }
 
 /* queue._test_arena() -> objects, bytes: the family's objects not freed yet and the arena's

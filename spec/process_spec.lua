@@ -753,4 +753,29 @@ describe("processes", function()
     assert.equal("process exited with code 5", err)
     assert.equal(5, q.exitcode)
   end)
+
+  -- stdio is flushed around a fork only when a stream has output waiting (csrc/process.c
+  -- flush_stdio): stdout is a pipe here, fully buffered
+  it("stdio around a start: the parent's buffered output once, the child's stdout and a file it left open flushed at its exit", function()
+    local out = H.lua(([[
+      package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+      package.cpath = "%s/?.so;" .. package.cpath
+      local process = require "strand.process"
+      io.write("parent-before;")
+      local f = os.tmpname()
+      local p = process.start(function(path)
+        io.write("child-out;")
+        local h = io.open(path, "w")
+        h:write("child-file")                  -- never closed: only the flush at _exit writes it
+        return 7
+      end, f)
+      local ok, v = p:join(30)
+      io.write(tostring(ok), ",", tostring(v), ";")
+      local q = process.start(function() end)  -- prints nothing
+      io.write(tostring(q:join(30)), ";")
+      local h = io.open(f); io.write(h:read("a")); h:close(); os.remove(f)
+      io.write("\n")
+    ]]):format(os.getenv("STRAND_TEST_BUILD") or "build"))
+    assert.equal("parent-before;child-out;true,7;true;child-file\n", out)
+  end)
 end)
