@@ -44,8 +44,11 @@
 
 enum { OP_PIN = 1, OP_POUT, OP_RECV, OP_SEND, OP_CANCEL };
 
+/* One cache line per slot (aligned, the array too: slot_new), as a round trip touches it at its
+ * recv's completion, its read, its send and its send's completion, far apart at 10,000 sockets
+ * (bench/echo_counts.sh CACHE=1); a larger slot rounds up to whole lines. */
 typedef struct uslot {
-  strand_io *io;                 /* NULL once deleted (CQEs may still come) */
+  _Alignas(64) strand_io *io;    /* NULL once deleted (CQEs may still come) */
   uint32_t gen;
   int nreq;                      /* requests of this slot in flight */
   unsigned char pin, pout;       /* a POLL_ADD of that direction is in flight */
@@ -55,13 +58,14 @@ typedef struct uslot {
   unsigned char rd;              /* reads by readiness + recv(2) until the socket drains (flow control) */
   unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
   unsigned char grp;             /* the buffer group of the recv in flight */
+  unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
   int rerr;                      /* a recv error to report */
   unsigned mbytes;               /* bytes the armed multishot has taken */
   int sres;                      /* the finished send's result */
-  unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
   uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
-  int qhead, qtail, npend;       /* received buffers not read yet (links in ur->bnext) */
-  unsigned qoff;                 /* bytes of the head buffer already read */
+  int qhead, qtail;              /* received buffers not read yet (links in ur->bnext) */
+  unsigned short npend;          /* how many (at most the pool's NGRP_MAX * NBUF) */
+  unsigned short qoff;           /* bytes of the head buffer already read (< BUFSZ) */
   int next;                      /* free list */
 } uslot;
 
@@ -214,8 +218,10 @@ static void put_sqe(ur *u, int slot, int op) {
 static int slot_new(ur *u, strand_io *io) {
   if (u->free_head < 0) {
     int n = u->nslots ? u->nslots * 2 : 64;
-    uslot *ns = (uslot *)realloc(u->slots, (size_t)n * sizeof *ns);
+    uslot *ns = (uslot *)aligned_alloc(_Alignof(uslot), (size_t)n * sizeof *ns);
     if (ns == NULL) return -1;
+    if (u->nslots) memcpy(ns, u->slots, (size_t)u->nslots * sizeof *ns);
+    free(u->slots);
     memset(ns + u->nslots, 0, (size_t)(n - u->nslots) * sizeof *ns);
     for (int i = n - 1; i >= u->nslots; i--) { ns[i].next = u->free_head; u->free_head = i; }
     u->slots = ns;
@@ -623,7 +629,7 @@ static size_t q_take(ur *u, uslot *s, char *buf, size_t len, int give) {
   size_t n = u->blen[b] - s->qoff;
   if (n > len) n = len;
   memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
-  s->qoff += (unsigned)n;
+  s->qoff = (unsigned short)(s->qoff + n);
   if (s->qoff == u->blen[b]) {
     s->qoff = 0;
     s->qhead = u->bnext[b];
