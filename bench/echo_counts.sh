@@ -8,6 +8,9 @@
 # The syscall runs also count the server's user and system CPU (perf's user_time and system_time,
 # the same difference: provisional on a loaded machine, unlike the counts). With CACHE=1 callgrind
 # simulates the caches too (--cache-sim=yes): D1 and LL misses (reads + writes) per round trip.
+# KEV=EVENT,... adds kernel tracepoint counts per round trip to the syscall runs (exact, e.g.
+# io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,io_uring:io_uring_cqe_overflow: the
+# requests, poll arms and CQ overflows the kernel did), printed on a line of their own.
 # Poller c-uring is the C io_uring server (bench/echo_c_uring.c -f c, multishot recv + SEND SQE).
 # usage: sh bench/echo_counts.sh [BUILD_DIR]
 #   env: CONNS="1000 10000", POLLERS="epoll uring" (uring-d: STRAND_URING_DEFER=1; c-uring), T1=5000,
@@ -44,7 +47,7 @@ run() {
       $srv >"$tmp/out" 2>"$tmp/err" &
   else
     # shellcheck disable=SC2086
-    env STRAND_POLLER=$p $env $PIN_SERVER perf stat -x, -e raw_syscalls:sys_enter,user_time,system_time -o "$tmp/perf" \
+    env STRAND_POLLER=$p $env $PIN_SERVER perf stat -x, -e raw_syscalls:sys_enter,user_time,system_time${KEV:+,$KEV} -o "$tmp/perf" \
       $srv >"$tmp/out" 2>"$tmp/err" &
   fi
   spid=$!
@@ -70,8 +73,10 @@ run() {
                            ll = ("DLmr" in ix) ? $ix["DLmr"] + $ix["DLmw"] : 0
                            print $ix["Ir"], d1, ll }' "$tmp/cg")
   else
-    c=$(awk -F, '/raw_syscalls/ { s = $1 } /user_time/ { u = $1 + 0 } /system_time/ { y = $1 + 0 }
-                 END { print s, u, y }' "$tmp/perf")
+    c=$(awk -F, -v kev="${KEV:-}" 'BEGIN { nk = split(kev, ks, ",") }
+                 /raw_syscalls/ { s = $1 } /user_time/ { u = $1 + 0 } /system_time/ { y = $1 + 0 }
+                 { for (i = 1; i <= nk; i++) if ($3 == ks[i]) kc[i] = $1 + 0 }
+                 END { printf "%s %s %s", s, u, y; for (i = 1; i <= nk; i++) printf " %s", kc[i] + 0; print "" }' "$tmp/perf")
   fi
   echo "$2 $c"
 }
@@ -92,10 +97,15 @@ for n in $CONNS; do
         d1=$(per "$a_t" "$a_d" "$b_t" "$b_d" 1 "%.1f"); ll=$(per "$a_t" "$a_l" "$b_t" "$b_l" 1 "%.1f")
       fi
     fi
-    set -- $(run "$p" "$n" "$S1" sys); a_t=$1; a_c=$2; a_u=$3; a_s=$4
-    set -- $(run "$p" "$n" "$S2" sys); b_t=$1; b_c=$2; b_u=$3; b_s=$4
+    ra=$(run "$p" "$n" "$S1" sys); rb=$(run "$p" "$n" "$S2" sys)
+    set -- $ra; a_t=$1; a_c=$2; a_u=$3; a_s=$4
+    set -- $rb; b_t=$1; b_c=$2; b_u=$3; b_s=$4
     sy=$(per "$a_t" "$a_c" "$b_t" "$b_c" 1 "%.3f")
     us=$(per "$a_t" "$a_u" "$b_t" "$b_u" 0.001 "%.2f"); ss=$(per "$a_t" "$a_s" "$b_t" "$b_s" 0.001 "%.2f")
     printf "%-6s %-8s %11s %9s %9s %9s %9s %9s\n" "$n" "$p" "$ir" "$d1" "$ll" "$sy" "$us" "$ss"
+    if [ -n "${KEV:-}" ]; then
+      echo "$ra|$rb|$KEV" | awk -F'|' '{ na = split($1, a, " "); split($2, b, " "); split($3, k, ",")
+        printf "         per trip:"; for (i = 5; i <= na; i++) printf " %s %.3f", k[i - 4], (b[i] - a[i]) / (b[1] - a[1]); print "" }'
+    fi
   done
 done
