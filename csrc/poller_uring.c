@@ -9,12 +9,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #define SQ_N 256
 #define CQ_N 4096
+/* A multishot recv whose completion finds the CQ full ends (its last CQE overflows): at 10,000
+ * echo connections a 4,096-entry CQ cost 0.69 poll arms, 0.68 more requests and 1.42 CQE
+ * overflows per round trip in the kernel (bench/echo_counts.sh KEV=), none with 65,536. So the
+ * main state's ring gets a CQ of 2 per fd its RLIMIT_NOFILE allows (a loop round can complete a
+ * recv and a send of every socket), CQ_N to CQ_MAX; a thread's (made on first need) keeps CQ_N,
+ * as rings cannot grow under COOP_TASKRUN and a larger one costs setup time and memory. */
+#define CQ_MAX 32768
 #define NBUF 4096                /* provided buffers per group (a power of two) */
 #define BUFSZ 512                /* small: a 64-byte message holds a whole buffer */
 #define BGID 7                   /* group g is buffer group BGID + g */
@@ -99,6 +107,7 @@ typedef struct ur {
   int limit_ok;                  /* ... or accepted one (a completion with data came) */       /* times a socket went to rd mode / a multishot met ENOBUFS */
   int min_free;                  /* low-water mark of nfree */
   int anchors;                   /* registry ref of the table of send strings by slot + 1 */
+  unsigned cq_entries;           /* the CQ's size (cq_size) */
 } ur;
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
@@ -108,6 +117,19 @@ static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_ur
 
 static int sys_enter(int fd, unsigned submit, unsigned wait, unsigned flags, void *arg, size_t argsz) {
   return (int)syscall(__NR_io_uring_enter, fd, submit, wait, flags, arg, argsz);
+}
+
+static unsigned cq_size(strand_loop *loop) {
+  const char *v = getenv("STRAND_URING_CQ");          /* bench hook: the CQ's entries */
+  if (v != NULL && *v != 0) {
+    long n = strtol(v, NULL, 10);
+    if (n >= SQ_N && n <= 65536) return (unsigned)n;      /* (the kernel wants CQ >= SQ) */
+  }
+  struct rlimit r;
+  if (strand_loop_poller_deferred(loop->L) || getrlimit(RLIMIT_NOFILE, &r) != 0) return CQ_N;
+  unsigned n = CQ_N;
+  while (n < CQ_MAX && (r.rlim_cur == RLIM_INFINITY || (rlim_t)n < 2 * r.rlim_cur)) n *= 2;
+  return n;
 }
 
 static void *ur_init(strand_loop *loop) {
@@ -124,14 +146,22 @@ static void *ur_init(strand_loop *loop) {
   p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN;
   const char *df = getenv("STRAND_URING_DEFER");   /* experiment: SINGLE_ISSUER | DEFER_TASKRUN */
   if (df != NULL && *df != 0 && *df != '0') p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-  p.cq_entries = CQ_N;
+  p.cq_entries = cq_size(loop);
   if (refuse_setup()) { free(u); errno = EPERM; return NULL; }   /* as a seccomp/sysctl refusal */
   u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
+  if (u->fd < 0 && errno == ENOMEM && p.cq_entries > CQ_N) {    /* memory: the usual size */
+    unsigned fl = p.flags;
+    memset(&p, 0, sizeof p);
+    p.flags = fl;
+    p.cq_entries = CQ_N;
+    u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
+  }
   if (u->fd < 0) { int e = errno; free(u); errno = e == EINVAL ? ENOSYS : e; return NULL; }
   if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP) ||
       !(p.features & IORING_FEAT_EXT_ARG)) {
     close(u->fd); free(u); errno = ENOSYS; return NULL;
   }
+  u->cq_entries = p.cq_entries;
   size_t sqsz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
   size_t cqsz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
   u->ring_len = sqsz > cqsz ? sqsz : cqsz;
@@ -795,7 +825,7 @@ const strand_poller strand_poller_uring = {
 
 /* core._uring.stats() -> table: the calling state's loop's provided-buffer pool (flow-control
  * specs): nbuf, free, min_free (low-water mark), throttles, enobufs, recv (how reads are armed),
- * pending_max; nil when the loop is not on io_uring. */
+ * pending_max, cq (the CQ's entries); nil when the loop is not on io_uring. */
 static int l_stats(lua_State *L) {
   strand_loop *loop = strand_loop_get(L);
   if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
@@ -815,6 +845,7 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "recv");
   lua_pushinteger(L, PENDING_MAX); lua_setfield(L, -2, "pending_max");
   lua_pushinteger(L, MSHOT_BYTES / BUFSZ); lua_setfield(L, -2, "mshot_bufs");
+  lua_pushinteger(L, u->cq_entries); lua_setfield(L, -2, "cq");
   return 1;
 }
 
