@@ -1,7 +1,8 @@
 /* echo_c_uring.c — bench/echo.sh's echo protocol served by plain C on io_uring (raw syscalls and
  * <linux/io_uring.h>, no liburing), in variants, to see what the kernel side of an echo costs.
  * Prints "PORT n" then serves until killed. One io_uring_enter (submit + wait) per loop turn.
- * usage: echo_c_uring [-t] [-r multi|single|poll] [-s sqe|sys] [-f FLAGS] [PORT]
+ * usage: echo_c_uring [-t] [-r multi|single|poll] [-s sqe|sys] [-f FLAGS] [PORT [N]]
+ *   N          exit once N connections closed (bench/echo_counts.sh; 0 or none: serve until killed)
  *   -t         only check that the kernel lets us (a ring, a provided-buffer ring): exit 0 or 1
  *   -r multi   one multishot recv per connection, buffers from a provided-buffer ring (default)
  *   -r single  one recv SQE per message (buffer from the ring), armed again once its echo is sent
@@ -245,6 +246,8 @@ static void drop_queue(conn *c) {
 
 /* The connection ends: stop its recv, and close the fd once nothing of it is in flight (so no
  * late CQE can name a reused fd). */
+static long closed_total, exit_after;
+
 static void conn_close(int fd) {
   conn *c = &conns[fd];
   if (!c->closing) {
@@ -260,6 +263,7 @@ static void conn_close(int fd) {
     }
     drop_queue(c);
     close(fd);
+    if (++closed_total == exit_after) exit(0);
   }
 }
 
@@ -379,7 +383,7 @@ int main(int argc, char **argv) {
         else if (*f == 'p') poll_first = 1;
       }
     } else {
-      fprintf(stderr, "usage: echo_c_uring [-t] [-r multi|single|poll] [-s sqe|sys] [-f csdrp] [PORT]\n");
+      fprintf(stderr, "usage: echo_c_uring [-t] [-r multi|single|poll] [-s sqe|sys] [-f csdrp] [PORT [N]]\n");
       return 2;
     }
   }
@@ -403,6 +407,7 @@ int main(int argc, char **argv) {
   memset(&a, 0, sizeof a);
   a.sin_family = AF_INET;
   a.sin_port = htons((unsigned short)(optind < argc ? atoi(argv[optind]) : 0));
+  if (optind + 1 < argc) exit_after = atol(argv[optind + 1]);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (bind(lfd, (struct sockaddr *)&a, sizeof a) != 0) die("bind");
   if (listen(lfd, 4096) != 0) die("listen");

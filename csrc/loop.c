@@ -279,6 +279,13 @@ void strand_loop_defer_poller(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &DEFER_KEY);
 }
 
+/* Whether L's loop makes its poller on first need (a thread's or a forked child's state). */
+int strand_loop_poller_deferred(lua_State *L) {
+  int d = lua_rawgetp(L, LUA_REGISTRYINDEX, &DEFER_KEY) == LUA_TBOOLEAN;
+  lua_pop(L, 1);
+  return d;
+}
+
 static void need_poller(lua_State *L, strand_loop *loop) {
   if (loop->pstate != NULL) return;
   loop->pstate = loop->poller->init(loop);

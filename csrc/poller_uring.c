@@ -10,12 +10,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #define SQ_N 256
 #define CQ_N 4096
+/* A multishot recv whose completion finds the CQ full ends (its last CQE overflows): at 10,000
+ * echo connections a 4,096-entry CQ cost 0.69 poll arms, 0.68 more requests and 1.42 CQE
+ * overflows per round trip in the kernel (bench/echo_counts.sh KEV=), none with 65,536. So the
+ * main state's ring gets a CQ of 2 per fd its RLIMIT_NOFILE allows (a loop round can complete a
+ * recv and a send of every socket), CQ_N to CQ_MAX; a thread's (made on first need) keeps CQ_N,
+ * as rings cannot grow under COOP_TASKRUN and a larger one costs setup time and memory. */
+#define CQ_MAX 32768
 #define NBUF 4096                /* provided buffers per group (a power of two) */
 #define BUFSZ 512                /* small: a 64-byte message holds a whole buffer */
 #define BGID 7                   /* group g is buffer group BGID + g */
@@ -45,10 +53,13 @@
 
 enum { OP_PIN = 1, OP_POUT, OP_RECV, OP_SEND, OP_CANCEL };
 
+/* One cache line per slot (aligned, the array too: slot_new), as a round trip touches it at its
+ * recv's completion, its read, its send and its send's completion, far apart at 10,000 sockets
+ * (bench/echo_counts.sh CACHE=1); a larger slot rounds up to whole lines. */
 typedef struct uslot {
-  strand_io *io;                 /* NULL once deleted (CQEs may still come) */
+  _Alignas(64) strand_io *io;    /* NULL once deleted (CQEs may still come) */
   uint32_t gen;
-  int nreq;                      /* requests of this slot in flight */
+  short nreq;                    /* requests of this slot in flight */
   unsigned char pin, pout;       /* a POLL_ADD of that direction is in flight */
   unsigned char fast;            /* sockio reads/writes it through recv/send requests */
   unsigned char recv_armed, send_busy, eof;
@@ -56,17 +67,20 @@ typedef struct uslot {
   unsigned char rd;              /* reads by readiness + recv(2) until the socket drains (flow control) */
   unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
   unsigned char grp;             /* the buffer group of the recv in flight */
-  int rerr;                      /* a recv error to report */
+  unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
+  short rerr;                    /* a recv error to report (an errno) */
   unsigned mbytes;               /* bytes the armed multishot has taken */
   int sres;                      /* the result of the send of seq sshort (less than its slen) */
   unsigned slen;                 /* bytes the send in flight was given */
-  unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
   uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
   uint32_t sshort;               /* the last send that took less than it was given (or 0) */
-  int qhead, qtail, npend;       /* received buffers not read yet (links in ur->bnext) */
-  unsigned qoff;                 /* bytes of the head buffer already read */
+  short qhead, qtail;            /* received buffers not read yet (links in ur->bnext; ids < 32768) */
+  unsigned short npend;          /* how many (at most the pool's NGRP_MAX * NBUF) */
+  unsigned short qoff;           /* bytes of the head buffer already read (< BUFSZ) */
   int next;                      /* free list */
 } uslot;
+_Static_assert(sizeof(uslot) == 64, "a slot is one cache line");
+_Static_assert(NGRP_MAX * NBUF <= 32768, "buffer ids fit a slot's short qhead/qtail");
 
 typedef struct ur {
   strand_loop *loop;
@@ -107,6 +121,7 @@ typedef struct ur {
   int watch_skip, watch_fail;    /* waits left without a watch; watches in a row that failed */
   double last_wait;              /* seconds the last wait that could block took */
   long watches, watch_hits;      /* counts (stats) */
+  unsigned cq_entries;           /* the CQ's size (cq_size) */
 } ur;
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
@@ -116,6 +131,19 @@ static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_ur
 
 static int sys_enter(int fd, unsigned submit, unsigned wait, unsigned flags, void *arg, size_t argsz) {
   return (int)syscall(__NR_io_uring_enter, fd, submit, wait, flags, arg, argsz);
+}
+
+static unsigned cq_size(strand_loop *loop) {
+  const char *v = getenv("STRAND_URING_CQ");          /* bench hook: the CQ's entries */
+  if (v != NULL && *v != 0) {
+    long n = strtol(v, NULL, 10);
+    if (n >= SQ_N && n <= 65536) return (unsigned)n;      /* (the kernel wants CQ >= SQ) */
+  }
+  struct rlimit r;
+  if (strand_loop_poller_deferred(loop->L) || getrlimit(RLIMIT_NOFILE, &r) != 0) return CQ_N;
+  unsigned n = CQ_N;
+  while (n < CQ_MAX && (r.rlim_cur == RLIM_INFINITY || (rlim_t)n < 2 * r.rlim_cur)) n *= 2;
+  return n;
 }
 
 static void *ur_init(strand_loop *loop) {
@@ -134,15 +162,22 @@ static void *ur_init(strand_loop *loop) {
   p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
   const char *df = getenv("STRAND_URING_DEFER");   /* experiment: SINGLE_ISSUER | DEFER_TASKRUN */
   if (df != NULL && *df != 0 && *df != '0') p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
-  p.cq_entries = CQ_N;
+  p.cq_entries = cq_size(loop);
   if (refuse_setup()) { free(u); errno = EPERM; return NULL; }   /* as a seccomp/sysctl refusal */
   u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
+  if (u->fd < 0 && errno == ENOMEM && p.cq_entries > CQ_N) {    /* memory: the usual size */
+    unsigned fl = p.flags;
+    memset(&p, 0, sizeof p);
+    p.flags = fl;
+    p.cq_entries = CQ_N;
+    u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
+  }
   u->watch = 1;
   if (u->fd < 0 && errno == EINVAL) {          /* no TASKRUN_FLAG: no watch either */
     struct io_uring_params q;
     memset(&q, 0, sizeof q);
     q.flags = p.flags & ~(unsigned)IORING_SETUP_TASKRUN_FLAG;
-    q.cq_entries = CQ_N;
+    q.cq_entries = p.cq_entries;
     p = q;
     u->fd = (int)syscall(__NR_io_uring_setup, SQ_N, &p);
     u->watch = 0;
@@ -154,6 +189,7 @@ static void *ur_init(strand_loop *loop) {
       !(p.features & IORING_FEAT_EXT_ARG)) {
     close(u->fd); free(u); errno = ENOSYS; return NULL;
   }
+  u->cq_entries = p.cq_entries;
   size_t sqsz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
   size_t cqsz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
   u->ring_len = sqsz > cqsz ? sqsz : cqsz;
@@ -241,8 +277,10 @@ static void put_sqe(ur *u, int slot, int op) {
 static int slot_new(ur *u, strand_io *io) {
   if (u->free_head < 0) {
     int n = u->nslots ? u->nslots * 2 : 64;
-    uslot *ns = (uslot *)realloc(u->slots, (size_t)n * sizeof *ns);
+    uslot *ns = (uslot *)aligned_alloc(_Alignof(uslot), (size_t)n * sizeof *ns);
     if (ns == NULL) return -1;
+    if (u->nslots) memcpy(ns, u->slots, (size_t)u->nslots * sizeof *ns);
+    free(u->slots);
     memset(ns + u->nslots, 0, (size_t)(n - u->nslots) * sizeof *ns);
     for (int i = n - 1; i >= u->nslots; i--) { ns[i].next = u->free_head; u->free_head = i; }
     u->slots = ns;
@@ -775,7 +813,7 @@ static size_t q_take(ur *u, uslot *s, char *buf, size_t len, int give) {
   size_t n = u->blen[b] - s->qoff;
   if (n > len) n = len;
   memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
-  s->qoff += (unsigned)n;
+  s->qoff = (unsigned short)(s->qoff + n);
   if (s->qoff == u->blen[b]) {
     s->qoff = 0;
     s->qhead = u->bnext[b];
@@ -966,7 +1004,7 @@ const strand_poller strand_poller_uring = {
 
 /* core._uring.stats() -> table: the calling state's loop's provided-buffer pool (flow-control
  * specs): nbuf, free, min_free (low-water mark), throttles, enobufs, recv (how reads are armed),
- * pending_max; nil when the loop is not on io_uring. */
+ * pending_max, cq (the CQ's entries); nil when the loop is not on io_uring. */
 static int l_stats(lua_State *L) {
   strand_loop *loop = strand_loop_get(L);
   if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
@@ -990,6 +1028,7 @@ static int l_stats(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)u->watches); lua_setfield(L, -2, "watches");
   lua_pushinteger(L, (lua_Integer)u->watch_hits); lua_setfield(L, -2, "watch_hits");
   lua_pushboolean(L, u->watch); lua_setfield(L, -2, "watch");
+  lua_pushinteger(L, u->cq_entries); lua_setfield(L, -2, "cq");
   return 1;
 }
 

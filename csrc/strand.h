@@ -140,6 +140,7 @@ STRAND_API strand_task *strand_task_of(lua_State *L);
 STRAND_API strand_loop *strand_loop_get(lua_State *L);
 /* Before the loop exists: make its poller on first need, not with the loop (threads' states). */
 STRAND_API void strand_loop_defer_poller(lua_State *L);
+STRAND_API int strand_loop_poller_deferred(lua_State *L);   /* strand_loop_defer_poller was called */
 /* Whether this state's loop exists and is not closed (finalizers at lua_close may run after
  * the loop's own: tasks must not touch it then). */
 STRAND_API int strand_loop_alive(lua_State *L);
