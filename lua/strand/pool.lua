@@ -111,6 +111,8 @@ end
 function Future:cancel()
   check_future(self, "cancel")
   if self._state ~= "pending" then return self._state == "cancelled" end
+  local claims = self._claims       -- a thread pool's job: queued, or taken by a worker already?
+  if claims and claims:incr(self._id) ~= 1 then return false end   -- (thread_worker's claim)
   settle(self, pack(false, "cancelled"), "cancelled")
   return true
 end
@@ -195,12 +197,12 @@ local function run_chunk(fn, args, out, n)
 end
 
 -- What a process worker runs: jobs from its socket, results back, until told to stop.
-local function worker_main(sock, out, link, initializer, initargs, maxtasks)
+local function worker_main(sock, out, link, initializer, initargs, maxtasks, skip)
   local traceback = job_traceback
   if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
   local C = core.process
   local done, got, fns = 0, 0, {}
-  local outbox, spack, sunpack = {}, string.pack, string.unpack
+  local outbox, spack, sunpack, sbyte = {}, string.pack, string.unpack, string.byte
   local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
   local run_job = C._run_job
   local result_max = C._result_max()              -- (lowered by a test hook: M._test_result_max)
@@ -231,7 +233,7 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
         :format(size, result_max))
     end
     outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
-    if sock:pending() < 4 then flush() end
+    if sock:pending() < 4 or not okx then flush() end
   end
   sock:settimeout(nil)
   out:settimeout(nil)
@@ -260,12 +262,18 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
     if not chunk then                            -- decoded, called and answered in C
       out:sendall(run_job(data, apos + 4, fn, traceback, id))
       link:bump(2, 1)
+    elseif skip:get(id) then                     -- a chunk of a map that failed (cancel_chunks)
+      local enc = encodev(false, "cancelled")
+      outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc
+      if sock:pending() < 4 then flush() end
     else
       -- a list chunk is read, called and answered in C while its results are plain values
       local frame = link:run_chunk(data, apos + 4, fn, traceback, id)
       if frame then
         outbox[#outbox + 1] = frame
-        if sock:pending() < 4 then flush() end
+        -- a failure (the outcome's first value false: the frame's byte 16, after its length, id
+        -- and the encoding's 3-byte head) goes at once: the map waiting for it cancels the rest
+        if sock:pending() < 4 or sbyte(frame, 16) == 1 then flush() end
       else
         answer_chunk(fn, sunpack(">s4", data, apos), id)
       end
@@ -302,6 +310,7 @@ end
 
 local start_worker
 local flush_out
+local cancel_chunks
 local shift_inflight
 local new_table = core.process and core.process._table
 local INFLIGHT_SHIFT, INFLIGHT_ROOM = 32, 64   -- (shift_inflight, below)
@@ -500,6 +509,7 @@ local function read_results(self, w)
   local sunpack, decode_into, decode_at = string.unpack, core.process._decode_into,
     core.process._decode_at
   local result = core.process._result
+  local skipping = self._skipping
   sock:settimeout(nil)
   while true do
     local data, _, code = sock:recv_frame(FRAME_MAX)
@@ -555,6 +565,7 @@ local function read_results(self, w)
       if job.argsdata then drop_job(job) end
       if job.fut then settle(job.fut, r) else job.done(r) end
       w.cur = nil
+      if skipping[id] then skipping[id] = nil; self._skip[id] = nil end
     end
     end
     ::next::
@@ -621,7 +632,7 @@ start_worker = function(self)
     error("strand.pool: cannot create a worker channel: " .. tostring(lerr))
   end
   local h, err = process._fork(function()
-    return worker_main(jb, rb, link, init, initargs, max)
+    return worker_main(jb, rb, link, init, initargs, max, self._skip)
   end, true, self._allow_threads, ra)
   jb:close(); rb:close()
   if not h then
@@ -639,13 +650,18 @@ start_worker = function(self)
 end
 
 -- Thread workers: jobs from a shared queue, results to a shared queue.
-local function thread_worker(jobs, results, initializer, initargs)
+-- A job's id in claims counts its claimants: the worker that takes it and a cancel (Future:cancel,
+-- a failed map's chunks); the second one to come sees 2 and gives up (a cancelled job is skipped,
+-- a job taken is not cancelled). The reader drops the key with the job's answer.
+local SKIPPED = { false, "cancelled", n = 2 }
+local function thread_worker(jobs, results, initializer, initargs, claims)
   local traceback = debug.traceback
   if initializer then initializer(table.unpack(initargs, 1, initargs.n or #initargs)) end
   while true do
     local job = jobs:get()
     if job == nil or job == "stop" then return end
     local id, fn, args, chunk = job[1], job[2], job[3], job[4]
+    if claims:incr(id) ~= 1 then results:put({ id, SKIPPED }); goto continue end   -- cancelled
     if type(fn) == "string" then fn = require("strand.core").serial.decode(fn, { functions = true }) end
     local r
     if chunk then
@@ -659,6 +675,7 @@ local function thread_worker(jobs, results, initializer, initargs)
     end
     local ok = pcall(results.put, results, { id, r })
     if not ok then results:put({ id, table.pack(false, "the job's results cannot be copied") }) end
+    ::continue::
   end
 end
 
@@ -668,6 +685,7 @@ local function thread_reader(self)
     if msg == nil then return end
     local job = self._pending[msg[1]]
     self._pending[msg[1]] = nil
+    self._claims[msg[1]] = nil
     if job then
       if job.fut then settle(job.fut, msg[2]) else job.done(msg[2]) end
     end
@@ -702,6 +720,7 @@ function M.new(opts)
     _next = 0, _pending = {}, _gen = forkgen(),
   }, Pool)
   if kind == "process" then
+    self._skip, self._skipping = require("strand.shared").dict(), {}   -- (cancel_chunks)
     local th = package.loaded["strand.thread"]
     if not opts.allow_threads and type(th) == "table" and th.active_count() > 1 then
       error(("pool.new: %d strand thread(s) run in this process; a forked worker would hold only "
@@ -719,8 +738,10 @@ function M.new(opts)
     local thread = require "strand.thread"
     local queue = require "strand.queue"
     self._jobq, self._results = queue.new(), queue.new()
+    self._claims = require("strand.shared").dict()
     for i = 1, size do
-      self._workers[i] = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs)
+      self._workers[i] = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs,
+        self._claims)
     end
     self._reader = spawn_task(thread_reader, self)
     core.process._background(self._reader)
@@ -830,7 +851,7 @@ end
 -- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome. A process
 -- pool's submit and apply pass the arguments encoded already (argsdata) and no args table.
 local function enqueue(self, fname, fn, args, chunk, job, argsdata)
-  local lvl = chunk and 4 or 3                 -- (a chunk comes through submit_chunks)
+  local lvl = chunk and 5 or 3                 -- (a chunk comes through submit_chunks's pcall)
   if self._closed then error(fname .. ": the pool is closed", lvl) end
   self._next = self._next + 1
   local id = self._next
@@ -853,6 +874,7 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
     if not job.later then dispatch(self) end
   else
     self._pending[id] = job
+    if job.fut then job.fut._claims, job.fut._id = self._claims, id end   -- (Future:cancel)
     local ok, err = pcall(self._jobq.put, self._jobq, { id, fdata or fn, args, chunk })
     if not ok then self._pending[id] = nil; error(copy_error(err, fname, chunk and job.fut._first), lvl) end
   end
@@ -930,6 +952,31 @@ local function check_list(list, chunksize, fname)
   end
 end
 
+-- A map that failed (an item raised, or could not be copied) runs no more of its work, as
+-- concurrent.futures' map cancels its futures: its chunks not started yet are cancelled (a process
+-- pool's taken out of the queue at once, a thread pool's skipped by the worker that takes them);
+-- those running (a process worker's chunks sent ahead to it included) end, their results dropped.
+cancel_chunks = function(self, chunks)
+  local mine
+  for _, f in ipairs(chunks) do
+    if f._r == nil and f:cancel() and self._kind == "process" then
+      mine = mine or {}
+      mine[f] = true
+    elseif f._r == nil and self._skip then        -- sent to a process worker: skipped there
+      self._skipping[f._id] = true                -- unless it has started (dropped with its
+      self._skip[f._id] = true                    -- answer, read_results)
+    end
+  end
+  if mine == nil then return end
+  local q, keep = self._jobs, self._jh - 1
+  for i = self._jh, self._jt do
+    local job = q[i]
+    q[i] = nil
+    if not mine[job.fut] then keep = keep + 1; q[keep] = job else drop_job(job) end
+  end
+  self._jt = keep
+end
+
 -- Chunk futures for list: one future per chunk, each settling with the chunk's results table.
 -- into == true (map): the table for the results is made here, once the first chunk of each
 -- worker is out, and returned after the chunks: a chunk answered after that is decoded straight
@@ -961,26 +1008,16 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       -- {list[first..last], n = count}, unmade
       local okc, argsdata = pcall(encode_list, list, first, last, false, fname, 2)
       if not okc or argsdata == nil then
-        local mine = {}
-        for _, f in ipairs(chunks) do
-          if f._state == "pending" then f._state = "cancelled"; mine[f] = true end
-        end
-        local keep, jt = self._jh - 1, self._jt
-        for i = self._jh, jt do
-          local job = q[i]
-          q[i] = nil
-          if not mine[job.fut] then keep = keep + 1; q[keep] = job else drop_job(job) end
-        end
-        self._jt = keep
+        cancel_chunks(self, chunks)
         if fown and #chunks == 0 then release(fdata) end   -- no chunk ever held it
         if not okc then error(argsdata, 3) end        -- "bad argument #2 to 'map' (value[k]: ...)"
         error(OBJMSG:format(2, fname), 3)
       end
-      local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
-      if into and into ~= true then f._into = into end   -- results decoded straight into it
-      chunks[#chunks + 1] = f
       local id = self._next + 1
       self._next = id
+      local f = setmetatable({ _state = "pending", _first = first, _count = count, _id = id }, Future)
+      if into and into ~= true then f._into = into end   -- results decoded straight into it
+      chunks[#chunks + 1] = f
       self._jt = self._jt + 1
       q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
                       fown = fown, w = nil }
@@ -1007,7 +1044,8 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
     for i = first, last do args[i - first + 1] = list[i] end
     local f = new_future()
     f._first, f._count = first, args.n
-    enqueue(self, fname, fn, args, true, { fut = f, later = true })
+    local ok, err = pcall(enqueue, self, fname, fn, args, true, { fut = f, later = true })
+    if not ok then cancel_chunks(self, chunks); error(err, 0) end   -- (named for the caller)
     chunks[#chunks + 1] = f
   end
   dispatch(self)                                 -- once for all the chunks
@@ -1025,7 +1063,7 @@ function Pool:map(fn, list, chunksize)
   for _, f in ipairs(chunks) do
     local r = f._r
     if r == nil then f:join(); r = f._r end
-    if not r[1] then error(r[2], 0) end
+    if not r[1] then cancel_chunks(self, chunks); error(r[2], 0) end
     if r ~= PLACED then tmove(r[2], 1, f._count, f._first, out) end
   end
   return out
@@ -1043,7 +1081,9 @@ function Pool:imap(fn, list, chunksize)
     while res == nil or k >= chunks[ci]._count do
       ci = ci + 1
       if ci > #chunks then return nil end
-      res = chunks[ci]:result()
+      local ok, r = chunks[ci]:join()
+      if not ok then cancel_chunks(self, chunks); error(r, 0) end   -- (as map)
+      res = r
       k = 0
     end
     k = k + 1
@@ -1072,7 +1112,9 @@ function Pool:imap_unordered(fn, list, chunksize)
       cur = ready[head]; ready[head] = nil; head = head + 1
       given = given + 1
       k = 0
-      cur._res = cur:result()
+      local ok, r = cur:join()
+      if not ok then cancel_chunks(self, chunks); error(r, 0) end   -- (as map)
+      cur._res = r
     end
     k = k + 1
     return cur._first + k - 1, cur._res[k]

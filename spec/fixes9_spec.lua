@@ -1,0 +1,114 @@
+-- spec/fixes9_spec.lua — defects left open by session 8 (a failed map's chunks kept running,
+-- messages without a function's name, oversize pool arguments, the LuaSocket bridge's closed
+-- objects): each case failed before its fix.
+local strand = require "strand"
+local pool = require "strand.pool"
+local shared = require "strand.shared"
+local sync = require "strand.sync"
+local H = require "support.helper"
+
+-- A pool of one worker whose jobs reach a shared counter (d.ran) and a gate (an event that
+-- items other than the failing one wait on before counting themselves).
+local function gated_pool(kind)
+  local d, go = shared.dict(), sync.event()
+  d.ran = 0
+  local p = pool.new{ size = 1, kind = kind, initargs = { d, go },
+    initializer = function(dd, gg) _G.F9D, _G.F9GO = dd, gg end }
+  return p, d, go
+end
+
+-- An item: 1 raises; the others wait for the gate, then count themselves.
+local function item(x)
+  if x == 1 then error("item one fails", 0) end
+  assert(_G.F9GO:wait(60), "gate never opened")
+  _G.F9D:incr("ran")
+  return x
+end
+
+for _, kind in ipairs { "thread", "process" } do
+  describe("fixes 9: a failed map runs no more of its work (" .. kind .. " pool)", function()
+    H.guard()
+
+    it("an item that raises cancels the chunks not started (at most the one running ends)", function()
+      H.run(function()
+        local p, d, go = gated_pool(kind)
+        local list = {}
+        for i = 1, 40 do list[i] = i end
+        local ok, err = pcall(p.map, p, item, list, 1)
+        assert.is_false(ok)
+        assert.matches("^item one fails", err)
+        go:set()
+        p:close(); p:join()
+        -- the one worker may have taken item 2 before the cancel came; never more
+        assert.is_true(d.ran <= 1, "items run after the map failed: " .. d.ran)
+        -- the pool goes on working
+      end)
+    end)
+
+    it("the pool serves the next map after one failed", function()
+      H.run(function()
+        local p, _, go = gated_pool(kind)
+        go:set()
+        assert.is_false((pcall(p.map, p, item, { 3, 1, 4, 5, 6, 7, 8, 9 }, 1)))
+        assert.same({ 2, 3, 4, 5 }, p:map(function(x) return x + 1 end, { 1, 2, 3, 4 }, 1))
+        p:close(); p:join()
+      end)
+    end)
+
+    it("imap: a failure raised by the iterator cancels the rest", function()
+      H.run(function()
+        local p, d, go = gated_pool(kind)
+        local list = {}
+        for i = 1, 30 do list[i] = i end
+        local it = p:imap(item, list, 1)
+        local ok, err = pcall(it)
+        assert.is_false(ok)
+        assert.matches("^item one fails", err)
+        go:set()
+        p:close(); p:join()
+        assert.is_true(d.ran <= 1, "items run after imap failed: " .. d.ran)
+      end)
+    end)
+
+    it("an item that cannot be copied takes back the chunks queued before it", function()
+      H.run(function()
+        local p, d, go = gated_pool(kind)
+        local list = {}
+        for i = 2, 31 do list[#list + 1] = i end
+        list[#list + 1] = coroutine.create(print)
+        local ok, err = pcall(p.map, p, item, list, 1)
+        assert.is_false(ok)
+        assert.matches("bad argument #2 to 'map' %(value%[31%]: cannot copy a coroutine", err)
+        go:set()
+        p:close(); p:join()
+        assert.is_true(d.ran <= 1, "items run after the map failed: " .. d.ran)
+      end)
+    end)
+  end)
+end
+
+describe("fixes 9: a thread pool's f:cancel()", function()
+  H.guard()
+
+  it("a job cancelled while queued never runs; one a worker took is not cancelled", function()
+    H.run(function()
+      local p, d, go = gated_pool("thread")
+      local blocker = p:submit(function() assert(_G.F9GO:wait(60)); _G.F9D.started = true; return "b" end)
+      local f = p:submit(function() _G.F9D:incr("ran") end)
+      assert.is_true(f:cancel())
+      assert.equal("cancelled", f:status())
+      go:set()
+      assert.equal("b", blocker:result(H.TIMEOUT))
+      -- a job taken by the worker: cancel says false and it runs to its end
+      local gate2 = sync.event()
+      d.gate2 = false
+      local g = p:submit(function(ev) _G.F9D.gate2 = true; assert(ev:wait(60)); return "g" end, gate2)
+      assert.is_truthy(H.wait_until(function() return d.gate2 end))
+      assert.is_false(g:cancel())
+      gate2:set()
+      assert.equal("g", g:result(H.TIMEOUT))
+      p:close(); p:join()
+      assert.equal(0, d.ran)                       -- f never ran
+    end)
+  end)
+end)
