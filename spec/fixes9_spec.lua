@@ -112,3 +112,88 @@ describe("fixes 9: a thread pool's f:cancel()", function()
     end)
   end)
 end)
+
+describe("fixes 9: refusals name the call and the argument", function()
+  H.guard()
+  local thread = require "strand.thread"
+  local process = require "strand.process"
+  local co = coroutine.create(print)
+
+  local function err_of(f, ...)
+    local ok, err = pcall(f, ...)
+    assert.is_false(ok)
+    return (tostring(err):gsub("^[^:]*:%d+: ", ""))
+  end
+
+  it("thread.new{args=...}: args[k] is the k-th of args, fn is named fn", function()
+    local t = thread.new{ fn = function() end, args = { 1, co } }
+    assert.equal("bad argument #1 to 'start' (the thread's args[2]: cannot copy a coroutine)",
+      err_of(t.start, t))
+    local t2 = thread.new{ fn = function() end, args = { { x = co } } }
+    assert.equal("bad argument #1 to 'start' (the thread's args[1].x: cannot copy a coroutine)",
+      err_of(t2.start, t2))
+    local t3 = thread.new{ fn = function() return co end }
+    assert.equal("bad argument #1 to 'start' (the thread's fn.<upvalue co>: cannot copy a coroutine)",
+      err_of(t3.start, t3))
+    local t4 = thread.new{ fn = function(a, b) return a + b end, args = { 1, 2 } }   -- still runs
+    t4:start()
+    assert.same({ true, 3 }, { t4:join(H.TIMEOUT) })
+  end)
+
+  it("a thread's results and error that cannot be copied say so", function()
+    local t = thread.start(function() return 1, coroutine.create(print) end)
+    assert.same({ false, "the thread's results cannot be copied: result #2: cannot copy a coroutine" },
+      { t:join(H.TIMEOUT) })
+    local t2 = thread.start(function() error({ coroutine.create(print) }) end)
+    assert.same({ false, "the thread's error cannot be copied (value[1]: cannot copy a coroutine)" },
+      { t2:join(H.TIMEOUT) })
+  end)
+
+  it("a process's results: result #k, not args[k+1]", function()
+    H.run(function()
+      local p = process.new{ fn = function() return 1, coroutine.create(print) end }
+      assert.is_truthy(p:start())
+      local ok, err = p:join(H.TIMEOUT)
+      assert.is_false(ok)
+      assert.matches(": cannot copy its results back: result #2: cannot copy a coroutine$", err)
+    end)
+  end)
+
+  it("dict update: its function's result is named", function()
+    local d = shared.dict()
+    assert.equal("bad argument #2 to 'update' (its result: cannot copy a coroutine)",
+      err_of(d.update, d, "k", function() return co end))
+    assert.equal("bad argument #2 to 'update' (its result.x[1]: cannot copy a coroutine)",
+      err_of(d.update, d, "k", function() return { x = { co } } end))
+    assert.is_nil(d.k)
+    assert.equal(1, d:update("k", function(v) return (v or 0) + 1 end))
+  end)
+
+  it("shared.list{...}: the item is named by its index; a hole too", function()
+    assert.equal("bad argument #1 to 'list' (value[2]: cannot copy a coroutine)",
+      err_of(shared.list, { 1, co }))
+    assert.equal("bad argument #1 to 'list' (value[3].y: cannot copy a coroutine)",
+      err_of(shared.list, { 1, 2, { y = co } }))
+    assert.equal("bad argument #1 to 'list' (value[2] is nil: a shared list cannot hold nil)",
+      err_of(shared.list, setmetatable({}, { __len = function() return 2 end, __index = { 1 } })))
+    local l = shared.list{ 1, "a", { 2 } }
+    assert.equal(3, #l)
+    assert.equal(2, l[3][1])
+  end)
+
+  it("a list index out of range names the call", function()
+    local l = shared.list{ 1 }
+    assert.equal("bad argument #1 to 'set' (index 3 out of range: length 1)",
+      err_of(function() l:set(3, 1) end))
+    assert.equal("bad argument #1 to 'set' (index 0 out of range: length 1)",
+      err_of(function() l[0] = 1 end))
+  end)
+
+  it("spawn on a closed group names spawn", function()
+    H.run(function()
+      local g = strand.group()
+      g:close()
+      assert.equal("spawn: the group is closed", err_of(function() g:spawn(function() end) end))
+    end)
+  end)
+end)
