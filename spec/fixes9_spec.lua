@@ -197,3 +197,40 @@ describe("fixes 9: refusals name the call and the argument", function()
     end)
   end)
 end)
+
+describe("fixes 9: a process-pool job too large for its frame", function()
+  H.guard()
+  after_each(function() pool._test_args_max() end)
+
+  local function err_of(f, ...)
+    local ok, err = pcall(f, ...)
+    assert.is_false(ok)
+    return tostring(err)
+  end
+
+  it("raises naming the call and the argument (a test hook lowers the 4 GiB limit)", function()
+    H.run(function()
+      local p <close> = pool.new{ size = 1 }
+      local function len(s) return #s end
+      assert.equal(5, p:apply(len, "hello"))         -- the function is known to the worker
+      pool._test_args_max(1000)
+      local big = ("x"):rep(2000)
+      assert.matches("^bad argument #2 to 'apply' %(arguments too large: 2006 bytes encoded, a "
+        .. "job's frame holds at most %d+ beside the function's %d+%)$", err_of(p.apply, p, len, big))
+      assert.matches("^bad argument #2 to 'submit' %(arguments too large: 2006 bytes encoded",
+        err_of(p.submit, p, len, big))
+      assert.matches("^bad argument #1 to 'apply' %(function too large: %d+ bytes encoded, a job's "
+        .. "frame holds at most 975%)$", err_of(p.apply, p, function() return big end))
+      assert.matches("^bad argument #2 to 'map' %(item 3 too large: %d+ bytes encoded",
+        err_of(p.map, p, len, { "a", "b", big, "c" }, 1))
+      assert.matches("^bad argument #2 to 'map' %(items 3%.%.4 too large: ",
+        err_of(p.map, p, len, { "a", "b", big, "c" }, 2))
+      -- below the limit, and once it is back, jobs run as before
+      assert.equal(800, p:apply(len, ("y"):rep(800)))
+      assert.same({ 1, 1, 3 }, p:map(len, { "a", "b", "ccc" }, 1))
+      pool._test_args_max()
+      assert.equal(2000, p:apply(len, big))
+      assert.same({ 1, 2000 }, p:map(len, { "a", big }, 1))
+    end)
+  end)
+end)

@@ -311,6 +311,7 @@ end
 local start_worker
 local flush_out
 local cancel_chunks
+local too_large
 local shift_inflight
 local new_table = core.process and core.process._table
 local INFLIGHT_SHIFT, INFLIGHT_ROOM = 32, 64   -- (shift_inflight, below)
@@ -499,6 +500,27 @@ local PLACED = { true, n = 1 }
 -- jobs in flight, before the job is settled; a hook that raises makes the reader raise there.
 local reader_fault
 function M._test_reader_fault(fn) reader_fault = fn end
+-- The most a job's frame may carry (its 4-byte length; recv_frame's limit on the worker's side):
+-- 25 bytes of head, the function's bytes and the arguments'. A job larger raises naming the call
+-- (too_large, below) instead of string.pack's "integer overflow". M._test_args_max(n), a test
+-- hook, lowers it (nil: back to 4 GiB - 1).
+local args_max = FRAME_MAX
+function M._test_args_max(n) args_max = n or FRAME_MAX end
+
+-- Raise for a job whose frame would not fit: fdata and argsdata released (the job is not made).
+too_large = function(fname, fdata, owned, argsdata, what, lvl)
+  local room = args_max - 25
+  local nf, na = #fdata, #argsdata
+  if argsdata then release(argsdata) end
+  if owned then release(fdata) end
+  if nf > room then
+    error(("bad argument #1 to '%s' (function too large: %d bytes encoded, a job's frame holds at most %d)")
+      :format(fname, nf, room), lvl + 1)
+  end
+  error(("bad argument #2 to '%s' (%s too large: %d bytes encoded, a job's frame holds at most %d%s)")
+    :format(fname, what, na, room - nf, nf > 0 and " beside the function's " .. nf or ""), lvl + 1)
+end
+
 -- A test hook: the most a result frame may carry, lowered from 4 GiB - 8 for the pools made
 -- after it (their workers inherit it), so that a result too large runs for real; nil: 4 GiB - 8.
 function M._test_result_max(n) return core.process._result_max(n or 0xffffffff - 8) end
@@ -813,6 +835,7 @@ local function direct(self, fn, job, argsdata)
   end
   if w == nil then return false end
   local id, fid, fdata = self._next + 1, c[1], c[2]
+  if 25 + #fdata + #argsdata > args_max then return false end   -- (enqueue raises)
   self._next = id
   job.id, job.fid, job.fdata, job.argsdata, job.chunk, job.w = id, fid, fdata, argsdata, false, w
   job.fut._state = "running"
@@ -867,6 +890,9 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
       if fdata and not fid then release(fdata) end
       error(fdata == nil and OBJMSG:format(1, fname)
             or args and objmsg_of(fname, 2, unpack(args, 1, args.n)) or OBJMSG:format(2, fname), lvl)
+    end
+    if 25 + #fdata + #argsdata > args_max then
+      too_large(fname, fdata, not fid, argsdata, "arguments", lvl)
     end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
@@ -1012,6 +1038,11 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
         if fown and #chunks == 0 then release(fdata) end   -- no chunk ever held it
         if not okc then error(argsdata, 3) end        -- "bad argument #2 to 'map' (value[k]: ...)"
         error(OBJMSG:format(2, fname), 3)
+      end
+      if 25 + #fdata + #argsdata > args_max then
+        cancel_chunks(self, chunks)
+        too_large(fname, fdata, fown and #chunks == 0, argsdata,
+          first == last and ("item %d"):format(first) or ("items %d..%d"):format(first, last), 3)
       end
       local id = self._next + 1
       self._next = id
