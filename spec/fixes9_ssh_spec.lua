@@ -147,3 +147,35 @@ describe("fixes 9: SFTP transfers take turns with the other tasks", function()
     end)
   end)
 end)
+
+describe("fixes 9: a task reading a channel is not left asleep on a drained socket", function()
+  local srv
+  setup(function() srv = sshd.start() end)
+  teardown(function() if srv then srv:stop() end end)
+  H.guard()
+
+  it("another task's write that drains the socket wakes the channel's reader", function()
+    H.run_within(H.VALGRIND and 120 or 30, function()
+      local s = assert(ssh.connect(srv:opts()))
+      local a = assert(s:exec("cat"))              -- echoes: its reader waits on the socket
+      local b = assert(s:exec("cat > /dev/null"))  -- swallows: a write there reads the socket
+      assert.is_true(a:write("warm\n"))
+      assert.equal("warm\n", a:read())
+      local got
+      local reader = strand.spawn(function() got = a:read() end)
+      strand.sleep(0)                              -- the reader now waits on the socket
+      assert.is_true(a:write("ping\n"))
+      -- the loop's thread held (no poll) until the echo sits in the socket, then a write on the
+      -- other channel, whose libssh2 call drains the transport first: the echo is decoded, the
+      -- socket empty
+      os.execute("sleep 0.3")
+      assert.is_true(b:write("x"))
+      local ok = reader:join(H.VALGRIND and 60 or 5)
+      assert.is_true(ok, "the reader slept on a drained socket")
+      assert.equal("ping\n", got)
+      a:close()
+      b:close()
+      s:close()
+    end)
+  end)
+end)
