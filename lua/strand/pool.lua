@@ -52,6 +52,7 @@ end
 local function settle(f, r, state)
   if f._r then return end
   f._r = r
+  f._claims = nil                        -- (a thread pool's: settled, it holds the dict no more)
   f._state = state or (r[1] and "done" or "failed")
   local w = f._waiters                   -- one joiner's notifier, or a list of them
   if w then
@@ -197,7 +198,7 @@ local function run_chunk(fn, args, out, n)
 end
 
 -- What a process worker runs: jobs from its socket, results back, until told to stop.
-local function worker_main(sock, out, link, initializer, initargs, maxtasks, skip)
+local function worker_main(sock, out, link, initializer, initargs, maxtasks)
   local traceback = job_traceback
   if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
   local C = core.process
@@ -262,7 +263,7 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks, ski
     if not chunk then                            -- decoded, called and answered in C
       out:sendall(run_job(data, apos + 4, fn, traceback, id))
       link:bump(2, 1)
-    elseif skip:get(id) then                     -- a chunk of a map that failed (cancel_chunks)
+    elseif link:skipped(id) then                 -- a chunk of a map that failed (cancel_chunks)
       local enc = encodev(false, "cancelled")
       outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc
       if sock:pending() < 4 then flush() end
@@ -447,9 +448,14 @@ local function worker_gone(self, w)
     if not w.broken then fail_job(inflight[1], msg) end   -- (broken: its job failed already)
     for i = #inflight, w.broken and 1 or 2, -1 do
       local job = inflight[i]
-      if job.fut then job.fut._state = "pending" end
-      self._jh = self._jh - 1
-      self._jobs[self._jh] = job
+      if self._skipping[job.id] then               -- a failed map's chunk: not sent again
+        self._skipping[job.id] = nil
+        fail_job(job, "cancelled")
+      else
+        if job.fut then job.fut._state = "pending" end
+        self._jh = self._jh - 1
+        self._jobs[self._jh] = job
+      end
     end
   end
   w.sock:close()
@@ -587,7 +593,7 @@ local function read_results(self, w)
       if job.argsdata then drop_job(job) end
       if job.fut then settle(job.fut, r) else job.done(r) end
       w.cur = nil
-      if skipping[id] then skipping[id] = nil; self._skip[id] = nil end
+      if skipping[id] then skipping[id] = nil; w.link:skip(id, true) end   -- (its slot again)
     end
     end
     ::next::
@@ -654,7 +660,7 @@ start_worker = function(self)
     error("strand.pool: cannot create a worker channel: " .. tostring(lerr))
   end
   local h, err = process._fork(function()
-    return worker_main(jb, rb, link, init, initargs, max, self._skip)
+    return worker_main(jb, rb, link, init, initargs, max)
   end, true, self._allow_threads, ra)
   jb:close(); rb:close()
   if not h then
@@ -742,7 +748,7 @@ function M.new(opts)
     _next = 0, _pending = {}, _gen = forkgen(),
   }, Pool)
   if kind == "process" then
-    self._skip, self._skipping = require("strand.shared").dict(), {}   -- (cancel_chunks)
+    self._skipping = {}                   -- job id -> worker told to skip it (cancel_chunks)
     local th = package.loaded["strand.thread"]
     if not opts.allow_threads and type(th) == "table" and th.active_count() > 1 then
       error(("pool.new: %d strand thread(s) run in this process; a forked worker would hold only "
@@ -983,14 +989,22 @@ end
 -- pool's taken out of the queue at once, a thread pool's skipped by the worker that takes them);
 -- those running (a process worker's chunks sent ahead to it included) end, their results dropped.
 cancel_chunks = function(self, chunks)
-  local mine
+  local mine, sent
   for _, f in ipairs(chunks) do
     if f._r == nil and f:cancel() and self._kind == "process" then
       mine = mine or {}
       mine[f] = true
-    elseif f._r == nil and self._skip then        -- sent to a process worker: skipped there
-      self._skipping[f._id] = true                -- unless it has started (dropped with its
-      self._skip[f._id] = true                    -- answer, read_results)
+    elseif f._r == nil and self._kind == "process" then   -- sent to a worker: skipped there
+      sent = sent or {}                                   -- unless it has started (the slot
+      sent[f] = true                                      -- freed with its answer, read_results)
+    end
+  end
+  if sent then
+    for _, w in ipairs(self._workers) do
+      for i = w.ih, w.it do
+        local job = w.inflight[i]
+        if job and sent[job.fut] and w.alive and w.link:skip(job.id) then self._skipping[job.id] = w end
+      end
     end
   end
   if mine == nil then return end
