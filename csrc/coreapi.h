@@ -31,7 +31,9 @@
   X(int, strand_fail, (lua_State *L, int err), (L, err), return) \
   X(int, strand_fail_msg, (lua_State *L, const char *msg, const char *code), (L, msg, code), return) \
   X(void, strand_thread_os_spent, (void), (), ) \
-  X(int, strand_shm_pid, (void), (), return)
+  X(int, strand_shm_pid, (void), (), return) \
+  X(int, strand_wait_timer, (lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k), \
+    (L, deadline, ctx, k), return)
 
 typedef struct strand_core_api {
   unsigned abi;                   /* STRAND_CORE_ABI */

@@ -18,9 +18,13 @@
 #define LINK_META "strand.poollink"
 #define LINK_SPIN_SECONDS 30e-6
 
+#define LINK_SKIPS 48                      /* > the jobs one worker has in flight (16 + 2) */
 typedef struct link_page {
   _Alignas(64) uint64_t count[2];          /* [0] job frames written, [1] result frames */
   int32_t cpu[2];                          /* the CPU its writer last bumped it from, + 1 */
+  uint32_t nskip;                          /* skip[] slots in use (0: the worker looks no further) */
+  uint64_t skip[LINK_SKIPS];               /* ids of sent jobs the worker must not run (0: free):
+                                            * the chunks of a map that failed (pool.lua) */
 } link_page;
 
 typedef struct link_ud { uint64_t magic; link_page *page; } link_ud;
@@ -129,6 +133,38 @@ static int l_spin(lua_State *L) {
     if (strand_now() >= until) break;
   }
   lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* link:skip(id [, off]) (the parent): the worker answers job id "cancelled" instead of running it
+ * (off: forget it again, once answered) -> whether it was noted (false: no free slot, it runs).
+ * A hint like the counters: a worker that already took the job runs it. */
+static int l_skip(lua_State *L) {
+  link_page *pg = check_link(L, "skip");
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
+  int off = lua_toboolean(L, 3);
+  for (int i = 0; i < LINK_SKIPS; i++) {
+    uint64_t v = __atomic_load_n(&pg->skip[i], __ATOMIC_RELAXED);
+    if (off ? v == id : v == 0) {
+      __atomic_store_n(&pg->skip[i], off ? 0 : id, __ATOMIC_RELEASE);
+      __atomic_add_fetch(&pg->nskip, off ? (uint32_t)-1 : 1u, __ATOMIC_RELEASE);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* link:skipped(id) (the worker, before a chunk) -> whether the parent noted it (link:skip) */
+static int l_skipped(lua_State *L) {
+  link_page *pg = check_link(L, "skipped");
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
+  int found = 0;
+  if (__atomic_load_n(&pg->nskip, __ATOMIC_ACQUIRE) != 0)
+    for (int i = 0; i < LINK_SKIPS && !found; i++)
+      found = __atomic_load_n(&pg->skip[i], __ATOMIC_ACQUIRE) == id;
+  lua_pushboolean(L, found);
   return 1;
 }
 
@@ -516,7 +552,7 @@ int strand_pool_link(lua_State *L) {
   if (luaL_newmetatable(L, LINK_META)) {
     static const luaL_Reg methods[] = {
       {"bump", l_bump}, {"count", l_count}, {"spin", l_spin}, {"close", l_gc},
-      {"run_chunk", l_run_chunk}, {NULL, NULL}
+      {"run_chunk", l_run_chunk}, {"skip", l_skip}, {"skipped", l_skipped}, {NULL, NULL}
     };
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");

@@ -25,6 +25,7 @@ typedef struct rfile {
 
 #define SFTP_PULLBUF (1024 * 1024)       /* _pull's read size: libssh2 asks 4x that ahead */
 #define SFTP_PUSHBUF (1024 * 1024)       /* _push's sliding buffer (see push_step) */
+#define SFTP_WRITE_AHEAD (512 * 1024)    /* f:write's bytes in flight (push_step's best figure) */
 
 static sftp *check_sftp(lua_State *L) {
   sftp *f = ssh_check(L, 1, SSH_SFTP_META);
@@ -439,9 +440,17 @@ static int fwrite_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   size_t len;
   const char *d = lua_tolstring(L, 2, &len);
-  size_t off = (size_t)lua_tointeger(L, 3);
+  size_t off = (size_t)lua_tointeger(L, 3), turn = off;
   while (off < len) {
-    ssize_t n = libssh2_sftp_write(r->hd, d + off, len - off);
+    if (off - turn >= SSH_TURN_BYTES) {   /* a long write: the others' turn first */
+      lua_pushinteger(L, (lua_Integer)off);
+      lua_replace(L, 3);
+      return SSH_YIELD;
+    }
+    /* at most SFTP_WRITE_AHEAD handed to libssh2 at once: it sends all it is given (up to the
+     * channel's window), which then drains whatever this task does meanwhile (push_step) */
+    size_t give = len - off < SFTP_WRITE_AHEAD ? len - off : SFTP_WRITE_AHEAD;
+    ssize_t n = libssh2_sftp_write(r->hd, d + off, give);
     if (n == LIBSSH2_ERROR_EAGAIN) {
       lua_pushinteger(L, (lua_Integer)off);
       lua_replace(L, 3);
@@ -540,8 +549,13 @@ static int ensure_buf(lua_State *L, rfile *r, size_t cap) {
 static int pull_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   FILE *out = check_lfile(L, 2);
-  lua_Integer limit = lua_tointeger(L, 3), done = lua_tointeger(L, 4);
+  lua_Integer limit = lua_tointeger(L, 3), done = lua_tointeger(L, 4), turn = done;
   for (;;) {
+    if (done - turn >= SSH_TURN_BYTES) {  /* the data keeps coming: the others' turn first */
+      lua_pushinteger(L, done);
+      lua_replace(L, 4);
+      return SSH_YIELD;
+    }
     ssize_t n = libssh2_sftp_read(r->hd, r->buf, r->cap);
     if (n == LIBSSH2_ERROR_EAGAIN) {
       lua_pushinteger(L, done);
@@ -589,7 +603,7 @@ static int r_pull(lua_State *L) { return copy_call(L, pull_step, SFTP_PULLBUF); 
 static int push_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   FILE *in = check_lfile(L, 2);
-  lua_Integer limit = lua_tointeger(L, 3), done = lua_tointeger(L, 4);
+  lua_Integer limit = lua_tointeger(L, 3), done = lua_tointeger(L, 4), turn = done;
   if (r->inflight == 0) {
     /* the window now (the initial size libssh2 1.10 reports for an SFTP channel is 0) */
     unsigned long window = 0, initial = 0;
@@ -601,6 +615,11 @@ static int push_step(lua_State *L, ssh_sess *S) {
     if (r->inflight < 32768) r->inflight = 32768;
   }
   for (;;) {
+    if (done - turn >= SSH_TURN_BYTES) {  /* acknowledgements keep coming: the others' turn */
+      lua_pushinteger(L, done);
+      lua_replace(L, 4);
+      return SSH_YIELD;
+    }
     if (r->off >= r->cap / 2) {
       memmove(r->buf, r->buf + r->off, r->len - r->off);
       r->len -= r->off;

@@ -445,11 +445,12 @@ static int d_set(lua_State *L) {
   return 0;
 }
 
-/* _setif(d, k, v, stamp) -> stored? (update's compare-and-set) */
+/* _setif(d, k, v, stamp) -> stored? (update's compare-and-set; a value refused is named as
+ * update's argument #2's result: "bad argument #2 to 'update' (its result.x: cannot copy ...)") */
 static int d_setif(lua_State *L) {
   strand_shm *s = strand_shm_self(L);
   lua_Integer stamp = luaL_checkinteger(L, 4);
-  lua_pushboolean(L, d_store(L, s, 2, 3, stamp < 0 ? 0 : stamp, NULL));
+  lua_pushboolean(L, d_store(L, s, 2, 3, stamp < 0 ? 0 : stamp, "update"));
   return 1;
 }
 
@@ -586,7 +587,9 @@ static lua_Integer l_store(lua_State *L, strand_shm *s, lua_Integer i, int vidx,
   lua_Integer n = st->n;
   strand_shm_unlock(s);
   if (range || err) val_drop(&v);
-  if (range) luaL_error(L, "strand.list: index %d out of range (length %d)", (int)i, (int)n);
+  if (range)                      /* (list(initial) appends: never out of range) */
+    luaL_error(L, "bad argument #1 to '%s' (index %I out of range: length %I)", fname ? fname : "set",
+               i, n);
   if (err) storage_error(L, s, err);
   return n;
 }
@@ -613,6 +616,12 @@ static int l_index(lua_State *L) {
 
 static int l_newindex(lua_State *L) { return l_set(L); }
 
+/* list(initial)'s item: (list, value), protected (a refusal is renamed by l_list) */
+static int l_init_item(lua_State *L) {
+  l_store(L, (strand_shm *)lua_touserdata(L, 1), 0, 2, 1, NULL);
+  return 0;
+}
+
 static int l_list(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
   strand_shm *s = strand_shm_new(L, sizeof(strand_shm), &list_type, sizeof(d_state), 0, D_RESERVE);
@@ -621,8 +630,16 @@ static int l_list(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) {
     lua_Integer n = luaL_len(L, 1);
     for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, 1, i);
-      l_store(L, s, 0, lua_gettop(L), 1, NULL);
+      lua_pushcfunction(L, l_init_item);
+      lua_pushlightuserdata(L, s);
+      if (lua_geti(L, 1, i) == LUA_TNIL)
+        luaL_error(L, "bad argument #1 to 'list' (value[%I] is nil: a shared list cannot hold nil)", i);
+      if (lua_pcall(L, 2, 0, 0) != LUA_OK) {            /* "value.x: cannot copy ..." */
+        const char *m = lua_tostring(L, -1);
+        if (m && strncmp(m, "value", 5) == 0)
+          luaL_error(L, "bad argument #1 to 'list' (value[%I]%s)", i, m + 5);
+        lua_error(L);                                   /* storage full */
+      }
       lua_settop(L, 2);
     }
   }
@@ -686,7 +703,7 @@ static int l_test_die(lua_State *L) {
  * stored only if nobody wrote k meanwhile; otherwise fn runs again on the newer value. */
 static const char shared_lua[] =
   "local dictm, dictmt, getv, setif = ...\n"
-  "local type, error, getmetatable, next = type, error, getmetatable, next\n"
+  "local type, error, getmetatable, next, pcall, tostring = type, error, getmetatable, next, pcall, tostring\n"
   "function dictm.update(self, k, fn)\n"
   "  local mt = getmetatable(fn)\n"
   "  if type(fn) ~= 'function' and not (type(mt) == 'table' and mt.__call) then\n"
@@ -695,7 +712,11 @@ static const char shared_lua[] =
   "  while true do\n"
   "    local old, stamp = getv(self, k)\n"
   "    local new = fn(old)\n"
-  "    if setif(self, k, new, stamp) then return new end\n"
+  "    local ok, stored = pcall(setif, self, k, new, stamp)\n"
+  "    if not ok then\n"
+  "      error((tostring(stored):gsub(\"^(bad argument #2 to 'update' %()value\", '%1its result')), 2)\n"
+  "    end\n"
+  "    if stored then return new end\n"
   "  end\n"
   "end\n"
   "dictmt.__pairs = function(self) return next, self:items(), nil end\n";

@@ -195,6 +195,15 @@ static int call_k(lua_State *L, int status, lua_KContext ctx) {
     int n = step(L, S);
     if (S->progress != before && S->waiters.head)
       strand_waitq_wake_all(&S->waiters, STRAND_READY);
+    /* The step read input (libssh2 drains the transport in any call, a channel write too): what
+     * the task polling the socket waits for may now sit decoded in libssh2, and the socket, now
+     * drained, would never wake it (a relay's reader of a ProxyJump hop slept so until its
+     * timeout while its writer kept the input flowing): it looks again. */
+    if (S->received != got && S->io.reader) strand_wake(S->io.reader, STRAND_READY);
+    if (n == SSH_YIELD) {                /* a turn's worth moved: the others' turn (ssh.h) */
+      outcome = strand_wait_timer(L, 0, ctx, call_k);
+      continue;
+    }
     if (n != SSH_AGAIN) return n;
     /* The step read from the socket and still says EAGAIN. What it read sits decoded in libssh2
      * (a step making two calls sees the first drain packets the second needed: EOF on stdout

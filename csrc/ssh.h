@@ -64,6 +64,11 @@ struct ssh_sess {
  * an ssh_child), the top of the stack the absolute deadline (a number). On timeout or a closed
  * session it returns nil, "timeout" / "closed". */
 #define SSH_AGAIN (-1)
+/* A step that keeps moving data (it never meets EAGAIN while the peer keeps up) stops after
+ * SSH_TURN_BYTES and returns SSH_YIELD, its stack left ready to go on as for SSH_AGAIN: ssh_call
+ * lets every other ready task of the loop run once (a cancel lands there), then calls it again. */
+#define SSH_YIELD (-2)
+#define SSH_TURN_BYTES (1024 * 1024)
 typedef int (*ssh_step)(lua_State *L, ssh_sess *S);
 STRAND_API int ssh_call(lua_State *L, ssh_step step);
 

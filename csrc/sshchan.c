@@ -299,9 +299,14 @@ static int write_step(lua_State *L, ssh_sess *S) {
   chan *c = lua_touserdata(L, 1);
   size_t len;
   const char *d = lua_tolstring(L, 2, &len);
-  size_t off = (size_t)lua_tointeger(L, 3);
+  size_t off = (size_t)lua_tointeger(L, 3), turn = off;
   int stream = (int)lua_tointeger(L, 4);
   while (off < len) {
+    if (off - turn >= SSH_TURN_BYTES) {   /* a long write: the others' turn first (ssh.h) */
+      lua_pushinteger(L, (lua_Integer)off);
+      lua_replace(L, 3);
+      return SSH_YIELD;
+    }
     ssize_t r = libssh2_channel_write_ex(c->ch, stream, d + off, len - off);
     if (r == LIBSSH2_ERROR_EAGAIN) {
       lua_pushinteger(L, (lua_Integer)off);
@@ -368,12 +373,16 @@ static int push_exit(lua_State *L, ssh_sess *S, chan *c) {
 static int wait_step(lua_State *L, ssh_sess *S) {
   chan *c = lua_touserdata(L, 1);
   char *buf = strand_loop_scratch(strand_loop_get(L));
+  size_t dropped = 0;
   for (;;) {
     int rc;
     switch (c->wstage) {
       case 0: {   /* discard what was not read, until the remote end sends EOF */
+        if (dropped >= SSH_TURN_BYTES) return SSH_YIELD;   /* output keeps coming: the others' turn */
         ssize_t r1 = libssh2_channel_read_ex(c->ch, 0, buf, STRAND_SCRATCH);
         ssize_t r2 = libssh2_channel_read_ex(c->ch, SSH_EXTENDED_DATA_STDERR, buf, STRAND_SCRATCH);
+        if (r1 > 0) dropped += (size_t)r1;
+        if (r2 > 0) dropped += (size_t)r2;
         if (r1 > 0 || r2 > 0) continue;
         if (r1 < 0 && r1 != LIBSSH2_ERROR_EAGAIN) return ssh_fail(L, S, (int)r1);
         if (r2 < 0 && r2 != LIBSSH2_ERROR_EAGAIN) return ssh_fail(L, S, (int)r2);

@@ -573,6 +573,21 @@ static void open_stdlibs(lua_State *L) {
   lua_settop(L, globals - 1);
 }
 
+/* A refusal of strand_serial_encode over several values names value k > 1 "args[k]" and the
+ * first one "value": its k and the rest of the message (the value's place in it, the reason);
+ * NULL when it names none. */
+static const char *refused_value(const char *m, long long *k) {
+  int off = 0;
+  if (m != NULL && strncmp(m, "value", 5) == 0) { *k = 1; return m + 5; }
+  if (m == NULL || sscanf(m, "args[%lld]%n", k, &off) != 1 || off == 0) return NULL;
+  return m + off;
+}
+
+static int encode_all(lua_State *L) {
+  strand_serial_encode(L, 1, lua_gettop(L), STRAND_SERIAL_FUNCTIONS);
+  return 1;
+}
+
 /* Runs inside the new state, protected: decode, run, encode the results. */
 static int thr_boot(lua_State *L) {
   thr_ctl *c = (thr_ctl *)lua_touserdata(L, 1);
@@ -589,7 +604,16 @@ static int thr_boot(lua_State *L) {
   (void)base;
   lua_call(L, n, LUA_MULTRET);                          /* core.run(fn, args...) */
   int nres = lua_gettop(L) - base + 1;
-  strand_serial_encode(L, base, nres, STRAND_SERIAL_FUNCTIONS);
+  lua_pushcfunction(L, encode_all);                    /* a refusal names the result */
+  lua_insert(L, base);
+  if (lua_pcall(L, nres, 1, 0) != LUA_OK) {
+    long long k;
+    const char *rest = refused_value(lua_tostring(L, -1), &k);
+    if (rest)
+      return luaL_error(L, "the thread's results cannot be copied: result #%I%s", (lua_Integer)k,
+                        rest);
+    return lua_error(L);
+  }
   return 1;
 }
 
@@ -640,7 +664,7 @@ static int run_thread(thr_ctl *c) {
       lua_insert(L, -2);
       if (lua_pcall(L, 1, 1, 0) != LUA_OK) {          /* not copyable: send its text */
         const char *m = lua_tostring(L, -1);
-        lua_pushstring(L, m ? m : "thread failed");
+        lua_pushfstring(L, "the thread's error cannot be copied (%s)", m ? m : "?");
         lua_pushcfunction(L, encode_error);
         lua_insert(L, -2);
         if (lua_pcall(L, 1, 1, 0) != LUA_OK) lua_settop(L, 0);
@@ -1190,7 +1214,17 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byar
   thr_ctl *c = h->c;
   if (h->started) luaL_error(L, "threads can only be started once");
   if (byarg) strand_serial_encode_arg(L, first, n, STRAND_SERIAL_FUNCTIONS, "start", 1);
-  else strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
+  else {                                 /* thread.new's fn and args: value 1 is fn, not args[1] */
+    lua_pushcfunction(L, encode_all);
+    for (int i = 0; i < n; i++) lua_pushvalue(L, first + i);
+    if (lua_pcall(L, n, 1, 0) != LUA_OK) {
+      long long k;
+      const char *rest = refused_value(lua_tostring(L, -1), &k);
+      if (rest == NULL) lua_error(L);
+      if (k == 1) luaL_error(L, "bad argument #1 to 'start' (the thread's fn%s)", rest);
+      luaL_error(L, "bad argument #1 to 'start' (the thread's args[%I]%s)", (lua_Integer)(k - 1), rest);
+    }
+  }
   size_t len; const char *p = lua_tolstring(L, -1, &len);
   c->payload = dupbytes(p, len);
   c->plen = len;

@@ -417,10 +417,13 @@ describe("strand.ssh", function()
     end)
 
     it("a session over another session's forward channel (ProxyJump by hand)", function()
-      H.run(function()
+      -- a handshake over a channel: bounded as the ProxyJump cases below (under memcheck beside
+      -- another spec one can take tens of seconds; H.TIMEOUT, 10 s, timed it out)
+      local t = H.VALGRIND and 120 or H.TIMEOUT
+      H.run_within(t, function()
         local st = assert(s:forward("127.0.0.1", srv.port))
         local inner = assert(ssh.connect { sock = st, user = srv.user, key = srv.keys.ed25519,
-          known_hosts = srv.known_hosts, host_key_alias = "127.0.0.1", port = srv.port, timeout = H.TIMEOUT })
+          known_hosts = srv.known_hosts, host_key_alias = "127.0.0.1", port = srv.port, timeout = t })
         assert.equal("inner\n", inner:run("echo inner").stdout)
         inner:close()
       end)

@@ -164,7 +164,7 @@ end
 
 function Group:spawn(fn, ...)
   check_group(self, "spawn")
-  if self.closed then error("group is closed", 2) end
+  if self.closed then error("spawn: the group is closed", 2) end
   local t = spawn(fn, ...)
   self.tasks[#self.tasks + 1] = t
   return t

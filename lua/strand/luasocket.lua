@@ -192,6 +192,7 @@ end
 
 local function destroy(o)
   if o.s then o.s:close(); o.s = nil end
+  o.pinned = nil                          -- (bound to a port asked for: udp's setpeername("*"))
 end
 
 -- Start a call's timeout and give its socket the time it may wait: the socket, nil when closed.
@@ -230,7 +231,7 @@ local function trybind(o, address, port, kind)
     ok, err = ensure_socket(o, a.family, kind)
     if ok then
       local r, msg, code = o.s:bind(a.host, a.port)
-      if r then return true end
+      if r then o.pinned = tonumber(a.port) ~= 0 or nil; return true end
       err = lerr(msg, code)
       if o.family ~= nil then break end
     end
@@ -255,7 +256,7 @@ local function tryconnect(o, address, port, kind)
 end
 
 local function sockname(o, peer, portstring)
-  if o.s == nil then return nil, "bad file descriptor" end
+  if o.s == nil then return nil, "Bad file descriptor" end   -- (strerror's words, as LuaSocket)
   local host, port, code = (peer and o.s.getpeername or o.s.getsockname)(o.s)
   if not host then return nil, lerr(port, code) end
   return host, portstring and tostring(port) or port, o.family == "inet6" and "inet6" or "inet"
@@ -467,6 +468,10 @@ function tcp.connect(o, address, port)
   checkclass(o, "tcp{any}", "connect")
   address = checkstring(address, 2, "connect")
   port = checkstring(port, 3, "connect")
+  if o.s and getmetatable(o).__name == "tcp{server}" then   -- a listening socket: EISCONN
+    setclass(o, "tcp{client}")                                -- (LuaSocket's class, even so)
+    return nil, "already connected"
+  end
   local ok, err = tryconnect(o, address, port, "tcp")
   setclass(o, "tcp{client}")
   if not ok then return nil, err end
@@ -477,7 +482,7 @@ tcp.setpeername = tcp.connect
 function tcp.listen(o, backlog)
   checkclass(o, "tcp{master}", "listen")
   backlog = trunc(optnumber(backlog, 2, "listen", 32))
-  if o.s == nil then return nil, "bad file descriptor" end
+  if o.s == nil then return nil, "Bad file descriptor" end
   local ok, msg, code = o.s:listen(backlog)
   if not ok then return nil, lerr(msg, code) end
   setclass(o, "tcp{server}")
@@ -548,6 +553,9 @@ function udp.sendto(o, data, ip, port)
   else return nil, "Name or service not known" end
   if o.family and o.family ~= fam then return nil, "Address family for hostname not supported" end
   if not tonumber(port) then return nil, "Servname not supported for ai_socktype" end
+  -- closed: LuaSocket makes a socket for an object whose family is not fixed yet (socket.udp(),
+  -- never bound, connected or sent from), else its sendto fails as on a closed socket
+  if o.s == nil and o.family ~= nil then return nil, "refused" end
   local ok, err = ensure_socket(o, fam, "udp")
   if not ok then return nil, err end
   local n, msg, code = arm(o):sendto(data, host, tonumber(port))
@@ -556,14 +564,18 @@ function udp.sendto(o, data, ip, port)
 end
 
 -- udp's receive methods: check the class and the datagram size (argument 2, at least 1), arm
--- the socket's timeout, then take(socket, size).
-local function receiver(class, fname, take)
+-- the socket's timeout, then take(socket, size); closed (or no socket yet), what LuaSocket
+-- answers then: receive an empty datagram, receivefrom the error of naming no address.
+local function receiver(class, fname, take, closed1, closed2)
   return function(o, size)
     checkclass(o, class, fname)
     local n = trunc(optnumber(size, 2, fname, C._DATAGRAMSIZE))
     if n < 1 then n = 1 end
     local s = arm(o)
-    if s == nil then return nil, "refused" end
+    if s == nil then
+      if closed2 == nil then return closed1 end
+      return closed1, closed2
+    end
     return take(s, n)
   end
 end
@@ -573,13 +585,13 @@ udp.receive = receiver("udp{any}", "receive", function(s, n)
   if data then return data end
   if code == "EOF" then return "" end      -- an empty datagram
   return nil, udp_strerror(msg, code)
-end)
+end, "")
 
 udp.receivefrom = receiver("udp{unconnected}", "receivefrom", function(s, n)
   local data, host, port = s:recvfrom(n)
   if not data then return nil, udp_strerror(host, port) end
   return data, host, port
-end)
+end, nil, "ai_family not supported")
 
 function udp.setpeername(o, address, port)
   checkclass(o, "udp{any}", "setpeername")
@@ -589,14 +601,16 @@ function udp.setpeername(o, address, port)
   else port = optstring(port, 3, "setpeername", "0") end
   if not connecting then
     -- disconnect: connect to AF_UNSPEC; strand sockets have no call for it, so the socket is
-    -- replaced by a fresh one bound to the same local address
+    -- replaced by a fresh one, bound to the same local address when setsockname gave it a port
+    -- (Linux keeps only such a port: an ephemeral one, given by connect or by port 0, goes)
     if o.s then
       local host, lport = o.s:getsockname()
-      local fam = o.family
+      local fam, pinned = o.family, o.pinned
       destroy(o)
       local ok, err = ensure_socket(o, fam, "udp")
       if not ok then return nil, err end
-      if lport and lport ~= 0 then
+      if pinned and lport and lport ~= 0 then
+        o.pinned = true
         o.s:setoption("reuseaddr", true)
         o.s:bind(host, lport)
       end

@@ -52,6 +52,7 @@ end
 local function settle(f, r, state)
   if f._r then return end
   f._r = r
+  f._claims = nil                        -- (a thread pool's: settled, it holds the dict no more)
   f._state = state or (r[1] and "done" or "failed")
   local w = f._waiters                   -- one joiner's notifier, or a list of them
   if w then
@@ -111,6 +112,8 @@ end
 function Future:cancel()
   check_future(self, "cancel")
   if self._state ~= "pending" then return self._state == "cancelled" end
+  local claims = self._claims       -- a thread pool's job: queued, or taken by a worker already?
+  if claims and claims:incr(self._id) ~= 1 then return false end   -- (thread_worker's claim)
   settle(self, pack(false, "cancelled"), "cancelled")
   return true
 end
@@ -200,7 +203,7 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
   if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
   local C = core.process
   local done, got, fns = 0, 0, {}
-  local outbox, spack, sunpack = {}, string.pack, string.unpack
+  local outbox, spack, sunpack, sbyte = {}, string.pack, string.unpack, string.byte
   local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
   local run_job = C._run_job
   local result_max = C._result_max()              -- (lowered by a test hook: M._test_result_max)
@@ -231,7 +234,7 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
         :format(size, result_max))
     end
     outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc   -- send_frame's format
-    if sock:pending() < 4 then flush() end
+    if sock:pending() < 4 or not okx then flush() end
   end
   sock:settimeout(nil)
   out:settimeout(nil)
@@ -260,12 +263,18 @@ local function worker_main(sock, out, link, initializer, initargs, maxtasks)
     if not chunk then                            -- decoded, called and answered in C
       out:sendall(run_job(data, apos + 4, fn, traceback, id))
       link:bump(2, 1)
+    elseif link:skipped(id) then                 -- a chunk of a map that failed (cancel_chunks)
+      local enc = encodev(false, "cancelled")
+      outbox[#outbox + 1] = spack(">I4I8", 8 + #enc, id) .. enc
+      if sock:pending() < 4 then flush() end
     else
       -- a list chunk is read, called and answered in C while its results are plain values
       local frame = link:run_chunk(data, apos + 4, fn, traceback, id)
       if frame then
         outbox[#outbox + 1] = frame
-        if sock:pending() < 4 then flush() end
+        -- a failure (the outcome's first value false: the frame's byte 16, after its length, id
+        -- and the encoding's 3-byte head) goes at once: the map waiting for it cancels the rest
+        if sock:pending() < 4 or sbyte(frame, 16) == 1 then flush() end
       else
         answer_chunk(fn, sunpack(">s4", data, apos), id)
       end
@@ -302,6 +311,8 @@ end
 
 local start_worker
 local flush_out
+local cancel_chunks
+local too_large
 local shift_inflight
 local new_table = core.process and core.process._table
 local INFLIGHT_SHIFT, INFLIGHT_ROOM = 32, 64   -- (shift_inflight, below)
@@ -437,9 +448,14 @@ local function worker_gone(self, w)
     if not w.broken then fail_job(inflight[1], msg) end   -- (broken: its job failed already)
     for i = #inflight, w.broken and 1 or 2, -1 do
       local job = inflight[i]
-      if job.fut then job.fut._state = "pending" end
-      self._jh = self._jh - 1
-      self._jobs[self._jh] = job
+      if self._skipping[job.id] then               -- a failed map's chunk: not sent again
+        self._skipping[job.id] = nil
+        fail_job(job, "cancelled")
+      else
+        if job.fut then job.fut._state = "pending" end
+        self._jh = self._jh - 1
+        self._jobs[self._jh] = job
+      end
     end
   end
   w.sock:close()
@@ -490,6 +506,27 @@ local PLACED = { true, n = 1 }
 -- jobs in flight, before the job is settled; a hook that raises makes the reader raise there.
 local reader_fault
 function M._test_reader_fault(fn) reader_fault = fn end
+-- The most a job's frame may carry (its 4-byte length; recv_frame's limit on the worker's side):
+-- 25 bytes of head, the function's bytes and the arguments'. A job larger raises naming the call
+-- (too_large, below) instead of string.pack's "integer overflow". M._test_args_max(n), a test
+-- hook, lowers it (nil: back to 4 GiB - 1).
+local args_max = FRAME_MAX
+function M._test_args_max(n) args_max = n or FRAME_MAX end
+
+-- Raise for a job whose frame would not fit: fdata and argsdata released (the job is not made).
+too_large = function(fname, fdata, owned, argsdata, what, lvl)
+  local room = args_max - 25
+  local nf, na = #fdata, #argsdata
+  if argsdata then release(argsdata) end
+  if owned then release(fdata) end
+  if nf > room then
+    error(("bad argument #1 to '%s' (function too large: %d bytes encoded, a job's frame holds at most %d)")
+      :format(fname, nf, room), lvl + 1)
+  end
+  error(("bad argument #2 to '%s' (%s too large: %d bytes encoded, a job's frame holds at most %d%s)")
+    :format(fname, what, na, room - nf, nf > 0 and " beside the function's " .. nf or ""), lvl + 1)
+end
+
 -- A test hook: the most a result frame may carry, lowered from 4 GiB - 8 for the pools made
 -- after it (their workers inherit it), so that a result too large runs for real; nil: 4 GiB - 8.
 function M._test_result_max(n) return core.process._result_max(n or 0xffffffff - 8) end
@@ -500,6 +537,7 @@ local function read_results(self, w)
   local sunpack, decode_into, decode_at = string.unpack, core.process._decode_into,
     core.process._decode_at
   local result = core.process._result
+  local skipping = self._skipping
   sock:settimeout(nil)
   while true do
     local data, _, code = sock:recv_frame(FRAME_MAX)
@@ -555,6 +593,7 @@ local function read_results(self, w)
       if job.argsdata then drop_job(job) end
       if job.fut then settle(job.fut, r) else job.done(r) end
       w.cur = nil
+      if skipping[id] then skipping[id] = nil; w.link:skip(id, true) end   -- (its slot again)
     end
     end
     ::next::
@@ -639,13 +678,18 @@ start_worker = function(self)
 end
 
 -- Thread workers: jobs from a shared queue, results to a shared queue.
-local function thread_worker(jobs, results, initializer, initargs)
+-- A job's id in claims counts its claimants: the worker that takes it and a cancel (Future:cancel,
+-- a failed map's chunks); the second one to come sees 2 and gives up (a cancelled job is skipped,
+-- a job taken is not cancelled). The reader drops the key with the job's answer.
+local SKIPPED = { false, "cancelled", n = 2 }
+local function thread_worker(jobs, results, initializer, initargs, claims)
   local traceback = debug.traceback
   if initializer then initializer(table.unpack(initargs, 1, initargs.n or #initargs)) end
   while true do
     local job = jobs:get()
     if job == nil or job == "stop" then return end
     local id, fn, args, chunk = job[1], job[2], job[3], job[4]
+    if claims:incr(id) ~= 1 then results:put({ id, SKIPPED }); goto continue end   -- cancelled
     if type(fn) == "string" then fn = require("strand.core").serial.decode(fn, { functions = true }) end
     local r
     if chunk then
@@ -659,6 +703,7 @@ local function thread_worker(jobs, results, initializer, initargs)
     end
     local ok = pcall(results.put, results, { id, r })
     if not ok then results:put({ id, table.pack(false, "the job's results cannot be copied") }) end
+    ::continue::
   end
 end
 
@@ -668,6 +713,7 @@ local function thread_reader(self)
     if msg == nil then return end
     local job = self._pending[msg[1]]
     self._pending[msg[1]] = nil
+    self._claims[msg[1]] = nil
     if job then
       if job.fut then settle(job.fut, msg[2]) else job.done(msg[2]) end
     end
@@ -702,6 +748,7 @@ function M.new(opts)
     _next = 0, _pending = {}, _gen = forkgen(),
   }, Pool)
   if kind == "process" then
+    self._skipping = {}                   -- job id -> worker told to skip it (cancel_chunks)
     local th = package.loaded["strand.thread"]
     if not opts.allow_threads and type(th) == "table" and th.active_count() > 1 then
       error(("pool.new: %d strand thread(s) run in this process; a forked worker would hold only "
@@ -719,8 +766,10 @@ function M.new(opts)
     local thread = require "strand.thread"
     local queue = require "strand.queue"
     self._jobq, self._results = queue.new(), queue.new()
+    self._claims = require("strand.shared").dict()
     for i = 1, size do
-      self._workers[i] = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs)
+      self._workers[i] = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs,
+        self._claims)
     end
     self._reader = spawn_task(thread_reader, self)
     core.process._background(self._reader)
@@ -792,6 +841,7 @@ local function direct(self, fn, job, argsdata)
   end
   if w == nil then return false end
   local id, fid, fdata = self._next + 1, c[1], c[2]
+  if 25 + #fdata + #argsdata > args_max then return false end   -- (enqueue raises)
   self._next = id
   job.id, job.fid, job.fdata, job.argsdata, job.chunk, job.w = id, fid, fdata, argsdata, false, w
   job.fut._state = "running"
@@ -830,7 +880,7 @@ end
 -- Queue a job: {id, fn, args, chunk?}; job.fut or job.done/fail receive the outcome. A process
 -- pool's submit and apply pass the arguments encoded already (argsdata) and no args table.
 local function enqueue(self, fname, fn, args, chunk, job, argsdata)
-  local lvl = chunk and 4 or 3                 -- (a chunk comes through submit_chunks)
+  local lvl = chunk and 5 or 3                 -- (a chunk comes through submit_chunks's pcall)
   if self._closed then error(fname .. ": the pool is closed", lvl) end
   self._next = self._next + 1
   local id = self._next
@@ -847,12 +897,16 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
       error(fdata == nil and OBJMSG:format(1, fname)
             or args and objmsg_of(fname, 2, unpack(args, 1, args.n)) or OBJMSG:format(2, fname), lvl)
     end
+    if 25 + #fdata + #argsdata > args_max then
+      too_large(fname, fdata, not fid, argsdata, "arguments", lvl)
+    end
     job.fid, job.fdata, job.argsdata, job.chunk = fid, fdata, argsdata, chunk or false
     self._jt = self._jt + 1
     self._jobs[self._jt] = job
     if not job.later then dispatch(self) end
   else
     self._pending[id] = job
+    if job.fut then job.fut._claims, job.fut._id = self._claims, id end   -- (Future:cancel)
     local ok, err = pcall(self._jobq.put, self._jobq, { id, fdata or fn, args, chunk })
     if not ok then self._pending[id] = nil; error(copy_error(err, fname, chunk and job.fut._first), lvl) end
   end
@@ -930,6 +984,39 @@ local function check_list(list, chunksize, fname)
   end
 end
 
+-- A map that failed (an item raised, or could not be copied) runs no more of its work, as
+-- concurrent.futures' map cancels its futures: its chunks not started yet are cancelled (a process
+-- pool's taken out of the queue at once, a thread pool's skipped by the worker that takes them);
+-- those running (a process worker's chunks sent ahead to it included) end, their results dropped.
+cancel_chunks = function(self, chunks)
+  local mine, sent
+  for _, f in ipairs(chunks) do
+    if f._r == nil and f:cancel() and self._kind == "process" then
+      mine = mine or {}
+      mine[f] = true
+    elseif f._r == nil and self._kind == "process" then   -- sent to a worker: skipped there
+      sent = sent or {}                                   -- unless it has started (the slot
+      sent[f] = true                                      -- freed with its answer, read_results)
+    end
+  end
+  if sent then
+    for _, w in ipairs(self._workers) do
+      for i = w.ih, w.it do
+        local job = w.inflight[i]
+        if job and sent[job.fut] and w.alive and w.link:skip(job.id) then self._skipping[job.id] = w end
+      end
+    end
+  end
+  if mine == nil then return end
+  local q, keep = self._jobs, self._jh - 1
+  for i = self._jh, self._jt do
+    local job = q[i]
+    q[i] = nil
+    if not mine[job.fut] then keep = keep + 1; q[keep] = job else drop_job(job) end
+  end
+  self._jt = keep
+end
+
 -- Chunk futures for list: one future per chunk, each settling with the chunk's results table.
 -- into == true (map): the table for the results is made here, once the first chunk of each
 -- worker is out, and returned after the chunks: a chunk answered after that is decoded straight
@@ -961,26 +1048,21 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
       -- {list[first..last], n = count}, unmade
       local okc, argsdata = pcall(encode_list, list, first, last, false, fname, 2)
       if not okc or argsdata == nil then
-        local mine = {}
-        for _, f in ipairs(chunks) do
-          if f._state == "pending" then f._state = "cancelled"; mine[f] = true end
-        end
-        local keep, jt = self._jh - 1, self._jt
-        for i = self._jh, jt do
-          local job = q[i]
-          q[i] = nil
-          if not mine[job.fut] then keep = keep + 1; q[keep] = job else drop_job(job) end
-        end
-        self._jt = keep
+        cancel_chunks(self, chunks)
         if fown and #chunks == 0 then release(fdata) end   -- no chunk ever held it
         if not okc then error(argsdata, 3) end        -- "bad argument #2 to 'map' (value[k]: ...)"
         error(OBJMSG:format(2, fname), 3)
       end
-      local f = setmetatable({ _state = "pending", _first = first, _count = count }, Future)
-      if into and into ~= true then f._into = into end   -- results decoded straight into it
-      chunks[#chunks + 1] = f
+      if 25 + #fdata + #argsdata > args_max then
+        cancel_chunks(self, chunks)
+        too_large(fname, fdata, fown and #chunks == 0, argsdata,
+          first == last and ("item %d"):format(first) or ("items %d..%d"):format(first, last), 3)
+      end
       local id = self._next + 1
       self._next = id
+      local f = setmetatable({ _state = "pending", _first = first, _count = count, _id = id }, Future)
+      if into and into ~= true then f._into = into end   -- results decoded straight into it
+      chunks[#chunks + 1] = f
       self._jt = self._jt + 1
       q[self._jt] = { fut = f, id = id, fid = fid, fdata = fdata, argsdata = argsdata, chunk = true,
                       fown = fown, w = nil }
@@ -1007,7 +1089,8 @@ local function submit_chunks(self, fname, fn, list, chunksize, into)
     for i = first, last do args[i - first + 1] = list[i] end
     local f = new_future()
     f._first, f._count = first, args.n
-    enqueue(self, fname, fn, args, true, { fut = f, later = true })
+    local ok, err = pcall(enqueue, self, fname, fn, args, true, { fut = f, later = true })
+    if not ok then cancel_chunks(self, chunks); error(err, 0) end   -- (named for the caller)
     chunks[#chunks + 1] = f
   end
   dispatch(self)                                 -- once for all the chunks
@@ -1025,7 +1108,7 @@ function Pool:map(fn, list, chunksize)
   for _, f in ipairs(chunks) do
     local r = f._r
     if r == nil then f:join(); r = f._r end
-    if not r[1] then error(r[2], 0) end
+    if not r[1] then cancel_chunks(self, chunks); error(r[2], 0) end
     if r ~= PLACED then tmove(r[2], 1, f._count, f._first, out) end
   end
   return out
@@ -1043,7 +1126,9 @@ function Pool:imap(fn, list, chunksize)
     while res == nil or k >= chunks[ci]._count do
       ci = ci + 1
       if ci > #chunks then return nil end
-      res = chunks[ci]:result()
+      local ok, r = chunks[ci]:join()
+      if not ok then cancel_chunks(self, chunks); error(r, 0) end   -- (as map)
+      res = r
       k = 0
     end
     k = k + 1
@@ -1072,7 +1157,9 @@ function Pool:imap_unordered(fn, list, chunksize)
       cur = ready[head]; ready[head] = nil; head = head + 1
       given = given + 1
       k = 0
-      cur._res = cur:result()
+      local ok, r = cur:join()
+      if not ok then cancel_chunks(self, chunks); error(r, 0) end   -- (as map)
+      cur._res = r
     end
     k = k + 1
     return cur._first + k - 1, cur._res[k]

@@ -174,9 +174,12 @@ local function child_outcome(rfd, self, ...)
   -- the loaded modules in a child that should touch as little of its memory as it can
   local ok, data = pcall(C._encodev, unpack(r, 1, r.n))
   if not ok or data == nil then
+    -- (the refusal names value k of (ok, ...) "args[k]": result #k-1, or the error)
+    local why = not ok and tostring(data):gsub("^args%[(%d+)%]", function(k)
+      return r[1] and "result #" .. (k - 1) or "its error" end)
     r = pack(false, "process " .. self.name .. ": cannot copy its results back: " .. (ok and
       "result: this strand object cannot be copied to another process (only locks, events, "
-      .. "semaphores, conditions, barriers, queues and shared dicts/lists cross)" or tostring(data)))
+      .. "semaphores, conditions, barriers, queues and shared dicts/lists cross)" or why))
     data = C._encodev(false, r[2])
   end
   local ok2, err = C._put_result(rfd, data)

@@ -30,6 +30,16 @@ local socket = require "strand.socket"
 -- requires strand.ssh never maps libssh2 or libcrypto (docs/internals.md "The SSH module")
 local C = require "strand.sshcore"
 
+-- A loop that keeps moving data (each call answered at once while the peer keeps up) lets the
+-- loop's other tasks run after every TURN bytes, as the C copy steps do (ssh.h SSH_TURN_BYTES).
+local TURN = 1024 * 1024
+local function turn(moved, n)
+  moved = moved + n
+  if moved < TURN then return moved end
+  core.sleep(0)
+  return 0
+end
+
 local M = {}
 local now, spawn = core.now, core.spawn
 
@@ -629,7 +639,7 @@ function Session:run(cmd, opts)
       return ok, e
     end)
   end
-  local out, errs = {}, {}
+  local out, errs, moved = {}, {}, 0
   while true do
     local o, e, c = ch:_pump(remaining(deadline))
     if not o then
@@ -642,6 +652,7 @@ function Session:run(cmd, opts)
     end
     if o ~= "" then out[#out + 1] = o end
     if e ~= "" then errs[#errs + 1] = e end
+    moved = turn(moved, #o + #e)
   end
   if writer then writer:join() end
   local status, sig, wcode = ch:wait(remaining(deadline))
@@ -692,12 +703,13 @@ function Session:scp_get(remote, localpath)
   local f, ferr = io.open(localpath, "wb")
   if not f then ch:close(); return nil, ferr end
   held.lf = f
-  local got = 0
+  local got, moved = 0, 0
   while got < size do
     local data, e, c = ch:read(math.min(65536, size - got))
     if not data then f:close(); ch:close(); return nil, e, c end
     f:write(data)
     got = got + #data
+    moved = turn(moved, #data)
   end
   f:close()
   ch:close()
@@ -722,6 +734,7 @@ function Session:scp_put(localpath, remote, mode)
   local ch, err, code = self:_scp_send(remote, mode or 420, size)
   if not ch then f:close(); return nil, err, code end
   held.ch = ch
+  local moved = 0
   while true do
     local data, rerr = f:read(65536)
     if not data then
@@ -730,6 +743,7 @@ function Session:scp_put(localpath, remote, mode)
     end
     local ok, e, c = ch:write(data)
     if not ok then f:close(); ch:close(); return nil, e, c end
+    moved = turn(moved, #data)
   end
   f:close()
   local ok, e, c = ch:send_eof()
@@ -916,7 +930,7 @@ end
 function File:read(n)
   if math.type(n) ~= "integer" or n < 0 then error("bad argument #1 to 'read' (count expected)", 2) end
   if n == 0 then return "" end
-  local parts, got = {}, 0
+  local parts, got, moved = {}, 0, 0
   while got < n do
     local data, err, code = self:_read(n - got)
     if data == nil then
@@ -925,6 +939,7 @@ function File:read(n)
     end
     parts[#parts + 1] = data
     got = got + #data
+    moved = turn(moved, #data)
   end
   if got == 0 then return nil end
   return table.concat(parts)

@@ -93,3 +93,35 @@ local b = s.bind("127.0.0.1", 0) P(b.class) local bh, bp = b:getsockname()
 local t = s.tcp() P(t:bind("127.0.0.1", bp))
 P(s.tcp4():getfamily(), s.tcp6():getfamily())
 P(type(s.sink), type(s.source), type(s.choose), type(s.connect4), type(s.bind))
+-- every method on closed objects (udp: unconnected, connected, never used; tcp: master, client,
+-- accepted, server), then what a closed object's sendto/receive/connect/listen do next
+local function closed_calls(tag, o, calls)
+  for _, c in ipairs(calls) do
+    io.write(tag, " ", c[1], " ")
+    if c[1] == "fd>=0" then P(o:getfd() >= 0) else E(function(...) return o[c[1]](o, ...) end, table.unpack(c, 2)) end
+  end
+end
+local UDP = { {"close"}, {"dirty"}, {"getfamily"}, {"getfd"}, {"getoption", "broadcast"}, {"getpeername"},
+  {"getsockname"}, {"gettimeout"}, {"receive"}, {"receive", 10}, {"receivefrom"}, {"send", "x"},
+  {"sendto", "x", "127.0.0.1", 9}, {"setoption", "broadcast", true}, {"fd>=0"}, {"setpeername", "127.0.0.1", 9},
+  {"setpeername", "*"}, {"setsockname", "127.0.0.1", 0}, {"settimeout", 1}, {"gettimeout"}, {"close"}, {"close"} }
+local TCP = { {"close"}, {"dirty"}, {"getfamily"}, {"getfd"}, {"getoption", "keepalive"}, {"getpeername"},
+  {"getsockname"}, {"setstats", 1, 2, 3}, {"gettimeout"}, {"receive"}, {"receive", 5}, {"receive", "*a"},
+  {"send", "x"}, {"setoption", "keepalive", true}, {"shutdown"}, {"settimeout", 1}, {"gettimeout"}, {"accept"},
+  {"listen"}, {"bind", "127.0.0.1", 0}, {"listen"}, {"connect", "127.0.0.1", 9}, {"close"}, {"close"} }
+local u1 = s.udp() u1:setsockname("127.0.0.1", 0) u1:close() closed_calls("udp-u", u1, UDP)
+local u2 = s.udp() u2:setpeername("127.0.0.1", 9) u2:close() closed_calls("udp-c", u2, UDP)
+local u3 = s.udp() u3:close() closed_calls("udp-0", u3, UDP)
+local u4 = s.udp4() P(u4:close()) P(u4:sendto("x", "127.0.0.1", 9)) P(u4:getfd() >= 0)
+local u5 = s.udp() P(u5:sendto("x", "127.0.0.1", 9)) P(u5:close()) P(u5:sendto("x", "127.0.0.1", 9)) P(u5:getfd() >= 0)
+local u6 = s.udp() P(u6:close()) P(u6:sendto("x", "127.0.0.1", 9)) P(u6:getfd() >= 0) P(u6:close())
+local u7 = s.udp() P(u7:setpeername("127.0.0.1", 9)) P(u7:setpeername("*")) P(u7:getsockname()) P(u7:setsockname("127.0.0.1", 0)) P(u7:close())
+local t1 = s.tcp() t1:close() closed_calls("tcp-m", t1, TCP) P(t1.class)
+local lsn = s.bind("127.0.0.1", 0) local _, lp = lsn:getsockname()
+local t2 = s.tcp() t2:connect("127.0.0.1", lp) local t3 = lsn:accept()
+t2:close() closed_calls("tcp-c", t2, TCP)
+t3:close() closed_calls("tcp-a", t3, TCP)
+local t4 = s.bind("127.0.0.1", 0) t4:close() closed_calls("tcp-s", t4, TCP)
+local t5 = s.tcp() P(t5:bind("127.0.0.1", 0)) P(t5:close()) P(t5:listen()) P(t5.class)
+local t6 = s.bind("127.0.0.1", 0) P(t6:connect("127.0.0.1", lp)) P(t6.class) P(t6:close())
+lsn:close()
