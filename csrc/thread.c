@@ -1183,16 +1183,45 @@ static char *package_string(lua_State *L, const char *field) {
   return r;
 }
 
+/* A start that failed gives back all it took (the payload's object references, its copies, the
+ * eventfd): the handle is as before, it may start again. */
+static void start_undo(thr_ctl *c) {
+  if (c->payload != NULL) strand_serial_release(c->payload, c->plen);
+  free(c->payload); c->payload = NULL;
+  free(c->path); c->path = NULL;
+  free(c->cpath); c->cpath = NULL;
+  if (c->efd >= 0) { close(c->efd); c->efd = -1; }
+}
+
+/* Running out of a resource is a runtime failure (API.md): pushes nil, "cannot start thread:
+ * <message>", CODE; returns 3. */
+static int start_fail(lua_State *L, int err) {
+  const char *msg = err == EAGAIN ? "too many threads" : strand_errmsg(err);
+  lua_pushnil(L);
+  if (msg != NULL) lua_pushfstring(L, "cannot start thread: %s", msg);
+  else lua_pushfstring(L, "cannot start thread: %s", strerror(err));
+  const char *name = strand_errname(err);
+  if (name != NULL) lua_pushstring(L, name);
+  else lua_pushfstring(L, "E%d", err);
+  return 3;
+}
+
 /* Encodes fn + args (at first..first+n-1) — raising in the caller for uncopyable values, naming
  * them as arguments of thread.start when they are (byarg), else by their place -- then starts
- * the OS thread. */
-static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byarg) {
+ * the OS thread. 0 when it runs, else an errno (out of descriptors, memory or threads: nothing
+ * is kept, see start_undo). */
+static int start_thread(lua_State *L, thr_handle *h, int first, int n, int byarg) {
   thr_ctl *c = h->c;
   if (h->started) luaL_error(L, "threads can only be started once");
   if (byarg) strand_serial_encode_arg(L, first, n, STRAND_SERIAL_FUNCTIONS, "start", 1);
   else strand_serial_encode(L, first, n, STRAND_SERIAL_FUNCTIONS);
   size_t len; const char *p = lua_tolstring(L, -1, &len);
   c->payload = dupbytes(p, len);
+  if (c->payload == NULL) {
+    strand_serial_release(p, len);                 /* the string's references: never decoded */
+    lua_pop(L, 1);
+    return ENOMEM;
+  }
   c->plen = len;
   lua_pop(L, 1);
   int top = lua_gettop(L);
@@ -1200,9 +1229,10 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byar
   c->cpath = package_string(L, "cpath");
   lua_settop(L, top);
   c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (c->payload == NULL || c->efd < 0) {
+  if (c->efd < 0) {
     int e = errno;
-    luaL_error(L, "cannot start thread: %s", c->payload ? strerror(e) : "out of memory");
+    start_undo(c);
+    return e;
   }
   pin_module();
   c->gen = thr_gen;
@@ -1229,12 +1259,12 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byar
     atomic_fetch_sub(&active, 1);
     atomic_store(&c->state, TS_NEW);
     atomic_fetch_sub(&c->refs, 1);
-    free(c->payload);
-    c->payload = NULL;
-    luaL_error(L, "cannot start thread: %s", strerror(err));
+    start_undo(c);
+    return err;
   }
   h->started = 1;
   if (!c->daemon) guard_add(L, c);
+  return 0;
 }
 
 static int l_start(lua_State *L) {
@@ -1242,7 +1272,8 @@ static int l_start(lua_State *L) {
   int n = lua_gettop(L);
   thr_handle *h = new_handle(L);
   int hidx = lua_gettop(L);
-  start_thread(L, h, 1, n, 1);
+  int err = start_thread(L, h, 1, n, 1);
+  if (err) return start_fail(L, err);
   lua_pushvalue(L, hidx);
   return 1;
 }
@@ -1290,7 +1321,8 @@ static int tm_start(lua_State *L) {
   } else {
     lua_pop(L, 1);
   }
-  start_thread(L, h, base, n, 0);
+  int err = start_thread(L, h, base, n, 0);
+  if (err) return start_fail(L, err);
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
   lua_settop(L, 1);

@@ -604,11 +604,11 @@ end
 -- (one duplex pair would wake each reader once more per round trip: EPOLLOUT, edge-triggered).
 start_worker = function(self)
   local ja, jb = socket.pair()
-  if not ja then error("strand.pool: cannot create a worker channel: " .. tostring(jb)) end
+  if not ja then error("strand.pool: cannot create a worker channel: " .. tostring(jb), 0) end
   local ra, rb = socket.pair()
   if not ra then
     ja:close(); jb:close()
-    error("strand.pool: cannot create a worker channel: " .. tostring(rb))
+    error("strand.pool: cannot create a worker channel: " .. tostring(rb), 0)
   end
   ja:shutdown("r"); jb:shutdown("w"); ra:shutdown("w"); rb:shutdown("r")
   local init, initargs, max = self._init, self._initargs, self._max
@@ -618,7 +618,7 @@ start_worker = function(self)
   if not link then
     ends[ja] = nil
     ja:close(); jb:close(); ra:close(); rb:close()
-    error("strand.pool: cannot create a worker channel: " .. tostring(lerr))
+    error("strand.pool: cannot create a worker channel: " .. tostring(lerr), 0)
   end
   local h, err = process._fork(function()
     return worker_main(jb, rb, link, init, initargs, max)
@@ -627,7 +627,7 @@ start_worker = function(self)
   if not h then
     ends[ja] = nil
     ja:close(); ra:close(); link:close()
-    error("strand.pool: cannot start a worker: " .. tostring(err))
+    error("strand.pool: cannot start a worker: " .. tostring(err), 0)
   end
   ends[ra] = true
   local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = new_table(INFLIGHT_ROOM), ih = 1, it = 0, out = {}, sent = 0, alive = true,
@@ -712,7 +712,7 @@ function M.new(opts)
       local ok, err = pcall(start_worker, self)
       if not ok then                      -- the workers started so far go with the pool
         pcall(self.terminate, self)
-        error("pool.new: " .. tostring(err), 2)
+        return nil, "pool.new: " .. tostring(err)     -- out of a resource: not a raise (API.md)
       end
     end
   else
@@ -720,7 +720,14 @@ function M.new(opts)
     local queue = require "strand.queue"
     self._jobq, self._results = queue.new(), queue.new()
     for i = 1, size do
-      self._workers[i] = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs)
+      local t, err, code = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs)
+      if not t then                       -- out of a resource: the started ones stop, nil, message
+        for _ = 1, #self._workers do self._jobq:put("stop") end
+        for _, w in ipairs(self._workers) do w:join() end
+        self._closed, self._terminated, self._joined = true, true, true
+        return nil, "pool.new: " .. err, code
+      end
+      self._workers[i] = t
     end
     self._reader = spawn_task(thread_reader, self)
     core.process._background(self._reader)
