@@ -674,6 +674,27 @@ local function thread_reader(self)
   end
 end
 
+-- A thread worker that ends by itself while the pool is open (its loop could not make a poller:
+-- out of descriptors; its initializer raised) leaves the pool; when none is left, the jobs queued
+-- and every later one fail with its error instead of waiting forever for a worker.
+local function watch_thread(self, t)
+  local task = spawn_task(function()
+    local ok, err = t:join()
+    if self._closed then return end
+    for i, w in ipairs(self._workers) do
+      if w == t then table.remove(self._workers, i); break end
+    end
+    if #self._workers > 0 then return end
+    self._dead = "strand.pool: worker exited: " .. tostring(ok and "it returned" or err)
+    while self._jobq:get_nowait() do end
+    for id, job in pairs(self._pending) do
+      self._pending[id] = nil
+      fail_job(job, self._dead)
+    end
+  end)
+  core.process._background(task)
+end
+
 --- pool.new{size=, kind="process"|"thread", initializer=, initargs=, maxtasksperchild=}
 function M.new(opts)
   opts = opts or {}
@@ -731,6 +752,7 @@ function M.new(opts)
     end
     self._reader = spawn_task(thread_reader, self)
     core.process._background(self._reader)
+    for _, t in ipairs(self._workers) do watch_thread(self, t) end
   end
   return self
 end
@@ -858,6 +880,8 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
     self._jt = self._jt + 1
     self._jobs[self._jt] = job
     if not job.later then dispatch(self) end
+  elseif self._dead then                       -- no thread worker left (watch_thread)
+    fail_job(job, self._dead)
   else
     self._pending[id] = job
     local ok, err = pcall(self._jobq.put, self._jobq, { id, fdata or fn, args, chunk })
