@@ -20,7 +20,10 @@ local function nfds()                    -- (process.start's kept spare result f
   collectgarbage(); collectgarbage()
   local fds, n = proc.fds()
   local spare = core.process._spare_fd and core.process._spare_fd()
-  if spare and fds[spare] then n = n - 1 end
+  if spare and fds[spare] then fds[spare] = nil; n = n - 1 end
+  for fd in pairs(core.thread._spare_fds()) do        -- (nor are the thread's spare eventfds)
+    if fds[fd] then n = n - 1 end
+  end
   return n
 end
 local function nthreads()
@@ -198,5 +201,73 @@ describe("tfix9: out of a resource, constructors return nil, message", function(
     local out, ok = child("nproc", { "", "setpriv --reuid=65534 --regid=65534 --clear-groups prlimit --nproc=1" })
     assert.is_true(ok, out)
     assert.truthy(out:find("nil, message at the process limit", 1, true), out)
+  end)
+end)
+
+describe("tfix9: a joined thread's eventfd serves the next start", function()
+  H.guard()
+  local strand = require "strand"
+  local thread = require "strand.thread"
+  local process = require "strand.process"
+  local core = require "strand.core"
+
+  local function eventfds()
+    local n = 0
+    for _, target in pairs(assert(core._proc.fds())) do
+      if target:find("eventfd", 1, true) then n = n + 1 end
+    end
+    return n
+  end
+  local function spares()
+    local n = 0
+    for fd in pairs(core.thread._spare_fds()) do
+      assert.matches("eventfd", assert(core._proc.fds())[fd])
+      n = n + 1
+    end
+    return n
+  end
+
+  it("a start takes a kept eventfd: the process's eventfds do not grow with starts", function()
+    H.run(function()
+      assert.equal(7, thread.start(function() return 7 end):result(H.TIMEOUT))
+      local kept, before = spares(), eventfds()
+      assert.is_true(kept >= 1)
+      for i = 1, 20 do assert.equal(i, thread.start(function(x) return x end, i):result(H.TIMEOUT)) end
+      assert.equal(kept, spares())
+      assert.equal(before, eventfds())
+    end)
+  end)
+
+  it("two joiners at once (one waits on a dup) and handles collected unjoined: results exact, at most 4 kept", function()
+    H.run(function()
+      for round = 1, 10 do
+        local go = require("strand.sync").event()
+        local t = thread.start(function(ev, r) assert(ev:wait(30)); return r end, go, round)
+        local a = strand.spawn(function() return t:result(H.TIMEOUT) end)
+        local b = strand.spawn(function() return t:result(H.TIMEOUT) end)
+        strand.sleep(0)                                -- both wait now
+        go:set()
+        assert.equal(round, a:result(H.TIMEOUT))
+        assert.equal(round, b:result(H.TIMEOUT))
+        local u = thread.start(function() return 1 end)  -- never joined: collected below
+        assert.is_true(H.wait_until(function() return not u:is_alive() end, H.TIMEOUT))
+        u = nil
+      end
+      collectgarbage(); collectgarbage()
+      -- (the exit guard holds an unjoined thread until the next start drops the finished ones)
+      assert.equal(0, thread.start(function() return 0 end):result(H.TIMEOUT))
+      assert.is_true(spares() <= 4)
+    end)
+  end)
+
+  it("a forked child keeps none of its parent's spare eventfds", function()
+    H.run(function()
+      thread.start(function() end):join(H.TIMEOUT)
+      assert.is_true(spares() >= 1)
+      local p = process.start(function()
+        return next(require("strand.core").thread._spare_fds()) == nil
+      end)
+      assert.is_true(p:result(H.TIMEOUT))
+    end)
   end)
 end)
