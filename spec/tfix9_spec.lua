@@ -96,7 +96,27 @@ C.process_spawn = function() exhaust("process.spawn", function() return process.
 C.process_run = function() exhaust("process.run", function() return process.run({"echo", "hi"}) end,
   function(r) assert(r.code == 0 and r.stdout == "hi\n") end, EMFILE, "EMFILE") end
 C.process_pipe = function() exhaust("process.pipe", function() return process.pipe() end,
-  function(a, b) a:send({1}); assert(b:recv(5)[1] == 1); a:close(); b:close() end, EMFILE) end
+  function(a, b) a:send({1}); assert(b:recv(5)[1] == 1); a:close(); b:close() end, EMFILE, "EMFILE") end
+-- A thread whose loop cannot make its poller (made on first need: no descriptor free then) ends
+-- with that error (join: false, message), its fds and OS thread given back; the runner's own
+-- loop goes on.
+C.thread_loop = function()
+  local base_fd, base_th = nfds(), nthreads()
+  local t = assert(thread.start(function()
+    local strand = require "strand"
+    local hold = {}
+    while true do local f = io.open("/dev/null") if not f then break end hold[#hold + 1] = f end
+    local ok, err = pcall(strand.sleep, 0.001)
+    for i = 1, #hold do hold[i]:close() end
+    if not ok then error(err, 0) end
+    return "slept"
+  end))
+  local ok, err = t:join(10)
+  assert(ok == false and tostring(err):match("[Tt]oo many open files"), tostring(err))
+  assert(settle(function() return nfds() == base_fd and nthreads() == base_th end), "fds or threads left")
+  strand.sleep(0.001)
+  print("a thread's loop without a poller: false, " .. tostring(err):match("^[^\n]*"))
+end
 local function closes(s, b) s:close(); if b then b:close() end end
 C.socket_tcp = function() exhaust("socket.tcp", socket.tcp, closes, EMFILE, "EMFILE") end
 C.socket_udp = function() exhaust("socket.udp", socket.udp, closes, EMFILE, "EMFILE") end
@@ -183,6 +203,7 @@ describe("tfix9: out of a resource, constructors return nil, message", function(
   exhausted("process_spawn", "process.spawn: nil, message below ")
   exhausted("process_run", "process.run: nil, message below ")
   exhausted("process_pipe", "process.pipe: nil, message below 2 free")
+  exhausted("thread_loop", "a thread's loop without a poller: false, ")
   exhausted("socket_tcp", "socket.tcp: nil, message below 1 free")
   exhausted("socket_udp", "socket.udp: nil, message below 1 free")
   exhausted("socket_unix", "socket.unix: nil, message below 1 free")

@@ -357,8 +357,8 @@ end
 --- process.pipe([duplex=true]) -> a, b   (not duplex: a only receives, b only sends)
 function M.pipe(duplex)
   if duplex == nil then duplex = true end
-  local s1, s2 = socket.pair()
-  if not s1 then return nil, s2 end
+  local s1, s2, code = socket.pair()
+  if not s1 then return nil, s2, code end
   if not duplex then
     s1:shutdown("w")
     s2:shutdown("r")
