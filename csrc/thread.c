@@ -1252,7 +1252,7 @@ static void start_undo(thr_ctl *c) {
 /* Running out of a resource is a runtime failure (API.md): pushes nil, "cannot start thread:
  * <message>", CODE; returns 3. */
 static int start_fail(lua_State *L, int err) {
-  const char *msg = err == EAGAIN ? "too many threads" : strand_errmsg(err);
+  const char *msg = err == EAGAIN ? "out of threads or memory" : strand_errmsg(err);
   lua_pushnil(L);
   if (msg != NULL) lua_pushfstring(L, "cannot start thread: %s", msg);
   else lua_pushfstring(L, "cannot start thread: %s", strerror(err));

@@ -153,15 +153,30 @@ end
 C.nproc = function()        -- run as a user limited to one process: no thread can be made
   local base_fd, base_th = nfds(), nthreads()
   local t, err, code = thread.start(function() return 1 end)
-  assert(t == nil and err == "cannot start thread: too many threads" and code == "EAGAIN", tostring(err))
+  assert(t == nil and err == "cannot start thread: out of threads or memory" and code == "EAGAIN", tostring(err))
   local p, perr, pcode = pool.new{size = 2, kind = "thread"}
-  assert(p == nil and perr == "pool.new: cannot start thread: too many threads" and pcode == "EAGAIN", tostring(perr))
+  assert(p == nil and perr == "pool.new: cannot start thread: out of threads or memory" and pcode == "EAGAIN", tostring(perr))
   local q, qerr, qcode = process.start(function() return 1 end)
   assert(q == nil and qerr == "cannot fork: wouldblock" and qcode == "EAGAIN", tostring(qerr))
   local r, rerr, rcode = process.run({"true"})
   assert(r == nil and rerr == "cannot run true: wouldblock" and rcode == "EAGAIN", tostring(rerr))
   assert(nfds() == base_fd and nthreads() == base_th)
   print("thread.start, pool.new, process.start, process.run: nil, message at the process limit")
+end
+C.memory = function()       -- run under ulimit -v: the next thread's stack cannot be mapped
+  local base_fd, base_th = nfds(), nthreads()
+  local keep, n, err, code = {}, 0, nil, nil
+  while n < 400 do
+    local t
+    t, err, code = thread.start(function() require("strand").sleep(1) end)
+    if not t then break end
+    n = n + 1; keep[n] = t
+  end
+  assert(err == "cannot start thread: out of threads or memory" and code == "EAGAIN", tostring(err))
+  for i = 1, n do assert(keep[i]:join(30)) end
+  keep = nil
+  assert(settle(function() return nfds() == base_fd and nthreads() == base_th end), "fds or threads left")
+  print(("thread.start: nil, message when memory ran out after %d threads"):format(n))
 end
 strand.run(C[arg[1]])
 ]==]
@@ -214,6 +229,14 @@ describe("tfix9: out of a resource, constructors return nil, message", function(
   exhausted("socket_accept", "accept: nil, message below 1 free")
   exhausted("selector", "selector.new: nil, message below 1 free")
   exhausted("sync_objects", "queues and sync objects: made with no descriptor free")
+
+  -- (the sanitizers' shadow memory cannot live under an address-space limit)
+  local under_asan = (os.getenv("STRAND_PRELOAD") or ""):find("asan") ~= nil
+  ;(under_asan and pending or it)("out of address space: thread.start returns nil, message", function()
+    local out, ok = child("memory", { "ulimit -v 600000;" })
+    assert.is_true(ok, out)
+    assert.truthy(out:find("nil, message when memory ran out after", 1, true), out)
+  end)
 
   -- As user nobody limited to one process (root is not limited: setpriv), no thread and no
   -- child can be made.
