@@ -69,6 +69,51 @@ typedef struct thr_handle {
   int started;
 } thr_handle;
 
+/* {==== spare eventfds: a start takes a kept one, reset by one read when its thread's control
+ * block went (1-3 us), instead of an eventfd and a close (7-10 us). Only this process's own
+ * (a forked child closes its copies: idle_fork_child); spec/support/helper.lua does not count
+ * them as leaked (thread._spare_fds). */
+#define EFD_SPARES 4
+static int efd_spare[EFD_SPARES];
+static int efd_nspare;
+static pthread_mutex_t efd_mu = PTHREAD_MUTEX_INITIALIZER;   /* a leaf lock: nothing taken under it */
+
+static int efd_take(void) {
+  pthread_mutex_lock(&efd_mu);
+  int fd = efd_nspare > 0 ? efd_spare[--efd_nspare] : -1;
+  pthread_mutex_unlock(&efd_mu);
+  if (fd < 0) fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  return fd;
+}
+
+/* fd reads 0 and no poller has it (a waiter unregisters before it drops its reference) */
+static void efd_keep(int fd) {
+  pthread_mutex_lock(&efd_mu);
+  if (efd_nspare < EFD_SPARES) { efd_spare[efd_nspare++] = fd; fd = -1; }
+  pthread_mutex_unlock(&efd_mu);
+  if (fd >= 0) close(fd);
+}
+
+static void efd_give(int fd) {
+  uint64_t v;
+  while (read(fd, &v, sizeof v) < 0 && errno == EINTR) {}   /* to 0 (EAGAIN: it was 0) */
+  efd_keep(fd);
+}
+
+/* thread._spare_fds() -> { [fd] = true } */
+static int l_spare_fds(lua_State *L) {
+  int v[EFD_SPARES], n;
+  pthread_mutex_lock(&efd_mu);
+  n = efd_nspare;
+  memcpy(v, efd_spare, sizeof v);
+  pthread_mutex_unlock(&efd_mu);
+  lua_createtable(L, 0, n);
+  for (int i = 0; i < n; i++) { lua_pushboolean(L, 1); lua_rawseti(L, -2, v[i]); }
+  return 1;
+}
+
+/* }==== */
+
 static void ctl_release(thr_ctl *c) {
   if (atomic_fetch_sub(&c->refs, 1) != 1) return;
   if (c->result && atomic_load(&c->state) == TS_DONE) strand_serial_release(c->result, c->rlen);
@@ -76,7 +121,10 @@ static void ctl_release(thr_ctl *c) {
   free(c->payload);
   free(c->path);
   free(c->cpath);
-  if (c->efd >= 0) close(c->efd);
+  if (c->efd >= 0) {
+    if (ctl_inherited(c)) close(c->efd);       /* a forked child's copy: the file is shared */
+    else efd_give(c->efd);
+  }
   free(c);
 }
 
@@ -921,9 +969,17 @@ static atomic_int nidle;                  /* written under idle_mu; read unlocke
 static int idle_ok;                       /* the fork hooks are in place (pin_once) */
 static int idle_max = IDLE_MAX;           /* set once by pin_once, read-only after */
 
-static void idle_fork_prepare(void) { pthread_mutex_lock(&idle_mu); stk_fork_prepare(); }
-static void idle_fork_parent(void) { stk_fork_parent(); pthread_mutex_unlock(&idle_mu); }
+static void idle_fork_prepare(void) {
+  pthread_mutex_lock(&idle_mu); stk_fork_prepare(); pthread_mutex_lock(&efd_mu);
+}
+static void idle_fork_parent(void) {
+  pthread_mutex_unlock(&efd_mu); stk_fork_parent(); pthread_mutex_unlock(&idle_mu);
+}
 static void idle_fork_child(void) {       /* the waiting OS threads are the parent's only */
+  for (int i = 0; i < efd_nspare; i++) close(efd_spare[i]);   /* the parent's (shared files) */
+  efd_nspare = 0;
+  pthread_mutex_t em = PTHREAD_MUTEX_INITIALIZER;
+  efd_mu = em;
   stk_fork_child();
   pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
   idle_mu = m;
@@ -1207,10 +1263,34 @@ static char *package_string(lua_State *L, const char *field) {
   return r;
 }
 
+/* A start that failed gives back all it took (the payload's object references, its copies, the
+ * eventfd): the handle is as before, it may start again. */
+static void start_undo(thr_ctl *c) {
+  if (c->payload != NULL) strand_serial_release(c->payload, c->plen);
+  free(c->payload); c->payload = NULL;
+  free(c->path); c->path = NULL;
+  free(c->cpath); c->cpath = NULL;
+  if (c->efd >= 0) { close(c->efd); c->efd = -1; }
+}
+
+/* Running out of a resource is a runtime failure (API.md): pushes nil, "cannot start thread:
+ * <message>", CODE; returns 3. */
+static int start_fail(lua_State *L, int err) {
+  const char *msg = err == EAGAIN ? "out of threads or memory" : strand_errmsg(err);
+  lua_pushnil(L);
+  if (msg != NULL) lua_pushfstring(L, "cannot start thread: %s", msg);
+  else lua_pushfstring(L, "cannot start thread: %s", strerror(err));
+  const char *name = strand_errname(err);
+  if (name != NULL) lua_pushstring(L, name);
+  else lua_pushfstring(L, "E%d", err);
+  return 3;
+}
+
 /* Encodes fn + args (at first..first+n-1) — raising in the caller for uncopyable values, naming
  * them as arguments of thread.start when they are (byarg), else by their place -- then starts
- * the OS thread. */
-static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byarg) {
+ * the OS thread. 0 when it runs, else an errno (out of descriptors, memory or threads: nothing
+ * is kept, see start_undo). */
+static int start_thread(lua_State *L, thr_handle *h, int first, int n, int byarg) {
   thr_ctl *c = h->c;
   if (h->started) luaL_error(L, "threads can only be started once");
   if (byarg) strand_serial_encode_arg(L, first, n, STRAND_SERIAL_FUNCTIONS, "start", 1);
@@ -1227,16 +1307,22 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byar
   }
   size_t len; const char *p = lua_tolstring(L, -1, &len);
   c->payload = dupbytes(p, len);
+  if (c->payload == NULL) {
+    strand_serial_release(p, len);                 /* the string's references: never decoded */
+    lua_pop(L, 1);
+    return ENOMEM;
+  }
   c->plen = len;
   lua_pop(L, 1);
   int top = lua_gettop(L);
   c->path = package_string(L, "path");
   c->cpath = package_string(L, "cpath");
   lua_settop(L, top);
-  c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (c->payload == NULL || c->efd < 0) {
+  c->efd = efd_take();
+  if (c->efd < 0) {
     int e = errno;
-    luaL_error(L, "cannot start thread: %s", c->payload ? strerror(e) : "out of memory");
+    start_undo(c);
+    return e;
   }
   pin_module();
   c->gen = thr_gen;
@@ -1263,12 +1349,12 @@ static void start_thread(lua_State *L, thr_handle *h, int first, int n, int byar
     atomic_fetch_sub(&active, 1);
     atomic_store(&c->state, TS_NEW);
     atomic_fetch_sub(&c->refs, 1);
-    free(c->payload);
-    c->payload = NULL;
-    luaL_error(L, "cannot start thread: %s", strerror(err));
+    start_undo(c);
+    return err;
   }
   h->started = 1;
   if (!c->daemon) guard_add(L, c);
+  return 0;
 }
 
 static int l_start(lua_State *L) {
@@ -1276,7 +1362,8 @@ static int l_start(lua_State *L) {
   int n = lua_gettop(L);
   thr_handle *h = new_handle(L);
   int hidx = lua_gettop(L);
-  start_thread(L, h, 1, n, 1);
+  int err = start_thread(L, h, 1, n, 1);
+  if (err) return start_fail(L, err);
   lua_pushvalue(L, hidx);
   return 1;
 }
@@ -1324,7 +1411,8 @@ static int tm_start(lua_State *L) {
   } else {
     lua_pop(L, 1);
   }
-  start_thread(L, h, base, n, 0);
+  int err = start_thread(L, h, base, n, 0);
+  if (err) return start_fail(L, err);
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
   lua_settop(L, 1);
@@ -1380,6 +1468,15 @@ static void load_results(lua_State *L, thr_handle *h) {
     c->result = NULL;
   }
   guard_remove(L, c);
+  /* its eventfd serves the next start now (not when the handle is collected) once the thread's
+   * write is in (the read that sees it also resets it) and no joiner has it registered; a join
+   * or result from now on never waits (the results are loaded) */
+  if (c->efd >= 0 && !c->efd_waited && !ctl_inherited(c)) {
+    uint64_t v;
+    ssize_t r;
+    while ((r = read(c->efd, &v, sizeof v)) < 0 && errno == EINTR) {}
+    if (r == (ssize_t)sizeof v) { efd_keep(c->efd); c->efd = -1; }
+  }
   lua_pushboolean(L, state == TS_DONE); lua_setfield(L, t, "ok");
   lua_pushinteger(L, n); lua_setfield(L, t, "n");
   lua_pushvalue(L, t);
@@ -1543,7 +1640,8 @@ static const luaL_Reg methods[] = {
 
 static const luaL_Reg funcs[] = {
   {"start", l_start}, {"new", l_new}, {"id", l_id}, {"name", l_name},
-  {"active_count", l_active_count}, {"_test_stack_resident", l_test_stack_resident}, {NULL, NULL}
+  {"active_count", l_active_count}, {"_test_stack_resident", l_test_stack_resident},
+  {"_spare_fds", l_spare_fds}, {NULL, NULL}
 };
 
 int strand_open_thread(lua_State *L) {

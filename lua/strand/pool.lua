@@ -643,11 +643,11 @@ end
 -- (one duplex pair would wake each reader once more per round trip: EPOLLOUT, edge-triggered).
 start_worker = function(self)
   local ja, jb = socket.pair()
-  if not ja then error("strand.pool: cannot create a worker channel: " .. tostring(jb)) end
+  if not ja then error("strand.pool: cannot create a worker channel: " .. tostring(jb), 0) end
   local ra, rb = socket.pair()
   if not ra then
     ja:close(); jb:close()
-    error("strand.pool: cannot create a worker channel: " .. tostring(rb))
+    error("strand.pool: cannot create a worker channel: " .. tostring(rb), 0)
   end
   ja:shutdown("r"); jb:shutdown("w"); ra:shutdown("w"); rb:shutdown("r")
   local init, initargs, max = self._init, self._initargs, self._max
@@ -657,7 +657,7 @@ start_worker = function(self)
   if not link then
     ends[ja] = nil
     ja:close(); jb:close(); ra:close(); rb:close()
-    error("strand.pool: cannot create a worker channel: " .. tostring(lerr))
+    error("strand.pool: cannot create a worker channel: " .. tostring(lerr), 0)
   end
   local h, err = process._fork(function()
     return worker_main(jb, rb, link, init, initargs, max)
@@ -666,7 +666,7 @@ start_worker = function(self)
   if not h then
     ends[ja] = nil
     ja:close(); ra:close(); link:close()
-    error("strand.pool: cannot start a worker: " .. tostring(err))
+    error("strand.pool: cannot start a worker: " .. tostring(err), 0)
   end
   ends[ra] = true
   local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = new_table(INFLIGHT_ROOM), ih = 1, it = 0, out = {}, sent = 0, alive = true,
@@ -720,6 +720,27 @@ local function thread_reader(self)
   end
 end
 
+-- A thread worker that ends by itself while the pool is open (its loop could not make a poller:
+-- out of descriptors; its initializer raised) leaves the pool; when none is left, the jobs queued
+-- and every later one fail with its error instead of waiting forever for a worker.
+local function watch_thread(self, t)
+  local task = spawn_task(function()
+    local ok, err = t:join()
+    if self._closed then return end
+    for i, w in ipairs(self._workers) do
+      if w == t then table.remove(self._workers, i); break end
+    end
+    if #self._workers > 0 then return end
+    self._dead = "strand.pool: worker exited: " .. tostring(ok and "it returned" or err)
+    while self._jobq:get_nowait() do end
+    for id, job in pairs(self._pending) do
+      self._pending[id] = nil
+      fail_job(job, self._dead)
+    end
+  end)
+  core.process._background(task)
+end
+
 --- pool.new{size=, kind="process"|"thread", initializer=, initargs=, maxtasksperchild=}
 function M.new(opts)
   opts = opts or {}
@@ -759,7 +780,7 @@ function M.new(opts)
       local ok, err = pcall(start_worker, self)
       if not ok then                      -- the workers started so far go with the pool
         pcall(self.terminate, self)
-        error("pool.new: " .. tostring(err), 2)
+        return nil, "pool.new: " .. tostring(err)     -- out of a resource: not a raise (API.md)
       end
     end
   else
@@ -768,11 +789,19 @@ function M.new(opts)
     self._jobq, self._results = queue.new(), queue.new()
     self._claims = require("strand.shared").dict()
     for i = 1, size do
-      self._workers[i] = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs,
+      local t, err, code = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs,
         self._claims)
+      if not t then                       -- out of a resource: the started ones stop, nil, message
+        for _ = 1, #self._workers do self._jobq:put("stop") end
+        for _, w in ipairs(self._workers) do w:join() end
+        self._closed, self._terminated, self._joined = true, true, true
+        return nil, "pool.new: " .. err, code
+      end
+      self._workers[i] = t
     end
     self._reader = spawn_task(thread_reader, self)
     core.process._background(self._reader)
+    for _, t in ipairs(self._workers) do watch_thread(self, t) end
   end
   return self
 end
@@ -904,6 +933,8 @@ local function enqueue(self, fname, fn, args, chunk, job, argsdata)
     self._jt = self._jt + 1
     self._jobs[self._jt] = job
     if not job.later then dispatch(self) end
+  elseif self._dead then                       -- no thread worker left (watch_thread)
+    fail_job(job, self._dead)
   else
     self._pending[id] = job
     if job.fut then job.fut._claims, job.fut._id = self._claims, id end   -- (Future:cancel)

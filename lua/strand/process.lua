@@ -311,7 +311,8 @@ end
 -- The args of every process.start(fn) without arguments (read only: by the child, at its start)
 local NO_ARGS = pack()
 
---- process.start(fn, ...) -> a started process (raises if fork fails)
+--- process.start(fn, ...) -> a started process | nil, "cannot fork: <message>", CODE (out of
+--- descriptors, memory or processes: a runtime failure, API.md)
 function M.start(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'start' (function expected, got " .. type(fn) .. ")", 2)
@@ -322,8 +323,8 @@ function M.start(fn, ...)
     fn = fn, args = args, nargs = args.n, name = nil, _num = counter, daemon = false,
     allow_threads = false, _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
   }, Process)
-  local ok, err = p:start()
-  if not ok then error("process.start: cannot fork: " .. tostring(err), 2) end
+  local ok, err, code = p:start()
+  if not ok then return nil, "cannot fork: " .. tostring(err), code end
   return p
 end
 
@@ -359,8 +360,8 @@ end
 --- process.pipe([duplex=true]) -> a, b   (not duplex: a only receives, b only sends)
 function M.pipe(duplex)
   if duplex == nil then duplex = true end
-  local s1, s2 = socket.pair()
-  if not s1 then return nil, s2 end
+  local s1, s2, code = socket.pair()
+  if not s1 then return nil, s2, code end
   if not duplex then
     s1:shutdown("w")
     s2:shutdown("r")
