@@ -1,0 +1,44 @@
+-- spec/urfix9_spec.lua — io_uring poller fixes of session 9, checked under every poller: a sendall
+-- whose timer and send completion land in one loop step, errno across a re-arm, per-sendall failures.
+local core = require "strand.core"
+local H = require "support.helper"
+
+-- Lua source run by H.lua: a warmed socket pair a, b (each side read after waiting, so that the
+-- io_uring poller arms a multishot recv and sends by SEND requests).
+local PRELUDE = [[
+local strand = require "strand"
+local socket = require "strand.socket"
+local a, b = assert(socket.pair())
+strand.run(function()
+  for _, pair in ipairs { { a, b }, { b, a } } do
+    for i = 1, 2 do
+      local r = strand.spawn(function() return pair[2]:recv(100) end)
+      strand.sleep(0.01)
+      assert(pair[1]:sendall("w" .. i))
+      assert(r:join())
+    end
+  end
+end)
+]]
+
+describe("urfix9 [" .. core.backend() .. "]", function()
+  H.guard()
+
+  it("a sendall whose timer fires in the step its send completes: all bytes sent is success", H.checked(function()
+    -- the main program joins a task that ends at once: that step skips its poll and fires the
+    -- timers, so the 1 ns timeout fires before the ring submits the send; the send then goes whole
+    local out, ok = H.lua(PRELUDE .. [[
+local data = ("x"):rep(100)
+a:settimeout(1e-9)
+local w = strand.spawn(function() return a:sendall(data) end)
+strand.spawn(function() return 1 end):join()
+local jok, r1, r2, r3 = w:join()
+a:settimeout(nil)
+local got = assert(b:recv(1000))
+print("RESULT", jok, r1, r2, r3, #got)
+a:close(); b:close()
+]])
+    assert.is_true(ok, out)
+    assert.equal("RESULT\ttrue\ttrue\tnil\tnil\t100", out:match("RESULT[^\n]*"))
+  end))
+end)
