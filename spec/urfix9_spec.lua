@@ -41,4 +41,36 @@ a:close(); b:close()
     assert.is_true(ok, out)
     assert.equal("RESULT\ttrue\ttrue\tnil\tnil\t100", out:match("RESULT[^\n]*"))
   end))
+
+  it("sendalls of three tasks whose sends all fail each report the error (none reads all sent)", H.checked(function()
+    H.run(function()
+      local strand = require "strand"
+      local socket = require "strand.socket"
+      local a, b = assert(socket.pair())
+      for _, pair in ipairs { { a, b }, { b, a } } do   -- warm: the io_uring poller sends by requests
+        for i = 1, 2 do
+          local r = strand.spawn(function() return pair[2]:recv(100) end)
+          strand.sleep(0.01)
+          assert(pair[1]:sendall("w" .. i))
+          assert(r:join())
+        end
+      end
+      local big = ("z"):rep(8 * 1024 * 1024)
+      local first = strand.spawn(function() return a:sendall(big) end)
+      strand.sleep(0.05)                            -- its send is in flight: the peer does not read
+      -- the peer goes: first's send fails; two more sendalls start before first resumes (the
+      -- second reaps the first one's failed send), so first's failure is collected last
+      b:close()
+      local second = strand.spawn(function() return a:sendall("x") end)
+      local third = strand.spawn(function() return a:sendall("y") end)
+      for name, t in pairs { first = first, second = second, third = third } do
+        local ok, r, err, sent = t:join()
+        assert.is_true(ok, name)
+        assert.is_nil(r, name .. " reported success")
+        assert.is_string(err, name)
+        assert.is_true(sent < (name == "first" and #big or 1), name)
+      end
+      a:close()
+    end)
+  end))
 end)
