@@ -123,6 +123,7 @@ typedef struct ur {
   /* the watch before sleeping (docs/uring.md 4.7) */
   unsigned *sq_flags;            /* IORING_SQ_TASKRUN: completions wait for a syscall to post */
   int watch;                     /* 1 may watch, 0 never (no TASKRUN_FLAG, STRAND_URING_SPIN=0) */
+  int testfull;                  /* test hook STRAND_URING_TESTFULL=1 (get_sqe, flush) */
   int ncpu;                      /* CPUs this process may run on (0: not read yet) */
   int watch_skip, watch_fail;    /* waits left without a watch; watches in a row that failed */
   double last_wait;              /* seconds the last wait that could block took */
@@ -190,6 +191,8 @@ static void *ur_init(strand_loop *loop) {
   }
   const char *sp = getenv("STRAND_URING_SPIN");    /* 0: never watch before sleeping */
   if (sp != NULL && strcmp(sp, "0") == 0) u->watch = 0;
+  const char *tf = getenv("STRAND_URING_TESTFULL");  /* test hook: a full SQ, an interrupted submit */
+  u->testfull = tf != NULL && strcmp(tf, "1") == 0;
   if (u->fd < 0) { int e = errno; free(u); errno = e == EINVAL ? ENOSYS : e; return NULL; }
   if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP) ||
       !(p.features & IORING_FEAT_EXT_ARG)) {
@@ -232,8 +235,10 @@ static void *ur_init(strand_loop *loop) {
 /* {==== submission */
 
 static int flush(ur *u) {
+  int hook = u->testfull;              /* test hook: the first submit is interrupted */
   while (u->to_submit > 0) {
-    int k = sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
+    int k = hook ? (errno = EINTR, -1) : sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
+    hook = 0;
     if (k < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue;
       return errno;
@@ -257,9 +262,17 @@ static void wait_reap(ur *u, long ns) {
   reap(u);
 }
 
+/* (A full SQ is submitted first: errno is kept, as a caller may be between a syscall and its
+ * errno, e.g. rd_recv's EAGAIN then a re-arm.) STRAND_URING_TESTFULL=1: full when anything is
+ * queued. */
 static struct io_uring_sqe *get_sqe(ur *u) {
-  while (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N) {
-    if (flush(u) != 0) { reap(u); }
+  if (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N ||
+      (u->testfull && u->to_submit > 0)) {
+    int saved = errno;
+    if (flush(u) != 0) reap(u);
+    while (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N)
+      if (flush(u) != 0) reap(u);
+    errno = saved;
   }
   struct io_uring_sqe *s = &u->sqes[u->tail & u->sq_mask];
   memset(s, 0, sizeof *s);

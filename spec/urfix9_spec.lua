@@ -4,12 +4,12 @@ local core = require "strand.core"
 local H = require "support.helper"
 
 -- Lua source run by H.lua: a warmed socket pair a, b (each side read after waiting, so that the
--- io_uring poller arms a multishot recv and sends by SEND requests).
+-- io_uring poller arms a multishot recv and sends by SEND requests); warm() again in a later run.
 local PRELUDE = [[
 local strand = require "strand"
 local socket = require "strand.socket"
 local a, b = assert(socket.pair())
-strand.run(function()
+local function warm()
   for _, pair in ipairs { { a, b }, { b, a } } do
     for i = 1, 2 do
       local r = strand.spawn(function() return pair[2]:recv(100) end)
@@ -18,7 +18,8 @@ strand.run(function()
       assert(r:join())
     end
   end
-end)
+end
+strand.run(warm)
 ]]
 
 describe("urfix9 [" .. core.backend() .. "]", function()
@@ -72,5 +73,33 @@ a:close(); b:close()
       end
       a:close()
     end)
+  end))
+
+  it("a read that re-arms the ring while the SQ is full keeps its EAGAIN (no spurious error)", H.checked(function()
+    -- STRAND_URING_TESTFULL=1 (io_uring only): the SQ counts as full whenever a request is queued,
+    -- and the submit that makes room is first interrupted (EINTR). c, read by recv(2) so far and
+    -- still marked readable, finds nothing (EAGAIN) and arms its multishot recv while the writer's
+    -- SEND is queued: it must wait, not fail.
+    local out, ok = H.lua(PRELUDE .. [[
+local c, d = assert(socket.pair())
+print("RESULT", strand.run(function()
+  local first = strand.spawn(function() return c:recv(1) end)   -- c is watched, then read by
+  strand.sleep(0.01)                 -- recv(2) (each read filled: c stays marked readable)
+  assert(d:sendall("xy"))
+  assert(select(2, first:join()) == "x")
+  assert(c:recv(1) == "y")
+  warm()                             -- (in this run's loop)
+  local writer = strand.spawn(function() return a:sendall("s") end)
+  local reader = strand.spawn(function() return c:recv(10) end)
+  strand.sleep(0.05)
+  assert(d:sendall("hello"))
+  local _, got, err = reader:join()
+  assert(writer:join())
+  return got, err
+end))
+a:close(); b:close(); c:close(); d:close()
+]], "STRAND_URING_TESTFULL=1")
+    assert.is_true(ok, out)
+    assert.equal("RESULT\thello\tnil", out:match("RESULT[^\n]*"))
   end))
 end)
