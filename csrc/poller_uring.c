@@ -56,6 +56,10 @@ enum { OP_PIN = 1, OP_POUT, OP_RECV, OP_SEND, OP_CANCEL };
 /* One cache line per slot (aligned, the array too: slot_new), as a round trip touches it at its
  * recv's completion, its read, its send and its send's completion, far apart at 10,000 sockets
  * (bench/echo_counts.sh CACHE=1); a larger slot rounds up to whole lines. */
+/* A send that took less than it was given (an error, or a cancel), kept for its sendall. */
+struct sfail { int slot; uint32_t seq; int res; };
+#define SFAIL_MAX 1024   /* kept per loop: past it the oldest goes (sendalls cancelled for good) */
+
 typedef struct uslot {
   _Alignas(64) strand_io *io;    /* NULL once deleted (CQEs may still come) */
   uint32_t gen;
@@ -73,7 +77,7 @@ typedef struct uslot {
   int sres;                      /* the result of the send of seq sshort (less than its slen) */
   unsigned slen;                 /* bytes the send in flight was given */
   uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
-  uint32_t sshort;               /* the last send that took less than it was given (or 0) */
+  uint32_t sshort;               /* a send that took less than it was given, not collected (or 0) */
   short qhead, qtail;            /* received buffers not read yet (links in ur->bnext; ids < 32768) */
   unsigned short npend;          /* how many (at most the pool's NGRP_MAX * NBUF) */
   unsigned short qoff;           /* bytes of the head buffer already read (< BUFSZ) */
@@ -114,9 +118,12 @@ typedef struct ur {
   int limit_ok;                  /* ... or accepted one (a completion with data came) */       /* times a socket went to rd mode / a multishot met ENOBUFS */
   int min_free;                  /* low-water mark of nfree */
   int anchors;                   /* registry ref of the table of send strings by slot + 1 */
+  struct sfail *sfails;          /* sends that came short while their slot's sshort was taken */
+  int nsfail, capsfail;          /* (not collected yet; oldest first) */
   /* the watch before sleeping (docs/uring.md 4.7) */
   unsigned *sq_flags;            /* IORING_SQ_TASKRUN: completions wait for a syscall to post */
   int watch;                     /* 1 may watch, 0 never (no TASKRUN_FLAG, STRAND_URING_SPIN=0) */
+  int testfull;                  /* test hook STRAND_URING_TESTFULL=1 (get_sqe, flush) */
   int ncpu;                      /* CPUs this process may run on (0: not read yet) */
   int watch_skip, watch_fail;    /* waits left without a watch; watches in a row that failed */
   double last_wait;              /* seconds the last wait that could block took */
@@ -184,6 +191,8 @@ static void *ur_init(strand_loop *loop) {
   }
   const char *sp = getenv("STRAND_URING_SPIN");    /* 0: never watch before sleeping */
   if (sp != NULL && strcmp(sp, "0") == 0) u->watch = 0;
+  const char *tf = getenv("STRAND_URING_TESTFULL");  /* test hook: a full SQ, an interrupted submit */
+  u->testfull = tf != NULL && strcmp(tf, "1") == 0;
   if (u->fd < 0) { int e = errno; free(u); errno = e == EINVAL ? ENOSYS : e; return NULL; }
   if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP) ||
       !(p.features & IORING_FEAT_EXT_ARG)) {
@@ -226,8 +235,10 @@ static void *ur_init(strand_loop *loop) {
 /* {==== submission */
 
 static int flush(ur *u) {
+  int hook = u->testfull;              /* test hook: the first submit is interrupted */
   while (u->to_submit > 0) {
-    int k = sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
+    int k = hook ? (errno = EINTR, -1) : sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
+    hook = 0;
     if (k < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue;
       return errno;
@@ -251,9 +262,17 @@ static void wait_reap(ur *u, long ns) {
   reap(u);
 }
 
+/* (A full SQ is submitted first: errno is kept, as a caller may be between a syscall and its
+ * errno, e.g. rd_recv's EAGAIN then a re-arm.) STRAND_URING_TESTFULL=1: full when anything is
+ * queued. */
 static struct io_uring_sqe *get_sqe(ur *u) {
-  while (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N) {
-    if (flush(u) != 0) { reap(u); }
+  if (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N ||
+      (u->testfull && u->to_submit > 0)) {
+    int saved = errno;
+    if (flush(u) != 0) reap(u);
+    while (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N)
+      if (flush(u) != 0) reap(u);
+    errno = saved;
   }
   struct io_uring_sqe *s = &u->sqes[u->tail & u->sq_mask];
   memset(s, 0, sizeof *s);
@@ -316,9 +335,50 @@ static void slot_maybe_free(ur *u, int i) {
   while (s->qhead >= 0) { int b = s->qhead; s->qhead = u->bnext[b]; buf_put(u, b); }
   if (s->anchored) unanchor(u, i);
   if (s->fast) { s->fast = 0; u->nfast--; }
+  for (int k = 0; k < u->nsfail; k++)     /* (a sendall that never collected its failure) */
+    if (u->sfails[k].slot == i) {
+      memmove(u->sfails + k, u->sfails + k + 1, (size_t)(u->nsfail - k - 1) * sizeof *u->sfails);
+      u->nsfail--;
+      k--;
+    }
   s->gen++;
   s->next = u->free_head;
   u->free_head = i;
+}
+
+/* A send of seq came short with res: kept until its sendall collects it (sfail_take), whatever
+ * other sendalls' sends do meanwhile (a later failure never masks an earlier one). */
+static void sfail_put(ur *u, int i, uint32_t seq, int res) {
+  uslot *s = &u->slots[i];
+  if (s->sshort == 0) { s->sshort = seq; s->sres = res; return; }
+  if (u->nsfail == u->capsfail && u->capsfail < SFAIL_MAX) {
+    int cap = u->capsfail ? u->capsfail * 2 : 8;
+    struct sfail *a = (struct sfail *)realloc(u->sfails, (size_t)cap * sizeof *a);
+    if (a != NULL) { u->sfails = a; u->capsfail = cap; }
+  }
+  if (u->nsfail == u->capsfail) {      /* full (or out of memory): the oldest goes */
+    if (u->nsfail == 0) { s->sshort = seq; s->sres = res; return; }
+    memmove(u->sfails, u->sfails + 1, (size_t)(u->nsfail - 1) * sizeof *u->sfails);
+    u->nsfail--;
+  }
+  u->sfails[u->nsfail].slot = i;
+  u->sfails[u->nsfail].seq = seq;
+  u->sfails[u->nsfail].res = res;
+  u->nsfail++;
+}
+
+/* 1 and *res when slot i's send of seq came short (the record goes), else 0 (it went whole). */
+static int sfail_take(ur *u, int i, uint32_t seq, int *res) {
+  uslot *s = &u->slots[i];
+  if (s->sshort == seq) { *res = s->sres; s->sshort = 0; return 1; }
+  for (int k = 0; k < u->nsfail; k++)
+    if (u->sfails[k].slot == i && u->sfails[k].seq == seq) {
+      *res = u->sfails[k].res;
+      memmove(u->sfails + k, u->sfails + k + 1, (size_t)(u->nsfail - k - 1) * sizeof *u->sfails);
+      u->nsfail--;
+      return 1;
+    }
+  return 0;
 }
 
 /* }==== */
@@ -560,7 +620,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
     case OP_SEND:
       s->send_busy = 0;
       if (s->anchored) unanchor(u, i);
-      if (res != (int)s->slen) { s->sshort = s->sseq; s->sres = res; }  /* kept for its sendall */
+      if (res != (int)s->slen) sfail_put(u, i, s->sseq, res);   /* kept for its sendall */
       if (io == NULL) break;
       strand_io_event(io, STRAND_WRITE);
       break;
@@ -770,6 +830,7 @@ static void ur_free(void *pv) {
     munmap(u->bufs, BUFS_LEN);
     free(u->bnext); free(u->blen);
   }
+  free(u->sfails);
   free(u->slots);
   free(u);
 }
@@ -935,7 +996,8 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
     /* our send was issued: one send at a time per socket, so unless it is the one in flight it
      * is done, whatever other sendalls (other tasks) sent since; all of it unless it came short */
     if (s->send_busy && s->sseq == *seq) return 1;
-    *res = s->sshort == *seq ? s->sres : (long)want;
+    int r;
+    *res = sfail_take(u, io->pollidx, *seq, &r) ? r : (long)want;
     *seq = 0;
     return 2;
   }
@@ -992,8 +1054,9 @@ long strand_uring_send_abandon(strand_io *io, uint32_t seq, size_t len) {
     for (int round = 0; round < 40 && s->send_busy && s->sseq == seq; round++) wait_reap(u, 25000000);
     if (s->send_busy && s->sseq == seq) return 0;   /* (not come in 1 s: counted as unsent) */
   }
-  if (s->sshort != seq) return (long)(len > 0x7fffffff ? 0x7fffffff : len);   /* done whole first */
-  return s->sres > 0 ? s->sres : 0;
+  int r;
+  if (!sfail_take(u, io->pollidx, seq, &r)) return (long)(len > 0x7fffffff ? 0x7fffffff : len);   /* done whole first */
+  return r > 0 ? r : 0;
 }
 
 /* }==== */

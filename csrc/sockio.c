@@ -405,11 +405,11 @@ static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
       if (s->io.loop && s->io.loop->poller == &strand_poller_uring)   /* its send's bytes count */
         sent += (size_t)strand_uring_send_abandon(&s->io, (uint32_t)((uint64_t)ctx >> 32),
                                                   lua_rawlen(L, 2) - sent);
-      return send_fail(L, mode, sent, "timeout", "ETIMEDOUT");
     }
     size_t total = 0;
     for (int i = 2; i <= n + 1; i++) total += lua_rawlen(L, i);
-    if (sent >= total) break;
+    if (sent >= total) break;   /* all sent is success, even when the timer fired first */
+    if (outcome == STRAND_TIMEOUT) return send_fail(L, mode, sent, "timeout", "ETIMEDOUT");
     if (s->io.loop && s->io.loop->poller == &strand_poller_uring && n == 1 &&
         s->type == SOCK_STREAM && !s->nonblocking) {          /* STRAND_POLLER=uring */
       long res;
