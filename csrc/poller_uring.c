@@ -68,6 +68,7 @@ typedef struct uslot {
   unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
   unsigned char grp;             /* the buffer group of the recv in flight */
   unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
+  unsigned char sunclaimed;      /* sshort's result not yet taken by its sendall: no new send */
   short rerr;                    /* a recv error to report (an errno) */
   unsigned mbytes;               /* bytes the armed multishot has taken */
   int sres;                      /* the result of the send of seq sshort (less than its slen) */
@@ -560,7 +561,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
     case OP_SEND:
       s->send_busy = 0;
       if (s->anchored) unanchor(u, i);
-      if (res != (int)s->slen) { s->sshort = s->sseq; s->sres = res; }  /* kept for its sendall */
+      if (res != (int)s->slen) { s->sshort = s->sseq; s->sres = res; s->sunclaimed = 1; }  /* for its sendall */
       if (io == NULL) break;
       strand_io_event(io, STRAND_WRITE);
       break;
@@ -935,7 +936,8 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
     /* our send was issued: one send at a time per socket, so unless it is the one in flight it
      * is done, whatever other sendalls (other tasks) sent since; all of it unless it came short */
     if (s->send_busy && s->sseq == *seq) return 1;
-    *res = s->sshort == *seq ? s->sres : (long)want;
+    if (s->sshort == *seq) { *res = s->sres; s->sunclaimed = 0; }
+    else *res = (long)want;
     *seq = 0;
     return 2;
   }
@@ -943,6 +945,11 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
    * completed write goes on at once under epoll; still in flight, the socket is full: wait
    * (strand_wait_io raises "already writing" while its owner waits) */
   if (s->send_busy && strand_uring_settle(io)) return 1;
+  /* a send came short (a reset: it and every later one fail) and its sendall has not resumed to
+   * take its result: a send of ours coming short too would overwrite it, and that sendall would
+   * count its string as sent. By readiness + send(2) instead (which fails alike); kept for good
+   * if that sendall never comes back (its task cancelled): slower, still right */
+  if (s->sunclaimed) return -1;
   struct io_uring_sqe *e = get_sqe(u);
   e->opcode = IORING_OP_SEND;
   e->fd = io->fd;
@@ -993,6 +1000,7 @@ long strand_uring_send_abandon(strand_io *io, uint32_t seq, size_t len) {
     if (s->send_busy && s->sseq == seq) return 0;   /* (not come in 1 s: counted as unsent) */
   }
   if (s->sshort != seq) return (long)(len > 0x7fffffff ? 0x7fffffff : len);   /* done whole first */
+  s->sunclaimed = 0;
   return s->sres > 0 ? s->sres : 0;
 }
 

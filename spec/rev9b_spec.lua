@@ -65,3 +65,48 @@ describe("review 9b: SSH copy steps give the other tasks a turn between every tw
     end)
   end)
 end)
+
+describe("review 9b: a sendall's short send is not lost to another task's send", function()
+  local socket = require "strand.socket"
+  local core = require "strand.core"
+  H.guard()
+
+  -- STRAND_POLLER=uring: a sendall whose send came short (the peer reset the connection) learns
+  -- it when it resumes, from the slot's record of the last short send. Another task's sendall that
+  -- found that send done (it reaps the ring first) issued its own; when that one came short too
+  -- (the same reset) before the first task resumed, the record was overwritten and the first
+  -- sendall returned true: 8 MiB "sent" of which 270 KB went. core._uring.stats() reaps the ring
+  -- as that second sendall's look would (exact: no timing); under epoll and poll it is nil.
+  it("the first sendall fails with what it sent; the second fails too", function()
+    H.run(function()
+      local srv = assert(socket.listen("127.0.0.1", 0))
+      local _, port = srv:getsockname()
+      local cli = assert(socket.connect("127.0.0.1", port))
+      local peer = assert(srv:accept())
+      assert(cli:setoption("sndbuf", 65536))
+      assert(peer:sendall("h"))
+      assert.equal("h", cli:recv(1))            -- (uring: the socket goes on the fast path)
+      local big = ("x"):rep(16 * 1024 * 1024)     -- more than both buffers hold
+      local ra
+      local a = strand.spawn(function() ra = table.pack(cli:sendall(big)) end)
+      strand.sleep(0)                             -- a issued its send and waits
+      assert.equal("waiting", a:status())
+      assert(peer:setoption("linger", 0))
+      peer:close()                                -- a reset: a's send ends short
+      if core._uring.stats() then
+        -- reap (bounded, no yield) until the kernel ended a's send: a woken, not run yet
+        local deadline = strand.now() + 10
+        while a:status() == "waiting" and strand.now() < deadline do core._uring.stats() end
+        assert.equal("ready", a:status())
+      else
+        a:join()                                  -- (a second writer meanwhile would raise)
+      end
+      local rb = table.pack(cli:sendall("b"))
+      a:join()
+      assert.is_nil(ra[1], "a's sendall returned true")
+      assert.is_true(ra[3] < #big, ("a's sendall says %s bytes sent"):format(tostring(ra[3])))
+      assert.is_nil(rb[1])
+      cli:close(); srv:close()
+    end)
+  end)
+end)
