@@ -874,6 +874,7 @@ function Sftp:get(remote, localpath, opts)
     done = done + n
     lf:flush()
     report(opts, done, total, f, lf)
+    core.sleep(0)   -- the others' turn: the next _pull starts its turn count afresh (ssh.h)
   end
   lf:close()
   f:close()
@@ -907,6 +908,7 @@ function Sftp:put(localpath, remote, opts)
     if n == 0 then break end
     done = done + n
     report(opts, done, total, f, lf)
+    core.sleep(0)   -- the others' turn: the next _push starts its turn count afresh (ssh.h)
   end
   lf:close()
   local ok, e, c = f:close()
