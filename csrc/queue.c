@@ -831,6 +831,9 @@ static void r_grow(strand_shm *s, q_state *st) {
   r_ring(st, &cap);
   uint64_t big = cap < RING_BIG ? RING_BIG : cap * RING_GROW;
   if (big > st->grow_max) return;
+  /* nor more than 1/64 of the arena (the rings a queue replaced stay until it is freed: in a
+   * small arena — 32 MiB under valgrind — a few grown queues not yet collected would fill it) */
+  if (big * sizeof(r_slot) > strand_arena_size() / 64) return;
   /* past the first growth, only once producers are a whole ring ahead (its slot at tail still
    * holds an item): not for a ring that merely lacks room for a move's batch */
   if (cap >= RING_BIG && r_room(st)) return;

@@ -79,6 +79,7 @@ typedef struct arena_hdr {
 
 char *strand_arena_base;        /* the same in every process of the family */
 static uint64_t arena_reserve;  /* bytes of address space mapped (set once, with the base) */
+uint64_t strand_arena_size(void) { return arena_reserve; }
 static int arena_fd = -1;
 static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
 static int arena_err;           /* why the arena could not be made (0: it is there) */

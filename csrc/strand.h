@@ -281,6 +281,8 @@ STRAND_API int strand_shm_test_hold_fork(lua_State *L);
  * fork so that the family shares one). 0 or an errno. */
 STRAND_API int strand_arena_init(void);
 STRAND_API extern char *strand_arena_base;
+/* bytes of address space the arena has (0 before it exists; 32 MiB under valgrind) */
+STRAND_API uint64_t strand_arena_size(void);
 
 /* A new object of objsize bytes (>= sizeof(strand_shm), zeroed) with statesize bytes of zeroed
  * shared state and nchan wait channels; reserve > 0: it may allocate storage (strand_shm_alloc)
