@@ -86,7 +86,9 @@ local function check(q, items, leaked, unf, what, closed)
     end
     for i = 1, 1100 do assert.equal(more[i], q:get_nowait(), what .. ": more " .. i) end
     unf = unf + 1100
-    assert.equal(2, select(4, queue._test_blocks(q)), what .. ": grew again")
+    -- (a ring grows to at most 1/64 of the arena: valgrind's is 32 MiB, where 16,384 slots do
+    -- not fit that share and the 1,024-slot ring stays)
+    assert.equal(H.VALGRIND and 1 or 2, select(4, queue._test_blocks(q)), what .. ": grew again")
   end
   local rings_now = select(4, queue._test_blocks(q))
   assert.is_not_true(q:join(0), what .. ": unfinished")
