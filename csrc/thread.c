@@ -734,9 +734,26 @@ static int run_thread(thr_ctl *c) {
   return reuse && !os_thread_spent;
 }
 
+/* Test hook: thread._test_done_delay(seconds) makes an ending thread wait that long between
+ * publishing its end (a join sees it finished) and writing its eventfd (a join that waits wakes),
+ * the window spec/pool_spec.lua widens to check that a pool's join leaves no task behind. */
+static atomic_int done_delay_us;
+
+static int l_test_done_delay(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && s <= 10, 1, "seconds from 0 to 10 expected");
+  atomic_store(&done_delay_us, (int)(s * 1e6));
+  return 0;
+}
+
 /* The thread is over: its joiners may go on (the eventfd), its reference dropped. */
 static void thread_done(thr_ctl *c) {
   uint64_t one = 1;
+  int us = atomic_load_explicit(&done_delay_us, memory_order_relaxed);
+  if (us > 0) {
+    struct timespec ts = { us / 1000000, (long)(us % 1000000) * 1000 };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+  }
   while (write(c->efd, &one, sizeof one) < 0 && errno == EINTR) {}
   ctl_release(c);
 }
@@ -1641,7 +1658,7 @@ static const luaL_Reg methods[] = {
 static const luaL_Reg funcs[] = {
   {"start", l_start}, {"new", l_new}, {"id", l_id}, {"name", l_name},
   {"active_count", l_active_count}, {"_test_stack_resident", l_test_stack_resident},
-  {"_spare_fds", l_spare_fds}, {NULL, NULL}
+  {"_spare_fds", l_spare_fds}, {"_test_done_delay", l_test_done_delay}, {NULL, NULL}
 };
 
 int strand_open_thread(lua_State *L) {

@@ -449,3 +449,36 @@ describe("the loop under pool-style wake-ups", function()
     a:close(); b:close()
   end)
 end)
+
+describe("thread pool join", function()
+  H.guard()
+  local core = require "strand.core"
+  local thread = require "strand.thread"
+  local queue = require "strand.queue"
+  local function live() collectgarbage(); collectgarbage(); return (queue._test_arena()) end
+
+  -- A worker's join can see it finished a moment before its eventfd is written (the test hook
+  -- widens that moment to 0.3 s), and the loop's last round may skip its poll: the task that
+  -- watches each worker was then still waiting when join returned, holding the pool's queues
+  -- and dict and the worker's handle with its eventfd (the loop never ran again: they stayed).
+  it("returns with the pool's own tasks over: its queues, dict and workers' eventfds are freed", function()
+    local base = live()
+    do
+      local p = pool.new{ size = 2, kind = "thread" }
+      assert.equal(3, p:apply(function(x) return x + 1 end, 2))
+      core.thread._test_done_delay(0.3)
+      local ok, err = pcall(function()
+        p:close()
+        -- both workers publish their end before the join looks (bounded wait, no loop run)
+        local deadline = core.now() + H.TIMEOUT
+        while thread.active_count() > 1 and core.now() < deadline do os.execute("LD_PRELOAD= sleep 0.01") end
+        assert.equal(1, thread.active_count())
+        assert.is_true(p:join())
+      end)
+      core.thread._test_done_delay(0)
+      assert(ok, err)
+      p = nil
+    end
+    assert.equal(base, live())              -- no settling: join left nothing holding the pool
+  end)                                      -- (and H.guard, which never runs the loop, the fds)
+end)

@@ -722,7 +722,10 @@ end
 
 -- A thread worker that ends by itself while the pool is open (its loop could not make a poller:
 -- out of descriptors; its initializer raised) leaves the pool; when none is left, the jobs queued
--- and every later one fail with its error instead of waiting forever for a worker.
+-- and every later one fail with its error instead of waiting forever for a worker. Pool:join
+-- joins these tasks too: a worker's join can see it finished a moment before its eventfd is
+-- written, and the loop's last round may skip its poll, so a watcher still waiting then would
+-- hold the pool (its queues and dict) and the worker's handle until the loop ran again.
 local function watch_thread(self, t)
   local task = spawn_task(function()
     local ok, err = t:join()
@@ -739,6 +742,7 @@ local function watch_thread(self, t)
     end
   end)
   core.process._background(task)
+  self._watchers[#self._watchers + 1] = task
 end
 
 --- pool.new{size=, kind="process"|"thread", initializer=, initargs=, maxtasksperchild=}
@@ -788,6 +792,7 @@ function M.new(opts)
     local queue = require "strand.queue"
     self._jobq, self._results = queue.new(), queue.new()
     self._claims = require("strand.shared").dict()
+    self._watchers = {}                   -- watch_thread's tasks, one per worker
     for i = 1, size do
       local t, err, code = thread.start(thread_worker, self._jobq, self._results, self._init, self._initargs,
         self._claims)
@@ -1216,6 +1221,7 @@ function Pool:join()
   if self._joined then return true end
   if self._kind == "thread" then
     for _, t in ipairs(self._workers) do t:join() end
+    for _, w in ipairs(self._watchers) do w:join() end
     self._results:close()
     self._reader:join()
     for id, job in pairs(self._pending) do
