@@ -171,6 +171,25 @@ for _, kind in ipairs { "process", "thread" } do
       assert.same({ false, "pool terminated" }, { queued:join(H.TIMEOUT) })
       if kind == "process" then assert.same({ false, "pool terminated" }, { slow:join(H.TIMEOUT) }) end
     end)
+
+    -- API.md: "worker exited: signal 9"; a process says how it ended (code, signal), a thread
+    -- (one whose initializer raised: no worker left) its error as join gives it, with its
+    -- traceback; neither with a prefix.
+    it("a worker that ends fails its job with \"worker exited: <how>\"", function()
+      if kind == "process" then
+        local p <close> = pool.new{ size = 1 }
+        assert.same({ false, "worker exited: code 1" }, { p:submit(function() os.exit(1) end):join(H.TIMEOUT) })
+      else
+        local p = pool.new{ size = 1, kind = "thread", initializer = function() error("no setup", 0) end }
+        local ok, err = p:submit(function() return 1 end):join(H.TIMEOUT)
+        assert.is_false(ok)
+        assert.matches("^worker exited: no setup\nstack traceback:\n", err)   -- the thread's error
+        local ok2, err2 = p:submit(function() return 2 end):join(H.TIMEOUT)   -- and the jobs after it
+        assert.is_false(ok2)
+        assert.equal(err, err2)
+        p:close(); p:join()
+      end
+    end)
   end)
 end
 

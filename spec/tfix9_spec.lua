@@ -82,7 +82,7 @@ end
 C.pool_thread = function() exhaust("pool.new thread", function() return pool.new{size = 2, kind = "thread"} end,
   function(p)   -- (a worker whose loop found no descriptor free ended: the job fails, no hang)
     local ok, v = pcall(p.apply, p, function() return 4 end)
-    assert(ok and v == 4 or not ok and tostring(v):match("^strand%.pool: worker exited: .*[Tt]oo many open files"), tostring(v))
+    assert(ok and v == 4 or not ok and tostring(v):match("^worker exited: .*[Tt]oo many open files"), tostring(v))
     p:close(); p:join() end, "^pool%.new: cannot start thread: " .. EMFILE, "EMFILE") end
 C.pool_process = function() exhaust("pool.new process", function() return pool.new{size = 2, kind = "process"} end,
   function(p) assert(p:apply(function() return 5 end) == 5); p:close(); p:join() end, "^pool%.new: .*" .. EMFILE) end

@@ -734,7 +734,7 @@ local function watch_thread(self, t)
       if w == t then table.remove(self._workers, i); break end
     end
     if #self._workers > 0 then return end
-    self._dead = "strand.pool: worker exited: " .. tostring(ok and "it returned" or err)
+    self._dead = "worker exited: " .. tostring(ok and "it returned" or err)   -- a process's: "code N"
     while self._jobq:get_nowait() do end
     for id, job in pairs(self._pending) do
       self._pending[id] = nil
