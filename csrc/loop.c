@@ -286,17 +286,28 @@ int strand_loop_poller_deferred(lua_State *L) {
   return d;
 }
 
-static void need_poller(lua_State *L, strand_loop *loop) {
-  if (loop->pstate != NULL) return;
+/* Makes the loop's poller if it has none: 1, or 0 with the message pushed ("strand: cannot
+ * create the epoll poller: too many open files"). */
+static int make_poller(lua_State *L, strand_loop *loop) {
+  if (loop->pstate != NULL) return 1;
   loop->pstate = loop->poller->init(loop);
-  if (loop->pstate == NULL && loop->poller == &strand_poller_uring) {
-    loop->poller = &strand_poller_epoll;        /* io_uring missing or refused: the default */
+  int e = errno;
+  /* io_uring missing or refused: the default; not when out of descriptors (epoll needs one too:
+   * the message names the poller asked for) */
+  if (loop->pstate == NULL && loop->poller == &strand_poller_uring && e != EMFILE && e != ENFILE) {
+    loop->poller = &strand_poller_epoll;
     loop->pstate = loop->poller->init(loop);
+    e = errno;
   }
-  if (loop->pstate == NULL) {
-    int e = errno;
-    luaL_error(L, "strand: cannot create the %s poller: %s", loop->poller->name, strerror(e));
-  }
+  if (loop->pstate != NULL) return 1;
+  const char *m = strand_errmsg(e);
+  lua_pushfstring(L, "strand: cannot create the %s poller: %s", loop->poller->name,
+                  m ? m : strerror(e));
+  return 0;
+}
+
+static void need_poller(lua_State *L, strand_loop *loop) {
+  if (!make_poller(L, loop)) lua_error(L);
 }
 
 /* The poller of a loop when STRAND_POLLER names none. strand_poller_uring (docs/uring.md 4)
@@ -587,7 +598,8 @@ static int wait_finish(lua_State *L, strand_task *t, double deadline,
     if (r == STEP_INTERRUPTED) strand_wake(t, STRAND_TIMEOUT);   /* see interrupt_pending */
     else if (r != 0) {
       loop->driver = NULL;
-      lua_error(L);                             /* the deadlock message */
+      strand_wake(t, STRAND_CLOSED);            /* nothing of this wait stays armed */
+      lua_error(L);                             /* the deadlock or poller message */
     }
   }
   loop->driver = NULL;
@@ -657,8 +669,9 @@ int strand_wait_timer(lua_State *L, double deadline, lua_KContext ctx, lua_KFunc
       return lua_yieldk(L, 0, ctx, k);
     }
     loop->driver = L;
-    loop_step(L, loop, main_done);
+    int r = loop_step(L, loop, main_done);
     loop->driver = NULL;
+    if (r != 0 && r != STEP_INTERRUPTED) lua_error(L);   /* the poller's message */
     return STRAND_READY;
   }
   return wait_finish(L, t, deadline, ctx, k);
@@ -982,7 +995,7 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
     fire_timers(loop);
     return 0;
   }
-  need_poller(L, loop);
+  if (!make_poller(L, loop)) return 1;        /* (a thread's loop: made on first need) */
   int err = loop->poller->wait(loop->pstate, timeout);
   if (err == EINTR && interrupt_pending(L, loop)) return STEP_INTERRUPTED;
   if (err && err != EINTR) {
