@@ -76,21 +76,28 @@ describe("event loop", function()
   it("thousands of random timers wake in deadline order (heap)", function()
     local order, N = {}, 2000
     math.randomseed(7)
-    -- absolute deadlines from a common base in the future: a deadline already past when its
-    -- task calls sleep_until only "lets others run" (no heap), which a loaded machine made
-    -- happen for the tiniest random delays
-    local base = strand.now() + 0.5
+    -- absolute deadlines from a common base in the future, set when the first task runs (not
+    -- before the 2000 spawns): a deadline already past when its task calls sleep_until only
+    -- "lets others run" (no heap), which a loaded machine made happen for the tiniest random
+    -- delays, and make test-valgrind beside other work for some even 0.5 s ahead. Such a task is
+    -- no timer: the order is checked over the tasks whose deadline was still 0.25 s ahead just
+    -- before their call (all of them but on a very slow machine; at least half, or it says so).
+    local base, late = nil, 0
+    local MARGIN = H.work(0.5, 3)
     for _ = 1, N do
       local d = math.random() * 0.05
       strand.spawn(function()
+        base = base or strand.now() + MARGIN
         local deadline = base + d
+        local ahead = strand.now() + 0.25 < deadline
         strand.sleep_until(deadline)
         assert(strand.now() >= deadline)
-        order[#order + 1] = deadline
+        if ahead then order[#order + 1] = deadline else late = late + 1 end
       end)
     end
     strand.run()
-    assert.equal(N, #order)
-    for i = 2, N do assert.is_true(order[i - 1] <= order[i], "out of order at " .. i) end
+    assert.equal(N, #order + late)
+    assert.is_true(late < N / 2, late .. " of " .. N .. " deadlines already past at their sleep_until")
+    for i = 2, #order do assert.is_true(order[i - 1] <= order[i], "out of order at " .. i) end
   end)
 end)
