@@ -152,13 +152,17 @@ static void ready_remove(strand_loop *loop, strand_task *t) {
   loop->nready--;
 }
 
+/* t->wait_qt: the waitq's address with its low bit set, in the union with wait_io (both are
+ * pointers to structs of at least pointer alignment: bit 0 is free and tells them apart) */
+#define WAITQ_TAG ((uintptr_t)1)
+#define waiting_in_q(t) (((t)->wait_qt & WAITQ_TAG) != 0)
+
 static void waitq_unlink(strand_task *t) {
-  strand_waitq *q = t->wait_q;
-  if (q == NULL) return;
+  strand_waitq *q = (strand_waitq *)(t->wait_qt & ~WAITQ_TAG);
   if (t->qprev) t->qprev->qnext = t->qnext; else q->head = t->qnext;
   if (t->qnext) t->qnext->qprev = t->qprev; else q->tail = t->qprev;
   t->qnext = t->qprev = NULL;
-  t->wait_q = NULL;
+  t->wait_qt = 0;
 }
 
 /* Disarm whatever t waits on and make it runnable (or end the main pseudo-task's wait). */
@@ -168,8 +172,10 @@ void strand_wake(strand_task *t, int outcome) {
   t->waiting = 0;
   t->outcome = (unsigned char)outcome;
   strand_timer_stop(loop, &t->timer);
-  strand_io *io = t->wait_io;
-  if (io) {
+  if (waiting_in_q(t)) {
+    waitq_unlink(t);
+  } else if (t->wait_io) {
+    strand_io *io = t->wait_io;
     t->wait_io = NULL;
     if (io->reader == t) io->reader = NULL;
     if (io->writer == t) io->writer = NULL;
@@ -177,7 +183,6 @@ void strand_wake(strand_task *t, int outcome) {
     if (io->registered && loop->poller->interest && loop->pstate)
       loop->poller->interest(loop->pstate, io);
   }
-  waitq_unlink(t);
   if (t->co) {
     t->status = STRAND_T_READY;
     ready_push(loop, t);
@@ -668,7 +673,8 @@ int strand_wait_queue(lua_State *L, strand_waitq *q, double deadline,
                       lua_KContext ctx, lua_KFunction k) {
   strand_loop *loop = strand_loop_get(L);
   strand_task *t = wait_begin(L, loop);
-  t->wait_q = q;
+  _Static_assert(_Alignof(strand_waitq) > 1 && _Alignof(strand_io) > 1, "tagged wait pointer");
+  t->wait_qt = (uintptr_t)q | WAITQ_TAG;
   t->qnext = NULL;
   t->qprev = q->tail;
   if (q->tail) q->tail->qnext = t; else q->head = t;
@@ -835,22 +841,21 @@ static void report_unobserved(lua_State *L, strand_task *t) {
 
 /* The task is over: keep its error (the only value left on its dead coroutine's stack), drop
  * any pending cancellation, wake joiners, drop the anchor. `status` is the resume status;
- * LUA_OK with (FAILED_KEY, err) results is a failure the body caught. */
+ * LUA_OK with (FAILED_KEY, err) results (nres: how many) is a failure the body caught. */
 static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int status,
-                        int anchor) {
+                        int nres, int anchor) {
   lua_State *co = t->co;
   if (t->cancel_pending) {                       /* a cancellation that came too late */
     t->cancel_pending = 0;
     lua_pushnil(L);
     strand_task_set_pending(L, t);
   }
-  if (status == LUA_OK && t->nres == 2 && lua_touserdata(co, -2) == (void *)&FAILED_KEY) {
+  if (status == LUA_OK && nres == 2 && lua_touserdata(co, -2) == (void *)&FAILED_KEY) {
     lua_xmove(co, L, 1);                         /* err (the traceback is already added) */
     int isc = strand_is_cancelled(L, -1);
     lua_settop(co, 0);
     lua_xmove(L, co, 1);                         /* co: err */
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
-    t->nres = 1;
   } else if (status == LUA_OK) {
     t->status = STRAND_T_DONE;
   } else {
@@ -872,7 +877,6 @@ static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int sta
     lua_settop(co, 0);
     lua_xmove(L, co, 1);                         /* co: err */
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
-    t->nres = 1;
   }
   if (t->status == STRAND_T_FAILED) report_unobserved(L, t);
   unanchor_task(L, t, anchor);
@@ -884,10 +888,9 @@ static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int sta
 static void task_resume(lua_State *L, strand_loop *loop, strand_task *t, int anchor) {
   lua_State *co = t->co;
   int nres = 0;
+  int nargs = t->status == STRAND_T_NEW ? lua_gettop(co) - 1 : 0;   /* all but task_main */
   t->status = STRAND_T_RUNNING;
   loop->current = t;
-  int nargs = t->nargs;
-  t->nargs = 0;
   if (t->bare && t->cancel_pending && lua_gethook(co) == NULL)
     lua_sethook(co, cancel_hook, LUA_MASKCOUNT, 1);
   t->bare = 0;
@@ -905,8 +908,7 @@ static void task_resume(lua_State *L, strand_loop *loop, strand_task *t, int anc
     }
     return;
   }
-  if (st == LUA_OK) t->nres = nres;
-  task_finish(L, loop, t, st, anchor);
+  task_finish(L, loop, t, st, nres, anchor);
 }
 
 /* {==== Ctrl-C
@@ -1078,6 +1080,10 @@ void strand_drain_uninterrupted(lua_State *L) {
   loop->driver = driver;
 }
 
+/* Every idle connection has a task: with Lua's userdata header and its user value it is 152
+ * bytes (a 160-byte malloc chunk); a field more would make it 168 (176). */
+_Static_assert(sizeof(void *) != 8 || sizeof(strand_task) == 96, "strand_task grew");
+
 /* fn and nargs arguments on top of L's stack -> the new task's userdata replaces them. */
 strand_task *strand_task_spawn(lua_State *L, int nargs) {
   strand_loop *loop = strand_loop_get(L);
@@ -1102,7 +1108,6 @@ strand_task *strand_task_spawn(lua_State *L, int nargs) {
   t->co = co;
   t->id = loop->next_id++;
   t->status = STRAND_T_NEW;
-  t->nargs = nargs + 2;
   lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor_ref);   /* task anchor */
   lua_pushvalue(L, -2);
   set_co_slot(co, anchor_add(L, loop, lua_gettop(L) - 1));
@@ -1124,7 +1129,6 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
     t->status = STRAND_T_CANCELLED;
     lua_settop(t->co, 0);
     lua_xmove(L, t->co, 1);                      /* co: err */
-    t->nres = 1;
     unanchor_task(L, t, 0);
     loop->ntasks--;
     if (t->background) { t->background = 0; loop->nbackground--; }

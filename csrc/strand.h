@@ -445,15 +445,17 @@ struct strand_task {
   unsigned char inready;          /* linked in the ready queue */
   unsigned char bare;             /* last yielded with a bare coroutine.yield */
   unsigned char background;       /* does not keep strand.run going (a pool's reader) */
-  int nargs;                      /* arguments for the first resume */
-  int nres;                       /* results left on co's stack when done */
+  /* (no counts: a NEW task's first resume takes all of co's stack but its function, and a
+   * finished one's results are all of co's stack) */
   union {                         /* a task is in the ready queue or in a wait_q, never both */
     struct { strand_task *next, *prev; };     /* ready queue (inready) */
     struct { strand_task *qnext, *qprev; };   /* links in wait_q */
   };
   strand_timer timer;             /* the wait's deadline */
-  strand_io *wait_io;             /* io waited on, if any */
-  strand_waitq *wait_q;           /* queue waited in, if any */
+  union {                         /* one wait at a time */
+    strand_io *wait_io;           /* io waited on, if any */
+    uintptr_t wait_qt;            /* or the queue waited in, its address | 1 (loop.c) */
+  };
   strand_waitq joiners;           /* tasks joining this one */
 };   /* kept small: every idle connection has one */
 

@@ -116,7 +116,7 @@ static int l_current(lua_State *L) {
 static int push_finished(lua_State *L, strand_task *t, int raise) {
   t->observed = 1;
   if (t->status == STRAND_T_DONE) {
-    int n = t->nres;
+    int n = lua_gettop(t->co);                   /* the results: all of its stack */
     luaL_checkstack(L, n + 1, "too many results");
     if (!raise) lua_pushboolean(L, 1);
     if (!lua_checkstack(t->co, n)) luaL_error(L, "too many results");
