@@ -37,10 +37,16 @@ STRAND_API double strand_opt_deadline(lua_State *L, int arg);
 /* Same, but with a default timeout (seconds, or STRAND_FOREVER) used for nil. */
 STRAND_API double strand_opt_deadline_def(lua_State *L, int arg, double def_timeout);
 
-/* A timer in the loop's min-heap. `fire` runs on the loop's thread when `when` passes. */
-typedef struct strand_timer {
+/* A node of the loop's timer min-heap. A task's wait deadline is a bare node (its task is
+ * known from it: loop.c); every other timer is a strand_timer. */
+typedef struct strand_tnode {
   double when;
   size_t index;                     /* 1-based heap slot, 0 = not armed */
+} strand_tnode;
+
+/* A timer in the loop's min-heap. `fire` runs on the loop's thread when `when` passes. */
+typedef struct strand_timer {
+  strand_tnode node;
   void (*fire)(struct strand_timer *tm);
 } strand_timer;
 
@@ -451,13 +457,20 @@ struct strand_task {
     struct { strand_task *next, *prev; };     /* ready queue (inready) */
     struct { strand_task *qnext, *qprev; };   /* links in wait_q */
   };
-  strand_timer timer;             /* the wait's deadline */
+  strand_tnode deadline;          /* the wait's deadline (a node of the loop's timer heap) */
   union {                         /* one wait at a time */
     strand_io *wait_io;           /* io waited on, if any */
-    uintptr_t wait_qt;            /* or the queue waited in, its address | 1 (loop.c) */
+    uintptr_t wait_qt;            /* or the queue waited in, its address | 1, or the task whose
+                                     joiners it is among, its address | 3 (loop.c) */
   };
-  strand_waitq joiners;           /* tasks joining this one */
+  strand_task *joiners;           /* tasks joining this one: a ring (the last is the first's
+                                     qprev), strand_wait_join */
 };   /* kept small: every idle connection has one */
+
+/* Wait (as strand_wait_queue) until t's joiners are woken: strand_join_wake_all(t), when t ends. */
+STRAND_API int strand_wait_join(lua_State *L, strand_task *t, double deadline,
+                                lua_KContext ctx, lua_KFunction k);
+STRAND_API int strand_join_wake_all(strand_task *t, int outcome);
 
 enum { STRAND_T_NEW, STRAND_T_READY, STRAND_T_RUNNING, STRAND_T_WAITING,
        STRAND_T_DONE, STRAND_T_FAILED, STRAND_T_CANCELLED };
@@ -534,7 +547,7 @@ struct strand_loop {
   strand_task *current;           /* task being resumed */
   strand_task *ready_head, *ready_tail;
   size_t nready;
-  strand_timer **heap;
+  uintptr_t *heap;                /* strand_tnode addresses; bit 0 set: a task's deadline */
   size_t nheap, capheap;
   size_t ntasks;                  /* tasks not finished */
   size_t nio_waits;               /* armed io waits */

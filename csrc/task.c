@@ -187,7 +187,7 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
       return strand_fail_msg(L, "timeout", NULL);
     }
     if (strand_task_of(L) == t) return luaL_error(L, "a task cannot join itself");
-    outcome = strand_wait_queue(L, &t->joiners, deadline, raise, join_k);
+    outcome = strand_wait_join(L, t, deadline, raise, join_k);
   }
 }
 

@@ -1,6 +1,7 @@
--- spec/taskmem_spec.lua — what a task keeps (strand_task is 96 bytes: no argument or result
--- counts, one field for "waits on an fd" or "waits in a queue"): every argument reaches the body,
--- every result reaches join, waits move between fds, queues and timers, and the bytes per task.
+-- spec/taskmem_spec.lua — what a task keeps (strand_task is 80 bytes: no argument or result
+-- counts, one field for "waits on an fd, in a queue or among joiners", a bare heap node for its
+-- deadline, its joiners a ring): every argument reaches the body, every result reaches join,
+-- waits move between fds, queues, joins and timers, and the bytes per task.
 local H = require "support.helper"
 local strand = require "strand"
 local sync = require "strand.sync"
@@ -135,10 +136,51 @@ describe("what a task keeps", function()
     end)
   end)
 
-  it("a task waiting in strand.sleep costs at most 1,232 bytes of Lua heap", function()
+  it("task deadlines and strand.timeout's timers share the heap and fire in deadline order", function()
+    H.run(function()
+      local order, ts = {}, {}
+      for i, d in ipairs { 0.04, 0.01, 0.05, 0.02, 0.03, 0.06 } do
+        if i % 2 == 0 then     -- a cancel-after timer (a strand_timer) around a long sleep
+          ts[i] = strand.spawn(function()
+            local r, err = strand.timeout(d, strand.sleep, 3600)
+            order[#order + 1] = d
+            return r, err
+          end)
+        else                   -- a task's own deadline (a bare heap node)
+          ts[i] = strand.spawn(function() strand.sleep(d); order[#order + 1] = d end)
+        end
+      end
+      for i, t in ipairs(ts) do
+        local ok, r, err = t:join(H.TIMEOUT)
+        assert.is_true(ok)
+        if i % 2 == 0 then assert.is_nil(r); assert.equal("timeout", err) end
+      end
+      assert.same({ 0.01, 0.02, 0.03, 0.04, 0.05, 0.06 }, order)
+    end)
+  end)
+
+  it("the main program and tasks join one task; joins that time out leave its ring", function()
+    -- the main program's join drives the loop (the loop's pseudo-task among the joiners)
+    local target = strand.spawn(strand.sleep, 3600)
+    local early = strand.spawn(function() return target:join(0.01) end)
+    local late = strand.spawn(function() return target:join(H.TIMEOUT) end)
+    local r, err = target:join(0.05)
+    assert.is_nil(r); assert.equal("timeout", err)
+    assert.same({ true, nil, "timeout" }, { early:join(H.TIMEOUT) })
+    assert.equal("waiting", late:status())
+    local again = strand.spawn(function() return target:join(H.TIMEOUT) end)
+    strand.sleep(0)
+    assert.is_true(target:cancel())
+    local ok, e = late:result(H.TIMEOUT)
+    assert.is_false(ok); assert.is_true(strand.is_cancelled(e))
+    local ok2, e2 = again:result(H.TIMEOUT)
+    assert.is_false(ok2); assert.is_true(strand.is_cancelled(e2))
+  end)
+
+  it("a task waiting in strand.sleep costs at most 1,216 bytes of Lua heap", function()
     -- its coroutine (lua_State 208 B, the 45-slot stack 720 B, two call frames 128 B), the task
-    -- userdata (96 B + Lua's 56-byte header with one user value) and its anchor slot (16 B and
-    -- the array's slack): 1,224 B here; 1,240 B when strand_task was 112 bytes
+    -- userdata (80 B + Lua's 56-byte header with one user value) and its anchor slot (16 B and
+    -- the array's slack): 1,208 B here; 1,240 B when strand_task was 112 bytes, 1,224 at 96
     local N = 4000
     local per
     H.run(function()
@@ -155,6 +197,6 @@ describe("what a task keeps", function()
       for i = 1, N do ts[i]:cancel() end
       strand.sleep(0)
     end)
-    assert.is_true(per > 1000 and per <= 1232, ("%.1f bytes per sleeping task"):format(per))
+    assert.is_true(per > 1000 and per <= 1216, ("%.1f bytes per sleeping task"):format(per))
   end)
 end)
