@@ -631,6 +631,8 @@ static int wait_finish(lua_State *L, strand_task *t, double deadline,
     if (r == STEP_INTERRUPTED) strand_wake(t, STRAND_TIMEOUT);   /* see interrupt_pending */
     else if (r != 0) {
       loop->driver = NULL;
+      strand_wake(t, STRAND_TIMEOUT);           /* disarmed: no longer in a queue or a join ring
+                                                   (the program may catch this and wait again) */
       lua_error(L);                             /* the deadlock message */
     }
   }

@@ -177,6 +177,28 @@ describe("what a task keeps", function()
     assert.is_false(ok2); assert.is_true(strand.is_cancelled(e2))
   end)
 
+  it("the main program's join that ends in a deadlock leaves the ring; it can join again", function()
+    -- a process of its own: nothing else in its loop (no timer, no fd) to keep it from
+    -- seeing the deadlock; bounded by `timeout`
+    local out, ok = H.lua([[
+      local strand = require "strand"
+      local gate = require("strand.core").notifier()      -- a loop-local wait, no fd
+      local target = strand.spawn(function() gate:wait() end)
+      local j1 = strand.spawn(function() return target:join() end)
+      local ok, err = pcall(target.join, target)          -- main after j1 in target's joiners
+      assert(not ok and tostring(err):find("deadlock"), tostring(err))
+      local j2 = strand.spawn(function() return target:join() end)
+      strand.spawn(function() gate:notify() end)
+      local r = table.pack(target:join(10))               -- main in the ring again
+      assert(r.n == 1 and r[1] == true, "main: " .. tostring(r[1]) .. " " .. tostring(r[2]))
+      assert(select("#", j1:join(10)) == 2 and j1:result() == true, "j1")
+      assert(select("#", j2:join(10)) == 2 and j2:result() == true, "j2")
+      print("joined")
+    ]], "timeout -k 5 60")
+    assert.truthy(ok, out)
+    assert.matches("^joined", out)
+  end)
+
   it("a task waiting in strand.sleep costs at most 1,216 bytes of Lua heap", function()
     -- its coroutine (lua_State 208 B, the 45-slot stack 720 B, two call frames 128 B), the task
     -- userdata (80 B + Lua's 56-byte header with one user value) and its anchor slot (16 B and
