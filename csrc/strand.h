@@ -121,8 +121,9 @@ STRAND_API int strand_wait_io(lua_State *L, strand_io *io, int ev, double deadli
  * ready task run once, then resumes. */
 STRAND_API int strand_wait_timer(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k);
 
-/* A FIFO of waiting tasks owned by one loop (one OS thread): for joins, locks between tasks,
- * anything woken from the same thread. Zero-initialise. */
+/* A FIFO of waiting tasks owned by one loop (one OS thread): for locks between tasks, anything
+ * woken from the same thread (a task's joiners are a ring of their own: strand_wait_join).
+ * Zero-initialise. */
 typedef struct strand_waitq { strand_task *head, *tail; } strand_waitq;
 STRAND_API int strand_wait_queue(lua_State *L, strand_waitq *q, double deadline,
                                  lua_KContext ctx, lua_KFunction k);
