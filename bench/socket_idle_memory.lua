@@ -1,8 +1,10 @@
 -- bench/socket_idle_memory.lua — memory of idle connections: N connections (from
 -- bench/echo_client -i in another process), each with a task blocked in conn:read("l"),
 -- against N tasks blocked in strand.sleep (the coroutine and task alone). Prints bytes per
--- connection of the Lua heap (sockets and their state live there) and of the process RSS.
--- usage: lua5.4 bench/socket_idle_memory.lua [N] [BUILD_DIR]
+-- connection of the Lua heap (sockets and their state live there) and of the process RSS, for
+-- each poller (the RSS beyond the heap is malloc's chunk overhead, ~96 B, and under io_uring the
+-- socket's 64-byte slot).
+-- usage: lua5.4 bench/socket_idle_memory.lua [N] [BUILD_DIR]   (env POLLERS="uring epoll")
 local strand = require "strand"
 local socket = require "strand.socket"
 
@@ -21,19 +23,23 @@ local function heap() collectgarbage(); collectgarbage(); return collectgarbage(
 -- One measurement per process (freed memory is reused, so RSS must start fresh).
 local mode = arg[3]
 if mode == nil then
-  local function run(m)
-    local p = io.popen(("lua5.4 %s %d %s %s"):format(arg[0], N, build, m))
+  local function run(m, poller)
+    local p = io.popen(("STRAND_POLLER=%s lua5.4 %s %d %s %s"):format(poller, arg[0], N, build, m))
     local h, r = p:read("n", "n")
     p:close()
     return h, r
   end
-  local th, tr = run("tasks")
-  local ch, cr = run("conns")
   print(("%d idle TCP connections, each with a task blocked in read(\"l\"):"):format(N))
-  print(("  Lua heap per connection: %6.0f bytes  (the task alone: %.0f; the socket and its wait: %.0f)")
-        :format(ch, th, ch - th))
-  print(("  RSS per connection:      %6.0f bytes  (the task alone: %.0f; the socket and its wait: %.0f)")
-        :format(cr, tr, cr - tr))
+  for poller in (os.getenv("POLLERS") or "uring epoll"):gmatch("%S+") do
+    local th, tr = run("tasks", poller)
+    local ch, cr = run("conns", poller)
+    if not (ch and cr and th and tr) then print(poller .. ": failed"); os.exit(1) end
+    print(("%s:"):format(poller))
+    print(("  Lua heap per connection: %6.0f bytes  (the task alone: %.0f; the socket and its wait: %.0f)")
+          :format(ch, th, ch - th))
+    print(("  RSS per connection:      %6.0f bytes  (the task alone: %.0f; the socket and its wait: %.0f)")
+          :format(cr, tr, cr - tr))
+  end
   os.exit(0)
 end
 

@@ -60,72 +60,93 @@ double strand_opt_deadline(lua_State *L, int arg) {
 
 /* }==== */
 
-/* {==== timer heap (binary min-heap, 1-based indices stored in the timers) */
+/* {==== timer heap (binary min-heap, 1-based indices stored in the nodes)
+ *
+ * The heap holds node addresses; bit 0 set marks a task's wait deadline (strand_task.deadline,
+ * no callback stored: 16 bytes in every task instead of a 24-byte strand_timer). */
 
-static void heap_set(strand_loop *loop, size_t i, strand_timer *tm) {
-  loop->heap[i - 1] = tm;
-  tm->index = i;
+#define TASK_NODE ((uintptr_t)1)
+#define NODE(e) ((strand_tnode *)((e) & ~TASK_NODE))
+
+static void heap_set(strand_loop *loop, size_t i, uintptr_t e) {
+  loop->heap[i - 1] = e;
+  NODE(e)->index = i;
 }
 
 static void heap_up(strand_loop *loop, size_t i) {
-  strand_timer *tm = loop->heap[i - 1];
+  uintptr_t e = loop->heap[i - 1];
+  double when = NODE(e)->when;
   while (i > 1) {
-    strand_timer *p = loop->heap[i / 2 - 1];
-    if (p->when <= tm->when) break;
+    uintptr_t p = loop->heap[i / 2 - 1];
+    if (NODE(p)->when <= when) break;
     heap_set(loop, i, p);
     i /= 2;
   }
-  heap_set(loop, i, tm);
+  heap_set(loop, i, e);
 }
 
 static void heap_down(strand_loop *loop, size_t i) {
-  strand_timer *tm = loop->heap[i - 1];
+  uintptr_t e = loop->heap[i - 1];
+  double when = NODE(e)->when;
   size_t n = loop->nheap;
   for (;;) {
     size_t c = 2 * i;
     if (c > n) break;
-    if (c < n && loop->heap[c]->when < loop->heap[c - 1]->when) c++;
-    if (loop->heap[c - 1]->when >= tm->when) break;
+    if (c < n && NODE(loop->heap[c])->when < NODE(loop->heap[c - 1])->when) c++;
+    if (NODE(loop->heap[c - 1])->when >= when) break;
     heap_set(loop, i, loop->heap[c - 1]);
     i = c;
   }
-  heap_set(loop, i, tm);
+  heap_set(loop, i, e);
 }
 
-void strand_timer_stop(strand_loop *loop, strand_timer *tm) {
-  size_t i = tm->index;
+static void node_stop(strand_loop *loop, strand_tnode *nd) {
+  size_t i = nd->index;
   if (i == 0) return;
-  tm->index = 0;
-  strand_timer *last = loop->heap[--loop->nheap];
+  nd->index = 0;
+  uintptr_t last = loop->heap[--loop->nheap];
   if (i - 1 == loop->nheap) return;
   heap_set(loop, i, last);
   heap_up(loop, i);
-  heap_down(loop, last->index);
+  heap_down(loop, NODE(last)->index);
 }
 
 /* Arming can fail only on memory; the heap grows before anything changes. */
-void strand_timer_start(strand_loop *loop, strand_timer *tm, double when) {
-  strand_timer_stop(loop, tm);
+static void node_start(strand_loop *loop, uintptr_t e, double when) {
+  node_stop(loop, NODE(e));
   if (loop->nheap == loop->capheap) {
     size_t cap = loop->capheap ? loop->capheap * 2 : 64;
-    strand_timer **h = (strand_timer **)realloc(loop->heap, cap * sizeof *h);
+    uintptr_t *h = (uintptr_t *)realloc(loop->heap, cap * sizeof *h);
     if (h == NULL) { perror("strand: timer heap"); abort(); }
     loop->heap = h;
     loop->capheap = cap;
   }
-  tm->when = when;
+  NODE(e)->when = when;
   loop->nheap++;
-  heap_set(loop, loop->nheap, tm);
+  heap_set(loop, loop->nheap, e);
   heap_up(loop, loop->nheap);
 }
+
+_Static_assert(_Alignof(strand_tnode) > 1, "a node's address has bit 0 free");
+
+void strand_timer_stop(strand_loop *loop, strand_timer *tm) { node_stop(loop, &tm->node); }
+
+void strand_timer_start(strand_loop *loop, strand_timer *tm, double when) {
+  node_start(loop, (uintptr_t)&tm->node, when);
+}
+
+static void task_deadline_passed(strand_task *t);
 
 static void fire_timers(strand_loop *loop) {
   if (loop->nheap == 0) return;
   double now = strand_now();
-  while (loop->nheap > 0 && loop->heap[0]->when <= now) {
-    strand_timer *tm = loop->heap[0];
-    strand_timer_stop(loop, tm);
-    tm->fire(tm);
+  while (loop->nheap > 0 && NODE(loop->heap[0])->when <= now) {
+    uintptr_t e = loop->heap[0];
+    node_stop(loop, NODE(e));
+    if (e & TASK_NODE)
+      task_deadline_passed((strand_task *)((char *)NODE(e) - offsetof(strand_task, deadline)));
+    else
+      ((strand_timer *)NODE(e))->fire((strand_timer *)NODE(e));   /* (node is its first member) */
   }
 }
 
@@ -152,13 +173,31 @@ static void ready_remove(strand_loop *loop, strand_task *t) {
   loop->nready--;
 }
 
+/* t->wait_qt, in the union with wait_io (all three are addresses of structs of at least pointer
+ * alignment: bits 0 and 1 are free and tell them apart): a strand_waitq's address | 1, or the
+ * address of the task whose joiners t is among | 3. A task's joiners are a ring (8 bytes in
+ * every task instead of a 16-byte strand_waitq): its first is t->joiners, the last its qprev. */
+#define WAITQ_TAG ((uintptr_t)1)
+#define JOINQ_TAG ((uintptr_t)3)
+#define waiting_in_q(t) (((t)->wait_qt & WAITQ_TAG) != 0)
+
 static void waitq_unlink(strand_task *t) {
-  strand_waitq *q = t->wait_q;
-  if (q == NULL) return;
-  if (t->qprev) t->qprev->qnext = t->qnext; else q->head = t->qnext;
-  if (t->qnext) t->qnext->qprev = t->qprev; else q->tail = t->qprev;
+  if ((t->wait_qt & JOINQ_TAG) == JOINQ_TAG) {
+    strand_task *target = (strand_task *)(t->wait_qt & ~JOINQ_TAG);
+    if (t->qnext == t) {
+      target->joiners = NULL;
+    } else {
+      t->qprev->qnext = t->qnext;
+      t->qnext->qprev = t->qprev;
+      if (target->joiners == t) target->joiners = t->qnext;
+    }
+  } else {
+    strand_waitq *q = (strand_waitq *)(t->wait_qt & ~WAITQ_TAG);
+    if (t->qprev) t->qprev->qnext = t->qnext; else q->head = t->qnext;
+    if (t->qnext) t->qnext->qprev = t->qprev; else q->tail = t->qprev;
+  }
   t->qnext = t->qprev = NULL;
-  t->wait_q = NULL;
+  t->wait_qt = 0;
 }
 
 /* Disarm whatever t waits on and make it runnable (or end the main pseudo-task's wait). */
@@ -167,9 +206,11 @@ void strand_wake(strand_task *t, int outcome) {
   if (!t->waiting) return;
   t->waiting = 0;
   t->outcome = (unsigned char)outcome;
-  strand_timer_stop(loop, &t->timer);
-  strand_io *io = t->wait_io;
-  if (io) {
+  node_stop(loop, &t->deadline);
+  if (waiting_in_q(t)) {
+    waitq_unlink(t);
+  } else if (t->wait_io) {
+    strand_io *io = t->wait_io;
     t->wait_io = NULL;
     if (io->reader == t) io->reader = NULL;
     if (io->writer == t) io->writer = NULL;
@@ -177,15 +218,13 @@ void strand_wake(strand_task *t, int outcome) {
     if (io->registered && loop->poller->interest && loop->pstate)
       loop->poller->interest(loop->pstate, io);
   }
-  waitq_unlink(t);
   if (t->co) {
     t->status = STRAND_T_READY;
     ready_push(loop, t);
   }
 }
 
-static void timer_fired(strand_timer *tm) {
-  strand_task *t = (strand_task *)((char *)tm - offsetof(strand_task, timer));
+static void task_deadline_passed(strand_task *t) {
   strand_wake(t, STRAND_TIMEOUT);
 }
 
@@ -198,6 +237,12 @@ int strand_waitq_wake_one(strand_waitq *q, int outcome) {
 int strand_waitq_wake_all(strand_waitq *q, int outcome) {
   int n = 0;
   while (q->head) { strand_wake(q->head, outcome); n++; }
+  return n;
+}
+
+int strand_join_wake_all(strand_task *t, int outcome) {
+  int n = 0;
+  while (t->joiners) { strand_wake(t->joiners, outcome); n++; }   /* in the order they came */
   return n;
 }
 
@@ -585,8 +630,7 @@ static int wait_finish(lua_State *L, strand_task *t, double deadline,
   t->waiting = 1;
   t->outcome = STRAND_READY;
   if (deadline != STRAND_FOREVER) {
-    t->timer.fire = timer_fired;
-    strand_timer_start(loop, &t->timer, deadline);
+    node_start(loop, (uintptr_t)&t->deadline | TASK_NODE, deadline);
   }
   if (t->co) {
     t->status = STRAND_T_WAITING;
@@ -598,7 +642,8 @@ static int wait_finish(lua_State *L, strand_task *t, double deadline,
     if (r == STEP_INTERRUPTED) strand_wake(t, STRAND_TIMEOUT);   /* see interrupt_pending */
     else if (r != 0) {
       loop->driver = NULL;
-      strand_wake(t, STRAND_CLOSED);            /* nothing of this wait stays armed */
+      strand_wake(t, STRAND_CLOSED);            /* disarmed: no longer in a queue or a join ring
+                                                   (the program may catch this and wait again) */
       lua_error(L);                             /* the deadlock or poller message */
     }
   }
@@ -681,11 +726,31 @@ int strand_wait_queue(lua_State *L, strand_waitq *q, double deadline,
                       lua_KContext ctx, lua_KFunction k) {
   strand_loop *loop = strand_loop_get(L);
   strand_task *t = wait_begin(L, loop);
-  t->wait_q = q;
+  _Static_assert(_Alignof(strand_waitq) > 3 && _Alignof(strand_io) > 3, "tagged wait pointer");
+  t->wait_qt = (uintptr_t)q | WAITQ_TAG;
   t->qnext = NULL;
   t->qprev = q->tail;
   if (q->tail) q->tail->qnext = t; else q->head = t;
   q->tail = t;
+  return wait_finish(L, t, deadline, ctx, k);
+}
+
+int strand_wait_join(lua_State *L, strand_task *target, double deadline,
+                     lua_KContext ctx, lua_KFunction k) {
+  strand_loop *loop = strand_loop_get(L);
+  strand_task *t = wait_begin(L, loop);
+  _Static_assert(_Alignof(strand_task) > 3, "tagged wait pointer");
+  t->wait_qt = (uintptr_t)target | JOINQ_TAG;
+  strand_task *h = target->joiners;
+  if (h == NULL) {
+    t->qnext = t->qprev = t;
+    target->joiners = t;
+  } else {                                       /* the new last */
+    t->qnext = h;
+    t->qprev = h->qprev;
+    h->qprev->qnext = t;
+    h->qprev = t;
+  }
   return wait_finish(L, t, deadline, ctx, k);
 }
 
@@ -848,22 +913,21 @@ static void report_unobserved(lua_State *L, strand_task *t) {
 
 /* The task is over: keep its error (the only value left on its dead coroutine's stack), drop
  * any pending cancellation, wake joiners, drop the anchor. `status` is the resume status;
- * LUA_OK with (FAILED_KEY, err) results is a failure the body caught. */
+ * LUA_OK with (FAILED_KEY, err) results (nres: how many) is a failure the body caught. */
 static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int status,
-                        int anchor) {
+                        int nres, int anchor) {
   lua_State *co = t->co;
   if (t->cancel_pending) {                       /* a cancellation that came too late */
     t->cancel_pending = 0;
     lua_pushnil(L);
     strand_task_set_pending(L, t);
   }
-  if (status == LUA_OK && t->nres == 2 && lua_touserdata(co, -2) == (void *)&FAILED_KEY) {
+  if (status == LUA_OK && nres == 2 && lua_touserdata(co, -2) == (void *)&FAILED_KEY) {
     lua_xmove(co, L, 1);                         /* err (the traceback is already added) */
     int isc = strand_is_cancelled(L, -1);
     lua_settop(co, 0);
     lua_xmove(L, co, 1);                         /* co: err */
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
-    t->nres = 1;
   } else if (status == LUA_OK) {
     t->status = STRAND_T_DONE;
   } else {
@@ -885,22 +949,20 @@ static void task_finish(lua_State *L, strand_loop *loop, strand_task *t, int sta
     lua_settop(co, 0);
     lua_xmove(L, co, 1);                         /* co: err */
     t->status = isc ? STRAND_T_CANCELLED : STRAND_T_FAILED;
-    t->nres = 1;
   }
   if (t->status == STRAND_T_FAILED) report_unobserved(L, t);
   unanchor_task(L, t, anchor);
   loop->ntasks--;
   if (t->background) { t->background = 0; loop->nbackground--; }
-  strand_waitq_wake_all(&t->joiners, STRAND_READY);
+  strand_join_wake_all(t, STRAND_READY);
 }
 
 static void task_resume(lua_State *L, strand_loop *loop, strand_task *t, int anchor) {
   lua_State *co = t->co;
   int nres = 0;
+  int nargs = t->status == STRAND_T_NEW ? lua_gettop(co) - 1 : 0;   /* all but task_main */
   t->status = STRAND_T_RUNNING;
   loop->current = t;
-  int nargs = t->nargs;
-  t->nargs = 0;
   if (t->bare && t->cancel_pending && lua_gethook(co) == NULL)
     lua_sethook(co, cancel_hook, LUA_MASKCOUNT, 1);
   t->bare = 0;
@@ -918,8 +980,7 @@ static void task_resume(lua_State *L, strand_loop *loop, strand_task *t, int anc
     }
     return;
   }
-  if (st == LUA_OK) t->nres = nres;
-  task_finish(L, loop, t, st, anchor);
+  task_finish(L, loop, t, st, nres, anchor);
 }
 
 /* {==== Ctrl-C
@@ -969,7 +1030,7 @@ static int loop_step(lua_State *L, strand_loop *loop, int (*done)(strand_loop *)
   double timeout = -1;
   if (loop->ready_head || done(loop)) timeout = 0;
   else if (loop->nheap > 0) {
-    timeout = loop->heap[0]->when - strand_now();
+    timeout = NODE(loop->heap[0])->when - strand_now();
     if (timeout < 0) timeout = 0;
     /* a far deadline (sleep(1e300), a timeout of years): wait in bounded slices, since the
      * pollers' timespec (time_t) and millisecond (int) conversions overflow past it */
@@ -1091,6 +1152,10 @@ void strand_drain_uninterrupted(lua_State *L) {
   loop->driver = driver;
 }
 
+/* Every idle connection has a task: with Lua's userdata header and its user value it is 136
+ * bytes (a 144-byte malloc chunk); a field more would make it 144 (160). */
+_Static_assert(sizeof(void *) != 8 || sizeof(strand_task) == 80, "strand_task grew");
+
 /* fn and nargs arguments on top of L's stack -> the new task's userdata replaces them. */
 strand_task *strand_task_spawn(lua_State *L, int nargs) {
   strand_loop *loop = strand_loop_get(L);
@@ -1115,7 +1180,6 @@ strand_task *strand_task_spawn(lua_State *L, int nargs) {
   t->co = co;
   t->id = loop->next_id++;
   t->status = STRAND_T_NEW;
-  t->nargs = nargs + 2;
   lua_rawgeti(L, LUA_REGISTRYINDEX, loop->anchor_ref);   /* task anchor */
   lua_pushvalue(L, -2);
   set_co_slot(co, anchor_add(L, loop, lua_gettop(L) - 1));
@@ -1137,11 +1201,10 @@ void strand_task_cancel(lua_State *L, strand_task *t, int reason_idx) {
     t->status = STRAND_T_CANCELLED;
     lua_settop(t->co, 0);
     lua_xmove(L, t->co, 1);                      /* co: err */
-    t->nres = 1;
     unanchor_task(L, t, 0);
     loop->ntasks--;
     if (t->background) { t->background = 0; loop->nbackground--; }
-    strand_waitq_wake_all(&t->joiners, STRAND_READY);
+    strand_join_wake_all(t, STRAND_READY);
     return;
   }
   strand_task_set_pending(L, t);

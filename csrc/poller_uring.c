@@ -97,7 +97,8 @@ typedef struct ur {
   int ring_nofork, sqes_nofork;   /* MADV_DONTFORK took: a forked child has no such mapping */
   unsigned tail, to_submit;
   uslot *slots;
-  int nslots, free_head;
+  int nslots, free_head;         /* slots handed out at least once (all initialised); free list */
+  int capslots;                  /* slots allocated: those past nslots are not touched yet */
   long inflight;
   int closing;                   /* ur_free is draining */
   struct io_uring_buf_ring *br[NGRP_MAX];   /* br[0] NULL until a socket first reads this way */
@@ -293,22 +294,29 @@ static void put_sqe(ur *u, int slot, int op) {
 
 /* {==== slots */
 
+/* A freed slot is reused first; else the next never-used one, initialised only now: the array
+ * doubles, but the part not handed out yet is never written (at 10,000 sockets a 16,384-slot
+ * array touched whole was ~40 bytes of RSS more per socket). */
 static int slot_new(ur *u, strand_io *io) {
-  if (u->free_head < 0) {
-    int n = u->nslots ? u->nslots * 2 : 64;
-    uslot *ns = (uslot *)aligned_alloc(_Alignof(uslot), (size_t)n * sizeof *ns);
-    if (ns == NULL) return -1;
-    if (u->nslots) memcpy(ns, u->slots, (size_t)u->nslots * sizeof *ns);
-    free(u->slots);
-    memset(ns + u->nslots, 0, (size_t)(n - u->nslots) * sizeof *ns);
-    for (int i = n - 1; i >= u->nslots; i--) { ns[i].next = u->free_head; u->free_head = i; }
-    u->slots = ns;
-    u->nslots = n;
+  int i;
+  uint32_t gen = 0;
+  if (u->free_head >= 0) {
+    i = u->free_head;
+    u->free_head = u->slots[i].next;
+    gen = u->slots[i].gen;
+  } else {
+    if (u->nslots == u->capslots) {
+      int n = u->capslots ? u->capslots * 2 : 64;
+      uslot *ns = (uslot *)aligned_alloc(_Alignof(uslot), (size_t)n * sizeof *ns);
+      if (ns == NULL) return -1;
+      if (u->nslots) memcpy(ns, u->slots, (size_t)u->nslots * sizeof *ns);
+      free(u->slots);
+      u->slots = ns;
+      u->capslots = n;
+    }
+    i = u->nslots++;
   }
-  int i = u->free_head;
   uslot *s = &u->slots[i];
-  u->free_head = s->next;
-  uint32_t gen = s->gen;
   memset(s, 0, sizeof *s);
   s->gen = gen;
   s->io = io;

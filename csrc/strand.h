@@ -37,10 +37,16 @@ STRAND_API double strand_opt_deadline(lua_State *L, int arg);
 /* Same, but with a default timeout (seconds, or STRAND_FOREVER) used for nil. */
 STRAND_API double strand_opt_deadline_def(lua_State *L, int arg, double def_timeout);
 
-/* A timer in the loop's min-heap. `fire` runs on the loop's thread when `when` passes. */
-typedef struct strand_timer {
+/* A node of the loop's timer min-heap. A task's wait deadline is a bare node (its task is
+ * known from it: loop.c); every other timer is a strand_timer. */
+typedef struct strand_tnode {
   double when;
   size_t index;                     /* 1-based heap slot, 0 = not armed */
+} strand_tnode;
+
+/* A timer in the loop's min-heap. `fire` runs on the loop's thread when `when` passes. */
+typedef struct strand_timer {
+  strand_tnode node;
   void (*fire)(struct strand_timer *tm);
 } strand_timer;
 
@@ -115,8 +121,9 @@ STRAND_API int strand_wait_io(lua_State *L, strand_io *io, int ev, double deadli
  * ready task run once, then resumes. */
 STRAND_API int strand_wait_timer(lua_State *L, double deadline, lua_KContext ctx, lua_KFunction k);
 
-/* A FIFO of waiting tasks owned by one loop (one OS thread): for joins, locks between tasks,
- * anything woken from the same thread. Zero-initialise. */
+/* A FIFO of waiting tasks owned by one loop (one OS thread): for locks between tasks, anything
+ * woken from the same thread (a task's joiners are a ring of their own: strand_wait_join).
+ * Zero-initialise. */
 typedef struct strand_waitq { strand_task *head, *tail; } strand_waitq;
 STRAND_API int strand_wait_queue(lua_State *L, strand_waitq *q, double deadline,
                                  lua_KContext ctx, lua_KFunction k);
@@ -445,17 +452,26 @@ struct strand_task {
   unsigned char inready;          /* linked in the ready queue */
   unsigned char bare;             /* last yielded with a bare coroutine.yield */
   unsigned char background;       /* does not keep strand.run going (a pool's reader) */
-  int nargs;                      /* arguments for the first resume */
-  int nres;                       /* results left on co's stack when done */
+  /* (no counts: a NEW task's first resume takes all of co's stack but its function, and a
+   * finished one's results are all of co's stack) */
   union {                         /* a task is in the ready queue or in a wait_q, never both */
     struct { strand_task *next, *prev; };     /* ready queue (inready) */
     struct { strand_task *qnext, *qprev; };   /* links in wait_q */
   };
-  strand_timer timer;             /* the wait's deadline */
-  strand_io *wait_io;             /* io waited on, if any */
-  strand_waitq *wait_q;           /* queue waited in, if any */
-  strand_waitq joiners;           /* tasks joining this one */
+  strand_tnode deadline;          /* the wait's deadline (a node of the loop's timer heap) */
+  union {                         /* one wait at a time */
+    strand_io *wait_io;           /* io waited on, if any */
+    uintptr_t wait_qt;            /* or the queue waited in, its address | 1, or the task whose
+                                     joiners it is among, its address | 3 (loop.c) */
+  };
+  strand_task *joiners;           /* tasks joining this one: a ring (the last is the first's
+                                     qprev), strand_wait_join */
 };   /* kept small: every idle connection has one */
+
+/* Wait (as strand_wait_queue) until t's joiners are woken: strand_join_wake_all(t), when t ends. */
+STRAND_API int strand_wait_join(lua_State *L, strand_task *t, double deadline,
+                                lua_KContext ctx, lua_KFunction k);
+STRAND_API int strand_join_wake_all(strand_task *t, int outcome);
 
 enum { STRAND_T_NEW, STRAND_T_READY, STRAND_T_RUNNING, STRAND_T_WAITING,
        STRAND_T_DONE, STRAND_T_FAILED, STRAND_T_CANCELLED };
@@ -532,7 +548,7 @@ struct strand_loop {
   strand_task *current;           /* task being resumed */
   strand_task *ready_head, *ready_tail;
   size_t nready;
-  strand_timer **heap;
+  uintptr_t *heap;                /* strand_tnode addresses; bit 0 set: a task's deadline */
   size_t nheap, capheap;
   size_t ntasks;                  /* tasks not finished */
   size_t nio_waits;               /* armed io waits */

@@ -116,7 +116,7 @@ static int l_current(lua_State *L) {
 static int push_finished(lua_State *L, strand_task *t, int raise) {
   t->observed = 1;
   if (t->status == STRAND_T_DONE) {
-    int n = t->nres;
+    int n = lua_gettop(t->co);                   /* the results: all of its stack */
     luaL_checkstack(L, n + 1, "too many results");
     if (!raise) lua_pushboolean(L, 1);
     if (!lua_checkstack(t->co, n)) luaL_error(L, "too many results");
@@ -187,7 +187,7 @@ static int join_k(lua_State *L, int status, lua_KContext raise) {
       return strand_fail_msg(L, "timeout", NULL);
     }
     if (strand_task_of(L) == t) return luaL_error(L, "a task cannot join itself");
-    outcome = strand_wait_queue(L, &t->joiners, deadline, raise, join_k);
+    outcome = strand_wait_join(L, t, deadline, raise, join_k);
   }
 }
 
