@@ -129,6 +129,9 @@ typedef struct ur {
   double last_wait;              /* seconds the last wait that could block took */
   long watches, watch_hits;      /* counts (stats) */
   unsigned cq_entries;           /* the CQ's size (cq_size) */
+  unsigned cq_pos;               /* the next CQE to reap (ahead of *cq_head inside a reap: reap) */
+  int testbusy;                  /* test hook STRAND_URING_TESTFULL=2: submits meet EBUSY (submit) */
+  long busy;                     /* submits that met EBUSY or EAGAIN (stats) */
 } ur;
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
@@ -192,7 +195,8 @@ static void *ur_init(strand_loop *loop) {
   const char *sp = getenv("STRAND_URING_SPIN");    /* 0: never watch before sleeping */
   if (sp != NULL && strcmp(sp, "0") == 0) u->watch = 0;
   const char *tf = getenv("STRAND_URING_TESTFULL");  /* test hook: a full SQ, an interrupted submit */
-  u->testfull = tf != NULL && strcmp(tf, "1") == 0;
+  u->testfull = tf != NULL && (strcmp(tf, "1") == 0 || strcmp(tf, "2") == 0);
+  u->testbusy = tf != NULL && strcmp(tf, "2") == 0;
   if (u->fd < 0) { int e = errno; free(u); errno = e == EINVAL ? ENOSYS : e; return NULL; }
   if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP) ||
       !(p.features & IORING_FEAT_EXT_ARG)) {
@@ -226,6 +230,7 @@ static void *ur_init(strand_loop *loop) {
   u->cq_tail = (unsigned *)(r + p.cq_off.tail);
   u->cq_mask = *(unsigned *)(r + p.cq_off.ring_mask);
   u->cqes = (struct io_uring_cqe *)(r + p.cq_off.cqes);
+  u->cq_pos = *u->cq_head;
   u->tail = *u->sq_tail;
   const char *nl = getenv("STRAND_URING_NOLIMIT");   /* test hook: act as a kernel without the limit */
   u->nolimit = nl != NULL && *nl != 0 && *nl != '0';
@@ -234,21 +239,36 @@ static void *ur_init(strand_loop *loop) {
 
 /* {==== submission */
 
-static int flush(ur *u) {
-  int hook = u->testfull;              /* test hook: the first submit is interrupted */
+static void reap(ur *u);
+
+/* Submits everything queued (flags: 0, or IORING_ENTER_GETEVENTS): 0 or an errno. EBUSY (a kernel
+ * whose CQ overflowed and cannot post its backlog, io_uring_enter(2): nothing more is taken until
+ * we make room) and EAGAIN (no memory for requests just now) are answered by reaping what the CQ
+ * holds before the next try, never by retrying blind (a spin for ever on a full CQ); EINTR retries.
+ * Bounded: SUBMIT_TRIES tries in a row without progress give the errno back. Test hook
+ * STRAND_URING_TESTFULL=2: a submit meets EBUSY while the CQ holds completions not reaped. */
+#define SUBMIT_TRIES 64
+static int submit(ur *u, unsigned flags) {
+  int hook = u->testfull, tries = 0;   /* test hook: the first submit is interrupted */
   while (u->to_submit > 0) {
-    int k = hook ? (errno = EINTR, -1) : sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
-    hook = 0;
+    int k;
+    if (hook) { errno = EINTR; k = -1; hook = 0; }
+    else if (u->testbusy && u->cq_pos != __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE)) { errno = EBUSY; k = -1; }
+    else k = sys_enter(u->fd, u->to_submit, 0, flags, NULL, 0);
     if (k < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue;
-      return errno;
+      int e = errno;
+      if (e != EINTR && e != EAGAIN && e != EBUSY) return e;
+      if (++tries >= SUBMIT_TRIES) return e;
+      if (e != EINTR) { u->busy++; reap(u); }
+      continue;
     }
+    tries = 0;
     u->to_submit -= (unsigned)k;
   }
   return 0;
 }
 
-static void reap(ur *u);
+static int flush(ur *u) { return submit(u, 0); }
 
 /* Submits what is queued, waits up to ns for a completion and reaps what came (the bounded
  * waits of a drain and of a disarm). */
@@ -269,9 +289,11 @@ static struct io_uring_sqe *get_sqe(ur *u) {
   if (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N ||
       (u->testfull && u->to_submit > 0)) {
     int saved = errno;
-    if (flush(u) != 0) reap(u);
+    flush(u);
+    /* still full: submit gave up (EBUSY or EAGAIN SUBMIT_TRIES times, having reaped between):
+     * wait a little for completions (they free kernel memory and CQ room), then try again */
     while (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N)
-      if (flush(u) != 0) reap(u);
+      if (flush(u) != 0) wait_reap(u, 1000000);
     errno = saved;
   }
   struct io_uring_sqe *s = &u->sqes[u->tail & u->sq_mask];
@@ -530,21 +552,19 @@ static void ur_del(void *pv, strand_io *io) {
   io->pollidx = -1;
   uslot *s = &u->slots[i];
   s->io = NULL;
+  /* held while the cancels are queued: a get_sqe that reaps (SQ full) may complete the slot's last
+   * request, which must not free it between two cancels */
+  s->nreq++;
   if (s->pin) cancel_op(u, i, OP_PIN);
   if (s->pout) cancel_op(u, i, OP_POUT);
   if (s->recv_armed) cancel_op(u, i, OP_RECV);
   if (s->send_busy) cancel_op(u, i, OP_SEND);
+  s->nreq--;
   int cancels = s->nreq > 0;
   slot_maybe_free(u, i);
   /* the fd is closed next, but a request holds the file open (no FIN) until its cancel has run:
    * submit now, not at the next wait, which may never come (a program that closes and exits) */
-  if (cancels) {
-    while (u->to_submit > 0) {
-      int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
-      if (k < 0) { if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue; break; }
-      u->to_submit -= (unsigned)k;
-    }
-  }
+  if (cancels) submit(u, IORING_ENTER_GETEVENTS);   /* (gives up after SUBMIT_TRIES: the next wait submits) */
 }
 
 /* {==== completions */
@@ -629,14 +649,16 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
   slot_maybe_free(u, i);
 }
 
+/* Re-entrant: a completion's handler may queue a request, and a full SQ's submit reaps (submit);
+ * the inner reap goes on from u->cq_pos, past the CQE being handled (each read before its handler). */
 static void reap(ur *u) {
-  unsigned head = *u->cq_head, tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
-  while (head != tail) {
-    for (; head != tail; head++) {
-      struct io_uring_cqe *e = &u->cqes[head & u->cq_mask];
+  unsigned tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+  while ((int)(tail - u->cq_pos) > 0) {
+    do {
+      struct io_uring_cqe *e = &u->cqes[u->cq_pos++ & u->cq_mask];
       on_cqe(u, e->user_data, e->res, e->flags);
-    }
-    __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
+    } while ((int)(tail - u->cq_pos) > 0);
+    __atomic_store_n(u->cq_head, u->cq_pos, __ATOMIC_RELEASE);
     tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
   }
 }
@@ -1075,7 +1097,7 @@ static int l_stats(lua_State *L) {
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
-  lua_createtable(L, 0, 14);
+  lua_createtable(L, 0, 16);
   lua_pushinteger(L, u->nbuf); lua_setfield(L, -2, "nbuf");
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
@@ -1092,6 +1114,7 @@ static int l_stats(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)u->watch_hits); lua_setfield(L, -2, "watch_hits");
   lua_pushboolean(L, u->watch); lua_setfield(L, -2, "watch");
   lua_pushinteger(L, u->cq_entries); lua_setfield(L, -2, "cq");
+  lua_pushinteger(L, (lua_Integer)u->busy); lua_setfield(L, -2, "busy");
   return 1;
 }
 
