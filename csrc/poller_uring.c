@@ -132,6 +132,8 @@ typedef struct ur {
   unsigned cq_pos;               /* the next CQE to reap (ahead of *cq_head inside a reap: reap) */
   int testbusy;                  /* test hook STRAND_URING_TESTFULL=2: submits meet EBUSY (submit) */
   long busy;                     /* submits that met EBUSY or EAGAIN (stats) */
+  double watch_t0;               /* a watch that failed returned at once: its wait's start (ur_wait) */
+  double watch_test;             /* test hook STRAND_URING_WATCHTEST=seconds: every wait that may watches that long */
 } ur;
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
@@ -194,6 +196,8 @@ static void *ur_init(strand_loop *loop) {
   }
   const char *sp = getenv("STRAND_URING_SPIN");    /* 0: never watch before sleeping */
   if (sp != NULL && strcmp(sp, "0") == 0) u->watch = 0;
+  const char *wt = getenv("STRAND_URING_WATCHTEST");
+  if (wt != NULL && *wt != 0) u->watch_test = strtod(wt, NULL);
   const char *tf = getenv("STRAND_URING_TESTFULL");  /* test hook: a full SQ, an interrupted submit */
   u->testfull = tf != NULL && (strcmp(tf, "1") == 0 || strcmp(tf, "2") == 0);
   u->testbusy = tf != NULL && strcmp(tf, "2") == 0;
@@ -706,6 +710,7 @@ static int watch_may(const ur *u, double timeout) {
 
 /* Whether this wait watches first: up to limit seconds (0: no). */
 static double watch_limit(ur *u, double timeout) {
+  if (u->watch_test > 0) return timeout > 0 && timeout < u->watch_test ? timeout : u->watch_test;
   if (u->last_wait >= WATCH_SHORT) return 0;
   if (u->watch_skip > 0) { u->watch_skip--; return 0; }
   if (watch_cpus(u) < 2) return 0;
@@ -764,7 +769,9 @@ static int watch(ur *u, double limit) {
 
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
-  double t0 = 0, limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
+  double t0 = 0, limit;
+  if (u->watch_t0 != 0) { t0 = u->watch_t0; u->watch_t0 = 0; limit = 0; }   /* the sleep after it */
+  else limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
   if (limit > 0 && !cq_ready(u)) {
     int w = watch(u, limit);
     if (w == 0 || w == 2) {                       /* backs off */
@@ -777,10 +784,11 @@ static int ur_wait(void *pv, double timeout) {
       reap(u);
       return 0;
     }
-    if (timeout > 0) {
-      timeout -= strand_now() - t0;
-      if (timeout <= 0) timeout = 1e-9;
-    }
+    /* nothing came: back to the loop, which checks Ctrl-C before it waits again (a SIGINT that
+     * landed during the watch would else be seen only after the sleep's next event), fires the
+     * timers and comes back to sleep, the watch's start kept for last_wait */
+    u->watch_t0 = t0;
+    return 0;
   }
   int r = ur_wait_once(u, timeout);
   if (t0 != 0) u->last_wait = strand_now() - t0;

@@ -3,6 +3,36 @@
 local core = require "strand.core"
 local H = require "support.helper"
 
+-- Runs `code` (a whole script, env before lua5.4) and sends it SIGINT once it printed READY1 (a
+-- watchdog kills it after 30 s); returns its output with "exit:<status> ms:<ms from the SIGINT>".
+local DRIVER = [[
+script=$1; out=$2
+: >"$out"
+env $3 lua5.4 "$script" >"$out" 2>&1 &
+pid=$!
+(sleep 30; kill -9 $pid) </dev/null >/dev/null 2>&1 &
+dog=$!
+i=0
+while ! grep -q READY1 "$out"; do i=$((i+1)); [ $i -gt 2000 ] && break; sleep 0.01; done
+sleep 0.05
+t0=$(date +%s%N); kill -INT $pid
+wait $pid; rc=$?
+t1=$(date +%s%N)
+kill $dog 2>/dev/null
+cat "$out"; echo "exit:$rc ms:$(( (t1-t0)/1000000 ))"
+]]
+local function interrupt(code, env)
+  local dir = os.tmpname(); os.remove(dir)
+  assert(os.execute("mkdir " .. dir))
+  local f = assert(io.open(dir .. "/script.lua", "w")); f:write(code); f:close()
+  f = assert(io.open(dir .. "/driver.sh", "w")); f:write(DRIVER); f:close()
+  local p = io.popen(("sh %s/driver.sh %s/script.lua %s/out '%s'"):format(dir, dir, dir, env))
+  local out = p:read("a")
+  p:close()
+  os.execute("rm -rf " .. dir)
+  return out
+end
+
 describe("urfix10 [" .. core.backend() .. "]", function()
   H.guard()
 
@@ -40,4 +70,28 @@ print("RESULT", st == nil or st.busy > 0)
     assert.is_true(ok, out)
     assert.equal("RESULT\ttrue", out:match("RESULT[^\n]*"))
   end))
+
+  it("Ctrl-C landing during the watch before sleeping is seen when the watch ends, not at the next event", function()
+    -- STRAND_URING_WATCHTEST=2 (io_uring only): every wait with requests in flight first watches
+    -- the ring for 2 s (the real watch lasts 30-200 us; the test makes landing in it certain).
+    -- The main program waits 60 s on a recv (a request in flight); SIGINT comes ~50 ms into the
+    -- watch. Before the fix the failed watch went on to sleep (60 s: the watchdog's kill at 30 s).
+    local out = interrupt([[
+local strand = require "strand"
+local socket = require "strand.socket"
+local a, b = assert(socket.pair())
+a:settimeout(60)
+print(pcall(function()
+  print("READY1"); io.stdout:flush()
+  return a:recv(10)
+end))
+local st = require("strand.core")._uring.stats()
+print("after", st == nil or st.watches >= 1)
+]], "STRAND_URING_WATCHTEST=2")
+    local body, rc, ms = out:match("^(.-)exit:(%d+) ms:(%d+)\n$")
+    assert(body, out)
+    assert.equal("READY1\nfalse\tinterrupted!\nafter\ttrue\n", (body:gsub("false\t[^\n]-interrupted!", "false\tinterrupted!")))
+    assert.equal("0", rc)
+    assert.is_true(tonumber(ms) < 20000, out)     -- loose: the watch is 2 s, the sleep would be 60
+  end)
 end)
