@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <linux/io_uring.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -134,7 +135,46 @@ typedef struct ur {
   long busy;                     /* submits that met EBUSY or EAGAIN (stats) */
   double watch_t0;               /* a watch that failed returned at once: its wait's start (ur_wait) */
   double watch_test;             /* test hook STRAND_URING_WATCHTEST=seconds: every wait that may watches that long */
+  uint32_t forks;                /* ur_forks when this ring last made its fast sockets shared (fork_seen) */
+  pid_t pid;                     /* the process that made it; listed in rings while it lives (rings_*) */
+  struct ur *rnext, *rprev;
 } ur;
+
+/* {==== every ring of the process: a fork from one thread (strand_uring_forking) cancels the
+ * recvs of the others, whose sockets are now open in two processes too. rings_mu is held across
+ * fork() (atfork) so that a child never inherits it locked; the child starts with no ring listed
+ * (those are its parent's). ur_forks counts the forks of this process (and of its ancestors). */
+static pthread_mutex_t rings_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ur *rings;
+static _Atomic uint32_t ur_forks;
+static pthread_once_t rings_once = PTHREAD_ONCE_INIT;
+static void rings_prepare(void) { pthread_mutex_lock(&rings_mu); }
+static void rings_parent(void) { pthread_mutex_unlock(&rings_mu); }
+static void rings_child(void) { pthread_mutex_init(&rings_mu, NULL); rings = NULL; }
+static void rings_hooks(void) { pthread_atfork(rings_prepare, rings_parent, rings_child); }
+
+static void rings_add(struct ur *u) {
+  pthread_once(&rings_once, rings_hooks);
+  u->pid = getpid();
+  pthread_mutex_lock(&rings_mu);
+  u->rprev = NULL;
+  u->rnext = rings;
+  if (rings) rings->rprev = u;
+  rings = u;
+  pthread_mutex_unlock(&rings_mu);
+}
+
+static void rings_remove(struct ur *u) {
+  if (u->pid != getpid()) return;          /* (a parent's ring, copied by fork: not listed here) */
+  pthread_mutex_lock(&rings_mu);
+  if (u->rprev) u->rprev->rnext = u->rnext; else if (rings == u) rings = u->rnext;
+  if (u->rnext) u->rnext->rprev = u->rprev;
+  u->rnext = u->rprev = NULL;
+  pthread_mutex_unlock(&rings_mu);
+  u->pid = 0;
+}
+
+/* }==== */
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
   const char *v = getenv("STRAND_URING_REFUSE");
@@ -238,6 +278,8 @@ static void *ur_init(strand_loop *loop) {
   u->tail = *u->sq_tail;
   const char *nl = getenv("STRAND_URING_NOLIMIT");   /* test hook: act as a kernel without the limit */
   u->nolimit = nl != NULL && *nl != 0 && *nl != '0';
+  u->forks = atomic_load_explicit(&ur_forks, memory_order_acquire);
+  rings_add(u);
   return u;
 }
 
@@ -474,8 +516,11 @@ static int bufs_init(ur *u) {
   return 0;
 }
 
+static void fork_seen(ur *u);
+
 /* A socket went on the fast path: a group more when they would outnumber the buffers. */
 static void fast_add(ur *u, uslot *s) {
+  fork_seen(u);                 /* (first: the sockets made before a fork go off it, not this one) */
   s->fast = 1;
   u->nfast++;
   while (!u->nogrow && u->nfast + GROW_SLACK > u->nbuf && u->ngrp < NGRP_MAX)
@@ -529,6 +574,24 @@ static void cancel_op(ur *u, int i, int op) {
   put_sqe(u, i, OP_CANCEL);
 }
 
+/* A fork since this ring last looked (one made by another thread: strand_uring_forking, which
+ * cancelled our recvs): every socket on the fast path now is open in two processes, so none arms
+ * a recv again (sockio reads them by readiness + recv(2): STRAND_URING_SHARED) and one armed since
+ * is cancelled. Checked wherever a recv would be armed, and before a socket joins the fast path
+ * (one that joins after the fork is not shared and keeps it). */
+static void fork_seen(ur *u) {
+  uint32_t n = atomic_load_explicit(&ur_forks, memory_order_acquire);
+  if (n == u->forks) return;
+  u->forks = n;
+  for (int i = 0; i < u->nslots; i++) {
+    uslot *s = &u->slots[i];
+    if (s->io == NULL || !s->fast) continue;
+    s->nofast = 1;
+    if (!s->rd) { s->rd = 1; u->throttles++; }
+    if (s->recv_armed && !s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+  }
+}
+
 static int ur_add(void *pv, strand_io *io) {
   ur *u = (ur *)pv;
   int i = slot_new(u, io);
@@ -543,7 +606,9 @@ static void ur_interest(void *pv, strand_io *io) {
   uslot *s = &u->slots[io->pollidx];
   if (io->reader && (!s->fast || s->rd) && !s->pin) arm_poll(u, io->pollidx, OP_PIN);
   if (io->reader && s->fast && !s->rd && !s->recv_armed && s->qhead < 0 && !s->eof && !s->rerr) {
-    if (u->nfree >= ARM_MIN) arm_recv(u, io->pollidx);
+    fork_seen(u);
+    if (s->nofast) { if (!s->pin) arm_poll(u, io->pollidx, OP_PIN); }
+    else if (u->nfree >= ARM_MIN) arm_recv(u, io->pollidx);
     else { s->rd = 1; u->throttles++; if (!s->pin) arm_poll(u, io->pollidx, OP_PIN); }
   }
   if (io->writer && !s->pout && !s->send_busy) arm_poll(u, io->pollidx, OP_POUT);
@@ -627,7 +692,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         }
         if (over && !s->rd) { s->rd = 1; u->throttles++; }
         /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
-        if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN) arm_recv(u, i);
+        if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN && (fork_seen(u), !s->nofast)) arm_recv(u, i);
         strand_io_event(io, STRAND_READ);
       } else if (io != NULL) {
         if (res == 0) s->eof = 1;
@@ -838,6 +903,7 @@ void *strand_uring_forked(void *pv) {
 
 static void ur_free(void *pv) {
   ur *u = (ur *)pv;
+  rings_remove(u);                       /* (before its fd closes: strand_uring_forking reads it) */
   u->closing = 1;
   if (!u->loop->forked && u->inflight > 0) {
     /* the state is closing: stop every request and wait (bounded) for their CQEs, so that no
@@ -981,10 +1047,39 @@ void strand_uring_disarm(strand_io *io, int forever) {
   for (int round = 0; round < 40 && s->recv_armed; round++) wait_reap(u, 25000000);
 }
 
+/* Before a fork (strand_sock_prefork, whatever the calling state's poller): counts it (every ring
+ * makes its fast sockets shared at its next arm: fork_seen) and cancels the recvs of every other
+ * ring of this process now (IORING_REGISTER_SYNC_CANCEL, matched by opcode: Linux 6.6; an older
+ * kernel refuses it and those rings only stop at their next arm), so that a thread asleep with a
+ * multishot armed takes nothing that comes after the fork: it is the child's as much (epoll's
+ * semantics). The calling loop's own recvs: strand_uring_prefork. */
+void strand_uring_forking(strand_loop *loop) {
+  atomic_fetch_add_explicit(&ur_forks, 1, memory_order_acq_rel);
+  ur *self = loop != NULL && loop->poller == &strand_poller_uring && !loop->forked ? (ur *)loop->pstate : NULL;
+  pid_t me = getpid();
+  pthread_once(&rings_once, rings_hooks);
+  pthread_mutex_lock(&rings_mu);
+  for (ur *o = rings; o != NULL; o = o->rnext) {
+    if (o == self || o->fd < 0 || o->pid != me) continue;
+    struct {                             /* io_uring_sync_cancel_reg with its opcode (6.6 headers) */
+      uint64_t addr; int32_t fd; uint32_t flags; struct __kernel_timespec timeout;
+      uint8_t opcode; uint8_t pad[7]; uint64_t pad2[3];
+    } r;
+    memset(&r, 0, sizeof r);
+    r.fd = -1;
+    r.flags = IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_OP;
+    r.opcode = IORING_OP_RECV;
+    r.timeout.tv_nsec = 100000000;       /* a poll-armed recv goes at once; bounded all the same */
+    while (syscall(__NR_io_uring_register, o->fd, IORING_REGISTER_SYNC_CANCEL, &r, 1) < 0 && errno == EINTR) {}
+  }
+  pthread_mutex_unlock(&rings_mu);
+}
+
 void strand_uring_prefork(strand_loop *loop, void (*take)(strand_io *io)) {
   if (loop->pstate == NULL || loop->forked || loop->closed) return;
   ur *u = (ur *)loop->pstate;
   if (u->fd < 0) return;
+  u->forks = atomic_load_explicit(&ur_forks, memory_order_acquire);   /* (walked here, below) */
   int armed = 0;
   for (int i = 0; i < u->nslots; i++) {
     uslot *s = &u->slots[i];

@@ -94,4 +94,86 @@ print("after", st == nil or st.watches >= 1)
     assert.equal("0", rc)
     assert.is_true(tonumber(ms) < 20000, out)     -- loose: the watch is 2 s, the sleep would be 60
   end)
+
+  it("a fork beside a thread whose socket has a recv armed: what comes after the fork is the child's to read too", H.checked(function()
+    -- A thread makes a socket pair s, w and reads s three times, waiting each time (by the third
+    -- the io_uring poller reads it by a multishot recv, which stays armed), then sleeps on a queue.
+    -- The main program writes through a duplicate of w and forks a child (allow_threads) that
+    -- inherits s's descriptor (its number from tostring) and reads it 0.3 s later; "three" is sent
+    -- right after the fork. Under epoll nobody takes it before the child reads; the thread's armed
+    -- recv took it (the child timed out) until the fork cancelled every thread's recvs. The thread
+    -- then reads on by recv(2): "four" is its.
+    local out, ok = H.lua([[
+local strand = require "strand"
+local core = require "strand.core"
+local thread = require "strand.thread"
+local queue = require "strand.queue"
+local process = require "strand.process"
+local ready, go = queue.new(), queue.new()
+local t = thread.start(function(ready, go)
+  local core = require "strand.core"
+  local s, w = assert(require("strand.socket").pair())
+  ready:put(tonumber(tostring(s):match("fd (%d+)")))
+  ready:put(tonumber(tostring(w):match("fd (%d+)")))
+  for _ = 1, 3 do ready:put(s:recv(100)) end
+  local st = core._uring.stats()
+  ready:put(st == nil or st.recv == "multishot-limited" or st.recv == "single-shot")
+  go:get()
+  s:settimeout(10)
+  local got, err = s:recv(100)
+  s:close(); w:close()
+  return got or err
+end, ready, go)
+local sfd, wfd = ready:get(10), ready:get(10)
+local b = assert(core.netcompat.fromfd(wfd))
+for i = 1, 3 do
+  strand.sleep(0.05)
+  assert(b:sendall("m" .. i))
+  assert(ready:get(10) == "m" .. i)
+end
+assert(ready:get(10) == true, "the thread's socket is read by recv requests")
+local p = process.new{ allow_threads = true, args = { sfd }, fn = function(fd)
+  local s = assert(require("strand.core").netcompat.fromfd(fd))
+  require("strand").sleep(0.3)
+  s:settimeout(5)
+  local got, err = s:recv(100)
+  s:close()
+  return got or err
+end }
+assert(p:start())
+assert(b:sendall("three"))
+local ok, child = p:join(30)
+go:put(true)
+strand.sleep(0.05)
+assert(b:sendall("four"))
+local tok, mine = t:join(30)
+print("RESULT", ok, child, tok, mine)
+b:close()
+]], "timeout -s KILL 90")
+    assert.is_true(ok, out)
+    assert.equal("RESULT\ttrue\tthree\ttrue\tfour", out:match("RESULT[^\n]*"))
+  end))
+
+  it("a duplicate of a socket (fromfd) never takes bytes its other owner reads", H.checked(function()
+    -- x is fromfd(a:fileno()): one socket, two owners. x is read three times, waiting (the
+    -- io_uring poller would read it by a multishot recv, which stays armed), then nobody reads x
+    -- and a's reader waits: under epoll "next" is a's; a recv armed on x took it (a timed out).
+    H.run(function()
+      local strand = require "strand"
+      local socket = require "strand.socket"
+      local a, b = assert(socket.pair())
+      local x = assert(core.netcompat.fromfd(a:fileno()))
+      for i = 1, 3 do
+        local r = strand.spawn(function() return x:recv(100) end)
+        strand.sleep(0.02)
+        assert(b:sendall("m" .. i))
+        assert.equal("m" .. i, select(2, r:join()))
+      end
+      assert(b:sendall("next"))
+      strand.sleep(0.05)
+      a:settimeout(5)
+      assert.equal("next", a:recv(100))
+      x:close(); a:close(); b:close()
+    end)
+  end))
 end)
