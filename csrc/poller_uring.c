@@ -103,7 +103,9 @@ typedef struct ur {
   int closing;                   /* ur_free is draining */
   struct io_uring_buf_ring *br[NGRP_MAX];   /* br[0] NULL until a socket first reads this way */
   unsigned short br_tail[NGRP_MAX];
-  int gfree[NGRP_MAX];           /* per group: buffers the kernel may still pick */
+  int gfree[NGRP_MAX];           /* per group: buffers the kernel may still pick (in its ring) */
+  int nkept[NGRP_MAX];           /* per group: free buffers kept back from the ring (ring_target) */
+  int *kept;                     /* their ids, a stack per group (kept + g * NBUF) */
   int garmed[NGRP_MAX];          /* per group: recvs in flight that take from it */
   int ngrp, nbuf;                /* groups registered, ngrp * NBUF */
   int nfast;                     /* live slots on the fast path (the pool grows with them) */
@@ -455,17 +457,40 @@ static int sfail_take(ur *u, int i, uint32_t seq, int *res) {
 
 static void arm_recv(ur *u, int i);
 
+/* A group's ring is FIFO: the kernel takes the buffer freed longest ago, so with all NBUF buffers
+ * in it even one connection's exchanges cycle through every one and make the whole group (2 MB)
+ * resident (bench/slow_readers_rss.lua, docs/uring.md 4.8). So a ring holds only what its recvs
+ * can take before the loop reaps again — RING_MIN more than MSHOT_BYTES' worth per recv armed on
+ * it — and the other free buffers are kept back on a stack (the last freed, warm, goes in first).
+ * A loop with many recvs armed has them all in its rings, as before. */
+#define RING_MIN 256
+static int ring_target(const ur *u, int g) {
+  long t = RING_MIN + (long)(MSHOT_BYTES / BUFSZ) * u->garmed[g];
+  return t < NBUF ? (int)t : NBUF;
+}
+
 /* bid: g * NBUF + the id within group g */
-static void buf_put(ur *u, int bid) {
-  int g = bid / NBUF;
+static void ring_put(ur *u, int g, int bid) {
   struct io_uring_buf *b = &u->br[g]->bufs[u->br_tail[g] & (NBUF - 1)];
   b->addr = (uint64_t)(uintptr_t)(u->bufs + (size_t)bid * BUFSZ);
   b->len = BUFSZ;
   b->bid = (unsigned short)(bid & (NBUF - 1));
   u->br_tail[g]++;
   u->gfree[g]++;
-  u->nfree++;
   __atomic_store_n(&u->br[g]->tail, u->br_tail[g], __ATOMIC_RELEASE);
+}
+
+static void buf_put(ur *u, int bid) {
+  int g = bid / NBUF;
+  u->nfree++;
+  if (u->gfree[g] >= ring_target(u, g)) u->kept[g * NBUF + u->nkept[g]++] = bid;
+  else ring_put(u, g, bid);
+}
+
+/* Group g's ring back to its target from the buffers kept back (a recv armed on it, one taken). */
+static void ring_topup(ur *u, int g) {
+  int t = ring_target(u, g);
+  while (u->gfree[g] < t && u->nkept[g] > 0) ring_put(u, g, u->kept[g * NBUF + --u->nkept[g]]);
 }
 
 static void buf_free(ur *u, int bid) { buf_put(u, bid); }
@@ -492,9 +517,10 @@ static int grp_add(ur *u) {
   u->br[g] = br;
   u->br_tail[g] = 0;
   u->gfree[g] = 0;
+  u->nkept[g] = 0;
   u->ngrp = g + 1;
   u->nbuf = u->ngrp * NBUF;
-  for (int b = 0; b < NBUF; b++) buf_put(u, g * NBUF + b);
+  for (int b = NBUF - 1; b >= 0; b--) buf_put(u, g * NBUF + b);   /* (the lowest ids first) */
   return 0;
 }
 
@@ -505,11 +531,12 @@ static int bufs_init(ur *u) {
   u->bufs = mmap(NULL, BUFS_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   u->bnext = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->bnext);
   u->blen = (unsigned *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->blen);
-  int e = (u->bufs == MAP_FAILED || !u->bnext || !u->blen) ? ENOMEM : grp_add(u);
+  u->kept = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->kept);
+  int e = (u->bufs == MAP_FAILED || !u->bnext || !u->blen || !u->kept) ? ENOMEM : grp_add(u);
   if (e != 0) {
     if (u->bufs != MAP_FAILED) munmap(u->bufs, BUFS_LEN);
-    free(u->bnext); free(u->blen);
-    u->bufs = NULL; u->bnext = NULL; u->blen = NULL;
+    free(u->bnext); free(u->blen); free(u->kept);
+    u->bufs = NULL; u->bnext = NULL; u->blen = NULL; u->kept = NULL;
     return e;
   }
   u->min_free = u->nfree;
@@ -533,7 +560,8 @@ static void fast_add(ur *u, uslot *s) {
 static int grp_pick(const ur *u) {
   int best = 0;
   for (int g = 1; g < u->ngrp; g++)
-    if (u->garmed[g] < u->garmed[best] || (u->garmed[g] == u->garmed[best] && u->gfree[g] > u->gfree[best]))
+    if (u->garmed[g] < u->garmed[best] ||
+        (u->garmed[g] == u->garmed[best] && u->gfree[g] + u->nkept[g] > u->gfree[best] + u->nkept[best]))
       best = g;
   return best;
 }
@@ -557,6 +585,7 @@ static void arm_recv(ur *u, int i) {
   int g = grp_pick(u);
   u->slots[i].grp = (unsigned char)g;
   u->garmed[g]++;
+  if (u->nkept[g] > 0) ring_topup(u, g);
   e->buf_group = (unsigned short)(BGID + g);
   e->ioprio = IORING_RECV_MULTISHOT;
   if (u->nolimit) e->ioprio = 0;               /* single-shot: at most one buffer */
@@ -678,6 +707,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         int b = s->grp * NBUF + (int)(flags >> IORING_CQE_BUFFER_SHIFT);
         u->nfree--;
         u->gfree[s->grp]--;
+        if (u->nkept[s->grp] > 0) ring_topup(u, s->grp);
         if (u->nfree < u->min_free) u->min_free = u->nfree;
         if (io == NULL) { buf_free(u, b); break; }
         u->blen[b] = (unsigned)res;
@@ -699,7 +729,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         else if (res == -ENOBUFS || res == -ECANCELED) {
           /* the pool ran dry, or cancelled (flow control, disarm, or a cancel meant for the
            * previous recv): from now on readiness + recv(2); a waiting reader retries */
-          if (res == -ENOBUFS) u->enobufs++;
+          if (res == -ENOBUFS) { u->enobufs++; if (u->nkept[s->grp] > 0) ring_topup(u, s->grp); }
           if (!s->rd) { s->rd = 1; u->throttles++; }
           if (!io->reader || s->qhead >= 0) break;
         } else s->rerr = -res;
@@ -924,7 +954,7 @@ static void ur_free(void *pv) {
   for (int g = 0; g < u->ngrp; g++) if (u->br[g]) munmap(u->br[g], BR_LEN);
   if (u->bufs) {
     munmap(u->bufs, BUFS_LEN);
-    free(u->bnext); free(u->blen);
+    free(u->bnext); free(u->blen); free(u->kept);
   }
   free(u->sfails);
   free(u->slots);
@@ -1200,7 +1230,7 @@ static int l_stats(lua_State *L) {
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
-  lua_createtable(L, 0, 16);
+  lua_createtable(L, 0, 17);
   lua_pushinteger(L, u->nbuf); lua_setfield(L, -2, "nbuf");
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
@@ -1218,6 +1248,9 @@ static int l_stats(lua_State *L) {
   lua_pushboolean(L, u->watch); lua_setfield(L, -2, "watch");
   lua_pushinteger(L, u->cq_entries); lua_setfield(L, -2, "cq");
   lua_pushinteger(L, (lua_Integer)u->busy); lua_setfield(L, -2, "busy");
+  int ring = 0;
+  for (int g = 0; g < u->ngrp; g++) ring += u->gfree[g];
+  lua_pushinteger(L, ring); lua_setfield(L, -2, "ring");      /* free buffers in the rings */
   return 1;
 }
 
