@@ -104,9 +104,10 @@ typedef struct ur {
   struct io_uring_buf_ring *br[NGRP_MAX];   /* br[0] NULL until a socket first reads this way */
   unsigned short br_tail[NGRP_MAX];
   int gfree[NGRP_MAX];           /* per group: buffers the kernel may still pick (in its ring) */
-  int nkept[NGRP_MAX];           /* per group: free buffers kept back from the ring (ring_target) */
+  int nkept[NGRP_MAX];           /* per group: free buffers kept back from the ring (gtarget) */
   int *kept;                     /* their ids, a stack per group (kept + g * NBUF) */
   int garmed[NGRP_MAX];          /* per group: recvs in flight that take from it */
+  int gtarget[NGRP_MAX];         /* per group: the free buffers its ring holds at most (garmed_add) */
   int ngrp, nbuf;                /* groups registered, ngrp * NBUF */
   int nfast;                     /* live slots on the fast path (the pool grows with them) */
   int nogrow;                    /* a group could not be added: stay at ngrp */
@@ -464,13 +465,14 @@ static void arm_recv(ur *u, int i);
  * it — and the other free buffers are kept back on a stack (the last freed, warm, goes in first).
  * A loop with many recvs armed has them all in its rings, as before. */
 #define RING_MIN 256
-static int ring_target(const ur *u, int g) {
+static void garmed_add(ur *u, int g, int d) {
+  u->garmed[g] += d;
   long t = RING_MIN + (long)(MSHOT_BYTES / BUFSZ) * u->garmed[g];
-  return t < NBUF ? (int)t : NBUF;
+  u->gtarget[g] = t < NBUF ? (int)t : NBUF;
 }
 
 /* bid: g * NBUF + the id within group g */
-static void ring_put(ur *u, int g, int bid) {
+static inline __attribute__((always_inline)) void ring_put(ur *u, int g, int bid) {
   struct io_uring_buf *b = &u->br[g]->bufs[u->br_tail[g] & (NBUF - 1)];
   b->addr = (uint64_t)(uintptr_t)(u->bufs + (size_t)bid * BUFSZ);
   b->len = BUFSZ;
@@ -483,14 +485,13 @@ static void ring_put(ur *u, int g, int bid) {
 static void buf_put(ur *u, int bid) {
   int g = bid / NBUF;
   u->nfree++;
-  if (u->gfree[g] >= ring_target(u, g)) u->kept[g * NBUF + u->nkept[g]++] = bid;
+  if (u->gfree[g] >= u->gtarget[g]) u->kept[g * NBUF + u->nkept[g]++] = bid;
   else ring_put(u, g, bid);
 }
 
 /* Group g's ring back to its target from the buffers kept back (a recv armed on it, one taken). */
 static void ring_topup(ur *u, int g) {
-  int t = ring_target(u, g);
-  while (u->gfree[g] < t && u->nkept[g] > 0) ring_put(u, g, u->kept[g * NBUF + --u->nkept[g]]);
+  while (u->gfree[g] < u->gtarget[g] && u->nkept[g] > 0) ring_put(u, g, u->kept[g * NBUF + --u->nkept[g]]);
 }
 
 static void buf_free(ur *u, int bid) { buf_put(u, bid); }
@@ -518,6 +519,7 @@ static int grp_add(ur *u) {
   u->br_tail[g] = 0;
   u->gfree[g] = 0;
   u->nkept[g] = 0;
+  garmed_add(u, g, 0);
   u->ngrp = g + 1;
   u->nbuf = u->ngrp * NBUF;
   for (int b = NBUF - 1; b >= 0; b--) buf_put(u, g * NBUF + b);   /* (the lowest ids first) */
@@ -584,7 +586,7 @@ static void arm_recv(ur *u, int i) {
   e->flags = IOSQE_BUFFER_SELECT;
   int g = grp_pick(u);
   u->slots[i].grp = (unsigned char)g;
-  u->garmed[g]++;
+  garmed_add(u, g, 1);
   if (u->nkept[g] > 0) ring_topup(u, g);
   e->buf_group = (unsigned short)(BGID + g);
   e->ioprio = IORING_RECV_MULTISHOT;
@@ -692,7 +694,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
       break;
     }
     case OP_RECV:
-      if (!more) { s->recv_armed = s->rcancel = 0; u->garmed[s->grp]--; }
+      if (!more) { s->recv_armed = s->rcancel = 0; garmed_add(u, s->grp, -1); }
       if (res == -EINVAL && !u->limit_ok && !u->nolimit) {   /* no byte limit on this kernel */
         u->nolimit = 1;
         if (io != NULL && !s->recv_armed) arm_recv(u, i);
@@ -751,13 +753,15 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
 /* Re-entrant: a completion's handler may queue a request, and a full SQ's submit reaps (submit);
  * the inner reap goes on from u->cq_pos, past the CQE being handled (each read before its handler). */
 static void reap(ur *u) {
-  unsigned tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
-  while ((int)(tail - u->cq_pos) > 0) {
+  unsigned tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE), pos = u->cq_pos;
+  while ((int)(tail - pos) > 0) {
     do {
-      struct io_uring_cqe *e = &u->cqes[u->cq_pos++ & u->cq_mask];
+      struct io_uring_cqe *e = &u->cqes[pos & u->cq_mask];
+      u->cq_pos = ++pos;
       on_cqe(u, e->user_data, e->res, e->flags);
-    } while ((int)(tail - u->cq_pos) > 0);
-    __atomic_store_n(u->cq_head, u->cq_pos, __ATOMIC_RELEASE);
+      pos = u->cq_pos;
+    } while ((int)(tail - pos) > 0);
+    __atomic_store_n(u->cq_head, pos, __ATOMIC_RELEASE);
     tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
   }
 }
