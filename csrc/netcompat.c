@@ -41,6 +41,10 @@ static int l_fromfd(lua_State *L) {
   }
   strand_io_init(&s->io, nfd);
   s->listening = acc != 0;
+  /* fd stays open with its owner (another socket, thread or process may read it): read as a
+   * socket shared by a fork (sockio: readiness + recv(2)), never by an io_uring recv that stays
+   * armed and would take bytes meant for the other reader */
+  s->forkgen = sock_fork_epoch() - 1;
   return 1;
 }
 

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <linux/io_uring.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -103,8 +104,11 @@ typedef struct ur {
   int closing;                   /* ur_free is draining */
   struct io_uring_buf_ring *br[NGRP_MAX];   /* br[0] NULL until a socket first reads this way */
   unsigned short br_tail[NGRP_MAX];
-  int gfree[NGRP_MAX];           /* per group: buffers the kernel may still pick */
+  int gfree[NGRP_MAX];           /* per group: buffers the kernel may still pick (in its ring) */
+  int nkept[NGRP_MAX];           /* per group: free buffers kept back from the ring (gtarget) */
+  int *kept;                     /* their ids, a stack per group (kept + g * NBUF) */
   int garmed[NGRP_MAX];          /* per group: recvs in flight that take from it */
+  int gtarget[NGRP_MAX];         /* per group: the free buffers its ring holds at most (garmed_add) */
   int ngrp, nbuf;                /* groups registered, ngrp * NBUF */
   int nfast;                     /* live slots on the fast path (the pool grows with them) */
   int nogrow;                    /* a group could not be added: stay at ngrp */
@@ -130,7 +134,51 @@ typedef struct ur {
   double last_wait;              /* seconds the last wait that could block took */
   long watches, watch_hits;      /* counts (stats) */
   unsigned cq_entries;           /* the CQ's size (cq_size) */
+  unsigned cq_pos;               /* the next CQE to reap (ahead of *cq_head inside a reap: reap) */
+  int testbusy;                  /* test hook STRAND_URING_TESTFULL=2: submits meet EBUSY (submit) */
+  long busy;                     /* submits that met EBUSY or EAGAIN (stats) */
+  double watch_t0;               /* a watch that failed returned at once: its wait's start (ur_wait) */
+  double watch_test;             /* test hook STRAND_URING_WATCHTEST=seconds: every wait that may watches that long */
+  uint32_t forks;                /* ur_forks when this ring last made its fast sockets shared (fork_seen) */
+  pid_t pid;                     /* the process that made it; listed in rings while it lives (rings_*) */
+  struct ur *rnext, *rprev;
 } ur;
+
+/* {==== every ring of the process: a fork from one thread (strand_uring_forking) cancels the
+ * recvs of the others, whose sockets are now open in two processes too. rings_mu is held across
+ * fork() (atfork) so that a child never inherits it locked; the child starts with no ring listed
+ * (those are its parent's). ur_forks counts the forks of this process (and of its ancestors). */
+static pthread_mutex_t rings_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ur *rings;
+static _Atomic uint32_t ur_forks;
+static pthread_once_t rings_once = PTHREAD_ONCE_INIT;
+static void rings_prepare(void) { pthread_mutex_lock(&rings_mu); }
+static void rings_parent(void) { pthread_mutex_unlock(&rings_mu); }
+static void rings_child(void) { pthread_mutex_init(&rings_mu, NULL); rings = NULL; }
+static void rings_hooks(void) { pthread_atfork(rings_prepare, rings_parent, rings_child); }
+
+static void rings_add(struct ur *u) {
+  pthread_once(&rings_once, rings_hooks);
+  u->pid = getpid();
+  pthread_mutex_lock(&rings_mu);
+  u->rprev = NULL;
+  u->rnext = rings;
+  if (rings) rings->rprev = u;
+  rings = u;
+  pthread_mutex_unlock(&rings_mu);
+}
+
+static void rings_remove(struct ur *u) {
+  if (u->pid != getpid()) return;          /* (a parent's ring, copied by fork: not listed here) */
+  pthread_mutex_lock(&rings_mu);
+  if (u->rprev) u->rprev->rnext = u->rnext; else if (rings == u) rings = u->rnext;
+  if (u->rnext) u->rnext->rprev = u->rprev;
+  u->rnext = u->rprev = NULL;
+  pthread_mutex_unlock(&rings_mu);
+  u->pid = 0;
+}
+
+/* }==== */
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
   const char *v = getenv("STRAND_URING_REFUSE");
@@ -192,8 +240,11 @@ static void *ur_init(strand_loop *loop) {
   }
   const char *sp = getenv("STRAND_URING_SPIN");    /* 0: never watch before sleeping */
   if (sp != NULL && strcmp(sp, "0") == 0) u->watch = 0;
+  const char *wt = getenv("STRAND_URING_WATCHTEST");
+  if (wt != NULL && *wt != 0) u->watch_test = strtod(wt, NULL);
   const char *tf = getenv("STRAND_URING_TESTFULL");  /* test hook: a full SQ, an interrupted submit */
-  u->testfull = tf != NULL && strcmp(tf, "1") == 0;
+  u->testfull = tf != NULL && (strcmp(tf, "1") == 0 || strcmp(tf, "2") == 0);
+  u->testbusy = tf != NULL && strcmp(tf, "2") == 0;
   if (u->fd < 0) { int e = errno; free(u); errno = e == EINVAL ? ENOSYS : e; return NULL; }
   if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP) ||
       !(p.features & IORING_FEAT_EXT_ARG)) {
@@ -227,29 +278,47 @@ static void *ur_init(strand_loop *loop) {
   u->cq_tail = (unsigned *)(r + p.cq_off.tail);
   u->cq_mask = *(unsigned *)(r + p.cq_off.ring_mask);
   u->cqes = (struct io_uring_cqe *)(r + p.cq_off.cqes);
+  u->cq_pos = *u->cq_head;
   u->tail = *u->sq_tail;
   const char *nl = getenv("STRAND_URING_NOLIMIT");   /* test hook: act as a kernel without the limit */
   u->nolimit = nl != NULL && *nl != 0 && *nl != '0';
+  u->forks = atomic_load_explicit(&ur_forks, memory_order_acquire);
+  rings_add(u);
   return u;
 }
 
 /* {==== submission */
 
-static int flush(ur *u) {
-  int hook = u->testfull;              /* test hook: the first submit is interrupted */
+static void reap(ur *u);
+
+/* Submits everything queued (flags: 0, or IORING_ENTER_GETEVENTS): 0 or an errno. EBUSY (a kernel
+ * whose CQ overflowed and cannot post its backlog, io_uring_enter(2): nothing more is taken until
+ * we make room) and EAGAIN (no memory for requests just now) are answered by reaping what the CQ
+ * holds before the next try, never by retrying blind (a spin for ever on a full CQ); EINTR retries.
+ * Bounded: SUBMIT_TRIES tries in a row without progress give the errno back. Test hook
+ * STRAND_URING_TESTFULL=2: a submit meets EBUSY while the CQ holds completions not reaped. */
+#define SUBMIT_TRIES 64
+static int submit(ur *u, unsigned flags) {
+  int hook = u->testfull, tries = 0;   /* test hook: the first submit is interrupted */
   while (u->to_submit > 0) {
-    int k = hook ? (errno = EINTR, -1) : sys_enter(u->fd, u->to_submit, 0, 0, NULL, 0);
-    hook = 0;
+    int k;
+    if (hook) { errno = EINTR; k = -1; hook = 0; }
+    else if (u->testbusy && u->cq_pos != __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE)) { errno = EBUSY; k = -1; }
+    else k = sys_enter(u->fd, u->to_submit, 0, flags, NULL, 0);
     if (k < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue;
-      return errno;
+      int e = errno;
+      if (e != EINTR && e != EAGAIN && e != EBUSY) return e;
+      if (++tries >= SUBMIT_TRIES) return e;
+      if (e != EINTR) { u->busy++; reap(u); }
+      continue;
     }
+    tries = 0;
     u->to_submit -= (unsigned)k;
   }
   return 0;
 }
 
-static void reap(ur *u);
+static int flush(ur *u) { return submit(u, 0); }
 
 /* Submits what is queued, waits up to ns for a completion and reaps what came (the bounded
  * waits of a drain and of a disarm). */
@@ -270,9 +339,11 @@ static struct io_uring_sqe *get_sqe(ur *u) {
   if (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N ||
       (u->testfull && u->to_submit > 0)) {
     int saved = errno;
-    if (flush(u) != 0) reap(u);
+    flush(u);
+    /* still full: submit gave up (EBUSY or EAGAIN SUBMIT_TRIES times, having reaped between):
+     * wait a little for completions (they free kernel memory and CQ room), then try again */
     while (u->tail - __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE) >= SQ_N)
-      if (flush(u) != 0) reap(u);
+      if (flush(u) != 0) wait_reap(u, 1000000);
     errno = saved;
   }
   struct io_uring_sqe *s = &u->sqes[u->tail & u->sq_mask];
@@ -395,17 +466,40 @@ static int sfail_take(ur *u, int i, uint32_t seq, int *res) {
 
 static void arm_recv(ur *u, int i);
 
+/* A group's ring is FIFO: the kernel takes the buffer freed longest ago, so with all NBUF buffers
+ * in it even one connection's exchanges cycle through every one and make the whole group (2 MB)
+ * resident (bench/slow_readers_rss.lua, docs/uring.md 4.8). So a ring holds only what its recvs
+ * can take before the loop reaps again — RING_MIN more than MSHOT_BYTES' worth per recv armed on
+ * it — and the other free buffers are kept back on a stack (the last freed, warm, goes in first).
+ * A loop with many recvs armed has them all in its rings, as before. */
+#define RING_MIN 256
+static void garmed_add(ur *u, int g, int d) {
+  u->garmed[g] += d;
+  long t = RING_MIN + (long)(MSHOT_BYTES / BUFSZ) * u->garmed[g];
+  u->gtarget[g] = t < NBUF ? (int)t : NBUF;
+}
+
 /* bid: g * NBUF + the id within group g */
-static void buf_put(ur *u, int bid) {
-  int g = bid / NBUF;
+static inline __attribute__((always_inline)) void ring_put(ur *u, int g, int bid) {
   struct io_uring_buf *b = &u->br[g]->bufs[u->br_tail[g] & (NBUF - 1)];
   b->addr = (uint64_t)(uintptr_t)(u->bufs + (size_t)bid * BUFSZ);
   b->len = BUFSZ;
   b->bid = (unsigned short)(bid & (NBUF - 1));
   u->br_tail[g]++;
   u->gfree[g]++;
-  u->nfree++;
   __atomic_store_n(&u->br[g]->tail, u->br_tail[g], __ATOMIC_RELEASE);
+}
+
+static void buf_put(ur *u, int bid) {
+  int g = bid / NBUF;
+  u->nfree++;
+  if (u->gfree[g] >= u->gtarget[g]) u->kept[g * NBUF + u->nkept[g]++] = bid;
+  else ring_put(u, g, bid);
+}
+
+/* Group g's ring back to its target from the buffers kept back (a recv armed on it, one taken). */
+static void ring_topup(ur *u, int g) {
+  while (u->gfree[g] < u->gtarget[g] && u->nkept[g] > 0) ring_put(u, g, u->kept[g * NBUF + --u->nkept[g]]);
 }
 
 static void buf_free(ur *u, int bid) { buf_put(u, bid); }
@@ -432,9 +526,11 @@ static int grp_add(ur *u) {
   u->br[g] = br;
   u->br_tail[g] = 0;
   u->gfree[g] = 0;
+  u->nkept[g] = 0;
+  garmed_add(u, g, 0);
   u->ngrp = g + 1;
   u->nbuf = u->ngrp * NBUF;
-  for (int b = 0; b < NBUF; b++) buf_put(u, g * NBUF + b);
+  for (int b = NBUF - 1; b >= 0; b--) buf_put(u, g * NBUF + b);   /* (the lowest ids first) */
   return 0;
 }
 
@@ -445,19 +541,23 @@ static int bufs_init(ur *u) {
   u->bufs = mmap(NULL, BUFS_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   u->bnext = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->bnext);
   u->blen = (unsigned *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->blen);
-  int e = (u->bufs == MAP_FAILED || !u->bnext || !u->blen) ? ENOMEM : grp_add(u);
+  u->kept = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->kept);
+  int e = (u->bufs == MAP_FAILED || !u->bnext || !u->blen || !u->kept) ? ENOMEM : grp_add(u);
   if (e != 0) {
     if (u->bufs != MAP_FAILED) munmap(u->bufs, BUFS_LEN);
-    free(u->bnext); free(u->blen);
-    u->bufs = NULL; u->bnext = NULL; u->blen = NULL;
+    free(u->bnext); free(u->blen); free(u->kept);
+    u->bufs = NULL; u->bnext = NULL; u->blen = NULL; u->kept = NULL;
     return e;
   }
   u->min_free = u->nfree;
   return 0;
 }
 
+static void fork_seen(ur *u);
+
 /* A socket went on the fast path: a group more when they would outnumber the buffers. */
 static void fast_add(ur *u, uslot *s) {
+  fork_seen(u);                 /* (first: the sockets made before a fork go off it, not this one) */
   s->fast = 1;
   u->nfast++;
   while (!u->nogrow && u->nfast + GROW_SLACK > u->nbuf && u->ngrp < NGRP_MAX)
@@ -470,7 +570,8 @@ static void fast_add(ur *u, uslot *s) {
 static int grp_pick(const ur *u) {
   int best = 0;
   for (int g = 1; g < u->ngrp; g++)
-    if (u->garmed[g] < u->garmed[best] || (u->garmed[g] == u->garmed[best] && u->gfree[g] > u->gfree[best]))
+    if (u->garmed[g] < u->garmed[best] ||
+        (u->garmed[g] == u->garmed[best] && u->gfree[g] + u->nkept[g] > u->gfree[best] + u->nkept[best]))
       best = g;
   return best;
 }
@@ -493,7 +594,8 @@ static void arm_recv(ur *u, int i) {
   e->flags = IOSQE_BUFFER_SELECT;
   int g = grp_pick(u);
   u->slots[i].grp = (unsigned char)g;
-  u->garmed[g]++;
+  garmed_add(u, g, 1);
+  if (u->nkept[g] > 0) ring_topup(u, g);
   e->buf_group = (unsigned short)(BGID + g);
   e->ioprio = IORING_RECV_MULTISHOT;
   if (u->nolimit) e->ioprio = 0;               /* single-shot: at most one buffer */
@@ -511,6 +613,24 @@ static void cancel_op(ur *u, int i, int op) {
   put_sqe(u, i, OP_CANCEL);
 }
 
+/* A fork since this ring last looked (one made by another thread: strand_uring_forking, which
+ * cancelled our recvs): every socket on the fast path now is open in two processes, so none arms
+ * a recv again (sockio reads them by readiness + recv(2): STRAND_URING_SHARED) and one armed since
+ * is cancelled. Checked wherever a recv would be armed, and before a socket joins the fast path
+ * (one that joins after the fork is not shared and keeps it). */
+static void fork_seen(ur *u) {
+  uint32_t n = atomic_load_explicit(&ur_forks, memory_order_acquire);
+  if (n == u->forks) return;
+  u->forks = n;
+  for (int i = 0; i < u->nslots; i++) {
+    uslot *s = &u->slots[i];
+    if (s->io == NULL || !s->fast) continue;
+    s->nofast = 1;
+    if (!s->rd) { s->rd = 1; u->throttles++; }
+    if (s->recv_armed && !s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+  }
+}
+
 static int ur_add(void *pv, strand_io *io) {
   ur *u = (ur *)pv;
   int i = slot_new(u, io);
@@ -525,7 +645,9 @@ static void ur_interest(void *pv, strand_io *io) {
   uslot *s = &u->slots[io->pollidx];
   if (io->reader && (!s->fast || s->rd) && !s->pin) arm_poll(u, io->pollidx, OP_PIN);
   if (io->reader && s->fast && !s->rd && !s->recv_armed && s->qhead < 0 && !s->eof && !s->rerr) {
-    if (u->nfree >= ARM_MIN) arm_recv(u, io->pollidx);
+    fork_seen(u);
+    if (s->nofast) { if (!s->pin) arm_poll(u, io->pollidx, OP_PIN); }
+    else if (u->nfree >= ARM_MIN) arm_recv(u, io->pollidx);
     else { s->rd = 1; u->throttles++; if (!s->pin) arm_poll(u, io->pollidx, OP_PIN); }
   }
   if (io->writer && !s->pout && !s->send_busy) arm_poll(u, io->pollidx, OP_POUT);
@@ -538,21 +660,19 @@ static void ur_del(void *pv, strand_io *io) {
   io->pollidx = -1;
   uslot *s = &u->slots[i];
   s->io = NULL;
+  /* held while the cancels are queued: a get_sqe that reaps (SQ full) may complete the slot's last
+   * request, which must not free it between two cancels */
+  s->nreq++;
   if (s->pin) cancel_op(u, i, OP_PIN);
   if (s->pout) cancel_op(u, i, OP_POUT);
   if (s->recv_armed) cancel_op(u, i, OP_RECV);
   if (s->send_busy) cancel_op(u, i, OP_SEND);
+  s->nreq--;
   int cancels = s->nreq > 0;
   slot_maybe_free(u, i);
   /* the fd is closed next, but a request holds the file open (no FIN) until its cancel has run:
    * submit now, not at the next wait, which may never come (a program that closes and exits) */
-  if (cancels) {
-    while (u->to_submit > 0) {
-      int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
-      if (k < 0) { if (errno == EINTR || errno == EAGAIN || errno == EBUSY) continue; break; }
-      u->to_submit -= (unsigned)k;
-    }
-  }
+  if (cancels) submit(u, IORING_ENTER_GETEVENTS);   /* (gives up after SUBMIT_TRIES: the next wait submits) */
 }
 
 /* {==== completions */
@@ -582,7 +702,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
       break;
     }
     case OP_RECV:
-      if (!more) { s->recv_armed = s->rcancel = 0; u->garmed[s->grp]--; }
+      if (!more) { s->recv_armed = s->rcancel = 0; garmed_add(u, s->grp, -1); }
       if (res == -EINVAL && !u->limit_ok && !u->nolimit) {   /* no byte limit on this kernel */
         u->nolimit = 1;
         if (io != NULL && !s->recv_armed) arm_recv(u, i);
@@ -597,6 +717,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         int b = s->grp * NBUF + (int)(flags >> IORING_CQE_BUFFER_SHIFT);
         u->nfree--;
         u->gfree[s->grp]--;
+        if (u->nkept[s->grp] > 0) ring_topup(u, s->grp);
         if (u->nfree < u->min_free) u->min_free = u->nfree;
         if (io == NULL) { buf_free(u, b); break; }
         u->blen[b] = (unsigned)res;
@@ -611,14 +732,14 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         }
         if (over && !s->rd) { s->rd = 1; u->throttles++; }
         /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
-        if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN) arm_recv(u, i);
+        if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN && (fork_seen(u), !s->nofast)) arm_recv(u, i);
         strand_io_event(io, STRAND_READ);
       } else if (io != NULL) {
         if (res == 0) s->eof = 1;
         else if (res == -ENOBUFS || res == -ECANCELED) {
           /* the pool ran dry, or cancelled (flow control, disarm, or a cancel meant for the
            * previous recv): from now on readiness + recv(2); a waiting reader retries */
-          if (res == -ENOBUFS) u->enobufs++;
+          if (res == -ENOBUFS) { u->enobufs++; if (u->nkept[s->grp] > 0) ring_topup(u, s->grp); }
           if (!s->rd) { s->rd = 1; u->throttles++; }
           if (!io->reader || s->qhead >= 0) break;
         } else s->rerr = -res;
@@ -637,14 +758,18 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
   slot_maybe_free(u, i);
 }
 
+/* Re-entrant: a completion's handler may queue a request, and a full SQ's submit reaps (submit);
+ * the inner reap goes on from u->cq_pos, past the CQE being handled (each read before its handler). */
 static void reap(ur *u) {
-  unsigned head = *u->cq_head, tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
-  while (head != tail) {
-    for (; head != tail; head++) {
-      struct io_uring_cqe *e = &u->cqes[head & u->cq_mask];
+  unsigned tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE), pos = u->cq_pos;
+  while ((int)(tail - pos) > 0) {
+    do {
+      struct io_uring_cqe *e = &u->cqes[pos & u->cq_mask];
+      u->cq_pos = ++pos;
       on_cqe(u, e->user_data, e->res, e->flags);
-    }
-    __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
+      pos = u->cq_pos;
+    } while ((int)(tail - pos) > 0);
+    __atomic_store_n(u->cq_head, pos, __ATOMIC_RELEASE);
     tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
   }
 }
@@ -692,6 +817,7 @@ static int watch_may(const ur *u, double timeout) {
 
 /* Whether this wait watches first: up to limit seconds (0: no). */
 static double watch_limit(ur *u, double timeout) {
+  if (u->watch_test > 0) return timeout > 0 && timeout < u->watch_test ? timeout : u->watch_test;
   if (u->last_wait >= WATCH_SHORT) return 0;
   if (u->watch_skip > 0) { u->watch_skip--; return 0; }
   if (watch_cpus(u) < 2) return 0;
@@ -750,7 +876,9 @@ static int watch(ur *u, double limit) {
 
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
-  double t0 = 0, limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
+  double t0 = 0, limit;
+  if (u->watch_t0 != 0) { t0 = u->watch_t0; u->watch_t0 = 0; limit = 0; }   /* the sleep after it */
+  else limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
   if (limit > 0 && !cq_ready(u)) {
     int w = watch(u, limit);
     if (w == 0 || w == 2) {                       /* backs off */
@@ -763,10 +891,11 @@ static int ur_wait(void *pv, double timeout) {
       reap(u);
       return 0;
     }
-    if (timeout > 0) {
-      timeout -= strand_now() - t0;
-      if (timeout <= 0) timeout = 1e-9;
-    }
+    /* nothing came: back to the loop, which checks Ctrl-C before it waits again (a SIGINT that
+     * landed during the watch would else be seen only after the sleep's next event), fires the
+     * timers and comes back to sleep, the watch's start kept for last_wait */
+    u->watch_t0 = t0;
+    return 0;
   }
   int r = ur_wait_once(u, timeout);
   if (t0 != 0) u->last_wait = strand_now() - t0;
@@ -816,6 +945,7 @@ void *strand_uring_forked(void *pv) {
 
 static void ur_free(void *pv) {
   ur *u = (ur *)pv;
+  rings_remove(u);                       /* (before its fd closes: strand_uring_forking reads it) */
   u->closing = 1;
   if (!u->loop->forked && u->inflight > 0) {
     /* the state is closing: stop every request and wait (bounded) for their CQEs, so that no
@@ -836,7 +966,7 @@ static void ur_free(void *pv) {
   for (int g = 0; g < u->ngrp; g++) if (u->br[g]) munmap(u->br[g], BR_LEN);
   if (u->bufs) {
     munmap(u->bufs, BUFS_LEN);
-    free(u->bnext); free(u->blen);
+    free(u->bnext); free(u->blen); free(u->kept);
   }
   free(u->sfails);
   free(u->slots);
@@ -959,10 +1089,39 @@ void strand_uring_disarm(strand_io *io, int forever) {
   for (int round = 0; round < 40 && s->recv_armed; round++) wait_reap(u, 25000000);
 }
 
+/* Before a fork (strand_sock_prefork, whatever the calling state's poller): counts it (every ring
+ * makes its fast sockets shared at its next arm: fork_seen) and cancels the recvs of every other
+ * ring of this process now (IORING_REGISTER_SYNC_CANCEL, matched by opcode: Linux 6.6; an older
+ * kernel refuses it and those rings only stop at their next arm), so that a thread asleep with a
+ * multishot armed takes nothing that comes after the fork: it is the child's as much (epoll's
+ * semantics). The calling loop's own recvs: strand_uring_prefork. */
+void strand_uring_forking(strand_loop *loop) {
+  atomic_fetch_add_explicit(&ur_forks, 1, memory_order_acq_rel);
+  ur *self = loop != NULL && loop->poller == &strand_poller_uring && !loop->forked ? (ur *)loop->pstate : NULL;
+  pid_t me = getpid();
+  pthread_once(&rings_once, rings_hooks);
+  pthread_mutex_lock(&rings_mu);
+  for (ur *o = rings; o != NULL; o = o->rnext) {
+    if (o == self || o->fd < 0 || o->pid != me) continue;
+    struct {                             /* io_uring_sync_cancel_reg with its opcode (6.6 headers) */
+      uint64_t addr; int32_t fd; uint32_t flags; struct __kernel_timespec timeout;
+      uint8_t opcode; uint8_t pad[7]; uint64_t pad2[3];
+    } r;
+    memset(&r, 0, sizeof r);
+    r.fd = -1;
+    r.flags = IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_OP;
+    r.opcode = IORING_OP_RECV;
+    r.timeout.tv_nsec = 100000000;       /* a poll-armed recv goes at once; bounded all the same */
+    while (syscall(__NR_io_uring_register, o->fd, IORING_REGISTER_SYNC_CANCEL, &r, 1) < 0 && errno == EINTR) {}
+  }
+  pthread_mutex_unlock(&rings_mu);
+}
+
 void strand_uring_prefork(strand_loop *loop, void (*take)(strand_io *io)) {
   if (loop->pstate == NULL || loop->forked || loop->closed) return;
   ur *u = (ur *)loop->pstate;
   if (u->fd < 0) return;
+  u->forks = atomic_load_explicit(&ur_forks, memory_order_acquire);   /* (walked here, below) */
   int armed = 0;
   for (int i = 0; i < u->nslots; i++) {
     uslot *s = &u->slots[i];
@@ -1083,7 +1242,7 @@ static int l_stats(lua_State *L) {
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
-  lua_createtable(L, 0, 14);
+  lua_createtable(L, 0, 17);
   lua_pushinteger(L, u->nbuf); lua_setfield(L, -2, "nbuf");
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
@@ -1100,6 +1259,10 @@ static int l_stats(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)u->watch_hits); lua_setfield(L, -2, "watch_hits");
   lua_pushboolean(L, u->watch); lua_setfield(L, -2, "watch");
   lua_pushinteger(L, u->cq_entries); lua_setfield(L, -2, "cq");
+  lua_pushinteger(L, (lua_Integer)u->busy); lua_setfield(L, -2, "busy");
+  int ring = 0;
+  for (int g = 0; g < u->ngrp; g++) ring += u->gfree[g];
+  lua_pushinteger(L, ring); lua_setfield(L, -2, "ring");      /* free buffers in the rings */
   return 1;
 }
 

@@ -165,8 +165,9 @@ static void sock_uring_forking(strand_io *io) {
  * sockets' read buffers, which both processes keep, like any bytes read before the fork. */
 void strand_sock_prefork(lua_State *L) {
   atomic_fetch_add_explicit(&fork_epoch, 1, memory_order_relaxed);
-  if (!strand_loop_alive(L)) return;
-  strand_loop *loop = strand_loop_get(L);
+  strand_loop *loop = strand_loop_alive(L) ? strand_loop_get(L) : NULL;
+  strand_uring_forking(loop);          /* other threads' io_uring loops stop their recvs now */
+  if (loop == NULL) return;
   if (loop->poller == &strand_poller_uring) strand_uring_prefork(loop, sock_uring_forking);
 }
 

@@ -509,6 +509,9 @@ STRAND_API long strand_uring_recv(strand_io *io, char *buf, size_t len, int mode
  * and every socket made so far reads as shared (sockio.c; process.c calls it before fork). */
 STRAND_API void strand_uring_prefork(strand_loop *loop, void (*take)(strand_io *io));
 STRAND_API void strand_sock_prefork(lua_State *L);
+/* strand_uring_forking: before a fork, whatever the caller's poller: every other io_uring loop
+ * of the process stops its recvs now (their sockets are the child's too). loop: the caller's or NULL. */
+STRAND_API void strand_uring_forking(strand_loop *loop);
 /* strand_uring_disarm: cancel the fd's multishot recv and wait (bounded) for its end; what it took
  * stays queued (strand_uring_take copies it out). forever: the fd is handed out, never re-armed. */
 STRAND_API void strand_uring_disarm(strand_io *io, int forever);
