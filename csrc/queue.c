@@ -1758,12 +1758,61 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   return r_get_once_w(L, s, st, 1);
 }
 
+/* The fast path of a get: the slot at head holds a plain value (a number, a boolean, a string
+ * of up to RING_INLINE bytes). Its Lua value is made first, straight from the slot (no copy of
+ * the slot on the way), and the position claimed after: a collector step inside
+ * lua_pushlstring runs with nothing claimed, and a memory error there leaves the item in the
+ * queue. The claim (head's compare-and-swap from pos) succeeds only if no other getter claimed
+ * pos since we saw it published, so its slot was not freed and refilled while we read it; when
+ * it fails (another getter took it, and what we read may be torn: the length is checked before
+ * it is used, so the read stays inside the slot) the value is dropped and the next position
+ * tried. 1: pushed and taken (the intent record said "a get" around the claim, as in
+ * r_get_once); 0: nothing published at head, or not plain (r_get_once's general path). */
+static inline __attribute__((always_inline))
+int r_take_plain(lua_State *L, q_state *st, strand_intent *me) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  uint64_t pos = A_RLX(&st->head);
+  for (;;) {
+    r_slot *x = &slots[pos % cap];
+    if (A_ACQ(&x->seq) != 2 * pos + 1) return 0;
+    uint32_t meta = A_RLX(&x->it.meta);
+    switch (meta >> 24) {
+      case F_INT: lua_pushinteger(L, A_RLX(&x->it.u.i)); break;
+      case F_STR:
+        if ((meta & 0xffffffu) > RING_INLINE) return 0;      /* torn: the general path */
+        lua_pushlstring(L, x->it.u.b, meta & 0xffffffu);
+        break;
+      case F_FLT: lua_pushnumber(L, x->it.u.d); break;
+      case F_FALSE: lua_pushboolean(L, 0); break;
+      case F_TRUE: lua_pushboolean(L, 1); break;
+      default: return 0;
+    }
+    if (me) {
+      __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
+                       __ATOMIC_RELEASE);
+      __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    int won = __atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED);
+    if (won) __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
+    if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+    if (won) return 1;
+    lua_pop(L, 1);                              /* pos: head as the failed claim read it */
+  }
+}
+
 /* As r_get_once; wake 0: a bounded ring's waiting putters are not looked for (the caller does
  * it once for a batch: get_many). */
 static inline __attribute__((always_inline))
 int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   r_item it;
   strand_intent *me = strand_intent_fast();
+  if (r_take_plain(L, st, me)) {
+    if (st->maxsize && wake) r_wake(L, s, CH_PUT);
+    r_note_tid(&st->get_tid);
+    return 1;
+  }
   if (me) {
     /* release (a plain store on x86): a putter that reads this record sees the slots this
      * thread freed before, so it never frees one of them again */
@@ -1921,7 +1970,17 @@ static int q_get_start(lua_State *L, int nowait) {
   return q_get_k(L, LUA_OK, nowait);
 }
 
-static int q_get(lua_State *L) { return q_get_start(L, 0); }
+/* get(): an item at once (r_get_once inline, no deadline to read), else as q_get_start (which
+ * checks a timeout argument, looks once more, then waits) */
+static int q_get(lua_State *L) {
+  strand_shm *s = q_self(L);
+  q_state *st = q_state_of(s);
+  if (st->ring && lua_gettop(L) == 1) {
+    int n = r_get_once_w(L, s, st, 1);
+    if (n >= 0) return n;
+  }
+  return q_get_start(L, 0);
+}
 static int q_get_nowait(lua_State *L) { return q_get_start(L, 1); }
 
 /* {==== get_many: a batch for one call
