@@ -235,8 +235,24 @@ static int checked_malloc(void) {
 #endif
 }
 
+static __attribute__((noinline)) void *thr_alloc_any(boot_arena *a, void *ptr, size_t osize,
+                                                      size_t nsize);
+
 static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   boot_arena *a = (boot_arena *)ud;
+  if (a->small) {            /* the hot cases first: a small block from or back to its list */
+    if (ptr == NULL) {
+      if (nsize - 1 < SMALL_MAX && a->free_[(nsize - 1) >> 4] != NULL) return small_alloc(a, nsize);
+    } else if (nsize == 0 && osize - 1 < SMALL_MAX &&
+               (uintptr_t)ptr - (uintptr_t)a->base >= BOOT_ARENA) {   /* (not carved) */
+      small_free(a, ptr, osize);
+      return NULL;
+    }
+  }
+  return thr_alloc_any(a, ptr, osize, nsize);
+}
+
+static void *thr_alloc_any(boot_arena *a, void *ptr, size_t osize, size_t nsize) {
   uintptr_t at = (uintptr_t)ptr, base = (uintptr_t)a->base;
   int carved = ptr != NULL && a->base != NULL && at >= base && at - base < BOOT_ARENA;
   if (nsize == 0) {
