@@ -441,6 +441,11 @@ static inline r_slot *r_ring(q_state *st, uint64_t *cap) {
   *cap = d & (((uint64_t)1 << RD_CAPBITS) - 1);
   return (r_slot *)(strand_arena_base + (d >> RD_CAPBITS));
 }
+/* The slot of position pos: a mask for the power-of-two rings of unbounded FIFOs (a division
+ * would sit between reading head or tail and reading the slot's sequence on every put and get) */
+static inline uint64_t r_idx(uint64_t pos, uint64_t cap) {
+  return (cap & (cap - 1)) == 0 ? pos & (cap - 1) : pos % cap;
+}
 static uint64_t r_desc(const void *slots, uint64_t cap) {
   return (uint64_t)((const char *)slots - strand_arena_base) << RD_CAPBITS | cap;
 }
@@ -478,7 +483,7 @@ static int r_can_get(q_state *st) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->head);
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos + 1;
+  return A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos + 1;
 }
 
 /* The overflow's oldest item may be taken: it is not empty and every position of the ring
@@ -512,7 +517,7 @@ static int r_can_put(q_state *st) {
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->tail);
   if ((pos & RING_CLOSED) || st->maxsize == 0) return 1;
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+  return A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos;
 }
 
 /* A move could do something: the slots at tail .. tail + k - 1 are free, or the ring is
@@ -526,7 +531,7 @@ static int r_room_for(q_state *st, uint64_t k) {
   pos &= ~RING_FLAGS;
   if (k > cap) k = cap;
   pos += k - 1;
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+  return A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos;
 }
 static int r_room(q_state *st) { return r_room_for(st, 1); }
 
@@ -568,7 +573,7 @@ static int r_push_in(q_state *st, const r_item *it, const void *bytes, strand_in
       if (pos & RING_CLOSED) return -1;
       return 0;                               /* growing or moving: the overflow takes it */
     }
-    r_slot *x = &slots[pos % cap];
+    r_slot *x = &slots[r_idx(pos, cap)];
     int64_t dif = (int64_t)(A_ACQ(&x->seq) - 2 * pos);
     if (dif == 0) {
       if (me) {
@@ -605,7 +610,7 @@ static int r_head_claimed(q_state *st) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->head);
-  return r_tail(st) > pos && A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+  return r_tail(st) > pos && A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos;
 }
 
 static void q_settle(strand_shm *s, int kick);
@@ -618,7 +623,7 @@ static int r_skip_dead(lua_State *L, strand_shm *s, q_state *st) {
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->head);
   if (r_tail(st) <= pos) return 0;
-  r_slot *x = &slots[pos % cap];
+  r_slot *x = &slots[r_idx(pos, cap)];
   if (A_ACQ(&x->seq) != 2 * pos) return 0;
   if (!strand_intent_dead((uint64_t)((char *)st - strand_arena_base), pos)) return 0;
   if (A_ACQ(&x->seq) != 2 * pos) return 0;   /* published meanwhile (its claimer was alive) */
@@ -652,7 +657,7 @@ static int r_tail_held(q_state *st, uint64_t *held) {
   if (t & RING_FLAGS) return 0;
   t &= ~RING_FLAGS;
   if (t < cap) return 0;
-  uint64_t p = t - cap, seq = A_ACQ(&slots[t % cap].seq);
+  uint64_t p = t - cap, seq = A_ACQ(&slots[r_idx(t, cap)].seq);
   if ((seq != 2 * p + 1 && seq != 2 * p) || A_ACQ(&st->head) <= p) return 0;
   *held = p;
   return 1;
@@ -666,7 +671,8 @@ static int r_tail_held(q_state *st, uint64_t *held) {
 static int r_free_dead_get(lua_State *L, strand_shm *s, q_state *st) {
   uint64_t p, cap;
   if (st->maxsize == 0 || !r_tail_held(st, &p)) return 0;
-  r_slot *x = &r_ring(st, &cap)[p % cap];
+  r_slot *slots = r_ring(st, &cap);            /* (cap is read after the call sets it) */
+  r_slot *x = &slots[r_idx(p, cap)];
   if (!strand_intent_dead_get((uint64_t)((char *)st - strand_arena_base), p)) return 0;
   uint64_t want = A_ACQ(&x->seq);
   if (want != 2 * p + 1 && want != 2 * p) return 1;   /* freed meanwhile */
@@ -689,7 +695,7 @@ static int r_pop(q_state *st, r_item *out) {
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->head);
   for (;;) {
-    r_slot *x = &slots[pos % cap];
+    r_slot *x = &slots[r_idx(pos, cap)];
     int64_t dif = (int64_t)(A_ACQ(&x->seq) - (2 * pos + 1));
     if (dif == 0) {
       if (__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 1, __ATOMIC_RELAXED,
@@ -891,7 +897,7 @@ static void o_fill(strand_shm *s, q_state *st, uint64_t p, uint64_t k, int repai
   r_slot *slots = r_ring(st, &cap);
   o_chunk *c = o_chunk_at(s, st->ovf_head);
   for (uint64_t i = 0; i < k; i++) {
-    r_slot *x = &slots[(p + i) % cap];
+    r_slot *x = &slots[r_idx(p + i, cap)];
     uint64_t at = st->oj.first + i;
     while (at >= c->start + OVF_CHUNK) c = o_chunk_at(s, c->next);
     if (repair && A_ACQ(&x->seq) != 2 * (p + i)) continue;   /* published (perhaps taken) */
@@ -923,7 +929,7 @@ static int o_move(strand_shm *s, q_state *st, uint64_t max) {
   uint64_t t0 = __atomic_fetch_or(&st->tail, RING_MOVING, __ATOMIC_SEQ_CST);
   uint64_t p = t0 & ~RING_FLAGS, closed = t0 & RING_CLOSED;   /* (close takes the mutex) */
   uint64_t k = 0;
-  while (k < n && k < max && A_ACQ(&slots[(p + k) % cap].seq) == 2 * (p + k)) k++;
+  while (k < n && k < max && A_ACQ(&slots[r_idx(p + k, cap)].seq) == 2 * (p + k)) k++;
   if (k > 0) {
     st->oj.k = (uint32_t)k;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
@@ -1030,7 +1036,7 @@ static int r_can_put_ahead(q_state *st) {
   if ((pos & RING_CLOSED) || st->maxsize == 0) return 1;
   uint64_t k = cap / 4 < R_AHEAD ? cap / 4 : R_AHEAD;
   if (k > 1) pos += k - 1;
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+  return A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos;
 }
 
 static long online_cpus;                /* written once (the same value by any thread) */
@@ -1599,7 +1605,28 @@ static int q_put_start(lua_State *L, int nowait) {
   return q_put_k(L, LUA_OK, nowait);
 }
 
-static int q_put(lua_State *L) { return q_put_start(L, 0); }
+/* put(v): a plain value into a ring at once (no deadline to read), else as q_put_start (which
+ * checks the arguments, tries again, then waits) */
+static int q_put(lua_State *L) {
+  strand_shm *s = q_self(L);
+  q_state *st = q_state_of(s);
+  if (st->ring && lua_gettop(L) == 2) {
+    r_item it;
+    const char *bytes;
+    int t = lua_type(L, 2);
+    if (t != LUA_TNIL && r_encode_plain(L, 2, t, &it, &bytes)) {
+      int err = 0;
+      int r = r_put_item(L, s, st, &it, bytes, &err);
+      if (r > 0) {
+        r_note_tid(&st->put_tid);
+        if (r == 1) r_wake(L, s, CH_GET);
+        lua_pushboolean(L, 1);
+        return 1;
+      }
+    }                                           /* (not put: the general path decides) */
+  }
+  return q_put_start(L, 0);
+}
 static int q_put_nowait(lua_State *L) { return q_put_start(L, 1); }
 
 /* {==== put_many: a batch for one call
@@ -1774,7 +1801,7 @@ int r_take_plain(lua_State *L, q_state *st, strand_intent *me) {
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->head);
   for (;;) {
-    r_slot *x = &slots[pos % cap];
+    r_slot *x = &slots[r_idx(pos, cap)];
     if (A_ACQ(&x->seq) != 2 * pos + 1) return 0;
     uint32_t meta = A_RLX(&x->it.meta);
     switch (meta >> 24) {
@@ -2310,7 +2337,7 @@ static int l_test_take(lua_State *L) {
   if (me)
     __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
                      __ATOMIC_SEQ_CST);
-  if (A_ACQ(&slots[pos % cap].seq) != 2 * pos + 1 ||
+  if (A_ACQ(&slots[r_idx(pos, cap)].seq) != 2 * pos + 1 ||
       !__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_SEQ_CST,
                                    __ATOMIC_RELAXED)) {
     if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
