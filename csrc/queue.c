@@ -9,6 +9,32 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Counts of the paths puts and gets take (bench/queue_paths.sh): only in a build made with
+ * -DSTRAND_QUEUE_STATS, printed on stderr at exit when STRAND_QUEUE_STATS is set. */
+#ifdef STRAND_QUEUE_STATS
+#include <stdio.h>
+enum { QS_PUT_RING, QS_PUT_LOCKED, QS_PUT_LOCKED_RING, QS_PUT_OVF, QS_MOVE_PUT, QS_MOVED_PUT,
+       QS_GET_PLAIN, QS_GET_RING, QS_GET_LOCKED, QS_MOVE_GET, QS_MOVED_GET, QS_GET_OVF,
+       QS_WAKE_GET, QS_WAKE_PUT, QS_SLEEP_GET, QS_SLEEP_PUT, QS_SPIN_GET, QS_SPIN_PUT, QS_N };
+static const char *const qs_names[QS_N] = {
+  "put into the ring, lock-free", "put locked (unbounded: the ring full or the overflow in use)",
+  "  of which into the ring", "  of which into the overflow", "moves by putters",
+  "  items moved", "get, fast path (plain value)", "get, general path (from the ring)",
+  "get locked (the ring empty, the overflow not)", "moves by getters", "  items moved",
+  "get straight from the overflow", "wake-ups of getters (locked)", "wake-ups of putters (locked)",
+  "getter sleeps", "putter sleeps", "getter spins", "putter spins" };
+static unsigned long qs_count[QS_N];
+#define QSTAT(x) __atomic_add_fetch(&qs_count[x], 1, __ATOMIC_RELAXED)
+#define QSTATN(x, n) __atomic_add_fetch(&qs_count[x], (unsigned long)(n), __ATOMIC_RELAXED)
+__attribute__((destructor)) static void qs_print(void) {
+  if (getenv("STRAND_QUEUE_STATS") == NULL) return;
+  for (int i = 0; i < QS_N; i++) fprintf(stderr, "qstat %-62s %lu\n", qs_names[i], qs_count[i]);
+}
+#else
+#define QSTAT(x) ((void)0)
+#define QSTATN(x, n) ((void)0)
+#endif
+
 #define Q_RESERVE ((size_t)1 << 29)   /* storage one queue may use by default: 512 MiB */
 #define Q_MIN_STORAGE ((lua_Integer)1 << 18)
 #define Q_MAX_STORAGE ((uint64_t)1 << 40)
@@ -1055,6 +1081,7 @@ static int r_spin(lua_State *L, q_state *st, int ch) {
     __atomic_store_n(&online_cpus, ncpu, __ATOMIC_RELAXED);
   }
   if (ncpu < 2 || strand_loop_get(L)->nready > 0) return 0;
+  QSTAT(ch == CH_GET ? QS_SPIN_GET : QS_SPIN_PUT);
   double until = strand_now() + RING_SPIN_SECONDS;
   for (;;) {
     for (int i = 0; i < 64; i++) {
@@ -1105,6 +1132,7 @@ static int q_sleepers(strand_shm *s) {
 static void r_wake(lua_State *L, strand_shm *s, int ch) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   if (A_RLX(&strand_shm_sleepers(s, ch)) == 0) return;
+  QSTAT(ch == CH_GET ? QS_WAKE_GET : QS_WAKE_PUT);
   strand_shm_lockL(L, s);
   q_settle(s, 1 << ch);
   strand_shm_unlock(s);
@@ -1144,6 +1172,7 @@ static int q_sleep(lua_State *L, strand_shm *s, int ch, int (*ready)(q_state *),
   int sleep = q_sleep_on(s, ch, ready);
   strand_shm_unlock(s);
   if (!sleep) return -1;
+  if (ch != CH_JOIN) QSTAT(ch == CH_GET ? QS_SLEEP_GET : QS_SLEEP_PUT);
   int outcome = strand_shm_wait(L, deadline, ctx, k);
   q_leave(L, s, ch);
   return outcome;
@@ -1413,8 +1442,17 @@ static int r_encode_plain(lua_State *L, int idx, int t, r_item *it, const char *
 static int r_put_locked(strand_shm *s, q_state *st, const r_item *it, const void *bytes) {
   /* help it drain, when a batch fits: moving the one or two slots a getter just freed would
    * write the lines it is reading, and claim tail for each */
-  if (st->ovf_n && r_room_for(st, OVF_BATCH)) o_move(s, st, OVF_BATCH);
-  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) return 0;
+  if (st->ovf_n && r_room_for(st, OVF_BATCH)) {
+    int moved = o_move(s, st, OVF_BATCH);
+    QSTAT(QS_MOVE_PUT);
+    QSTATN(QS_MOVED_PUT, moved);
+    (void)moved;
+  }
+  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) {
+    QSTAT(QS_PUT_LOCKED_RING);
+    return 0;
+  }
+  QSTAT(QS_PUT_OVF);
   r_grow(s, st);                                /* producers got ahead: a bigger ring */
   return o_push(s, st, it, bytes);
 }
@@ -1427,8 +1465,12 @@ int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it, const
   if (st->maxsize) return r_push(st, it, bytes);
   if (A_ACQ(&st->ovf_n) == 0) {
     int r = r_push(st, it, bytes);
-    if (r != 0) return r;
+    if (r != 0) {
+      if (r > 0) QSTAT(QS_PUT_RING);
+      return r;
+    }
   }
+  QSTAT(QS_PUT_LOCKED);
   strand_shm_lockL(L, s);                       /* full, or the overflow is in use */
   if (st->closed) {
     strand_shm_unlock(s);
@@ -1437,7 +1479,10 @@ int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it, const
   *err = r_put_locked(s, st, it, bytes);
   /* as r_wake after a put into the ring: only getters can have been waiting for it (under the
    * mutex, where they count themselves, the count is exact) */
-  if (*err == 0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) q_settle(s, 1);
+  if (*err == 0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) {
+    QSTAT(QS_WAKE_GET);
+    q_settle(s, 1);
+  }
   strand_shm_unlock(s);
   return *err ? -2 : 2;
 }
@@ -1836,6 +1881,7 @@ int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   r_item it;
   strand_intent *me = strand_intent_fast();
   if (r_take_plain(L, st, me)) {
+    QSTAT(QS_GET_PLAIN);
     if (st->maxsize && wake) r_wake(L, s, CH_PUT);
     r_note_tid(&st->get_tid);
     return 1;
@@ -1851,12 +1897,20 @@ int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   int popped = r_pop(st, &it);
   if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
   if (popped) {
+    QSTAT(QS_GET_RING);
     if (st->maxsize && wake) r_wake(L, s, CH_PUT);   /* an unbounded ring has no waiting putters */
   } else {
     if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
+    QSTAT(QS_GET_LOCKED);
     strand_shm_lockL(L, s);
     int moved = r_room(st) ? o_move(s, st, OVF_GET_BATCH) : 0;   /* (none into a full ring) */
-    int got = r_pop(st, &it) || o_pop(s, st, &it);
+    QSTAT(QS_MOVE_GET);
+    QSTATN(QS_MOVED_GET, moved);
+    int got = r_pop(st, &it);
+    if (!got && o_pop(s, st, &it)) {
+      got = 1;
+      QSTAT(QS_GET_OVF);
+    }
     /* more moved: other getters may go on; nobody asleep (exact under the mutex): no settle */
     if ((got || moved) && q_sleepers(s)) q_settle(s, moved > 1);
     strand_shm_unlock(s);
