@@ -146,13 +146,13 @@ static char *dupbytes(const char *s, size_t n) {
 /* After the boot block, blocks of up to SMALL_MAX bytes come from per-state free lists, one per
  * 16-byte class (a block is allocated with its class's whole size, so any block of the class
  * fits any size of it): a freed one is kept (up to SMALL_KEEP bytes in all: one sweep of a
- * consumer's strings frees ~1,000 blocks of one class, which a cap of 32 KiB a class sent back to
- * malloc by the hundreds) and the next allocation of its class takes it back. The collector frees what the state allocates at about
- * the rate it allocates (a consumer's strings: one per get), and glibc's malloc and free cost
- * ~300 instructions per such 125-byte block (its unsorted bins; its per-thread cache holds 7),
- * the free lists ~15. Only for a state made with thr_alloc from its first block (small != 0):
- * a block from another allocator may be shorter than its class. Not under ASan or memcheck
- * (checked_malloc). */
+ * consumer's strings frees ~1,000 blocks of one class, which a cap of 32 KiB a class sent back
+ * to malloc by the hundreds) and the next allocation of its class takes it back. The collector
+ * frees what the state allocates at about the rate it allocates (a consumer's strings: one per
+ * get), and glibc's malloc and free cost ~300 instructions per such 125-byte block (its
+ * unsorted bins; its per-thread cache holds 7), the free lists ~15. Only for a state made with
+ * thr_alloc from its first block (small != 0): a block from another allocator may be shorter
+ * than its class. Not under ASan or memcheck (checked_malloc). */
 #define SMALL_MAX 256
 #define SMALL_NCLS (SMALL_MAX / 16)
 #define SMALL_KEEP (256 * 1024)
