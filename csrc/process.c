@@ -421,14 +421,18 @@ static void carve_start(lua_State *L) {
   lua_setallocf(L, carve_alloc, NULL);
 }
 
-/* process._fork(child_main, daemon, with_result) -> handle | nil, msg, code (process.lua checks
- * threads first). with_result: the child gets a result file (a memfd, shared with the handle)
+/* process._fork(child_main, daemon, with_result [, current]) -> handle | nil, msg, code
+ * (process.lua checks threads first); current: what process._current() gives in the child. with_result: the child gets a result file (a memfd, shared with the handle)
  * as child_main's argument, to write with process._put_result; the parent reads it after the
  * child exits (h:take_result). It never fills up, so the child never waits for the parent, and
  * the parent waits for one event only: the exit (its pidfd).
  * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd) runs (protected)
  * and its integer result is the exit status (1 if it raised); the child never returns here. */
 void strand_thread_os_spent(void);      /* thread.c: this OS thread ends with its state */
+
+/* registry[&CURRENT_KEY]: the process object of this forked child (process.name), made false
+ * when the module opens, so that a child only overwrites an existing entry (no rehash) */
+static const char CURRENT_KEY = 'c';
 
 static int l_fork(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -474,15 +478,27 @@ static int l_fork(lua_State *L) {
       }
     }
     carve_start(L);
-    strand_loop_forked(L);
+    /* The child runs on a coroutine of its own, made here (carved: fresh pages): its stack and
+     * call frames are not L's, whose slots above the fork's frame and CallInfo nodes, allocated
+     * long ago all over the heap, would each be a copied page (docs/internals.md "A start's
+     * wall time"). It is not a task: it drives the fresh loop as the main thread would. */
+    lua_State *co = lua_newthread(L);
+    if (!lua_isnoneornil(L, 4)) {                 /* process.name()'s object */
+      lua_pushvalue(L, 4);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY);
+    }
+    strand_loop_forked(co);
     lua_pushvalue(L, 1);
-    if (rfd >= 0) lua_pushinteger(L, rfd); else lua_pushnil(L);
-    int code = 1;
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
-      if (lua_isinteger(L, -1)) code = (int)lua_tointeger(L, -1);
-      else code = lua_toboolean(L, -1) || lua_isnil(L, -1) ? 0 : 1;
+    lua_xmove(L, co, 1);
+    if (rfd >= 0) lua_pushinteger(co, rfd); else lua_pushnil(co);
+    int code = 1, nres = 0;
+    int st = lua_resume(co, L, 1, &nres);
+    if (st == LUA_OK) {
+      if (nres > 0 && lua_isinteger(co, -nres)) code = (int)lua_tointeger(co, -nres);
+      else code = nres == 0 || lua_toboolean(co, -nres) || lua_isnil(co, -nres) ? 0 : 1;
     } else {
-      const char *msg = lua_tostring(L, -1);
+      const char *msg = st == LUA_YIELD ? "attempt to yield from the process's main function"
+                                        : lua_tostring(co, -1);
       fprintf(stderr, "strand: process %d: %s\n", (int)getpid(), msg ? msg : "(error object)");
     }
     flush_stdio();
@@ -495,6 +511,12 @@ static int l_fork(lua_State *L) {
 
 /* process._forkgen() -> how many strand forks made this process (forked.gen): an object made in
  * another process of the family (a pool) tells its copies by it, with no write in the child. */
+/* process._current() -> the current argument of the _fork that made this process | false */
+static int l_current(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY);
+  return 1;
+}
+
 static int l_forkgen(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)forked.gen);
   return 1;
@@ -673,7 +695,7 @@ STRAND_API int strand_pool_result_max(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
-  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
+  {"_current", l_current}, {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
   {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},
@@ -694,6 +716,11 @@ int strand_open_process(lua_State *L) {
   lua_setfield(L, -2, "__gc");
   luaL_newlib(L, ph_methods);
   lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY) == LUA_TNIL) {
+    lua_pushboolean(L, 0);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY);
+  }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
   return 1;

@@ -84,7 +84,7 @@ end
 
 --- Fork with child_main(rfd, arg) run in the child (returns its exit status); rfd is a result
 --- file (process._put_result) when with_result. -> handle | nil, msg, code
-function M._fork(child_main, daemon, allow_threads, parent_end, with_result, arg)
+function M._fork(child_main, daemon, allow_threads, parent_end, with_result, arg, current)
   local th = package.loaded["strand.thread"]
   if not allow_threads and type(th) == "table" and th.active_count() > 1 then
     error(("process.start: %d strand thread(s) run in this process; a forked child would hold only "
@@ -94,7 +94,7 @@ function M._fork(child_main, daemon, allow_threads, parent_end, with_result, arg
   end
   sweep()
   fork_main, fork_end, fork_arg = child_main, parent_end, arg
-  local h, err, code = C._fork(fork_entry, daemon, with_result)
+  local h, err, code = C._fork(fork_entry, daemon, with_result, current)
   fork_main, fork_end, fork_arg = nil, nil, nil
   if not h then return nil, err, code end
   live[h] = true
@@ -190,16 +190,16 @@ local function child_outcome(rfd, self, ...)
   return r[1] and 0 or 1
 end
 
+-- (process.name(): C._fork keeps self for C._current; its name made only if asked: a new string
+-- in the child would be one more page written there)
 local function run_child(rfd, self)
-  M._current = self                 -- its name made only if process.name() asks (a new string
-                                    -- in the child would be one more page written there)
   return child_outcome(rfd, self, spawn_task(self.fn, unpack(self.args, 1, self.nargs)):join())
 end
 
 function methods:start()
   check_self(self, "start")
   if rawget(self, "_h") ~= nil then error("process " .. self.name .. " already started", 2) end
-  local h, err, code = M._fork(run_child, self.daemon, self.allow_threads, nil, true, self)
+  local h, err, code = M._fork(run_child, self.daemon, self.allow_threads, nil, true, self, self)
   if not h then return nil, err, code end
   self._h = h
   self.pid = h:pid()
@@ -330,7 +330,7 @@ end
 
 --- The name of this process ("MainProcess" unless started by strand.process).
 function M.name()
-  local p = M._current
+  local p = C._current()
   return p and p.name or "MainProcess"
 end
 
