@@ -224,6 +224,9 @@ static int ph_gc(lua_State *L) {
  * (the parent's, which the parent will hand to another child) without using it. */
 
 static atomic_int spare_rfd = -1;
+/* process._next_num(): the N of "Process-N", beside spare_rfd (a start writes that page anyway:
+ * a counter kept in a Lua upvalue was one more heap page written, a fault after each fork) */
+static lua_Integer process_num;
 
 static int rfd_take(void) {
   int fd = atomic_exchange(&spare_rfd, -1);
@@ -421,12 +424,14 @@ static void carve_start(lua_State *L) {
   lua_setallocf(L, carve_alloc, NULL);
 }
 
-/* process._fork(child_main, daemon, with_result [, current]) -> handle | nil, msg, code
- * (process.lua checks threads first); current: what process._current() gives in the child. with_result: the child gets a result file (a memfd, shared with the handle)
+/* process._fork(child_main, daemon, with_result [, current [, ...]]) -> handle | nil, msg, code
+ * (process.lua checks threads first); current: what process._current() gives in the child; the
+ * values after it are child_main's arguments after rfd (none stored for the child to find: a
+ * write to a Lua variable is a heap page written, a fault after each fork). with_result: the child gets a result file (a memfd, shared with the handle)
  * as child_main's argument, to write with process._put_result; the parent reads it after the
  * child exits (h:take_result). It never fills up, so the child never waits for the parent, and
  * the parent waits for one event only: the exit (its pidfd).
- * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd) runs (protected)
+ * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd, ...) runs (protected)
  * and its integer result is the exit status (1 if it raised); the child never returns here. */
 void strand_thread_os_spent(void);      /* thread.c: this OS thread ends with its state */
 
@@ -435,6 +440,7 @@ void strand_thread_os_spent(void);      /* thread.c: this OS thread ends with it
 static const char CURRENT_KEY = 'c';
 
 static int l_fork(lua_State *L) {
+  int nargs = lua_gettop(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int daemon = lua_toboolean(L, 2);
   int rfd = -1;
@@ -488,11 +494,17 @@ static int l_fork(lua_State *L) {
       lua_rawsetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY);
     }
     strand_loop_forked(co);
+    int nextra = nargs > 4 ? nargs - 4 : 0;
     lua_pushvalue(L, 1);
     lua_xmove(L, co, 1);
     if (rfd >= 0) lua_pushinteger(co, rfd); else lua_pushnil(co);
+    luaL_checkstack(co, nextra, NULL);
+    for (int i = 0; i < nextra; i++) {
+      lua_pushvalue(L, 5 + i);
+      lua_xmove(L, co, 1);
+    }
     int code = 1, nres = 0;
-    int st = lua_resume(co, L, 1, &nres);
+    int st = lua_resume(co, L, 1 + nextra, &nres);
     if (st == LUA_OK) {
       if (nres > 0 && lua_isinteger(co, -nres)) code = (int)lua_tointeger(co, -nres);
       else code = nres == 0 || lua_toboolean(co, -nres) || lua_isnil(co, -nres) ? 0 : 1;
@@ -511,6 +523,11 @@ static int l_fork(lua_State *L) {
 
 /* process._forkgen() -> how many strand forks made this process (forked.gen): an object made in
  * another process of the family (a pool) tells its copies by it, with no write in the child. */
+static int l_next_num(lua_State *L) {
+  lua_pushinteger(L, ++process_num);
+  return 1;
+}
+
 /* process._current() -> the current argument of the _fork that made this process | false */
 static int l_current(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY);
@@ -695,7 +712,7 @@ STRAND_API int strand_pool_result_max(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
-  {"_current", l_current}, {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
+  {"_current", l_current}, {"_next_num", l_next_num}, {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
   {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},
