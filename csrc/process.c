@@ -224,9 +224,9 @@ static int ph_gc(lua_State *L) {
  * (the parent's, which the parent will hand to another child) without using it. */
 
 static atomic_int spare_rfd = -1;
-/* process._next_num(): the N of "Process-N", beside spare_rfd (a start writes that page anyway:
- * a counter kept in a Lua upvalue was one more heap page written, a fault after each fork) */
-static lua_Integer process_num;
+/* process._next_num(): the N of "Process-N", in .data beside spare_rfd (a start writes that page
+ * anyway; a counter in a Lua upvalue was one more heap page written, a fault after each fork) */
+static lua_Integer process_num __attribute__((section(".data")));
 
 static int rfd_take(void) {
   int fd = atomic_exchange(&spare_rfd, -1);
