@@ -43,18 +43,24 @@ typedef struct phandle {
                              its parent's handle (the result file is the parent's) */
 } phandle;
 
-/* A forked child's state: its carved blocks (carve_alloc) and which process it is. Defined
- * together, so what a child writes first (forked, carve_next and the area's start) is one page. */
+/* A forked child's state: its carved blocks (carve_alloc) and which process it is, in one
+ * page-aligned block: what a child writes first (gen, carve_next, the carve counters) and its
+ * first carved blocks (its coroutine, loop, task: ~3 KiB for a start) share one page.
+ * gen: how many strand forks made this process (0 in the first one; a child counts one more
+ * than its parent): a handle made in another process is not ours, nor the result file it holds.
+ * next, next_ud: the state's own allocator and its ud. used, high: see carve_alloc. */
 #define CHILD_CARVE (64 * 1024)
 #define CHILD_CARVE_MAX 1024                      /* larger blocks go to the state's allocator */
-static _Alignas(16) char carve_area[CHILD_CARVE];
-static lua_Alloc carve_next;                      /* the state's own allocator and its ud */
-static void *carve_next_ud;
-/* gen: how many strand forks made this process (0 in the first one; a child counts one more
- * than its parent): a handle made in another process is not ours, nor the result file it holds.
- * carve_used: see carve_alloc. (gcc places them in the reverse of this order, all on the
- * area's first page: nm build/strand/core.so) */
-static struct { size_t carve_used; unsigned gen; } forked;
+static struct {
+  _Alignas(4096) lua_Alloc next;
+  void *next_ud;
+  size_t used, high;
+  unsigned gen;
+  _Alignas(16) char area[CHILD_CARVE];
+} forked;
+#define carve_area (forked.area)
+#define carve_next (forked.next)
+#define carve_next_ud (forked.next_ud)
 
 static phandle *ph_check(lua_State *L) {
   return (phandle *)luaL_checkudata(L, 1, PHANDLE_META);
@@ -374,34 +380,52 @@ static void drain_fastbins(void) {
  * bench/process_counts.sh). A carved block freed is lost (the last one carved is taken back),
  * so a long-lived child wastes at most CHILD_CARVE; the parent's blocks and any block past the
  * area go to the state's own allocator. A grandchild goes on carving where its parent stopped.
- * (carve_area, carve_next, forked.carve_used: at the top of this file, with forked.gen.) */
+ * (carve_area, carve_next, forked.used: at the top of this file, with forked.gen.) */
 static void *carve_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   char *p = (char *)ptr;
   int mine = p != NULL && p >= carve_area && p < carve_area + CHILD_CARVE;
   if (p != NULL && !mine) return carve_next(carve_next_ud, ptr, osize, nsize);
   size_t on = mine ? (osize + 15) & ~(size_t)15 : 0;
-  int last = mine && p + on == carve_area + forked.carve_used;
+  int last = mine && p + on == carve_area + forked.used;
   if (nsize == 0) {                               /* only ours come here */
-    if (last) forked.carve_used -= on;
+    if (last) forked.used -= on;
     return NULL;
   }
   size_t n = (nsize + 15) & ~(size_t)15;
   if (last && (size_t)(p - carve_area) + n <= CHILD_CARVE) {     /* the last block: in place */
-    forked.carve_used = (size_t)(p - carve_area) + n;
+    forked.used = (size_t)(p - carve_area) + n;
+    if (forked.used > forked.high) forked.high = forked.used;
     return p;
   }
   if (mine && nsize <= osize) return p;           /* shrinking in place never fails */
   void *q;
-  if (n <= CHILD_CARVE_MAX && n <= CHILD_CARVE - forked.carve_used) {
-    q = carve_area + forked.carve_used;
-    forked.carve_used += n;
+  if (n <= CHILD_CARVE_MAX && n <= CHILD_CARVE - forked.used) {
+    q = carve_area + forked.used;
+    forked.used += n;
+    if (forked.used > forked.high) forked.high = forked.used;
   } else {
     q = carve_next(carve_next_ud, NULL, mine ? 0 : osize, nsize);  /* (osize: the type tag) */
     if (q == NULL) return NULL;                   /* the block stays as it was */
   }
   if (mine) memcpy(q, p, osize < nsize ? osize : nsize);
   return q;
+}
+
+/* A forked child's n zeroed bytes from the carved area, never freed (loop.c: the child's loop),
+ * or NULL (not a forked child, or no room): past carve_high the area was never written in this
+ * process nor in those it was forked from (the Lua blocks carved and freed lie below it). */
+void *strand_forked_block(size_t n) {
+  if (forked.gen == 0) return NULL;
+  n = (n + 15) & ~(size_t)15;
+  size_t at = forked.used > forked.high ? forked.used : forked.high;
+  if (n > CHILD_CARVE - at) return NULL;
+  forked.used = forked.high = at + n;
+  return carve_area + at;
+}
+
+int strand_forked_block_of(const void *p) {
+  return (const char *)p >= carve_area && (const char *)p < carve_area + CHILD_CARVE;
 }
 
 /* carve_alloc is this module's code: a child that closes its state (os.exit(n, true)) unloads
