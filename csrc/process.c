@@ -31,7 +31,9 @@
 #define PHANDLE_META "strand.process.handle"
 
 typedef struct phandle {
-  strand_io io;           /* io.fd is the pidfd; -1 once reaped and closed */
+  strand_io io;           /* io.fd is the pidfd, opened at the first wait that finds the child
+                             running (most joins find it gone: no pidfd_open, no close); -1
+                             before that and once reaped and closed */
   pid_t pid;
   int rfd;                /* the child's results (a memfd), -1 when none or taken */
   int status;             /* raw wait status, valid once reaped */
@@ -107,36 +109,43 @@ static int ph_reap(phandle *h, int block) {
   }
 }
 
-/* h:wait([timeout]) -> exitcode | nil, "timeout". Looks (waitpid, WNOHANG) before each wait
- * and after it: a start lets the child run first when both are on one CPU (l_fork), so a join
- * right after a start mostly finds it gone, and one waitpid then saves the wait's whole round
- * through the loop (the poll armed, the task parked and resumed, the wait's slot written: two
- * heap pages, each a fault after a fork). A child still running (on another CPU) costs that
- * look for nothing: one system call. */
+/* h:wait([timeout [, running]]) -> exitcode | nil, "timeout". Looks (waitpid, WNOHANG) before
+ * each wait and after it (running: the caller just looked, the first look is skipped): a start
+ * lets the child run first when both are on one CPU (l_fork), so a join right after a start
+ * mostly finds it gone, and one waitpid then saves the wait's whole round through the loop (the
+ * poll armed, the task parked and resumed, the wait's slot written: two heap pages, each a fault
+ * after a fork). A child found running is waited for through its pidfd, opened then: right after
+ * a look that found it unreaped, so the pid is still this child's (a zombie keeps it). */
 static int ph_wait_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)ctx;
   int outcome = strand_resumed(L, status);
   phandle *h = ph_check(L);
   double deadline = lua_tonumber(L, 2);
+  int look = ctx != 2;
   for (;;) {
-    int r = ph_reap(h, 0);
+    int r = look ? ph_reap(h, 0) : 0;
+    look = 1;
     if (r < 0) return strand_fail(L, errno);
     if (r == 1) {
       lua_pushinteger(L, exitcode_of(h->status));
       return 1;
     }
     if (outcome == STRAND_TIMEOUT) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
-    if (h->io.fd < 0) return strand_fail_msg(L, "closed", "ECLOSED");
-    outcome = strand_wait_io(L, &h->io, STRAND_READ, deadline, 0, ph_wait_k);
+    if (h->io.fd < 0) {
+      int fd = strand_pidfd_open(h->pid);         /* close-on-exec */
+      if (fd < 0) return strand_fail(L, errno);
+      strand_io_init(&h->io, fd);
+    }
+    outcome = strand_wait_io(L, &h->io, STRAND_READ, deadline, 1, ph_wait_k);
   }
 }
 
 static int ph_wait(lua_State *L) {
   ph_check(L);
   double deadline = strand_opt_deadline(L, 2);
+  int running = lua_toboolean(L, 3);
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
-  return ph_wait_k(L, LUA_OK, 1);
+  return ph_wait_k(L, LUA_OK, running ? 2 : 1);
 }
 
 /* h:poll() -> exitcode | nil (still running) */
@@ -155,9 +164,10 @@ static int ph_signal(lua_State *L) {
   phandle *h = ph_check(L);
   lua_Integer sig = luaL_checkinteger(L, 2);
   luaL_argcheck(L, sig >= 0 && sig < 65, 2, "not a signal number");
-  if (h->reaped || h->io.fd < 0) return strand_fail_msg(L, "process has exited", "ESRCH");
-  if (syscall(SYS_pidfd_send_signal, h->io.fd, (int)sig, NULL, 0) != 0) {
-    if (errno != ENOSYS) return strand_fail(L, errno);
+  if (h->reaped) return strand_fail_msg(L, "process has exited", "ESRCH");
+  /* (no pidfd yet: the pid is still this child's while it is not reaped, a zombie keeps it) */
+  if (h->io.fd < 0 || syscall(SYS_pidfd_send_signal, h->io.fd, (int)sig, NULL, 0) != 0) {
+    if (h->io.fd >= 0 && errno != ENOSYS) return strand_fail(L, errno);
     if (kill(h->pid, (int)sig) != 0) return strand_fail(L, errno);
   }
   lua_pushboolean(L, 1);
@@ -307,8 +317,7 @@ static const luaL_Reg ph_methods[] = {
   {"foreign", ph_foreign}, {NULL, NULL}
 };
 
-/* A handle for pid pushed (the pidfd opened); on failure the child is killed and reaped and
- * nil, msg, code pushed. Returns 1 or 3. */
+/* A handle for pid pushed (its pidfd is opened by the first wait that needs it). Returns 1. */
 static int push_handle_rfd(lua_State *L, pid_t pid, int daemon, int rfd) {
   phandle *h = (phandle *)lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
@@ -318,16 +327,6 @@ static int push_handle_rfd(lua_State *L, pid_t pid, int daemon, int rfd) {
   h->daemon = (unsigned char)daemon;
   h->gen = forked.gen;
   luaL_setmetatable(L, PHANDLE_META);
-  int fd = strand_pidfd_open(pid);              /* close-on-exec */
-  if (fd < 0) {
-    int e = errno;
-    kill(pid, SIGKILL);
-    ph_reap(h, 1);
-    if (h->rfd >= 0) { close(h->rfd); h->rfd = -1; }
-    lua_pop(L, 1);
-    return strand_fail(L, e);
-  }
-  strand_io_init(&h->io, fd);
   return 1;
 }
 

@@ -265,7 +265,7 @@ function methods:join(timeout)
       else
         self._joining = true
         local ok, err
-        ok, code, err = pcall(h.wait, h, deadline and remaining(deadline))
+        ok, code, err = pcall(h.wait, h, deadline and remaining(deadline), true)  -- (just looked)
         if ok and code ~= nil and self._waiters == nil then
           self._joining = false               -- (settle does not wait: none can come meanwhile)
           settle(self, h, code)
