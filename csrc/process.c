@@ -447,7 +447,7 @@ static void carve_start(lua_State *L) {
   lua_setallocf(L, carve_alloc, NULL);
 }
 
-/* process._fork(child_main, daemon, with_result [, current [, ...]]) -> handle | nil, msg, code
+/* process._fork(child_main, daemon, with_result [, current [, ...]]) -> handle, pid | nil, msg, code
  * (process.lua checks threads first); current: what process._current() gives in the child; the
  * values after it are child_main's arguments after rfd (none stored for the child to find: a
  * write to a Lua variable is a heap page written, a fault after each fork). with_result: the child gets a result file (a memfd, shared with the handle)
@@ -541,7 +541,9 @@ static int l_fork(lua_State *L) {
     _exit(code & 0xff);
   }
   if (daemon) strand_thread_os_spent();   /* its PDEATHSIG is tied to this OS thread */
-  return push_handle_rfd(L, pid, daemon, rfd);
+  push_handle_rfd(L, pid, daemon, rfd);
+  lua_pushinteger(L, pid);                     /* (h:pid(), without the call) */
+  return 2;
 }
 
 /* process._forkgen() -> how many strand forks made this process (forked.gen): an object made in

@@ -343,11 +343,11 @@ function M.start(fn, ...)
   }, Process)
   check_threads(false, 2)
   if next(live) ~= nil then sweep() end
-  local h, err, code = C._fork(fork_entry, false, true, p, run_child, nil, p)
-  if not h then return nil, "cannot fork: " .. tostring(err), code end
+  local h, pid, code = C._fork(fork_entry, false, true, p, run_child, nil, p)
+  if not h then return nil, "cannot fork: " .. tostring(pid), code end
   live[h] = true
   p._h = h
-  p.pid = h:pid()
+  p.pid = pid
   return p
 end
 
