@@ -239,7 +239,7 @@ void strand_io_close(strand_io *io) {
 /* {==== the loop object */
 
 /* A forked child's first loop comes from process.c's carved area (strand_forked_block: fresh
- * zeroed bytes on the page the child's first Lua blocks use, never freed); elsewhere malloc's. */
+ * zeroed bytes on the page the child's first Lua blocks use, never freed); others, malloc's. */
 void *strand_forked_block(size_t n);            /* process.c */
 int strand_forked_block_of(const void *p);
 

@@ -112,10 +112,11 @@ static int ph_reap(phandle *h, int block) {
 /* h:wait([timeout [, running]]) -> exitcode | nil, "timeout". Looks (waitpid, WNOHANG) before
  * each wait and after it (running: the caller just looked, the first look is skipped): a start
  * lets the child run first when both are on one CPU (l_fork), so a join right after a start
- * mostly finds it gone, and one waitpid then saves the wait's whole round through the loop (the
- * poll armed, the task parked and resumed, the wait's slot written: two heap pages, each a fault
- * after a fork). A child found running is waited for through its pidfd, opened then: right after
- * a look that found it unreaped, so the pid is still this child's (a zombie keeps it). */
+ * mostly finds it gone, and one waitpid then saves the wait's whole round through the loop
+ * (the poll armed, the task parked and resumed, the wait's slot written: two heap pages, each a
+ * fault after a fork). A child found running is waited for through its pidfd, opened then:
+ * right after a look that found it unreaped, so the pid is still this child's (a zombie keeps
+ * it). */
 static int ph_wait_k(lua_State *L, int status, lua_KContext ctx) {
   int outcome = strand_resumed(L, status);
   phandle *h = ph_check(L);
@@ -240,8 +241,8 @@ static int ph_gc(lua_State *L) {
  * (the parent's, which the parent will hand to another child) without using it. */
 
 static atomic_int spare_rfd = -1;
-/* process._next_num(): the N of "Process-N", in .data beside spare_rfd (a start writes that page
- * anyway; a counter in a Lua upvalue was one more heap page written, a fault after each fork) */
+/* process._next_num(): the N of "Process-N", in .data beside spare_rfd (a start writes that
+ * page anyway; a counter in a Lua upvalue was one more heap page written: a fault a fork) */
 static lua_Integer process_num __attribute__((section(".data")));
 
 static int rfd_take(void) {
@@ -412,7 +413,7 @@ static void *carve_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 /* A forked child's n zeroed bytes from the carved area, never freed (loop.c: the child's loop),
- * or NULL (not a forked child, or no room): past carve_high the area was never written in this
+ * or NULL (not a forked child, or no room): past forked.high the area was never written in this
  * process nor in those it was forked from (the Lua blocks carved and freed lie below it). */
 void *strand_forked_block(size_t n) {
   if (forked.gen == 0) return NULL;
@@ -447,15 +448,17 @@ static void carve_start(lua_State *L) {
   lua_setallocf(L, carve_alloc, NULL);
 }
 
-/* process._fork(child_main, daemon, with_result [, current [, ...]]) -> handle, pid | nil, msg, code
- * (process.lua checks threads first); current: what process._current() gives in the child; the
- * values after it are child_main's arguments after rfd (none stored for the child to find: a
- * write to a Lua variable is a heap page written, a fault after each fork). with_result: the child gets a result file (a memfd, shared with the handle)
- * as child_main's argument, to write with process._put_result; the parent reads it after the
- * child exits (h:take_result). It never fills up, so the child never waits for the parent, and
- * the parent waits for one event only: the exit (its pidfd).
- * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd, ...) runs (protected)
- * and its integer result is the exit status (1 if it raised); the child never returns here. */
+/* process._fork(child_main, daemon, with_result [, current [, ...]]) -> handle, pid | nil, msg,
+ * code (process.lua checks threads first). with_result: the child gets a result file (a memfd,
+ * shared with the handle) as child_main's first argument, to write with process._put_result;
+ * the parent reads it after the child exits (h:take_result). It never fills up, so the child
+ * never waits for the parent, and the parent waits for one event only: the exit. current: what
+ * process._current() gives in the child; the values after it are child_main's arguments after
+ * rfd (none stored for the child to find: a write to a Lua variable is a heap page written, a
+ * fault after each fork).
+ * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd, ...) runs
+ * (protected) and its integer result is the exit status (1 if it raised); the child never
+ * returns here. */
 void strand_thread_os_spent(void);      /* thread.c: this OS thread ends with its state */
 
 /* registry[&CURRENT_KEY]: the process object of this forked child (process.name), made false
@@ -546,8 +549,6 @@ static int l_fork(lua_State *L) {
   return 2;
 }
 
-/* process._forkgen() -> how many strand forks made this process (forked.gen): an object made in
- * another process of the family (a pool) tells its copies by it, with no write in the child. */
 static int l_next_num(lua_State *L) {
   lua_pushinteger(L, ++process_num);
   return 1;
@@ -559,6 +560,8 @@ static int l_current(lua_State *L) {
   return 1;
 }
 
+/* process._forkgen() -> how many strand forks made this process (forked.gen): an object made in
+ * another process of the family (a pool) tells its copies by it, with no write in the child. */
 static int l_forkgen(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)forked.gen);
   return 1;
@@ -737,7 +740,8 @@ STRAND_API int strand_pool_result_max(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
-  {"_current", l_current}, {"_next_num", l_next_num}, {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
+  {"_current", l_current}, {"_next_num", l_next_num},
+  {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
   {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
   {"_decode_at", l_decode_at}, {"_release", l_release},

@@ -98,7 +98,8 @@ end
 function M._fork(child_main, daemon, allow_threads, parent_end, with_result, arg, current)
   check_threads(allow_threads, 3)
   if next(live) ~= nil then sweep() end
-  local h, err, code = C._fork(fork_entry, daemon, with_result, current, child_main, parent_end, arg)
+  local h, err, code = C._fork(fork_entry, daemon, with_result, current,
+                               child_main, parent_end, arg)
   if not h then return nil, err, code end
   live[h] = true
   return h
