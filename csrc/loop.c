@@ -253,7 +253,7 @@ static void loop_unref(strand_loop *loop) {
 static int loop_gc(lua_State *L) {
   strand_loop **box = (strand_loop **)lua_touserdata(L, 1);
   strand_loop *loop = *box;
-  if (loop == NULL) return 0;
+  if (loop == NULL || loop->forked) return 0;   /* (a forked child's abandoned loop: kept) */
   *box = NULL;
   atomic_fetch_add(&loops_gone, 1);             /* before the state (its main thread) is freed */
   loop->closed = 1;
@@ -437,7 +437,7 @@ void strand_loop_forked(lua_State *L) {
       last_main.L = NULL;
       lua_pushlightuserdata(L, old);              /* (and visibly so: not a leak to memcheck) */
       lua_rawseti(L, -3, 5);
-      *box = NULL;
+      /* (the box is left as it is, not one more page written: loop_gc ignores a forked loop) */
     }
   }
   lua_insert(L, -2);                              /* the old box stays below: keep box */
