@@ -283,27 +283,22 @@ void strand_io_close(strand_io *io) {
 
 /* {==== the loop object */
 
-/* A forked child's first loop: a page of its own that the process it was forked from never
- * touched (unless that one was itself such a child: then `used` is set and the grandchild's
- * loop comes from malloc). Made there, the child's loop is one fresh page instead of a malloc
- * that writes the allocator's arena and a heap page shared with the parent (copies) and a
- * memset (a code page). Never freed, never reused. */
-static struct {
-  _Alignas(4096) strand_loop loop;
-  int used;
-} forked_mem;
+/* A forked child's first loop comes from process.c's carved area (strand_forked_block: fresh
+ * zeroed bytes on the page the child's first Lua blocks use, never freed); others, malloc's. */
+void *strand_forked_block(size_t n);            /* process.c */
+int strand_forked_block_of(const void *p);
 
 static void loop_unref(strand_loop *loop) {
   if (--loop->refs > 0) return;
   free(loop->heap);
   free(loop->scratch);
-  if (loop != &forked_mem.loop) free(loop);
+  if (!strand_forked_block_of(loop)) free(loop);
 }
 
 static int loop_gc(lua_State *L) {
   strand_loop **box = (strand_loop **)lua_touserdata(L, 1);
   strand_loop *loop = *box;
-  if (loop == NULL) return 0;
+  if (loop == NULL || loop->forked) return 0;   /* (a forked child's abandoned loop: kept) */
   *box = NULL;
   atomic_fetch_add(&loops_gone, 1);             /* before the state (its main thread) is freed */
   loop->closed = 1;
@@ -412,13 +407,10 @@ static strand_loop *loop_new(lua_State *L, const strand_poller *poller, const st
   }
   lua_setmetatable(L, -2);
   strand_loop *loop;
-  /* in a forked child: zeroed, as calloc's (an exchange: the page's first touch is a write,
-   * one fault; a read first would map the zero page, then fault again to write) */
-  if (old != NULL && __atomic_exchange_n(&forked_mem.used, 1, __ATOMIC_RELAXED) == 0) {
-    loop = &forked_mem.loop;
-  } else {
-    loop = (strand_loop *)calloc(1, sizeof *loop);
-  }
+  /* in a forked child: zeroed, as calloc's, with no malloc (its arena and a heap page shared
+   * with the parent: copies) nor memset (a code page) */
+  loop = old != NULL ? (strand_loop *)strand_forked_block(sizeof *loop) : NULL;
+  if (loop == NULL) loop = (strand_loop *)calloc(1, sizeof *loop);
   if (loop == NULL) luaL_error(L, "strand: out of memory creating the loop");
   *box = loop;                                  /* from now on __gc frees it */
   loop->refs = 1;
@@ -496,10 +488,12 @@ void strand_loop_forked(lua_State *L) {
         old->pstate = NULL;
       }
       old->refs++;                                /* kept for good: see above */
-      atomic_fetch_add(&loops_gone, 1);
+      /* (not loops_gone: this thread is the child's only one, its memory is all there is to
+       * void, on the page of thread-locals it writes anyway; loops_gone's is one more) */
+      last_main.L = NULL;
       lua_pushlightuserdata(L, old);              /* (and visibly so: not a leak to memcheck) */
       lua_rawseti(L, -3, 5);
-      *box = NULL;
+      /* (the box is left as it is, not one more page written: loop_gc ignores a forked loop) */
     }
   }
   lua_insert(L, -2);                              /* the old box stays below: keep box */

@@ -31,7 +31,9 @@
 #define PHANDLE_META "strand.process.handle"
 
 typedef struct phandle {
-  strand_io io;           /* io.fd is the pidfd; -1 once reaped and closed */
+  strand_io io;           /* io.fd is the pidfd, opened at the first wait that finds the child
+                             running (most joins find it gone: no pidfd_open, no close); -1
+                             before that and once reaped and closed */
   pid_t pid;
   int rfd;                /* the child's results (a memfd), -1 when none or taken */
   int status;             /* raw wait status, valid once reaped */
@@ -43,18 +45,24 @@ typedef struct phandle {
                              its parent's handle (the result file is the parent's) */
 } phandle;
 
-/* A forked child's state: its carved blocks (carve_alloc) and which process it is. Defined
- * together, so what a child writes first (forked, carve_next and the area's start) is one page. */
+/* A forked child's state: its carved blocks (carve_alloc) and which process it is, in one
+ * page-aligned block: what a child writes first (gen, carve_next, the carve counters) and its
+ * first carved blocks (its coroutine, loop, task: ~3 KiB for a start) share one page.
+ * gen: how many strand forks made this process (0 in the first one; a child counts one more
+ * than its parent): a handle made in another process is not ours, nor the result file it holds.
+ * next, next_ud: the state's own allocator and its ud. used, high: see carve_alloc. */
 #define CHILD_CARVE (64 * 1024)
 #define CHILD_CARVE_MAX 1024                      /* larger blocks go to the state's allocator */
-static _Alignas(16) char carve_area[CHILD_CARVE];
-static lua_Alloc carve_next;                      /* the state's own allocator and its ud */
-static void *carve_next_ud;
-/* gen: how many strand forks made this process (0 in the first one; a child counts one more
- * than its parent): a handle made in another process is not ours, nor the result file it holds.
- * carve_used: see carve_alloc. (gcc places them in the reverse of this order, all on the
- * area's first page: nm build/strand/core.so) */
-static struct { size_t carve_used; unsigned gen; } forked;
+static struct {
+  _Alignas(4096) lua_Alloc next;
+  void *next_ud;
+  size_t used, high;
+  unsigned gen;
+  _Alignas(16) char area[CHILD_CARVE];
+} forked;
+#define carve_area (forked.area)
+#define carve_next (forked.next)
+#define carve_next_ud (forked.next_ud)
 
 static phandle *ph_check(lua_State *L) {
   return (phandle *)luaL_checkudata(L, 1, PHANDLE_META);
@@ -101,36 +109,44 @@ static int ph_reap(phandle *h, int block) {
   }
 }
 
-/* h:wait([timeout]) -> exitcode | nil, "timeout". Looks (waitpid, WNOHANG) before each wait
- * and after it: a start lets the child run first when both are on one CPU (l_fork), so a join
- * right after a start mostly finds it gone, and one waitpid then saves the wait's whole round
- * through the loop (the poll armed, the task parked and resumed, the wait's slot written: two
- * heap pages, each a fault after a fork). A child still running (on another CPU) costs that
- * look for nothing: one system call. */
+/* h:wait([timeout [, running]]) -> exitcode | nil, "timeout". Looks (waitpid, WNOHANG) before
+ * each wait and after it (running: the caller just looked, the first look is skipped): a start
+ * lets the child run first when both are on one CPU (l_fork), so a join right after a start
+ * mostly finds it gone, and one waitpid then saves the wait's whole round through the loop
+ * (the poll armed, the task parked and resumed, the wait's slot written: two heap pages, each a
+ * fault after a fork). A child found running is waited for through its pidfd, opened then:
+ * right after a look that found it unreaped, so the pid is still this child's (a zombie keeps
+ * it). */
 static int ph_wait_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)ctx;
   int outcome = strand_resumed(L, status);
   phandle *h = ph_check(L);
   double deadline = lua_tonumber(L, 2);
+  int look = ctx != 2;
   for (;;) {
-    int r = ph_reap(h, 0);
+    int r = look ? ph_reap(h, 0) : 0;
+    look = 1;
     if (r < 0) return strand_fail(L, errno);
     if (r == 1) {
       lua_pushinteger(L, exitcode_of(h->status));
       return 1;
     }
     if (outcome == STRAND_TIMEOUT) return strand_fail_msg(L, "timeout", "ETIMEDOUT");
-    if (h->io.fd < 0) return strand_fail_msg(L, "closed", "ECLOSED");
-    outcome = strand_wait_io(L, &h->io, STRAND_READ, deadline, 0, ph_wait_k);
+    if (h->io.fd < 0) {
+      int fd = strand_pidfd_open(h->pid);         /* close-on-exec */
+      if (fd < 0) return strand_fail(L, errno);
+      strand_io_init(&h->io, fd);
+    }
+    outcome = strand_wait_io(L, &h->io, STRAND_READ, deadline, 1, ph_wait_k);
   }
 }
 
 static int ph_wait(lua_State *L) {
   ph_check(L);
   double deadline = strand_opt_deadline(L, 2);
+  int running = lua_toboolean(L, 3);
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
-  return ph_wait_k(L, LUA_OK, 1);
+  return ph_wait_k(L, LUA_OK, running ? 2 : 1);
 }
 
 /* h:poll() -> exitcode | nil (still running) */
@@ -149,9 +165,10 @@ static int ph_signal(lua_State *L) {
   phandle *h = ph_check(L);
   lua_Integer sig = luaL_checkinteger(L, 2);
   luaL_argcheck(L, sig >= 0 && sig < 65, 2, "not a signal number");
-  if (h->reaped || h->io.fd < 0) return strand_fail_msg(L, "process has exited", "ESRCH");
-  if (syscall(SYS_pidfd_send_signal, h->io.fd, (int)sig, NULL, 0) != 0) {
-    if (errno != ENOSYS) return strand_fail(L, errno);
+  if (h->reaped) return strand_fail_msg(L, "process has exited", "ESRCH");
+  /* (no pidfd yet: the pid is still this child's while it is not reaped, a zombie keeps it) */
+  if (h->io.fd < 0 || syscall(SYS_pidfd_send_signal, h->io.fd, (int)sig, NULL, 0) != 0) {
+    if (h->io.fd >= 0 && errno != ENOSYS) return strand_fail(L, errno);
     if (kill(h->pid, (int)sig) != 0) return strand_fail(L, errno);
   }
   lua_pushboolean(L, 1);
@@ -224,6 +241,9 @@ static int ph_gc(lua_State *L) {
  * (the parent's, which the parent will hand to another child) without using it. */
 
 static atomic_int spare_rfd = -1;
+/* process._next_num(): the N of "Process-N", in .data beside spare_rfd (a start writes that
+ * page anyway; a counter in a Lua upvalue was one more heap page written: a fault a fork) */
+static lua_Integer process_num __attribute__((section(".data")));
 
 static int rfd_take(void) {
   int fd = atomic_exchange(&spare_rfd, -1);
@@ -298,8 +318,7 @@ static const luaL_Reg ph_methods[] = {
   {"foreign", ph_foreign}, {NULL, NULL}
 };
 
-/* A handle for pid pushed (the pidfd opened); on failure the child is killed and reaped and
- * nil, msg, code pushed. Returns 1 or 3. */
+/* A handle for pid pushed (its pidfd is opened by the first wait that needs it). Returns 1. */
 static int push_handle_rfd(lua_State *L, pid_t pid, int daemon, int rfd) {
   phandle *h = (phandle *)lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
@@ -309,16 +328,6 @@ static int push_handle_rfd(lua_State *L, pid_t pid, int daemon, int rfd) {
   h->daemon = (unsigned char)daemon;
   h->gen = forked.gen;
   luaL_setmetatable(L, PHANDLE_META);
-  int fd = strand_pidfd_open(pid);              /* close-on-exec */
-  if (fd < 0) {
-    int e = errno;
-    kill(pid, SIGKILL);
-    ph_reap(h, 1);
-    if (h->rfd >= 0) { close(h->rfd); h->rfd = -1; }
-    lua_pop(L, 1);
-    return strand_fail(L, e);
-  }
-  strand_io_init(&h->io, fd);
   return 1;
 }
 
@@ -371,34 +380,52 @@ static void drain_fastbins(void) {
  * bench/process_counts.sh). A carved block freed is lost (the last one carved is taken back),
  * so a long-lived child wastes at most CHILD_CARVE; the parent's blocks and any block past the
  * area go to the state's own allocator. A grandchild goes on carving where its parent stopped.
- * (carve_area, carve_next, forked.carve_used: at the top of this file, with forked.gen.) */
+ * (carve_area, carve_next, forked.used: at the top of this file, with forked.gen.) */
 static void *carve_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   char *p = (char *)ptr;
   int mine = p != NULL && p >= carve_area && p < carve_area + CHILD_CARVE;
   if (p != NULL && !mine) return carve_next(carve_next_ud, ptr, osize, nsize);
   size_t on = mine ? (osize + 15) & ~(size_t)15 : 0;
-  int last = mine && p + on == carve_area + forked.carve_used;
+  int last = mine && p + on == carve_area + forked.used;
   if (nsize == 0) {                               /* only ours come here */
-    if (last) forked.carve_used -= on;
+    if (last) forked.used -= on;
     return NULL;
   }
   size_t n = (nsize + 15) & ~(size_t)15;
   if (last && (size_t)(p - carve_area) + n <= CHILD_CARVE) {     /* the last block: in place */
-    forked.carve_used = (size_t)(p - carve_area) + n;
+    forked.used = (size_t)(p - carve_area) + n;
+    if (forked.used > forked.high) forked.high = forked.used;
     return p;
   }
   if (mine && nsize <= osize) return p;           /* shrinking in place never fails */
   void *q;
-  if (n <= CHILD_CARVE_MAX && n <= CHILD_CARVE - forked.carve_used) {
-    q = carve_area + forked.carve_used;
-    forked.carve_used += n;
+  if (n <= CHILD_CARVE_MAX && n <= CHILD_CARVE - forked.used) {
+    q = carve_area + forked.used;
+    forked.used += n;
+    if (forked.used > forked.high) forked.high = forked.used;
   } else {
     q = carve_next(carve_next_ud, NULL, mine ? 0 : osize, nsize);  /* (osize: the type tag) */
     if (q == NULL) return NULL;                   /* the block stays as it was */
   }
   if (mine) memcpy(q, p, osize < nsize ? osize : nsize);
   return q;
+}
+
+/* A forked child's n zeroed bytes from the carved area, never freed (loop.c: the child's loop),
+ * or NULL (not a forked child, or no room): past forked.high the area was never written in this
+ * process nor in those it was forked from (the Lua blocks carved and freed lie below it). */
+void *strand_forked_block(size_t n) {
+  if (forked.gen == 0) return NULL;
+  n = (n + 15) & ~(size_t)15;
+  size_t at = forked.used > forked.high ? forked.used : forked.high;
+  if (n > CHILD_CARVE - at) return NULL;
+  forked.used = forked.high = at + n;
+  return carve_area + at;
+}
+
+int strand_forked_block_of(const void *p) {
+  return (const char *)p >= carve_area && (const char *)p < carve_area + CHILD_CARVE;
 }
 
 /* carve_alloc is this module's code: a child that closes its state (os.exit(n, true)) unloads
@@ -421,16 +448,25 @@ static void carve_start(lua_State *L) {
   lua_setallocf(L, carve_alloc, NULL);
 }
 
-/* process._fork(child_main, daemon, with_result) -> handle | nil, msg, code (process.lua checks
- * threads first). with_result: the child gets a result file (a memfd, shared with the handle)
- * as child_main's argument, to write with process._put_result; the parent reads it after the
- * child exits (h:take_result). It never fills up, so the child never waits for the parent, and
- * the parent waits for one event only: the exit (its pidfd).
- * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd) runs (protected)
- * and its integer result is the exit status (1 if it raised); the child never returns here. */
+/* process._fork(child_main, daemon, with_result [, current [, ...]]) -> handle, pid | nil, msg,
+ * code (process.lua checks threads first). with_result: the child gets a result file (a memfd,
+ * shared with the handle) as child_main's first argument, to write with process._put_result;
+ * the parent reads it after the child exits (h:take_result). It never fills up, so the child
+ * never waits for the parent, and the parent waits for one event only: the exit. current: what
+ * process._current() gives in the child; the values after it are child_main's arguments after
+ * rfd (none stored for the child to find: a write to a Lua variable is a heap page written, a
+ * fault after each fork).
+ * In the child: the parent's loop is abandoned for a fresh one, child_main(rfd, ...) runs
+ * (protected) and its integer result is the exit status (1 if it raised); the child never
+ * returns here. */
 void strand_thread_os_spent(void);      /* thread.c: this OS thread ends with its state */
 
+/* registry[&CURRENT_KEY]: the process object of this forked child (process.name), made false
+ * when the module opens, so that a child only overwrites an existing entry (no rehash) */
+static const char CURRENT_KEY = 'c';
+
 static int l_fork(lua_State *L) {
+  int nargs = lua_gettop(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int daemon = lua_toboolean(L, 2);
   int rfd = -1;
@@ -474,15 +510,33 @@ static int l_fork(lua_State *L) {
       }
     }
     carve_start(L);
-    strand_loop_forked(L);
+    /* The child runs on a coroutine of its own, made here (carved: fresh pages): its stack and
+     * call frames are not L's, whose slots above the fork's frame and CallInfo nodes, allocated
+     * long ago all over the heap, would each be a copied page (docs/internals.md "A start's
+     * wall time"). It is not a task: it drives the fresh loop as the main thread would. */
+    lua_State *co = lua_newthread(L);
+    if (!lua_isnoneornil(L, 4)) {                 /* process.name()'s object */
+      lua_pushvalue(L, 4);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY);
+    }
+    strand_loop_forked(co);
+    int nextra = nargs > 4 ? nargs - 4 : 0;
     lua_pushvalue(L, 1);
-    if (rfd >= 0) lua_pushinteger(L, rfd); else lua_pushnil(L);
-    int code = 1;
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
-      if (lua_isinteger(L, -1)) code = (int)lua_tointeger(L, -1);
-      else code = lua_toboolean(L, -1) || lua_isnil(L, -1) ? 0 : 1;
+    lua_xmove(L, co, 1);
+    if (rfd >= 0) lua_pushinteger(co, rfd); else lua_pushnil(co);
+    luaL_checkstack(co, nextra, NULL);
+    for (int i = 0; i < nextra; i++) {
+      lua_pushvalue(L, 5 + i);
+      lua_xmove(L, co, 1);
+    }
+    int code = 1, nres = 0;
+    int st = lua_resume(co, L, 1 + nextra, &nres);
+    if (st == LUA_OK) {
+      if (nres > 0 && lua_isinteger(co, -nres)) code = (int)lua_tointeger(co, -nres);
+      else code = nres == 0 || lua_toboolean(co, -nres) || lua_isnil(co, -nres) ? 0 : 1;
     } else {
-      const char *msg = lua_tostring(L, -1);
+      const char *msg = st == LUA_YIELD ? "attempt to yield from the process's main function"
+                                        : lua_tostring(co, -1);
       fprintf(stderr, "strand: process %d: %s\n", (int)getpid(), msg ? msg : "(error object)");
     }
     flush_stdio();
@@ -490,7 +544,20 @@ static int l_fork(lua_State *L) {
     _exit(code & 0xff);
   }
   if (daemon) strand_thread_os_spent();   /* its PDEATHSIG is tied to this OS thread */
-  return push_handle_rfd(L, pid, daemon, rfd);
+  push_handle_rfd(L, pid, daemon, rfd);
+  lua_pushinteger(L, pid);                     /* (h:pid(), without the call) */
+  return 2;
+}
+
+static int l_next_num(lua_State *L) {
+  lua_pushinteger(L, ++process_num);
+  return 1;
+}
+
+/* process._current() -> the current argument of the _fork that made this process | false */
+static int l_current(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY);
+  return 1;
 }
 
 /* process._forkgen() -> how many strand forks made this process (forked.gen): an object made in
@@ -673,6 +740,7 @@ STRAND_API int strand_pool_result_max(lua_State *L);
 
 static const luaL_Reg funcs[] = {
   {"_fork", l_fork}, {"_exit", l_exit}, {"_put_result", l_put_result}, {"_spawn", strand_spawn_exec},
+  {"_current", l_current}, {"_next_num", l_next_num},
   {"_encode", l_encode}, {"_encodev", l_encodev}, {"_encodeargs", l_encodeargs}, {"_forkgen", l_forkgen},
   {"_background", l_background},
   {"_encode_list", l_encode_list}, {"_decode_into", l_decode_into}, {"_table", l_table},
@@ -694,6 +762,11 @@ int strand_open_process(lua_State *L) {
   lua_setfield(L, -2, "__gc");
   luaL_newlib(L, ph_methods);
   lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY) == LUA_TNIL) {
+    lua_pushboolean(L, 0);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &CURRENT_KEY);
+  }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
   return 1;

@@ -260,16 +260,15 @@ static void arena_free(uint64_t off, uint64_t n) {
 
 /* {==== who we are: cached ids, forgotten in a forked child; the fork hooks */
 
-static atomic_int cached_pid;           /* the process's, shared by its threads */
-/* each thread's own; initial-exec: a plain load, this one int fits the static TLS reserve */
+/* each thread's own copies; initial-exec: a plain load, these ints fit the static TLS reserve.
+ * (The pid per thread too: a forked child resets it on the page of thread-locals it writes
+ * anyway, where a process-wide one was one more page of core.so's written at each fork.) */
+static __thread int cached_pid __attribute__((tls_model("initial-exec")));
 static __thread int cached_tid __attribute__((tls_model("initial-exec")));
 
 int strand_shm_pid(void) {
-  int pid = atomic_load_explicit(&cached_pid, memory_order_relaxed);
-  if (pid) return pid;
-  pid = (int)getpid();
-  atomic_store_explicit(&cached_pid, pid, memory_order_relaxed);
-  return pid;
+  if (cached_pid) return cached_pid;
+  return cached_pid = (int)getpid();
 }
 
 int strand_shm_tid(void) {
@@ -380,7 +379,7 @@ static void hold_child(void) {
 
 static void fork_child(void) {
   if (hold_rfd >= 0) hold_child();
-  atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
+  if (cached_pid) cached_pid = 0;
   if (cached_tid) cached_tid = 0;
   if (strand_intent_off) strand_intent_off = 0;  /* the parent's thread keeps its record */
   if (prep_refs) {                              /* its references are counted already */
@@ -694,7 +693,7 @@ void strand_shm_exiting(void) {
    * other code of libc's pthread_mutex_lock page took a code page fault for it here) */
   int lock = !__libc_single_threaded;
   if (lock) pthread_mutex_lock(&objs_mu);
-  if (!exiting) {
+  if (!exiting && objs != NULL) {     /* (none: no page of core.so's written at every exit) */
     exiting = 1;
     for (strand_shm *s = objs; s; s = s->lnext) strand_shm_aref(HEAD_OFF(s), -1);
   }

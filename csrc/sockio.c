@@ -143,7 +143,9 @@ void sock_uring_detach(sock *s) {
     if (strand_buf_append(&s->rbuf, tmp, n) != 0) break;   /* ENOMEM: the rest stays queued */
 }
 
-static _Atomic uint32_t fork_epoch;
+/* (in .data, not .bss: beside process.c's spare_rfd, on the page a start writes anyway; each
+ * other page a parent writes per fork is one more page fault per process.start) */
+static _Atomic uint32_t fork_epoch __attribute__((section(".data")));
 
 uint32_t sock_fork_epoch(void) { return atomic_load_explicit(&fork_epoch, memory_order_relaxed); }
 

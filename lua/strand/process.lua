@@ -74,28 +74,32 @@ local function child_setup(own_parent_end)
 end
 M._child_setup = child_setup
 
--- What the child of the next C._fork runs, set just before it (the fork is synchronous): one
--- function for every fork, no closure made per start.
-local fork_main, fork_end, fork_arg
-local function fork_entry(rfd)
-  child_setup(fork_end)
-  return fork_main(rfd, fork_arg)
+-- What a forked child runs first (C._fork calls it on the child's own coroutine with the
+-- arguments the parent passed): nothing is stored in the parent for the child to find (a write to
+-- an upvalue is a write to a heap page, a fault after each fork).
+local function fork_entry(rfd, child_main, own_parent_end, arg)
+  child_setup(own_parent_end)
+  return child_main(rfd, arg)
 end
 
---- Fork with child_main(rfd, arg) run in the child (returns its exit status); rfd is a result
---- file (process._put_result) when with_result. -> handle | nil, msg, code
-function M._fork(child_main, daemon, allow_threads, parent_end, with_result, arg)
+local function check_threads(allow_threads, level)
   local th = package.loaded["strand.thread"]
   if not allow_threads and type(th) == "table" and th.active_count() > 1 then
     error(("process.start: %d strand thread(s) run in this process; a forked child would hold only "
       .. "this one, with whatever lock another thread held at that moment (a strand thread's Lua "
       .. "state, stdio, a library's own) frozen for good (pass allow_threads=true to fork anyway)")
-      :format(th.active_count() - 1), 3)
+      :format(th.active_count() - 1), level + 1)
   end
-  sweep()
-  fork_main, fork_end, fork_arg = child_main, parent_end, arg
-  local h, err, code = C._fork(fork_entry, daemon, with_result)
-  fork_main, fork_end, fork_arg = nil, nil, nil
+end
+
+--- Fork with child_main(rfd, arg) run in the child (returns its exit status); rfd is a result
+--- file (process._put_result) when with_result; current: what process.name() reads in the
+--- child. -> handle | nil, msg, code
+function M._fork(child_main, daemon, allow_threads, parent_end, with_result, arg, current)
+  check_threads(allow_threads, 3)
+  if next(live) ~= nil then sweep() end
+  local h, err, code = C._fork(fork_entry, daemon, with_result, current,
+                               child_main, parent_end, arg)
   if not h then return nil, err, code end
   live[h] = true
   return h
@@ -110,7 +114,7 @@ end
 
 local Process = {}
 local methods = {}
-local counter = 0
+local next_num = C._next_num          -- Process-N: a counter in C (no upvalue written per start)
 
 Process.__index = function(self, k)
   if k == "name" then                    -- "Process-N", made when first asked for (most never are)
@@ -152,12 +156,11 @@ function M.new(opts)
   if opts.name ~= nil and type(opts.name) ~= "string" then
     error("bad argument #1 to 'new' (name must be a string)", 2)
   end
-  counter = counter + 1
   local args = opts.args or {}
   -- the fields start, join and finish add are named too (nil): the table is made with room
   return setmetatable({
     fn = opts.fn, args = args, nargs = args.n or #args,
-    name = opts.name, _num = counter,
+    name = opts.name, _num = next_num(),
     daemon = opts.daemon and true or false,
     allow_threads = opts.allow_threads and true or false,
     _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
@@ -190,16 +193,16 @@ local function child_outcome(rfd, self, ...)
   return r[1] and 0 or 1
 end
 
+-- (process.name(): C._fork keeps self for C._current; its name made only if asked: a new string
+-- in the child would be one more page written there)
 local function run_child(rfd, self)
-  M._current = self                 -- its name made only if process.name() asks (a new string
-                                    -- in the child would be one more page written there)
   return child_outcome(rfd, self, spawn_task(self.fn, unpack(self.args, 1, self.nargs)):join())
 end
 
 function methods:start()
   check_self(self, "start")
   if rawget(self, "_h") ~= nil then error("process " .. self.name .. " already started", 2) end
-  local h, err, code = M._fork(run_child, self.daemon, self.allow_threads, nil, true, self)
+  local h, err, code = M._fork(run_child, self.daemon, self.allow_threads, nil, true, self, self)
   if not h then return nil, err, code end
   self._h = h
   self.pid = h:pid()
@@ -215,16 +218,13 @@ end
 -- by every such process: _final is only ever read.
 local RETURNED_NOTHING = pack(true)
 
--- One joiner waits for the exit (one event: the pidfd) and reads the results the child left;
--- the others wait for its notification.
-local function finish(self, deadline)
-  local h = self._h
-  local code, err = h:wait(deadline and remaining(deadline))  -- reaps a child that has ended
-  if code == nil then return nil, err end
+-- The outcome of a child that has been reaped (h:wait or h:poll gave its exit code): its
+-- results read from the file it left. Nothing here waits.
+local function settle(self, h, code)
   live[h] = nil
   if h:foreign() then                 -- a forked child's copy: the process is its parent's child
     self._final = pack(false, "process " .. self.name .. " belongs to the parent process (this is a forked child)")
-    return true
+    return
   end
   local msg = h:take_result()
   local r
@@ -239,14 +239,17 @@ local function finish(self, deadline)
     r = pack(false, failure_message(code))
   end
   self._final = r
-  return true
 end
 
 --- p:join([timeout]) -> true, ...results | false, err | nil, "timeout"
+--- One joiner waits for the exit (one event: the pidfd) and reads the results the child left;
+--- the others wait for its notification. A child already gone is settled without a wait (and
+--- without the pcall a wait needs: fewer call levels, see M.start).
 function methods:join(timeout)
   if getmetatable(self) ~= Process then check_self(self, "join") end   -- calls only to raise
   if timeout ~= nil then check_timeout(timeout, 2, "join") end
-  if rawget(self, "_h") == nil then error("process " .. self.name .. " was not started", 2) end
+  local h = rawget(self, "_h")
+  if h == nil then error("process " .. self.name .. " was not started", 2) end
   local deadline = timeout and now() + timeout
   while self._final == nil do
     if self._joining then
@@ -257,16 +260,31 @@ function methods:join(timeout)
       local ok = n:wait(remaining(deadline))
       if not ok and self._final == nil then return nil, "timeout" end
     else
-      self._joining = true
-      local ok, done, err = pcall(finish, self, deadline)
-      self._joining = false
-      local w = self._waiters
-      if w then
-        self._waiters = nil
-        for i = 1, #w do w[i]:notify() end
+      local code = h:poll()                 -- reaps a child that has ended
+      if code ~= nil then
+        settle(self, h, code)               -- (no waiters: they come only while one waits)
+      else
+        self._joining = true
+        local ok, err
+        ok, code, err = pcall(h.wait, h, deadline and remaining(deadline), true)  -- (just looked)
+        if ok and code ~= nil and self._waiters == nil then
+          self._joining = false               -- (settle does not wait: none can come meanwhile)
+          settle(self, h, code)
+        else
+          if ok and code ~= nil then
+            ok, err = pcall(settle, self, h, code)      -- the waiters are told even if it raised
+            if not ok then code = err end
+          end
+          self._joining = false
+          local w = self._waiters
+          if w then
+            self._waiters = nil
+            for i = 1, #w do w[i]:notify() end
+          end
+          if not ok then error(code, 0) end
+          if code == nil then return nil, err end
+        end
       end
-      if not ok then error(done, 0) end
-      if not done then return nil, err end
     end
   end
   local r = self._final
@@ -312,25 +330,31 @@ end
 local NO_ARGS = pack()
 
 --- process.start(fn, ...) -> a started process | nil, "cannot fork: <message>", CODE (out of
---- descriptors, memory or processes: a runtime failure, API.md)
+--- descriptors, memory or processes: a runtime failure, API.md). process.new{...}:start(),
+--- inline: each call level is a CallInfo node of the caller's thread written, and those nodes
+--- lie on pages of their own (allocated over the program's life): a fault each after a fork.
 function M.start(fn, ...)
   if type(fn) ~= "function" then
     error("bad argument #1 to 'start' (function expected, got " .. type(fn) .. ")", 2)
   end
-  counter = counter + 1                  -- process.new{fn = fn, args = pack(...)}, inline
   local args = select("#", ...) == 0 and NO_ARGS or pack(...)
   local p = setmetatable({
-    fn = fn, args = args, nargs = args.n, name = nil, _num = counter, daemon = false,
+    fn = fn, args = args, nargs = args.n, name = nil, _num = next_num(), daemon = false,
     allow_threads = false, _h = nil, pid = nil, _final = nil, _joining = nil, _waiters = nil,
   }, Process)
-  local ok, err, code = p:start()
-  if not ok then return nil, "cannot fork: " .. tostring(err), code end
+  check_threads(false, 2)
+  if next(live) ~= nil then sweep() end
+  local h, pid, code = C._fork(fork_entry, false, true, p, run_child, nil, p)
+  if not h then return nil, "cannot fork: " .. tostring(pid), code end
+  live[h] = true
+  p._h = h
+  p.pid = pid
   return p
 end
 
 --- The name of this process ("MainProcess" unless started by strand.process).
 function M.name()
-  local p = M._current
+  local p = C._current()
   return p and p.name or "MainProcess"
 end
 
