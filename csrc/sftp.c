@@ -273,8 +273,14 @@ static int symlink_step(lua_State *L, ssh_sess *S) {
   /* sftp:symlink(target, linkpath): libssh2 sends its `path` first, and OpenSSH's server reads
    * the first as the link's target (the long-standing argument swap), so target goes as path */
   const char *a = lua_tolstring(L, 2, &al), *b = lua_tolstring(L, 4, &bl);
-  return simple_result(L, S, f->sftp, libssh2_sftp_symlink_ex(f->sftp, a, (unsigned)al, (char *)b,
-                                                              (unsigned)bl, LIBSSH2_SFTP_SYMLINK));
+  int rc = libssh2_sftp_symlink_ex(f->sftp, a, (unsigned)al, (char *)b, (unsigned)bl,
+                                   LIBSSH2_SFTP_SYMLINK);
+  if (rc == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
+  if (rc == 0 || rc == LIBSSH2_ERROR_SFTP_PROTOCOL) {   /* a STATUS reply: see link_step */
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  return sftp_fail(L, S, f->sftp, rc);
 }
 
 static int f_rename(lua_State *L) { luaL_checkstring(L, 3); return two_args(L, 0, rename_step); }
@@ -288,6 +294,15 @@ static int link_step(lua_State *L, ssh_sess *S) {
   int rc = libssh2_sftp_symlink_ex(f->sftp, p, (unsigned)pl, buf, sizeof buf,
                                    (int)lua_tointeger(L, 3));
   if (rc == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
+  /* libssh2 1.10's sftp_symlink (SYMLINK, READLINK, REALPATH) takes a STATUS reply's request id
+   * for its status code: a refusal comes back as success with no name when the id is 0, else as
+   * LIBSSH2_ERROR_SFTP_PROTOCOL with the id as the "last error", and a SYMLINK carried out as a
+   * failure. Either way a STATUS arrived and its code is unknown: `false`, and the Lua side asks
+   * the server with (l)stat what the matter is (lua/strand/ssh.lua). A name is never empty. */
+  if (rc == 0 || rc == LIBSSH2_ERROR_SFTP_PROTOCOL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   if (rc < 0) return sftp_fail(L, S, f->sftp, rc);
   lua_pushlstring(L, buf, (size_t)rc);
   return 1;
@@ -706,8 +721,8 @@ static int f_close(lua_State *L) {
 static const luaL_Reg sftp_methods[] = {
   { "open", f_open }, { "_opendir", f_opendir }, { "stat", f_stat }, { "lstat", f_lstat },
   { "chmod", f_chmod }, { "mkdir", f_mkdir }, { "rmdir", f_rmdir }, { "remove", f_remove },
-  { "rename", f_rename }, { "_symlink", f_symlink }, { "readlink", f_readlink },
-  { "realpath", f_realpath }, { "close", f_close }, { NULL, NULL }
+  { "rename", f_rename }, { "_symlink", f_symlink }, { "_readlink", f_readlink },
+  { "_realpath", f_realpath }, { "close", f_close }, { NULL, NULL }
 };
 
 static const luaL_Reg file_methods[] = {

@@ -916,16 +916,70 @@ function Sftp:put(localpath, remote, opts)
   return done
 end
 
---- sftp:symlink(target, linkpath) -> true. libssh2 1.10 reports a failure (SFTP status 5) for a
---- SYMLINK that OpenSSH's server did carry out: the link is checked before reporting an error.
-function Sftp:symlink(target, linkpath)
-  if type(target) ~= "string" then error("bad argument #1 to 'symlink' (string expected)", 2) end
-  if type(linkpath) ~= "string" then error("bad argument #2 to 'symlink' (string expected)", 2) end
-  local ok, err, code = self:_symlink(target, linkpath)
-  if ok then return ok end
-  if code == "ECLOSED" or code == "ETIMEDOUT" or code == "ECONNRESET" then return nil, err, code end
-  if self:readlink(linkpath) == target then return true end
-  return nil, err, code
+-- libssh2 1.10 misreads the STATUS reply of SYMLINK, READLINK and REALPATH (it takes the request
+-- id for the status code): a refusal could come back as success ("" or true) and any failure with
+-- a code from nowhere, a SYMLINK carried out as a failure. The C steps return `false` for any
+-- STATUS (csrc/sftp.c link_step); these ask the server with lstat/stat what happened.
+local TRANSPORT = { ECLOSED = true, ETIMEDOUT = true, ECONNRESET = true }
+
+local function check_path(fname, p, arg)
+  if type(p) ~= "string" then
+    error(("bad argument #%d to '%s' (string expected, got %s)"):format(arg, fname, type(p)), 3)
+  end
+end
+
+--- sftp:readlink(path [, timeout]) -> the link's target | nil, err, code ("not a symbolic link",
+--- "EINVAL" for anything else)
+function Sftp:readlink(p, timeout)
+  check_path("readlink", p, 1)
+  check_timeout(timeout, 2, "readlink", 2)
+  local deadline = timeout and now() + timeout
+  local r, err, code = self:_readlink(p, timeout)
+  if r then return r end
+  if r == nil then return nil, err, code end
+  local st, e2, c2 = self:lstat(p, remaining(deadline))
+  if not st then return nil, e2, c2 end
+  if st.type ~= "link" then return nil, "not a symbolic link", "EINVAL" end
+  return nil, "failure", "EIO"
+end
+
+--- sftp:realpath(path [, timeout]) -> the canonical absolute path | nil, err, code
+function Sftp:realpath(p, timeout)
+  check_path("realpath", p, 1)
+  check_timeout(timeout, 2, "realpath", 2)
+  local deadline = timeout and now() + timeout
+  local r, err, code = self:_realpath(p, timeout)
+  if r then return r end
+  if r == nil then return nil, err, code end
+  local st, e2, c2 = self:stat(p, remaining(deadline))
+  if not st then return nil, e2, c2 end
+  return nil, "failure", "EIO"
+end
+
+--- sftp:symlink(target, linkpath [, timeout]) -> true | nil, err, code ("file exists", "EEXIST";
+--- the parent directory's error). Whether the link was made is checked by reading it back.
+function Sftp:symlink(target, linkpath, timeout)
+  check_path("symlink", target, 1)
+  check_path("symlink", linkpath, 2)
+  check_timeout(timeout, 3, "symlink", 2)
+  local deadline = timeout and now() + timeout
+  local st, err, code = self:lstat(linkpath, timeout)
+  if st then return nil, "file exists", "EEXIST" end
+  if TRANSPORT[code] then return nil, err, code end
+  local ok
+  ok, err, code = self:_symlink(target, linkpath, remaining(deadline))
+  if ok == nil then return nil, err, code end
+  local got
+  got, err, code = self:_readlink(linkpath, remaining(deadline))
+  if got == target then return true end
+  if got == nil and TRANSPORT[code] then return nil, err, code end
+  local parent = linkpath:match("^(.*)/[^/]*$") or "."
+  if parent == "" then parent = "/" end
+  st, err, code = self:stat(parent, remaining(deadline))
+  if not st then return nil, err, code end
+  if st.type ~= "dir" then return nil, "not a directory", "ENOTDIR" end
+  if self:lstat(linkpath, remaining(deadline)) then return nil, "file exists", "EEXIST" end
+  return nil, "failure", "EIO"
 end
 
 --- f:read(n) -> n bytes (fewer only at the end) | nil at the end
@@ -1006,8 +1060,11 @@ for _, name in ipairs { "_channel", "forward", "_scp_recv", "_scp_send", "_liste
   Session[name] = locked(Session[name], name)
 end
 for _, name in ipairs { "open", "_opendir", "stat", "lstat", "chmod", "mkdir", "rmdir", "remove",
-                        "rename", "_symlink", "readlink", "realpath", "close" } do
+                        "rename", "close" } do
   Sftp[name] = locked(Sftp[name], name)
+end
+for _, name in ipairs { "symlink", "readlink", "realpath" } do   -- their C halves (see Sftp:symlink)
+  Sftp["_" .. name] = locked(Sftp["_" .. name], name)
 end
 for _, name in ipairs { "_read", "write", "stat", "_seekto", "_tell", "_readdir", "_pull", "_push", "close" } do
   File[name] = locked(File[name], name)
