@@ -762,6 +762,12 @@ static const luaL_Reg sess_methods[] = {
 
 /* }==== */
 
+/* ssh._errname(errno) -> "ENOENT" ... (the code of a local file's failure, as io.open reports it) */
+static int l_errname(lua_State *L) {
+  strand_fail(L, (int)luaL_checkinteger(L, 1));
+  return 1;
+}
+
 int strand_open_ssh(lua_State *L) {
   luaL_newmetatable(L, SSH_SESSION_META);
   lua_newtable(L);
@@ -786,6 +792,8 @@ int strand_open_ssh(lua_State *L) {
   lua_setfield(L, -2, "session");
   lua_pushcfunction(L, l_init);
   lua_setfield(L, -2, "init");
+  lua_pushcfunction(L, l_errname);
+  lua_setfield(L, -2, "_errname");
   lua_pushinteger(L, LIBSSH2_VERSION_NUM);
   lua_setfield(L, -2, "libssh2_version_num");
   lua_pushstring(L, libssh2_version(0));

@@ -1,5 +1,5 @@
 -- spec/rev10a_ssh_spec.lua — session 10's hostile review of strand.ssh from the user's side:
--- SFTP readlink/realpath/symlink answers.
+-- SFTP readlink/realpath/symlink answers, local-file failures of get/put/scp.
 -- Each case failed before its fix (the message of its `it` says how).
 local H = require "support.helper"
 local sshd = require "support.sshd"
@@ -66,6 +66,54 @@ describe("rev10a ssh", function()
       assert.has_error(function() sf:symlink("a", {}) end, "bad argument #2 to 'symlink' (string expected, got table)")
       assert.has_error(function() sf:realpath("/", -1) end, "bad argument #2 to 'realpath' (timeout must be a number >= 0)")
       sf:close()
+    end)
+  end)
+
+  describe("local files of transfers", function()
+    it("put of a local directory fails before the remote file is touched (it was truncated to 0)", function()
+      local sf = assert(s:sftp())
+      local remote = srv.data .. "/keep"
+      write_file(remote, "precious")
+      local n, err, code = sf:put(srv.dir, remote)
+      assert.is_nil(n)
+      assert.equal(srv.dir .. ": Is a directory", err)
+      assert.equal("EISDIR", code)
+      assert.equal("precious", read_file(remote))
+      sf:close()
+      os.remove(remote)
+    end)
+
+    it("local open failures carry their own code (get said EIO, put ENOENT, scp none)", function()
+      local sf = assert(s:sftp())
+      local n, err, code = sf:get("/etc/hostname", srv.dir)
+      assert.is_nil(n); assert.equal(srv.dir .. ": Is a directory", err); assert.equal("EISDIR", code)
+      n, err, code = sf:get("/etc/hostname", srv.dir .. "/no/such/dir/f")
+      assert.is_nil(n); assert.matches("No such file or directory", err); assert.equal("ENOENT", code)
+      n, err, code = s:scp_get("/etc/hostname", srv.dir)
+      assert.is_nil(n); assert.equal(srv.dir .. ": Is a directory", err); assert.equal("EISDIR", code)
+      n, err, code = s:scp_put(srv.dir .. "/no/such/file", srv.data .. "/x")
+      assert.is_nil(n); assert.matches("No such file or directory", err); assert.equal("ENOENT", code)
+      n, err, code = sf:put(srv.dir .. "/no/such/file", srv.data .. "/x")
+      assert.is_nil(n); assert.matches("No such file or directory", err); assert.equal("ENOENT", code)
+      sf:close()
+    end)
+
+    it("get and scp_get into a full disk fail (they returned the size: the bytes were lost)", function()
+      local sf = assert(s:sftp())
+      local src = srv.data .. "/small"
+      write_file(src, "twelve bytes")          -- stays in stdio's buffer until the close
+      local n, err, code = sf:get(src, "/dev/full")
+      assert.is_nil(n); assert.equal("/dev/full: No space left on device", err); assert.equal("ENOSPC", code)
+      n, err, code = s:scp_get(src, "/dev/full")
+      assert.is_nil(n); assert.equal("/dev/full: No space left on device", err); assert.equal("ENOSPC", code)
+      write_file(src, ("x"):rep(300000))       -- written through: every write fails
+      n, err, code = s:scp_get(src, "/dev/full")
+      assert.is_nil(n); assert.equal("/dev/full: No space left on device", err); assert.equal("ENOSPC", code)
+      local back = tmpname()
+      assert.equal(300000, sf:get(src, back))   -- the session and sftp go on
+      sf:close()
+      os.remove(src)
+      os.remove(back)
     end)
   end)
 end)

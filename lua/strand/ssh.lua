@@ -71,6 +71,25 @@ local function check_timeout(t, arg, fname, level)
   return t
 end
 
+-- A local file that cannot be opened or read: nil, io's message ("path: No such file or
+-- directory"), the errno's code ("ENOENT", "EACCES", "EISDIR"...).
+local function local_fail(msg, errno)
+  return nil, msg, math.type(errno) == "integer" and C._errname(errno) or "EIO"
+end
+
+-- Opens a local file to read from, as io.open but failing (local_fail) for what opens and then
+-- cannot be read: a directory. -> file | nil, err, code
+local function open_source(path)
+  local f, err, errno = io.open(path, "rb")
+  if not f then return local_fail(err, errno) end
+  local probe, rerr, rno = f:read(0)
+  if probe == nil and rerr then
+    f:close()
+    return local_fail(path .. ": " .. rerr, rno)
+  end
+  return f
+end
+
 local function home() return os.getenv("HOME") or "/" end
 
 local function expand_path(p, ctx)
@@ -700,19 +719,21 @@ function Session:scp_get(remote, localpath)
   if not ch then return nil, size_or_err, code end
   local held <close> = unwind_guard { ch = ch }
   local size = size_or_err
-  local f, ferr = io.open(localpath, "wb")
-  if not f then ch:close(); return nil, ferr end
+  local f, ferr, errno = io.open(localpath, "wb")
+  if not f then ch:close(); return local_fail(ferr, errno) end
   held.lf = f
   local got, moved = 0, 0
   while got < size do
     local data, e, c = ch:read(math.min(65536, size - got))
     if not data then f:close(); ch:close(); return nil, e, c end
-    f:write(data)
+    local ok, werr, wno = f:write(data)
+    if not ok then f:close(); ch:close(); return local_fail(localpath .. ": " .. werr, wno) end
     got = got + #data
     moved = turn(moved, #data)
   end
-  f:close()
+  local ok, cerr, cno = f:close()   -- the last bytes are written here: a full disk shows now
   ch:close()
+  if not ok then return local_fail(localpath .. ": " .. cerr, cno) end
   return got
 end
 
@@ -721,13 +742,8 @@ function Session:scp_put(localpath, remote, mode)
   if type(localpath) ~= "string" then error("bad argument #1 to 'scp_put' (string expected)", 2) end
   if type(remote) ~= "string" then error("bad argument #2 to 'scp_put' (string expected)", 2) end
   if mode ~= nil and math.type(mode) ~= "integer" then error("bad argument #3 to 'scp_put' (integer expected)", 2) end
-  local f, ferr = io.open(localpath, "rb")
-  if not f then return nil, ferr end
-  local probe, rerr, rno = f:read(0)   -- a directory opens, then every read fails (EISDIR)
-  if probe == nil and rerr then
-    f:close()
-    return nil, localpath .. ": " .. rerr, rno == 21 and "EISDIR" or "EIO"
-  end
+  local f, ferr, fcode = open_source(localpath)
+  if not f then return nil, ferr, fcode end
   local size = f:seek("end")
   f:seek("set", 0)
   local held <close> = unwind_guard { lf = f }
@@ -736,9 +752,9 @@ function Session:scp_put(localpath, remote, mode)
   held.ch = ch
   local moved = 0
   while true do
-    local data, rerr = f:read(65536)
+    local data, rerr, rno = f:read(65536)
     if not data then
-      if rerr then f:close(); ch:close(); return nil, localpath .. ": " .. rerr, "EIO" end
+      if rerr then f:close(); ch:close(); return local_fail(localpath .. ": " .. rerr, rno) end
       break
     end
     local ok, e, c = ch:write(data)
@@ -861,8 +877,8 @@ function Sftp:get(remote, localpath, opts)
       return nil, "local file is larger than the remote one", "ERANGE"
     end
   end
-  local lf, lerr = io.open(localpath, offset > 0 and "ab" or "wb")
-  if not lf then f:close(); return nil, lerr, "EIO" end
+  local lf, lerr, lno = io.open(localpath, offset > 0 and "ab" or "wb")
+  if not lf then f:close(); return local_fail(lerr, lno) end
   held.lf = lf
   f:_seekto(offset)
   local done = offset
@@ -872,12 +888,14 @@ function Sftp:get(remote, localpath, opts)
     if not n then lf:close(); f:close(); return nil, e, c end
     if n == 0 then break end
     done = done + n
-    lf:flush()
+    local ok, ferr, fno = lf:flush()
+    if not ok then lf:close(); f:close(); return local_fail(localpath .. ": " .. ferr, fno) end
     report(opts, done, total, f, lf)
     core.sleep(0)   -- the others' turn: the next _pull starts its turn count afresh (ssh.h)
   end
-  lf:close()
+  local ok, cerr, cno = lf:close()
   f:close()
+  if not ok then return local_fail(localpath .. ": " .. cerr, cno) end
   return done
 end
 
@@ -885,8 +903,8 @@ end
 --- remote file (resume: continues after what the remote file already holds)
 function Sftp:put(localpath, remote, opts)
   opts = check_transfer("put", localpath, remote, opts)
-  local lf, lerr = io.open(localpath, "rb")
-  if not lf then return nil, lerr, "ENOENT" end
+  local lf, lerr, lcode = open_source(localpath)   -- before the remote file is touched
+  if not lf then return nil, lerr, lcode end
   local held <close> = unwind_guard { lf = lf }
   local total = lf:seek("end")
   local offset = 0
