@@ -1,5 +1,5 @@
 -- spec/rev10a_ssh_spec.lua — session 10's hostile review of strand.ssh from the user's side:
--- SFTP readlink/realpath/symlink answers, local-file failures of get/put/scp.
+-- SFTP readlink/realpath/symlink answers, local-file failures of get/put/scp, scp_put's result.
 -- Each case failed before its fix (the message of its `it` says how).
 local H = require "support.helper"
 local sshd = require "support.sshd"
@@ -114,6 +114,25 @@ describe("rev10a ssh", function()
       sf:close()
       os.remove(src)
       os.remove(back)
+    end)
+  end)
+
+  describe("scp_put", function()
+    it("a remote write that fails is an error with the remote scp's reason (it returned the size)", function()
+      local src = tmpname()
+      write_file(src, ("y"):rep(200000))
+      local n, err, code = s:scp_put(src, "/dev/full")
+      assert.is_nil(n)
+      assert.equal("scp: /dev/full: No space left on device", err)
+      assert.equal("EREMOTE", code)
+      -- copies that work still do (the remote scp now gets the protocol's closing \0 and exits 0)
+      assert.equal(200000, s:scp_put(src, srv.data .. "/copy"))
+      assert.equal(("y"):rep(200000), read_file(srv.data .. "/copy"))
+      write_file(src, "")
+      assert.equal(0, s:scp_put(src, srv.data .. "/copy"))
+      assert.equal("", read_file(srv.data .. "/copy"))
+      os.remove(src)
+      os.remove(srv.data .. "/copy")
     end)
   end)
 end)

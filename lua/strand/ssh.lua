@@ -762,10 +762,39 @@ function Session:scp_put(localpath, remote, mode)
     moved = turn(moved, #data)
   end
   f:close()
-  local ok, e, c = ch:send_eof()
-  if ok then ok, e, c = ch:wait() end
+  -- The scp protocol ends a file with a \0 from the source, which the sink (the remote scp -t)
+  -- answers with \0, or "\1scp: path: No space left on device\n" when it could not write it all
+  -- (libssh2 leaves both to the program: without them the sink exits 1 and a failed write went
+  -- unnoticed). Then EOF, and its exit code.
+  local ok, e, c = ch:write("\0")
+  local why
+  if ok then
+    local reply = ""
+    while not reply:find("^%z") and not reply:find("^[\1\2][^\n]*\n") and #reply < 4096 do
+      local d, re, rc = ch:read(4096)
+      if not d then
+        if rc ~= "EOF" then ok, e, c = nil, re, rc end
+        break
+      end
+      reply = reply .. d
+    end
+    if ok and not reply:find("^%z") then
+      why = reply:match("^[\1\2]([^\n]*)") or "remote scp gave no answer"
+    end
+  end
+  if ok then ok, e, c = ch:send_eof() end
+  local sig
+  if ok then
+    ok, sig, c = ch:wait()
+    if ok == nil then e = sig end
+  end
   ch:close()
   if ok == nil then return nil, e, c end
+  if why then return nil, why, "EREMOTE" end
+  if ok ~= 0 then
+    return nil, ok == false and "remote scp killed by signal " .. tostring(sig)
+                or "remote scp exited with code " .. tostring(ok), "EREMOTE"
+  end
   return size
 end
 
