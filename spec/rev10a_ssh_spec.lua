@@ -1,10 +1,12 @@
 -- spec/rev10a_ssh_spec.lua — session 10's hostile review of strand.ssh from the user's side:
--- SFTP readlink/realpath/symlink answers, local-file failures of get/put/scp, scp_put's result.
+-- SFTP readlink/realpath/symlink answers, local-file failures of get/put/scp, scp_put's result,
+-- why the server refused to open a channel.
 -- Each case failed before its fix (the message of its `it` says how).
 local H = require "support.helper"
 local sshd = require "support.sshd"
 local strand = require "strand"
 local ssh = require "strand.ssh"
+local socket = require "strand.socket"
 
 strand.run(function() end)   -- the loop's own fds exist before any leak check
 
@@ -133,6 +135,27 @@ describe("rev10a ssh", function()
       assert.equal("", read_file(srv.data .. "/copy"))
       os.remove(src)
       os.remove(srv.data .. "/copy")
+    end)
+  end)
+  describe("channels the server refuses to open", function()
+    it("say so and why, as documented (every one was \"channel request refused\")", function()
+      local l = assert(socket.listen("127.0.0.1", 0))
+      local _, port = l:getsockname()
+      l:close()                                  -- a port nobody listens on
+      assert.same({ nil, "channel open refused (connect failed)", "ECHANNEL" }, { s:forward("127.0.0.1", port) })
+      local tight = sshd.start { config = { "MaxSessions 1", "AllowTcpForwarding no" } }
+      local ok, err = pcall(function()
+        local t = assert(ssh.connect(tight:opts()))
+        local ch = assert(t:exec("sleep 5"))
+        assert.same({ nil, "channel open refused (connect failed)", "ECHANNEL" }, { t:exec("true") })
+        assert.same({ nil, "channel open refused (connect failed)", "ECHANNEL" }, { t:run("true") })
+        assert.same({ nil, "channel open refused (administratively prohibited)", "ECHANNEL" },
+          { t:forward("127.0.0.1", tight.port) })
+        ch:close()
+        t:close()
+      end)
+      tight:stop()
+      assert(ok, err)
     end)
   end)
 end)
