@@ -302,9 +302,10 @@ local function check_opts(opts, fname, need)
   if fam ~= nil and fam ~= "inet" and fam ~= "inet6" then bad('family must be "inet" or "inet6"') end
   if opts.log ~= nil and type(opts.log) ~= "function" then bad("log must be a function") end
   if need == "path" and type(opts.path) ~= "string" then bad("path must be a string") end
-  if need == "port" and opts.port ~= nil and math.type(opts.port) ~= "integer"
-     and type(opts.port) ~= "string" then
-    bad("port must be an integer")
+  local port = opts.port
+  if need == "port" and port ~= nil and type(port) ~= "string"
+     and (math.type(port) ~= "integer" or port < 0 or port > 65535) then
+    bad("port must be an integer 0..65535")   -- (a string is a service name: "http")
   end
   return mode
 end
@@ -529,6 +530,9 @@ Server.__gc = function(self) if self.sock then self.sock:close() end end
 
 --- srv:wait_ready([timeout]) -> true once serve_forever serves (every worker listening) | false
 function Server:wait_ready(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then   -- NaN too
+    error("bad argument #1 to 'wait_ready' (timeout must be a number >= 0)", 2)
+  end
   return self.ready:wait(timeout)
 end
 
