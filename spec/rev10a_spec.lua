@@ -45,5 +45,43 @@ describe("rev10a", function()
       assert.is_false(srv:wait_ready(0))
       srv:close()
     end)
+
+    it("thread mode: shutdown is bounded when a handler catches its cancellation and goes on (it waited for the handler)", function()
+      -- in a process of its own: the worker left running keeps its thread's descriptors until it
+      -- is joined at exit (strand.thread's rule for non-daemon threads)
+      local out = H.lua([[
+        local strand = require "strand"
+        local server = require "strand.server"
+        local socket = require "strand.socket"
+        local sync = require "strand.sync"
+        local release = sync.event()    -- crosses into the worker by reference
+        local logs = {}
+        local srv = assert(server.tcp { mode = "thread", workers = 1, handler = function(conn)
+          local strand = require "strand"
+          conn:write("in\n")
+          local t0 = strand.now()
+          -- a retry loop that swallows every error, the cancellation included
+          while not release:is_set() and strand.now() - t0 < 90 do pcall(strand.sleep, 0.05) end
+        end, log = function(m) logs[#logs + 1] = m end })
+        strand.run(function()
+          local serving = strand.spawn(function() return srv:serve_forever() end)
+          assert(srv:wait_ready(10))
+          local c = assert(socket.connect("127.0.0.1", srv.port, { timeout = 10 }))
+          c:settimeout(10)
+          assert(c:read("l") == "in")
+          local ok, r = strand.timeout(60, srv.shutdown, srv, 0.1)
+          release:set()
+          print("shutdown", ok, r)
+          print("serve_forever", serving:join(10))
+          print("log", logs[#logs])
+          print("connect after", socket.connect("127.0.0.1", srv.port))
+          c:close()
+        end)
+      ]], "timeout -k 5 100")
+      assert.matches("shutdown\ttrue\ttrue\n", out)
+      assert.matches("serve_forever\ttrue\ttrue\n", out)
+      assert.matches("log\tstrand.server: worker 1 did not stop", out)
+      assert.matches("connect after\tnil\tconnection refused", out)
+    end)
   end)
 end)

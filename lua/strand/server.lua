@@ -40,6 +40,12 @@ local Server = {}
 Server.__index = Server
 
 local DEFAULT_GRACE = 5
+-- How long a shutdown waits for the handlers it cancelled after the grace (a handler catching the
+-- cancellation with pcall and going on is left running then: its task, its thread in thread mode),
+-- and how much longer the server waits for its thread/prefork workers to come back (then a
+-- prefork worker is killed, a thread is left to finish by itself).
+local CANCEL_WAIT = 10
+local WORKER_SLACK = 5
 local MODES = { task = true, thread = true, fork = true, prefork = true }
 
 local function default_log(msg) io.stderr:write(msg, "\n") end
@@ -227,7 +233,7 @@ local function drain(st, grace)
     local s = t:status()
     if s ~= "done" and s ~= "failed" and s ~= "cancelled" then t:cancel("server shutdown") end
   end
-  strand.joinall(list, 10)
+  strand.joinall(list, CANCEL_WAIT)
 end
 
 -- The loop of one thread (thread mode) or of the server (task mode); returns connections served.
@@ -472,9 +478,17 @@ function Server:_serve_threads()
   local grace = self.grace or DEFAULT_GRACE
   for _ = 1, #threads do stopq:put(grace) end
   local served = 0
-  for _, t in ipairs(threads) do
-    local ok, n = t:join()
+  local deadline = strand.now() + grace + CANCEL_WAIT + WORKER_SLACK
+  for i, t in ipairs(threads) do
+    local ok, n = t:join(math.max(0, deadline - strand.now()))
+    if ok == nil and self.mode == "prefork" then   -- stuck: it goes (what it served is lost)
+      t:kill()
+      ok, n = t:join(WORKER_SLACK)
+    end
     if ok then served = served + (n or 0)
+    elseif ok == nil then
+      log(self.st, ("strand.server: worker %d did not stop (a handler went on after its "
+        .. "cancellation): left running"):format(i))
     else log(self.st, "strand.server: worker thread failed: " .. tostring(n)) end
   end
   self.st.served = served
