@@ -84,4 +84,33 @@ describe("rev10a", function()
       assert.matches("connect after\tnil\tconnection refused", out)
     end)
   end)
+  describe("strand.shared", function()
+    it("d:update with a bad key raises naming 'update' at the caller (it named 'getv' at strand.shared:9)", function()
+      local shared = require "strand.shared"
+      local d = shared.dict()
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, err = pcall(function() local r = d:update(nil, function() return 1 end); return r end)
+      assert.is_false(ok)
+      assert.equal(("spec/rev10a_spec.lua:%d: bad argument #1 to 'update' (string, number or boolean key expected, got nil)"):format(line), err)
+      assert.equal("bad argument #1 to 'update' (string, number or boolean key expected, got table)",
+        raised(d.update, d, {}, function() return 1 end))
+      assert.equal("bad argument #1 to 'update' (key is NaN)", raised(d.update, d, 0 / 0, function() return 1 end))
+      assert.equal(0, d:len())
+      assert.equal(1, d:update(1.0, function(v) return (v or 0) + 1 end))
+      assert.equal(1, d[1])
+    end)
+
+    it("a list reads nil outside 1..len (ipairs works) and refuses stores past len + 1, as documented", function()
+      local shared = require "strand.shared"
+      local l = shared.list { "a", "b" }
+      assert.is_nil(l[0]); assert.is_nil(l[3]); assert.is_nil(l[-1])
+      local n = 0
+      for _ in ipairs(l) do n = n + 1 end
+      assert.equal(2, n)
+      l[3] = "c"
+      assert.equal(3, l:len())
+      assert.equal("bad argument #1 to 'set' (index 5 out of range: length 3)", raised(function() l[5] = "x" end))
+      assert.equal("bad argument #1 to 'set' (index 0 out of range: length 3)", raised(function() l[0] = "x" end))
+    end)
+  end)
 end)
