@@ -158,4 +158,22 @@ describe("rev10a ssh", function()
       assert(ok, err)
     end)
   end)
+  describe("run and expect", function()
+    it("run ends when the command exits without reading all its stdin (it waited for ever)", function()
+      local stdin = ("x"):rep(3 * 1024 * 1024)     -- more than the channel's window
+      local ok, r = strand.timeout(30, s.run, s, "head -c 100 /dev/zero", { stdin = stdin })
+      assert.is_true(ok)
+      assert.equal(("\0"):rep(100), r.stdout)
+      assert.equal(0, r.code)
+      -- and with a timeout it neither waited for all of it nor called that a success
+      ok, r = strand.timeout(30, s.run, s, "exit 4", { stdin = stdin, timeout = 25 })
+      assert.is_true(ok)
+      assert.equal(4, r.code)
+      -- a command that reads it all still gets it all, EOF included
+      r = assert(s:run("cat", { stdin = stdin, timeout = 60 }))
+      assert.is_true(r.stdout == stdin)
+      r = assert(s:run("exec >&-; wc -c >&2", { stdin = stdin, timeout = 60 }))
+      assert.equal(tostring(#stdin) .. "\n", r.stderr)   -- all of it, read after closing stdout
+    end)
+  end)
 end)

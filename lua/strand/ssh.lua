@@ -673,8 +673,11 @@ function Session:run(cmd, opts)
     if e ~= "" then errs[#errs + 1] = e end
     moved = turn(moved, #o + #e)
   end
-  if writer then writer:join() end
+  -- The exit status first: a command that ends without reading all its stdin leaves the writer
+  -- waiting for window space that never comes, and only a call reading the transport (this one)
+  -- sees the channel close; what stdin is left then has nobody to read it.
   local status, sig, wcode = ch:wait(remaining(deadline))
+  if writer then writer:cancel(); writer:join() end
   ch:close()
   if status == nil then return nil, sig, wcode end
   return { stdout = table.concat(out), stderr = table.concat(errs), code = status or nil, signal = sig }
