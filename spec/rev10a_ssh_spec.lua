@@ -175,5 +175,15 @@ describe("rev10a ssh", function()
       r = assert(s:run("exec >&-; wc -c >&2", { stdin = stdin, timeout = 60 }))
       assert.equal(tostring(#stdin) .. "\n", r.stderr)   -- all of it, read after closing stdout
     end)
+
+    it("expect with a malformed pattern raises naming 'expect' at the caller (it pointed into ssh.lua)", function()
+      local ch = assert(s:exec("echo hello"))
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, err = pcall(function() local r = ch:expect("[", 5); return r end)
+      assert.is_false(ok)
+      assert.equal(("spec/rev10a_ssh_spec.lua:%d: bad argument #1 to 'expect' (malformed pattern (missing ']'))"):format(line), err)
+      assert.equal("hello", ch:expect("h%a+", 5))   -- the channel still works
+      ch:close()
+    end)
   end)
 end)

@@ -829,7 +829,11 @@ function Channel:expect(pattern, timeout)
   local deadline = timeout and now() + timeout
   local buf = pending[self] or ""
   while true do
-    local r = table.pack(buf:find(pattern))
+    local r = table.pack(pcall(string.find, buf, pattern))
+    if not r[1] then   -- a malformed pattern (Lua finds out while matching)
+      error(("bad argument #1 to 'expect' (%s)"):format(tostring(r[2]):gsub("^[^:]*:%d+: ", "")), 2)
+    end
+    table.remove(r, 1); r.n = r.n - 1
     if r[1] then
       pending[self] = buf:sub(r[2] + 1)
       return buf:sub(1, r[2]), table.unpack(r, 3, r.n)
