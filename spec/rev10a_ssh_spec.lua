@@ -176,6 +176,22 @@ describe("rev10a ssh", function()
       assert.equal(tostring(#stdin) .. "\n", r.stderr)   -- all of it, read after closing stdout
     end)
 
+    it("ch:write to a command that exited without reading fails \"channel closed\" (it waited for ever)", function()
+      local ch = assert(s:exec("echo bye"))
+      local ok, a, b, c = strand.timeout(30, ch.write, ch, ("x"):rep(3 * 1024 * 1024))
+      assert.is_true(ok)
+      assert.same({ nil, "channel closed", "ECLOSED" }, { a, b, c })
+      assert.equal("bye\n", ch:read(100, 10))          -- what it said is still there
+      assert.equal(0, ch:wait(10))
+      ch:close()
+      -- the same with another task reading meanwhile (the reader ends at EOF, the writer then)
+      ch = assert(s:exec("sleep 0.2; echo bye"))
+      local w = strand.spawn(function() return ch:write(("x"):rep(3 * 1024 * 1024)) end)
+      assert.equal("bye\n", ch:read(100, 10))
+      assert.same({ true, nil, "channel closed", "ECLOSED" }, { w:join(30) })
+      ch:close()
+    end)
+
     it("expect with a malformed pattern raises naming 'expect' at the caller (it pointed into ssh.lua)", function()
       local ch = assert(s:exec("echo hello"))
       local line = debug.getinfo(1, "l").currentline + 1
