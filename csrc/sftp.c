@@ -343,6 +343,7 @@ static unsigned long open_flags(lua_State *L, const char *mode) {
     case 'r': fl = LIBSSH2_FXF_READ; break;
     case 'w': fl = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC; break;
     case 'a': fl = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_APPEND; break;
+    case 'x': fl = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_EXCL; break;   /* Python's */
     default: luaL_argerror(L, 3, "invalid mode"); return 0;
   }
   const char *rest = mode + 1;
@@ -355,7 +356,7 @@ static unsigned long open_flags(lua_State *L, const char *mode) {
 }
 
 /* sftp:open(path [, mode [, perms [, timeout]]]) -> file; mode as io.open ("r", "w", "a", "r+",
- * "w+", "a+"; "b" ignored; "x" appended: fail if it exists) */
+ * "w+", "a+"; "b" ignored; "x" appended, or alone as Python's "x": fail if it exists) */
 static int f_open(lua_State *L) {
   sftp *f = check_sftp(L);
   luaL_checkstring(L, 2);

@@ -71,6 +71,25 @@ describe("rev10a ssh", function()
     end)
   end)
 
+  describe("sftp:open exclusive", function()
+    it("\"x\" alone creates as Python's does (it raised invalid mode); an existing file is EEXIST (it was \"failure\")", function()
+      local sf = assert(s:sftp())
+      local p = srv.data .. "/excl"
+      local f = assert(sf:open(p, "x"))
+      assert(f:write("one"))
+      f:close()
+      assert.equal("one", read_file(p))
+      for _, mode in ipairs { "x", "wx", "w+x", "xb" } do
+        assert.same({ nil, "file exists", "EEXIST" }, { sf:open(p, mode) })
+      end
+      assert.equal("one", read_file(p))
+      assert.same({ nil, "no such file", "ENOENT" }, { sf:open(srv.data .. "/nodir/f", "x") })
+      assert.has_error(function() sf:open(p, "xq") end, "bad argument #2 to 'open' (invalid mode)")
+      sf:close()
+      os.remove(p)
+    end)
+  end)
+
   describe("local files of transfers", function()
     it("put of a local directory fails before the remote file is touched (it was truncated to 0)", function()
       local sf = assert(s:sftp())

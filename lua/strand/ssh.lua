@@ -1126,6 +1126,19 @@ end
 
 -- }====
 
+-- An exclusive open ("x") of an existing file: OpenSSH's server answers only "failure" (EEXIST
+-- has no SFTP v3 code), so look first and say what it is. (A tail call: the locked open's
+-- argument errors keep pointing at the caller.)
+local locked_open = Sftp.open
+function Sftp:open(path, mode, perms, timeout, ...)
+  if type(path) == "string" and type(mode) == "string" and mode:find("x", 1, true)
+     and mode:match("^[rwax]b?%+?b?x?$")   -- a valid mode (open_flags, sftp.c), else open raises
+     and (timeout == nil or type(timeout) == "number") and self:lstat(path, timeout) then
+    return nil, "file exists", "EEXIST"
+  end
+  return locked_open(self, path, mode, perms, timeout, ...)
+end
+
 M.libssh2_version = C.libssh2_version
 M.libssh2_version_num = C.libssh2_version_num
 --- ssh.init() -> true: initialise libssh2 and its crypto now (else the first connect does it)
