@@ -21,6 +21,7 @@ typedef struct rfile {
   size_t cap, off, len;        /* _push: bytes buf[off..len) read locally, not acknowledged yet */
   size_t inflight;             /* _push: the most bytes handed to libssh2 at once */
   int isdir;
+  int readahead;               /* the last transfer on the handle was a read (see write_ready) */
 } rfile;
 
 #define SFTP_PULLBUF (1024 * 1024)       /* _pull's read size: libssh2 asks 4x that ahead */
@@ -431,6 +432,7 @@ static int r_close(lua_State *L) {
 static int fread_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   char *buf = strand_loop_scratch(strand_loop_get(L));
+  r->readahead = 1;
   ssize_t n = libssh2_sftp_read(r->hd, buf, (size_t)lua_tointeger(L, 2));
   if (n == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
   if (n < 0) return sftp_fail(L, S, r->sftp, (int)n);
@@ -452,11 +454,22 @@ static int r_read(lua_State *L) {
   return ssh_call(L, fread_step);
 }
 
+/* libssh2 1.10 counts the read-ahead requests of a read as data sent: a write after a read on
+ * the same handle has "nothing left to send" and returns 0 for ever. A seek to the position
+ * (libssh2's tell: what was read) drops the read-ahead, as C's stdio wants a seek between a read
+ * and a write; the file position stays where the reads left it. */
+static void write_ready(rfile *r) {
+  if (!r->readahead) return;
+  libssh2_sftp_seek64(r->hd, libssh2_sftp_tell64(r->hd));
+  r->readahead = 0;
+}
+
 static int fwrite_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   size_t len;
   const char *d = lua_tolstring(L, 2, &len);
   size_t off = (size_t)lua_tointeger(L, 3), turn = off;
+  write_ready(r);
   while (off < len) {
     if (off - turn >= SSH_TURN_BYTES) {   /* a long write: the others' turn first */
       lua_pushinteger(L, (lua_Integer)off);
@@ -467,7 +480,9 @@ static int fwrite_step(lua_State *L, ssh_sess *S) {
      * channel's window), which then drains whatever this task does meanwhile (push_step) */
     size_t give = len - off < SFTP_WRITE_AHEAD ? len - off : SFTP_WRITE_AHEAD;
     ssize_t n = libssh2_sftp_write(r->hd, d + off, give);
-    if (n == LIBSSH2_ERROR_EAGAIN) {
+    /* 0: nothing acknowledged yet while the first piece waits for the window (see push_step):
+     * wait, as for EAGAIN (calling again at once looped here without end) */
+    if (n == LIBSSH2_ERROR_EAGAIN || n == 0) {
       lua_pushinteger(L, (lua_Integer)off);
       lua_replace(L, 3);
       return SSH_AGAIN;
@@ -513,6 +528,7 @@ static int r_seekto(lua_State *L) {
   lua_Integer pos = luaL_checkinteger(L, 2);
   luaL_argcheck(L, pos >= 0, 2, "position must be >= 0");
   libssh2_sftp_seek64(r->hd, (libssh2_uint64_t)pos);
+  r->readahead = 0;
   lua_pushinteger(L, pos);
   return 1;
 }
@@ -572,6 +588,7 @@ static int pull_step(lua_State *L, ssh_sess *S) {
       lua_replace(L, 4);
       return SSH_YIELD;
     }
+    r->readahead = 1;
     ssize_t n = libssh2_sftp_read(r->hd, r->buf, r->cap);
     if (n == LIBSSH2_ERROR_EAGAIN) {
       lua_pushinteger(L, done);
@@ -620,6 +637,7 @@ static int push_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   FILE *in = check_lfile(L, 2);
   lua_Integer limit = lua_tointeger(L, 3), done = lua_tointeger(L, 4), turn = done;
+  write_ready(r);
   if (r->inflight == 0) {
     /* the window now (the initial size libssh2 1.10 reports for an SFTP channel is 0) */
     unsigned long window = 0, initial = 0;

@@ -90,6 +90,45 @@ describe("rev10a ssh", function()
     end)
   end)
 
+  describe("remote files read then written", function()
+    it("a write after a read on one handle lands where the read stopped (it looped for ever in C)", function()
+      -- in a child process bounded by `timeout`: before the fix no strand timeout could end it
+      local o = srv:opts()
+      local out = H.lua(([[
+        local ssh = require "strand.ssh"
+        local strand = require "strand"
+        local s = assert(ssh.connect { host = %q, port = %d, user = %q, key = %q, known_hosts = %q })
+        local sf = assert(s:sftp())
+        local p = %q
+        local data = {}
+        for i = 1, 200000 do data[i] = string.char(65 + i %% 26) end
+        data = table.concat(data)
+        local f = assert(sf:open(p, "w+"))
+        assert(f:write(data))
+        f:seek("set", 150000)
+        assert(f:read(10) == data:sub(150001, 150010))
+        print("write after read", strand.timeout(10, f.write, f, "MID") and "ok")
+        print("position", f:seek())
+        print("read after write", f:read(5) == data:sub(150014, 150018))
+        f:seek("set", 0)
+        assert(#f:read(300000) == 200000)   -- to the end, then write there
+        print("write at the end", strand.timeout(10, f.write, f, "TAIL") and "ok")
+        f:close()
+        local g = assert(sf:open(p, "r"))
+        local all = g:read(300000)
+        g:close()
+        print("content", all == data:sub(1, 150010) .. "MID" .. data:sub(150014) .. "TAIL")
+        s:close()
+      ]]):format(o.host, o.port, o.user, o.key, o.known_hosts, srv.data .. "/rw"), "timeout -k 5 60")
+      assert.matches("write after read\tok\n", out)
+      assert.matches("position\t150013\n", out)
+      assert.matches("read after write\ttrue\n", out)
+      assert.matches("write at the end\tok\n", out)
+      assert.matches("content\ttrue\n", out)
+      os.remove(srv.data .. "/rw")
+    end)
+  end)
+
   describe("local files of transfers", function()
     it("put of a local directory fails before the remote file is touched (it was truncated to 0)", function()
       local sf = assert(s:sftp())
