@@ -177,6 +177,26 @@ describe("rev10a ssh", function()
     end)
   end)
 
+  describe("modes", function()
+    it("put and scp_put refuse a mode that is not 0..0o7777 (put took \"600\" as 600 and -1 as all bits)", function()
+      local sf = assert(s:sftp())
+      local src = tmpname()
+      write_file(src, "m")
+      for _, bad in ipairs { "600", -1, 4096, 1.5 } do
+        assert.has_error(function() sf:put(src, srv.data .. "/mm", { mode = bad }) end,
+          "bad argument #3 to 'put' (mode must be an integer 0..4095 (0o7777))")
+        assert.has_error(function() s:scp_put(src, srv.data .. "/mm", bad) end,
+          "bad argument #3 to 'scp_put' (mode must be an integer 0..4095 (0o7777))")
+      end
+      assert.is_nil(sf:stat(srv.data .. "/mm"))
+      assert.equal(1, sf:put(src, srv.data .. "/mm", { mode = 384 }))
+      assert.equal(384, sf:stat(srv.data .. "/mm").mode)
+      sf:close()
+      os.remove(src)
+      os.remove(srv.data .. "/mm")
+    end)
+  end)
+
   describe("scp_put", function()
     it("a remote write that fails is an error with the remote scp's reason (it returned the size)", function()
       local src = tmpname()
