@@ -182,11 +182,17 @@ describe("rev10a ssh", function()
       local sf = assert(s:sftp())
       local src = tmpname()
       write_file(src, "m")
-      for _, bad in ipairs { "600", -1, 4096, 1.5 } do
+      for _, bad in ipairs { "600", 1.5 } do
         assert.has_error(function() sf:put(src, srv.data .. "/mm", { mode = bad }) end,
-          "bad argument #3 to 'put' (mode must be an integer 0..4095 (0o7777))")
+          "bad argument #3 to 'put' (mode must be an integer)")
         assert.has_error(function() s:scp_put(src, srv.data .. "/mm", bad) end,
-          "bad argument #3 to 'scp_put' (mode must be an integer 0..4095 (0o7777))")
+          "bad argument #3 to 'scp_put' (integer expected)")
+      end
+      for _, bad in ipairs { -1, 4096 } do
+        assert.has_error(function() sf:put(src, srv.data .. "/mm", { mode = bad }) end,
+          "bad argument #3 to 'put' (mode must be 0..4095 (0o7777))")
+        assert.has_error(function() s:scp_put(src, srv.data .. "/mm", bad) end,
+          "bad argument #3 to 'scp_put' (mode must be 0..4095 (0o7777))")
       end
       assert.is_nil(sf:stat(srv.data .. "/mm"))
       assert.equal(1, sf:put(src, srv.data .. "/mm", { mode = 384 }))

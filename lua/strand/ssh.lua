@@ -744,8 +744,9 @@ end
 function Session:scp_put(localpath, remote, mode)
   if type(localpath) ~= "string" then error("bad argument #1 to 'scp_put' (string expected)", 2) end
   if type(remote) ~= "string" then error("bad argument #2 to 'scp_put' (string expected)", 2) end
-  if mode ~= nil and (math.type(mode) ~= "integer" or mode < 0 or mode > 4095) then
-    error("bad argument #3 to 'scp_put' (mode must be an integer 0..4095 (0o7777))", 2)
+  if mode ~= nil and math.type(mode) ~= "integer" then error("bad argument #3 to 'scp_put' (integer expected)", 2) end
+  if mode ~= nil and (mode < 0 or mode > 4095) then
+    error("bad argument #3 to 'scp_put' (mode must be 0..4095 (0o7777))", 2)
   end
   local f, ferr, fcode = open_source(localpath)
   if not f then return nil, ferr, fcode end
@@ -942,8 +943,9 @@ end
 function Sftp:put(localpath, remote, opts)
   opts = check_transfer("put", localpath, remote, opts)
   local mode = opts.mode
-  if mode ~= nil and (math.type(mode) ~= "integer" or mode < 0 or mode > 4095) then
-    error("bad argument #3 to 'put' (mode must be an integer 0..4095 (0o7777))", 2)
+  if mode ~= nil and math.type(mode) ~= "integer" then error("bad argument #3 to 'put' (mode must be an integer)", 2) end
+  if mode ~= nil and (mode < 0 or mode > 4095) then
+    error("bad argument #3 to 'put' (mode must be 0..4095 (0o7777))", 2)
   end
   local lf, lerr, lcode = open_source(localpath)   -- before the remote file is touched
   if not lf then return nil, lerr, lcode end
