@@ -90,6 +90,46 @@ describe("rev10a ssh", function()
     end)
   end)
 
+  describe("a request that timed out or was cancelled", function()
+    -- OpenSSH's sftp server opens a FIFO for reading with open(2), which blocks it (and every
+    -- request after) until a writer comes: a server that does not answer, on demand
+    local function fifo(name)
+      local p = srv.data .. "/" .. name
+      assert(os.execute("LD_PRELOAD= mkfifo " .. p))
+      return p
+    end
+    local function unblock(p)              -- the server waits as the reader: this open returns
+      local w = assert(io.open(p, "w"))
+      w:close()
+    end
+
+    it("does not hand its reply to the next call (open(b) opened a, stat(b) gave a's, mkdir made nothing)", function()
+      local sf = assert(s:sftp())
+      local a, b = srv.data .. "/ra", srv.data .. "/rb"
+      write_file(a, ("a"):rep(111)); write_file(b, ("b"):rep(2222))
+      local f1 = fifo("f1")
+      assert.same({ nil, "timeout", "ETIMEDOUT" }, { sf:open(f1, "r", nil, 0.3) })
+      -- the server is still blocked: the next call says so instead of taking the old reply
+      assert.same({ nil, "timeout", "ETIMEDOUT" }, { sf:stat(b, 0.3) })
+      unblock(f1)
+      local f = assert(sf:open(b, "r", nil, 10))
+      assert.equal(2222, #f:read(10000))
+      f:close()
+      assert.equal(2222, sf:stat(b, 10).size)
+      -- cancelled (strand.timeout) rather than timed out: the same
+      local f2 = fifo("f2")
+      assert.same({ nil, "timeout" }, { strand.timeout(0.3, sf.open, sf, f2, "r") })
+      assert.same({ nil, "timeout", "ETIMEDOUT" }, { sf:mkdir(srv.data .. "/e1", nil, 0.3) })
+      unblock(f2)
+      assert.is_true(sf:mkdir(srv.data .. "/e2", nil, 10))
+      assert.equal("dir", sf:stat(srv.data .. "/e2", 10).type)
+      assert.equal(111, sf:stat(a, 10).size)
+      sf:close()
+      for _, n in ipairs { "ra", "rb", "f1", "f2" } do os.remove(srv.data .. "/" .. n) end
+      os.execute("rmdir " .. srv.data .. "/e1 " .. srv.data .. "/e2 2>/dev/null")
+    end)
+  end)
+
   describe("remote files read then written", function()
     it("a write after a read on one handle lands where the read stopped (it looped for ever in C)", function()
       -- in a child process bounded by `timeout`: before the fix no strand timeout could end it

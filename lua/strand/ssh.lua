@@ -1107,29 +1107,86 @@ local function method_error(name, ok, ...)
   error(e, 0)
 end
 
-local function locked(fn, name)
+-- A request that timed out or was cancelled while libssh2 waited for its reply stays in libssh2's
+-- state machine: the next call of the same kind (stat after stat, open after open, a write on the
+-- file after a write...) skipped sending its own request and took the old one's reply (stat(b)
+-- gave a's attributes, open(b) opened a, mkdir(e) made nothing). So such a call is remembered
+-- per lock (`pending`, keyed by the object owning the lock: the session, or the SFTP session for
+-- it and its files) and the next call under that lock first finishes it, with its own arguments,
+-- and drops what it made; if that times out again, the new call says "timeout" (the server still
+-- does not answer), and if it fails otherwise (the object closed meanwhile) it is forgotten.
+-- Streaming reads (_read, _readdir, _pull) need no replay: libssh2 goes on with them as they are.
+local pending = setmetatable({}, { __mode = "k" })   -- lock owner -> { fn=, obj=, args= }
+local owner_of = setmetatable({}, { __mode = "k" })  -- sftp file -> its sftp object
+local REPLAY = {}
+local function dispose(v)
+  if type(v) ~= "userdata" then return end
+  local mt = getmetatable(v)
+  if type(mt) == "table" and type(mt.__gc) == "function" then pcall(mt.__gc, v) end
+end
+
+-- Where each replayed C method takes its timeout (after self); none: the session's default.
+local TIMEOUT_ARG = { _channel = 1, forward = 3, _scp_recv = 2, _scp_send = 4, _listen = 3,
+  sftp = 1, open = 4, _opendir = 2, stat = 2, lstat = 2, chmod = 3, mkdir = 3, rmdir = 2,
+  remove = 2, rename = 3, _symlink = 3, _readlink = 2, _realpath = 2, write = 2, _push = 3 }
+local FILE_TIMEOUT_ARG = { stat = 1 }   -- f:stat([timeout]) (sftp:stat(path [, timeout]))
+
+-- Runs the pending request of `key` to its end, within the new call's `timeout` (its own is
+-- long gone); -> true when none is left, nil, err, code when it timed out again.
+local function finish_pending(key, timeout)
+  local p = pending[key]
+  if p == nil then return true end
+  local args = table.pack(table.unpack(p.args, 1, p.args.n))
+  if p.targ then
+    args[p.targ] = timeout
+    if p.targ > args.n then args.n = p.targ end
+  end
+  local r = table.pack(pcall(p.fn, p.obj, table.unpack(args, 1, args.n)))
+  if r[1] and r[2] == nil and r[4] == "ETIMEDOUT" then return nil, r[3], r[4] end
+  if not r[1] and core.is_cancelled(r[2]) then error(r[2], 0) end   -- still pending: cancelled again
+  pending[key] = nil
+  if r[1] then for i = 2, r.n do dispose(r[i]) end end
+  return true
+end
+
+local function locked(fn, name, replay, targ)
   return function(self, ...)
     local ok, err, code = self:_lock()
     if not ok then return nil, err, code end
     local t = tokens[self]
     if t == nil then t = setmetatable({ o = self }, TOKEN); tokens[self] = t end
     local held <close> = t
-    return method_error(name, pcall(fn, self, ...))
+    local key = owner_of[self] or self
+    if pending[key] then
+      local timeout = targ and select(targ, ...)
+      if type(timeout) ~= "number" then timeout = nil end
+      local done, e2, c2 = finish_pending(key, timeout)
+      if not done then return nil, e2, c2 end
+    end
+    local r = table.pack(pcall(fn, self, ...))
+    if replay and ((r[1] and r[2] == nil and r[4] == "ETIMEDOUT") or (not r[1] and core.is_cancelled(r[2]))) then
+      pending[key] = { fn = fn, obj = self, args = table.pack(...), targ = targ }
+    end
+    if r[1] and (name == "open" or name == "_opendir") and r[2] ~= nil then owner_of[r[2]] = self end
+    return method_error(name, table.unpack(r, 1, r.n))
   end
 end
 
 for _, name in ipairs { "_channel", "forward", "_scp_recv", "_scp_send", "_listen", "sftp" } do
-  Session[name] = locked(Session[name], name)
+  Session[name] = locked(Session[name], name, REPLAY, TIMEOUT_ARG[name])
 end
 for _, name in ipairs { "open", "_opendir", "stat", "lstat", "chmod", "mkdir", "rmdir", "remove",
                         "rename", "close" } do
-  Sftp[name] = locked(Sftp[name], name)
+  Sftp[name] = locked(Sftp[name], name, REPLAY, TIMEOUT_ARG[name])
 end
 for _, name in ipairs { "symlink", "readlink", "realpath" } do   -- their C halves (see Sftp:symlink)
-  Sftp["_" .. name] = locked(Sftp["_" .. name], name)
+  Sftp["_" .. name] = locked(Sftp["_" .. name], name, REPLAY, TIMEOUT_ARG["_" .. name])
 end
-for _, name in ipairs { "_read", "write", "stat", "_seekto", "_tell", "_readdir", "_pull", "_push", "close" } do
+for _, name in ipairs { "_read", "_seekto", "_tell", "_readdir", "_pull" } do
   File[name] = locked(File[name], name)
+end
+for _, name in ipairs { "write", "stat", "_push", "close" } do
+  File[name] = locked(File[name], name, REPLAY, FILE_TIMEOUT_ARG[name] or TIMEOUT_ARG[name])
 end
 
 -- }====
