@@ -21,6 +21,7 @@ typedef struct rfile {
   size_t cap, off, len;        /* _push: bytes buf[off..len) read locally, not acknowledged yet */
   size_t inflight;             /* _push: the most bytes handed to libssh2 at once */
   int isdir;
+  int readahead;               /* the last transfer on the handle was a read (see write_ready) */
 } rfile;
 
 #define SFTP_PULLBUF (1024 * 1024)       /* _pull's read size: libssh2 asks 4x that ahead */
@@ -273,8 +274,14 @@ static int symlink_step(lua_State *L, ssh_sess *S) {
   /* sftp:symlink(target, linkpath): libssh2 sends its `path` first, and OpenSSH's server reads
    * the first as the link's target (the long-standing argument swap), so target goes as path */
   const char *a = lua_tolstring(L, 2, &al), *b = lua_tolstring(L, 4, &bl);
-  return simple_result(L, S, f->sftp, libssh2_sftp_symlink_ex(f->sftp, a, (unsigned)al, (char *)b,
-                                                              (unsigned)bl, LIBSSH2_SFTP_SYMLINK));
+  int rc = libssh2_sftp_symlink_ex(f->sftp, a, (unsigned)al, (char *)b, (unsigned)bl,
+                                   LIBSSH2_SFTP_SYMLINK);
+  if (rc == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
+  if (rc == 0 || rc == LIBSSH2_ERROR_SFTP_PROTOCOL) {   /* a STATUS reply: see link_step */
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  return sftp_fail(L, S, f->sftp, rc);
 }
 
 static int f_rename(lua_State *L) { luaL_checkstring(L, 3); return two_args(L, 0, rename_step); }
@@ -288,6 +295,15 @@ static int link_step(lua_State *L, ssh_sess *S) {
   int rc = libssh2_sftp_symlink_ex(f->sftp, p, (unsigned)pl, buf, sizeof buf,
                                    (int)lua_tointeger(L, 3));
   if (rc == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
+  /* libssh2 1.10's sftp_symlink (SYMLINK, READLINK, REALPATH) takes a STATUS reply's request id
+   * for its status code: a refusal comes back as success with no name when the id is 0, else as
+   * LIBSSH2_ERROR_SFTP_PROTOCOL with the id as the "last error", and a SYMLINK carried out as a
+   * failure. Either way a STATUS arrived and its code is unknown: `false`, and the Lua side asks
+   * the server with (l)stat what the matter is (lua/strand/ssh.lua). A name is never empty. */
+  if (rc == 0 || rc == LIBSSH2_ERROR_SFTP_PROTOCOL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   if (rc < 0) return sftp_fail(L, S, f->sftp, rc);
   lua_pushlstring(L, buf, (size_t)rc);
   return 1;
@@ -328,6 +344,7 @@ static unsigned long open_flags(lua_State *L, const char *mode) {
     case 'r': fl = LIBSSH2_FXF_READ; break;
     case 'w': fl = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC; break;
     case 'a': fl = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_APPEND; break;
+    case 'x': fl = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_EXCL; break;   /* Python's */
     default: luaL_argerror(L, 3, "invalid mode"); return 0;
   }
   const char *rest = mode + 1;
@@ -340,7 +357,7 @@ static unsigned long open_flags(lua_State *L, const char *mode) {
 }
 
 /* sftp:open(path [, mode [, perms [, timeout]]]) -> file; mode as io.open ("r", "w", "a", "r+",
- * "w+", "a+"; "b" ignored; "x" appended: fail if it exists) */
+ * "w+", "a+"; "b" ignored; "x" appended, or alone as Python's "x": fail if it exists) */
 static int f_open(lua_State *L) {
   sftp *f = check_sftp(L);
   luaL_checkstring(L, 2);
@@ -415,6 +432,7 @@ static int r_close(lua_State *L) {
 static int fread_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   char *buf = strand_loop_scratch(strand_loop_get(L));
+  r->readahead = 1;
   ssize_t n = libssh2_sftp_read(r->hd, buf, (size_t)lua_tointeger(L, 2));
   if (n == LIBSSH2_ERROR_EAGAIN) return SSH_AGAIN;
   if (n < 0) return sftp_fail(L, S, r->sftp, (int)n);
@@ -436,11 +454,22 @@ static int r_read(lua_State *L) {
   return ssh_call(L, fread_step);
 }
 
+/* libssh2 1.10 counts the read-ahead requests of a read as data sent: a write after a read on
+ * the same handle has "nothing left to send" and returns 0 for ever. A seek to the position
+ * (libssh2's tell: what was read) drops the read-ahead, as C's stdio wants a seek between a read
+ * and a write; the file position stays where the reads left it. */
+static void write_ready(rfile *r) {
+  if (!r->readahead) return;
+  libssh2_sftp_seek64(r->hd, libssh2_sftp_tell64(r->hd));
+  r->readahead = 0;
+}
+
 static int fwrite_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   size_t len;
   const char *d = lua_tolstring(L, 2, &len);
   size_t off = (size_t)lua_tointeger(L, 3), turn = off;
+  write_ready(r);
   while (off < len) {
     if (off - turn >= SSH_TURN_BYTES) {   /* a long write: the others' turn first */
       lua_pushinteger(L, (lua_Integer)off);
@@ -451,7 +480,9 @@ static int fwrite_step(lua_State *L, ssh_sess *S) {
      * channel's window), which then drains whatever this task does meanwhile (push_step) */
     size_t give = len - off < SFTP_WRITE_AHEAD ? len - off : SFTP_WRITE_AHEAD;
     ssize_t n = libssh2_sftp_write(r->hd, d + off, give);
-    if (n == LIBSSH2_ERROR_EAGAIN) {
+    /* 0: nothing acknowledged yet while the first piece waits for the window (see push_step):
+     * wait, as for EAGAIN (calling again at once looped here without end) */
+    if (n == LIBSSH2_ERROR_EAGAIN || n == 0) {
       lua_pushinteger(L, (lua_Integer)off);
       lua_replace(L, 3);
       return SSH_AGAIN;
@@ -497,6 +528,7 @@ static int r_seekto(lua_State *L) {
   lua_Integer pos = luaL_checkinteger(L, 2);
   luaL_argcheck(L, pos >= 0, 2, "position must be >= 0");
   libssh2_sftp_seek64(r->hd, (libssh2_uint64_t)pos);
+  r->readahead = 0;
   lua_pushinteger(L, pos);
   return 1;
 }
@@ -556,6 +588,7 @@ static int pull_step(lua_State *L, ssh_sess *S) {
       lua_replace(L, 4);
       return SSH_YIELD;
     }
+    r->readahead = 1;
     ssize_t n = libssh2_sftp_read(r->hd, r->buf, r->cap);
     if (n == LIBSSH2_ERROR_EAGAIN) {
       lua_pushinteger(L, done);
@@ -604,6 +637,7 @@ static int push_step(lua_State *L, ssh_sess *S) {
   rfile *r = lua_touserdata(L, 1);
   FILE *in = check_lfile(L, 2);
   lua_Integer limit = lua_tointeger(L, 3), done = lua_tointeger(L, 4), turn = done;
+  write_ready(r);
   if (r->inflight == 0) {
     /* the window now (the initial size libssh2 1.10 reports for an SFTP channel is 0) */
     unsigned long window = 0, initial = 0;
@@ -706,8 +740,8 @@ static int f_close(lua_State *L) {
 static const luaL_Reg sftp_methods[] = {
   { "open", f_open }, { "_opendir", f_opendir }, { "stat", f_stat }, { "lstat", f_lstat },
   { "chmod", f_chmod }, { "mkdir", f_mkdir }, { "rmdir", f_rmdir }, { "remove", f_remove },
-  { "rename", f_rename }, { "_symlink", f_symlink }, { "readlink", f_readlink },
-  { "realpath", f_realpath }, { "close", f_close }, { NULL, NULL }
+  { "rename", f_rename }, { "_symlink", f_symlink }, { "_readlink", f_readlink },
+  { "_realpath", f_realpath }, { "close", f_close }, { NULL, NULL }
 };
 
 static const luaL_Reg file_methods[] = {

@@ -138,6 +138,26 @@ int ssh_fail(lua_State *L, ssh_sess *S, int rc) {
   const char *detail = NULL;
   int len = 0;
   if (S->s) libssh2_session_last_error(S->s, (char **)&detail, &len, 0);
+  /* libssh2 says why the server refused to open a channel: "Channel open failure (connect
+   * failed)", "(administratively prohibited)", "(resource shortage)"... (a refused request on an
+   * open channel, such as the SFTP subsystem, shares the code but not the text) */
+  static const char open_failure[] = "Channel open failure";
+  if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && detail && len >= (int)sizeof open_failure - 1 &&
+      memcmp(detail, open_failure, sizeof open_failure - 1) == 0) {
+    const char *why = memchr(detail, '(', (size_t)len);
+    const char *end = why ? memchr(why, ')', (size_t)(detail + len - why)) : NULL;
+    lua_pushnil(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "channel open refused");
+    if (end) {
+      luaL_addchar(&b, ' ');
+      luaL_addlstring(&b, why, (size_t)(end - why + 1));
+    }
+    luaL_pushresult(&b);
+    lua_pushliteral(L, "ECHANNEL");
+    return 3;
+  }
   for (const errmap *e = errors; e->msg; e++)
     if (e->rc == rc) {
       if (rc == LIBSSH2_ERROR_FILE || rc == LIBSSH2_ERROR_PUBLICKEY_UNRECOGNIZED ||
@@ -762,6 +782,12 @@ static const luaL_Reg sess_methods[] = {
 
 /* }==== */
 
+/* ssh._errname(errno) -> "ENOENT" ... (the code of a local file's failure, as io.open reports it) */
+static int l_errname(lua_State *L) {
+  strand_fail(L, (int)luaL_checkinteger(L, 1));
+  return 1;
+}
+
 int strand_open_ssh(lua_State *L) {
   luaL_newmetatable(L, SSH_SESSION_META);
   lua_newtable(L);
@@ -786,6 +812,8 @@ int strand_open_ssh(lua_State *L) {
   lua_setfield(L, -2, "session");
   lua_pushcfunction(L, l_init);
   lua_setfield(L, -2, "init");
+  lua_pushcfunction(L, l_errname);
+  lua_setfield(L, -2, "_errname");
   lua_pushinteger(L, LIBSSH2_VERSION_NUM);
   lua_setfield(L, -2, "libssh2_version_num");
   lua_pushstring(L, libssh2_version(0));

@@ -309,6 +309,13 @@ static int write_step(lua_State *L, ssh_sess *S) {
     }
     ssize_t r = libssh2_channel_write_ex(c->ch, stream, d + off, len - off);
     if (r == LIBSSH2_ERROR_EAGAIN) {
+      /* libssh2 says EAGAIN for a full window even when the remote end has closed the channel
+       * (a command that exited without reading its input): no window adjust will ever come.
+       * libssh2_channel_eof() says no while output is unread, so ask wait_closed, which without
+       * blocking gives 0 once the remote EOF and CLOSE were read (EAGAIN, or "not in EOF
+       * state", before) */
+      if (libssh2_channel_window_write_ex(c->ch, NULL) == 0 && libssh2_channel_wait_closed(c->ch) == 0)
+        return ssh_fail(L, S, LIBSSH2_ERROR_CHANNEL_CLOSED);
       lua_pushinteger(L, (lua_Integer)off);
       lua_replace(L, 3);
       return SSH_AGAIN;

@@ -40,6 +40,12 @@ local Server = {}
 Server.__index = Server
 
 local DEFAULT_GRACE = 5
+-- How long a shutdown waits for the handlers it cancelled after the grace (a handler catching the
+-- cancellation with pcall and going on is left running then: its task, its thread in thread mode),
+-- and how much longer the server waits for its thread/prefork workers to come back (then a
+-- prefork worker is killed, a thread is left to finish by itself).
+local CANCEL_WAIT = 10
+local WORKER_SLACK = 5
 local MODES = { task = true, thread = true, fork = true, prefork = true }
 
 local function default_log(msg) io.stderr:write(msg, "\n") end
@@ -227,7 +233,7 @@ local function drain(st, grace)
     local s = t:status()
     if s ~= "done" and s ~= "failed" and s ~= "cancelled" then t:cancel("server shutdown") end
   end
-  strand.joinall(list, 10)
+  strand.joinall(list, CANCEL_WAIT)
 end
 
 -- The loop of one thread (thread mode) or of the server (task mode); returns connections served.
@@ -302,9 +308,10 @@ local function check_opts(opts, fname, need)
   if fam ~= nil and fam ~= "inet" and fam ~= "inet6" then bad('family must be "inet" or "inet6"') end
   if opts.log ~= nil and type(opts.log) ~= "function" then bad("log must be a function") end
   if need == "path" and type(opts.path) ~= "string" then bad("path must be a string") end
-  if need == "port" and opts.port ~= nil and math.type(opts.port) ~= "integer"
-     and type(opts.port) ~= "string" then
-    bad("port must be an integer")
+  local port = opts.port
+  if need == "port" and port ~= nil and type(port) ~= "string"
+     and (math.type(port) ~= "integer" or port < 0 or port > 65535) then
+    bad("port must be an integer 0..65535")   -- (a string is a service name: "http")
   end
   return mode
 end
@@ -471,9 +478,17 @@ function Server:_serve_threads()
   local grace = self.grace or DEFAULT_GRACE
   for _ = 1, #threads do stopq:put(grace) end
   local served = 0
-  for _, t in ipairs(threads) do
-    local ok, n = t:join()
+  local deadline = strand.now() + grace + CANCEL_WAIT + WORKER_SLACK
+  for i, t in ipairs(threads) do
+    local ok, n = t:join(math.max(0, deadline - strand.now()))
+    if ok == nil and self.mode == "prefork" then   -- stuck: it goes (what it served is lost)
+      t:kill()
+      ok, n = t:join(WORKER_SLACK)
+    end
     if ok then served = served + (n or 0)
+    elseif ok == nil then
+      log(self.st, ("strand.server: worker %d did not stop (a handler went on after its "
+        .. "cancellation): left running"):format(i))
     else log(self.st, "strand.server: worker thread failed: " .. tostring(n)) end
   end
   self.st.served = served
@@ -529,6 +544,9 @@ Server.__gc = function(self) if self.sock then self.sock:close() end end
 
 --- srv:wait_ready([timeout]) -> true once serve_forever serves (every worker listening) | false
 function Server:wait_ready(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then   -- NaN too
+    error("bad argument #1 to 'wait_ready' (timeout must be a number >= 0)", 2)
+  end
   return self.ready:wait(timeout)
 end
 

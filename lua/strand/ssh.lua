@@ -71,6 +71,25 @@ local function check_timeout(t, arg, fname, level)
   return t
 end
 
+-- A local file that cannot be opened or read: nil, io's message ("path: No such file or
+-- directory"), the errno's code ("ENOENT", "EACCES", "EISDIR"...).
+local function local_fail(msg, errno)
+  return nil, msg, math.type(errno) == "integer" and C._errname(errno) or "EIO"
+end
+
+-- Opens a local file to read from, as io.open but failing (local_fail) for what opens and then
+-- cannot be read: a directory. -> file | nil, err, code
+local function open_source(path)
+  local f, err, errno = io.open(path, "rb")
+  if not f then return local_fail(err, errno) end
+  local probe, rerr, rno = f:read(0)
+  if probe == nil and rerr then
+    f:close()
+    return local_fail(path .. ": " .. rerr, rno)
+  end
+  return f
+end
+
 local function home() return os.getenv("HOME") or "/" end
 
 local function expand_path(p, ctx)
@@ -654,8 +673,11 @@ function Session:run(cmd, opts)
     if e ~= "" then errs[#errs + 1] = e end
     moved = turn(moved, #o + #e)
   end
-  if writer then writer:join() end
+  -- The exit status first: a command that ends without reading all its stdin leaves the writer
+  -- waiting for window space that never comes, and only a call reading the transport (this one)
+  -- sees the channel close; what stdin is left then has nobody to read it.
   local status, sig, wcode = ch:wait(remaining(deadline))
+  if writer then writer:cancel(); writer:join() end
   ch:close()
   if status == nil then return nil, sig, wcode end
   return { stdout = table.concat(out), stderr = table.concat(errs), code = status or nil, signal = sig }
@@ -700,19 +722,21 @@ function Session:scp_get(remote, localpath)
   if not ch then return nil, size_or_err, code end
   local held <close> = unwind_guard { ch = ch }
   local size = size_or_err
-  local f, ferr = io.open(localpath, "wb")
-  if not f then ch:close(); return nil, ferr end
+  local f, ferr, errno = io.open(localpath, "wb")
+  if not f then ch:close(); return local_fail(ferr, errno) end
   held.lf = f
   local got, moved = 0, 0
   while got < size do
     local data, e, c = ch:read(math.min(65536, size - got))
     if not data then f:close(); ch:close(); return nil, e, c end
-    f:write(data)
+    local ok, werr, wno = f:write(data)
+    if not ok then f:close(); ch:close(); return local_fail(localpath .. ": " .. werr, wno) end
     got = got + #data
     moved = turn(moved, #data)
   end
-  f:close()
+  local ok, cerr, cno = f:close()   -- the last bytes are written here: a full disk shows now
   ch:close()
+  if not ok then return local_fail(localpath .. ": " .. cerr, cno) end
   return got
 end
 
@@ -721,13 +745,11 @@ function Session:scp_put(localpath, remote, mode)
   if type(localpath) ~= "string" then error("bad argument #1 to 'scp_put' (string expected)", 2) end
   if type(remote) ~= "string" then error("bad argument #2 to 'scp_put' (string expected)", 2) end
   if mode ~= nil and math.type(mode) ~= "integer" then error("bad argument #3 to 'scp_put' (integer expected)", 2) end
-  local f, ferr = io.open(localpath, "rb")
-  if not f then return nil, ferr end
-  local probe, rerr, rno = f:read(0)   -- a directory opens, then every read fails (EISDIR)
-  if probe == nil and rerr then
-    f:close()
-    return nil, localpath .. ": " .. rerr, rno == 21 and "EISDIR" or "EIO"
+  if mode ~= nil and (mode < 0 or mode > 4095) then
+    error("bad argument #3 to 'scp_put' (mode must be 0..4095 (0o7777))", 2)
   end
+  local f, ferr, fcode = open_source(localpath)
+  if not f then return nil, ferr, fcode end
   local size = f:seek("end")
   f:seek("set", 0)
   local held <close> = unwind_guard { lf = f }
@@ -736,9 +758,9 @@ function Session:scp_put(localpath, remote, mode)
   held.ch = ch
   local moved = 0
   while true do
-    local data, rerr = f:read(65536)
+    local data, rerr, rno = f:read(65536)
     if not data then
-      if rerr then f:close(); ch:close(); return nil, localpath .. ": " .. rerr, "EIO" end
+      if rerr then f:close(); ch:close(); return local_fail(localpath .. ": " .. rerr, rno) end
       break
     end
     local ok, e, c = ch:write(data)
@@ -746,10 +768,39 @@ function Session:scp_put(localpath, remote, mode)
     moved = turn(moved, #data)
   end
   f:close()
-  local ok, e, c = ch:send_eof()
-  if ok then ok, e, c = ch:wait() end
+  -- The scp protocol ends a file with a \0 from the source, which the sink (the remote scp -t)
+  -- answers with \0, or "\1scp: path: No space left on device\n" when it could not write it all
+  -- (libssh2 leaves both to the program: without them the sink exits 1 and a failed write went
+  -- unnoticed). Then EOF, and its exit code.
+  local ok, e, c = ch:write("\0")
+  local why
+  if ok then
+    local reply = ""
+    while not reply:find("^%z") and not reply:find("^[\1\2][^\n]*\n") and #reply < 4096 do
+      local d, re, rc = ch:read(4096)
+      if not d then
+        if rc ~= "EOF" then ok, e, c = nil, re, rc end
+        break
+      end
+      reply = reply .. d
+    end
+    if ok and not reply:find("^%z") then
+      why = reply:match("^[\1\2]([^\n]*)") or "remote scp gave no answer"
+    end
+  end
+  if ok then ok, e, c = ch:send_eof() end
+  local sig
+  if ok then
+    ok, sig, c = ch:wait()
+    if ok == nil then e = sig end
+  end
   ch:close()
   if ok == nil then return nil, e, c end
+  if why then return nil, why, "EREMOTE" end
+  if ok ~= 0 then
+    return nil, ok == false and "remote scp killed by signal " .. tostring(sig)
+                or "remote scp exited with code " .. tostring(ok), "EREMOTE"
+  end
   return size
 end
 
@@ -781,7 +832,11 @@ function Channel:expect(pattern, timeout)
   local deadline = timeout and now() + timeout
   local buf = pending[self] or ""
   while true do
-    local r = table.pack(buf:find(pattern))
+    local r = table.pack(pcall(string.find, buf, pattern))
+    if not r[1] then   -- a malformed pattern (Lua finds out while matching)
+      error(("bad argument #1 to 'expect' (%s)"):format(tostring(r[2]):gsub("^[^:]*:%d+: ", "")), 2)
+    end
+    table.remove(r, 1); r.n = r.n - 1
     if r[1] then
       pending[self] = buf:sub(r[2] + 1)
       return buf:sub(1, r[2]), table.unpack(r, 3, r.n)
@@ -861,8 +916,8 @@ function Sftp:get(remote, localpath, opts)
       return nil, "local file is larger than the remote one", "ERANGE"
     end
   end
-  local lf, lerr = io.open(localpath, offset > 0 and "ab" or "wb")
-  if not lf then f:close(); return nil, lerr, "EIO" end
+  local lf, lerr, lno = io.open(localpath, offset > 0 and "ab" or "wb")
+  if not lf then f:close(); return local_fail(lerr, lno) end
   held.lf = lf
   f:_seekto(offset)
   local done = offset
@@ -872,12 +927,14 @@ function Sftp:get(remote, localpath, opts)
     if not n then lf:close(); f:close(); return nil, e, c end
     if n == 0 then break end
     done = done + n
-    lf:flush()
+    local ok, ferr, fno = lf:flush()
+    if not ok then lf:close(); f:close(); return local_fail(localpath .. ": " .. ferr, fno) end
     report(opts, done, total, f, lf)
     core.sleep(0)   -- the others' turn: the next _pull starts its turn count afresh (ssh.h)
   end
-  lf:close()
+  local ok, cerr, cno = lf:close()
   f:close()
+  if not ok then return local_fail(localpath .. ": " .. cerr, cno) end
   return done
 end
 
@@ -885,8 +942,13 @@ end
 --- remote file (resume: continues after what the remote file already holds)
 function Sftp:put(localpath, remote, opts)
   opts = check_transfer("put", localpath, remote, opts)
-  local lf, lerr = io.open(localpath, "rb")
-  if not lf then return nil, lerr, "ENOENT" end
+  local mode = opts.mode
+  if mode ~= nil and math.type(mode) ~= "integer" then error("bad argument #3 to 'put' (mode must be an integer)", 2) end
+  if mode ~= nil and (mode < 0 or mode > 4095) then
+    error("bad argument #3 to 'put' (mode must be 0..4095 (0o7777))", 2)
+  end
+  local lf, lerr, lcode = open_source(localpath)   -- before the remote file is touched
+  if not lf then return nil, lerr, lcode end
   local held <close> = unwind_guard { lf = lf }
   local total = lf:seek("end")
   local offset = 0
@@ -916,16 +978,70 @@ function Sftp:put(localpath, remote, opts)
   return done
 end
 
---- sftp:symlink(target, linkpath) -> true. libssh2 1.10 reports a failure (SFTP status 5) for a
---- SYMLINK that OpenSSH's server did carry out: the link is checked before reporting an error.
-function Sftp:symlink(target, linkpath)
-  if type(target) ~= "string" then error("bad argument #1 to 'symlink' (string expected)", 2) end
-  if type(linkpath) ~= "string" then error("bad argument #2 to 'symlink' (string expected)", 2) end
-  local ok, err, code = self:_symlink(target, linkpath)
-  if ok then return ok end
-  if code == "ECLOSED" or code == "ETIMEDOUT" or code == "ECONNRESET" then return nil, err, code end
-  if self:readlink(linkpath) == target then return true end
-  return nil, err, code
+-- libssh2 1.10 misreads the STATUS reply of SYMLINK, READLINK and REALPATH (it takes the request
+-- id for the status code): a refusal could come back as success ("" or true) and any failure with
+-- a code from nowhere, a SYMLINK carried out as a failure. The C steps return `false` for any
+-- STATUS (csrc/sftp.c link_step); these ask the server with lstat/stat what happened.
+local TRANSPORT = { ECLOSED = true, ETIMEDOUT = true, ECONNRESET = true }
+
+local function check_path(fname, p, arg)
+  if type(p) ~= "string" then
+    error(("bad argument #%d to '%s' (string expected, got %s)"):format(arg, fname, type(p)), 3)
+  end
+end
+
+--- sftp:readlink(path [, timeout]) -> the link's target | nil, err, code ("not a symbolic link",
+--- "EINVAL" for anything else)
+function Sftp:readlink(p, timeout)
+  check_path("readlink", p, 1)
+  check_timeout(timeout, 2, "readlink", 2)
+  local deadline = timeout and now() + timeout
+  local r, err, code = self:_readlink(p, timeout)
+  if r then return r end
+  if r == nil then return nil, err, code end
+  local st, e2, c2 = self:lstat(p, remaining(deadline))
+  if not st then return nil, e2, c2 end
+  if st.type ~= "link" then return nil, "not a symbolic link", "EINVAL" end
+  return nil, "failure", "EIO"
+end
+
+--- sftp:realpath(path [, timeout]) -> the canonical absolute path | nil, err, code
+function Sftp:realpath(p, timeout)
+  check_path("realpath", p, 1)
+  check_timeout(timeout, 2, "realpath", 2)
+  local deadline = timeout and now() + timeout
+  local r, err, code = self:_realpath(p, timeout)
+  if r then return r end
+  if r == nil then return nil, err, code end
+  local st, e2, c2 = self:stat(p, remaining(deadline))
+  if not st then return nil, e2, c2 end
+  return nil, "failure", "EIO"
+end
+
+--- sftp:symlink(target, linkpath [, timeout]) -> true | nil, err, code ("file exists", "EEXIST";
+--- the parent directory's error). Whether the link was made is checked by reading it back.
+function Sftp:symlink(target, linkpath, timeout)
+  check_path("symlink", target, 1)
+  check_path("symlink", linkpath, 2)
+  check_timeout(timeout, 3, "symlink", 2)
+  local deadline = timeout and now() + timeout
+  local st, err, code = self:lstat(linkpath, timeout)
+  if st then return nil, "file exists", "EEXIST" end
+  if TRANSPORT[code] then return nil, err, code end
+  local ok
+  ok, err, code = self:_symlink(target, linkpath, remaining(deadline))
+  if ok == nil then return nil, err, code end
+  local got
+  got, err, code = self:_readlink(linkpath, remaining(deadline))
+  if got == target then return true end
+  if got == nil and TRANSPORT[code] then return nil, err, code end
+  local parent = linkpath:match("^(.*)/[^/]*$") or "."
+  if parent == "" then parent = "/" end
+  st, err, code = self:stat(parent, remaining(deadline))
+  if not st then return nil, err, code end
+  if st.type ~= "dir" then return nil, "not a directory", "ENOTDIR" end
+  if self:lstat(linkpath, remaining(deadline)) then return nil, "file exists", "EEXIST" end
+  return nil, "failure", "EIO"
 end
 
 --- f:read(n) -> n bytes (fewer only at the end) | nil at the end
@@ -991,29 +1107,102 @@ local function method_error(name, ok, ...)
   error(e, 0)
 end
 
-local function locked(fn, name)
+-- A request that timed out or was cancelled while libssh2 waited for its reply stays in libssh2's
+-- state machine: the next call of the same kind (stat after stat, open after open, a write on the
+-- file after a write...) skipped sending its own request and took the old one's reply (stat(b)
+-- gave a's attributes, open(b) opened a, mkdir(e) made nothing). So such a call is remembered
+-- per lock (`pending`, keyed by the object owning the lock: the session, or the SFTP session for
+-- it and its files) and the next call under that lock first finishes it, with its own arguments,
+-- and drops what it made; if that times out again, the new call says "timeout" (the server still
+-- does not answer), and if it fails otherwise (the object closed meanwhile) it is forgotten.
+-- Streaming reads (_read, _readdir, _pull) need no replay: libssh2 goes on with them as they are.
+local pending = setmetatable({}, { __mode = "k" })   -- lock owner -> { fn=, obj=, args= }
+local owner_of = setmetatable({}, { __mode = "k" })  -- sftp file -> its sftp object
+local REPLAY = {}
+local function dispose(v)
+  if type(v) ~= "userdata" then return end
+  local mt = getmetatable(v)
+  if type(mt) == "table" and type(mt.__gc) == "function" then pcall(mt.__gc, v) end
+end
+
+-- Where each replayed C method takes its timeout (after self); none: the session's default.
+local TIMEOUT_ARG = { _channel = 1, forward = 3, _scp_recv = 2, _scp_send = 4, _listen = 3,
+  sftp = 1, open = 4, _opendir = 2, stat = 2, lstat = 2, chmod = 3, mkdir = 3, rmdir = 2,
+  remove = 2, rename = 3, _symlink = 3, _readlink = 2, _realpath = 2, write = 2, _push = 3 }
+local FILE_TIMEOUT_ARG = { stat = 1 }   -- f:stat([timeout]) (sftp:stat(path [, timeout]))
+
+-- Runs the pending request of `key` to its end, within the new call's `timeout` (its own is
+-- long gone); -> true when none is left, nil, err, code when it timed out again.
+local function finish_pending(key, timeout)
+  local p = pending[key]
+  if p == nil then return true end
+  local args = table.pack(table.unpack(p.args, 1, p.args.n))
+  if p.targ then
+    args[p.targ] = timeout
+    if p.targ > args.n then args.n = p.targ end
+  end
+  local r = table.pack(pcall(p.fn, p.obj, table.unpack(args, 1, args.n)))
+  if r[1] and r[2] == nil and r[4] == "ETIMEDOUT" then return nil, r[3], r[4] end
+  if not r[1] and core.is_cancelled(r[2]) then error(r[2], 0) end   -- still pending: cancelled again
+  pending[key] = nil
+  if r[1] then for i = 2, r.n do dispose(r[i]) end end
+  return true
+end
+
+local function locked(fn, name, replay, targ)
   return function(self, ...)
     local ok, err, code = self:_lock()
     if not ok then return nil, err, code end
     local t = tokens[self]
     if t == nil then t = setmetatable({ o = self }, TOKEN); tokens[self] = t end
     local held <close> = t
-    return method_error(name, pcall(fn, self, ...))
+    local key = owner_of[self] or self
+    if pending[key] then
+      local timeout = targ and select(targ, ...)
+      if type(timeout) ~= "number" then timeout = nil end
+      local done, e2, c2 = finish_pending(key, timeout)
+      if not done then return nil, e2, c2 end
+    end
+    local r = table.pack(pcall(fn, self, ...))
+    if replay and ((r[1] and r[2] == nil and r[4] == "ETIMEDOUT") or (not r[1] and core.is_cancelled(r[2]))) then
+      pending[key] = { fn = fn, obj = self, args = table.pack(...), targ = targ }
+    end
+    if r[1] and (name == "open" or name == "_opendir") and r[2] ~= nil then owner_of[r[2]] = self end
+    return method_error(name, table.unpack(r, 1, r.n))
   end
 end
 
 for _, name in ipairs { "_channel", "forward", "_scp_recv", "_scp_send", "_listen", "sftp" } do
-  Session[name] = locked(Session[name], name)
+  Session[name] = locked(Session[name], name, REPLAY, TIMEOUT_ARG[name])
 end
 for _, name in ipairs { "open", "_opendir", "stat", "lstat", "chmod", "mkdir", "rmdir", "remove",
-                        "rename", "_symlink", "readlink", "realpath", "close" } do
-  Sftp[name] = locked(Sftp[name], name)
+                        "rename", "close" } do
+  Sftp[name] = locked(Sftp[name], name, REPLAY, TIMEOUT_ARG[name])
 end
-for _, name in ipairs { "_read", "write", "stat", "_seekto", "_tell", "_readdir", "_pull", "_push", "close" } do
+for _, name in ipairs { "symlink", "readlink", "realpath" } do   -- their C halves (see Sftp:symlink)
+  Sftp["_" .. name] = locked(Sftp["_" .. name], name, REPLAY, TIMEOUT_ARG["_" .. name])
+end
+for _, name in ipairs { "_read", "_seekto", "_tell", "_readdir", "_pull" } do
   File[name] = locked(File[name], name)
+end
+for _, name in ipairs { "write", "stat", "_push", "close" } do
+  File[name] = locked(File[name], name, REPLAY, FILE_TIMEOUT_ARG[name] or TIMEOUT_ARG[name])
 end
 
 -- }====
+
+-- An exclusive open ("x") of an existing file: OpenSSH's server answers only "failure" (EEXIST
+-- has no SFTP v3 code), so look first and say what it is. (A tail call: the locked open's
+-- argument errors keep pointing at the caller.)
+local locked_open = Sftp.open
+function Sftp:open(path, mode, perms, timeout, ...)
+  if type(path) == "string" and type(mode) == "string" and mode:find("x", 1, true)
+     and mode:match("^[rwax]b?%+?b?x?$")   -- a valid mode (open_flags, sftp.c), else open raises
+     and (timeout == nil or type(timeout) == "number") and self:lstat(path, timeout) then
+    return nil, "file exists", "EEXIST"
+  end
+  return locked_open(self, path, mode, perms, timeout, ...)
+end
 
 M.libssh2_version = C.libssh2_version
 M.libssh2_version_num = C.libssh2_version_num
