@@ -4,7 +4,7 @@
 -- wait by who held the CPU, time both workers sat on one CPU, migrations, wake-up placement.
 -- usage: lua5.4 bench/thread_cpu_sched.lua LABEL SCRIPT1 OUT1 [SCRIPT2 OUT2 ...]
 --   SCRIPTi: `perf script -F comm,pid,tid,cpu,time,event,trace` of one process's record; OUTi: its
---   stdout with the "mark seq|par|end T" lines (CLOCK_MONOTONIC, as perf's -k mono)
+--   stdout with its "mark pid P" and "mark seq|par|end T" lines (CLOCK_MONOTONIC, as perf's -k mono)
 
 local label = arg[1] or "?"
 local main_pid                     -- the tgid that writes the marks
@@ -81,9 +81,7 @@ local function feed(line)
       mi = mi + 1
     end
     advance(t)
-    if ev == "sched:sched_process_exec" and not main_pid and comm:match("^lua") then
-      main_pid = pid; ours[tid] = "main"
-    elseif ev == "sched:sched_switch" then
+    if ev == "sched:sched_switch" then
       local ptid, pstate, ntid = rest:match("prev_pid=(%d+) .-prev_state=(%S+) ==> .-next_pid=(%d+)")
       ptid, ntid = tonumber(ptid), tonumber(ntid)
       on[ptid] = nil
@@ -139,7 +137,8 @@ for i = 2, #arg - 1, 2 do
   marks, mi = {}, 1
   for l in io.lines(arg[i + 1]) do
     local what, t = l:match("^mark (%a+) ([%d.]+)")
-    if what then marks[#marks + 1] = { what, tonumber(t) } end
+    if what == "pid" then main_pid = tonumber(t); ours[main_pid] = "main"
+    elseif what then marks[#marks + 1] = { what, tonumber(t) } end
   end
   for line in io.lines(arg[i]) do feed(line) end
 end

@@ -106,6 +106,11 @@ if mode == "run" then
     local function mark(what)
       if marking then io.write(("mark %s %.6f\n"):format(what, now())); io.flush() end
     end
+    if marking then                                -- this process's pid (perf records them all)
+      local f = io.open("/proc/self/stat")
+      io.write(("mark pid %d\n"):format(f and f:read("n") or -1))
+      if f then f:close() end
+    end
     local function measure(f)
       mark(f == seq and "seq" or "par")
       local s0, t0, c0 = stat(), now(), cpuclock()
