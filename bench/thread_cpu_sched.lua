@@ -21,7 +21,7 @@ local cur                          -- the totals of the phase running now
 local function totals(kind)
   acc[kind] = acc[kind] or { n = 0, wall = 0, run = 0, main = 0, iou = 0, wait_self = 0,
     wait_other = 0, wait_idle = 0, shared = 0, migr = 0, wakes = 0, wake_busy_self = 0,
-    wake_busy_other = 0, wake_here = 0, main_preempted = 0, both_on = 0, main_wakes = 0, both_run_at = 0,
+    wake_busy_other = 0, wake_here = 0, main_preempted = 0, both_on = 0, mwait_self = 0, mwait_other = 0, main_wakes = 0, both_run_at = 0,
     tlb = {}, seen = {} }
   return acc[kind]
 end
@@ -43,6 +43,11 @@ local function advance(t)
           if cpus_w[c] then cur.shared = cur.shared + dt end
           cpus_w[c] = true
         end
+      end
+      if k == "main" and waiting[tid] then          -- the main thread kept from its CPU
+        local holder = running[cpu_of[tid] or -1]
+        if holder and holder ~= 0 and ours[holder] then cur.mwait_self = cur.mwait_self + dt
+        elseif holder and holder ~= 0 then cur.mwait_other = cur.mwait_other + dt end
       end
       if k == "worker" and waiting[tid] then
         local holder = running[cpu_of[tid] or -1]
@@ -156,14 +161,15 @@ for _, kind in ipairs { "seq", "par" } do
       a.wake_busy_other / n))
   end
 end
-print("  kind  both workers on a CPU (ms, share of the wall)  main preempted by a worker  main wake-ups  2nd worker's first run after the start (ms)  TLB flushes on our CPUs by reason")
+print("  kind  both workers on a CPU (ms, share of the wall)  main kept waiting by a worker / by others (ms)  main preempted by a worker  main wake-ups  2nd worker's first run after the start (ms)  TLB flushes on our CPUs by reason")
 for _, kind in ipairs { "seq", "par" } do
   local a = acc[kind]
   if a and a.n > 0 then
     local tl = {}
     for r, k in pairs(a.tlb) do tl[#tl + 1] = ("%s:%.1f"):format(r, k / a.n) end
     table.sort(tl)
-    print(("  %-4s %s (%5.1f%%) %27.2f %14.2f %44s  %s"):format(kind, ms(a.both_on / a.n), 100 * a.both_on / a.wall, a.main_preempted / a.n, a.main_wakes / a.n,
+    print(("  %-4s %s (%5.1f%%) %s / %s %27.2f %14.2f %44s  %s"):format(kind, ms(a.both_on / a.n), 100 * a.both_on / a.wall,
+      ms(a.mwait_self / a.n), ms(a.mwait_other / a.n), a.main_preempted / a.n, a.main_wakes / a.n,
       kind == "par" and ms(a.both_run_at / a.n) or "-", table.concat(tl, " ")))
   end
 end

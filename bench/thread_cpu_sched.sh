@@ -42,5 +42,6 @@ for v in $variants; do
   done
   lua5.4 bench/thread_cpu_sched.lua "$v ($reps processes, $loaded not on an idle machine; load$load)" $files
   cat "$tmp"/out* | grep '^speedup' | sed 's/^/    /'
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP/$v"; cp "$tmp"/out* "$tmp"/s* "$KEEP/$v/"; fi
   rm -f "$tmp"/out* "$tmp"/s*
 done

@@ -1074,13 +1074,15 @@ static thr_ctl *idle_wait(parked *w, const char *name) {
 /* {==== a new thread lets its creator go on
  *
  * The kernel puts a woken or new OS thread on its waker's CPU when it finds no idle CPU to put it
- * on (and at times when one is idle), and the woken thread, owed CPU time, then takes that CPU from
- * its creator at once: the creator, which in `thread.start(f); thread.start(g)` is about to start
- * the next thread and then sleep in a join, waits a whole time slice (3-4 ms here) before it can
- * start g, and f and g start a slice apart (bench/thread_cpu_sched.sh: "main preempted by a
- * worker"). So a thread that starts on the CPU its start ran on yields it once first: its creator
- * runs on until it sleeps (or its slice ends), then the thread runs; on another CPU it does not.
- * (A yield with nobody else runnable returns at once.) STRAND_THREAD_YIELD=0: never. */
+ * on (and at times when one is idle), and the thread, owed CPU time, soon takes that CPU from its
+ * creator: in `thread.start(f); thread.start(g)` the creator, about to start g and then sleep in a
+ * join, waited a time slice (3 ms in a trace here) before it could start g, and f and g shared its
+ * CPU until the load balancer moved one (bench/thread_cpu_sched.sh: "main kept waiting by a
+ * worker", "2nd worker's first run"). So a thread whose first run is on the CPU its start ran on
+ * yields it once: a creator still running goes on until it sleeps or its time slice ends, then
+ * the thread runs; on another CPU, or with nothing else to run, it goes on at once. (Yielding
+ * only when the creator was taken off the CPU inside start itself measured no better than not at
+ * all.) STRAND_THREAD_YIELD=0: never. */
 static int yield_ok = 1;                  /* set once by pin_once, read-only after */
 
 static void yield_to_creator(const thr_ctl *c) {
