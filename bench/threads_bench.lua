@@ -7,9 +7,10 @@
 -- LUA_CPATH="build/?.so;;" lua5.4 bench/threads_bench.lua [BUILD_DIR]   (env REPS, QUICK=1)
 local mode = arg[1]
 
--- The CPU-bound work, one source for every side: strand's and luv's threads run this function
--- (copied as bytecode), the two-process floor runs the same text in plain lua5.4 (116.6
--- instructions per iteration on every side, callgrind, Lua 5.4.4).
+-- The CPU-bound work, one loop for every side: luv's threads run this function (copied as
+-- bytecode); strand's threads and the two-process floor (the same text in plain lua5.4) run TIMED
+-- below, the same loop between two reads of the worker's own CPU time (116.6 instructions per
+-- iteration on every side, callgrind, Lua 5.4.4).
 local WORK = "local function work(count) local x = 0 for i = 1, count do x = x + i % 7 end return x end"
 local work = assert(load(WORK .. " return work", "=work"))()
 -- The same loop between two reads of this OS thread's own CPU time (/proc/thread-self/schedstat,
