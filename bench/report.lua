@@ -43,7 +43,7 @@ for line in io.lines(path) do
   elseif k == "cpu2" then
     cpu2[w[2]] = csv(w[3]); flag(w[4])
   elseif k == "cpu2x" then     -- cpu2x impl cpuratios steals others (one per pair)
-    cpu2[w[2] .. "_x"] = { cpuratio = csv(w[3]), steal = csv(w[4]), others = csv(w[5]) }
+    cpu2[w[2] .. "_x"] = { cpuratio = csv(w[3]), steal = csv(w[4]), others = csv(w[5]), loopcpu = csv(w[6]) }
   elseif k == "queue" then     -- queue maxsize NPNC kind s c p flag
     queue[#queue + 1] = { maxsize = tonumber(w[2]), shape = w[3], kind = w[4],
                           s = csv(w[5]), c = csv(w[6]), p = csv(w[7]) }
@@ -218,6 +218,11 @@ do
   local x = cpu2.strand_x
   local why = x and (" (CPU time two at once / one after the other %s; steal %s%%, other processes %s%% of the machine)")
     :format(f2(median(x.cpuratio)), f0(100 * (median(x.steal) or 0)), f0(100 * (median(x.others) or 0))) or ""
+  local lx, px = x and median(x.loopcpu), cpu2.procs_x and median(cpu2.procs_x.loopcpu)
+  if lx then   -- the loops' own CPU time (each worker's), threads against the two processes
+    why = why .. ("; the loops' own CPU time two at once / one after the other: threads %s, processes %s")
+      :format(f2(lx), f2(px))
+  end
   local cold = cpu2.strand_cold
   if cold and median(cold) then
     local clo, chi = range(cold)

@@ -7,11 +7,19 @@
 -- LUA_CPATH="build/?.so;;" lua5.4 bench/threads_bench.lua [BUILD_DIR]   (env REPS, QUICK=1)
 local mode = arg[1]
 
--- The CPU-bound work, one source for every side: strand's and luv's threads run this function
--- (copied as bytecode), the two-process floor runs the same text in plain lua5.4 (116.6
--- instructions per iteration on every side, callgrind, Lua 5.4.4).
+-- The CPU-bound work, one loop for every side: luv's threads run this function (copied as
+-- bytecode); strand's threads and the two-process floor (the same text in plain lua5.4) run TIMED
+-- below, the same loop between two reads of the worker's own CPU time (116.6 instructions per
+-- iteration on every side, callgrind, Lua 5.4.4).
 local WORK = "local function work(count) local x = 0 for i = 1, count do x = x + i % 7 end return x end"
 local work = assert(load(WORK .. " return work", "=work"))()
+-- The same loop between two reads of this OS thread's own CPU time (/proc/thread-self/schedstat,
+-- ns, exact): strand's threads and the processes return it beside the sum, so the loop's CPU time
+-- two at once / one after the other leaves out starting, joining and the main thread.
+local TIMED = "local function timed(count) local function cpu() local f = io.open(\"/proc/thread-self/schedstat\") "
+  .. "if not f then return 0 end local v = f:read(\"n\") f:close() return v or 0 end local c0 = cpu() "
+  .. "local x = 0 for i = 1, count do x = x + i % 7 end return x, cpu() - c0 end"
+local timed = assert(load(TIMED .. " return timed", "=timed"))()
 
 local function clock()
   local ok, strand = pcall(require, "strand")
@@ -28,17 +36,20 @@ if mode == "run" then
   local start, wait
   if impl == "strand" then
     local thread = require "strand.thread"
-    start = function(fn, ...) return thread.start(fn, ...) end
-    wait = function(t) assert(t:result()) end
+    start = function(fn, ...) return thread.start(fn == work and timed or fn, ...) end
+    wait = function(t) return select(2, assert(t:result())) end
   elseif impl == "procs" then
     -- the machine's own floor for this work: the same function in plain lua5.4 processes (no
     -- thread library, no shared heap), started and read through popen (~1 ms each, under 1% of
     -- a run)
     local lua = arg[-1] or "lua5.4"
     start = function(_, count)
-      return assert(io.popen(("%s -e '%s print(work(%d))'"):format(lua, WORK, count)))
+      return assert(io.popen(("%s -e '%s print(timed(%d))'"):format(lua, TIMED, count)))
     end
-    wait = function(f) assert(f:read("a")); assert(f:close()) end
+    wait = function(f)
+      local out = assert(f:read("a")); assert(f:close())
+      return tonumber(out:match("%s(%d+)"))
+    end
   else
     local uv = require "luv"
     start = function(fn, ...) return uv.new_thread(fn, ...) end
@@ -70,12 +81,15 @@ if mode == "run" then
       for i = 1, #v do total = total + v[i] end
       return { total = total, idle = v[4] + (v[5] or 0), steal = v[8] or 0 }
     end
-    local function seq()
-      wait(start(work, n)); wait(start(work, n))
+    local function seq()                       -- returns the loops' CPU time (ns) if known
+      local c1 = wait(start(work, n))
+      local c2 = wait(start(work, n))
+      return c1 and c2 and c1 + c2
     end
     local function par()
       local a, b = start(work, n), start(work, n)
-      wait(a); wait(b)
+      local c1, c2 = wait(a), wait(b)
+      return c1 and c2 and c1 + c2
     end
     local cpuclock = os.clock
     if impl == "procs" then      -- the children's CPU time (waited for), in clock ticks
@@ -87,11 +101,24 @@ if mode == "run" then
         return (v[12] + v[13] + v[14] + v[15]) / hz   -- utime stime cutime cstime
       end
     end
+    -- THREADS_MARK=1 (bench/thread_cpu_sched.sh): each run's start and end on stdout
+    -- ("mark seq|par|end <CLOCK_MONOTONIC seconds>"), to cut perf's events (-k mono) by run
+    local marking = os.getenv("THREADS_MARK")
+    local function mark(what)
+      if marking then io.write(("mark %s %.6f\n"):format(what, now())); io.flush() end
+    end
+    if marking then                                -- this process's pid (perf records them all)
+      local f = io.open("/proc/self/stat")
+      io.write(("mark pid %d\n"):format(f and f:read("n") or -1))
+      if f then f:close() end
+    end
     local function measure(f)
+      mark(f == seq and "seq" or "par")
       local s0, t0, c0 = stat(), now(), cpuclock()
-      f()
+      local loop = f()
+      mark("end")
       local s1 = stat()
-      local r = { wall = now() - t0, cpu = cpuclock() - c0 }
+      local r = { wall = now() - t0, cpu = cpuclock() - c0, loop = loop }
       if s0 and s1 and s1.total > s0.total then
         local dt = s1.total - s0.total
         r.steal = (s1.steal - s0.steal) / dt
@@ -103,8 +130,9 @@ if mode == "run" then
     for i = 1, pairs_n do
       local s, p
       if i % 2 == 1 then s = measure(seq); p = measure(par) else p = measure(par); s = measure(seq) end
-      print(("speedup %.4f cpuratio %.4f steal %.4f others %.4f ncpu %d"):format(s.wall / p.wall,
-        p.cpu / s.cpu, p.steal or 0, p.others or 0, ncpu))
+      print(("speedup %.4f cpuratio %.4f steal %.4f others %.4f ncpu %d%s"):format(s.wall / p.wall,
+        p.cpu / s.cpu, p.steal or 0, p.others or 0, ncpu, (s.loop and p.loop and s.loop > 0)
+        and (" loopcpu %.4f"):format(p.loop / s.loop) or ""))
     end
   end
   os.exit(0)
@@ -151,7 +179,8 @@ end
 
 print(("CPU-bound Lua, 2 x %g iterations: one thread after the other / two at once"):format(CPU))
 print(("  (%d processes x %d interleaved pairs each, median (min-max) of the pairs; CPU ratio: CPU "
-  .. "time two at once / one after the other, 1.00 = no contention; steal, others: share of the "
+  .. "time two at once / one after the other, 1.00 = no contention; loop CPU: the same for the loops "
+  .. "alone, each worker's own CPU time (strand and the processes); steal, others: share of the "
   .. "machine's CPU time the hypervisor stole / other processes used during the two-at-once runs)")
   :format(B.REPS, PAIRS))
 local hz = tonumber((B.stdout("getconf CLK_TCK") or ""):match("%d+")) or 100
@@ -166,7 +195,7 @@ local cpu_cmds = {
 }
 -- Runs cmd REPS times (each after waiting for an idle machine) and gathers every pair's figures.
 local function cpu_reps(cmd)
-  local r, loaded = { speedup = {}, cpuratio = {}, steal = {}, others = {} }, false
+  local r, loaded = { speedup = {}, cpuratio = {}, steal = {}, others = {}, loopcpu = {} }, false
   for _ = 1, B.REPS do
     if B.wait_idle() == "loaded" then loaded = true end
     local out = B.sh(cmd)
@@ -176,7 +205,7 @@ local function cpu_reps(cmd)
       if sp then
         any = true
         r.speedup[#r.speedup + 1] = sp
-        for _, k in ipairs { "cpuratio", "steal", "others" } do
+        for _, k in ipairs { "cpuratio", "steal", "others", "loopcpu" } do
           local v = tonumber(line:match(k .. " ([%d.]+)"))
           if v then r[k][#r[k] + 1] = v end
         end
@@ -197,6 +226,10 @@ for _, impl in ipairs { "procs", "strand", "strand_cold", "luv", "python" } do
       local clo, chi = B.range(r.cpuratio)
       extra = ("  CPU ratio %.3f (%.3f-%.3f)  steal %.1f%%  others %.1f%%"):format(B.median(r.cpuratio),
         clo, chi, 100 * B.median(r.steal), 100 * B.median(r.others))
+      if #r.loopcpu > 0 then
+        local llo, lhi = B.range(r.loopcpu)
+        extra = extra .. ("  loop CPU %.3f (%.3f-%.3f)"):format(B.median(r.loopcpu), llo, lhi)
+      end
       local quiet = {}                            -- the pairs the machine left alone
       for i, v in ipairs(vals) do
         if (r.steal[i] or 1) + (r.others[i] or 1) < 0.05 then quiet[#quiet + 1] = v end
@@ -209,7 +242,7 @@ for _, impl in ipairs { "procs", "strand", "strand_cold", "luv", "python" } do
     B.record("cpu2", impl, table.concat(vals, ","), loaded and "loaded" or "idle")
     if #r.cpuratio > 0 then
       B.record("cpu2x", impl, table.concat(r.cpuratio, ","), table.concat(r.steal, ","),
-        table.concat(r.others, ","))
+        table.concat(r.others, ","), #r.loopcpu > 0 and table.concat(r.loopcpu, ",") or "-")
     end
   end
 end

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,7 @@ typedef struct thr_ctl {
   struct stk *stack;            /* the stack strand made for a new OS thread (or NULL: glibc's) */
   unsigned gen;                 /* thr_gen when started: another value means a forked child's
                                    copy, whose OS thread is its parent's (never joinable here) */
+  int creator_cpu;              /* the CPU its start ran on (-1: unknown), see yield_to_creator */
 } thr_ctl;
 
 typedef struct thr_handle {
@@ -1103,6 +1105,26 @@ static thr_ctl *idle_wait(parked *w, const char *name) {
   return c;
 }
 
+/* {==== a new thread lets its creator go on
+ *
+ * The kernel puts a woken or new OS thread on its waker's CPU when it finds no idle CPU to put it
+ * on (and at times when one is idle), and the thread, owed CPU time, soon takes that CPU from its
+ * creator: in `thread.start(f); thread.start(g)` the creator, about to start g and then sleep in a
+ * join, waited a time slice (3 ms in a trace here) before it could start g, and f and g shared its
+ * CPU until the load balancer moved one (bench/thread_cpu_sched.sh: "main kept waiting by a
+ * worker", "2nd worker's first run"). So a thread whose first run is on the CPU its start ran on
+ * yields it once: a creator still running goes on until it sleeps or its time slice ends, then
+ * the thread runs; on another CPU, or with nothing else to run, it goes on at once. (Yielding
+ * only when the creator was taken off the CPU inside start itself measured no better than not at
+ * all.) STRAND_THREAD_YIELD=0: never. */
+static int yield_ok = 1;                  /* set once by pin_once, read-only after */
+
+static void yield_to_creator(const thr_ctl *c) {
+  if (yield_ok && c->creator_cpu >= 0 && sched_getcpu() == c->creator_cpu) (void)sched_yield();
+}
+
+/* }==== */
+
 static void *thr_main(void *arg) {
   thr_ctl *c = (thr_ctl *)arg;
   stk *own = c->stack;                    /* the stack strand made for it, if any */
@@ -1116,6 +1138,7 @@ static void *thr_main(void *arg) {
   parked w;
   memset(&w, 0, sizeof w);
   for (;;) {
+    yield_to_creator(c);
     int again = run_thread(c) && named;
     if (own != NULL) stk_trim(own);       /* before its joiners go on: a join sees it done */
     if (again && !masked) masked = again = pthread_sigmask(SIG_BLOCK, NULL, &mask) == 0;
@@ -1243,6 +1266,8 @@ static void pin_once(void) {
     long v = strtol(env, &end, 10);
     if (*end == '\0' && v >= 0) idle_max = v > 64 ? 64 : (int)v;
   }
+  env = getenv("STRAND_THREAD_YIELD");
+  if (env != NULL && strcmp(env, "0") == 0) yield_ok = 0;
   int hooks = pthread_atfork(idle_fork_prepare, idle_fork_parent, idle_fork_child) == 0;
   idle_ok = idle_max > 0 && hooks;
   pthread_attr_t d;                                   /* the stacks glibc would make */
@@ -1360,6 +1385,7 @@ static int start_thread(lua_State *L, thr_handle *h, int first, int n, int byarg
   }
   pin_module();
   c->gen = thr_gen;
+  c->creator_cpu = sched_getcpu();
   atomic_fetch_add(&c->refs, 1);                   /* the thread's reference */
   atomic_store(&c->state, TS_RUNNING);
   atomic_fetch_add(&active, 1);
