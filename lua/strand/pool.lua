@@ -10,7 +10,8 @@
 --    answers a run of buffered chunks in one write. A worker that dies (kill -9, a crash,
 --    os.exit) fails only the job it was
 --    running, with "worker exited: signal 9" (or "worker exited: code N"); the jobs queued behind
---    it go to the others and a new worker replaces it.
+--    it go to the others and a new worker replaces it. One whose initializer raised is not
+--    replaced (its error, sent as its first frame, fails the jobs once no worker is left).
 --  * A job's error comes back with the worker's traceback. Submitting to a closed pool raises.
 --  * The pool's reader tasks live in the loop that created the pool: close it (or use <close>)
 --    before a strand.run that created it can end.
@@ -200,8 +201,19 @@ end
 -- What a process worker runs: jobs from its socket, results back, until told to stop.
 local function worker_main(sock, out, link, initializer, initargs, maxtasks)
   local traceback = job_traceback
-  if initializer then initializer(unpack(initargs, 1, initargs.n or #initargs)) end
   local C = core.process
+  if initializer then
+    -- an initializer that raises: its error (with its traceback) to the parent as the worker's
+    -- first frame, id 0 (no job's), and the worker ends; the parent does not replace it
+    local ok, err = xpcall(initializer, traceback, unpack(initargs, 1, initargs.n or #initargs))
+    if not ok then
+      local eok, enc = pcall(C._encodev, false, err)
+      if not eok or enc == nil then enc = C._encodev(false, tostring(err)) end
+      out:settimeout(nil)
+      out:sendall(string.pack(">I4I8", 8 + #enc, 0) .. enc)
+      return 1
+    end
+  end
   local done, got, fns = 0, 0, {}
   local outbox, spack, sunpack, sbyte = {}, string.pack, string.unpack, string.byte
   local encodev, encode_list, decode, new_table = C._encodev, C._encode_list, serial.decode, C._table
@@ -349,25 +361,43 @@ local function give(self, w)
   return true
 end
 
+-- Fail every job queued (none can run). The queue is emptied in place: map's submit_chunks
+-- holds it while it adds chunks.
+local function fail_queued(self, msg)
+  local jobs, jh, jt = self._jobs, self._jh, self._jt
+  local failed = tmove(jobs, jh, jt, 1, {})
+  for i = jh, jt do jobs[i] = nil end
+  self._jh, self._jt = 1, 0
+  for i = 1, #failed do fail_job(failed[i], msg) end
+end
+
 -- Workers the pool lacks (one that died could not be replaced: a fork refused while a strand
 -- thread runs, or failed), started again now that jobs are queued; when none runs and none can
--- be started, the queued jobs fail (they waited forever).
+-- be started, the queued jobs fail (they waited forever). While some run, a start that failed is
+-- tried again only after a wait, doubled each time up to 1 s (else every job queued and every
+-- result read tried a fork); with none running, every time (the jobs would fail).
 local function refill(self)
   local err
-  while #self._workers < self._size do
+  if self._retry_at and #self._workers > 0 and now() < self._retry_at then return end
+  while #self._workers < self._size - self._lost do
     local ok, e = pcall(start_worker, self)
     if not ok then err = e; break end
   end
+  if err then
+    local d = math.min(2 * (self._retry_wait or 0.025), 1)
+    self._retry_wait, self._retry_at = d, now() + d
+  else
+    self._retry_wait, self._retry_at = nil, nil
+  end
   if #self._workers > 0 then return end
-  local jobs, jh, jt = self._jobs, self._jh, self._jt
-  self._jobs, self._jh, self._jt = {}, 1, 0
-  for i = jh, jt do fail_job(jobs[i], "strand.pool: no worker could be started: " .. tostring(err)) end
+  fail_queued(self, "strand.pool: no worker could be started: " .. tostring(err))
 end
 
 -- Send queued jobs to process workers with room.
 local function dispatch(self)
   if self._kind ~= "process" or self._jt < self._jh then return end   -- nothing queued
-  if #self._workers < self._size and not self._terminated then
+  if self._dead then return fail_queued(self, self._dead) end          -- no worker left
+  if #self._workers < self._size - self._lost and not self._terminated then
     refill(self)
     if self._jt < self._jh then return end
   end
@@ -435,6 +465,9 @@ flush_out = function(self)
 end
 
 -- A process worker ended (EOF on its socket): fail its current job, requeue the others, replace.
+-- One whose initializer raised (w.init_err, its first frame) ran none of its jobs: they all go
+-- back, and it is not replaced (as a thread worker's: it would raise again, and again); when every
+-- worker of the pool went so, queued and later jobs fail with "worker exited: <its error>".
 local function worker_gone(self, w)
   w.alive = false
   local code = w.proc_h:wait()
@@ -445,8 +478,9 @@ local function worker_gone(self, w)
     for _, job in ipairs(inflight) do fail_job(job, "pool terminated") end
   elseif #inflight > 0 then
     local msg = code < 0 and ("worker exited: signal " .. -code) or ("worker exited: code " .. code)
-    if not w.broken then fail_job(inflight[1], msg) end   -- (broken: its job failed already)
-    for i = #inflight, w.broken and 1 or 2, -1 do
+    local keep = w.broken or w.init_err ~= nil   -- (broken: its job failed already)
+    if not keep then fail_job(inflight[1], msg) end
+    for i = #inflight, keep and 1 or 2, -1 do
       local job = inflight[i]
       if self._skipping[job.id] then               -- a failed map's chunk: not sent again
         self._skipping[job.id] = nil
@@ -466,8 +500,17 @@ local function worker_gone(self, w)
   for i, x in ipairs(self._workers) do if x == w then table.remove(self._workers, i); break end end
   -- one try at a replacement: with jobs queued (its own given back among them) dispatch's refill
   -- makes it (failing with no worker left, it fails them); with none, only an open pool wants it
-  -- (failing, dispatch tries again once jobs are queued). Both here tried twice in a row.
-  if not self._terminated and not self._closed and self._jt < self._jh then
+  -- at once (failing, dispatch tries again once jobs are queued), and only for a worker that had
+  -- answered a job: one that ended before (it dies at once: out of memory, a crash, os.exit in
+  -- its initializer) is replaced when jobs are queued, each new one then taking a job (failed if
+  -- it dies too), so that no loop of forks runs while the pool is idle. Both here tried twice in
+  -- a row.
+  if w.init_err ~= nil and not self._terminated then
+    self._lost = self._lost + 1
+    if self._lost >= self._size and #self._workers == 0 then   -- none left, none to come
+      self._dead = "worker exited: " .. tostring(w.init_err)   -- (dispatch fails the queued jobs)
+    end
+  elseif not self._terminated and not self._closed and self._jt < self._jh and not w.fresh then
     pcall(start_worker, self)
   end
   dispatch(self)
@@ -548,6 +591,14 @@ local function read_results(self, w)
       break
     end
     local job = w.ih <= w.it and w.inflight[w.ih]
+    if w.fresh then                      -- its first frame: id 0 when its initializer raised
+      w.fresh = nil
+      if self._init and #data >= 8 and sunpack(">I8", data) == 0 then
+        local _, e = decode_at(data, 9)
+        w.init_err = e
+        break                            -- (the worker ends: worker_gone)
+      end
+    end
     if job and job.fut and not job.chunk and job.fid and job.fut._callbacks == nil then
       -- a plain job's answer (apply, submit): decoded, its arguments' references dropped and its
       -- future settled here, in the fewest calls (the rest as below)
@@ -670,7 +721,7 @@ start_worker = function(self)
   end
   ends[ra] = true
   local w = { sock = ra, jsock = ja, proc_h = h, pid = h:pid(), inflight = new_table(INFLIGHT_ROOM), ih = 1, it = 0, out = {}, sent = 0, alive = true,
-              known = {}, link = link }
+              known = {}, link = link, fresh = true }
   self._workers[#self._workers + 1] = w
   w.task = spawn_task(reader, self, w)
   core.process._background(w.task)
@@ -770,7 +821,7 @@ function M.new(opts)
   local self = setmetatable({
     _kind = kind, _size = size, _init = opts.initializer, _initargs = opts.initargs or {},
     _max = max, _allow_threads = opts.allow_threads, _workers = {}, _jobs = {}, _jh = 1, _jt = 0, _idle = {},
-    _next = 0, _pending = {}, _gen = forkgen(),
+    _next = 0, _pending = {}, _gen = forkgen(), _lost = 0,
   }, Pool)
   if kind == "process" then
     self._skipping = {}                   -- job id -> worker told to skip it (cancel_chunks)
