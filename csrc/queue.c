@@ -9,6 +9,32 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Counts of the paths puts and gets take (bench/queue_paths.sh): only in a build made with
+ * -DSTRAND_QUEUE_STATS, printed on stderr at exit when STRAND_QUEUE_STATS is set. */
+#ifdef STRAND_QUEUE_STATS
+#include <stdio.h>
+enum { QS_PUT_RING, QS_PUT_LOCKED, QS_PUT_LOCKED_RING, QS_PUT_OVF, QS_MOVE_PUT, QS_MOVED_PUT,
+       QS_GET_PLAIN, QS_GET_RING, QS_GET_LOCKED, QS_MOVE_GET, QS_MOVED_GET, QS_GET_OVF,
+       QS_WAKE_GET, QS_WAKE_PUT, QS_SLEEP_GET, QS_SLEEP_PUT, QS_SPIN_GET, QS_SPIN_PUT, QS_N };
+static const char *const qs_names[QS_N] = {
+  "put into the ring, lock-free", "put locked (unbounded: the ring full or the overflow in use)",
+  "  of which into the ring", "  of which into the overflow", "moves by putters",
+  "  items moved", "get, fast path (plain value)", "get, general path (from the ring)",
+  "get locked (the ring empty, the overflow not)", "moves by getters", "  items moved",
+  "get straight from the overflow", "wake-ups of getters (locked)", "wake-ups of putters (locked)",
+  "getter sleeps", "putter sleeps", "getter spins", "putter spins" };
+static unsigned long qs_count[QS_N];
+#define QSTAT(x) __atomic_add_fetch(&qs_count[x], 1, __ATOMIC_RELAXED)
+#define QSTATN(x, n) __atomic_add_fetch(&qs_count[x], (unsigned long)(n), __ATOMIC_RELAXED)
+__attribute__((destructor)) static void qs_print(void) {
+  if (getenv("STRAND_QUEUE_STATS") == NULL) return;
+  for (int i = 0; i < QS_N; i++) fprintf(stderr, "qstat %-62s %lu\n", qs_names[i], qs_count[i]);
+}
+#else
+#define QSTAT(x) ((void)0)
+#define QSTATN(x, n) ((void)0)
+#endif
+
 #define Q_RESERVE ((size_t)1 << 29)   /* storage one queue may use by default: 512 MiB */
 #define Q_MIN_STORAGE ((lua_Integer)1 << 18)
 #define Q_MAX_STORAGE ((uint64_t)1 << 40)
@@ -441,6 +467,11 @@ static inline r_slot *r_ring(q_state *st, uint64_t *cap) {
   *cap = d & (((uint64_t)1 << RD_CAPBITS) - 1);
   return (r_slot *)(strand_arena_base + (d >> RD_CAPBITS));
 }
+/* The slot of position pos: a mask for the power-of-two rings of unbounded FIFOs (a division
+ * would sit between reading head or tail and reading the slot's sequence on every put and get) */
+static inline uint64_t r_idx(uint64_t pos, uint64_t cap) {
+  return (cap & (cap - 1)) == 0 ? pos & (cap - 1) : pos % cap;
+}
 static uint64_t r_desc(const void *slots, uint64_t cap) {
   return (uint64_t)((const char *)slots - strand_arena_base) << RD_CAPBITS | cap;
 }
@@ -478,7 +509,7 @@ static int r_can_get(q_state *st) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->head);
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos + 1;
+  return A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos + 1;
 }
 
 /* The overflow's oldest item may be taken: it is not empty and every position of the ring
@@ -512,7 +543,7 @@ static int r_can_put(q_state *st) {
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->tail);
   if ((pos & RING_CLOSED) || st->maxsize == 0) return 1;
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+  return A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos;
 }
 
 /* A move could do something: the slots at tail .. tail + k - 1 are free, or the ring is
@@ -526,7 +557,7 @@ static int r_room_for(q_state *st, uint64_t k) {
   pos &= ~RING_FLAGS;
   if (k > cap) k = cap;
   pos += k - 1;
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+  return A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos;
 }
 static int r_room(q_state *st) { return r_room_for(st, 1); }
 
@@ -568,7 +599,7 @@ static int r_push_in(q_state *st, const r_item *it, const void *bytes, strand_in
       if (pos & RING_CLOSED) return -1;
       return 0;                               /* growing or moving: the overflow takes it */
     }
-    r_slot *x = &slots[pos % cap];
+    r_slot *x = &slots[r_idx(pos, cap)];
     int64_t dif = (int64_t)(A_ACQ(&x->seq) - 2 * pos);
     if (dif == 0) {
       if (me) {
@@ -605,7 +636,7 @@ static int r_head_claimed(q_state *st) {
   uint64_t cap;
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->head);
-  return r_tail(st) > pos && A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+  return r_tail(st) > pos && A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos;
 }
 
 static void q_settle(strand_shm *s, int kick);
@@ -618,7 +649,7 @@ static int r_skip_dead(lua_State *L, strand_shm *s, q_state *st) {
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_ACQ(&st->head);
   if (r_tail(st) <= pos) return 0;
-  r_slot *x = &slots[pos % cap];
+  r_slot *x = &slots[r_idx(pos, cap)];
   if (A_ACQ(&x->seq) != 2 * pos) return 0;
   if (!strand_intent_dead((uint64_t)((char *)st - strand_arena_base), pos)) return 0;
   if (A_ACQ(&x->seq) != 2 * pos) return 0;   /* published meanwhile (its claimer was alive) */
@@ -652,7 +683,7 @@ static int r_tail_held(q_state *st, uint64_t *held) {
   if (t & RING_FLAGS) return 0;
   t &= ~RING_FLAGS;
   if (t < cap) return 0;
-  uint64_t p = t - cap, seq = A_ACQ(&slots[t % cap].seq);
+  uint64_t p = t - cap, seq = A_ACQ(&slots[r_idx(t, cap)].seq);
   if ((seq != 2 * p + 1 && seq != 2 * p) || A_ACQ(&st->head) <= p) return 0;
   *held = p;
   return 1;
@@ -666,7 +697,8 @@ static int r_tail_held(q_state *st, uint64_t *held) {
 static int r_free_dead_get(lua_State *L, strand_shm *s, q_state *st) {
   uint64_t p, cap;
   if (st->maxsize == 0 || !r_tail_held(st, &p)) return 0;
-  r_slot *x = &r_ring(st, &cap)[p % cap];
+  r_slot *slots = r_ring(st, &cap);            /* (cap is read after the call sets it) */
+  r_slot *x = &slots[r_idx(p, cap)];
   if (!strand_intent_dead_get((uint64_t)((char *)st - strand_arena_base), p)) return 0;
   uint64_t want = A_ACQ(&x->seq);
   if (want != 2 * p + 1 && want != 2 * p) return 1;   /* freed meanwhile */
@@ -689,7 +721,7 @@ static int r_pop(q_state *st, r_item *out) {
   r_slot *slots = r_ring(st, &cap);
   uint64_t pos = A_RLX(&st->head);
   for (;;) {
-    r_slot *x = &slots[pos % cap];
+    r_slot *x = &slots[r_idx(pos, cap)];
     int64_t dif = (int64_t)(A_ACQ(&x->seq) - (2 * pos + 1));
     if (dif == 0) {
       if (__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 1, __ATOMIC_RELAXED,
@@ -891,7 +923,7 @@ static void o_fill(strand_shm *s, q_state *st, uint64_t p, uint64_t k, int repai
   r_slot *slots = r_ring(st, &cap);
   o_chunk *c = o_chunk_at(s, st->ovf_head);
   for (uint64_t i = 0; i < k; i++) {
-    r_slot *x = &slots[(p + i) % cap];
+    r_slot *x = &slots[r_idx(p + i, cap)];
     uint64_t at = st->oj.first + i;
     while (at >= c->start + OVF_CHUNK) c = o_chunk_at(s, c->next);
     if (repair && A_ACQ(&x->seq) != 2 * (p + i)) continue;   /* published (perhaps taken) */
@@ -923,7 +955,7 @@ static int o_move(strand_shm *s, q_state *st, uint64_t max) {
   uint64_t t0 = __atomic_fetch_or(&st->tail, RING_MOVING, __ATOMIC_SEQ_CST);
   uint64_t p = t0 & ~RING_FLAGS, closed = t0 & RING_CLOSED;   /* (close takes the mutex) */
   uint64_t k = 0;
-  while (k < n && k < max && A_ACQ(&slots[(p + k) % cap].seq) == 2 * (p + k)) k++;
+  while (k < n && k < max && A_ACQ(&slots[r_idx(p + k, cap)].seq) == 2 * (p + k)) k++;
   if (k > 0) {
     st->oj.k = (uint32_t)k;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
@@ -1030,7 +1062,7 @@ static int r_can_put_ahead(q_state *st) {
   if ((pos & RING_CLOSED) || st->maxsize == 0) return 1;
   uint64_t k = cap / 4 < R_AHEAD ? cap / 4 : R_AHEAD;
   if (k > 1) pos += k - 1;
-  return A_ACQ(&slots[pos % cap].seq) == 2 * pos;
+  return A_ACQ(&slots[r_idx(pos, cap)].seq) == 2 * pos;
 }
 
 static long online_cpus;                /* written once (the same value by any thread) */
@@ -1049,6 +1081,7 @@ static int r_spin(lua_State *L, q_state *st, int ch) {
     __atomic_store_n(&online_cpus, ncpu, __ATOMIC_RELAXED);
   }
   if (ncpu < 2 || strand_loop_get(L)->nready > 0) return 0;
+  QSTAT(ch == CH_GET ? QS_SPIN_GET : QS_SPIN_PUT);
   double until = strand_now() + RING_SPIN_SECONDS;
   for (;;) {
     for (int i = 0; i < 64; i++) {
@@ -1099,6 +1132,7 @@ static int q_sleepers(strand_shm *s) {
 static void r_wake(lua_State *L, strand_shm *s, int ch) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   if (A_RLX(&strand_shm_sleepers(s, ch)) == 0) return;
+  QSTAT(ch == CH_GET ? QS_WAKE_GET : QS_WAKE_PUT);
   strand_shm_lockL(L, s);
   q_settle(s, 1 << ch);
   strand_shm_unlock(s);
@@ -1138,6 +1172,7 @@ static int q_sleep(lua_State *L, strand_shm *s, int ch, int (*ready)(q_state *),
   int sleep = q_sleep_on(s, ch, ready);
   strand_shm_unlock(s);
   if (!sleep) return -1;
+  if (ch != CH_JOIN) QSTAT(ch == CH_GET ? QS_SLEEP_GET : QS_SLEEP_PUT);
   int outcome = strand_shm_wait(L, deadline, ctx, k);
   q_leave(L, s, ch);
   return outcome;
@@ -1407,8 +1442,17 @@ static int r_encode_plain(lua_State *L, int idx, int t, r_item *it, const char *
 static int r_put_locked(strand_shm *s, q_state *st, const r_item *it, const void *bytes) {
   /* help it drain, when a batch fits: moving the one or two slots a getter just freed would
    * write the lines it is reading, and claim tail for each */
-  if (st->ovf_n && r_room_for(st, OVF_BATCH)) o_move(s, st, OVF_BATCH);
-  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) return 0;
+  if (st->ovf_n && r_room_for(st, OVF_BATCH)) {
+    int moved = o_move(s, st, OVF_BATCH);
+    QSTAT(QS_MOVE_PUT);
+    QSTATN(QS_MOVED_PUT, moved);
+    (void)moved;
+  }
+  if (st->ovf_n == 0 && r_push(st, it, bytes) > 0) {
+    QSTAT(QS_PUT_LOCKED_RING);
+    return 0;
+  }
+  QSTAT(QS_PUT_OVF);
   r_grow(s, st);                                /* producers got ahead: a bigger ring */
   return o_push(s, st, it, bytes);
 }
@@ -1421,8 +1465,12 @@ int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it, const
   if (st->maxsize) return r_push(st, it, bytes);
   if (A_ACQ(&st->ovf_n) == 0) {
     int r = r_push(st, it, bytes);
-    if (r != 0) return r;
+    if (r != 0) {
+      if (r > 0) QSTAT(QS_PUT_RING);
+      return r;
+    }
   }
+  QSTAT(QS_PUT_LOCKED);
   strand_shm_lockL(L, s);                       /* full, or the overflow is in use */
   if (st->closed) {
     strand_shm_unlock(s);
@@ -1431,7 +1479,10 @@ int r_put_item(lua_State *L, strand_shm *s, q_state *st, const r_item *it, const
   *err = r_put_locked(s, st, it, bytes);
   /* as r_wake after a put into the ring: only getters can have been waiting for it (under the
    * mutex, where they count themselves, the count is exact) */
-  if (*err == 0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) q_settle(s, 1);
+  if (*err == 0 && A_RLX(&strand_shm_sleepers(s, CH_GET)) > 0) {
+    QSTAT(QS_WAKE_GET);
+    q_settle(s, 1);
+  }
   strand_shm_unlock(s);
   return *err ? -2 : 2;
 }
@@ -1599,7 +1650,28 @@ static int q_put_start(lua_State *L, int nowait) {
   return q_put_k(L, LUA_OK, nowait);
 }
 
-static int q_put(lua_State *L) { return q_put_start(L, 0); }
+/* put(v): a plain value into a ring at once (no deadline to read), else as q_put_start (which
+ * checks the arguments, tries again, then waits) */
+static int q_put(lua_State *L) {
+  strand_shm *s = q_self(L);
+  q_state *st = q_state_of(s);
+  if (st->ring && lua_gettop(L) == 2) {
+    r_item it;
+    const char *bytes;
+    int t = lua_type(L, 2);
+    if (t != LUA_TNIL && r_encode_plain(L, 2, t, &it, &bytes)) {
+      int err = 0;
+      int r = r_put_item(L, s, st, &it, bytes, &err);
+      if (r > 0) {
+        r_note_tid(&st->put_tid);
+        if (r == 1) r_wake(L, s, CH_GET);
+        lua_pushboolean(L, 1);
+        return 1;
+      }
+    }                                           /* (not put: the general path decides) */
+  }
+  return q_put_start(L, 0);
+}
 static int q_put_nowait(lua_State *L) { return q_put_start(L, 1); }
 
 /* {==== put_many: a batch for one call
@@ -1758,12 +1830,62 @@ static int r_get_once(lua_State *L, strand_shm *s, q_state *st) {
   return r_get_once_w(L, s, st, 1);
 }
 
+/* The fast path of a get: the slot at head holds a plain value (a number, a boolean, a string
+ * of up to RING_INLINE bytes). Its Lua value is made first, straight from the slot (no copy of
+ * the slot on the way), and the position claimed after: a collector step inside
+ * lua_pushlstring runs with nothing claimed, and a memory error there leaves the item in the
+ * queue. The claim (head's compare-and-swap from pos) succeeds only if no other getter claimed
+ * pos since we saw it published, so its slot was not freed and refilled while we read it; when
+ * it fails (another getter took it, and what we read may be torn: the length is checked before
+ * it is used, so the read stays inside the slot) the value is dropped and the next position
+ * tried. 1: pushed and taken (the intent record said "a get" around the claim, as in
+ * r_get_once); 0: nothing published at head, or not plain (r_get_once's general path). */
+static inline __attribute__((always_inline))
+int r_take_plain(lua_State *L, q_state *st, strand_intent *me) {
+  uint64_t cap;
+  r_slot *slots = r_ring(st, &cap);
+  uint64_t pos = A_RLX(&st->head);
+  for (;;) {
+    r_slot *x = &slots[r_idx(pos, cap)];
+    if (A_ACQ(&x->seq) != 2 * pos + 1) return 0;
+    uint32_t meta = A_RLX(&x->it.meta);
+    switch (meta >> 24) {
+      case F_INT: lua_pushinteger(L, A_RLX(&x->it.u.i)); break;
+      case F_STR:
+        if ((meta & 0xffffffu) > RING_INLINE) return 0;      /* torn: the general path */
+        lua_pushlstring(L, x->it.u.b, meta & 0xffffffu);
+        break;
+      case F_FLT: lua_pushnumber(L, x->it.u.d); break;
+      case F_FALSE: lua_pushboolean(L, 0); break;
+      case F_TRUE: lua_pushboolean(L, 1); break;
+      default: return 0;
+    }
+    if (me) {
+      __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
+                       __ATOMIC_RELEASE);
+      __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    int won = __atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED);
+    if (won) __atomic_store_n(&x->seq, 2 * (pos + cap), __ATOMIC_RELEASE);
+    if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
+    if (won) return 1;
+    lua_pop(L, 1);                              /* pos: head as the failed claim read it */
+  }
+}
+
 /* As r_get_once; wake 0: a bounded ring's waiting putters are not looked for (the caller does
  * it once for a batch: get_many). */
 static inline __attribute__((always_inline))
 int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   r_item it;
   strand_intent *me = strand_intent_fast();
+  if (r_take_plain(L, st, me)) {
+    QSTAT(QS_GET_PLAIN);
+    if (st->maxsize && wake) r_wake(L, s, CH_PUT);
+    r_note_tid(&st->get_tid);
+    return 1;
+  }
   if (me) {
     /* release (a plain store on x86): a putter that reads this record sees the slots this
      * thread freed before, so it never frees one of them again */
@@ -1775,12 +1897,20 @@ int r_get_once_w(lua_State *L, strand_shm *s, q_state *st, int wake) {
   int popped = r_pop(st, &it);
   if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);
   if (popped) {
+    QSTAT(QS_GET_RING);
     if (st->maxsize && wake) r_wake(L, s, CH_PUT);   /* an unbounded ring has no waiting putters */
   } else {
     if (st->maxsize || A_ACQ(&st->ovf_n) == 0) return -1;
+    QSTAT(QS_GET_LOCKED);
     strand_shm_lockL(L, s);
     int moved = r_room(st) ? o_move(s, st, OVF_GET_BATCH) : 0;   /* (none into a full ring) */
-    int got = r_pop(st, &it) || o_pop(s, st, &it);
+    QSTAT(QS_MOVE_GET);
+    QSTATN(QS_MOVED_GET, moved);
+    int got = r_pop(st, &it);
+    if (!got && o_pop(s, st, &it)) {
+      got = 1;
+      QSTAT(QS_GET_OVF);
+    }
     /* more moved: other getters may go on; nobody asleep (exact under the mutex): no settle */
     if ((got || moved) && q_sleepers(s)) q_settle(s, moved > 1);
     strand_shm_unlock(s);
@@ -1921,7 +2051,17 @@ static int q_get_start(lua_State *L, int nowait) {
   return q_get_k(L, LUA_OK, nowait);
 }
 
-static int q_get(lua_State *L) { return q_get_start(L, 0); }
+/* get(): an item at once (r_get_once inline, no deadline to read), else as q_get_start (which
+ * checks a timeout argument, looks once more, then waits) */
+static int q_get(lua_State *L) {
+  strand_shm *s = q_self(L);
+  q_state *st = q_state_of(s);
+  if (st->ring && lua_gettop(L) == 1) {
+    int n = r_get_once_w(L, s, st, 1);
+    if (n >= 0) return n;
+  }
+  return q_get_start(L, 0);
+}
 static int q_get_nowait(lua_State *L) { return q_get_start(L, 1); }
 
 /* {==== get_many: a batch for one call
@@ -2251,7 +2391,7 @@ static int l_test_take(lua_State *L) {
   if (me)
     __atomic_store_n(&me->obj, (uint64_t)((char *)st - strand_arena_base) | STRAND_INTENT_GET,
                      __ATOMIC_SEQ_CST);
-  if (A_ACQ(&slots[pos % cap].seq) != 2 * pos + 1 ||
+  if (A_ACQ(&slots[r_idx(pos, cap)].seq) != 2 * pos + 1 ||
       !__atomic_compare_exchange_n(&st->head, &pos, pos + 1, 0, __ATOMIC_SEQ_CST,
                                    __ATOMIC_RELAXED)) {
     if (me) __atomic_store_n(&me->obj, 0, __ATOMIC_RELEASE);

@@ -145,21 +145,22 @@ static char *dupbytes(const char *s, size_t n) {
                                             start over require "strand" 33 KiB (Lua 5.4.4, x86-64) */
 /* After the boot block, blocks of up to SMALL_MAX bytes come from per-state free lists, one per
  * 16-byte class (a block is allocated with its class's whole size, so any block of the class
- * fits any size of it): a freed one is kept (up to SMALL_KEEP bytes a class) and the next
- * allocation of its class takes it back. The collector frees what the state allocates at about
- * the rate it allocates (a consumer's strings: one per get), and glibc's malloc and free cost
- * ~300 instructions per such 125-byte block (its unsorted bins; its per-thread cache holds 7),
- * the free lists ~15. Only for a state made with thr_alloc from its first block (small != 0):
- * a block from another allocator may be shorter than its class. Not under ASan or memcheck
- * (checked_malloc). */
+ * fits any size of it): a freed one is kept (up to SMALL_KEEP bytes in all: one sweep of a
+ * consumer's strings frees ~1,000 blocks of one class, which a cap of 32 KiB a class sent back
+ * to malloc by the hundreds) and the next allocation of its class takes it back. The collector
+ * frees what the state allocates at about the rate it allocates (a consumer's strings: one per
+ * get), and glibc's malloc and free cost ~300 instructions per such 125-byte block (its
+ * unsorted bins; its per-thread cache holds 7), the free lists ~15. Only for a state made with
+ * thr_alloc from its first block (small != 0): a block from another allocator may be shorter
+ * than its class. Not under ASan or memcheck (checked_malloc). */
 #define SMALL_MAX 256
 #define SMALL_NCLS (SMALL_MAX / 16)
-#define SMALL_KEEP (32 * 1024)
+#define SMALL_KEEP (256 * 1024)
 typedef struct boot_arena {
   char *base; size_t used;
   int small;                                    /* the free lists below are in use */
   void *free_[SMALL_NCLS];                      /* per class: a list linked through each block */
-  unsigned nfree[SMALL_NCLS];
+  size_t kept;                                  /* bytes in those lists */
 } boot_arena;
 
 static inline void *small_alloc(boot_arena *a, size_t n) {
@@ -167,7 +168,7 @@ static inline void *small_alloc(boot_arena *a, size_t n) {
   void *p = a->free_[c];
   if (p != NULL) {
     a->free_[c] = *(void **)p;
-    a->nfree[c]--;
+    a->kept -= (c + 1) << 4;
     return p;
   }
   return malloc((c + 1) << 4);
@@ -175,10 +176,10 @@ static inline void *small_alloc(boot_arena *a, size_t n) {
 
 static inline void small_free(boot_arena *a, void *p, size_t n) {
   size_t c = (n - 1) >> 4;
-  if (a->nfree[c] < SMALL_KEEP / ((c + 1) << 4)) {
+  if (a->kept < SMALL_KEEP) {
     *(void **)p = a->free_[c];
     a->free_[c] = p;
-    a->nfree[c]++;
+    a->kept += (c + 1) << 4;
     return;
   }
   free(p);
@@ -192,8 +193,8 @@ static void small_drain(boot_arena *a) {
       a->free_[c] = *(void **)p;
       free(p);
     }
-    a->nfree[c] = 0;
   }
+  a->kept = 0;
 }
 
 /* A block of the heap (not carved) from osize to nsize (0: freed). */
@@ -234,8 +235,24 @@ static int checked_malloc(void) {
 #endif
 }
 
+static __attribute__((noinline)) void *thr_alloc_any(boot_arena *a, void *ptr, size_t osize,
+                                                      size_t nsize);
+
 static void *thr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   boot_arena *a = (boot_arena *)ud;
+  if (a->small) {            /* the hot cases first: a small block from or back to its list */
+    if (ptr == NULL) {
+      if (nsize - 1 < SMALL_MAX && a->free_[(nsize - 1) >> 4] != NULL) return small_alloc(a, nsize);
+    } else if (nsize == 0 && osize - 1 < SMALL_MAX &&
+               (uintptr_t)ptr - (uintptr_t)a->base >= BOOT_ARENA) {   /* (not carved) */
+      small_free(a, ptr, osize);
+      return NULL;
+    }
+  }
+  return thr_alloc_any(a, ptr, osize, nsize);
+}
+
+static void *thr_alloc_any(boot_arena *a, void *ptr, size_t osize, size_t nsize) {
   uintptr_t at = (uintptr_t)ptr, base = (uintptr_t)a->base;
   int carved = ptr != NULL && a->base != NULL && at >= base && at - base < BOOT_ARENA;
   if (nsize == 0) {
@@ -691,7 +708,7 @@ static int may_reuse(lua_State *L) {
  * then tells the joiners). Returns 1 if this OS thread may then wait for another start. */
 static int run_thread(thr_ctl *c) {
   int reuse = 0;
-  boot_arena arena = { (char *)malloc(BOOT_ARENA), 0, 0, { NULL }, { 0 } };
+  boot_arena arena = { (char *)malloc(BOOT_ARENA), 0, 0, { NULL }, 0 };
   lua_State *L = new_state(&arena);
   char *res = NULL; size_t rlen = 0; int state = TS_FAILED;
   if (L != NULL) {
