@@ -595,6 +595,7 @@ static void arm_recv(ur *u, int i) {
   put_sqe(u, i, OP_RECV);
   u->slots[i].mbytes = 0;
   u->slots[i].recv_armed = 1;
+  u->slots[i].rcancel = 0;                     /* (no cancel of this one is queued yet) */
 }
 
 static void cancel_op(ur *u, int i, int op) {
@@ -619,7 +620,7 @@ static void fork_seen(ur *u) {
     if (s->io == NULL || !s->fast) continue;
     s->nofast = 1;
     if (!s->rd) { s->rd = 1; u->throttles++; }
-    if (s->recv_armed && !s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+    if (s->recv_armed && !s->rcancel) { s->rcancel = 1; cancel_op(u, i, OP_RECV); }
   }
 }
 
@@ -718,11 +719,13 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         s->qtail = b;
         s->npend++;
         int over = s->npend >= PENDING_MAX || (u->nfree < LOW_POOL && s->npend >= SHARE_MAX);
-        if (over && s->recv_armed && !s->rcancel) {                       /* flow control */
-          cancel_op(u, i, OP_RECV);
-          s->rcancel = 1;
-        }
+        /* (rd and rcancel before the cancel is queued: a full SQ's submit may reap, and the
+         * recv's last CQE, handled there, must neither re-arm it nor leave rcancel set) */
         if (over && !s->rd) { s->rd = 1; u->throttles++; }
+        if (over && s->recv_armed && !s->rcancel) {                       /* flow control */
+          s->rcancel = 1;
+          cancel_op(u, i, OP_RECV);
+        }
         /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
         if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN && (fork_seen(u), !s->nofast)) arm_recv(u, i);
         strand_io_event(io, STRAND_READ);
@@ -1077,7 +1080,8 @@ void strand_uring_disarm(strand_io *io, int forever) {
   if (!s->fast) return;
   if (!s->rd) { s->rd = 1; u->throttles++; }
   if (!s->recv_armed) return;
-  if (!s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+  /* (rcancel first: cancel_op's get_sqe may reap, and the recv's last CQE clears it) */
+  if (!s->rcancel) { s->rcancel = 1; cancel_op(u, i, OP_RECV); }
   for (int round = 0; round < 40 && s->recv_armed; round++) wait_reap(u, 25000000);
 }
 
@@ -1122,7 +1126,7 @@ void strand_uring_prefork(strand_loop *loop, void (*take)(strand_io *io)) {
     if (!s->rd) { s->rd = 1; u->throttles++; }
     if (s->recv_armed) {
       armed++;
-      if (!s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+      if (!s->rcancel) { s->rcancel = 1; cancel_op(u, i, OP_RECV); }
     }
   }
   for (int round = 0; round < 40 && armed > 0; round++) {
@@ -1234,7 +1238,7 @@ static int l_stats(lua_State *L) {
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
-  lua_createtable(L, 0, 17);
+  lua_createtable(L, 0, 18);
   lua_pushinteger(L, u->nbuf); lua_setfield(L, -2, "nbuf");
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
@@ -1255,6 +1259,9 @@ static int l_stats(lua_State *L) {
   int ring = 0;
   for (int g = 0; g < u->ngrp; g++) ring += u->gfree[g];
   lua_pushinteger(L, ring); lua_setfield(L, -2, "ring");      /* free buffers in the rings */
+  int armed = 0;
+  for (int g = 0; g < u->ngrp; g++) armed += u->garmed[g];
+  lua_pushinteger(L, armed); lua_setfield(L, -2, "armed");    /* recvs in flight */
   return 1;
 }
 
