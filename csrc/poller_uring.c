@@ -1230,7 +1230,8 @@ const strand_poller strand_poller_uring = {
 
 /* core._uring.stats() -> table: the calling state's loop's provided-buffer pool (flow-control
  * specs): nbuf, free, min_free (low-water mark), throttles, enobufs, recv (how reads are armed),
- * pending_max, cq (the CQ's entries); nil when the loop is not on io_uring. */
+ * pending_max, cq (the CQ's entries), busy, ring, armed (recvs in flight); nil when the loop is not on
+ * io_uring. */
 static int l_stats(lua_State *L) {
   strand_loop *loop = strand_loop_get(L);
   if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
