@@ -297,8 +297,11 @@ static void reap(ur *u);
  * Bounded: SUBMIT_TRIES tries in a row without progress give the errno back. Test hook
  * STRAND_URING_TESTFULL=2: a submit meets EBUSY while the CQ holds completions not reaped. */
 #define SUBMIT_TRIES 64
+static void fork_seen(ur *u);
+
 static int submit(ur *u, unsigned flags) {
   int hook = u->testfull, tries = 0;   /* test hook: the first submit is interrupted */
+  fork_seen(u);                        /* (a recv queued before a fork is not submitted after it) */
   while (u->to_submit > 0) {
     int k;
     if (hook) { errno = EINTR; k = -1; hook = 0; }
@@ -326,6 +329,7 @@ static void wait_reap(ur *u, long ns) {
   struct io_uring_getevents_arg arg;
   memset(&arg, 0, sizeof arg);
   arg.ts = (uint64_t)(uintptr_t)&ts;
+  fork_seen(u);
   int k = sys_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);
@@ -615,6 +619,23 @@ static void fork_seen(ur *u) {
   uint32_t n = atomic_load_explicit(&ur_forks, memory_order_acquire);
   if (n == u->forks) return;
   u->forks = n;
+  /* a recv queued but not submitted yet (its SQE is still ours: the fork's SYNC_CANCEL could not
+   * reach it) would be armed after the fork: it becomes a no-op (its CQE counted as a cancel's),
+   * and a reader that waited for it is woken to read by readiness */
+  for (unsigned k = u->tail - u->to_submit; k != u->tail; k++) {
+    struct io_uring_sqe *e = &u->sqes[k & u->sq_mask];
+    uint64_t ud = e->user_data;
+    if ((int)(ud >> 56) != OP_RECV) continue;
+    memset(e, 0, sizeof *e);
+    e->opcode = IORING_OP_NOP;
+    e->user_data = (ud & ~((uint64_t)0xff << 56)) | ((uint64_t)OP_CANCEL << 56);
+    uslot *s = &u->slots[(uint32_t)ud];
+    if (s->recv_armed) { s->recv_armed = s->rcancel = 0; garmed_add(u, s->grp, -1); }
+    if (s->io != NULL) {
+      if (!s->rd) { s->rd = 1; u->throttles++; }
+      if (s->io->reader) strand_io_event(s->io, STRAND_READ);
+    }
+  }
   for (int i = 0; i < u->nslots; i++) {
     uslot *s = &u->slots[i];
     if (s->io == NULL || !s->fast) continue;
@@ -871,6 +892,7 @@ static int watch(ur *u, double limit) {
 
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
+  fork_seen(u);                         /* (before this wait submits what is queued) */
   double t0 = 0, limit;
   if (u->watch_t0 != 0) { t0 = u->watch_t0; u->watch_t0 = 0; limit = 0; }   /* the sleep after it */
   else limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
@@ -1199,6 +1221,7 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
 int strand_uring_settle(strand_io *io) {
   ur *u = fast_ur(io);
   if (u == NULL || !u->slots[io->pollidx].send_busy) return 0;
+  fork_seen(u);
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);
@@ -1236,6 +1259,7 @@ static int l_stats(lua_State *L) {
   strand_loop *loop = strand_loop_get(L);
   if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
   ur *u = (ur *)loop->pstate;
+  fork_seen(u);
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */

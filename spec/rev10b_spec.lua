@@ -71,4 +71,67 @@ end)
     assert.equal("after", after); assert.equal("q", q)
     if core.backend() == "uring" then assert.equal("1", dropped, out) else assert.equal("0", dropped, out) end
   end))
+
+  it("a fork beside a thread whose recv is queued, not yet submitted, with no reader: the bytes after the fork stay for the child", H.checked(function()
+    -- A thread reads s once, then a task starts reading s (the io_uring poller queues a multishot recv, submitted at
+    -- the loop's next wait) and a second task, in the same round, cancels it and blocks the thread
+    -- in a plain read of a FIFO (no loop: the recv stays queued). The main program forks a child
+    -- (allow_threads) that inherits s's descriptor and reads it 0.3 s later, sends "three", then
+    -- lets the thread go on. Under epoll nobody reads s before the child. The fork cancelled the
+    -- recvs other threads had submitted, not one still queued: submitted after the fork, it took
+    -- "three" (the child timed out).
+    local dir = os.tmpname(); os.remove(dir)
+    assert(os.execute("mkdir " .. dir .. " && mkfifo " .. dir .. "/fifo"))
+    local out, ok = H.lua(([[
+local strand = require "strand"
+local core = require "strand.core"
+local thread = require "strand.thread"
+local queue = require "strand.queue"
+local process = require "strand.process"
+local FIFO = %q
+local ready = queue.new()
+local t = thread.start(function(ready, fifo)
+  local strand = require "strand"
+  local s, w = assert(require("strand.socket").pair())
+  ready:put(tonumber(tostring(s):match("fd (%%d+)")))
+  ready:put(tonumber(tostring(w):match("fd (%%d+)")))
+  ready:put(s:recv(100))                   -- "m1": s is registered and on the fast path now
+  local t1 = strand.spawn(function() return s:recv(100) end)   -- queues its multishot recv
+  strand.spawn(function()                  -- runs right after t1, in the same round
+    t1:cancel()                            -- nobody reads s now
+    ready:put("blocked")
+    local f = assert(io.open(fifo, "r"))
+    f:read("l"); f:close()
+  end)
+  strand.sleep(0.5)                        -- the recv, if submitted, has run by now
+  s:settimeout(0.5)
+  local got, err = s:recv(100)             -- "three" if the child did not take it
+  s:close(); w:close()
+  return got or err
+end, ready, FIFO)
+local sfd, wfd = ready:get(10), ready:get(10)
+local b = assert(core.netcompat.fromfd(wfd))
+assert(b:sendall("m1"))
+assert(ready:get(10) == "m1")
+assert(ready:get(10) == "blocked")
+local p = process.new{ allow_threads = true, args = { sfd }, fn = function(fd)
+  local s = assert(require("strand.core").netcompat.fromfd(fd))
+  require("strand").sleep(0.3)
+  s:settimeout(5)
+  local got, err = s:recv(100)
+  s:close()
+  return got or err
+end }
+assert(p:start())
+assert(b:sendall("three"))
+local f = assert(io.open(FIFO, "w")); f:write("go\n"); f:close()
+local ok, child = p:join(30)
+local tok, mine = t:join(30)
+print("RESULT", ok, child, tok, mine)
+b:close()
+]]):format(dir .. "/fifo"), "timeout -s KILL 90")
+    os.execute("rm -rf " .. dir)
+    assert.is_true(ok, out)
+    assert.equal("RESULT\ttrue\tthree\ttrue\ttimeout", out:match("RESULT[^\n]*"))
+  end))
 end)
