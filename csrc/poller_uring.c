@@ -298,8 +298,11 @@ static void reap(ur *u);
  * Bounded: SUBMIT_TRIES tries in a row without progress give the errno back. Test hook
  * STRAND_URING_TESTFULL=2: a submit meets EBUSY while the CQ holds completions not reaped. */
 #define SUBMIT_TRIES 64
+static void fork_seen(ur *u);
+
 static int submit(ur *u, unsigned flags) {
   int hook = u->testfull, tries = 0;   /* test hook: the first submit is interrupted */
+  fork_seen(u);                        /* (a recv queued before a fork is not submitted after it) */
   while (u->to_submit > 0) {
     int k;
     if (hook) { errno = EINTR; k = -1; hook = 0; }
@@ -327,6 +330,7 @@ static void wait_reap(ur *u, long ns) {
   struct io_uring_getevents_arg arg;
   memset(&arg, 0, sizeof arg);
   arg.ts = (uint64_t)(uintptr_t)&ts;
+  fork_seen(u);
   int k = sys_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);
@@ -603,6 +607,7 @@ static void arm_recv(ur *u, int i) {
   put_sqe(u, i, OP_RECV);
   u->slots[i].mbytes = 0;
   u->slots[i].recv_armed = 1;
+  u->slots[i].rcancel = 0;                     /* (no cancel of this one is queued yet) */
 }
 
 static void cancel_op(ur *u, int i, int op) {
@@ -622,12 +627,29 @@ static void fork_seen(ur *u) {
   uint32_t n = atomic_load_explicit(&ur_forks, memory_order_acquire);
   if (n == u->forks) return;
   u->forks = n;
+  /* a recv queued but not submitted yet (its SQE is still ours: the fork's SYNC_CANCEL could not
+   * reach it) would be armed after the fork: it becomes a no-op (its CQE counted as a cancel's),
+   * and a reader that waited for it is woken to read by readiness */
+  for (unsigned k = u->tail - u->to_submit; k != u->tail; k++) {
+    struct io_uring_sqe *e = &u->sqes[k & u->sq_mask];
+    uint64_t ud = e->user_data;
+    if ((int)(ud >> 56) != OP_RECV) continue;
+    memset(e, 0, sizeof *e);
+    e->opcode = IORING_OP_NOP;
+    e->user_data = (ud & ~((uint64_t)0xff << 56)) | ((uint64_t)OP_CANCEL << 56);
+    uslot *s = &u->slots[(uint32_t)ud];
+    if (s->recv_armed) { s->recv_armed = s->rcancel = 0; garmed_add(u, s->grp, -1); }
+    if (s->io != NULL) {
+      if (!s->rd) { s->rd = 1; u->throttles++; }
+      if (s->io->reader) strand_io_event(s->io, STRAND_READ);
+    }
+  }
   for (int i = 0; i < u->nslots; i++) {
     uslot *s = &u->slots[i];
     if (s->io == NULL || !s->fast) continue;
     s->nofast = 1;
     if (!s->rd) { s->rd = 1; u->throttles++; }
-    if (s->recv_armed && !s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+    if (s->recv_armed && !s->rcancel) { s->rcancel = 1; cancel_op(u, i, OP_RECV); }
   }
 }
 
@@ -726,11 +748,13 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         s->qtail = b;
         s->npend++;
         int over = s->npend >= PENDING_MAX || (u->nfree < LOW_POOL && s->npend >= SHARE_MAX);
-        if (over && s->recv_armed && !s->rcancel) {                       /* flow control */
-          cancel_op(u, i, OP_RECV);
-          s->rcancel = 1;
-        }
+        /* (rd and rcancel before the cancel is queued: a full SQ's submit may reap, and the
+         * recv's last CQE, handled there, must neither re-arm it nor leave rcancel set) */
         if (over && !s->rd) { s->rd = 1; u->throttles++; }
+        if (over && s->recv_armed && !s->rcancel) {                       /* flow control */
+          s->rcancel = 1;
+          cancel_op(u, i, OP_RECV);
+        }
         /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
         if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN && (fork_seen(u), !s->nofast)) arm_recv(u, i);
         strand_io_event(io, STRAND_READ);
@@ -876,6 +900,7 @@ static int watch(ur *u, double limit) {
 
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
+  fork_seen(u);                         /* (before this wait submits what is queued) */
   double t0 = 0, limit;
   if (u->watch_t0 != 0) { t0 = u->watch_t0; u->watch_t0 = 0; limit = 0; }   /* the sleep after it */
   else limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
@@ -1085,7 +1110,8 @@ void strand_uring_disarm(strand_io *io, int forever) {
   if (!s->fast) return;
   if (!s->rd) { s->rd = 1; u->throttles++; }
   if (!s->recv_armed) return;
-  if (!s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+  /* (rcancel first: cancel_op's get_sqe may reap, and the recv's last CQE clears it) */
+  if (!s->rcancel) { s->rcancel = 1; cancel_op(u, i, OP_RECV); }
   for (int round = 0; round < 40 && s->recv_armed; round++) wait_reap(u, 25000000);
 }
 
@@ -1130,7 +1156,7 @@ void strand_uring_prefork(strand_loop *loop, void (*take)(strand_io *io)) {
     if (!s->rd) { s->rd = 1; u->throttles++; }
     if (s->recv_armed) {
       armed++;
-      if (!s->rcancel) { cancel_op(u, i, OP_RECV); s->rcancel = 1; }
+      if (!s->rcancel) { s->rcancel = 1; cancel_op(u, i, OP_RECV); }
     }
   }
   for (int round = 0; round < 40 && armed > 0; round++) {
@@ -1203,6 +1229,7 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
 int strand_uring_settle(strand_io *io) {
   ur *u = fast_ur(io);
   if (u == NULL || !u->slots[io->pollidx].send_busy) return 0;
+  fork_seen(u);
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);
@@ -1234,15 +1261,17 @@ const strand_poller strand_poller_uring = {
 
 /* core._uring.stats() -> table: the calling state's loop's provided-buffer pool (flow-control
  * specs): nbuf, free, min_free (low-water mark), throttles, enobufs, recv (how reads are armed),
- * pending_max, cq (the CQ's entries); nil when the loop is not on io_uring. */
+ * pending_max, cq (the CQ's entries), busy, ring, armed (recvs in flight); nil when the loop is not on
+ * io_uring. */
 static int l_stats(lua_State *L) {
   strand_loop *loop = strand_loop_get(L);
   if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
   ur *u = (ur *)loop->pstate;
+  fork_seen(u);
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
-  lua_createtable(L, 0, 17);
+  lua_createtable(L, 0, 18);
   lua_pushinteger(L, u->nbuf); lua_setfield(L, -2, "nbuf");
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
@@ -1263,6 +1292,9 @@ static int l_stats(lua_State *L) {
   int ring = 0;
   for (int g = 0; g < u->ngrp; g++) ring += u->gfree[g];
   lua_pushinteger(L, ring); lua_setfield(L, -2, "ring");      /* free buffers in the rings */
+  int armed = 0;
+  for (int g = 0; g < u->ngrp; g++) armed += u->garmed[g];
+  lua_pushinteger(L, armed); lua_setfield(L, -2, "armed");    /* recvs in flight */
   return 1;
 }
 
