@@ -72,6 +72,7 @@ typedef struct uslot {
   unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
   unsigned char grp;             /* the buffer group of the recv in flight */
   unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
+  unsigned char wdefer;          /* its send's completion is in ur->defer, not delivered yet */
   short rerr;                    /* a recv error to report (an errno) */
   unsigned mbytes;               /* bytes the armed multishot has taken */
   int sres;                      /* the result of the send of seq sshort (less than its slen) */
@@ -129,6 +130,13 @@ typedef struct ur {
   double last_wait;              /* seconds the last wait that could block took */
   long watches, watch_hits;      /* counts (stats) */
   unsigned cq_entries;           /* the CQ's size (cq_size) */
+  /* sends done whose writers resume later (defer_deliver) */
+  struct udefer { int slot; unsigned poll; } *defer;   /* oldest first */
+  int ndefer, capdefer;
+  unsigned npoll;                /* ur_wait's polls so far */
+  int defer_ok;                  /* ur_wait is reaping: a send's completion may be deferred */
+  int woke_reader;               /* ... and this reap woke a reader (or a writer with bytes) */
+  long deferred, merged;         /* completions deferred; of them, delivered with the next bytes */
 } ur;
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
@@ -549,6 +557,54 @@ static void ur_del(void *pv, strand_io *io) {
 
 /* {==== completions */
 
+/* A request/reply server's task waits for its send's completion, then reads the next request,
+ * which is seldom there yet: two resumes per exchange, each touching the task, its coroutine, its
+ * stack and the socket again (at 10,000 connections, cache misses). So in a busy loop (the round
+ * woke readers: the next poll comes right after them and returns at least their sends) a send's
+ * completion wakes its writer only when the socket's next bytes come (its recv's completion:
+ * then the task resumes once, finds its sendall done and its next read's bytes queued), or after
+ * DEFER_POLLS polls, none of which blocks meanwhile. At once when another writer needs the socket
+ * (strand_uring_settle, strand_uring_send) or when the round woke no reader (a lone exchange:
+ * no poll is added). */
+#define DEFER_POLLS 4
+static int defer_push(ur *u, int i) {
+  if (u->ndefer == u->capdefer) {
+    int cap = u->capdefer ? u->capdefer * 2 : 64;
+    struct udefer *a = (struct udefer *)realloc(u->defer, (size_t)cap * sizeof *a);
+    if (a == NULL) return 0;                         /* delivered now */
+    u->defer = a;
+    u->capdefer = cap;
+  }
+  u->deferred++;
+  u->defer[u->ndefer].slot = i;
+  u->defer[u->ndefer].poll = u->npoll;
+  u->ndefer++;
+  u->slots[i].wdefer = 1;
+  return 1;
+}
+
+/* Slot i's deferred completion, if it still has one (once: the list may name a slot twice). */
+static void defer_fire(ur *u, int i) {
+  uslot *s = &u->slots[i];
+  if (!s->wdefer) return;
+  s->wdefer = 0;
+  if (s->io != NULL && !u->closing) strand_io_event(s->io, STRAND_WRITE);
+}
+
+/* After ur_wait's poll: the deferred completions DEFER_POLLS polls old, or all when this poll
+ * woke no reader, are delivered; those delivered already (a recv's completion) leave the list.
+ * (A delivery may arm requests, and a full SQ reap: defer_ok is 0 then, nothing is added.) */
+static void defer_deliver(ur *u) {
+  int n = u->ndefer, m = 0;
+  for (int k = 0; k < n; k++) {
+    struct udefer d = u->defer[k];
+    if (!u->slots[d.slot].wdefer) continue;
+    if (!u->woke_reader || u->npoll - d.poll >= DEFER_POLLS) defer_fire(u, d.slot);
+    else u->defer[m++] = d;
+  }
+  u->ndefer = m;
+}
+
 static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
   int op = (int)(ud >> 56), i = (int)(uint32_t)ud;
   if (op == 0 || i < 0 || i >= u->nslots) return;      /* the cancel-all of ur_free */
@@ -604,6 +660,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         if (over && !s->rd) { s->rd = 1; u->throttles++; }
         /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
         if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN) arm_recv(u, i);
+        if (io->reader) u->woke_reader = 1;
         strand_io_event(io, STRAND_READ);
       } else if (io != NULL) {
         if (res == 0) s->eof = 1;
@@ -616,12 +673,18 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         } else s->rerr = -res;
         strand_io_event(io, STRAND_READ);
       }
+      if (s->wdefer && io != NULL) {      /* its writer resumes with the bytes here */
+        u->woke_reader = 1;
+        u->merged++;
+        defer_fire(u, i);
+      }
       break;
     case OP_SEND:
       s->send_busy = 0;
       if (s->anchored) unanchor(u, i);
       if (res != (int)s->slen) sfail_put(u, i, s->sseq, res);   /* kept for its sendall */
       if (io == NULL) break;
+      if (u->defer_ok && res == (int)s->slen && defer_push(u, i)) break;
       strand_io_event(io, STRAND_WRITE);
       break;
     default: break;                      /* OP_CANCEL */
@@ -740,8 +803,21 @@ static int watch(ur *u, double limit) {
 
 /* }==== */
 
+static int ur_wait_poll(ur *u, double timeout);
+
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
+  if (u->ndefer > 0) timeout = 0;    /* deferred writers: no poll blocks meanwhile */
+  u->npoll++;
+  u->woke_reader = 0;
+  u->defer_ok = 1;
+  int r = ur_wait_poll(u, timeout);
+  u->defer_ok = 0;
+  if (u->ndefer > 0) defer_deliver(u);
+  return r;
+}
+
+static int ur_wait_poll(ur *u, double timeout) {
   double t0 = 0, limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
   if (limit > 0 && !cq_ready(u)) {
     int w = watch(u, limit);
@@ -831,6 +907,7 @@ static void ur_free(void *pv) {
     free(u->bnext); free(u->blen);
   }
   free(u->sfails);
+  free(u->defer);
   free(u->slots);
   free(u);
 }
@@ -1004,6 +1081,7 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   /* another task's send (or an abandoned one's): reaped if done, as a write after another task's
    * completed write goes on at once under epoll; still in flight, the socket is full: wait
    * (strand_wait_io raises "already writing" while its owner waits) */
+  if (s->wdefer) defer_fire(u, io->pollidx);        /* (its writer resumes now: we take over) */
   if (s->send_busy && strand_uring_settle(io)) return 1;
   struct io_uring_sqe *e = get_sqe(u);
   e->opcode = IORING_OP_SEND;
@@ -1035,7 +1113,9 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
  * completion makes io writable). 1 while it is still in flight (the socket is full). */
 int strand_uring_settle(strand_io *io) {
   ur *u = fast_ur(io);
-  if (u == NULL || !u->slots[io->pollidx].send_busy) return 0;
+  if (u == NULL) return 0;
+  defer_fire(u, io->pollidx);          /* its writer resumes now: another one wants the socket */
+  if (!u->slots[io->pollidx].send_busy) return 0;
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);
@@ -1067,7 +1147,8 @@ const strand_poller strand_poller_uring = {
 
 /* core._uring.stats() -> table: the calling state's loop's provided-buffer pool (flow-control
  * specs): nbuf, free, min_free (low-water mark), throttles, enobufs, recv (how reads are armed),
- * pending_max, cq (the CQ's entries); nil when the loop is not on io_uring. */
+ * pending_max, cq (the CQ's entries), deferred (send completions whose writer resumed later) and
+ * deferred_merged (... with the socket's next bytes); nil when the loop is not on io_uring. */
 static int l_stats(lua_State *L) {
   strand_loop *loop = strand_loop_get(L);
   if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
@@ -1075,7 +1156,7 @@ static int l_stats(lua_State *L) {
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);  /* run task work */
   if (k > 0) u->to_submit -= (unsigned)k;
   reap(u);                       /* counts what the kernel took so far (wake-ups as at a wait) */
-  lua_createtable(L, 0, 14);
+  lua_createtable(L, 0, 18);
   lua_pushinteger(L, u->nbuf); lua_setfield(L, -2, "nbuf");
   lua_pushinteger(L, u->nfree); lua_setfield(L, -2, "free");
   lua_pushinteger(L, u->bufs ? u->min_free : 0); lua_setfield(L, -2, "min_free");
@@ -1092,6 +1173,8 @@ static int l_stats(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)u->watch_hits); lua_setfield(L, -2, "watch_hits");
   lua_pushboolean(L, u->watch); lua_setfield(L, -2, "watch");
   lua_pushinteger(L, u->cq_entries); lua_setfield(L, -2, "cq");
+  lua_pushinteger(L, (lua_Integer)u->deferred); lua_setfield(L, -2, "deferred");
+  lua_pushinteger(L, (lua_Integer)u->merged); lua_setfield(L, -2, "deferred_merged");
   return 1;
 }
 
