@@ -50,6 +50,12 @@
  * fewer than PENDING_MAX buffers: a hard bound per socket between two reaps. A kernel that refuses
  * the limit (EINVAL) gets single-shot recvs instead (one buffer per request, same re-arm rule). */
 #define MSHOT_BYTES (16 * BUFSZ)
+/* A wait handles at most REAP_CHUNK completions (STRAND_URING_REAP: a bench hook): the tasks they
+ * wake run before the next ones are reaped, and the next waits take the rest from the CQ without a
+ * system call. So a task resumes while the lines its completion touched (its slot, its socket, its
+ * own struct) are still in the L1 cache: at 10,000 echo connections, reaping the whole CQ first
+ * and then resuming touched each of them twice from memory. */
+#define REAP_CHUNK 8
 
 enum { OP_PIN = 1, OP_POUT, OP_RECV, OP_SEND, OP_CANCEL };
 
@@ -72,14 +78,13 @@ typedef struct uslot {
   unsigned char nofast;          /* disarmed for good (fileno handed out): never a multishot again */
   unsigned char grp;             /* the buffer group of the recv in flight */
   unsigned char anchored;        /* the string a send reads is u->anchors[slot + 1] */
-  unsigned char wdefer;          /* its send's completion is in ur->defer, not delivered yet */
   short rerr;                    /* a recv error to report (an errno) */
   unsigned mbytes;               /* bytes the armed multishot has taken */
   int sres;                      /* the result of the send of seq sshort (less than its slen) */
   unsigned slen;                 /* bytes the send in flight was given */
   uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
   uint32_t sshort;               /* a send that took less than it was given, not collected (or 0) */
-  short qhead, qtail;            /* received buffers not read yet (links in ur->bnext; ids < 32768) */
+  short qhead, qtail;            /* received buffers not read yet (links in ur->bq; ids < 32768) */
   unsigned short npend;          /* how many (at most the pool's NGRP_MAX * NBUF) */
   unsigned short qoff;           /* bytes of the head buffer already read (< BUFSZ) */
   int next;                      /* free list */
@@ -111,8 +116,8 @@ typedef struct ur {
   int nopool;                    /* the pool could not be made (RLIMIT_MEMLOCK): readiness only */
   int pool_tries;                /* bufs_init calls (the spec of nopool) */
   char *bufs;                    /* NGRP_MAX * NBUF * BUFSZ reserved; buffer id g * NBUF + bid */
-  int *bnext;
-  unsigned *blen;
+  struct ubq { int next; unsigned len; } *bq;   /* per buffer: the next in its queue, its bytes
+                                                   (one line for both: a reap and a read read both) */
   int nfree;                     /* provided buffers the kernel may still pick, all groups */
   long throttles, enobufs;
   int nolimit;                   /* the kernel refused a multishot recv's byte limit */
@@ -131,12 +136,16 @@ typedef struct ur {
   long watches, watch_hits;      /* counts (stats) */
   unsigned cq_entries;           /* the CQ's size (cq_size) */
   /* sends done whose writers resume later (defer_deliver) */
-  struct udefer { int slot; unsigned poll; } *defer;   /* oldest first */
-  int ndefer, capdefer;
+  struct udefer { int slot; unsigned poll, cqe; } *defer;   /* oldest first */
+  uint64_t *dbits;               /* per slot: its send's completion is deferred, not delivered */
+  int ndbits;                    /* words of dbits */
+  int ndefer, capdefer, dhead;   /* entries dhead..ndefer-1 are live */
   unsigned npoll;                /* ur_wait's polls so far */
   int defer_ok;                  /* ur_wait is reaping: a send's completion may be deferred */
   int woke_reader;               /* ... and this reap woke a reader (or a writer with bytes) */
   long deferred, merged;         /* completions deferred; of them, delivered with the next bytes */
+  unsigned long ncqe, poll_cqe;  /* completions handled so far; at the last poll */
+  unsigned chunk;                /* completions handled per wait (ur_wait) */
 } ur;
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
@@ -207,6 +216,9 @@ static void *ur_init(strand_loop *loop) {
     close(u->fd); free(u); errno = ENOSYS; return NULL;
   }
   u->cq_entries = p.cq_entries;
+  u->chunk = REAP_CHUNK;
+  const char *rc = getenv("STRAND_URING_REAP");      /* bench hook: completions per wait */
+  if (rc != NULL && *rc != 0 && atoi(rc) > 0) u->chunk = (unsigned)atoi(rc);
   size_t sqsz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
   size_t cqsz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
   u->ring_len = sqsz > cqsz ? sqsz : cqsz;
@@ -326,6 +338,7 @@ static int slot_new(ur *u, strand_io *io) {
 }
 
 static void buf_put(ur *u, int bid);
+static void defer_clear(ur *u, int i);
 
 /* Drops the anchor of slot i's send string (its CQE came, or the slot goes). */
 static void unanchor(ur *u, int i) {
@@ -340,7 +353,7 @@ static void unanchor(ur *u, int i) {
 static void slot_maybe_free(ur *u, int i) {
   uslot *s = &u->slots[i];
   if (s->io != NULL || s->nreq > 0) return;
-  while (s->qhead >= 0) { int b = s->qhead; s->qhead = u->bnext[b]; buf_put(u, b); }
+  while (s->qhead >= 0) { int b = s->qhead; s->qhead = u->bq[b].next; buf_put(u, b); }
   if (s->anchored) unanchor(u, i);
   if (s->fast) { s->fast = 0; u->nfast--; }
   for (int k = 0; k < u->nsfail; k++)     /* (a sendall that never collected its failure) */
@@ -443,13 +456,12 @@ static int bufs_init(ur *u) {
   const char *np = getenv("STRAND_URING_NOPOOL");    /* test hook: the pool's registration fails */
   if (np != NULL && *np != 0 && *np != '0') { u->bufs = NULL; return EPERM; }
   u->bufs = mmap(NULL, BUFS_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  u->bnext = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->bnext);
-  u->blen = (unsigned *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->blen);
-  int e = (u->bufs == MAP_FAILED || !u->bnext || !u->blen) ? ENOMEM : grp_add(u);
+  u->bq = (struct ubq *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->bq);
+  int e = (u->bufs == MAP_FAILED || !u->bq) ? ENOMEM : grp_add(u);
   if (e != 0) {
     if (u->bufs != MAP_FAILED) munmap(u->bufs, BUFS_LEN);
-    free(u->bnext); free(u->blen);
-    u->bufs = NULL; u->bnext = NULL; u->blen = NULL;
+    free(u->bq);
+    u->bufs = NULL; u->bq = NULL;
     return e;
   }
   u->min_free = u->nfree;
@@ -538,6 +550,7 @@ static void ur_del(void *pv, strand_io *io) {
   io->pollidx = -1;
   uslot *s = &u->slots[i];
   s->io = NULL;
+  defer_clear(u, i);
   if (s->pin) cancel_op(u, i, OP_PIN);
   if (s->pout) cancel_op(u, i, OP_POUT);
   if (s->recv_armed) cancel_op(u, i, OP_RECV);
@@ -557,17 +570,44 @@ static void ur_del(void *pv, strand_io *io) {
 
 /* {==== completions */
 
+static int cq_ready(ur *u);
+
 /* A request/reply server's task waits for its send's completion, then reads the next request,
  * which is seldom there yet: two resumes per exchange, each touching the task, its coroutine, its
  * stack and the socket again (at 10,000 connections, cache misses). So in a busy loop (the round
  * woke readers: the next poll comes right after them and returns at least their sends) a send's
  * completion wakes its writer only when the socket's next bytes come (its recv's completion:
- * then the task resumes once, finds its sendall done and its next read's bytes queued), or after
- * DEFER_POLLS polls, none of which blocks meanwhile. At once when another writer needs the socket
- * (strand_uring_settle, strand_uring_send) or when the round woke no reader (a lone exchange:
- * no poll is added). */
-#define DEFER_POLLS 4
+ * then the task resumes once, finds its sendall done and its next read's bytes queued), or once
+ * the loop has handled 2 completions per fast socket (+ DEFER_CQES) since, as every other
+ * connection had its turn, or after DEFER_POLLS polls (none of which blocks meanwhile). At once
+ * when another writer needs the socket (strand_uring_settle, strand_uring_send) or when a poll's
+ * completions woke no reader (a lone exchange: no poll is added). */
+#define DEFER_POLLS 16
+#define DEFER_CQES 64
+static inline int defer_isset(const ur *u, int i) {
+  return i / 64 < u->ndbits && (u->dbits[i / 64] >> (i % 64) & 1);
+}
+
+static void defer_clear(ur *u, int i) {
+  if (i / 64 < u->ndbits) u->dbits[i / 64] &= ~((uint64_t)1 << (i % 64));
+}
+
+/* Whether slot i's completion was deferred (no more: the caller delivers it). */
+static inline int defer_take(ur *u, int i) {
+  if (!defer_isset(u, i)) return 0;
+  u->dbits[i / 64] &= ~((uint64_t)1 << (i % 64));
+  return 1;
+}
+
 static int defer_push(ur *u, int i) {
+  if (i / 64 >= u->ndbits) {              /* (a bit per slot: the hot path reads no slot for it) */
+    int n = u->nslots / 64 + 1;
+    uint64_t *b = (uint64_t *)realloc(u->dbits, (size_t)n * sizeof *b);
+    if (b == NULL) return 0;                         /* delivered now */
+    memset(b + u->ndbits, 0, (size_t)(n - u->ndbits) * sizeof *b);
+    u->dbits = b;
+    u->ndbits = n;
+  }
   if (u->ndefer == u->capdefer) {
     int cap = u->capdefer ? u->capdefer * 2 : 64;
     struct udefer *a = (struct udefer *)realloc(u->defer, (size_t)cap * sizeof *a);
@@ -578,31 +618,40 @@ static int defer_push(ur *u, int i) {
   u->deferred++;
   u->defer[u->ndefer].slot = i;
   u->defer[u->ndefer].poll = u->npoll;
+  u->defer[u->ndefer].cqe = (unsigned)u->ncqe;
   u->ndefer++;
-  u->slots[i].wdefer = 1;
+  u->dbits[i / 64] |= (uint64_t)1 << (i % 64);
   return 1;
 }
 
 /* Slot i's deferred completion, if it still has one (once: the list may name a slot twice). */
-static void defer_fire(ur *u, int i) {
-  uslot *s = &u->slots[i];
-  if (!s->wdefer) return;
-  s->wdefer = 0;
-  if (s->io != NULL && !u->closing) strand_io_event(s->io, STRAND_WRITE);
+static inline void defer_fire(ur *u, int i) {
+  if (!defer_take(u, i)) return;
+  strand_io *io = u->slots[i].io;
+  if (io != NULL && !u->closing) strand_io_event(io, STRAND_WRITE);
 }
 
-/* After ur_wait's poll: the deferred completions DEFER_POLLS polls old, or all when this poll
- * woke no reader, are delivered; those delivered already (a recv's completion) leave the list.
- * (A delivery may arm requests, and a full SQ reap: defer_ok is 0 then, nothing is added.) */
+/* After ur_wait: the deferred completions old enough (above; a CQ's worth of completions counts
+ * as a poll when the CQ never drains), or all once a poll's completions are handled without
+ * waking a reader, are delivered; those delivered already (a recv's completion) leave the list. Oldest first, so only
+ * its head is looked at. (A delivery may arm requests, and a full SQ reap: defer_ok is 0 then,
+ * nothing is added.) */
 static void defer_deliver(ur *u) {
-  int n = u->ndefer, m = 0;
-  for (int k = 0; k < n; k++) {
+  int all = !u->woke_reader && !cq_ready(u), k = u->dhead;
+  for (; k < u->ndefer; k++) {
     struct udefer d = u->defer[k];
-    if (!u->slots[d.slot].wdefer) continue;
-    if (!u->woke_reader || u->npoll - d.poll >= DEFER_POLLS) defer_fire(u, d.slot);
-    else u->defer[m++] = d;
+    if (defer_isset(u, d.slot) && !all && u->npoll - d.poll < DEFER_POLLS &&
+        (unsigned)u->ncqe - d.cqe < 2u * (unsigned)u->nfast + DEFER_CQES)
+      break;
+    defer_fire(u, d.slot);
   }
-  u->ndefer = m;
+  if (k == u->ndefer) { u->dhead = u->ndefer = 0; return; }
+  u->dhead = k;
+  if (k >= 64 && k >= u->ndefer / 2) {    /* (the list moves down now and then) */
+    memmove(u->defer, u->defer + k, (size_t)(u->ndefer - k) * sizeof *u->defer);
+    u->ndefer -= k;
+    u->dhead = 0;
+  }
 }
 
 static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
@@ -647,9 +696,9 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         u->gfree[s->grp]--;
         if (u->nfree < u->min_free) u->min_free = u->nfree;
         if (io == NULL) { buf_free(u, b); break; }
-        u->blen[b] = (unsigned)res;
-        u->bnext[b] = -1;
-        if (s->qtail >= 0) u->bnext[s->qtail] = b; else s->qhead = b;
+        u->bq[b].len = (unsigned)res;
+        u->bq[b].next = -1;
+        if (s->qtail >= 0) u->bq[s->qtail].next = b; else s->qhead = b;
         s->qtail = b;
         s->npend++;
         int over = s->npend >= PENDING_MAX || (u->nfree < LOW_POOL && s->npend >= SHARE_MAX);
@@ -660,8 +709,13 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         if (over && !s->rd) { s->rd = 1; u->throttles++; }
         /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
         if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN) arm_recv(u, i);
-        if (io->reader) u->woke_reader = 1;
-        strand_io_event(io, STRAND_READ);
+        unsigned ev = STRAND_READ;
+        if (defer_take(u, i)) {         /* its writer resumes with the bytes here */
+          ev |= STRAND_WRITE;
+          u->merged++;
+          u->woke_reader = 1;
+        } else if (io->reader) u->woke_reader = 1;
+        strand_io_event(io, ev);
       } else if (io != NULL) {
         if (res == 0) s->eof = 1;
         else if (res == -ENOBUFS || res == -ECANCELED) {
@@ -671,12 +725,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
           if (!s->rd) { s->rd = 1; u->throttles++; }
           if (!io->reader || s->qhead >= 0) break;
         } else s->rerr = -res;
-        strand_io_event(io, STRAND_READ);
-      }
-      if (s->wdefer && io != NULL) {      /* its writer resumes with the bytes here */
-        u->woke_reader = 1;
-        u->merged++;
-        defer_fire(u, i);
+        strand_io_event(io, STRAND_READ | (defer_take(u, i) ? STRAND_WRITE : 0u));
       }
       break;
     case OP_SEND:
@@ -692,17 +741,21 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
   slot_maybe_free(u, i);
 }
 
-static void reap(ur *u) {
+/* Handles up to max completions (the rest stay in the CQ for the next wait). */
+static void reap_n(ur *u, unsigned max) {
   unsigned head = *u->cq_head, tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
-  while (head != tail) {
-    for (; head != tail; head++) {
+  while (head != tail && max > 0) {
+    for (; head != tail && max > 0; head++, max--) {
       struct io_uring_cqe *e = &u->cqes[head & u->cq_mask];
+      u->ncqe++;
       on_cqe(u, e->user_data, e->res, e->flags);
     }
     __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
     tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
   }
 }
+
+static void reap(ur *u) { reap_n(u, ~0u); }
 
 static int ur_wait_once(ur *u, double timeout);
 
@@ -807,11 +860,18 @@ static int ur_wait_poll(ur *u, double timeout);
 
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
-  if (u->ndefer > 0) timeout = 0;    /* deferred writers: no poll blocks meanwhile */
-  u->npoll++;
-  u->woke_reader = 0;
+  int r = 0;
   u->defer_ok = 1;
-  int r = ur_wait_poll(u, timeout);
+  if (cq_ready(u)) {
+    reap_n(u, u->chunk);             /* the last poll's completions */
+    if (u->ncqe - u->poll_cqe >= u->cq_entries) { u->npoll++; u->poll_cqe = u->ncqe; }
+  } else {
+    if (u->ndefer > 0) timeout = 0;  /* deferred writers: no poll blocks meanwhile */
+    u->npoll++;
+    u->poll_cqe = u->ncqe;
+    u->woke_reader = 0;
+    r = ur_wait_poll(u, timeout);
+  }
   u->defer_ok = 0;
   if (u->ndefer > 0) defer_deliver(u);
   return r;
@@ -828,7 +888,7 @@ static int ur_wait_poll(ur *u, double timeout) {
     if (w != 0) {
       if (w == 1) { u->watch_hits++; u->watch_fail = 0; }   /* (3: no change) */
       u->last_wait = strand_now() - t0;
-      reap(u);
+      reap_n(u, u->chunk);
       return 0;
     }
     if (timeout > 0) {
@@ -861,7 +921,7 @@ static int ur_wait_once(ur *u, double timeout) {
   if (k >= 0) u->to_submit -= (unsigned)k;
   else if (errno != ETIME && errno != EINTR && errno != EAGAIN && errno != EBUSY) err = errno;
   else if (errno == EINTR) err = EINTR;
-  reap(u);
+  reap_n(u, u->chunk);
   return err;
 }
 
@@ -904,10 +964,11 @@ static void ur_free(void *pv) {
   for (int g = 0; g < u->ngrp; g++) if (u->br[g]) munmap(u->br[g], BR_LEN);
   if (u->bufs) {
     munmap(u->bufs, BUFS_LEN);
-    free(u->bnext); free(u->blen);
+    free(u->bq);
   }
   free(u->sfails);
   free(u->defer);
+  free(u->dbits);
   free(u->slots);
   free(u);
 }
@@ -948,13 +1009,13 @@ static long rd_recv(ur *u, strand_io *io, uslot *s, char *buf, size_t len) {
  * copy of the pool is no ring's). */
 static size_t q_take(ur *u, uslot *s, char *buf, size_t len, int give) {
   int b = s->qhead;
-  size_t n = u->blen[b] - s->qoff;
+  size_t n = u->bq[b].len - s->qoff;
   if (n > len) n = len;
   memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
   s->qoff = (unsigned short)(s->qoff + n);
-  if (s->qoff == u->blen[b]) {
+  if (s->qoff == u->bq[b].len) {
     s->qoff = 0;
-    s->qhead = u->bnext[b];
+    s->qhead = u->bq[b].next;
     if (s->qhead < 0) s->qtail = -1;
     if (give) { s->npend--; buf_free(u, b); }
   }
@@ -1081,7 +1142,7 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   /* another task's send (or an abandoned one's): reaped if done, as a write after another task's
    * completed write goes on at once under epoll; still in flight, the socket is full: wait
    * (strand_wait_io raises "already writing" while its owner waits) */
-  if (s->wdefer) defer_fire(u, io->pollidx);        /* (its writer resumes now: we take over) */
+  defer_fire(u, io->pollidx);          /* (a deferred writer resumes now: we take over) */
   if (s->send_busy && strand_uring_settle(io)) return 1;
   struct io_uring_sqe *e = get_sqe(u);
   e->opcode = IORING_OP_SEND;
