@@ -50,12 +50,6 @@
  * fewer than PENDING_MAX buffers: a hard bound per socket between two reaps. A kernel that refuses
  * the limit (EINVAL) gets single-shot recvs instead (one buffer per request, same re-arm rule). */
 #define MSHOT_BYTES (16 * BUFSZ)
-/* A wait handles at most REAP_CHUNK completions (STRAND_URING_REAP: a bench hook): the tasks they
- * wake run before the next ones are reaped, and the next waits take the rest from the CQ without a
- * system call. So a task resumes while the lines its completion touched (its slot, its socket, its
- * own struct) are still in the L1 cache: at 10,000 echo connections, reaping the whole CQ first
- * and then resuming touched each of them twice from memory. */
-#define REAP_CHUNK 8
 
 enum { OP_PIN = 1, OP_POUT, OP_RECV, OP_SEND, OP_CANCEL };
 
@@ -144,8 +138,7 @@ typedef struct ur {
   int defer_ok;                  /* ur_wait is reaping: a send's completion may be deferred */
   int woke_reader;               /* ... and this reap woke a reader (or a writer with bytes) */
   long deferred, merged;         /* completions deferred; of them, delivered with the next bytes */
-  unsigned long ncqe, poll_cqe;  /* completions handled so far; at the last poll */
-  unsigned chunk;                /* completions handled per wait (ur_wait) */
+  unsigned long ncqe;            /* completions handled so far */
 } ur;
 
 static int refuse_setup(void) {  /* test hook: STRAND_URING_REFUSE=1 makes io_uring_setup fail */
@@ -216,9 +209,6 @@ static void *ur_init(strand_loop *loop) {
     close(u->fd); free(u); errno = ENOSYS; return NULL;
   }
   u->cq_entries = p.cq_entries;
-  u->chunk = REAP_CHUNK;
-  const char *rc = getenv("STRAND_URING_REAP");      /* bench hook: completions per wait */
-  if (rc != NULL && *rc != 0 && atoi(rc) > 0) u->chunk = (unsigned)atoi(rc);
   size_t sqsz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
   size_t cqsz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
   u->ring_len = sqsz > cqsz ? sqsz : cqsz;
@@ -570,7 +560,6 @@ static void ur_del(void *pv, strand_io *io) {
 
 /* {==== completions */
 
-static int cq_ready(ur *u);
 
 /* A request/reply server's task waits for its send's completion, then reads the next request,
  * which is seldom there yet: two resumes per exchange, each touching the task, its coroutine, its
@@ -631,13 +620,12 @@ static inline void defer_fire(ur *u, int i) {
   if (io != NULL && !u->closing) strand_io_event(io, STRAND_WRITE);
 }
 
-/* After ur_wait: the deferred completions old enough (above; a CQ's worth of completions counts
- * as a poll when the CQ never drains), or all once a poll's completions are handled without
- * waking a reader, are delivered; those delivered already (a recv's completion) leave the list. Oldest first, so only
+/* After ur_wait: the deferred completions old enough (above), or all once a poll's completions
+ * woke no reader, are delivered; those delivered already (a recv's completion) leave the list. Oldest first, so only
  * its head is looked at. (A delivery may arm requests, and a full SQ reap: defer_ok is 0 then,
  * nothing is added.) */
 static void defer_deliver(ur *u) {
-  int all = !u->woke_reader && !cq_ready(u), k = u->dhead;
+  int all = !u->woke_reader, k = u->dhead;
   for (; k < u->ndefer; k++) {
     struct udefer d = u->defer[k];
     if (defer_isset(u, d.slot) && !all && u->npoll - d.poll < DEFER_POLLS &&
@@ -860,18 +848,11 @@ static int ur_wait_poll(ur *u, double timeout);
 
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
-  int r = 0;
+  if (u->ndefer > 0) timeout = 0;    /* deferred writers: no poll blocks meanwhile */
+  u->npoll++;
+  u->woke_reader = 0;
   u->defer_ok = 1;
-  if (cq_ready(u)) {
-    reap_n(u, u->chunk);             /* the last poll's completions */
-    if (u->ncqe - u->poll_cqe >= u->cq_entries) { u->npoll++; u->poll_cqe = u->ncqe; }
-  } else {
-    if (u->ndefer > 0) timeout = 0;  /* deferred writers: no poll blocks meanwhile */
-    u->npoll++;
-    u->poll_cqe = u->ncqe;
-    u->woke_reader = 0;
-    r = ur_wait_poll(u, timeout);
-  }
+  int r = ur_wait_poll(u, timeout);
   u->defer_ok = 0;
   if (u->ndefer > 0) defer_deliver(u);
   return r;
@@ -888,7 +869,7 @@ static int ur_wait_poll(ur *u, double timeout) {
     if (w != 0) {
       if (w == 1) { u->watch_hits++; u->watch_fail = 0; }   /* (3: no change) */
       u->last_wait = strand_now() - t0;
-      reap_n(u, u->chunk);
+      reap(u);
       return 0;
     }
     if (timeout > 0) {
@@ -921,7 +902,7 @@ static int ur_wait_once(ur *u, double timeout) {
   if (k >= 0) u->to_submit -= (unsigned)k;
   else if (errno != ETIME && errno != EINTR && errno != EAGAIN && errno != EBUSY) err = errno;
   else if (errno == EINTR) err = EINTR;
-  reap_n(u, u->chunk);
+  reap(u);
   return err;
 }
 
