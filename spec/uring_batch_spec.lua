@@ -1,7 +1,6 @@
--- spec/uring_batch_spec.lua — a busy io_uring loop's batching (docs/uring.md 4.8): completions
--- handled a few at a time, and a send's completion handed to its writer with the socket's next
--- bytes; exchanges stay exact, a writer is never held, two writers on one socket never clash,
--- under every poller.
+-- spec/uring_batch_spec.lua — a busy io_uring loop (docs/uring.md 4.8): a send's completion handed
+-- to its writer with the socket's next bytes; exchanges stay exact, a writer is never held, two
+-- writers on one socket never clash, under every poller.
 local strand = require "strand"
 local socket = require "strand.socket"
 local core = require "strand.core"
