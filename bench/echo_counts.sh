@@ -15,7 +15,12 @@
 # usage: sh bench/echo_counts.sh [BUILD_DIR]
 #   env: CONNS="1000 10000", POLLERS="epoll uring" (uring-d: STRAND_URING_DEFER=1; c-uring), T1=5000,
 #        T2=25000 (callgrind), S1=10000 S2=100000 (syscalls: the uring count is a few per
-#        thousand round trips, so the runs are longer), CALLGRIND=1 (0: syscalls only), CACHE=0
+#        thousand round trips, so the runs are longer), CALLGRIND=1 (0: syscalls only), CACHE=0,
+#        SYSCALLS=1 (0: callgrind only), CGOPT="..." (more callgrind options, e.g. a TLB's geometry
+#        as a cache: --D1=262144,64,4096 --LL=6291456,12,4096 counts 4 KiB pages missing a 64-entry
+#        and a 1,536-entry TLB as D1 and LL misses), CGKEEP=DIR (keep each callgrind profile as
+#        DIR/POLLER.CONNS.TRIPS, for callgrind_annotate per function), LUA=lua5.4 (the interpreter:
+#        one linked with /usr/lib/x86_64-linux-gnu/liblua5.4.a -Wl,-E names Lua's own functions)
 set -eu
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -25,9 +30,13 @@ POLLERS=${POLLERS:-"epoll uring"}
 T1=${T1:-5000}; T2=${T2:-25000}; S1=${S1:-10000}; S2=${S2:-100000}
 CALLGRIND=${CALLGRIND:-1}
 CACHE=${CACHE:-0}
+SYSCALLS=${SYSCALLS:-1}
+CGOPT=${CGOPT:-}
+CGKEEP=${CGKEEP:-}
+LUA=${LUA:-lua5.4}
 bin=$build/bench
 cc_bench "$build" echo_client echo_c_uring
-cgopt=""; [ "$CACHE" = 1 ] && cgopt="--cache-sim=yes"
+cgopt="$CGOPT"; [ "$CACHE" = 1 ] && cgopt="--cache-sim=yes $CGOPT"
 lua_env "$build"
 tmp=$(mktemp -d)
 spid=""
@@ -38,7 +47,7 @@ trap 'exit 130' INT TERM
 # one run: POLLER N TRIPS TOOL(cg|sys) -> "trips count"
 run() {
   tool=$4; env=""; case $1 in uring-d) env="STRAND_URING_DEFER=1"; p=uring ;; *) p=$1 ;; esac
-  srv="lua5.4 bench/echo_server_strand.lua 0 $2"
+  srv="$LUA bench/echo_server_strand.lua 0 $2"
   [ "$1" = c-uring ] && srv="$bin/echo_c_uring -f c 0 $2"
   : >"$tmp/out"
   if [ "$tool" = cg ]; then
@@ -65,6 +74,7 @@ run() {
     sleep 0.05
   done
   wait "$spid" 2>/dev/null || true; spid=""
+  if [ "$tool" = cg ] && [ -n "$CGKEEP" ]; then mkdir -p "$CGKEEP"; cp "$tmp/cg" "$CGKEEP/$1.$2.$3"; fi
   set -- $res
   if [ "$tool" = cg ]; then
     # Ir, then (cache-sim) D1 misses and LL data misses, from the events: and summary: lines
@@ -97,13 +107,16 @@ for n in $CONNS; do
         d1=$(per "$a_t" "$a_d" "$b_t" "$b_d" 1 "%.1f"); ll=$(per "$a_t" "$a_l" "$b_t" "$b_l" 1 "%.1f")
       fi
     fi
-    ra=$(run "$p" "$n" "$S1" sys); rb=$(run "$p" "$n" "$S2" sys)
-    set -- $ra; a_t=$1; a_c=$2; a_u=$3; a_s=$4
-    set -- $rb; b_t=$1; b_c=$2; b_u=$3; b_s=$4
-    sy=$(per "$a_t" "$a_c" "$b_t" "$b_c" 1 "%.3f")
-    us=$(per "$a_t" "$a_u" "$b_t" "$b_u" 0.001 "%.2f"); ss=$(per "$a_t" "$a_s" "$b_t" "$b_s" 0.001 "%.2f")
+    sy="n/a"; us="n/a"; ss="n/a"
+    if [ "$SYSCALLS" = 1 ]; then
+      ra=$(run "$p" "$n" "$S1" sys); rb=$(run "$p" "$n" "$S2" sys)
+      set -- $ra; a_t=$1; a_c=$2; a_u=$3; a_s=$4
+      set -- $rb; b_t=$1; b_c=$2; b_u=$3; b_s=$4
+      sy=$(per "$a_t" "$a_c" "$b_t" "$b_c" 1 "%.3f")
+      us=$(per "$a_t" "$a_u" "$b_t" "$b_u" 0.001 "%.2f"); ss=$(per "$a_t" "$a_s" "$b_t" "$b_s" 0.001 "%.2f")
+    fi
     printf "%-6s %-8s %11s %9s %9s %9s %9s %9s\n" "$n" "$p" "$ir" "$d1" "$ll" "$sy" "$us" "$ss"
-    if [ -n "${KEV:-}" ]; then
+    if [ -n "${KEV:-}" ] && [ "$SYSCALLS" = 1 ]; then
       echo "$ra|$rb|$KEV" | awk -F'|' '{ na = split($1, a, " "); split($2, b, " "); split($3, k, ",")
         printf "         per trip:"; for (i = 5; i <= na; i++) printf " %s %.3f", k[i - 4], (b[i] - a[i]) / (b[1] - a[1]); print "" }'
     fi

@@ -79,7 +79,7 @@ typedef struct uslot {
   unsigned slen;                 /* bytes the send in flight was given */
   uint32_t sseq, sseq_next;      /* the send in flight or done belongs to the sendall of seq sseq */
   uint32_t sshort;               /* a send that took less than it was given, not collected (or 0) */
-  short qhead, qtail;            /* received buffers not read yet (links in ur->bnext; ids < 32768) */
+  short qhead, qtail;            /* received buffers not read yet (links in ur->bq; ids < 32768) */
   unsigned short npend;          /* how many (at most the pool's NGRP_MAX * NBUF) */
   unsigned short qoff;           /* bytes of the head buffer already read (< BUFSZ) */
   int next;                      /* free list */
@@ -115,8 +115,8 @@ typedef struct ur {
   int nopool;                    /* the pool could not be made (RLIMIT_MEMLOCK): readiness only */
   int pool_tries;                /* bufs_init calls (the spec of nopool) */
   char *bufs;                    /* NGRP_MAX * NBUF * BUFSZ reserved; buffer id g * NBUF + bid */
-  int *bnext;
-  unsigned *blen;
+  struct ubq { int next; unsigned len; } *bq;   /* per buffer: the next in its queue, its bytes
+                                                   (one line for both: a reap and a read read both) */
   int nfree;                     /* provided buffers the kernel may still pick, all groups */
   long throttles, enobufs;
   int nolimit;                   /* the kernel refused a multishot recv's byte limit */
@@ -142,6 +142,16 @@ typedef struct ur {
   uint32_t forks;                /* ur_forks when this ring last made its fast sockets shared (fork_seen) */
   pid_t pid;                     /* the process that made it; listed in rings while it lives (rings_*) */
   struct ur *rnext, *rprev;
+  /* sends done whose writers resume later (defer_deliver) */
+  struct udefer { int slot; unsigned poll, cqe; } *defer;   /* oldest first */
+  uint64_t *dbits;               /* per slot: its send's completion is deferred, not delivered */
+  int ndbits;                    /* words of dbits */
+  int ndefer, capdefer, dhead;   /* entries dhead..ndefer-1 are live */
+  unsigned npoll;                /* ur_wait's polls so far */
+  int defer_ok;                  /* ur_wait is reaping: a send's completion may be deferred */
+  int woke_reader;               /* ... and this reap woke a reader (or a writer with bytes) */
+  long deferred, merged;         /* completions deferred; of them, delivered with the next bytes */
+  unsigned long ncqe;            /* completions handled so far */
 } ur;
 
 /* {==== every ring of the process: a fork from one thread (strand_uring_forking) cancels the
@@ -401,6 +411,7 @@ static int slot_new(ur *u, strand_io *io) {
 }
 
 static void buf_put(ur *u, int bid);
+static void defer_clear(ur *u, int i);
 
 /* Drops the anchor of slot i's send string (its CQE came, or the slot goes). */
 static void unanchor(ur *u, int i) {
@@ -415,7 +426,7 @@ static void unanchor(ur *u, int i) {
 static void slot_maybe_free(ur *u, int i) {
   uslot *s = &u->slots[i];
   if (s->io != NULL || s->nreq > 0) return;
-  while (s->qhead >= 0) { int b = s->qhead; s->qhead = u->bnext[b]; buf_put(u, b); }
+  while (s->qhead >= 0) { int b = s->qhead; s->qhead = u->bq[b].next; buf_put(u, b); }
   if (s->anchored) unanchor(u, i);
   if (s->fast) { s->fast = 0; u->nfast--; }
   for (int k = 0; k < u->nsfail; k++)     /* (a sendall that never collected its failure) */
@@ -543,14 +554,13 @@ static int bufs_init(ur *u) {
   const char *np = getenv("STRAND_URING_NOPOOL");    /* test hook: the pool's registration fails */
   if (np != NULL && *np != 0 && *np != '0') { u->bufs = NULL; return EPERM; }
   u->bufs = mmap(NULL, BUFS_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  u->bnext = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->bnext);
-  u->blen = (unsigned *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->blen);
+  u->bq = (struct ubq *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->bq);
   u->kept = (int *)calloc((size_t)NGRP_MAX * NBUF, sizeof *u->kept);
-  int e = (u->bufs == MAP_FAILED || !u->bnext || !u->blen || !u->kept) ? ENOMEM : grp_add(u);
+  int e = (u->bufs == MAP_FAILED || !u->bq || !u->kept) ? ENOMEM : grp_add(u);
   if (e != 0) {
     if (u->bufs != MAP_FAILED) munmap(u->bufs, BUFS_LEN);
-    free(u->bnext); free(u->blen); free(u->kept);
-    u->bufs = NULL; u->bnext = NULL; u->blen = NULL; u->kept = NULL;
+    free(u->bq); free(u->kept);
+    u->bufs = NULL; u->bq = NULL; u->kept = NULL;
     return e;
   }
   u->min_free = u->nfree;
@@ -682,6 +692,7 @@ static void ur_del(void *pv, strand_io *io) {
   io->pollidx = -1;
   uslot *s = &u->slots[i];
   s->io = NULL;
+  defer_clear(u, i);
   /* held while the cancels are queued: a get_sqe that reaps (SQ full) may complete the slot's last
    * request, which must not free it between two cancels */
   s->nreq++;
@@ -698,6 +709,88 @@ static void ur_del(void *pv, strand_io *io) {
 }
 
 /* {==== completions */
+
+
+/* A request/reply server's task waits for its send's completion, then reads the next request,
+ * which is seldom there yet: two resumes per exchange, each touching the task, its coroutine, its
+ * stack and the socket again (at 10,000 connections, cache misses). So in a busy loop (the round
+ * woke readers: the next poll comes right after them and returns at least their sends) a send's
+ * completion wakes its writer only when the socket's next bytes come (its recv's completion:
+ * then the task resumes once, finds its sendall done and its next read's bytes queued), or once
+ * the loop has handled 2 completions per fast socket (+ DEFER_CQES) since, as every other
+ * connection had its turn, or after DEFER_POLLS polls (none of which blocks meanwhile). At once
+ * when another writer needs the socket (strand_uring_settle, strand_uring_send) or when a poll's
+ * completions woke no reader (a lone exchange: no poll is added). */
+#define DEFER_POLLS 16
+#define DEFER_CQES 64
+static inline int defer_isset(const ur *u, int i) {
+  return i / 64 < u->ndbits && (u->dbits[i / 64] >> (i % 64) & 1);
+}
+
+static void defer_clear(ur *u, int i) {
+  if (i / 64 < u->ndbits) u->dbits[i / 64] &= ~((uint64_t)1 << (i % 64));
+}
+
+/* Whether slot i's completion was deferred (no more: the caller delivers it). */
+static inline int defer_take(ur *u, int i) {
+  if (!defer_isset(u, i)) return 0;
+  u->dbits[i / 64] &= ~((uint64_t)1 << (i % 64));
+  return 1;
+}
+
+static int defer_push(ur *u, int i) {
+  if (i / 64 >= u->ndbits) {              /* (a bit per slot: the hot path reads no slot for it) */
+    int n = u->nslots / 64 + 1;
+    uint64_t *b = (uint64_t *)realloc(u->dbits, (size_t)n * sizeof *b);
+    if (b == NULL) return 0;                         /* delivered now */
+    memset(b + u->ndbits, 0, (size_t)(n - u->ndbits) * sizeof *b);
+    u->dbits = b;
+    u->ndbits = n;
+  }
+  if (u->ndefer == u->capdefer) {
+    int cap = u->capdefer ? u->capdefer * 2 : 64;
+    struct udefer *a = (struct udefer *)realloc(u->defer, (size_t)cap * sizeof *a);
+    if (a == NULL) return 0;                         /* delivered now */
+    u->defer = a;
+    u->capdefer = cap;
+  }
+  u->deferred++;
+  u->defer[u->ndefer].slot = i;
+  u->defer[u->ndefer].poll = u->npoll;
+  u->defer[u->ndefer].cqe = (unsigned)u->ncqe;
+  u->ndefer++;
+  u->dbits[i / 64] |= (uint64_t)1 << (i % 64);
+  return 1;
+}
+
+/* Slot i's deferred completion, if it still has one (once: the list may name a slot twice). */
+static inline void defer_fire(ur *u, int i) {
+  if (!defer_take(u, i)) return;
+  strand_io *io = u->slots[i].io;
+  if (io != NULL && !u->closing) strand_io_event(io, STRAND_WRITE);
+}
+
+/* After ur_wait: the deferred completions old enough (above), or all once a poll's completions
+ * woke no reader, are delivered; those delivered already (a recv's completion) leave the list. Oldest first, so only
+ * its head is looked at. (A delivery may arm requests, and a full SQ reap: defer_ok is 0 then,
+ * nothing is added.) */
+static void defer_deliver(ur *u) {
+  int all = !u->woke_reader, k = u->dhead;
+  for (; k < u->ndefer; k++) {
+    struct udefer d = u->defer[k];
+    if (defer_isset(u, d.slot) && !all && u->npoll - d.poll < DEFER_POLLS &&
+        (unsigned)u->ncqe - d.cqe < 2u * (unsigned)u->nfast + DEFER_CQES)
+      break;
+    defer_fire(u, d.slot);
+  }
+  if (k == u->ndefer) { u->dhead = u->ndefer = 0; return; }
+  u->dhead = k;
+  if (k >= 64 && k >= u->ndefer / 2) {    /* (the list moves down now and then) */
+    memmove(u->defer, u->defer + k, (size_t)(u->ndefer - k) * sizeof *u->defer);
+    u->ndefer -= k;
+    u->dhead = 0;
+  }
+}
 
 static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
   int op = (int)(ud >> 56), i = (int)(uint32_t)ud;
@@ -742,9 +835,9 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         if (u->nkept[s->grp] > 0) ring_topup(u, s->grp);
         if (u->nfree < u->min_free) u->min_free = u->nfree;
         if (io == NULL) { buf_free(u, b); break; }
-        u->blen[b] = (unsigned)res;
-        u->bnext[b] = -1;
-        if (s->qtail >= 0) u->bnext[s->qtail] = b; else s->qhead = b;
+        u->bq[b].len = (unsigned)res;
+        u->bq[b].next = -1;
+        if (s->qtail >= 0) u->bq[s->qtail].next = b; else s->qhead = b;
         s->qtail = b;
         s->npend++;
         int over = s->npend >= PENDING_MAX || (u->nfree < LOW_POOL && s->npend >= SHARE_MAX);
@@ -757,7 +850,13 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
         }
         /* the limit ended it: on while under budget (in rd mode the reader re-arms) */
         if (!s->recv_armed && !s->rd && !s->nofast && u->nfree >= ARM_MIN && (fork_seen(u), !s->nofast)) arm_recv(u, i);
-        strand_io_event(io, STRAND_READ);
+        unsigned ev = STRAND_READ;
+        if (defer_take(u, i)) {         /* its writer resumes with the bytes here */
+          ev |= STRAND_WRITE;
+          u->merged++;
+          u->woke_reader = 1;
+        } else if (io->reader) u->woke_reader = 1;
+        strand_io_event(io, ev);
       } else if (io != NULL) {
         if (res == 0) s->eof = 1;
         else if (res == -ENOBUFS || res == -ECANCELED) {
@@ -767,7 +866,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
           if (!s->rd) { s->rd = 1; u->throttles++; }
           if (!io->reader || s->qhead >= 0) break;
         } else s->rerr = -res;
-        strand_io_event(io, STRAND_READ);
+        strand_io_event(io, STRAND_READ | (defer_take(u, i) ? STRAND_WRITE : 0u));
       }
       break;
     case OP_SEND:
@@ -775,6 +874,7 @@ static void on_cqe(ur *u, uint64_t ud, int res, unsigned flags) {
       if (s->anchored) unanchor(u, i);
       if (res != (int)s->slen) sfail_put(u, i, s->sseq, res);   /* kept for its sendall */
       if (io == NULL) break;
+      if (u->defer_ok && res == (int)s->slen && defer_push(u, i)) break;
       strand_io_event(io, STRAND_WRITE);
       break;
     default: break;                      /* OP_CANCEL */
@@ -790,6 +890,7 @@ static void reap(ur *u) {
     do {
       struct io_uring_cqe *e = &u->cqes[pos & u->cq_mask];
       u->cq_pos = ++pos;
+      u->ncqe++;
       on_cqe(u, e->user_data, e->res, e->flags);
       pos = u->cq_pos;
     } while ((int)(tail - pos) > 0);
@@ -797,6 +898,7 @@ static void reap(ur *u) {
     tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
   }
 }
+
 
 static int ur_wait_once(ur *u, double timeout);
 
@@ -898,9 +1000,22 @@ static int watch(ur *u, double limit) {
 
 /* }==== */
 
+static int ur_wait_poll(ur *u, double timeout);
+
 static int ur_wait(void *pv, double timeout) {
   ur *u = (ur *)pv;
   fork_seen(u);                         /* (before this wait submits what is queued) */
+  if (u->ndefer > 0) timeout = 0;    /* deferred writers: no poll blocks meanwhile */
+  u->npoll++;
+  u->woke_reader = 0;
+  u->defer_ok = 1;
+  int r = ur_wait_poll(u, timeout);
+  u->defer_ok = 0;
+  if (u->ndefer > 0) defer_deliver(u);
+  return r;
+}
+
+static int ur_wait_poll(ur *u, double timeout) {
   double t0 = 0, limit;
   if (u->watch_t0 != 0) { t0 = u->watch_t0; u->watch_t0 = 0; limit = 0; }   /* the sleep after it */
   else limit = watch_may(u, timeout) ? (t0 = strand_now(), watch_limit(u, timeout)) : 0;
@@ -991,9 +1106,11 @@ static void ur_free(void *pv) {
   for (int g = 0; g < u->ngrp; g++) if (u->br[g]) munmap(u->br[g], BR_LEN);
   if (u->bufs) {
     munmap(u->bufs, BUFS_LEN);
-    free(u->bnext); free(u->blen); free(u->kept);
+    free(u->bq); free(u->kept);
   }
   free(u->sfails);
+  free(u->defer);
+  free(u->dbits);
   free(u->slots);
   free(u);
 }
@@ -1034,13 +1151,13 @@ static long rd_recv(ur *u, strand_io *io, uslot *s, char *buf, size_t len) {
  * copy of the pool is no ring's). */
 static size_t q_take(ur *u, uslot *s, char *buf, size_t len, int give) {
   int b = s->qhead;
-  size_t n = u->blen[b] - s->qoff;
+  size_t n = u->bq[b].len - s->qoff;
   if (n > len) n = len;
   memcpy(buf, u->bufs + (size_t)b * BUFSZ + s->qoff, n);
   s->qoff = (unsigned short)(s->qoff + n);
-  if (s->qoff == u->blen[b]) {
+  if (s->qoff == u->bq[b].len) {
     s->qoff = 0;
-    s->qhead = u->bnext[b];
+    s->qhead = u->bq[b].next;
     if (s->qhead < 0) s->qtail = -1;
     if (give) { s->npend--; buf_free(u, b); }
   }
@@ -1197,6 +1314,7 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
   /* another task's send (or an abandoned one's): reaped if done, as a write after another task's
    * completed write goes on at once under epoll; still in flight, the socket is full: wait
    * (strand_wait_io raises "already writing" while its owner waits) */
+  defer_fire(u, io->pollidx);          /* (a deferred writer resumes now: we take over) */
   if (s->send_busy && strand_uring_settle(io)) return 1;
   struct io_uring_sqe *e = get_sqe(u);
   e->opcode = IORING_OP_SEND;
@@ -1228,7 +1346,9 @@ int strand_uring_send(lua_State *L, strand_io *io, int sidx, const char *p, size
  * completion makes io writable). 1 while it is still in flight (the socket is full). */
 int strand_uring_settle(strand_io *io) {
   ur *u = fast_ur(io);
-  if (u == NULL || !u->slots[io->pollidx].send_busy) return 0;
+  if (u == NULL) return 0;
+  defer_fire(u, io->pollidx);          /* its writer resumes now: another one wants the socket */
+  if (!u->slots[io->pollidx].send_busy) return 0;
   fork_seen(u);
   int k = sys_enter(u->fd, u->to_submit, 0, IORING_ENTER_GETEVENTS, NULL, 0);
   if (k > 0) u->to_submit -= (unsigned)k;
@@ -1261,8 +1381,9 @@ const strand_poller strand_poller_uring = {
 
 /* core._uring.stats() -> table: the calling state's loop's provided-buffer pool (flow-control
  * specs): nbuf, free, min_free (low-water mark), throttles, enobufs, recv (how reads are armed),
- * pending_max, cq (the CQ's entries), busy, ring, armed (recvs in flight); nil when the loop is not on
- * io_uring. */
+ * pending_max, cq (the CQ's entries), busy, ring, armed (recvs in flight), deferred (send
+ * completions whose writer resumed later) and deferred_merged (... with the socket's next bytes);
+ * nil when the loop is not on io_uring. */
 static int l_stats(lua_State *L) {
   strand_loop *loop = strand_loop_get(L);
   if (loop->poller != &strand_poller_uring || loop->pstate == NULL) { lua_pushnil(L); return 1; }
@@ -1295,6 +1416,8 @@ static int l_stats(lua_State *L) {
   int armed = 0;
   for (int g = 0; g < u->ngrp; g++) armed += u->garmed[g];
   lua_pushinteger(L, armed); lua_setfield(L, -2, "armed");    /* recvs in flight */
+  lua_pushinteger(L, (lua_Integer)u->deferred); lua_setfield(L, -2, "deferred");
+  lua_pushinteger(L, (lua_Integer)u->merged); lua_setfield(L, -2, "deferred_merged");
   return 1;
 }
 
